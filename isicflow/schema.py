@@ -1,0 +1,94 @@
+"""The record schema, derived from proto/isicflow/v1/lesion_example.proto.
+
+Writer (beam_jobs) and reader (trainer.input_pipeline) both use this module, so a feature's
+name and type are defined exactly once: in the .proto.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from google.protobuf import descriptor as _descriptor
+
+from isicflow.protos import lesion_example_pb2
+
+SCHEMA_VERSION: int = lesion_example_pb2.SCHEMA_VERSION_CURRENT
+_FIELDS = lesion_example_pb2.LesionExample.DESCRIPTOR.fields
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in _FIELDS)
+
+_BYTES_TYPES = (_descriptor.FieldDescriptor.TYPE_STRING, _descriptor.FieldDescriptor.TYPE_BYTES)
+_INT_TYPES = (_descriptor.FieldDescriptor.TYPE_INT64,)
+_FLOAT_TYPES = (_descriptor.FieldDescriptor.TYPE_FLOAT,)
+
+
+def _kind(field: _descriptor.FieldDescriptor) -> str:
+    if field.type in _BYTES_TYPES:
+        return "bytes"
+    if field.type in _INT_TYPES:
+        return "int64"
+    if field.type in _FLOAT_TYPES:
+        return "float"
+    raise TypeError(f"schema field {field.name!r} has unsupported proto type {field.type}")
+
+
+FEATURE_KINDS: dict[str, str] = {f.name: _kind(f) for f in _FIELDS}
+
+
+def encode_example(values: Mapping[str, Any]) -> bytes:
+    """Serializes one record as a tf.train.Example; every schema field must be given, no other."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    missing = set(FEATURE_NAMES) - set(values)
+    extra = set(values) - set(FEATURE_NAMES)
+    if missing or extra:
+        raise ValueError(f"record does not match schema v{SCHEMA_VERSION}: "
+                         f"missing={sorted(missing)} extra={sorted(extra)}")
+    feature = {}
+    for name in FEATURE_NAMES:
+        value, kind = values[name], FEATURE_KINDS[name]
+        if kind == "bytes":
+            raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+            feature[name] = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[raw]))
+        elif kind == "int64":
+            feature[name] = feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(value)]))
+        else:
+            feature[name] = feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(value)]))
+    example = example_pb2.Example(features=feature_pb2.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
+
+
+def decode_example_py(serialized: bytes) -> dict[str, Any]:
+    """Parses one serialized record into Python values (tests, tools); trainers use feature_spec."""
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example.FromString(serialized)
+    out: dict[str, Any] = {}
+    for name in FEATURE_NAMES:
+        feature = example.features.feature[name]
+        kind = FEATURE_KINDS[name]
+        if kind == "bytes":
+            raw = feature.bytes_list.value[0]
+            out[name] = raw if name == "image_encoded" else raw.decode("utf-8")
+        elif kind == "int64":
+            out[name] = int(feature.int64_list.value[0])
+        else:
+            out[name] = float(feature.float_list.value[0])
+    return out
+
+
+def feature_spec(names: tuple[str, ...] | None = None) -> dict:
+    """tf.io.parse_example spec for the given feature names (all by default)."""
+    import tensorflow as tf
+
+    dtypes = {"bytes": tf.string, "int64": tf.int64, "float": tf.float32}
+    wanted = FEATURE_NAMES if names is None else names
+    unknown = set(wanted) - set(FEATURE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown feature(s) {sorted(unknown)}; schema has {FEATURE_NAMES}")
+    return {n: tf.io.FixedLenFeature([], dtypes[FEATURE_KINDS[n]]) for n in wanted}
+
+
+def check_schema_version(found: Any, where: str = "dataset") -> None:
+    """Fails fast when a dataset was written under another schema version."""
+    if found != SCHEMA_VERSION:
+        raise ValueError(f"{where} was written with record schema version {found!r}, but this "
+                         f"code reads version {SCHEMA_VERSION}; re-run beam_jobs.preprocess")

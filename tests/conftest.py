@@ -1,0 +1,18 @@
+"""Shared fixtures: the real sample lives beside the checkout, never inside it."""
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "isic-uda1"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> pathlib.Path:
+    """../shared/data/isic-uda1: 440 real ISIC images with legacy JSON sidecars."""
+    if not SAMPLE_DIR.is_dir():
+        pytest.fail(f"real sample missing at {SAMPLE_DIR}; CI and dev machines must have it")
+    return SAMPLE_DIR
