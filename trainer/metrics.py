@@ -1,0 +1,241 @@
+"""Binary classification metrics, ROC, bootstrap intervals and threshold choice (numpy only).
+
+Conventions used throughout:
+* labels are 0 (benign) / 1 (malignant); scores are the model's probability of malignant;
+* a case is predicted malignant when score >= threshold (as sklearn's roc_curve);
+* a ratio whose denominator is 0 (e.g. precision with no positive prediction) is NaN, and the
+  result names it under "undefined" with the reason, so reports can write null + reason;
+* bad input (empty, NaN/inf scores, labels other than 0/1, mismatched lengths) is a ValueError
+  with the offending values, raised at the entry of every public function.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+THRESHOLD_POLICIES = ("max_specificity_at_sensitivity", "youden", "fixed")
+STUDY_THRESHOLD = 0.5
+BOOTSTRAP_METRICS = ("auc", "accuracy", "sensitivity", "specificity")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfusionCounts:
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @property
+    def total(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def check_inputs(labels, scores, *, need_both_classes: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Validated copies: labels int64 in {0,1}, scores float64 finite, same length, non-empty."""
+    y = np.asarray(labels).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.size == 0:
+        raise ValueError("no cases: labels are empty")
+    if y.size != s.size:
+        raise ValueError(f"labels ({y.size}) and scores ({s.size}) differ in length")
+    bad_labels = sorted(set(np.unique(y).tolist()) - {0, 1})
+    if bad_labels:
+        raise ValueError(f"labels must be 0 or 1, found {bad_labels[:5]}")
+    not_finite = np.flatnonzero(~np.isfinite(s))
+    if not_finite.size:
+        raise ValueError(f"{not_finite.size} score(s) are NaN or infinite, first at index "
+                         f"{not_finite[0]}: {s[not_finite[0]]}")
+    y = y.astype(np.int64)
+    if need_both_classes and len(np.unique(y)) < 2:
+        raise ValueError(f"need both classes, but all {y.size} labels are {int(y[0])}")
+    return y, s
+
+
+def _check_threshold(threshold: float) -> float:
+    if not isinstance(threshold, (int, float, np.floating)) or not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    return float(threshold)
+
+
+def confusion_counts(labels, scores, threshold: float) -> ConfusionCounts:
+    y, s = check_inputs(labels, scores)
+    predicted = s >= _check_threshold(threshold)
+    positive = y == 1
+    return ConfusionCounts(tp=int(np.sum(predicted & positive)), fp=int(np.sum(predicted & ~positive)),
+                           tn=int(np.sum(~predicted & ~positive)), fn=int(np.sum(~predicted & positive)))
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else math.nan
+
+
+def rates_from_counts(c: ConfusionCounts) -> dict[str, Any]:
+    """accuracy, error_rate, precision, sensitivity, specificity, f1, plus 'undefined' reasons."""
+    precision = _ratio(c.tp, c.tp + c.fp)
+    sensitivity = _ratio(c.tp, c.tp + c.fn)
+    rates = {
+        "accuracy": _ratio(c.tp + c.tn, c.total),
+        "error_rate": _ratio(c.fp + c.fn, c.total),
+        "precision": precision,
+        "sensitivity": sensitivity,
+        "specificity": _ratio(c.tn, c.tn + c.fp),
+        "f1": _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn),
+    }
+    reasons = {
+        "precision": "no case predicted malignant (tp + fp = 0)",
+        "sensitivity": "no malignant case (tp + fn = 0)",
+        "specificity": "no benign case (tn + fp = 0)",
+        "f1": "no malignant case and none predicted (2tp + fp + fn = 0)",
+        "accuracy": "no cases", "error_rate": "no cases",
+    }
+    rates["undefined"] = {k: reasons[k] for k, v in rates.items() if isinstance(v, float) and math.isnan(v)}
+    return rates
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank (what the Mann-Whitney statistic needs)."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    _, first_index, counts = np.unique(sorted_values, return_index=True, return_counts=True)
+    mean_rank_per_group = first_index + (counts + 1) / 2.0
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank_per_group, counts)
+    return ranks
+
+
+def _auc_unchecked(y: np.ndarray, s: np.ndarray) -> float:
+    positives = int(y.sum())
+    negatives = y.size - positives
+    rank_sum = _average_ranks(s)[y == 1].sum()
+    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve = P(score of a malignant > score of a benign), ties count 1/2."""
+    y, s = check_inputs(labels, scores, need_both_classes=True)
+    return _auc_unchecked(y, s)
+
+
+def roc_curve_points(labels, scores) -> dict[str, list[float]]:
+    """Every ROC point (no point dropped): fpr, tpr and the threshold (>=) giving it.
+
+    The first point (0, 0) has threshold +inf (written as None in JSON by the report writer).
+    """
+    y, s = check_inputs(labels, scores, need_both_classes=True)
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_group = np.r_[np.flatnonzero(np.diff(s_sorted)), y.size - 1]
+    tps = np.cumsum(y_sorted)[last_of_group]
+    fps = (last_of_group + 1) - tps
+    return {"fpr": [0.0] + (fps / (y.size - y.sum())).tolist(),
+            "tpr": [0.0] + (tps / y.sum()).tolist(),
+            "thresholds": [math.inf] + s_sorted[last_of_group].tolist()}
+
+
+def classification_metrics(labels, scores, threshold: float) -> dict[str, Any]:
+    """All threshold metrics plus AUC (NaN + reason when only one class is present)."""
+    y, s = check_inputs(labels, scores)
+    counts = confusion_counts(y, s, threshold)
+    result = {"threshold": float(threshold), "cases": int(y.size), "malignant": int(y.sum()),
+              "benign": int(y.size - y.sum()), "confusion": counts.as_dict()}
+    result.update(rates_from_counts(counts))
+    if len(np.unique(y)) == 2:
+        result["auc"] = _auc_unchecked(y, s)
+    else:
+        result["auc"] = math.nan
+        result["undefined"]["auc"] = f"only one class present (all labels {int(y[0])})"
+    return result
+
+
+def bootstrap_intervals(labels, scores, threshold: float, *, resamples: int = 1000, seed: int = 0,
+                        confidence: float = 0.95) -> dict[str, Any]:
+    """Percentile bootstrap over cases for AUC, accuracy, sensitivity and specificity.
+
+    A resample holding a single class has no AUC (nor sensitivity or specificity), so it is
+    skipped and counted in 'skipped_single_class'; intervals come from the kept ones.
+    """
+    y, s = check_inputs(labels, scores, need_both_classes=True)
+    threshold = _check_threshold(threshold)
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    predicted = s >= threshold
+    values = {m: [] for m in BOOTSTRAP_METRICS}
+    skipped = 0
+    for _ in range(resamples):
+        idx = rng.integers(0, y.size, size=y.size)
+        yb, sb, pb = y[idx], s[idx], predicted[idx]
+        positives = int(yb.sum())
+        if positives == 0 or positives == yb.size:
+            skipped += 1
+            continue
+        values["auc"].append(_auc_unchecked(yb, sb))
+        values["accuracy"].append(float(np.mean(pb == (yb == 1))))
+        values["sensitivity"].append(float(np.mean(pb[yb == 1])))
+        values["specificity"].append(float(np.mean(~pb[yb == 0])))
+    kept = resamples - skipped
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    intervals: dict[str, Any] = {}
+    for metric, vals in values.items():
+        if vals:
+            low, high = np.percentile(vals, [tail, 100.0 - tail])
+            intervals[metric] = {"low": float(low), "high": float(high)}
+        else:
+            intervals[metric] = {"low": math.nan, "high": math.nan}
+    return {"confidence": confidence, "resamples": resamples, "kept": kept,
+            "skipped_single_class": skipped, "seed": seed, "threshold": threshold,
+            "intervals": intervals}
+
+
+def _operating_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds descending, sensitivity, specificity) with each distinct score as threshold."""
+    roc = roc_curve_points(y, s)
+    thresholds = np.asarray(roc["thresholds"][1:])
+    sensitivity = np.asarray(roc["tpr"][1:])
+    specificity = 1.0 - np.asarray(roc["fpr"][1:])
+    return thresholds, sensitivity, specificity
+
+
+def select_threshold(labels, scores, policy: str = "max_specificity_at_sensitivity", *,
+                     min_sensitivity: float = 0.8, fixed_threshold: float = STUDY_THRESHOLD) -> dict[str, Any]:
+    """Chooses the decision threshold on validation data; the result says how and why.
+
+    * max_specificity_at_sensitivity: among thresholds (each distinct score) whose sensitivity
+      is >= min_sensitivity, the one with the highest specificity; ties -> the highest
+      threshold. Some threshold always qualifies: the lowest validation score classifies every
+      case malignant (sensitivity 1), so no fallback is needed.
+    * youden: maximizes sensitivity + specificity - 1; ties -> the highest threshold.
+    * fixed: fixed_threshold (the study's 0.5), whatever the data.
+    """
+    if policy not in THRESHOLD_POLICIES:
+        raise ValueError(f"threshold policy {policy!r} not in {THRESHOLD_POLICIES}")
+    if policy == "fixed":
+        threshold = _check_threshold(fixed_threshold)
+        check_inputs(labels, scores)
+        return {"policy": policy, "threshold": threshold,
+                "reason": f"fixed threshold {threshold} (the 2020 study's rule)"}
+    if not 0.0 <= min_sensitivity <= 1.0:
+        raise ValueError(f"min_sensitivity must be in [0, 1], got {min_sensitivity}")
+    y, s = check_inputs(labels, scores, need_both_classes=True)
+    thresholds, sens, spec = _operating_points(y, s)  # thresholds descending: argmax -> highest
+    if policy == "youden":
+        i = int(np.argmax(sens + spec - 1.0))
+        return {"policy": policy, "threshold": float(thresholds[i]), "sensitivity": float(sens[i]),
+                "specificity": float(spec[i]), "youden_j": float(sens[i] + spec[i] - 1.0),
+                "reason": "maximizes sensitivity + specificity - 1 on validation"}
+    eligible = sens >= min_sensitivity - 1e-12
+    if not eligible.any():  # impossible for min_sensitivity <= 1 (see docstring); fail loudly
+        raise AssertionError(f"no threshold reaches sensitivity {min_sensitivity}: {sens.tolist()}")
+    i = int(np.argmax(np.where(eligible, spec, -1.0)))
+    return {"policy": policy, "threshold": float(thresholds[i]), "min_sensitivity": min_sensitivity,
+            "sensitivity": float(sens[i]), "specificity": float(spec[i]),
+            "reason": (f"highest specificity among thresholds with sensitivity >= "
+                       f"{min_sensitivity} on validation")}
