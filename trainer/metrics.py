@@ -189,7 +189,9 @@ def bootstrap_intervals(labels, scores, threshold: float, *, resamples: int = 10
             low, high = np.percentile(vals, [tail, 100.0 - tail])
             intervals[metric] = {"low": float(low), "high": float(high)}
         else:
-            intervals[metric] = {"low": math.nan, "high": math.nan}
+            reason = f"all {resamples} resamples held a single class"
+            intervals[metric] = {"low": math.nan, "high": math.nan,
+                                 "undefined": {"low": reason, "high": reason}}
     return {"confidence": confidence, "resamples": resamples, "kept": kept,
             "skipped_single_class": skipped, "seed": seed, "threshold": threshold,
             "intervals": intervals}

@@ -1,0 +1,195 @@
+"""Report writers for a run directory: JSON (strict, NaN -> null), Markdown, and PNG plots.
+
+Plots use matplotlib's object API (Figure + Agg canvas), never pyplot, so no global backend
+state and no display is needed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+SPLIT_ORDER = ("validation", "test")
+# (history key, title) pairs plotted train vs validation, as the 2020 study's figures.
+CURVE_METRICS = (("accuracy", "Accuracy"), ("loss", "Loss"), ("auc", "ROC AUC"))
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy scalars/arrays -> Python; NaN and +-inf -> None (the reason lives beside it)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [to_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: str, payload: Mapping[str, Any]) -> str:
+    """Strict JSON (allow_nan=False), written to a temp file then renamed: never half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(to_jsonable(payload), f, indent=2, sort_keys=False, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_history(path: str) -> dict[str, list[float]]:
+    """Reads a keras History.history dict; every value must be a list of numbers."""
+    with open(path, encoding="utf-8") as f:
+        history = json.load(f)
+    if not isinstance(history, dict):
+        raise ValueError(f"{path}: history must be a JSON object of metric -> list, got {type(history).__name__}")
+    for key, values in history.items():
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) or v is None for v in values):
+            raise ValueError(f"{path}: history[{key!r}] must be a list of numbers, got {values!r:.80}")
+    return {k: [math.nan if v is None else float(v) for v in vs] for k, vs in history.items()}
+
+
+def _figure(width: float = 5.0, height: float = 4.0):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def plot_training_curves(history: Mapping[str, list[float]], out_dir: str) -> dict[str, str]:
+    """One PNG per metric found in history (accuracy, loss, auc): train vs validation by epoch."""
+    paths = {}
+    for key, title in CURVE_METRICS:
+        series = [(name, history[name]) for name in (key, f"val_{key}") if history.get(name)]
+        if not series:
+            continue
+        fig = _figure()
+        ax = fig.add_subplot()
+        for name, values in series:
+            epochs = np.arange(1, len(values) + 1)
+            ax.plot(epochs, values, marker="o", markersize=3,
+                    label="validation" if name.startswith("val_") else "training")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(title.lower())
+        ax.set_title(f"Training and validation {title.lower()}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        path = os.path.join(out_dir, f"training_{key}.png")
+        fig.savefig(path, bbox_inches="tight")
+        paths[f"training_{key}"] = path
+    return paths
+
+
+def plot_roc_curves(curves: Mapping[str, Mapping[str, Any]], path: str,
+                    operating_points: Mapping[str, tuple[float, float]] | None = None) -> str:
+    """ROC curves of several splits on one axis; curves[split] = {fpr, tpr, auc}."""
+    fig = _figure(5.0, 5.0)
+    ax = fig.add_subplot()
+    for split, curve in curves.items():
+        ax.plot(curve["fpr"], curve["tpr"], label=f"{split} (AUC {curve['auc']:.3f})")
+        if operating_points and split in operating_points:
+            fpr, tpr = operating_points[split]
+            ax.plot([fpr], [tpr], marker="o", color=ax.lines[-1].get_color())
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="chance")
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.02)
+    ax.set_title("ROC curve (dot: chosen threshold)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def plot_confusion_matrices(confusions: Mapping[str, Mapping[str, int]], path: str,
+                            threshold: float) -> str:
+    """Side-by-side 2x2 count matrices (rows: true class, columns: predicted), one per split."""
+    fig = _figure(4.2 * len(confusions), 4.0)
+    for i, (split, c) in enumerate(confusions.items(), start=1):
+        ax = fig.add_subplot(1, len(confusions), i)
+        matrix = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+        ax.imshow(matrix, cmap="Blues", vmin=0)
+        for (row, col), count in np.ndenumerate(matrix):
+            ax.text(col, row, str(count), ha="center", va="center",
+                    color="white" if count > matrix.max() / 2 else "black", fontsize=14)
+        ax.set_xticks([0, 1], ["benign", "malignant"])
+        ax.set_yticks([0, 1], ["benign", "malignant"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{split} (threshold {threshold:.3f})")
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _metric_rows(splits: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    rows = []
+    for name in names:
+        cells = []
+        for split in splits.values():
+            cell = _fmt(split.get(name))
+            interval = split.get("bootstrap", {}).get("intervals", {}).get(name)
+            if interval and interval.get("low") is not None and cell != "n/a":
+                cell += f" [{_fmt(interval['low'])}, {_fmt(interval['high'])}]"
+            cells.append(cell)
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """Human-readable report.md from the (already JSON-able) report dict."""
+    splits = {s: report["splits"][s] for s in SPLIT_ORDER if s in report.get("splits", {})}
+    evaluated = {s: v for s, v in splits.items() if v.get("cases")}
+    t = report["threshold"]
+    lines = ["# Evaluation report", "", f"Created {report.get('created_utc', '')}.", "",
+             "## Threshold", "",
+             f"Threshold **{_fmt(t['threshold'], 4)}**, policy `{t['policy']}`: {t['reason']}. "
+             "Chosen on validation, applied unchanged to test. A case is called malignant "
+             "when its probability is >= the threshold.", "", "## Data", "",
+             "| split | records | evaluated | benign | malignant |", "|---|---|---|---|---|"]
+    for split, info in report.get("data", {}).get("splits", {}).items():
+        counts = info.get("counts", {})
+        evaluated_cases = report["splits"].get(split, {}).get("cases", "not evaluated")
+        lines.append(f"| {split} | {info.get('records', 'n/a')} | {evaluated_cases} | "
+                     f"{counts.get('benign', 'n/a')} | {counts.get('malignant', 'n/a')} |")
+    lines += ["", "## Metrics", ""]
+    if evaluated:
+        boot = next(iter(evaluated.values())).get("bootstrap", {})
+        lines += [f"Brackets: bootstrap {int(100 * boot.get('confidence', 0.95))}% interval over cases "
+                  f"({boot.get('resamples', 0)} resamples, seed {boot.get('seed', '')}; resamples "
+                  "with a single class skipped, counted below).", "",
+                  "| metric | " + " | ".join(evaluated) + " |", "|---|" + "---|" * len(evaluated)]
+        lines += _metric_rows(evaluated, ("auc", "accuracy", "error_rate", "precision",
+                                          "sensitivity", "specificity", "f1"))
+        for name in ("tp", "fp", "tn", "fn"):
+            lines.append(f"| {name} | " + " | ".join(str(v["confusion"][name]) for v in evaluated.values()) + " |")
+        lines.append("| bootstrap resamples skipped | " + " | ".join(
+            str(v.get("bootstrap", {}).get("skipped_single_class", "n/a")) for v in evaluated.values()) + " |")
+    notes = [f"- {split}: {reason}" for split, v in splits.items() if v.get("note") for reason in [v["note"]]]
+    notes += [f"- {split} {name}: undefined, {reason}" for split, v in splits.items()
+              for name, reason in v.get("undefined", {}).items()]
+    if notes:
+        lines += ["", "Not available:", ""] + notes
+    plots = report.get("plots", {})
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{name}]({path})" for name, path in plots.items()]
+    lines += ["", "## Config", "", "```json", json.dumps(report.get("config", {}), indent=2, sort_keys=True),
+              "```", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(path: str, report: Mapping[str, Any]) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_markdown(to_jsonable(report)))
+    return path
