@@ -1,0 +1,238 @@
+"""Shared pieces of the layout readers: the one scan of the tree, id and value cleaning, CSV reading.
+
+Pure Python (no Beam, no TF) and metadata only: image bytes are never opened here, the Beam job
+decodes and hashes them.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import os
+import re
+from typing import Iterable, Optional
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Segmentation masks and superpixel maps shipped beside the photos (ISIC 2016-2018 challenges).
+MASK_SUFFIXES = ("_segmentation", "_mask", "_superpixels")
+# Suffixes that mark a variant of an archive image; the record keeps the archive id without them.
+ID_SUFFIXES = {"_downsampled": "suffix_downsampled", "_gray": "suffix_gray"}
+MISSING_TEXT = {"", "unknown", "nan", "none", "null", "na", "n/a"}
+SEXES = {"male", "female"}
+
+
+@dataclasses.dataclass
+class Scan:
+    """One os.walk of the input tree, shared by detection and every reader."""
+
+    root: str
+    images: list[str]                     # absolute paths of dataset images, sorted
+    json_files: list[str]                 # absolute paths, sorted
+    top_csv_files: list[str]              # CSVs directly under root, sorted
+    top_dirs: list[str]                   # names of non-hidden folders directly under root, sorted
+    counters: collections.Counter
+
+
+def scan_tree(root: str) -> Scan:
+    """Walk root once (following folder links, each real folder once) and sort what it holds."""
+    if not os.path.isdir(root):
+        raise ValueError(f"input {root!r} is not a directory")
+    root = os.path.abspath(root)
+    counters: collections.Counter = collections.Counter()
+    images, json_files, top_csv = [], [], []
+    seen_dirs = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # a link loop or a second link to the same folder
+            dirnames[:] = []
+            counters["linked_folder_skipped"] += 1
+            continue
+        seen_dirs.add(real)
+        hidden = [d for d in dirnames if d.startswith(".")]
+        counters["hidden_skipped"] += len(hidden)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            stem, ext = os.path.splitext(name)
+            ext = ext.lower()
+            if name.startswith("."):      # e.g. macOS '._ISIC_0000000.jpg' resource forks
+                counters["hidden_skipped"] += 1
+            elif ext in IMAGE_EXTENSIONS:
+                if stem.endswith(MASK_SUFFIXES):
+                    counters["mask_skipped"] += 1
+                else:
+                    images.append(path)
+            elif ext == ".json":
+                json_files.append(path)
+            elif ext == ".csv" and dirpath == root:
+                top_csv.append(path)
+            else:
+                counters["other_file_skipped"] += 1
+    top_dirs = sorted(d for d in os.listdir(root)
+                      if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+    return Scan(root, sorted(images), sorted(json_files), sorted(top_csv), top_dirs, counters)
+
+
+def split_id(raw: str, counters: collections.Counter) -> tuple[str, str]:
+    """Clean an id as metadata writes it: returns (canonical id, problem or '').
+
+    '.jpg' endings and the '_downsampled'/'_gray' variant suffixes are removed (and counted), so
+    `ISIC_0000000_downsampled.jpg` and `ISIC_0000000` name the same archive image.
+    """
+    text = (raw or "").strip()
+    if not text:
+        return "", "empty id"
+    if "/" in text or "\\" in text or ".." in text or "\x00" in text:
+        return text, f"id {text!r} holds a path separator or '..'"
+    stem, ext = os.path.splitext(text)
+    if ext.lower() in IMAGE_EXTENSIONS:
+        counters["id_with_extension"] += 1
+        text = stem
+    canonical, _ = strip_suffixes(text, counters)
+    if not canonical:
+        return "", f"id {raw!r} is empty without its extension/suffix"
+    return canonical, ""
+
+
+def strip_suffixes(stem: str, counters: Optional[collections.Counter] = None) -> tuple[str, list[str]]:
+    """'ISIC_1_downsampled' -> ('ISIC_1', ['suffix_downsampled']); counts each suffix found."""
+    found = []
+    changed = True
+    while changed:
+        changed = False
+        for suffix, counter_name in ID_SUFFIXES.items():
+            if stem.endswith(suffix) and len(stem) > len(suffix):
+                stem = stem[: -len(suffix)]
+                found.append(counter_name)
+                changed = True
+    if counters is not None:
+        for name in found:
+            counters[name] += 1
+    return stem, found
+
+
+def image_stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def parse_age(value, counters: collections.Counter) -> Optional[float]:
+    """Ages as ISIC writes them: 55, '55', '55.0', '', 'unknown', null -> float or None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        counters["empty_age"] += 1
+        return None
+    if isinstance(value, bool):
+        counters["invalid_age"] += 1
+        return None
+    if isinstance(value, (int, float)):
+        age = float(value)
+    else:
+        text = value.strip()
+        if text.lower() in MISSING_TEXT:
+            counters["unknown_age"] += 1
+            return None
+        try:
+            age = float(text)
+        except ValueError:
+            counters["invalid_age"] += 1
+            return None
+        if not re.fullmatch(r"[+-]?\d+", text):
+            counters["float_age"] += 1
+    if not 0 <= age <= 130 or age != age:
+        counters["invalid_age"] += 1
+        return None
+    return age
+
+
+def parse_sex(value, counters: collections.Counter) -> str:
+    """'male'/'female' (any case) kept; null/'' -> empty_sex; 'unknown' -> unknown_sex; else invalid_sex."""
+    if value is None or not str(value).strip():
+        counters["empty_sex"] += 1
+        return ""
+    text = str(value).strip().lower()
+    if text in SEXES:
+        return text
+    counters["unknown_sex" if text in MISSING_TEXT else "invalid_sex"] += 1
+    return ""
+
+
+def clean_text(value) -> str:
+    """Free-text fields: None, 'unknown', 'NaN' and blanks become ''."""
+    if value is None:
+        return ""
+    text = str(value).strip()
+    return "" if text.lower() in MISSING_TEXT else text
+
+
+@dataclasses.dataclass
+class CsvTable:
+    """A metadata CSV cleaned of BOM, blank lines and unnamed index columns."""
+
+    path: str
+    columns: list[str]                    # lower-cased, index columns removed
+    rows: list[tuple[int, dict, str]]     # (line number, {column: cell}, problem or '')
+
+
+def _index_columns(header: list[str]) -> list[int]:
+    return [i for i, name in enumerate(header)
+            if not name.strip() or re.fullmatch(r"unnamed: ?\d+", name.strip().lower())]
+
+
+def _decode(path: str) -> tuple[str, bool]:
+    with open(path, "rb") as handle:
+        data = handle.read()
+    bom = data.startswith(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8-sig"), bom
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from error
+
+
+def read_csv_header(path: str) -> list[str]:
+    """The lower-cased column names of a CSV, without unnamed index columns (for detection)."""
+    text, _ = _decode(path)
+    for row in csv.reader(io.StringIO(text, newline="")):
+        if any(cell.strip() for cell in row):
+            drop = set(_index_columns(row))
+            return [c.strip().lower() for i, c in enumerate(row) if i not in drop]
+    return []
+
+
+def read_csv(path: str, counters: collections.Counter) -> CsvTable:
+    """Read a whole metadata CSV with the csv module (quoted commas), counting what it cleans."""
+    text, bom = _decode(path)
+    if bom:
+        counters["csv_bom"] += 1
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: Optional[list[str]] = None
+    drop: set[int] = set()
+    rows = []
+    try:
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                counters["empty_line"] += 1
+                continue
+            if header is None:
+                drop = set(_index_columns(cells))
+                counters["extra_index_column"] += len(drop)
+                header = [c.strip().lower() for i, c in enumerate(cells) if i not in drop]
+                duplicated = sorted(n for n, k in collections.Counter(header).items() if k > 1)
+                if duplicated:
+                    raise ValueError(f"{path}: header repeats column(s) {duplicated}")
+                continue
+            problem = ""
+            if len(cells) != len(header) + len(drop):
+                problem = f"{len(cells)} cells where the header has {len(header) + len(drop)}"
+            kept = [c for i, c in enumerate(cells) if i not in drop]
+            rows.append((reader.line_num, dict(zip(header, kept)), problem))
+    except csv.Error as error:
+        raise ValueError(f"{path}: line {reader.line_num}: {error}") from error
+    if header is None:
+        raise ValueError(f"{path}: empty CSV (no header line)")
+    return CsvTable(path, header, rows)
+
+
+def require_columns(table: CsvTable, needed: Iterable[str]) -> None:
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ValueError(f"{table.path}: missing column(s) {missing}; header has {table.columns}")
