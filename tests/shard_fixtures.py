@@ -1,0 +1,136 @@
+"""Writes tiny datasets in the exact layout of beam_jobs.preprocess, for trainer tests.
+
+Records go through the shared schema encoder and the shared resize, so what the trainers read
+here is what they read from the real job, only smaller. Other test files import these helpers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from isicflow import imaging, manifest as manifest_lib, metadata, schema
+
+RESIZE_MODE = "squash"
+
+
+def _sizes(size: int | Sequence[int]) -> tuple[int, ...]:
+    return imaging.parse_sizes([size] if isinstance(size, int) else list(size))
+
+
+def _record(image_id: str, pixels: np.ndarray, label_name: str, split: str, size: int,
+            image_format: str) -> bytes:
+    resized = np.asarray(imaging.resize_image(pixels, size, RESIZE_MODE))
+    return schema.encode_example({
+        "image_id": image_id,
+        "image_encoded": imaging.encode_image(resized, image_format),
+        "image_format": image_format, "height": size, "width": size, "channels": 3,
+        "label": metadata.LABEL_INDEX[label_name], "label_name": label_name,
+        "diagnosis": "", "patient_id": "", "lesion_id": "", "age_approx": -1.0, "sex": "",
+        "anatom_site": "", "image_type": "dermoscopic", "source_collection": "test",
+        "split": split, "content_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+        "original_height": int(pixels.shape[0]), "original_width": int(pixels.shape[1]),
+    })
+
+
+def _write_tfrecord(path: pathlib.Path, records: Iterable[bytes], gzip_compress: bool) -> None:
+    """TFRecord framing written by TensorFlow itself, so length and CRCs are exact."""
+    import tensorflow as tf
+
+    options = tf.io.TFRecordOptions(compression_type="GZIP" if gzip_compress else "")
+    with tf.io.TFRecordWriter(str(path), options) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def write_tiny_dataset(root, images_by_split: Mapping[str, Sequence[tuple[np.ndarray, str]]],
+                       size: int | Sequence[int], image_format: str = "jpeg",
+                       compression: str = "", num_shards: int = 2,
+                       schema_version: int | None = None) -> str:
+    """Writes ROOT/manifest.json and ROOT/<size>/<split>/<split>-0000i-of-0000n.tfrecord[.gz].
+
+    images_by_split: {"train": [(uint8 HxWx3, "benign"|"malignant"|"unknown"), ...], ...};
+    each image is resized (squash, the shared resize) to every size. Records are dealt
+    round-robin over `num_shards` shards per split. Returns ROOT as a string.
+    """
+    if compression not in ("", "GZIP"):
+        raise ValueError(f"compression {compression!r} not in ('', 'GZIP')")
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = _sizes(size)
+    datasets: dict[str, dict] = {}
+    for size in sizes:
+        datasets[str(size)] = {}
+        for split, items in images_by_split.items():
+            if split not in manifest_lib.SPLITS:
+                raise ValueError(f"split {split!r} not in {manifest_lib.SPLITS}")
+            records = [_record(f"{split}_{i:04d}", np.asarray(px, np.uint8), label, split,
+                               size, image_format) for i, (px, label) in enumerate(items)]
+            n = max(1, min(num_shards, len(records)))
+            folder = root / str(size) / split
+            folder.mkdir(parents=True, exist_ok=True)
+            shards = []
+            for k in range(n):
+                name = f"{split}-{k:05d}-of-{n:05d}.tfrecord" + (".gz" if compression else "")
+                path = folder / name
+                _write_tfrecord(path, records[k::n], bool(compression))
+                data = path.read_bytes()
+                shards.append({"path": f"{size}/{split}/{name}", "records": len(records[k::n]),
+                               "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            counts = {name: sum(1 for _, label in items if label == name)
+                      for name in metadata.LABEL_NAMES}
+            datasets[str(size)][split] = {"records": len(records), "counts": counts,
+                                          "shards": shards}
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION if schema_version is None else schema_version,
+        "image_format": image_format, "resize_mode": RESIZE_MODE, "compression": compression,
+        "image_sizes": list(sizes), "datasets": datasets,
+    }
+    (root / manifest_lib.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    (root / manifest_lib.REJECTS_NAME).write_text("")
+    return str(root)
+
+
+def random_images(n: int, side: int, seed: int = 0,
+                  labels: Sequence[str] = ("benign", "malignant")) -> list[tuple[np.ndarray, str]]:
+    """n random uint8 images, labels cycling through `labels`."""
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), labels[i % len(labels)])
+            for i in range(n)]
+
+
+def load_sample_images(sample_dir, n: int, offset: int = 0) -> list[tuple[np.ndarray, str]]:
+    """n real images from the isic-uda1 sample, alternating benign/malignant where possible,
+    decoded with the shared decoder. `offset` skips that many of each class first."""
+    by_label: dict[str, list[pathlib.Path]] = {"benign": [], "malignant": []}
+    for sidecar in sorted(pathlib.Path(sample_dir).glob("ISIC_*.json")):
+        label = json.loads(sidecar.read_text())["meta"]["clinical"].get("benign_malignant")
+        if label in by_label:
+            by_label[label].append(sidecar.with_suffix(".jpg"))
+    picked: list[tuple[pathlib.Path, str]] = []
+    for i in range(n):
+        label = ("benign", "malignant")[i % 2]
+        pool = by_label[label]
+        index = offset + i // 2
+        if index >= len(pool):
+            raise ValueError(f"sample has only {len(pool)} {label} images, asked for {index + 1}")
+        picked.append((pool[index], label))
+    return [(imaging.decode_image(path.read_bytes()).pixels, label) for path, label in picked]
+
+
+def write_sample_dataset(root, sample_dir, size: int | Sequence[int],
+                         n_per_split: Mapping[str, int] | None = None,
+                         image_format: str = "jpeg", compression: str = "",
+                         num_shards: int = 2) -> str:
+    """A tiny dataset of REAL ISIC images (default 8 train, 4 validation, 4 test), both classes
+    in every split, no image in two splits."""
+    n_per_split = n_per_split or {"train": 8, "validation": 4, "test": 4}
+    images_by_split, used = {}, 0
+    for split, n in n_per_split.items():
+        images_by_split[split] = load_sample_images(sample_dir, n, offset=used)
+        used += (n + 1) // 2
+    return write_tiny_dataset(root, images_by_split, size, image_format, compression, num_shards)
+

@@ -1,0 +1,131 @@
+"""trainer.runtime and trainer.common_flags: precision rule, strategy, timing, NaN stop, flags."""
+import itertools
+import math
+
+import keras
+import pytest
+from absl import flags
+
+from trainer import common_flags, runtime
+
+FLAGS = flags.FLAGS
+
+
+@pytest.fixture
+def restore_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("mode, gpus, expected", [
+    ("auto", [], "float32"),
+    ("auto", [(8, 0)], "mixed_float16"),
+    ("auto", [(8, 0), (6, 1)], "float32"),   # one old GPU would run float16 slowly
+    ("auto", [(6, 1)], "float32"),
+    ("off", [(9, 0)], "float32"),
+    ("mixed_bfloat16", [], "mixed_bfloat16"),
+    ("mixed_float16", [], "mixed_float16"),
+])
+def test_precision_rule(mode, gpus, expected):
+    assert runtime.resolve_precision_policy(mode, gpus) == expected
+
+
+def test_configure_mixed_precision_sets_the_keras_policy(restore_policy):
+    assert runtime.configure_mixed_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    assert runtime.configure_mixed_precision("off") == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with pytest.raises(ValueError, match="'fp8'"):
+        runtime.configure_mixed_precision("fp8")
+
+
+def test_single_device_gets_the_default_strategy():
+    import tensorflow as tf
+    strategy = runtime.make_strategy()
+    assert strategy.num_replicas_in_sync == 1
+    assert strategy is tf.distribute.get_strategy()
+
+
+@pytest.mark.parametrize("text, expected", [("", None), ("  ", None), ("3,5", (3, 5)),
+                                            ("4,4", (4, 4))])
+def test_profile_steps_parse(text, expected):
+    assert runtime.parse_profile_steps(text) == expected
+
+
+@pytest.mark.parametrize("text", ["5", "5,3", "0,2", "a,b", "1,2,3"])
+def test_profile_steps_reject_with_the_value(text):
+    with pytest.raises(ValueError, match=repr(text).replace("(", r"\(")):
+        runtime.parse_profile_steps(text)
+
+
+def test_raise_if_not_finite():
+    runtime.raise_if_not_finite(0.5, "loss", 3)
+    for bad in (math.nan, math.inf):
+        with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step 7"):
+            runtime.raise_if_not_finite(bad, "loss", 7)
+
+
+def test_step_time_meter_with_a_fake_clock():
+    ticks = itertools.count()
+    now = {"t": 0.0}
+    meter = runtime.StepTimeMeter(warmup_steps=1, clock=lambda: now["t"])
+
+    class SlowIterator:
+        def __init__(self, wait):
+            self.wait = wait
+
+        def __next__(self):
+            now["t"] += self.wait
+            return next(ticks)
+
+    for wait, compute in [(5.0, 1.0), (0.5, 1.5), (0.5, 1.5)]:  # first step is warm-up
+        meter.begin_step()
+        meter.next(SlowIterator(wait))
+        now["t"] += compute
+        meter.end_step(images=32)
+    summary = meter.summary()
+    assert summary["steps"] == 2
+    assert summary["step_time_s"] == pytest.approx(2.0)
+    assert summary["input_wait_share"] == pytest.approx(0.25)
+    assert summary["images_per_s"] == pytest.approx(16.0)
+
+    with pytest.raises(StopIteration):  # end of data: no step recorded
+        meter.next(iter([]))
+    assert meter.steps == 3
+    meter.reset()
+    assert meter.steps == 0 and math.isnan(meter.summary()["step_time_s"])
+
+
+@pytest.fixture
+def parse_flags():
+    def parse(*argv):
+        return FLAGS(["prog", "--data_dir=d", "--workdir=w", *argv])
+    yield parse
+    FLAGS.unparse_flags()
+
+
+def test_common_flags_parse_and_report(parse_flags):
+    parse_flags("--batch_size=8", "--profile_steps=2,4", "--mixed_precision=mixed_bfloat16")
+    values = common_flags.common_flag_values()
+    assert values["batch_size"] == 8 and values["profile_steps"] == "2,4"
+    assert set(values) == set(common_flags.COMMON_FLAG_NAMES)
+
+
+@pytest.mark.parametrize("arg, shown", [
+    ("--batch_size=0", "--batch_size=0"),
+    ("--image_size=-4", "--image_size=-4"),
+    ("--epochs=0", "--epochs=0"),
+    ("--learning_rate=-0.1", "--learning_rate=-0.1"),
+    ("--profile_steps=9,2", "--profile_steps=9,2"),
+    ("--mixed_precision=fp16", "fp16"),
+    ("--steps_per_epoch=-1", "--steps_per_epoch=-1"),
+])
+def test_impossible_values_fail_at_parse_with_the_value(parse_flags, arg, shown):
+    with pytest.raises(flags.IllegalFlagValueError) as error:
+        parse_flags(arg)
+    assert shown in str(error.value)
+
+
+def test_unknown_flag_fails_with_its_name(parse_flags):
+    with pytest.raises(flags.UnrecognizedFlagError, match="batchsize"):
+        parse_flags("--batchsize=3")

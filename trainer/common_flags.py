@@ -1,0 +1,86 @@
+"""Flags every trainer shares, defined exactly once (trainer.cnn and trainer.dcgan import this).
+
+absl refuses a flag defined twice in one process, so no other module may define these names.
+Validators run when flags are parsed, so an impossible value stops the run before any work,
+with the flag and its value in the message.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from absl import flags
+
+from trainer import runtime
+
+# --- data and run folder ---
+flags.DEFINE_string("data_dir", None, "Dataset folder written by beam_jobs.preprocess "
+                    "(holds manifest.json and <size>/<split>/*.tfrecord).")
+flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, logs/ (TensorBoard), "
+                    "history.json, reports, exported models. Re-running resumes from it.")
+flags.DEFINE_integer("image_size", 256, "Square image side in pixels; must be one of the "
+                     "sizes in the dataset's manifest.")
+
+# --- schedule ---
+flags.DEFINE_integer("batch_size", 32, "Global batch size (split across replicas).")
+flags.DEFINE_integer("epochs", 10, "Number of epochs.")
+flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch; 0 = one pass over the "
+                     "training split.")
+flags.DEFINE_float("learning_rate", 1e-3, "Optimizer learning rate.")
+flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
+
+# --- input pipeline ---
+flags.DEFINE_string("cache", "", "'' (no cache), 'memory', or a file path prefix for "
+                    "tf.data's file cache of decoded images.")
+flags.DEFINE_bool("deterministic", False, "Deterministic input order and op determinism for "
+                  "reproducible runs (slower).")
+
+# --- performance ---
+flags.DEFINE_enum("mixed_precision", "auto", list(runtime.MIXED_PRECISION_MODES),
+                  "Dtype policy. auto: mixed_float16 on a GPU of compute capability >= 7, "
+                  "else float32.")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_string("profile_steps", "", "'START,END' (1-based steps, inclusive) to write a "
+                    "profiler trace to <workdir>/logs; '' for none.")
+
+COMMON_FLAG_NAMES = ("data_dir", "workdir", "image_size", "batch_size", "epochs",
+                     "steps_per_epoch", "learning_rate", "seed", "cache", "deterministic",
+                     "mixed_precision", "jit_compile", "profile_steps")
+
+
+def _valid_profile_steps(text: str) -> bool:
+    try:
+        runtime.parse_profile_steps(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _register_validators() -> None:
+    positive = {"image_size": "must be a positive number of pixels",
+                "batch_size": "must be a positive number of images",
+                "epochs": "must be at least 1"}
+    for name, why in positive.items():
+        flags.register_validator(name, lambda v: v is not None and v > 0, message=why)
+    flags.register_validator("steps_per_epoch", lambda v: v >= 0,
+                             message="must be 0 (full pass) or a positive step count")
+    flags.register_validator("learning_rate", lambda v: v > 0 and v == v and v < float("inf"),
+                             message="must be a positive finite number")
+    flags.register_validator("seed", lambda v: v >= 0, message="must be a non-negative integer")
+    flags.register_validator("profile_steps", _valid_profile_steps,
+                             message="must be 'START,END' with 1 <= START <= END, or ''")
+    flags.register_validator("cache", lambda v: v == v.strip(),
+                             message="must be '', 'memory' or a file path (no surrounding "
+                                     "spaces)")
+
+
+_register_validators()
+
+
+def require_run_folders() -> None:
+    """Makes --data_dir and --workdir mandatory; call from a trainer's __main__ block."""
+    flags.mark_flags_as_required(["data_dir", "workdir"])
+
+
+def common_flag_values() -> dict[str, Any]:
+    """The shared flags' current values, for run summaries and reports."""
+    return {name: flags.FLAGS[name].value for name in COMMON_FLAG_NAMES}

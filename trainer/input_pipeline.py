@@ -1,0 +1,190 @@
+"""The tf.data stream from the data engine's shards to (images, labels) batches. No model code.
+
+Order of stages, and why:
+  shuffled shard files -> parallel interleave of TFRecord readers (GZIP per the manifest)
+  -> shuffle serialized records (cheap: compressed bytes) -> parse with the shared schema and
+  decode in a parallel map -> label filter -> [cache decoded uint8 images]
+  -> [shuffle decoded images, when cached] -> repeat -> augment + scale in a parallel map
+  -> batch -> prefetch.
+Augmentation uses stateless random ops seeded by (seed, element index), so a run with
+--deterministic and a fixed seed sees the same images in the same order every time.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from isicflow import imaging, manifest as manifest_lib, schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+LABEL_MODES = ("binary", "all")
+_PARSED_FEATURES = ("image_encoded", "image_format", "height", "width", "label")
+_MAX_SHUFFLE_BUFFER = 1024
+
+# The study's augmentations (Keras ImageDataGenerator-style ranges, applied in tf ops).
+MAX_HUE_DELTA = 0.04
+SATURATION_RANGE = (0.8, 1.2)
+MAX_BRIGHTNESS_DELTA = 0.1
+CONTRAST_RANGE = (0.8, 1.2)
+ZOOM_KEEP_RANGE = (0.8, 1.0)  # central crop keeps this fraction of the side, then resize back
+
+
+def dataset_size(data_dir: str, split: str, image_size: int, labels: str = "binary") -> int:
+    """Records make_dataset yields for one pass (before batching), from the manifest counts."""
+    info = manifest_lib.split_info(manifest_lib.read_manifest(data_dir), image_size, split)
+    return _count(info, labels)
+
+
+def class_counts(data_dir: str, split: str, image_size: int) -> dict[str, int]:
+    """{label_name: records} of one split, from the manifest (for class weights)."""
+    info = manifest_lib.split_info(manifest_lib.read_manifest(data_dir), image_size, split)
+    return dict(info.get("counts", {}))
+
+
+def _count(info: dict, labels: str) -> int:
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels {labels!r} not in {LABEL_MODES}")
+    if labels == "all":
+        return int(info["records"])
+    counts = info.get("counts", {})
+    return int(counts.get("benign", 0)) + int(counts.get("malignant", 0))
+
+
+def preprocess_for_eval(image_uint8: tf.Tensor) -> tf.Tensor:
+    """uint8 [S,S,3] -> float32 in [0, 1], nothing else (validation, test, serving)."""
+    return tf.image.convert_image_dtype(image_uint8, tf.float32)
+
+
+def preprocess_for_train(image_uint8: tf.Tensor, *, augment: bool, seed) -> tf.Tensor:
+    """uint8 [S,S,3] -> float32 in [0, 1]; with `augment`, the study's random flips, rot90,
+    hue/saturation/brightness/contrast jitter and central-crop zoom. `seed`: int shape [2],
+    one per image, so the same (seed, image) always gets the same augmentation."""
+    image = preprocess_for_eval(image_uint8)
+    if not augment:
+        return image
+    size = tf.shape(image)[0]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
+    quarter_turns = tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32)
+    image = tf.image.rot90(image, quarter_turns)
+    image = tf.image.stateless_random_hue(image, MAX_HUE_DELTA, seeds[3])
+    image = tf.image.stateless_random_saturation(image, *SATURATION_RANGE, seeds[4])
+    image = tf.image.stateless_random_brightness(image, MAX_BRIGHTNESS_DELTA, seeds[5])
+    image = tf.image.stateless_random_contrast(image, *CONTRAST_RANGE, seeds[6])
+    keep = tf.random.stateless_uniform([], seeds[7], *ZOOM_KEEP_RANGE)
+    crop = tf.maximum(1, tf.cast(tf.round(tf.cast(size, tf.float32) * keep), tf.int32))
+    offset = (size - crop) // 2
+    image = tf.image.crop_to_bounding_box(image, offset, offset, crop, crop)
+    image = tf.image.resize(image, tf.stack([size, size]), method="bilinear")
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def scale_to_range(image01: tf.Tensor, value_range: Sequence[float]) -> tf.Tensor:
+    """[0, 1] -> [low, high]: (0, 1) is the study's rescale 1/255, (-1, 1) the DCGAN's tanh."""
+    low, high = float(value_range[0]), float(value_range[1])
+    if (low, high) == (0.0, 1.0):
+        return image01
+    return image01 * (high - low) + low
+
+
+def _parse_and_decode(serialized: tf.Tensor, image_size: int):
+    record = tf.io.parse_single_example(serialized, schema.feature_spec(_PARSED_FEATURES))
+    image = imaging.decode_stored_image(record["image_encoded"], record["image_format"],
+                                        tf.cast(record["height"], tf.int32),
+                                        tf.cast(record["width"], tf.int32))
+    image = tf.ensure_shape(image, [image_size, image_size, 3])
+    return image, record["label"]
+
+
+def _check_args(split, image_size, batch_size, labels, value_range, cache) -> None:
+    if split not in manifest_lib.SPLITS:
+        raise ValueError(f"split {split!r} not in {manifest_lib.SPLITS}")
+    if image_size <= 0 or batch_size <= 0:
+        raise ValueError(f"need positive image_size and batch_size, got {image_size}, "
+                         f"{batch_size}")
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels {labels!r} not in {LABEL_MODES}")
+    if len(value_range) != 2 or not float(value_range[0]) < float(value_range[1]):
+        raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}")
+    if cache != cache.strip():
+        raise ValueError(f"cache must be '', 'memory' or a file path, got {cache!r}")
+
+
+def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
+                 training: bool, augment: bool = False, labels: str = "binary",
+                 value_range: tuple[float, float] = (0.0, 1.0), cache: str = "",
+                 deterministic: bool = False, seed: int = 0, repeat: bool = False,
+                 drop_remainder: bool = False, balance_classes: bool = False) -> tf.data.Dataset:
+    """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
+
+    labels='binary' keeps benign (0) and malignant (1) records; 'all' keeps every record, with
+    label -1 for unknown. training=True shuffles files and records (seeded) and, with `augment`,
+    augments; validation/test (training=False) are never augmented. balance_classes (training,
+    binary only) samples benign and malignant 50/50 from two repeated streams: the result is
+    infinite, so give fit a steps_per_epoch.
+    """
+    _check_args(split, image_size, batch_size, labels, value_range, cache)
+    manifest = manifest_lib.read_manifest(data_dir)
+    info = manifest_lib.split_info(manifest, image_size, split)
+    paths = manifest_lib.shard_paths(manifest, data_dir, image_size, split)
+    expected = _count(info, labels)
+    if not paths or expected == 0:
+        raise ValueError(f"{data_dir}: split {split!r} at {image_size}px has no "
+                         f"{'benign/malignant ' if labels == 'binary' else ''}records "
+                         f"(manifest counts {info.get('counts')})")
+    if balance_classes and (not training or labels != "binary"):
+        raise ValueError("balance_classes needs training=True and labels='binary'")
+
+    def stream(label_filter=None, stream_seed=seed) -> tf.data.Dataset:
+        files = tf.data.Dataset.from_tensor_slices(paths)
+        if training:
+            files = files.shuffle(len(paths), seed=stream_seed, reshuffle_each_iteration=True)
+        records = files.interleave(
+            lambda path: tf.data.TFRecordDataset(
+                path, compression_type=manifest_lib.compression_type(manifest)),
+            cycle_length=min(len(paths), 16), block_length=1, num_parallel_calls=AUTOTUNE)
+        buffer = max(1, min(int(info["records"]), _MAX_SHUFFLE_BUFFER))
+        if training and not cache:
+            records = records.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
+        ds = records.map(lambda s: _parse_and_decode(s, image_size), num_parallel_calls=AUTOTUNE)
+        if labels == "binary":
+            ds = ds.filter(lambda image, label: label >= 0)
+        if label_filter is not None:
+            ds = ds.filter(lambda image, label: tf.equal(label, label_filter))
+        if cache == "memory":
+            ds = ds.cache()
+        elif cache:
+            suffix = "" if label_filter is None else f"-class{label_filter}"
+            ds = ds.cache(f"{cache}-{image_size}-{split}{suffix}")
+        if training and cache:
+            ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
+        return ds
+
+    if balance_classes:
+        ds = tf.data.Dataset.sample_from_datasets(
+            [stream(0, seed).repeat(), stream(1, seed + 7).repeat()], weights=[0.5, 0.5],
+            seed=seed + 2, stop_on_empty_dataset=True)
+    else:
+        ds = stream()
+        if repeat:
+            ds = ds.repeat()
+    # Element index -> per-image augmentation seed; counted after repeat so epochs differ.
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
+
+    def finish(pair, index):
+        image, label = pair
+        if training:
+            image = preprocess_for_train(image, augment=augment,
+                                         seed=tf.stack([tf.constant(seed, tf.int64), index]))
+        else:
+            image = preprocess_for_eval(image)
+        return scale_to_range(image, value_range), tf.cast(label, tf.float32)
+
+    ds = ds.map(finish, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+    ds = ds.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    return ds.with_options(options)

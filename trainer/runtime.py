@@ -1,0 +1,150 @@
+"""Runtime plumbing both trainers share: precision policy, device strategy, step timing, NaN stop.
+
+Nothing here knows about models or data; each function is small enough to test on a CPU.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterator
+
+MIXED_PRECISION_MODES = ("auto", "off", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def _gpu_compute_capabilities() -> list[tuple[int, int]]:
+    import tensorflow as tf
+
+    capabilities = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu) or {}
+        capabilities.append(tuple(details.get("compute_capability", (0, 0))))
+    return capabilities
+
+
+def resolve_precision_policy(mode: str, gpu_capabilities: list[tuple[int, int]]) -> str:
+    """Pure rule behind configure_mixed_precision: which Keras policy name a mode means here.
+
+    'auto' picks mixed_float16 only where it pays: every visible GPU has tensor cores
+    (compute capability >= 7.0). On a CPU float16 is slower, so auto means float32 there.
+    """
+    if mode not in MIXED_PRECISION_MODES:
+        raise ValueError(f"mixed precision mode {mode!r} not in {MIXED_PRECISION_MODES}")
+    if mode == "auto":
+        fast = bool(gpu_capabilities) and all(c >= (7, 0) for c in gpu_capabilities)
+        return "mixed_float16" if fast else "float32"
+    return "float32" if mode in ("off", "float32") else mode
+
+
+def configure_mixed_precision(mode: str) -> str:
+    """Sets the Keras global dtype policy for `mode`; returns the policy name applied.
+
+    Call before building the model. Under mixed_float16, Keras' compile() wraps the optimizer
+    in a LossScaleOptimizer, so loss scaling needs nothing more from the caller.
+    """
+    import keras
+
+    policy = resolve_precision_policy(mode, _gpu_compute_capabilities() if mode == "auto" else [])
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def make_strategy():
+    """MirroredStrategy over all GPUs when there are several, else over several logical CPUs
+    (tests configure two), else the default strategy (one device, no overhead)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    cpus = tf.config.list_logical_devices("CPU")
+    if not gpus and len(cpus) > 1:
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in cpus],
+            cross_device_ops=tf.distribute.ReductionToOneDevice(reduce_to_device=cpus[0].name))
+    return tf.distribute.get_strategy()
+
+
+def parse_profile_steps(text: str) -> tuple[int, int] | None:
+    """'START,END' (1-based, inclusive, START <= END) -> (START, END); '' -> None."""
+    if text is None or not str(text).strip():
+        return None
+    parts = str(text).split(",")
+    try:
+        start, end = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"profile steps must be 'START,END' integers, got {text!r}") from None
+    if start < 1 or end < start:
+        raise ValueError(f"profile steps need 1 <= START <= END, got {text!r}")
+    return start, end
+
+
+def raise_if_not_finite(value: Any, what: str, step: int) -> None:
+    """Stops a run on NaN/inf, saying what diverged and where (a NaN never heals)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise FloatingPointError(
+            f"{what} is {number} at step {step}; stopping. Lower the learning rate, check the "
+            "input range, or try --mixed_precision=off")
+
+
+class StepTimeMeter:
+    """Per-step wall time and the part of it spent waiting for the next input batch.
+
+    Usage in a loop:  meter.begin_step(); batch = meter.next(iterator); ...train...;
+    meter.end_step(batch_size). The first `warmup_steps` steps (tracing, graph building)
+    are left out of the summary when there are more steps than that.
+    """
+
+    def __init__(self, warmup_steps: int = 1, clock=time.perf_counter):
+        self.warmup_steps = warmup_steps
+        self._clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        self._steps: list[tuple[float, float, int]] = []  # (step seconds, wait seconds, images)
+        self._begin: float | None = None
+        self._wait = 0.0
+
+    def begin_step(self) -> None:
+        self._begin = self._clock()
+        self._wait = 0.0
+
+    def next(self, iterator: Iterator) -> Any:
+        """next(iterator), timed as input wait; StopIteration passes through (no step counted)."""
+        if self._begin is None:
+            self.begin_step()
+        start = self._clock()
+        try:
+            return next(iterator)
+        except BaseException:
+            self._begin = None
+            raise
+        finally:
+            self._wait += self._clock() - start
+
+    def record_wait(self, seconds: float) -> None:
+        self._wait += seconds
+
+    def end_step(self, images: int = 0) -> None:
+        if self._begin is None:
+            raise RuntimeError("end_step() without begin_step()/next()")
+        self._steps.append((self._clock() - self._begin, self._wait, int(images)))
+        self._begin = None
+
+    @property
+    def steps(self) -> int:
+        return len(self._steps)
+
+    def summary(self) -> dict[str, float]:
+        """Mean step time, input-wait share of it, and images/s over the measured steps."""
+        steps = self._steps[self.warmup_steps:] if len(self._steps) > self.warmup_steps \
+            else self._steps
+        total = sum(s for s, _, _ in steps)
+        wait = sum(w for _, w, _ in steps)
+        images = sum(n for _, _, n in steps)
+        return {
+            "steps": len(steps),
+            "step_time_s": total / len(steps) if steps else float("nan"),
+            "input_wait_share": wait / total if total > 0 else float("nan"),
+            "images_per_s": images / total if total > 0 else float("nan"),
+        }
