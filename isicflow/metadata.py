@@ -59,6 +59,7 @@ class Rejection:
     image_id: str
     reason: str
     detail: str = ""
+    kind: str = "rejected"  # rejected (bad input) | filtered (by a flag) | duplicate
 
     def to_json_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,93 @@
+"""Deterministic, group-aware train/validation/test assignment and class balancing (pure).
+
+A group is what must not straddle splits: a patient, else a lesion, else the image itself
+(LesionRecord.group_key). Groups are visited in an order fixed by a seeded hash, and each goes
+to the split whose per-label counts are furthest below target, so proportions come out close
+to the requested fractions for every label even on a few hundred images, and the result
+depends only on the set of (group, label) pairs and the seed, never on input order.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+from typing import Iterable, Mapping, Sequence
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    """'70,20,10' (percent or fractions) -> (0.7, 0.2, 0.1); fails on anything else."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as e:
+        raise ValueError(f"--split must be three numbers like 70,20,10, got {text!r}") from e
+    if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
+        raise ValueError(f"--split must be three non-negative numbers like 70,20,10, got {text!r}")
+    total = sum(values)
+    return tuple(v / total for v in values)  # type: ignore[return-value]
+
+
+def stable_hash(text: str, seed: int = 0) -> int:
+    """A hash that is the same in every process and Python version (unlike hash())."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{text}".encode()).digest()[:8], "big")
+
+
+def assign_splits(group_labels: Iterable[tuple[str, str]],
+                  fractions: Sequence[float] = (0.7, 0.2, 0.1),
+                  seed: int = 0) -> dict[str, str]:
+    """Maps each group key to a split name.
+
+    group_labels: one (group_key, label) pair per image. Returns {group_key: split}.
+    """
+    per_group: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    totals: collections.Counter = collections.Counter()
+    for group, label in group_labels:
+        per_group[group][label] += 1
+        totals[label] += 1
+    # Sorted labels: the float sums below must not depend on the order labels were first seen.
+    targets = {s: {lab: f * totals[lab] for lab in sorted(totals)}
+               for s, f in zip(SPLIT_NAMES, fractions)}
+    counts = {s: collections.Counter() for s in SPLIT_NAMES}
+    assignment: dict[str, str] = {}
+    # Large groups first (they are the hard ones to place), then a seeded hash order.
+    order = sorted(per_group, key=lambda g: (-sum(per_group[g].values()), stable_hash(g, seed)))
+    for group in order:
+        labels = per_group[group]
+
+        def deficit_after(split: str) -> float:
+            # Squared distance to the targets, over all labels, if this group went to `split`.
+            err = 0.0
+            for s in SPLIT_NAMES:
+                for lab, target in targets[s].items():
+                    have = counts[s][lab] + (labels[lab] if s == split else 0)
+                    err += (have - target) ** 2
+            return err
+
+        candidates = [s for s, f in zip(SPLIT_NAMES, fractions) if f > 0]
+        best = min(candidates, key=lambda s: (deficit_after(s), SPLIT_NAMES.index(s)))
+        assignment[group] = best
+        counts[best].update(labels)
+    return assignment
+
+
+def select_balanced(items: Iterable[tuple[str, str]], seed: int = 0) -> set[str]:
+    """The study's balanced set: every malignant image and as many benign ones, chosen by a
+    seeded hash. items: (image_id, label). Returns the image ids to keep (unknowns dropped)."""
+    by_label: dict[str, list[str]] = collections.defaultdict(list)
+    for image_id, label in items:
+        by_label[label].append(image_id)
+    def hashed(ids: list[str]) -> list[str]:
+        return sorted(ids, key=lambda i: (stable_hash(i, seed), i))
+
+    malignant, benign = hashed(by_label.get("malignant", [])), hashed(by_label.get("benign", []))
+    n = min(len(malignant), len(benign))
+    return set(malignant[:n]) | set(benign[:n])
+
+
+def split_counts(assignment: Mapping[str, str],
+                 group_labels: Iterable[tuple[str, str]]) -> dict[str, collections.Counter]:
+    """Per split, images per label: for logging and tests."""
+    out = {s: collections.Counter() for s in SPLIT_NAMES}
+    for group, label in group_labels:
+        out[assignment[group]][label] += 1
+    return out

@@ -1,0 +1,141 @@
+"""Decode by content with reasons for every rejection; one resize shared by engine and serving."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from isicflow import imaging
+from tests import hostile_images as hi
+
+
+def test_rejections_carry_reasons():
+    cases = {
+        b"": "empty_file",
+        b"this is a text file, not an image": "not_an_image",
+        hi.truncated_jpeg(hi.gradient(400, 300)): "corrupt_image",
+        hi.png_with_huge_header(): "too_many_pixels",
+    }
+    for data, reason in cases.items():
+        with pytest.raises(imaging.ImageRejected) as e:
+            imaging.decode_image(data)
+        assert e.value.reason == reason, (reason, e.value)
+
+
+def test_gif_is_unsupported():
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(hi.gradient()).save(buf, format="GIF")
+    with pytest.raises(imaging.ImageRejected) as e:
+        imaging.decode_image(buf.getvalue())
+    assert e.value.reason == "unsupported_format"
+
+
+def test_modes_become_rgb():
+    pixels = hi.gradient()
+    for data in (hi.cmyk_jpeg(pixels), hi.grayscale_jpeg(pixels),
+                 hi.palette_png_with_transparency(pixels), hi.png_16bit()):
+        decoded = imaging.decode_image(data)
+        assert decoded.pixels.dtype == np.uint8 and decoded.pixels.shape[2] == 3
+
+
+def test_cmyk_colours_survive():
+    pixels = hi.gradient()
+    decoded = imaging.decode_image(hi.cmyk_jpeg(pixels)).pixels.astype(int)
+    assert np.abs(decoded - pixels).mean() < 8
+
+
+def test_png_content_is_decoded_whatever_the_name():
+    decoded = imaging.decode_image(hi.png_bytes(Image.fromarray(hi.gradient())))
+    assert decoded.source_format == "png"
+    np.testing.assert_array_equal(decoded.pixels, hi.gradient())
+
+
+def test_exif_orientation_applied():
+    pixels = hi.gradient(96, 64)
+    decoded = imaging.decode_image(hi.exif_rotated_jpeg(pixels, orientation=6))
+    assert decoded.pixels.shape[:2] == (96, 64)  # rotated 90 degrees
+    assert (decoded.source_width, decoded.source_height) == (64, 96)
+    # Orientation 6 = rotate 90 clockwise for display: the red top-left goes to the top-right.
+    assert decoded.pixels[5, -5, 0] > 200 and decoded.pixels[5, 5, 0] < 100
+
+
+def test_scale_denominator_rule():
+    assert imaging.jpeg_scale_denominator(3072, 2304, 256) == 4   # 576 short side >= 512
+    assert imaging.jpeg_scale_denominator(6780, 4519, 256) == 8
+    assert imaging.jpeg_scale_denominator(718, 542, 256) == 1
+    assert imaging.jpeg_scale_denominator(3072, 2304, 128) == 8
+    assert imaging.jpeg_scale_denominator(4000, 1000, 256, "pad") == 4  # long side 1000 >= 512
+    with pytest.raises(ValueError):
+        imaging.jpeg_scale_denominator(10, 10, 0)
+
+
+@pytest.mark.parametrize("mode", imaging.RESIZE_MODES)
+def test_resize_shape_and_type(mode):
+    out = imaging.resize_image(hi.gradient(96, 64), 32, mode).numpy()
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_pad_keeps_aspect_with_black_bars():
+    out = imaging.resize_image(np.full((50, 100, 3), 200, np.uint8), 40, "pad").numpy()
+    assert (out[:10] == 0).all() and (out[-10:] == 0).all() and (out[12:28] == 200).all()
+
+
+def test_center_crop_takes_the_middle():
+    img = np.zeros((40, 120, 3), np.uint8)
+    img[:, 40:80] = 255
+    out = imaging.resize_image(img, 20, "center_crop").numpy()
+    assert (out == 255).all()
+
+
+def test_squash_matches_independent_pillow_bilinear(sample_dir):
+    """Our TF resize against Pillow's antialiased bilinear, an independent implementation."""
+    for path in sorted(sample_dir.glob("ISIC_*.jpg"))[:5]:
+        decoded = imaging.decode_image(path.read_bytes())
+        ours = imaging.resize_image(decoded.pixels, 128).numpy().astype(int)
+        pillow = np.asarray(Image.fromarray(decoded.pixels).resize((128, 128), Image.BILINEAR))
+        assert np.abs(ours - pillow).max() <= 2
+        assert np.abs(ours - pillow).mean() < 0.05
+
+
+def test_serving_decode_equals_engine_decode(sample_dir):
+    """No train/serve skew: in-graph decode+resize gives the stored pixels exactly."""
+    import tensorflow as tf
+
+    big = np.asarray(Image.open(next(iter(sorted(sample_dir.glob("ISIC_*.jpg"))))).resize((1600, 1200)))
+    sources = [p.read_bytes() for p in sorted(sample_dir.glob("ISIC_*.jpg"))[:3]]
+    sources.append(hi.jpeg_bytes(big))  # reduced-scale path (1/4)
+    sources.append(hi.png_bytes(Image.fromarray(hi.gradient())))
+    for data in sources:
+        for mode in imaging.RESIZE_MODES:
+            engine = imaging.resize_image(imaging.decode_image(data, target=128, mode=mode).pixels,
+                                          128, mode).numpy()
+            serving = imaging.decode_for_serving(tf.constant(data), 128, mode).numpy()
+            np.testing.assert_array_equal(engine, serving)
+
+
+def test_reduced_decode_close_to_full_decode():
+    big = np.asarray(Image.fromarray(hi.gradient(300, 200)).resize((3072, 2304), Image.BICUBIC))
+    data = hi.jpeg_bytes(big)
+    reduced = imaging.decode_image(data, target=256)
+    assert reduced.scale_denominator == 4
+    full = imaging.resize_image(imaging.decode_image(data).pixels, 256).numpy().astype(float)
+    small = imaging.resize_image(reduced.pixels, 256).numpy().astype(float)
+    psnr = 10 * np.log10(255 ** 2 / max(np.mean((full - small) ** 2), 1e-12))
+    assert psnr > 40
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "raw"])
+def test_stored_formats_round_trip(fmt):
+    import tensorflow as tf
+
+    pixels = hi.gradient(32, 32)
+    encoded = imaging.encode_image(pixels, fmt)
+    back = imaging.decode_stored_image(tf.constant(encoded), tf.constant(fmt), 32, 32).numpy()
+    tolerance = 8 if fmt == "jpeg" else 0
+    assert np.abs(back.astype(int) - pixels).max() <= tolerance
+
+
+def test_parse_sizes():
+    assert imaging.parse_sizes("128,256") == (256, 128)
+    for bad in ("", "0", "256,256", "-1"):
+        with pytest.raises(ValueError):
+            imaging.parse_sizes(bad)

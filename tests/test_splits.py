@@ -1,0 +1,58 @@
+"""Splits keep groups together, hit the proportions per label, and ignore input order."""
+import collections
+import random
+
+import pytest
+
+from beam_jobs import splits
+
+
+def _groups(n_groups=300, seed=1):
+    rng = random.Random(seed)
+    pairs = []
+    for g in range(n_groups):
+        label = "malignant" if rng.random() < 0.28 else "benign"
+        pairs += [(f"patient:{g}", label)] * rng.choice([1, 1, 1, 2, 3])
+    return pairs
+
+
+def test_parse_fractions():
+    assert splits.parse_fractions("70,20,10") == pytest.approx((0.7, 0.2, 0.1))
+    assert splits.parse_fractions("0.8,0.1,0.1") == pytest.approx((0.8, 0.1, 0.1))
+    for bad in ("70,30", "a,b,c", "-1,1,1", "0,0,0"):
+        with pytest.raises(ValueError, match="--split"):
+            splits.parse_fractions(bad)
+
+
+def test_each_group_in_exactly_one_split_and_proportions_close():
+    pairs = _groups()
+    assignment = splits.assign_splits(pairs, (0.7, 0.2, 0.1), seed=0)
+    assert set(assignment) == {g for g, _ in pairs}
+    counts = splits.split_counts(assignment, pairs)
+    totals = collections.Counter(label for _, label in pairs)
+    for split, frac in zip(splits.SPLIT_NAMES, (0.7, 0.2, 0.1)):
+        for label, n in totals.items():
+            assert abs(counts[split][label] - frac * n) <= 3, (split, label, counts)
+
+
+def test_independent_of_input_order_and_seeded():
+    pairs = _groups()
+    shuffled = pairs[:]
+    random.Random(5).shuffle(shuffled)
+    assert splits.assign_splits(pairs, seed=3) == splits.assign_splits(shuffled, seed=3)
+    assert splits.assign_splits(pairs, seed=3) != splits.assign_splits(pairs, seed=4)
+
+
+def test_zero_fraction_split_gets_nothing():
+    assignment = splits.assign_splits(_groups(50), (0.8, 0.2, 0.0))
+    assert "test" not in set(assignment.values())
+
+
+def test_balanced_selection_keeps_all_malignant_and_as_many_benign():
+    items = [(f"b{i}", "benign") for i in range(30)] + [(f"m{i}", "malignant") for i in range(10)]
+    items += [("u0", "unknown")]
+    keep = splits.select_balanced(items, seed=0)
+    assert {i for i in keep if i.startswith("m")} == {f"m{i}" for i in range(10)}
+    assert len([i for i in keep if i.startswith("b")]) == 10
+    assert "u0" not in keep
+    assert keep == splits.select_balanced(list(reversed(items)), seed=0)
