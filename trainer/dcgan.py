@@ -1,0 +1,130 @@
+"""DCGAN trainer and sampler: `python -m trainer.dcgan --flagfile=configs/dcgan.flags` trains;
+`python -m trainer.dcgan sample --checkpoint=RUN --num=N --out=DIR [--format=png|tfrecord]`
+writes N generated images (N per class when conditional).
+
+Training is a plain loop around DCGAN.train_step (one tf.function), which keeps step timing,
+input-wait share, checkpoints every N steps and the NaN/collapse guards in one readable place.
+A run folder (--workdir) holds checkpoints/ (both nets, both optimizers, the step counter and
+the fixed latent batch), samples/epoch_XXXX.png, logs/ (TensorBoard) and history.json;
+running the same command again resumes from the last checkpoint with the same latent batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+from trainer import common_flags  # noqa: F401  (defines data_dir, workdir, image_size, ...)
+
+_TRAIN = "training (python -m trainer.dcgan --flagfile=...)"
+flags.DEFINE_integer("latent_dim", 100, "Length of the generator's N(0, 1) input vector.")
+flags.DEFINE_float("gen_learning_rate", 1e-4, "Adam learning rate of the generator.")
+flags.DEFINE_float("disc_learning_rate", 1e-4, "Adam learning rate of the discriminator.")
+flags.DEFINE_float("beta_1", 0.5, "Adam beta_1 for both networks (0.5 as Radford et al.).")
+flags.DEFINE_float("beta_2", 0.999, "Adam beta_2 for both networks.")
+flags.DEFINE_float("label_noise", 0.1, "Discriminator targets move towards 0.5 by up to this "
+                   "much (uniform): 1 -> [1-x, 1], 0 -> [0, x].", lower_bound=0.0, upper_bound=0.49)
+flags.DEFINE_float("label_flip", 0.05, "Share of the discriminator's targets swapped "
+                   "(real <-> fake) each step.", lower_bound=0.0, upper_bound=0.49)
+flags.DEFINE_bool("conditional", False, "Class-conditional GAN (benign/malignant); trains on "
+                  "records with a known label only.")
+flags.DEFINE_list("gan_splits", ["train"], "Dataset splits to train on, e.g. train,validation.")
+flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every N steps (and always on "
+                     "exit); 0 = only on exit.", lower_bound=0)
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.", lower_bound=1)
+flags.DEFINE_integer("grid_images", 16, "Size of the fixed latent batch drawn every epoch.",
+                     lower_bound=1)
+flags.DEFINE_integer("collapse_patience", 500, "Stop when the discriminator rejects every "
+                     "generated image (D(G(z)) below the threshold) for this many consecutive "
+                     "steps; 0 = never.", lower_bound=0)
+flags.DEFINE_float("collapse_d_fake", 0.02, "Collapse threshold on mean D(G(z)), added to the "
+                   "floor that label_noise/label_flip put under D(G(z)).", lower_bound=0.0)
+# `sample` subcommand.
+flags.DEFINE_string("checkpoint", None, "sample: run folder, checkpoints folder or checkpoint "
+                    "prefix (latest checkpoint of a folder).")
+flags.DEFINE_integer("num", 64, "sample: images to write (per class when conditional).",
+                     lower_bound=1)
+flags.DEFINE_string("out", None, "sample: output folder.")
+flags.DEFINE_enum("format", "png", ["png", "tfrecord"], "sample: PNG files, or TFRecords in "
+                  "the record schema with a manifest (a dataset make_dataset can read).")
+flags.DEFINE_enum("sample_class", "both", ["both", "benign", "malignant"], "sample: class(es) "
+                  "to generate with a conditional generator.")
+FLAGS = flags.FLAGS
+
+STUDY_DEFAULTS = {"batch_size": 64, "image_size": 128, "epochs": 100}
+
+
+@dataclasses.dataclass
+class GanConfig:
+    """Everything one training run needs; built from flags by from_flags(), or directly in tests."""
+
+    data_dir: str
+    workdir: str
+    image_size: int = 128
+    batch_size: int = 64
+    epochs: int = 100
+    steps_per_epoch: int = 0           # 0: one pass over the chosen splits
+    seed: int = 42
+    mixed_precision: str = "auto"
+    jit_compile: bool = False
+    profile_steps: str = ""
+    cache: str = ""
+    deterministic: bool = False
+    latent_dim: int = 100
+    gen_learning_rate: float = 1e-4
+    disc_learning_rate: float = 1e-4
+    beta_1: float = 0.5
+    beta_2: float = 0.999
+    label_noise: float = 0.1
+    label_flip: float = 0.05
+    conditional: bool = False
+    splits: tuple[str, ...] = ("train",)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    grid_images: int = 16
+    collapse_patience: int = 500
+    collapse_d_fake: float = 0.02
+
+    @classmethod
+    def from_flags(cls) -> "GanConfig":
+        names = {f.name for f in dataclasses.fields(cls)} - {"splits"}
+        return cls(splits=tuple(FLAGS.gan_splits), **{n: FLAGS[n].value for n in names})
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 2 or (len(argv) == 2 and argv[1] != "sample"):
+        raise app.UsageError(f"unknown arguments {argv[1:]}; the only subcommand is 'sample'")
+    if len(argv) == 2:
+        if not FLAGS.checkpoint or not FLAGS.out:
+            raise app.UsageError("sample needs --checkpoint and --out")
+        from trainer import gan_sampling
+        classes = None if FLAGS.sample_class == "both" else (FLAGS.sample_class,)
+        written = gan_sampling.sample_to_dir(FLAGS.checkpoint, FLAGS.num, FLAGS.out,
+                                             image_format=FLAGS.format, classes=classes,
+                                             seed=FLAGS.seed)
+        logging.info("wrote %d images to %s", written, FLAGS.out)
+        return
+    if not FLAGS.data_dir or not FLAGS.workdir:
+        raise app.UsageError(f"{_TRAIN} needs --data_dir and --workdir")
+    from trainer import gan_training
+    summary = gan_training.train(GanConfig.from_flags())
+    print(json.dumps(summary, indent=1, sort_keys=True))
+
+
+def _set_study_defaults() -> None:
+    """The study's batch 64 at 128x128, set here so other trainers keep their own defaults."""
+    for name, value in STUDY_DEFAULTS.items():
+        FLAGS.set_default(name, value)
+
+
+def run() -> None:
+    _set_study_defaults()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(run())

@@ -1,0 +1,236 @@
+"""The DCGAN training loop: data, models, checkpoints, per-epoch grids, scalars and guards."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from PIL import Image
+
+from trainer import gan_models, input_pipeline, runtime
+
+CONFIG_NAME = "gan_config.json"  # architecture of the checkpointed nets, read by the sampler
+
+
+class DiscriminatorCollapse(RuntimeError):
+    """The discriminator rejects every generated image: the generator gets no useful gradient."""
+
+
+class CollapseGuard:
+    """Counts consecutive steps with mean D(G(z)) under a threshold; raises after `patience`.
+
+    Noisy and flipped labels keep D's optimum on fakes above 0 (at the mean fake target), so
+    the threshold is that floor plus `margin`.
+    """
+
+    def __init__(self, patience: int, margin: float, label_noise: float, label_flip: float):
+        self.patience = patience
+        floor = label_flip * (1.0 - label_noise / 2) + (1.0 - label_flip) * label_noise / 2
+        self.threshold = floor + margin
+        self.streak = 0
+
+    def update(self, step: int, d_fake: float, d_loss: float) -> None:
+        if not self.patience:
+            return
+        self.streak = self.streak + 1 if d_fake < self.threshold else 0
+        if self.streak >= self.patience:
+            raise DiscriminatorCollapse(
+                f"discriminator collapse at step {step}: mean D(G(z)) = {d_fake:.4g} (< "
+                f"{self.threshold:.4g}) for {self.streak} consecutive steps, D loss {d_loss:.4g}. "
+                "The generator no longer learns; lower --disc_learning_rate, raise "
+                "--label_noise/--label_flip, or resume from an earlier checkpoint.")
+
+
+def make_gan_dataset(config) -> tuple[tf.data.Dataset, int]:
+    """Infinite (images in [-1, 1], labels) batches of the chosen splits, and steps per epoch.
+
+    Unconditional: every record (labels='all', unknown = -1). Conditional: benign/malignant only.
+    """
+    labels = "binary" if config.conditional else "all"
+    common = dict(image_size=config.image_size, batch_size=config.batch_size, training=True,
+                  labels=labels, value_range=(-1.0, 1.0), cache=config.cache,
+                  deterministic=config.deterministic, seed=config.seed)
+    records = sum(input_pipeline.dataset_size(config.data_dir, s, config.image_size, labels)
+                  for s in config.splits)
+    if len(config.splits) == 1:
+        dataset = input_pipeline.make_dataset(config.data_dir, config.splits[0], repeat=True,
+                                              drop_remainder=True, **common)
+    else:  # one stream over several splits, re-batched so no batch is short
+        parts = [input_pipeline.make_dataset(config.data_dir, s, **common).unbatch()
+                 for s in config.splits]
+        dataset = parts[0]
+        for part in parts[1:]:
+            dataset = dataset.concatenate(part)
+        dataset = dataset.repeat().batch(config.batch_size, drop_remainder=True)
+        dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    steps = config.steps_per_epoch or max(1, records // config.batch_size)
+    return dataset, steps
+
+
+def build_gan(config, policy: str) -> gan_models.DCGAN:
+    generator = gan_models.build_generator(config.latent_dim, config.image_size,
+                                           conditional=config.conditional)
+    discriminator = gan_models.build_discriminator(config.image_size,
+                                                   conditional=config.conditional)
+    gan = gan_models.DCGAN(generator, discriminator, config.latent_dim,
+                           conditional=config.conditional, label_noise=config.label_noise,
+                           label_flip=config.label_flip, seed=config.seed)
+
+    def adam(rate: float):
+        optimizer = keras.optimizers.Adam(rate, beta_1=config.beta_1, beta_2=config.beta_2)
+        # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
+
+    gan.compile(d_optimizer=adam(config.disc_learning_rate),
+                g_optimizer=adam(config.gen_learning_rate),
+                loss_fn=keras.losses.BinaryCrossentropy(from_logits=True))
+    return gan
+
+
+def architecture(config) -> dict:
+    return {"latent_dim": config.latent_dim, "image_size": config.image_size,
+            "conditional": bool(config.conditional)}
+
+
+def make_checkpoint(gan: gan_models.DCGAN, grid_images: int, seed: int) -> tf.train.Checkpoint:
+    """Both nets, both optimizers, the step counter, the RNG state and the fixed latent batch."""
+    rng = np.random.default_rng(seed)
+    fixed_z = rng.standard_normal((grid_images, gan.latent_dim)).astype(np.float32)
+    fixed_labels = (np.arange(grid_images) % gan_models.NUM_CLASSES).astype(np.int32)
+    return tf.train.Checkpoint(
+        generator=gan.generator, discriminator=gan.discriminator,
+        g_optimizer=gan.g_optimizer, d_optimizer=gan.d_optimizer,
+        step=tf.Variable(0, dtype=tf.int64, trainable=False),
+        fixed_z=tf.Variable(fixed_z, trainable=False),
+        fixed_labels=tf.Variable(fixed_labels, trainable=False),
+        seed_state=gan.seed_generator.state)
+
+
+def _check_resume_architecture(path: str, wanted: dict) -> None:
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
+        if found != wanted:
+            raise ValueError(f"workdir holds a GAN with {found}, but the flags ask for {wanted}; "
+                             "use another --workdir or the same architecture flags")
+
+
+def save_grid(gan: gan_models.DCGAN, checkpoint: tf.train.Checkpoint, path: str) -> np.ndarray:
+    """Draws the fixed latent batch (inference mode) into one PNG grid; returns the grid."""
+    images = gan.generate(checkpoint.fixed_z, checkpoint.fixed_labels, training=False)
+    grid = gan_models.tile_images(gan_models.to_uint8(images))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return grid
+
+
+def _load_history(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def train(config) -> dict:
+    """Trains (or resumes) a DCGAN in config.workdir; returns the run summary."""
+    policy = runtime.configure_mixed_precision(config.mixed_precision)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    dataset, steps_per_epoch = make_gan_dataset(config)
+    gan = build_gan(config, policy)
+    checkpoint = make_checkpoint(gan, config.grid_images, config.seed)
+    ckpt_dir = os.path.join(config.workdir, "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, config.keep_checkpoints)
+    config_path = os.path.join(ckpt_dir, CONFIG_NAME)
+    _check_resume_architecture(config_path, architecture(config))
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("resumed from %s at step %d", manager.latest_checkpoint,
+                     int(checkpoint.step))
+    os.makedirs(ckpt_dir, exist_ok=True)
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(architecture(config), f, sort_keys=True)
+
+    train_step = tf.function(gan.train_step, jit_compile=config.jit_compile,
+                             reduce_retracing=True)
+    logdir = os.path.join(config.workdir, "logs")
+    writer = tf.summary.create_file_writer(logdir)
+    history_path = os.path.join(config.workdir, "history.json")
+    history = _load_history(history_path)
+    profile = runtime.parse_profile_steps(config.profile_steps)
+    guard = CollapseGuard(config.collapse_patience, config.collapse_d_fake,
+                          config.label_noise, config.label_flip)
+    meter = runtime.StepTimeMeter()
+    iterator = iter(dataset)
+    step = int(checkpoint.step)
+    saved_at, profiling, started = step, False, time.perf_counter()
+    first_step = step
+    try:
+        for epoch in range(step // steps_per_epoch, config.epochs):
+            for metric in gan.metrics:
+                metric.reset_state()
+            meter.reset()
+            while step < (epoch + 1) * steps_per_epoch:
+                if profile and step + 1 == profile[0]:
+                    tf.profiler.experimental.start(logdir)
+                    profiling = True
+                meter.begin_step()
+                batch = meter.next(iterator)
+                logs = {k: float(v) for k, v in train_step(batch).items()}  # waits for the step
+                meter.end_step(config.batch_size)
+                step += 1
+                checkpoint.step.assign(step)
+                if profiling and step >= profile[1]:
+                    tf.profiler.experimental.stop()
+                    profiling = False
+                runtime.raise_if_not_finite(logs["step_d_loss"], "discriminator loss", step)
+                runtime.raise_if_not_finite(logs["step_g_loss"], "generator loss", step)
+                guard.update(step, logs["step_d_fake"], logs["step_d_loss"])
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    manager.save(checkpoint_number=step)
+                    saved_at = step
+            record = _end_epoch(gan, checkpoint, config.workdir, writer, epoch + 1, step,
+                                logs, meter.summary())
+            history.append(record)
+            with open(history_path, "w", encoding="utf-8") as f:
+                json.dump(history, f, indent=1)
+    except (FloatingPointError, DiscriminatorCollapse):
+        saved_at = step  # the weights are broken or useless: keep the last good checkpoint
+        raise
+    finally:
+        if profiling:
+            tf.profiler.experimental.stop()
+        if step > saved_at:  # on normal exit and on interruption (Ctrl-C, SIGINT)
+            manager.save(checkpoint_number=step)
+        writer.flush()
+    elapsed = time.perf_counter() - started
+    return {"policy": policy, "steps": step, "steps_this_run": step - first_step,
+            "steps_per_epoch": steps_per_epoch, "epochs": config.epochs,
+            "wall_s": round(elapsed, 2), "last_checkpoint": manager.latest_checkpoint,
+            "last_epoch": history[-1] if history else None}
+
+
+def _end_epoch(gan, checkpoint, workdir: str, writer, epoch: int, step: int, logs: dict,
+               timing: dict) -> dict:
+    """Grid PNG, TensorBoard scalars and image, one log line; returns the history record."""
+    grid = save_grid(gan, checkpoint, os.path.join(workdir, "samples", f"epoch_{epoch:04d}.png"))
+    record = {"epoch": epoch, "step": step,
+              **{k: logs[k] for k in ("d_loss", "g_loss", "d_real", "d_fake")}, **timing}
+    with writer.as_default(step=step):
+        for name in ("d_loss", "g_loss", "d_real", "d_fake"):
+            tf.summary.scalar(f"gan/{name}", logs[name])
+        for name in ("step_time_s", "input_wait_share", "images_per_s"):
+            tf.summary.scalar(f"timing/{name}", timing[name])
+        tf.summary.image("fixed_latent_grid", grid[None], max_outputs=1)
+    logging.info("epoch %d step %d: D loss %.4f, G loss %.4f, D(x) %.3f, D(G(z)) %.3f, "
+                 "%.3f s/step, input wait %.1f%%", epoch, step, logs["d_loss"], logs["g_loss"],
+                 logs["d_real"], logs["d_fake"], timing["step_time_s"],
+                 100 * timing["input_wait_share"])
+    return record
