@@ -1,0 +1,182 @@
+"""Export and prediction: the served path equals the data engine's path on real images."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from isicflow import imaging
+from trainer import export, predict
+
+SIZE = 32  # 250x250 JPEGs -> libjpeg's 1/2 DCT scaling is used on both paths at this size
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_model():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([
+        keras.Input((SIZE, SIZE, 3)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ])
+
+
+def _encode(pixels: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def real_images(sample_dir, tmp_path_factory):
+    """8 real ISIC JPEGs as published, plus a non-square JPEG crop and a PNG (other code paths)."""
+    folder = tmp_path_factory.mktemp("images")
+    paths = [str(p) for p in sorted(sample_dir.glob("ISIC_*.jpg"))[:8]]
+    pixels = imaging.decode_image(open(paths[0], "rb").read()).pixels
+    for name, data in (("crop.jpg", _encode(pixels[20:230, :170], "JPEG")),
+                       ("lesion.png", _encode(pixels[::2, ::3], "PNG"))):
+        (folder / name).write_bytes(data)
+        paths.append(str(folder / name))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    (workdir / "report.json").write_text(json.dumps({"threshold": {"threshold": 0.37, "policy": "youden"}}))
+    model = tiny_model()
+    paths = export.export_model(model, str(workdir), SIZE, "squash")
+    return model, str(workdir), paths
+
+
+def engine_path(model, path: str, mode: str = "squash"):
+    """The data engine's path: Pillow decode (with DCT scaling) + resize_image, then the model."""
+    from trainer import input_pipeline
+
+    decoded = imaging.decode_image(open(path, "rb").read(), target=SIZE, mode=mode)
+    pixels = np.asarray(imaging.resize_image(decoded.pixels, SIZE, mode))
+    probability = model.predict_on_batch(input_pipeline.preprocess_for_eval(pixels[None]))[0, 0]
+    return pixels, float(probability)
+
+
+def test_export_writes_files_and_config(exported):
+    _, workdir, paths = exported
+    assert paths["export_dir"] == os.path.join(workdir, "export")
+    for key in ("keras", "serving_config"):
+        assert os.path.isfile(paths[key]), key
+    assert os.path.isfile(os.path.join(paths["saved_model"], "saved_model.pb"))
+    config = json.load(open(paths["serving_config"]))
+    assert (config["image_size"], config["resize_mode"], config["threshold"]) == (SIZE, "squash", 0.37)
+    assert "report.json" in config["threshold_source"]
+
+
+def test_served_pixels_and_probabilities_equal_engine_path(exported, real_images):
+    import tensorflow as tf
+
+    model, workdir, _ = exported
+    loaded, _ = export.load_exported(workdir)
+    contents = tf.constant([open(p, "rb").read() for p in real_images])
+    served_pixels = loaded.signatures["preprocess"](image_bytes=contents)["pixels"].numpy()
+    served = loaded.signatures["serving_default"](image_bytes=contents)
+    assert float(loaded.threshold.numpy()) == pytest.approx(0.37)
+    assert int(loaded.image_size.numpy()) == SIZE and loaded.resize_mode.numpy() == b"squash"
+    for i, path in enumerate(real_images):
+        pixels, probability = engine_path(model, path)
+        np.testing.assert_array_equal(served_pixels[i], pixels, err_msg=path)
+        assert served["probability"].numpy()[i] == pytest.approx(probability, abs=1e-5), path
+        expected_label = b"malignant" if served["probability"].numpy()[i] >= 0.37 else b"benign"
+        assert served["label"].numpy()[i] == expected_label
+    assert len(set(np.round(served["probability"].numpy(), 6))) > 1  # not a constant model
+
+
+def test_keras_file_reloads_to_the_same_model(exported, real_images):
+    import keras
+
+    model, _, paths = exported
+    reloaded = keras.models.load_model(paths["keras"])
+    batch = np.random.default_rng(0).random((2, SIZE, SIZE, 3), dtype=np.float32)
+    np.testing.assert_allclose(reloaded.predict_on_batch(batch), model.predict_on_batch(batch), atol=1e-6)
+
+
+def test_center_crop_export_matches_engine_on_a_non_square_image(tmp_path, real_images):
+    import tensorflow as tf
+
+    model = tiny_model()
+    paths = export.export_model(model, str(tmp_path), SIZE, "center_crop", threshold=0.5)
+    loaded = tf.saved_model.load(paths["saved_model"])
+    crop = [p for p in real_images if p.endswith("crop.jpg")][0]
+    served = loaded.signatures["preprocess"](image_bytes=tf.constant([open(crop, "rb").read()]))
+    pixels, _ = engine_path(model, crop, mode="center_crop")
+    np.testing.assert_array_equal(served["pixels"].numpy()[0], pixels)
+
+
+def test_export_rejects_mismatched_model_and_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="does not match image_size 64"):
+        export.export_model(tiny_model(), str(tmp_path), 64)
+    with pytest.raises(ValueError, match="resize mode 'stretch'"):
+        export.export_model(tiny_model(), str(tmp_path), SIZE, "stretch")
+    with pytest.raises(ValueError, match="threshold must be in"):
+        export.export_model(tiny_model(), str(tmp_path), SIZE, threshold=1.5)
+    with pytest.raises(FileNotFoundError, match="neither an export dir"):
+        export.load_exported(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, real_images):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "notes.txt").write_text("not an image at all")
+    (folder / "empty.jpg").write_bytes(b"")
+    data = open(real_images[0], "rb").read()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    return {"text": str(folder / "notes.txt"), "empty": str(folder / "empty.jpg"),
+            "truncated": str(folder / "truncated.jpg"), "missing": str(folder / "missing.jpg")}
+
+
+def test_predict_files_reports_each_bad_file_and_classifies_the_rest(exported, real_images, bad_files):
+    model, workdir, paths = exported
+    order = [real_images[0], bad_files["text"], real_images[1], bad_files["missing"],
+             bad_files["empty"], bad_files["truncated"], real_images[8]]
+    results = predict.predict_files(order, paths["export_dir"], batch_size=2)
+    assert [r.path for r in results] == order
+    by_path = {r.path: r for r in results}
+    assert by_path[bad_files["text"]].error.startswith("not a JPEG or PNG (not_an_image")
+    assert by_path[bad_files["empty"]].error.startswith("not a JPEG or PNG (empty_file")
+    assert by_path[bad_files["truncated"]].error.startswith("unreadable image (corrupt_image")
+    assert by_path[bad_files["missing"]].error.startswith("cannot read file (No such file")
+    for path in (real_images[0], real_images[1], real_images[8]):
+        result = by_path[path]
+        assert result.error is None
+        assert result.probability == pytest.approx(engine_path(model, path)[1], abs=1e-5)
+        assert result.label == ("malignant" if result.probability >= 0.37 else "benign")
+        assert result.line() == f"{path}\t{result.probability:.6f}\t{result.label}"
+    overridden = predict.predict_files(real_images[:2], workdir, threshold_override=0.0)
+    assert [r.label for r in overridden] == ["malignant", "malignant"]
+
+
+def _run_cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "trainer.predict", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_one_line_per_image_and_exit_code_says_if_any_failed(exported, real_images, bad_files):
+    _, workdir, _ = exported
+    proc = _run_cli(f"--model={workdir}", real_images[2], bad_files["text"], real_images[3])
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].split("\t")[0] == real_images[2] and lines[0].split("\t")[2] in ("benign", "malignant")
+    assert 0.0 <= float(lines[0].split("\t")[1]) <= 1.0
+    assert lines[1].startswith(f"ERROR {bad_files['text']}: not a JPEG or PNG")
+    assert "2 of 3 image(s) classified, 1 failed" in proc.stderr
+    assert _run_cli(f"--model={workdir}", real_images[4]).returncode == 0
+    no_model = _run_cli(f"--model={bad_files['text']}", real_images[4])
+    assert no_model.returncode == 2 and "neither an export dir" in no_model.stderr

@@ -1,0 +1,135 @@
+"""Export a trained classifier for use: a .keras file and a SavedModel that eats raw image bytes.
+
+The SavedModel's `serving_default` signature takes a batch of encoded JPEG/PNG files (tf.string
+[None]) and runs isicflow.imaging.decode_for_serving, the in-graph twin of the data engine's
+decode + the very same resize_image code, then the evaluation preprocessing of the input
+pipeline (scale to [0, 1]) and the model. So served images and training images do not skew.
+
+Layout (workdir/export/):
+  model.keras            the Keras model alone (float inputs in [0, 1], SxS)
+  saved_model/           signatures: serving_default(image_bytes) -> {probability, label}
+                                     preprocess(image_bytes) -> {pixels: uint8 [B,S,S,3]}
+  serving_config.json    image_size, resize_mode, threshold and where it came from
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from isicflow import imaging
+
+EXPORT_DIR = "export"
+KERAS_NAME = "model.keras"
+SAVED_MODEL_NAME = "saved_model"
+SERVING_CONFIG_NAME = "serving_config.json"
+LABEL_NAMES = ("benign", "malignant")
+
+
+def _serving_module(model, image_size: int, resize_mode: str, threshold: float):
+    import tensorflow as tf
+
+    from trainer import input_pipeline
+
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+
+    class ServingModule(tf.Module):
+        """Holds the model and the serving constants, so they travel inside the SavedModel."""
+
+        def __init__(self):
+            super().__init__(name="isicflow_classifier")
+            self.model = model
+            self.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
+            self.image_size = tf.Variable(image_size, dtype=tf.int32, trainable=False, name="image_size")
+            self.resize_mode = tf.Variable(resize_mode, dtype=tf.string, trainable=False, name="resize_mode")
+
+        @tf.function(input_signature=[bytes_spec])
+        def preprocess(self, image_bytes):
+            pixels = tf.map_fn(
+                lambda contents: imaging.decode_for_serving(contents, image_size, resize_mode),
+                image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
+            return {"pixels": pixels}
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve(self, image_bytes):
+            pixels = self.preprocess(image_bytes)["pixels"]
+            images = input_pipeline.preprocess_for_eval(pixels)  # the evaluation scaling, [0, 1]
+            probability = tf.cast(self.model(images, training=False), tf.float32)[:, 0]
+            label = tf.where(probability >= self.threshold, tf.constant(LABEL_NAMES[1]),
+                             tf.constant(LABEL_NAMES[0]))
+            return {"probability": probability, "label": label}
+
+    return ServingModule()
+
+
+def _check_model(model, image_size: int) -> None:
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else None
+    if shape is None or tuple(shape[1:]) != (image_size, image_size, 3):
+        raise ValueError(f"model input shape {shape} does not match image_size {image_size} "
+                         f"(need (None, {image_size}, {image_size}, 3))")
+    out = tuple(model.outputs[0].shape)
+    if out[1:] != (1,):
+        raise ValueError(f"model output shape {out} is not [batch, 1] (one probability)")
+
+
+def export_model(model, workdir: str, image_size: int, resize_mode: str = "squash",
+                 threshold: float | None = None) -> dict[str, str]:
+    """Writes workdir/export/{model.keras, saved_model/, serving_config.json}; returns paths.
+
+    threshold: None reads workdir/report.json (the one chosen on validation), else 0.5.
+    """
+    import tensorflow as tf
+
+    from trainer import evaluate
+
+    if resize_mode not in imaging.RESIZE_MODES:
+        raise ValueError(f"resize mode {resize_mode!r} not in {imaging.RESIZE_MODES}")
+    _check_model(model, image_size)
+    if threshold is None:
+        threshold, threshold_source = evaluate.read_threshold(workdir)
+    else:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        threshold, threshold_source = float(threshold), "given to export_model"
+    export_dir = os.path.join(workdir, EXPORT_DIR)
+    os.makedirs(export_dir, exist_ok=True)
+    paths = {"export_dir": export_dir, "keras": os.path.join(export_dir, KERAS_NAME),
+             "saved_model": os.path.join(export_dir, SAVED_MODEL_NAME),
+             "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
+    model.save(paths["keras"])
+    module = _serving_module(model, image_size, resize_mode, threshold)
+    tf.saved_model.save(module, paths["saved_model"],
+                        signatures={"serving_default": module.serve, "preprocess": module.preprocess})
+    config = {"image_size": image_size, "resize_mode": resize_mode, "threshold": threshold,
+              "threshold_source": threshold_source, "labels": list(LABEL_NAMES),
+              "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright "
+                       "(EXIF orientation is not applied in-graph)",
+              "outputs": {"probability": "float32 [None], P(malignant)",
+                          "label": f"string [None], malignant when probability >= {threshold}"},
+              "tensorflow": tf.__version__}
+    tmp = paths["serving_config"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    os.replace(tmp, paths["serving_config"])
+    return paths
+
+
+def resolve_export_dir(path: str) -> str:
+    """An export dir itself, or a workdir holding export/; clear error when neither."""
+    for candidate in (path, os.path.join(path, EXPORT_DIR)):
+        if os.path.isfile(os.path.join(candidate, SERVING_CONFIG_NAME)) and \
+                os.path.isdir(os.path.join(candidate, SAVED_MODEL_NAME)):
+            return candidate
+    raise FileNotFoundError(f"{path!r} is neither an export dir (with {SERVING_CONFIG_NAME} and "
+                            f"{SAVED_MODEL_NAME}/) nor a run dir holding {EXPORT_DIR}/ with them")
+
+
+def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
+    """(loaded SavedModel, serving_config dict) from an export dir or a run dir."""
+    import tensorflow as tf
+
+    export_dir = resolve_export_dir(path)
+    with open(os.path.join(export_dir, SERVING_CONFIG_NAME), encoding="utf-8") as f:
+        config = json.load(f)
+    loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_NAME))
+    return loaded, config

@@ -1,0 +1,146 @@
+"""Classify image files with an exported model.
+
+    python -m trainer.predict --model DIR image.jpg [image2.png ...]
+
+DIR is an export dir (serving_config.json + saved_model/) or a run dir holding export/.
+Prints one line per image, in the order given, tab-separated:
+    PATH<TAB>PROBABILITY<TAB>LABEL          e.g. a.jpg	0.731204	malignant
+    ERROR PATH: REASON                      e.g. ERROR b.txt: not a JPEG or PNG (not_an_image: ...)
+and a summary line on stderr. Exit code: 0 when every image was classified, 1 when at least
+one failed (the others are still printed), 2 when the model cannot be loaded or no image given.
+
+Each file is first checked with isicflow.imaging.decode_image (the data engine's decoder), so a
+bad file gets the engine's reason; the good ones go through the SavedModel's serving signature
+on their raw bytes, which decodes and resizes in-graph with the same code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import sys
+from typing import Sequence
+
+from absl import app, flags
+
+from isicflow import imaging
+
+NOT_AN_IMAGE_REASONS = ("empty_file", "not_an_image", "unsupported_format")
+
+
+@dataclasses.dataclass
+class Prediction:
+    path: str
+    probability: float | None = None
+    label: str | None = None
+    error: str | None = None
+    warning: str | None = None
+
+    def line(self) -> str:
+        if self.error is not None:
+            return f"ERROR {self.path}: {self.error}"
+        return f"{self.path}\t{self.probability:.6f}\t{self.label}"
+
+
+def check_file(path: str) -> tuple[bytes | None, str | None, str | None]:
+    """(bytes, error, warning): error says why the file cannot be classified."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return None, f"cannot read file ({e.strerror or type(e).__name__})", None
+    try:
+        imaging.decode_image(data)
+    except imaging.ImageRejected as e:
+        kind = "not a JPEG or PNG" if e.reason in NOT_AN_IMAGE_REASONS else "unreadable image"
+        return None, f"{kind} ({e})", None
+    return data, None, _orientation_warning(data)
+
+
+def _orientation_warning(data: bytes) -> str | None:
+    """The serving graph cannot apply EXIF rotation; say so rather than silently differ."""
+    from PIL import Image
+
+    try:
+        orientation = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block: decode_image accepted the pixels, nothing to warn
+        return None
+    if orientation in (1, None):
+        return None
+    return f"EXIF orientation {orientation} ignored by the model (it sees the stored pixels)"
+
+
+def predict_files(paths: Sequence[str], model_dir: str, threshold_override: float | None = None,
+                  batch_size: int = 16) -> list[Prediction]:
+    """One Prediction per path, in order; bad files carry an error, the rest a probability."""
+    import tensorflow as tf
+
+    from trainer import export
+
+    if threshold_override is not None and not 0.0 <= threshold_override <= 1.0:
+        raise ValueError(f"threshold_override must be in [0, 1], got {threshold_override}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    loaded, _ = export.load_exported(model_dir)
+    serve = loaded.signatures["serving_default"]
+    results, pending = [], []
+    for path in paths:
+        data, error, warning = check_file(path)
+        results.append(Prediction(path, error=error, warning=warning))
+        if data is not None:
+            pending.append((results[-1], data))
+
+    def run(items) -> None:
+        try:
+            out = serve(image_bytes=tf.constant([data for _, data in items]))
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+            if len(items) > 1:  # isolate the file the in-graph decoder refused
+                for item in items:
+                    run([item])
+                return
+            items[0][0].error = f"the model's decoder refused it ({e.message.splitlines()[0]})"
+            return
+        for (result, _), probability, label in zip(items, out["probability"].numpy(), out["label"].numpy()):
+            result.probability = float(probability)
+            result.label = label.decode() if threshold_override is None else \
+                ("malignant" if probability >= threshold_override else "benign")
+
+    for start in range(0, len(pending), batch_size):
+        run(pending[start:start + batch_size])
+    return results
+
+
+def _define_flags() -> None:
+    """Defined only when run as a program, so importing this module never clashes with the
+    trainers' flags (common_flags) or trainer.visualize's --model."""
+    flags.DEFINE_string("model", None, "Export dir (serving_config.json + saved_model/) or a run "
+                        "dir holding export/.")
+    flags.DEFINE_float("threshold_override", None, "Label threshold to use instead of the exported "
+                       "one (which was chosen on validation), in [0, 1].")
+    flags.DEFINE_integer("predict_batch_size", 16, "Images per call of the serving signature.")
+    flags.mark_flag_as_required("model")
+
+
+def main(argv: Sequence[str]) -> int:
+    paths = list(argv[1:])
+    if not paths:
+        print("no image given: python -m trainer.predict --model DIR image.jpg ...", file=sys.stderr)
+        return 2
+    FLAGS = flags.FLAGS
+    try:
+        results = predict_files(paths, FLAGS.model, FLAGS.threshold_override, FLAGS.predict_batch_size)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"cannot use the model: {e}", file=sys.stderr)
+        return 2
+    for result in results:
+        print(result.line(), flush=True)
+        if result.warning:
+            print(f"WARNING {result.path}: {result.warning}", file=sys.stderr)
+    failed = sum(r.error is not None for r in results)
+    print(f"{len(results) - failed} of {len(results)} image(s) classified, {failed} failed",
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
