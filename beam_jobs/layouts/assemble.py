@@ -79,7 +79,6 @@ def assemble(layout: str, scan: Scan, entries: list[Entry], counters: collection
     rejections: list[Rejection] = []
     unmatched_entries = 0
     counters["metadata_entries"] += sum(1 for e in entries if not e.image_path)
-    counters["inputs"] += 0
 
     def reject(path: str, image_id: str, reason: str, detail: str) -> None:
         rejections.append(Rejection(path=path, image_id=image_id, reason=reason, detail=detail))
