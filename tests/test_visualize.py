@@ -1,0 +1,101 @@
+"""trainer.visualize: feature-map grids and Grad-CAM on the study CNN and a hand-made model."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from trainer import visualize
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def lesion(sample_dir):
+    return str(sorted(sample_dir.glob("ISIC_*.jpg"))[0])
+
+
+@pytest.fixture(scope="module")
+def study_model():
+    import keras
+
+    from trainer import models
+
+    keras.utils.set_random_seed(0)
+    return models.build_study_cnn(image_size=64)
+
+
+def test_study_cnn_gets_one_grid_per_conv_and_a_heatmap(study_model, lesion, tmp_path):
+    result = visualize.visualize(study_model, lesion, str(tmp_path))
+    assert result["layers"] == ["conv1", "conv2", "conv3"]
+    written = sorted(os.listdir(tmp_path))
+    assert written == ["featuremaps_01_conv1.png", "featuremaps_02_conv2.png",
+                       "featuremaps_03_conv3.png", "gradcam.png"]
+    for name in written:
+        with open(tmp_path / name, "rb") as f:
+            assert f.read(8) == PNG_MAGIC
+    heatmap = result["heatmap"]
+    assert heatmap.shape == (64, 64) and heatmap.dtype == np.float32
+    assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+    assert 0.0 <= result["probability"] <= 1.0
+
+
+def test_feature_maps_have_each_layers_shape(study_model, lesion):
+    image = visualize.load_image(lesion, 64)
+    assert image.shape == (64, 64, 3) and 0.0 <= image.min() and image.max() <= 1.0
+    maps = visualize.feature_maps(study_model, image)
+    assert {k: v.shape for k, v in maps.items()} == {
+        "conv1": (64, 64, 16), "conv2": (32, 32, 32), "conv3": (16, 16, 64)}
+    assert visualize._mosaic(maps["conv3"]).shape == (8 * 17 - 1, 8 * 17 - 1)
+
+
+def half_bright_model():
+    """Sequential: a positive 3x3 averaging conv, then positive dense weights. Evidence for
+    'malignant' is wherever the image is bright, so Grad-CAM must light up exactly there."""
+    import keras
+
+    return keras.Sequential([
+        keras.Input((32, 32, 3)),
+        keras.layers.Conv2D(2, 3, padding="same", activation="relu",
+                            kernel_initializer=keras.initializers.Constant(1 / 27),
+                            bias_initializer="zeros"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(1, activation="sigmoid",
+                           kernel_initializer=keras.initializers.Constant(0.01)),
+    ])
+
+
+def test_grad_cam_lights_up_where_the_evidence_is():
+    image = np.zeros((32, 32, 3), np.float32)
+    image[:, :16] = 1.0  # left half bright
+    heatmap, probability = visualize.grad_cam(half_bright_model(), image)
+    assert heatmap.shape == (32, 32)
+    # Inside the bright half, away from the zero-padded border (where the average drops to 4/9).
+    assert heatmap[1:-1, 1:15].min() > 0.99, heatmap[1:-1, 1:15].min()
+    assert heatmap[:, 17:].max() < 0.05, heatmap[:, 17:].max()
+    assert probability > 0.5
+
+
+def test_nested_convolutions_are_refused_clearly():
+    import keras
+
+    inner = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(2, 3)], name="backbone")
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inner(inputs)))
+    with pytest.raises(ValueError, match=r"nested model\(s\) \['backbone'\]"):
+        visualize.conv_layers(keras.Model(inputs, outputs))
+
+
+def test_cli_writes_the_pngs(study_model, lesion, tmp_path):
+    model_path = str(tmp_path / "model.keras")
+    study_model.save(model_path)
+    out = tmp_path / "vis"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "trainer.visualize", f"--model={model_path}",
+                           f"--image={lesion}", f"--out={out}"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(out.glob("featuremaps_*.png"))) == 3 and (out / "gradcam.png").is_file()
+    assert "P(malignant) = " in proc.stdout
