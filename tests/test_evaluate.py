@@ -40,7 +40,8 @@ def evaluated(tmp_path_factory, images):
     data_dir = shard_fixtures.write_tiny_dataset(tmp_path_factory.mktemp("data"), images, SIZE,
                                                  image_format="png", num_shards=3)
     workdir = str(tmp_path_factory.mktemp("run"))
-    history = {"loss": [0.7, 0.6, 0.5], "val_loss": [0.72, 0.66, 0.64],
+    # As trainer.train writes it: an "epoch" column, and null where a value was not finite.
+    history = {"epoch": [1, 2, 3], "loss": [0.7, 0.6, 0.5], "val_loss": [0.72, None, 0.64],
                "accuracy": [0.5, 0.6, 0.7], "val_accuracy": [0.5, 0.55, 0.6]}
     with open(os.path.join(workdir, "history.json"), "w") as f:
         json.dump(history, f)

@@ -61,8 +61,13 @@ def _figure(width: float = 5.0, height: float = 4.0):
 
 
 def plot_training_curves(history: Mapping[str, list[float]], out_dir: str) -> dict[str, str]:
-    """One PNG per metric found in history (accuracy, loss, auc): train vs validation by epoch."""
+    """One PNG per metric found in history (accuracy, loss, auc): train vs validation by epoch.
+
+    history: {metric: [value per epoch]} as keras History.history; an optional "epoch" list
+    (trainer.train writes one, 1-based) gives the x axis; NaN values leave gaps.
+    """
     paths = {}
+    epoch_axis = history.get("epoch")
     for key, title in CURVE_METRICS:
         series = [(name, history[name]) for name in (key, f"val_{key}") if history.get(name)]
         if not series:
@@ -70,7 +75,8 @@ def plot_training_curves(history: Mapping[str, list[float]], out_dir: str) -> di
         fig = _figure()
         ax = fig.add_subplot()
         for name, values in series:
-            epochs = np.arange(1, len(values) + 1)
+            epochs = epoch_axis if epoch_axis and len(epoch_axis) == len(values) \
+                else np.arange(1, len(values) + 1)
             ax.plot(epochs, values, marker="o", markersize=3,
                     label="validation" if name.startswith("val_") else "training")
         ax.set_xlabel("epoch")
