@@ -6,6 +6,7 @@ import collections
 import json
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -356,6 +357,42 @@ def test_messy_class_folders(subset, tmp_path):
                                "metadata_entries": 0, "suffix_gray": 1, "unknown_label": 1}
 
 
+def test_kaggle_isic2020_reads_train_and_test_but_not_the_submission(subset, tmp_path):
+    build_isic2020(tmp_path, subset[:4])
+    for image in subset[4:6]:
+        place_image(image, tmp_path / "jpeg" / "test")
+    write_csv(tmp_path / "test.csv", ["image_name", "patient_id", "sex", "age_approx",
+                                      "anatom_site_general_challenge"],
+              [[s.image_id, "IP_9", "male", "40", "torso"] for s in subset[4:6]])
+    write_csv(tmp_path / "sample_submission.csv", ["image_name", "target"],
+              [[s.image_id, 0] for s in subset[:6]])
+    assert detect_layout(str(tmp_path)) == "isic2020"
+    result = read_accounted(tmp_path, expected_inputs=6)
+    assert [r.label for r in result.records] == [s.label for s in subset[:4]] + ["unknown"] * 2
+    assert result.counters["unknown_label"] == 2
+
+
+def test_one_hot_test_file_with_weight_columns(subset, tmp_path):
+    place_image(subset[0], tmp_path)
+    write_csv(tmp_path / "ISIC_2019_Test_GroundTruth.csv",
+              ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK", "score_weight",
+               "validation_weight"], [[subset[0].image_id, 1, 0, 0, 0, 0, 0, 0, 0, 0, "0.5", "0.25"]])
+    result = read_accounted(tmp_path, expected_inputs=1)
+    assert [(r.label, r.diagnosis) for r in result.records] == [("malignant", "mel")]
+
+
+def test_legacy_sidecar_pairs_only_with_the_image_beside_it(subset, tmp_path):
+    image = subset[0]
+    for collection in ("A-no-image", "B"):
+        (tmp_path / collection).mkdir()
+        shutil.copyfile(image.sidecar_path, tmp_path / collection / image.sidecar_path.name)
+    kept = place_image(image, tmp_path / "B")
+    result = read_accounted(tmp_path, expected_inputs=2)
+    assert [(j.reason, j.path) for j in result.rejections] == [
+        ("missing_image", str(tmp_path / "A-no-image" / image.sidecar_path.name))]
+    assert [(r.image_path, r.source_collection) for r in result.records] == [(str(kept), "B")]
+
+
 # --- detection, --layout, --dx_map ---------------------------------------------------------------
 
 def test_detect_layout_names_what_it_found(subset, tmp_path):
@@ -411,9 +448,9 @@ def test_dx_labels_change_ham10000_labels(subset, tmp_path):
 
 
 def test_unreadable_csv_fails_fast_naming_the_file(tmp_path):
-    (tmp_path / "train.csv").write_text("image_name,target,image_name\nISIC_1,0,ISIC_1\n")
+    (tmp_path / "train.csv").write_text("image_name,patient_id,image_name\nISIC_1,IP_1,ISIC_1\n")
     with pytest.raises(ValueError, match=r"train.csv: header repeats column\(s\) \['image_name'\]"):
         read_layout(str(tmp_path), "isic2020")
-    (tmp_path / "train.csv").write_bytes(b"image_name,target\nISIC_\xff1,0\n")
+    (tmp_path / "train.csv").write_bytes(b"image_name,patient_id\nISIC_1,IP_\xff1\n")
     with pytest.raises(ValueError, match="train.csv: not UTF-8"):
         read_layout(str(tmp_path))

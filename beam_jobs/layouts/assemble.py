@@ -46,7 +46,7 @@ class Entry:
     where: str = ""                          # e.g. 'line 7'
     fields: dict = dataclasses.field(default_factory=dict)  # LesionRecord fields but id/path
     problem: Optional[tuple[str, str]] = None  # (reason, detail): reject even if the image is found
-    near_dir: str = ""                       # prefer an image in this folder (JSON sidecars)
+    image_dir: str = ""                      # look for the image only in this folder (sidecars)
     image_path: str = ""                     # set when the entry *is* an image (class folders)
 
     def describe(self) -> str:
@@ -61,12 +61,13 @@ def index_images(images: list[str]) -> dict[str, list[str]]:
     return index
 
 
-def _choose(candidates: list[str], claimed: set, raw_stem: str, canonical: str, near_dir: str) -> str:
-    free = [p for p in candidates if p not in claimed]
+def _choose(candidates: list[str], claimed: set, raw_stem: str, canonical: str, image_dir: str) -> str:
+    """The unclaimed file for an id: exact name first, then the plain id, then a variant."""
+    free = [p for p in candidates
+            if p not in claimed and (not image_dir or os.path.dirname(p) == image_dir)]
     if not free:
         return ""
-    return min(free, key=lambda p: (os.path.dirname(p) != near_dir, image_stem(p) != raw_stem,
-                                    image_stem(p) != canonical, p))
+    return min(free, key=lambda p: (image_stem(p) != raw_stem, image_stem(p) != canonical, p))
 
 
 def assemble(layout: str, scan: Scan, entries: list[Entry], counters: collections.Counter) -> LayoutResult:
@@ -96,7 +97,7 @@ def assemble(layout: str, scan: Scan, entries: list[Entry], counters: collection
         raw_stem = os.path.splitext(entry.raw_id.strip())[0]
         id_suffixes = set(strip_suffixes(raw_stem)[1])
         path = entry.image_path or _choose(index.get(canonical, []), claimed, raw_stem, canonical,
-                                           entry.near_dir)
+                                           entry.image_dir)
         if path:
             claimed.add(path)
             for name in set(strip_suffixes(image_stem(path))[1]) - id_suffixes:
@@ -112,7 +113,8 @@ def assemble(layout: str, scan: Scan, entries: list[Entry], counters: collection
             reject(path or entry.source, canonical, reason,
                    f"{entry.describe()}: id {canonical} already read from {first_seen[canonical]}")
             continue
-        first_seen[canonical] = entry.describe()
+        if path:  # an entry without its image does not take the id from a later one that has it
+            first_seen[canonical] = entry.describe()
         if entry.problem:
             reject(path or entry.source, canonical, entry.problem[0],
                    f"{entry.describe()}: {entry.problem[1]}")

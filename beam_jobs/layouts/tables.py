@@ -18,6 +18,19 @@ from beam_jobs.layouts.labels import label_from_dx, label_from_text, parse_flags
 
 ONE_HOT_ID = "image"
 ISIC2019_METADATA = "isic2019_metadata"  # the optional side file of isic2019, not a layout alone
+# The columns each reader uses; only these are held in memory per row.
+ISIC_CLI_COLUMNS = {"isic_id", "attribution", "copyright_license", "benign_malignant", "diagnosis",
+                    "diagnosis_1", "diagnosis_2", "diagnosis_3", "diagnosis_4", "diagnosis_5",
+                    "patient_id", "lesion_id", "age_approx", "sex", "anatom_site_general",
+                    "image_type", "pixels_x", "pixels_y"}
+HAM_COLUMNS = {"lesion_id", "image_id", "dx", "age", "sex", "localization", "dataset"}
+ISIC2019_SIDE_COLUMNS = {ONE_HOT_ID, "age_approx", "sex", "anatom_site_general", "lesion_id"}
+ISIC2020_COLUMNS = {"image_name", "patient_id", "lesion_id", "sex", "age_approx", "diagnosis",
+                    "anatom_site_general_challenge", "anatom_site_general", "benign_malignant",
+                    "target"}
+ISIC2024_COLUMNS = {"isic_id", "target", "patient_id", "lesion_id", "age_approx", "sex",
+                    "anatom_site_general", "image_type", "attribution", "copyright_license",
+                    "iddx_2", "iddx_3", "iddx_4", "iddx_5"}
 
 
 def classify_csv(columns: list[str]) -> str:
@@ -27,15 +40,16 @@ def classify_csv(columns: list[str]) -> str:
         return "isic2017"
     if {"lesion_id", "image_id", "dx"} <= have:
         return "ham10000"
-    if ONE_HOT_ID in have and {"mel", "nv"} <= have:
+    if ONE_HOT_ID in have and {"mel", "nv"} <= have:  # also ISIC 2018 task 3 (HAM10000 one-hot)
         return "isic2019"
     if ONE_HOT_ID in have and have & {"age_approx", "sex", "anatom_site_general", "lesion_id"}:
         return ISIC2019_METADATA
-    if "image_name" in have:
+    # patient_id keeps Kaggle's sample_submission.csv (image_name/isic_id, target = 0) out.
+    if {"image_name", "patient_id"} <= have:
         return "isic2020"
     if columns[:3] == ["isic_id", "attribution", "copyright_license"]:
         return "isic_cli"
-    if "isic_id" in have:
+    if {"isic_id", "patient_id"} <= have:
         return "isic2024"
     return ""
 
@@ -45,13 +59,14 @@ def csv_kinds(scan: Scan) -> dict[str, str]:
     return {path: classify_csv(read_csv_header(path)) for path in scan.top_csv_files}
 
 
-def _tables(scan: Scan, kind: str, counters: collections.Counter, required: bool = True) -> list[CsvTable]:
+def _tables(scan: Scan, kind: str, counters: collections.Counter, keep: Optional[set],
+            required: bool = True) -> list[CsvTable]:
     kinds = csv_kinds(scan)
     paths = [p for p, k in kinds.items() if k == kind]
     if required and not paths:
         raise ValueError(f"no {kind} metadata CSV directly under {scan.root}; CSVs there: "
                          f"{ {p: k or 'unrecognised' for p, k in kinds.items()} }")
-    return [read_csv(p, counters) for p in paths]
+    return [read_csv(p, counters, keep) for p in paths]
 
 
 def _age(row: dict, column: str, counters) -> Optional[float]:
@@ -106,7 +121,7 @@ def _target_label(text: str, counters) -> tuple[str, str]:
 
 def read_isic_cli(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     entries = []
-    for table in _tables(scan, "isic_cli", counters):
+    for table in _tables(scan, "isic_cli", counters, ISIC_CLI_COLUMNS):
         for entry, row in _rows(table, "isic_id"):
             if row is not None:
                 label_cell = row.get("benign_malignant", row.get("diagnosis_1"))
@@ -126,7 +141,7 @@ def read_isic_cli(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
 
 def read_ham10000(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     entries = []
-    for table in _tables(scan, "ham10000", counters):
+    for table in _tables(scan, "ham10000", counters, HAM_COLUMNS):
         for entry, row in _rows(table, "image_id"):
             if row is not None:
                 code = clean_text(row["dx"]).lower()
@@ -148,17 +163,18 @@ def read_isic2019(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     """
     side_rows: dict[str, tuple[Entry, dict]] = {}
     spare: list[tuple[Entry, Optional[dict]]] = []
-    for table in _tables(scan, ISIC2019_METADATA, counters, required=False):
+    for table in _tables(scan, ISIC2019_METADATA, counters, ISIC2019_SIDE_COLUMNS, required=False):
         for entry, row in _rows(table, ONE_HOT_ID):
             key = split_id(entry.raw_id, collections.Counter())[0]
             if row is None or not key or key in side_rows:
                 spare.append((entry, row))
             else:
                 side_rows[key] = (entry, row)
-    truth_tables = _tables(scan, "isic2019", counters, required=not side_rows and not spare)
+    truth_tables = _tables(scan, "isic2019", counters, None, required=not side_rows and not spare)
     entries = []
     for table in truth_tables:
-        flag_columns = [c for c in table.columns if c != ONE_HOT_ID]
+        flag_columns = [c for c in table.columns  # the test file adds *_weight columns
+                        if c != ONE_HOT_ID and not c.endswith("_weight")]
         for entry, row in _rows(table, ONE_HOT_ID):
             if row is not None:
                 flags = parse_flags([row[c] for c in flag_columns], counters)
@@ -196,7 +212,7 @@ def _isic2019_side_fields(row: dict, counters) -> dict:
 def read_isic2020(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     """Label from benign_malignant, else target; the two disagreeing is a conflicting_labels rejection."""
     entries = []
-    for table in _tables(scan, "isic2020", counters):
+    for table in _tables(scan, "isic2020", counters, ISIC2020_COLUMNS):
         for entry, row in _rows(table, "image_name"):
             if row is not None:
                 from_target, problem = _target_label(row.get("target", ""), counters)
@@ -222,7 +238,7 @@ def read_isic2020(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
 def read_isic2024(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     """SLICE-3D: label from `target` when the file has it (training file), else unknown."""
     entries = []
-    for table in _tables(scan, "isic2024", counters):
+    for table in _tables(scan, "isic2024", counters, ISIC2024_COLUMNS):
         for entry, row in _rows(table, "isic_id"):
             if row is not None:
                 label, problem = _target_label(row.get("target", ""), counters)
@@ -243,7 +259,7 @@ def read_isic2024(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
 def read_isic2017(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     """melanoma=1 -> malignant 'melanoma'; seborrheic_keratosis=1 -> benign; neither -> benign 'nevus'."""
     entries = []
-    for table in _tables(scan, "isic2017", counters):
+    for table in _tables(scan, "isic2017", counters, {"image_id", "melanoma", "seborrheic_keratosis"}):
         for entry, row in _rows(table, "image_id"):
             if row is not None:
                 flags = parse_flags([row["melanoma"], row["seborrheic_keratosis"]], counters)

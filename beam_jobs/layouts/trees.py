@@ -32,7 +32,7 @@ def _dimension(value, counters) -> Optional[int]:
 
 def _sidecar_entry(path: str, root: str, counters) -> Entry:
     """One legacy sidecar -> Entry; the id is the file name, which is what pairs it with its image."""
-    entry = Entry(raw_id=image_stem(path), source=path, near_dir=os.path.dirname(path))
+    entry = Entry(raw_id=image_stem(path), source=path, image_dir=os.path.dirname(path))
     try:
         with open(path, encoding="utf-8-sig") as handle:
             data = json.load(handle)
@@ -74,6 +74,9 @@ def _sidecar_entry(path: str, root: str, counters) -> Entry:
 
 def read_legacy_json(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     """ISIC archive gallery download: `ISIC_x.jpg` beside `ISIC_x.json`, flat or nested.
+
+    A sidecar pairs only with an image in its own folder, so two collections' copies of one id
+    never swap metadata.
 
     The source collection is the sidecar's `dataset.name`; when the sidecar lacks it and the
     sidecar sits in a subfolder of the root (the gallery's `ISIC-images/<collection>/` nesting),
