@@ -82,6 +82,8 @@ def test_threshold_chosen_on_validation_applied_to_test(evaluated, images):
     got = result["splits"]["test"]
     assert got["confusion"] == expected["confusion"]
     assert got["accuracy"] == pytest.approx(expected["accuracy"])
+    at_study = metrics.classification_metrics(test_labels, test_probs, 0.5)
+    assert got["at_study_threshold"]["confusion"] == at_study["confusion"]
 
 
 def test_report_files_hold_finite_numbers_or_explained_nulls(evaluated):
@@ -107,6 +109,7 @@ def test_report_files_hold_finite_numbers_or_explained_nulls(evaluated):
     markdown = open(os.path.join(workdir, "report.md")).read()
     assert f"{result['threshold']['threshold']:.4f}" in markdown
     assert "![roc](plots/roc.png)" in markdown and "| auc |" in markdown
+    assert "| accuracy at the study's 0.5 |" in markdown
 
 
 def test_read_threshold_from_report(evaluated, tmp_path):

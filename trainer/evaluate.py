@@ -80,6 +80,11 @@ def split_report(labels: np.ndarray, scores: np.ndarray, threshold: float, *,
                                     else "one class only: no ROC and no bootstrap interval")
     if both_classes:
         result["roc"] = metrics.roc_curve_points(labels, scores)
+    if threshold != metrics.STUDY_THRESHOLD:  # for comparison with the 2020 study's numbers
+        at_study = metrics.classification_metrics(labels, scores, metrics.STUDY_THRESHOLD)
+        result["at_study_threshold"] = {k: at_study[k] for k in (
+            "threshold", "confusion", "accuracy", "precision", "sensitivity", "specificity",
+            "f1", "undefined")}
     return result
 
 

@@ -174,11 +174,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"Brackets: bootstrap {int(100 * boot.get('confidence', 0.95))}% interval over cases "
                   f"({boot.get('resamples', 0)} resamples, seed {boot.get('seed', '')}; resamples "
                   "with a single class skipped, counted below).", "",
+                  "Validation chose the threshold, so its threshold metrics are optimistic; "
+                  "test is the honest estimate.", "",
                   "| metric | " + " | ".join(evaluated) + " |", "|---|" + "---|" * len(evaluated)]
         lines += _metric_rows(evaluated, ("auc", "accuracy", "error_rate", "precision",
                                           "sensitivity", "specificity", "f1"))
         for name in ("tp", "fp", "tn", "fn"):
             lines.append(f"| {name} | " + " | ".join(str(v["confusion"][name]) for v in evaluated.values()) + " |")
+        if all("at_study_threshold" in v for v in evaluated.values()):
+            for name in ("accuracy", "sensitivity", "specificity"):
+                lines.append(f"| {name} at the study's 0.5 | " + " | ".join(
+                    _fmt(v["at_study_threshold"][name]) for v in evaluated.values()) + " |")
         lines.append("| bootstrap resamples skipped | " + " | ".join(
             str(v.get("bootstrap", {}).get("skipped_single_class", "n/a")) for v in evaluated.values()) + " |")
     notes = [f"- {split}: {reason}" for split, v in splits.items() if v.get("note") for reason in [v["note"]]]
