@@ -1,0 +1,114 @@
+"""The benign/malignant classifiers: the 2020 study's CNN, a compact modern one, a backbone.
+
+All take float32 images in [0, 1] (the study's rescale 1/255, done by the input pipeline) and
+end in one sigmoid unit kept in float32, so mixed precision never rounds the probability.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+MODEL_NAMES = ("study", "compact", "efficientnet_b0")
+STUDY_PARAMS_AT_256 = 33_611_425
+
+
+def _regularizer(l2: float):
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    return keras.regularizers.L2(l2) if l2 > 0 else None
+
+
+def _check(image_size: int, dropout: float) -> None:
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def _sigmoid_output(x, name="probability"):
+    return layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(x)
+
+
+def build_study_cnn(image_size: int = 256, dropout: float = 0.0, l2: float = 0.0) -> keras.Model:
+    """The study's CNN: three Conv(3x3, same, ReLU) of 16/32/64 filters, each followed by 2x2
+    max pooling, then Flatten, Dense 512, Dense 64 (ReLU), Dense 1 sigmoid.
+
+    33,611,425 parameters at 256x256 whatever the options (they add none). `dropout` (the study
+    used 0.2) goes after the first and after the last max pooling, as in the TensorFlow tutorial
+    the study followed; `l2` (the study used 0.001) is a kernel L2 penalty on every conv and
+    hidden dense layer (not the output unit).
+    """
+    _check(image_size, dropout)
+    reg = _regularizer(l2)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    for i, filters in enumerate((16, 32, 64)):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu",
+                          kernel_regularizer=reg, name=f"conv{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+        if dropout and i in (0, 2):
+            x = layers.Dropout(dropout, name=f"dropout{i + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(512, activation="relu", kernel_regularizer=reg, name="dense512")(x)
+    x = layers.Dense(64, activation="relu", kernel_regularizer=reg, name="dense64")(x)
+    return keras.Model(inputs, _sigmoid_output(x), name="study_cnn")
+
+
+def build_compact_cnn(image_size: int = 256, dropout: float = 0.2, l2: float = 0.0,
+                      widths: tuple[int, ...] = (32, 64, 128, 256)) -> keras.Model:
+    """What a user would pick on small data: conv blocks (Conv 3x3 + batch norm + ReLU, twice,
+    then 2x2 max pooling), global average pooling instead of the study's 33M-weight Flatten ->
+    Dense, dropout, one sigmoid unit. About 1.2M parameters at any image size."""
+    _check(image_size, dropout)
+    reg = _regularizer(l2)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    for i, filters in enumerate(widths):
+        for j in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                              kernel_regularizer=reg, name=f"block{i + 1}_conv{j + 1}")(x)
+            x = layers.BatchNormalization(name=f"block{i + 1}_bn{j + 1}")(x)
+            x = layers.ReLU(name=f"block{i + 1}_relu{j + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, _sigmoid_output(x), name="compact_cnn")
+
+
+def build_efficientnet_b0(image_size: int = 256, dropout: float = 0.2,
+                          weights_path: str | None = None,
+                          freeze_backbone: bool = False) -> keras.Model:
+    """Keras Applications EfficientNetB0 (no top) + dropout + sigmoid. Never downloads: the
+    backbone is built with weights=None and, given `weights_path` (e.g. Keras' ImageNet
+    efficientnetb0_notop.h5 copied locally), loads that file. The backbone has its own
+    normalisation for [0, 255] inputs, so [0, 1] images are scaled up first."""
+    _check(image_size, dropout)
+    if image_size < 32:
+        raise ValueError(f"EfficientNetB0 needs image_size >= 32, got {image_size}")
+    backbone = keras.applications.EfficientNetB0(
+        include_top=False, weights=None, input_shape=(image_size, image_size, 3),
+        pooling="avg")
+    if weights_path:
+        backbone.load_weights(weights_path)
+    backbone.trainable = not freeze_backbone
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Rescaling(255.0, name="to_0_255")(inputs)
+    x = backbone(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, _sigmoid_output(x), name="efficientnet_b0")
+
+
+def build_model(name: str, image_size: int, dropout: float = 0.0, l2: float = 0.0,
+                weights_path: str | None = None) -> keras.Model:
+    """Builds a model by --model name."""
+    if name == "study":
+        return build_study_cnn(image_size, dropout, l2)
+    if name == "compact":
+        return build_compact_cnn(image_size, dropout, l2)
+    if name == "efficientnet_b0":
+        if l2:
+            raise ValueError("l2 is not supported for efficientnet_b0; use --l2=0")
+        return build_efficientnet_b0(image_size, dropout, weights_path)
+    raise ValueError(f"model {name!r} not in {MODEL_NAMES}")
