@@ -153,6 +153,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
             ds = ds.filter(lambda image, label: label >= 0)
         if label_filter is not None:
             ds = ds.filter(lambda image, label: tf.equal(label, label_filter))
+        else:  # the manifest's count, checked: Keras then knows the epoch length
+            ds = ds.apply(tf.data.experimental.assert_cardinality(expected))
         if cache == "memory":
             ds = ds.cache()
         elif cache:
