@@ -1,0 +1,129 @@
+"""Feature extractors for FID/KID/C2ST; each has a name that goes into the evaluation report.
+
+* inception: InceptionV3 pool features (2048), weights ONLY from a local file (never downloaded);
+  the standard for FID/KID, so numbers are comparable with papers only with this one.
+* cnn: the penultimate layer of a trained classifier (a .keras file, e.g. trainer.cnn's export).
+* random_conv: a fixed, seeded, untrained 3-layer conv net with mean+max pooling (448 features);
+  cheap and always available, comparable only between runs of this project.
+* pixels: the image downsampled to 16x16 (768 values in [0, 1]).
+All take uint8 N x S x S x 3 images and return float64 N x D.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+EXTRACTORS = ("inception", "cnn", "random_conv", "pixels")
+RANDOM_CONV_FILTERS = (32, 64, 128)
+RANDOM_CONV_INPUT = 64
+PIXEL_SIDE = 16
+
+
+def resize_batch(images: np.ndarray, side: int) -> np.ndarray:
+    """uint8 N x H x W x 3 -> float32 N x side x side x 3 in [0, 1] (bilinear, antialiased)."""
+    import tensorflow as tf
+
+    x = tf.image.convert_image_dtype(tf.convert_to_tensor(images, tf.uint8), tf.float32)
+    if x.shape[1] != side or x.shape[2] != side:
+        x = tf.image.resize(x, (side, side), method="bilinear", antialias=True)
+    return x.numpy()
+
+
+def _batched(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+             batch: int = 32) -> np.ndarray:
+    if len(images) == 0:
+        raise ValueError("no images to extract features from")
+    return np.concatenate([np.asarray(fn(images[i:i + batch]), np.float64)
+                           for i in range(0, len(images), batch)])
+
+
+def pixel_features(images: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
+    return resize_batch(images, side).reshape(len(images), -1).astype(np.float64)
+
+
+def _random_conv_model(seed: int):
+    import keras
+
+    inputs = keras.Input((RANDOM_CONV_INPUT, RANDOM_CONV_INPUT, 3))
+    x, pooled = inputs, []
+    for i, filters in enumerate(RANDOM_CONV_FILTERS):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu",
+                                kernel_initializer=keras.initializers.HeNormal(seed + i),
+                                dtype="float32")(x)
+        pooled += [keras.layers.GlobalAveragePooling2D(dtype="float32")(x),
+                   keras.layers.GlobalMaxPooling2D(dtype="float32")(x)]
+    return keras.Model(inputs, keras.layers.Concatenate(dtype="float32")(pooled))
+
+
+def _inception(weights: str):
+    import keras
+
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"InceptionV3 weights file {weights!r} not found (this project "
+                                "never downloads weights; pass a local .h5/.weights.h5 file)")
+    model = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg",
+                                           input_shape=(299, 299, 3))
+    model.load_weights(weights)
+
+    def extract(images: np.ndarray) -> np.ndarray:
+        x = resize_batch(images, 299) * 2.0 - 1.0  # InceptionV3's preprocess_input: [-1, 1]
+        return model(x, training=False).numpy()
+    return extract
+
+
+def penultimate_model(model):
+    """The classifier cut before its output layer (skipping dropout right before it)."""
+    import keras
+
+    layers = [layer for layer in model.layers[:-1]
+              if not isinstance(layer, (keras.layers.Dropout, keras.layers.InputLayer))]
+    if not layers:
+        raise ValueError(f"model {model.name!r} has no layer before its output to take features from")
+    return keras.Model(model.inputs, layers[-1].output)
+
+
+def _cnn(path: str, value_range: tuple[float, float]):
+    import keras
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"CNN model {path!r} not found")
+    model = keras.models.load_model(path, compile=False)
+    features = penultimate_model(model)
+    side = int(model.inputs[0].shape[1])
+    low, high = value_range
+
+    def extract(images: np.ndarray) -> np.ndarray:
+        x = resize_batch(images, side) * (high - low) + low
+        out = features(x, training=False)
+        return np.asarray(out).reshape(len(images), -1)
+    return extract, features.layers[-1].name, side
+
+
+def make_extractor(kind: str, *, inception_weights: str = "", cnn_model: str = "",
+                   cnn_value_range: tuple[float, float] = (0.0, 1.0),
+                   seed: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """(extract(uint8 images) -> features, descriptive name). kind 'auto' picks inception when
+    weights are given, else cnn when a model is given, else random_conv."""
+    if kind == "auto":
+        kind = "inception" if inception_weights else "cnn" if cnn_model else "random_conv"
+    if kind not in EXTRACTORS:
+        raise ValueError(f"feature extractor {kind!r} not in {('auto',) + EXTRACTORS}")
+    if kind == "inception":
+        if not inception_weights:
+            raise ValueError("feature extractor 'inception' needs --inception_weights (a local file)")
+        extract = _inception(inception_weights)
+        return (lambda x: _batched(extract, x)), f"inception_v3_pool3({os.path.basename(inception_weights)})"
+    if kind == "cnn":
+        if not cnn_model:
+            raise ValueError("feature extractor 'cnn' needs --cnn_model (a .keras file)")
+        extract, layer, side = _cnn(cnn_model, cnn_value_range)
+        return (lambda x: _batched(extract, x)), f"cnn_penultimate({os.path.basename(cnn_model)}:{layer}@{side}px)"
+    if kind == "random_conv":
+        model = _random_conv_model(seed)
+
+        def extract(images):
+            return model(resize_batch(images, RANDOM_CONV_INPUT), training=False).numpy()
+        return (lambda x: _batched(extract, x)), f"random_conv_v1(seed={seed},{RANDOM_CONV_INPUT}px)"
+    return pixel_features, f"pixels_{PIXEL_SIDE}x{PIXEL_SIDE}"

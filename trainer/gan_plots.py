@@ -1,0 +1,114 @@
+"""Figures and the Markdown summary of trainer.gan_eval (matplotlib, headless)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from trainer.gan_models import tile_images
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    Image.fromarray(np.asarray(image, np.uint8)).save(path)
+
+
+def _figure():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_pca(real: np.ndarray, generated: np.ndarray, share, path: str) -> None:
+    """The study's figure: both sets on the first factorial plane, axes with explained variance."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    ax.scatter(real[:, 0], real[:, 1], s=14, alpha=0.7, label=f"real (n={len(real)})")
+    ax.scatter(generated[:, 0], generated[:, 1], s=14, alpha=0.7, marker="^",
+               label=f"generated (n={len(generated)})")
+    ax.set_xlabel(f"PC1 ({100 * share[0]:.1f}% of variance)")
+    ax.set_ylabel(f"PC2 ({100 * share[1]:.1f}% of variance)")
+    ax.set_title("PCA of real vs generated images (pixels)")
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_real_vs_generated(real: np.ndarray, generated: np.ndarray, path: str) -> None:
+    """Two grids side by side, real on the left, with a white gutter between."""
+    left, right = tile_images(real), tile_images(generated)
+    height = max(left.shape[0], right.shape[0])
+    canvas = np.full((height, left.shape[1] + 16 + right.shape[1], 3), 255, np.uint8)
+    canvas[:left.shape[0], :left.shape[1]] = left
+    canvas[:right.shape[0], left.shape[1] + 16:] = right
+    save_png(canvas, path)
+
+
+def save_pairs(generated: np.ndarray, nearest: np.ndarray, distances, path: str) -> None:
+    """Each generated image (top row) above its nearest training image, distance in the title."""
+    plt = _figure()
+    n = len(generated)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), dpi=100, squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(generated[i])
+        axes[0, i].set_title(f"d={distances[i]:.3f}", fontsize=8)
+        axes[1, i].imshow(nearest[i])
+        for ax in axes[:, i]:
+            ax.axis("off")
+    axes[0, 0].text(-0.1, 0.5, "generated", transform=axes[0, 0].transAxes, rotation=90,
+                    va="center", ha="right")
+    axes[1, 0].text(-0.1, 0.5, "nearest train", transform=axes[1, 0].transAxes, rotation=90,
+                    va="center", ha="right")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown_report(report: dict) -> str:
+    """gan_eval.md: the numbers a reader needs, each with what it means."""
+    lines = ["# DCGAN evaluation", "",
+             f"- checkpoint: `{report['checkpoint']}` ({report['architecture']})",
+             f"- real data: `{report['real_data_dir']}` split `{report['train_split']}`; "
+             f"images: {report['counts']}",
+             f"- feature extractor: **{report['feature_extractor']}** "
+             f"({report['feature_dim']} features)", "",
+             "| metric | generated vs train | held-out real vs train (floor) |",
+             "|---|---|---|"]
+    floor = report.get("heldout_floor", {})
+
+    floor_fid = f"{floor['fid']:.4g}" if "fid" in floor else "n/a"
+    lines.append(f"| FID | {report['fid']:.4g} | {floor_fid} |")
+    kid = report["kid"]
+    floor_kid = floor.get("kid")
+    lines.append(f"| KID (x1000) | {1000 * kid['mean']:.3g} ± {1000 * kid['std']:.2g} | "
+                 + (f"{1000 * floor_kid['mean']:.3g} ± {1000 * floor_kid['std']:.2g}"
+                    if floor_kid else "n/a") + " |")
+    c2st = report["c2st"]
+    floor_c2st = floor.get("c2st")
+    lines.append(f"| C2ST accuracy (95% CI) | {c2st['accuracy']:.3f} "
+                 f"[{c2st['ci95'][0]:.3f}, {c2st['ci95'][1]:.3f}] | "
+                 + (f"{floor_c2st['accuracy']:.3f} [{floor_c2st['ci95'][0]:.3f}, "
+                    f"{floor_c2st['ci95'][1]:.3f}]" if floor_c2st else "n/a") + " |")
+    lines += ["", "C2ST: 0.5 means the classifier cannot tell the sets apart; 1.0 means it "
+              "always can. FID/KID on small sets are biased upwards: compare with the floor.", ""]
+    memo = report["memorization"]
+    if "skipped" in memo:
+        lines.append(f"Memorization: skipped ({memo['skipped']}).")
+    else:
+        lines += [f"Memorization ({memo['space']}): {memo['count_below']} generated images "
+                  f"({100 * memo['share_below']:.1f}%) lie closer to a training image than "
+                  f"{memo['percentile']:g}% of held-out real images do (threshold "
+                  f"{memo['threshold']:.4g}); median nearest-train distance generated "
+                  f"{memo['generated_median']:.4g} vs held-out {memo['heldout_median']:.4g}. "
+                  "See closest_pairs.png."]
+    pca = report["pca"]
+    lines += ["", f"PCA ({pca['space']}, {pca['images_per_set']} images per set): PC1 "
+              f"{100 * pca['explained_variance'][0]:.1f}%, PC2 "
+              f"{100 * pca['explained_variance'][1]:.1f}% of variance. See pca.png, "
+              "real_vs_generated.png (real left), interpolation.png.", ""]
+    return "\n".join(lines)
