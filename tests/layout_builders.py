@@ -173,12 +173,15 @@ def build_isic2024(root: pathlib.Path, images: Sequence[SampleImage]) -> pathlib
 
 
 def build_isic2017(root: pathlib.Path, images: Sequence[SampleImage]) -> pathlib.Path:
-    """ISIC-2017_Training_Part3_GroundTruth.csv (flags written 0.0/1.0, as published)."""
+    """Part 3 ground truth (flags written 0.0/1.0, as published) + the age/sex file in the image folder."""
     rows = [[i.image_id, "1.0" if i.label == "malignant" else "0.0", "0.0"] for i in images]
     for image in images:
         place_image(image, root / "ISIC-2017_Training_Data")
     write_csv(root / "ISIC-2017_Training_Part3_GroundTruth.csv",
               ["image_id", "melanoma", "seborrheic_keratosis"], rows)
+    write_csv(root / "ISIC-2017_Training_Data" / "ISIC-2017_Training_Data_metadata.csv",
+              ["image_id", "age_approximate", "sex"],
+              [[i.image_id, age_cell(i, "unknown"), sex_cell(i, "unknown")] for i in images])
     return root
 
 

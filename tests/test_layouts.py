@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from beam_jobs.layouts import LAYOUTS, detect_layout, parse_dx_map, read_layout
+from beam_jobs.layouts import COUNTERS, LAYOUTS, REASONS, detect_layout, parse_dx_map, read_layout
 from isicflow.metadata import DEFAULT_DX_LABELS
 from tests.layout_builders import (ATTRIBUTION_2024, BUILDERS, build_ham10000, build_isic2020,
                                    build_legacy_json, place_image, sample_images,
@@ -23,7 +23,7 @@ CARRIED = {
     "isic2019": ("age_approx", "sex"),
     "isic2020": ("age_approx", "sex", "diagnosis"),
     "isic2024": ("age_approx", "sex"),
-    "isic2017": (),
+    "isic2017": ("age_approx", "sex"),
     "class_folders": (),
 }
 
@@ -61,6 +61,8 @@ def read_accounted(root: pathlib.Path, layout=None, expected_inputs=None, **kwar
                                                        if j.path in set(files)]
     assert sorted(used) == files
     assert len(result.records) + len(result.rejections) == result.counters["inputs"]
+    assert set(result.counters) <= set(COUNTERS), set(result.counters) - set(COUNTERS)
+    assert {j.reason for j in result.rejections} <= set(REASONS)
     if expected_inputs is not None:
         assert result.counters["inputs"] == expected_inputs
     assert [r.image_id for r in result.records] == sorted(r.image_id for r in result.records)
@@ -328,12 +330,19 @@ def test_messy_isic2017(subset, tmp_path):
     lines = ["image_id,melanoma,seborrheic_keratosis", f"{ids[0]},1.0,0.0", f"{ids[1]},0.0,1.0",
              f"{ids[2]},0.0,0.0", f"{ids[3]},1.0,1.0", f"{ids[4]},x,0", ""]
     (tmp_path / "ISIC-2017_Training_Part3_GroundTruth.csv").write_text("\n".join(lines) + "\n")
-    result = read_accounted(tmp_path, expected_inputs=5)
+    write_csv(tmp_path / "ISIC-2017_Training_Data" / "ISIC-2017_Training_Data_metadata.csv",
+              ["image_id", "age_approximate", "sex"],
+              [[ids[0], "55", "male"], [ids[1], "unknown", "unknown"], ["ISIC_7777777", "60", "female"]])
+    result = read_accounted(tmp_path, expected_inputs=6)
     assert outcome(result) == {ids[0]: "malignant", ids[1]: "benign", ids[2]: "benign",
-                               ids[3]: "invalid_label", ids[4]: "malformed_metadata"}
-    assert [r.diagnosis for r in result.records] == ["melanoma", "seborrheic_keratosis", "nevus"]
-    assert result.counters == {"empty_line": 1, "float_one_hot": 4, "image_files": 5, "inputs": 5,
-                               "mask_skipped": 1, "metadata_entries": 5}
+                               ids[3]: "invalid_label", ids[4]: "malformed_metadata",
+                               "ISIC_7777777": "missing_image"}
+    assert [(r.diagnosis, r.age_approx, r.sex) for r in result.records] == [
+        ("melanoma", 55.0, "male"), ("seborrheic_keratosis", None, ""), ("nevus", None, "")]
+    assert result.counters == {
+        "empty_line": 1, "float_one_hot": 4, "image_files": 5, "inputs": 6, "mask_skipped": 1,
+        "metadata_entries": 6, "metadata_without_ground_truth": 1, "unknown_age": 1,
+        "unknown_label": 1, "unknown_sex": 1}
 
 
 def test_messy_class_folders(subset, tmp_path):

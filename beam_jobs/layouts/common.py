@@ -28,7 +28,8 @@ class Scan:
     root: str
     images: list[str]                     # absolute paths of dataset images, sorted
     json_files: list[str]                 # absolute paths, sorted
-    top_csv_files: list[str]              # CSVs directly under root, sorted
+    csv_files: list[str]                  # every CSV under root, sorted
+    top_csv_files: list[str]              # CSVs directly under root (where layouts put theirs)
     top_dirs: list[str]                   # names of non-hidden folders directly under root, sorted
     counters: collections.Counter
 
@@ -39,7 +40,7 @@ def scan_tree(root: str) -> Scan:
         raise ValueError(f"input {root!r} is not a directory")
     root = os.path.abspath(root)
     counters: collections.Counter = collections.Counter()
-    images, json_files, top_csv = [], [], []
+    images, json_files, csv_files = [], [], []
     seen_dirs = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -64,13 +65,15 @@ def scan_tree(root: str) -> Scan:
                     images.append(path)
             elif ext == ".json":
                 json_files.append(path)
-            elif ext == ".csv" and dirpath == root:
-                top_csv.append(path)
+            elif ext == ".csv":
+                csv_files.append(path)
             else:
                 counters["other_file_skipped"] += 1
     top_dirs = sorted(d for d in os.listdir(root)
                       if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
-    return Scan(root, sorted(images), sorted(json_files), sorted(top_csv), top_dirs, counters)
+    csv_files.sort()
+    top_csv = [p for p in csv_files if os.path.dirname(p) == root]
+    return Scan(root, sorted(images), sorted(json_files), csv_files, top_csv, top_dirs, counters)
 
 
 def split_id(raw: str, counters: collections.Counter) -> tuple[str, str]:
