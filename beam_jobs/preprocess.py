@@ -1,0 +1,210 @@
+"""ISIC archive -> sharded TFRecords: the data engine.
+
+    python -m beam_jobs.preprocess --runner=DirectRunner --input=DIR --output=DIR [flags]
+
+Without --input it runs on the embedded SYNTHETIC default dataset. `--help` lists our flags;
+every other flag is a Beam pipeline option (--runner, --direct_num_workers, --project, ...).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from beam_jobs import synthetic, writing
+from beam_jobs.config import PreprocessConfig, parse_config
+from beam_jobs.transforms import (DUPLICATE, FILTERED, REJECTED, FilterRecords, PlannedImage,
+                                  ProcessImage, keep_first_of_duplicates, plan_dataset,
+                                  shard_count, to_example)
+from isicflow.manifest import MANIFEST_NAME
+from isicflow.metadata import Rejection
+
+
+class OutputNotEmpty(Exception):
+    """--output holds files and --overwrite was not given (or they are not ours to delete)."""
+
+
+def _sum_pairs(pairs) -> tuple[int, int]:
+    pairs = list(pairs)
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
+
+def _assign(image, plan, config: PreprocessConfig):
+    """Attaches split and rank from the global plan; --balance drops go to 'filtered'."""
+    image_id = image.record.image_id
+    if image_id in plan.balanced_out:
+        yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
+            image.record.image_path, image_id, "filtered_balance",
+            "dropped by --balance=undersample", kind=FILTERED))
+        return
+    yield plan.split_of[image_id], plan.rank_of[image_id], image
+
+
+def _key_by_shard(assigned, stats, config: PreprocessConfig):
+    """((size, split, shard index, shard count), (image_id, serialized example)) per size."""
+    split, rank, image = assigned
+    for size in config.image_sizes:
+        records, nbytes = stats[(size, split)]
+        count = shard_count(records, nbytes, config)
+        yield ((size, split, rank % count, count),
+               (image.record.image_id, to_example(image, size, split, config.image_format)))
+
+
+class IsicToTFRecords(beam.PTransform):
+    """Layout records -> filter -> decode/resize/encode -> dedup -> split -> shards -> manifest."""
+
+    def __init__(self, config: PreprocessConfig, layout_result):
+        super().__init__()
+        self.config = config
+        self.layout = layout_result
+
+    def expand(self, pbegin):
+        cfg, p = self.config, pbegin.pipeline
+        records = p | "CreateRecords" >> beam.Create(self.layout.records)
+        metadata_rejections = p | "CreateMetadataRejections" >> beam.Create(self.layout.rejections)
+
+        kept = records | "Filter" >> beam.ParDo(FilterRecords(cfg)).with_outputs(
+            FILTERED, main="kept")
+        processed = (kept.kept
+                     | "SpreadOverWorkers" >> beam.Reshuffle()
+                     | "DecodeResizeEncode" >> beam.ParDo(ProcessImage(cfg)).with_outputs(
+                         REJECTED, FILTERED, main="images"))
+        unique = (processed.images
+                  | "KeyByContent" >> beam.Map(lambda im: (im.sha256, im))
+                  | "GroupByContent" >> beam.GroupByKey()
+                  | "KeepFirstOfDuplicates" >> beam.FlatMap(keep_first_of_duplicates).with_outputs(
+                      DUPLICATE, main="unique"))
+        plan = (unique.unique
+                | "ToPlanItem" >> beam.Map(lambda im: PlannedImage(
+                    im.record.image_id, im.record.group_key, im.record.label))
+                | "CollectPlanItems" >> beam.combiners.ToList()
+                | "PlanBalanceAndSplits" >> beam.Map(plan_dataset, cfg))
+        assigned = unique.unique | "AssignSplit" >> beam.FlatMap(
+            _assign, beam.pvalue.AsSingleton(plan), cfg).with_outputs(FILTERED, main="assigned")
+        stats = (assigned.assigned
+                 | "RecordsAndBytes" >> beam.FlatMap(lambda a: [
+                     ((size, a[0]), (1, len(a[2].encoded[size]))) for size in cfg.image_sizes])
+                 | "SumPerSizeAndSplit" >> beam.CombinePerKey(_sum_pairs))
+        shards = (assigned.assigned
+                  | "KeyByShard" >> beam.FlatMap(_key_by_shard, beam.pvalue.AsDict(stats), cfg)
+                  | "GroupByShard" >> beam.GroupByKey()
+                  | "WriteShards" >> beam.ParDo(writing.WriteShard(cfg)))
+        rejections = ((metadata_rejections, kept[FILTERED], processed[REJECTED],
+                       processed[FILTERED], unique[DUPLICATE], assigned[FILTERED])
+                      | "AllRejections" >> beam.Flatten())
+        kept_summary = assigned.assigned | "SummarizeKept" >> beam.Map(lambda a: {
+            "split": a[0], "label": a[2].record.label, "diagnosis": a[2].record.diagnosis,
+            "source": a[2].record.source_collection})
+        inputs_read = len(self.layout.records) + len(self.layout.rejections)
+        return (p
+                | "FinalizeTrigger" >> beam.Create([None])
+                | "Finalize" >> beam.Map(
+                    writing.finalize, cfg, self.layout.layout, inputs_read,
+                    dict(self.layout.counters),
+                    shards=beam.pvalue.AsList(shards),
+                    rejections=beam.pvalue.AsList(rejections),
+                    kept=beam.pvalue.AsList(kept_summary)))
+
+
+def prepare_output(config: PreprocessConfig) -> None:
+    """Refuses a non-empty --output without --overwrite; with it, clears only our own output."""
+    import tensorflow as tf
+
+    out = config.output
+    if not tf.io.gfile.exists(out):
+        tf.io.gfile.makedirs(out)
+        return
+    entries = tf.io.gfile.listdir(out)
+    if not entries:
+        return
+    if not config.overwrite:
+        raise OutputNotEmpty(f"--output {out!r} is not empty ({len(entries)} entries); "
+                             "pass --overwrite to replace it")
+    ours = {MANIFEST_NAME, writing.INCOMPLETE_DIR, "rejects.jsonl"}
+    names = [e.rstrip("/") for e in entries]
+    foreign = sorted(n for n in names if n not in ours and not n.isdigit())  # sizes are digits
+    if foreign:
+        raise OutputNotEmpty(f"--output {out!r} holds files isicflow did not write "
+                             f"({foreign[:5]}); refusing to delete them even with --overwrite")
+    manifest = writing.join(out, MANIFEST_NAME)
+    if tf.io.gfile.exists(manifest):
+        tf.io.gfile.remove(manifest)  # first, so a dataset is never half old and half new
+    for entry in entries:
+        path = writing.join(out, entry.rstrip("/"))
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        elif tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+
+
+def format_summary(manifest: dict) -> str:
+    """The table printed at the end of a run."""
+    lines = []
+    if manifest.get("synthetic"):
+        lines.append("NOTE: SYNTHETIC embedded default dataset (not real ISIC images)")
+    t = manifest["totals"]
+    lines.append(f"layout {manifest['layout']}: read {t['read']} = written {t['written']} + "
+                 f"rejected {t['rejected']} + filtered {t['filtered']} + "
+                 f"duplicates {t['duplicates']}")
+    lines.append(f"{'size':>6} {'split':<11} {'records':>8} {'benign':>7} {'malignant':>9} "
+                 f"{'unknown':>7} {'shards':>6} {'MB':>8}")
+    for size, per_split in manifest["datasets"].items():
+        for split, info in per_split.items():
+            c = info["counts"]
+            mb = sum(s["bytes"] for s in info["shards"]) / 2**20
+            lines.append(f"{size:>6} {split:<11} {info['records']:>8} {c.get('benign', 0):>7} "
+                         f"{c.get('malignant', 0):>9} {c.get('unknown', 0):>7} "
+                         f"{len(info['shards']):>6} {mb:>8.2f}")
+    for reason, n in manifest["reasons"].items():
+        lines.append(f"  {reason}: {n}")
+    return "\n".join(lines)
+
+
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) -> dict:
+    """Runs the job; returns the manifest it wrote. Tests call this directly."""
+    from beam_jobs import layouts
+
+    config, beam_args = parse_config(argv)
+    if config.input is None:
+        config = dataclasses.replace(config, input=synthetic.ensure_default_dataset())
+    dx_labels = layouts.parse_dx_map(config.dx_map) if config.dx_map else None
+    layout_result = layouts.read_layout(config.input, config.layout, dx_labels)
+    logging.info("layout %s: %d records, %d metadata rejections", layout_result.layout,
+                 len(layout_result.records), len(layout_result.rejections))
+    prepare_output(config)
+
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | "IsicToTFRecords" >> IsicToTFRecords(config, layout_result)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    import json
+    import tensorflow as tf
+    with tf.io.gfile.GFile(writing.join(config.output, MANIFEST_NAME)) as f:
+        manifest = json.load(f)
+    print(format_summary(manifest))
+    counters = result.metrics().query()["counters"]
+    for c in sorted(counters, key=lambda c: c.key.metric.name):
+        print(f"  beam counter {c.key.metric.name}: {c.committed}")
+    return manifest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger().setLevel(logging.INFO)  # Beam installs a root handler before us
+    try:
+        run(argv if argv is not None else sys.argv[1:])
+    except OutputNotEmpty as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Shard writing and the final step that makes a dataset visible: rejects, then the manifest.
+
+Shards go to OUTPUT/.incomplete/ first. Only Finalize moves them into place and writes
+manifest.json, last, so a run killed midway leaves no manifest and no file that looks complete.
+Records inside a shard are sorted by image id, so two runs write byte-identical files.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import posixpath
+from typing import Iterable
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from beam_jobs.config import PreprocessConfig
+from beam_jobs.splits import SPLIT_NAMES
+from isicflow import schema
+from isicflow.manifest import MANIFEST_NAME, REJECTS_NAME
+from isicflow.metadata import Rejection
+
+INCOMPLETE_DIR = ".incomplete"
+
+
+def join(root: str, *parts: str) -> str:
+    """Joins local paths and URLs (gs://, s3://) alike; TF's gfile takes both."""
+    return posixpath.join(root.rstrip("/") if "://" in root else root, *parts)
+
+
+def file_sha256(path: str) -> tuple[int, str]:
+    import tensorflow as tf
+
+    digest, size = hashlib.sha256(), 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class WriteShard(beam.DoFn):
+    """One shard: ((size, split, index, count), [(image_id, serialized example)])."""
+
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+
+    def process(self, element):
+        import tensorflow as tf
+
+        (size, split, index, count), records = element
+        records = sorted(records)
+        rel = posixpath.join(str(size), split,
+                             f"{split}-{index:05d}-of-{count:05d}{self.config.shard_suffix}")
+        tmp = join(self.config.output, INCOMPLETE_DIR, rel)
+        tf.io.gfile.makedirs(posixpath.dirname(tmp) if "://" in tmp else tmp.rsplit("/", 1)[0])
+        options = tf.io.TFRecordOptions(compression_type=self.config.tf_compression)
+        with tf.io.TFRecordWriter(tmp, options) as writer:
+            for _, serialized in records:
+                writer.write(serialized)
+        nbytes, sha = file_sha256(tmp)
+        Metrics.counter("isicflow", "shards_written").inc()
+        Metrics.counter("isicflow", "records_written").inc(len(records))
+        yield {"size": size, "split": split, "path": rel, "records": len(records),
+               "bytes": nbytes, "sha256": sha}
+
+
+def summarize_counts(kept: Iterable[dict]) -> dict:
+    """Counts per split x label, and per split x label x diagnosis x source collection."""
+    by_label = {s: collections.Counter() for s in SPLIT_NAMES}
+    detail = collections.Counter()
+    for k in kept:
+        by_label[k["split"]][k["label"]] += 1
+        detail[(k["split"], k["label"], k["diagnosis"], k["source"])] += 1
+    return {
+        "per_split_label": {s: dict(sorted(c.items())) for s, c in by_label.items()},
+        "per_split_label_diagnosis_source": [
+            {"split": s, "label": lab, "diagnosis": dx, "source_collection": src, "count": n}
+            for (s, lab, dx, src), n in sorted(detail.items())],
+    }
+
+
+def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
+                   rejections: list[Rejection], kept: list[dict], inputs_read: int,
+                   layout_counters: dict) -> dict:
+    """Pure: the manifest as a dict, checking that every input is accounted for."""
+    totals = collections.Counter(r.kind for r in rejections)
+    written = len(kept)
+    accounted = written + totals["rejected"] + totals["filtered"] + totals["duplicate"]
+    if accounted != inputs_read:
+        raise RuntimeError(f"bookkeeping bug: read {inputs_read} inputs but accounted for "
+                           f"{accounted} (written {written}, {dict(totals)})")
+    counts = summarize_counts(kept)
+    datasets: dict = {}
+    for size in config.image_sizes:
+        datasets[str(size)] = {}
+        for split in SPLIT_NAMES:
+            mine = sorted((s for s in shards if s["size"] == size and s["split"] == split),
+                          key=lambda s: s["path"])
+            datasets[str(size)][split] = {
+                "records": sum(s["records"] for s in mine),
+                "counts": counts["per_split_label"][split],
+                "shards": [{k: s[k] for k in ("path", "records", "bytes", "sha256")} for s in mine],
+            }
+    reasons = collections.Counter((r.kind, r.reason) for r in rejections)
+    run_config = {k: v for k, v in config.to_json_dict().items() if k not in ("output", "overwrite")}
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "synthetic": config.synthetic,
+        "layout": layout,
+        "image_sizes": list(config.image_sizes),
+        "image_format": config.image_format,
+        "resize_mode": config.resize_mode,
+        "compression": config.tf_compression,
+        "config": run_config,
+        "totals": {"read": inputs_read, "written": written, "rejected": totals["rejected"],
+                   "filtered": totals["filtered"], "duplicates": totals["duplicate"]},
+        "reasons": {f"{kind}:{reason}": n for (kind, reason), n in sorted(reasons.items())},
+        "layout_counters": dict(sorted(layout_counters.items())),
+        "counts": counts,
+        "datasets": datasets,
+    }
+
+
+def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_counters: dict,
+             shards: list[dict], rejections: list[Rejection], kept: list[dict]) -> dict:
+    """Moves shards into place, writes rejects.jsonl, then manifest.json; returns the manifest."""
+    import tensorflow as tf
+
+    manifest = build_manifest(config, layout, shards, list(rejections), list(kept), inputs_read,
+                              layout_counters)
+    for shard in shards:
+        final = join(config.output, shard["path"])
+        tf.io.gfile.makedirs(final.rsplit("/", 1)[0])
+        tf.io.gfile.rename(join(config.output, INCOMPLETE_DIR, shard["path"]), final,
+                           overwrite=True)
+    incomplete = join(config.output, INCOMPLETE_DIR)
+    if tf.io.gfile.exists(incomplete):
+        tf.io.gfile.rmtree(incomplete)
+    ordered = sorted(rejections, key=lambda r: (r.image_id, r.path, r.reason))
+    with tf.io.gfile.GFile(join(config.output, REJECTS_NAME), "w") as f:
+        f.write("".join(json.dumps(r.to_json_dict(), sort_keys=True) + "\n" for r in ordered))
+    with tf.io.gfile.GFile(join(config.output, MANIFEST_NAME), "w") as f:
+        f.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    logging.info("wrote %s", join(config.output, MANIFEST_NAME))
+    return manifest

@@ -1,0 +1,188 @@
+"""End-to-end tests of the data engine's run(argv) on the real sample and built layouts."""
+import collections
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from beam_jobs import preprocess
+from isicflow import imaging, schema
+from tests import layout_builders as lb
+
+
+def read_records(root: pathlib.Path, manifest: dict, size: int) -> dict[str, list[dict]]:
+    """All records of one size, per split, parsed with the shared schema."""
+    import tensorflow as tf
+
+    out = {}
+    for split, info in manifest["datasets"][str(size)].items():
+        records = []
+        for shard in info["shards"]:
+            ds = tf.data.TFRecordDataset(str(root / shard["path"]),
+                                         compression_type=manifest["compression"])
+            records += [schema.decode_example_py(r.numpy()) for r in ds]
+        assert len(records) == info["records"]
+        out[split] = records
+    return out
+
+
+def stored_pixels(record: dict) -> np.ndarray:
+    import tensorflow as tf
+
+    return imaging.decode_stored_image(tf.constant(record["image_encoded"]),
+                                       tf.constant(record["image_format"]),
+                                       record["height"], record["width"]).numpy()
+
+
+@pytest.fixture(scope="module")
+def real_run(sample_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uda1")
+    manifest = preprocess.run([f"--input={sample_dir}", f"--output={out}", "--image_size=128,64",
+                               "--image_format=raw"])
+    return out, manifest
+
+
+def test_real_sample_counts(real_run):
+    out, manifest = real_run
+    assert manifest["totals"] == {"read": 440, "written": 440, "rejected": 0, "filtered": 0,
+                                  "duplicates": 0}
+    per_split = manifest["counts"]["per_split_label"]
+    # 318 benign + 122 malignant, 70/20/10 per label (rounded by the group-aware assignment).
+    assert per_split == {"train": {"benign": 222, "malignant": 85},
+                         "validation": {"benign": 64, "malignant": 25},
+                         "test": {"benign": 32, "malignant": 12}}
+    for size in (128, 64):
+        records = read_records(out, manifest, size)
+        assert {s: len(r) for s, r in records.items()} == {"train": 307, "validation": 89, "test": 44}
+        ids = [r["image_id"] for rs in records.values() for r in rs]
+        assert len(ids) == len(set(ids)) == 440
+        assert all(r["split"] == s for s, rs in records.items() for r in rs)
+    assert (out / "rejects.jsonl").read_text() == ""
+    assert not (out / ".incomplete").exists()
+
+
+def test_stored_images_match_independent_resize(real_run, sample_dir):
+    """Every stored record decodes; each equals Pillow's bilinear resize of its source +-2."""
+    out, manifest = real_run
+    records = read_records(out, manifest, 128)
+    worst = 0
+    for split_records in records.values():
+        for record in split_records:
+            pixels = stored_pixels(record)
+            assert pixels.shape == (128, 128, 3)
+            source = Image.open(sample_dir / f"{record['image_id']}.jpg").convert("RGB")
+            expected = np.asarray(source.resize((128, 128), Image.BILINEAR)).astype(int)
+            worst = max(worst, int(np.abs(pixels.astype(int) - expected).max()))
+    assert worst <= 2, f"max abs pixel difference {worst} > 2"
+
+
+def test_record_metadata_comes_from_sidecars(real_run, sample_dir):
+    out, manifest = real_run
+    by_id = {r["image_id"]: r for rs in read_records(out, manifest, 64).values() for r in rs}
+    sidecar = json.loads((sample_dir / "ISIC_0000000.json").read_text())["meta"]
+    record = by_id["ISIC_0000000"]
+    assert record["label_name"] == sidecar["clinical"]["benign_malignant"]
+    assert record["label"] == {"benign": 0, "malignant": 1}[record["label_name"]]
+    assert record["age_approx"] == sidecar["clinical"]["age_approx"]
+    assert record["sex"] == sidecar["clinical"]["sex"]
+    assert record["image_type"] == "dermoscopic"
+    assert (record["original_width"], record["original_height"]) == (250, 250)
+
+
+def test_two_runs_are_byte_identical(sample_dir, tmp_path):
+    images = lb.sample_images(sample_dir, every=8)
+    source = lb.build_legacy_json(tmp_path / "src", images)
+    outputs = []
+    for name, extra in (("a", []), ("b", ["--direct_num_workers=2",
+                                          "--direct_running_mode=multi_threading"])):
+        out = tmp_path / name
+        preprocess.run([f"--input={source}", f"--output={out}", "--image_size=48",
+                        "--compression=gzip", "--num_shards=3"] + extra)
+        outputs.append(out)
+    files = [sorted(p.relative_to(o) for p in o.rglob("*") if p.is_file()) for o in outputs]
+    assert files[0] == files[1]
+    assert len([f for f in files[0] if f.suffix == ".gz"]) == 9  # 3 splits x 3 shards
+    for rel in files[0]:
+        assert (outputs[0] / rel).read_bytes() == (outputs[1] / rel).read_bytes(), rel
+
+
+def test_groups_never_cross_splits(sample_dir, tmp_path):
+    """HAM10000 lesion ids shared by 4 images each: every lesion stays in one split."""
+    images = lb.sample_images(sample_dir, every=2)
+    root = tmp_path / "src"
+    rows = []
+    for index, image in enumerate(images):
+        lb.place_image(image, root / "HAM10000_images_part_1")
+        rows.append([f"HAM_{index // 4:07d}", image.image_id, lb.DX_CODE[image.diagnosis],
+                     "histo", lb.age_cell(image), lb.sex_cell(image, "unknown"), "back"])
+    lb.write_csv(root / "HAM10000_metadata.csv",
+                 ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"], rows)
+    manifest = preprocess.run([f"--input={root}", f"--output={tmp_path / 'out'}",
+                               "--image_size=32"])
+    splits_of_lesion = collections.defaultdict(set)
+    for split, records in read_records(tmp_path / "out", manifest, 32).items():
+        for r in records:
+            splits_of_lesion[r["lesion_id"]].add(split)
+    assert len(splits_of_lesion) == (len(images) + 3) // 4
+    assert {len(s) for s in splits_of_lesion.values()} == {1}
+    assert manifest["totals"]["written"] == len(images)
+
+
+@pytest.mark.parametrize("builder", ["build_isic_cli", "build_class_folders", "build_isic2020"])
+def test_layouts_give_the_same_dataset(builder, sample_dir, tmp_path):
+    images = lb.sample_images(sample_dir, every=11)
+    legacy = lb.build_legacy_json(tmp_path / "legacy", images)
+    other = getattr(lb, builder)(tmp_path / "other", images)
+    results = []
+    for name, source in (("legacy", legacy), ("other", other)):
+        manifest = preprocess.run([f"--input={source}", f"--output={tmp_path / ('out-' + name)}",
+                                   "--image_size=32", "--image_types=all"])
+        records = read_records(tmp_path / ("out-" + name), manifest, 32)
+        results.append(sorted((r["image_id"], r["label_name"], r["image_encoded"])
+                              for rs in records.values() for r in rs))
+    assert len(results[0]) == len(images)
+    assert results[0] == results[1]
+
+
+def test_refuses_non_empty_output_without_overwrite(sample_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = [f"--input={sample_dir}", f"--output={out}", "--image_size=32"]
+    with pytest.raises(preprocess.OutputNotEmpty, match="--overwrite"):
+        preprocess.run(args)
+    with pytest.raises(preprocess.OutputNotEmpty, match="did not write"):
+        preprocess.run(args + ["--overwrite"])
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_killed_run_leaves_no_manifest_and_overwrite_recovers(sample_dir, tmp_path, monkeypatch):
+    images = lb.sample_images(sample_dir, every=20)
+    source = lb.build_legacy_json(tmp_path / "src", images)
+    out = tmp_path / "out"
+    args = [f"--input={source}", f"--output={out}", "--image_size=32"]
+
+    def killed(*_args, **_kwargs):
+        raise RuntimeError("simulated kill before the final step")
+
+    monkeypatch.setattr(preprocess.writing, "finalize", killed)
+    with pytest.raises(Exception, match="simulated kill"):
+        preprocess.run(args)
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob("32/*/*.tfrecord")), "no shard may look complete"
+    monkeypatch.undo()
+    with pytest.raises(preprocess.OutputNotEmpty):
+        preprocess.run(args)
+    manifest = preprocess.run(args + ["--overwrite"])
+    assert manifest["totals"]["written"] == len(images)
+    assert not (out / ".incomplete").exists()
+
+
+def test_bad_flags_fail_with_the_value(tmp_path, capsys):
+    for bad, needle in (("--image_size=0", "image sizes"), ("--split=50,50", "--split"),
+                        ("--jpeg_quality=0", "jpeg_quality"), ("--resize_mode=zoom", "zoom")):
+        with pytest.raises(SystemExit):
+            preprocess.run([f"--output={tmp_path}", bad])
+        assert needle in capsys.readouterr().err

@@ -1,0 +1,88 @@
+"""TestPipeline + assert_that tests of the data engine's steps, one DoFn at a time."""
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from beam_jobs.config import PreprocessConfig
+from beam_jobs.transforms import (DUPLICATE, FILTERED, REJECTED, FilterRecords, PlannedImage,
+                                  ProcessedImage,
+                                  ProcessImage, keep_first_of_duplicates, plan_dataset,
+                                  shard_count)
+from isicflow.metadata import LesionRecord
+from tests import hostile_images as hi
+
+CONFIG = PreprocessConfig(input="unused", output="unused", image_sizes=(32, 16))
+
+
+def _record(image_id, path="/nonexistent", **kw):
+    return LesionRecord(image_id=image_id, image_path=str(path), **kw)
+
+
+def test_filter_records_routes_each_reason():
+    records = [
+        _record("keep", label="benign", image_type="dermoscopic"),
+        _record("untyped", label="malignant"),
+        _record("clinical", label="benign", image_type="clinical"),
+        _record("sonic", label="benign", image_type="dermoscopic", source_collection="SONIC"),
+        _record("unknown", label="unknown", image_type="dermoscopic"),
+    ]
+    with TestPipeline() as p:
+        out = (p | beam.Create(records)
+               | beam.ParDo(FilterRecords(CONFIG)).with_outputs(FILTERED, main="kept"))
+        assert_that(out.kept | "KeptIds" >> beam.Map(lambda r: r.image_id),
+                    equal_to(["keep", "untyped"]), label="kept")
+        assert_that(out[FILTERED] | "Reasons" >> beam.Map(lambda r: (r.image_id, r.reason, r.kind)),
+                    equal_to([("clinical", "filtered_image_type", "filtered"),
+                              ("sonic", "filtered_collection", "filtered"),
+                              ("unknown", "filtered_label", "filtered")]), label="filtered")
+
+
+def test_process_image_decodes_and_rejects(tmp_path):
+    good = tmp_path / "good.jpg"
+    good.write_bytes(hi.jpeg_bytes(hi.gradient(80, 60)))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(hi.truncated_jpeg(hi.gradient(400, 300)))
+    records = [_record("good", good, label="benign"), _record("bad", bad, label="benign"),
+               _record("gone", tmp_path / "missing.jpg", label="benign")]
+    with TestPipeline() as p:
+        out = (p | beam.Create(records)
+               | beam.ParDo(ProcessImage(CONFIG)).with_outputs(REJECTED, FILTERED, main="images"))
+        assert_that(out.images | beam.Map(lambda im: (im.record.image_id, sorted(im.encoded),
+                                                      im.source_width, im.source_height)),
+                    equal_to([("good", [16, 32], 80, 60)]), label="images")
+        assert_that(out[REJECTED] | "Reasons" >> beam.Map(lambda r: (r.image_id, r.reason)),
+                    equal_to([("bad", "corrupt_image"), ("gone", "unreadable_file")]),
+                    label="rejected")
+
+
+def test_duplicates_keep_smallest_id():
+    def image(image_id):
+        return ProcessedImage(_record(image_id), "ab" * 32, 10, 10, {32: b""})
+
+    with TestPipeline() as p:
+        out = (p | beam.Create([("h", [image("b"), image("a"), image("c")])])
+               | beam.FlatMap(keep_first_of_duplicates).with_outputs(DUPLICATE, main="unique"))
+        assert_that(out.unique | beam.Map(lambda im: im.record.image_id), equal_to(["a"]),
+                    label="unique")
+        assert_that(out[DUPLICATE] | "Dups" >> beam.Map(lambda r: (r.image_id, r.detail[:14])),
+                    equal_to([("b", "same bytes as "), ("c", "same bytes as ")]), label="dups")
+
+
+def test_plan_dataset_balance_and_ranks():
+    items = [PlannedImage(f"b{i:02d}", f"image:b{i:02d}", "benign") for i in range(30)]
+    items += [PlannedImage(f"m{i:02d}", f"image:m{i:02d}", "malignant") for i in range(10)]
+    import dataclasses
+    plan = plan_dataset(items, dataclasses.replace(CONFIG, balance="undersample"))
+    assert len(plan.balanced_out) == 20 and not any(i.startswith("m") for i in plan.balanced_out)
+    kept = [i.image_id for i in items if i.image_id not in plan.balanced_out]
+    for split in ("train", "validation", "test"):
+        ranks = sorted(plan.rank_of[i] for i in kept if plan.split_of[i] == split)
+        assert ranks == list(range(len(ranks)))
+
+
+def test_shard_count_never_empty():
+    assert shard_count(0, 0, CONFIG) == 0
+    assert shard_count(5, 10, CONFIG) == 1
+    import dataclasses
+    assert shard_count(3, 10, dataclasses.replace(CONFIG, num_shards=8)) == 3
+    assert shard_count(10**4, 400 * 2**20, CONFIG) == 3  # 400 MB at 150 MB a shard
