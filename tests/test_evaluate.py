@@ -26,10 +26,8 @@ def tiny_model(seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def images():
-    from tests.conftest import SAMPLE_DIR
-
-    pool = shard_fixtures.load_sample_images(SAMPLE_DIR, 20)
+def images(sample_dir):
+    pool = shard_fixtures.load_sample_images(sample_dir, 20)
     return {"train": pool[:4], "validation": pool[4:12], "test": pool[12:20]}
 
 
