@@ -148,7 +148,7 @@ def test_nested_legacy_gallery_takes_collection_from_folder(subset, tmp_path):
 # --- the mess of each layout ---------------------------------------------------------------------
 
 def test_messy_legacy_json(subset, tmp_path):
-    a, b, c, d, e, f = (s.image_id for s in subset[:6])
+    a, b, c, d, e, f, g = (s.image_id for s in subset[:7])
     uda, msk = tmp_path / "ISIC-images" / "UDA-1", tmp_path / "ISIC-images" / "MSK-1"
     for image in subset[:2] + subset[3:5]:
         place_image(image, uda)
@@ -163,22 +163,26 @@ def test_messy_legacy_json(subset, tmp_path):
         (folder / f"{e}.json").write_text(sidecar(e, benign_malignant="malignant", age_approx=55,
                                                   sex="female"))
     (uda / f"{f}.json").write_text(sidecar(f, benign_malignant=None, age_approx=None, sex=None))
+    place_image(subset[6], uda)
+    (uda / f"{g}.json").write_text(sidecar("../../etc/passwd", benign_malignant="benign"))
     (uda / "notes.json").write_text("{}")
     (uda / "ATTRIBUTION.txt").write_text("UDA-1 by Anonymous")
 
-    result = read_accounted(tmp_path, expected_inputs=7)
+    result = read_accounted(tmp_path, expected_inputs=8)
     assert outcome(result) == {a: "malformed_metadata", b: "missing_metadata", c: "missing_image",
-                               d: "unknown", e: "duplicate_id+malignant", f: "unknown"}
+                               d: "unknown", e: "duplicate_id+malignant", f: "unknown",
+                               g: "invalid_id"}
     kept = {r.image_id: r for r in result.records}
     assert kept[d].source_collection == "SONIC" and kept[d].age_approx is None
     assert kept[e].source_collection == "MSK-1" and kept[e].original_width == 1000
     rejected = {j.reason: j for j in result.rejections}
     assert rejected["malformed_metadata"].path == str(uda / f"{a}.jpg")
     assert rejected["duplicate_id"].path == str(uda / f"{e}.jpg")
+    assert rejected["invalid_id"].path == str(uda / f"{g}.jpg")
     assert result.counters == {
-        "collection_from_folder": 4, "empty_age": 1, "empty_sex": 1, "image_files": 6, "inputs": 7,
-        "mask_skipped": 1, "metadata_entries": 6, "other_file_skipped": 1, "other_json_skipped": 1,
-        "unknown_age": 1, "unknown_label": 2, "unknown_sex": 1}
+        "collection_from_folder": 4, "empty_age": 1, "empty_sex": 1, "image_files": 7, "inputs": 8,
+        "mask_skipped": 1, "metadata_entries": 7, "other_file_skipped": 1, "other_json_skipped": 1,
+        "sidecar_name_mismatch": 1, "unknown_age": 1, "unknown_label": 2, "unknown_sex": 1}
 
 
 def test_messy_isic_cli(subset, tmp_path):

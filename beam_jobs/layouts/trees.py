@@ -8,7 +8,7 @@ from typing import Mapping, Optional
 
 from isicflow.metadata import BENIGN, MALIGNANT, UNKNOWN
 
-from beam_jobs.layouts.assemble import CONFLICTING_LABELS, MALFORMED_METADATA, Entry
+from beam_jobs.layouts.assemble import CONFLICTING_LABELS, INVALID_ID, MALFORMED_METADATA, Entry
 from beam_jobs.layouts.common import Scan, clean_text, image_stem, parse_age, parse_sex, strip_suffixes
 from beam_jobs.layouts.labels import label_from_text
 
@@ -50,6 +50,9 @@ def _sidecar_entry(path: str, root: str, counters) -> Entry:
     name = data.get("name")
     if name is not None and str(name) != entry.raw_id:
         counters["sidecar_name_mismatch"] += 1
+        if any(bad in str(name) for bad in ("/", "\\", "..")):
+            entry.problem = (INVALID_ID, f"sidecar name {name!r} holds a path separator or '..'")
+            return entry
     dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
     collection = clean_text(dataset.get("name"))
     if not collection and os.path.dirname(path) != root:
