@@ -70,7 +70,8 @@ def place_image(image: SampleImage, folder: pathlib.Path, name: Optional[str] = 
     return target
 
 
-def write_csv(path: pathlib.Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> pathlib.Path:
+def write_csv(path: pathlib.Path, header: Sequence[str],
+              rows: Sequence[Sequence[object]]) -> pathlib.Path:
     """A CSV as the csv module writes it (quotes cells holding commas)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:
@@ -173,7 +174,7 @@ def build_isic2024(root: pathlib.Path, images: Sequence[SampleImage]) -> pathlib
 
 
 def build_isic2017(root: pathlib.Path, images: Sequence[SampleImage]) -> pathlib.Path:
-    """Part 3 ground truth (flags written 0.0/1.0, as published) + the age/sex file in the image folder."""
+    """Part 3 ground truth (flags as 0.0/1.0, as published) + the age/sex file in the image folder."""
     rows = [[i.image_id, "1.0" if i.label == "malignant" else "0.0", "0.0"] for i in images]
     for image in images:
         place_image(image, root / "ISIC-2017_Training_Data")

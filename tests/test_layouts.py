@@ -221,7 +221,8 @@ def test_messy_ham10000(subset, tmp_path):
     place_image(i3, tmp_path / "HAM10000_images_part_1", f"{i0.image_id}_segmentation.png")
     write_csv(tmp_path / "HAM10000_metadata.csv",
               ["", "lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"],
-              [[0, "HAM_1", f"{i0.image_id}.jpg", "nv", "histo", "80.0", "male", "back", "vidir_modern"],
+              [[0, "HAM_1", f"{i0.image_id}.jpg", "nv", "histo", "80.0", "male", "back",
+                "vidir_modern"],
                [1, "HAM_1", i1.image_id, "mel", "histo", "", "unknown", "back", "rosendahl"],
                [2, "HAM_2", i2.image_id, "xyz", "consensus", "45", "female", "face", "vidir_modern"],
                [3, "HAM_3", "ISIC_9999999.jpg", "bkl", "histo", "50", "male", "face", "rosendahl"]])
@@ -336,7 +337,8 @@ def test_messy_isic2017(subset, tmp_path):
     (tmp_path / "ISIC-2017_Training_Part3_GroundTruth.csv").write_text("\n".join(lines) + "\n")
     write_csv(tmp_path / "ISIC-2017_Training_Data" / "ISIC-2017_Training_Data_metadata.csv",
               ["image_id", "age_approximate", "sex"],
-              [[ids[0], "55", "male"], [ids[1], "unknown", "unknown"], ["ISIC_7777777", "60", "female"]])
+              [[ids[0], "55", "male"], [ids[1], "unknown", "unknown"],
+               ["ISIC_7777777", "60", "female"]])
     result = read_accounted(tmp_path, expected_inputs=6)
     assert outcome(result) == {ids[0]: "malignant", ids[1]: "benign", ids[2]: "benign",
                                ids[3]: "invalid_label", ids[4]: "malformed_metadata",
@@ -360,13 +362,15 @@ def test_messy_class_folders(subset, tmp_path):
     place_image(subset[4], tmp_path / "benign")
     place_image(subset[4], tmp_path / "benign", f"{ids[4]}_gray.jpg")
     place_image(subset[5], tmp_path)
+    place_image(subset[5], tmp_path / "benign", f"._{ids[5]}.jpg")        # macOS resource fork
+    place_image(subset[5], tmp_path / ".thumbnails" / "benign")
     assert detect_layout(str(tmp_path)) == "class_folders"
     result = read_accounted(tmp_path, expected_inputs=8)
     assert outcome(result) == {ids[0]: "benign", ids[1]: "conflicting_labels+conflicting_labels",
                                ids[2]: "malignant", ids[3]: "unknown",
                                ids[4]: "benign+duplicate_file", ids[5]: "missing_metadata"}
     assert {r.image_id: r.diagnosis for r in result.records}[ids[2]] == "mel"
-    assert result.counters == {"image_files": 8, "inputs": 8, "mask_skipped": 1,
+    assert result.counters == {"hidden_skipped": 2, "image_files": 8, "inputs": 8, "mask_skipped": 1,
                                "metadata_entries": 0, "suffix_gray": 1, "unknown_label": 1}
 
 
@@ -430,7 +434,7 @@ def test_detect_layout_refuses_ambiguous_trees(subset, tmp_path):
 def test_layout_argument_overrides_detection(subset, tmp_path):
     build_legacy_json(tmp_path, subset[:3])
     write_csv(tmp_path / "metadata.csv", ["isic_id", "attribution", "copyright_license"],
-        [[subset[0].image_id, "Anonymous", "CC-0"]])
+              [[subset[0].image_id, "Anonymous", "CC-0"]])
     assert detect_layout(str(tmp_path)) == "isic_cli"
     forced = read_accounted(tmp_path, "legacy_json", expected_inputs=3)
     assert [r.label for r in forced.records] == [s.label for s in subset[:3]]

@@ -23,7 +23,8 @@ from beam_jobs.layouts.onehot import read_isic2017, read_isic2019
 from beam_jobs.layouts.tables import CSV_READERS, ISIC2017_METADATA, ISIC2019_METADATA, csv_kinds
 from beam_jobs.layouts.trees import read_class_folders, read_legacy_json, sidecar_jsons
 
-__all__ = ["LAYOUTS", "REASONS", "COUNTERS", "LayoutResult", "detect_layout", "read_layout", "parse_dx_map"]
+__all__ = ["LAYOUTS", "REASONS", "COUNTERS", "LayoutResult", "detect_layout", "read_layout",
+           "parse_dx_map"]
 
 LAYOUTS = ("legacy_json", "isic_cli", "ham10000", "isic2019", "isic2020", "isic2024", "isic2017",
            "class_folders")

@@ -1,4 +1,4 @@
-"""Pairs metadata entries with image files, so every file and every entry ends as a record or a rejection."""
+"""Pairs metadata entries with image files; each file and entry ends as a record or a rejection."""
 from __future__ import annotations
 
 import collections
@@ -70,7 +70,8 @@ def _choose(candidates: list[str], claimed: set, raw_stem: str, canonical: str, 
     return min(free, key=lambda p: (image_stem(p) != raw_stem, image_stem(p) != canonical, p))
 
 
-def assemble(layout: str, scan: Scan, entries: list[Entry], counters: collections.Counter) -> LayoutResult:
+def assemble(layout: str, scan: Scan, entries: list[Entry],
+             counters: collections.Counter) -> LayoutResult:
     """Turn entries into records and rejections; leftover image files become rejections too."""
     index = index_images(scan.images)
     claimed: set[str] = set()
@@ -129,7 +130,8 @@ def assemble(layout: str, scan: Scan, entries: list[Entry], counters: collection
             continue
         canonical = strip_suffixes(image_stem(path))[0]
         if canonical in taken_by:
-            reject(path, canonical, DUPLICATE_FILE, f"id {canonical} already given {taken_by[canonical]}")
+            reject(path, canonical, DUPLICATE_FILE,
+                   f"id {canonical} already given {taken_by[canonical]}")
         else:
             reject(path, canonical, MISSING_METADATA, f"no metadata entry for id {canonical}")
 

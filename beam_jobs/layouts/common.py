@@ -147,7 +147,7 @@ def parse_age(value, counters: collections.Counter) -> Optional[float]:
 
 
 def parse_sex(value, counters: collections.Counter) -> str:
-    """'male'/'female' (any case) kept; null/'' -> empty_sex; 'unknown' -> unknown_sex; else invalid_sex."""
+    """male/female (any case) kept; null or '' -> empty_sex; 'unknown' -> unknown_sex; else invalid."""
     if value is None or not str(value).strip():
         counters["empty_sex"] += 1
         return ""

@@ -26,7 +26,8 @@ def parse_dx_map(text: str) -> dict[str, str]:
             raise ValueError(f"--dx_map piece {piece!r} is not CODE:LABEL with CODE in [a-z0-9_]+ "
                              f"and LABEL in {LABEL_NAMES} (whole value {text!r})")
         if code in given and given[code] != label:
-            raise ValueError(f"--dx_map piece {piece!r} contradicts {code}:{given[code]} (value {text!r})")
+            raise ValueError(f"--dx_map piece {piece!r} contradicts {code}:{given[code]} "
+                             f"(value {text!r})")
         given[code] = label
     table.update(given)
     return table
@@ -59,7 +60,7 @@ def label_from_dx(code: str, table: Mapping[str, str], counters: collections.Cou
 
 
 def parse_flags(cells: list[str], counters: collections.Counter) -> Optional[list[int]]:
-    """One-hot cells '0', '1', '1.0' -> ints; None if any cell is not 0 or 1. Counts float_one_hot per row."""
+    """0/1 cells ('1.0' too) -> ints, None if a cell is not 0 or 1; counts float_one_hot per row."""
     values, wrote_float = [], False
     for cell in cells:
         text = (cell or "").strip()

@@ -52,7 +52,8 @@ class SideRows:
             if row is not None:
                 if had_truth:
                     counters["metadata_without_ground_truth"] += 1
-                entry.fields = dict(label=label_from_text(None, counters), **self.fields(row, counters))
+                entry.fields = dict(label=label_from_text(None, counters),
+                                    **self.fields(row, counters))
             entries.append(entry)
         return entries
 

@@ -64,7 +64,7 @@ def csv_kinds(scan: Scan, anywhere: bool = False) -> dict[str, str]:
 
 def tables_of(scan: Scan, kind: str, counters: collections.Counter, keep: Optional[set],
               required: bool = True, anywhere: bool = False) -> list[CsvTable]:
-    """The CSVs whose header is of `kind`, read; ValueError naming the CSVs seen if required and none."""
+    """The CSVs whose header is of `kind`, read; if required and none, ValueError naming the CSVs."""
     kinds = csv_kinds(scan, anywhere)
     paths = [p for p, k in kinds.items() if k == kind]
     if required and not paths:
@@ -135,7 +135,8 @@ def read_isic_cli(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
                                     "diagnosis_2"),
                     patient_id=text_of(row, "patient_id"), lesion_id=text_of(row, "lesion_id"),
                     age_approx=age_of(row, "age_approx", counters), sex=sex_of(row, counters),
-                    anatom_site=text_of(row, "anatom_site_general"), image_type=text_of(row, "image_type"),
+                    anatom_site=text_of(row, "anatom_site_general"),
+                    image_type=text_of(row, "image_type"),
                     attribution=text_of(row, "attribution"), license=text_of(row, "copyright_license"),
                     original_width=_int(row, "pixels_x", counters),
                     original_height=_int(row, "pixels_y", counters))
@@ -159,7 +160,7 @@ def read_ham10000(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
 
 
 def read_isic2020(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
-    """Label from benign_malignant, else target; the two disagreeing is a conflicting_labels rejection."""
+    """Label from benign_malignant, else target; the two disagreeing is conflicting_labels."""
     entries = []
     for table in tables_of(scan, "isic2020", counters, ISIC2020_COLUMNS):
         for entry, row in rows_of(table, "image_name"):
@@ -199,7 +200,8 @@ def read_isic2024(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
                     label=label, diagnosis=text_of(row, "iddx_5", "iddx_4", "iddx_3", "iddx_2"),
                     patient_id=text_of(row, "patient_id"), lesion_id=text_of(row, "lesion_id"),
                     age_approx=age_of(row, "age_approx", counters), sex=sex_of(row, counters),
-                    anatom_site=text_of(row, "anatom_site_general"), image_type=text_of(row, "image_type"),
+                    anatom_site=text_of(row, "anatom_site_general"),
+                    image_type=text_of(row, "image_type"),
                     attribution=text_of(row, "attribution"), license=text_of(row, "copyright_license"))
             entries.append(entry)
     return entries

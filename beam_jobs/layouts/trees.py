@@ -43,9 +43,9 @@ def _sidecar_entry(path: str, root: str, counters) -> Entry:
     meta = {} if meta is None else meta
     clinical = meta.get("clinical") or {} if isinstance(meta, dict) else None
     acquisition = meta.get("acquisition") or {} if isinstance(meta, dict) else None
-    if not isinstance(data, dict) or not isinstance(clinical, dict) or not isinstance(acquisition, dict):
-        entry.problem = (MALFORMED_METADATA, "JSON is not an object with meta.clinical/meta.acquisition"
-                                             " objects")
+    if not all(isinstance(part, dict) for part in (data, clinical, acquisition)):
+        entry.problem = (MALFORMED_METADATA,
+                         "JSON is not an object with meta.clinical/meta.acquisition objects")
         return entry
     name = data.get("name")
     if name is not None and str(name) != entry.raw_id:
