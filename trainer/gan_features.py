@@ -81,7 +81,8 @@ def penultimate_model(model):
               if not isinstance(layer, (keras.layers.Dropout, keras.layers.InputLayer))]
     if not layers:
         raise ValueError(f"model {model.name!r} has no layer before its output to take features from")
-    return keras.Model(model.inputs, layers[-1].output)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, layers[-1].output)
 
 
 def _cnn(path: str, value_range: tuple[float, float]):

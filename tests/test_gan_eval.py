@@ -1,0 +1,105 @@
+"""End to end on real ISIC images: train the DCGAN from its tiny config (CLI), sample, evaluate."""
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import shard_fixtures
+from trainer import gan_eval, gan_features
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+def _cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, sample_dir):
+    root = tmp_path_factory.mktemp("gan-e2e")
+    data = shard_fixtures.write_sample_dataset(root / "data", sample_dir, SIZE)
+    run = root / "run"
+    _cli("trainer.dcgan", "--flagfile=configs/dcgan_tiny.flags", f"--data_dir={data}",
+         f"--workdir={run}", f"--image_size={SIZE}", "--batch_size=4")
+    return data, run
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_cli_train_sample_and_evaluate_on_real_images(trained, tmp_path):
+    data, run = trained
+    assert (run / "samples" / "epoch_0002.png").exists()
+    history = json.loads((run / "history.json").read_text())
+    assert history[-1]["step"] == 4  # tiny config: 2 epochs x 2 steps
+
+    synthetic = tmp_path / "synthetic"
+    _cli("trainer.dcgan", "sample", f"--checkpoint={run}", "--num=5", f"--out={synthetic}")
+    assert len(list(synthetic.glob("dcgan_*.png"))) == 5
+
+    out = tmp_path / "eval"
+    _cli("trainer.gan_eval", "--flagfile=configs/gan_eval.flags",
+         f"--generator_checkpoint={run}", f"--real_data_dir={data}", f"--eval_out={out}",
+         "--num_generated=16", "--feature_extractor=pixels")
+    report = json.loads((out / "gan_eval.json").read_text())
+    assert report["feature_extractor"] == "pixels_16x16"
+    assert report["counts"] == {"train": 8, "heldout": 8, "generated": 16}
+    for value in (report["fid"], report["kid"]["mean"], report["heldout_floor"]["fid"]):
+        assert _finite(value)
+    # A 4-step GAN is far from real images: its FID is above held-out real images' FID.
+    assert report["fid"] > report["heldout_floor"]["fid"]
+    low, high = report["c2st"]["ci95"]
+    assert 0.0 <= low <= report["c2st"]["accuracy"] <= high <= 1.0
+    memo = report["memorization"]
+    assert memo["space"].startswith("pixels") and 0.0 <= memo["share_below"] <= 1.0
+    assert memo["heldout_median"] > 0
+    assert len(report["pca"]["explained_variance"]) == 2
+    assert sum(report["pca"]["explained_variance"]) <= 1.0
+    for name in ("pca.png", "real_vs_generated.png", "interpolation.png", "closest_pairs.png"):
+        assert Image.open(out / name).size[0] > 0, name
+    # Interpolation: 3 rows of 8 images.
+    assert Image.open(out / "interpolation.png").size == (2 + 8 * (SIZE + 2),
+                                                          2 + 3 * (SIZE + 2))
+    assert "pixels_16x16" in (out / "gan_eval.md").read_text()
+
+
+def test_default_extractor_is_the_named_random_conv_net_and_cnn_features_work(trained,
+                                                                              tmp_path):
+    data, run = trained
+    report = gan_eval.evaluate(str(run), data, str(tmp_path / "eval"), num_generated=8,
+                               memorization_space="features")
+    assert report["feature_extractor"].startswith("random_conv_v1")
+    assert report["feature_dim"] == 2 * sum(gan_features.RANDOM_CONV_FILTERS)
+    assert report["memorization"]["space"] == report["feature_extractor"]
+    assert _finite(report["c2st"]["accuracy"])
+
+    inputs = keras.Input((24, 24, 3))
+    hidden = keras.layers.Dense(5, name="penultimate")(keras.layers.Flatten()(inputs))
+    hidden = keras.layers.Dropout(0.5)(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    path = tmp_path / "cnn.keras"
+    model.save(path)
+    extract, name = gan_features.make_extractor("auto", cnn_model=str(path))
+    assert name == "cnn_penultimate(cnn.keras:penultimate@24px)"
+    features = extract(np.zeros((3, SIZE, SIZE, 3), np.uint8))
+    assert features.shape == (3, 5)
+
+
+def test_inception_never_downloads(tmp_path):
+    with pytest.raises(ValueError, match="needs --inception_weights"):
+        gan_features.make_extractor("inception")
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        gan_features.make_extractor("inception", inception_weights=str(tmp_path / "none.h5"))
