@@ -180,3 +180,21 @@ def test_cli_prints_one_line_per_image_and_exit_code_says_if_any_failed(exported
     assert _run_cli(f"--model={workdir}", real_images[4]).returncode == 0
     no_model = _run_cli(f"--model={bad_files['text']}", real_images[4])
     assert no_model.returncode == 2 and "neither an export dir" in no_model.stderr
+
+
+def test_predict_warns_where_serving_pixels_differ_from_training(exported, tmp_path):
+    _, workdir, _ = exported
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 40, 4), dtype=np.uint8)
+    (tmp_path / "alpha.png").write_bytes(_encode(pixels, "PNG"))
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels[..., :3]).save(rotated, format="JPEG", exif=exif)
+    (tmp_path / "rotated.jpg").write_bytes(rotated.getvalue())
+    (tmp_path / "plain.png").write_bytes(_encode(pixels[..., :3], "PNG"))
+    results = predict.predict_files([str(tmp_path / n) for n in ("alpha.png", "rotated.jpg", "plain.png")],
+                                    workdir)
+    assert all(r.error is None for r in results)
+    assert "alpha channel dropped" in results[0].warning
+    assert "EXIF orientation 6 ignored" in results[1].warning
+    assert results[2].warning is None

@@ -6,7 +6,8 @@ DIR is an export dir (serving_config.json + saved_model/) or a run dir holding e
 Prints one line per image, in the order given, tab-separated:
     PATH<TAB>PROBABILITY<TAB>LABEL          e.g. a.jpg	0.731204	malignant
     ERROR PATH: REASON                      e.g. ERROR b.txt: not a JPEG or PNG (not_an_image: ...)
-and a summary line on stderr. Exit code: 0 when every image was classified, 1 when at least
+and on stderr a "WARNING PATH: ..." line where the served pixels differ from what training saw
+(EXIF rotation, PNG alpha), then a summary line. Exit code: 0 when every image was classified, 1 when at least
 one failed (the others are still printed), 2 when the model cannot be loaded or no image given.
 
 Each file is first checked with isicflow.imaging.decode_image (the data engine's decoder), so a
@@ -53,20 +54,29 @@ def check_file(path: str) -> tuple[bytes | None, str | None, str | None]:
     except imaging.ImageRejected as e:
         kind = "not a JPEG or PNG" if e.reason in NOT_AN_IMAGE_REASONS else "unreadable image"
         return None, f"{kind} ({e})", None
-    return data, None, _orientation_warning(data)
+    return data, None, _serving_warning(data)
 
 
-def _orientation_warning(data: bytes) -> str | None:
-    """The serving graph cannot apply EXIF rotation; say so rather than silently differ."""
+def _serving_warning(data: bytes) -> str | None:
+    """Where the in-graph decoder sees other pixels than the data engine did, say so.
+
+    It applies no EXIF rotation, and it drops a PNG's alpha channel where the engine
+    composites it over black (isicflow.imaging._to_rgb); both leave the file classifiable.
+    """
     from PIL import Image
 
     try:
-        orientation = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+        img = Image.open(io.BytesIO(data))
+        orientation = img.getexif().get(0x0112, 1)
+        has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     except Exception:  # a broken EXIF block: decode_image accepted the pixels, nothing to warn
         return None
-    if orientation in (1, None):
-        return None
-    return f"EXIF orientation {orientation} ignored by the model (it sees the stored pixels)"
+    notes = []
+    if orientation not in (1, None):
+        notes.append(f"EXIF orientation {orientation} ignored by the model (it sees the stored pixels)")
+    if has_alpha:
+        notes.append("alpha channel dropped by the model's decoder (training composited it over black)")
+    return "; ".join(notes) or None
 
 
 def predict_files(paths: Sequence[str], model_dir: str, threshold_override: float | None = None,
