@@ -1,0 +1,240 @@
+"""Benchmark of the data engine against a hand-written Pillow loop (`make bench-preprocess`).
+
+Sources: the real sample upsampled to the original sizes its sidecars record (718x542 up to
+3872x2592), built once into WORKDIR/originals. Each variant runs in its own process; the
+parent samples the resident memory of that process and all its children, so the peak counts
+Beam's worker processes too. Prints a table of ratios measured in this one run.
+
+    python -m beam_jobs.bench_preprocess --data=../shared/data/isic-uda1 --workdir=out/bench-preprocess
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+SIZE = 256
+
+
+def build_originals(sample_dir: str, target_dir: str, repeat: int = 1, limit: int = 0) -> str:
+    """Legacy layout of JPEGs at their original sizes; copies 2.. differ by trailing bytes.
+
+    Bytes after a JPEG's end-of-image marker are ignored by decoders but change the content
+    hash, so repeated copies are not collapsed by the job's duplicate check.
+    """
+    base = os.path.join(target_dir, "x1")
+    marker = os.path.join(base, "COMPLETE")
+    sidecars = sorted(f for f in os.listdir(sample_dir) if f.endswith(".json"))[: limit or None]
+    if not os.path.exists(marker):
+        os.makedirs(base, exist_ok=True)
+        for name in sidecars:
+            meta = json.load(open(os.path.join(sample_dir, name)))
+            acq = meta["meta"]["acquisition"]
+            img = Image.open(os.path.join(sample_dir, name[:-5] + ".jpg")).convert("RGB")
+            img.resize((acq["pixelsX"], acq["pixelsY"]), Image.BICUBIC).save(
+                os.path.join(base, name[:-5] + ".jpg"), quality=90)
+            shutil.copyfile(os.path.join(sample_dir, name), os.path.join(base, name))
+        open(marker, "w").close()
+    if repeat == 1:
+        return base
+    out = os.path.join(target_dir, f"x{repeat}")
+    if not os.path.exists(os.path.join(out, "COMPLETE")):
+        os.makedirs(out, exist_ok=True)
+        for k in range(repeat):
+            for name in sidecars:
+                stem = name[:-5] if k == 0 else f"{name[:-5]}_copy{k}"
+                data = open(os.path.join(base, name[:-5] + ".jpg"), "rb").read()
+                with open(os.path.join(out, stem + ".jpg"), "wb") as f:
+                    f.write(data + (f"copy{k}".encode() if k else b""))
+                meta = json.load(open(os.path.join(base, name)))
+                meta["name"] = stem
+                json.dump(meta, open(os.path.join(out, stem + ".json"), "w"))
+        open(os.path.join(out, "COMPLETE"), "w").close()
+    return out
+
+
+def pillow_loop(source: str, out_dir: str) -> int:
+    """(a): what a user writes by hand: full decode, antialiased bilinear resize, JPEG encode."""
+    os.makedirs(out_dir, exist_ok=True)
+    n = 0
+    for name in sorted(os.listdir(source)):
+        if not name.endswith(".jpg"):
+            continue
+        img = Image.open(os.path.join(source, name)).convert("RGB")
+        small = img.resize((SIZE, SIZE), Image.BILINEAR)
+        buf = io.BytesIO()
+        small.save(buf, format="JPEG", quality=95)
+        with open(os.path.join(out_dir, name), "wb") as f:
+            f.write(buf.getvalue())
+        n += 1
+    return n
+
+
+def beam_job(source: str, out_dir: str, workers: int) -> int:
+    """(b)/(c): the data engine, one in-process worker or several worker processes."""
+    from beam_jobs import preprocess
+
+    extra = (["--direct_num_workers=1"] if workers == 1 else
+             [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"])
+    manifest = preprocess.run([f"--input={source}", f"--output={out_dir}", "--overwrite",
+                               f"--image_size={SIZE}"] + extra)
+    return manifest["totals"]["written"]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def decode_comparison(source: str, count: int, width: int, height: int) -> dict:
+    """(d): reduced-scale JPEG decode against full decode, then the same resize, on WxH sources."""
+    from isicflow import imaging
+
+    names = sorted(n for n in os.listdir(source) if n.endswith(".jpg"))[:count]
+    blobs = []
+    for name in names:
+        buf = io.BytesIO()
+        Image.open(os.path.join(source, name)).convert("RGB").resize(
+            (width, height), Image.BICUBIC).save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+
+    def timed(fn: Callable[[bytes], np.ndarray]) -> tuple[float, list[np.ndarray]]:
+        fn(blobs[0])  # warm-up (TF kernels, allocator)
+        start = time.perf_counter()
+        results = [fn(b) for b in blobs]
+        return time.perf_counter() - start, results
+
+    full_decode_s, _ = timed(lambda b: imaging.decode_image(b).pixels)
+    reduced_decode_s, _ = timed(lambda b: imaging.decode_image(b, target=SIZE).pixels)
+    full_s, full = timed(lambda b: imaging.resize_image(imaging.decode_image(b).pixels, SIZE).numpy())
+    reduced_s, reduced = timed(lambda b: imaging.resize_image(
+        imaging.decode_image(b, target=SIZE).pixels, SIZE).numpy())
+    scores = [psnr(f, r) for f, r in zip(full, reduced)]
+    return {"sources": f"{len(blobs)} JPEGs at {width}x{height}",
+            "decode_speedup": full_decode_s / reduced_decode_s,
+            "decode_and_resize_speedup": full_s / reduced_s,
+            "full_decode_ms": 1000 * full_decode_s / len(blobs),
+            "reduced_decode_ms": 1000 * reduced_decode_s / len(blobs),
+            "psnr_db_min": min(scores), "psnr_db_mean": float(np.mean(scores))}
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        stack += children.get(p, [])
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            pass
+    return total
+
+
+def measure(variant: str, source: str, out_dir: str) -> dict:
+    """Runs one variant in a child process; returns its images/s and peak tree memory."""
+    cmd = [sys.executable, "-m", "beam_jobs.bench_preprocess", "--variant", variant,
+           "--source", source, "--variant_out", out_dir]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_bytes(proc.pid))
+        time.sleep(0.1)
+    out = proc.stdout.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"variant {variant} failed with exit code {proc.returncode}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mb"] = peak / 2**20
+    return result
+
+
+def run_variant(variant: str, source: str, out_dir: str) -> None:
+    """Child side: time only the work, not interpreter and library start-up."""
+    if variant != "pillow":
+        import tensorflow  # noqa: F401  (start-up cost outside the timed region)
+    start = time.perf_counter()
+    if variant == "pillow":
+        n = pillow_loop(source, out_dir)
+    else:
+        n = beam_job(source, out_dir, workers=int(variant[-1]))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"variant": variant, "images": n, "seconds": seconds,
+                      "images_per_s": n / seconds}))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="../shared/data/isic-uda1")
+    p.add_argument("--workdir", default="out/bench-preprocess")
+    p.add_argument("--repeat", type=int, default=10, help="copies of the sample for the memory check")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images (tests)")
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--source", help=argparse.SUPPRESS)
+    p.add_argument("--variant_out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.variant:
+        run_variant(args.variant, args.source, args.variant_out)
+        return 0
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    originals = os.path.join(args.workdir, "originals")
+    print(f"building original-size JPEGs in {originals} (once) ...", flush=True)
+    x1 = build_originals(args.data, originals, 1, args.limit)
+    xn = build_originals(args.data, originals, args.repeat, args.limit)
+    results = {}
+    for variant in ("pillow", "beam1", "beam2"):
+        print(f"running {variant} ...", flush=True)
+        results[variant] = measure(variant, x1, os.path.join(args.workdir, "runs", variant))
+    print(f"running beam2 on the sample x{args.repeat} ...", flush=True)
+    results["beam2_xN"] = measure("beam2", xn, os.path.join(args.workdir, "runs", "beam2_xN"))
+    results["decode"] = decode_comparison(x1, min(20, args.limit or 20), 3072, 2304)
+
+    a, b, c = (results[k]["images_per_s"] for k in ("pillow", "beam1", "beam2"))
+    d = results["decode"]
+    memory_ratio = results["beam2_xN"]["peak_rss_mb"] / results["beam2"]["peak_rss_mb"]
+    rows = [("(a) Pillow loop, 1 process", results["pillow"]),
+            ("(b) Beam job, 1 worker", results["beam1"]),
+            ("(c) Beam job, 2 workers", results["beam2"]),
+            (f"(c) Beam job, 2 workers, sample x{args.repeat}", results["beam2_xN"])]
+    lines = [f"{'variant':<40} {'images':>7} {'images/s':>9} {'peak MB':>8}"]
+    lines += [f"{name:<40} {r['images']:>7} {r['images_per_s']:>9.1f} {r['peak_rss_mb']:>8.0f}"
+              for name, r in rows]
+    lines += ["",
+              f"(c)/(a) = {c / a:.2f}x  (goal >= 5)",
+              f"(c)/(b) = {c / b:.2f}x  (goal >= 1.6)",
+              f"(d) {d['sources']}: decode {d['full_decode_ms']:.1f} ms -> "
+              f"{d['reduced_decode_ms']:.1f} ms = {d['decode_speedup']:.2f}x faster "
+              f"(decode+resize {d['decode_and_resize_speedup']:.2f}x), PSNR min "
+              f"{d['psnr_db_min']:.1f} dB mean {d['psnr_db_mean']:.1f} dB  (goal >= 4x at >= 40 dB)",
+              f"peak memory x{args.repeat} / x1 = {memory_ratio:.2f}  (goal <= 1.3)"]
+    table = "\n".join(lines)
+    print(table)
+    results["summary"] = {"c_over_a": c / a, "c_over_b": c / b, "memory_ratio": memory_ratio}
+    with open(os.path.join(args.workdir, "bench_preprocess.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.workdir, "bench_preprocess.md"), "w") as f:
+        f.write("```\n" + table + "\n```\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
