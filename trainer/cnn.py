@@ -1,0 +1,118 @@
+"""CNN trainer: `python -m trainer.cnn --flagfile=configs/cnn_base.flags`.
+
+Streams the data engine's shards, trains (or resumes) the benign/malignant classifier, then
+evaluates it on validation and test (trainer.evaluate) and exports it (trainer.export).
+The shared flags (--data_dir, --workdir, --image_size, --batch_size, ...) live in
+trainer.common_flags; the flags below are the CNN's own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+from typing import Any, Sequence
+
+from absl import app, flags, logging
+
+from trainer import common_flags, models, train
+
+# --- model ---
+flags.DEFINE_enum("architecture", "study", list(models.MODEL_NAMES),
+                  "study: the 2020 study's CNN (33.6M parameters at 256px); compact: GAP + "
+                  "batch norm (~1.2M), for small data; efficientnet_b0: Keras Applications "
+                  "backbone (weights from --weights_path or random).")
+flags.DEFINE_float("dropout", 0.0, "Dropout rate (the study's variants used 0.2).")
+flags.DEFINE_float("l2", 0.0, "L2 kernel penalty on conv and hidden dense layers (the study "
+                   "used 0.001).", lower_bound=0.0)
+flags.DEFINE_bool("augment", False, "The study's training augmentations (flips, rot90, "
+                  "colour jitter, zoom).")
+flags.DEFINE_string("weights_path", "", "Local weights file for the efficientnet_b0 backbone "
+                    "(e.g. efficientnetb0_notop.h5); never downloaded.")
+# --- training ---
+flags.DEFINE_enum("class_balance", "none", list(train.CLASS_BALANCE_MODES),
+                  "Imbalanced data: class_weights (loss weights n/(2 n_c)) or sampling "
+                  "(50/50 batches).")
+flags.DEFINE_enum("monitor", "val_accuracy", list(train.MONITORS),
+                  "Validation metric choosing the best checkpoint (the study used accuracy).")
+flags.DEFINE_integer("early_stopping_patience", 0, "Stop after this many epochs without a "
+                     "better --monitor; 0 = never.", lower_bound=0)
+flags.DEFINE_enum("keras_verbose", "1", ["0", "1", "2"], "Keras fit verbosity: 1 progress "
+                  "bar, 2 one line per epoch (logs), 0 silent.")
+# --- after training ---
+flags.DEFINE_bool("evaluate", True, "Evaluate on validation and test and write the reports.")
+flags.DEFINE_bool("export", True, "Export .keras + SavedModel serving raw image bytes.")
+flags.DEFINE_enum("threshold_policy", "max_specificity_at_sensitivity",
+                  ["max_specificity_at_sensitivity", "youden", "fixed"],
+                  "How the decision threshold is chosen on validation; fixed = the study's 0.5.")
+flags.DEFINE_float("min_sensitivity", 0.8, "Sensitivity floor of the default threshold policy.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the metric intervals.",
+                     lower_bound=0)
+
+flags.register_validator("dropout", lambda v: 0.0 <= v < 1.0, message="must be in [0, 1)")
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> train.TrainConfig:
+    c = common_flags.common_flag_values()
+    return train.TrainConfig(
+        data_dir=c["data_dir"], workdir=c["workdir"], image_size=c["image_size"],
+        batch_size=c["batch_size"], epochs=c["epochs"], steps_per_epoch=c["steps_per_epoch"],
+        learning_rate=c["learning_rate"], seed=c["seed"], model=FLAGS.architecture,
+        dropout=FLAGS.dropout, l2=FLAGS.l2, augment=FLAGS.augment,
+        weights_path=FLAGS.weights_path, class_balance=FLAGS.class_balance,
+        monitor=FLAGS.monitor, early_stopping_patience=FLAGS.early_stopping_patience,
+        mixed_precision=c["mixed_precision"], jit_compile=c["jit_compile"],
+        profile_steps=c["profile_steps"], cache=c["cache"], deterministic=c["deterministic"],
+        verbose=int(FLAGS.keras_verbose))
+
+
+def _optional_module(name: str):
+    """trainer.evaluate / trainer.export, or None when that part is not installed."""
+    return importlib.import_module(name) if importlib.util.find_spec(name) else None
+
+
+def evaluate_and_export(model, config: train.TrainConfig, *, evaluate: bool = True,
+                        export: bool = True, threshold_policy: str =
+                        "max_specificity_at_sensitivity", min_sensitivity: float = 0.8,
+                        bootstrap: int = 1000) -> dict[str, Any]:
+    """Runs what follows training; returns {"report": ..., "export": ...} for what ran."""
+    from isicflow import manifest as manifest_lib
+
+    done: dict[str, Any] = {}
+    evaluate_module = _optional_module("trainer.evaluate") if evaluate else None
+    if evaluate_module is not None:
+        done["report"] = evaluate_module.evaluate_and_report(
+            model, config.data_dir, config.workdir, config.image_size,
+            dataclasses.asdict(config), threshold_policy=threshold_policy,
+            min_sensitivity=min_sensitivity, bootstrap=bootstrap, seed=config.seed,
+            batch_size=config.batch_size)
+    elif evaluate:
+        logging.warning("trainer.evaluate not available: no report written")
+    export_module = _optional_module("trainer.export") if export else None
+    if export_module is not None:
+        resize_mode = manifest_lib.read_manifest(config.data_dir).get("resize_mode", "squash")
+        done["export"] = export_module.export_model(model, config.workdir, config.image_size,
+                                                    resize_mode)
+    elif export:
+        logging.warning("trainer.export not available: model not exported")
+    return done
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    config = config_from_flags()
+    result = train.train(config)
+    done = evaluate_and_export(result.model, config, evaluate=FLAGS.evaluate,
+                               export=FLAGS.export, threshold_policy=FLAGS.threshold_policy,
+                               min_sensitivity=FLAGS.min_sensitivity, bootstrap=FLAGS.bootstrap)
+    for name, value in done.items():
+        logging.info("%s: %s", name, value.get("export_dir") if name == "export" else
+                     "written to " + config.workdir)
+    print(f"run folder: {config.workdir}")
+
+
+if __name__ == "__main__":
+    common_flags.require_run_folders()
+    app.run(main)

@@ -1,0 +1,309 @@
+"""The CNN training loop: Keras fit with the study's optimizer and loss, plus what a run needs.
+
+Workdir layout:  checkpoints/best.weights.h5 (best by --monitor), checkpoints/backup/ (resume
+state, BackupAndRestore), logs/ (TensorBoard: scalars, learning rate, samples, PR curve,
+profiler trace under logs/train/plugins/profile), history.json (one entry per epoch, kept
+across resumes), model.keras (the best model), train_summary.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer import input_pipeline, models, runtime
+
+MONITORS = ("val_accuracy", "val_auc")
+CLASS_BALANCE_MODES = ("none", "class_weights", "sampling")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data_dir: str
+    workdir: str
+    image_size: int = 256
+    batch_size: int = 32
+    epochs: int = 10
+    steps_per_epoch: int = 0          # 0 = one pass over the training split
+    learning_rate: float = 1e-3
+    seed: int = 42
+    model: str = "study"
+    dropout: float = 0.0
+    l2: float = 0.0
+    augment: bool = False
+    weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
+    class_balance: str = "none"
+    monitor: str = "val_accuracy"
+    early_stopping_patience: int = 0  # 0 = off
+    mixed_precision: str = "auto"
+    jit_compile: bool = False
+    profile_steps: str = ""
+    cache: str = ""
+    deterministic: bool = False
+    verbose: int = 1
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: keras.Model
+    history: list[dict[str, Any]]     # every epoch of the run, including resumed ones
+    summary: dict[str, Any]
+
+
+def class_weights_from_counts(counts: dict[str, int]) -> dict[int, float]:
+    """Weights n / (2 n_c): each class contributes half the loss, as if balanced."""
+    benign, malignant = int(counts.get("benign", 0)), int(counts.get("malignant", 0))
+    if benign == 0 or malignant == 0:
+        raise ValueError(f"class weights need both classes in train, counts are {counts}")
+    total = benign + malignant
+    return {0: total / (2 * benign), 1: total / (2 * malignant)}
+
+
+def _batch_images(batch) -> int:
+    x = batch[0]
+    if hasattr(x, "values"):  # PerReplica under a multi-device strategy
+        return sum(int(v.shape[0]) for v in x.values)
+    return int(x.shape[0])
+
+
+def install_step_timer(model: keras.Model, meter: runtime.StepTimeMeter) -> None:
+    """Makes fit take each batch in Python (timed as input wait) before the compiled step.
+
+    Keras 3's fit calls model.train_function(iterator); given a list instead of an iterator it
+    runs the same compiled one-step function on each element, so only the fetch moves out of
+    the graph. Reading the loss back each step syncs the device (the progress bar does too)
+    and lets the run stop at the first NaN/inf. Call after compile().
+    """
+    model.make_train_function(force=True)
+    compiled_step = model.train_function
+
+    def timed_train_function(iterator):
+        meter.begin_step()
+        batch = meter.next(iterator)
+        logs = compiled_step([batch])
+        runtime.raise_if_not_finite(logs["loss"], "training loss",
+                                    int(model.optimizer.iterations.numpy()))
+        meter.end_step(_batch_images(batch))
+        return logs
+
+    model.train_function = timed_train_function
+
+
+class StepTimeLogger(keras.callbacks.Callback):
+    """Adds step time, input-wait share, images/s and the learning rate to each epoch's logs
+    (so they reach history.json and TensorBoard) and prints them."""
+
+    def __init__(self, meter: runtime.StepTimeMeter, verbose: int = 1):
+        super().__init__()
+        self.meter, self.verbose = meter, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.meter.reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        summary = self.meter.summary()
+        logs.update({"step_time_s": summary["step_time_s"],
+                     "input_wait_share": summary["input_wait_share"],
+                     "images_per_s": summary["images_per_s"],
+                     "learning_rate": float(keras.ops.convert_to_numpy(
+                         self.model.optimizer.learning_rate))})
+        if self.verbose:
+            print(f"epoch {epoch + 1}: step {summary['step_time_s'] * 1000:.1f} ms, input wait "
+                  f"{summary['input_wait_share']:.1%}, {summary['images_per_s']:.1f} images/s "
+                  f"(over {summary['steps']} steps)", flush=True)
+
+
+class HistoryFile(keras.callbacks.Callback):
+    """Writes history.json after every epoch as Keras' History.history ({metric: [per epoch]},
+    plus "epoch": [1, 2, ...]); a resumed run keeps the epochs already done."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.entries = read_history(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{k: _to_float(v) for k, v in (logs or {}).items()}}
+        self.entries = [e for e in self.entries if e["epoch"] < epoch + 1] + [row]
+        keys = sorted({k for e in self.entries for k in e}, key=lambda k: (k != "epoch", k))
+        columns = {k: [_json_number(e.get(k)) for e in self.entries] for k in keys}
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(columns, f, indent=1)
+        os.replace(tmp, self.path)
+
+
+class SampleImages(keras.callbacks.Callback):
+    """A few training images as the model sees them (after augmentation), once per run."""
+
+    def __init__(self, log_dir: str, images: np.ndarray, labels: np.ndarray):
+        super().__init__()
+        self.log_dir, self.images, self.labels = log_dir, images, labels
+
+    def on_train_begin(self, logs=None):
+        with tf.summary.create_file_writer(self.log_dir).as_default():
+            tf.summary.image(f"train_samples labels={self.labels.astype(int).tolist()}",
+                             np.clip(self.images, 0, 1), step=0, max_outputs=len(self.images))
+
+
+def _to_float(value) -> float:
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def _json_number(value):
+    """NaN/inf/missing -> null, so history.json stays strict JSON."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def read_history(path: str) -> list[dict[str, Any]]:
+    """history.json -> one dict per epoch (missing values left out)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        columns = json.load(f)
+    epochs = columns.get("epoch", [])
+    return [{k: v[i] for k, v in columns.items() if i < len(v) and v[i] is not None}
+            for i in range(len(epochs))]
+
+
+def _check_config(c: TrainConfig) -> None:
+    if c.monitor not in MONITORS:
+        raise ValueError(f"monitor {c.monitor!r} not in {MONITORS}")
+    if c.class_balance not in CLASS_BALANCE_MODES:
+        raise ValueError(f"class_balance {c.class_balance!r} not in {CLASS_BALANCE_MODES}")
+    if c.model not in models.MODEL_NAMES:
+        raise ValueError(f"model {c.model!r} not in {models.MODEL_NAMES}")
+    if c.weights_path and not os.path.isfile(c.weights_path):
+        raise FileNotFoundError(f"weights_path {c.weights_path!r} is not a file")
+
+
+def _datasets(c: TrainConfig, strategy):
+    n_train = input_pipeline.dataset_size(c.data_dir, "train", c.image_size)
+    steps = math.ceil(n_train / c.batch_size)
+    if c.steps_per_epoch:
+        steps = min(steps, c.steps_per_epoch) if c.class_balance != "sampling" \
+            else c.steps_per_epoch
+    common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
+                  deterministic=c.deterministic, seed=c.seed)
+    train = input_pipeline.make_dataset(
+        c.data_dir, "train", training=True, augment=c.augment, repeat=True,
+        balance_classes=c.class_balance == "sampling",
+        drop_remainder=strategy.num_replicas_in_sync > 1, **common)
+    validation = input_pipeline.make_dataset(c.data_dir, "validation", training=False, **common)
+    return train, validation, steps, n_train
+
+
+def _callbacks(c: TrainConfig, meter, history_file, sample_batch) -> list:
+    checkpoints = os.path.join(c.workdir, "checkpoints")
+    logs = os.path.join(c.workdir, "logs")
+    best_so_far = [e[c.monitor] for e in history_file.entries if c.monitor in e]
+    profile = runtime.parse_profile_steps(c.profile_steps) or 0
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(checkpoints, "backup"),
+                                         delete_checkpoint=False),
+        StepTimeLogger(meter, c.verbose),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoints, "best.weights.h5"), monitor=c.monitor, mode="max",
+            save_best_only=True, save_weights_only=True,
+            initial_value_threshold=max(best_so_far) if best_so_far else None),
+        keras.callbacks.TensorBoard(logs, profile_batch=profile, write_graph=False),
+        SampleImages(os.path.join(logs, "samples"), *sample_batch),
+        history_file,
+    ]
+    if c.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=c.monitor, mode="max", patience=c.early_stopping_patience))
+    return callbacks
+
+
+def write_pr_curve(log_dir: str, labels: np.ndarray, probabilities: np.ndarray,
+                   step: int) -> None:
+    """Validation precision-recall curve for TensorBoard's PR Curves tab."""
+    from tensorboard.plugins.pr_curve import summary as pr_summary
+
+    pb = pr_summary.pb("validation_pr_curve", labels=labels.astype(bool),
+                       predictions=probabilities.astype(np.float32), num_thresholds=101)
+    with tf.summary.create_file_writer(log_dir).as_default():
+        tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=step)
+
+
+def predict_split(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    labels, probabilities = [], []
+    for x, y in dataset:
+        probabilities.append(np.asarray(model(x, training=False), np.float32).reshape(-1))
+        labels.append(y.numpy())
+    return np.concatenate(labels), np.concatenate(probabilities)
+
+
+def train(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
+          ) -> TrainResult:
+    """Trains (or resumes) one run; returns the best model by c.monitor and the history."""
+    _check_config(c)
+    os.makedirs(c.workdir, exist_ok=True)
+    keras.utils.set_random_seed(c.seed)
+    if c.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    policy = runtime.configure_mixed_precision(c.mixed_precision)
+    strategy = runtime.make_strategy()
+    train_ds, val_ds, steps, n_train = _datasets(c, strategy)
+    with strategy.scope():
+        model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
+                                   c.weights_path or None)
+        model.compile(optimizer=keras.optimizers.RMSprop(c.learning_rate),
+                      loss=keras.losses.BinaryCrossentropy(),
+                      metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
+                               keras.metrics.AUC(name="auc"),
+                               keras.metrics.Precision(name="precision"),
+                               keras.metrics.Recall(name="recall")],
+                      jit_compile=c.jit_compile)
+    meter = runtime.StepTimeMeter(warmup_steps=1)
+    install_step_timer(model, meter)
+    history_file = HistoryFile(os.path.join(c.workdir, "history.json"))
+    sample_x, sample_y = next(iter(input_pipeline.make_dataset(
+        c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
+        augment=c.augment, seed=c.seed)))
+    sample_batch = (sample_x.numpy(), sample_y.numpy())
+    class_weight = None
+    if c.class_balance == "class_weights":
+        class_weight = class_weights_from_counts(
+            input_pipeline.class_counts(c.data_dir, "train", c.image_size))
+    if c.verbose:
+        print(f"model {c.model}: {model.count_params():,} parameters, policy {policy}, "
+              f"{strategy.num_replicas_in_sync} replica(s), {n_train} training images, "
+              f"{steps} steps/epoch, class weights {class_weight}", flush=True)
+    started = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=c.epochs, steps_per_epoch=steps,
+              class_weight=class_weight, verbose=c.verbose, shuffle=False,
+              callbacks=_callbacks(c, meter, history_file, sample_batch) + list(extra_callbacks))
+    wall = time.perf_counter() - started
+    best = os.path.join(c.workdir, "checkpoints", "best.weights.h5")
+    if os.path.exists(best):
+        model.load_weights(best)
+    model.save(os.path.join(c.workdir, "model.keras"))
+    val_labels, val_probs = predict_split(model, val_ds)
+    write_pr_curve(os.path.join(c.workdir, "logs", "validation"), val_labels, val_probs,
+                   step=len(history_file.entries))
+    summary = _final_summary(c, model, history_file.entries, policy, strategy, wall)
+    with open(os.path.join(c.workdir, "train_summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    if c.verbose:
+        print("training summary: " + json.dumps(summary), flush=True)
+    return TrainResult(model, history_file.entries, summary)
+
+
+def _final_summary(c, model, entries, policy, strategy, wall) -> dict[str, Any]:
+    scored = [e for e in entries if c.monitor in e]
+    best = max(scored, key=lambda e: e[c.monitor]) if scored else {}
+    last = entries[-1] if entries else {}
+    return {"model": c.model, "parameters": int(model.count_params()), "policy": policy,
+            "replicas": int(strategy.num_replicas_in_sync), "epochs_done": len(entries),
+            "best_epoch": best.get("epoch"), "monitor": c.monitor,
+            f"best_{c.monitor}": best.get(c.monitor), "last_epoch": last,
+            "wall_time_s_this_run": round(wall, 2)}
