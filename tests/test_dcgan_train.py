@@ -21,7 +21,8 @@ def data_dir(tmp_path_factory):
     images = shard_fixtures.random_images(10, 40, seed=3,
                                           labels=("benign", "malignant", "unknown"))
     return shard_fixtures.write_tiny_dataset(tmp_path_factory.mktemp("gan-data"),
-                                             {"train": images}, SIZE)
+                                             {"train": images[:7], "validation": images[7:]},
+                                             SIZE)
 
 
 def _config(data_dir, workdir, **overrides):
@@ -51,6 +52,12 @@ def test_training_writes_grids_scalars_history_and_checkpoint(data_dir, tmp_path
             assert np.isfinite(record[key]), key
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
     assert summary["last_checkpoint"].endswith("ckpt-4")
+
+
+def test_profile_steps_write_a_trace(data_dir, tmp_path):
+    gan_training.train(_config(data_dir, tmp_path, epochs=1, steps_per_epoch=3,
+                               profile_steps="2,3"))
+    assert list((tmp_path / "logs" / "plugins" / "profile").glob("*/*.xplane.pb"))
 
 
 def test_resume_continues_the_step_counter_with_the_same_latent_batch(data_dir, tmp_path):
@@ -110,7 +117,10 @@ def test_resume_with_another_architecture_fails_clearly(data_dir, tmp_path):
 
 def test_sampling_png_and_schema_tfrecords_of_a_conditional_run(data_dir, tmp_path):
     run = tmp_path / "run"
-    gan_training.train(_config(data_dir, run, conditional=True, epochs=1, steps_per_epoch=1))
+    summary = gan_training.train(_config(data_dir, run, conditional=True, epochs=1,
+                                         steps_per_epoch=0, splits=("train", "validation")))
+    # Conditional: benign/malignant only, both splits: 5 + 2 labelled images -> 1 batch of 4.
+    assert summary["steps_per_epoch"] == 1
     pngs = tmp_path / "png"
     assert gan_sampling.sample_to_dir(str(run), 3, str(pngs), classes=("malignant",)) == 3
     files = sorted(pngs.glob("dcgan_malignant_*.png"))
