@@ -42,16 +42,6 @@ flags.DEFINE_integer("collapse_patience", 500, "Stop when the discriminator reje
                      "steps; 0 = never.", lower_bound=0)
 flags.DEFINE_float("collapse_d_fake", 0.02, "Collapse threshold on mean D(G(z)), added to the "
                    "floor that label_noise/label_flip put under D(G(z)).", lower_bound=0.0)
-# `sample` subcommand.
-flags.DEFINE_string("checkpoint", None, "sample: run folder, checkpoints folder or checkpoint "
-                    "prefix (latest checkpoint of a folder).")
-flags.DEFINE_integer("num", 64, "sample: images to write (per class when conditional).",
-                     lower_bound=1)
-flags.DEFINE_string("out", None, "sample: output folder.")
-flags.DEFINE_enum("format", "png", ["png", "tfrecord"], "sample: PNG files, or TFRecords in "
-                  "the record schema with a manifest (a dataset make_dataset can read).")
-flags.DEFINE_enum("sample_class", "both", ["both", "benign", "malignant"], "sample: class(es) "
-                  "to generate with a conditional generator.")
 FLAGS = flags.FLAGS
 
 STUDY_DEFAULTS = {"batch_size": 64, "image_size": 128, "epochs": 100}
@@ -120,7 +110,22 @@ def _set_study_defaults() -> None:
         FLAGS.set_default(name, value)
 
 
+def _define_sample_flags() -> None:
+    """Only when run as a program: generic names (--out, --num) would clash on import with
+    other tools' flags (trainer.visualize defines --out the same way)."""
+    flags.DEFINE_string("checkpoint", None, "sample: run folder, checkpoints folder or "
+                        "checkpoint prefix (latest checkpoint of a folder).")
+    flags.DEFINE_integer("num", 64, "sample: images to write (per class when conditional).",
+                         lower_bound=1)
+    flags.DEFINE_string("out", None, "sample: output folder.")
+    flags.DEFINE_enum("format", "png", ["png", "tfrecord"], "sample: PNG files, or TFRecords "
+                      "in the record schema with a manifest (a dataset make_dataset can read).")
+    flags.DEFINE_enum("sample_class", "both", ["both", "benign", "malignant"], "sample: "
+                      "class(es) to generate with a conditional generator.")
+
+
 def run() -> None:
+    _define_sample_flags()
     _set_study_defaults()
     app.run(main)
 
