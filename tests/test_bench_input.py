@@ -1,0 +1,97 @@
+"""trainer.bench_input on a tiny real subset: every loader runs, the report files hold the table."""
+import csv
+import json
+import math
+import pathlib
+
+import pytest
+
+from trainer import bench_common, bench_input
+
+TINY = ["--max_images=24", "--max_original_side=600", "--steps=3", "--batch_sizes=8",
+        "--warmup=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(sample_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench-input")
+    return bench_input.main([f"--data={sample_dir}", f"--workdir={workdir}", *TINY]), workdir
+
+
+def test_report_files_hold_one_row_per_loader_with_consistent_ratios(tiny_run):
+    result, workdir = tiny_run
+    for ext in ("csv", "md", "json", "png"):
+        path = workdir / f"bench_input.{ext}"
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert (workdir / "bench_input.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(workdir / "bench_input.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["loader"] for r in rows] == list(bench_input.LOADERS)
+    reference = float(rows[0]["images_per_s"])
+    roof = float(rows[-1]["images_per_s"])
+    for row in rows:
+        rate = float(row["images_per_s"])
+        assert math.isfinite(rate) and rate > 0, row
+        assert int(row["batch_size"]) == 8 and int(row["batches"]) == 3
+        assert int(row["images"]) == 24, row  # 3 full batches of 8, repeated data included
+        assert float(row["images_per_s"]) == pytest.approx(
+            int(row["images"]) / float(row["seconds"]), rel=1e-2)
+        assert float(row["ratio_to_keras_generator"]) == pytest.approx(rate / reference)
+        assert float(row["share_of_roofline"]) == pytest.approx(rate / roof)
+    markdown = (workdir / "bench_input.md").read_text()
+    for label in bench_input.LOADERS.values():
+        assert label in markdown
+    assert len(result["goals"]) == 3 and all("batch 8" in g for g in result["goals"])
+    assert json.loads((workdir / "bench_input.json").read_text())["images"] == 24
+
+
+def test_inputs_are_originals_at_recorded_size_and_shards_of_the_same_images(tiny_run,
+                                                                               sample_dir):
+    from PIL import Image
+
+    _, workdir = tiny_run
+    items = bench_input.read_legacy_sample(str(sample_dir), max_images=24)
+    assert {i["label"] for i in items} == {"benign", "malignant"}
+    for item in items:
+        path = workdir / "originals" / item["label"] / f"{item['id']}.jpg"
+        with Image.open(path) as img:
+            assert img.size == bench_input.original_size(item["width"], item["height"], 600)
+            assert max(img.size) == min(600, max(item["width"], item["height"]))
+    manifest = json.loads((workdir / "shards" / "manifest.json").read_text())
+    assert manifest["datasets"]["256"]["train"]["records"] == 24
+
+
+def test_second_run_reuses_the_cached_inputs(tiny_run, sample_dir):
+    _, workdir = tiny_run
+    original = next((workdir / "originals" / "benign").iterdir())
+    shard_manifest = workdir / "shards" / "manifest.json"
+    stamps = original.stat().st_mtime_ns, shard_manifest.stat().st_mtime_ns
+    bench_input.main([f"--data={sample_dir}", f"--workdir={workdir}", *TINY,
+                      "--loaders=keras_generator,roofline"])
+    assert (original.stat().st_mtime_ns, shard_manifest.stat().st_mtime_ns) == stamps
+
+
+def test_original_size_keeps_aspect_and_caps_the_long_side():
+    assert bench_input.original_size(3072, 2304, 0) == (3072, 2304)
+    assert bench_input.original_size(3072, 2304, 600) == (600, 450)
+    assert bench_input.original_size(576, 768, 600) == (450, 600)
+    assert bench_input.original_size(500, 400, 600) == (500, 400)
+    with pytest.raises(ValueError, match="0x10"):
+        bench_input.original_size(0, 10, 600)
+
+
+def test_time_batches_counts_images_and_refuses_a_loader_that_runs_dry():
+    ticks = iter([10.0, 12.0])
+    batches = iter([[[0] * 4], [[0] * 8], [[0] * 8], [[0] * 2]])
+    timing = bench_common.time_batches(batches, steps=2, warmup=1,
+                                       count=lambda b: len(b[0]), clock=lambda: next(ticks))
+    assert (timing.images, timing.seconds, timing.images_per_s) == (16, 2.0, 8.0)
+    with pytest.raises(RuntimeError, match="ran dry after 1 of 3"):
+        bench_common.time_batches(iter([[[0]]]), steps=3, count=lambda b: 1)
+
+
+def test_bad_flags_fail_with_the_value():
+    with pytest.raises(SystemExit):
+        bench_input.parse_args(["--workdir=x", "--loaders=roofline"])  # no reference loader
+    with pytest.raises(SystemExit):
+        bench_input.parse_args(["--workdir=x", "--steps=0"])

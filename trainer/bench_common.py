@@ -1,0 +1,116 @@
+"""Timing and reporting for the benchmarks: one loop that times batches, one table writer.
+
+Kept apart from what is measured so the arithmetic (rates, ratios, shares) is a pure function
+a test can check, and every benchmark reports in the same CSV / Markdown / PNG shape.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """One timed run of `batches` batches that delivered `images` images in `seconds`."""
+
+    batches: int
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def batch_size_of(batch: Any) -> int:
+    """Images in one (images, labels) batch, numpy or tensor alike."""
+    images = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(images.shape[0])
+
+
+def time_batches(iterator: Iterator, steps: int, warmup: int = 0,
+                 count: Callable[[Any], int] = batch_size_of,
+                 clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Pulls `warmup` batches untimed, then times `steps` batches, counting the images they hold.
+
+    A loader that runs dry before `steps` is an error, never a silently shorter measurement:
+    callers must repeat their data when the steps exceed one pass.
+    """
+    if steps <= 0 or warmup < 0:
+        raise ValueError(f"need steps > 0 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    for done in range(warmup):
+        if next(iterator, None) is None:
+            raise RuntimeError(f"loader ran dry during warm-up after {done} of {warmup} batches")
+    images = 0
+    start = clock()
+    for done in range(steps):
+        batch = next(iterator, None)
+        if batch is None:
+            raise RuntimeError(f"loader ran dry after {done} of {steps} timed batches; "
+                               "repeat the data")
+        images += count(batch)
+    return Timing(batches=steps, images=images, seconds=clock() - start)
+
+
+def ratio(value: float, reference: float) -> float:
+    """value / reference, NaN when the reference is missing, zero or not finite."""
+    if reference is None or not math.isfinite(reference) or reference <= 0:
+        return float("nan")
+    return value / reference
+
+
+def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "n/a"
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    columns = list(columns or rows[0])
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def grouped_bar_chart(path: str, groups: Sequence[str], series: dict[str, Sequence[float]],
+                      ylabel: str, title: str, log_scale: bool = True) -> None:
+    """One cluster of bars per group (e.g. batch size), one bar per series (e.g. loader)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        bars = ax.bar(xs, values, width, label=name)
+        ax.bar_label(bars, labels=[_cell(float(v)) for v in values], fontsize=7, rotation=90,
+                     padding=2)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if log_scale:
+        ax.set_yscale("log")
+    ax.margins(y=0.25)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
