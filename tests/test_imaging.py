@@ -59,11 +59,12 @@ def test_exif_orientation_applied():
 
 
 def test_scale_denominator_rule():
-    assert imaging.jpeg_scale_denominator(3072, 2304, 256) == 4   # 576 short side >= 512
-    assert imaging.jpeg_scale_denominator(6780, 4519, 256) == 8
-    assert imaging.jpeg_scale_denominator(718, 542, 256) == 1
-    assert imaging.jpeg_scale_denominator(3072, 2304, 128) == 8
-    assert imaging.jpeg_scale_denominator(4000, 1000, 256, "pad") == 4  # long side 1000 >= 512
+    assert imaging.jpeg_scale_denominator(3072, 2304, 256) == 8   # short side 288 >= 256
+    assert imaging.jpeg_scale_denominator(3072, 2304, 256, oversample=2) == 4  # 576 >= 512
+    assert imaging.jpeg_scale_denominator(718, 542, 256) == 2     # 271 >= 256
+    assert imaging.jpeg_scale_denominator(718, 542, 300) == 1
+    assert imaging.jpeg_scale_denominator(4000, 1000, 256, "pad") == 8  # long side 500 >= 256
+    assert imaging.jpeg_scale_denominator(4000, 1000, 256, "center_crop") == 2
     with pytest.raises(ValueError):
         imaging.jpeg_scale_denominator(10, 10, 0)
 
@@ -102,7 +103,7 @@ def test_serving_decode_equals_engine_decode(sample_dir):
 
     big = np.asarray(Image.open(next(iter(sorted(sample_dir.glob("ISIC_*.jpg"))))).resize((1600, 1200)))
     sources = [p.read_bytes() for p in sorted(sample_dir.glob("ISIC_*.jpg"))[:3]]
-    sources.append(hi.jpeg_bytes(big))  # reduced-scale path (1/4)
+    sources.append(hi.jpeg_bytes(big))  # reduced-scale path (1/8)
     sources.append(hi.png_bytes(Image.fromarray(hi.gradient())))
     for data in sources:
         for mode in imaging.RESIZE_MODES:
@@ -116,7 +117,7 @@ def test_reduced_decode_close_to_full_decode():
     big = np.asarray(Image.fromarray(hi.gradient(300, 200)).resize((3072, 2304), Image.BICUBIC))
     data = hi.jpeg_bytes(big)
     reduced = imaging.decode_image(data, target=256)
-    assert reduced.scale_denominator == 4
+    assert reduced.scale_denominator == 8
     full = imaging.resize_image(imaging.decode_image(data).pixels, 256).numpy().astype(float)
     small = imaging.resize_image(reduced.pixels, 256).numpy().astype(float)
     psnr = 10 * np.log10(255 ** 2 / max(np.mean((full - small) ** 2), 1e-12))
@@ -139,3 +140,17 @@ def test_parse_sizes():
     for bad in ("", "0", "256,256", "-1"):
         with pytest.raises(ValueError):
             imaging.parse_sizes(bad)
+
+
+def test_engine_and_serving_pick_the_same_scale_on_small_images(sample_dir):
+    """250x250 at 32 px: 1/8 scale; Pillow must not fall back to a coarser choice of its own."""
+    import tensorflow as tf
+
+    data = (sample_dir / "ISIC_0000000.jpg").read_bytes()
+    for size in (32, 48, 64, 100):
+        decoded = imaging.decode_image(data, target=size)
+        d = imaging.jpeg_scale_denominator(250, 250, size)
+        assert decoded.scale_denominator == d
+        assert decoded.pixels.shape[:2] == (-(-250 // d), -(-250 // d))
+        serving = imaging.decode_for_serving(tf.constant(data), size).numpy()
+        np.testing.assert_array_equal(imaging.resize_image(decoded.pixels, size).numpy(), serving)
