@@ -183,6 +183,7 @@ def decode_for_serving(contents, size: int, mode: str = "squash",
     """In-graph counterpart of decode_image: JPEG (with the same DCT scaling rule) or PNG.
 
     EXIF orientation is not applied in-graph (TensorFlow has no op for it): send upright images.
+    Alpha is composited over black as in decode_image; 16-bit PNGs may differ by one level.
     """
     import tensorflow as tf
 
@@ -204,7 +205,10 @@ def decode_for_serving(contents, size: int, mode: str = "squash",
         return tf.switch_case(index, [fns[i] for i in range(len(_SCALE_DENOMINATORS))])
 
     def png():
-        return tf.io.decode_png(contents, channels=3, dtype=tf.uint8)
+        # Alpha composited over black, as decode_image does (equal to Pillow's within 1 level).
+        rgba = tf.io.decode_png(contents, channels=4, dtype=tf.uint8)
+        rgb, alpha = tf.cast(rgba[..., :3], tf.float32), tf.cast(rgba[..., 3:], tf.float32)
+        return tf.cast(tf.round(rgb * alpha / 255.0), tf.uint8)
 
     pixels = tf.cond(tf.io.is_jpeg(contents), scaled_jpeg, png)
     return resize_image(pixels, size, mode)

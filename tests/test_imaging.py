@@ -154,3 +154,14 @@ def test_engine_and_serving_pick_the_same_scale_on_small_images(sample_dir):
         assert decoded.pixels.shape[:2] == (-(-250 // d), -(-250 // d))
         serving = imaging.decode_for_serving(tf.constant(data), size).numpy()
         np.testing.assert_array_equal(imaging.resize_image(decoded.pixels, size).numpy(), serving)
+
+
+def test_serving_composites_alpha_like_the_engine():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (40, 50, 4), dtype=np.uint8)
+    data = hi.png_bytes(Image.fromarray(rgba, mode="RGBA"))
+    engine = imaging.resize_image(imaging.decode_image(data, target=32).pixels, 32).numpy()
+    serving = imaging.decode_for_serving(tf.constant(data), 32).numpy()
+    assert np.abs(engine.astype(int) - serving).max() <= 1
