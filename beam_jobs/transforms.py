@@ -92,6 +92,8 @@ class ProcessImage(beam.DoFn):
 
     def setup(self):
         self._seen, self._started = 0, time.monotonic()
+        self._resizers = {size: imaging.compiled_resizer(size, self.config.resize_mode)
+                          for size in self.config.image_sizes}
 
     def _reject(self, record: LesionRecord, reason: str, detail: str, kind: str = REJECTED):
         _count(reason)
@@ -127,7 +129,7 @@ class ProcessImage(beam.DoFn):
             return
         encoded = {}
         for size in cfg.image_sizes:
-            pixels = imaging.resize_image(decoded.pixels, size, cfg.resize_mode).numpy()
+            pixels = self._resizers[size](decoded.pixels).numpy()
             encoded[size] = imaging.encode_image(pixels, cfg.image_format, cfg.jpeg_quality)
         _count("images_decoded")
         if decoded.scale_denominator > 1:
