@@ -7,7 +7,7 @@ Prints one line per image, in the order given, tab-separated:
     PATH<TAB>PROBABILITY<TAB>LABEL          e.g. a.jpg	0.731204	malignant
     ERROR PATH: REASON                      e.g. ERROR b.txt: not a JPEG or PNG (not_an_image: ...)
 and on stderr a "WARNING PATH: ..." line where the served pixels differ from what training saw
-(EXIF rotation, PNG alpha), then a summary line. Exit code: 0 when every image was classified, 1 when at least
+(EXIF rotation), then a summary line. Exit code: 0 when every image was classified, 1 when at least
 one failed (the others are still printed), 2 when the model cannot be loaded or no image given.
 
 Each file is first checked with isicflow.imaging.decode_image (the data engine's decoder), so a
@@ -60,22 +60,18 @@ def check_file(path: str) -> tuple[bytes | None, str | None, str | None]:
 def _serving_warning(data: bytes) -> str | None:
     """Where the in-graph decoder sees other pixels than the data engine did, say so.
 
-    It applies no EXIF rotation, and it drops a PNG's alpha channel where the engine
-    composites it over black (isicflow.imaging._to_rgb); both leave the file classifiable.
+    It applies no EXIF rotation (TensorFlow has no op for it); the file stays classifiable.
     """
     from PIL import Image
 
     try:
         img = Image.open(io.BytesIO(data))
         orientation = img.getexif().get(0x0112, 1)
-        has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     except Exception:  # a broken EXIF block: decode_image accepted the pixels, nothing to warn
         return None
     notes = []
     if orientation not in (1, None):
         notes.append(f"EXIF orientation {orientation} ignored by the model (it sees the stored pixels)")
-    if has_alpha:
-        notes.append("alpha channel dropped by the model's decoder (training composited it over black)")
     return "; ".join(notes) or None
 
 
