@@ -104,11 +104,18 @@ class StepTimeLogger(keras.callbacks.Callback):
         super().__init__()
         self.meter, self.verbose = meter, verbose
 
+    def on_train_begin(self, logs=None):
+        self.meter.warmup_steps = 1  # the run's first step traces and compiles
+
     def on_epoch_begin(self, epoch, logs=None):
         self.meter.reset()
 
+    def on_epoch_end_warmup_done(self) -> None:
+        self.meter.warmup_steps = 0
+
     def on_epoch_end(self, epoch, logs=None):
         summary = self.meter.summary()
+        self.on_epoch_end_warmup_done()
         logs.update({"step_time_s": summary["step_time_s"],
                      "input_wait_share": summary["input_wait_share"],
                      "images_per_s": summary["images_per_s"],
@@ -149,8 +156,9 @@ class SampleImages(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         with tf.summary.create_file_writer(self.log_dir).as_default():
-            tf.summary.image(f"train_samples labels={self.labels.astype(int).tolist()}",
-                             np.clip(self.images, 0, 1), step=0, max_outputs=len(self.images))
+            tf.summary.image("train_samples", np.clip(self.images, 0, 1), step=0,
+                             max_outputs=len(self.images),
+                             description=f"labels {self.labels.astype(int).tolist()}")
 
 
 def _to_float(value) -> float:
