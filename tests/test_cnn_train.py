@@ -249,3 +249,8 @@ def test_command_line_trains_evaluates_and_exports(real_dataset, tmp_path):
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert bad.returncode != 0 and "--dropout=2" in bad.stderr
+
+
+def test_jit_compile_trains(real_dataset, tmp_path):
+    result = train.train(_config(real_dataset, tmp_path, jit_compile=True, steps_per_epoch=2))
+    assert np.isfinite(result.history[0]["loss"]) and result.model.jit_compile

@@ -11,6 +11,8 @@ Augmentation uses stateless random ops seeded by (seed, element index), so a run
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Sequence
 
 import tensorflow as tf
@@ -89,6 +91,10 @@ def scale_to_range(image01: tf.Tensor, value_range: Sequence[float]) -> tf.Tenso
     return image01 * (high - low) + low
 
 
+def _digest(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _parse_and_decode(serialized: tf.Tensor, image_size: int):
     record = tf.io.parse_single_example(serialized, schema.feature_spec(_PARSED_FEATURES))
     image = imaging.decode_stored_image(record["image_encoded"], record["image_format"],
@@ -157,9 +163,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
             ds = ds.apply(tf.data.experimental.assert_cardinality(expected))
         if cache == "memory":
             ds = ds.cache()
-        elif cache:
+        elif cache:  # named after the manifest too, so another dataset never reuses it
             suffix = "" if label_filter is None else f"-class{label_filter}"
-            ds = ds.cache(f"{cache}-{image_size}-{split}{suffix}")
+            ds = ds.cache(f"{cache}-{image_size}-{split}{suffix}-{_digest(manifest)}")
         if training and cache:
             ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
         return ds
