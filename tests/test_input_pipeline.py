@@ -32,7 +32,7 @@ def _all(ds):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _stored_pixels(labelled_images, split, fmt_roundtrip=True):
+def _stored_pixels(labelled_images, split):
     """What the records hold: the shared resize, then (lossy) JPEG, then decode."""
     out = []
     for px, label in labelled_images[split]:
