@@ -187,6 +187,14 @@ def test_mixed_bfloat16_trains_with_float32_output(real_dataset, tmp_path):
     assert out.dtype.name == "float32" and np.isfinite(result.history[0]["loss"])
 
 
+def test_mixed_float16_scales_the_loss(real_dataset, tmp_path):
+    result = train.train(_config(real_dataset, tmp_path, mixed_precision="mixed_float16"))
+    assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert result.model.get_layer("conv1").compute_dtype == "float16"
+    assert result.model.get_layer("probability").compute_dtype == "float32"
+    assert np.isfinite(result.history[0]["loss"])
+
+
 def test_profile_steps_write_a_trace(real_dataset, tmp_path):
     train.train(_config(real_dataset, tmp_path, steps_per_epoch=2, profile_steps="1,2"))
     traces = list((tmp_path / "logs").rglob("*.xplane.pb"))
