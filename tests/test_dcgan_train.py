@@ -50,7 +50,12 @@ def test_training_writes_grids_scalars_history_and_checkpoint(data_dir, tmp_path
     for record in history:
         for key in ("d_loss", "g_loss", "d_real", "d_fake", "step_time_s", "input_wait_share"):
             assert np.isfinite(record[key]), key
-    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+    tags = set()
+    for events in (tmp_path / "logs").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"gan/d_loss", "gan/g_loss", "gan/d_real", "gan/d_fake", "fixed_latent_grid",
+            "timing/input_wait_share"} <= tags
     assert summary["last_checkpoint"].endswith("ckpt-4")
 
 
