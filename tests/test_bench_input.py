@@ -9,7 +9,7 @@ import pytest
 from trainer import bench_common, bench_input
 
 TINY = ["--max_images=24", "--max_original_side=600", "--steps=3", "--batch_sizes=8",
-        "--warmup=1"]
+        "--warmup=1", "--repeats=2"]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,7 @@ def test_report_files_hold_one_row_per_loader_with_consistent_ratios(tiny_run):
     for row in rows:
         rate = float(row["images_per_s"])
         assert math.isfinite(rate) and rate > 0, row
+        assert float(row["cpu_ms_per_image"]) > 0, row
         assert int(row["batch_size"]) == 8 and int(row["batches"]) == 3
         assert int(row["images"]) == 24, row  # 3 full batches of 8, repeated data included
         assert float(row["images_per_s"]) == pytest.approx(
@@ -81,13 +82,20 @@ def test_original_size_keeps_aspect_and_caps_the_long_side():
 
 
 def test_time_batches_counts_images_and_refuses_a_loader_that_runs_dry():
-    ticks = iter([10.0, 12.0])
+    ticks, cpu_ticks = iter([10.0, 12.0]), iter([1.0, 1.8])
     batches = iter([[[0] * 4], [[0] * 8], [[0] * 8], [[0] * 2]])
-    timing = bench_common.time_batches(batches, steps=2, warmup=1,
-                                       count=lambda b: len(b[0]), clock=lambda: next(ticks))
+    timing = bench_common.time_batches(batches, steps=2, warmup=1, count=lambda b: len(b[0]),
+                                       clock=lambda: next(ticks), cpu_clock=lambda: next(cpu_ticks))
     assert (timing.images, timing.seconds, timing.images_per_s) == (16, 2.0, 8.0)
+    assert timing.cpu_ms_per_image == pytest.approx(50.0)
     with pytest.raises(RuntimeError, match="ran dry after 1 of 3"):
         bench_common.time_batches(iter([[[0]]]), steps=3, count=lambda b: 1)
+
+
+def test_median_timing_picks_the_middle_rate():
+    runs = [bench_common.Timing(1, 100, s) for s in (1.0, 4.0, 2.0)]
+    assert bench_common.median_timing(runs).seconds == 2.0
+    assert bench_common.median_timing(runs[:2]).seconds == 4.0  # lower middle of two
 
 
 def test_bad_flags_fail_with_the_value():

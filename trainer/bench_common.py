@@ -15,15 +15,30 @@ from typing import Any, Callable, Iterator, Sequence
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    """One timed run of `batches` batches that delivered `images` images in `seconds`."""
+    """One timed run of `batches` batches that delivered `images` images in `seconds` of wall
+    time and `cpu_seconds` of this process's CPU time (all threads). CPU time per image is the
+    figure that other load on a shared machine disturbs least."""
 
     batches: int
     images: int
     seconds: float
+    cpu_seconds: float = float("nan")
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return 1000 * self.cpu_seconds / self.images if self.images > 0 else float("nan")
+
+
+def median_timing(timings: Sequence[Timing]) -> Timing:
+    """The run with the median images/s (the lower middle one for an even count)."""
+    if not timings:
+        raise ValueError("no timings")
+    ranked = sorted(timings, key=lambda t: t.images_per_s)
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def batch_size_of(batch: Any) -> int:
@@ -34,7 +49,8 @@ def batch_size_of(batch: Any) -> int:
 
 def time_batches(iterator: Iterator, steps: int, warmup: int = 0,
                  count: Callable[[Any], int] = batch_size_of,
-                 clock: Callable[[], float] = time.perf_counter) -> Timing:
+                 clock: Callable[[], float] = time.perf_counter,
+                 cpu_clock: Callable[[], float] = time.process_time) -> Timing:
     """Pulls `warmup` batches untimed, then times `steps` batches, counting the images they hold.
 
     A loader that runs dry before `steps` is an error, never a silently shorter measurement:
@@ -46,14 +62,16 @@ def time_batches(iterator: Iterator, steps: int, warmup: int = 0,
         if next(iterator, None) is None:
             raise RuntimeError(f"loader ran dry during warm-up after {done} of {warmup} batches")
     images = 0
-    start = clock()
+    cpu_start, start = cpu_clock(), clock()
     for done in range(steps):
         batch = next(iterator, None)
         if batch is None:
             raise RuntimeError(f"loader ran dry after {done} of {steps} timed batches; "
                                "repeat the data")
         images += count(batch)
-    return Timing(batches=steps, images=images, seconds=clock() - start)
+    seconds = clock() - start
+    return Timing(batches=steps, images=images, seconds=seconds,
+                  cpu_seconds=cpu_clock() - cpu_start)
 
 
 def ratio(value: float, reference: float) -> float:

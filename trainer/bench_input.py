@@ -1,4 +1,4 @@
-"""Input benchmark: `python -m trainer.bench_input --data=../shared/data/isic-uda1 --workdir=out/bench-input`.
+"""Input benchmark: `python -m trainer.bench_input --data=DIR --workdir=out/bench-input`.
 
 Shows, on the same images and in one run, images/s of the loaders a user could pick:
   (1) keras ImageDataGenerator.flow_from_directory, as the 2020 study used it (11 images/s there);
@@ -49,13 +49,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "tree (benign/, malignant/) used as it is")
     p.add_argument("--workdir", required=True, help="where inputs are cached and results written")
     p.add_argument("--batch_sizes", default="32,64")
-    p.add_argument("--steps", type=int, default=100, help="timed batches per loader (the study: 100)")
+    p.add_argument("--steps", type=int, default=100,
+                   help="timed batches per loader (the study: 100)")
     p.add_argument("--warmup", type=int, default=5, help="untimed batches before each timing")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="time the steps this many times per loader and report the median run "
+                        "(steadier figures on a shared machine)")
     p.add_argument("--image_size", type=int, default=256)
-    p.add_argument("--max_images", type=int, default=0, help="use an evenly spaced subset; 0 = all")
+    p.add_argument("--max_images", type=int, default=0,
+                   help="use an evenly spaced subset; 0 = all")
     p.add_argument("--max_original_side", type=int, default=0,
                    help="cap the long side of the regenerated originals (quick tests); 0 = none")
-    p.add_argument("--jpeg_quality", type=int, default=90, help="quality of the regenerated originals")
+    p.add_argument("--jpeg_quality", type=int, default=90,
+                   help="quality of the regenerated originals")
     p.add_argument("--num_shards", type=int, default=0, help="data engine shards; 0 = its default")
     p.add_argument("--loaders", default=",".join(LOADERS), help=f"subset of {','.join(LOADERS)}")
     args = p.parse_args(argv)
@@ -68,10 +74,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown or REFERENCE not in args.loaders:
         p.error(f"--loaders needs {REFERENCE} (the ratios' reference) and names from "
                 f"{list(LOADERS)}; unknown: {unknown}")
-    if (args.steps <= 0 or args.warmup < 0 or args.image_size <= 0 or args.max_images < 0
+    if (args.steps <= 0 or args.repeats <= 0 or args.warmup < 0 or args.image_size <= 0
+            or args.max_images < 0
             or args.max_original_side < 0 or any(b <= 0 for b in args.batch_sizes)
             or not 1 <= args.jpeg_quality <= 100):
-        p.error(f"impossible value among steps={args.steps} warmup={args.warmup} "
+        p.error(f"impossible value among steps={args.steps} repeats={args.repeats} "
+                f"warmup={args.warmup} "
                 f"image_size={args.image_size} batch_sizes={args.batch_sizes} "
                 f"max_images={args.max_images} max_original_side={args.max_original_side} "
                 f"jpeg_quality={args.jpeg_quality}")
@@ -253,7 +261,7 @@ def result_rows(rates: dict[tuple[str, int], bench_common.Timing]) -> list[dict[
             rows.append({
                 "loader": name, "description": LOADERS[name], "batch_size": batch_size,
                 "batches": t.batches, "images": t.images, "seconds": t.seconds,
-                "images_per_s": t.images_per_s,
+                "images_per_s": t.images_per_s, "cpu_ms_per_image": t.cpu_ms_per_image,
                 "ratio_to_keras_generator": bench_common.ratio(
                     t.images_per_s, reference.images_per_s if reference else None),
                 "share_of_roofline": bench_common.ratio(
@@ -277,7 +285,7 @@ def write_report(workdir: pathlib.Path, rows, goals, context: dict[str, Any]) ->
     paths = {ext: str(workdir / f"bench_input.{ext}") for ext in ("csv", "md", "json", "png")}
     bench_common.write_csv(paths["csv"], rows)
     columns = ["description", "batch_size", "images", "seconds", "images_per_s",
-               "ratio_to_keras_generator", "share_of_roofline"]
+               "ratio_to_keras_generator", "share_of_roofline", "cpu_ms_per_image"]
     text = (f"# Input benchmark\n\n{context['summary']}\n\n"
             + bench_common.markdown_table(rows, columns)
             + "\n\nGoals (reported, not asserted):\n\n" + "\n".join(f"- {g}" for g in goals) + "\n")
@@ -318,19 +326,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             iterator = LOADER_FUNCTIONS[name](tree, shards, batch_size, args.image_size)
             warmup = args.warmup + (math.ceil(n_images / batch_size) if name == "tfrecord_cached"
                                     else 0)
-            timing = bench_common.time_batches(iterator, args.steps, warmup)
+            runs = [bench_common.time_batches(iterator, args.steps, warmup if r == 0 else 0)
+                    for r in range(args.repeats)]
+            timing = bench_common.median_timing(runs)
             del iterator
             timings[(name, batch_size)] = timing
             print(f"batch {batch_size:>3} {LOADERS[name]:<48} {timing.images_per_s:10.1f} images/s "
-                  f"({timing.images} images in {timing.seconds:.2f} s, {passes:.1f} passes)",
+                  f"({timing.images} images in {timing.seconds:.2f} s, "
+                  f"{timing.cpu_ms_per_image:.2f} CPU ms/image, {passes:.1f} passes, "
+                  f"median of {args.repeats})",
                   flush=True)
     load_after = os.getloadavg()
     rows = result_rows(timings)
     goals = goal_lines(rows)
     summary = (f"{n_images} images ({tree}), {args.steps} timed batches after {args.warmup} "
-               f"warm-up batches, {args.image_size}px; {os.cpu_count()} CPUs, load average "
+               f"warm-up batches (median of {args.repeats} timings), {args.image_size}px; "
+               f"{os.cpu_count()} CPUs, load average "
                f"{load_before[0]:.2f} before and {load_after[0]:.2f} after (other work on the "
-               "machine lowers every rate).")
+               "machine lowers every rate; cpu_ms_per_image, this process's CPU time per image, "
+               "is the figure such load disturbs least).")
     context = {"summary": summary, "title": f"Input pipelines, {n_images} ISIC images at "
                f"{args.image_size}px ({os.cpu_count()} CPUs)", "args": vars(args),
                "load_average_before": load_before, "load_average_after": load_after,
