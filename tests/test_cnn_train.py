@@ -37,9 +37,13 @@ def _config(data_dir, workdir, **overrides) -> train.TrainConfig:
 
 
 @pytest.fixture(autouse=True)
-def float32_policy():
+def restore_process_globals():
+    """The dtype policy and op determinism are process-wide; no test may leak them."""
+    from tensorflow.python.framework import config as tf_config
+
     yield
     keras.mixed_precision.set_global_policy("float32")
+    tf_config.disable_op_determinism()
 
 
 @pytest.fixture
@@ -262,3 +266,5 @@ def test_command_line_trains_evaluates_and_exports(real_dataset, tmp_path):
 def test_jit_compile_trains(real_dataset, tmp_path):
     result = train.train(_config(real_dataset, tmp_path, jit_compile=True, steps_per_epoch=2))
     assert np.isfinite(result.history[0]["loss"]) and result.model.jit_compile
+    with pytest.raises(ValueError, match="jit_compile=True with deterministic=True"):
+        train.train(_config(real_dataset, tmp_path, jit_compile=True, deterministic=True))

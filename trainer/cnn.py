@@ -19,7 +19,7 @@ from trainer import common_flags, models, train
 # --- model ---
 flags.DEFINE_enum("architecture", "study", list(models.MODEL_NAMES),
                   "study: the 2020 study's CNN (33.6M parameters at 256px); compact: GAP + "
-                  "batch norm (~1.2M), for small data; efficientnet_b0: Keras Applications "
+                  "batch norm (~0.3M), for small data; efficientnet_b0: Keras Applications "
                   "backbone (weights from --weights_path or random).")
 flags.DEFINE_float("dropout", 0.0, "Dropout rate (the study's variants used 0.2).")
 flags.DEFINE_float("l2", 0.0, "L2 kernel penalty on conv and hidden dense layers (the study "

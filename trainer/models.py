@@ -55,12 +55,12 @@ def build_study_cnn(image_size: int = 256, dropout: float = 0.0, l2: float = 0.0
 
 
 def build_compact_cnn(image_size: int = 256, dropout: float = 0.2, l2: float = 0.0,
-                      widths: tuple[int, ...] = (32, 64, 128, 256)) -> keras.Model:
+                      widths: tuple[int, ...] = (16, 32, 64, 128)) -> keras.Model:
     """What a user would pick on small data: a stride-2 stem (Conv 3x3 + batch norm + ReLU, so
     the costly full-resolution convolutions are skipped), conv blocks (Conv 3x3 + batch norm +
     ReLU, twice, then 2x2 max pooling), global average pooling instead of the study's
-    33M-weight Flatten -> Dense, dropout, one sigmoid unit. About 1.2M parameters at any image
-    size, and about the study CNN's compute at the same image size."""
+    33M-weight Flatten -> Dense, dropout, one sigmoid unit. About 0.3M parameters at any image
+    size (100x fewer than the study's), and about the study CNN's compute at the same size."""
     _check(image_size, dropout)
     reg = _regularizer(l2)
     inputs = keras.Input((image_size, image_size, 3), name="image")

@@ -188,6 +188,9 @@ def _check_config(c: TrainConfig) -> None:
         raise ValueError(f"class_balance {c.class_balance!r} not in {CLASS_BALANCE_MODES}")
     if c.model not in models.MODEL_NAMES:
         raise ValueError(f"model {c.model!r} not in {models.MODEL_NAMES}")
+    if c.deterministic and c.jit_compile:
+        raise ValueError("jit_compile=True with deterministic=True: Keras turns XLA off under "
+                         "op determinism; choose one")
     if c.weights_path and not os.path.isfile(c.weights_path):
         raise FileNotFoundError(f"weights_path {c.weights_path!r} is not a file")
 
