@@ -98,6 +98,11 @@ def test_impossible_cnn_flags_fail_at_parse_with_the_value(parse_flags, arg, sho
     assert shown in str(error.value)
 
 
+def test_contradictory_flags_fail_at_parse(parse_flags):
+    with pytest.raises(flags.IllegalFlagValueError, match="jit_compile=True, deterministic=True"):
+        parse_flags("--data_dir=d", "--workdir=w", "--jit_compile", "--deterministic")
+
+
 def test_unknown_flag_fails(parse_flags):
     with pytest.raises(flags.UnrecognizedFlagError, match="drop_out"):
         parse_flags("--data_dir=d", "--workdir=w", "--drop_out=0.2")

@@ -50,6 +50,10 @@ flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the metric inte
                      lower_bound=0)
 
 flags.register_validator("dropout", lambda v: 0.0 <= v < 1.0, message="must be in [0, 1)")
+flags.register_multi_flags_validator(
+    ["jit_compile", "deterministic"], lambda v: not (v["jit_compile"] and v["deterministic"]),
+    message="--jit_compile and --deterministic cannot be combined: Keras turns XLA off "
+            "under op determinism")
 FLAGS = flags.FLAGS
 
 
