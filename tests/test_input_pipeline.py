@@ -150,5 +150,11 @@ def test_bad_requests_name_the_offending_value(dataset_dir, tmp_path):
     with pytest.raises(ValueError, match="labels 'multi'"):
         ip.make_dataset(dataset_dir, "train", image_size=SIZE, batch_size=2, training=True,
                         labels="multi")
+    one_class = shard_fixtures.write_tiny_dataset(
+        tmp_path / "one_class", {"train": shard_fixtures.random_images(2, SIZE, labels=(
+            "benign",))}, SIZE)
+    with pytest.raises(ValueError, match="needs both classes in 'train'"):
+        ip.make_dataset(one_class, "train", image_size=SIZE, batch_size=2, training=True,
+                        balance_classes=True)
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         ip.make_dataset(str(tmp_path), "train", image_size=SIZE, batch_size=2, training=True)

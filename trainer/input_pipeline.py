@@ -142,6 +142,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                          f"(manifest counts {info.get('counts')})")
     if balance_classes and (not training or labels != "binary"):
         raise ValueError("balance_classes needs training=True and labels='binary'")
+    counts = info.get("counts", {})
+    if balance_classes and not (counts.get("benign", 0) and counts.get("malignant", 0)):
+        raise ValueError(f"balance_classes needs both classes in {split!r}; counts {counts}")
 
     def stream(label_filter=None, stream_seed=seed) -> tf.data.Dataset:
         files = tf.data.Dataset.from_tensor_slices(paths)
