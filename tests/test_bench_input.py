@@ -103,3 +103,14 @@ def test_bad_flags_fail_with_the_value():
         bench_input.parse_args(["--workdir=x", "--loaders=roofline"])  # no reference loader
     with pytest.raises(SystemExit):
         bench_input.parse_args(["--workdir=x", "--steps=0"])
+
+
+@pytest.mark.slow
+def test_full_sample_at_original_size_reports_every_loader(sample_dir, tmp_path):
+    """The real benchmark (440 images at their recorded sizes, 100 steps, batch 32 and 64);
+    several minutes on 2 CPUs. Goals are reported, not asserted: they depend on the machine."""
+    result = bench_input.main([f"--data={sample_dir}", f"--workdir={tmp_path}"])
+    assert result["images"] == 440
+    assert len(result["rows"]) == 2 * len(bench_input.LOADERS)
+    assert all(r["images_per_s"] > 0 and r["batches"] == 100 for r in result["rows"])
+    assert len(result["goals"]) == 6
