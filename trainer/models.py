@@ -10,6 +10,9 @@ from keras import layers
 
 MODEL_NAMES = ("study", "compact", "efficientnet_b0")
 STUDY_PARAMS_AT_256 = 33_611_425
+# Keras' 0.99 needs ~500 steps for the moving statistics to settle; a small dataset gives ~10
+# steps per epoch, and validation would see stale statistics for many epochs.
+BN_MOMENTUM = 0.9
 
 
 def _regularizer(l2: float):
@@ -66,13 +69,14 @@ def build_compact_cnn(image_size: int = 256, dropout: float = 0.2, l2: float = 0
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False,
                       kernel_regularizer=reg, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for i, filters in enumerate(widths):
         for j in range(2):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
                               kernel_regularizer=reg, name=f"block{i + 1}_conv{j + 1}")(x)
-            x = layers.BatchNormalization(name=f"block{i + 1}_bn{j + 1}")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM,
+                                          name=f"block{i + 1}_bn{j + 1}")(x)
             x = layers.ReLU(name=f"block{i + 1}_relu{j + 1}")(x)
         x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
