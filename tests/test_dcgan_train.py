@@ -1,6 +1,8 @@
 """DCGAN training loop on tiny data: grids, checkpoints, resume, guards, sampling."""
 import json
+import os
 import pathlib
+import signal
 
 import numpy as np
 import pytest
@@ -83,15 +85,18 @@ def test_resume_continues_the_step_counter_with_the_same_latent_batch(data_dir, 
     assert [h["epoch"] for h in history] == [1, 2]
 
 
-def test_interrupted_run_saves_on_exit_and_resumes(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_interrupted_run_saves_on_exit_and_resumes(data_dir, tmp_path, monkeypatch, how):
     real_end_epoch = gan_training._end_epoch
 
     def interrupt(*args, **kwargs):
         real_end_epoch(*args, **kwargs)
+        if how == "sigterm":  # what kill or a preempted VM sends
+            os.kill(os.getpid(), signal.SIGTERM)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(gan_training, "_end_epoch", interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(gan_training.Terminated if how == "sigterm" else KeyboardInterrupt):
         gan_training.train(_config(data_dir, tmp_path, epochs=3))
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-2")
     monkeypatch.setattr(gan_training, "_end_epoch", real_end_epoch)

@@ -175,7 +175,8 @@ def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: in
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    missing = [n for n in ("generator_checkpoint", "real_data_dir", "eval_out") if not FLAGS[n].value]
+    required = ("generator_checkpoint", "real_data_dir", "eval_out")
+    missing = [name for name in required if not FLAGS[name].value]
     if missing:
         raise app.UsageError(f"missing required flag(s): {', '.join('--' + n for n in missing)}")
     report = evaluate(FLAGS.generator_checkpoint, FLAGS.real_data_dir, FLAGS.eval_out,

@@ -80,7 +80,8 @@ def penultimate_model(model):
     layers = [layer for layer in model.layers[:-1]
               if not isinstance(layer, (keras.layers.Dropout, keras.layers.InputLayer))]
     if not layers:
-        raise ValueError(f"model {model.name!r} has no layer before its output to take features from")
+        raise ValueError(f"model {model.name!r} has no layer before its output to take "
+                         "features from")
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return keras.Model(inputs, layers[-1].output)
 
@@ -113,18 +114,22 @@ def make_extractor(kind: str, *, inception_weights: str = "", cnn_model: str = "
         raise ValueError(f"feature extractor {kind!r} not in {('auto',) + EXTRACTORS}")
     if kind == "inception":
         if not inception_weights:
-            raise ValueError("feature extractor 'inception' needs --inception_weights (a local file)")
+            raise ValueError("feature extractor 'inception' needs --inception_weights "
+                             "(a local file)")
         extract = _inception(inception_weights)
-        return (lambda x: _batched(extract, x)), f"inception_v3_pool3({os.path.basename(inception_weights)})"
+        name = f"inception_v3_pool3({os.path.basename(inception_weights)})"
+        return (lambda x: _batched(extract, x)), name
     if kind == "cnn":
         if not cnn_model:
             raise ValueError("feature extractor 'cnn' needs --cnn_model (a .keras file)")
         extract, layer, side = _cnn(cnn_model, cnn_value_range)
-        return (lambda x: _batched(extract, x)), f"cnn_penultimate({os.path.basename(cnn_model)}:{layer}@{side}px)"
+        name = f"cnn_penultimate({os.path.basename(cnn_model)}:{layer}@{side}px)"
+        return (lambda x: _batched(extract, x)), name
     if kind == "random_conv":
         model = _random_conv_model(seed)
 
         def extract(images):
             return model(resize_batch(images, RANDOM_CONV_INPUT), training=False).numpy()
-        return (lambda x: _batched(extract, x)), f"random_conv_v1(seed={seed},{RANDOM_CONV_INPUT}px)"
+        name = f"random_conv_v1(seed={seed},{RANDOM_CONV_INPUT}px)"
+        return (lambda x: _batched(extract, x)), name
     return pixel_features, f"pixels_{PIXEL_SIDE}x{PIXEL_SIDE}"

@@ -121,7 +121,8 @@ class DCGAN(keras.Model):
     def generate(self, z, labels=None, training: bool = False) -> tf.Tensor:
         if self.conditional:
             if labels is None:
-                raise ValueError("a conditional generator needs class labels (0 benign, 1 malignant)")
+                raise ValueError("a conditional generator needs class labels "
+                                 "(0 benign, 1 malignant)")
             return self.generator([z, tf.reshape(tf.cast(labels, tf.int32), [-1, 1])],
                                   training=training)
         return self.generator(z, training=training)

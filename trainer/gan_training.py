@@ -1,8 +1,11 @@
 """The DCGAN training loop: data, models, checkpoints, per-epoch grids, scalars and guards."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
 
 import keras
@@ -43,6 +46,26 @@ class CollapseGuard:
                 f"{self.threshold:.4g}) for {self.streak} consecutive steps, D loss {d_loss:.4g}. "
                 "The generator no longer learns; lower --disc_learning_rate, raise "
                 "--label_noise/--label_flip, or resume from an earlier checkpoint.")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a preempted VM) turned into an exception, so the loop saves on exit."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def make_gan_dataset(config) -> tuple[tf.data.Dataset, int]:
@@ -172,44 +195,46 @@ def train(config) -> dict:
     step = int(checkpoint.step)
     saved_at, profiling, started = step, False, time.perf_counter()
     first_step = step
-    try:
-        for epoch in range(step // steps_per_epoch, config.epochs):
-            for metric in gan.metrics:
-                metric.reset_state()
-            meter.reset()
-            while step < (epoch + 1) * steps_per_epoch:
-                if profile and step + 1 == profile[0]:
-                    tf.profiler.experimental.start(logdir)
-                    profiling = True
-                meter.begin_step()
-                batch = meter.next(iterator)
-                logs = {k: float(v) for k, v in train_step(batch).items()}  # waits for the step
-                meter.end_step(config.batch_size)
-                step += 1
-                checkpoint.step.assign(step)
-                if profiling and step >= profile[1]:
-                    tf.profiler.experimental.stop()
-                    profiling = False
-                runtime.raise_if_not_finite(logs["step_d_loss"], "discriminator loss", step)
-                runtime.raise_if_not_finite(logs["step_g_loss"], "generator loss", step)
-                guard.update(step, logs["step_d_fake"], logs["step_d_loss"])
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    manager.save(checkpoint_number=step)
-                    saved_at = step
-            record = _end_epoch(gan, checkpoint, config.workdir, writer, epoch + 1, step,
-                                logs, meter.summary())
-            history.append(record)
-            with open(history_path, "w", encoding="utf-8") as f:
-                json.dump(history, f, indent=1)
-    except (FloatingPointError, DiscriminatorCollapse):
-        saved_at = step  # the weights are broken or useless: keep the last good checkpoint
-        raise
-    finally:
-        if profiling:
-            tf.profiler.experimental.stop()
-        if step > saved_at:  # on normal exit and on interruption (Ctrl-C, SIGINT)
-            manager.save(checkpoint_number=step)
-        writer.flush()
+    with _sigterm_raises():  # kill/preemption: save a checkpoint like Ctrl-C does
+        try:
+            for epoch in range(step // steps_per_epoch, config.epochs):
+                for metric in gan.metrics:
+                    metric.reset_state()
+                meter.reset()
+                while step < (epoch + 1) * steps_per_epoch:
+                    if profile and step + 1 == profile[0]:
+                        tf.profiler.experimental.start(logdir)
+                        profiling = True
+                    meter.begin_step()
+                    batch = meter.next(iterator)
+                    # float() waits for the step to finish, so the step time is honest.
+                    logs = {k: float(v) for k, v in train_step(batch).items()}
+                    meter.end_step(config.batch_size)
+                    step += 1
+                    checkpoint.step.assign(step)
+                    if profiling and step >= profile[1]:
+                        tf.profiler.experimental.stop()
+                        profiling = False
+                    runtime.raise_if_not_finite(logs["step_d_loss"], "discriminator loss", step)
+                    runtime.raise_if_not_finite(logs["step_g_loss"], "generator loss", step)
+                    guard.update(step, logs["step_d_fake"], logs["step_d_loss"])
+                    if config.checkpoint_every and step % config.checkpoint_every == 0:
+                        manager.save(checkpoint_number=step)
+                        saved_at = step
+                record = _end_epoch(gan, checkpoint, config.workdir, writer, epoch + 1, step,
+                                    logs, meter.summary())
+                history.append(record)
+                with open(history_path, "w", encoding="utf-8") as f:
+                    json.dump(history, f, indent=1)
+        except (FloatingPointError, DiscriminatorCollapse):
+            saved_at = step  # the weights are broken or useless: keep the last good checkpoint
+            raise
+        finally:
+            if profiling:
+                tf.profiler.experimental.stop()
+            if step > saved_at:  # on normal exit, Ctrl-C and SIGTERM
+                manager.save(checkpoint_number=step)
+            writer.flush()
     elapsed = time.perf_counter() - started
     return {"policy": policy, "steps": step, "steps_this_run": step - first_step,
             "steps_per_epoch": steps_per_epoch, "epochs": config.epochs,
