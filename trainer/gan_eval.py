@@ -119,7 +119,8 @@ def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: in
     f_train, f_gen = extract(train), extract(generated)
     kid_size = min(1000, len(f_train), len(f_gen))
     report: dict = {
-        "checkpoint": os.path.abspath(checkpoint), "architecture": arch,
+        "checkpoint": os.path.abspath(gan_sampling.resolve_checkpoint(checkpoint)[0]),
+        "architecture": arch,
         "real_data_dir": os.path.abspath(real_data_dir), "train_split": train_split,
         "counts": {"train": len(train), "heldout": len(heldout), "generated": len(generated)},
         "feature_extractor": extractor_name, "feature_dim": int(f_train.shape[1]),
