@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
 .PHONY: install test test-all demo proto check-proto lock preprocess preprocess-sample \
-        train-cnn train-cnn-tiny train-dcgan train-dcgan-tiny gan-eval bench-preprocess \
+        train-cnn train-cnn-tiny train-dcgan train-dcgan-tiny sample-dcgan gan-eval bench-preprocess \
         bench-input tensorboard clean
 
 install: $(VENV)/.installed
@@ -30,6 +30,12 @@ test-all: install
 demo: install
 	$(PY) -m beam_jobs.preprocess --runner=DirectRunner --output=$(OUT)/demo --overwrite
 
+$(OUT)/demo/manifest.json: | install
+	$(MAKE) demo
+
+$(OUT)/uda1/manifest.json: | install
+	$(MAKE) preprocess-sample
+
 ## The schema: proto/ holds the source, isicflow/protos/ the generated code (committed).
 proto: install
 	$(PY) -m grpc_tools.protoc -Iproto/isicflow/v1 --python_out=isicflow/protos proto/isicflow/v1/lesion_example.proto
@@ -43,17 +49,20 @@ preprocess-sample: install
 	$(PY) -m beam_jobs.preprocess --runner=DirectRunner --input=$(DATA) --output=$(OUT)/uda1 \
 	    --image_size=256,128 --overwrite
 
-train-cnn-tiny: install
+train-cnn-tiny: install $(OUT)/demo/manifest.json
 	$(PY) -m trainer.cnn --flagfile=configs/cnn_tiny.flags
 
-train-cnn: install
+train-cnn: install $(OUT)/uda1/manifest.json
 	$(PY) -m trainer.cnn --flagfile=configs/cnn_base.flags
 
-train-dcgan-tiny: install
+train-dcgan-tiny: install $(OUT)/demo/manifest.json
 	$(PY) -m trainer.dcgan --flagfile=configs/dcgan_tiny.flags
 
-train-dcgan: install
+train-dcgan: install $(OUT)/uda1/manifest.json
 	$(PY) -m trainer.dcgan --flagfile=configs/dcgan.flags
+
+sample-dcgan: install
+	$(PY) -m trainer.dcgan sample --checkpoint=$(OUT)/runs/dcgan --num=100 --out=$(OUT)/dcgan-samples
 
 gan-eval: install
 	$(PY) -m trainer.gan_eval --flagfile=configs/gan_eval.flags
