@@ -18,44 +18,17 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from beam_jobs import synthetic, writing
 from beam_jobs.config import PreprocessConfig, parse_config
 from beam_jobs.transforms import (DUPLICATE, FILTERED, REJECTED, FilterRecords, PlannedImage,
-                                  ProcessImage, keep_first_of_duplicates, plan_dataset,
-                                  shard_count, to_example)
+                                  ProcessImage, plan_dataset, route_by_plan)
 from isicflow.manifest import MANIFEST_NAME
-from isicflow.metadata import Rejection
 
 
 class OutputNotEmpty(Exception):
     """--output holds files and --overwrite was not given (or they are not ours to delete)."""
 
 
-def _sum_pairs(pairs) -> tuple[int, int]:
-    pairs = list(pairs)
-    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-
-
-def _assign(image, plan, config: PreprocessConfig):
-    """Attaches split and rank from the global plan; --balance drops go to 'filtered'."""
-    image_id = image.record.image_id
-    if image_id in plan.balanced_out:
-        yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
-            image.record.image_path, image_id, "filtered_balance",
-            "dropped by --balance=undersample", kind=FILTERED))
-        return
-    yield plan.split_of[image_id], plan.rank_of[image_id], image
-
-
-def _key_by_shard(assigned, stats, config: PreprocessConfig):
-    """((size, split, shard index, shard count), (image_id, serialized example)) per size."""
-    split, rank, image = assigned
-    for size in config.image_sizes:
-        records, nbytes = stats[(size, split)]
-        count = shard_count(records, nbytes, config)
-        yield ((size, split, rank % count, count),
-               (image.record.image_id, to_example(image, size, split, config.image_format)))
-
-
 class IsicToTFRecords(beam.PTransform):
-    """Layout records -> filter -> decode/resize/encode -> dedup -> split -> shards -> manifest."""
+    """Layout records -> filter -> decode/resize/encode -> plan (dedup, balance, split) ->
+    shards -> manifest."""
 
     def __init__(self, config: PreprocessConfig, layout_result):
         super().__init__()
@@ -73,32 +46,20 @@ class IsicToTFRecords(beam.PTransform):
                      | "SpreadOverWorkers" >> beam.Reshuffle()
                      | "DecodeResizeEncode" >> beam.ParDo(ProcessImage(cfg)).with_outputs(
                          REJECTED, FILTERED, main="images"))
-        unique = (processed.images
-                  | "KeyByContent" >> beam.Map(lambda im: (im.sha256, im))
-                  | "GroupByContent" >> beam.GroupByKey()
-                  | "KeepFirstOfDuplicates" >> beam.FlatMap(keep_first_of_duplicates).with_outputs(
-                      DUPLICATE, main="unique"))
-        plan = (unique.unique
-                | "ToPlanItem" >> beam.Map(lambda im: PlannedImage(
-                    im.record.image_id, im.record.group_key, im.record.label))
+        # Dedup, balance, splits and shard counts need every image, but only its light part.
+        plan = (processed.images
+                | "ToPlanItem" >> beam.Map(PlannedImage.of)
                 | "CollectPlanItems" >> beam.combiners.ToList()
-                | "PlanBalanceAndSplits" >> beam.Map(plan_dataset, cfg))
-        assigned = unique.unique | "AssignSplit" >> beam.FlatMap(
-            _assign, beam.pvalue.AsSingleton(plan), cfg).with_outputs(FILTERED, main="assigned")
-        stats = (assigned.assigned
-                 | "RecordsAndBytes" >> beam.FlatMap(lambda a: [
-                     ((size, a[0]), (1, len(a[2].encoded[size]))) for size in cfg.image_sizes])
-                 | "SumPerSizeAndSplit" >> beam.CombinePerKey(_sum_pairs))
-        shards = (assigned.assigned
-                  | "KeyByShard" >> beam.FlatMap(_key_by_shard, beam.pvalue.AsDict(stats), cfg)
+                | "PlanDataset" >> beam.Map(plan_dataset, cfg))
+        routed = processed.images | "RouteByPlan" >> beam.FlatMap(
+            route_by_plan, beam.pvalue.AsSingleton(plan), cfg).with_outputs(
+                DUPLICATE, FILTERED, main="keyed")
+        shards = (routed.keyed
                   | "GroupByShard" >> beam.GroupByKey()
                   | "WriteShards" >> beam.ParDo(writing.WriteShard(cfg)))
         rejections = ((metadata_rejections, kept[FILTERED], processed[REJECTED],
-                       processed[FILTERED], unique[DUPLICATE], assigned[FILTERED])
+                       processed[FILTERED], routed[DUPLICATE], routed[FILTERED])
                       | "AllRejections" >> beam.Flatten())
-        kept_summary = assigned.assigned | "SummarizeKept" >> beam.Map(lambda a: {
-            "split": a[0], "label": a[2].record.label, "diagnosis": a[2].record.diagnosis,
-            "source": a[2].record.source_collection})
         inputs_read = len(self.layout.records) + len(self.layout.rejections)
         return (p
                 | "FinalizeTrigger" >> beam.Create([None])
@@ -107,7 +68,7 @@ class IsicToTFRecords(beam.PTransform):
                     dict(self.layout.counters),
                     shards=beam.pvalue.AsList(shards),
                     rejections=beam.pvalue.AsList(rejections),
-                    kept=beam.pvalue.AsList(kept_summary)))
+                    plan=beam.pvalue.AsSingleton(plan)))
 
 
 def prepare_output(config: PreprocessConfig) -> None:

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import math
 import time
-from typing import Iterable, Optional
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -32,13 +32,6 @@ class ProcessedImage:
     source_width: int
     source_height: int
     encoded: dict  # {size: bytes}
-
-
-@dataclasses.dataclass(frozen=True)
-class PlannedImage:
-    image_id: str
-    group_key: str
-    label: str
 
 
 def _count(name: str, n: int = 1) -> None:
@@ -138,31 +131,50 @@ class ProcessImage(beam.DoFn):
                              decoded.source_width, decoded.source_height, encoded)
 
 
-def keep_first_of_duplicates(item: tuple[str, Iterable[ProcessedImage]]):
-    """Byte-identical images: keep the smallest image id, record the others as duplicates."""
-    _, images = item
-    ordered = sorted(images, key=lambda p: p.record.image_id)
-    yield ordered[0]
-    for dup in ordered[1:]:
-        _count("duplicate_content")
-        yield beam.pvalue.TaggedOutput(DUPLICATE, Rejection(
-            dup.record.image_path, dup.record.image_id, "duplicate_content",
-            f"same bytes as {ordered[0].record.image_id} (sha256 {dup.sha256[:16]})",
-            kind=DUPLICATE))
+@dataclasses.dataclass(frozen=True)
+class PlannedImage:
+    """The light part of a decoded image: what the global plan needs, without the pixels."""
+
+    image_id: str
+    group_key: str
+    label: str
+    sha256: str
+    encoded_bytes: tuple = ()  # ((size, bytes), ...)
+    diagnosis: str = ""
+    source_collection: str = ""
+
+    @classmethod
+    def of(cls, image: ProcessedImage) -> "PlannedImage":
+        r = image.record
+        return cls(r.image_id, r.group_key, r.label, image.sha256,
+                   tuple(sorted((size, len(b)) for size, b in image.encoded.items())),
+                   r.diagnosis, r.source_collection)
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetPlan:
-    """Global decisions that need every kept image: balance, split and rank within split."""
+    """Global decisions that need every decoded image, made from light elements only, so the
+    encoded pixels cross a single shuffle (GroupByShard) on their way to the shards."""
 
-    split_of: dict          # image_id -> split
-    rank_of: dict           # image_id -> position in its split, ordered by image_id
+    duplicate_of: dict      # image_id -> the image id kept for the same bytes
     balanced_out: frozenset  # image ids dropped by --balance=undersample
+    split_of: dict          # image_id -> split, for every image written
+    rank_of: dict           # image_id -> position in its split, ordered by image_id
+    shard_counts: dict      # (size, split) -> number of shards
+    kept: tuple             # ({split, label, diagnosis, source}, ...) of every image written
 
 
 def plan_dataset(items: list[PlannedImage], config: PreprocessConfig) -> DatasetPlan:
-    """Pure: decides balance and splits from (id, group, label) of every kept image."""
+    """Pure: duplicates (smallest id kept), balance, group-aware splits, ranks, shard counts."""
     items = sorted(items, key=lambda p: p.image_id)
+    first_of_sha: dict[str, str] = {}
+    duplicate_of = {}
+    for p in items:  # sorted, so the first seen is the smallest id
+        if p.sha256 in first_of_sha:
+            duplicate_of[p.image_id] = first_of_sha[p.sha256]
+        else:
+            first_of_sha[p.sha256] = p.image_id
+    items = [p for p in items if p.image_id not in duplicate_of]
     dropped: frozenset = frozenset()
     if config.balance == "undersample":
         keep = splits.select_balanced(((p.image_id, p.label) for p in items), config.seed)
@@ -172,10 +184,41 @@ def plan_dataset(items: list[PlannedImage], config: PreprocessConfig) -> Dataset
                                     config.split_fractions, config.seed)
     split_of = {p.image_id: by_group[p.group_key] for p in items}
     rank_of, seen = {}, {s: 0 for s in splits.SPLIT_NAMES}
-    for p in items:  # already sorted by image_id
-        rank_of[p.image_id] = seen[split_of[p.image_id]]
-        seen[split_of[p.image_id]] += 1
-    return DatasetPlan(split_of, rank_of, dropped)
+    totals: dict = {}
+    for p in items:
+        split = split_of[p.image_id]
+        rank_of[p.image_id] = seen[split]
+        seen[split] += 1
+        for size, nbytes in p.encoded_bytes:
+            records, total = totals.get((size, split), (0, 0))
+            totals[(size, split)] = (records + 1, total + nbytes)
+    shard_counts = {key: shard_count(n, b, config) for key, (n, b) in totals.items()}
+    kept = tuple({"split": split_of[p.image_id], "label": p.label, "diagnosis": p.diagnosis,
+                  "source": p.source_collection} for p in items)
+    return DatasetPlan(duplicate_of, dropped, split_of, rank_of, shard_counts, kept)
+
+
+def route_by_plan(image: ProcessedImage, plan: DatasetPlan, config: PreprocessConfig):
+    """Duplicates and balance drops to their outputs; the rest keyed by shard, once per size."""
+    r = image.record
+    if r.image_id in plan.duplicate_of:
+        _count("duplicate_content")
+        yield beam.pvalue.TaggedOutput(DUPLICATE, Rejection(
+            r.image_path, r.image_id, "duplicate_content",
+            f"same bytes as {plan.duplicate_of[r.image_id]} (sha256 {image.sha256[:16]})",
+            kind=DUPLICATE))
+        return
+    if r.image_id in plan.balanced_out:
+        _count("filtered_balance")
+        yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
+            r.image_path, r.image_id, "filtered_balance", "dropped by --balance=undersample",
+            kind=FILTERED))
+        return
+    split, rank = plan.split_of[r.image_id], plan.rank_of[r.image_id]
+    for size in config.image_sizes:
+        count = plan.shard_counts[(size, split)]
+        yield ((size, split, rank % count, count),
+               (r.image_id, to_example(image, size, split, config.image_format)))
 
 
 def shard_count(records: int, total_bytes: int, config: PreprocessConfig) -> int:

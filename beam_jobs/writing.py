@@ -125,12 +125,12 @@ def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
 
 
 def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_counters: dict,
-             shards: list[dict], rejections: list[Rejection], kept: list[dict]) -> dict:
+             shards: list[dict], rejections: list[Rejection], plan) -> dict:
     """Moves shards into place, writes rejects.jsonl, then manifest.json; returns the manifest."""
     import tensorflow as tf
 
-    manifest = build_manifest(config, layout, shards, list(rejections), list(kept), inputs_read,
-                              layout_counters)
+    manifest = build_manifest(config, layout, shards, list(rejections), list(plan.kept),
+                              inputs_read, layout_counters)
     for shard in shards:
         final = join(config.output, shard["path"])
         tf.io.gfile.makedirs(final.rsplit("/", 1)[0])

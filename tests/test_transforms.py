@@ -5,8 +5,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.transforms import (DUPLICATE, FILTERED, REJECTED, FilterRecords, PlannedImage,
-                                  ProcessedImage,
-                                  ProcessImage, keep_first_of_duplicates, plan_dataset,
+                                  ProcessedImage, ProcessImage, plan_dataset, route_by_plan,
                                   shard_count)
 from isicflow.metadata import LesionRecord
 from tests import hostile_images as hi
@@ -55,29 +54,46 @@ def test_process_image_decodes_and_rejects(tmp_path):
                     label="rejected")
 
 
-def test_duplicates_keep_smallest_id():
+def _planned(image_id, label, sha=None, group=None):
+    return PlannedImage(image_id, group or f"image:{image_id}", label, sha or f"sha-{image_id}",
+                        ((32, 1000), (16, 300)))
+
+
+def test_plan_keeps_smallest_id_of_duplicates_and_routes_the_rest():
+    items = [_planned("b", "benign", sha="same"), _planned("a", "benign", sha="same"),
+             _planned("c", "benign", sha="same"), _planned("d", "malignant")]
+    plan = plan_dataset(items, CONFIG)
+    assert plan.duplicate_of == {"b": "a", "c": "a"}
+    assert set(plan.split_of) == {"a", "d"}
+
     def image(image_id):
-        return ProcessedImage(_record(image_id), "ab" * 32, 10, 10, {32: b""})
+        return ProcessedImage(_record(image_id, label="benign"), "ab" * 32, 10, 10,
+                              {32: b"x", 16: b"y"})
 
     with TestPipeline() as p:
-        out = (p | beam.Create([("h", [image("b"), image("a"), image("c")])])
-               | beam.FlatMap(keep_first_of_duplicates).with_outputs(DUPLICATE, main="unique"))
-        assert_that(out.unique | beam.Map(lambda im: im.record.image_id), equal_to(["a"]),
-                    label="unique")
-        assert_that(out[DUPLICATE] | "Dups" >> beam.Map(lambda r: (r.image_id, r.detail[:14])),
-                    equal_to([("b", "same bytes as "), ("c", "same bytes as ")]), label="dups")
+        plan_pc = p | "Plan" >> beam.Create([plan])
+        out = (p | beam.Create([image("a"), image("b"), image("c")])
+               | beam.FlatMap(route_by_plan, beam.pvalue.AsSingleton(plan_pc), CONFIG)
+               .with_outputs(DUPLICATE, FILTERED, main="keyed"))
+        assert_that(out.keyed | beam.Map(lambda kv: (kv[0][0], kv[1][0])),
+                    equal_to([(32, "a"), (16, "a")]), label="keyed")
+        assert_that(out[DUPLICATE] | "Dups" >> beam.Map(lambda r: (r.image_id, r.detail[:15])),
+                    equal_to([("b", "same bytes as a"), ("c", "same bytes as a")]), label="dups")
 
 
-def test_plan_dataset_balance_and_ranks():
-    items = [PlannedImage(f"b{i:02d}", f"image:b{i:02d}", "benign") for i in range(30)]
-    items += [PlannedImage(f"m{i:02d}", f"image:m{i:02d}", "malignant") for i in range(10)]
+def test_plan_dataset_balance_ranks_and_shard_counts():
+    items = [_planned(f"b{i:02d}", "benign") for i in range(30)]
+    items += [_planned(f"m{i:02d}", "malignant") for i in range(10)]
     import dataclasses
-    plan = plan_dataset(items, dataclasses.replace(CONFIG, balance="undersample"))
+    plan = plan_dataset(items, dataclasses.replace(CONFIG, balance="undersample", num_shards=2))
     assert len(plan.balanced_out) == 20 and not any(i.startswith("m") for i in plan.balanced_out)
     kept = [i.image_id for i in items if i.image_id not in plan.balanced_out]
+    assert len(plan.kept) == len(kept) == 20
     for split in ("train", "validation", "test"):
         ranks = sorted(plan.rank_of[i] for i in kept if plan.split_of[i] == split)
         assert ranks == list(range(len(ranks)))
+        for size in (32, 16):
+            assert plan.shard_counts[(size, split)] == min(2, len(ranks))
 
 
 def test_shard_count_never_empty():
