@@ -18,6 +18,7 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import splits
 from beam_jobs.config import PreprocessConfig
+from beam_jobs.layouts import files
 from isicflow import imaging, schema
 from isicflow.metadata import LABEL_INDEX, UNKNOWN, LesionRecord, Rejection
 
@@ -71,8 +72,13 @@ class FilterRecords(beam.DoFn):
 
 
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path) as f:  # local, gs://, s3:// alike
-        return f.read()
+    """Through Beam's file systems (local, gs://, s3://), else TensorFlow's (e.g. ram://)."""
+    try:
+        handle = FileSystems.open(path)
+    except ValueError:  # a scheme Beam has no file system for
+        return files.read_bytes(path)
+    with handle:
+        return handle.read()
 
 
 class ProcessImage(beam.DoFn):

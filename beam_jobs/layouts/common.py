@@ -12,6 +12,8 @@ import os
 import re
 from typing import Iterable, Optional
 
+from beam_jobs.layouts import files
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Segmentation masks and superpixel maps shipped beside the photos (ISIC 2016-2018 challenges).
 MASK_SUFFIXES = ("_segmentation", "_mask", "_superpixels")
@@ -36,14 +38,14 @@ class Scan:
 
 def scan_tree(root: str) -> Scan:
     """Walk root once (following folder links, each real folder once) and sort what it holds."""
-    if not os.path.isdir(root):
+    if not files.isdir(root):
         raise ValueError(f"input {root!r} is not a directory")
-    root = os.path.abspath(root)
+    root = files.canonical(root)
     counters: collections.Counter = collections.Counter()
     images, json_files, csv_files = [], [], []
     seen_dirs = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
+    for dirpath, dirnames, filenames in files.walk(root):
+        real = files.real_dir(dirpath)
         if real in seen_dirs:  # a link loop or a second link to the same folder
             dirnames[:] = []
             counters["linked_folder_skipped"] += 1
@@ -69,8 +71,8 @@ def scan_tree(root: str) -> Scan:
                 csv_files.append(path)
             else:
                 counters["other_file_skipped"] += 1
-    top_dirs = sorted(d for d in os.listdir(root)
-                      if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+    top_dirs = sorted(d for d in files.listdir(root)
+                      if not d.startswith(".") and files.isdir(os.path.join(root, d)))
     csv_files.sort()
     top_csv = [p for p in csv_files if os.path.dirname(p) == root]
     return Scan(root, sorted(images), sorted(json_files), csv_files, top_csv, top_dirs, counters)
@@ -182,9 +184,8 @@ def _index_columns(header: list[str]) -> list[int]:
 
 def _open_text(path: str):
     """Text handle that drops a UTF-8 BOM; returns (handle, had_bom)."""
-    with open(path, "rb") as probe:
-        bom = probe.read(3) == b"\xef\xbb\xbf"
-    return open(path, encoding="utf-8-sig", newline=""), bom
+    bom = files.read_bytes(path, 3) == b"\xef\xbb\xbf"
+    return files.open_text(path, encoding="utf-8-sig", newline=""), bom
 
 
 def _cell_rows(path: str, handle):

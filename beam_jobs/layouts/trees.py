@@ -8,6 +8,7 @@ from typing import Mapping, Optional
 
 from isicflow.metadata import BENIGN, MALIGNANT, UNKNOWN
 
+from beam_jobs.layouts import files
 from beam_jobs.layouts.assemble import CONFLICTING_LABELS, INVALID_ID, MALFORMED_METADATA, Entry
 from beam_jobs.layouts.common import Scan, clean_text, image_stem, parse_age, parse_sex, strip_suffixes
 from beam_jobs.layouts.labels import label_from_text
@@ -34,7 +35,7 @@ def _sidecar_entry(path: str, root: str, counters) -> Entry:
     """One legacy sidecar -> Entry; the id is the file name, which is what pairs it with its image."""
     entry = Entry(raw_id=image_stem(path), source=path, image_dir=os.path.dirname(path))
     try:
-        with open(path, encoding="utf-8-sig") as handle:
+        with files.open_text(path, encoding="utf-8-sig") as handle:
             data = json.load(handle)
     except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
         entry.problem = (MALFORMED_METADATA, f"unparsable JSON: {error}")
