@@ -159,6 +159,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger().setLevel(logging.INFO)  # Beam installs a root handler before us
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # keep our progress lines readable
     try:
         run(argv if argv is not None else sys.argv[1:])
     except OutputNotEmpty as e:
