@@ -3,7 +3,8 @@
 Shows, on the same images and in one run, images/s of the loaders a user could pick:
   (1) keras ImageDataGenerator.flow_from_directory, as the 2020 study used it (11 images/s there);
   (2) keras.utils.image_dataset_from_directory + rescale map + prefetch (today's Keras advice);
-  (3) this project's TFRecord stream (trainer.input_pipeline, training order, no augmentation);
+  (3) this project's TFRecord stream (trainer.input_pipeline, training order, no augmentation)
+      as the CNN trainer consumes it: uint8 batches that the model rescales on the device;
   (4) the same stream with cache="memory", timed after one warm-up pass;
   (5) a roofline: TFRecordDataset -> parse -> decode in a parallel map -> batch -> prefetch.
 (1) and (2) read a class-per-folder tree of JPEGs at the ORIGINAL sizes the sidecars record
@@ -209,7 +210,7 @@ def tfrecord_stream(tree, shards, batch_size, image_size, cache: str = "") -> It
 
     return iter(input_pipeline.make_dataset(
         str(shards), "train", image_size=image_size, batch_size=batch_size, training=True,
-        augment=False, cache=cache, repeat=True, seed=0))
+        augment=False, cache=cache, repeat=True, seed=0, as_uint8=True))
 
 
 def tfrecord_cached(tree, shards, batch_size, image_size) -> Iterator:

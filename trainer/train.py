@@ -202,13 +202,21 @@ def _datasets(c: TrainConfig, strategy):
         steps = min(steps, c.steps_per_epoch) if c.class_balance != "sampling" \
             else c.steps_per_epoch
     common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
-                  deterministic=c.deterministic, seed=c.seed)
+                  deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment)
     train = input_pipeline.make_dataset(
         c.data_dir, "train", training=True, augment=c.augment, repeat=True,
         balance_classes=c.class_balance == "sampling",
         drop_remainder=strategy.num_replicas_in_sync > 1, **common)
     validation = input_pipeline.make_dataset(c.data_dir, "validation", training=False, **common)
     return train, validation, steps, n_train
+
+
+def with_uint8_input(model: keras.Model, image_size: int) -> keras.Model:
+    """The model behind a Rescaling(1/255) that takes the stored uint8 pixels: the same values
+    as the input pipeline's float conversion (x * 1/255), computed on the device. Shares its
+    weights with `model`, which stays the float [0, 1] model that is evaluated and exported."""
+    return keras.Sequential([keras.Input((image_size, image_size, 3), dtype="uint8"),
+                             keras.layers.Rescaling(1.0 / 255), model], name="uint8_" + model.name)
 
 
 def _callbacks(c: TrainConfig, meter, history_file, sample_batch) -> list:
@@ -267,15 +275,19 @@ def train(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = 
     with strategy.scope():
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
                                    c.weights_path or None)
-        model.compile(optimizer=keras.optimizers.RMSprop(c.learning_rate),
-                      loss=keras.losses.BinaryCrossentropy(),
-                      metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
-                               keras.metrics.AUC(name="auc"),
-                               keras.metrics.Precision(name="precision"),
-                               keras.metrics.Recall(name="recall")],
-                      jit_compile=c.jit_compile)
+        # Without augmentation the batches stay uint8 until the device (see make_dataset);
+        # `model` itself keeps float [0, 1] inputs for evaluation, export and users.
+        fit_model = model if c.augment else with_uint8_input(model, c.image_size)
+        for compiled in {id(m): m for m in (model, fit_model)}.values():
+            compiled.compile(optimizer=keras.optimizers.RMSprop(c.learning_rate),
+                             loss=keras.losses.BinaryCrossentropy(),
+                             metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
+                                      keras.metrics.AUC(name="auc"),
+                                      keras.metrics.Precision(name="precision"),
+                                      keras.metrics.Recall(name="recall")],
+                             jit_compile=c.jit_compile)
     meter = runtime.StepTimeMeter(warmup_steps=1)
-    install_step_timer(model, meter)
+    install_step_timer(fit_model, meter)
     history_file = HistoryFile(os.path.join(c.workdir, "history.json"))
     sample_x, sample_y = next(iter(input_pipeline.make_dataset(
         c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
@@ -290,15 +302,16 @@ def train(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = 
               f"{strategy.num_replicas_in_sync} replica(s), {n_train} training images, "
               f"{steps} steps/epoch, class weights {class_weight}", flush=True)
     started = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=c.epochs, steps_per_epoch=steps,
-              class_weight=class_weight, verbose=c.verbose, shuffle=False,
-              callbacks=_callbacks(c, meter, history_file, sample_batch) + list(extra_callbacks))
+    fit_model.fit(train_ds, validation_data=val_ds, epochs=c.epochs, steps_per_epoch=steps,
+                  class_weight=class_weight, verbose=c.verbose, shuffle=False,
+                  callbacks=_callbacks(c, meter, history_file, sample_batch)
+                  + list(extra_callbacks))
     wall = time.perf_counter() - started
     best = os.path.join(c.workdir, "checkpoints", "best.weights.h5")
     if os.path.exists(best):
-        model.load_weights(best)
+        fit_model.load_weights(best)  # shares its weights with `model`
     model.save(os.path.join(c.workdir, "model.keras"))
-    val_labels, val_probs = predict_split(model, val_ds)
+    val_labels, val_probs = predict_split(fit_model, val_ds)  # val_ds matches fit_model's input
     write_pr_curve(os.path.join(c.workdir, "logs", "validation"), val_labels, val_probs,
                    step=len(history_file.entries))
     summary = _final_summary(c, model, history_file.entries, policy, strategy, wall)
