@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -150,20 +153,37 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
+WORKER_RATE = re.compile(r"ProcessImage\[pid (\d+)\]: (\d+) images in this worker, ([\d.]+) images/s")
+
+
+def stage_rate(log: str) -> float | None:
+    """Sum over workers of each one's last logged DecodeResizeEncode rate (start-up excluded)."""
+    last: dict[str, tuple[int, float]] = {}
+    for pid, seen, rate in WORKER_RATE.findall(log):
+        if int(seen) >= last.get(pid, (0, 0.0))[0]:
+            last[pid] = (int(seen), float(rate))
+    return sum(rate for _, rate in last.values()) if last else None
+
+
 def measure(variant: str, source: str, out_dir: str) -> dict:
     """Runs one variant in a child process; returns its images/s and peak tree memory."""
     cmd = [sys.executable, "-m", "beam_jobs.bench_preprocess", "--variant", variant,
            "--source", source, "--variant_out", out_dir]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss_bytes(proc.pid))
-        time.sleep(0.1)
-    out = proc.stdout.read()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_bytes(proc.pid))
+            time.sleep(0.1)
+        out = proc.stdout.read()
+        log.seek(0)
+        stderr = log.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"variant {variant} failed with exit code {proc.returncode}")
+        raise RuntimeError(f"variant {variant} failed with exit code {proc.returncode}: "
+                           f"{stderr[-2000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 2**20
+    result["stage_images_per_s"] = stage_rate(stderr)
     return result
 
 
@@ -171,6 +191,9 @@ def run_variant(variant: str, source: str, out_dir: str) -> None:
     """Child side: time only the work, not interpreter and library start-up."""
     if variant != "pillow":
         import tensorflow  # noqa: F401  (start-up cost outside the timed region)
+
+        logging.basicConfig(level=logging.INFO)
+        logging.getLogger().setLevel(logging.INFO)  # the workers' rate lines (stage_rate)
     start = time.perf_counter()
     if variant == "pillow":
         n = pillow_loop(source, out_dir)
@@ -220,11 +243,15 @@ def main(argv=None) -> int:
              (("", ""), (f", x{args.repeat}", "_xN"))]
     lines = [f"{'variant (images/s include start-up)':<40} {'images':>7} {'images/s':>9} "
              f"{'peak MB':>8}"]
+    lines[0] += f" {'decode stage images/s':>22}"
     lines += [f"{name:<40} {r['images']:>7} {r['images_per_s']:>9.1f} {r['peak_rss_mb']:>8.0f}"
-              for name, r in rows]
+              f" {r.get('stage_images_per_s') or float('nan'):>22.1f}" for name, r in rows]
     lines += ["",
               f"(c)/(a) = {c / a:.2f}x on the sample, {cn / an:.2f}x on x{args.repeat}  (goal >= 5)",
               f"(c)/(b) = {c / b:.2f}x on the sample, {cn / bn:.2f}x on x{args.repeat}  (goal >= 1.6)",
+              f"decode stage (workers' own rate, start-up excluded), x{args.repeat}: "
+              f"(c)/(a) = {results['beam2_xN']['stage_images_per_s'] / an:.2f}x, "
+              f"(c)/(b) = {results['beam2_xN']['stage_images_per_s'] / results['beam1_xN']['stage_images_per_s']:.2f}x",
               f"(d) {d['sources']}: decode {d['full_decode_ms']:.1f} ms -> "
               f"{d['reduced_decode_ms']:.1f} ms = {d['decode_speedup']:.2f}x faster "
               f"(decode+resize {d['decode_and_resize_speedup']:.2f}x), PSNR min "

@@ -42,10 +42,9 @@ class IsicToTFRecords(beam.PTransform):
 
         kept = records | "Filter" >> beam.ParDo(FilterRecords(cfg)).with_outputs(
             FILTERED, main="kept")
-        processed = (kept.kept
-                     | "SpreadOverWorkers" >> beam.Reshuffle()
-                     | "DecodeResizeEncode" >> beam.ParDo(ProcessImage(cfg)).with_outputs(
-                         REJECTED, FILTERED, main="images"))
+        # beam.Create already reshuffles, which spreads the records over the workers.
+        processed = kept.kept | "DecodeResizeEncode" >> beam.ParDo(ProcessImage(cfg)).with_outputs(
+            REJECTED, FILTERED, main="images")
         # Dedup, balance, splits and shard counts need every image, but only its light part.
         plan = (processed.images
                 | "ToPlanItem" >> beam.Map(PlannedImage.of)

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import time
 from typing import Optional
 
@@ -90,20 +91,29 @@ class ProcessImage(beam.DoFn):
         self.config = config
 
     def setup(self):
-        self._seen, self._started = 0, time.monotonic()
         self._resizers = {size: imaging.compiled_resizer(size, self.config.resize_mode)
                           for size in self.config.image_sizes}
+        # The rate counts from here: the worker's own work, not its TensorFlow import.
+        self._seen, self._started = 0, time.monotonic()
 
     def _reject(self, record: LesionRecord, reason: str, detail: str, kind: str = REJECTED):
         _count(reason)
         return beam.pvalue.TaggedOutput(kind, Rejection(record.image_path, record.image_id,
                                                         reason, detail, kind=kind))
 
+    def _log_rate(self) -> None:
+        rate = self._seen / max(time.monotonic() - self._started, 1e-9)
+        logging.info("ProcessImage[pid %d]: %d images in this worker, %.1f images/s",
+                     os.getpid(), self._seen, rate)
+
     def _progress(self) -> None:
         self._seen += 1
         if self._seen % self.LOG_EVERY == 0:
-            rate = self._seen / max(time.monotonic() - self._started, 1e-9)
-            logging.info("ProcessImage: %d images in this worker, %.1f images/s", self._seen, rate)
+            self._log_rate()
+
+    def finish_bundle(self):
+        if self._seen:
+            self._log_rate()
 
     def process(self, record: LesionRecord):
         cfg = self.config
