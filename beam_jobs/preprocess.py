@@ -19,7 +19,7 @@ from beam_jobs import synthetic, writing
 from beam_jobs.config import PreprocessConfig, parse_config
 from beam_jobs.transforms import (DUPLICATE, FILTERED, REJECTED, FilterRecords, PlannedImage,
                                   ProcessImage, plan_dataset, route_by_plan)
-from isicflow.manifest import MANIFEST_NAME
+from isicflow.manifest import MANIFEST_NAME, REJECTS_NAME, join_path, read_manifest
 
 
 class OutputNotEmpty(Exception):
@@ -84,17 +84,17 @@ def prepare_output(config: PreprocessConfig) -> None:
     if not config.overwrite:
         raise OutputNotEmpty(f"--output {out!r} is not empty ({len(entries)} entries); "
                              "pass --overwrite to replace it")
-    ours = {MANIFEST_NAME, writing.INCOMPLETE_DIR, "rejects.jsonl"}
+    ours = {MANIFEST_NAME, writing.INCOMPLETE_DIR, REJECTS_NAME}
     names = [e.rstrip("/") for e in entries]
     foreign = sorted(n for n in names if n not in ours and not n.isdigit())  # sizes are digits
     if foreign:
         raise OutputNotEmpty(f"--output {out!r} holds files isicflow did not write "
                              f"({foreign[:5]}); refusing to delete them even with --overwrite")
-    manifest = writing.join(out, MANIFEST_NAME)
+    manifest = join_path(out, MANIFEST_NAME)
     if tf.io.gfile.exists(manifest):
         tf.io.gfile.remove(manifest)  # first, so a dataset is never half old and half new
     for entry in entries:
-        path = writing.join(out, entry.rstrip("/"))
+        path = join_path(out, entry.rstrip("/"))
         if tf.io.gfile.isdir(path):
             tf.io.gfile.rmtree(path)
         elif tf.io.gfile.exists(path):
@@ -144,10 +144,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     result = pipeline.run()
     result.wait_until_finish()
 
-    import json
-    import tensorflow as tf
-    with tf.io.gfile.GFile(writing.join(config.output, MANIFEST_NAME)) as f:
-        manifest = json.load(f)
+    manifest = read_manifest(config.output)  # what Finalize wrote, version-checked
     print(format_summary(manifest))
     counters = result.metrics().query()["counters"]
     for c in sorted(counters, key=lambda c: c.key.metric.name):

@@ -19,15 +19,10 @@ from apache_beam.metrics import Metrics
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.splits import SPLIT_NAMES
 from isicflow import schema
-from isicflow.manifest import MANIFEST_NAME, REJECTS_NAME
+from isicflow.manifest import MANIFEST_NAME, REJECTS_NAME, join_path as join
 from isicflow.metadata import Rejection
 
 INCOMPLETE_DIR = ".incomplete"
-
-
-def join(root: str, *parts: str) -> str:
-    """Joins local paths and URLs (gs://, s3://) alike; TF's gfile takes both."""
-    return posixpath.join(root.rstrip("/") if "://" in root else root, *parts)
 
 
 def file_sha256(path: str) -> tuple[int, str]:
@@ -55,7 +50,7 @@ class WriteShard(beam.DoFn):
         rel = posixpath.join(str(size), split,
                              f"{split}-{index:05d}-of-{count:05d}{self.config.shard_suffix}")
         tmp = join(self.config.output, INCOMPLETE_DIR, rel)
-        tf.io.gfile.makedirs(posixpath.dirname(tmp) if "://" in tmp else tmp.rsplit("/", 1)[0])
+        tf.io.gfile.makedirs(posixpath.dirname(tmp))
         options = tf.io.TFRecordOptions(compression_type=self.config.tf_compression)
         with tf.io.TFRecordWriter(tmp, options) as writer:
             for _, serialized in records:
@@ -133,7 +128,7 @@ def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_
                               inputs_read, layout_counters)
     for shard in shards:
         final = join(config.output, shard["path"])
-        tf.io.gfile.makedirs(final.rsplit("/", 1)[0])
+        tf.io.gfile.makedirs(posixpath.dirname(final))
         tf.io.gfile.rename(join(config.output, INCOMPLETE_DIR, shard["path"]), final,
                            overwrite=True)
     incomplete = join(config.output, INCOMPLETE_DIR)

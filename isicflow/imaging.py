@@ -201,7 +201,6 @@ def decode_for_serving(contents, size: int, mode: str = "squash",
     def scaled_jpeg():
         hwc = tf.image.extract_jpeg_shape(contents)
         h, w = tf.cast(hwc[0], tf.float64), tf.cast(hwc[1], tf.float64)
-        branches = []
         index = tf.constant(len(_SCALE_DENOMINATORS) - 1)
         # Same rule as jpeg_scale_denominator, in graph ops; first (largest) fitting d wins.
         for i, d in reversed(list(enumerate(_SCALE_DENOMINATORS))):
@@ -209,11 +208,10 @@ def decode_for_serving(contents, size: int, mode: str = "squash",
             side = tf.maximum(sh, sw) if mode == "pad" else tf.minimum(sh, sw)
             fits = tf.logical_and(side >= oversample * size, tf.minimum(h, w) >= d)
             index = tf.where(fits, tf.constant(i), index)
-            branches.append((i, d))
-        fns = {i: (lambda d=d: tf.io.decode_jpeg(contents, channels=3, ratio=d,
-                                                 dct_method="INTEGER_ACCURATE"))
-               for i, d in branches}
-        return tf.switch_case(index, [fns[i] for i in range(len(_SCALE_DENOMINATORS))])
+        decoders = [lambda d=d: tf.io.decode_jpeg(contents, channels=3, ratio=d,
+                                                  dct_method="INTEGER_ACCURATE")
+                    for d in _SCALE_DENOMINATORS]
+        return tf.switch_case(index, decoders)
 
     def png():
         # Alpha composited over black, as decode_image does (equal to Pillow's within 1 level).

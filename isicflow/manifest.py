@@ -19,7 +19,7 @@ REJECTS_NAME = "rejects.jsonl"
 SPLITS = ("train", "validation", "test")
 
 
-def _join(root: str, *parts: str) -> str:
+def join_path(root: str, *parts: str) -> str:
     """Joins paths of local folders and of URLs (gs://, s3://) alike."""
     return posixpath.join(root.rstrip("/"), *parts) if "://" in root else os.path.join(root, *parts)
 
@@ -28,7 +28,7 @@ def read_manifest(data_dir: str) -> dict[str, Any]:
     """Loads DATA_DIR/manifest.json and checks its schema version; clear error when absent."""
     import tensorflow as tf
 
-    path = _join(data_dir, MANIFEST_NAME)
+    path = join_path(data_dir, MANIFEST_NAME)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
             f"no {MANIFEST_NAME} in {data_dir!r}: not a finished beam_jobs.preprocess output "
@@ -50,7 +50,7 @@ def split_info(manifest: dict[str, Any], size: int, split: str) -> dict[str, Any
 
 def shard_paths(manifest: dict[str, Any], data_dir: str, size: int, split: str) -> list[str]:
     """Absolute shard paths of one (size, split), in manifest order (sorted by name)."""
-    return [_join(data_dir, s["path"]) for s in split_info(manifest, size, split)["shards"]]
+    return [join_path(data_dir, s["path"]) for s in split_info(manifest, size, split)["shards"]]
 
 
 def compression_type(manifest: dict[str, Any]) -> str:

@@ -44,17 +44,18 @@ def test_hostile_legacy_corpus(sample_dir, tmp_path):
     }
     for image_id, data in [(k, v[0]) for k, v in hostile.items()] + list(accepted.items()):
         (root / f"{image_id}.jpg").write_bytes(data)
+        reason = hostile.get(image_id, (None, ""))[1]
         sidecar = _sidecar(template, image_id)
-        if hostile.get(image_id, (None, ""))[1] == "filtered_label":
+        if reason == "filtered_label":
             sidecar = _sidecar(template, image_id, benign_malignant="indeterminate")
-        if hostile.get(image_id, (None, ""))[1] == "filtered_image_type":
+        if reason == "filtered_image_type":
             sidecar["meta"]["acquisition"]["image_type"] = "clinical"
-        if hostile.get(image_id, (None, ""))[1] == "filtered_collection":
+        if reason == "filtered_collection":
             sidecar["dataset"] = {"name": "SONIC"}
         text = json.dumps(sidecar)
-        if hostile.get(image_id, (None, ""))[1] == "malformed_metadata":
+        if reason == "malformed_metadata":
             text = text[:-7]
-        if hostile.get(image_id, (None, ""))[1] != "missing_metadata":
+        if reason != "missing_metadata":
             (root / f"{image_id}.json").write_text(text)
 
     out = tmp_path / "out"
