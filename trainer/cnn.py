@@ -8,13 +8,13 @@ trainer.common_flags; the flags below are the CNN's own.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 from typing import Any, Sequence
 
 from absl import app, flags, logging
 
 from trainer import common_flags, models, train
+from trainer import evaluate as evaluate_lib
+from trainer import export as export_lib
 
 # --- model ---
 flags.DEFINE_enum("architecture", "study", list(models.MODEL_NAMES),
@@ -71,11 +71,6 @@ def config_from_flags() -> train.TrainConfig:
         verbose=int(FLAGS.keras_verbose))
 
 
-def _optional_module(name: str):
-    """trainer.evaluate / trainer.export, or None when that part is not installed."""
-    return importlib.import_module(name) if importlib.util.find_spec(name) else None
-
-
 def evaluate_and_export(model, config: train.TrainConfig, *, evaluate: bool = True,
                         export: bool = True, threshold_policy: str =
                         "max_specificity_at_sensitivity", min_sensitivity: float = 0.8,
@@ -84,22 +79,16 @@ def evaluate_and_export(model, config: train.TrainConfig, *, evaluate: bool = Tr
     from isicflow import manifest as manifest_lib
 
     done: dict[str, Any] = {}
-    evaluate_module = _optional_module("trainer.evaluate") if evaluate else None
-    if evaluate_module is not None:
-        done["report"] = evaluate_module.evaluate_and_report(
+    if evaluate:
+        done["report"] = evaluate_lib.evaluate_and_report(
             model, config.data_dir, config.workdir, config.image_size,
             dataclasses.asdict(config), threshold_policy=threshold_policy,
             min_sensitivity=min_sensitivity, bootstrap=bootstrap, seed=config.seed,
             batch_size=config.batch_size)
-    elif evaluate:
-        logging.warning("trainer.evaluate not available: no report written")
-    export_module = _optional_module("trainer.export") if export else None
-    if export_module is not None:
+    if export:
         resize_mode = manifest_lib.read_manifest(config.data_dir).get("resize_mode", "squash")
-        done["export"] = export_module.export_model(model, config.workdir, config.image_size,
-                                                    resize_mode)
-    elif export:
-        logging.warning("trainer.export not available: model not exported")
+        done["export"] = export_lib.export_model(model, config.workdir, config.image_size,
+                                                 resize_mode)
     return done
 
 

@@ -122,9 +122,6 @@ class StepTimeMeter:
         finally:
             self._wait += self._clock() - start
 
-    def record_wait(self, seconds: float) -> None:
-        self._wait += seconds
-
     def end_step(self, images: int = 0) -> None:
         if self._begin is None:
             raise RuntimeError("end_step() without begin_step()/next()")

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import input_pipeline, models, runtime
+from trainer import input_pipeline, models, report, runtime
 
 MONITORS = ("val_accuracy", "val_auc")
 CLASS_BALANCE_MODES = ("none", "class_weights", "sampling")
@@ -88,8 +88,9 @@ def install_step_timer(model: keras.Model, meter: runtime.StepTimeMeter) -> None
         meter.begin_step()
         batch = meter.next(iterator)
         logs = compiled_step([batch])
-        runtime.raise_if_not_finite(logs["loss"], "training loss",
-                                    int(model.optimizer.iterations.numpy()))
+        if not np.isfinite(float(logs["loss"])):  # the step number only when reporting
+            runtime.raise_if_not_finite(logs["loss"], "training loss",
+                                        int(model.optimizer.iterations.numpy()))
         meter.end_step(_batch_images(batch))
         return logs
 
@@ -110,12 +111,9 @@ class StepTimeLogger(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.meter.reset()
 
-    def on_epoch_end_warmup_done(self) -> None:
-        self.meter.warmup_steps = 0
-
     def on_epoch_end(self, epoch, logs=None):
         summary = self.meter.summary()
-        self.on_epoch_end_warmup_done()
+        self.meter.warmup_steps = 0  # only the run's first step is warm-up
         logs.update({"step_time_s": summary["step_time_s"],
                      "input_wait_share": summary["input_wait_share"],
                      "images_per_s": summary["images_per_s"],
@@ -315,8 +313,7 @@ def train(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = 
     write_pr_curve(os.path.join(c.workdir, "logs", "validation"), val_labels, val_probs,
                    step=len(history_file.entries))
     summary = _final_summary(c, model, history_file.entries, policy, strategy, wall)
-    with open(os.path.join(c.workdir, "train_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    report.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null
     if c.verbose:
         print("training summary: " + json.dumps(summary), flush=True)
     return TrainResult(model, history_file.entries, summary)
