@@ -52,15 +52,15 @@ def build_originals(sample_dir: str, target_dir: str, repeat: int = 1, limit: in
     out = os.path.join(target_dir, f"x{repeat}")
     if not os.path.exists(os.path.join(out, "COMPLETE")):
         os.makedirs(out, exist_ok=True)
-        for k in range(repeat):
-            for name in sidecars:
+        for name in sidecars:
+            data = open(os.path.join(base, name[:-5] + ".jpg"), "rb").read()
+            meta = json.load(open(os.path.join(base, name)))
+            for k in range(repeat):
                 stem = name[:-5] if k == 0 else f"{name[:-5]}_copy{k}"
-                data = open(os.path.join(base, name[:-5] + ".jpg"), "rb").read()
                 with open(os.path.join(out, stem + ".jpg"), "wb") as f:
                     f.write(data + (f"copy{k}".encode() if k else b""))
-                meta = json.load(open(os.path.join(base, name)))
-                meta["name"] = stem
-                json.dump(meta, open(os.path.join(out, stem + ".json"), "w"))
+                with open(os.path.join(out, stem + ".json"), "w") as f:
+                    json.dump(dict(meta, name=stem), f)
         open(os.path.join(out, "COMPLETE"), "w").close()
     return out
 

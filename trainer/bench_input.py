@@ -24,7 +24,7 @@ import shutil
 import sys
 from typing import Any, Callable, Iterator, Sequence
 
-from trainer import bench_common
+from trainer import bench_common, report
 
 CLASSES = ("benign", "malignant")
 LOADERS = {  # name -> label in the table, in the issue's numbering
@@ -221,23 +221,16 @@ def roofline(tree, shards, batch_size, image_size) -> Iterator:
     """Read + parse + decode to uint8 and batch: what any stream of these shards must do."""
     import tensorflow as tf
 
-    from isicflow import imaging, manifest as manifest_lib, schema
+    from isicflow import manifest as manifest_lib
+    from trainer import input_pipeline
 
     manifest = manifest_lib.read_manifest(str(shards))
     paths = manifest_lib.shard_paths(manifest, str(shards), image_size, "train")
-    spec = schema.feature_spec(("image_encoded", "image_format", "height", "width", "label"))
-
-    def parse_and_decode(serialized):
-        r = tf.io.parse_single_example(serialized, spec)
-        image = imaging.decode_stored_image(r["image_encoded"], r["image_format"],
-                                            tf.cast(r["height"], tf.int32),
-                                            tf.cast(r["width"], tf.int32))
-        return image, r["label"]
-
     ds = tf.data.TFRecordDataset(paths, manifest_lib.compression_type(manifest),
                                  num_parallel_reads=min(len(paths), 16))
-    ds = ds.repeat().map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE,
-                         deterministic=False)
+    # The stream's own parse + decode, and nothing after it.
+    ds = ds.repeat().map(lambda s: input_pipeline.parse_and_decode(s, image_size),
+                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     return iter(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
@@ -291,8 +284,7 @@ def write_report(workdir: pathlib.Path, rows, goals, context: dict[str, Any]) ->
             + bench_common.markdown_table(rows, columns)
             + "\n\nGoals (reported, not asserted):\n\n" + "\n".join(f"- {g}" for g in goals) + "\n")
     pathlib.Path(paths["md"]).write_text(text)
-    pathlib.Path(paths["json"]).write_text(json.dumps(
-        {"rows": rows, "goals": goals, **context}, indent=1, default=str))
+    report.write_json(paths["json"], {"rows": rows, "goals": goals, **context})  # NaN -> null
     batch_sizes = sorted({r["batch_size"] for r in rows})
     series = {LOADERS[n]: [next(r["images_per_s"] for r in rows
                                 if r["loader"] == n and r["batch_size"] == b)

@@ -8,7 +8,6 @@ a classifier two-sample test, and a memorization check against the training spli
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -55,9 +54,10 @@ def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
             logging.warning("%s: no %s images at %dpx", data_dir, split, image_size)
             continue
         ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=64,
-                                         training=False, labels="all", deterministic=True)
+                                         training=False, labels="all", deterministic=True,
+                                         as_uint8=True)
         for images, _ in ds:
-            chunks.append(np.clip(np.round(images.numpy() * 255), 0, 255).astype(np.uint8))
+            chunks.append(images.numpy())
             total += len(chunks[-1])
             if total >= limit:
                 break
@@ -166,8 +166,9 @@ def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: in
                                      os.path.join(out, "real_vs_generated.png"))
     gan_plots.save_png(interpolation_strip(generator, arch, seed=seed),
                        os.path.join(out, "interpolation.png"))
-    with open(os.path.join(out, "gan_eval.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, sort_keys=True)
+    from trainer import report as report_lib
+
+    report_lib.write_json(os.path.join(out, "gan_eval.json"), report)
     with open(os.path.join(out, "gan_eval.md"), "w", encoding="utf-8") as f:
         f.write(gan_plots.markdown_report(report))
     return report

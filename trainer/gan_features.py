@@ -25,7 +25,9 @@ def resize_batch(images: np.ndarray, side: int) -> np.ndarray:
     """uint8 N x H x W x 3 -> float32 N x side x side x 3 in [0, 1] (bilinear, antialiased)."""
     import tensorflow as tf
 
-    x = tf.image.convert_image_dtype(tf.convert_to_tensor(images, tf.uint8), tf.float32)
+    from trainer.input_pipeline import preprocess_for_eval
+
+    x = preprocess_for_eval(tf.convert_to_tensor(images, tf.uint8))
     if x.shape[1] != side or x.shape[2] != side:
         x = tf.image.resize(x, (side, side), method="bilinear", antialias=True)
     return x.numpy()
@@ -60,6 +62,8 @@ def _random_conv_model(seed: int):
 def _inception(weights: str):
     import keras
 
+    from trainer.input_pipeline import scale_to_range
+
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"InceptionV3 weights file {weights!r} not found (this project "
                                 "never downloads weights; pass a local .h5/.weights.h5 file)")
@@ -68,7 +72,7 @@ def _inception(weights: str):
     model.load_weights(weights)
 
     def extract(images: np.ndarray) -> np.ndarray:
-        x = resize_batch(images, 299) * 2.0 - 1.0  # InceptionV3's preprocess_input: [-1, 1]
+        x = scale_to_range(resize_batch(images, 299), (-1.0, 1.0))  # InceptionV3's input range
         return model(x, training=False).numpy()
     return extract
 
@@ -89,6 +93,8 @@ def penultimate_model(model):
 def _cnn(path: str, value_range: tuple[float, float]):
     import keras
 
+    from trainer.input_pipeline import scale_to_range
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"CNN model {path!r} not found")
     model = keras.models.load_model(path, compile=False)
@@ -97,7 +103,7 @@ def _cnn(path: str, value_range: tuple[float, float]):
     low, high = value_range
 
     def extract(images: np.ndarray) -> np.ndarray:
-        x = resize_batch(images, side) * (high - low) + low
+        x = scale_to_range(resize_batch(images, side), (low, high))
         out = features(x, training=False)
         return np.asarray(out).reshape(len(images), -1)
     return extract, features.layers[-1].name, side

@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from trainer import gan_models, input_pipeline, runtime
+from trainer import gan_models, input_pipeline, report, runtime
 
 CONFIG_NAME = "gan_config.json"  # architecture of the checkpointed nets, read by the sampler
 
@@ -224,8 +224,7 @@ def train(config) -> dict:
                 record = _end_epoch(gan, checkpoint, config.workdir, writer, epoch + 1, step,
                                     logs, meter.summary())
                 history.append(record)
-                with open(history_path, "w", encoding="utf-8") as f:
-                    json.dump(history, f, indent=1)
+                report.write_json(history_path, history)  # atomic; NaN -> null
         except (FloatingPointError, DiscriminatorCollapse):
             saved_at = step  # the weights are broken or useless: keep the last good checkpoint
             raise

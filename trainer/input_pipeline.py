@@ -95,7 +95,8 @@ def _digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _parse_and_decode(serialized: tf.Tensor, image_size: int):
+def parse_and_decode(serialized: tf.Tensor, image_size: int):
+    """One record -> (uint8 [S,S,3] image, int64 label) through the shared schema and decode."""
     record = tf.io.parse_single_example(serialized, schema.feature_spec(_PARSED_FEATURES))
     image = imaging.decode_stored_image(record["image_encoded"], record["image_format"],
                                         tf.cast(record["height"], tf.int32),
@@ -163,7 +164,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         buffer = max(1, min(int(info["records"]), _MAX_SHUFFLE_BUFFER))
         if training and not cache:
             records = records.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
-        ds = records.map(lambda s: _parse_and_decode(s, image_size), num_parallel_calls=AUTOTUNE)
+        ds = records.map(lambda s: parse_and_decode(s, image_size), num_parallel_calls=AUTOTUNE)
         if labels == "binary":
             ds = ds.filter(lambda image, label: label >= 0)
         if label_filter is not None:

@@ -18,7 +18,8 @@ CURVE_METRICS = (("accuracy", "Accuracy"), ("loss", "Loss"), ("auc", "ROC AUC"))
 
 
 def to_jsonable(value: Any) -> Any:
-    """numpy scalars/arrays -> Python; NaN and +-inf -> None (the reason lives beside it)."""
+    """numpy scalars/arrays -> Python; NaN and +-inf -> None (the reason lives beside it);
+    anything else JSON cannot hold (paths, ...) -> its str()."""
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -29,7 +30,9 @@ def to_jsonable(value: Any) -> Any:
         return int(value)
     if isinstance(value, (np.floating, float)):
         return float(value) if math.isfinite(value) else None
-    return value
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)  # paths and the like, as a record of what was used
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> str:
