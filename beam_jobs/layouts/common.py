@@ -34,6 +34,13 @@ class Scan:
     top_csv_files: list[str]              # CSVs directly under root (where layouts put theirs)
     top_dirs: list[str]                   # names of non-hidden folders directly under root, sorted
     counters: collections.Counter
+    headers: dict = dataclasses.field(default_factory=dict, repr=False)  # path -> CSV header
+
+    def csv_header(self, path: str) -> list[str]:
+        """A CSV's header, read once per scan (detection and every reader ask for it)."""
+        if path not in self.headers:
+            self.headers[path] = read_csv_header(path)
+        return self.headers[path]
 
 
 def scan_tree(root: str) -> Scan:
@@ -43,7 +50,7 @@ def scan_tree(root: str) -> Scan:
     root = files.canonical(root)
     counters: collections.Counter = collections.Counter()
     images, json_files, csv_files = [], [], []
-    seen_dirs = set()
+    seen_dirs, top_dirs = set(), []
     for dirpath, dirnames, filenames in files.walk(root):
         real = files.real_dir(dirpath)
         if real in seen_dirs:  # a link loop or a second link to the same folder
@@ -54,6 +61,8 @@ def scan_tree(root: str) -> Scan:
         hidden = [d for d in dirnames if d.startswith(".")]
         counters["hidden_skipped"] += len(hidden)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if dirpath == root:
+            top_dirs = list(dirnames)
         for name in filenames:
             path = os.path.join(dirpath, name)
             stem, ext = os.path.splitext(name)
@@ -71,8 +80,6 @@ def scan_tree(root: str) -> Scan:
                 csv_files.append(path)
             else:
                 counters["other_file_skipped"] += 1
-    top_dirs = sorted(d for d in files.listdir(root)
-                      if not d.startswith(".") and files.isdir(os.path.join(root, d)))
     csv_files.sort()
     top_csv = [p for p in csv_files if os.path.dirname(p) == root]
     return Scan(root, sorted(images), sorted(json_files), csv_files, top_csv, top_dirs, counters)

@@ -30,14 +30,6 @@ def isdir(path: str) -> bool:
     return tf.io.gfile.isdir(path)
 
 
-def listdir(path: str) -> list[str]:
-    if not is_url(path):
-        return os.listdir(path)
-    import tensorflow as tf
-
-    return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
-
-
 def canonical(path: str) -> str:
     """Absolute local path, or the URL without a trailing slash."""
     return path.rstrip("/") if is_url(path) else os.path.abspath(path)

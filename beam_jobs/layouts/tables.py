@@ -13,7 +13,7 @@ from isicflow.metadata import BENIGN, MALIGNANT
 from beam_jobs.layouts.assemble import (CONFLICTING_LABELS, INVALID_LABEL, MALFORMED_METADATA,
                                         Entry)
 from beam_jobs.layouts.common import (CsvTable, Scan, clean_text, parse_age, parse_sex,
-                                      read_csv, read_csv_header, require_columns)
+                                      read_csv, require_columns)
 from beam_jobs.layouts.labels import label_from_dx, label_from_text, parse_flags
 
 ONE_HOT_ID = "image"
@@ -59,7 +59,7 @@ def classify_csv(columns: list[str]) -> str:
 def csv_kinds(scan: Scan, anywhere: bool = False) -> dict[str, str]:
     """Each top-level CSV (every CSV if `anywhere`) -> the layout its header belongs to, or ''."""
     paths = scan.csv_files if anywhere else scan.top_csv_files
-    return {path: classify_csv(read_csv_header(path)) for path in paths}
+    return {path: classify_csv(scan.csv_header(path)) for path in paths}
 
 
 def tables_of(scan: Scan, kind: str, counters: collections.Counter, keep: Optional[set],
