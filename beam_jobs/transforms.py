@@ -20,8 +20,11 @@ from apache_beam.metrics import Metrics
 from beam_jobs import splits
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.layouts import files
-from isicflow import imaging, schema
-from isicflow.metadata import LABEL_INDEX, UNKNOWN, LesionRecord, Rejection
+from beam_jobs.spool import SPOOL_DIR, SpoolRef, SpoolWriter
+from beam_jobs.writing import INCOMPLETE_DIR
+from isicflow import imaging
+from isicflow.manifest import join_path
+from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
 
 NAMESPACE = "isicflow"
 REJECTED, FILTERED, DUPLICATE = "rejected", "filtered", "duplicate"
@@ -29,11 +32,13 @@ REJECTED, FILTERED, DUPLICATE = "rejected", "filtered", "duplicate"
 
 @dataclasses.dataclass(frozen=True)
 class ProcessedImage:
+    """A decoded image without its pixels: metadata, and where each size's encoding is spooled."""
+
     record: LesionRecord
     sha256: str
     source_width: int
     source_height: int
-    encoded: dict  # {size: bytes}
+    encoded: dict[int, SpoolRef]
 
 
 def _count(name: str, n: int = 1) -> None:
@@ -83,7 +88,8 @@ def read_bytes(path: str) -> bytes:
 
 
 class ProcessImage(beam.DoFn):
-    """Read -> hash -> decode once (reduced scale where it pays) -> resize and encode per size."""
+    """Read -> hash -> decode once (reduced scale where it pays) -> resize and encode per size;
+    the encoded bytes go to this bundle's spool file (beam_jobs.spool), not downstream."""
 
     LOG_EVERY = 200
 
@@ -91,8 +97,7 @@ class ProcessImage(beam.DoFn):
         self.config = config
 
     def setup(self):
-        self._resizers = {size: imaging.compiled_resizer(size, self.config.resize_mode)
-                          for size in self.config.image_sizes}
+        self._spool = SpoolWriter(join_path(self.config.output, INCOMPLETE_DIR, SPOOL_DIR))
         # The rate counts from here: the worker's own work, not its TensorFlow import.
         self._seen, self._started = 0, time.monotonic()
 
@@ -112,8 +117,12 @@ class ProcessImage(beam.DoFn):
             self._log_rate()
 
     def finish_bundle(self):
+        self._spool.close()  # every SpoolRef this bundle emitted is now readable
         if self._seen:
             self._log_rate()
+
+    def teardown(self):
+        self._spool.close()
 
     def process(self, record: LesionRecord):
         cfg = self.config
@@ -138,8 +147,9 @@ class ProcessImage(beam.DoFn):
             return
         encoded = {}
         for size in cfg.image_sizes:
-            pixels = self._resizers[size](decoded.pixels).numpy()
-            encoded[size] = imaging.encode_image(pixels, cfg.image_format, cfg.jpeg_quality)
+            pixels = imaging.resize_pixels(decoded.pixels, size, cfg.resize_mode)
+            encoded[size] = self._spool.append(
+                imaging.encode_image(pixels, cfg.image_format, cfg.jpeg_quality))
         _count("images_decoded")
         if decoded.scale_denominator > 1:
             _count("reduced_scale_decodes")
@@ -163,14 +173,14 @@ class PlannedImage:
     def of(cls, image: ProcessedImage) -> "PlannedImage":
         r = image.record
         return cls(r.image_id, r.group_key, r.label, image.sha256,
-                   tuple(sorted((size, len(b)) for size, b in image.encoded.items())),
+                   tuple(sorted((size, ref.length) for size, ref in image.encoded.items())),
                    r.diagnosis, r.source_collection)
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetPlan:
-    """Global decisions that need every decoded image, made from light elements only, so the
-    encoded pixels cross a single shuffle (GroupByShard) on their way to the shards."""
+    """Global decisions that need every decoded image, made from light elements only (the
+    encoded pixels wait in spool files until WriteShard reads them)."""
 
     duplicate_of: dict      # image_id -> the image id kept for the same bytes
     balanced_out: frozenset  # image ids dropped by --balance=undersample
@@ -233,8 +243,7 @@ def route_by_plan(image: ProcessedImage, plan: DatasetPlan, config: PreprocessCo
     split, rank = plan.split_of[r.image_id], plan.rank_of[r.image_id]
     for size in config.image_sizes:
         count = plan.shard_counts[(size, split)]
-        yield ((size, split, rank % count, count),
-               (r.image_id, to_example(image, size, split, config.image_format)))
+        yield (size, split, rank % count, count), (r.image_id, image)
 
 
 def shard_count(records: int, total_bytes: int, config: PreprocessConfig) -> int:
@@ -243,18 +252,3 @@ def shard_count(records: int, total_bytes: int, config: PreprocessConfig) -> int
         return 0
     wanted = config.num_shards or math.ceil(total_bytes / (config.target_shard_mb * 2**20))
     return max(1, min(wanted, records))
-
-
-def to_example(image: ProcessedImage, size: int, split: str, image_format: str) -> bytes:
-    r = image.record
-    return schema.encode_example({
-        "image_id": r.image_id, "image_encoded": image.encoded[size],
-        "image_format": image_format, "height": size, "width": size, "channels": 3,
-        "label": LABEL_INDEX[r.label], "label_name": r.label, "diagnosis": r.diagnosis,
-        "patient_id": r.patient_id, "lesion_id": r.lesion_id,
-        "age_approx": -1.0 if r.age_approx is None else float(r.age_approx),
-        "sex": r.sex, "anatom_site": r.anatom_site, "image_type": r.image_type,
-        "source_collection": r.source_collection, "split": split,
-        "content_sha256": image.sha256, "original_height": image.source_height,
-        "original_width": image.source_width,
-    })

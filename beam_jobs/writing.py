@@ -1,6 +1,7 @@
 """Shard writing and the final step that makes a dataset visible: rejects, then the manifest.
 
-Shards go to OUTPUT/.incomplete/ first. Only Finalize moves them into place and writes
+Shards go to OUTPUT/.incomplete/ first, beside the spool files (beam_jobs.spool) they are made
+from. Only Finalize moves them into place, deletes the rest of .incomplete/ and writes
 manifest.json, last, so a run killed midway leaves no manifest and no file that looks complete.
 Records inside a shard are sorted by image id, so two runs write byte-identical files.
 """
@@ -17,10 +18,11 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from beam_jobs.config import PreprocessConfig
+from beam_jobs.spool import SpoolReader
 from beam_jobs.splits import SPLIT_NAMES
 from isicflow import schema
 from isicflow.manifest import MANIFEST_NAME, REJECTS_NAME, join_path as join
-from isicflow.metadata import Rejection
+from isicflow.metadata import LABEL_INDEX, Rejection
 
 INCOMPLETE_DIR = ".incomplete"
 
@@ -36,8 +38,25 @@ def file_sha256(path: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def to_example(image, encoded: bytes, size: int, split: str, image_format: str) -> bytes:
+    """The serialized record of one image (a transforms.ProcessedImage) at one size."""
+    r = image.record
+    return schema.encode_example({
+        "image_id": r.image_id, "image_encoded": encoded,
+        "image_format": image_format, "height": size, "width": size, "channels": 3,
+        "label": LABEL_INDEX[r.label], "label_name": r.label, "diagnosis": r.diagnosis,
+        "patient_id": r.patient_id, "lesion_id": r.lesion_id,
+        "age_approx": -1.0 if r.age_approx is None else float(r.age_approx),
+        "sex": r.sex, "anatom_site": r.anatom_site, "image_type": r.image_type,
+        "source_collection": r.source_collection, "split": split,
+        "content_sha256": image.sha256, "original_height": image.source_height,
+        "original_width": image.source_width,
+    })
+
+
 class WriteShard(beam.DoFn):
-    """One shard: ((size, split, index, count), [(image_id, serialized example)])."""
+    """One shard: ((size, split, index, count), [(image_id, ProcessedImage)]), written in id
+    order with each image's pixels read back from its spool file."""
 
     def __init__(self, config: PreprocessConfig):
         self.config = config
@@ -45,20 +64,21 @@ class WriteShard(beam.DoFn):
     def process(self, element):
         import tensorflow as tf
 
-        (size, split, index, count), records = element
-        records = sorted(records)
+        (size, split, index, count), images = element
+        images = sorted(images, key=lambda kv: kv[0])
         rel = posixpath.join(str(size), split,
                              f"{split}-{index:05d}-of-{count:05d}{self.config.shard_suffix}")
         tmp = join(self.config.output, INCOMPLETE_DIR, rel)
         tf.io.gfile.makedirs(posixpath.dirname(tmp))
         options = tf.io.TFRecordOptions(compression_type=self.config.tf_compression)
-        with tf.io.TFRecordWriter(tmp, options) as writer:
-            for _, serialized in records:
-                writer.write(serialized)
+        with tf.io.TFRecordWriter(tmp, options) as writer, SpoolReader() as spool:
+            for _, image in images:
+                encoded = spool.read(image.encoded[size])
+                writer.write(to_example(image, encoded, size, split, self.config.image_format))
         nbytes, sha = file_sha256(tmp)
         Metrics.counter("isicflow", "shards_written").inc()
-        Metrics.counter("isicflow", "records_written").inc(len(records))
-        yield {"size": size, "split": split, "path": rel, "records": len(records),
+        Metrics.counter("isicflow", "records_written").inc(len(images))
+        yield {"size": size, "split": split, "path": rel, "records": len(images),
                "bytes": nbytes, "sha256": sha}
 
 

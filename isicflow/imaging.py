@@ -2,9 +2,10 @@
 
 * `decode_image` (Pillow) decodes by content, applies EXIF orientation, converts every mode to
   RGB and rejects what is not a sane JPEG/PNG with a machine-readable reason.
-* `resize_image` (TensorFlow ops) does the bilinear, antialiased resize. The data engine calls it
-  eagerly on the decoded array; the exported model calls it in-graph after `decode_for_serving`,
-  so stored training images and served images go through the very same resize code.
+* `resize_image` (TensorFlow ops) does the bilinear, antialiased resize; the exported model
+  calls it in-graph after `decode_for_serving`. The data engine calls `resize_pixels`, the same
+  TensorFlow op with the same inputs as one eager call, so stored training images and served
+  images come out of the very same resize kernel, pixel for pixel (tested).
 * `jpeg_scale_denominator` picks libjpeg's DCT scaling (1/2, 1/4, 1/8) for both decoders, so a
   large JPEG is decoded at a reduced scale first, leaving at least `oversample` x the target
   resolution for the antialiased resize to work from.
@@ -178,15 +179,41 @@ def resize_image(image, size: int, mode: str = "squash"):
     return tf.ensure_shape(resized, [size, size, 3])
 
 
-def compiled_resizer(size: int, mode: str = "squash"):
-    """resize_image traced once as a graph: ~40% less per-image overhead than eager calls."""
+def resize_pixels(pixels: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
+    """resize_image for a numpy array (the data engine's path), as one eager TensorFlow op.
+
+    tf.image.resize(..., antialias=True) is the ScaleAndTranslate op with a triangle kernel and
+    scale = float32(new size) / float32(old size). This calls that op with the very same inputs
+    and rounds as resize_image does, so the pixels are identical (tests/test_imaging.py checks
+    it for every mode); crop and pad offsets are plain numpy. It skips a tf.function's argument
+    binding, ~0.7 ms of Python per call that holds the GIL and so serialises worker threads.
+    """
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-    def resize(image):
-        return resize_image(image, size, mode)
-
-    return resize
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r} not in {RESIZE_MODES}")
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"need uint8 HxWx3 pixels, got {pixels.dtype} {pixels.shape}")
+    h, w = pixels.shape[:2]
+    target_h = target_w = size
+    if mode == "center_crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        pixels = pixels[top:top + side, left:left + side]
+        h = w = side
+    elif mode == "pad":
+        scale = size / float(max(h, w))  # float64, as resize_image
+        target_h = max(1, int(np.rint(h * scale)))
+        target_w = max(1, int(np.rint(w * scale)))
+    resized = tf.raw_ops.ScaleAndTranslate(
+        images=pixels[None], size=np.array([target_h, target_w], np.int32),
+        scale=np.array([target_h, target_w], np.float32) / np.array([h, w], np.float32),
+        translation=np.zeros(2, np.float32), kernel_type="triangle", antialias=True)
+    out = np.clip(np.rint(resized.numpy()[0]), 0.0, 255.0).astype(np.uint8)
+    if mode == "pad":
+        top, left = (size - target_h) // 2, (size - target_w) // 2
+        out = np.pad(out, ((top, size - target_h - top), (left, size - target_w - left), (0, 0)))
+    return out
 
 
 def decode_for_serving(contents, size: int, mode: str = "squash",

@@ -1,9 +1,14 @@
 """TestPipeline + assert_that tests of the data engine's steps, one DoFn at a time."""
+import io
+
 import apache_beam as beam
+import pytest
+from PIL import Image
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.config import PreprocessConfig
+from beam_jobs.spool import SpoolReader, SpoolRef
 from beam_jobs.transforms import (DUPLICATE, FILTERED, REJECTED, FilterRecords, PlannedImage,
                                   ProcessedImage, ProcessImage, plan_dataset, route_by_plan,
                                   shard_count)
@@ -43,15 +48,29 @@ def test_process_image_decodes_and_rejects(tmp_path):
     bad.write_bytes(hi.truncated_jpeg(hi.gradient(400, 300)))
     records = [_record("good", good, label="benign"), _record("bad", bad, label="benign"),
                _record("gone", tmp_path / "missing.jpg", label="benign")]
+    import dataclasses
+    config = dataclasses.replace(CONFIG, output=str(tmp_path / "out"))
+
+    def spooled_sizes(image):
+        with SpoolReader() as spool:
+            return image.record.image_id, sorted(
+                (size, Image.open(io.BytesIO(spool.read(ref))).size)
+                for size, ref in image.encoded.items())
+
     with TestPipeline() as p:
         out = (p | beam.Create(records)
-               | beam.ParDo(ProcessImage(CONFIG)).with_outputs(REJECTED, FILTERED, main="images"))
+               | beam.ParDo(ProcessImage(config)).with_outputs(REJECTED, FILTERED, main="images"))
         assert_that(out.images | beam.Map(lambda im: (im.record.image_id, sorted(im.encoded),
                                                       im.source_width, im.source_height)),
                     equal_to([("good", [16, 32], 80, 60)]), label="images")
         assert_that(out[REJECTED] | "Reasons" >> beam.Map(lambda r: (r.image_id, r.reason)),
                     equal_to([("bad", "corrupt_image"), ("gone", "unreadable_file")]),
                     label="rejected")
+        # The pixels wait in the bundle's spool file, readable once the bundle is done (the
+        # reshuffle ends the stage): each size's slice is a JPEG of that size.
+        assert_that(out.images | beam.Reshuffle() | "ReadSpool" >> beam.Map(spooled_sizes),
+                    equal_to([("good", [(16, (16, 16)), (32, (32, 32))])]), label="spooled")
+    assert len(list((tmp_path / "out" / ".incomplete" / "spool").glob("*.spool"))) == 1
 
 
 def _planned(image_id, label, sha=None, group=None):
@@ -68,15 +87,16 @@ def test_plan_keeps_smallest_id_of_duplicates_and_routes_the_rest():
 
     def image(image_id):
         return ProcessedImage(_record(image_id, label="benign"), "ab" * 32, 10, 10,
-                              {32: b"x", 16: b"y"})
+                              {32: SpoolRef("s", 0, 1), 16: SpoolRef("s", 1, 1)})
 
     with TestPipeline() as p:
         plan_pc = p | "Plan" >> beam.Create([plan])
         out = (p | beam.Create([image("a"), image("b"), image("c")])
                | beam.FlatMap(route_by_plan, beam.pvalue.AsSingleton(plan_pc), CONFIG)
                .with_outputs(DUPLICATE, FILTERED, main="keyed"))
-        assert_that(out.keyed | beam.Map(lambda kv: (kv[0][0], kv[1][0])),
-                    equal_to([(32, "a"), (16, "a")]), label="keyed")
+        assert_that(out.keyed | beam.Map(lambda kv: (kv[0][0], kv[1][0], kv[1][1].encoded[kv[0][0]])),
+                    equal_to([(32, "a", SpoolRef("s", 0, 1)), (16, "a", SpoolRef("s", 1, 1))]),
+                    label="keyed")
         assert_that(out[DUPLICATE] | "Dups" >> beam.Map(lambda r: (r.image_id, r.detail[:15])),
                     equal_to([("b", "same bytes as a"), ("c", "same bytes as a")]), label="dups")
 
@@ -102,3 +122,19 @@ def test_shard_count_never_empty():
     import dataclasses
     assert shard_count(3, 10, dataclasses.replace(CONFIG, num_shards=8)) == 3
     assert shard_count(10**4, 400 * 2**20, CONFIG) == 3  # 400 MB at 150 MB a shard
+
+
+def test_spool_round_trip_and_short_read(tmp_path):
+    from beam_jobs.spool import SpoolWriter
+
+    writer = SpoolWriter(str(tmp_path / "spool"))
+    refs = [writer.append(b"abc"), writer.append(b""), writer.append(b"defgh")]
+    writer.close()
+    assert [r.offset for r in refs] == [0, 3, 3] and len({r.path for r in refs}) == 1
+    with SpoolReader() as reader:
+        assert [reader.read(r) for r in reversed(refs)] == [b"defgh", b"", b"abc"]
+        with pytest.raises(IOError, match="short"):
+            reader.read(SpoolRef(refs[0].path, 6, 4))
+    second = SpoolWriter(str(tmp_path / "spool"))
+    assert second.append(b"x").path != refs[0].path  # a retried bundle never overwrites
+    second.close()
