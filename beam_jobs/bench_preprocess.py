@@ -1,7 +1,10 @@
 """Benchmark of the data engine against a hand-written Pillow loop (`make bench-preprocess`).
 
 Sources: the real sample upsampled to the original sizes its sidecars record (718x542 up to
-3872x2592), built once into WORKDIR/originals. Each variant runs in its own process; the
+3872x2592), built once into WORKDIR/originals, and the same repeated --repeat times. Variants:
+(a) a hand-written Pillow loop; the engine with (b) one worker, (c) two worker threads and
+(c') two worker processes (DirectRunner's multi_threading / multi_processing modes); (d) the
+reduced-scale JPEG decode against a full decode. Each variant runs in its own process; the
 parent samples the resident memory of that process and all its children, so the peak counts
 Beam's worker processes too. Prints a table of ratios measured in this one run.
 
@@ -82,14 +85,20 @@ def pillow_loop(source: str, out_dir: str) -> int:
     return n
 
 
-def beam_job(source: str, out_dir: str, workers: int) -> int:
-    """(b)/(c): the data engine, one in-process worker or several worker processes."""
+# The Beam variants: Beam pipeline options of each (the DirectRunner's FnApiRunner).
+BEAM_VARIANTS = {
+    "beam1": ["--direct_num_workers=1"],  # (b): one worker, in the launching process
+    "beam2": ["--direct_num_workers=2", "--direct_running_mode=multi_threading"],  # (c)
+    "beam2p": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],  # (c')
+}
+
+
+def beam_job(source: str, out_dir: str, variant: str) -> int:
+    """(b)/(c)/(c'): the data engine with one worker, two worker threads, two worker processes."""
     from beam_jobs import preprocess
 
-    extra = (["--direct_num_workers=1"] if workers == 1 else
-             [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"])
     manifest = preprocess.run([f"--input={source}", f"--output={out_dir}", "--overwrite",
-                               f"--image_size={SIZE}"] + extra)
+                               f"--image_size={SIZE}"] + BEAM_VARIANTS[variant])
     return manifest["totals"]["written"]
 
 
@@ -118,9 +127,9 @@ def decode_comparison(source: str, count: int, width: int, height: int) -> dict:
 
     full_decode_s, _ = timed(lambda b: imaging.decode_image(b).pixels)
     reduced_decode_s, _ = timed(lambda b: imaging.decode_image(b, target=SIZE).pixels)
-    full_s, full = timed(lambda b: imaging.resize_image(imaging.decode_image(b).pixels, SIZE).numpy())
-    reduced_s, reduced = timed(lambda b: imaging.resize_image(
-        imaging.decode_image(b, target=SIZE).pixels, SIZE).numpy())
+    full_s, full = timed(lambda b: imaging.resize_pixels(imaging.decode_image(b).pixels, SIZE))
+    reduced_s, reduced = timed(lambda b: imaging.resize_pixels(
+        imaging.decode_image(b, target=SIZE).pixels, SIZE))
     scores = [psnr(f, r) for f, r in zip(full, reduced)]
     return {"sources": f"{len(blobs)} JPEGs at {width}x{height}",
             "decode_speedup": full_decode_s / reduced_decode_s,
@@ -153,15 +162,17 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-WORKER_RATE = re.compile(r"ProcessImage\[pid (\d+)\]: (\d+) images in this worker, ([\d.]+) images/s")
+WORKER_RATE = re.compile(
+    r"ProcessImage\[(pid \d+ thread \d+)\]: (\d+) images in this worker, ([\d.]+) images/s")
 
 
 def stage_rate(log: str) -> float | None:
-    """Sum over workers of each one's last logged DecodeResizeEncode rate (start-up excluded)."""
+    """Sum over workers (process and thread) of each one's last logged DecodeResizeEncode rate,
+    which counts from the DoFn's setup, so worker start-up is excluded."""
     last: dict[str, tuple[int, float]] = {}
-    for pid, seen, rate in WORKER_RATE.findall(log):
-        if int(seen) >= last.get(pid, (0, 0.0))[0]:
-            last[pid] = (int(seen), float(rate))
+    for worker, seen, rate in WORKER_RATE.findall(log):
+        if int(seen) >= last.get(worker, (0, 0.0))[0]:
+            last[worker] = (int(seen), float(rate))
     return sum(rate for _, rate in last.values()) if last else None
 
 
@@ -198,10 +209,47 @@ def run_variant(variant: str, source: str, out_dir: str) -> None:
     if variant == "pillow":
         n = pillow_loop(source, out_dir)
     else:
-        n = beam_job(source, out_dir, workers=int(variant[-1]))
+        n = beam_job(source, out_dir, variant)
     seconds = time.perf_counter() - start
     print(json.dumps({"variant": variant, "images": n, "seconds": seconds,
                       "images_per_s": n / seconds}))
+
+
+NAMES = {"pillow": "(a) Pillow loop, 1 process", "beam1": "(b) Beam job, 1 worker",
+         "beam2": "(c) Beam job, 2 worker threads", "beam2p": "(c') Beam job, 2 worker processes"}
+
+
+def summarize(results: dict, repeat: int) -> tuple[dict, list[str]]:
+    """The ratios the goals are stated in, and the printed table, from one run's results."""
+    lines = [f"{'variant (images/s include start-up)':<44} {'images':>7} {'images/s':>9} "
+             f"{'peak MB':>8} {'decode stage images/s':>22}"]
+    for key, name in NAMES.items():
+        for tag, suffix in (("", ""), (f", x{repeat}", "_xN")):
+            r = results[key + suffix]
+            lines.append(f"{name + tag:<44} {r['images']:>7} {r['images_per_s']:>9.1f} "
+                         f"{r['peak_rss_mb']:>8.0f} {r.get('stage_images_per_s') or float('nan'):>22.1f}")
+    rate = {k: results[k]["images_per_s"] for k in results if k != "decode"}
+    stage = {k: results[k].get("stage_images_per_s") or float("nan") for k in rate}
+    summary = {}
+    lines.append("")
+    for c in ("beam2", "beam2p"):
+        label = NAMES[c].split(" ")[0]
+        summary[f"{c}_over_a"], summary[f"{c}_over_a_xN"] = rate[c] / rate["pillow"], rate[c + "_xN"] / rate["pillow_xN"]
+        summary[f"{c}_over_b"], summary[f"{c}_over_b_xN"] = rate[c] / rate["beam1"], rate[c + "_xN"] / rate["beam1_xN"]
+        summary[f"{c}_memory_ratio"] = results[c + "_xN"]["peak_rss_mb"] / results[c]["peak_rss_mb"]
+        lines += [
+            f"{label}/(a) = {summary[f'{c}_over_a']:.2f}x on the sample, {summary[f'{c}_over_a_xN']:.2f}x on x{repeat}  (goal >= 5)",
+            f"{label}/(b) = {summary[f'{c}_over_b']:.2f}x on the sample, {summary[f'{c}_over_b_xN']:.2f}x on x{repeat}  (goal >= 1.6)",
+            f"{label} decode stage (workers' own rate, start-up excluded), x{repeat}: "
+            f"/(a) = {stage[c + '_xN'] / rate['pillow_xN']:.2f}x, /(b) = {stage[c + '_xN'] / stage['beam1_xN']:.2f}x",
+            f"{label} peak memory x{repeat} / x1 = {summary[f'{c}_memory_ratio']:.2f}  (goal <= 1.3)"]
+    d = results["decode"]
+    lines.append(f"(d) {d['sources']}: decode {d['full_decode_ms']:.1f} ms -> "
+                 f"{d['reduced_decode_ms']:.1f} ms = {d['decode_speedup']:.2f}x faster "
+                 f"(decode+resize {d['decode_and_resize_speedup']:.2f}x), PSNR min "
+                 f"{d['psnr_db_min']:.1f} dB mean {d['psnr_db_mean']:.1f} dB  (goal >= 4x at >= 40 dB)")
+    summary["d_decode_speedup"], summary["d_psnr_db_min"] = d["decode_speedup"], d["psnr_db_min"]
+    return summary, lines
 
 
 def main(argv=None) -> int:
@@ -224,43 +272,16 @@ def main(argv=None) -> int:
     x1 = build_originals(args.data, originals, 1, args.limit)
     xn = build_originals(args.data, originals, args.repeat, args.limit)
     results = {}
-    for variant in ("pillow", "beam1", "beam2"):
+    for variant in ("pillow", *BEAM_VARIANTS):
         for tag, source in (("", x1), ("_xN", xn)):
             print(f"running {variant}{tag} ...", flush=True)
             results[variant + tag] = measure(variant, source,
                                              os.path.join(args.workdir, "runs", variant + tag))
     results["decode"] = decode_comparison(x1, min(20, args.limit or 20), 3072, 2304)
-
-    a, b, c = (results[k]["images_per_s"] for k in ("pillow", "beam1", "beam2"))
-    an, bn, cn = (results[k + "_xN"]["images_per_s"] for k in ("pillow", "beam1", "beam2"))
-    d = results["decode"]
-    memory_ratio = results["beam2_xN"]["peak_rss_mb"] / results["beam2"]["peak_rss_mb"]
-    rows = [(f"(a) Pillow loop, 1 process{tag}", results["pillow" + key]) for tag, key in
-            (("", ""), (f", x{args.repeat}", "_xN"))]
-    rows += [(f"(b) Beam job, 1 worker{tag}", results["beam1" + key]) for tag, key in
-             (("", ""), (f", x{args.repeat}", "_xN"))]
-    rows += [(f"(c) Beam job, 2 workers{tag}", results["beam2" + key]) for tag, key in
-             (("", ""), (f", x{args.repeat}", "_xN"))]
-    lines = [f"{'variant (images/s include start-up)':<40} {'images':>7} {'images/s':>9} "
-             f"{'peak MB':>8}"]
-    lines[0] += f" {'decode stage images/s':>22}"
-    lines += [f"{name:<40} {r['images']:>7} {r['images_per_s']:>9.1f} {r['peak_rss_mb']:>8.0f}"
-              f" {r.get('stage_images_per_s') or float('nan'):>22.1f}" for name, r in rows]
-    lines += ["",
-              f"(c)/(a) = {c / a:.2f}x on the sample, {cn / an:.2f}x on x{args.repeat}  (goal >= 5)",
-              f"(c)/(b) = {c / b:.2f}x on the sample, {cn / bn:.2f}x on x{args.repeat}  (goal >= 1.6)",
-              f"decode stage (workers' own rate, start-up excluded), x{args.repeat}: "
-              f"(c)/(a) = {results['beam2_xN']['stage_images_per_s'] / an:.2f}x, "
-              f"(c)/(b) = {results['beam2_xN']['stage_images_per_s'] / results['beam1_xN']['stage_images_per_s']:.2f}x",
-              f"(d) {d['sources']}: decode {d['full_decode_ms']:.1f} ms -> "
-              f"{d['reduced_decode_ms']:.1f} ms = {d['decode_speedup']:.2f}x faster "
-              f"(decode+resize {d['decode_and_resize_speedup']:.2f}x), PSNR min "
-              f"{d['psnr_db_min']:.1f} dB mean {d['psnr_db_mean']:.1f} dB  (goal >= 4x at >= 40 dB)",
-              f"peak memory x{args.repeat} / x1 = {memory_ratio:.2f}  (goal <= 1.3)"]
+    summary, lines = summarize(results, args.repeat)
     table = "\n".join(lines)
     print(table)
-    results["summary"] = {"c_over_a": c / a, "c_over_b": c / b, "c_over_a_xN": cn / an,
-                          "c_over_b_xN": cn / bn, "memory_ratio": memory_ratio}
+    results["summary"] = summary
     with open(os.path.join(args.workdir, "bench_preprocess.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(args.workdir, "bench_preprocess.md"), "w") as f:

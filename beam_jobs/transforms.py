@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import time
 from typing import Optional
 
@@ -108,8 +109,8 @@ class ProcessImage(beam.DoFn):
 
     def _log_rate(self) -> None:
         rate = self._seen / max(time.monotonic() - self._started, 1e-9)
-        logging.info("ProcessImage[pid %d]: %d images in this worker, %.1f images/s",
-                     os.getpid(), self._seen, rate)
+        logging.info("ProcessImage[pid %d thread %d]: %d images in this worker, %.1f images/s",
+                     os.getpid(), threading.get_ident(), self._seen, rate)
 
     def _progress(self) -> None:
         self._seen += 1

@@ -44,9 +44,10 @@ def test_full_benchmark_runs(sample_dir, tmp_path):
 
 def test_stage_rate_sums_each_workers_last_line():
     log = "\n".join([
-        "INFO:root:ProcessImage[pid 7]: 200 images in this worker, 100.0 images/s",
-        "INFO:root:ProcessImage[pid 8]: 200 images in this worker, 90.0 images/s",
-        "INFO:root:ProcessImage[pid 7]: 400 images in this worker, 120.5 images/s",
+        "INFO:root:ProcessImage[pid 7 thread 1]: 200 images in this worker, 100.0 images/s",
+        "INFO:root:ProcessImage[pid 8 thread 1]: 200 images in this worker, 90.0 images/s",
+        "INFO:root:ProcessImage[pid 7 thread 1]: 400 images in this worker, 120.5 images/s",
+        "INFO:root:ProcessImage[pid 7 thread 2]: 300 images in this worker, 80.0 images/s",
         "other line"])
-    assert bench.stage_rate(log) == pytest.approx(210.5)
+    assert bench.stage_rate(log) == pytest.approx(290.5)
     assert bench.stage_rate("nothing here") is None
