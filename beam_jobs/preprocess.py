@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import posixpath
 import sys
 from typing import Iterator, Optional, Sequence
 
@@ -20,9 +21,10 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 
 from beam_jobs import synthetic, writing
 from beam_jobs.config import PreprocessConfig, parse_config
-from beam_jobs.transforms import (DUPLICATE, FILTERED, REJECTED, FilterRecords, PlannedImage,
-                                  ProcessImage, plan_dataset, route_by_plan)
+from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, REJECTED, FilterRecords,
+                                  ProcessImage, plan_shards)
 from isicflow.manifest import MANIFEST_NAME, REJECTS_NAME, join_path, read_manifest
+from isicflow.metadata import LesionRecord, Rejection
 
 
 class OutputNotEmpty(Exception):
@@ -30,8 +32,8 @@ class OutputNotEmpty(Exception):
 
 
 class IsicToTFRecords(beam.PTransform):
-    """Layout records -> filter -> decode/resize/encode -> plan (dedup, balance, split) ->
-    shards -> manifest."""
+    """Layout records -> filter -> decode/resize/encode (pixels to spool files) -> plan (dedup,
+    balance, split, shards) -> write shards -> manifest."""
 
     def __init__(self, config: PreprocessConfig, layout_result):
         super().__init__()
@@ -40,28 +42,34 @@ class IsicToTFRecords(beam.PTransform):
 
     def expand(self, pbegin):
         cfg, p = self.config, pbegin.pipeline
-        records = p | "CreateRecords" >> beam.Create(self.layout.records)
-        metadata_rejections = p | "CreateMetadataRejections" >> beam.Create(self.layout.rejections)
+        # The layout's records come from a file the launcher wrote (stage_layout), not from
+        # beam.Create, which would pickle every record into the pipeline itself: seconds of
+        # compression at tens of thousands of images, and past Dataflow's job-graph size limit.
+        records_path, rejections_path = layout_files(cfg.output)
+        records = (p
+                   | "ReadRecords" >> beam.io.ReadFromText(records_path)
+                   | "ParseRecords" >> beam.Map(LesionRecord.from_json)
+                   | "SpreadRecords" >> beam.Reshuffle())
+        metadata_rejections = (p
+                               | "ReadMetadataRejections" >> beam.io.ReadFromText(rejections_path)
+                               | "ParseMetadataRejections" >> beam.Map(Rejection.from_json))
 
         kept = records | "Filter" >> beam.ParDo(FilterRecords(cfg)).with_outputs(
             FILTERED, main="kept")
-        # beam.Create already reshuffles, which spreads the records over the workers. The
-        # encoded pixels go to spool files; only light elements travel on from here.
+        # The encoded pixels go to spool files; only light elements travel on from here.
         processed = kept.kept | "DecodeResizeEncode" >> beam.ParDo(ProcessImage(cfg)).with_outputs(
             REJECTED, FILTERED, main="images")
-        # Dedup, balance, splits and shard counts need every image, but only its summary.
-        plan = (processed.images
-                | "ToPlanItem" >> beam.Map(PlannedImage.of)
-                | "CollectPlanItems" >> beam.combiners.ToList()
-                | "PlanDataset" >> beam.Map(plan_dataset, cfg))
-        routed = processed.images | "RouteByPlan" >> beam.FlatMap(
-            route_by_plan, beam.pvalue.AsSingleton(plan), cfg).with_outputs(
-                DUPLICATE, FILTERED, main="keyed")
-        shards = (routed.keyed
-                  | "GroupByShard" >> beam.GroupByKey()
+        # Dedup, balance, splits and shard counts need every image, and a ProcessedImage is
+        # small (its pixels are spooled), so one step plans and emits whole shards.
+        planned = (processed.images
+                   | "CollectImages" >> beam.combiners.ToList()
+                   | "PlanShards" >> beam.FlatMap(plan_shards, cfg).with_outputs(
+                       DUPLICATE, FILTERED, KEPT, main="shards"))
+        shards = (planned.shards
+                  | "SpreadShards" >> beam.Reshuffle()
                   | "WriteShards" >> beam.ParDo(writing.WriteShard(cfg)))
         rejections = ((metadata_rejections, kept[FILTERED], processed[REJECTED],
-                       processed[FILTERED], routed[DUPLICATE], routed[FILTERED])
+                       processed[FILTERED], planned[DUPLICATE], planned[FILTERED])
                       | "AllRejections" >> beam.Flatten())
         inputs_read = len(self.layout.records) + len(self.layout.rejections)
         return (p
@@ -71,7 +79,25 @@ class IsicToTFRecords(beam.PTransform):
                     dict(self.layout.counters),
                     shards=beam.pvalue.AsList(shards),
                     rejections=beam.pvalue.AsList(rejections),
-                    plan=beam.pvalue.AsSingleton(plan)))
+                    kept=beam.pvalue.AsSingleton(planned[KEPT])))
+
+
+def layout_files(output: str) -> tuple[str, str]:
+    """Where stage_layout puts the layout's records and rejections (JSON lines, one each)."""
+    incomplete = join_path(output, writing.INCOMPLETE_DIR)
+    return join_path(incomplete, "records.jsonl"), join_path(incomplete, "metadata_rejects.jsonl")
+
+
+def stage_layout(config: PreprocessConfig, layout_result) -> None:
+    """Writes the layout's records and rejections where IsicToTFRecords reads them."""
+    import tensorflow as tf
+
+    records_path, rejections_path = layout_files(config.output)
+    tf.io.gfile.makedirs(posixpath.dirname(records_path))
+    for path, items in ((records_path, layout_result.records),
+                        (rejections_path, layout_result.rejections)):
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write("".join(item.to_json() + "\n" for item in items))
 
 
 def prepare_output(config: PreprocessConfig) -> None:
@@ -187,6 +213,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     logging.info("layout %s: %d records, %d metadata rejections", layout_result.layout,
                  len(layout_result.records), len(layout_result.rejections))
     prepare_output(config)
+    stage_layout(config, layout_result)
 
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session

@@ -29,6 +29,7 @@ from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
 
 NAMESPACE = "isicflow"
 REJECTED, FILTERED, DUPLICATE = "rejected", "filtered", "duplicate"
+KEPT = "kept"  # plan_shards' summary of the images written, for the manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,28 +160,8 @@ class ProcessImage(beam.DoFn):
 
 
 @dataclasses.dataclass(frozen=True)
-class PlannedImage:
-    """The light part of a decoded image: what the global plan needs, without the pixels."""
-
-    image_id: str
-    group_key: str
-    label: str
-    sha256: str
-    encoded_bytes: tuple = ()  # ((size, bytes), ...)
-    diagnosis: str = ""
-    source_collection: str = ""
-
-    @classmethod
-    def of(cls, image: ProcessedImage) -> "PlannedImage":
-        r = image.record
-        return cls(r.image_id, r.group_key, r.label, image.sha256,
-                   tuple(sorted((size, ref.length) for size, ref in image.encoded.items())),
-                   r.diagnosis, r.source_collection)
-
-
-@dataclasses.dataclass(frozen=True)
 class DatasetPlan:
-    """Global decisions that need every decoded image, made from light elements only (the
+    """Global decisions that need every decoded image, made from the light ProcessedImages (the
     encoded pixels wait in spool files until WriteShard reads them)."""
 
     duplicate_of: dict      # image_id -> the image id kept for the same bytes
@@ -191,60 +172,70 @@ class DatasetPlan:
     kept: tuple             # ({split, label, diagnosis, source}, ...) of every image written
 
 
-def plan_dataset(items: list[PlannedImage], config: PreprocessConfig) -> DatasetPlan:
+def plan_dataset(images: list[ProcessedImage], config: PreprocessConfig) -> DatasetPlan:
     """Pure: duplicates (smallest id kept), balance, group-aware splits, ranks, shard counts."""
-    items = sorted(items, key=lambda p: p.image_id)
+    images = sorted(images, key=lambda im: im.record.image_id)
     first_of_sha: dict[str, str] = {}
     duplicate_of = {}
-    for p in items:  # sorted, so the first seen is the smallest id
-        if p.sha256 in first_of_sha:
-            duplicate_of[p.image_id] = first_of_sha[p.sha256]
+    for im in images:  # sorted, so the first seen is the smallest id
+        if im.sha256 in first_of_sha:
+            duplicate_of[im.record.image_id] = first_of_sha[im.sha256]
         else:
-            first_of_sha[p.sha256] = p.image_id
-    items = [p for p in items if p.image_id not in duplicate_of]
+            first_of_sha[im.sha256] = im.record.image_id
+    records = [im.record for im in images if im.record.image_id not in duplicate_of]
+    encoded_bytes = {im.record.image_id: {size: ref.length for size, ref in im.encoded.items()}
+                     for im in images}
     dropped: frozenset = frozenset()
     if config.balance == "undersample":
-        keep = splits.select_balanced(((p.image_id, p.label) for p in items), config.seed)
-        dropped = frozenset(p.image_id for p in items if p.image_id not in keep)
-        items = [p for p in items if p.image_id in keep]
-    by_group = splits.assign_splits(((p.group_key, p.label) for p in items),
+        keep = splits.select_balanced(((r.image_id, r.label) for r in records), config.seed)
+        dropped = frozenset(r.image_id for r in records if r.image_id not in keep)
+        records = [r for r in records if r.image_id in keep]
+    by_group = splits.assign_splits(((r.group_key, r.label) for r in records),
                                     config.split_fractions, config.seed)
-    split_of = {p.image_id: by_group[p.group_key] for p in items}
+    split_of = {r.image_id: by_group[r.group_key] for r in records}
     rank_of, seen = {}, {s: 0 for s in splits.SPLIT_NAMES}
     totals: dict = {}
-    for p in items:
-        split = split_of[p.image_id]
-        rank_of[p.image_id] = seen[split]
+    for r in records:
+        split = split_of[r.image_id]
+        rank_of[r.image_id] = seen[split]
         seen[split] += 1
-        for size, nbytes in p.encoded_bytes:
-            records, total = totals.get((size, split), (0, 0))
-            totals[(size, split)] = (records + 1, total + nbytes)
+        for size, nbytes in encoded_bytes[r.image_id].items():
+            count, total = totals.get((size, split), (0, 0))
+            totals[(size, split)] = (count + 1, total + nbytes)
     shard_counts = {key: shard_count(n, b, config) for key, (n, b) in totals.items()}
-    kept = tuple({"split": split_of[p.image_id], "label": p.label, "diagnosis": p.diagnosis,
-                  "source": p.source_collection} for p in items)
+    kept = tuple({"split": split_of[r.image_id], "label": r.label, "diagnosis": r.diagnosis,
+                  "source": r.source_collection} for r in records)
     return DatasetPlan(duplicate_of, dropped, split_of, rank_of, shard_counts, kept)
 
 
-def route_by_plan(image: ProcessedImage, plan: DatasetPlan, config: PreprocessConfig):
-    """Duplicates and balance drops to their outputs; the rest keyed by shard, once per size."""
-    r = image.record
-    if r.image_id in plan.duplicate_of:
-        _count("duplicate_content")
-        yield beam.pvalue.TaggedOutput(DUPLICATE, Rejection(
-            r.image_path, r.image_id, "duplicate_content",
-            f"same bytes as {plan.duplicate_of[r.image_id]} (sha256 {image.sha256[:16]})",
-            kind=DUPLICATE))
-        return
-    if r.image_id in plan.balanced_out:
-        _count("filtered_balance")
-        yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
-            r.image_path, r.image_id, "filtered_balance", "dropped by --balance=undersample",
-            kind=FILTERED))
-        return
-    split, rank = plan.split_of[r.image_id], plan.rank_of[r.image_id]
-    for size in config.image_sizes:
-        count = plan.shard_counts[(size, split)]
-        yield (size, split, rank % count, count), (r.image_id, image)
+def plan_shards(images: list[ProcessedImage], config: PreprocessConfig):
+    """Plans the dataset and emits it: one element per shard, ((size, split, index, count),
+    [images in id order]); duplicates and balance drops to their outputs; the kept summary to
+    KEPT. One step, because the images are light: no second pass over them is needed."""
+    plan = plan_dataset(images, config)
+    shards: dict = {}
+    for image in sorted(images, key=lambda im: im.record.image_id):
+        r = image.record
+        if r.image_id in plan.duplicate_of:
+            _count("duplicate_content")
+            yield beam.pvalue.TaggedOutput(DUPLICATE, Rejection(
+                r.image_path, r.image_id, "duplicate_content",
+                f"same bytes as {plan.duplicate_of[r.image_id]} (sha256 {image.sha256[:16]})",
+                kind=DUPLICATE))
+            continue
+        if r.image_id in plan.balanced_out:
+            _count("filtered_balance")
+            yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
+                r.image_path, r.image_id, "filtered_balance", "dropped by --balance=undersample",
+                kind=FILTERED))
+            continue
+        split, rank = plan.split_of[r.image_id], plan.rank_of[r.image_id]
+        for size in config.image_sizes:
+            count = plan.shard_counts[(size, split)]
+            shards.setdefault((size, split, rank % count, count), []).append(image)
+    for key in sorted(shards):
+        yield key, shards[key]
+    yield beam.pvalue.TaggedOutput(KEPT, plan.kept)
 
 
 def shard_count(records: int, total_bytes: int, config: PreprocessConfig) -> int:

@@ -55,8 +55,8 @@ def to_example(image, encoded: bytes, size: int, split: str, image_format: str) 
 
 
 class WriteShard(beam.DoFn):
-    """One shard: ((size, split, index, count), [(image_id, ProcessedImage)]), written in id
-    order with each image's pixels read back from its spool file."""
+    """One shard: ((size, split, index, count), [ProcessedImage]), written in id order with each
+    image's pixels read back from its spool file."""
 
     def __init__(self, config: PreprocessConfig):
         self.config = config
@@ -65,14 +65,14 @@ class WriteShard(beam.DoFn):
         import tensorflow as tf
 
         (size, split, index, count), images = element
-        images = sorted(images, key=lambda kv: kv[0])
+        images = sorted(images, key=lambda im: im.record.image_id)
         rel = posixpath.join(str(size), split,
                              f"{split}-{index:05d}-of-{count:05d}{self.config.shard_suffix}")
         tmp = join(self.config.output, INCOMPLETE_DIR, rel)
         tf.io.gfile.makedirs(posixpath.dirname(tmp))
         options = tf.io.TFRecordOptions(compression_type=self.config.tf_compression)
         with tf.io.TFRecordWriter(tmp, options) as writer, SpoolReader() as spool:
-            for _, image in images:
+            for image in images:
                 encoded = spool.read(image.encoded[size])
                 writer.write(to_example(image, encoded, size, split, self.config.image_format))
         nbytes, sha = file_sha256(tmp)
@@ -140,11 +140,11 @@ def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
 
 
 def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_counters: dict,
-             shards: list[dict], rejections: list[Rejection], plan) -> dict:
+             shards: list[dict], rejections: list[Rejection], kept: tuple) -> dict:
     """Moves shards into place, writes rejects.jsonl, then manifest.json; returns the manifest."""
     import tensorflow as tf
 
-    manifest = build_manifest(config, layout, shards, list(rejections), list(plan.kept),
+    manifest = build_manifest(config, layout, shards, list(rejections), list(kept),
                               inputs_read, layout_counters)
     for shard in shards:
         final = join(config.output, shard["path"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Optional
 
 BENIGN, MALIGNANT, UNKNOWN = "benign", "malignant", "unknown"
@@ -41,6 +42,14 @@ class LesionRecord:
         if self.label not in LABEL_NAMES:
             raise ValueError(f"{self.image_id}: label {self.label!r} not in {LABEL_NAMES}")
 
+    def to_json(self) -> str:
+        """One line of JSON; from_json gives back an equal record."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> "LesionRecord":
+        return cls(**json.loads(line))
+
     @property
     def group_key(self) -> str:
         """What a split keeps together: patient, else lesion, else the image itself."""
@@ -63,3 +72,10 @@ class Rejection:
 
     def to_json_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_json_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> "Rejection":
+        return cls(**json.loads(line))

@@ -9,8 +9,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SpoolReader, SpoolRef
-from beam_jobs.transforms import (DUPLICATE, FILTERED, REJECTED, FilterRecords, PlannedImage,
-                                  ProcessedImage, ProcessImage, plan_dataset, route_by_plan,
+from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, REJECTED, FilterRecords,
+                                  ProcessedImage, ProcessImage, plan_dataset, plan_shards,
                                   shard_count)
 from isicflow.metadata import LesionRecord
 from tests import hostile_images as hi
@@ -73,47 +73,63 @@ def test_process_image_decodes_and_rejects(tmp_path):
     assert len(list((tmp_path / "out" / ".incomplete" / "spool").glob("*.spool"))) == 1
 
 
-def _planned(image_id, label, sha=None, group=None):
-    return PlannedImage(image_id, group or f"image:{image_id}", label, sha or f"sha-{image_id}",
-                        ((32, 1000), (16, 300)))
+def _image(image_id, label, sha=None, group=None):
+    """A light ProcessedImage as DecodeResizeEncode emits it (spooled 1000 and 300 bytes)."""
+    record = _record(image_id, label=label, lesion_id=group or "")
+    return ProcessedImage(record, sha or f"sha-{image_id}", 10, 10,
+                          {32: SpoolRef("s", 0, 1000), 16: SpoolRef("s", 1000, 300)})
 
 
-def test_plan_keeps_smallest_id_of_duplicates_and_routes_the_rest():
-    items = [_planned("b", "benign", sha="same"), _planned("a", "benign", sha="same"),
-             _planned("c", "benign", sha="same"), _planned("d", "malignant")]
-    plan = plan_dataset(items, CONFIG)
+def test_plan_keeps_smallest_id_of_duplicates_and_emits_whole_shards():
+    images = [_image("b", "benign", sha="same"), _image("a", "benign", sha="same"),
+              _image("c", "benign", sha="same"), _image("d", "malignant")]
+    plan = plan_dataset(images, CONFIG)
     assert plan.duplicate_of == {"b": "a", "c": "a"}
     assert set(plan.split_of) == {"a", "d"}
 
-    def image(image_id):
-        return ProcessedImage(_record(image_id, label="benign"), "ab" * 32, 10, 10,
-                              {32: SpoolRef("s", 0, 1), 16: SpoolRef("s", 1, 1)})
-
+    by_split: dict = {}
+    for image_id in ("a", "d"):
+        by_split.setdefault(plan.split_of[image_id], []).append(image_id)
+    # One shard per (size, split) at this size, holding that split's kept images in id order.
+    expected = [(size, split, 0, 1, ids) for size in (32, 16) for split, ids in by_split.items()]
     with TestPipeline() as p:
-        plan_pc = p | "Plan" >> beam.Create([plan])
-        out = (p | beam.Create([image("a"), image("b"), image("c")])
-               | beam.FlatMap(route_by_plan, beam.pvalue.AsSingleton(plan_pc), CONFIG)
-               .with_outputs(DUPLICATE, FILTERED, main="keyed"))
-        assert_that(out.keyed | beam.Map(lambda kv: (kv[0][0], kv[1][0], kv[1][1].encoded[kv[0][0]])),
-                    equal_to([(32, "a", SpoolRef("s", 0, 1)), (16, "a", SpoolRef("s", 1, 1))]),
-                    label="keyed")
+        out = (p | beam.Create([images])
+               | beam.FlatMap(plan_shards, CONFIG).with_outputs(DUPLICATE, FILTERED, KEPT,
+                                                                main="shards"))
+        assert_that(out.shards | beam.Map(lambda kv: (*kv[0], [im.record.image_id for im in kv[1]])),
+                    equal_to(expected), label="shards")
         assert_that(out[DUPLICATE] | "Dups" >> beam.Map(lambda r: (r.image_id, r.detail[:15])),
                     equal_to([("b", "same bytes as a"), ("c", "same bytes as a")]), label="dups")
+        assert_that(out[KEPT] | "Kept" >> beam.Map(len), equal_to([2]), label="kept")
 
 
 def test_plan_dataset_balance_ranks_and_shard_counts():
-    items = [_planned(f"b{i:02d}", "benign") for i in range(30)]
-    items += [_planned(f"m{i:02d}", "malignant") for i in range(10)]
+    images = [_image(f"b{i:02d}", "benign") for i in range(30)]
+    images += [_image(f"m{i:02d}", "malignant") for i in range(10)]
     import dataclasses
-    plan = plan_dataset(items, dataclasses.replace(CONFIG, balance="undersample", num_shards=2))
+    plan = plan_dataset(images, dataclasses.replace(CONFIG, balance="undersample", num_shards=2))
     assert len(plan.balanced_out) == 20 and not any(i.startswith("m") for i in plan.balanced_out)
-    kept = [i.image_id for i in items if i.image_id not in plan.balanced_out]
+    kept = [im.record.image_id for im in images if im.record.image_id not in plan.balanced_out]
     assert len(plan.kept) == len(kept) == 20
     for split in ("train", "validation", "test"):
         ranks = sorted(plan.rank_of[i] for i in kept if plan.split_of[i] == split)
         assert ranks == list(range(len(ranks)))
         for size in (32, 16):
             assert plan.shard_counts[(size, split)] == min(2, len(ranks))
+
+
+def test_plan_keeps_lesions_together_and_sizes_shards_by_spooled_bytes():
+    import dataclasses
+    images = [_image(f"i{i:03d}", "benign", group=f"L{i // 4}") for i in range(200)]
+    config = dataclasses.replace(CONFIG, target_shard_mb=0.05)  # 52,429 bytes a shard
+    plan = plan_dataset(images, config)
+    for lesion in {im.record.lesion_id for im in images}:
+        assert len({plan.split_of[im.record.image_id] for im in images
+                    if im.record.lesion_id == lesion}) == 1
+    for (size, split), count in plan.shard_counts.items():
+        n = sum(1 for s in plan.split_of.values() if s == split)
+        per_image = 1000 if size == 32 else 300
+        assert count == max(1, min(n, -(-n * per_image // 52_429)))
 
 
 def test_shard_count_never_empty():
