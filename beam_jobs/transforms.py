@@ -100,6 +100,8 @@ class ProcessImage(beam.DoFn):
 
     def setup(self):
         self._spool = SpoolWriter(join_path(self.config.output, INCOMPLETE_DIR, SPOOL_DIR))
+        self._decoded = Metrics.counter(NAMESPACE, "images_decoded")
+        self._reduced = Metrics.counter(NAMESPACE, "reduced_scale_decodes")
         # The rate counts from here: the worker's own work, not its TensorFlow import.
         self._seen, self._started = 0, time.monotonic()
 
@@ -152,9 +154,9 @@ class ProcessImage(beam.DoFn):
             pixels = imaging.resize_pixels(decoded.pixels, size, cfg.resize_mode)
             encoded[size] = self._spool.append(
                 imaging.encode_image(pixels, cfg.image_format, cfg.jpeg_quality))
-        _count("images_decoded")
+        self._decoded.inc()
         if decoded.scale_denominator > 1:
-            _count("reduced_scale_decodes")
+            self._reduced.inc()
         yield ProcessedImage(record, hashlib.sha256(data).hexdigest(),
                              decoded.source_width, decoded.source_height, encoded)
 

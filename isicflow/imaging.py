@@ -209,7 +209,11 @@ def resize_pixels(pixels: np.ndarray, size: int, mode: str = "squash") -> np.nda
         images=pixels[None], size=np.array([target_h, target_w], np.int32),
         scale=np.array([target_h, target_w], np.float32) / np.array([h, w], np.float32),
         translation=np.zeros(2, np.float32), kernel_type="triangle", antialias=True)
-    out = np.clip(np.rint(resized.numpy()[0]), 0.0, 255.0).astype(np.uint8)
+    out = resized.numpy()[0]
+    np.rint(out, out=out)  # round half to even, as tf.round
+    np.minimum(out, 255.0, out=out)
+    np.maximum(out, 0.0, out=out)
+    out = out.astype(np.uint8)
     if mode == "pad":
         top, left = (size - target_h) // 2, (size - target_w) // 2
         out = np.pad(out, ((top, size - target_h - top), (left, size - target_w - left), (0, 0)))
