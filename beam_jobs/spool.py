@@ -5,14 +5,20 @@ OUTPUT/.incomplete/spool/ and passes on only a SpoolRef (path, offset, length). 
 that follow (plan, GroupByShard) then move small elements, so the runner's memory does not
 grow with the number of images, and WriteShard reads the bytes back in image-id order. As with
 Beam's own file sinks, a retried bundle writes a new file under a fresh name; files nobody
-refers to are deleted with the rest of .incomplete/ by Finalize.
+refers to are deleted with the rest of .incomplete/ by Finalize. Spool files go through Beam's
+file systems (local, gs://, s3://), whose readers seek cheaply.
 """
 from __future__ import annotations
 
 import dataclasses
 import uuid
 
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
 from isicflow.manifest import join_path
+
+UNCOMPRESSED = CompressionTypes.UNCOMPRESSED
 
 SPOOL_DIR = "spool"
 
@@ -34,12 +40,9 @@ class SpoolWriter:
         self._offset = 0
 
     def append(self, data: bytes) -> SpoolRef:
-        import tensorflow as tf
-
         if self._file is None:
-            tf.io.gfile.makedirs(self.directory)
             self._path = join_path(self.directory, f"{uuid.uuid4().hex}.spool")
-            self._file = tf.io.gfile.GFile(self._path, "wb")
+            self._file = FileSystems.create(self._path, compression_type=UNCOMPRESSED)
             self._offset = 0
         self._file.write(data)
         ref = SpoolRef(self._path, self._offset, len(data))
@@ -59,11 +62,9 @@ class SpoolReader:
         self._files: dict = {}
 
     def read(self, ref: SpoolRef) -> bytes:
-        import tensorflow as tf
-
         f = self._files.get(ref.path)
         if f is None:
-            f = self._files[ref.path] = tf.io.gfile.GFile(ref.path, "rb")
+            f = self._files[ref.path] = FileSystems.open(ref.path, compression_type=UNCOMPRESSED)
         f.seek(ref.offset)
         data = f.read(ref.length)
         if len(data) != ref.length:

@@ -151,9 +151,9 @@ class ProcessImage(beam.DoFn):
             return
         encoded = {}
         for size in cfg.image_sizes:
-            pixels = imaging.resize_pixels(decoded.pixels, size, cfg.resize_mode)
+            resized = imaging.resize_pil(decoded.image, size, cfg.resize_mode)
             encoded[size] = self._spool.append(
-                imaging.encode_image(pixels, cfg.image_format, cfg.jpeg_quality))
+                imaging.encode_image(resized, cfg.image_format, cfg.jpeg_quality))
         self._decoded.inc()
         if decoded.scale_denominator > 1:
             self._reduced.inc()

@@ -44,7 +44,7 @@ class LesionRecord:
 
     def to_json(self) -> str:
         """One line of JSON; from_json gives back an equal record."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(vars(self), sort_keys=True)  # flat fields: no deep copy needed
 
     @classmethod
     def from_json(cls, line: str) -> "LesionRecord":

@@ -5,6 +5,8 @@ name and type are defined exactly once: in the .proto.
 """
 from __future__ import annotations
 
+import functools
+import struct
 from typing import Any, Mapping
 
 from google.protobuf import descriptor as _descriptor
@@ -33,27 +35,71 @@ def _kind(field: _descriptor.FieldDescriptor) -> str:
 FEATURE_KINDS: dict[str, str] = {f.name: _kind(f) for f in _FIELDS}
 
 
-def encode_example(values: Mapping[str, Any]) -> bytes:
-    """Serializes one record as a tf.train.Example; every schema field must be given, no other."""
-    from tensorflow.core.example import example_pb2, feature_pb2
+def _upb_key_order(a: str, b: str) -> int:
+    """protobuf's (upb's) deterministic map order: bytes ascending, but a key that is a prefix
+    of another sorts after it ("label_name" before "label")."""
+    ab, bb = a.encode("utf-8"), b.encode("utf-8")
+    common = min(len(ab), len(bb))
+    if ab[:common] != bb[:common]:
+        return -1 if ab[:common] < bb[:common] else 1
+    return len(bb) - len(ab)
 
-    missing = set(FEATURE_NAMES) - set(values)
-    extra = set(values) - set(FEATURE_NAMES)
-    if missing or extra:
+
+_SORTED_NAMES = tuple(sorted(FEATURE_NAMES, key=functools.cmp_to_key(_upb_key_order)))
+
+
+_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _SMALL_VARINTS[value]
+    value &= (1 << 64) - 1  # int64 two's complement, as protobuf writes negative values
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _feature(kind: str, value: Any) -> bytes:
+    """A tf.train.Feature holding one value: bytes_list (1), float_list (2) or int64_list (3)."""
+    if kind == "bytes":
+        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        return _field(1, _field(1, raw))
+    if kind == "int64":
+        return _field(3, _field(1, _varint(int(value))))  # packed repeated int64
+    return _field(2, b"\x0a\x04" + struct.pack("<f", float(value)))  # packed repeated float
+
+
+# Per feature, in map order: its name, the map entry's key field (field 1), its kind.
+_ENTRY_HEADS = tuple((n, _field(1, n.encode("utf-8")), FEATURE_KINDS[n]) for n in _SORTED_NAMES)
+
+
+def encode_example(values: Mapping[str, Any]) -> bytes:
+    """Serializes one record as a tf.train.Example; every schema field must be given, no other.
+
+    Written straight in protobuf's wire format, map entries in protobuf's deterministic order:
+    byte for byte what tf.train.Example.SerializeToString(deterministic=True) gives
+    (tests/test_schema.py checks it), without building the proto objects.
+    """
+    if len(values) != len(FEATURE_NAMES) or not all(n in values for n in FEATURE_NAMES):
+        missing = set(FEATURE_NAMES) - set(values)
+        extra = set(values) - set(FEATURE_NAMES)
         raise ValueError(f"record does not match schema v{SCHEMA_VERSION}: "
                          f"missing={sorted(missing)} extra={sorted(extra)}")
-    feature = {}
-    for name in FEATURE_NAMES:
-        value, kind = values[name], FEATURE_KINDS[name]
-        if kind == "bytes":
-            raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-            feature[name] = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[raw]))
-        elif kind == "int64":
-            feature[name] = feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(value)]))
-        else:
-            feature[name] = feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(value)]))
-    example = example_pb2.Example(features=feature_pb2.Features(feature=feature))
-    return example.SerializeToString(deterministic=True)
+    entries = []
+    for name, key_field, kind in _ENTRY_HEADS:
+        feature = _feature(kind, values[name])
+        body = key_field + b"\x12" + _varint(len(feature)) + feature
+        entries.append(b"\x0a" + _varint(len(body)) + body)
+    return _field(1, b"".join(entries))
 
 
 def decode_example_py(serialized: bytes) -> dict[str, Any]:

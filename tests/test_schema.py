@@ -31,6 +31,40 @@ def test_encode_decode_round_trip():
     assert back == values
 
 
+def _proto_reference(values) -> bytes:
+    """The same record built with TensorFlow's own protobuf classes."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    feature = {}
+    for name, kind in schema.FEATURE_KINDS.items():
+        value = values[name]
+        if kind == "bytes":
+            raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+            feature[name] = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[raw]))
+        elif kind == "int64":
+            feature[name] = feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[value]))
+        else:
+            feature[name] = feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[value]))
+    return example_pb2.Example(features=feature_pb2.Features(feature=feature)).SerializeToString(
+        deterministic=True)
+
+
+def test_encoder_is_byte_identical_to_tensorflows_protobuf():
+    import random
+
+    rng = random.Random(0)
+    cases = [_record(), _record(label=-1, age_approx=-1.0, image_encoded=b""),
+             _record(image_id="ISIC_\u00e9\u4e2d", height=2**40, width=0, image_encoded=bytes(300)),
+             _record(original_width=-(2**63), original_height=2**63 - 1, age_approx=1e30)]
+    for _ in range(20):
+        cases.append({n: {"bytes": lambda: "".join(rng.choice("ab\u00fc/ ") for _ in range(rng.randrange(0, 200))),
+                          "int64": lambda: rng.randrange(-2**63, 2**63),
+                          "float": lambda: rng.uniform(-1e6, 1e6)}[k]()
+                      for n, k in schema.FEATURE_KINDS.items()})
+    for values in cases:
+        assert schema.encode_example(values) == _proto_reference(values)
+
+
 def test_encode_is_deterministic():
     assert schema.encode_example(_record()) == schema.encode_example(_record())
 
