@@ -16,6 +16,7 @@ setup(
         "tensorflow-io==0.37.1",
         "keras==3.15.1",
         "apache-beam==2.77.0",
+        "google-crc32c>=1.5",  # TFRecord checksums in the engine's workers, without TensorFlow
         "protobuf>=4.25,<5",  # what TensorFlow 2.17 and the generated schema code need
         "pillow>=10",
         "numpy>=1.26,<2",

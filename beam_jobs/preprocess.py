@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import posixpath
 import sys
 from typing import Iterator, Optional, Sequence
 
@@ -19,7 +18,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions)
 
-from beam_jobs import synthetic, writing
+from beam_jobs import fileio, synthetic, writing
 from beam_jobs.config import PreprocessConfig, parse_config
 from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, REJECTED, FilterRecords,
                                   ProcessImage, plan_shards)
@@ -33,7 +32,10 @@ class OutputNotEmpty(Exception):
 
 class IsicToTFRecords(beam.PTransform):
     """Layout records -> filter -> decode/resize/encode (pixels to spool files) -> plan (dedup,
-    balance, split, shards) -> write shards -> manifest."""
+    balance, split, shards) -> write shards -> manifest.
+
+    Reads the layout from the files stage_layout wrote into config.output (run() does both).
+    """
 
     def __init__(self, config: PreprocessConfig, layout_result):
         super().__init__()
@@ -47,12 +49,13 @@ class IsicToTFRecords(beam.PTransform):
         # compression at tens of thousands of images, and past Dataflow's job-graph size limit.
         records_path, rejections_path = layout_files(cfg.output)
         records = (p
-                   | "ReadRecords" >> beam.io.ReadFromText(records_path)
-                   | "ParseRecords" >> beam.Map(LesionRecord.from_json)
+                   | "RecordsFile" >> beam.Create([records_path])
+                   | "ReadRecords" >> beam.FlatMap(read_json_lines, LesionRecord.from_json)
                    | "SpreadRecords" >> beam.Reshuffle())
         metadata_rejections = (p
-                               | "ReadMetadataRejections" >> beam.io.ReadFromText(rejections_path)
-                               | "ParseMetadataRejections" >> beam.Map(Rejection.from_json))
+                               | "MetadataRejectionsFile" >> beam.Create([rejections_path])
+                               | "ReadMetadataRejections" >> beam.FlatMap(
+                                   read_json_lines, Rejection.from_json))
 
         kept = records | "Filter" >> beam.ParDo(FilterRecords(cfg)).with_outputs(
             FILTERED, main="kept")
@@ -97,14 +100,17 @@ def layout_files(output: str) -> tuple[str, str]:
 
 def stage_layout(config: PreprocessConfig, layout_result) -> None:
     """Writes the layout's records and rejections where IsicToTFRecords reads them."""
-    import tensorflow as tf
-
     records_path, rejections_path = layout_files(config.output)
-    tf.io.gfile.makedirs(posixpath.dirname(records_path))
     for path, items in ((records_path, layout_result.records),
                         (rejections_path, layout_result.rejections)):
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write("".join(item.to_json() + "\n" for item in items))
+        fileio.write_bytes(path, "".join(item.to_json() + "\n" for item in items).encode("utf-8"))
+
+
+def read_json_lines(path: str, parse):
+    """One parsed item per line of a JSON-lines file (the launcher's records)."""
+    for line in fileio.read_bytes(path).decode("utf-8").splitlines():
+        if line:
+            yield parse(line)
 
 
 def prepare_output(config: PreprocessConfig) -> None:
@@ -170,8 +176,10 @@ def make_runner(options: PipelineOptions):
     so the job never downloads anything and its multi-process mode works as documented. Any other
     --runner (DataflowRunner, FlinkRunner, SparkRunner, PrismRunner) is passed to Beam as given.
     """
-    name = options.view_as(StandardOptions).runner
-    if name not in (None, "DirectRunner", "direct"):
+    standard = options.view_as(StandardOptions)
+    if standard.streaming:
+        raise ValueError("the data engine is a batch job: drop --streaming")
+    if standard.runner not in (None, "DirectRunner", "direct"):
         return None  # beam.Pipeline resolves it from the options
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner

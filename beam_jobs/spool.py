@@ -2,23 +2,19 @@
 
 DecodeResizeEncode appends each image's encoded bytes to one spool file per bundle under
 OUTPUT/.incomplete/spool/ and passes on only a SpoolRef (path, offset, length). The shuffles
-that follow (plan, GroupByShard) then move small elements, so the runner's memory does not
+that follow (the plan, the shards' reshuffle) then move small elements, so the runner's memory does not
 grow with the number of images, and WriteShard reads the bytes back in image-id order. As with
 Beam's own file sinks, a retried bundle writes a new file under a fresh name; files nobody
-refers to are deleted with the rest of .incomplete/ by Finalize. Spool files go through Beam's
-file systems (local, gs://, s3://), whose readers seek cheaply.
+refers to are deleted with the rest of .incomplete/ by Finalize. WriteShard reads its slices
+with read_all, file by file and front to back, as object stores stream best.
 """
 from __future__ import annotations
 
 import dataclasses
 import uuid
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-
+from beam_jobs import fileio
 from isicflow.manifest import join_path
-
-UNCOMPRESSED = CompressionTypes.UNCOMPRESSED
 
 SPOOL_DIR = "spool"
 
@@ -42,7 +38,7 @@ class SpoolWriter:
     def append(self, data: bytes) -> SpoolRef:
         if self._file is None:
             self._path = join_path(self.directory, f"{uuid.uuid4().hex}.spool")
-            self._file = FileSystems.create(self._path, compression_type=UNCOMPRESSED)
+            self._file = fileio.open_write(self._path)
             self._offset = 0
         self._file.write(data)
         ref = SpoolRef(self._path, self._offset, len(data))
@@ -64,7 +60,7 @@ class SpoolReader:
     def read(self, ref: SpoolRef) -> bytes:
         f = self._files.get(ref.path)
         if f is None:
-            f = self._files[ref.path] = FileSystems.open(ref.path, compression_type=UNCOMPRESSED)
+            f = self._files[ref.path] = fileio.open_read(ref.path)
         f.seek(ref.offset)
         data = f.read(ref.length)
         if len(data) != ref.length:
@@ -82,3 +78,25 @@ class SpoolReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read_all(refs) -> dict:
+    """{ref: bytes} for many slices, reading each spool file once, front to back (an object
+    store's reader refetches its buffer on every backward or far seek)."""
+    by_path: dict = {}
+    for ref in refs:
+        by_path.setdefault(ref.path, set()).add(ref)
+    out = {}
+    for path in sorted(by_path):
+        with fileio.open_read(path) as f:
+            position = 0
+            for ref in sorted(by_path[path], key=lambda r: r.offset):
+                if ref.offset != position:
+                    f.seek(ref.offset)
+                data = f.read(ref.length)
+                if len(data) != ref.length:
+                    raise IOError(f"spool file {path} is short: wanted {ref.length} bytes at "
+                                  f"{ref.offset}, got {len(data)}")
+                out[ref] = data
+                position = ref.offset + ref.length
+    return out

@@ -10,8 +10,8 @@ import hashlib
 import logging
 import math
 import os
-import threading
 import time
+import uuid
 from typing import Optional
 
 import apache_beam as beam
@@ -102,8 +102,9 @@ class ProcessImage(beam.DoFn):
         self._spool = SpoolWriter(join_path(self.config.output, INCOMPLETE_DIR, SPOOL_DIR))
         self._decoded = Metrics.counter(NAMESPACE, "images_decoded")
         self._reduced = Metrics.counter(NAMESPACE, "reduced_scale_decodes")
-        # The rate counts from here: the worker's own work, not its TensorFlow import.
+        # The rate counts from here: the worker's own work, not its start-up.
         self._seen, self._started = 0, time.monotonic()
+        self._instance = uuid.uuid4().hex[:8]  # one rate per DoFn instance, whatever thread
 
     def _reject(self, record: LesionRecord, reason: str, detail: str, kind: str = REJECTED):
         _count(reason)
@@ -112,8 +113,8 @@ class ProcessImage(beam.DoFn):
 
     def _log_rate(self) -> None:
         rate = self._seen / max(time.monotonic() - self._started, 1e-9)
-        logging.info("ProcessImage[pid %d thread %d]: %d images in this worker, %.1f images/s",
-                     os.getpid(), threading.get_ident(), self._seen, rate)
+        logging.info("ProcessImage[pid %d instance %s]: %d images in this worker, %.1f images/s",
+                     os.getpid(), self._instance, self._seen, rate)
 
     def _progress(self) -> None:
         self._seen += 1
@@ -126,7 +127,8 @@ class ProcessImage(beam.DoFn):
             self._log_rate()
 
     def teardown(self):
-        self._spool.close()
+        if hasattr(self, "_spool"):  # setup may have failed before making it
+            self._spool.close()
 
     def process(self, record: LesionRecord):
         cfg = self.config

@@ -12,13 +12,15 @@ import hashlib
 import json
 import logging
 import posixpath
+import struct
 from typing import Iterable
 
 import apache_beam as beam
+import google_crc32c
 from apache_beam.metrics import Metrics
 
+from beam_jobs import fileio, spool
 from beam_jobs.config import PreprocessConfig
-from beam_jobs.spool import SpoolReader
 from beam_jobs.splits import SPLIT_NAMES
 from isicflow import schema
 from isicflow.manifest import MANIFEST_NAME, REJECTS_NAME, join_path as join
@@ -28,14 +30,27 @@ INCOMPLETE_DIR = ".incomplete"
 
 
 def file_sha256(path: str) -> tuple[int, str]:
-    import tensorflow as tf
-
     digest, size = hashlib.sha256(), 0
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with fileio.open_read(path) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def _masked_crc32c(data: bytes) -> bytes:
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def tfrecord_frame(record: bytes) -> bytes:
+    """One TFRecord: length (uint64 LE), its masked CRC-32C, the bytes, their masked CRC-32C.
+
+    The format tf.io.TFRecordWriter writes (tests/test_preprocess.py compares the bytes); done
+    here so the pipeline's workers need no TensorFlow.
+    """
+    header = struct.pack("<Q", len(record))
+    return header + _masked_crc32c(header) + record + _masked_crc32c(record)
 
 
 def to_example(image, encoded: bytes, size: int, split: str, image_format: str) -> bytes:
@@ -62,19 +77,20 @@ class WriteShard(beam.DoFn):
         self.config = config
 
     def process(self, element):
-        import tensorflow as tf
-
         (size, split, index, count), images = element
         images = sorted(images, key=lambda im: im.record.image_id)
         rel = posixpath.join(str(size), split,
                              f"{split}-{index:05d}-of-{count:05d}{self.config.shard_suffix}")
         tmp = join(self.config.output, INCOMPLETE_DIR, rel)
-        tf.io.gfile.makedirs(posixpath.dirname(tmp))
-        options = tf.io.TFRecordOptions(compression_type=self.config.tf_compression)
-        with tf.io.TFRecordWriter(tmp, options) as writer, SpoolReader() as spool:
+        encoded = spool.read_all([image.encoded[size] for image in images])
+        with fileio.open_write(tmp) as raw:
+            out = fileio.gzip_writer(raw) if self.config.compression == "gzip" else raw
             for image in images:
-                encoded = spool.read(image.encoded[size])
-                writer.write(to_example(image, encoded, size, split, self.config.image_format))
+                example = to_example(image, encoded[image.encoded[size]], size, split,
+                                     self.config.image_format)
+                out.write(tfrecord_frame(example))
+            if out is not raw:
+                out.close()  # writes the gzip trailer; raw is closed by the with
         nbytes, sha = file_sha256(tmp)
         Metrics.counter("isicflow", "shards_written").inc()
         Metrics.counter("isicflow", "records_written").inc(len(images))
@@ -142,22 +158,16 @@ def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
 def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_counters: dict,
              shards: list[dict], rejections: list[Rejection], kept: tuple) -> dict:
     """Moves shards into place, writes rejects.jsonl, then manifest.json; returns the manifest."""
-    import tensorflow as tf
-
     manifest = build_manifest(config, layout, shards, list(rejections), list(kept),
                               inputs_read, layout_counters)
     for shard in shards:
-        final = join(config.output, shard["path"])
-        tf.io.gfile.makedirs(posixpath.dirname(final))
-        tf.io.gfile.rename(join(config.output, INCOMPLETE_DIR, shard["path"]), final,
-                           overwrite=True)
-    incomplete = join(config.output, INCOMPLETE_DIR)
-    if tf.io.gfile.exists(incomplete):
-        tf.io.gfile.rmtree(incomplete)
+        fileio.rename(join(config.output, INCOMPLETE_DIR, shard["path"]),
+                      join(config.output, shard["path"]))
+    fileio.delete_tree(join(config.output, INCOMPLETE_DIR))
     ordered = sorted(rejections, key=lambda r: (r.image_id, r.path, r.reason))
-    with tf.io.gfile.GFile(join(config.output, REJECTS_NAME), "w") as f:
-        f.write("".join(json.dumps(r.to_json_dict(), sort_keys=True) + "\n" for r in ordered))
-    with tf.io.gfile.GFile(join(config.output, MANIFEST_NAME), "w") as f:
-        f.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    fileio.write_bytes(join(config.output, REJECTS_NAME), "".join(
+        json.dumps(r.to_json_dict(), sort_keys=True) + "\n" for r in ordered).encode("utf-8"))
+    fileio.write_bytes(join(config.output, MANIFEST_NAME),
+                       (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
     logging.info("wrote %s", join(config.output, MANIFEST_NAME))
     return manifest

@@ -6,6 +6,7 @@ name and type are defined exactly once: in the .proto.
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from typing import Any, Mapping
 
@@ -74,8 +75,16 @@ def _feature(kind: str, value: Any) -> bytes:
         raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
         return _field(1, _field(1, raw))
     if kind == "int64":
-        return _field(3, _field(1, _varint(int(value))))  # packed repeated int64
-    return _field(2, b"\x0a\x04" + struct.pack("<f", float(value)))  # packed repeated float
+        number = int(value)
+        if not -(1 << 63) <= number < (1 << 63):
+            raise ValueError(f"int64 feature value out of range: {number}")
+        return _field(3, _field(1, _varint(number)))  # packed repeated int64
+    number = float(value)
+    try:
+        packed = struct.pack("<f", number)
+    except OverflowError:  # beyond float32: protobuf stores infinity
+        packed = struct.pack("<f", math.copysign(math.inf, number))
+    return _field(2, b"\x0a\x04" + packed)  # packed repeated float
 
 
 # Per feature, in map order: its name, the map entry's key field (field 1), its kind.

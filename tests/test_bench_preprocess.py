@@ -37,17 +37,26 @@ def test_tree_rss_counts_this_process():
 @pytest.mark.slow
 def test_full_benchmark_runs(sample_dir, tmp_path):
     assert bench.main([f"--data={sample_dir}", f"--workdir={tmp_path}", "--limit=20",
-                       "--repeat=2"]) == 0
+                       "--repeat=2", "--runs=1"]) == 0
     summary = json.load(open(tmp_path / "bench_preprocess.json"))["summary"]
     assert all(np.isfinite(v) and v > 0 for v in summary.values())
 
 
 def test_stage_rate_sums_each_workers_last_line():
     log = "\n".join([
-        "INFO:root:ProcessImage[pid 7 thread 1]: 200 images in this worker, 100.0 images/s",
-        "INFO:root:ProcessImage[pid 8 thread 1]: 200 images in this worker, 90.0 images/s",
-        "INFO:root:ProcessImage[pid 7 thread 1]: 400 images in this worker, 120.5 images/s",
-        "INFO:root:ProcessImage[pid 7 thread 2]: 300 images in this worker, 80.0 images/s",
+        "INFO:root:ProcessImage[pid 7 instance a1]: 200 images in this worker, 100.0 images/s",
+        "INFO:root:ProcessImage[pid 8 instance b2]: 200 images in this worker, 90.0 images/s",
+        "INFO:root:ProcessImage[pid 7 instance a1]: 400 images in this worker, 120.5 images/s",
+        "INFO:root:ProcessImage[pid 7 instance c3]: 300 images in this worker, 80.0 images/s",
         "other line"])
     assert bench.stage_rate(log) == pytest.approx(290.5)
     assert bench.stage_rate("nothing here") is None
+
+
+def test_median_run_keeps_the_middle_rate_and_the_highest_peak():
+    runs = [{"images_per_s": 30.0, "peak_rss_mb": 100}, {"images_per_s": 10.0, "peak_rss_mb": 300},
+            {"images_per_s": 20.0, "peak_rss_mb": 200}]
+    chosen = bench.median_run(runs)
+    assert chosen["images_per_s"] == 20.0 and chosen["peak_rss_mb"] == 300
+    assert chosen["runs_images_per_s"] == [30.0, 10.0, 20.0]
+    assert bench.median_run(runs[:2])["images_per_s"] == 10.0

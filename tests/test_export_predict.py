@@ -58,11 +58,11 @@ def exported(tmp_path_factory):
 
 
 def engine_path(model, path: str, mode: str = "squash"):
-    """The data engine's path: Pillow decode (with DCT scaling) + resize_image, then the model."""
+    """The data engine's path: Pillow decode (with DCT scaling) + Pillow resize, then the model."""
     from trainer import input_pipeline
 
     decoded = imaging.decode_image(open(path, "rb").read(), target=SIZE, mode=mode)
-    pixels = np.asarray(imaging.resize_image(decoded.pixels, SIZE, mode))
+    pixels = np.asarray(imaging.resize_pil(decoded.image, SIZE, mode))
     probability = model.predict_on_batch(input_pipeline.preprocess_for_eval(pixels[None]))[0, 0]
     return pixels, float(probability)
 

@@ -2,8 +2,9 @@
 
 The SavedModel's `serving_default` signature takes a batch of encoded JPEG/PNG files (tf.string
 [None]) and runs isicflow.imaging.decode_for_serving, the in-graph twin of the data engine's
-decode + the very same resize_image code, then the evaluation preprocessing of the input
-pipeline (scale to [0, 1]) and the model. So served images and training images do not skew.
+decode and resize (Pillow's resampling rebuilt from TensorFlow ops, equal bit for bit), then the
+evaluation preprocessing of the input pipeline (scale to [0, 1]) and the model. So served
+images and training images do not skew. (Not verified under XLA, which may fuse float ops.)
 
 Layout (workdir/export/):
   model.keras            the Keras model alone (float inputs in [0, 1], SxS)
