@@ -8,6 +8,7 @@ tf.io.gfile, imported only then.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import posixpath
 from typing import BinaryIO
 
@@ -20,10 +21,12 @@ _RAW = CompressionTypes.UNCOMPRESSED
 
 def _beam_knows(path: str) -> bool:
     try:
-        FileSystems.get_filesystem(path)
-        return True
+        filesystem = FileSystems.get_filesystem(path)
     except ValueError:
         return False
+    if filesystem.scheme() == "s3":  # Beam's S3 needs apache-beam[aws]; else tensorflow-io's
+        return importlib.util.find_spec("boto3") is not None
+    return True
 
 
 def open_read(path: str) -> BinaryIO:

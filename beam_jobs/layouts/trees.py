@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import os
 from typing import Mapping, Optional
@@ -12,6 +13,9 @@ from beam_jobs.layouts import files
 from beam_jobs.layouts.assemble import CONFLICTING_LABELS, INVALID_ID, MALFORMED_METADATA, Entry
 from beam_jobs.layouts.common import Scan, clean_text, image_stem, parse_age, parse_sex, strip_suffixes
 from beam_jobs.layouts.labels import label_from_text
+
+
+SIDECAR_READERS = 16  # concurrent sidecar reads from a URL (each waits on the network)
 
 
 def sidecar_jsons(scan: Scan) -> list[str]:
@@ -88,7 +92,19 @@ def read_legacy_json(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]
     """
     sidecars = sidecar_jsons(scan)
     counters["other_json_skipped"] += len(scan.json_files) - len(sidecars)
-    return [_sidecar_entry(path, scan.root, counters) for path in sidecars]
+
+    def read_one(path: str) -> tuple[Entry, collections.Counter]:
+        own = collections.Counter()  # per sidecar, so threads never share a counter
+        return _sidecar_entry(path, scan.root, own), own
+
+    # One small read per image: on gs:// or s3:// each is a network round trip, so read many at
+    # once there; on a local disk threads only contend for the GIL (~15% slower).
+    readers = SIDECAR_READERS if files.is_url(scan.root) else 1
+    with concurrent.futures.ThreadPoolExecutor(readers) as pool:
+        results = list(pool.map(read_one, sidecars))  # in order: deterministic
+    for _, own in results:
+        counters.update(own)
+    return [entry for entry, _ in results]
 
 
 def class_of_folder(folder: str, dx: Mapping[str, str]) -> tuple[str, str]:
