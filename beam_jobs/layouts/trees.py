@@ -99,9 +99,11 @@ def read_legacy_json(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]
 
     # One small read per image: on gs:// or s3:// each is a network round trip, so read many at
     # once there; on a local disk threads only contend for the GIL (~15% slower).
-    readers = SIDECAR_READERS if files.is_url(scan.root) else 1
-    with concurrent.futures.ThreadPoolExecutor(readers) as pool:
-        results = list(pool.map(read_one, sidecars))  # in order: deterministic
+    if files.is_url(scan.root):
+        with concurrent.futures.ThreadPoolExecutor(SIDECAR_READERS) as pool:
+            results = list(pool.map(read_one, sidecars))  # in order: deterministic
+    else:
+        results = [read_one(path) for path in sidecars]
     for _, own in results:
         counters.update(own)
     return [entry for entry, _ in results]
