@@ -86,7 +86,8 @@ class IsicToTFRecords(beam.PTransform):
                     dict(self.layout.counters),
                     shards=beam.pvalue.AsList(shards),
                     rejections=beam.pvalue.AsList(rejections),
-                    kept=beam.pvalue.AsSingleton(planned[KEPT])))
+                    # No image left to plan (all filtered or rejected): nothing was kept.
+                    kept=beam.pvalue.AsSingleton(planned[KEPT], default_value=())))
 
 
 def _plan_shards_of_group(group, config: PreprocessConfig):

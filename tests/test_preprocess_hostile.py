@@ -3,6 +3,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from beam_jobs import preprocess
@@ -96,3 +97,31 @@ def test_hostile_csv_ids(sample_dir, tmp_path):
     assert reasons == ["invalid_id", "missing_image", "missing_metadata"]
     assert manifest["totals"]["written"] == len(good)
     assert manifest["totals"]["read"] == len(good) + 3
+
+
+@pytest.mark.parametrize("case", ["all_filtered", "all_corrupt", "no_image"])
+def test_nothing_left_to_write_still_gives_a_manifest(tmp_path, case):
+    """Every input filtered, every image corrupt, or no image at all: exit cleanly with an empty
+    dataset whose totals add up (the plan step never runs when no image survives decoding)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(0 if case == "no_image" else 3):
+        image_id = f"ISIC_000000{i}"
+        if case == "all_corrupt":
+            (src / f"{image_id}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+        else:
+            Image.new("RGB", (40, 30), (i * 50, 10, 10)).save(src / f"{image_id}.jpg")
+        image_type = "clinical" if case == "all_filtered" else "dermoscopic"
+        (src / f"{image_id}.json").write_text(json.dumps({
+            "name": image_id, "meta": {"clinical": {"benign_malignant": "benign"},
+                                       "acquisition": {"image_type": image_type}}}))
+    if case == "no_image":  # a sidecar whose image is missing
+        (src / "ISIC_0000000.json").write_text(json.dumps({"name": "ISIC_0000000", "meta": {}}))
+    manifest = preprocess.run([f"--input={src}", f"--output={tmp_path / 'out'}",
+                               "--image_size=32", "--layout=legacy_json"])
+    totals = manifest["totals"]
+    assert totals["written"] == 0
+    assert totals["read"] == totals["rejected"] + totals["filtered"] + totals["duplicates"] > 0
+    assert all(info["records"] == 0 and not info["shards"]
+               for info in manifest["datasets"]["32"].values())
+    assert not (tmp_path / "out" / ".incomplete").exists()
