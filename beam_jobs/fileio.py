@@ -92,10 +92,9 @@ def delete_tree(path: str) -> None:
             if FileSystems.exists(path):
                 FileSystems.delete([path])  # the folder and its contents
             return
-        # Object stores have no folders: delete every object under the prefix.
-        found = FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list
-        if found:
-            FileSystems.delete([m.path for m in found])
+        # Object stores have no folders: a path ending in "/" deletes the prefix in batches.
+        if FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list:
+            FileSystems.delete([path.rstrip("/") + "/"])
         return
     import tensorflow as tf
 

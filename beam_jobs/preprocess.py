@@ -15,6 +15,7 @@ import sys
 from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions)
 
@@ -230,11 +231,12 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     layout_result = layouts.read_layout(config.input, config.layout, dx_labels)
     logging.info("layout %s: %d records, %d metadata rejections", layout_result.layout,
                  len(layout_result.records), len(layout_result.rejections))
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    FileSystems.set_options(options)  # e.g. Beam's S3 client needs them before stage_layout
     prepare_output(config)
     stage_layout(config, layout_result)
 
-    options = PipelineOptions(beam_args)
-    options.view_as(SetupOptions).save_main_session = save_main_session
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     _ = pipeline | "IsicToTFRecords" >> IsicToTFRecords(config, layout_result)
     with single_threaded_worker_ops(options):

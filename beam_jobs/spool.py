@@ -51,35 +51,6 @@ class SpoolWriter:
             self._file = None
 
 
-class SpoolReader:
-    """Reads SpoolRefs back, keeping each spool file open until `close`."""
-
-    def __init__(self):
-        self._files: dict = {}
-
-    def read(self, ref: SpoolRef) -> bytes:
-        f = self._files.get(ref.path)
-        if f is None:
-            f = self._files[ref.path] = fileio.open_read(ref.path)
-        f.seek(ref.offset)
-        data = f.read(ref.length)
-        if len(data) != ref.length:
-            raise IOError(f"spool file {ref.path} is short: wanted {ref.length} bytes at "
-                          f"{ref.offset}, got {len(data)}")
-        return data
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
-
-    def __enter__(self) -> "SpoolReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def read_all(refs) -> dict:
     """{ref: bytes} for many slices, reading each spool file once, front to back (an object
     store's reader refetches its buffer on every backward or far seek)."""

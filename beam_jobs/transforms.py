@@ -15,12 +15,10 @@ import uuid
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_jobs import splits
+from beam_jobs import fileio, splits
 from beam_jobs.config import PreprocessConfig
-from beam_jobs.layouts import files
 from beam_jobs.spool import SPOOL_DIR, SpoolRef, SpoolWriter
 from beam_jobs.writing import INCOMPLETE_DIR
 from isicflow import imaging
@@ -79,16 +77,6 @@ class FilterRecords(beam.DoFn):
             record.image_path, record.image_id, why[0], why[1], kind=FILTERED))
 
 
-def read_bytes(path: str) -> bytes:
-    """Through Beam's file systems (local, gs://, s3://), else TensorFlow's (e.g. ram://)."""
-    try:
-        handle = FileSystems.open(path)
-    except ValueError:  # a scheme Beam has no file system for
-        return files.read_bytes(path)
-    with handle:
-        return handle.read()
-
-
 class ProcessImage(beam.DoFn):
     """Read -> hash -> decode once (reduced scale where it pays) -> resize and encode per size;
     the encoded bytes go to this bundle's spool file (beam_jobs.spool), not downstream."""
@@ -134,7 +122,7 @@ class ProcessImage(beam.DoFn):
         cfg = self.config
         self._progress()
         try:
-            data = read_bytes(record.image_path)
+            data = fileio.read_bytes(record.image_path)  # as stored, whatever its name
         except Exception as e:  # missing file, permissions, network: recorded, job goes on
             yield self._reject(record, "unreadable_file", f"{type(e).__name__}: {e}")
             return

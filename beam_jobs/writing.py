@@ -161,8 +161,11 @@ def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_
     manifest = build_manifest(config, layout, shards, list(rejections), list(kept),
                               inputs_read, layout_counters)
     for shard in shards:
-        fileio.rename(join(config.output, INCOMPLETE_DIR, shard["path"]),
-                      join(config.output, shard["path"]))
+        source, final = join(config.output, INCOMPLETE_DIR, shard["path"]), join(config.output,
+                                                                                 shard["path"])
+        if not fileio.exists(source) and fileio.exists(final):
+            continue  # moved by an earlier attempt of this step (runners retry failed bundles)
+        fileio.rename(source, final)
     fileio.delete_tree(join(config.output, INCOMPLETE_DIR))
     ordered = sorted(rejections, key=lambda r: (r.image_id, r.path, r.reason))
     fileio.write_bytes(join(config.output, REJECTS_NAME), "".join(

@@ -72,7 +72,12 @@ def _field(number: int, payload: bytes) -> bytes:
 def _feature(kind: str, value: Any) -> bytes:
     """A tf.train.Feature holding one value: bytes_list (1), float_list (2) or int64_list (3)."""
     if kind == "bytes":
-        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        if isinstance(value, str):
+            raw = value.encode("utf-8")
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+        else:  # bytes(3) would silently give three zero bytes
+            raise TypeError(f"bytes feature needs str or bytes, got {type(value).__name__}")
         return _field(1, _field(1, raw))
     if kind == "int64":
         number = int(value)

@@ -74,6 +74,8 @@ def test_encoder_is_byte_identical_to_tensorflows_protobuf():
     assert schema.encode_example(huge) == _proto_reference(huge)
     with pytest.raises(ValueError, match="out of range"):
         schema.encode_example(_record(height=2**63))
+    with pytest.raises(TypeError, match="str or bytes"):
+        schema.encode_example(_record(image_id=3))  # bytes(3) would be three zero bytes
 
 
 def test_encode_is_deterministic():

@@ -8,7 +8,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.config import PreprocessConfig
-from beam_jobs.spool import SpoolReader, SpoolRef
+from beam_jobs.spool import SpoolRef, read_all
 from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, REJECTED, FilterRecords,
                                   ProcessedImage, ProcessImage, plan_dataset, plan_shards,
                                   shard_count)
@@ -52,10 +52,9 @@ def test_process_image_decodes_and_rejects(tmp_path):
     config = dataclasses.replace(CONFIG, output=str(tmp_path / "out"))
 
     def spooled_sizes(image):
-        with SpoolReader() as spool:
-            return image.record.image_id, sorted(
-                (size, Image.open(io.BytesIO(spool.read(ref))).size)
-                for size, ref in image.encoded.items())
+        spooled = read_all(image.encoded.values())
+        return image.record.image_id, sorted(
+            (size, Image.open(io.BytesIO(spooled[ref])).size) for size, ref in image.encoded.items())
 
     with TestPipeline() as p:
         out = (p | beam.Create(records)
@@ -147,10 +146,10 @@ def test_spool_round_trip_and_short_read(tmp_path):
     refs = [writer.append(b"abc"), writer.append(b""), writer.append(b"defgh")]
     writer.close()
     assert [r.offset for r in refs] == [0, 3, 3] and len({r.path for r in refs}) == 1
-    with SpoolReader() as reader:
-        assert [reader.read(r) for r in reversed(refs)] == [b"defgh", b"", b"abc"]
-        with pytest.raises(IOError, match="short"):
-            reader.read(SpoolRef(refs[0].path, 6, 4))
+    got = read_all(reversed(refs))
+    assert [got[r] for r in refs] == [b"abc", b"", b"defgh"]
+    with pytest.raises(IOError, match="short"):
+        read_all([SpoolRef(refs[0].path, 6, 4)])
     second = SpoolWriter(str(tmp_path / "spool"))
     assert second.append(b"x").path != refs[0].path  # a retried bundle never overwrites
     second.close()
@@ -179,3 +178,24 @@ def test_spool_read_all_reads_each_file_in_order(tmp_path):
     second.close()
     got = read_all(list(reversed(refs)) + refs[:1])  # any order, repeats allowed
     assert [got[r] for r in refs] == [b"aa", b"bbb", b"c", b""]
+
+
+def test_finalize_can_be_retried_after_moving_shards(tmp_path):
+    """A runner retries a failed Finalize bundle: shards it already moved are not an error."""
+    import json
+
+    from beam_jobs import writing
+
+    config = PreprocessConfig(input="unused", output=str(tmp_path), image_sizes=(32,))
+    shard = {"size": 32, "split": "train", "path": "32/train/train-00000-of-00001.tfrecord",
+             "records": 1, "bytes": 3, "sha256": "x"}
+    source = tmp_path / ".incomplete" / shard["path"]
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"abc")
+    kept = ({"split": "train", "label": "benign", "diagnosis": "", "source": ""},)
+    args = (None, config, "legacy_json", 1, {}, [shard], [], kept)
+    first = writing.finalize(*args)
+    (tmp_path / "manifest.json").unlink()  # as if the first attempt died after moving shards
+    assert writing.finalize(*args) == first
+    assert (tmp_path / shard["path"]).read_bytes() == b"abc"
+    assert json.loads((tmp_path / "manifest.json").read_text())["totals"]["written"] == 1
