@@ -46,7 +46,7 @@ def _masked_crc32c(data: bytes) -> bytes:
 def tfrecord_frame(record: bytes) -> bytes:
     """One TFRecord: length (uint64 LE), its masked CRC-32C, the bytes, their masked CRC-32C.
 
-    The format tf.io.TFRecordWriter writes (tests/test_preprocess.py compares the bytes); done
+    The format tf.io.TFRecordWriter writes (tests/test_transforms.py compares the bytes); done
     here so the pipeline's workers need no TensorFlow.
     """
     header = struct.pack("<Q", len(record))
