@@ -273,3 +273,26 @@ def test_jit_compile_trains(real_dataset, tmp_path):
     assert np.isfinite(result.history[0]["loss"]) and result.model.jit_compile
     with pytest.raises(ValueError, match="jit_compile=True with deterministic=True"):
         train.train(_config(real_dataset, tmp_path, jit_compile=True, deterministic=True))
+
+
+def test_early_stopping_patience_continues_after_a_resume(tmp_path):
+    """The interrupted run had val_auc 0.5, 0.7, 0.6, 0.65: best 0.7 two epochs ago. With
+    patience 3, one more epoch without improvement stops training, as it would have without
+    the interruption (plain EarlyStopping would start counting from zero again)."""
+    history = train.HistoryFile(str(tmp_path / "history.json"))
+    history.entries = [{"epoch": i + 1, "val_auc": v} for i, v in enumerate([0.5, 0.7, 0.6, 0.65])]
+    stopper = train.ResumableEarlyStopping(history, monitor="val_auc", mode="max", patience=3)
+
+    class _Model:
+        stop_training = False
+
+    stopper.set_model(_Model())
+    stopper.on_train_begin()
+    assert (stopper.best, stopper.best_epoch, stopper.wait) == (0.7, 1, 2)
+    stopper.on_epoch_end(4, {"val_auc": 0.69})
+    assert stopper.model.stop_training and stopper.stopped_epoch == 4
+    fresh = train.ResumableEarlyStopping(train.HistoryFile(str(tmp_path / "none.json")),
+                                         monitor="val_auc", mode="max", patience=3)
+    fresh.set_model(_Model())
+    fresh.on_train_begin()  # no history: the plain behaviour
+    assert (fresh.best, fresh.wait) == (None, 0)

@@ -145,6 +145,28 @@ class HistoryFile(keras.callbacks.Callback):
         os.replace(tmp, self.path)
 
 
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose count survives a resume: on_train_begin replays the monitored values
+    history.json already holds, so best and wait continue where the interrupted run left them
+    instead of patience starting over."""
+
+    def __init__(self, history_file: HistoryFile, **kwargs):
+        super().__init__(**kwargs)
+        self.history_file = history_file
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        for epoch, entry in enumerate(self.history_file.entries):
+            current = entry.get(self.monitor)
+            if current is None or epoch < self.start_from_epoch:
+                continue
+            self.wait += 1
+            if self._is_improvement(current, self.best):
+                self.best, self.best_epoch, self.wait = current, epoch, 0
+
+
 class SampleImages(keras.callbacks.Callback):
     """A few training images as the model sees them (after augmentation), once per run."""
 
@@ -235,8 +257,8 @@ def _callbacks(c: TrainConfig, meter, history_file, sample_batch) -> list:
         history_file,
     ]
     if c.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=c.monitor, mode="max", patience=c.early_stopping_patience))
+        callbacks.append(ResumableEarlyStopping(
+            history_file, monitor=c.monitor, mode="max", patience=c.early_stopping_patience))
     return callbacks
 
 
