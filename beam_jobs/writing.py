@@ -29,13 +29,20 @@ from isicflow.metadata import LABEL_INDEX, Rejection
 INCOMPLETE_DIR = ".incomplete"
 
 
-def file_sha256(path: str) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with fileio.open_read(path) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+class _HashingWriter:
+    """Passes bytes on to a writer, counting and hashing them: a shard's size and sha256 come
+    from what was written, without reading the file back (a full download on GCS)."""
+
+    def __init__(self, raw):
+        self.raw, self.size, self.digest = raw, 0, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
 
 
 def _masked_crc32c(data: bytes) -> bytes:
@@ -84,14 +91,15 @@ class WriteShard(beam.DoFn):
         tmp = join(self.config.output, INCOMPLETE_DIR, rel)
         encoded = spool.read_all([image.encoded[size] for image in images])
         with fileio.open_write(tmp) as raw:
-            out = fileio.gzip_writer(raw) if self.config.compression == "gzip" else raw
+            stored = _HashingWriter(raw)
+            out = fileio.gzip_writer(stored) if self.config.compression == "gzip" else stored
             for image in images:
                 example = to_example(image, encoded[image.encoded[size]], size, split,
                                      self.config.image_format)
                 out.write(tfrecord_frame(example))
-            if out is not raw:
+            if out is not stored:
                 out.close()  # writes the gzip trailer; raw is closed by the with
-        nbytes, sha = file_sha256(tmp)
+        nbytes, sha = stored.size, stored.digest.hexdigest()
         Metrics.counter("isicflow", "shards_written").inc()
         Metrics.counter("isicflow", "records_written").inc(len(images))
         yield {"size": size, "split": split, "path": rel, "records": len(images),
@@ -168,8 +176,8 @@ def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_
         fileio.rename(source, final)
     fileio.delete_tree(join(config.output, INCOMPLETE_DIR))
     ordered = sorted(rejections, key=lambda r: (r.image_id, r.path, r.reason))
-    fileio.write_bytes(join(config.output, REJECTS_NAME), "".join(
-        json.dumps(r.to_json_dict(), sort_keys=True) + "\n" for r in ordered).encode("utf-8"))
+    fileio.write_bytes(join(config.output, REJECTS_NAME),
+                       "".join(r.to_json() + "\n" for r in ordered).encode("utf-8"))
     fileio.write_bytes(join(config.output, MANIFEST_NAME),
                        (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
     logging.info("wrote %s", join(config.output, MANIFEST_NAME))

@@ -82,6 +82,18 @@ def test_stored_images_match_independent_resize(real_run, sample_dir):
     assert worst <= 2, f"max abs pixel difference {worst} > 2"
 
 
+def test_manifest_sizes_and_checksums_match_the_shard_files(real_run):
+    import hashlib
+
+    out, manifest = real_run
+    for per_split in manifest["datasets"].values():
+        for info in per_split.values():
+            for shard in info["shards"]:
+                data = (out / shard["path"]).read_bytes()
+                assert len(data) == shard["bytes"]
+                assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+
+
 def test_record_metadata_comes_from_sidecars(real_run, sample_dir):
     out, manifest = real_run
     by_id = {r["image_id"]: r for rs in read_records(out, manifest, 64).values() for r in rs}
