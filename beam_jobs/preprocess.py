@@ -7,17 +7,14 @@ every other flag is a Beam pipeline option (--runner, --direct_num_workers, --pr
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 import sys
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
-                                                  StandardOptions)
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from beam_jobs import fileio, synthetic, writing
 from beam_jobs.config import PreprocessConfig, parse_config
@@ -194,32 +191,6 @@ def make_runner(options: PipelineOptions):
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
-@contextlib.contextmanager
-def single_threaded_worker_ops(options: PipelineOptions) -> Iterator[None]:
-    """In multi-process mode each worker is one core's share: TensorFlow ops run on one thread.
-
-    Without this, every worker process sizes its thread pools to all cores, so N workers on N
-    cores oversubscribe them (measured: 2 workers on 2 cores 8% slower). The environment is
-    inherited by the worker processes the FnApiRunner starts, and restored afterwards.
-    """
-    direct = options.view_as(DirectOptions)
-    if direct.direct_running_mode != "multi_processing" or direct.direct_num_workers == 1:
-        yield
-        return
-    names = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
-    saved = {n: os.environ.get(n) for n in names}
-    for n in names:
-        os.environ.setdefault(n, "1")
-    try:
-        yield
-    finally:
-        for n, value in saved.items():
-            if value is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = value
-
-
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) -> dict:
     """Runs the job; returns the manifest it wrote. Tests call this directly."""
     from beam_jobs import layouts
@@ -239,9 +210,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
 
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     _ = pipeline | "IsicToTFRecords" >> IsicToTFRecords(config, layout_result)
-    with single_threaded_worker_ops(options):
-        result = pipeline.run()
-        result.wait_until_finish()
+    result = pipeline.run()
+    result.wait_until_finish()
 
     manifest = read_manifest(config.output)  # what Finalize wrote, version-checked
     print(format_summary(manifest))
