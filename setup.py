@@ -10,6 +10,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["isicflow", "isicflow.*", "beam_jobs", "beam_jobs.*",
                                     "trainer", "trainer.*"]),
+    package_data={"isicflow.protos": ["*.binpb"]},  # tf.train.Example's compiled descriptors
     install_requires=[
         # tensorflow-io 0.37.1 (its newest release) loads its ops only with TensorFlow 2.17.x.
         "tensorflow==2.17.1",

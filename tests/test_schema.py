@@ -16,6 +16,26 @@ def test_generated_code_matches_proto(tmp_path):
     fresh = (tmp_path / "lesion_example_pb2.py").read_text()
     committed = (REPO / "isicflow/protos/lesion_example_pb2.py").read_text()
     assert fresh == committed, "run `make proto` after editing proto/"
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "proto"),
+                    "--include_imports", f"--descriptor_set_out={tmp_path / 'tf_example.binpb'}",
+                    str(REPO / "proto/tensorflow/core/example/example.proto")], check=True)
+    fresh_tf = (tmp_path / "tf_example.binpb").read_bytes()
+    assert fresh_tf == (REPO / "isicflow/protos" / schema.TF_EXAMPLE_DESCRIPTORS).read_bytes(), \
+        "run `make proto` after editing proto/"
+
+
+def test_encoder_and_tensorflow_share_a_process_in_either_import_order():
+    """Our tf.train.Example lives in a private descriptor pool: importing TensorFlow before or
+    after isicflow.schema registers nothing twice, and both serialize the same bytes."""
+    for first, second in (("isicflow.schema", "tensorflow"), ("tensorflow", "isicflow.schema")):
+        code = (f"import {first}, {second}; import tensorflow as tf; from isicflow import schema\n"
+                "e = tf.train.Example(); e.features.feature['x'].int64_list.value.append(5)\n"
+                "o = schema._Example(); o.features.feature['x'].int64_list.value.append(5)\n"
+                "assert e.SerializeToString(deterministic=True) == o.SerializeToString()\n"
+                "print('ok')")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                cwd=str(REPO))
+        assert result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 def _record(**over):
