@@ -42,10 +42,6 @@ class PreprocessConfig:
     def tf_compression(self) -> str:
         return COMPRESSIONS[self.compression]
 
-    @property
-    def shard_suffix(self) -> str:
-        return ".tfrecord.gz" if self.compression == "gzip" else ".tfrecord"
-
     def to_json_dict(self) -> dict:
         return dataclasses.asdict(self)
 

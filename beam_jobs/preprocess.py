@@ -16,11 +16,13 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-from beam_jobs import fileio, synthetic, writing
+from beam_jobs import synthetic, writing
 from beam_jobs.config import PreprocessConfig, parse_config
 from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, REJECTED, FilterRecords,
                                   ProcessImage, plan_shards)
-from isicflow.manifest import MANIFEST_NAME, REJECTS_NAME, join_path, read_manifest
+from isicflow import fileio
+from isicflow.dataset import MANIFEST_NAME, REJECTS_NAME, read_manifest
+from isicflow.fileio import join_path
 from isicflow.metadata import LesionRecord, Rejection
 
 
@@ -116,13 +118,11 @@ def read_json_lines(path: str, parse):
 
 def prepare_output(config: PreprocessConfig) -> None:
     """Refuses a non-empty --output without --overwrite; with it, clears only our own output."""
-    import tensorflow as tf
-
     out = config.output
-    if not tf.io.gfile.exists(out):
-        tf.io.gfile.makedirs(out)
+    if not fileio.isdir(out):
+        fileio.makedirs(out)
         return
-    entries = tf.io.gfile.listdir(out)
+    entries = fileio.listdir(out)
     if not entries:
         return
     if not config.overwrite:
@@ -135,14 +135,14 @@ def prepare_output(config: PreprocessConfig) -> None:
         raise OutputNotEmpty(f"--output {out!r} holds files isicflow did not write "
                              f"({foreign[:5]}); refusing to delete them even with --overwrite")
     manifest = join_path(out, MANIFEST_NAME)
-    if tf.io.gfile.exists(manifest):
-        tf.io.gfile.remove(manifest)  # first, so a dataset is never half old and half new
+    if fileio.exists(manifest):
+        fileio.remove(manifest)  # first, so a dataset is never half old and half new
     for entry in entries:
         path = join_path(out, entry.rstrip("/"))
-        if tf.io.gfile.isdir(path):
-            tf.io.gfile.rmtree(path)
-        elif tf.io.gfile.exists(path):
-            tf.io.gfile.remove(path)
+        if fileio.isdir(path):
+            fileio.delete_tree(path)
+        elif fileio.exists(path):
+            fileio.remove(path)
 
 
 def format_summary(manifest: dict) -> str:

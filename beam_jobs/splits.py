@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
-SPLIT_NAMES = ("train", "validation", "test")
+from isicflow.dataset import SPLITS
+
 
 
 def parse_fractions(text: str) -> tuple[float, float, float]:
@@ -46,8 +47,8 @@ def assign_splits(group_labels: Iterable[tuple[str, str]],
         totals[label] += 1
     # Sorted labels: the float sums below must not depend on the order labels were first seen.
     targets = {s: {lab: f * totals[lab] for lab in sorted(totals)}
-               for s, f in zip(SPLIT_NAMES, fractions)}
-    counts = {s: collections.Counter() for s in SPLIT_NAMES}
+               for s, f in zip(SPLITS, fractions)}
+    counts = {s: collections.Counter() for s in SPLITS}
     assignment: dict[str, str] = {}
     # Large groups first (they are the hard ones to place), then a seeded hash order.
     order = sorted(per_group, key=lambda g: (-sum(per_group[g].values()), stable_hash(g, seed)))
@@ -57,14 +58,14 @@ def assign_splits(group_labels: Iterable[tuple[str, str]],
         def deficit_after(split: str) -> float:
             # Squared distance to the targets, over all labels, if this group went to `split`.
             err = 0.0
-            for s in SPLIT_NAMES:
+            for s in SPLITS:
                 for lab, target in targets[s].items():
                     have = counts[s][lab] + (labels[lab] if s == split else 0)
                     err += (have - target) ** 2
             return err
 
-        candidates = [s for s, f in zip(SPLIT_NAMES, fractions) if f > 0]
-        best = min(candidates, key=lambda s: (deficit_after(s), SPLIT_NAMES.index(s)))
+        candidates = [s for s, f in zip(SPLITS, fractions) if f > 0]
+        best = min(candidates, key=lambda s: (deficit_after(s), SPLITS.index(s)))
         assignment[group] = best
         counts[best].update(labels)
     return assignment
@@ -82,12 +83,3 @@ def select_balanced(items: Iterable[tuple[str, str]], seed: int = 0) -> set[str]
     malignant, benign = hashed(by_label.get("malignant", [])), hashed(by_label.get("benign", []))
     n = min(len(malignant), len(benign))
     return set(malignant[:n]) | set(benign[:n])
-
-
-def split_counts(assignment: Mapping[str, str],
-                 group_labels: Iterable[tuple[str, str]]) -> dict[str, collections.Counter]:
-    """Per split, images per label: for logging and tests."""
-    out = {s: collections.Counter() for s in SPLIT_NAMES}
-    for group, label in group_labels:
-        out[assignment[group]][label] += 1
-    return out

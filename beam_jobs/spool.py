@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-from beam_jobs import fileio
-from isicflow.manifest import join_path
+from isicflow import fileio
+from isicflow.fileio import join_path
 
 SPOOL_DIR = "spool"
 

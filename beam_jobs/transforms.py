@@ -17,12 +17,13 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from beam_jobs import fileio, splits
+from beam_jobs import splits
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SPOOL_DIR, SpoolRef, SpoolWriter
 from beam_jobs.writing import INCOMPLETE_DIR
-from isicflow import imaging
-from isicflow.manifest import join_path
+from isicflow import fileio, imaging
+from isicflow.dataset import kept_entry
+from isicflow.fileio import join_path
 from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
 
 NAMESPACE = "isicflow"
@@ -185,7 +186,7 @@ def plan_dataset(images: list[ProcessedImage], config: PreprocessConfig) -> Data
     by_group = splits.assign_splits(((r.group_key, r.label) for r in records),
                                     config.split_fractions, config.seed)
     split_of = {r.image_id: by_group[r.group_key] for r in records}
-    rank_of, seen = {}, {s: 0 for s in splits.SPLIT_NAMES}
+    rank_of, seen = {}, {s: 0 for s in splits.SPLITS}
     totals: dict = {}
     for r in records:
         split = split_of[r.image_id]
@@ -195,8 +196,7 @@ def plan_dataset(images: list[ProcessedImage], config: PreprocessConfig) -> Data
             count, total = totals.get((size, split), (0, 0))
             totals[(size, split)] = (count + 1, total + nbytes)
     shard_counts = {key: shard_count(n, b, config) for key, (n, b) in totals.items()}
-    kept = tuple({"split": split_of[r.image_id], "label": r.label, "diagnosis": r.diagnosis,
-                  "source": r.source_collection} for r in records)
+    kept = tuple(kept_entry(r, split_of[r.image_id]) for r in records)
     return DatasetPlan(duplicate_of, dropped, split_of, rank_of, shard_counts, kept)
 
 

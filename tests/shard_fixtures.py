@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from isicflow import imaging, manifest as manifest_lib, metadata, schema
+from isicflow import dataset, imaging, metadata, schema
 
 RESIZE_MODE = "squash"
 
@@ -65,8 +65,8 @@ def write_tiny_dataset(root, images_by_split: Mapping[str, Sequence[tuple[np.nda
     for size in sizes:
         datasets[str(size)] = {}
         for split, items in images_by_split.items():
-            if split not in manifest_lib.SPLITS:
-                raise ValueError(f"split {split!r} not in {manifest_lib.SPLITS}")
+            if split not in dataset.SPLITS:
+                raise ValueError(f"split {split!r} not in {dataset.SPLITS}")
             records = [_record(f"{split}_{i:04d}", np.asarray(px, np.uint8), label, split,
                                size, image_format) for i, (px, label) in enumerate(items)]
             n = max(1, min(num_shards, len(records)))
@@ -89,8 +89,8 @@ def write_tiny_dataset(root, images_by_split: Mapping[str, Sequence[tuple[np.nda
         "image_format": image_format, "resize_mode": RESIZE_MODE, "compression": compression,
         "image_sizes": list(sizes), "datasets": datasets,
     }
-    (root / manifest_lib.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-    (root / manifest_lib.REJECTS_NAME).write_text("")
+    (root / dataset.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    (root / dataset.REJECTS_NAME).write_text("")
     return str(root)
 
 

@@ -1,11 +1,16 @@
 """The engine's file access (Beam's file systems, TensorFlow's for other schemes), and the
 promise it serves: the pipeline's steps run without importing TensorFlow."""
 import gzip
+import os
+import pathlib
 import subprocess
 import sys
 import textwrap
 
-from beam_jobs import fileio
+from isicflow import fileio
+
+# Subprocesses import this checkout, not whatever checkout the environment installed.
+_ENV = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
 
 
 def test_local_write_read_rename_delete(tmp_path):
@@ -64,5 +69,28 @@ def test_pipeline_steps_run_without_tensorflow(tmp_path, sample_dir):
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=str(tmp_path.parent), env=None)
+                            cwd=str(tmp_path.parent), env=_ENV)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_launcher_file_access_on_local_paths_needs_no_tensorflow(tmp_path, sample_dir):
+    """Reading a local layout and preparing a local --output (with --overwrite) go through os and
+    Beam, never TensorFlow."""
+    out = tmp_path / "out"
+    (out / "128").mkdir(parents=True)
+    (out / "manifest.json").write_text("{}")
+    code = textwrap.dedent(f"""
+        import sys
+        from beam_jobs import layouts, preprocess
+        from beam_jobs.config import PreprocessConfig
+        result = layouts.read_layout({str(sample_dir)!r})
+        assert len(result.records) == 440, len(result.records)
+        preprocess.prepare_output(PreprocessConfig(input="x", output={str(out)!r}, overwrite=True))
+        preprocess.prepare_output(PreprocessConfig(input="x", output={str(out / "new")!r}))
+        assert "tensorflow" not in sys.modules, "the launcher imported TensorFlow"
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=str(tmp_path.parent), env=_ENV)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["new"]

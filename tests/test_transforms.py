@@ -156,10 +156,10 @@ def test_spool_round_trip_and_short_read(tmp_path):
 
 
 def test_tfrecord_framing_is_tensorflows(tmp_path):
-    """writing.tfrecord_frame writes what tf.io.TFRecordWriter writes, byte for byte."""
+    """dataset.tfrecord_frame writes what tf.io.TFRecordWriter writes, byte for byte."""
     import tensorflow as tf
 
-    from beam_jobs.writing import tfrecord_frame
+    from isicflow.dataset import tfrecord_frame
 
     records = [b"", b"x", bytes(range(256)) * 40, "\u00e9".encode()]
     path = str(tmp_path / "tf.tfrecord")

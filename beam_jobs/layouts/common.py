@@ -12,7 +12,7 @@ import os
 import re
 from typing import Iterable, Optional
 
-from beam_jobs.layouts import files
+from isicflow import fileio as files
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Segmentation masks and superpixel maps shipped beside the photos (ISIC 2016-2018 challenges).

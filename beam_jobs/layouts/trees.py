@@ -9,7 +9,7 @@ from typing import Mapping, Optional
 
 from isicflow.metadata import BENIGN, MALIGNANT, UNKNOWN
 
-from beam_jobs.layouts import files
+from isicflow import fileio as files
 from beam_jobs.layouts.assemble import CONFLICTING_LABELS, INVALID_ID, MALFORMED_METADATA, Entry
 from beam_jobs.layouts.common import Scan, clean_text, image_stem, parse_age, parse_sex, strip_suffixes
 from beam_jobs.layouts.labels import label_from_text

@@ -1,0 +1,267 @@
+"""The dataset contract: what a dataset folder holds, written by the data engine (beam_jobs) and by
+the GAN's sampler alike, and read by the trainers.
+
+Layout (paths relative to the dataset root):
+  manifest.json, rejects.jsonl, <size>/<split>/<split>-00000-of-000NN.tfrecord[.gz]
+manifest["datasets"][str(size)][split] = {"records": int, "counts": {label_name: int},
+    "shards": [{"path": str, "records": int, "bytes": int, "sha256": str}, ...]}
+Records are tf.train.Example (isicflow.schema) in TFRecord framing; inside a shard, in image id
+order. Nothing here imports TensorFlow or Beam at import time: the engine's workers use it.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import posixpath
+import struct
+from typing import Any, Iterable, Mapping, Sequence
+
+import google_crc32c
+
+from isicflow import fileio, schema
+from isicflow.metadata import LABEL_INDEX, LesionRecord, Rejection
+
+MANIFEST_NAME = "manifest.json"
+REJECTS_NAME = "rejects.jsonl"
+SPLITS = ("train", "validation", "test")
+
+
+# ---- shard naming ----
+
+def shard_suffix(compression: str) -> str:
+    """compression as the manifest says it: '' or 'GZIP'."""
+    return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+
+
+def shard_path(size: int, split: str, index: int, count: int, compression: str = "") -> str:
+    """A shard's path relative to the dataset root: <size>/<split>/<split>-00000-of-000NN.tfrecord."""
+    return posixpath.join(str(size), split,
+                          f"{split}-{index:05d}-of-{count:05d}{shard_suffix(compression)}")
+
+
+# ---- records ----
+
+def to_example(record: LesionRecord, encoded: bytes, *, size: int, split: str, image_format: str,
+               content_sha256: str, original_height: int, original_width: int) -> bytes:
+    """The serialized record of one image at one size."""
+    return schema.encode_example({
+        "image_id": record.image_id, "image_encoded": encoded,
+        "image_format": image_format, "height": size, "width": size, "channels": 3,
+        "label": LABEL_INDEX[record.label], "label_name": record.label,
+        "diagnosis": record.diagnosis, "patient_id": record.patient_id,
+        "lesion_id": record.lesion_id,
+        "age_approx": -1.0 if record.age_approx is None else float(record.age_approx),
+        "sex": record.sex, "anatom_site": record.anatom_site, "image_type": record.image_type,
+        "source_collection": record.source_collection, "split": split,
+        "content_sha256": content_sha256, "original_height": original_height,
+        "original_width": original_width,
+    })
+
+
+def _masked_crc32c(data: bytes) -> bytes:
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def tfrecord_frame(record: bytes) -> bytes:
+    """One TFRecord: length (uint64 LE), its masked CRC-32C, the bytes, their masked CRC-32C.
+
+    The format tf.io.TFRecordWriter writes (tests/test_transforms.py compares the bytes). Kept by
+    hand: no installed library but TensorFlow frames TFRecords, and workers must not import it.
+    """
+    header = struct.pack("<Q", len(record))
+    return header + _masked_crc32c(header) + record + _masked_crc32c(record)
+
+
+class HashingWriter:
+    """Passes bytes on to a writer, counting and hashing them: a shard's size and sha256 come
+    from what was written, without reading the file back (a full download on GCS)."""
+
+    def __init__(self, raw):
+        self.raw, self.size, self.digest = raw, 0, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def write_shard(path: str, examples: Iterable[bytes], compression: str = "") -> tuple[int, str]:
+    """Writes serialized records to one TFRecord file; returns its (bytes, sha256) as stored."""
+    with fileio.open_write(path) as raw:
+        stored = HashingWriter(raw)
+        out = fileio.gzip_writer(stored) if compression == "GZIP" else stored
+        for example in examples:
+            out.write(tfrecord_frame(example))
+        if out is not stored:
+            out.close()  # writes the gzip trailer; raw is closed by the with
+    return stored.size, stored.digest.hexdigest()
+
+
+# ---- the manifest ----
+
+def kept_entry(record: LesionRecord, split: str) -> dict:
+    """What the manifest counts of one written image."""
+    return {"split": split, "label": record.label, "diagnosis": record.diagnosis,
+            "source": record.source_collection}
+
+
+def summarize_counts(kept: Iterable[dict]) -> dict:
+    """Counts per split x label, and per split x label x diagnosis x source collection."""
+    by_label = {s: collections.Counter() for s in SPLITS}
+    detail = collections.Counter()
+    for k in kept:
+        by_label[k["split"]][k["label"]] += 1
+        detail[(k["split"], k["label"], k["diagnosis"], k["source"])] += 1
+    return {
+        "per_split_label": {s: dict(sorted(c.items())) for s, c in by_label.items()},
+        "per_split_label_diagnosis_source": [
+            {"split": s, "label": lab, "diagnosis": dx, "source_collection": src, "count": n}
+            for (s, lab, dx, src), n in sorted(detail.items())],
+    }
+
+
+def build_manifest(*, layout: str, image_sizes: Sequence[int], image_format: str,
+                   resize_mode: str, compression: str, synthetic: bool, run_config: dict,
+                   shards: list[dict], rejections: list[Rejection], kept: list[dict],
+                   inputs_read: int, layout_counters: dict) -> dict:
+    """Pure: the manifest as a dict, checking that every input is accounted for.
+
+    shards: {"size", "split", "path", "records", "bytes", "sha256"} each; kept: kept_entry each.
+    """
+    totals = collections.Counter(r.kind for r in rejections)
+    written = len(kept)
+    accounted = written + totals["rejected"] + totals["filtered"] + totals["duplicate"]
+    if accounted != inputs_read:
+        raise RuntimeError(f"bookkeeping bug: read {inputs_read} inputs but accounted for "
+                           f"{accounted} (written {written}, {dict(totals)})")
+    counts = summarize_counts(kept)
+    datasets: dict = {}
+    for size in image_sizes:
+        datasets[str(size)] = {}
+        for split in SPLITS:
+            mine = sorted((s for s in shards if s["size"] == size and s["split"] == split),
+                          key=lambda s: s["path"])
+            datasets[str(size)][split] = {
+                "records": sum(s["records"] for s in mine),
+                "counts": counts["per_split_label"][split],
+                "shards": [{k: s[k] for k in ("path", "records", "bytes", "sha256")} for s in mine],
+            }
+    reasons = collections.Counter((r.kind, r.reason) for r in rejections)
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "synthetic": synthetic,
+        "layout": layout,
+        "image_sizes": list(image_sizes),
+        "image_format": image_format,
+        "resize_mode": resize_mode,
+        "compression": compression,
+        "config": run_config,
+        "totals": {"read": inputs_read, "written": written, "rejected": totals["rejected"],
+                   "filtered": totals["filtered"], "duplicates": totals["duplicate"]},
+        "reasons": {f"{kind}:{reason}": n for (kind, reason), n in sorted(reasons.items())},
+        "layout_counters": dict(sorted(layout_counters.items())),
+        "counts": counts,
+        "datasets": datasets,
+    }
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def rejects_bytes(rejections: Iterable[Rejection]) -> bytes:
+    ordered = sorted(rejections, key=lambda r: (r.image_id, r.path, r.reason))
+    return "".join(r.to_json() + "\n" for r in ordered).encode("utf-8")
+
+
+def read_manifest(data_dir: str) -> dict[str, Any]:
+    """Loads DATA_DIR/manifest.json and checks its schema version; clear error when absent."""
+    path = fileio.join_path(data_dir, MANIFEST_NAME)
+    if not fileio.exists(path):
+        raise FileNotFoundError(
+            f"no {MANIFEST_NAME} in {data_dir!r}: not a finished beam_jobs.preprocess output "
+            "(a run that was killed midway writes none)")
+    manifest = json.loads(fileio.read_bytes(path).decode("utf-8"))
+    schema.check_schema_version(manifest.get("schema_version"), where=path)
+    return manifest
+
+
+def split_info(manifest: dict[str, Any], size: int, split: str) -> dict[str, Any]:
+    datasets = manifest.get("datasets", {})
+    if str(size) not in datasets:
+        raise ValueError(f"image size {size} not in dataset; it has sizes {sorted(datasets)}")
+    if split not in datasets[str(size)]:
+        raise ValueError(f"split {split!r} not in dataset; it has {sorted(datasets[str(size)])}")
+    return datasets[str(size)][split]
+
+
+def shard_paths(manifest: dict[str, Any], data_dir: str, size: int, split: str) -> list[str]:
+    """Absolute shard paths of one (size, split), in manifest order (sorted by name)."""
+    return [fileio.join_path(data_dir, s["path"])
+            for s in split_info(manifest, size, split)["shards"]]
+
+
+def compression_type(manifest: dict[str, Any]) -> str:
+    """'' or 'GZIP', as tf.data.TFRecordDataset takes it."""
+    return manifest.get("compression", "") or ""
+
+
+# ---- a whole dataset without Beam (the GAN's sampler) ----
+
+@dataclasses.dataclass(frozen=True)
+class DatasetImage:
+    """One image for write_dataset: its metadata, its encoded bytes at the dataset's size."""
+
+    record: LesionRecord
+    encoded: bytes
+    split: str = "train"
+
+
+def write_dataset(output: str, images: Iterable[DatasetImage], *, image_size: int,
+                  image_format: str, layout: str, synthetic: bool = False,
+                  compression: str = "", records_per_shard: int = 1000,
+                  run_config: Mapping[str, Any] | None = None) -> dict:
+    """Writes a dataset folder as the engine does (shards, rejects.jsonl, then manifest.json,
+    last) from images already encoded at image_size; returns the manifest.
+
+    Per split, images go round-robin in id order to ceil(n / records_per_shard) shards, each
+    written in id order. Original sizes default to image_size; content_sha256 is the encoded bytes'.
+    """
+    by_split: dict[str, list[DatasetImage]] = {s: [] for s in SPLITS}
+    seen = set()
+    for image in images:
+        if image.split not in by_split:
+            raise ValueError(f"split {image.split!r} not in {SPLITS}")
+        if image.record.image_id in seen:
+            raise ValueError(f"image id {image.record.image_id!r} given twice")
+        seen.add(image.record.image_id)
+        by_split[image.split].append(image)
+    shards, kept = [], []
+    for split, mine in by_split.items():
+        mine.sort(key=lambda im: im.record.image_id)
+        count = -(-len(mine) // records_per_shard)
+        for index in range(count):
+            part = mine[index::count]
+            rel = shard_path(image_size, split, index, count, compression)
+            nbytes, sha = write_shard(fileio.join_path(output, rel), (to_example(
+                im.record, im.encoded, size=image_size, split=split, image_format=image_format,
+                content_sha256=hashlib.sha256(im.encoded).hexdigest(),
+                original_height=im.record.original_height or image_size,
+                original_width=im.record.original_width or image_size) for im in part),
+                compression)
+            shards.append({"size": image_size, "split": split, "path": rel,
+                           "records": len(part), "bytes": nbytes, "sha256": sha})
+        kept += [kept_entry(im.record, split) for im in mine]
+    manifest = build_manifest(
+        layout=layout, image_sizes=[image_size], image_format=image_format, resize_mode="",
+        compression=compression, synthetic=synthetic, run_config=dict(run_config or {}),
+        shards=shards, rejections=[], kept=kept, inputs_read=len(kept), layout_counters={})
+    fileio.write_bytes(fileio.join_path(output, REJECTS_NAME), rejects_bytes([]))
+    fileio.write_bytes(fileio.join_path(output, MANIFEST_NAME), manifest_bytes(manifest))
+    return manifest
