@@ -1,4 +1,5 @@
-"""The data engine's Beam steps: small DoFns around the pure functions, and one PTransform.
+"""The data engine's Beam steps: small DoFns around pure functions (filter, decode and resize,
+plan the dataset); preprocess.IsicToTFRecords wires them, and writing.WriteShard, together.
 
 Every failure path increments a Metrics counter and goes to a dead-letter output (a
 Rejection), never to the floor: read = written + rejected + filtered + duplicates.

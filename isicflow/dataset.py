@@ -36,7 +36,7 @@ def shard_suffix(compression: str) -> str:
 
 
 def shard_path(size: int, split: str, index: int, count: int, compression: str = "") -> str:
-    """A shard's path relative to the dataset root: <size>/<split>/<split>-00000-of-000NN.tfrecord."""
+    """A shard's path relative to the dataset root: <size>/<split>/<split>-0000i-of-0000n.tfrecord"""
     return posixpath.join(str(size), split,
                           f"{split}-{index:05d}-of-{count:05d}{shard_suffix(compression)}")
 

@@ -156,7 +156,7 @@ def decode_image(data: bytes, *, target: int | None = None, mode: str = "squash"
 def resize_image(image, size: int, mode: str = "squash"):
     """Bilinear, antialiased resize of a uint8 HxWx3 image to size x size, as TensorFlow ops.
 
-    The in-graph twin of resize_pixels (the exported model uses it): the same crop/pad
+    The in-graph twin of resize_pil (the exported model uses it): the same crop/pad
     geometry and Pillow's resampling rebuilt in ops (isicflow.pillow_resize), so the pixels are
     identical. squash ignores the aspect ratio as the 2020 study did; center_crop takes the
     central square; pad fits the long side and pads with black.
@@ -189,8 +189,8 @@ def resize_image(image, size: int, mode: str = "squash"):
 def resize_pil(image: Image.Image, size: int, mode: str = "squash") -> Image.Image:
     """The data engine's resize: Pillow's antialiased bilinear, on an RGB Pillow image.
 
-    Pillow's C resampler (~0.8 ms for 480x320 -> 256x256, GIL released) is ~1.6x faster than
-    TensorFlow's ScaleAndTranslate; resize_image reproduces it in-graph bit for bit, so stored
+    Pillow's C resampler (GIL released) is faster than TensorFlow's ScaleAndTranslate (`make
+    bench-preprocess` measures both); resize_image reproduces it in-graph bit for bit, so stored
     and served pixels stay identical (tests/test_imaging.py checks both on many shapes).
     Staying in Pillow from decode to encode also saves three array copies per image.
     """

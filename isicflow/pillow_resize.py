@@ -1,12 +1,11 @@
 """Pillow's antialiased bilinear resize, rebuilt from TensorFlow ops, bit for bit.
 
 The data engine resizes with Pillow (`Image.resize(..., Image.BILINEAR)`: a triangle filter
-widened by the downscale factor, i.e. antialiased, in 22-bit fixed point; ~0.8 ms for a
-480x320 -> 256x256 image against ~1.3 ms for TensorFlow's ScaleAndTranslate). An exported
-model must resize served images in-graph, so this module re-implements Pillow's algorithm
-(libImaging/Resample.c: precompute_coeffs, normalize_coeffs_8bpc, the horizontal then the
-vertical 8-bit pass) with the same float64 coefficient arithmetic, summed in the same order,
-and exact integer sums. tests/test_imaging.py checks it equals Pillow on every shape it tries.
+widened by the downscale factor, i.e. antialiased, in 22-bit fixed point). An exported model
+must resize served images in-graph, and no TensorFlow op computes Pillow's result, so this
+module re-implements Pillow's algorithm (libImaging/Resample.c: precompute_coeffs,
+normalize_coeffs_8bpc, the horizontal then the vertical 8-bit pass) with the same float64
+coefficient arithmetic, summed in the same order, and exact integer sums. tests/test_imaging.py checks it equals Pillow on every shape it tries.
 """
 from __future__ import annotations
 
