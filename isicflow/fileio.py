@@ -4,8 +4,8 @@ Bytes (read, write, exists, rename, delete) go through Beam's file systems: they
 paths and gs:// (s3:// with apache-beam[aws]) and need no TensorFlow, so the pipeline's workers
 never import it (seconds and hundreds of MB per worker process). Folders (walk, list, make,
 test) are local paths through os; Beam's file systems have none, so URLs use TensorFlow's.
-Schemes only TensorFlow knows (s3:// through tensorflow-io, ram:// in tests) go through tf.io.gfile for
-everything, imported only then. Beam itself is imported on first use, not by the trainers.
+Schemes only TensorFlow knows (s3:// through tensorflow-io, ram:// in tests) go through
+tf.io.gfile for everything, imported only then. Beam itself is imported on first use, not by the trainers.
 """
 from __future__ import annotations
 
