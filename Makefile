@@ -40,12 +40,12 @@ $(OUT)/uda1/manifest.json: | install
 	$(MAKE) preprocess-sample
 
 ## The schema: proto/ holds the source, isicflow/protos/ the generated code (committed).
-## tf.train.Example (TensorFlow's own .proto files, proto/tensorflow/) compiles to a descriptor
+## tf.train.Example (TensorFlow's own .proto files, proto/third_party/) compiles to a descriptor
 ## set that isicflow.schema loads into a private pool, so workers encode without TensorFlow.
 proto: install
 	$(PY) -m grpc_tools.protoc -Iproto/isicflow/v1 --python_out=isicflow/protos proto/isicflow/v1/lesion_example.proto
-	$(PY) -m grpc_tools.protoc -Iproto --include_imports --descriptor_set_out=isicflow/protos/tf_example.binpb \
-	    proto/tensorflow/core/example/example.proto
+	$(PY) -m grpc_tools.protoc -Iproto/third_party --include_imports --descriptor_set_out=isicflow/protos/tf_example.binpb \
+	    proto/third_party/tensorflow/core/example/example.proto
 
 lock: install
 	(echo "# Exact versions CI and 'make install' use (pip constraints); regenerate with 'make lock'."; \

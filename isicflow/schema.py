@@ -36,7 +36,7 @@ FEATURE_KINDS: dict[str, str] = {f.name: _kind(f) for f in _FIELDS}
 
 
 # tf.train.Example, compiled by `make proto` from TensorFlow's own example.proto/feature.proto
-# (proto/tensorflow/) into a descriptor set, loaded into a private pool: workers need no
+# (proto/third_party/tensorflow/) into a descriptor set, loaded into a private pool: workers need no
 # TensorFlow, and a process that also imports TensorFlow sees no duplicate registration.
 def _example_class():
     files = descriptor_pb2.FileDescriptorSet.FromString(

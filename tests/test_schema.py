@@ -16,9 +16,9 @@ def test_generated_code_matches_proto(tmp_path):
     fresh = (tmp_path / "lesion_example_pb2.py").read_text()
     committed = (REPO / "isicflow/protos/lesion_example_pb2.py").read_text()
     assert fresh == committed, "run `make proto` after editing proto/"
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "proto"),
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "proto/third_party"),
                     "--include_imports", f"--descriptor_set_out={tmp_path / 'tf_example.binpb'}",
-                    str(REPO / "proto/tensorflow/core/example/example.proto")], check=True)
+                    str(REPO / "proto/third_party/tensorflow/core/example/example.proto")], check=True)
     fresh_tf = (tmp_path / "tf_example.binpb").read_bytes()
     assert fresh_tf == (REPO / "isicflow/protos" / schema.TF_EXAMPLE_DESCRIPTORS).read_bytes(), \
         "run `make proto` after editing proto/"
