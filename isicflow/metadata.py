@@ -8,6 +8,8 @@ from typing import Optional
 BENIGN, MALIGNANT, UNKNOWN = "benign", "malignant", "unknown"
 LABEL_NAMES = (BENIGN, MALIGNANT, UNKNOWN)
 LABEL_INDEX = {BENIGN: 0, MALIGNANT: 1, UNKNOWN: -1}
+# The classes a model predicts, in label-index order (unknown is never a target).
+CLASS_NAMES = (BENIGN, MALIGNANT)
 
 # ISIC/HAM10000 diagnosis codes -> benign/malignant. One table; --dx_map overrides entries.
 DEFAULT_DX_LABELS: dict[str, str] = {

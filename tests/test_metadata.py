@@ -24,3 +24,10 @@ def test_rejection_json_round_trip_and_bad_label_fails_fast():
     assert Rejection.from_json(rejection.to_json()) == rejection
     with pytest.raises(ValueError, match="label"):
         LesionRecord.from_json('{"image_id": "x", "image_path": "p", "label": "maybe"}')
+
+
+def test_class_names_follow_the_label_index():
+    from isicflow.metadata import CLASS_NAMES, LABEL_INDEX, LABEL_NAMES
+
+    assert [LABEL_INDEX[name] for name in CLASS_NAMES] == list(range(len(CLASS_NAMES)))
+    assert set(LABEL_NAMES) - set(CLASS_NAMES) == {n for n in LABEL_NAMES if LABEL_INDEX[n] < 0}
