@@ -35,6 +35,11 @@ class LayoutResult:
     records: list[LesionRecord]
     rejections: list[Rejection]
     counters: dict[str, int]
+    # download folder (relative to root, '.' = root) -> {"layout", "records", "rejections"}
+    downloads: dict = dataclasses.field(default_factory=dict)
+    # every CSV / non-sidecar JSON under root: {"path", "role": layout|side|unused, "kind",
+    # "header", "why"} (read_layout.describe_metadata_files)
+    metadata_files: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

@@ -35,6 +35,7 @@ class Scan:
     top_dirs: list[str]                   # names of non-hidden folders directly under root, sorted
     counters: collections.Counter
     headers: dict = dataclasses.field(default_factory=dict, repr=False)  # path -> CSV header
+    used: dict = dataclasses.field(default_factory=dict, repr=False)  # CSV path -> kind read as
 
     def csv_header(self, path: str) -> list[str]:
         """A CSV's header, read once per scan (detection and every reader ask for it)."""
