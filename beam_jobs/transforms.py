@@ -22,6 +22,7 @@ from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SPOOL_DIR, SpoolRef, SpoolWriter
 from beam_jobs.writing import INCOMPLETE_DIR
 from isicflow import imaging
+from isicflow.diagnosis import normalise_diagnosis
 from isicflow.manifest import join_path
 from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
 
@@ -195,8 +196,9 @@ def plan_dataset(images: list[ProcessedImage], config: PreprocessConfig) -> Data
             count, total = totals.get((size, split), (0, 0))
             totals[(size, split)] = (count + 1, total + nbytes)
     shard_counts = {key: shard_count(n, b, config) for key, (n, b) in totals.items()}
-    kept = tuple({"split": split_of[r.image_id], "label": r.label, "diagnosis": r.diagnosis,
-                  "source": r.source_collection} for r in records)
+    kept = tuple({"split": split_of[r.image_id], "label": r.label,
+                  "diagnosis": normalise_diagnosis(r.diagnosis), "source": r.source_collection,
+                  "download": r.download} for r in records)
     return DatasetPlan(duplicate_of, dropped, split_of, rank_of, shard_counts, kept)
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 import posixpath
 import struct
-from typing import Iterable
+from typing import Iterable, Optional
 
 import apache_beam as beam
 import google_crc32c
@@ -110,10 +110,18 @@ def summarize_counts(kept: Iterable[dict]) -> dict:
     """Counts per split x label, and per split x label x diagnosis x source collection."""
     by_label = {s: collections.Counter() for s in SPLIT_NAMES}
     detail = collections.Counter()
+    per_download: dict = collections.defaultdict(collections.Counter)
+    diagnoses = collections.Counter()
     for k in kept:
         by_label[k["split"]][k["label"]] += 1
         detail[(k["split"], k["label"], k["diagnosis"], k["source"])] += 1
+        per_download[k.get("download", ".")][k["label"]] += 1
+        diagnoses[k["diagnosis"]] += 1
     return {
+        # records written per download folder ('.' = the root) and label
+        "per_download_label": {d: dict(sorted(c.items())) for d, c in sorted(per_download.items())},
+        # records written per diagnosis, in isicflow.diagnosis's vocabulary
+        "diagnosis": dict(sorted(diagnoses.items())),
         "per_split_label": {s: dict(sorted(c.items())) for s, c in by_label.items()},
         "per_split_label_diagnosis_source": [
             {"split": s, "label": lab, "diagnosis": dx, "source_collection": src, "count": n}
@@ -123,7 +131,7 @@ def summarize_counts(kept: Iterable[dict]) -> dict:
 
 def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
                    rejections: list[Rejection], kept: list[dict], inputs_read: int,
-                   layout_counters: dict) -> dict:
+                   layout_counters: dict, layout_info: Optional[dict] = None) -> dict:
     """Pure: the manifest as a dict, checking that every input is accounted for."""
     totals = collections.Counter(r.kind for r in rejections)
     written = len(kept)
@@ -145,7 +153,7 @@ def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
             }
     reasons = collections.Counter((r.kind, r.reason) for r in rejections)
     run_config = {k: v for k, v in config.to_json_dict().items() if k not in ("output", "overwrite")}
-    return {
+    manifest = {
         "schema_version": schema.SCHEMA_VERSION,
         "synthetic": config.synthetic,
         "layout": layout,
@@ -161,13 +169,21 @@ def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
         "counts": counts,
         "datasets": datasets,
     }
+    if layout_info is not None:  # what read_layout found (beam_jobs.layouts.LayoutResult)
+        written_per = counts["per_download_label"]
+        manifest["downloads"] = {
+            d: dict(info, written=sum(written_per.get(d, {}).values()))
+            for d, info in sorted(layout_info.get("downloads", {}).items())}
+        manifest["metadata_files"] = list(layout_info.get("metadata_files", []))
+    return manifest
 
 
 def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_counters: dict,
-             shards: list[dict], rejections: list[Rejection], kept: tuple) -> dict:
+             shards: list[dict], rejections: list[Rejection], kept: tuple,
+             layout_info: Optional[dict] = None) -> dict:
     """Moves shards into place, writes rejects.jsonl, then manifest.json; returns the manifest."""
     manifest = build_manifest(config, layout, shards, list(rejections), list(kept),
-                              inputs_read, layout_counters)
+                              inputs_read, layout_counters, layout_info)
     for shard in shards:
         source, final = join(config.output, INCOMPLETE_DIR, shard["path"]), join(config.output,
                                                                                  shard["path"])
