@@ -7,6 +7,11 @@ Every image file (`.jpg/.jpeg/.png`, any case, found recursively) and every meta
 as exactly one record or one rejection: `counters["inputs"] == len(records) + len(rejections)`.
 Image bytes are never opened here; the Beam job decodes and hashes them.
 
+A root without a metadata table of its own but with folders that each hold one (several
+`isic-cli` downloads, a HAM10000 folder, ...) reads as the union of those downloads (layout
+DOWNLOADS); each record's `download` names its folder. `--metadata_csv` (CustomTable) reads any
+images-plus-table dataset. `LayoutResult.metadata_files` says what became of every CSV/JSON.
+
 Rejection reasons: `REASONS` (beam_jobs.layouts.assemble). Counters: `COUNTERS` below; they are
 counted per metadata entry read, even when that entry is later rejected or its image kept.
 """
@@ -21,8 +26,8 @@ from typing import Mapping, Optional
 from isicflow.metadata import Rejection
 
 from beam_jobs.layouts import files
-from beam_jobs.layouts.assemble import (CONFLICTING_LABELS, DUPLICATE_ID, MISSING_METADATA,
-                                        REASONS, LayoutResult, assemble)
+from beam_jobs.layouts.assemble import (CONFLICTING_LABELS, DUPLICATE_CONTENT, DUPLICATE_ID,
+                                        MISSING_METADATA, REASONS, LayoutResult, assemble)
 from beam_jobs.layouts.common import Scan, image_stem, scan_tree, strip_suffixes
 from beam_jobs.layouts.custom import LAYOUT as CUSTOM_LAYOUT, CustomTable, read_custom
 from beam_jobs.layouts.labels import dx_table, parse_dx_map
@@ -69,7 +74,6 @@ COUNTERS = {
                                      "(kept, label unknown)",
     "outside_downloads": "image files of a several-download root in no download's folder",
 }
-DUPLICATE_CONTENT = "duplicate_content"  # same id and same bytes in two downloads: kept once
 _READERS = dict(CSV_READERS, isic2019=read_isic2019, isic2017=read_isic2017,
                 legacy_json=read_legacy_json, class_folders=read_class_folders)
 _SIDE_FILE_OF = {ISIC2019_METADATA: "isic2019", ISIC2017_METADATA: "isic2017"}
