@@ -275,3 +275,24 @@ def test_metadata_csv_escape_hatch(tmp_path, subset):
     with pytest.raises(ValueError, match=r"my_labels.csv: no column --label_column=label; the file "
                                          r"has columns \['file', 'class', 'patient', 'dx'\]"):
         CustomTable(str(table), "file", "label").check()
+
+
+def test_known_label_beats_unknown_across_downloads(tmp_path):
+    rows = acral_rows()[:3]
+    build_acral_download(tmp_path / "a", [dict(rows[0], diagnosis_1="Indeterminate")] + rows[1:2])
+    build_acral_download(tmp_path / "b", rows[:1] + rows[2:3])
+    result = read_layout(str(tmp_path))
+    assert [(r.image_id, r.download, r.label) for r in result.records] == [
+        (rows[0]["isic_id"], "b", rows[0]["diagnosis_1"].lower()),
+        (rows[1]["isic_id"], "a", rows[1]["diagnosis_1"].lower()),
+        (rows[2]["isic_id"], "b", rows[2]["diagnosis_1"].lower())]
+    assert [(j.reason, os.path.basename(os.path.dirname(j.path))) for j in result.rejections] == [
+        ("duplicate_content", "a")]
+
+
+@pytest.mark.parametrize("layout,needle", [("legacy_json", "no legacy_json sidecars"),
+                                           ("class_folders", "no class folders")])
+def test_forced_tree_layouts_that_do_not_fit(tmp_path, subset, layout, needle):
+    lb.build_isic_cli(tmp_path, subset[:2])
+    with pytest.raises(ValueError, match=needle):
+        read_layout(str(tmp_path), layout)

@@ -23,7 +23,7 @@ import hashlib
 import os
 from typing import Mapping, Optional
 
-from isicflow.metadata import Rejection
+from isicflow.metadata import UNKNOWN, Rejection
 
 from beam_jobs.layouts import files
 from beam_jobs.layouts.assemble import (CONFLICTING_LABELS, DUPLICATE_CONTENT, DUPLICATE_ID,
@@ -159,10 +159,10 @@ def _sha256(path: str) -> str:
 def _union(scan: Scan, folders: list[str], dx: dict) -> tuple[LayoutResult, list[Scan]]:
     """Each download read on its own, in sorted folder order, then merged by id.
 
-    The same id in several downloads: labels differ -> every copy is rejected
-    (conflicting_labels); same label and same bytes -> the first download's is kept, the others
-    are duplicates (duplicate_content); same label, other bytes -> the first is kept, the others
-    rejected (duplicate_id). Images in no download's folder are missing_metadata.
+    The same id in several downloads: known labels differ -> every copy is rejected
+    (conflicting_labels); otherwise the first download's copy with a known label (else the first)
+    is kept, and each other copy is a duplicate (duplicate_content) when its bytes are the same,
+    a rejection (duplicate_id) when they differ. Images in no download's folder are missing_metadata.
     """
     counters: collections.Counter = collections.Counter()
     outside_scan = collections.Counter(scan.counters)
@@ -192,7 +192,10 @@ def _union(scan: Scan, folders: list[str], dx: dict) -> tuple[LayoutResult, list
             records.append(copies[0])
             continue
         where = ", ".join(f"{c.download}/ ({c.label})" for c in copies)
-        if len({c.label for c in copies}) > 1:
+        # A copy with a label beats one without (e.g. a test-set download beside the training
+        # one); the download order decides among the rest (sorted is stable).
+        copies.sort(key=lambda c: c.label == UNKNOWN)
+        if len({c.label for c in copies} - {UNKNOWN}) > 1:
             rejections.extend(Rejection(c.image_path, image_id, CONFLICTING_LABELS,
                                         f"id {image_id} has different labels in downloads {where}")
                               for c in copies)

@@ -91,6 +91,11 @@ def read_legacy_json(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]
     the name of that folder; in a flat folder, ''.
     """
     sidecars = sidecar_jsons(scan)
+    if not sidecars:
+        raise ValueError(f"no legacy_json sidecars (ISIC_*.json, or a .json named like an image) "
+                         f"under {scan.root}; found {len(scan.images)} image files, "
+                         f"{len(scan.json_files)} other JSON files, CSVs "
+                         f"{[os.path.basename(p) for p in scan.csv_files][:5]}")
     counters["other_json_skipped"] += len(scan.json_files) - len(sidecars)
 
     def read_one(path: str) -> tuple[Entry, collections.Counter]:
@@ -134,6 +139,9 @@ def read_class_folders(scan: Scan, dx: Mapping[str, str], counters) -> list[Entr
         canonical = strip_suffixes(image_stem(path))[0]
         folders_of_id[canonical].add(parts[0])
         placed.append((path, parts[0], canonical))
+    if not placed:
+        raise ValueError(f"no class folders under {scan.root}: no image file in a folder below "
+                         f"it ({len(scan.images)} image files directly under it)")
     entries = []
     for path, folder, canonical in placed:
         label, diagnosis = class_of_folder(folder, dx)
