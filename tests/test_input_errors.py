@@ -42,6 +42,10 @@ def test_forced_wrong_layout_is_one_line_exit_2(tmp_path):
     (lambda root: root.mkdir(), "no ISIC layout recognised under"),
     (lambda root: (root.mkdir(), (root / "train.csv").write_bytes(b"image_name,patient_id\nI,\xff\n")),
      "train.csv: not UTF-8"),
+    (lambda root: (root.mkdir(), (root / "ISIC_1.jpg").write_bytes(b"x"),
+                   (root / "labels.csv").write_text("file,class\nISIC_1,benign\n")),
+     "'labels.csv': 'unrecognised header file,class'}, 0 JSON files (0 named like images), "
+     "folders []; for another images-plus-table dataset pass --metadata_csv=PATH"),
 ])
 def test_bad_roots_exit_2_with_one_line(tmp_path, capsys, make, needle):
     root = tmp_path / "src"

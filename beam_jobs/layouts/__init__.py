@@ -86,7 +86,8 @@ def _class_dirs(scan: Scan) -> list[str]:
 
 def _describe(scan: Scan, kinds: dict[str, str]) -> str:
     at_top = sum(1 for p in scan.images if os.path.dirname(p) == scan.root)
-    csvs = {os.path.basename(p): k or "unrecognised header" for p, k in kinds.items()}
+    csvs = {os.path.basename(p): k or f"unrecognised header {','.join(scan.csv_header(p))}"
+            for p, k in kinds.items()}
     return (f"{len(scan.images)} image files ({at_top} directly under root), CSVs {csvs}, "
             f"{len(scan.json_files)} JSON files ({len(sidecar_jsons(scan))} named like images), "
             f"folders {scan.top_dirs}")
@@ -106,7 +107,10 @@ def _detect(scan: Scan) -> str:
         return "legacy_json"
     if _class_dirs(scan):
         return "class_folders"
-    raise ValueError(f"no ISIC layout recognised under {scan.root}: found {_describe(scan, kinds)}")
+    hint = ("; for another images-plus-table dataset pass --metadata_csv=PATH --id_column=NAME "
+            "--label_column=NAME" if any(not k for k in kinds.values()) else "")
+    raise ValueError(f"no ISIC layout recognised under {scan.root}: found "
+                     f"{_describe(scan, kinds)}{hint}")
 
 
 def _rel(path: str, root: str) -> str:
