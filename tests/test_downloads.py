@@ -265,8 +265,9 @@ def test_metadata_csv_escape_hatch(tmp_path, subset):
                    i.diagnosis or ""] for n, i in enumerate(subset)])
     custom = CustomTable(str(table), "File", "Class", ("mel",), (), "Patient", "", "Dx")
     assert custom.check()[:2] == ["file", "class"]
-    result = read_layout(str(tmp_path), custom=custom)
+    result = read_layout(str(tmp_path / "pics"), custom=custom)  # the table outside --input
     assert result.layout == "metadata_csv" and result.rejections == []
+    assert [(m["path"], m["role"]) for m in result.metadata_files] == [(str(table), "layout")]
     assert [(r.image_id, r.label) for r in result.records] == [(i.image_id, i.label) for i in subset]
     assert {r.group_key for r in result.records} == {f"patient:P{n}" for n in range(5)}
     strict = CustomTable(str(table), "file", "class", ("mel",), ("xyz",))

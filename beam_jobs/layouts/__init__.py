@@ -245,6 +245,9 @@ def describe_metadata_files(scan: Scan, result: LayoutResult, scans: list[Scan])
         used.update(sub.used)
     side_kinds = set(_SIDE_FILE_OF)
     out = []
+    for path in sorted(set(used) - set(scan.csv_files)):  # a --metadata_csv outside the root
+        out.append({"path": path, "role": "layout", "kind": used[path],
+                    "header": scan.csv_header(path)[:40], "why": f"read as {used[path]}"})
     for path in scan.csv_files:
         try:
             header = scan.csv_header(path)
