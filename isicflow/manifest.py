@@ -4,6 +4,10 @@ Layout written by beam_jobs.preprocess (paths relative to the dataset root):
   manifest.json, rejects.jsonl, <size>/<split>/<split>-00000-of-000NN.tfrecord[.gz]
 manifest["datasets"][str(size)][split] = {"records": int, "counts": {label_name: int},
     "shards": [{"path": str, "records": int, "bytes": int, "sha256": str}, ...]}
+manifest["downloads"] = {folder ('.' = the root): {"layout", "records" (read), "rejections",
+    "written"}}; manifest["metadata_files"] = [{"path", "role": layout|side|unused, "kind",
+    "header", "why"}, ...]; manifest["counts"]["diagnosis"] (isicflow.diagnosis vocabulary) and
+    ["per_download_label"].
 """
 from __future__ import annotations
 
