@@ -37,6 +37,16 @@ class PreprocessConfig:
     seed: int = 0
     overwrite: bool = False
     synthetic: bool = False
+    allow_empty: bool = False
+    # --metadata_csv escape hatch (beam_jobs.layouts.custom): any images-plus-table dataset.
+    metadata_csv: str = ""
+    id_column: str = ""
+    label_column: str = ""
+    malignant_values: tuple[str, ...] = ()
+    benign_values: tuple[str, ...] = ()
+    patient_column: str = ""
+    lesion_column: str = ""
+    diagnosis_column: str = ""
 
     @property
     def tf_compression(self) -> str:
@@ -66,6 +76,24 @@ def build_arg_parser() -> argparse.ArgumentParser:
                     help="force a layout instead of detecting it (see beam_jobs.layouts.LAYOUTS)")
     io.add_argument("--dx_map", default="",
                     help="override dx->label entries, e.g. 'bkl:malignant,unk:unknown'")
+    io.add_argument("--allow_empty", action="store_true",
+                    help="exit 0 (with a warning) even when no record is written or the train "
+                         "or validation split is empty")
+    own = p.add_argument_group(
+        "any other images-plus-table dataset (instead of a detected ISIC layout)")
+    own.add_argument("--metadata_csv", default="",
+                     help="CSV with one row per image; images <id>.jpg/.jpeg/.png under --input")
+    own.add_argument("--id_column", default="", help="column holding the image id (file stem)")
+    own.add_argument("--label_column", default="", help="column holding the label")
+    own.add_argument("--malignant_values", default="",
+                     help="comma list of label values meaning malignant (default "
+                          "1,1.0,malignant,melanoma,mel,true,yes)")
+    own.add_argument("--benign_values", default="",
+                     help="comma list of label values meaning benign (default: every other "
+                          "non-empty value except unknown/indeterminate)")
+    own.add_argument("--patient_column", default="", help="group column: patient id")
+    own.add_argument("--lesion_column", default="", help="group column: lesion id")
+    own.add_argument("--diagnosis_column", default="", help="column holding the diagnosis text")
     flt = p.add_argument_group("filters (defaults: the 2020 study's choices)")
     flt.add_argument("--image_types", default="dermoscopic",
                      help="comma list of kept meta.acquisition.image_type values, or 'all'; "
@@ -115,6 +143,17 @@ def parse_config(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str
     if args.min_original_size < 0 or args.max_pixels <= 0:
         parser.error(f"bad size limits: --min_original_size={args.min_original_size} "
                      f"--max_pixels={args.max_pixels}")
+    if args.metadata_csv and not (args.id_column and args.label_column):
+        parser.error("--metadata_csv needs --id_column and --label_column")
+    if not args.metadata_csv and any((args.id_column, args.label_column, args.malignant_values,
+                                      args.benign_values, args.patient_column, args.lesion_column,
+                                      args.diagnosis_column)):
+        parser.error("--id_column/--label_column/--malignant_values/--benign_values/"
+                     "--*_column only go with --metadata_csv")
+    if args.metadata_csv and args.layout:
+        parser.error("--metadata_csv replaces --layout: pass one of them")
+    if args.metadata_csv and args.input is None:
+        parser.error("--metadata_csv needs --input (the folder holding the images)")
     image_types = () if args.image_types.strip().lower() == "all" else _csv(args.image_types.lower())
     config = PreprocessConfig(
         input=args.input, output=args.output, layout=args.layout, dx_map=args.dx_map,
@@ -125,5 +164,9 @@ def parse_config(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str
         label_policy=args.label_policy, min_original_size=args.min_original_size,
         max_pixels=args.max_pixels, reduced_decode=not args.no_reduced_decode,
         split_fractions=fractions, balance=args.balance, seed=args.seed,
-        overwrite=args.overwrite, synthetic=args.input is None)
+        overwrite=args.overwrite, synthetic=args.input is None, allow_empty=args.allow_empty,
+        metadata_csv=args.metadata_csv, id_column=args.id_column, label_column=args.label_column,
+        malignant_values=_csv(args.malignant_values), benign_values=_csv(args.benign_values),
+        patient_column=args.patient_column, lesion_column=args.lesion_column,
+        diagnosis_column=args.diagnosis_column)
     return config, beam_args

@@ -4,6 +4,11 @@
 
 Without --input it runs on the embedded SYNTHETIC default dataset. `--help` lists our flags;
 every other flag is a Beam pipeline option (--runner, --direct_num_workers, --project, ...).
+
+Exit status: 0 done; 2 an input problem found before the pipeline starts (one line on stderr:
+`preprocess: error: PATH: ...`, never a traceback), or bad flags; 3 the run wrote 0 records or
+left the train or validation split empty (a diagnosis on stderr; --allow_empty turns it into a
+warning and exit 0).
 """
 from __future__ import annotations
 
@@ -26,8 +31,27 @@ from isicflow.fileio import join_path
 from isicflow.metadata import LesionRecord, Rejection
 
 
-class OutputNotEmpty(Exception):
+class InputError(ValueError):
+    """An input problem found before the pipeline starts; main() prints it as one line, exit 2."""
+
+
+class OutputNotEmpty(InputError):
     """--output holds files and --overwrite was not given (or they are not ours to delete)."""
+
+
+class EmptyDataset(RuntimeError):
+    """The run wrote no record, or left a split the trainers need empty; main() exits 3.
+
+    str() is the diagnosis block (format_diagnosis); the manifest was written all the same.
+    """
+
+    def __init__(self, diagnosis: str, manifest: dict):
+        super().__init__(diagnosis)
+        self.manifest = manifest
+
+
+EXIT_INPUT, EXIT_EMPTY = 2, 3
+NEEDED_SPLITS = ("train", "validation")  # what the trainers read
 
 
 class IsicToTFRecords(beam.PTransform):
@@ -84,6 +108,8 @@ class IsicToTFRecords(beam.PTransform):
                 | "Finalize" >> beam.Map(
                     writing.finalize, cfg, self.layout.layout, inputs_read,
                     dict(self.layout.counters),
+                    layout_info={"downloads": dict(self.layout.downloads),
+                                 "metadata_files": list(self.layout.metadata_files)},
                     shards=beam.pvalue.AsList(shards),
                     rejections=beam.pvalue.AsList(rejections),
                     # No image left to plan (all filtered or rejected): nothing was kept.
@@ -165,7 +191,89 @@ def format_summary(manifest: dict) -> str:
                          f"{len(info['shards']):>6} {mb:>8.2f}")
     for reason, n in manifest["reasons"].items():
         lines.append(f"  {reason}: {n}")
+    downloads = manifest.get("downloads", {})
+    if set(downloads) - {"."}:
+        for name, info in downloads.items():
+            lines.append(f"  download {name}/: {info['layout']}, read {info['records']} records, "
+                         f"written {info['written']}")
     return "\n".join(lines)
+
+
+def empty_problems(manifest: dict, config: PreprocessConfig) -> list[str]:
+    """Why this dataset is of no use to the trainers: no record, or train/validation empty
+    (a split whose requested fraction is 0 is not asked for, so not a problem)."""
+    if manifest["totals"]["written"] == 0:
+        return ["0 records written"]
+    problems = []
+    first = next(iter(manifest["datasets"].values()), {})
+    for split, fraction in zip(("train", "validation", "test"), config.split_fractions):
+        if split in NEEDED_SPLITS and fraction > 0 and first.get(split, {}).get("records", 0) == 0:
+            problems.append(f"split {split} is empty")
+    return problems
+
+
+def describe_metadata_file(entry: dict) -> str:
+    """One line per metadata file: path, role, what it was read as or why not, its header."""
+    count = f" ({entry['count']} files)" if entry.get("count") else ""
+    header = f" header {','.join(entry['header'])}" if entry.get("header") else ""
+    return f"{entry['path']}{count}: {entry['role']} - {entry['why']}{header}"
+
+
+def format_diagnosis(manifest: dict, problems: list[str], input_path: str) -> str:
+    """The one-screen diagnosis of an empty or one-sided run."""
+    t = manifest["totals"]
+    lines = [f"no usable dataset from {input_path}: {'; '.join(problems)}",
+             f"  layout {manifest['layout']}: read {t['read']} = written {t['written']} + "
+             f"rejected {t['rejected']} + filtered {t['filtered']} + duplicates {t['duplicates']}"]
+    reasons = sorted(manifest["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
+    if reasons:
+        lines.append("  top reasons: " + ", ".join(f"{r} {n}" for r, n in reasons[:6]))
+    for name, info in manifest.get("downloads", {}).items():
+        lines.append(f"  download {name}: {info.get('layout')}, {info.get('records', 0)} records "
+                     f"read, {info.get('written', 0)} written")
+    files = manifest.get("metadata_files", [])
+    lines.append(f"  metadata files ({len(files)}):" if files else "  metadata files: none found")
+    shown = 12
+    lines.extend(f"    {describe_metadata_file(e)}" for e in files[:shown])
+    if len(files) > shown:
+        lines.append(f"    ... {len(files) - shown} more in the manifest's metadata_files")
+    if any(e["role"] == "unused" and not e.get("kind") and e.get("header") for e in files):
+        lines.append("  a table no ISIC layout knows can be read with --metadata_csv=PATH "
+                     "--id_column=NAME --label_column=NAME [--malignant_values=...]")
+    lines.append("  pass --allow_empty to accept this output; see manifest.json and rejects.jsonl")
+    return "\n".join(lines)
+
+
+def _input_error(error: Exception, path: Optional[str]) -> InputError:
+    """One line naming the path: tracebacks and multi-line messages are for bugs, not inputs."""
+    text = " ".join(str(error).split())
+    if path and path not in text:
+        text = f"{path}: {text}"
+    return InputError(text)
+
+
+def read_input(config: PreprocessConfig):
+    """The layout's records, or InputError (one line) for anything wrong with the input."""
+    from beam_jobs import layouts
+
+    try:
+        dx_labels = layouts.parse_dx_map(config.dx_map) if config.dx_map else None
+        custom = None
+        if config.metadata_csv:
+            from beam_jobs.layouts.custom import DEFAULT_MALIGNANT_VALUES
+            custom = layouts.CustomTable(
+                config.metadata_csv, config.id_column, config.label_column,
+                config.malignant_values or DEFAULT_MALIGNANT_VALUES, config.benign_values,
+                config.patient_column, config.lesion_column, config.diagnosis_column)
+            try:
+                custom.check()
+            except (OSError, ValueError) as error:
+                raise _input_error(error, config.metadata_csv) from error
+        return layouts.read_layout(config.input, config.layout, dx_labels, custom)
+    except InputError:
+        raise
+    except (OSError, ValueError) as error:
+        raise _input_error(error, config.input) from error
 
 
 def make_runner(options: PipelineOptions):
@@ -193,15 +301,18 @@ def make_runner(options: PipelineOptions):
 
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) -> dict:
     """Runs the job; returns the manifest it wrote. Tests call this directly."""
-    from beam_jobs import layouts
-
     config, beam_args = parse_config(argv)
     if config.input is None:
         config = dataclasses.replace(config, input=synthetic.ensure_default_dataset())
-    dx_labels = layouts.parse_dx_map(config.dx_map) if config.dx_map else None
-    layout_result = layouts.read_layout(config.input, config.layout, dx_labels)
+    layout_result = read_input(config)
     logging.info("layout %s: %d records, %d metadata rejections", layout_result.layout,
                  len(layout_result.records), len(layout_result.rejections))
+    for name, info in layout_result.downloads.items():
+        if name != ".":
+            logging.info("download %s/: %s, %d records", name, info["layout"], info["records"])
+    for entry in layout_result.metadata_files:
+        log = logging.warning if entry["role"] == "unused" else logging.info
+        log("metadata file %s", describe_metadata_file(entry))
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     FileSystems.set_options(options)  # e.g. Beam's S3 client needs them before stage_layout
@@ -218,6 +329,12 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     counters = result.metrics().query()["counters"]
     for c in sorted(counters, key=lambda c: c.key.metric.name):
         print(f"  beam counter {c.key.metric.name}: {c.committed}")
+    problems = empty_problems(manifest, config)
+    if problems:
+        diagnosis = format_diagnosis(manifest, problems, config.input)
+        if not config.allow_empty:
+            raise EmptyDataset(diagnosis, manifest)
+        logging.warning("--allow_empty: %s", diagnosis)
     return manifest
 
 
@@ -227,9 +344,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # keep our progress lines readable
     try:
         run(argv if argv is not None else sys.argv[1:])
-    except OutputNotEmpty as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:
+        print(f"preprocess: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except EmptyDataset as e:
+        print(f"preprocess: error: {e}", file=sys.stderr)
+        return EXIT_EMPTY
     return 0
 
 

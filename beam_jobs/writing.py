@@ -8,6 +8,7 @@ Records inside a shard are sorted by image id, so two runs write byte-identical 
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -49,21 +50,23 @@ class WriteShard(beam.DoFn):
 
 def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
                    rejections: list[Rejection], kept: list[dict], inputs_read: int,
-                   layout_counters: dict) -> dict:
+                   layout_counters: dict, layout_info: Optional[dict] = None) -> dict:
     """Pure: the engine's manifest (isicflow.dataset.build_manifest) for this run's config."""
     run_config = {k: v for k, v in config.to_json_dict().items() if k not in ("output", "overwrite")}
     return dataset.build_manifest(
         layout=layout, image_sizes=config.image_sizes, image_format=config.image_format,
         resize_mode=config.resize_mode, compression=config.tf_compression,
         synthetic=config.synthetic, run_config=run_config, shards=shards, rejections=rejections,
-        kept=kept, inputs_read=inputs_read, layout_counters=layout_counters)
+        kept=kept, inputs_read=inputs_read, layout_counters=layout_counters,
+        layout_info=layout_info)
 
 
 def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_counters: dict,
-             shards: list[dict], rejections: list[Rejection], kept: tuple) -> dict:
+             shards: list[dict], rejections: list[Rejection], kept: tuple,
+             layout_info: Optional[dict] = None) -> dict:
     """Moves shards into place, writes rejects.jsonl, then manifest.json; returns the manifest."""
     manifest = build_manifest(config, layout, shards, list(rejections), list(kept),
-                              inputs_read, layout_counters)
+                              inputs_read, layout_counters, layout_info)
     for shard in shards:
         source, final = join(config.output, INCOMPLETE_DIR, shard["path"]), join(config.output,
                                                                                  shard["path"])

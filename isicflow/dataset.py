@@ -5,6 +5,10 @@ Layout (paths relative to the dataset root):
   manifest.json, rejects.jsonl, <size>/<split>/<split>-00000-of-000NN.tfrecord[.gz]
 manifest["datasets"][str(size)][split] = {"records": int, "counts": {label_name: int},
     "shards": [{"path": str, "records": int, "bytes": int, "sha256": str}, ...]}
+manifest["downloads"] = {folder ('.' = the root): {"layout", "records" (read), "rejections",
+    "written"}}; manifest["metadata_files"] = [{"path", "role": layout|side|unused, "kind",
+    "header", "why"}, ...]; manifest["counts"]["diagnosis"] (isicflow.diagnosis vocabulary) and
+    ["per_download_label"].
 Records are tf.train.Example (isicflow.schema) in TFRecord framing; inside a shard, in image id
 order. Nothing here imports TensorFlow or Beam at import time: the engine's workers use it.
 """
@@ -16,11 +20,12 @@ import hashlib
 import json
 import posixpath
 import struct
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import google_crc32c
 
 from isicflow import fileio, schema
+from isicflow.diagnosis import normalise_diagnosis
 from isicflow.metadata import LABEL_INDEX, LesionRecord, Rejection
 
 MANIFEST_NAME = "manifest.json"
@@ -106,19 +111,29 @@ def write_shard(path: str, examples: Iterable[bytes], compression: str = "") -> 
 # ---- the manifest ----
 
 def kept_entry(record: LesionRecord, split: str) -> dict:
-    """What the manifest counts of one written image."""
-    return {"split": split, "label": record.label, "diagnosis": record.diagnosis,
-            "source": record.source_collection}
+    """What the manifest counts of one written image (diagnosis in isicflow.diagnosis's
+    vocabulary, so counts mean the same across layouts)."""
+    return {"split": split, "label": record.label,
+            "diagnosis": normalise_diagnosis(record.diagnosis),
+            "source": record.source_collection, "download": record.download}
 
 
 def summarize_counts(kept: Iterable[dict]) -> dict:
     """Counts per split x label, and per split x label x diagnosis x source collection."""
     by_label = {s: collections.Counter() for s in SPLITS}
     detail = collections.Counter()
+    per_download: dict = collections.defaultdict(collections.Counter)
+    diagnoses = collections.Counter()
     for k in kept:
         by_label[k["split"]][k["label"]] += 1
         detail[(k["split"], k["label"], k["diagnosis"], k["source"])] += 1
+        per_download[k.get("download", ".")][k["label"]] += 1
+        diagnoses[k["diagnosis"]] += 1
     return {
+        # records written per download folder ('.' = the root) and label
+        "per_download_label": {d: dict(sorted(c.items())) for d, c in sorted(per_download.items())},
+        # records written per diagnosis, in isicflow.diagnosis's vocabulary
+        "diagnosis": dict(sorted(diagnoses.items())),
         "per_split_label": {s: dict(sorted(c.items())) for s, c in by_label.items()},
         "per_split_label_diagnosis_source": [
             {"split": s, "label": lab, "diagnosis": dx, "source_collection": src, "count": n}
@@ -129,10 +144,13 @@ def summarize_counts(kept: Iterable[dict]) -> dict:
 def build_manifest(*, layout: str, image_sizes: Sequence[int], image_format: str,
                    resize_mode: str, compression: str, synthetic: bool, run_config: dict,
                    shards: list[dict], rejections: list[Rejection], kept: list[dict],
-                   inputs_read: int, layout_counters: dict) -> dict:
+                   inputs_read: int, layout_counters: dict,
+                   layout_info: Optional[dict] = None) -> dict:
     """Pure: the manifest as a dict, checking that every input is accounted for.
 
-    shards: {"size", "split", "path", "records", "bytes", "sha256"} each; kept: kept_entry each.
+    shards: {"size", "split", "path", "records", "bytes", "sha256"} each; kept: kept_entry each;
+    layout_info: what the layout reader found ({"downloads": {folder: {...}}, "metadata_files":
+    [...]}), added as the manifest's "downloads" and "metadata_files".
     """
     totals = collections.Counter(r.kind for r in rejections)
     written = len(kept)
@@ -153,7 +171,7 @@ def build_manifest(*, layout: str, image_sizes: Sequence[int], image_format: str
                 "shards": [{k: s[k] for k in ("path", "records", "bytes", "sha256")} for s in mine],
             }
     reasons = collections.Counter((r.kind, r.reason) for r in rejections)
-    return {
+    manifest = {
         "schema_version": schema.SCHEMA_VERSION,
         "synthetic": synthetic,
         "layout": layout,
@@ -169,6 +187,13 @@ def build_manifest(*, layout: str, image_sizes: Sequence[int], image_format: str
         "counts": counts,
         "datasets": datasets,
     }
+    if layout_info is not None:
+        written_per = counts["per_download_label"]
+        manifest["downloads"] = {
+            d: dict(info, written=sum(written_per.get(d, {}).values()))
+            for d, info in sorted(layout_info.get("downloads", {}).items())}
+        manifest["metadata_files"] = list(layout_info.get("metadata_files", []))
+    return manifest
 
 
 def manifest_bytes(manifest: dict) -> bytes:

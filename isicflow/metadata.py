@@ -39,6 +39,7 @@ class LesionRecord:
     license: str = ""
     original_width: Optional[int] = None  # as published metadata states, before any resize
     original_height: Optional[int] = None
+    download: str = ""                    # folder of its download under --input ('.' = the root)
 
     def __post_init__(self) -> None:
         if self.label not in LABEL_NAMES:

@@ -186,6 +186,18 @@ def build_isic2017(root: pathlib.Path, images: Sequence[SampleImage]) -> pathlib
     return root
 
 
+def build_isic2016(root: pathlib.Path, images: Sequence[SampleImage],
+                   values: Sequence[str] = ("benign", "malignant")) -> pathlib.Path:
+    """ISBI 2016 Part 3: no header line; `benign`/`malignant` (training) or `0.0`/`1.0` (test)."""
+    for image in images:
+        place_image(image, root / "ISBI2016_ISIC_Part3_Training_Data")
+    path = root / "ISBI2016_ISIC_Part3_Training_GroundTruth.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{i.image_id},{values[i.label == 'malignant']}\n" for i in images),
+                    encoding="utf-8")
+    return root
+
+
 def build_class_folders(root: pathlib.Path, images: Sequence[SampleImage]) -> pathlib.Path:
     """`<root>/benign/*.jpg` and `<root>/malignant/*.jpg`, as Keras loaders expect."""
     for image in images:
@@ -196,5 +208,5 @@ def build_class_folders(root: pathlib.Path, images: Sequence[SampleImage]) -> pa
 BUILDERS: dict[str, Callable[[pathlib.Path, Sequence[SampleImage]], pathlib.Path]] = {
     "legacy_json": build_legacy_json, "isic_cli": build_isic_cli, "ham10000": build_ham10000,
     "isic2019": build_isic2019, "isic2020": build_isic2020, "isic2024": build_isic2024,
-    "isic2017": build_isic2017, "class_folders": build_class_folders,
+    "isic2017": build_isic2017, "isic2016": build_isic2016, "class_folders": build_class_folders,
 }

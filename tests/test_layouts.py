@@ -24,6 +24,7 @@ CARRIED = {
     "isic2020": ("age_approx", "sex", "diagnosis"),
     "isic2024": ("age_approx", "sex"),
     "isic2017": ("age_approx", "sex"),
+    "isic2016": (),
     "class_folders": (),
 }
 

@@ -101,8 +101,9 @@ def test_hostile_csv_ids(sample_dir, tmp_path):
 
 @pytest.mark.parametrize("case", ["all_filtered", "all_corrupt", "no_image"])
 def test_nothing_left_to_write_still_gives_a_manifest(tmp_path, case):
-    """Every input filtered, every image corrupt, or no image at all: exit cleanly with an empty
-    dataset whose totals add up (the plan step never runs when no image survives decoding)."""
+    """Every input filtered, every image corrupt, or no image at all: with --allow_empty, an empty
+    dataset whose totals add up (the plan step never runs when no image survives decoding);
+    without it, the same manifest but EmptyDataset (exit 3, tests/test_input_errors.py)."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(0 if case == "no_image" else 3):
@@ -118,7 +119,7 @@ def test_nothing_left_to_write_still_gives_a_manifest(tmp_path, case):
     if case == "no_image":  # a sidecar whose image is missing
         (src / "ISIC_0000000.json").write_text(json.dumps({"name": "ISIC_0000000", "meta": {}}))
     manifest = preprocess.run([f"--input={src}", f"--output={tmp_path / 'out'}",
-                               "--image_size=32", "--layout=legacy_json"])
+                               "--image_size=32", "--layout=legacy_json", "--allow_empty"])
     totals = manifest["totals"]
     assert totals["written"] == 0
     assert totals["read"] == totals["rejected"] + totals["filtered"] + totals["duplicates"] > 0

@@ -18,9 +18,12 @@ DUPLICATE_ID = "duplicate_id"              # a second metadata entry for an id: 
 DUPLICATE_FILE = "duplicate_file"          # a second image file for an id already given a file
 INVALID_ID = "invalid_id"                  # empty id, or one holding a path separator or '..'
 INVALID_LABEL = "invalid_label"            # one-hot row with zero or several ones, and the like
-CONFLICTING_LABELS = "conflicting_labels"  # one id in two class folders; label != target
+CONFLICTING_LABELS = "conflicting_labels"  # one id in two class folders / two downloads with
+                                           # different labels; label != target
+DUPLICATE_CONTENT = "duplicate_content"    # same id, label and bytes in two downloads (kind
+                                           # 'duplicate'): the first download's copy is kept
 REASONS = (MALFORMED_METADATA, MISSING_IMAGE, MISSING_METADATA, DUPLICATE_ID, DUPLICATE_FILE,
-           INVALID_ID, INVALID_LABEL, CONFLICTING_LABELS)
+           INVALID_ID, INVALID_LABEL, CONFLICTING_LABELS, DUPLICATE_CONTENT)
 
 
 @dataclasses.dataclass
@@ -35,6 +38,11 @@ class LayoutResult:
     records: list[LesionRecord]
     rejections: list[Rejection]
     counters: dict[str, int]
+    # download folder (relative to root, '.' = root) -> {"layout", "records", "rejections"}
+    downloads: dict = dataclasses.field(default_factory=dict)
+    # every CSV / non-sidecar JSON under root: {"path", "role": layout|side|unused, "kind",
+    # "header", "why"} (read_layout.describe_metadata_files)
+    metadata_files: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

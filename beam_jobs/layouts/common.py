@@ -12,7 +12,7 @@ import os
 import re
 from typing import Iterable, Optional
 
-from isicflow import fileio as files
+from isicflow import fileio
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Segmentation masks and superpixel maps shipped beside the photos (ISIC 2016-2018 challenges).
@@ -35,6 +35,7 @@ class Scan:
     top_dirs: list[str]                   # names of non-hidden folders directly under root, sorted
     counters: collections.Counter
     headers: dict = dataclasses.field(default_factory=dict, repr=False)  # path -> CSV header
+    used: dict = dataclasses.field(default_factory=dict, repr=False)  # CSV path -> kind read as
 
     def csv_header(self, path: str) -> list[str]:
         """A CSV's header, read once per scan (detection and every reader ask for it)."""
@@ -45,14 +46,14 @@ class Scan:
 
 def scan_tree(root: str) -> Scan:
     """Walk root once (following folder links, each real folder once) and sort what it holds."""
-    if not files.isdir(root):
+    if not fileio.isdir(root):
         raise ValueError(f"input {root!r} is not a directory")
-    root = files.canonical(root)
+    root = fileio.canonical(root)
     counters: collections.Counter = collections.Counter()
     images, json_files, csv_files = [], [], []
     seen_dirs, top_dirs = set(), []
-    for dirpath, dirnames, filenames in files.walk(root):
-        real = files.real_dir(dirpath)
+    for dirpath, dirnames, filenames in fileio.walk(root):
+        real = fileio.real_dir(dirpath)
         if real in seen_dirs:  # a link loop or a second link to the same folder
             dirnames[:] = []
             counters["linked_folder_skipped"] += 1
@@ -191,8 +192,8 @@ def _index_columns(header: list[str]) -> list[int]:
 
 def _open_text(path: str):
     """Text handle that drops a UTF-8 BOM; returns (handle, had_bom)."""
-    bom = files.read_bytes(path, 3) == b"\xef\xbb\xbf"
-    return files.open_text(path, encoding="utf-8-sig", newline=""), bom
+    bom = fileio.read_bytes(path, 3) == b"\xef\xbb\xbf"
+    return fileio.open_text(path, encoding="utf-8-sig", newline=""), bom
 
 
 def _cell_rows(path: str, handle):

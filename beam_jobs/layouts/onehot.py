@@ -106,6 +106,8 @@ def read_isic2019(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
 def read_isic2017(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     """melanoma=1 -> malignant 'melanoma'; seborrheic_keratosis=1 -> benign; neither -> benign 'nevus'.
 
+    A ground truth holding only `image_id,melanoma` (a republished copy) reads too: 0 -> benign.
+
     The age/sex file sits inside the image folder in the published archive, so it is looked for
     anywhere under the root.
     """
@@ -118,18 +120,22 @@ def read_isic2017(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     for table in truth:
         for entry, row in rows_of(table, "image_id"):
             if row is not None:
-                flags = parse_flags([row["melanoma"], row["seborrheic_keratosis"]], counters)
+                # Republished copies often keep only the melanoma column: then a 0 is 'nevus
+                # or seborrheic keratosis', benign either way (diagnosis left empty).
+                has_sk = "seborrheic_keratosis" in table.columns
+                sk = row.get("seborrheic_keratosis", "0")
+                flags = parse_flags([row["melanoma"], sk], counters)
                 label, diagnosis = UNKNOWN, ""
                 if flags is None:
                     entry.problem = (MALFORMED_METADATA, "melanoma/seborrheic_keratosis not 0 or 1: "
-                                     f"{row['melanoma']!r}, {row['seborrheic_keratosis']!r}")
+                                     f"{row['melanoma']!r}, {sk!r}")
                 elif flags == [1, 1]:
                     entry.problem = (INVALID_LABEL, "both melanoma and seborrheic_keratosis are 1")
                 elif flags[0]:
                     label, diagnosis = MALIGNANT, "melanoma"
                 else:
                     label = BENIGN
-                    diagnosis = "seborrheic_keratosis" if flags[1] else "nevus"
+                    diagnosis = ("seborrheic_keratosis" if flags[1] else "nevus") if has_sk else ""
                 entry.fields = dict(label=label, diagnosis=diagnosis)
                 side.merge_into(entry, counters)
             entries.append(entry)

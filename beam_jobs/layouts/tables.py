@@ -6,14 +6,15 @@ under the root (so HAM10000's two part folders, 2020's `train/` or `jpeg/train/`
 from __future__ import annotations
 
 import collections
+import re
 from typing import Mapping, Optional
 
 from isicflow.metadata import BENIGN, MALIGNANT
 
 from beam_jobs.layouts.assemble import (CONFLICTING_LABELS, INVALID_LABEL, MALFORMED_METADATA,
                                         Entry)
-from beam_jobs.layouts.common import (CsvTable, Scan, clean_text, parse_age, parse_sex,
-                                      read_csv, require_columns)
+from beam_jobs.layouts.common import (CsvTable, Scan, _cell_rows, _open_text, clean_text, parse_age,
+                                      parse_sex, read_csv, require_columns)
 from beam_jobs.layouts.labels import label_from_dx, label_from_text, parse_flags
 
 ONE_HOT_ID = "image"
@@ -36,8 +37,11 @@ ISIC2024_COLUMNS = {"isic_id", "target", "patient_id", "lesion_id", "age_approx"
 def classify_csv(columns: list[str]) -> str:
     """Which layout a CSV header (lower-cased) belongs to; '' when none."""
     have = set(columns)
-    if {"image_id", "melanoma", "seborrheic_keratosis"} <= have:
+    # ISIC 2017 Part 3, also republished copies that keep only the melanoma column.
+    if {"image_id", "melanoma"} <= have and have <= {"image_id", "melanoma", "seborrheic_keratosis"}:
         return "isic2017"
+    if is_isic2016_row(columns):
+        return "isic2016"
     if {"image_id", "age_approximate"} <= have:
         return ISIC2017_METADATA
     if {"lesion_id", "image_id", "dx"} <= have:
@@ -56,6 +60,15 @@ def classify_csv(columns: list[str]) -> str:
     return ""
 
 
+ISIC2016_VALUES = {"benign", "malignant", "0", "1", "0.0", "1.0"}
+
+
+def is_isic2016_row(cells: list[str]) -> bool:
+    """ISIC 2016 Part 3 has no header: its first line is already `ISIC_0000000,benign` (or 0.0)."""
+    return (len(cells) == 2 and re.fullmatch(r"isic_\d+(\.jpe?g)?", cells[0].strip().lower()) is not None
+            and cells[1].strip().lower() in ISIC2016_VALUES)
+
+
 def csv_kinds(scan: Scan, anywhere: bool = False) -> dict[str, str]:
     """Each top-level CSV (every CSV if `anywhere`) -> the layout its header belongs to, or ''."""
     paths = scan.csv_files if anywhere else scan.top_csv_files
@@ -70,6 +83,7 @@ def tables_of(scan: Scan, kind: str, counters: collections.Counter, keep: Option
     if required and not paths:
         raise ValueError(f"no {kind} metadata CSV directly under {scan.root}; CSVs there: "
                          f"{ {p: k or 'unrecognised' for p, k in kinds.items()} }")
+    scan.used.update((p, kind) for p in paths)
     return [read_csv(p, counters, keep) for p in paths]
 
 
@@ -207,5 +221,38 @@ def read_isic2024(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     return entries
 
 
-CSV_READERS = {"isic_cli": read_isic_cli, "ham10000": read_ham10000, "isic2020": read_isic2020,
+def read_isic2016(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
+    """ISBI 2016 Part 3: no header line, `ISIC_0000000,benign` (training) or `,0.0` (test)."""
+    kinds = csv_kinds(scan)
+    paths = [p for p, k in kinds.items() if k == "isic2016"]
+    if not paths:
+        raise ValueError(f"no isic2016 ground-truth CSV (no header, lines 'ISIC_0000000,benign') "
+                         f"directly under {scan.root}; CSVs there: "
+                         f"{ {p: k or 'unrecognised' for p, k in kinds.items()} }")
+    entries = []
+    for path in paths:
+        scan.used[path] = "isic2016"
+        handle, bom = _open_text(path)
+        if bom:
+            counters["csv_bom"] += 1
+        with handle:
+            for line, cells in _cell_rows(path, handle):
+                if not any(cell.strip() for cell in cells):
+                    counters["empty_line"] += 1
+                    continue
+                entry = Entry(raw_id=cells[0], source=path, where=f"line {line}")
+                value = cells[1].strip().lower() if len(cells) == 2 else ""
+                if len(cells) != 2:
+                    entry.problem = (MALFORMED_METADATA, f"{len(cells)} cells where 2 are expected")
+                elif value not in ISIC2016_VALUES:
+                    entry.problem = (INVALID_LABEL, f"{cells[1]!r} is not benign/malignant/0/1")
+                    entry.fields = dict(label=label_from_text(None, counters))
+                else:
+                    malignant = value in ("malignant", "1", "1.0")
+                    entry.fields = dict(label=MALIGNANT if malignant else BENIGN)
+                entries.append(entry)
+    return entries
+
+
+CSV_READERS = {"isic2016": read_isic2016, "isic_cli": read_isic_cli, "ham10000": read_ham10000, "isic2020": read_isic2020,
                "isic2024": read_isic2024}

@@ -9,7 +9,7 @@ from typing import Mapping, Optional
 
 from isicflow.metadata import BENIGN, MALIGNANT, UNKNOWN
 
-from isicflow import fileio as files
+from isicflow import fileio
 from beam_jobs.layouts.assemble import CONFLICTING_LABELS, INVALID_ID, MALFORMED_METADATA, Entry
 from beam_jobs.layouts.common import Scan, clean_text, image_stem, parse_age, parse_sex, strip_suffixes
 from beam_jobs.layouts.labels import label_from_text
@@ -39,7 +39,7 @@ def _sidecar_entry(path: str, root: str, counters) -> Entry:
     """One legacy sidecar -> Entry; the id is the file name, which is what pairs it with its image."""
     entry = Entry(raw_id=image_stem(path), source=path, image_dir=os.path.dirname(path))
     try:
-        with files.open_text(path, encoding="utf-8-sig") as handle:
+        with fileio.open_text(path, encoding="utf-8-sig") as handle:
             data = json.load(handle)
     except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
         entry.problem = (MALFORMED_METADATA, f"unparsable JSON: {error}")
@@ -91,6 +91,11 @@ def read_legacy_json(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]
     the name of that folder; in a flat folder, ''.
     """
     sidecars = sidecar_jsons(scan)
+    if not sidecars:
+        raise ValueError(f"no legacy_json sidecars (ISIC_*.json, or a .json named like an image) "
+                         f"under {scan.root}; found {len(scan.images)} image files, "
+                         f"{len(scan.json_files)} other JSON files, CSVs "
+                         f"{[os.path.basename(p) for p in scan.csv_files][:5]}")
     counters["other_json_skipped"] += len(scan.json_files) - len(sidecars)
 
     def read_one(path: str) -> tuple[Entry, collections.Counter]:
@@ -99,7 +104,7 @@ def read_legacy_json(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]
 
     # One small read per image: on gs:// or s3:// each is a network round trip, so read many at
     # once there; on a local disk threads only contend for the GIL (~15% slower).
-    if files.is_url(scan.root):
+    if fileio.is_url(scan.root):
         with concurrent.futures.ThreadPoolExecutor(SIDECAR_READERS) as pool:
             results = list(pool.map(read_one, sidecars))  # in order: deterministic
     else:
@@ -134,6 +139,9 @@ def read_class_folders(scan: Scan, dx: Mapping[str, str], counters) -> list[Entr
         canonical = strip_suffixes(image_stem(path))[0]
         folders_of_id[canonical].add(parts[0])
         placed.append((path, parts[0], canonical))
+    if not placed:
+        raise ValueError(f"no class folders under {scan.root}: no image file in a folder below "
+                         f"it ({len(scan.images)} image files directly under it)")
     entries = []
     for path, folder, canonical in placed:
         label, diagnosis = class_of_folder(folder, dx)
