@@ -1,11 +1,11 @@
-"""trainer.metrics against scikit-learn, on a hand-derived case, and on degenerate inputs."""
+"""trainer.core.metrics against scikit-learn, on a hand-derived case, and on degenerate inputs."""
 import math
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from trainer import metrics
+from trainer.core import metrics
 
 # Hand-made validation set. Sorted by score (m = malignant, b = benign):
 #   0.9m 0.8m 0.75b 0.7m 0.6b 0.5m 0.4m 0.3b 0.2b 0.1b

@@ -1,4 +1,4 @@
-"""trainer.runtime and trainer.common_flags: precision rule, strategy, timing, NaN stop, flags."""
+"""trainer.core.runtime and trainer.core.flags: precision rule, strategy, timing, NaN stop, flags."""
 import itertools
 import math
 
@@ -6,7 +6,8 @@ import keras
 import pytest
 from absl import flags
 
-from trainer import common_flags, runtime
+from trainer.core import flags as common_flags
+from trainer.core import runtime
 
 FLAGS = flags.FLAGS
 

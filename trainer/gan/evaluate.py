@@ -1,4 +1,5 @@
-"""Evaluates a DCGAN checkpoint against real images: `python -m trainer.gan_eval --flagfile=...`.
+"""Evaluates a DCGAN checkpoint against real images: `python -m trainer.gan_eval --flagfile=...`
+(or `python -m trainer.gan.evaluate`, the same program).
 
 Writes to --eval_out: gan_eval.json, gan_eval.md, pca.png (the study's figure: real vs
 generated on the first factorial plane), real_vs_generated.png, interpolation.png and
@@ -27,7 +28,7 @@ flags.DEFINE_integer("max_real", 5000, "Cap on real images loaded per role.", lo
 flags.DEFINE_enum("feature_extractor", "auto", ["auto", "inception", "cnn", "random_conv",
                                                 "pixels"],
                   "auto: inception if --inception_weights, else cnn if --cnn_model, else "
-                  "random_conv (see trainer/gan_features.py).")
+                  "random_conv (see trainer/gan/features.py).")
 flags.DEFINE_string("inception_weights", "", "Local InceptionV3 no-top weights file; never "
                     "downloaded.")
 flags.DEFINE_string("cnn_model", "", "A trained classifier (.keras) whose penultimate layer "
@@ -45,7 +46,7 @@ def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
     """uint8 images of the given splits (all labels), in manifest order, at most `limit`.
     A split the dataset lacks, or an empty one, adds no images (logged)."""
     from isicflow import manifest as manifest_lib
-    from trainer import input_pipeline
+    from trainer.core import input_pipeline
 
     present = manifest_lib.read_manifest(data_dir)["datasets"].get(str(image_size), {})
     chunks, total = [], 0
@@ -69,20 +70,21 @@ def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
 
 
 def generate_set(generator, arch: dict, num: int, seed: int) -> np.ndarray:
-    from trainer import gan_sampling
+    from trainer.gan import sampling
 
     if not arch["conditional"]:
-        return gan_sampling.generate(generator, arch, num, seed=seed)
+        return sampling.generate(generator, arch, num, seed=seed)
     half = num // 2
-    return np.concatenate([gan_sampling.generate(generator, arch, half, label=0, seed=seed),
-                           gan_sampling.generate(generator, arch, num - half, label=1,
-                                                 seed=seed + 1)])
+    return np.concatenate([sampling.generate(generator, arch, half, label=0, seed=seed),
+                           sampling.generate(generator, arch, num - half, label=1,
+                                             seed=seed + 1)])
 
 
 def interpolation_strip(generator, arch: dict, steps: int = 8, seed: int = 0) -> np.ndarray:
     """Rows of images along straight lines between two latent points (one row per class when
     conditional, else three rows)."""
-    from trainer import gan_models
+    from trainer.core.report import tile_images
+    from trainer.gan import models as gan_models
 
     rng = np.random.default_rng(seed)
     labels = [0, 1] if arch["conditional"] else [None, None, None]
@@ -93,7 +95,7 @@ def interpolation_strip(generator, arch: dict, steps: int = 8, seed: int = 0) ->
         z = (1 - t) * a + t * b
         inputs = [z, np.full((steps, 1), label, np.int32)] if label is not None else z
         rows.append(gan_models.to_uint8(generator(inputs, training=False)))
-    return gan_models.tile_images(np.concatenate(rows), columns=steps)
+    return tile_images(np.concatenate(rows), columns=steps)
 
 
 def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: int = 200,
@@ -103,9 +105,13 @@ def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: in
              cnn_value_range=(0.0, 1.0), memorization_space: str = "pixels",
              seed: int = 0) -> dict:
     """Runs every check and writes the report files; returns the JSON report."""
-    from trainer import gan_features, gan_metrics, gan_plots, gan_sampling
+    from trainer.core import run_folder
+    from trainer.gan import features as gan_features
+    from trainer.gan import metrics as gan_metrics
+    from trainer.gan import plots as gan_plots
+    from trainer.gan import sampling
 
-    generator, arch = gan_sampling.load_generator(checkpoint)
+    generator, arch = sampling.load_generator(checkpoint)
     size = arch["image_size"]
     train = load_real(real_data_dir, [train_split], size, max_real)
     heldout = load_real(real_data_dir, list(heldout_splits), size, max_real)
@@ -119,7 +125,7 @@ def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: in
     f_train, f_gen = extract(train), extract(generated)
     kid_size = min(1000, len(f_train), len(f_gen))
     report: dict = {
-        "checkpoint": os.path.abspath(gan_sampling.resolve_checkpoint(checkpoint)[0]),
+        "checkpoint": os.path.abspath(sampling.resolve_checkpoint(checkpoint)[0]),
         "architecture": arch,
         "real_data_dir": os.path.abspath(real_data_dir), "train_split": train_split,
         "counts": {"train": len(train), "heldout": len(heldout), "generated": len(generated)},
@@ -166,9 +172,7 @@ def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: in
                                      os.path.join(out, "real_vs_generated.png"))
     gan_plots.save_png(interpolation_strip(generator, arch, seed=seed),
                        os.path.join(out, "interpolation.png"))
-    from trainer import report as report_lib
-
-    report_lib.write_json(os.path.join(out, "gan_eval.json"), report)
+    run_folder.write_json(os.path.join(out, "gan_eval.json"), report)
     with open(os.path.join(out, "gan_eval.md"), "w", encoding="utf-8") as f:
         f.write(gan_plots.markdown_report(report))
     return report
@@ -193,6 +197,10 @@ def main(argv: list[str]) -> None:
                  report["feature_extractor"])
 
 
-if __name__ == "__main__":
+def run() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.exit(app.run(main))
+    app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
