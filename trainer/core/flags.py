@@ -44,11 +44,6 @@ flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_string("profile_steps", "", "'START,END' (1-based steps, inclusive) to write a "
                     "profiler trace to <workdir>/logs; '' for none.")
 
-COMMON_FLAG_NAMES = ("data_dir", "workdir", "image_size", "batch_size", "epochs",
-                     "steps_per_epoch", "learning_rate", "seed", "cache", "deterministic",
-                     "mixed_precision", "jit_compile", "profile_steps")
-
-
 def _valid_profile_steps(text: str) -> bool:
     try:
         runtime.parse_profile_steps(text)
@@ -79,13 +74,8 @@ _register_validators()
 
 
 def require_run_folders() -> None:
-    """Makes --data_dir and --workdir mandatory; call from a trainer's __main__ block."""
+    """Makes --data_dir and --workdir mandatory; call from a trainer's program before app.run."""
     flags.mark_flags_as_required(["data_dir", "workdir"])
-
-
-def common_flag_values() -> dict[str, Any]:
-    """The shared flags' current values, for run summaries and reports."""
-    return {name: flags.FLAGS[name].value for name in COMMON_FLAG_NAMES}
 
 
 @dataclasses.dataclass
