@@ -13,7 +13,7 @@ import pytest
 from absl import flags
 
 from tests import shard_fixtures
-from trainer.cnn import cli, train
+from trainer.cnn import cli, train  # noqa: F401  (cli defines the CNN's flags)
 
 FLAGS = flags.FLAGS
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from isicflow import schema
 from tests import shard_fixtures
-from trainer import dcgan
+from trainer import dcgan  # noqa: F401  (defines the DCGAN's flags)
 from trainer.core import input_pipeline, run_folder
 from trainer.gan import models as gan_models
 from trainer.gan import sampling as gan_sampling

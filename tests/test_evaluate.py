@@ -10,7 +10,7 @@ from sklearn import metrics as skm
 from isicflow import imaging
 from tests import shard_fixtures
 from trainer.cnn import evaluate
-from trainer.core import metrics, report, run_folder
+from trainer.core import metrics, run_folder
 
 SIZE = 32
 

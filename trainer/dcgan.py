@@ -10,6 +10,7 @@ running the same command again resumes from the last checkpoint with the same la
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ import sys
 from absl import app, flags, logging
 
 from trainer.core import flags as core_flags  # noqa: F401  (defines data_dir, workdir, ...)
-from trainer.gan.training import GanConfig
+from trainer.gan import training
 
 _TRAIN = "training (python -m trainer.dcgan --flagfile=...)"
 flags.DEFINE_integer("latent_dim", 100, "Length of the generator's N(0, 1) input vector.")
@@ -45,8 +46,8 @@ flags.DEFINE_float("collapse_d_fake", 0.02, "Collapse threshold on mean D(G(z)),
 FLAGS = flags.FLAGS
 
 # The study's batch 64 at 128x128: GanConfig's defaults for the shared flags.
-STUDY_DEFAULTS = {name: GanConfig.__dataclass_fields__[name].default
-                  for name in ("batch_size", "image_size", "epochs")}
+STUDY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(training.GanConfig)
+                  if f.name in ("batch_size", "image_size", "epochs")}
 
 
 def main(argv: list[str]) -> None:
@@ -64,8 +65,7 @@ def main(argv: list[str]) -> None:
         return
     if not FLAGS.data_dir or not FLAGS.workdir:
         raise app.UsageError(f"{_TRAIN} needs --data_dir and --workdir")
-    from trainer.gan import training
-    summary = training.train_gan(GanConfig.from_flags())
+    summary = training.train_gan(training.GanConfig.from_flags())
     print(json.dumps(summary, indent=1, sort_keys=True))
 
 
