@@ -75,10 +75,10 @@ gan-eval: install
 	$(PY) -m trainer.gan_eval --flagfile=configs/gan_eval.flags
 
 bench-preprocess: install
-	$(PY) -m beam_jobs.bench_preprocess --data=$(DATA) --workdir=$(OUT)/bench-preprocess
+	$(PY) -m benchmarks.bench_preprocess --data=$(DATA) --workdir=$(OUT)/bench-preprocess
 
 bench-input: install
-	$(PY) -m trainer.bench_input --data=$(DATA) --workdir=$(OUT)/bench-input
+	$(PY) -m benchmarks.bench_input --data=$(DATA) --workdir=$(OUT)/bench-input
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir=$(OUT)/runs --bind_all

@@ -16,7 +16,7 @@
 # tracing, XLA compilation and the memory-cache fill and is left out of the figures),
 # --architecture study|compact (default study), --allow-cpu.
 # Figures come from the trainer's history.json (per-epoch images_per_s, input_wait_share, measured
-# by trainer.runtime.StepTimeMeter with the first step of each epoch left out).
+# by trainer.core.runtime.StepTimeMeter with the first step of each epoch left out).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

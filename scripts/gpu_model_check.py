@@ -23,7 +23,7 @@ def measure(policy: str, batch_size: int, steps: int, image_size: int, jit: bool
     import keras
     import numpy as np
 
-    from trainer.models import build_study_cnn
+    from trainer.cnn.models import build_study_cnn
 
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)

@@ -1,11 +1,12 @@
-"""trainer.bench_input on a tiny real subset: every loader runs, the report files hold the table."""
+"""benchmarks.bench_input on a tiny real subset: every loader runs, the report files hold the table."""
 import csv
 import json
 import math
 
 import pytest
 
-from trainer import bench_common, bench_input
+from benchmarks import bench_input
+from benchmarks import common as bench_common
 
 TINY = ["--max_images=24", "--max_original_side=600", "--steps=3", "--batch_sizes=8",
         "--warmup=1", "--repeats=2"]

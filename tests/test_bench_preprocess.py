@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_jobs import bench_preprocess as bench
+from benchmarks import bench_preprocess as bench
 
 
 def test_originals_have_recorded_sizes_and_copies_differ_only_in_bytes(sample_dir, tmp_path):

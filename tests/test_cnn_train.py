@@ -13,7 +13,7 @@ import pytest
 from absl import flags
 
 from tests import shard_fixtures
-from trainer import cnn, train
+from trainer.cnn import cli, train  # noqa: F401  (cli defines the CNN's flags)
 
 FLAGS = flags.FLAGS
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -69,19 +69,19 @@ def test_the_configs_cover_the_five_study_variants_compact_and_tiny():
 def test_each_config_parses_and_documents_its_launch_command(parse_flags, path):
     assert f"python -m trainer.cnn --flagfile=configs/{path.name}" in path.read_text()
     parse_flags(f"--flagfile=configs/{path.name}")
-    config = cnn.config_from_flags()
+    config = train.TrainConfig.from_flags()
     assert config.workdir == f"out/runs/{path.stem}" and config.data_dir
 
 
 def test_nested_flagfile_sets_the_variant(parse_flags):
     parse_flags("--flagfile=configs/cnn_l2_dropout_aug.flags")
-    config = cnn.config_from_flags()
+    config = train.TrainConfig.from_flags()
     assert (config.model, config.dropout, config.l2, config.augment) == ("study", 0.2, 0.001,
                                                                          True)
     assert (config.image_size, config.batch_size, config.data_dir) == (256, 32, "out/uda1")
     FLAGS.unparse_flags()
     parse_flags("--flagfile=configs/cnn_base.flags", "--epochs=3")  # later flags win
-    assert cnn.config_from_flags().epochs == 3 and cnn.config_from_flags().dropout == 0.0
+    assert train.TrainConfig.from_flags().epochs == 3 and train.TrainConfig.from_flags().dropout == 0.0
 
 
 @pytest.mark.parametrize("arg, shown", [
@@ -129,7 +129,7 @@ def _event_tags(log_dir: pathlib.Path) -> set:
 
 
 def test_one_training_step_writes_the_run_folder(real_dataset, tmp_path):
-    result = train.train(_config(real_dataset, tmp_path, class_balance="class_weights"))
+    result = train.train_cnn(_config(real_dataset, tmp_path, class_balance="class_weights"))
     assert len(result.history) == 1
     epoch = result.history[0]
     assert np.isfinite(epoch["loss"]) and np.isfinite(epoch["val_loss"])
@@ -150,7 +150,7 @@ def test_one_training_step_writes_the_run_folder(real_dataset, tmp_path):
 
 def test_the_compact_cnn_overfits_a_tiny_real_batch(real_dataset, tmp_path):
     """16 real images, the same batch every step: the training loss must collapse."""
-    result = train.train(_config(real_dataset, tmp_path, batch_size=16,
+    result = train.train_cnn(_config(real_dataset, tmp_path, batch_size=16,
                                  epochs=8, learning_rate=3e-4, model="compact",
                                  deterministic=True))
     losses = [e["loss"] for e in result.history]
@@ -176,20 +176,20 @@ class _CountEpochs(keras.callbacks.Callback):
 def test_an_interrupted_run_resumes_and_does_three_epochs_in_all(real_dataset, tmp_path):
     config = _config(real_dataset, tmp_path, epochs=3)
     with pytest.raises(KeyboardInterrupt):
-        train.train(config, extra_callbacks=[_Interrupt()])
+        train.train_cnn(config, extra_callbacks=[_Interrupt()])
     assert json.loads((tmp_path / "history.json").read_text())["epoch"] == [1]
     counter = _CountEpochs()
-    result = train.train(config, extra_callbacks=[counter])
+    result = train.train_cnn(config, extra_callbacks=[counter])
     assert counter.epochs == [2, 3]
     assert [e["epoch"] for e in result.history] == [1, 2, 3]
     assert result.summary["epochs_done"] == 3
     again = _CountEpochs()  # a finished run started again trains nothing more
-    train.train(config, extra_callbacks=[again])
+    train.train_cnn(config, extra_callbacks=[again])
     assert again.epochs == []
 
 
 def test_mixed_bfloat16_trains_with_float32_output(real_dataset, tmp_path):
-    result = train.train(_config(real_dataset, tmp_path, mixed_precision="mixed_bfloat16"))
+    result = train.train_cnn(_config(real_dataset, tmp_path, mixed_precision="mixed_bfloat16"))
     assert result.summary["policy"] == "mixed_bfloat16"
     assert result.model.get_layer("conv1").compute_dtype == "bfloat16"
     out = result.model(np.zeros((1, SIZE, SIZE, 3), np.float32))
@@ -197,7 +197,7 @@ def test_mixed_bfloat16_trains_with_float32_output(real_dataset, tmp_path):
 
 
 def test_mixed_float16_scales_the_loss(real_dataset, tmp_path):
-    result = train.train(_config(real_dataset, tmp_path, mixed_precision="mixed_float16"))
+    result = train.train_cnn(_config(real_dataset, tmp_path, mixed_precision="mixed_float16"))
     assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert result.model.get_layer("conv1").compute_dtype == "float16"
     assert result.model.get_layer("probability").compute_dtype == "float32"
@@ -205,19 +205,19 @@ def test_mixed_float16_scales_the_loss(real_dataset, tmp_path):
 
 
 def test_profile_steps_write_a_trace(real_dataset, tmp_path):
-    train.train(_config(real_dataset, tmp_path, steps_per_epoch=2, profile_steps="1,2"))
+    train.train_cnn(_config(real_dataset, tmp_path, steps_per_epoch=2, profile_steps="1,2"))
     traces = list((tmp_path / "logs").rglob("*.xplane.pb"))
     assert traces and all(t.stat().st_size > 0 for t in traces)
 
 
 def test_a_diverging_run_stops_with_a_clear_error(real_dataset, tmp_path):
     with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at step"):
-        train.train(_config(real_dataset, tmp_path, learning_rate=1e30, epochs=3,
+        train.train_cnn(_config(real_dataset, tmp_path, learning_rate=1e30, epochs=3,
                             steps_per_epoch=2, batch_size=16))
 
 
 def test_balanced_sampling_trains(real_dataset, tmp_path):
-    result = train.train(_config(real_dataset, tmp_path, class_balance="sampling",
+    result = train.train_cnn(_config(real_dataset, tmp_path, class_balance="sampling",
                                  steps_per_epoch=2))
     assert np.isfinite(result.history[0]["loss"])
 
@@ -228,8 +228,8 @@ _TWO_DEVICES = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from trainer import train
-    result = train.train(train.TrainConfig(
+    from trainer.cnn import train
+    result = train.train_cnn(train.TrainConfig(
         data_dir=sys.argv[1], workdir=sys.argv[2], image_size=32, batch_size=8, epochs=1,
         steps_per_epoch=2, mixed_precision="off", verbose=0))
     print(json.dumps({"replicas": result.summary["replicas"],
@@ -269,10 +269,10 @@ def test_command_line_trains_evaluates_and_exports(real_dataset, tmp_path):
 
 
 def test_jit_compile_trains(real_dataset, tmp_path):
-    result = train.train(_config(real_dataset, tmp_path, jit_compile=True, steps_per_epoch=2))
+    result = train.train_cnn(_config(real_dataset, tmp_path, jit_compile=True, steps_per_epoch=2))
     assert np.isfinite(result.history[0]["loss"]) and result.model.jit_compile
     with pytest.raises(ValueError, match="jit_compile=True with deterministic=True"):
-        train.train(_config(real_dataset, tmp_path, jit_compile=True, deterministic=True))
+        train.train_cnn(_config(real_dataset, tmp_path, jit_compile=True, deterministic=True))
 
 
 def test_early_stopping_patience_continues_after_a_resume(tmp_path):

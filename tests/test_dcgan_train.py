@@ -1,5 +1,4 @@
 """DCGAN training loop on tiny data: grids, checkpoints, resume, guards, sampling."""
-import json
 import os
 import pathlib
 import signal
@@ -12,7 +11,11 @@ from PIL import Image
 
 from isicflow import schema
 from tests import shard_fixtures
-from trainer import dcgan, gan_models, gan_sampling, gan_training, input_pipeline
+from trainer import dcgan  # noqa: F401  (defines the DCGAN's flags)
+from trainer.core import input_pipeline, run_folder
+from trainer.gan import models as gan_models
+from trainer.gan import sampling as gan_sampling
+from trainer.gan import training as gan_training
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -32,7 +35,7 @@ def _config(data_dir, workdir, **overrides):
                   epochs=2, steps_per_epoch=2, mixed_precision="off", grid_images=4,
                   checkpoint_every=0, seed=7)
     values.update(overrides)
-    return dcgan.GanConfig(**values)
+    return gan_training.GanConfig(**values)
 
 
 def _fixed_z(workdir):
@@ -42,12 +45,12 @@ def _fixed_z(workdir):
 
 
 def test_training_writes_grids_scalars_history_and_checkpoint(data_dir, tmp_path):
-    summary = gan_training.train(_config(data_dir, tmp_path))
+    summary = gan_training.train_gan(_config(data_dir, tmp_path))
     assert summary["steps"] == 4 and summary["policy"] == "float32"
     for epoch in (1, 2):
         grid = Image.open(tmp_path / "samples" / f"epoch_{epoch:04d}.png")
         assert grid.size == (2 + 2 * (SIZE + 2), 2 + 2 * (SIZE + 2))  # 4 images, 2x2
-    history = json.loads((tmp_path / "history.json").read_text())
+    history = run_folder.read_history(str(tmp_path / "history.json"))
     assert [h["epoch"] for h in history] == [1, 2]
     for record in history:
         for key in ("d_loss", "g_loss", "d_real", "d_fake", "step_time_s", "input_wait_share"):
@@ -62,26 +65,26 @@ def test_training_writes_grids_scalars_history_and_checkpoint(data_dir, tmp_path
 
 
 def test_profile_steps_write_a_trace(data_dir, tmp_path):
-    gan_training.train(_config(data_dir, tmp_path, epochs=1, steps_per_epoch=3,
+    gan_training.train_gan(_config(data_dir, tmp_path, epochs=1, steps_per_epoch=3,
                                profile_steps="2,3"))
     assert list((tmp_path / "logs" / "plugins" / "profile").glob("*/*.xplane.pb"))
 
 
 def test_resume_continues_the_step_counter_with_the_same_latent_batch(data_dir, tmp_path):
-    first = gan_training.train(_config(data_dir, tmp_path, epochs=1, steps_per_epoch=3,
+    first = gan_training.train_gan(_config(data_dir, tmp_path, epochs=1, steps_per_epoch=3,
                                        checkpoint_every=2))
     assert first["steps"] == 3
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt-*.index"))
     assert names == ["ckpt-2.index", "ckpt-3.index"]  # every 2 steps, and on exit
     z_before, _ = _fixed_z(tmp_path)
     # Another seed would draw another latent batch: the restored one must win.
-    second = gan_training.train(_config(data_dir, tmp_path, epochs=2, steps_per_epoch=3,
+    second = gan_training.train_gan(_config(data_dir, tmp_path, epochs=2, steps_per_epoch=3,
                                         seed=99, checkpoint_every=2))
     assert second["steps"] == 6 and second["steps_this_run"] == 3
     z_after, prefix = _fixed_z(tmp_path)
     assert prefix.endswith("ckpt-6")
     np.testing.assert_array_equal(z_before, z_after)
-    history = json.loads((tmp_path / "history.json").read_text())
+    history = run_folder.read_history(str(tmp_path / "history.json"))
     assert [h["epoch"] for h in history] == [1, 2]
 
 
@@ -97,10 +100,10 @@ def test_interrupted_run_saves_on_exit_and_resumes(data_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(gan_training, "_end_epoch", interrupt)
     with pytest.raises(gan_training.Terminated if how == "sigterm" else KeyboardInterrupt):
-        gan_training.train(_config(data_dir, tmp_path, epochs=3))
+        gan_training.train_gan(_config(data_dir, tmp_path, epochs=3))
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-2")
     monkeypatch.setattr(gan_training, "_end_epoch", real_end_epoch)
-    assert gan_training.train(_config(data_dir, tmp_path, epochs=3))["steps"] == 6
+    assert gan_training.train_gan(_config(data_dir, tmp_path, epochs=3))["steps"] == 6
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data_dir, tmp_path,
@@ -114,20 +117,20 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data_dir, tmp_p
 
     monkeypatch.setattr(gan_models.DCGAN, "train_step", poisoned)
     with pytest.raises(FloatingPointError, match="discriminator loss is nan at step 1"):
-        gan_training.train(_config(data_dir, tmp_path))
+        gan_training.train_gan(_config(data_dir, tmp_path))
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is None
 
 
 def test_resume_with_another_architecture_fails_clearly(data_dir, tmp_path):
-    gan_training.train(_config(data_dir, tmp_path, epochs=1, steps_per_epoch=1))
+    gan_training.train_gan(_config(data_dir, tmp_path, epochs=1, steps_per_epoch=1))
     with pytest.raises(ValueError, match="latent_dim"):
-        gan_training.train(_config(data_dir, tmp_path, epochs=1, steps_per_epoch=1,
+        gan_training.train_gan(_config(data_dir, tmp_path, epochs=1, steps_per_epoch=1,
                                    latent_dim=64))
 
 
 def test_sampling_png_and_schema_tfrecords_of_a_conditional_run(data_dir, tmp_path):
     run = tmp_path / "run"
-    summary = gan_training.train(_config(data_dir, run, conditional=True, epochs=1,
+    summary = gan_training.train_gan(_config(data_dir, run, conditional=True, epochs=1,
                                          steps_per_epoch=0, splits=("train", "validation")))
     # Conditional: benign/malignant only, both splits: 5 + 2 labelled images -> 1 batch of 4.
     assert summary["steps_per_epoch"] == 1

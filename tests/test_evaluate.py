@@ -5,10 +5,12 @@ import os
 
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
 from isicflow import imaging
 from tests import shard_fixtures
-from trainer import evaluate, metrics, report
+from trainer.cnn import evaluate
+from trainer.core import metrics, run_folder
 
 SIZE = 32
 
@@ -38,7 +40,7 @@ def evaluated(tmp_path_factory, images):
     data_dir = shard_fixtures.write_tiny_dataset(tmp_path_factory.mktemp("data"), images, SIZE,
                                                  image_format="png", num_shards=3)
     workdir = str(tmp_path_factory.mktemp("run"))
-    # As trainer.train writes it: an "epoch" column, and null where a value was not finite.
+    # As history.json is written (trainer.core.run_folder): an "epoch" column, and null where a value was not finite.
     history = {"epoch": [1, 2, 3], "loss": [0.7, 0.6, 0.5], "val_loss": [0.72, None, 0.64],
                "accuracy": [0.5, 0.6, 0.7], "val_accuracy": [0.5, 0.55, 0.6]}
     with open(os.path.join(workdir, "history.json"), "w") as f:
@@ -65,7 +67,7 @@ def test_predictions_follow_their_labels(evaluated, images):
         got = result["splits"][split]
         assert got["cases"] == len(images[split]) and got["malignant"] == labels.sum()
         np.testing.assert_allclose(sorted(got["roc"]["thresholds"][1:]), sorted(set(probs)), rtol=1e-6)
-        assert got["auc"] == pytest.approx(metrics.roc_auc(*zip(*pairs)), abs=1e-6)
+        assert got["auc"] == pytest.approx(skm.roc_auc_score(*zip(*pairs)), abs=1e-6)
 
 
 def test_threshold_chosen_on_validation_applied_to_test(evaluated, images):
@@ -140,7 +142,7 @@ def test_history_must_be_lists_of_numbers(tmp_path):
     path = tmp_path / "history.json"
     path.write_text(json.dumps({"loss": "high"}))
     with pytest.raises(ValueError, match=r"history\['loss'\] must be a list of numbers"):
-        report.load_history(str(path))
+        run_folder.read_history(str(path))
 
 
 def test_bad_policy_fails_before_any_work(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from isicflow import imaging
-from trainer import export, predict
+from trainer.cnn import export, predict
 
 SIZE = 32  # 250x250 JPEGs -> libjpeg's 1/2 DCT scaling is used on both paths at this size
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +59,7 @@ def exported(tmp_path_factory):
 
 def engine_path(model, path: str, mode: str = "squash"):
     """The data engine's path: Pillow decode (with DCT scaling) + Pillow resize, then the model."""
-    from trainer import input_pipeline
+    from trainer.core import input_pipeline
 
     decoded = imaging.decode_image(open(path, "rb").read(), target=SIZE, mode=mode)
     pixels = np.asarray(imaging.resize_pil(decoded.image, SIZE, mode))
@@ -163,7 +163,7 @@ def test_predict_files_reports_each_bad_file_and_classifies_the_rest(exported, r
 
 def _run_cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "trainer.predict", *args], cwd=REPO_ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "trainer.cnn.predict", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

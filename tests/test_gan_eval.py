@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from tests import shard_fixtures
-from trainer import gan_eval, gan_features
+from trainer.core import run_folder
+from trainer.gan import evaluate as gan_eval
+from trainer.gan import features as gan_features
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -43,7 +45,7 @@ def _finite(value):
 def test_cli_train_sample_and_evaluate_on_real_images(trained, tmp_path):
     data, run = trained
     assert (run / "samples" / "epoch_0002.png").exists()
-    history = json.loads((run / "history.json").read_text())
+    history = run_folder.read_history(str(run / "history.json"))
     assert history[-1]["step"] == 4  # tiny config: 2 epochs x 2 steps
 
     synthetic = tmp_path / "synthetic"

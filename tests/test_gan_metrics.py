@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from trainer import gan_metrics as gm
+from trainer.gan import metrics as gm
 
 
 def _features(n=400, d=16, seed=0, shift=0.0, scale=1.0):

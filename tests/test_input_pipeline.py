@@ -1,11 +1,11 @@
-"""trainer.input_pipeline on tiny datasets written in the data engine's layout."""
+"""trainer.core.input_pipeline on tiny datasets written in the data engine's layout."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from isicflow import imaging
 from tests import shard_fixtures
-from trainer import input_pipeline as ip
+from trainer.core import input_pipeline as ip
 
 SIZE = 32
 

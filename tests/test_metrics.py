@@ -1,11 +1,11 @@
-"""trainer.metrics against scikit-learn, on a hand-derived case, and on degenerate inputs."""
+"""trainer.core.metrics against scikit-learn, on a hand-derived case, and on degenerate inputs."""
 import math
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from trainer import metrics
+from trainer.core import metrics
 
 # Hand-made validation set. Sorted by score (m = malignant, b = benign):
 #   0.9m 0.8m 0.75b 0.7m 0.6b 0.5m 0.4m 0.3b 0.2b 0.1b
@@ -43,7 +43,7 @@ def test_threshold_metrics_equal_sklearn(random_case, threshold):
 
 def test_auc_and_roc_equal_sklearn(random_case):
     labels, scores = random_case
-    assert metrics.roc_auc(labels, scores) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics.classification_metrics(labels, scores, 0.5)["auc"] == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
     fpr, tpr, thr = skm.roc_curve(labels, scores, drop_intermediate=False)
     roc = metrics.roc_curve_points(labels, scores)
     np.testing.assert_allclose(roc["fpr"], fpr)
@@ -119,7 +119,7 @@ def test_single_class_gives_nan_auc_with_reason_or_error():
     assert math.isnan(got["specificity"]) and "no benign" in got["undefined"]["specificity"]
     assert got["sensitivity"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="need both classes"):
-        metrics.roc_auc([0, 0], [0.1, 0.2])
+        metrics.roc_curve_points([0, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="need both classes"):
         metrics.select_threshold([0, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="need both classes"):

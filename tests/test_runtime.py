@@ -1,4 +1,5 @@
-"""trainer.runtime and trainer.common_flags: precision rule, strategy, timing, NaN stop, flags."""
+"""trainer.core.runtime and trainer.core.flags: precision rule, strategy, timing, NaN stop, flags."""
+import dataclasses
 import itertools
 import math
 
@@ -6,7 +7,8 @@ import keras
 import pytest
 from absl import flags
 
-from trainer import common_flags, runtime
+from trainer.core import flags as common_flags
+from trainer.core import runtime
 
 FLAGS = flags.FLAGS
 
@@ -106,9 +108,9 @@ def parse_flags():
 
 def test_common_flags_parse_and_report(parse_flags):
     parse_flags("--batch_size=8", "--profile_steps=2,4", "--mixed_precision=mixed_bfloat16")
-    values = common_flags.common_flag_values()
+    values = dataclasses.asdict(common_flags.RunConfig.from_flags())
     assert values["batch_size"] == 8 and values["profile_steps"] == "2,4"
-    assert set(values) == set(common_flags.COMMON_FLAG_NAMES)
+    assert set(values) == {f.name for f in FLAGS.get_flags_for_module(common_flags)}
 
 
 @pytest.mark.parametrize("arg, shown", [

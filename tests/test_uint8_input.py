@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from tests import shard_fixtures
-from trainer import input_pipeline, models, train
+from trainer.cnn import models, train
+from trainer.core import input_pipeline
 
 
 @pytest.fixture(scope="module")

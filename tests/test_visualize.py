@@ -1,4 +1,4 @@
-"""trainer.visualize: feature-map grids and Grad-CAM on the study CNN and a hand-made model."""
+"""trainer.cnn.visualize: feature-map grids and Grad-CAM on the study CNN and a hand-made model."""
 import os
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from trainer import visualize
+from trainer.cnn import visualize
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -21,7 +21,7 @@ def lesion(sample_dir):
 def study_model():
     import keras
 
-    from trainer import models
+    from trainer.cnn import models
 
     keras.utils.set_random_seed(0)
     return models.build_study_cnn(image_size=64)
@@ -93,7 +93,7 @@ def test_cli_writes_the_pngs(study_model, lesion, tmp_path):
     study_model.save(model_path)
     out = tmp_path / "vis"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "trainer.visualize", f"--model={model_path}",
+    proc = subprocess.run([sys.executable, "-m", "trainer.cnn.visualize", f"--model={model_path}",
                            f"--image={lesion}", f"--out={out}"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -17,7 +17,8 @@ import sys
 
 from absl import app, flags, logging
 
-from trainer import common_flags  # noqa: F401  (defines data_dir, workdir, image_size, ...)
+from trainer.core import flags as core_flags  # noqa: F401  (defines data_dir, workdir, ...)
+from trainer.gan import training
 
 _TRAIN = "training (python -m trainer.dcgan --flagfile=...)"
 flags.DEFINE_integer("latent_dim", 100, "Length of the generator's N(0, 1) input vector.")
@@ -44,44 +45,9 @@ flags.DEFINE_float("collapse_d_fake", 0.02, "Collapse threshold on mean D(G(z)),
                    "floor that label_noise/label_flip put under D(G(z)).", lower_bound=0.0)
 FLAGS = flags.FLAGS
 
-STUDY_DEFAULTS = {"batch_size": 64, "image_size": 128, "epochs": 100}
-
-
-@dataclasses.dataclass
-class GanConfig:
-    """Everything one training run needs; built from flags by from_flags(), or directly in tests."""
-
-    data_dir: str
-    workdir: str
-    image_size: int = 128
-    batch_size: int = 64
-    epochs: int = 100
-    steps_per_epoch: int = 0           # 0: one pass over the chosen splits
-    seed: int = 42
-    mixed_precision: str = "auto"
-    jit_compile: bool = False
-    profile_steps: str = ""
-    cache: str = ""
-    deterministic: bool = False
-    latent_dim: int = 100
-    gen_learning_rate: float = 1e-4
-    disc_learning_rate: float = 1e-4
-    beta_1: float = 0.5
-    beta_2: float = 0.999
-    label_noise: float = 0.1
-    label_flip: float = 0.05
-    conditional: bool = False
-    splits: tuple[str, ...] = ("train",)
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    grid_images: int = 16
-    collapse_patience: int = 500
-    collapse_d_fake: float = 0.02
-
-    @classmethod
-    def from_flags(cls) -> "GanConfig":
-        names = {f.name for f in dataclasses.fields(cls)} - {"splits"}
-        return cls(splits=tuple(FLAGS.gan_splits), **{n: FLAGS[n].value for n in names})
+# The study's batch 64 at 128x128: GanConfig's defaults for the shared flags.
+STUDY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(training.GanConfig)
+                  if f.name in ("batch_size", "image_size", "epochs")}
 
 
 def main(argv: list[str]) -> None:
@@ -90,17 +56,16 @@ def main(argv: list[str]) -> None:
     if len(argv) == 2:
         if not FLAGS.checkpoint or not FLAGS.out:
             raise app.UsageError("sample needs --checkpoint and --out")
-        from trainer import gan_sampling
+        from trainer.gan import sampling
         classes = None if FLAGS.sample_class == "both" else (FLAGS.sample_class,)
-        written = gan_sampling.sample_to_dir(FLAGS.checkpoint, FLAGS.num, FLAGS.out,
-                                             image_format=FLAGS.format, classes=classes,
-                                             seed=FLAGS.seed)
+        written = sampling.sample_to_dir(FLAGS.checkpoint, FLAGS.num, FLAGS.out,
+                                         image_format=FLAGS.format, classes=classes,
+                                         seed=FLAGS.seed)
         logging.info("wrote %d images to %s", written, FLAGS.out)
         return
     if not FLAGS.data_dir or not FLAGS.workdir:
         raise app.UsageError(f"{_TRAIN} needs --data_dir and --workdir")
-    from trainer import gan_training
-    summary = gan_training.train(GanConfig.from_flags())
+    summary = training.train_gan(training.GanConfig.from_flags())
     print(json.dumps(summary, indent=1, sort_keys=True))
 
 
@@ -112,7 +77,7 @@ def _set_study_defaults() -> None:
 
 def _define_sample_flags() -> None:
     """Only when run as a program: generic names (--out, --num) would clash on import with
-    other tools' flags (trainer.visualize defines --out the same way)."""
+    other tools' flags (trainer.cnn.visualize defines --out the same way)."""
     flags.DEFINE_string("checkpoint", None, "sample: run folder, checkpoints folder or "
                         "checkpoint prefix (latest checkpoint of a folder).")
     flags.DEFINE_integer("num", 64, "sample: images to write (per class when conditional).",

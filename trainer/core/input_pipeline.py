@@ -202,7 +202,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     else:
         # No per-image work left: batch the uint8 images (4x fewer bytes than float32) and
-        # convert whole batches, the same values as per image at ~60% of the CPU cost.
+        # convert whole batches: the same values as per image, at less CPU cost.
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
         if as_uint8:
             ds = ds.map(lambda images, labels: (images, tf.cast(labels, tf.float32)),

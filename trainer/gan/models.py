@@ -71,13 +71,6 @@ def build_discriminator(image_size: int = 128, *, conditional: bool = False) -> 
     return keras.Model(inputs if conditional else image, logit, name="discriminator")
 
 
-def count_params(model: keras.Model) -> tuple[int, int]:
-    """(total, non-trainable) parameter counts, as model.summary() prints them."""
-    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
-    return trainable + frozen, frozen
-
-
 class DCGAN(keras.Model):
     """Adversarial training of a generator against a discriminator, one step = one D and one G
     update (as keras-io's dcgan_overriding_train_step.py), with the study's label tricks."""
@@ -194,19 +187,3 @@ def to_uint8(images) -> np.ndarray:
     """Generator output in [-1, 1] -> uint8 RGB."""
     array = np.asarray(images, dtype=np.float32)
     return np.clip(np.round((array + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def tile_images(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
-    """N x H x W x 3 uint8 -> one grid image (rows of `columns`), white padding between."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"need a non-empty N x H x W x C batch, got shape {images.shape}")
-    n, h, w, c = images.shape
-    columns = columns or int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / columns))
-    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y:y + h, x:x + w] = image
-    return grid

@@ -1,9 +1,10 @@
-"""CNN trainer: `python -m trainer.cnn --flagfile=configs/cnn_base.flags`.
+"""The CNN trainer's program (`python -m trainer.cnn --flagfile=configs/cnn_base.flags` runs it
+through trainer/cnn/__main__.py).
 
 Streams the data engine's shards, trains (or resumes) the benign/malignant classifier, then
-evaluates it on validation and test (trainer.evaluate) and exports it (trainer.export).
+evaluates it on validation and test (trainer.cnn.evaluate) and exports it (trainer.cnn.export).
 The shared flags (--data_dir, --workdir, --image_size, --batch_size, ...) live in
-trainer.common_flags; the flags below are the CNN's own.
+trainer.core.flags; the flags below are the CNN's own.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any, Sequence
 
 from absl import app, flags, logging
 
-from trainer import common_flags, models, train
-from trainer import evaluate as evaluate_lib
-from trainer import export as export_lib
+from trainer.cnn import evaluate as evaluate_lib
+from trainer.cnn import export as export_lib
+from trainer.cnn import models, train
+from trainer.core import flags as core_flags
 
 # --- model ---
 flags.DEFINE_enum("architecture", "study", list(models.MODEL_NAMES),
@@ -57,20 +59,6 @@ flags.register_multi_flags_validator(
 FLAGS = flags.FLAGS
 
 
-def config_from_flags() -> train.TrainConfig:
-    c = common_flags.common_flag_values()
-    return train.TrainConfig(
-        data_dir=c["data_dir"], workdir=c["workdir"], image_size=c["image_size"],
-        batch_size=c["batch_size"], epochs=c["epochs"], steps_per_epoch=c["steps_per_epoch"],
-        learning_rate=c["learning_rate"], seed=c["seed"], model=FLAGS.architecture,
-        dropout=FLAGS.dropout, l2=FLAGS.l2, augment=FLAGS.augment,
-        weights_path=FLAGS.weights_path, class_balance=FLAGS.class_balance,
-        monitor=FLAGS.monitor, early_stopping_patience=FLAGS.early_stopping_patience,
-        mixed_precision=c["mixed_precision"], jit_compile=c["jit_compile"],
-        profile_steps=c["profile_steps"], cache=c["cache"], deterministic=c["deterministic"],
-        verbose=int(FLAGS.keras_verbose))
-
-
 def evaluate_and_export(model, config: train.TrainConfig, *, evaluate: bool = True,
                         export: bool = True, threshold_policy: str =
                         "max_specificity_at_sensitivity", min_sensitivity: float = 0.8,
@@ -95,8 +83,8 @@ def evaluate_and_export(model, config: train.TrainConfig, *, evaluate: bool = Tr
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    config = config_from_flags()
-    result = train.train(config)
+    config = train.TrainConfig.from_flags()
+    result = train.train_cnn(config)
     done = evaluate_and_export(result.model, config, evaluate=FLAGS.evaluate,
                                export=FLAGS.export, threshold_policy=FLAGS.threshold_policy,
                                min_sensitivity=FLAGS.min_sensitivity, bootstrap=FLAGS.bootstrap)
@@ -106,6 +94,6 @@ def main(argv: Sequence[str]) -> None:
     print(f"run folder: {config.workdir}")
 
 
-if __name__ == "__main__":
-    common_flags.require_run_folders()
+def run() -> None:
+    core_flags.require_run_folders()
     app.run(main)

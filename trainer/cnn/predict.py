@@ -1,6 +1,6 @@
 """Classify image files with an exported model.
 
-    python -m trainer.predict --model DIR image.jpg [image2.png ...]
+    python -m trainer.cnn.predict --model DIR image.jpg [image2.png ...]
 
 DIR is an export dir (serving_config.json + saved_model/) or a run dir holding export/.
 Prints one line per image, in the order given, tab-separated:
@@ -80,7 +80,7 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold_override: floa
     """One Prediction per path, in order; bad files carry an error, the rest a probability."""
     import tensorflow as tf
 
-    from trainer import export
+    from trainer.cnn import export
 
     if threshold_override is not None and not 0.0 <= threshold_override <= 1.0:
         raise ValueError(f"threshold_override must be in [0, 1], got {threshold_override}")
@@ -117,7 +117,7 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold_override: floa
 
 def _define_flags() -> None:
     """Defined only when run as a program, so importing this module never clashes with the
-    trainers' flags (common_flags) or trainer.visualize's --model."""
+    trainers' flags (trainer.core.flags) or trainer.cnn.visualize's --model."""
     flags.DEFINE_string("model", None, "Export dir (serving_config.json + saved_model/) or a run "
                         "dir holding export/.")
     flags.DEFINE_float("threshold_override", None, "Label threshold to use instead of the exported "
@@ -129,7 +129,7 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> int:
     paths = list(argv[1:])
     if not paths:
-        print("no image given: python -m trainer.predict --model DIR image.jpg ...", file=sys.stderr)
+        print("no image given: python -m trainer.cnn.predict --model DIR image.jpg ...", file=sys.stderr)
         return 2
     FLAGS = flags.FLAGS
     try:

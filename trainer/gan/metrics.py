@@ -1,4 +1,4 @@
-"""GAN evaluation metrics on feature (or pixel) matrices: numpy only, no TensorFlow.
+"""GAN evaluation metrics on feature (or pixel) matrices: numpy and scikit-learn, no TensorFlow.
 
 Rows are images, columns features. FID and KID compare distributions; the classifier
 two-sample test (C2ST) asks whether a classifier can tell the sets apart; the memorization
@@ -25,6 +25,7 @@ def _same_width(a: np.ndarray, b: np.ndarray) -> None:
         raise ValueError(f"feature widths differ: {a.shape[1]} vs {b.shape[1]}")
 
 
+# Hand-written: scipy.linalg.sqrtm is general (complex, unstable on rank-deficient covariances).
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     """Symmetric square root of a positive semi-definite matrix (negative round-off clipped)."""
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
@@ -51,11 +52,14 @@ def fid(features_a, features_b) -> float:
 
 
 def _polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 with k(u, v) = (u.v / d + 1)^3 (Bińkowski et al. 2018)."""
-    d = x.shape[1]
-    kxx = (x @ x.T / d + 1) ** 3
-    kyy = (y @ y.T / d + 1) ** 3
-    kxy = (x @ y.T / d + 1) ** 3
+    """Unbiased MMD^2 with k(u, v) = (u.v / d + 1)^3 (Bińkowski et al. 2018); scikit-learn has
+    the kernel but not the unbiased estimator."""
+    from sklearn.metrics.pairwise import polynomial_kernel
+
+    def kernel(a, b):
+        return polynomial_kernel(a, b, degree=3, gamma=1.0 / x.shape[1], coef0=1)
+
+    kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
     m, n = len(x), len(y)
     return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
                  + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
@@ -80,16 +84,16 @@ def kid(features_a, features_b, *, subsets: int = 100, subset_size: int = 1000,
 
 def pca_plane(data, components: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Projection of the rows on the first principal axes and each axis' share of variance."""
-    x = _as_matrix(data, "data")
-    centred = x - x.mean(0)
-    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-    variance = singular ** 2
-    share = variance / variance.sum() if variance.sum() > 0 else np.zeros_like(variance)
-    return centred @ vt[:components].T, share[:components]
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=components, svd_solver="full")
+    points = pca.fit_transform(_as_matrix(data, "data"))
+    return points, pca.explained_variance_ratio_
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default)."""
+    """Wilson score interval of a binomial proportion (95% by default). Hand-written: neither
+    scikit-learn nor the declared dependencies have one (scipy comes only through sklearn)."""
     if trials <= 0 or not 0 <= successes <= trials:
         raise ValueError(f"need 0 <= successes <= trials and trials > 0, got {successes}/{trials}")
     p = successes / trials
@@ -129,12 +133,12 @@ def classifier_two_sample_test(real, generated, *, seed: int = 0,
 
 def nearest_neighbour(queries, references) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean distance from each query row to its nearest reference row, and that row's index."""
+    from sklearn.neighbors import NearestNeighbors
+
     q, r = _as_matrix(queries, "queries"), _as_matrix(references, "references")
     _same_width(q, r)
-    squared = (q ** 2).sum(1)[:, None] + (r ** 2).sum(1)[None, :] - 2 * q @ r.T
-    index = np.argmin(squared, axis=1)
-    distance = np.sqrt(np.clip(squared[np.arange(len(q)), index], 0, None))
-    return distance, index
+    distance, index = NearestNeighbors(n_neighbors=1).fit(r).kneighbors(q)
+    return distance[:, 0], index[:, 0]
 
 
 def memorization(generated_distances, heldout_distances, percentile: float = 1.0) -> dict:

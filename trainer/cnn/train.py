@@ -18,22 +18,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import input_pipeline, models, report, runtime
+from trainer.cnn import models
+from trainer.core import input_pipeline, run_folder, runtime
+from trainer.core.flags import RunConfig
 
 MONITORS = ("val_accuracy", "val_auc")
 CLASS_BALANCE_MODES = ("none", "class_weights", "sampling")
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    data_dir: str
-    workdir: str
-    image_size: int = 256
-    batch_size: int = 32
-    epochs: int = 10
-    steps_per_epoch: int = 0          # 0 = one pass over the training split
-    learning_rate: float = 1e-3
-    seed: int = 42
+class TrainConfig(RunConfig):
     model: str = "study"
     dropout: float = 0.0
     l2: float = 0.0
@@ -42,12 +36,9 @@ class TrainConfig:
     class_balance: str = "none"
     monitor: str = "val_accuracy"
     early_stopping_patience: int = 0  # 0 = off
-    mixed_precision: str = "auto"
-    jit_compile: bool = False
-    profile_steps: str = ""
-    cache: str = ""
-    deterministic: bool = False
     verbose: int = 1
+
+    FLAG_SOURCES = {"model": ("architecture", str), "verbose": ("keras_verbose", int)}
 
 
 @dataclasses.dataclass
@@ -126,23 +117,18 @@ class StepTimeLogger(keras.callbacks.Callback):
 
 
 class HistoryFile(keras.callbacks.Callback):
-    """Writes history.json after every epoch as Keras' History.history ({metric: [per epoch]},
-    plus "epoch": [1, 2, ...]); a resumed run keeps the epochs already done."""
+    """Writes history.json (trainer.core.run_folder's format) after every epoch; a resumed run
+    keeps the epochs already done."""
 
     def __init__(self, path: str):
         super().__init__()
         self.path = path
-        self.entries = read_history(path)
+        self.entries = run_folder.read_history(path)
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: _to_float(v) for k, v in (logs or {}).items()}}
         self.entries = [e for e in self.entries if e["epoch"] < epoch + 1] + [row]
-        keys = sorted({k for e in self.entries for k in e}, key=lambda k: (k != "epoch", k))
-        columns = {k: [_json_number(e.get(k)) for e in self.entries] for k in keys}
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(columns, f, indent=1)
-        os.replace(tmp, self.path)
+        run_folder.write_history(self.path, self.entries)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -183,22 +169,6 @@ class SampleImages(keras.callbacks.Callback):
 
 def _to_float(value) -> float:
     return float(keras.ops.convert_to_numpy(value))
-
-
-def _json_number(value):
-    """NaN/inf/missing -> null, so history.json stays strict JSON."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def read_history(path: str) -> list[dict[str, Any]]:
-    """history.json -> one dict per epoch (missing values left out)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        columns = json.load(f)
-    epochs = columns.get("epoch", [])
-    return [{k: v[i] for k, v in columns.items() if i < len(v) and v[i] is not None}
-            for i in range(len(epochs))]
 
 
 def _check_config(c: TrainConfig) -> None:
@@ -273,7 +243,7 @@ def write_pr_curve(log_dir: str, labels: np.ndarray, probabilities: np.ndarray,
         tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=step)
 
 
-def predict_split(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     labels, probabilities = [], []
     for x, y in dataset:
         probabilities.append(np.asarray(model(x, training=False), np.float32).reshape(-1))
@@ -281,7 +251,7 @@ def predict_split(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndar
     return np.concatenate(labels), np.concatenate(probabilities)
 
 
-def train(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
+def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
           ) -> TrainResult:
     """Trains (or resumes) one run; returns the best model by c.monitor and the history."""
     _check_config(c)
@@ -308,7 +278,7 @@ def train(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = 
                              jit_compile=c.jit_compile)
     meter = runtime.StepTimeMeter(warmup_steps=1)
     install_step_timer(fit_model, meter)
-    history_file = HistoryFile(os.path.join(c.workdir, "history.json"))
+    history_file = HistoryFile(os.path.join(c.workdir, run_folder.HISTORY_NAME))
     sample_x, sample_y = next(iter(input_pipeline.make_dataset(
         c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
         augment=c.augment, seed=c.seed)))
@@ -331,11 +301,11 @@ def train(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = 
     if os.path.exists(best):
         fit_model.load_weights(best)  # shares its weights with `model`
     model.save(os.path.join(c.workdir, "model.keras"))
-    val_labels, val_probs = predict_split(fit_model, val_ds)  # val_ds matches fit_model's input
+    val_labels, val_probs = predict_dataset(fit_model, val_ds)  # val_ds matches fit_model's input
     write_pr_curve(os.path.join(c.workdir, "logs", "validation"), val_labels, val_probs,
                    step=len(history_file.entries))
     summary = _final_summary(c, model, history_file.entries, policy, strategy, wall)
-    report.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null
+    run_folder.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null
     if c.verbose:
         print("training summary: " + json.dumps(summary), flush=True)
     return TrainResult(model, history_file.entries, summary)

@@ -9,7 +9,6 @@ import keras
 from keras import layers
 
 MODEL_NAMES = ("study", "compact", "efficientnet_b0")
-STUDY_PARAMS_AT_256 = 33_611_425
 # Keras' 0.99 needs ~500 steps for the moving statistics to settle; a small dataset gives ~10
 # steps per epoch, and validation would see stale statistics for many epochs.
 BN_MOMENTUM = 0.9

@@ -18,11 +18,10 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
-from trainer import metrics, report
+from trainer.core import metrics, report, run_folder
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
-HISTORY_JSON = "history.json"
 PLOTS_DIR = "plots"
 EVAL_SPLITS = ("validation", "test")
 REPORT_FORMAT = "isicflow.cnn_report/1"
@@ -31,7 +30,7 @@ REPORT_FORMAT = "isicflow.cnn_report/1"
 def predict_split(model, data_dir: str, split: str, image_size: int,
                   batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(labels int64 [N], probabilities float64 [N]) of one split, in manifest order, unaugmented."""
-    from trainer import input_pipeline
+    from trainer.core import input_pipeline
 
     ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=batch_size,
                                      training=False, deterministic=True)
@@ -109,9 +108,9 @@ def write_plots(workdir: str, splits: Mapping[str, Any], threshold: float) -> di
     plot_dir = os.path.join(workdir, PLOTS_DIR)
     os.makedirs(plot_dir, exist_ok=True)
     paths: dict[str, str] = {}
-    history_path = os.path.join(workdir, HISTORY_JSON)
-    if os.path.exists(history_path):
-        paths.update(report.plot_training_curves(report.load_history(history_path), plot_dir))
+    history = run_folder.read_history(os.path.join(workdir, run_folder.HISTORY_NAME))
+    if history:
+        paths.update(report.plot_training_curves(run_folder.history_columns(history), plot_dir))
     curves = {s: {**v["roc"], "auc": v["auc"]} for s, v in splits.items() if "roc" in v}
     if curves:
         points = {s: (1.0 - splits[s]["specificity"], splits[s]["sensitivity"]) for s in curves}
@@ -146,7 +145,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         raise ValueError(f"threshold policy {threshold_policy!r} not in {metrics.THRESHOLD_POLICIES}")
     if bootstrap < 0:
         raise ValueError(f"bootstrap resamples must be >= 0, got {bootstrap}")
-    from trainer import input_pipeline
+    from trainer.core import input_pipeline
 
     os.makedirs(workdir, exist_ok=True)
     batch_size = int(batch_size or config.get("batch_size") or 32)
@@ -168,7 +167,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
     }
     result["plots"] = write_plots(workdir, splits, threshold["threshold"])
     _check_all_finite_or_explained({k: v for k, v in result.items() if k != "config"})
-    report.write_json(os.path.join(workdir, REPORT_JSON), result)
+    run_folder.write_json(os.path.join(workdir, REPORT_JSON), result)
     report.write_markdown(os.path.join(workdir, REPORT_MD), result)
     for split, values in splits.items():
         if values.get("cases"):

@@ -1,6 +1,6 @@
 """What the CNN looks at: feature maps of every convolution layer and a Grad-CAM heatmap.
 
-    python -m trainer.visualize --model DIR_OR_FILE --image lesion.jpg --out DIR
+    python -m trainer.cnn.visualize --model DIR_OR_FILE --image lesion.jpg --out DIR
 
 --model: a .keras file, an export dir (model.keras + serving_config.json) or a run dir holding
 export/. The image goes through the data engine's decode and resize (isicflow.imaging) and the
@@ -47,7 +47,7 @@ def _single_input(model):
 
 def load_image(path: str, image_size: int, resize_mode: str = "squash") -> np.ndarray:
     """float32 [S,S,3] in [0, 1]: the engine's decode + resize, then the evaluation scaling."""
-    from trainer import input_pipeline
+    from trainer.core import input_pipeline
 
     with open(path, "rb") as f:
         decoded = imaging.decode_image(f.read(), target=image_size, mode=resize_mode)
@@ -147,7 +147,7 @@ def load_model(path: str) -> tuple[Any, str]:
     """(keras model, resize mode) from a .keras file, an export dir or a run dir with export/."""
     import keras
 
-    from trainer import export
+    from trainer.cnn import export
 
     if os.path.isfile(path):
         return keras.models.load_model(path), "squash"

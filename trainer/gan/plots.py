@@ -1,4 +1,4 @@
-"""Figures and the Markdown summary of trainer.gan_eval (matplotlib, headless)."""
+"""Figures and the Markdown summary of trainer.gan.evaluate (matplotlib, headless)."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from trainer.gan_models import tile_images
+from trainer.core.report import tile_images
 
 
 def save_png(image: np.ndarray, path: str) -> None:

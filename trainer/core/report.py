@@ -1,4 +1,5 @@
-"""Report writers for a run directory: JSON (strict, NaN -> null), Markdown, and PNG plots.
+"""Report writers for a run directory: Markdown, PNG plots and image grids (the JSON writer
+is trainer.core.run_folder.write_json).
 
 Plots use matplotlib's object API (Figure + Agg canvas), never pyplot, so no global backend
 state and no display is needed.
@@ -12,49 +13,11 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from trainer.core.run_folder import to_jsonable
+
 SPLIT_ORDER = ("validation", "test")
 # (history key, title) pairs plotted train vs validation, as the 2020 study's figures.
 CURVE_METRICS = (("accuracy", "Accuracy"), ("loss", "Loss"), ("auc", "ROC AUC"))
-
-
-def to_jsonable(value: Any) -> Any:
-    """numpy scalars/arrays -> Python; NaN and +-inf -> None (the reason lives beside it);
-    anything else JSON cannot hold (paths, ...) -> its str()."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [to_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)  # paths and the like, as a record of what was used
-
-
-def write_json(path: str, payload: Mapping[str, Any]) -> str:
-    """Strict JSON (allow_nan=False), written to a temp file then renamed: never half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(to_jsonable(payload), f, indent=2, sort_keys=False, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
-
-
-def load_history(path: str) -> dict[str, list[float]]:
-    """Reads a keras History.history dict; every value must be a list of numbers."""
-    with open(path, encoding="utf-8") as f:
-        history = json.load(f)
-    if not isinstance(history, dict):
-        raise ValueError(f"{path}: history must be a JSON object of metric -> list, got {type(history).__name__}")
-    for key, values in history.items():
-        if not isinstance(values, list) or not all(isinstance(v, (int, float)) or v is None for v in values):
-            raise ValueError(f"{path}: history[{key!r}] must be a list of numbers, got {values!r:.80}")
-    return {k: [math.nan if v is None else float(v) for v in vs] for k, vs in history.items()}
 
 
 def _figure(width: float = 5.0, height: float = 4.0):
@@ -67,7 +30,7 @@ def plot_training_curves(history: Mapping[str, list[float]], out_dir: str) -> di
     """One PNG per metric found in history (accuracy, loss, auc): train vs validation by epoch.
 
     history: {metric: [value per epoch]} as keras History.history; an optional "epoch" list
-    (trainer.train writes one, 1-based) gives the x axis; NaN values leave gaps.
+    (history.json holds one, 1-based) gives the x axis; NaN values leave gaps.
     """
     paths = {}
     epoch_axis = history.get("epoch")
@@ -208,3 +171,19 @@ def write_markdown(path: str, report: Mapping[str, Any]) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.write(render_markdown(to_jsonable(report)))
     return path
+
+
+def tile_images(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
+    """N x H x W x 3 uint8 -> one grid image (rows of `columns`), white padding between."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"need a non-empty N x H x W x C batch, got shape {images.shape}")
+    n, h, w, c = images.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y:y + h, x:x + w] = image
+    return grid

@@ -25,7 +25,7 @@ def resize_batch(images: np.ndarray, side: int) -> np.ndarray:
     """uint8 N x H x W x 3 -> float32 N x side x side x 3 in [0, 1] (bilinear, antialiased)."""
     import tensorflow as tf
 
-    from trainer.input_pipeline import preprocess_for_eval
+    from trainer.core.input_pipeline import preprocess_for_eval
 
     x = preprocess_for_eval(tf.convert_to_tensor(images, tf.uint8))
     if x.shape[1] != side or x.shape[2] != side:
@@ -62,7 +62,7 @@ def _random_conv_model(seed: int):
 def _inception(weights: str):
     import keras
 
-    from trainer.input_pipeline import scale_to_range
+    from trainer.core.input_pipeline import scale_to_range
 
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"InceptionV3 weights file {weights!r} not found (this project "
@@ -93,7 +93,7 @@ def penultimate_model(model):
 def _cnn(path: str, value_range: tuple[float, float]):
     import keras
 
-    from trainer.input_pipeline import scale_to_range
+    from trainer.core.input_pipeline import scale_to_range
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"CNN model {path!r} not found")

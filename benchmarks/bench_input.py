@@ -1,9 +1,9 @@
-"""Input benchmark: `python -m trainer.bench_input --data=DIR --workdir=out/bench-input`.
+"""Input benchmark: `python -m benchmarks.bench_input --data=DIR --workdir=out/bench-input`.
 
 Shows, on the same images and in one run, images/s of the loaders a user could pick:
   (1) keras ImageDataGenerator.flow_from_directory, as the 2020 study used it (11 images/s there);
   (2) keras.utils.image_dataset_from_directory + rescale map + prefetch (today's Keras advice);
-  (3) this project's TFRecord stream (trainer.input_pipeline, training order, no augmentation)
+  (3) this project's TFRecord stream (trainer.core.input_pipeline, training order, no augmentation)
       as the CNN trainer consumes it: uint8 batches that the model rescales on the device;
   (4) the same stream with cache="memory", timed after one warm-up pass;
   (5) a roofline: TFRecordDataset -> parse -> decode in a parallel map -> batch -> prefetch.
@@ -24,7 +24,8 @@ import shutil
 import sys
 from typing import Any, Callable, Iterator, Sequence
 
-from trainer import bench_common, report
+from benchmarks import common as bench_common
+from trainer.core import run_folder
 
 CLASSES = ("benign", "malignant")
 LOADERS = {  # name -> label in the table, in the issue's numbering
@@ -43,7 +44,7 @@ GOALS = (  # (name, numerator, denominator, at least)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainer.bench_input", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_input", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data/isic-uda1",
                    help="legacy ISIC folder (ISIC_*.jpg + .json sidecars) or a class-per-folder "
@@ -206,7 +207,7 @@ def keras_dataset(tree, shards, batch_size, image_size) -> Iterator:
 
 
 def tfrecord_stream(tree, shards, batch_size, image_size, cache: str = "") -> Iterator:
-    from trainer import input_pipeline
+    from trainer.core import input_pipeline
 
     return iter(input_pipeline.make_dataset(
         str(shards), "train", image_size=image_size, batch_size=batch_size, training=True,
@@ -222,7 +223,7 @@ def roofline(tree, shards, batch_size, image_size) -> Iterator:
     import tensorflow as tf
 
     from isicflow import manifest as manifest_lib
-    from trainer import input_pipeline
+    from trainer.core import input_pipeline
 
     manifest = manifest_lib.read_manifest(str(shards))
     paths = manifest_lib.shard_paths(manifest, str(shards), image_size, "train")
@@ -284,7 +285,7 @@ def write_report(workdir: pathlib.Path, rows, goals, context: dict[str, Any]) ->
             + bench_common.markdown_table(rows, columns)
             + "\n\nGoals (reported, not asserted):\n\n" + "\n".join(f"- {g}" for g in goals) + "\n")
     pathlib.Path(paths["md"]).write_text(text)
-    report.write_json(paths["json"], {"rows": rows, "goals": goals, **context})  # NaN -> null
+    run_folder.write_json(paths["json"], {"rows": rows, "goals": goals, **context})  # NaN -> null
     batch_sizes = sorted({r["batch_size"] for r in rows})
     series = {LOADERS[n]: [next(r["images_per_s"] for r in rows
                                 if r["loader"] == n and r["batch_size"] == b)

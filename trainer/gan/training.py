@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -14,9 +15,36 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from trainer import gan_models, input_pipeline, report, runtime
+from trainer.core import input_pipeline, run_folder, runtime
+from trainer.core.flags import RunConfig
+from trainer.core.report import tile_images
+from trainer.gan import models as gan_models
 
-CONFIG_NAME = "gan_config.json"  # architecture of the checkpointed nets, read by the sampler
+
+@dataclasses.dataclass
+class GanConfig(RunConfig):
+    """Everything one training run needs; built from flags by from_flags(), or directly in tests.
+    The shared --learning_rate is not used: each network has its own Adam rate."""
+
+    image_size: int = 128
+    batch_size: int = 64
+    epochs: int = 100
+    latent_dim: int = 100
+    gen_learning_rate: float = 1e-4
+    disc_learning_rate: float = 1e-4
+    beta_1: float = 0.5
+    beta_2: float = 0.999
+    label_noise: float = 0.1
+    label_flip: float = 0.05
+    conditional: bool = False
+    splits: tuple[str, ...] = ("train",)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    grid_images: int = 16
+    collapse_patience: int = 500
+    collapse_d_fake: float = 0.02
+
+    FLAG_SOURCES = {"splits": ("gan_splits", tuple)}
 
 
 class DiscriminatorCollapse(RuntimeError):
@@ -147,20 +175,13 @@ def _check_resume_architecture(path: str, wanted: dict) -> None:
 def save_grid(gan: gan_models.DCGAN, checkpoint: tf.train.Checkpoint, path: str) -> np.ndarray:
     """Draws the fixed latent batch (inference mode) into one PNG grid; returns the grid."""
     images = gan.generate(checkpoint.fixed_z, checkpoint.fixed_labels, training=False)
-    grid = gan_models.tile_images(gan_models.to_uint8(images))
+    grid = tile_images(gan_models.to_uint8(images))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(grid).save(path)
     return grid
 
 
-def _load_history(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def train(config) -> dict:
+def train_gan(config: GanConfig) -> dict:
     """Trains (or resumes) a DCGAN in config.workdir; returns the run summary."""
     policy = runtime.configure_mixed_precision(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
@@ -171,7 +192,7 @@ def train(config) -> dict:
     checkpoint = make_checkpoint(gan, config.grid_images, config.seed)
     ckpt_dir = os.path.join(config.workdir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, config.keep_checkpoints)
-    config_path = os.path.join(ckpt_dir, CONFIG_NAME)
+    config_path = os.path.join(ckpt_dir, run_folder.GAN_CONFIG_NAME)
     _check_resume_architecture(config_path, architecture(config))
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -185,8 +206,8 @@ def train(config) -> dict:
                              reduce_retracing=True)
     logdir = os.path.join(config.workdir, "logs")
     writer = tf.summary.create_file_writer(logdir)
-    history_path = os.path.join(config.workdir, "history.json")
-    history = _load_history(history_path)
+    history_path = os.path.join(config.workdir, run_folder.HISTORY_NAME)
+    history = run_folder.read_history(history_path)
     profile = runtime.parse_profile_steps(config.profile_steps)
     guard = CollapseGuard(config.collapse_patience, config.collapse_d_fake,
                           config.label_noise, config.label_flip)
@@ -224,7 +245,7 @@ def train(config) -> dict:
                 record = _end_epoch(gan, checkpoint, config.workdir, writer, epoch + 1, step,
                                     logs, meter.summary())
                 history.append(record)
-                report.write_json(history_path, history)  # atomic; NaN -> null
+                run_folder.write_history(history_path, history)
         except (FloatingPointError, DiscriminatorCollapse):
             saved_at = step  # the weights are broken or useless: keep the last good checkpoint
             raise

@@ -30,7 +30,7 @@ LABEL_NAMES = ("benign", "malignant")
 def _serving_module(model, image_size: int, resize_mode: str, threshold: float):
     import tensorflow as tf
 
-    from trainer import input_pipeline
+    from trainer.core import input_pipeline
 
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
 
@@ -81,7 +81,8 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     """
     import tensorflow as tf
 
-    from trainer import evaluate
+    from trainer.cnn import evaluate
+    from trainer.core import run_folder
 
     if resize_mode not in imaging.RESIZE_MODES:
         raise ValueError(f"resize mode {resize_mode!r} not in {imaging.RESIZE_MODES}")
@@ -108,10 +109,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
               "outputs": {"probability": "float32 [None], P(malignant)",
                           "label": f"string [None], malignant when probability >= {threshold}"},
               "tensorflow": tf.__version__}
-    tmp = paths["serving_config"] + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    os.replace(tmp, paths["serving_config"])
+    run_folder.write_json(paths["serving_config"], config)
     return paths
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from isicflow import imaging, manifest as manifest_lib, metadata, schema
-from trainer import gan_models
-from trainer.gan_training import CONFIG_NAME
+from trainer.core.run_folder import GAN_CONFIG_NAME
+from trainer.gan import models as gan_models
 
 SYNTHETIC_IMAGE_TYPE = "synthetic"
 SOURCE_COLLECTION = "isicflow-dcgan"
@@ -37,7 +37,7 @@ def resolve_checkpoint(path: str) -> tuple[str, dict]:
         if not tf.io.gfile.exists(prefix + ".index"):
             raise FileNotFoundError(f"{path!r} is neither a folder nor a checkpoint prefix "
                                     f"(no {prefix}.index)")
-    config_path = os.path.join(folder, CONFIG_NAME)
+    config_path = os.path.join(folder, GAN_CONFIG_NAME)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} missing: cannot tell the generator's "
                                 "architecture (was this checkpoint written by trainer.dcgan?)")

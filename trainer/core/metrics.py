@@ -1,4 +1,7 @@
-"""Binary classification metrics, ROC, bootstrap intervals and threshold choice (numpy only).
+"""Binary classification metrics, ROC, bootstrap intervals and threshold choice.
+
+Counts, ROC and AUC come from scikit-learn; what it lacks stays here: the rates with a reason
+for each undefined one, the percentile bootstrap over cases, and the threshold policies.
 
 Conventions used throughout:
 * labels are 0 (benign) / 1 (malignant); scores are the model's probability of malignant;
@@ -15,6 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
 THRESHOLD_POLICIES = ("max_specificity_at_sensitivity", "youden", "fixed")
 STUDY_THRESHOLD = 0.5
@@ -65,10 +69,9 @@ def _check_threshold(threshold: float) -> float:
 
 def confusion_counts(labels, scores, threshold: float) -> ConfusionCounts:
     y, s = check_inputs(labels, scores)
-    predicted = s >= _check_threshold(threshold)
-    positive = y == 1
-    return ConfusionCounts(tp=int(np.sum(predicted & positive)), fp=int(np.sum(predicted & ~positive)),
-                           tn=int(np.sum(~predicted & ~positive)), fn=int(np.sum(~predicted & positive)))
+    predicted = (s >= _check_threshold(threshold)).astype(np.int64)
+    tn, fp, fn, tp = skm.confusion_matrix(y, predicted, labels=[0, 1]).ravel()
+    return ConfusionCounts(tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn))
 
 
 def _ratio(num: int, den: int) -> float:
@@ -98,44 +101,14 @@ def rates_from_counts(c: ConfusionCounts) -> dict[str, Any]:
     return rates
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their mean rank (what the Mann-Whitney statistic needs)."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    _, first_index, counts = np.unique(sorted_values, return_index=True, return_counts=True)
-    mean_rank_per_group = first_index + (counts + 1) / 2.0
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank_per_group, counts)
-    return ranks
-
-
-def _auc_unchecked(y: np.ndarray, s: np.ndarray) -> float:
-    positives = int(y.sum())
-    negatives = y.size - positives
-    rank_sum = _average_ranks(s)[y == 1].sum()
-    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
-
-
-def roc_auc(labels, scores) -> float:
-    """Area under the ROC curve = P(score of a malignant > score of a benign), ties count 1/2."""
-    y, s = check_inputs(labels, scores, need_both_classes=True)
-    return _auc_unchecked(y, s)
-
-
 def roc_curve_points(labels, scores) -> dict[str, list[float]]:
     """Every ROC point (no point dropped): fpr, tpr and the threshold (>=) giving it.
 
     The first point (0, 0) has threshold +inf (written as None in JSON by the report writer).
     """
     y, s = check_inputs(labels, scores, need_both_classes=True)
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    last_of_group = np.r_[np.flatnonzero(np.diff(s_sorted)), y.size - 1]
-    tps = np.cumsum(y_sorted)[last_of_group]
-    fps = (last_of_group + 1) - tps
-    return {"fpr": [0.0] + (fps / (y.size - y.sum())).tolist(),
-            "tpr": [0.0] + (tps / y.sum()).tolist(),
-            "thresholds": [math.inf] + s_sorted[last_of_group].tolist()}
+    fpr, tpr, thresholds = skm.roc_curve(y, s, drop_intermediate=False)
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thresholds.tolist()}
 
 
 def classification_metrics(labels, scores, threshold: float) -> dict[str, Any]:
@@ -146,7 +119,7 @@ def classification_metrics(labels, scores, threshold: float) -> dict[str, Any]:
               "benign": int(y.size - y.sum()), "confusion": counts.as_dict()}
     result.update(rates_from_counts(counts))
     if len(np.unique(y)) == 2:
-        result["auc"] = _auc_unchecked(y, s)
+        result["auc"] = float(skm.roc_auc_score(y, s))
     else:
         result["auc"] = math.nan
         result["undefined"]["auc"] = f"only one class present (all labels {int(y[0])})"
@@ -177,7 +150,7 @@ def bootstrap_intervals(labels, scores, threshold: float, *, resamples: int = 10
         if positives == 0 or positives == yb.size:
             skipped += 1
             continue
-        values["auc"].append(_auc_unchecked(yb, sb))
+        values["auc"].append(float(skm.roc_auc_score(yb, sb)))
         values["accuracy"].append(float(np.mean(pb == (yb == 1))))
         values["sensitivity"].append(float(np.mean(pb[yb == 1])))
         values["specificity"].append(float(np.mean(~pb[yb == 0])))

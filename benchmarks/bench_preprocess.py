@@ -8,7 +8,7 @@ reduced-scale JPEG decode against a full decode. Each variant runs in its own pr
 parent samples the resident memory of that process and all its children, so the peak counts
 Beam's worker processes too. Prints a table of ratios measured in this one run.
 
-    python -m beam_jobs.bench_preprocess --data=../shared/data/isic-uda1 --workdir=out/bench-preprocess
+    python -m benchmarks.bench_preprocess --data=../shared/data/isic-uda1 --workdir=out/bench-preprocess
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def stage_rate(log: str) -> float | None:
 
 def measure(variant: str, source: str, out_dir: str) -> dict:
     """Runs one variant in a child process; returns its images/s and peak tree memory."""
-    cmd = [sys.executable, "-m", "beam_jobs.bench_preprocess", "--variant", variant,
+    cmd = [sys.executable, "-m", "benchmarks.bench_preprocess", "--variant", variant,
            "--source", source, "--variant_out", out_dir]
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)

@@ -1,4 +1,5 @@
-"""Flags every trainer shares, defined exactly once (trainer.cnn and trainer.dcgan import this).
+"""Flags every trainer shares, defined exactly once (trainer.cnn and trainer.dcgan import this),
+and RunConfig, the config base both trainers' configs extend, built from flags one way.
 
 absl refuses a flag defined twice in one process, so no other module may define these names.
 Validators run when flags are parsed, so an impossible value stops the run before any work,
@@ -6,11 +7,12 @@ with the flag and its value in the message.
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping
 
 from absl import flags
 
-from trainer import runtime
+from trainer.core import runtime
 
 # --- data and run folder ---
 flags.DEFINE_string("data_dir", None, "Dataset folder written by beam_jobs.preprocess "
@@ -42,11 +44,6 @@ flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_string("profile_steps", "", "'START,END' (1-based steps, inclusive) to write a "
                     "profiler trace to <workdir>/logs; '' for none.")
 
-COMMON_FLAG_NAMES = ("data_dir", "workdir", "image_size", "batch_size", "epochs",
-                     "steps_per_epoch", "learning_rate", "seed", "cache", "deterministic",
-                     "mixed_precision", "jit_compile", "profile_steps")
-
-
 def _valid_profile_steps(text: str) -> bool:
     try:
         runtime.parse_profile_steps(text)
@@ -77,10 +74,37 @@ _register_validators()
 
 
 def require_run_folders() -> None:
-    """Makes --data_dir and --workdir mandatory; call from a trainer's __main__ block."""
+    """Makes --data_dir and --workdir mandatory; call from a trainer's program before app.run."""
     flags.mark_flags_as_required(["data_dir", "workdir"])
 
 
-def common_flag_values() -> dict[str, Any]:
-    """The shared flags' current values, for run summaries and reports."""
-    return {name: flags.FLAGS[name].value for name in COMMON_FLAG_NAMES}
+@dataclasses.dataclass
+class RunConfig:
+    """The shared flags' fields; trainer.cnn.train.TrainConfig and trainer.gan.training.GanConfig
+    extend it with their own (and may give the shared fields other defaults)."""
+
+    data_dir: str
+    workdir: str
+    image_size: int = 256
+    batch_size: int = 32
+    epochs: int = 10
+    steps_per_epoch: int = 0          # 0 = one pass over the training data
+    learning_rate: float = 1e-3
+    seed: int = 42
+    cache: str = ""
+    deterministic: bool = False
+    mixed_precision: str = "auto"
+    jit_compile: bool = False
+    profile_steps: str = ""
+
+    # field -> (flag name, conversion) where a field is not simply the flag of its own name
+    FLAG_SOURCES: ClassVar[Mapping[str, tuple[str, Callable[[Any], Any]]]] = {}
+
+    @classmethod
+    def from_flags(cls):
+        """Every field from its flag (FLAG_SOURCES names the exceptions); flags must be parsed."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            name, convert = cls.FLAG_SOURCES.get(field.name, (field.name, lambda v: v))
+            values[field.name] = convert(flags.FLAGS[name].value)
+        return cls(**values)
