@@ -222,12 +222,12 @@ def roofline(tree, shards, batch_size, image_size) -> Iterator:
     """Read + parse + decode to uint8 and batch: what any stream of these shards must do."""
     import tensorflow as tf
 
-    from isicflow import manifest as manifest_lib
+    from isicflow import dataset as dataset_lib
     from trainer.core import input_pipeline
 
-    manifest = manifest_lib.read_manifest(str(shards))
-    paths = manifest_lib.shard_paths(manifest, str(shards), image_size, "train")
-    ds = tf.data.TFRecordDataset(paths, manifest_lib.compression_type(manifest),
+    manifest = dataset_lib.read_manifest(str(shards))
+    paths = dataset_lib.shard_paths(manifest, str(shards), image_size, "train")
+    ds = tf.data.TFRecordDataset(paths, dataset_lib.compression_type(manifest),
                                  num_parallel_reads=min(len(paths), 16))
     # The stream's own parse + decode, and nothing after it.
     ds = ds.repeat().map(lambda s: input_pipeline.parse_and_decode(s, image_size),

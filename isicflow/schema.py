@@ -1,6 +1,6 @@
 """The record schema, derived from proto/isicflow/v1/lesion_example.proto.
 
-Writer (beam_jobs) and reader (trainer.input_pipeline) both use this module, so a feature's
+Writer (beam_jobs) and reader (trainer.core.input_pipeline) both use this module, so a feature's
 name and type are defined exactly once: in the .proto.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 import re
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from isicflow.metadata import BENIGN, MALIGNANT
 
@@ -137,88 +137,92 @@ def _target_label(text: str, counters) -> tuple[str, str]:
     return (MALIGNANT if flags[0] else BENIGN), ""
 
 
-def read_isic_cli(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
+def _read_rows(scan: Scan, kind: str, counters, columns, id_column: str,
+               fill: Callable[[Entry, dict], None]) -> list[Entry]:
+    """One Entry per row of every `kind` table in the scan; fill(entry, row) sets a well-formed
+    row's fields or problem (malformed rows come back from rows_of already finished)."""
     entries = []
-    for table in tables_of(scan, "isic_cli", counters, ISIC_CLI_COLUMNS):
-        for entry, row in rows_of(table, "isic_id"):
+    for table in tables_of(scan, kind, counters, columns):
+        for entry, row in rows_of(table, id_column):
             if row is not None:
-                label_cell = row.get("benign_malignant", row.get("diagnosis_1"))
-                entry.fields = dict(
-                    label=label_from_text(label_cell, counters),
-                    diagnosis=text_of(row, "diagnosis", "diagnosis_5", "diagnosis_4", "diagnosis_3",
-                                    "diagnosis_2"),
-                    patient_id=text_of(row, "patient_id"), lesion_id=text_of(row, "lesion_id"),
-                    age_approx=age_of(row, "age_approx", counters), sex=sex_of(row, counters),
-                    anatom_site=text_of(row, "anatom_site_general"),
-                    image_type=text_of(row, "image_type"),
-                    attribution=text_of(row, "attribution"), license=text_of(row, "copyright_license"),
-                    original_width=_int(row, "pixels_x", counters),
-                    original_height=_int(row, "pixels_y", counters))
+                fill(entry, row)
             entries.append(entry)
     return entries
+
+
+def _person_fields(row: dict, counters, *site_columns: str) -> dict:
+    """Patient, lesion, age, sex and site, as the archive-derived tables name them."""
+    return dict(patient_id=text_of(row, "patient_id"), lesion_id=text_of(row, "lesion_id"),
+                age_approx=age_of(row, "age_approx", counters), sex=sex_of(row, counters),
+                anatom_site=text_of(row, *site_columns, "anatom_site_general"))
+
+
+def _archive_fields(row: dict, counters) -> dict:
+    """_person_fields plus the archive export's image type, attribution and license."""
+    return dict(_person_fields(row, counters), image_type=text_of(row, "image_type"),
+                attribution=text_of(row, "attribution"), license=text_of(row, "copyright_license"))
+
+
+def read_isic_cli(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
+    def fill(entry: Entry, row: dict) -> None:
+        label_cell = row.get("benign_malignant", row.get("diagnosis_1"))
+        entry.fields = dict(
+            label=label_from_text(label_cell, counters),
+            diagnosis=text_of(row, "diagnosis", "diagnosis_5", "diagnosis_4", "diagnosis_3",
+                            "diagnosis_2"),
+            **_archive_fields(row, counters),
+            original_width=_int(row, "pixels_x", counters),
+            original_height=_int(row, "pixels_y", counters))
+
+    return _read_rows(scan, "isic_cli", counters, ISIC_CLI_COLUMNS, "isic_id", fill)
 
 
 def read_ham10000(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
-    entries = []
-    for table in tables_of(scan, "ham10000", counters, HAM_COLUMNS):
-        for entry, row in rows_of(table, "image_id"):
-            if row is not None:
-                code = clean_text(row["dx"]).lower()
-                entry.fields = dict(
-                    label=label_from_dx(code, dx, counters), diagnosis=code,
-                    lesion_id=text_of(row, "lesion_id"), age_approx=age_of(row, "age", counters),
-                    sex=sex_of(row, counters), anatom_site=text_of(row, "localization"),
-                    source_collection=text_of(row, "dataset"))
-            entries.append(entry)
-    return entries
+    def fill(entry: Entry, row: dict) -> None:
+        code = clean_text(row["dx"]).lower()
+        entry.fields = dict(
+            label=label_from_dx(code, dx, counters), diagnosis=code,
+            lesion_id=text_of(row, "lesion_id"), age_approx=age_of(row, "age", counters),
+            sex=sex_of(row, counters), anatom_site=text_of(row, "localization"),
+            source_collection=text_of(row, "dataset"))
+
+    return _read_rows(scan, "ham10000", counters, HAM_COLUMNS, "image_id", fill)
 
 
 def read_isic2020(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     """Label from benign_malignant, else target; the two disagreeing is conflicting_labels."""
-    entries = []
-    for table in tables_of(scan, "isic2020", counters, ISIC2020_COLUMNS):
-        for entry, row in rows_of(table, "image_name"):
-            if row is not None:
-                from_target, problem = _target_label(row.get("target", ""), counters)
-                text = clean_text(row.get("benign_malignant")).lower()
-                from_text = text if text in (BENIGN, MALIGNANT) else ""
-                if problem:
-                    entry.problem = (INVALID_LABEL, problem)
-                elif from_text and from_target and from_text != from_target:
-                    entry.problem = (CONFLICTING_LABELS, f"benign_malignant {text!r} but target "
-                                                         f"{row['target'].strip()!r}")
-                label = from_text or from_target
-                if not label:
-                    label = label_from_text(None, counters)
-                entry.fields = dict(
-                    label=label, diagnosis=text_of(row, "diagnosis"),
-                    patient_id=text_of(row, "patient_id"), lesion_id=text_of(row, "lesion_id"),
-                    age_approx=age_of(row, "age_approx", counters), sex=sex_of(row, counters),
-                    anatom_site=text_of(row, "anatom_site_general_challenge", "anatom_site_general"))
-            entries.append(entry)
-    return entries
+    def fill(entry: Entry, row: dict) -> None:
+        from_target, problem = _target_label(row.get("target", ""), counters)
+        text = clean_text(row.get("benign_malignant")).lower()
+        from_text = text if text in (BENIGN, MALIGNANT) else ""
+        if problem:
+            entry.problem = (INVALID_LABEL, problem)
+        elif from_text and from_target and from_text != from_target:
+            entry.problem = (CONFLICTING_LABELS, f"benign_malignant {text!r} but target "
+                                                 f"{row['target'].strip()!r}")
+        label = from_text or from_target
+        if not label:
+            label = label_from_text(None, counters)
+        entry.fields = dict(
+            label=label, diagnosis=text_of(row, "diagnosis"),
+            **_person_fields(row, counters, "anatom_site_general_challenge"))
+
+    return _read_rows(scan, "isic2020", counters, ISIC2020_COLUMNS, "image_name", fill)
 
 
 def read_isic2024(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:
     """SLICE-3D: label from `target` when the file has it (training file), else unknown."""
-    entries = []
-    for table in tables_of(scan, "isic2024", counters, ISIC2024_COLUMNS):
-        for entry, row in rows_of(table, "isic_id"):
-            if row is not None:
-                label, problem = _target_label(row.get("target", ""), counters)
-                if problem:
-                    entry.problem = (INVALID_LABEL, problem)
-                if not label:
-                    label = label_from_text(None, counters)
-                entry.fields = dict(
-                    label=label, diagnosis=text_of(row, "iddx_5", "iddx_4", "iddx_3", "iddx_2"),
-                    patient_id=text_of(row, "patient_id"), lesion_id=text_of(row, "lesion_id"),
-                    age_approx=age_of(row, "age_approx", counters), sex=sex_of(row, counters),
-                    anatom_site=text_of(row, "anatom_site_general"),
-                    image_type=text_of(row, "image_type"),
-                    attribution=text_of(row, "attribution"), license=text_of(row, "copyright_license"))
-            entries.append(entry)
-    return entries
+    def fill(entry: Entry, row: dict) -> None:
+        label, problem = _target_label(row.get("target", ""), counters)
+        if problem:
+            entry.problem = (INVALID_LABEL, problem)
+        if not label:
+            label = label_from_text(None, counters)
+        entry.fields = dict(
+            label=label, diagnosis=text_of(row, "iddx_5", "iddx_4", "iddx_3", "iddx_2"),
+            **_archive_fields(row, counters))
+
+    return _read_rows(scan, "isic2024", counters, ISIC2024_COLUMNS, "isic_id", fill)
 
 
 def read_isic2016(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:

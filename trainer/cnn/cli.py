@@ -64,7 +64,7 @@ def evaluate_and_export(model, config: train.TrainConfig, *, evaluate: bool = Tr
                         "max_specificity_at_sensitivity", min_sensitivity: float = 0.8,
                         bootstrap: int = 1000) -> dict[str, Any]:
     """Runs what follows training; returns {"report": ..., "export": ...} for what ran."""
-    from isicflow import manifest as manifest_lib
+    from isicflow import dataset as dataset_lib
 
     done: dict[str, Any] = {}
     if evaluate:
@@ -74,7 +74,7 @@ def evaluate_and_export(model, config: train.TrainConfig, *, evaluate: bool = Tr
             min_sensitivity=min_sensitivity, bootstrap=bootstrap, seed=config.seed,
             batch_size=config.batch_size)
     if export:
-        resize_mode = manifest_lib.read_manifest(config.data_dir).get("resize_mode", "squash")
+        resize_mode = dataset_lib.read_manifest(config.data_dir).get("resize_mode", "squash")
         done["export"] = export_lib.export_model(model, config.workdir, config.image_size,
                                                  resize_mode)
     return done

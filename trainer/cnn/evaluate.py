@@ -88,13 +88,13 @@ def split_report(labels: np.ndarray, scores: np.ndarray, threshold: float, *,
 
 
 def dataset_counts(data_dir: str, image_size: int) -> dict[str, Any]:
-    from isicflow import manifest as manifest_lib
+    from isicflow import dataset as dataset_lib
 
-    manifest = manifest_lib.read_manifest(data_dir)
+    manifest = dataset_lib.read_manifest(data_dir)
     splits = {}
-    for split in manifest_lib.SPLITS:
+    for split in dataset_lib.SPLITS:
         try:
-            info = manifest_lib.split_info(manifest, image_size, split)
+            info = dataset_lib.split_info(manifest, image_size, split)
         except ValueError as e:
             splits[split] = {"records": 0, "note": str(e)}
             continue

@@ -19,12 +19,12 @@ import os
 from typing import Any
 
 from isicflow import imaging
+from isicflow.metadata import CLASS_NAMES
 
 EXPORT_DIR = "export"
 KERAS_NAME = "model.keras"
 SAVED_MODEL_NAME = "saved_model"
 SERVING_CONFIG_NAME = "serving_config.json"
-LABEL_NAMES = ("benign", "malignant")
 
 
 def _serving_module(model, image_size: int, resize_mode: str, threshold: float):
@@ -56,8 +56,8 @@ def _serving_module(model, image_size: int, resize_mode: str, threshold: float):
             pixels = self.preprocess(image_bytes)["pixels"]
             images = input_pipeline.preprocess_for_eval(pixels)  # the evaluation scaling, [0, 1]
             probability = tf.cast(self.model(images, training=False), tf.float32)[:, 0]
-            label = tf.where(probability >= self.threshold, tf.constant(LABEL_NAMES[1]),
-                             tf.constant(LABEL_NAMES[0]))
+            label = tf.where(probability >= self.threshold, tf.constant(CLASS_NAMES[1]),
+                             tf.constant(CLASS_NAMES[0]))
             return {"probability": probability, "label": label}
 
     return ServingModule()
@@ -103,7 +103,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     tf.saved_model.save(module, paths["saved_model"],
                         signatures={"serving_default": module.serve, "preprocess": module.preprocess})
     config = {"image_size": image_size, "resize_mode": resize_mode, "threshold": threshold,
-              "threshold_source": threshold_source, "labels": list(LABEL_NAMES),
+              "threshold_source": threshold_source, "labels": list(CLASS_NAMES),
               "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright "
                        "(EXIF orientation is not applied in-graph)",
               "outputs": {"probability": "float32 [None], P(malignant)",

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from isicflow import imaging, manifest as manifest_lib, schema
+from isicflow import dataset as dataset_lib, imaging, schema
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = ("binary", "all")
@@ -34,13 +34,13 @@ ZOOM_KEEP_RANGE = (0.8, 1.0)  # central crop keeps this fraction of the side, th
 
 def dataset_size(data_dir: str, split: str, image_size: int, labels: str = "binary") -> int:
     """Records make_dataset yields for one pass (before batching), from the manifest counts."""
-    info = manifest_lib.split_info(manifest_lib.read_manifest(data_dir), image_size, split)
+    info = dataset_lib.split_info(dataset_lib.read_manifest(data_dir), image_size, split)
     return _count(info, labels)
 
 
 def class_counts(data_dir: str, split: str, image_size: int) -> dict[str, int]:
     """{label_name: records} of one split, from the manifest (for class weights)."""
-    info = manifest_lib.split_info(manifest_lib.read_manifest(data_dir), image_size, split)
+    info = dataset_lib.split_info(dataset_lib.read_manifest(data_dir), image_size, split)
     return dict(info.get("counts", {}))
 
 
@@ -106,8 +106,8 @@ def parse_and_decode(serialized: tf.Tensor, image_size: int):
 
 
 def _check_args(split, image_size, batch_size, labels, value_range, cache) -> None:
-    if split not in manifest_lib.SPLITS:
-        raise ValueError(f"split {split!r} not in {manifest_lib.SPLITS}")
+    if split not in dataset_lib.SPLITS:
+        raise ValueError(f"split {split!r} not in {dataset_lib.SPLITS}")
     if image_size <= 0 or batch_size <= 0:
         raise ValueError(f"need positive image_size and batch_size, got {image_size}, "
                          f"{batch_size}")
@@ -139,9 +139,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     if as_uint8 and ((training and augment) or tuple(map(float, value_range)) != (0.0, 1.0)):
         raise ValueError("as_uint8 needs augment=False (or training=False) and value_range (0, 1)")
     _check_args(split, image_size, batch_size, labels, value_range, cache)
-    manifest = manifest_lib.read_manifest(data_dir)
-    info = manifest_lib.split_info(manifest, image_size, split)
-    paths = manifest_lib.shard_paths(manifest, data_dir, image_size, split)
+    manifest = dataset_lib.read_manifest(data_dir)
+    info = dataset_lib.split_info(manifest, image_size, split)
+    paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     expected = _count(info, labels)
     if not paths or expected == 0:
         raise ValueError(f"{data_dir}: split {split!r} at {image_size}px has no "
@@ -159,7 +159,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
             files = files.shuffle(len(paths), seed=stream_seed, reshuffle_each_iteration=True)
         records = files.interleave(
             lambda path: tf.data.TFRecordDataset(
-                path, compression_type=manifest_lib.compression_type(manifest)),
+                path, compression_type=dataset_lib.compression_type(manifest)),
             cycle_length=min(len(paths), 16), block_length=1, num_parallel_calls=AUTOTUNE)
         buffer = max(1, min(int(info["records"]), _MAX_SHUFFLE_BUFFER))
         if training and not cache:

@@ -45,10 +45,10 @@ MEMORIZATION_SIDE = 32
 def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
     """uint8 images of the given splits (all labels), in manifest order, at most `limit`.
     A split the dataset lacks, or an empty one, adds no images (logged)."""
-    from isicflow import manifest as manifest_lib
+    from isicflow import dataset as dataset_lib
     from trainer.core import input_pipeline
 
-    present = manifest_lib.read_manifest(data_dir)["datasets"].get(str(image_size), {})
+    present = dataset_lib.read_manifest(data_dir)["datasets"].get(str(image_size), {})
     chunks, total = [], 0
     for split in splits:
         if int(present.get(split, {}).get("records", 0)) == 0:

@@ -6,7 +6,6 @@ training set. Records say image_type "synthetic" and source_collection "isicflow
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -14,13 +13,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from isicflow import imaging, manifest as manifest_lib, metadata, schema
+from isicflow import dataset, imaging
+from isicflow.metadata import CLASS_NAMES, UNKNOWN, LesionRecord
 from trainer.core.run_folder import GAN_CONFIG_NAME
 from trainer.gan import models as gan_models
 
 SYNTHETIC_IMAGE_TYPE = "synthetic"
 SOURCE_COLLECTION = "isicflow-dcgan"
-CLASS_NAMES = (metadata.BENIGN, metadata.MALIGNANT)
 _BATCH = 64
 
 
@@ -75,46 +74,16 @@ def generate(generator, arch: dict, num: int, *, label: int | None = None,
     return np.concatenate(out)
 
 
-def _record(image_id: str, png: bytes, size: int, label: int) -> bytes:
-    name = CLASS_NAMES[label] if label >= 0 else metadata.UNKNOWN
-    return schema.encode_example({
-        "image_id": image_id, "image_encoded": png, "image_format": "png",
-        "height": size, "width": size, "channels": 3, "label": label, "label_name": name,
-        "diagnosis": "", "patient_id": "", "lesion_id": "", "age_approx": -1.0, "sex": "",
-        "anatom_site": "", "image_type": SYNTHETIC_IMAGE_TYPE,
-        "source_collection": SOURCE_COLLECTION, "split": "train",
-        "content_sha256": hashlib.sha256(png).hexdigest(),
-        "original_height": size, "original_width": size})
-
-
 def _write_dataset(out: str, size: int, items: list[tuple[str, bytes, int]],
                    checkpoint: str) -> dict:
-    shard_rel = f"{size}/train/train-00000-of-00001.tfrecord"
-    shard = os.path.join(out, shard_rel)
-    os.makedirs(os.path.dirname(shard), exist_ok=True)
-    with tf.io.TFRecordWriter(shard) as writer:
-        for image_id, png, label in items:
-            writer.write(_record(image_id, png, size, label))
-    with open(shard, "rb") as f:
-        data = f.read()
-    counts: dict[str, int] = {}
-    for _, _, label in items:
-        name = CLASS_NAMES[label] if label >= 0 else metadata.UNKNOWN
-        counts[name] = counts.get(name, 0) + 1
-    empty = {"records": 0, "counts": {}, "shards": []}
-    manifest = {
-        "schema_version": schema.SCHEMA_VERSION, "synthetic": True, "layout": "isicflow-dcgan",
-        "image_sizes": [size], "image_format": "png", "compression": "",
-        "generator_checkpoint": os.path.abspath(checkpoint),
-        "datasets": {str(size): {
-            "train": {"records": len(items), "counts": counts,
-                      "shards": [{"path": shard_rel, "records": len(items), "bytes": len(data),
-                                  "sha256": hashlib.sha256(data).hexdigest()}]},
-            "validation": dict(empty), "test": dict(empty)}},
-    }
-    with open(os.path.join(out, manifest_lib.MANIFEST_NAME), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-    return manifest
+    """The samples as a dataset folder, through the same contract the data engine writes."""
+    images = [dataset.DatasetImage(LesionRecord(
+        image_id=image_id, image_path="", label=CLASS_NAMES[label] if label >= 0 else UNKNOWN,
+        image_type=SYNTHETIC_IMAGE_TYPE, source_collection=SOURCE_COLLECTION), png)
+        for image_id, png, label in items]
+    return dataset.write_dataset(out, images, image_size=size, image_format="png",
+                                 layout=SOURCE_COLLECTION, synthetic=True,
+                                 run_config={"generator_checkpoint": os.path.abspath(checkpoint)})
 
 
 def sample_to_dir(checkpoint: str, num: int, out: str, *, image_format: str = "png",
