@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from beam_jobs import fileio, spool
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.splits import SPLIT_NAMES
-from isicflow import schema
+from isicflow import image_checks, schema
 from isicflow.manifest import MANIFEST_NAME, REJECTS_NAME, join_path as join
 from isicflow.metadata import LABEL_INDEX, Rejection
 
@@ -123,8 +123,12 @@ def summarize_counts(kept: Iterable[dict]) -> dict:
 
 def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
                    rejections: list[Rejection], kept: list[dict], inputs_read: int,
-                   layout_counters: dict) -> dict:
-    """Pure: the manifest as a dict, checking that every input is accounted for."""
+                   layout_counters: dict, near_duplicate_groups=()) -> dict:
+    """Pure: the manifest as a dict, checking that every input is accounted for.
+
+    near_duplicate_groups: the sorted groups of image ids plan_dataset found perceptually
+    near-identical (with --near_duplicates=drop, all but each group's first were dropped).
+    """
     totals = collections.Counter(r.kind for r in rejections)
     written = len(kept)
     accounted = written + totals["rejected"] + totals["filtered"] + totals["duplicate"]
@@ -160,14 +164,21 @@ def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
         "layout_counters": dict(sorted(layout_counters.items())),
         "counts": counts,
         "datasets": datasets,
+        "near_duplicate_groups": [list(g) for g in sorted(near_duplicate_groups)],
+        "near_duplicates": {
+            "groups": len(near_duplicate_groups),
+            "images": sum(len(g) for g in near_duplicate_groups),
+            "max_distance": {"coarse_bits": image_checks.COARSE_MAX_DISTANCE,
+                             "fine_bits": image_checks.FINE_MAX_DISTANCE}},
     }
 
 
 def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_counters: dict,
-             shards: list[dict], rejections: list[Rejection], kept: tuple) -> dict:
+             shards: list[dict], rejections: list[Rejection], kept: tuple,
+             near_duplicate_groups: tuple = ()) -> dict:
     """Moves shards into place, writes rejects.jsonl, then manifest.json; returns the manifest."""
     manifest = build_manifest(config, layout, shards, list(rejections), list(kept),
-                              inputs_read, layout_counters)
+                              inputs_read, layout_counters, near_duplicate_groups)
     for shard in shards:
         source, final = join(config.output, INCOMPLETE_DIR, shard["path"]), join(config.output,
                                                                                  shard["path"])
