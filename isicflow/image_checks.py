@@ -11,7 +11,7 @@ cost little next to the decode (~0.1 ms an image; see the tests for the measured
   move few bits; distinct images differ in about half.
 * `near_duplicate_groups`: images whose hashes are within both distances, joined into
   connected components (union-find); candidates come from multi-index hashing of the coarse
-  hash, so not every pair is compared.
+  hash (vectorised), so not every pair is compared.
 * `degeneracy`: an image that decodes but holds no picture: every row (nearly) the same,
   every column the same, or the whole image (nearly) one colour.
 """
@@ -92,37 +92,66 @@ def _flip_masks(bits: int, radius: int) -> list[int]:
             for r in range(radius + 1) for positions in itertools.combinations(range(bits), r)]
 
 
+_POPCOUNT8 = np.array([bin(v).count("1") for v in range(256)], dtype=np.uint8)
+
+
+def _popcount64(values: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (numpy 1.26 has no bitwise_count)."""
+    return _POPCOUNT8[values.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.int64)
+
+
 def candidate_pairs(hashes: Mapping[Hashable, int], max_distance: int, bits: int = COARSE_BITS,
                     bands: int = 4) -> set[tuple]:
-    """Pairs (a, b), a < b, whose `bits`-bit hashes differ in at most max_distance bits; exact.
+    """Pairs (a, b), a < b, whose hashes (at most 64 bits) differ in at most max_distance
+    bits; exact (tests compare it with brute force).
 
-    Multi-index hashing: the hash is cut into `bands` bands; if two hashes differ in at most
-    k bits, some band differs in at most r = k // bands bits (pigeonhole). Each hash is filed
-    under each band's value and looked up under every value within r bits of its own band
-    (sum_{i<=r} C(bits/bands, i) probes: 137 for r = 2 with 16-bit bands), and only those
-    candidates are compared. Cost O(n * bands * probes + candidates), not O(n^2) comparisons:
-    a uniformly random hash shares a 16-bit band value with ~n / 65536 others.
+    Multi-index hashing: the hash is cut into `bands` bands; if two hashes differ in at most k
+    bits, some band differs in at most r = k // bands bits (pigeonhole). For each band and each
+    of the P = sum_{i<=r} C(bits/bands, i) ways to flip at most r of its bits (137 for r = 2
+    and 16-bit bands), the hashes whose band equals a flipped band are looked up in a table
+    indexed by band value, and only those candidates are compared, all vectorised in numpy.
+    Cost: O(bands * P * n) for the look-ups, plus one XOR-popcount per candidate: for
+    uniformly spread hashes a fraction bands * P / 2^(bits/bands) of all pairs (0.8% at the
+    default k = 10: 4 x 137 / 65536), i.e. ~120x fewer comparisons than all pairs (real
+    dermoscopy hashes cluster, so somewhat more); 50,000 random hashes take ~2.5 s here,
+    200,000 ~25 s. Still quadratic in the limit: archives far beyond a million images would
+    want more bands of a longer hash.
     """
-    if max_distance < 0:
-        return set()
-    band_bits = -(-bits // bands)
-    mask = (1 << band_bits) - 1
-    flips = _flip_masks(band_bits, max_distance // bands)
     ids = sorted(hashes)
-    tables: list[dict] = [collections.defaultdict(list) for _ in range(bands)]
-    for i in ids:
-        for b in range(bands):
-            tables[b][(hashes[i] >> (b * band_bits)) & mask].append(i)
-    pairs = set()
-    for i in ids:
-        h = hashes[i]
-        for b, table in enumerate(tables):
-            own = (h >> (b * band_bits)) & mask
-            for flip in flips:
-                for j in table.get(own ^ flip, ()):
-                    if i < j and hamming(h, hashes[j]) <= max_distance:
-                        pairs.add((i, j))
-    return pairs
+    n = len(ids)
+    if max_distance < 0 or n < 2:
+        return set()
+    if bits > 64 or -(-bits // bands) > 24:
+        raise ValueError(f"candidate_pairs handles hashes of at most 64 bits in bands of at "
+                         f"most 24, got {bits} bits in {bands} bands")
+    values = np.array([hashes[i] for i in ids], dtype=np.uint64)
+    band_bits = -(-bits // bands)
+    flips = np.array(_flip_masks(band_bits, max_distance // bands), dtype=np.int64)
+    chunk = max(1, 2_000_000 // len(flips))  # rows per batch of queries: bounded memory
+    found = []
+    for b in range(bands):
+        band = ((values >> np.uint64(b * band_bits)) & np.uint64((1 << band_bits) - 1)
+                ).astype(np.int64)
+        order = np.argsort(band, kind="stable")  # hashes grouped by band value...
+        count_of = np.bincount(band, minlength=1 << band_bits)
+        first_of = np.cumsum(count_of) - count_of  # ...each value's run starts here in `order`
+        for start in range(0, n, chunk):
+            rows = np.arange(start, min(n, start + chunk))
+            wanted = (band[rows, None] ^ flips[None, :]).ravel()
+            lo, counts = first_of[wanted], count_of[wanted]
+            total = int(counts.sum())
+            if not total:
+                continue
+            left = np.repeat(np.repeat(rows, len(flips)), counts)
+            starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+            right = order[starts + np.arange(total)]
+            keep = left < right
+            left, right = left[keep], right[keep]
+            close = _popcount64(values[left] ^ values[right]) <= max_distance
+            found.append(left[close] * n + right[close])
+    if not found:
+        return set()
+    return {(ids[int(p) // n], ids[int(p) % n]) for p in np.unique(np.concatenate(found))}
 
 
 def near_duplicate_pairs(hashes: Mapping[Hashable, PerceptualHash],
