@@ -5,8 +5,8 @@ resized, so they cost no second decode, and both start from one 32x32 luma thumb
 cost little next to the decode (~0.1 ms an image; see the tests for the measured figure).
 
 * `perceptual_hash`: a DCT hash (pHash) at two resolutions. Luma is squashed to 32x32 (Pillow,
-  box filters), its 2-D DCT-II taken (scipy's basis), and the lowest frequencies, DC excluded, compared
-  with their median, one bit each: the 8x8 block gives a 64-bit coarse hash, the 16x16 block a
+  box filters), its 2-D DCT-II taken (scipy's basis), and the lowest frequencies, DC excluded,
+  compared with their median, one bit each: the 8x8 block gives a 64-bit coarse hash, the 16x16 block a
   256-bit fine one. Re-encoding, resizing, brightness changes and a few percent of cropping
   move few bits; distinct images differ in about half.
 * `near_duplicate_groups`: images whose hashes are within both distances, joined into

@@ -133,7 +133,8 @@ def test_degenerate_images_are_exactly_the_84_listed(real):
           f"{worst_real[0]:.3f} ({worst_real[2]}), {worst_real[0] / ic.DEGENERATE_THRESHOLD:.1f}x "
           "the threshold")
     for name in SETS:
-        lowest = min(min(s.values()) for (n, i), s in scores.items() if n == name and i not in listed)
+        lowest = min(min(s.values()) for (n, i), s in scores.items()
+                     if n == name and i not in listed)
         print(f"  {name}: lowest score of a non-listed image {lowest:.3f}")
     assert worst_listed == 0.0
     assert worst_real[0] > 3 * ic.DEGENERATE_THRESHOLD

@@ -1,7 +1,6 @@
 """run() end to end: near-identical copies never straddle splits (--near_duplicates=group, the
 default), drop keeps one per group with the totals adding up, off looks for nothing; degenerate
 images are rejected by default and kept with --keep_degenerate."""
-import collections
 import dataclasses
 import json
 import random
