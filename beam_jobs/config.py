@@ -11,6 +11,7 @@ from isicflow.imaging import DEFAULT_MAX_PIXELS, RESIZE_MODES, parse_sizes
 LABEL_POLICIES = ("benign_malignant", "all")
 IMAGE_FORMATS = ("jpeg", "png", "raw")
 COMPRESSIONS = {"none": "", "gzip": "GZIP"}
+NEAR_DUPLICATE_MODES = ("group", "drop", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,8 @@ class PreprocessConfig:
     seed: int = 0
     overwrite: bool = False
     synthetic: bool = False
+    near_duplicates: str = "group"
+    keep_degenerate: bool = False
     allow_empty: bool = False
     # --metadata_csv escape hatch (beam_jobs.layouts.custom): any images-plus-table dataset.
     metadata_csv: str = ""
@@ -106,6 +109,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
                      help="drop images whose original short side is below this many pixels")
     flt.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help="reject images with more pixels than this (decompression bombs)")
+    flt.add_argument("--keep_degenerate", action="store_true",
+                     help="keep images that decode but hold no picture (constant rows, columns "
+                          "or image), rejected as degenerate_image by default")
+    flt.add_argument("--near_duplicates", default="group", choices=NEAR_DUPLICATE_MODES,
+                     help="perceptually near-identical images (re-encoded, resized, cropped "
+                          "copies): group keeps them all in one split, drop keeps the smallest "
+                          "id of each group, off does not look for them")
     out = p.add_argument_group("images and records")
     out.add_argument("--image_size", default="256,128",
                      help="comma list of square output sizes; one dataset per size, one decode")
@@ -164,7 +174,9 @@ def parse_config(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str
         label_policy=args.label_policy, min_original_size=args.min_original_size,
         max_pixels=args.max_pixels, reduced_decode=not args.no_reduced_decode,
         split_fractions=fractions, balance=args.balance, seed=args.seed,
-        overwrite=args.overwrite, synthetic=args.input is None, allow_empty=args.allow_empty,
+        overwrite=args.overwrite, synthetic=args.input is None,
+        near_duplicates=args.near_duplicates, keep_degenerate=args.keep_degenerate,
+        allow_empty=args.allow_empty,
         metadata_csv=args.metadata_csv, id_column=args.id_column, label_column=args.label_column,
         malignant_values=_csv(args.malignant_values), benign_values=_csv(args.benign_values),
         patient_column=args.patient_column, lesion_column=args.lesion_column,

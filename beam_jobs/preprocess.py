@@ -23,8 +23,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from beam_jobs import synthetic, writing
 from beam_jobs.config import PreprocessConfig, parse_config
-from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, REJECTED, FilterRecords,
-                                  ProcessImage, plan_shards)
+from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, NEAR_DUPLICATES, REJECTED,
+                                  FilterRecords, ProcessImage, plan_shards)
 from isicflow import fileio
 from isicflow.dataset import MANIFEST_NAME, REJECTS_NAME, read_manifest
 from isicflow.fileio import join_path
@@ -95,7 +95,7 @@ class IsicToTFRecords(beam.PTransform):
                    | "KeyForPlan" >> beam.Map(lambda image: (None, image))
                    | "CollectImages" >> beam.GroupByKey()
                    | "PlanShards" >> beam.FlatMap(_plan_shards_of_group, cfg).with_outputs(
-                       DUPLICATE, FILTERED, KEPT, main="shards"))
+                       DUPLICATE, FILTERED, KEPT, NEAR_DUPLICATES, main="shards"))
         shards = (planned.shards
                   | "SpreadShards" >> beam.Reshuffle()
                   | "WriteShards" >> beam.ParDo(writing.WriteShard(cfg)))
@@ -113,7 +113,9 @@ class IsicToTFRecords(beam.PTransform):
                     shards=beam.pvalue.AsList(shards),
                     rejections=beam.pvalue.AsList(rejections),
                     # No image left to plan (all filtered or rejected): nothing was kept.
-                    kept=beam.pvalue.AsSingleton(planned[KEPT], default_value=())))
+                    kept=beam.pvalue.AsSingleton(planned[KEPT], default_value=()),
+                    near_duplicate_groups=beam.pvalue.AsSingleton(planned[NEAR_DUPLICATES],
+                                                                  default_value=())))
 
 
 def _plan_shards_of_group(group, config: PreprocessConfig):

@@ -22,7 +22,7 @@ from beam_jobs import splits
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SPOOL_DIR, SpoolRef, SpoolWriter
 from beam_jobs.writing import INCOMPLETE_DIR
-from isicflow import fileio, imaging
+from isicflow import fileio, image_checks, imaging
 from isicflow.dataset import kept_entry
 from isicflow.fileio import join_path
 from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
@@ -30,6 +30,7 @@ from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
 NAMESPACE = "isicflow"
 REJECTED, FILTERED, DUPLICATE = "rejected", "filtered", "duplicate"
 KEPT = "kept"  # plan_shards' summary of the images written, for the manifest
+NEAR_DUPLICATES = "near_duplicates"  # plan_shards' near-duplicate groups, for the manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,9 @@ class ProcessedImage:
     source_width: int
     source_height: int
     encoded: dict[int, SpoolRef]
+    # Perceptual hash of the decoded image (None: --near_duplicates=off, or a degenerate image
+    # kept by --keep_degenerate, which has no picture to compare).
+    phash: Optional[image_checks.PerceptualHash] = None
 
 
 def _count(name: str, n: int = 1) -> None:
@@ -80,8 +84,15 @@ class FilterRecords(beam.DoFn):
 
 
 class ProcessImage(beam.DoFn):
-    """Read -> hash -> decode once (reduced scale where it pays) -> resize and encode per size;
-    the encoded bytes go to this bundle's spool file (beam_jobs.spool), not downstream."""
+    """Read -> hash -> decode once (reduced scale where it pays) -> resize per size -> reject
+    degenerate images, perceptual hash -> encode per size; the encoded bytes go to this
+    bundle's spool file (beam_jobs.spool), not downstream.
+
+    The degeneracy test and the perceptual hash (isicflow.image_checks) share one 32x32 luma
+    thumbnail, taken from the smallest squash-resized output (box filters from there cost
+    ~20 us), or from the decoded image under the other resize modes, whose outputs are
+    cropped or padded: no second decode, ~0.1 ms an image (measured in the tests).
+    """
 
     LOG_EVERY = 200
 
@@ -141,16 +152,45 @@ class ProcessImage(beam.DoFn):
             yield self._reject(record, "filtered_too_small",
                                f"original short side {short} < {cfg.min_original_size}", FILTERED)
             return
-        encoded = {}
-        for size in cfg.image_sizes:
-            resized = imaging.resize_pil(decoded.image, size, cfg.resize_mode)
-            encoded[size] = self._spool.append(
-                imaging.encode_image(resized, cfg.image_format, cfg.jpeg_quality))
+        resized = {size: imaging.resize_pil(decoded.image, size, cfg.resize_mode)
+                   for size in cfg.image_sizes}
+        luma = image_checks.luma_thumbnail(_thumbnail_source(decoded.image, resized, cfg))
+        degenerate = image_checks.degeneracy(luma)
+        if degenerate is not None:
+            test, score = degenerate
+            if not cfg.keep_degenerate:
+                yield self._reject(record, "degenerate_image", _degenerate_detail(test, score))
+                return
+            _count("degenerate_kept")
+        phash = None
+        if cfg.near_duplicates != "off" and degenerate is None:
+            phash = image_checks.perceptual_hash(luma)
+        encoded = {size: self._spool.append(
+                       imaging.encode_image(resized[size], cfg.image_format, cfg.jpeg_quality))
+                   for size in cfg.image_sizes}
         self._decoded.inc()
         if decoded.scale_denominator > 1:
             self._reduced.inc()
         yield ProcessedImage(record, hashlib.sha256(data).hexdigest(),
-                             decoded.source_width, decoded.source_height, encoded)
+                             decoded.source_width, decoded.source_height, encoded, phash)
+
+
+def _thumbnail_source(decoded, resized: dict, config: PreprocessConfig):
+    """The image the checks' thumbnail is taken from: the smallest squash output when it is at
+    least the thumbnail's size (the whole picture, already small), else the decoded image."""
+    smallest = min(config.image_sizes)
+    if config.resize_mode == "squash" and smallest >= image_checks.THUMB:
+        return resized[smallest]
+    return decoded
+
+
+_DEGENERATE_WHAT = {"rows": "every row the same", "columns": "every column the same",
+                    "image": "one colour"}
+
+
+def _degenerate_detail(test: str, score: float) -> str:
+    return (f"no picture: {_DEGENERATE_WHAT[test]} ({test} score {score:.3f} < "
+            f"{image_checks.DEGENERATE_THRESHOLD} grey levels; --keep_degenerate keeps it)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,10 +204,20 @@ class DatasetPlan:
     rank_of: dict           # image_id -> position in its split, ordered by image_id
     shard_counts: dict      # (size, split) -> number of shards
     kept: tuple             # ({split, label, diagnosis, source}, ...) of every image written
+    near_duplicate_of: dict = dataclasses.field(default_factory=dict)  # --near_duplicates=drop:
+    #                         image_id -> the smallest id of its near-duplicate group, kept
+    near_duplicate_groups: tuple = ()  # (sorted ids, ...) of every near-duplicate group found
 
 
 def plan_dataset(images: list[ProcessedImage], config: PreprocessConfig) -> DatasetPlan:
-    """Pure: duplicates (smallest id kept), balance, group-aware splits, ranks, shard counts."""
+    """Pure: duplicates (smallest id kept), near-duplicates (grouped, or all but the smallest id
+    dropped), balance, group-aware splits, ranks, shard counts.
+
+    Near-duplicate groups are found among the images left after byte-identical duplicates
+    (isicflow.image_checks.near_duplicate_groups), before balancing. With 'group', each group is
+    joined with the patient/lesion groups of its members (image_checks.merge_groups), so
+    neither a near-duplicate group nor any original group can straddle splits.
+    """
     images = sorted(images, key=lambda im: im.record.image_id)
     first_of_sha: dict[str, str] = {}
     duplicate_of = {}
@@ -177,6 +227,15 @@ def plan_dataset(images: list[ProcessedImage], config: PreprocessConfig) -> Data
         else:
             first_of_sha[im.sha256] = im.record.image_id
     records = [im.record for im in images if im.record.image_id not in duplicate_of]
+    near_groups: list = []
+    near_duplicate_of: dict = {}
+    if config.near_duplicates != "off":
+        hashes = {im.record.image_id: im.phash for im in images
+                  if im.phash is not None and im.record.image_id not in duplicate_of}
+        near_groups = image_checks.near_duplicate_groups(hashes)
+        if config.near_duplicates == "drop":
+            near_duplicate_of = {other: group[0] for group in near_groups for other in group[1:]}
+            records = [r for r in records if r.image_id not in near_duplicate_of]
     encoded_bytes = {im.record.image_id: {size: ref.length for size, ref in im.encoded.items()}
                      for im in images}
     dropped: frozenset = frozenset()
@@ -184,9 +243,12 @@ def plan_dataset(images: list[ProcessedImage], config: PreprocessConfig) -> Data
         keep = splits.select_balanced(((r.image_id, r.label) for r in records), config.seed)
         dropped = frozenset(r.image_id for r in records if r.image_id not in keep)
         records = [r for r in records if r.image_id in keep]
-    by_group = splits.assign_splits(((r.group_key, r.label) for r in records),
+    group_of = {r.image_id: r.group_key for r in records}
+    if config.near_duplicates == "group":
+        group_of = image_checks.merge_groups(group_of, near_groups)
+    by_group = splits.assign_splits(((group_of[r.image_id], r.label) for r in records),
                                     config.split_fractions, config.seed)
-    split_of = {r.image_id: by_group[r.group_key] for r in records}
+    split_of = {r.image_id: by_group[group_of[r.image_id]] for r in records}
     rank_of, seen = {}, {s: 0 for s in splits.SPLITS}
     totals: dict = {}
     for r in records:
@@ -198,13 +260,15 @@ def plan_dataset(images: list[ProcessedImage], config: PreprocessConfig) -> Data
             totals[(size, split)] = (count + 1, total + nbytes)
     shard_counts = {key: shard_count(n, b, config) for key, (n, b) in totals.items()}
     kept = tuple(kept_entry(r, split_of[r.image_id]) for r in records)
-    return DatasetPlan(duplicate_of, dropped, split_of, rank_of, shard_counts, kept)
+    return DatasetPlan(duplicate_of, dropped, split_of, rank_of, shard_counts, kept,
+                       near_duplicate_of, tuple(tuple(g) for g in near_groups))
 
 
 def plan_shards(images: list[ProcessedImage], config: PreprocessConfig):
     """Plans the dataset and emits it: one element per shard, ((size, split, index, count),
-    [images in id order]); duplicates and balance drops to their outputs; the kept summary to
-    KEPT. One step, because the images are light: no second pass over them is needed."""
+    [images in id order]); duplicates, near-duplicates dropped and balance drops to their
+    outputs; the kept summary to KEPT; the near-duplicate groups to NEAR_DUPLICATES. One step,
+    because the images are light: no second pass over them is needed."""
     plan = plan_dataset(images, config)
     shards: dict = {}
     for image in sorted(images, key=lambda im: im.record.image_id):
@@ -215,6 +279,13 @@ def plan_shards(images: list[ProcessedImage], config: PreprocessConfig):
                 r.image_path, r.image_id, "duplicate_content",
                 f"same bytes as {plan.duplicate_of[r.image_id]} (sha256 {image.sha256[:16]})",
                 kind=DUPLICATE))
+            continue
+        if r.image_id in plan.near_duplicate_of:
+            _count("near_duplicate")
+            yield beam.pvalue.TaggedOutput(DUPLICATE, Rejection(
+                r.image_path, r.image_id, "near_duplicate",
+                f"near-identical to {plan.near_duplicate_of[r.image_id]} (perceptual hash; "
+                "--near_duplicates=drop keeps the smallest id)", kind=DUPLICATE))
             continue
         if r.image_id in plan.balanced_out:
             _count("filtered_balance")
@@ -229,6 +300,7 @@ def plan_shards(images: list[ProcessedImage], config: PreprocessConfig):
     for key in sorted(shards):
         yield key, shards[key]
     yield beam.pvalue.TaggedOutput(KEPT, plan.kept)
+    yield beam.pvalue.TaggedOutput(NEAR_DUPLICATES, plan.near_duplicate_groups)
 
 
 def shard_count(records: int, total_bytes: int, config: PreprocessConfig) -> int:

@@ -8,14 +8,14 @@ Records inside a shard are sorted by image id, so two runs write byte-identical 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from beam_jobs import spool
 from beam_jobs.config import PreprocessConfig
-from isicflow import dataset, fileio
+from isicflow import dataset, fileio, image_checks
 from isicflow.dataset import MANIFEST_NAME, REJECTS_NAME
 from isicflow.fileio import join_path as join
 from isicflow.metadata import Rejection
@@ -50,23 +50,31 @@ class WriteShard(beam.DoFn):
 
 def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
                    rejections: list[Rejection], kept: list[dict], inputs_read: int,
-                   layout_counters: dict, layout_info: Optional[dict] = None) -> dict:
-    """Pure: the engine's manifest (isicflow.dataset.build_manifest) for this run's config."""
+                   layout_counters: dict, layout_info: Optional[dict] = None,
+                   near_duplicate_groups: Sequence[Sequence[str]] = ()) -> dict:
+    """Pure: the engine's manifest (isicflow.dataset.build_manifest) for this run's config.
+
+    near_duplicate_groups: the sorted groups of image ids plan_dataset found perceptually
+    near-identical (with --near_duplicates=drop, all but each group's first were dropped).
+    """
     run_config = {k: v for k, v in config.to_json_dict().items() if k not in ("output", "overwrite")}
+    near_duplicates = {"max_distance": {"coarse_bits": image_checks.COARSE_MAX_DISTANCE,
+                                        "fine_bits": image_checks.FINE_MAX_DISTANCE},
+                       "groups": [list(g) for g in sorted(near_duplicate_groups)]}
     return dataset.build_manifest(
         layout=layout, image_sizes=config.image_sizes, image_format=config.image_format,
         resize_mode=config.resize_mode, compression=config.tf_compression,
         synthetic=config.synthetic, run_config=run_config, shards=shards, rejections=rejections,
         kept=kept, inputs_read=inputs_read, layout_counters=layout_counters,
-        layout_info=layout_info)
+        layout_info=layout_info, near_duplicates=near_duplicates)
 
 
 def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_counters: dict,
              shards: list[dict], rejections: list[Rejection], kept: tuple,
-             layout_info: Optional[dict] = None) -> dict:
+             layout_info: Optional[dict] = None, near_duplicate_groups: tuple = ()) -> dict:
     """Moves shards into place, writes rejects.jsonl, then manifest.json; returns the manifest."""
     manifest = build_manifest(config, layout, shards, list(rejections), list(kept),
-                              inputs_read, layout_counters, layout_info)
+                              inputs_read, layout_counters, layout_info, near_duplicate_groups)
     for shard in shards:
         source, final = join(config.output, INCOMPLETE_DIR, shard["path"]), join(config.output,
                                                                                  shard["path"])

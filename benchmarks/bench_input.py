@@ -169,7 +169,8 @@ def build_shards(tree: pathlib.Path, output: pathlib.Path, image_size: int, num_
     from beam_jobs import preprocess
 
     argv = [f"--input={tree}", f"--output={output}", f"--image_size={image_size}",
-            "--split=100,0,0", "--overwrite", "--runner=DirectRunner"]
+            "--split=100,0,0", "--overwrite", "--runner=DirectRunner",
+            "--keep_degenerate"]  # every image of the tree, as the other loaders read them
     if num_shards:
         argv.append(f"--num_shards={num_shards}")
     manifest = preprocess.run(argv, save_main_session=False)

@@ -145,12 +145,15 @@ def build_manifest(*, layout: str, image_sizes: Sequence[int], image_format: str
                    resize_mode: str, compression: str, synthetic: bool, run_config: dict,
                    shards: list[dict], rejections: list[Rejection], kept: list[dict],
                    inputs_read: int, layout_counters: dict,
-                   layout_info: Optional[dict] = None) -> dict:
+                   layout_info: Optional[dict] = None,
+                   near_duplicates: Optional[dict] = None) -> dict:
     """Pure: the manifest as a dict, checking that every input is accounted for.
 
     shards: {"size", "split", "path", "records", "bytes", "sha256"} each; kept: kept_entry each;
     layout_info: what the layout reader found ({"downloads": {folder: {...}}, "metadata_files":
-    [...]}), added as the manifest's "downloads" and "metadata_files".
+    [...]}), added as the manifest's "downloads" and "metadata_files"; near_duplicates: the
+    near-duplicate check's {"max_distance": {...}, "groups": [[id, ...], ...]}, added as
+    "near_duplicate_groups" and a "near_duplicates" summary (writers that run no check omit it).
     """
     totals = collections.Counter(r.kind for r in rejections)
     written = len(kept)
@@ -193,6 +196,12 @@ def build_manifest(*, layout: str, image_sizes: Sequence[int], image_format: str
             d: dict(info, written=sum(written_per.get(d, {}).values()))
             for d, info in sorted(layout_info.get("downloads", {}).items())}
         manifest["metadata_files"] = list(layout_info.get("metadata_files", []))
+    if near_duplicates is not None:
+        groups = near_duplicates["groups"]
+        manifest["near_duplicate_groups"] = groups
+        manifest["near_duplicates"] = {"groups": len(groups),
+                                       "images": sum(len(g) for g in groups),
+                                       "max_distance": near_duplicates["max_distance"]}
     return manifest
 
 

@@ -58,8 +58,8 @@ def test_pipeline_steps_run_without_tensorflow(tmp_path, sample_dir):
         config = PreprocessConfig(input="x", output={str(tmp_path)!r}, image_sizes=(64,))
         step = ProcessImage(config)
         step.setup()
-        record = LesionRecord(image_id="ISIC_0000000", label="benign",
-                              image_path={str(sample_dir / "ISIC_0000000.jpg")!r})
+        record = LesionRecord(image_id="ISIC_0000157", label="benign",
+                              image_path={str(sample_dir / "ISIC_0000157.jpg")!r})
         images = list(step.process(record))
         step.finish_bundle()
         shards = [s for s in plan_shards(images, config) if isinstance(s, tuple)]

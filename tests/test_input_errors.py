@@ -103,7 +103,8 @@ def test_zero_records_exit_3_with_diagnosis(tmp_path, capsys, sample_dir):
     manifest = preprocess.run([f"--input={tmp_path / 'src'}", f"--output={tmp_path / 'out2'}",
                                "--image_size=32", f"--metadata_csv={tmp_path / 'src/photos/labels.csv'}",
                                "--id_column=file", "--label_column=dx_label",
-                               "--malignant_values=malignant"])
+                               "--malignant_values=malignant",
+                               "--keep_degenerate"])  # every image, striped ones too
     assert manifest["layout"] == "metadata_csv"
     assert manifest["totals"]["written"] == len(images)
     assert manifest["metadata_files"][0]["role"] == "layout"

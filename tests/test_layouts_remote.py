@@ -43,6 +43,7 @@ def test_job_reads_an_archive_from_a_url(sample_dir, tmp_path):
     local = lb.build_legacy_json(tmp_path / "src", images)
     url = "ram://isicflow-test/job-input"
     _upload(str(local), url)
-    manifest = preprocess.run([f"--input={url}", f"--output={tmp_path / 'out'}", "--image_size=32"])
+    manifest = preprocess.run([f"--input={url}", f"--output={tmp_path / 'out'}", "--image_size=32",
+                               "--keep_degenerate"])
     assert manifest["totals"]["written"] == len(images)
     assert manifest["totals"]["rejected"] == 0

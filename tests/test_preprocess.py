@@ -10,6 +10,7 @@ from PIL import Image
 from beam_jobs import preprocess
 from isicflow import imaging, schema
 from tests import layout_builders as lb
+from tests import near_copies
 
 
 def read_records(root: pathlib.Path, manifest: dict, size: int) -> dict[str, list[dict]]:
@@ -44,22 +45,27 @@ def real_run(sample_dir, tmp_path_factory):
     return out, manifest
 
 
-def test_real_sample_counts(real_run):
+def test_real_sample_counts(real_run, sample_dir):
     out, manifest = real_run
-    assert manifest["totals"] == {"read": 440, "written": 440, "rejected": 0, "filtered": 0,
+    # The 84 striped JPEGs the data README lists hold no picture: rejected as degenerate_image.
+    assert manifest["totals"] == {"read": 440, "written": 356, "rejected": 84, "filtered": 0,
                                   "duplicates": 0}
+    assert manifest["reasons"] == {"rejected:degenerate_image": 84}
     per_split = manifest["counts"]["per_split_label"]
-    # 318 benign + 122 malignant, 70/20/10 per label (rounded by the group-aware assignment).
-    assert per_split == {"train": {"benign": 222, "malignant": 85},
-                         "validation": {"benign": 64, "malignant": 25},
-                         "test": {"benign": 32, "malignant": 12}}
+    # 254 benign + 102 malignant, 70/20/10 per label (rounded by the group-aware assignment).
+    assert per_split == {"train": {"benign": 177, "malignant": 72},
+                         "validation": {"benign": 51, "malignant": 21},
+                         "test": {"benign": 25, "malignant": 10}}
+    assert manifest["near_duplicate_groups"] == []  # no two real images are near-identical
     for size in (128, 64):
         records = read_records(out, manifest, size)
-        assert {s: len(r) for s, r in records.items()} == {"train": 307, "validation": 89, "test": 44}
+        assert {s: len(r) for s, r in records.items()} == {"train": 249, "validation": 72, "test": 35}
         ids = [r["image_id"] for rs in records.values() for r in rs]
-        assert len(ids) == len(set(ids)) == 440
+        assert len(ids) == len(set(ids)) == 356
         assert all(r["split"] == s for s, rs in records.items() for r in rs)
-    assert (out / "rejects.jsonl").read_text() == ""
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert {r["image_id"] for r in rejects} == near_copies.degenerate_ids(sample_dir.parent)
+    assert {(r["reason"], r["kind"]) for r in rejects} == {("degenerate_image", "rejected")}
     assert not (out / ".incomplete").exists()
 
 
@@ -97,8 +103,8 @@ def test_manifest_sizes_and_checksums_match_the_shard_files(real_run):
 def test_record_metadata_comes_from_sidecars(real_run, sample_dir):
     out, manifest = real_run
     by_id = {r["image_id"]: r for rs in read_records(out, manifest, 64).values() for r in rs}
-    sidecar = json.loads((sample_dir / "ISIC_0000000.json").read_text())["meta"]
-    record = by_id["ISIC_0000000"]
+    sidecar = json.loads((sample_dir / "ISIC_0000157.json").read_text())["meta"]
+    record = by_id["ISIC_0000157"]  # ISIC_0000000 is a degenerate image: not written
     assert record["label_name"] == sidecar["clinical"]["benign_malignant"]
     assert record["label"] == {"benign": 0, "malignant": 1}[record["label_name"]]
     assert record["age_approx"] == sidecar["clinical"]["age_approx"]
@@ -135,8 +141,9 @@ def test_groups_never_cross_splits(sample_dir, tmp_path):
                      "histo", lb.age_cell(image), lb.sex_cell(image, "unknown"), "back"])
     lb.write_csv(root / "HAM10000_metadata.csv",
                  ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"], rows)
+    # --keep_degenerate: every sampled image is written, the striped ones too.
     manifest = preprocess.run([f"--input={root}", f"--output={tmp_path / 'out'}",
-                               "--image_size=32"])
+                               "--image_size=32", "--keep_degenerate"])
     splits_of_lesion = collections.defaultdict(set)
     for split, records in read_records(tmp_path / "out", manifest, 32).items():
         for r in records:
@@ -154,7 +161,7 @@ def test_layouts_give_the_same_dataset(builder, sample_dir, tmp_path):
     results = []
     for name, source in (("legacy", legacy), ("other", other)):
         manifest = preprocess.run([f"--input={source}", f"--output={tmp_path / ('out-' + name)}",
-                                   "--image_size=32", "--image_types=all"])
+                                   "--image_size=32", "--image_types=all", "--keep_degenerate"])
         records = read_records(tmp_path / ("out-" + name), manifest, 32)
         results.append(sorted((r["image_id"], r["label_name"], r["image_encoded"])
                               for rs in records.values() for r in rs))
@@ -178,7 +185,7 @@ def test_killed_run_leaves_no_manifest_and_overwrite_recovers(sample_dir, tmp_pa
     images = lb.sample_images(sample_dir, every=20)
     source = lb.build_legacy_json(tmp_path / "src", images)
     out = tmp_path / "out"
-    args = [f"--input={source}", f"--output={out}", "--image_size=32"]
+    args = [f"--input={source}", f"--output={out}", "--image_size=32", "--keep_degenerate"]
 
     def killed(*_args, **_kwargs):
         raise RuntimeError("simulated kill before the final step")

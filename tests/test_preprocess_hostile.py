@@ -60,7 +60,9 @@ def test_hostile_legacy_corpus(sample_dir, tmp_path):
             (root / f"{image_id}.json").write_text(text)
 
     out = tmp_path / "out"
-    manifest = preprocess.run([f"--input={root}", f"--output={out}", "--image_size=64"])
+    # --keep_degenerate: the sampled "good" images include striped ones (tested elsewhere).
+    manifest = preprocess.run([f"--input={root}", f"--output={out}", "--image_size=64",
+                               "--keep_degenerate"])
 
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     reason_of = {r["image_id"]: r["reason"] for r in rejects}
@@ -91,7 +93,8 @@ def test_hostile_csv_ids(sample_dir, tmp_path):
         f.write("ISIC_9999999,Anonymous,CC-0,50,,benign,nevus,dermoscopic,male\n")
     shutil.copyfile(good[0].image_path, root / "ISIC_8888888.jpg")  # image without a row
     out = tmp_path / "out"
-    manifest = preprocess.run([f"--input={root}", f"--output={out}", "--image_size=32"])
+    manifest = preprocess.run([f"--input={root}", f"--output={out}", "--image_size=32",
+                               "--keep_degenerate"])
     reasons = sorted(json.loads(line)["reason"]
                      for line in (out / "rejects.jsonl").read_text().splitlines())
     assert reasons == ["invalid_id", "missing_image", "missing_metadata"]

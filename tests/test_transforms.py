@@ -199,3 +199,32 @@ def test_finalize_can_be_retried_after_moving_shards(tmp_path):
     assert writing.finalize(*args) == first
     assert (tmp_path / shard["path"]).read_bytes() == b"abc"
     assert json.loads((tmp_path / "manifest.json").read_text())["totals"]["written"] == 1
+
+
+def _hashed(image_id, label, phash, group=None):
+    import dataclasses
+    return dataclasses.replace(_image(image_id, label, group=group), phash=phash)
+
+
+def test_plan_groups_or_drops_near_duplicates():
+    import dataclasses as dc
+    import random
+    from isicflow.image_checks import PerceptualHash as H
+    far = H((1 << 64) - 1, (1 << 256) - 1)
+    rng = random.Random(5)  # 60 unrelated images: random hashes, ~32 and ~128 bits apart
+    images = [_hashed(f"n{i:03d}", "benign" if i % 3 else "malignant",
+                      H(rng.getrandbits(64), rng.getrandbits(256))) for i in range(60)]
+    images += [_hashed("a", "benign", H(0, 0), group="L1"), _hashed("b", "malignant", H(1, 1)),
+               _hashed("c", "benign", far, group="L1"), _hashed("d", "benign", far, group="L2"),
+               _hashed("e", "benign", None)]  # e: no hash (degenerate kept): never grouped
+    plan = plan_dataset(images, CONFIG)  # group, the default
+    assert plan.near_duplicate_groups == (("a", "b"), ("c", "d"))
+    assert not plan.near_duplicate_of
+    # a-b near-identical and a, c one lesion, c-d near-identical: all four in one split.
+    assert len({plan.split_of[i] for i in "abcd"}) == 1
+    assert len(set(plan.split_of.values())) == 3
+    drop = plan_dataset(images, dc.replace(CONFIG, near_duplicates="drop"))
+    assert drop.near_duplicate_of == {"b": "a", "d": "c"}
+    assert "b" not in drop.split_of and len(drop.kept) == len(images) - 2
+    off = plan_dataset(images, dc.replace(CONFIG, near_duplicates="off"))
+    assert off.near_duplicate_groups == () and len(off.kept) == len(images)
