@@ -67,6 +67,33 @@ def step_summary(session: str, tool: str = "input_pipeline_analyzer") -> dict[st
             "input_conclusion": p.get("input_conclusion", "")}
 
 
+WAITING_STAGES = ("Iterator::Root", "::Prefetch")  # their self time is a wait on the producer
+
+
+def input_stages(session: str) -> list[dict[str, Any]]:
+    """The tf.data stages of the Input Pipeline Analyzer's host-side table ("Input Op"), by
+    self time, largest first: [{name, count, self_ms, self_share, category}]."""
+    for table in tool_tables(session, "input_pipeline_analyzer"):
+        if table.get("cols") and table["cols"][0].get("id") == "opName":
+            columns = [c["id"] for c in table["cols"]]
+            rows = [dict(zip(columns, (c.get("v") for c in row["c"]))) for row in table["rows"]]
+            return sorted(({"name": r["opName"], "count": int(r["count"]),
+                            "self_ms": float(r["selfTimeInMs"]),
+                            "self_share": float(r["selfTimeInPercent"]),
+                            "category": r["category"]} for r in rows),
+                          key=lambda r: -r["self_ms"])
+    return []
+
+
+def slowest_stage(session: str) -> str:
+    """The tf.data stage with the most self time that is work, not a wait: Root and Prefetch
+    only wait for the stages below them. '' when the trace holds no tf.data stages (a loader
+    that is plain Python, such as ImageDataGenerator)."""
+    working = [s for s in input_stages(session)
+               if not s["name"].endswith(WAITING_STAGES)]
+    return working[0]["name"] if working else ""
+
+
 def step_markers(session: str) -> list[tuple[str, int, float]]:
     """(name, step_num, duration ms) of every root step marker (a host event with a
     step_num stat, as runtime.step_marker writes it) in the session's xplanes."""
