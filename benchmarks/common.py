@@ -94,6 +94,7 @@ def profile_batches(iterator: Iterator, steps: int, logdir: str, warmup: int = 0
     for done in range(warmup):
         if next(iterator, None) is None:
             raise RuntimeError(f"loader ran dry during warm-up after {done} of {warmup} batches")
+
     def handed_to_tensorflow():  # as a trainer would; XProf counts no step without a TF op
         for batch in iterator:
             if isinstance(batch, (tuple, list)):

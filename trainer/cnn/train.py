@@ -83,14 +83,15 @@ def install_step_timer(model: keras.Model, meter: runtime.StepTimeMeter) -> None
     def timed_train_function(iterator):
         if not done:
             done.append(int(model.optimizer.iterations.numpy()))
-        done[0] += 1
-        with runtime.step_marker("train", done[0]):
+        step = done[0] + 1
+        with runtime.step_marker("train", step):
             meter.begin_step()
-            batch = meter.next(iterator)
+            batch = meter.next(iterator)  # StopIteration (end of data) counts no step
             logs = compiled_step([batch])
             loss = float(logs["loss"])  # waits for the step: the marker spans all of it
+        done[0] = step
         if not np.isfinite(loss):
-            runtime.raise_if_not_finite(loss, "training loss", done[0])
+            runtime.raise_if_not_finite(loss, "training loss", step)
         meter.end_step(_batch_images(batch))
         return logs
 
