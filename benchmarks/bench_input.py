@@ -11,6 +11,12 @@ Shows, on the same images and in one run, images/s of the loaders a user could p
 (what a user downloads; regenerated from the 250x250 sample with a bicubic upsample and cached
 in the workdir); (3)-(5) read the data engine's 256px shards of that very tree.
 Writes bench_input.csv / .md / .json / .png into the workdir.
+
+--profile also traces each loader (after its timings, at the first batch size) for
+--profile_steps batches with a profiler step marker per batch, one profile run per loader in
+WORKDIR/profile/<loader>/: `tensorboard --logdir=WORKDIR/profile` lists them side by side in
+the Profile tab, and bench_input_profile.md holds what its pages say (ms per step, input share,
+slowest tf.data stage).
 """
 from __future__ import annotations
 
@@ -66,6 +72,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="quality of the regenerated originals")
     p.add_argument("--num_shards", type=int, default=0, help="data engine shards; 0 = its default")
     p.add_argument("--loaders", default=",".join(LOADERS), help=f"subset of {','.join(LOADERS)}")
+    p.add_argument("--profile", action="store_true",
+                   help="trace each loader into WORKDIR/profile/<loader>/ for TensorBoard's "
+                        "Profile tab, a step marker per batch")
+    p.add_argument("--profile_steps", type=int, default=20,
+                   help="batches traced per loader with --profile")
     args = p.parse_args(argv)
     try:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -76,7 +87,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown or REFERENCE not in args.loaders:
         p.error(f"--loaders needs {REFERENCE} (the ratios' reference) and names from "
                 f"{list(LOADERS)}; unknown: {unknown}")
-    if (args.steps <= 0 or args.repeats <= 0 or args.warmup < 0 or args.image_size <= 0
+    if (args.steps <= 0 or args.repeats <= 0 or args.profile_steps <= 0 or args.warmup < 0 or args.image_size <= 0
             or args.max_images < 0
             or args.max_original_side < 0 or any(b <= 0 for b in args.batch_sizes)
             or not 1 <= args.jpeg_quality <= 100):
@@ -297,6 +308,39 @@ def write_report(workdir: pathlib.Path, rows, goals, context: dict[str, Any]) ->
     return paths
 
 
+def profile_loader(name: str, iterator: Iterator, workdir: pathlib.Path, steps: int,
+                   warmup: int) -> dict[str, Any]:
+    """One profile run for one loader in WORKDIR/profile/<name>/ (replacing an older one),
+    read back as TensorBoard's Profile tab reads it."""
+    from trainer.core import profiling
+
+    logdir = workdir / "profile" / name
+    shutil.rmtree(logdir, ignore_errors=True)
+    timing = bench_common.profile_batches(iterator, steps, str(logdir), warmup=warmup)
+    [session] = profiling.sessions(str(logdir))
+    summary = profiling.step_summary(session)
+    return {"loader": name, "description": LOADERS[name], "logdir": str(logdir),
+            "steps": summary["steps"], "step_time_ms": summary["step_time_ms"],
+            "input_share": summary["input_share"],
+            "slowest_tf_data_stage": profiling.slowest_stage(session) or "(no tf.data stages)",
+            "images_per_s_traced": timing.images_per_s,
+            "input_conclusion": summary["input_conclusion"]}
+
+
+def write_profile_report(workdir: pathlib.Path, rows: list[dict[str, Any]]) -> str:
+    path = workdir / "bench_input_profile.md"
+    path.write_text(
+        "# Input benchmark under the profiler\n\n"
+        f"`tensorboard --logdir={workdir / 'profile'}` then the Profile tab: one run per "
+        "loader. Figures as its Input Pipeline Analyzer reports them (a step = one batch "
+        "fetched; the profiler slows every loader a little).\n\n"
+        + bench_common.markdown_table(rows, ["description", "steps", "step_time_ms",
+                                             "input_share", "images_per_s_traced",
+                                             "slowest_tf_data_stage"])
+        + "\n")
+    return str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Builds (or reuses) the inputs, times every loader, writes the report; returns it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -315,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     shards = build_shards(tree, workdir / "shards", args.image_size, args.num_shards, n_images)
     load_before = os.getloadavg()
     timings: dict[tuple[str, int], bench_common.Timing] = {}
+    profiles: list[dict[str, Any]] = []
     for batch_size in args.batch_sizes:
         passes = args.steps * batch_size / n_images
         for name in args.loaders:
@@ -324,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             runs = [bench_common.time_batches(iterator, args.steps, warmup if r == 0 else 0)
                     for r in range(args.repeats)]
             timing = bench_common.median_timing(runs)
+            if args.profile and batch_size == args.batch_sizes[0]:
+                profiles.append(profile_loader(name, iterator, workdir, args.profile_steps,
+                                               args.warmup))
             del iterator
             timings[(name, batch_size)] = timing
             print(f"batch {batch_size:>3} {LOADERS[name]:<48} {timing.images_per_s:10.1f} images/s "
@@ -331,6 +379,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   f"{timing.cpu_ms_per_image:.2f} CPU ms/image, {passes:.1f} passes, "
                   f"median of {args.repeats})",
                   flush=True)
+            if args.profile and batch_size == args.batch_sizes[0]:
+                print(f"          profile: {profiles[-1]['steps']} steps of "
+                      f"{profiles[-1]['step_time_ms']:.1f} ms, input "
+                      f"{profiles[-1]['input_share']:.1%}, slowest tf.data stage "
+                      f"{profiles[-1]['slowest_tf_data_stage']} -> {workdir / 'profile' / name}",
+                      flush=True)
     load_after = os.getloadavg()
     rows = result_rows(timings)
     goals = goal_lines(rows)
@@ -344,7 +398,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                f"{args.image_size}px ({os.cpu_count()} CPUs)", "args": vars(args),
                "load_average_before": load_before, "load_average_after": load_after,
                "cpus": os.cpu_count(), "images": n_images}
+    if profiles:
+        context["profile"] = profiles
     paths = write_report(workdir, rows, goals, context)
+    if profiles:
+        paths["profile_md"] = write_profile_report(workdir, profiles)
     print("\n" + pathlib.Path(paths["md"]).read_text(), flush=True)
     return {"rows": rows, "goals": goals, "paths": paths, **context}
 

@@ -5,12 +5,13 @@ a test can check, and every benchmark reports in the same CSV / Markdown / PNG s
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +51,14 @@ def batch_size_of(batch: Any) -> int:
 def time_batches(iterator: Iterator, steps: int, warmup: int = 0,
                  count: Callable[[Any], int] = batch_size_of,
                  clock: Callable[[], float] = time.perf_counter,
-                 cpu_clock: Callable[[], float] = time.process_time) -> Timing:
+                 cpu_clock: Callable[[], float] = time.process_time,
+                 step_marker: Callable[[int], ContextManager] | None = None) -> Timing:
     """Pulls `warmup` batches untimed, then times `steps` batches, counting the images they hold.
 
     A loader that runs dry before `steps` is an error, never a silently shorter measurement:
-    callers must repeat their data when the steps exceed one pass.
+    callers must repeat their data when the steps exceed one pass. `step_marker(n)` (n from 1),
+    when given, wraps the fetch of each timed batch: trainer.core.runtime.step_marker makes
+    each batch a step of TensorBoard's Profile tab.
     """
     if steps <= 0 or warmup < 0:
         raise ValueError(f"need steps > 0 and warmup >= 0, got steps={steps}, warmup={warmup}")
@@ -63,8 +67,10 @@ def time_batches(iterator: Iterator, steps: int, warmup: int = 0,
             raise RuntimeError(f"loader ran dry during warm-up after {done} of {warmup} batches")
     images = 0
     cpu_start, start = cpu_clock(), clock()
+    marker = step_marker or (lambda step: contextlib.nullcontext())
     for done in range(steps):
-        batch = next(iterator, None)
+        with marker(done + 1):
+            batch = next(iterator, None)
         if batch is None:
             raise RuntimeError(f"loader ran dry after {done} of {steps} timed batches; "
                                "repeat the data")
@@ -72,6 +78,36 @@ def time_batches(iterator: Iterator, steps: int, warmup: int = 0,
     seconds = clock() - start
     return Timing(batches=steps, images=images, seconds=seconds,
                   cpu_seconds=cpu_clock() - cpu_start)
+
+
+def profile_batches(iterator: Iterator, steps: int, logdir: str, warmup: int = 0,
+                    count: Callable[[Any], int] = batch_size_of) -> Timing:
+    """time_batches under the TensorFlow profiler, one step marker per batch: a profile run
+    in `logdir` (logdir/plugins/profile/<timestamp>/) that TensorBoard's Profile tab lists
+    under the logdir's name. A step is: fetch the batch, hand its images to TensorFlow (one
+    tf.identity; a numpy batch becomes a tensor, as fit would make it). The warm-up batches
+    stay outside the trace."""
+    import tensorflow as tf
+
+    from trainer.core import runtime
+
+    for done in range(warmup):
+        if next(iterator, None) is None:
+            raise RuntimeError(f"loader ran dry during warm-up after {done} of {warmup} batches")
+
+    def handed_to_tensorflow():  # as a trainer would; XProf counts no step without a TF op
+        for batch in iterator:
+            if isinstance(batch, (tuple, list)):
+                yield (tf.identity(batch[0]), *batch[1:])
+            else:
+                yield tf.identity(batch)
+
+    tf.profiler.experimental.start(logdir)
+    try:
+        return time_batches(handed_to_tensorflow(), steps, count=count,
+                            step_marker=lambda step: runtime.step_marker("train", step))
+    finally:
+        tf.profiler.experimental.stop()
 
 
 def ratio(value: float, reference: float) -> float:

@@ -3,6 +3,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
 from benchmarks import bench_input
@@ -114,3 +115,44 @@ def test_full_sample_at_original_size_reports_every_loader(sample_dir, tmp_path)
     assert len(result["rows"]) == 2 * len(bench_input.LOADERS)
     assert all(r["images_per_s"] > 0 and r["batches"] == 100 for r in result["rows"])
     assert len(result["goals"]) == 6
+
+
+def test_profile_traces_each_loader_as_its_own_run_with_step_markers(tiny_run, sample_dir):
+    """#14: --profile writes one profile run per loader (WORKDIR/profile/<loader>/) whose
+    steps the Profile tab counts, and names the slowest tf.data stage of the stream."""
+    from trainer.core import profiling
+
+    _, workdir = tiny_run
+    loaders = ["keras_generator", "keras_dataset", "tfrecord_stream"]
+    result = bench_input.main([f"--data={sample_dir}", f"--workdir={workdir}", *TINY,
+                               f"--loaders={','.join(loaders)}", "--profile",
+                               "--profile_steps=4"])
+    assert sorted(p.name for p in (workdir / "profile").iterdir()) == sorted(loaders)
+    rows = {row["loader"]: row for row in result["profile"]}
+    assert list(rows) == loaders
+    for name in loaders:
+        [session] = profiling.sessions(str(workdir / "profile" / name))
+        assert [s for _, s, _ in profiling.step_markers(session)] == [1, 2, 3, 4], name
+        assert rows[name]["steps"] >= 2 and rows[name]["step_time_ms"] > 0, rows[name]
+    assert rows["tfrecord_stream"]["slowest_tf_data_stage"].startswith("Iterator::")
+    assert rows["tfrecord_stream"]["input_share"] > 0
+    assert rows["keras_generator"]["slowest_tf_data_stage"] == "(no tf.data stages)"
+    assert "(3) TFRecord stream" in (workdir / "bench_input_profile.md").read_text()
+
+
+def test_timed_batches_run_inside_the_step_marker():
+    entered = []
+
+    class Marker:
+        def __init__(self, step):
+            self.step = step
+
+        def __enter__(self):
+            entered.append(self.step)
+
+        def __exit__(self, *exc):
+            return False
+
+    timing = bench_common.time_batches(iter([(np.zeros((2, 1)), np.zeros(2))] * 5), steps=3, warmup=1,
+                                       step_marker=Marker)
+    assert entered == [1, 2, 3] and timing.images == 6

@@ -204,10 +204,31 @@ def test_mixed_float16_scales_the_loss(real_dataset, tmp_path):
     assert np.isfinite(result.history[0]["loss"])
 
 
-def test_profile_steps_write_a_trace(real_dataset, tmp_path):
-    train.train_cnn(_config(real_dataset, tmp_path, steps_per_epoch=2, profile_steps="1,2"))
+def test_profile_steps_write_a_trace_the_profile_tab_reads_with_step_times(real_dataset,
+                                                                           tmp_path):
+    """#14: without root step markers XProf's Overview and Input Pipeline Analyzer showed
+    0.0 ms and 'No step time measured'. Read the trace with the converter the plugin serves
+    from, over an epoch boundary (steps 2-3 of 2 epochs of 2 steps)."""
+    from trainer.core import profiling
+
+    result = train.train_cnn(_config(real_dataset, tmp_path, steps_per_epoch=2, epochs=2,
+                                     profile_steps="2,3"))
     traces = list((tmp_path / "logs").rglob("*.xplane.pb"))
     assert traces and all(t.stat().st_size > 0 for t in traces)
+    [session] = profiling.sessions(str(tmp_path / "logs"))
+    markers = profiling.step_markers(session)
+    assert [(name, step) for name, step, _ in markers] == [("train", 2), ("train", 3)]
+    assert all(ms > 0 for _, _, ms in markers)
+    for tool in ("overview_page", "input_pipeline_analyzer"):
+        summary = profiling.step_summary(session, tool)
+        assert summary["step_names"] == ["train 2", "train 3"], tool
+        assert summary["step_time_ms"] > 0, summary
+        assert 0 < summary["input_share"] < 1, summary
+        assert "No step time measured" not in summary["input_conclusion"], summary
+        assert "input-bound" in summary["input_conclusion"], summary
+    # The page's step time is our step: the markers span what StepTimeMeter times.
+    ours = 1000 * np.mean([e["step_time_s"] for e in result.history])
+    assert summary["step_time_ms"] == pytest.approx(ours, rel=0.5)
 
 
 def test_a_diverging_run_stops_with_a_clear_error(real_dataset, tmp_path):

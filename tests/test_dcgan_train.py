@@ -64,10 +64,19 @@ def test_training_writes_grids_scalars_history_and_checkpoint(data_dir, tmp_path
     assert summary["last_checkpoint"].endswith("ckpt-4")
 
 
-def test_profile_steps_write_a_trace(data_dir, tmp_path):
-    gan_training.train_gan(_config(data_dir, tmp_path, epochs=1, steps_per_epoch=3,
-                               profile_steps="2,3"))
+def test_profile_steps_write_a_trace_with_step_markers_the_profile_tab_counts(data_dir,
+                                                                              tmp_path):
+    from trainer.core import profiling
+
+    gan_training.train_gan(_config(data_dir, tmp_path, epochs=2, steps_per_epoch=2,
+                                   profile_steps="2,3"))
     assert list((tmp_path / "logs" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    [session] = profiling.sessions(str(tmp_path / "logs"))
+    assert [(n, s) for n, s, _ in profiling.step_markers(session)] == [("train", 2),
+                                                                      ("train", 3)]
+    summary = profiling.step_summary(session)
+    assert summary["step_names"] == ["train 2", "train 3"]
+    assert summary["step_time_ms"] > 0 and 0 < summary["input_share"] < 1, summary
 
 
 def test_resume_continues_the_step_counter_with_the_same_latent_batch(data_dir, tmp_path):

@@ -131,3 +131,23 @@ def test_impossible_values_fail_at_parse_with_the_value(parse_flags, arg, shown)
 def test_unknown_flag_fails_with_its_name(parse_flags):
     with pytest.raises(flags.UnrecognizedFlagError, match="batchsize"):
         parse_flags("--batchsize=3")
+
+
+def test_step_marker_is_a_root_train_step_the_profiler_records(tmp_path):
+    """Outside a trace the marker costs nothing and is still a context manager; inside one it
+    becomes a root step event ("train", step_num, _r) that trainer.core.profiling reads."""
+    import tensorflow as tf
+
+    from trainer.core import profiling
+
+    with runtime.step_marker("train", 1):
+        pass
+    tf.profiler.experimental.start(str(tmp_path))
+    try:
+        for step in (7, 8):
+            with runtime.step_marker("train", step):
+                tf.constant(1.0) + 1.0
+    finally:
+        tf.profiler.experimental.stop()
+    [session] = profiling.sessions(str(tmp_path))
+    assert [(n, s) for n, s, _ in profiling.step_markers(session)] == [("train", 7), ("train", 8)]

@@ -71,17 +71,27 @@ def install_step_timer(model: keras.Model, meter: runtime.StepTimeMeter) -> None
     runs the same compiled one-step function on each element, so only the fetch moves out of
     the graph. Reading the loss back each step syncs the device (the progress bar does too)
     and lets the run stop at the first NaN/inf. Call after compile().
+
+    Each step, fetch included, runs inside a profiler step marker (runtime.step_marker) whose
+    number is the optimizer's global step, 1-based and continuing across epochs and resumes:
+    without it TensorBoard's Profile tab finds no steps (Keras 3 emits none it recognises).
     """
     model.make_train_function(force=True)
     compiled_step = model.train_function
+    done = []  # steps finished before this call; read once, after a resume has restored them
 
     def timed_train_function(iterator):
-        meter.begin_step()
-        batch = meter.next(iterator)
-        logs = compiled_step([batch])
-        if not np.isfinite(float(logs["loss"])):  # the step number only when reporting
-            runtime.raise_if_not_finite(logs["loss"], "training loss",
-                                        int(model.optimizer.iterations.numpy()))
+        if not done:
+            done.append(int(model.optimizer.iterations.numpy()))
+        step = done[0] + 1
+        with runtime.step_marker("train", step):
+            meter.begin_step()
+            batch = meter.next(iterator)  # StopIteration (end of data) counts no step
+            logs = compiled_step([batch])
+            loss = float(logs["loss"])  # waits for the step: the marker spans all of it
+        done[0] = step
+        if not np.isfinite(loss):
+            runtime.raise_if_not_finite(loss, "training loss", step)
         meter.end_step(_batch_images(batch))
         return logs
 

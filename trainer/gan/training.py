@@ -226,11 +226,13 @@ def train_gan(config: GanConfig) -> dict:
                     if profile and step + 1 == profile[0]:
                         tf.profiler.experimental.start(logdir)
                         profiling = True
-                    meter.begin_step()
-                    batch = meter.next(iterator)
-                    # float() waits for the step to finish, so the step time is honest.
-                    logs = {k: float(v) for k, v in train_step(batch).items()}
-                    meter.end_step(config.batch_size)
+                    # The step marker makes the step visible to TensorBoard's Profile tab.
+                    with runtime.step_marker("train", step + 1):
+                        meter.begin_step()
+                        batch = meter.next(iterator)
+                        # float() waits for the step to finish, so the step time is honest.
+                        logs = {k: float(v) for k, v in train_step(batch).items()}
+                        meter.end_step(config.batch_size)
                     step += 1
                     checkpoint.step.assign(step)
                     if profiling and step >= profile[1]:
