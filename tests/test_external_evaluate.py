@@ -273,3 +273,18 @@ def test_run_without_recorded_threshold_is_refused(data_dir, tmp_path):
     result = evaluate.evaluate_external(str(tmp_path), data_dir, threshold=0.3, bootstrap=0,
                                         splits="test")
     assert result["threshold"]["source"] == "--threshold" and list(result["splits"]) == ["test"]
+
+
+def test_training_evaluation_with_tta_carries_over_to_external(data_dir, tmp_path):
+    """A run evaluated with --tta chose its threshold on TTA probabilities; scoring that run
+    elsewhere uses TTA by default, so the validation split scores as training scored it."""
+    model = tiny_model()
+    workdir = str(tmp_path / "run")
+    trained = evaluate.evaluate_and_report(model, data_dir, workdir, SIZE, {}, bootstrap=0, tta=True)
+    model.save(os.path.join(workdir, "model.keras"))
+    assert trained["tta"] is True and json.load(open(os.path.join(workdir, "report.json")))["tta"]
+    result = evaluate.evaluate_external(workdir, data_dir, bootstrap=0, splits="validation")
+    assert result["tta"] is True
+    assert result["threshold"]["threshold"] == trained["threshold"]["threshold"]
+    assert result["splits"]["validation"]["auc"] == pytest.approx(trained["splits"]["validation"]["auc"])
+    assert result["splits"]["validation"]["confusion"] == trained["splits"]["validation"]["confusion"]

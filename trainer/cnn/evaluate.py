@@ -181,8 +181,11 @@ def _check_all_finite_or_explained(payload: Any, where: str = "report") -> None:
 def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, config: dict,
                         threshold_policy: str = "max_specificity_at_sensitivity",
                         min_sensitivity: float = 0.8, bootstrap: int = 1000, seed: int = 0,
-                        batch_size: int | None = None) -> dict[str, Any]:
+                        batch_size: int | None = None, tta: bool = False) -> dict[str, Any]:
     """Predicts validation and test, picks the threshold on validation, writes the reports.
+
+    tta: every probability is the mean over the 8 dihedral views (trainer.cnn.tta), so the
+    threshold is chosen on the probabilities a TTA export serves; recorded as report["tta"].
 
     Returns the report dict (as written to report.json, but with NaN where JSON has null).
     """
@@ -200,7 +203,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         if input_pipeline.dataset_size(data_dir, split, image_size) == 0:
             predictions[split] = (np.zeros([0], np.int64), np.zeros([0]))
         else:
-            predictions[split] = predict_split(model, data_dir, split, image_size, batch_size)
+            predictions[split] = predict_split(model, data_dir, split, image_size, batch_size, tta)
         logging.info("evaluate: %d %s cases predicted", predictions[split][0].size, split)
     threshold = choose_threshold(*predictions["validation"], threshold_policy, min_sensitivity)
     splits = {split: split_report(*predictions[split], threshold["threshold"], bootstrap=bootstrap,
@@ -208,7 +211,8 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
     result = {
         "format": REPORT_FORMAT,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "config": dict(config), "data": data, "threshold": threshold, "splits": splits,
+        "config": dict(config), "tta": bool(tta), "data": data, "threshold": threshold,
+        "splits": splits,
     }
     result["plots"] = write_plots(workdir, splits, threshold["threshold"], predictions)
     _check_all_finite_or_explained({k: v for k, v in result.items() if k != "config"})
@@ -245,6 +249,11 @@ BREAKDOWN_FIELDS = ("source_collection", "diagnosis", "anatom_site")
 MISSING_GROUP = "(missing)"
 
 
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 class EvaluationError(ValueError):
     """A one-line reason external evaluation cannot run (the CLI prints it and exits 2)."""
 
@@ -254,7 +263,7 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
     export's serving_config.json) or an export folder (model.keras + serving_config.json).
 
     Returns {"path", "kind", "keras", "threshold": {threshold, policy, reason, source},
-    "tta" (the export's setting, False for a run), "image_size" (export only, else None)}.
+    "tta" (the export's setting, or the run's report.json "tta"), "image_size" (export only)}.
     The threshold is the one the training run chose on its own validation split; a folder
     recording none is an error (never a threshold re-chosen on the scored data) unless
     threshold_override gives one explicitly.
@@ -297,8 +306,12 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
         threshold = {"threshold": float(value), "policy": "recorded",
                      "reason": f"as exported ({serving.get('threshold_source', 'source not recorded')})",
                      "source": config_file}
+    if kind == "run":  # what training evaluated with (a report written before TTA: none)
+        tta = bool(_read_json(report_path).get("tta", False)) if os.path.isfile(report_path) else False
+    else:
+        tta = bool(serving.get("tta", False))
     return {"path": os.path.abspath(path), "kind": kind, "keras": keras_path, "threshold": threshold,
-            "tta": bool(serving.get("tta", False)) if kind == "export" else False,
+            "tta": tta,
             "image_size": serving.get("image_size") if kind == "export" else None}
 
 
