@@ -408,9 +408,9 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise EvaluationError(f"--threshold must be in [0, 1], got {threshold}")
     model_info = resolve_model(model_path, threshold)
-    from isicflow import dataset as dataset_lib
+    from isicflow import dataset as dataset_lib, fileio
 
-    if not os.path.isfile(os.path.join(data_dir, dataset_lib.MANIFEST_NAME)):
+    if not fileio.exists(fileio.join_path(data_dir, dataset_lib.MANIFEST_NAME)):  # local or gs://
         raise EvaluationError(f"--data_dir {data_dir!r}: no {dataset_lib.MANIFEST_NAME} (not a "
                               "finished beam_jobs.preprocess output)")
     import keras

@@ -3,6 +3,8 @@
     python -m trainer.cnn.predict --model DIR image.jpg [image2.png ...]
 
 DIR is an export dir (serving_config.json + saved_model/) or a run dir holding export/.
+--tta / --notta force test-time augmentation (the 8 flips/rot90s averaged, trainer.cnn.tta) on
+or off; unset, the export's own setting (serving_config.json "tta") applies.
 Prints one line per image, in the order given, tab-separated:
     PATH<TAB>PROBABILITY<TAB>LABEL          e.g. a.jpg	0.731204	malignant
     ERROR PATH: REASON                      e.g. ERROR b.txt: not a JPEG or PNG (not_an_image: ...)

@@ -22,7 +22,7 @@ def dihedral_views(images):
                      axis=0)
 
 
-def average_views(probabilities, batch: int | None = None):
+def average_views(probabilities):
     """[8B] or [8B, 1] view-major probabilities -> [B] means (the inverse layout of the above)."""
     import tensorflow as tf
 
