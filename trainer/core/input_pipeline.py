@@ -133,7 +133,8 @@ def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: in
         return (_decode_record(record, image_size), record["label"],
                 {name: record[name] for name in METADATA_FIELDS})
 
-    ds = tf.data.TFRecordDataset(paths, compression_type=dataset_lib.compression_type(manifest))
+    ds = tf.data.TFRecordDataset(paths, compression_type=dataset_lib.compression_type(manifest),
+                                 num_parallel_reads=min(len(paths), 16))  # deterministic order
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
     if labels == "binary":
         ds = ds.filter(lambda image, label, meta: label >= 0)
