@@ -102,7 +102,7 @@ def test_report_files_hold_finite_numbers_or_explained_nulls(evaluated):
         assert boot["kept"] + boot["skipped_single_class"] == 200
         auc = boot["intervals"]["auc"]
         assert auc["low"] <= values["auc"] <= auc["high"]
-    assert set(saved["plots"]) == {"training_accuracy", "training_loss", "roc", "confusion"}
+    assert set(saved["plots"]) == {"training_accuracy", "training_loss", "roc", "pr", "confusion"}
     for rel in saved["plots"].values():
         with open(os.path.join(workdir, rel), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -43,6 +43,9 @@ flags.DEFINE_enum("keras_verbose", "1", ["0", "1", "2"], "Keras fit verbosity: 1
 # --- after training ---
 flags.DEFINE_bool("evaluate", True, "Evaluate on validation and test and write the reports.")
 flags.DEFINE_bool("export", True, "Export .keras + SavedModel serving raw image bytes.")
+flags.DEFINE_bool("tta", False, "Test-time augmentation (the 8 flips/rot90s averaged, "
+                  "trainer.cnn.tta) in the evaluation (so the threshold is chosen on TTA "
+                  "probabilities) and in the export's serving_default alike.")
 flags.DEFINE_enum("threshold_policy", "max_specificity_at_sensitivity",
                   ["max_specificity_at_sensitivity", "youden", "fixed"],
                   "How the decision threshold is chosen on validation; fixed = the study's 0.5.")
@@ -62,7 +65,7 @@ FLAGS = flags.FLAGS
 def evaluate_and_export(model, config: train.TrainConfig, *, evaluate: bool = True,
                         export: bool = True, threshold_policy: str =
                         "max_specificity_at_sensitivity", min_sensitivity: float = 0.8,
-                        bootstrap: int = 1000) -> dict[str, Any]:
+                        bootstrap: int = 1000, tta: bool = False) -> dict[str, Any]:
     """Runs what follows training; returns {"report": ..., "export": ...} for what ran."""
     from isicflow import dataset as dataset_lib
 
@@ -72,11 +75,11 @@ def evaluate_and_export(model, config: train.TrainConfig, *, evaluate: bool = Tr
             model, config.data_dir, config.workdir, config.image_size,
             dataclasses.asdict(config), threshold_policy=threshold_policy,
             min_sensitivity=min_sensitivity, bootstrap=bootstrap, seed=config.seed,
-            batch_size=config.batch_size)
+            batch_size=config.batch_size, tta=tta)
     if export:
         resize_mode = dataset_lib.read_manifest(config.data_dir).get("resize_mode", "squash")
         done["export"] = export_lib.export_model(model, config.workdir, config.image_size,
-                                                 resize_mode)
+                                                 resize_mode, tta=tta)
     return done
 
 
@@ -87,7 +90,8 @@ def main(argv: Sequence[str]) -> None:
     result = train.train_cnn(config)
     done = evaluate_and_export(result.model, config, evaluate=FLAGS.evaluate,
                                export=FLAGS.export, threshold_policy=FLAGS.threshold_policy,
-                               min_sensitivity=FLAGS.min_sensitivity, bootstrap=FLAGS.bootstrap)
+                               min_sensitivity=FLAGS.min_sensitivity, bootstrap=FLAGS.bootstrap,
+                               tta=FLAGS.tta)
     for name, value in done.items():
         logging.info("%s: %s", name, value.get("export_dir") if name == "export" else
                      "written to " + config.workdir)

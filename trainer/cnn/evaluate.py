@@ -6,11 +6,16 @@ Writes into the run directory (workdir):
                 "undefined" / "note")
   report.md     the same for people, with the plots embedded
   plots/training_{accuracy,loss,auc}.png   from workdir/history.json, when present
-  plots/roc.png, plots/confusion.png
+  plots/roc.png, plots/pr.png, plots/confusion.png
+
+External evaluation (python -m trainer.evaluate) goes through evaluate_external below: the same
+split_report, bootstrap, plots and writers, at the threshold the training run recorded, plus
+calibration, a per-group breakdown and the per-image predictions CSV.
 """
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 from typing import Any, Mapping
@@ -27,28 +32,55 @@ EVAL_SPLITS = ("validation", "test")
 REPORT_FORMAT = "isicflow.cnn_report/1"
 
 
+def _check_probabilities(split: str, probs: np.ndarray) -> None:
+    bad = np.flatnonzero(~np.isfinite(probs) | (probs < 0) | (probs > 1))
+    if bad.size:
+        raise ValueError(f"{split}: {bad.size} model output(s) are not probabilities in [0, 1], "
+                         f"first {probs[bad[0]]} at case {bad[0]}")
+
+
 def predict_split(model, data_dir: str, split: str, image_size: int,
-                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(labels int64 [N], probabilities float64 [N]) of one split, in manifest order, unaugmented."""
+                  batch_size: int = 32, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 [N], probabilities float64 [N]) of one split, in manifest order, unaugmented
+    (with `tta`, the mean over the 8 dihedral views, trainer.cnn.tta)."""
+    from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
     ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=batch_size,
                                      training=False, deterministic=True)
     labels, probabilities = [], []
     for images, batch_labels in ds:
-        out = np.asarray(model.predict_on_batch(images), dtype=np.float64)
-        if out.ndim != 2 or out.shape[1] != 1 or out.shape[0] != images.shape[0]:
-            raise ValueError(f"model output must be [batch, 1] probabilities, got shape {out.shape}")
-        probabilities.append(out[:, 0])
+        probabilities.append(tta_lib.predict_on_batch(model, images, tta))
         labels.append(np.asarray(batch_labels).astype(np.int64))
     if not labels:
         return np.zeros([0], np.int64), np.zeros([0], np.float64)
     labels_arr, probs = np.concatenate(labels), np.concatenate(probabilities)
-    bad = np.flatnonzero(~np.isfinite(probs) | (probs < 0) | (probs > 1))
-    if bad.size:
-        raise ValueError(f"{split}: {bad.size} model output(s) are not probabilities in [0, 1], "
-                         f"first {probs[bad[0]]} at case {bad[0]}")
+    _check_probabilities(split, probs)
     return labels_arr, probs
+
+
+def predict_split_with_metadata(model, data_dir: str, split: str, image_size: int,
+                                batch_size: int = 32, tta: bool = False) -> dict[str, np.ndarray]:
+    """One split's benign/malignant records scored with their metadata: {"label" int64,
+    "probability" float64, and str arrays per input_pipeline.METADATA_FIELDS}, same
+    preprocessing as predict_split (the input pipeline's evaluation path)."""
+    from trainer.cnn import tta as tta_lib
+    from trainer.core import input_pipeline
+
+    ds = input_pipeline.make_eval_dataset_with_metadata(data_dir, split, image_size=image_size,
+                                                        batch_size=batch_size)
+    columns: dict[str, list] = {"label": [], "probability": []}
+    columns.update({name: [] for name in input_pipeline.METADATA_FIELDS})
+    for images, batch_labels, meta in ds:
+        columns["probability"].append(tta_lib.predict_on_batch(model, images, tta))
+        columns["label"].append(np.asarray(batch_labels).astype(np.int64))
+        for name in input_pipeline.METADATA_FIELDS:
+            columns[name].append(np.array([v.decode("utf-8") for v in meta[name].numpy()],
+                                          dtype=object))
+    out = {name: (np.concatenate(values) if values else np.zeros([0]))
+           for name, values in columns.items()}
+    _check_probabilities(split, out["probability"])
+    return out
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, policy: str,
@@ -103,8 +135,14 @@ def dataset_counts(data_dir: str, image_size: int) -> dict[str, Any]:
             "schema_version": manifest.get("schema_version"), "splits": splits}
 
 
-def write_plots(workdir: str, splits: Mapping[str, Any], threshold: float) -> dict[str, str]:
-    """All plots under workdir/plots; returns {name: path relative to workdir}."""
+def write_plots(workdir: str, splits: Mapping[str, Any], threshold: float,
+                predictions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                calibration: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """All plots under workdir/plots; returns {name: path relative to workdir}.
+
+    predictions {split: (labels, scores)} adds the precision-recall plot (splits with both
+    classes); calibration {split: metrics.expected_calibration_error} the reliability diagram.
+    """
     plot_dir = os.path.join(workdir, PLOTS_DIR)
     os.makedirs(plot_dir, exist_ok=True)
     paths: dict[str, str] = {}
@@ -119,6 +157,13 @@ def write_plots(workdir: str, splits: Mapping[str, Any], threshold: float) -> di
     if confusions:
         paths["confusion"] = report.plot_confusion_matrices(
             confusions, os.path.join(plot_dir, "confusion.png"), threshold)
+    pr = {s: {"labels": y, "scores": p} for s, (y, p) in (predictions or {}).items()
+          if y.size and len(np.unique(y)) == 2}
+    if pr:
+        paths["pr"] = report.plot_pr_curves(pr, os.path.join(plot_dir, "pr.png"))
+    if calibration:
+        paths["reliability"] = report.plot_reliability_diagram(
+            calibration, os.path.join(plot_dir, "reliability.png"))
     return {name: os.path.relpath(path, workdir) for name, path in paths.items()}
 
 
@@ -136,8 +181,11 @@ def _check_all_finite_or_explained(payload: Any, where: str = "report") -> None:
 def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, config: dict,
                         threshold_policy: str = "max_specificity_at_sensitivity",
                         min_sensitivity: float = 0.8, bootstrap: int = 1000, seed: int = 0,
-                        batch_size: int | None = None) -> dict[str, Any]:
+                        batch_size: int | None = None, tta: bool = False) -> dict[str, Any]:
     """Predicts validation and test, picks the threshold on validation, writes the reports.
+
+    tta: every probability is the mean over the 8 dihedral views (trainer.cnn.tta), so the
+    threshold is chosen on the probabilities a TTA export serves; recorded as report["tta"].
 
     Returns the report dict (as written to report.json, but with NaN where JSON has null).
     """
@@ -155,7 +203,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         if input_pipeline.dataset_size(data_dir, split, image_size) == 0:
             predictions[split] = (np.zeros([0], np.int64), np.zeros([0]))
         else:
-            predictions[split] = predict_split(model, data_dir, split, image_size, batch_size)
+            predictions[split] = predict_split(model, data_dir, split, image_size, batch_size, tta)
         logging.info("evaluate: %d %s cases predicted", predictions[split][0].size, split)
     threshold = choose_threshold(*predictions["validation"], threshold_policy, min_sensitivity)
     splits = {split: split_report(*predictions[split], threshold["threshold"], bootstrap=bootstrap,
@@ -163,9 +211,10 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
     result = {
         "format": REPORT_FORMAT,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "config": dict(config), "data": data, "threshold": threshold, "splits": splits,
+        "config": dict(config), "tta": bool(tta), "data": data, "threshold": threshold,
+        "splits": splits,
     }
-    result["plots"] = write_plots(workdir, splits, threshold["threshold"])
+    result["plots"] = write_plots(workdir, splits, threshold["threshold"], predictions)
     _check_all_finite_or_explained({k: v for k, v in result.items() if k != "config"})
     run_folder.write_json(os.path.join(workdir, REPORT_JSON), result)
     report.write_markdown(os.path.join(workdir, REPORT_MD), result)
@@ -179,8 +228,6 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
 
 def read_threshold(workdir: str, default: float = metrics.STUDY_THRESHOLD) -> tuple[float, str]:
     """(threshold, where it came from) from workdir/report.json, else the default."""
-    import json
-
     path = os.path.join(workdir, REPORT_JSON)
     if not os.path.exists(path):
         return float(default), f"default {default} (no {REPORT_JSON} in {workdir})"
@@ -190,3 +237,228 @@ def read_threshold(workdir: str, default: float = metrics.STUDY_THRESHOLD) -> tu
     if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{path}: threshold.threshold must be a number in [0, 1], got {value!r}")
     return float(value), f"{path} (policy {saved['threshold'].get('policy')})"
+
+
+# ---- external evaluation: a trained model on any dataset the engine wrote ----
+
+EXTERNAL_FORMAT = "isicflow.cnn_external_report/1"
+EXTERNAL_DIR = "external"
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTIONS_COLUMNS = ("split", "image_id", "label", "probability", "predicted")
+BREAKDOWN_FIELDS = ("source_collection", "diagnosis", "anatom_site")
+MISSING_GROUP = "(missing)"
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class EvaluationError(ValueError):
+    """A one-line reason external evaluation cannot run (the CLI prints it and exits 2)."""
+
+
+def resolve_model(path: str, threshold_override: float | None = None) -> dict[str, Any]:
+    """What --model points at: a run folder (model.keras + report.json's threshold, else its
+    export's serving_config.json) or an export folder (model.keras + serving_config.json).
+
+    Returns {"path", "kind", "keras", "threshold": {threshold, policy, reason, source},
+    "tta" (the export's setting, or the run's report.json "tta"), "image_size" (export only)}.
+    The threshold is the one the training run chose on its own validation split; a folder
+    recording none is an error (never a threshold re-chosen on the scored data) unless
+    threshold_override gives one explicitly.
+    """
+    from trainer.cnn import export as export_lib
+
+    if not os.path.isdir(path):
+        raise EvaluationError(f"--model {path!r}: no such folder (want a run folder or an export folder)")
+    keras_path = os.path.join(path, export_lib.KERAS_NAME)
+    if not os.path.isfile(keras_path):
+        raise EvaluationError(f"--model {path!r}: no {export_lib.KERAS_NAME} in it (not a finished "
+                              "run folder nor an export folder)")
+    config_path = os.path.join(path, export_lib.SERVING_CONFIG_NAME)
+    report_path = os.path.join(path, REPORT_JSON)
+    run_export = os.path.join(path, export_lib.EXPORT_DIR, export_lib.SERVING_CONFIG_NAME)
+    kind = "export" if os.path.isfile(config_path) else "run"
+    serving = {}
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            serving = json.load(f)
+    if threshold_override is not None:
+        threshold = {"threshold": float(threshold_override), "policy": "given",
+                     "reason": "given on the command line (--threshold)", "source": "--threshold"}
+    elif kind == "run" and os.path.isfile(report_path):
+        with open(report_path, encoding="utf-8") as f:
+            recorded = json.load(f).get("threshold", {})
+        value, source = read_threshold(path)
+        threshold = {"threshold": value, "policy": recorded.get("policy", "unknown"),
+                     "reason": recorded.get("reason", "recorded by training"), "source": source}
+    else:
+        config_file = config_path if kind == "export" else run_export
+        if not os.path.isfile(config_file):
+            raise EvaluationError(f"--model {path!r}: no threshold recorded (neither {REPORT_JSON} "
+                                  f"nor {export_lib.SERVING_CONFIG_NAME}); pass --threshold")
+        with open(config_file, encoding="utf-8") as f:
+            serving = json.load(f)
+        value = serving.get("threshold")
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise EvaluationError(f"{config_file}: threshold must be a number in [0, 1], got {value!r}")
+        threshold = {"threshold": float(value), "policy": "recorded",
+                     "reason": f"as exported ({serving.get('threshold_source', 'source not recorded')})",
+                     "source": config_file}
+    if kind == "run":  # what training evaluated with (a report written before TTA: none)
+        tta = bool(_read_json(report_path).get("tta", False)) if os.path.isfile(report_path) else False
+    else:
+        tta = bool(serving.get("tta", False))
+    return {"path": os.path.abspath(path), "kind": kind, "keras": keras_path, "threshold": threshold,
+            "tta": tta,
+            "image_size": serving.get("image_size") if kind == "export" else None}
+
+
+def select_splits(data_dir: str, image_size: int, splits: str) -> list[str]:
+    """'all' -> every split holding benign/malignant records at image_size; else the named ones,
+    each of which must hold some. Errors name what the dataset has."""
+    from isicflow import dataset as dataset_lib
+    from trainer.core import input_pipeline
+
+    try:
+        manifest = dataset_lib.read_manifest(data_dir)
+    except FileNotFoundError as e:
+        raise EvaluationError(str(e)) from None
+    sizes = sorted(int(k) for k in manifest.get("datasets", {}))
+    if str(image_size) not in manifest.get("datasets", {}):
+        raise EvaluationError(f"{data_dir}: no {image_size}px images (the model's input size); "
+                              f"the dataset has sizes {sizes}")
+    have = {s: input_pipeline.dataset_size(data_dir, s, image_size)
+            for s in dataset_lib.SPLITS if s in manifest["datasets"][str(image_size)]}
+    if splits.strip() == "all":
+        chosen = [s for s in dataset_lib.SPLITS if have.get(s)]
+        if not chosen:
+            raise EvaluationError(f"{data_dir}: no split holds benign/malignant records at "
+                                  f"{image_size}px (records per split {have})")
+        return chosen
+    chosen = [s.strip() for s in splits.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in dataset_lib.SPLITS]
+    if not chosen or unknown:
+        raise EvaluationError(f"--splits {splits!r}: want 'all' or a comma list of "
+                              f"{','.join(dataset_lib.SPLITS)}")
+    empty = [s for s in chosen if not have.get(s)]
+    if empty:
+        raise EvaluationError(f"{data_dir}: selected split(s) {','.join(empty)} hold no "
+                              f"benign/malignant records at {image_size}px (records per split {have})")
+    return list(dict.fromkeys(chosen))
+
+
+def breakdown(columns: Mapping[str, np.ndarray], threshold: float) -> dict[str, Any]:
+    """Per group of each BREAKDOWN_FIELDS value (diagnosis normalised with
+    isicflow.diagnosis.normalise_diagnosis, as the manifest counts it): metrics.group_metrics.
+    Empty values form the group MISSING_GROUP; a field empty on every record gets a note."""
+    from isicflow.diagnosis import normalise_diagnosis
+
+    labels, scores = columns["label"], columns["probability"]
+    fields: dict[str, Any] = {}
+    for field in BREAKDOWN_FIELDS:
+        raw = [str(v).strip() for v in columns[field]]
+        if not any(raw):
+            fields[field] = {"note": f"no record holds {field}; no breakdown"}
+            continue
+        if field == "diagnosis":
+            values = [normalise_diagnosis(v) for v in raw]
+        else:
+            values = [v or MISSING_GROUP for v in raw]
+        values_arr = np.array(values, dtype=object)
+        names = sorted(set(values), key=lambda v: (-values.count(v), v))
+        fields[field] = {"groups": {name: metrics.group_metrics(
+            labels[values_arr == name], scores[values_arr == name], threshold) for name in names}}
+        if field == "diagnosis":
+            fields[field]["vocabulary"] = "isicflow.diagnosis.normalise_diagnosis"
+    return {"scope": "all scored cases (every selected split)", "cases": int(labels.size),
+            "fields": fields}
+
+
+def write_predictions_csv(path: str, per_split: Mapping[str, Mapping[str, np.ndarray]],
+                          threshold: float) -> str:
+    """One row per scored image: split, image_id, label (0/1), probability, predicted (0/1)."""
+    import csv
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PREDICTIONS_COLUMNS)
+        for split, cols in per_split.items():
+            for image_id, label, p in zip(cols["image_id"], cols["label"], cols["probability"]):
+                writer.writerow([split, image_id, int(label), repr(float(p)), int(p >= threshold)])
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
+                      out: str | None = None, tta: bool | None = None, batch_size: int = 32,
+                      image_size: int | None = None, bootstrap: int = 1000, seed: int = 0,
+                      threshold: float | None = None,
+                      calibration_bins: int = metrics.CALIBRATION_BINS) -> dict[str, Any]:
+    """Scores a trained model on another dataset at its recorded threshold; writes into `out`
+    (default <model>/external/<dataset folder name>): report.json, report.md, predictions.csv,
+    plots/{roc,pr,confusion,reliability}.png. Returns the report dict. EvaluationError (a
+    ValueError) for a missing model, a dataset without manifest, a missing size, empty splits.
+    """
+    if bootstrap < 0 or batch_size < 1 or calibration_bins < 1:
+        raise EvaluationError(f"need bootstrap >= 0, batch_size >= 1, calibration bins >= 1; got "
+                              f"{bootstrap}, {batch_size}, {calibration_bins}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise EvaluationError(f"--threshold must be in [0, 1], got {threshold}")
+    model_info = resolve_model(model_path, threshold)
+    from isicflow import dataset as dataset_lib, fileio
+
+    if not fileio.exists(fileio.join_path(data_dir, dataset_lib.MANIFEST_NAME)):  # local or gs://
+        raise EvaluationError(f"--data_dir {data_dir!r}: no {dataset_lib.MANIFEST_NAME} (not a "
+                              "finished beam_jobs.preprocess output)")
+    import keras
+
+    model = keras.models.load_model(model_info["keras"], compile=False)
+    model_size = int(model.inputs[0].shape[1])
+    image_size = int(image_size or model_size)
+    if image_size != model_size:
+        raise EvaluationError(f"--image_size {image_size} differs from the model's input size {model_size}")
+    chosen = select_splits(data_dir, image_size, splits)
+    use_tta = model_info["tta"] if tta is None else bool(tta)
+    t = model_info["threshold"]["threshold"]
+    dataset_name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
+    out = out or os.path.join(model_path, EXTERNAL_DIR, dataset_name)
+    os.makedirs(out, exist_ok=True)
+
+    per_split = {split: predict_split_with_metadata(model, data_dir, split, image_size,
+                                                    batch_size, use_tta) for split in chosen}
+    for split, cols in per_split.items():
+        logging.info("external: %d %s cases predicted", cols["label"].size, split)
+    pairs = {split: (cols["label"], cols["probability"]) for split, cols in per_split.items()}
+    pooled = {name: np.concatenate([cols[name] for cols in per_split.values()])
+              for name in next(iter(per_split.values()))}
+    if len(chosen) > 1:
+        pairs["all"] = (pooled["label"], pooled["probability"])
+    split_reports = {s: split_report(y, p, t, bootstrap=bootstrap, seed=seed)
+                     for s, (y, p) in pairs.items()}
+    calibration = {s: metrics.expected_calibration_error(y, p, calibration_bins)
+                   for s, (y, p) in pairs.items()}
+    result = {
+        "format": EXTERNAL_FORMAT, "external": True,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "config": {"model": model_info["path"], "data_dir": os.path.abspath(data_dir),
+                   "splits": chosen, "tta": use_tta, "batch_size": batch_size,
+                   "image_size": image_size, "bootstrap": bootstrap, "seed": seed,
+                   "calibration_bins": calibration_bins},
+        "model": {k: model_info[k] for k in ("path", "kind", "keras")},
+        "tta": use_tta,
+        "data": dataset_counts(data_dir, image_size),
+        "threshold": model_info["threshold"],
+        "splits": split_reports, "calibration": calibration,
+        "breakdown": breakdown(pooled, t),
+        "predictions_csv": PREDICTIONS_CSV,
+    }
+    write_predictions_csv(os.path.join(out, PREDICTIONS_CSV), per_split, t)
+    result["plots"] = write_plots(out, split_reports, t, pairs, calibration)
+    _check_all_finite_or_explained({k: v for k, v in result.items() if k != "config"})
+    run_folder.write_json(os.path.join(out, REPORT_JSON), result)
+    report.write_markdown(os.path.join(out, REPORT_MD), result)
+    result["out"] = out
+    return result

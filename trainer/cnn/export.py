@@ -9,8 +9,10 @@ images and training images do not skew. (Not verified under XLA, which may fuse 
 Layout (workdir/export/):
   model.keras            the Keras model alone (float inputs in [0, 1], SxS)
   saved_model/           signatures: serving_default(image_bytes) -> {probability, label}
+                                       (with test-time augmentation when exported with tta)
+                                     serving_plain / serving_tta: the same without / with it
                                      preprocess(image_bytes) -> {pixels: uint8 [B,S,S,3]}
-  serving_config.json    image_size, resize_mode, threshold and where it came from
+  serving_config.json    image_size, resize_mode, threshold and where it came from, tta
 """
 from __future__ import annotations
 
@@ -25,11 +27,14 @@ EXPORT_DIR = "export"
 KERAS_NAME = "model.keras"
 SAVED_MODEL_NAME = "saved_model"
 SERVING_CONFIG_NAME = "serving_config.json"
+SIGNATURE_PLAIN = "serving_plain"  # no test-time augmentation
+SIGNATURE_TTA = "serving_tta"      # the 8 dihedral views averaged
 
 
-def _serving_module(model, image_size: int, resize_mode: str, threshold: float):
+def _serving_module(model, image_size: int, resize_mode: str, threshold: float, tta: bool = False):
     import tensorflow as tf
 
+    from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
@@ -51,14 +56,25 @@ def _serving_module(model, image_size: int, resize_mode: str, threshold: float):
                 image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
             return {"pixels": pixels}
 
-        @tf.function(input_signature=[bytes_spec])
-        def serve(self, image_bytes):
+        def _classify(self, image_bytes, use_tta: bool):
             pixels = self.preprocess(image_bytes)["pixels"]
             images = input_pipeline.preprocess_for_eval(pixels)  # the evaluation scaling, [0, 1]
-            probability = tf.cast(self.model(images, training=False), tf.float32)[:, 0]
+            probability = tta_lib.probabilities(self.model, images, use_tta)
             label = tf.where(probability >= self.threshold, tf.constant(CLASS_NAMES[1]),
                              tf.constant(CLASS_NAMES[0]))
             return {"probability": probability, "label": label}
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve(self, image_bytes):  # serving_default: TTA as exported (serving_config "tta")
+            return self._classify(image_bytes, tta)
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve_plain(self, image_bytes):
+            return self._classify(image_bytes, False)
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve_tta(self, image_bytes):  # the 8 flips/rot90s averaged (trainer.cnn.tta)
+            return self._classify(image_bytes, True)
 
     return ServingModule()
 
@@ -74,10 +90,11 @@ def _check_model(model, image_size: int) -> None:
 
 
 def export_model(model, workdir: str, image_size: int, resize_mode: str = "squash",
-                 threshold: float | None = None) -> dict[str, str]:
+                 threshold: float | None = None, tta: bool = False) -> dict[str, str]:
     """Writes workdir/export/{model.keras, saved_model/, serving_config.json}; returns paths.
 
     threshold: None reads workdir/report.json (the one chosen on validation), else 0.5.
+    tta: serving_default averages the 8 dihedral views (trainer.cnn.tta), as evaluate --tta.
     """
     import tensorflow as tf
 
@@ -99,11 +116,17 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
              "saved_model": os.path.join(export_dir, SAVED_MODEL_NAME),
              "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
     model.save(paths["keras"])
-    module = _serving_module(model, image_size, resize_mode, threshold)
+    module = _serving_module(model, image_size, resize_mode, threshold, bool(tta))
     tf.saved_model.save(module, paths["saved_model"],
-                        signatures={"serving_default": module.serve, "preprocess": module.preprocess})
+                        signatures={"serving_default": module.serve, "preprocess": module.preprocess,
+                                    SIGNATURE_PLAIN: module.serve_plain,
+                                    SIGNATURE_TTA: module.serve_tta})
     config = {"image_size": image_size, "resize_mode": resize_mode, "threshold": threshold,
               "threshold_source": threshold_source, "labels": list(CLASS_NAMES),
+              "tta": bool(tta),
+              "tta_note": "serving_default averages P(malignant) over the 8 flips/rot90s "
+                          f"(trainer.cnn.tta) when tta is true; {SIGNATURE_PLAIN} and "
+                          f"{SIGNATURE_TTA} choose explicitly",
               "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright "
                        "(EXIF orientation is not applied in-graph)",
               "outputs": {"probability": "float32 [None], P(malignant)",

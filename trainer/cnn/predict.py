@@ -3,6 +3,8 @@
     python -m trainer.cnn.predict --model DIR image.jpg [image2.png ...]
 
 DIR is an export dir (serving_config.json + saved_model/) or a run dir holding export/.
+--tta / --notta force test-time augmentation (the 8 flips/rot90s averaged, trainer.cnn.tta) on
+or off; unset, the export's own setting (serving_config.json "tta") applies.
 Prints one line per image, in the order given, tab-separated:
     PATH<TAB>PROBABILITY<TAB>LABEL          e.g. a.jpg	0.731204	malignant
     ERROR PATH: REASON                      e.g. ERROR b.txt: not a JPEG or PNG (not_an_image: ...)
@@ -76,8 +78,12 @@ def _serving_warning(data: bytes) -> str | None:
 
 
 def predict_files(paths: Sequence[str], model_dir: str, threshold_override: float | None = None,
-                  batch_size: int = 16) -> list[Prediction]:
-    """One Prediction per path, in order; bad files carry an error, the rest a probability."""
+                  batch_size: int = 16, tta: bool | None = None) -> list[Prediction]:
+    """One Prediction per path, in order; bad files carry an error, the rest a probability.
+
+    tta None: as exported (serving_default); True/False: the serving_tta / serving_plain
+    signature (the 8 flips/rot90s averaged, or not), as trainer.evaluate --tta scores.
+    """
     import tensorflow as tf
 
     from trainer.cnn import export
@@ -87,7 +93,11 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold_override: floa
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     loaded, _ = export.load_exported(model_dir)
-    serve = loaded.signatures["serving_default"]
+    name = "serving_default" if tta is None else (export.SIGNATURE_TTA if tta else export.SIGNATURE_PLAIN)
+    if name not in loaded.signatures:
+        raise ValueError(f"{model_dir}: the export has no {name} signature (exported before "
+                         "test-time augmentation existed); re-export it")
+    serve = loaded.signatures[name]
     results, pending = [], []
     for path in paths:
         data, error, warning = check_file(path)
@@ -123,6 +133,8 @@ def _define_flags() -> None:
     flags.DEFINE_float("threshold_override", None, "Label threshold to use instead of the exported "
                        "one (which was chosen on validation), in [0, 1].")
     flags.DEFINE_integer("predict_batch_size", 16, "Images per call of the serving signature.")
+    flags.DEFINE_bool("tta", None, "Test-time augmentation (the 8 flips/rot90s averaged): "
+                      "unset = as exported (serving_config.json's tta), --tta / --notta force it.")
     flags.mark_flag_as_required("model")
 
 
@@ -133,7 +145,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     FLAGS = flags.FLAGS
     try:
-        results = predict_files(paths, FLAGS.model, FLAGS.threshold_override, FLAGS.predict_batch_size)
+        results = predict_files(paths, FLAGS.model, FLAGS.threshold_override, FLAGS.predict_batch_size,
+                                FLAGS.tta)
     except (FileNotFoundError, ValueError) as e:
         print(f"cannot use the model: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = ("binary", "all")
 _PARSED_FEATURES = ("image_encoded", "image_format", "height", "width", "label")
 _MAX_SHUFFLE_BUFFER = 1024
+# Per-record strings make_eval_dataset_with_metadata yields beside each prediction.
+METADATA_FIELDS = ("image_id", "diagnosis", "anatom_site", "source_collection")
 
 # The study's augmentations (Keras ImageDataGenerator-style ranges, applied in tf ops).
 MAX_HUE_DELTA = 0.04
@@ -95,14 +97,51 @@ def _digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def parse_and_decode(serialized: tf.Tensor, image_size: int):
-    """One record -> (uint8 [S,S,3] image, int64 label) through the shared schema and decode."""
-    record = tf.io.parse_single_example(serialized, schema.feature_spec(_PARSED_FEATURES))
+def _decode_record(record, image_size: int) -> tf.Tensor:
     image = imaging.decode_stored_image(record["image_encoded"], record["image_format"],
                                         tf.cast(record["height"], tf.int32),
                                         tf.cast(record["width"], tf.int32))
-    image = tf.ensure_shape(image, [image_size, image_size, 3])
-    return image, record["label"]
+    return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def parse_and_decode(serialized: tf.Tensor, image_size: int):
+    """One record -> (uint8 [S,S,3] image, int64 label) through the shared schema and decode."""
+    record = tf.io.parse_single_example(serialized, schema.feature_spec(_PARSED_FEATURES))
+    return _decode_record(record, image_size), record["label"]
+
+
+def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: int,
+                                    batch_size: int, labels: str = "binary") -> tf.data.Dataset:
+    """Read-only accessor for scoring: (images float32 [B,S,S,3] in [0, 1], labels float32 [B],
+    {field: tf.string [B]} for METADATA_FIELDS), in a deterministic order.
+
+    The same parse, decode, label filter and evaluation scaling (preprocess_for_eval) as
+    make_dataset(training=False); only the metadata strings are parsed besides. make_dataset,
+    which training uses, is untouched by it.
+    """
+    _check_args(split, image_size, batch_size, labels, (0.0, 1.0), "")
+    manifest = dataset_lib.read_manifest(data_dir)
+    info = dataset_lib.split_info(manifest, image_size, split)
+    paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
+    if not paths or _count(info, labels) == 0:
+        raise ValueError(f"{data_dir}: split {split!r} at {image_size}px has no records to "
+                         f"score (manifest counts {info.get('counts')})")
+    spec = schema.feature_spec(_PARSED_FEATURES + METADATA_FIELDS)
+
+    def parse(serialized):
+        record = tf.io.parse_single_example(serialized, spec)
+        return (_decode_record(record, image_size), record["label"],
+                {name: record[name] for name in METADATA_FIELDS})
+
+    ds = tf.data.TFRecordDataset(paths, compression_type=dataset_lib.compression_type(manifest),
+                                 num_parallel_reads=min(len(paths), 16))  # deterministic order
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if labels == "binary":
+        ds = ds.filter(lambda image, label, meta: label >= 0)
+    ds = ds.batch(batch_size).map(
+        lambda images, label, meta: (preprocess_for_eval(images), tf.cast(label, tf.float32), meta),
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE)
 
 
 def _check_args(split, image_size, batch_size, labels, value_range, cache) -> None:

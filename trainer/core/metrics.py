@@ -214,3 +214,56 @@ def select_threshold(labels, scores, policy: str = "max_specificity_at_sensitivi
             "sensitivity": float(sens[i]), "specificity": float(spec[i]),
             "reason": (f"highest specificity among thresholds with sensitivity >= "
                        f"{min_sensitivity} on validation")}
+
+
+CALIBRATION_BINS = 10
+
+
+def expected_calibration_error(labels, scores, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Expected calibration error over `bins` equal-width bins of the predicted probability.
+
+    Bin b holds the cases with score in (b/bins, (b+1)/bins] (the first bin also holds 0.0),
+    exactly as sklearn.calibration.calibration_curve(strategy="uniform") bins them;
+    ECE = sum_b (n_b / N) * |mean score in b - fraction malignant in b|, empty bins adding 0.
+    Returns {"ece", "bins", "cases", "per_bin": [{low, high, cases, mean_probability,
+    fraction_malignant}, ...]} (empty bins have null means). In [0, 1].
+    """
+    y, s = check_inputs(labels, scores)
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    if s.min() < 0.0 or s.max() > 1.0:
+        raise ValueError(f"scores must be probabilities in [0, 1], got [{s.min()}, {s.max()}]")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.searchsorted(edges[1:-1], s, side="left"), 0, bins - 1)
+    per_bin, ece = [], 0.0
+    for b in range(bins):
+        members = index == b
+        n = int(members.sum())
+        mean_p = float(s[members].mean()) if n else math.nan
+        frac = float(y[members].mean()) if n else math.nan
+        if n:
+            ece += n / y.size * abs(mean_p - frac)
+        entry = {"low": float(edges[b]), "high": float(edges[b + 1]), "cases": n,
+                 "mean_probability": mean_p, "fraction_malignant": frac}
+        if not n:
+            entry["undefined"] = {"mean_probability": "empty bin", "fraction_malignant": "empty bin"}
+        per_bin.append(entry)
+    return {"ece": float(ece), "bins": bins, "binning": "equal-width", "cases": int(y.size),
+            "per_bin": per_bin}
+
+
+def group_metrics(labels, scores, threshold: float) -> dict[str, Any]:
+    """A subgroup's n, positives, AUC (null + reason unless both classes), sensitivity and
+    specificity at the threshold (null + reason where a class is absent)."""
+    y, s = check_inputs(labels, scores)
+    rates = rates_from_counts(confusion_counts(y, s, threshold))
+    result = {"cases": int(y.size), "malignant": int(y.sum()),
+              "sensitivity": rates["sensitivity"], "specificity": rates["specificity"],
+              "undefined": {k: v for k, v in rates["undefined"].items()
+                            if k in ("sensitivity", "specificity")}}
+    if len(np.unique(y)) == 2:
+        result["auc"] = float(skm.roc_auc_score(y, s))
+    else:
+        result["auc"] = math.nan
+        result["undefined"]["auc"] = f"only one class present (all labels {int(y[0])})"
+    return result

@@ -15,7 +15,7 @@ import numpy as np
 
 from trainer.core.run_folder import to_jsonable
 
-SPLIT_ORDER = ("validation", "test")
+SPLIT_ORDER = ("train", "validation", "test", "all")  # "train"/"all": external evaluation only
 # (history key, title) pairs plotted train vs validation, as the 2020 study's figures.
 CURVE_METRICS = (("accuracy", "Accuracy"), ("loss", "Loss"), ("auc", "ROC AUC"))
 
@@ -98,6 +98,52 @@ def plot_confusion_matrices(confusions: Mapping[str, Mapping[str, int]], path: s
     return path
 
 
+def plot_pr_curves(curves: Mapping[str, Mapping[str, Any]], path: str) -> str:
+    """Precision-recall curves of several splits; curves[split] = {labels, scores} (raw arrays,
+    through sklearn.metrics.precision_recall_curve); the legend gives average precision."""
+    from sklearn import metrics as skm
+
+    fig = _figure(5.0, 5.0)
+    ax = fig.add_subplot()
+    for split, curve in curves.items():
+        precision, recall, _ = skm.precision_recall_curve(curve["labels"], curve["scores"])
+        ap = skm.average_precision_score(curve["labels"], curve["scores"])
+        ax.step(recall, precision, where="post", label=f"{split} (AP {ap:.3f})")
+        prevalence = float(np.mean(curve["labels"]))
+        ax.axhline(prevalence, linestyle=":", linewidth=0.8, color=ax.lines[-1].get_color())
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.02)
+    ax.set_title("Precision-recall (dotted: prevalence)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def plot_reliability_diagram(calibration: Mapping[str, Mapping[str, Any]], path: str) -> str:
+    """Reliability diagram: per split, the fraction malignant against the mean predicted
+    probability of each non-empty bin (trainer.core.metrics.expected_calibration_error)."""
+    fig = _figure(5.0, 5.0)
+    ax = fig.add_subplot()
+    for split, cal in calibration.items():
+        kept = [b for b in cal["per_bin"] if b["cases"]]
+        ax.plot([b["mean_probability"] for b in kept], [b["fraction_malignant"] for b in kept],
+                marker="o", label=f"{split} (ECE {cal['ece']:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="perfect")
+    ax.set_xlabel("mean predicted probability (bin)")
+    ax.set_ylabel("fraction malignant (bin)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.02)
+    bins = next(iter(calibration.values()))["bins"] if calibration else 0
+    ax.set_title(f"Reliability diagram ({bins} equal-width bins)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
@@ -123,11 +169,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     splits = {s: report["splits"][s] for s in SPLIT_ORDER if s in report.get("splits", {})}
     evaluated = {s: v for s, v in splits.items() if v.get("cases")}
     t = report["threshold"]
-    lines = ["# Evaluation report", "", f"Created {report.get('created_utc', '')}.", "",
+    title = "# External evaluation report" if report.get("external") else "# Evaluation report"
+    lines = [title, "", f"Created {report.get('created_utc', '')}.", ""]
+    if report.get("external"):
+        model = report.get("model", {})
+        lines += [f"Model `{model.get('path', '')}` ({model.get('kind', '')}) scored on "
+                  f"`{report.get('data', {}).get('data_dir', '')}`.", ""]
+    lines += [
              "## Threshold", "",
              f"Threshold **{_fmt(t['threshold'], 4)}**, policy `{t['policy']}`: {t['reason']}. "
-             "Chosen on validation, applied unchanged to test. A case is called malignant "
-             "when its probability is >= the threshold.", "", "## Data", "",
+             + (f"Taken from {t.get('source')}; not re-tuned on the data scored here."
+                if report.get("external") else "Chosen on validation, applied unchanged to test.")
+             + " A case is called malignant when its probability is >= the threshold."
+             + (" Test-time augmentation: the 8 flips/rot90s averaged." if report.get("tta") else ""),
+             "", "## Data", "",
              "| split | records | evaluated | benign | malignant |", "|---|---|---|---|---|"]
     for split, info in report.get("data", {}).get("splits", {}).items():
         counts = info.get("counts", {})
@@ -140,6 +195,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"Brackets: bootstrap {int(100 * boot.get('confidence', 0.95))}% interval over cases "
                   f"({boot.get('resamples', 0)} resamples, seed {boot.get('seed', '')}; resamples "
                   "with a single class skipped, counted below).", "",
+                  "The threshold comes from the training run's validation split, so every split "
+                  "here is scored at a threshold it did not choose." if report.get("external") else
                   "Validation chose the threshold, so its threshold metrics are optimistic; "
                   "test is the honest estimate.", "",
                   "| metric | " + " | ".join(evaluated) + " |", "|---|" + "---|" * len(evaluated)]
@@ -158,6 +215,33 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               for name, reason in v.get("undefined", {}).items()]
     if notes:
         lines += ["", "Not available:", ""] + notes
+    calibration = report.get("calibration", {})
+    if calibration:
+        cal_bins = next(iter(calibration.values()))
+        lines += ["", "## Calibration", "",
+                  f"Expected calibration error over {cal_bins['bins']} equal-width probability "
+                  "bins (sum over bins of the bin's share of cases times |mean probability - "
+                  "fraction malignant|; 0 is perfect).", "",
+                  "| split | cases | ECE |", "|---|---|---|"]
+        lines += [f"| {split} | {c['cases']} | {_fmt(c['ece'])} |" for split, c in calibration.items()]
+    breakdown = report.get("breakdown", {})
+    if breakdown:
+        lines += ["", "## Breakdown", "",
+                  f"Over {breakdown.get('scope', 'all scored cases')}, at the threshold above. "
+                  "AUC needs both classes in a group.", ""]
+        for field, info in breakdown.get("fields", {}).items():
+            lines += [f"### {field}", ""]
+            if info.get("note"):
+                lines += [info["note"], ""]
+                continue
+            lines += ["| group | cases | malignant | AUC | sensitivity | specificity |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {name} | {g['cases']} | {g['malignant']} | {_fmt(g.get('auc'))} | "
+                      f"{_fmt(g.get('sensitivity'))} | {_fmt(g.get('specificity'))} |"
+                      for name, g in info["groups"].items()]
+            lines.append("")
+    if report.get("predictions_csv"):
+        lines += ["", f"Per-image predictions: `{report['predictions_csv']}`."]
     plots = report.get("plots", {})
     if plots:
         lines += ["", "## Plots", ""]

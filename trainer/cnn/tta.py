@@ -1,0 +1,59 @@
+"""Test-time augmentation: the 8 dihedral views of each image, probabilities averaged.
+
+One definition for every place that scores images (trainer.cnn.evaluate, trainer.evaluate, the
+exported SavedModel's serving signature, hence trainer.cnn.predict), so served probabilities
+equal evaluated ones. The views are rot90 by k = 0..3 quarter turns of the image and of its
+left-right mirror; together they are the symmetry group of the square (flip up-down and the
+transposes are among them). The views of a batch are stacked into ONE model call of 8x the
+batch, view-major, and the 8 probabilities of each image are averaged (arithmetic mean).
+"""
+from __future__ import annotations
+
+VIEWS = 8
+
+
+def dihedral_views(images):
+    """float/uint8 [B,S,S,C] -> [8B,S,S,C]: view v of image i at row v*B + i (v = flip*4 + k)."""
+    import tensorflow as tf
+
+    images = tf.convert_to_tensor(images)
+    mirrored = tf.image.flip_left_right(images)
+    return tf.concat([tf.image.rot90(base, k) for base in (images, mirrored) for k in range(4)],
+                     axis=0)
+
+
+def average_views(probabilities):
+    """[8B] or [8B, 1] view-major probabilities -> [B] means (the inverse layout of the above)."""
+    import tensorflow as tf
+
+    p = tf.reshape(tf.convert_to_tensor(probabilities), [VIEWS, -1])
+    return tf.reduce_mean(p, axis=0)
+
+
+def probabilities(model, images, tta: bool):
+    """Graph-friendly: P(malignant) float32 [B] of a [B,S,S,3] batch in the model's input range,
+    averaged over the 8 dihedral views when `tta` (used inside the exported serve function)."""
+    import tensorflow as tf
+
+    if not tta:
+        return tf.cast(model(images, training=False), tf.float32)[:, 0]
+    out = tf.cast(model(dihedral_views(images), training=False), tf.float32)[:, 0]
+    return average_views(out)
+
+
+def predict_on_batch(model, images, tta: bool):
+    """Eager scoring (evaluate): numpy float64 [B]; the same views and mean as `probabilities`."""
+    import numpy as np
+
+    if not tta:
+        out = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+        _check_output(out, int(images.shape[0]))
+        return out[:, 0]
+    out = np.asarray(model.predict_on_batch(dihedral_views(images)), dtype=np.float32)
+    _check_output(out, VIEWS * int(images.shape[0]))
+    return np.asarray(average_views(out), dtype=np.float64)
+
+
+def _check_output(out, rows: int) -> None:
+    if out.ndim != 2 or out.shape[1] != 1 or out.shape[0] != rows:
+        raise ValueError(f"model output must be [batch, 1] probabilities, got shape {out.shape}")
