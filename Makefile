@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q --upgrade pip wheel 'setuptools<81'
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 

@@ -25,6 +25,8 @@ setup(
         "absl-py>=2.1",
         "matplotlib>=3.8",
         "tensorboard-plugin-profile>=2.17",
+        # TensorBoard 2.17 (`make tensorboard`) imports pkg_resources, gone from setuptools 81.
+        "setuptools>=70,<81",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "grpcio-tools==1.62.3"],
