@@ -68,6 +68,9 @@ train-dcgan-tiny: install $(OUT)/demo/manifest.json
 train-dcgan: install $(OUT)/uda1/manifest.json
 	$(PY) -m trainer.dcgan --flagfile=configs/dcgan.flags
 
+train-gan-recipe-tiny: install $(OUT)/demo/manifest.json
+	$(PY) -m trainer.dcgan --flagfile=configs/gan_recipe_tiny.flags
+
 sample-dcgan: install
 	$(PY) -m trainer.dcgan sample --checkpoint=$(OUT)/runs/dcgan --num=100 --out=$(OUT)/dcgan-samples
 

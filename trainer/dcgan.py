@@ -43,6 +43,25 @@ flags.DEFINE_integer("collapse_patience", 500, "Stop when the discriminator reje
                      "steps; 0 = never.", lower_bound=0)
 flags.DEFINE_float("collapse_d_fake", 0.02, "Collapse threshold on mean D(G(z)), added to the "
                    "floor that label_noise/label_flip put under D(G(z)).", lower_bound=0.0)
+# --- the recipe (issue #13); each default keeps the study's DCGAN ---
+flags.DEFINE_enum("gan_architecture", "study", ["study", "deep"], "study: the 2020 study's "
+                  "DCGAN; deep: upsampling generator from 4x4 with BatchNorm and a stride-2 "
+                  "conv discriminator down to 4x4 (image_size 4*2^k).")
+flags.DEFINE_integer("gan_width", 32, "deep only: G starts at 8x this many channels (halving "
+                     "per block, floor 1x), D starts at 1x (doubling, cap 8x).", lower_bound=1)
+flags.DEFINE_bool("spectral_norm", False, "deep only: spectral normalisation on every "
+                  "discriminator conv/dense layer.")
+flags.DEFINE_list("diffaugment", [], "DiffAugment ops applied to real and fake images in "
+                  "train_step: any of color,translation,cutout; empty = off.")
+flags.DEFINE_enum("gan_loss", "bce", ["bce", "nonsaturating", "hinge"], "bce: the study's "
+                  "cross-entropy with noisy/flipped targets; nonsaturating (softplus) and hinge "
+                  "ignore --label_noise/--label_flip.")
+flags.DEFINE_float("ema_decay", 0.0, "Exponential moving average of G's weights, saved in "
+                   "checkpoints and used for grids and sampling; 0 = off (e.g. 0.999).",
+                   lower_bound=0.0, upper_bound=0.99999)
+flags.register_validator("diffaugment", lambda v: all(o in ("color", "translation", "cutout")
+                                                      for o in v),
+                         message="ops must be among color,translation,cutout (empty = off)")
 FLAGS = flags.FLAGS
 
 # The study's batch 64 at 128x128: GanConfig's defaults for the shared flags.

@@ -9,6 +9,17 @@ Default architecture, exactly as the study (at image_size 128):
 Other image sizes (multiples of 4, for fast tests) keep the layers and scale the first
 Dense layer to (size/4)^2 x 32 units. The conditional variant adds a label embedding to the
 latent vector (G) and a label plane as a fourth input channel (D).
+
+The recipe (issue #13), each part its own option and off by default:
+  build_deep_generator: z (+ label embedding) -> Dense 4x4x8w -> BN -> ReLU, then
+             [UpSampling x2 -> Conv 3x3 -> BN -> ReLU] x log2(size/4) -> Conv 3x3 to RGB -> tanh.
+  build_deep_discriminator: [Conv 4x4 s2 -> LeakyReLU 0.2] down to 4x4 (optionally spectrally
+             normalised), Flatten -> Dense 1, plus a projection term <embed(label), features>
+             when conditional.
+  diff_augment: DiffAugment (Zhao et al. 2020) colour/translation/cutout, applied to real and
+             fake images alike inside train_step, differentiable.
+  gan_loss: 'bce' (the study's, with noisy/flipped targets), 'nonsaturating' or 'hinge'.
+  ema_generator: a copy of G whose weights follow G's with decay ema_decay, used for sampling.
 """
 from __future__ import annotations
 
@@ -19,6 +30,9 @@ import tensorflow as tf
 NUM_CLASSES = 2  # benign, malignant
 GEN_BASE_FILTERS = 32
 LATENT_LABEL_EMBEDDING = 50
+ARCHITECTURES = ("study", "deep")
+GAN_LOSSES = ("bce", "nonsaturating", "hinge")
+DIFFAUGMENT_OPS = ("color", "translation", "cutout")
 
 
 def _check_size(image_size: int) -> None:
@@ -71,14 +85,171 @@ def build_discriminator(image_size: int = 128, *, conditional: bool = False) -> 
     return keras.Model(inputs if conditional else image, logit, name="discriminator")
 
 
+def _check_deep_size(image_size: int) -> int:
+    """Number of x2 upsamplings from 4x4; the size must be 4 * 2^k with k >= 1."""
+    blocks = int(round(np.log2(image_size / 4))) if image_size >= 8 else 0
+    if blocks < 1 or 4 * 2 ** blocks != image_size:
+        raise ValueError(f"the deep GAN needs image_size = 4 * 2^k (8, 16, 32, 64, 128, ...), "
+                         f"got {image_size}")
+    return blocks
+
+
+def _check_width(width: int) -> None:
+    if width < 1:
+        raise ValueError(f"gan_width must be a positive number of filters, got {width}")
+
+
+def build_deep_generator(latent_dim: int = 128, image_size: int = 64, *,
+                         conditional: bool = False, width: int = 32) -> keras.Model:
+    """The recipe's generator: upsampling from 4x4 with BatchNorm; channels 8w halving to w."""
+    blocks = _check_deep_size(image_size)
+    _check_width(width)
+    z = keras.Input((latent_dim,), name="z")
+    inputs, x = [z], z
+    if conditional:
+        label = keras.Input((1,), dtype="int32", name="label")
+        embedded = keras.layers.Flatten()(
+            keras.layers.Embedding(NUM_CLASSES, LATENT_LABEL_EMBEDDING)(label))
+        inputs, x = [z, label], keras.layers.Concatenate()([z, embedded])
+    filters = 8 * width
+    x = keras.layers.Dense(4 * 4 * filters, use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Reshape((4, 4, filters))(x)
+    for _ in range(blocks):
+        filters = max(width, filters // 2)
+        x = keras.layers.UpSampling2D(2)(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(3, 3, padding="same")(x)
+    images = keras.layers.Activation("tanh", dtype="float32", name="image")(x)
+    return keras.Model(inputs if conditional else z, images, name="generator")
+
+
+def build_deep_discriminator(image_size: int = 64, *, conditional: bool = False,
+                             spectral_norm: bool = True, width: int = 32) -> keras.Model:
+    """The recipe's discriminator: stride-2 convs to 4x4 (channels w doubling to 8w), optional
+    spectral normalisation on every conv/dense, projection conditioning (Miyato & Koyama)."""
+    blocks = _check_deep_size(image_size)
+    _check_width(width)
+
+    def sn(layer):
+        return keras.layers.SpectralNormalization(layer) if spectral_norm else layer
+
+    image = keras.Input((image_size, image_size, 3), name="image")
+    x = image
+    for i in range(blocks):
+        x = sn(keras.layers.Conv2D(min(8 * width, width * 2 ** i), 4, strides=2,
+                                   padding="same"))(x)
+        x = keras.layers.LeakyReLU(0.2)(x)
+    features = keras.layers.Flatten()(x)
+    logit = sn(keras.layers.Dense(1))(features)
+    if conditional:
+        label = keras.Input((1,), dtype="int32", name="label")
+        embedded = keras.layers.Flatten()(
+            keras.layers.Embedding(NUM_CLASSES, int(features.shape[-1]))(label))
+        projection = keras.layers.Dot(axes=1)([features, embedded])
+        logit = keras.layers.Add()([logit, projection])
+    logit = keras.layers.Activation("linear", dtype="float32", name="logit")(logit)
+    return keras.Model([image, label] if conditional else image, logit, name="discriminator")
+
+
+def parse_diffaugment(policy) -> tuple[str, ...]:
+    """'color,translation,cutout' (or a sequence; '' = off) -> validated op names."""
+    names = [p.strip() for p in (policy.split(",") if isinstance(policy, str) else policy)]
+    names = tuple(n for n in names if n)
+    unknown = [n for n in names if n not in DIFFAUGMENT_OPS]
+    if unknown:
+        raise ValueError(f"diffaugment: unknown op(s) {unknown} in {policy!r}; choose from "
+                         f"{DIFFAUGMENT_OPS} (comma-separated, '' = off)")
+    return names
+
+
+def _uniform(shape, seed):
+    return keras.random.uniform(shape, seed=seed)
+
+
+def diff_augment(images, policy, seed=None):
+    """DiffAugment (Zhao et al. 2020) on a batch in [-1, 1]; the same random ops for whichever
+    batch it is given, differentiable w.r.t. the images. Empty policy: the images unchanged."""
+    ops = parse_diffaugment(policy)
+    x = images
+    if not ops:
+        return x
+    batch = tf.shape(x)[0]
+    height, width = x.shape[1], x.shape[2]
+    if "color" in ops:
+        x = x + (_uniform((batch, 1, 1, 1), seed) - 0.5)  # brightness
+        mean = tf.reduce_mean(x, axis=3, keepdims=True)
+        x = (x - mean) * (_uniform((batch, 1, 1, 1), seed) * 2.0) + mean  # saturation
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        x = (x - mean) * (_uniform((batch, 1, 1, 1), seed) + 0.5) + mean  # contrast
+    if "translation" in ops:  # shift by up to 1/8 of the side, zero padding
+        sy, sx = max(1, int(height * 0.125 + 0.5)), max(1, int(width * 0.125 + 0.5))
+        ty = keras.random.randint((batch, 1), -sy, sy + 1, dtype="int32", seed=seed)
+        tx = keras.random.randint((batch, 1), -sx, sx + 1, dtype="int32", seed=seed)
+        padded = tf.pad(x, [[0, 0], [sy, sy], [sx, sx], [0, 0]])
+        rows = tf.range(height)[None, :] + sy - ty
+        cols = tf.range(width)[None, :] + sx - tx
+        x = tf.gather(padded, rows, axis=1, batch_dims=1)
+        x = tf.gather(x, cols, axis=2, batch_dims=1)
+    if "cutout" in ops:  # one zeroed square of half the side per image
+        ch, cw = int(height * 0.5 + 0.5), int(width * 0.5 + 0.5)
+        cy = keras.random.randint((batch, 1, 1), 0, height + (1 - ch % 2), dtype="int32",
+                                  seed=seed)
+        cx = keras.random.randint((batch, 1, 1), 0, width + (1 - cw % 2), dtype="int32",
+                                  seed=seed)
+        ys = tf.range(height)[None, :, None] - (cy - ch // 2)
+        xs = tf.range(width)[None, None, :] - (cx - cw // 2)
+        inside = (ys >= 0) & (ys < ch) & (xs >= 0) & (xs < cw)
+        x = x * tf.cast(~inside, x.dtype)[..., None]
+    return x
+
+
+def discriminator_loss(kind: str, real_logits, fake_logits) -> tf.Tensor:
+    """Recipe losses without label tricks: non-saturating (softplus) or hinge."""
+    real_logits = tf.cast(real_logits, tf.float32)
+    fake_logits = tf.cast(fake_logits, tf.float32)
+    if kind == "nonsaturating":
+        return tf.reduce_mean(tf.nn.softplus(-real_logits)) + tf.reduce_mean(
+            tf.nn.softplus(fake_logits))
+    if kind == "hinge":
+        return tf.reduce_mean(tf.nn.relu(1.0 - real_logits)) + tf.reduce_mean(
+            tf.nn.relu(1.0 + fake_logits))
+    raise ValueError(f"gan_loss {kind!r} not in {GAN_LOSSES[1:]} (bce uses the study's loss_fn)")
+
+
+def generator_loss(kind: str, fake_logits) -> tf.Tensor:
+    fake_logits = tf.cast(fake_logits, tf.float32)
+    if kind == "nonsaturating":
+        return tf.reduce_mean(tf.nn.softplus(-fake_logits))
+    if kind == "hinge":
+        return -tf.reduce_mean(fake_logits)
+    raise ValueError(f"gan_loss {kind!r} not in {GAN_LOSSES[1:]} (bce uses the study's loss_fn)")
+
+
 class DCGAN(keras.Model):
     """Adversarial training of a generator against a discriminator, one step = one D and one G
     update (as keras-io's dcgan_overriding_train_step.py), with the study's label tricks."""
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int, *,
                  conditional: bool = False, label_noise: float = 0.0, label_flip: float = 0.0,
-                 seed: int = 0, **kwargs):
+                 seed: int = 0, gan_loss: str = "bce", diffaugment=(),
+                 ema_generator: keras.Model | None = None, ema_decay: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        if gan_loss not in GAN_LOSSES:
+            raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {gan_loss!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {ema_decay}")
+        if (ema_generator is None) != (ema_decay == 0.0):
+            raise ValueError(f"ema_decay {ema_decay} needs an ema_generator (and 0 none)")
+        self.gan_loss = gan_loss
+        self.diffaugment = parse_diffaugment(diffaugment)
+        self.ema_generator = ema_generator
+        self.ema_decay = ema_decay
+        if ema_generator is not None:  # starts as an exact copy of G
+            ema_generator.set_weights(generator.get_weights())
         if not 0.0 <= label_noise < 0.5:
             raise ValueError(f"label_noise must be in [0, 0.5), got {label_noise}")
         if not 0.0 <= label_flip < 0.5:
@@ -120,6 +291,33 @@ class DCGAN(keras.Model):
                                   training=training)
         return self.generator(z, training=training)
 
+    def sampling_generator(self) -> keras.Model:
+        """The generator to draw samples with: the EMA copy when there is one."""
+        return self.ema_generator if self.ema_generator is not None else self.generator
+
+    def generate_for_sampling(self, z, labels=None) -> tf.Tensor:
+        generator = self.sampling_generator()
+        if self.conditional:
+            if labels is None:
+                raise ValueError("a conditional generator needs class labels "
+                                 "(0 benign, 1 malignant)")
+            return generator([z, tf.reshape(tf.cast(labels, tf.int32), [-1, 1])],
+                             training=False)
+        return generator(z, training=False)
+
+    def update_ema(self) -> None:
+        """EMA of G's trainable weights; BatchNorm statistics (non-trainable) are copied."""
+        decay = self.ema_decay
+        for ema, live in zip(self.ema_generator.trainable_weights,
+                             self.generator.trainable_weights):
+            ema.assign(decay * ema + (1.0 - decay) * live)
+        for ema, live in zip(self.ema_generator.non_trainable_weights,
+                             self.generator.non_trainable_weights):
+            ema.assign(live)
+
+    def _augment(self, images):
+        return diff_augment(images, self.diffaugment, seed=self.seed_generator)
+
     def _discriminate(self, images, labels, training: bool = True) -> tf.Tensor:
         if self.conditional:
             return self.discriminator([images, tf.reshape(tf.cast(labels, tf.int32), [-1, 1])],
@@ -150,13 +348,20 @@ class DCGAN(keras.Model):
         # 1) Discriminator: real images should score 1, generated ones 0 (with noisy/flipped
         #    targets). The fakes are generated outside the tape: G gets no gradient here.
         fake_images = self.generate(self.sample_latent(batch), labels, training=True)
-        real_targets = self._targets(1.0, batch)
-        fake_targets = self._targets(0.0, batch)
+        if self.diffaugment:  # the same policy on real and fake (DiffAugment)
+            real_images = self._augment(real_images)
+            fake_images = self._augment(fake_images)
+        if self.gan_loss == "bce":
+            real_targets = self._targets(1.0, batch)
+            fake_targets = self._targets(0.0, batch)
         with tf.GradientTape() as tape:
             real_logits = self._discriminate(real_images, labels)
             fake_logits = self._discriminate(fake_images, labels)
-            d_loss = (self.loss_fn(real_targets, real_logits)
-                      + self.loss_fn(fake_targets, fake_logits))
+            if self.gan_loss == "bce":
+                d_loss = (self.loss_fn(real_targets, real_logits)
+                          + self.loss_fn(fake_targets, fake_logits))
+            else:
+                d_loss = discriminator_loss(self.gan_loss, real_logits, fake_logits)
             scaled = self._scaled(self.d_optimizer, d_loss)
         grads = tape.gradient(scaled, self.discriminator.trainable_variables)
         self.d_optimizer.apply(grads, self.discriminator.trainable_variables)
@@ -165,11 +370,19 @@ class DCGAN(keras.Model):
         #    Only G's variables are updated, through D's (now fixed) weights.
         z = self.sample_latent(batch)
         with tf.GradientTape() as tape:
-            logits = self._discriminate(self.generate(z, labels, training=True), labels)
-            g_loss = self.loss_fn(tf.ones_like(logits), logits)
+            generated = self.generate(z, labels, training=True)
+            if self.diffaugment:  # gradients flow back through the augmentation to G
+                generated = self._augment(generated)
+            logits = self._discriminate(generated, labels)
+            if self.gan_loss == "bce":
+                g_loss = self.loss_fn(tf.ones_like(logits), logits)
+            else:
+                g_loss = generator_loss(self.gan_loss, logits)
             scaled = self._scaled(self.g_optimizer, g_loss)
         grads = tape.gradient(scaled, self.generator.trainable_variables)
         self.g_optimizer.apply(grads, self.generator.trainable_variables)
+        if self.ema_generator is not None:
+            self.update_ema()
 
         d_real = tf.reduce_mean(tf.sigmoid(real_logits))
         d_fake = tf.reduce_mean(tf.sigmoid(fake_logits))

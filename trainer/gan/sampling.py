@@ -45,16 +45,19 @@ def resolve_checkpoint(path: str) -> tuple[str, dict]:
 
 
 def load_generator(path: str) -> tuple[keras.Model, dict]:
-    """Rebuilds the generator of a checkpoint and restores its weights (float32)."""
+    """Rebuilds the generator of a checkpoint and restores its weights (float32): the EMA
+    weights when the run kept them (gan_config.json says "ema": true), else G's own."""
+    from trainer.gan.training import build_generator_for
+
     prefix, arch = resolve_checkpoint(path)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")  # whatever policy trained it
     try:
-        generator = gan_models.build_generator(arch["latent_dim"], arch["image_size"],
-                                               conditional=arch["conditional"])
+        generator = build_generator_for(arch)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    tf.train.Checkpoint(generator=generator).restore(prefix).expect_partial() \
+    name = "ema_generator" if arch.get("ema") else "generator"
+    tf.train.Checkpoint(**{name: generator}).restore(prefix).expect_partial() \
         .assert_existing_objects_matched()
     return generator, arch
 

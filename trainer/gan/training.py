@@ -43,8 +43,33 @@ class GanConfig(RunConfig):
     grid_images: int = 16
     collapse_patience: int = 500
     collapse_d_fake: float = 0.02
+    # The recipe (issue #13); these defaults are the study's DCGAN.
+    architecture: str = "study"       # study | deep
+    width: int = 32                   # deep only: G starts at 8*width channels, D at width
+    spectral_norm: bool = False       # deep discriminator only
+    diffaugment: tuple[str, ...] = () # DiffAugment ops on real and fake; () = off
+    gan_loss: str = "bce"             # bce (study, noisy/flipped targets) | nonsaturating | hinge
+    ema_decay: float = 0.0            # EMA of G's weights for sampling; 0 = off
 
-    FLAG_SOURCES = {"splits": ("gan_splits", tuple)}
+    FLAG_SOURCES = {"splits": ("gan_splits", tuple), "architecture": ("gan_architecture", str),
+                    "width": ("gan_width", int), "diffaugment": ("diffaugment", tuple)}
+
+    def __post_init__(self):
+        if self.architecture not in gan_models.ARCHITECTURES:
+            raise ValueError(f"gan_architecture must be one of {gan_models.ARCHITECTURES}, "
+                             f"got {self.architecture!r}")
+        if self.gan_loss not in gan_models.GAN_LOSSES:
+            raise ValueError(f"gan_loss must be one of {gan_models.GAN_LOSSES}, "
+                             f"got {self.gan_loss!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if self.spectral_norm and self.architecture != "deep":
+            raise ValueError(f"spectral_norm needs gan_architecture='deep', got "
+                             f"{self.architecture!r} (the study's discriminator stays as "
+                             "published)")
+        if self.width < 1:
+            raise ValueError(f"gan_width must be a positive number of filters, got {self.width}")
+        self.diffaugment = gan_models.parse_diffaugment(self.diffaugment)
 
 
 class DiscriminatorCollapse(RuntimeError):
@@ -122,14 +147,32 @@ def make_gan_dataset(config) -> tuple[tf.data.Dataset, int]:
     return dataset, steps
 
 
+def build_generator_for(arch: dict) -> keras.Model:
+    """The generator an architecture dict (gan_config.json) describes."""
+    if arch.get("generator", "study") == "deep":
+        return gan_models.build_deep_generator(arch["latent_dim"], arch["image_size"],
+                                               conditional=arch["conditional"],
+                                               width=arch["width"])
+    return gan_models.build_generator(arch["latent_dim"], arch["image_size"],
+                                      conditional=arch["conditional"])
+
+
 def build_gan(config, policy: str) -> gan_models.DCGAN:
-    generator = gan_models.build_generator(config.latent_dim, config.image_size,
-                                           conditional=config.conditional)
-    discriminator = gan_models.build_discriminator(config.image_size,
-                                                   conditional=config.conditional)
+    arch = architecture(config)
+    generator = build_generator_for(arch)
+    if config.architecture == "deep":
+        discriminator = gan_models.build_deep_discriminator(
+            config.image_size, conditional=config.conditional,
+            spectral_norm=config.spectral_norm, width=config.width)
+    else:
+        discriminator = gan_models.build_discriminator(config.image_size,
+                                                       conditional=config.conditional)
+    ema_generator = build_generator_for(arch) if config.ema_decay else None
     gan = gan_models.DCGAN(generator, discriminator, config.latent_dim,
                            conditional=config.conditional, label_noise=config.label_noise,
-                           label_flip=config.label_flip, seed=config.seed)
+                           label_flip=config.label_flip, seed=config.seed,
+                           gan_loss=config.gan_loss, diffaugment=config.diffaugment,
+                           ema_generator=ema_generator, ema_decay=config.ema_decay)
 
     def adam(rate: float):
         optimizer = keras.optimizers.Adam(rate, beta_1=config.beta_1, beta_2=config.beta_2)
@@ -145,8 +188,15 @@ def build_gan(config, policy: str) -> gan_models.DCGAN:
 
 
 def architecture(config) -> dict:
-    return {"latent_dim": config.latent_dim, "image_size": config.image_size,
+    """What the sampler needs to rebuild G. The study's run keeps its original three keys;
+    a recipe run adds the generator kind, its width and whether EMA weights are saved."""
+    arch = {"latent_dim": config.latent_dim, "image_size": config.image_size,
             "conditional": bool(config.conditional)}
+    if getattr(config, "architecture", "study") != "study":
+        arch.update(generator=config.architecture, width=config.width)
+    if getattr(config, "ema_decay", 0.0):
+        arch["ema"] = True
+    return arch
 
 
 def make_checkpoint(gan: gan_models.DCGAN, grid_images: int, seed: int) -> tf.train.Checkpoint:
@@ -154,8 +204,9 @@ def make_checkpoint(gan: gan_models.DCGAN, grid_images: int, seed: int) -> tf.tr
     rng = np.random.default_rng(seed)
     fixed_z = rng.standard_normal((grid_images, gan.latent_dim)).astype(np.float32)
     fixed_labels = (np.arange(grid_images) % gan_models.NUM_CLASSES).astype(np.int32)
+    extra = {"ema_generator": gan.ema_generator} if gan.ema_generator is not None else {}
     return tf.train.Checkpoint(
-        generator=gan.generator, discriminator=gan.discriminator,
+        **extra, generator=gan.generator, discriminator=gan.discriminator,
         g_optimizer=gan.g_optimizer, d_optimizer=gan.d_optimizer,
         step=tf.Variable(0, dtype=tf.int64, trainable=False),
         fixed_z=tf.Variable(fixed_z, trainable=False),
@@ -173,8 +224,9 @@ def _check_resume_architecture(path: str, wanted: dict) -> None:
 
 
 def save_grid(gan: gan_models.DCGAN, checkpoint: tf.train.Checkpoint, path: str) -> np.ndarray:
-    """Draws the fixed latent batch (inference mode) into one PNG grid; returns the grid."""
-    images = gan.generate(checkpoint.fixed_z, checkpoint.fixed_labels, training=False)
+    """Draws the fixed latent batch (inference mode, EMA weights when kept) into one PNG grid;
+    returns the grid."""
+    images = gan.generate_for_sampling(checkpoint.fixed_z, checkpoint.fixed_labels)
     grid = tile_images(gan_models.to_uint8(images))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(grid).save(path)
