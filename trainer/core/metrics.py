@@ -111,6 +111,15 @@ def roc_curve_points(labels, scores) -> dict[str, list[float]]:
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thresholds.tolist()}
 
 
+def _add_auc(result: dict[str, Any], y: np.ndarray, s: np.ndarray) -> None:
+    """result["auc"], or NaN plus the reason in result["undefined"] when one class is absent."""
+    if len(np.unique(y)) == 2:
+        result["auc"] = float(skm.roc_auc_score(y, s))
+    else:
+        result["auc"] = math.nan
+        result["undefined"]["auc"] = f"only one class present (all labels {int(y[0])})"
+
+
 def classification_metrics(labels, scores, threshold: float) -> dict[str, Any]:
     """All threshold metrics plus AUC (NaN + reason when only one class is present)."""
     y, s = check_inputs(labels, scores)
@@ -118,11 +127,7 @@ def classification_metrics(labels, scores, threshold: float) -> dict[str, Any]:
     result = {"threshold": float(threshold), "cases": int(y.size), "malignant": int(y.sum()),
               "benign": int(y.size - y.sum()), "confusion": counts.as_dict()}
     result.update(rates_from_counts(counts))
-    if len(np.unique(y)) == 2:
-        result["auc"] = float(skm.roc_auc_score(y, s))
-    else:
-        result["auc"] = math.nan
-        result["undefined"]["auc"] = f"only one class present (all labels {int(y[0])})"
+    _add_auc(result, y, s)
     return result
 
 
@@ -261,9 +266,5 @@ def group_metrics(labels, scores, threshold: float) -> dict[str, Any]:
               "sensitivity": rates["sensitivity"], "specificity": rates["specificity"],
               "undefined": {k: v for k, v in rates["undefined"].items()
                             if k in ("sensitivity", "specificity")}}
-    if len(np.unique(y)) == 2:
-        result["auc"] = float(skm.roc_auc_score(y, s))
-    else:
-        result["auc"] = math.nan
-        result["undefined"]["auc"] = f"only one class present (all labels {int(y[0])})"
+    _add_auc(result, y, s)
     return result

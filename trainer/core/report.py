@@ -56,6 +56,20 @@ def plot_training_curves(history: Mapping[str, list[float]], out_dir: str) -> di
     return paths
 
 
+def _save_unit_square(fig, ax, path: str, xlabel: str, ylabel: str, title: str,
+                      legend: str) -> str:
+    """Labels, [0, 1] limits, grid and legend of a rate-against-rate plot; saves it to path."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
 def plot_roc_curves(curves: Mapping[str, Mapping[str, Any]], path: str,
                     operating_points: Mapping[str, tuple[float, float]] | None = None) -> str:
     """ROC curves of several splits on one axis; curves[split] = {fpr, tpr, auc}."""
@@ -67,15 +81,9 @@ def plot_roc_curves(curves: Mapping[str, Mapping[str, Any]], path: str,
             fpr, tpr = operating_points[split]
             ax.plot([fpr], [tpr], marker="o", color=ax.lines[-1].get_color())
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="chance")
-    ax.set_xlabel("1 - specificity (false positive rate)")
-    ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.02)
-    ax.set_title("ROC curve (dot: chosen threshold)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    return _save_unit_square(fig, ax, path, "1 - specificity (false positive rate)",
+                             "sensitivity (true positive rate)",
+                             "ROC curve (dot: chosen threshold)", "lower right")
 
 
 def plot_confusion_matrices(confusions: Mapping[str, Mapping[str, int]], path: str,
@@ -111,15 +119,8 @@ def plot_pr_curves(curves: Mapping[str, Mapping[str, Any]], path: str) -> str:
         ax.step(recall, precision, where="post", label=f"{split} (AP {ap:.3f})")
         prevalence = float(np.mean(curve["labels"]))
         ax.axhline(prevalence, linestyle=":", linewidth=0.8, color=ax.lines[-1].get_color())
-    ax.set_xlabel("recall (sensitivity)")
-    ax.set_ylabel("precision")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.02)
-    ax.set_title("Precision-recall (dotted: prevalence)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    return _save_unit_square(fig, ax, path, "recall (sensitivity)", "precision",
+                             "Precision-recall (dotted: prevalence)", "lower left")
 
 
 def plot_reliability_diagram(calibration: Mapping[str, Mapping[str, Any]], path: str) -> str:

@@ -23,6 +23,8 @@ The recipe (issue #13), each part its own option and off by default:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -41,18 +43,24 @@ def _check_size(image_size: int) -> None:
                          f"upsamplings), got {image_size}")
 
 
+def _latent_inputs(latent_dim: int, conditional: bool) -> tuple[Any, Any]:
+    """The generator's inputs (z alone, or [z, class label] when conditional) and what the first
+    layer takes: z, or z with the label's embedding concatenated."""
+    z = keras.Input((latent_dim,), name="z")
+    if not conditional:
+        return z, z
+    label = keras.Input((1,), dtype="int32", name="label")
+    embedded = keras.layers.Flatten()(
+        keras.layers.Embedding(NUM_CLASSES, LATENT_LABEL_EMBEDDING)(label))
+    return [z, label], keras.layers.Concatenate()([z, embedded])
+
+
 def build_generator(latent_dim: int = 100, image_size: int = 128, *,
                     conditional: bool = False) -> keras.Model:
     """z ~ N(0, 1) (and a class label when conditional) -> image in [-1, 1], float32."""
     _check_size(image_size)
     start = image_size // 4
-    z = keras.Input((latent_dim,), name="z")
-    inputs, x = [z], z
-    if conditional:
-        label = keras.Input((1,), dtype="int32", name="label")
-        embedded = keras.layers.Flatten()(
-            keras.layers.Embedding(NUM_CLASSES, LATENT_LABEL_EMBEDDING)(label))
-        inputs, x = [z, label], keras.layers.Concatenate()([z, embedded])
+    inputs, x = _latent_inputs(latent_dim, conditional)
     x = keras.layers.Dense(start * start * GEN_BASE_FILTERS, use_bias=False)(x)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.LeakyReLU()(x)
@@ -63,7 +71,7 @@ def build_generator(latent_dim: int = 100, image_size: int = 128, *,
     x = keras.layers.Conv2DTranspose(3, 5, strides=2, padding="same", use_bias=False)(x)
     # The output stays float32 under mixed precision: images and D's input keep full precision.
     images = keras.layers.Activation("tanh", dtype="float32", name="image")(x)
-    return keras.Model(inputs if conditional else z, images, name="generator")
+    return keras.Model(inputs, images, name="generator")
 
 
 def build_discriminator(image_size: int = 128, *, conditional: bool = False) -> keras.Model:
@@ -104,13 +112,7 @@ def build_deep_generator(latent_dim: int = 128, image_size: int = 64, *,
     """The recipe's generator: upsampling from 4x4 with BatchNorm; channels 8w halving to w."""
     blocks = _check_deep_size(image_size)
     _check_width(width)
-    z = keras.Input((latent_dim,), name="z")
-    inputs, x = [z], z
-    if conditional:
-        label = keras.Input((1,), dtype="int32", name="label")
-        embedded = keras.layers.Flatten()(
-            keras.layers.Embedding(NUM_CLASSES, LATENT_LABEL_EMBEDDING)(label))
-        inputs, x = [z, label], keras.layers.Concatenate()([z, embedded])
+    inputs, x = _latent_inputs(latent_dim, conditional)
     filters = 8 * width
     x = keras.layers.Dense(4 * 4 * filters, use_bias=False)(x)
     x = keras.layers.BatchNormalization()(x)
@@ -124,7 +126,7 @@ def build_deep_generator(latent_dim: int = 128, image_size: int = 64, *,
         x = keras.layers.ReLU()(x)
     x = keras.layers.Conv2D(3, 3, padding="same")(x)
     images = keras.layers.Activation("tanh", dtype="float32", name="image")(x)
-    return keras.Model(inputs if conditional else z, images, name="generator")
+    return keras.Model(inputs, images, name="generator")
 
 
 def build_deep_discriminator(image_size: int = 64, *, conditional: bool = False,
