@@ -155,3 +155,67 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
         config = json.load(f)
     loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_NAME))
     return loaded, config
+
+
+def export_diagnosis_model(model, workdir: str, image_size: int,
+                           resize_mode: str = "squash") -> dict[str, str]:
+    """The diagnosis task's export (same layout): serving_default(image_bytes) ->
+    {probabilities float32 [B, K] (in classes.json order), top_class string [B],
+    top_probability float32 [B]}; serving_config.json carries task "diagnosis" and the classes.
+    The image path (decode_for_serving + evaluation scaling) is the binary export's."""
+    import tensorflow as tf
+
+    from trainer.cnn import diagnosis as diagnosis_lib
+    from trainer.core import input_pipeline, run_folder
+
+    if resize_mode not in imaging.RESIZE_MODES:
+        raise ValueError(f"resize mode {resize_mode!r} not in {imaging.RESIZE_MODES}")
+    mapping = diagnosis_lib.read_mapping(workdir)
+    if mapping is None:
+        raise FileNotFoundError(f"{workdir} has no {diagnosis_lib.CLASSES_NAME}")
+    classes = list(mapping["classes"])
+    out_shape = tuple(model.outputs[0].shape)
+    if out_shape[1:] != (len(classes),):
+        raise ValueError(f"model output shape {out_shape} does not match {len(classes)} classes")
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+
+    class DiagnosisModule(tf.Module):
+        def __init__(self):
+            super().__init__(name="isicflow_diagnosis")
+            self.model = model
+            self.classes = tf.constant(classes)
+
+        @tf.function(input_signature=[bytes_spec])
+        def preprocess(self, image_bytes):
+            pixels = tf.map_fn(
+                lambda contents: imaging.decode_for_serving(contents, image_size, resize_mode),
+                image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3],
+                                                               tf.uint8))
+            return {"pixels": pixels}
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve(self, image_bytes):
+            images = input_pipeline.preprocess_for_eval(self.preprocess(image_bytes)["pixels"])
+            probabilities = tf.cast(self.model(images, training=False), tf.float32)
+            top = tf.argmax(probabilities, axis=1, output_type=tf.int32)
+            return {"probabilities": probabilities, "top_class": tf.gather(self.classes, top),
+                    "top_probability": tf.reduce_max(probabilities, axis=1)}
+
+    export_dir = os.path.join(workdir, EXPORT_DIR)
+    os.makedirs(export_dir, exist_ok=True)
+    paths = {"export_dir": export_dir, "keras": os.path.join(export_dir, KERAS_NAME),
+             "saved_model": os.path.join(export_dir, SAVED_MODEL_NAME),
+             "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
+    model.save(paths["keras"])
+    module = DiagnosisModule()
+    tf.saved_model.save(module, paths["saved_model"],
+                        signatures={"serving_default": module.serve,
+                                    "preprocess": module.preprocess})
+    run_folder.write_json(paths["serving_config"], {
+        "task": "diagnosis", "image_size": image_size, "resize_mode": resize_mode,
+        "classes": classes, "grouped_as_other": mapping["grouped_as_other"], "tta": False,
+        "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright",
+        "outputs": {"probabilities": "float32 [None, K], softmax in `classes` order",
+                    "top_class": "string [None]", "top_probability": "float32 [None]"},
+        "tensorflow": tf.__version__})
+    return paths
