@@ -37,6 +37,9 @@ flags.DEFINE_enum("task", "binary", ["binary", "diagnosis"],
                   "--monitor=val_accuracy).")
 flags.DEFINE_integer("min_class_records", 20, "Diagnosis task: train diagnoses with fewer "
                      "records are grouped as `other`.", lower_bound=1)
+flags.DEFINE_bool("use_metadata", False, "Age, sex and anatomic site (encoded with missing "
+                  "values explicit, trainer.core.metadata_features) as a second model input "
+                  "beside the image; the export serves them as optional inputs.")
 # --- training ---
 flags.DEFINE_enum("class_balance", "none", list(train.CLASS_BALANCE_MODES),
                   "Imbalanced data: class_weights (loss weights n/(2 n_c)) or sampling "
@@ -73,6 +76,13 @@ flags.register_multi_flags_validator(
     ["task", "class_balance"],
     lambda v: v["task"] != "diagnosis" or v["class_balance"] != "sampling",
     message="--class_balance=sampling is binary only; the diagnosis task takes class_weights")
+flags.register_multi_flags_validator(
+    ["use_metadata", "tta"], lambda v: not (v["use_metadata"] and v["tta"]),
+    message="--use_metadata cannot be combined with --tta yet")
+flags.register_multi_flags_validator(
+    ["use_metadata", "class_balance"],
+    lambda v: not (v["use_metadata"] and v["class_balance"] == "sampling"),
+    message="--use_metadata cannot be combined with --class_balance=sampling yet")
 FLAGS = flags.FLAGS
 
 

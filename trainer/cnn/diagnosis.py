@@ -153,7 +153,8 @@ def split_records(data_dir: str, split: str, image_size: int,
 def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image_size: int,
                  batch_size: int, training: bool, augment: bool = False, cache: str = "",
                  deterministic: bool = False, seed: int = 0, repeat: bool = False,
-                 drop_remainder: bool = False, as_uint8: bool = False):
+                 drop_remainder: bool = False, as_uint8: bool = False,
+                 use_metadata: bool = False):
     """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
     split's records in the task; the binary pipeline's reading, parse, decode, augmentation."""
     import tensorflow as tf
@@ -174,11 +175,16 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                                             tf.constant([class_of(mapping, k) for k in keys],
                                                         tf.int32)), default_value=-1)
     spec = schema.feature_spec(("image_encoded", "image_format", "height", "width",
-                                "diagnosis"))
+                                "diagnosis") + (ip.METADATA_INPUT_FIELDS if use_metadata else ()))
 
     def parse(serialized):
+        from trainer.core import metadata_features
+
         record = tf.io.parse_single_example(serialized, spec)
-        return ip._decode_record(record, image_size), table.lookup(record["diagnosis"])
+        image = ip._decode_record(record, image_size)
+        if use_metadata:
+            image = (image, metadata_features.encode_record(record))
+        return image, table.lookup(record["diagnosis"])
 
     files = tf.data.Dataset.from_tensor_slices(paths)
     if training:
@@ -209,15 +215,16 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
 
         def augment_one(pair, index):
             image, label = pair
-            return ip.preprocess_for_train(
-                image, augment=True, seed=tf.stack([tf.constant(seed, tf.int64), index])), label
+            return ip.on_image(image, lambda im: ip.preprocess_for_train(
+                im, augment=True, seed=tf.stack([tf.constant(seed, tf.int64), index]))), label
 
         ds = ds.map(augment_one, num_parallel_calls=ip.AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=ip.AUTOTUNE)
     else:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=ip.AUTOTUNE)
         if not as_uint8:
-            ds = ds.map(lambda images, labels: (ip.preprocess_for_eval(images), labels),
+            ds = ds.map(lambda images, labels: (ip.on_image(images, ip.preprocess_for_eval),
+                                                labels),
                         num_parallel_calls=ip.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic) or not training
@@ -243,10 +250,11 @@ def class_weights(mapping: Mapping[str, Any]) -> dict[int, float]:
 
 
 def predict_split(model, data_dir: str, split: str, image_size: int, mapping,
-                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 32, use_metadata: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(class indices int64 [N], probabilities float64 [N, K]) of one split, deterministic."""
     ds = make_dataset(data_dir, split, mapping, image_size=image_size, batch_size=batch_size,
-                      training=False, deterministic=True)
+                      training=False, deterministic=True, use_metadata=use_metadata)
     labels, probs = [], []
     for images, y in ds:
         probs.append(np.asarray(model(images, training=False), np.float64))
@@ -310,7 +318,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         excluded[split] = excl
         if kept:
             labels, probs = predict_split(model, data_dir, split, image_size, mapping,
-                                          batch_size)
+                                          batch_size, bool(config.get("use_metadata", False)))
             splits[split] = split_metrics(labels, probs, classes)
     plots_dir = os.path.join(workdir, evaluate_lib.PLOTS_DIR)
     os.makedirs(plots_dir, exist_ok=True)

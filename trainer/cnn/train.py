@@ -40,6 +40,7 @@ class TrainConfig(RunConfig):
     verbose: int = 1
     task: str = "binary"              # binary (benign/malignant) or diagnosis (trainer.cnn.diagnosis)
     min_class_records: int = 20       # diagnosis task: rarer train diagnoses grouped as `other`
+    use_metadata: bool = False        # age/sex/site as a second input (metadata_features)
 
     FLAG_SOURCES = {"model": ("architecture", str), "verbose": ("keras_verbose", int)}
 
@@ -62,6 +63,8 @@ def class_weights_from_counts(counts: dict[str, int]) -> dict[int, float]:
 
 def _batch_images(batch) -> int:
     x = batch[0]
+    if isinstance(x, (tuple, list)):  # (images, metadata) under --use_metadata
+        x = x[0]
     if hasattr(x, "values"):  # PerReplica under a multi-device strategy
         return sum(int(v.shape[0]) for v in x.values)
     return int(x.shape[0])
@@ -194,6 +197,8 @@ def _check_config(c: TrainConfig) -> None:
     if c.deterministic and c.jit_compile:
         raise ValueError("jit_compile=True with deterministic=True: Keras turns XLA off under "
                          "op determinism; choose one")
+    if c.use_metadata and c.class_balance == "sampling":
+        raise ValueError("--use_metadata with --class_balance=sampling is not supported yet")
     if c.task not in diagnosis_lib.TASKS:
         raise ValueError(f"task {c.task!r} not in {diagnosis_lib.TASKS}")
     if c.task == "diagnosis":
@@ -215,7 +220,8 @@ def _datasets(c: TrainConfig, strategy, mapping=None):
         if c.steps_per_epoch:
             steps = min(steps, c.steps_per_epoch)
         common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
-                      deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment)
+                      deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment,
+                      use_metadata=c.use_metadata)
         train = diagnosis_lib.make_dataset(
             c.data_dir, "train", mapping, training=True, augment=c.augment, repeat=True,
             drop_remainder=strategy.num_replicas_in_sync > 1, **common)
@@ -228,7 +234,8 @@ def _datasets(c: TrainConfig, strategy, mapping=None):
         steps = min(steps, c.steps_per_epoch) if c.class_balance != "sampling" \
             else c.steps_per_epoch
     common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
-                  deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment)
+                  deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment,
+                  use_metadata=c.use_metadata)
     train = input_pipeline.make_dataset(
         c.data_dir, "train", training=True, augment=c.augment, repeat=True,
         balance_classes=c.class_balance == "sampling",
@@ -241,6 +248,12 @@ def with_uint8_input(model: keras.Model, image_size: int) -> keras.Model:
     """The model behind a Rescaling(1/255) that takes the stored uint8 pixels: the same values
     as the input pipeline's float conversion (x * 1/255), computed on the device. Shares its
     weights with `model`, which stays the float [0, 1] model that is evaluated and exported."""
+    if len(model.inputs) > 1:  # (image, metadata) under --use_metadata
+        image = keras.Input((image_size, image_size, 3), dtype="uint8", name="image_uint8")
+        others = [keras.Input(tuple(t.shape[1:]), name=f"input_{i + 1}")
+                  for i, t in enumerate(model.inputs[1:])]
+        out = model([keras.layers.Rescaling(1.0 / 255)(image), *others])
+        return keras.Model([image, *others], out, name="uint8_" + model.name)
     return keras.Sequential([keras.Input((image_size, image_size, 3), dtype="uint8"),
                              keras.layers.Rescaling(1.0 / 255), model], name="uint8_" + model.name)
 
@@ -306,6 +319,10 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     with strategy.scope():
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
                                    c.weights_path or None)
+        if c.use_metadata:
+            from trainer.core import metadata_features
+
+            model = metadata_features.with_metadata_input(model)
         if mapping is not None:
             model = diagnosis_lib.softmax_head(model, len(mapping["classes"]))
         # Without augmentation the batches stay uint8 until the device (see make_dataset);
@@ -337,6 +354,7 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
         sample_x, sample_y = next(iter(input_pipeline.make_dataset(
             c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
             augment=c.augment, seed=c.seed)))
+    sample_x = sample_x[0] if isinstance(sample_x, (tuple, list)) else sample_x
     sample_batch = (sample_x.numpy(), sample_y.numpy())
     class_weight = None
     if c.class_balance == "class_weights" and mapping is not None:
