@@ -117,3 +117,19 @@ def test_one_step_reports_and_the_export_serves_k_probabilities(diagnosis_datase
     for r, p in zip(results, probs):
         assert len(r.top) == 3 and r.top[0][0] == ["nevus", "melanoma", "other"][int(p.argmax())]
         assert r.line().startswith(r.path + "\t") and r.line().count(":") == 3
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["--task=diagnosis", "--monitor=val_auc"], "val_accuracy"),
+    (["--task=diagnosis", "--monitor=val_accuracy", "--class_balance=sampling"], "binary only"),
+    (["--task=diagnosis", "--monitor=val_accuracy", "--min_class_records=0"], "min_class_records"),
+    (["--use_metadata", "--tta"], "--tta"),
+])
+def test_impossible_task_flags_fail_at_parse(argv, shown):
+    from absl import flags
+
+    try:
+        with pytest.raises(flags.IllegalFlagValueError, match=shown):
+            flags.FLAGS(["trainer.cnn", "--data_dir=d", "--workdir=w", *argv])
+    finally:
+        flags.FLAGS.unparse_flags()
