@@ -2,9 +2,7 @@
 export -> predict serving K probabilities."""
 import io
 import json
-import os
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
