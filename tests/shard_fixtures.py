@@ -22,9 +22,9 @@ def _sizes(size: int | Sequence[int]) -> tuple[int, ...]:
 
 
 def _record(image_id: str, pixels: np.ndarray, label_name: str, split: str, size: int,
-            image_format: str) -> bytes:
+            image_format: str, extra: Mapping | None = None) -> bytes:
     resized = np.asarray(imaging.resize_image(pixels, size, RESIZE_MODE))
-    return schema.encode_example({
+    return schema.encode_example({**{
         "image_id": image_id,
         "image_encoded": imaging.encode_image(resized, image_format),
         "image_format": image_format, "height": size, "width": size, "channels": 3,
@@ -33,7 +33,7 @@ def _record(image_id: str, pixels: np.ndarray, label_name: str, split: str, size
         "anatom_site": "", "image_type": "dermoscopic", "source_collection": "test",
         "split": split, "content_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
         "original_height": int(pixels.shape[0]), "original_width": int(pixels.shape[1]),
-    })
+    }, **(extra or {})})
 
 
 def _write_tfrecord(path: pathlib.Path, records: Iterable[bytes], gzip_compress: bool) -> None:
@@ -53,6 +53,8 @@ def write_tiny_dataset(root, images_by_split: Mapping[str, Sequence[tuple[np.nda
     """Writes ROOT/manifest.json and ROOT/<size>/<split>/<split>-0000i-of-0000n.tfrecord[.gz].
 
     images_by_split: {"train": [(uint8 HxWx3, "benign"|"malignant"|"unknown"), ...], ...};
+    an item may carry a third element, {schema field: value} overriding the record's defaults
+    (e.g. {"diagnosis": "nevus", "age_approx": 45.0});
     each image is resized (squash, the shared resize) to every size. Records are dealt
     round-robin over `num_shards` shards per split. Returns ROOT as a string.
     """
@@ -67,8 +69,9 @@ def write_tiny_dataset(root, images_by_split: Mapping[str, Sequence[tuple[np.nda
         for split, items in images_by_split.items():
             if split not in dataset.SPLITS:
                 raise ValueError(f"split {split!r} not in {dataset.SPLITS}")
-            records = [_record(f"{split}_{i:04d}", np.asarray(px, np.uint8), label, split,
-                               size, image_format) for i, (px, label) in enumerate(items)]
+            records = [_record(f"{split}_{i:04d}", np.asarray(item[0], np.uint8), item[1], split,
+                               size, image_format, item[2] if len(item) > 2 else None)
+                       for i, item in enumerate(items)]
             n = max(1, min(num_shards, len(records)))
             folder = root / str(size) / split
             folder.mkdir(parents=True, exist_ok=True)
@@ -80,7 +83,7 @@ def write_tiny_dataset(root, images_by_split: Mapping[str, Sequence[tuple[np.nda
                 data = path.read_bytes()
                 shards.append({"path": f"{size}/{split}/{name}", "records": len(records[k::n]),
                                "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-            counts = {name: sum(1 for _, label in items if label == name)
+            counts = {name: sum(1 for item in items if item[1] == name)
                       for name in metadata.LABEL_NAMES}
             datasets[str(size)][split] = {"records": len(records), "counts": counts,
                                           "shards": shards}

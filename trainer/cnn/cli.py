@@ -30,6 +30,16 @@ flags.DEFINE_bool("augment", False, "The study's training augmentations (flips, 
                   "colour jitter, zoom).")
 flags.DEFINE_string("weights_path", "", "Local weights file for the efficientnet_b0 backbone "
                     "(e.g. efficientnetb0_notop.h5); never downloaded.")
+# --- task ---
+flags.DEFINE_enum("task", "binary", ["binary", "diagnosis"],
+                  "binary: benign/malignant (the study's task, the default); diagnosis: the "
+                  "engine's normalised diagnosis over K classes (trainer.cnn.diagnosis; needs "
+                  "--monitor=val_accuracy).")
+flags.DEFINE_integer("min_class_records", 20, "Diagnosis task: train diagnoses with fewer "
+                     "records are grouped as `other`.", lower_bound=1)
+flags.DEFINE_bool("use_metadata", False, "Age, sex and anatomic site (encoded with missing "
+                  "values explicit, trainer.core.metadata_features) as a second model input "
+                  "beside the image; the export serves them as optional inputs.")
 # --- training ---
 flags.DEFINE_enum("class_balance", "none", list(train.CLASS_BALANCE_MODES),
                   "Imbalanced data: class_weights (loss weights n/(2 n_c)) or sampling "
@@ -59,6 +69,20 @@ flags.register_multi_flags_validator(
     ["jit_compile", "deterministic"], lambda v: not (v["jit_compile"] and v["deterministic"]),
     message="--jit_compile and --deterministic cannot be combined: Keras turns XLA off "
             "under op determinism")
+flags.register_multi_flags_validator(
+    ["task", "monitor"], lambda v: v["task"] != "diagnosis" or v["monitor"] == "val_accuracy",
+    message="--task=diagnosis needs --monitor=val_accuracy (val_auc is the binary task's)")
+flags.register_multi_flags_validator(
+    ["task", "class_balance"],
+    lambda v: v["task"] != "diagnosis" or v["class_balance"] != "sampling",
+    message="--class_balance=sampling is binary only; the diagnosis task takes class_weights")
+flags.register_multi_flags_validator(
+    ["use_metadata", "tta"], lambda v: not (v["use_metadata"] and v["tta"]),
+    message="--use_metadata cannot be combined with --tta yet")
+flags.register_multi_flags_validator(
+    ["use_metadata", "class_balance"],
+    lambda v: not (v["use_metadata"] and v["class_balance"] == "sampling"),
+    message="--use_metadata cannot be combined with --class_balance=sampling yet")
 FLAGS = flags.FLAGS
 
 
@@ -70,6 +94,19 @@ def evaluate_and_export(model, config: train.TrainConfig, *, evaluate: bool = Tr
     from isicflow import dataset as dataset_lib
 
     done: dict[str, Any] = {}
+    if config.task == "diagnosis":
+        from trainer.cnn import diagnosis as diagnosis_lib
+
+        if evaluate:
+            done["report"] = diagnosis_lib.evaluate_and_report(
+                model, config.data_dir, config.workdir, config.image_size,
+                dataclasses.asdict(config), batch_size=config.batch_size)
+        if export:
+            resize_mode = dataset_lib.read_manifest(config.data_dir).get("resize_mode",
+                                                                         "squash")
+            done["export"] = export_lib.export_diagnosis_model(
+                model, config.workdir, config.image_size, resize_mode)
+        return done
     if evaluate:
         done["report"] = evaluate_lib.evaluate_and_report(
             model, config.data_dir, config.workdir, config.image_size,

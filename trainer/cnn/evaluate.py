@@ -40,17 +40,25 @@ def _check_probabilities(split: str, probs: np.ndarray) -> None:
 
 
 def predict_split(model, data_dir: str, split: str, image_size: int,
-                  batch_size: int = 32, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 32, tta: bool = False,
+                  use_metadata: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(labels int64 [N], probabilities float64 [N]) of one split, in manifest order, unaugmented
-    (with `tta`, the mean over the 8 dihedral views, trainer.cnn.tta)."""
+    (with `tta`, the mean over the 8 dihedral views, trainer.cnn.tta). use_metadata: the model
+    takes (images, metadata features) (--use_metadata; no TTA)."""
+    if use_metadata and tta:
+        raise ValueError("test-time augmentation is not supported with --use_metadata")
     from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
     ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=batch_size,
-                                     training=False, deterministic=True)
+                                     training=False, deterministic=True,
+                                     use_metadata=use_metadata)
     labels, probabilities = [], []
     for images, batch_labels in ds:
-        probabilities.append(tta_lib.predict_on_batch(model, images, tta))
+        if use_metadata:
+            probabilities.append(np.asarray(model.predict_on_batch(images), np.float64)[:, 0])
+        else:
+            probabilities.append(tta_lib.predict_on_batch(model, images, tta))
         labels.append(np.asarray(batch_labels).astype(np.int64))
     if not labels:
         return np.zeros([0], np.int64), np.zeros([0], np.float64)
@@ -203,7 +211,8 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         if input_pipeline.dataset_size(data_dir, split, image_size) == 0:
             predictions[split] = (np.zeros([0], np.int64), np.zeros([0]))
         else:
-            predictions[split] = predict_split(model, data_dir, split, image_size, batch_size, tta)
+            predictions[split] = predict_split(model, data_dir, split, image_size, batch_size, tta,
+                                               bool(config.get("use_metadata", False)))
         logging.info("evaluate: %d %s cases predicted", predictions[split][0].size, split)
     threshold = choose_threshold(*predictions["validation"], threshold_policy, min_sensitivity)
     splits = {split: split_report(*predictions[split], threshold["threshold"], bootstrap=bootstrap,

@@ -29,6 +29,31 @@ SAVED_MODEL_NAME = "saved_model"
 SERVING_CONFIG_NAME = "serving_config.json"
 SIGNATURE_PLAIN = "serving_plain"  # no test-time augmentation
 SIGNATURE_TTA = "serving_tta"      # the 8 dihedral views averaged
+SIGNATURE_METADATA = "serving_metadata"  # --use_metadata models: image bytes + age, sex, site
+
+
+def _metadata_specs():
+    import tensorflow as tf
+
+    return [tf.TensorSpec([None], tf.string, name="image_bytes"),
+            tf.TensorSpec([None], tf.float32, name="age"),
+            tf.TensorSpec([None], tf.string, name="sex"),
+            tf.TensorSpec([None], tf.string, name="site")]
+
+
+def _missing_metadata(image_bytes):
+    """The features of 'nothing known' (age -1, sex '', site '') for each image of a batch."""
+    import tensorflow as tf
+
+    from trainer.core import metadata_features
+
+    n = tf.shape(image_bytes)[0]
+    return metadata_features.encode(tf.fill([n], metadata_features.MISSING_AGE),
+                                    tf.fill([n], ""), tf.fill([n], ""))
+
+
+def uses_metadata(model) -> bool:
+    return len(getattr(model, "inputs", None) or []) > 1
 
 
 def _serving_module(model, image_size: int, resize_mode: str, threshold: float, tta: bool = False):
@@ -56,10 +81,16 @@ def _serving_module(model, image_size: int, resize_mode: str, threshold: float, 
                 image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
             return {"pixels": pixels}
 
-        def _classify(self, image_bytes, use_tta: bool):
+        def _classify(self, image_bytes, use_tta: bool, metadata=None):
             pixels = self.preprocess(image_bytes)["pixels"]
             images = input_pipeline.preprocess_for_eval(pixels)  # the evaluation scaling, [0, 1]
-            probability = tta_lib.probabilities(self.model, images, use_tta)
+            if uses_metadata(self.model):
+                if metadata is None:
+                    metadata = _missing_metadata(image_bytes)
+                probability = tf.cast(self.model([images, metadata], training=False),
+                                      tf.float32)[:, 0]
+            else:
+                probability = tta_lib.probabilities(self.model, images, use_tta)
             label = tf.where(probability >= self.threshold, tf.constant(CLASS_NAMES[1]),
                              tf.constant(CLASS_NAMES[0]))
             return {"probability": probability, "label": label}
@@ -75,6 +106,12 @@ def _serving_module(model, image_size: int, resize_mode: str, threshold: float, 
         @tf.function(input_signature=[bytes_spec])
         def serve_tta(self, image_bytes):  # the 8 flips/rot90s averaged (trainer.cnn.tta)
             return self._classify(image_bytes, True)
+
+        @tf.function(input_signature=_metadata_specs())
+        def serve_metadata(self, image_bytes, age, sex, site):
+            from trainer.core import metadata_features
+
+            return self._classify(image_bytes, False, metadata_features.encode(age, sex, site))
 
     return ServingModule()
 
@@ -116,11 +153,16 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
              "saved_model": os.path.join(export_dir, SAVED_MODEL_NAME),
              "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
     model.save(paths["keras"])
+    if tta and uses_metadata(model):
+        raise ValueError("test-time augmentation is not supported with --use_metadata")
     module = _serving_module(model, image_size, resize_mode, threshold, bool(tta))
-    tf.saved_model.save(module, paths["saved_model"],
-                        signatures={"serving_default": module.serve, "preprocess": module.preprocess,
-                                    SIGNATURE_PLAIN: module.serve_plain,
-                                    SIGNATURE_TTA: module.serve_tta})
+    signatures = {"serving_default": module.serve, "preprocess": module.preprocess,
+                  SIGNATURE_PLAIN: module.serve_plain}
+    if uses_metadata(model):  # serving_default = the image alone, metadata missing
+        signatures[SIGNATURE_METADATA] = module.serve_metadata
+    else:
+        signatures[SIGNATURE_TTA] = module.serve_tta
+    tf.saved_model.save(module, paths["saved_model"], signatures=signatures)
     config = {"image_size": image_size, "resize_mode": resize_mode, "threshold": threshold,
               "threshold_source": threshold_source, "labels": list(CLASS_NAMES),
               "tta": bool(tta),
@@ -132,8 +174,19 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
               "outputs": {"probability": "float32 [None], P(malignant)",
                           "label": f"string [None], malignant when probability >= {threshold}"},
               "tensorflow": tf.__version__}
+    if uses_metadata(model):
+        config["metadata"] = _metadata_note()
     run_folder.write_json(paths["serving_config"], config)
     return paths
+
+
+def _metadata_note() -> dict[str, str]:
+    return {"signature": SIGNATURE_METADATA,
+            "inputs": "image_bytes, age float32 [None] (-1 = unknown), sex string [None] "
+                      "(female/male, '' = unknown), site string [None] (ISIC "
+                      "anatom_site_general, '' = unknown)",
+            "default": "serving_default takes the image alone and serves it with every "
+                       "metadata value missing"}
 
 
 def resolve_export_dir(path: str) -> str:
@@ -155,3 +208,82 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
         config = json.load(f)
     loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_NAME))
     return loaded, config
+
+
+def export_diagnosis_model(model, workdir: str, image_size: int,
+                           resize_mode: str = "squash") -> dict[str, str]:
+    """The diagnosis task's export (same layout): serving_default(image_bytes) ->
+    {probabilities float32 [B, K] (in classes.json order), top_class string [B],
+    top_probability float32 [B]}; serving_config.json carries task "diagnosis" and the classes.
+    The image path (decode_for_serving + evaluation scaling) is the binary export's."""
+    import tensorflow as tf
+
+    from trainer.cnn import diagnosis as diagnosis_lib
+    from trainer.core import input_pipeline, run_folder
+
+    if resize_mode not in imaging.RESIZE_MODES:
+        raise ValueError(f"resize mode {resize_mode!r} not in {imaging.RESIZE_MODES}")
+    mapping = diagnosis_lib.read_mapping(workdir)
+    if mapping is None:
+        raise FileNotFoundError(f"{workdir} has no {diagnosis_lib.CLASSES_NAME}")
+    classes = list(mapping["classes"])
+    out_shape = tuple(model.outputs[0].shape)
+    if out_shape[1:] != (len(classes),):
+        raise ValueError(f"model output shape {out_shape} does not match {len(classes)} classes")
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+
+    class DiagnosisModule(tf.Module):
+        def __init__(self):
+            super().__init__(name="isicflow_diagnosis")
+            self.model = model
+            self.classes = tf.constant(classes)
+
+        @tf.function(input_signature=[bytes_spec])
+        def preprocess(self, image_bytes):
+            pixels = tf.map_fn(
+                lambda contents: imaging.decode_for_serving(contents, image_size, resize_mode),
+                image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3],
+                                                               tf.uint8))
+            return {"pixels": pixels}
+
+        def _classify(self, image_bytes, metadata=None):
+            images = input_pipeline.preprocess_for_eval(self.preprocess(image_bytes)["pixels"])
+            if uses_metadata(self.model):
+                if metadata is None:
+                    metadata = _missing_metadata(image_bytes)
+                images = [images, metadata]
+            probabilities = tf.cast(self.model(images, training=False), tf.float32)
+            top = tf.argmax(probabilities, axis=1, output_type=tf.int32)
+            return {"probabilities": probabilities, "top_class": tf.gather(self.classes, top),
+                    "top_probability": tf.reduce_max(probabilities, axis=1)}
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve(self, image_bytes):
+            return self._classify(image_bytes)
+
+        @tf.function(input_signature=_metadata_specs())
+        def serve_metadata(self, image_bytes, age, sex, site):
+            from trainer.core import metadata_features
+
+            return self._classify(image_bytes, metadata_features.encode(age, sex, site))
+
+    export_dir = os.path.join(workdir, EXPORT_DIR)
+    os.makedirs(export_dir, exist_ok=True)
+    paths = {"export_dir": export_dir, "keras": os.path.join(export_dir, KERAS_NAME),
+             "saved_model": os.path.join(export_dir, SAVED_MODEL_NAME),
+             "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
+    model.save(paths["keras"])
+    module = DiagnosisModule()
+    signatures = {"serving_default": module.serve, "preprocess": module.preprocess}
+    if uses_metadata(model):
+        signatures[SIGNATURE_METADATA] = module.serve_metadata
+    tf.saved_model.save(module, paths["saved_model"], signatures=signatures)
+    run_folder.write_json(paths["serving_config"], {
+        **({"metadata": _metadata_note()} if uses_metadata(model) else {}),
+        "task": "diagnosis", "image_size": image_size, "resize_mode": resize_mode,
+        "classes": classes, "grouped_as_other": mapping["grouped_as_other"], "tta": False,
+        "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright",
+        "outputs": {"probabilities": "float32 [None, K], softmax in `classes` order",
+                    "top_class": "string [None]", "top_probability": "float32 [None]"},
+        "tensorflow": tf.__version__})
+    return paths

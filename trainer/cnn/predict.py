@@ -7,6 +7,8 @@ DIR is an export dir (serving_config.json + saved_model/) or a run dir holding e
 or off; unset, the export's own setting (serving_config.json "tta") applies.
 Prints one line per image, in the order given, tab-separated:
     PATH<TAB>PROBABILITY<TAB>LABEL          e.g. a.jpg	0.731204	malignant
+    PATH<TAB>CLASS:P<TAB>CLASS:P<TAB>CLASS:P  a diagnosis-task export (--task=diagnosis): the
+                                            top 3 classes, most probable first
     ERROR PATH: REASON                      e.g. ERROR b.txt: not a JPEG or PNG (not_an_image: ...)
 and on stderr a "WARNING PATH: ..." line where the served pixels differ from what training saw
 (EXIF rotation), then a summary line. Exit code: 0 when every image was classified, 1 when at least
@@ -37,10 +39,13 @@ class Prediction:
     label: str | None = None
     error: str | None = None
     warning: str | None = None
+    top: list[tuple[str, float]] | None = None  # diagnosis exports: the top classes
 
     def line(self) -> str:
         if self.error is not None:
             return f"ERROR {self.path}: {self.error}"
+        if self.top is not None:
+            return "\t".join([self.path] + [f"{name}:{p:.6f}" for name, p in self.top])
         return f"{self.path}\t{self.probability:.6f}\t{self.label}"
 
 
@@ -92,7 +97,9 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold_override: floa
         raise ValueError(f"threshold_override must be in [0, 1], got {threshold_override}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    loaded, _ = export.load_exported(model_dir)
+    loaded, config = export.load_exported(model_dir)
+    if config.get("task") == "diagnosis":
+        return _predict_diagnosis(paths, loaded, config, batch_size)
     name = "serving_default" if tta is None else (export.SIGNATURE_TTA if tta else export.SIGNATURE_PLAIN)
     if name not in loaded.signatures:
         raise ValueError(f"{model_dir}: the export has no {name} signature (exported before "
@@ -119,6 +126,40 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold_override: floa
             result.probability = float(probability)
             result.label = label.decode() if threshold_override is None else \
                 ("malignant" if probability >= threshold_override else "benign")
+
+    for start in range(0, len(pending), batch_size):
+        run(pending[start:start + batch_size])
+    return results
+
+
+def _predict_diagnosis(paths: Sequence[str], loaded, config, batch_size: int,
+                       top_k: int = 3) -> list[Prediction]:
+    import numpy as np
+    import tensorflow as tf
+
+    serve = loaded.signatures["serving_default"]
+    classes = list(config["classes"])
+    results, pending = [], []
+    for path in paths:
+        data, error, warning = check_file(path)
+        results.append(Prediction(path, error=error, warning=warning))
+        if data is not None:
+            pending.append((results[-1], data))
+
+    def run(items) -> None:
+        try:
+            out = serve(image_bytes=tf.constant([data for _, data in items]))
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+            if len(items) > 1:
+                for item in items:
+                    run([item])
+                return
+            items[0][0].error = f"the model's decoder refused it ({e.message.splitlines()[0]})"
+            return
+        for (result, _), probs in zip(items, out["probabilities"].numpy()):
+            order = np.argsort(-probs, kind="stable")[:top_k]
+            result.top = [(classes[i], float(probs[i])) for i in order]
+            result.label, result.probability = result.top[0]
 
     for start in range(0, len(pending), batch_size):
         run(pending[start:start + batch_size])

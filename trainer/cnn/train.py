@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer.cnn import diagnosis as diagnosis_lib
 from trainer.cnn import models
 from trainer.core import input_pipeline, run_folder, runtime
 from trainer.core.flags import RunConfig
@@ -37,6 +38,9 @@ class TrainConfig(RunConfig):
     monitor: str = "val_accuracy"
     early_stopping_patience: int = 0  # 0 = off
     verbose: int = 1
+    task: str = "binary"              # binary (benign/malignant) or diagnosis (trainer.cnn.diagnosis)
+    min_class_records: int = 20       # diagnosis task: rarer train diagnoses grouped as `other`
+    use_metadata: bool = False        # age/sex/site as a second input (metadata_features)
 
     FLAG_SOURCES = {"model": ("architecture", str), "verbose": ("keras_verbose", int)}
 
@@ -59,6 +63,8 @@ def class_weights_from_counts(counts: dict[str, int]) -> dict[int, float]:
 
 def _batch_images(batch) -> int:
     x = batch[0]
+    if isinstance(x, (tuple, list)):  # (images, metadata) under --use_metadata
+        x = x[0]
     if hasattr(x, "values"):  # PerReplica under a multi-device strategy
         return sum(int(v.shape[0]) for v in x.values)
     return int(x.shape[0])
@@ -191,18 +197,45 @@ def _check_config(c: TrainConfig) -> None:
     if c.deterministic and c.jit_compile:
         raise ValueError("jit_compile=True with deterministic=True: Keras turns XLA off under "
                          "op determinism; choose one")
+    if c.use_metadata and c.class_balance == "sampling":
+        raise ValueError("--use_metadata with --class_balance=sampling is not supported yet")
+    if c.task not in diagnosis_lib.TASKS:
+        raise ValueError(f"task {c.task!r} not in {diagnosis_lib.TASKS}")
+    if c.task == "diagnosis":
+        if c.monitor != "val_accuracy":
+            raise ValueError("the diagnosis task monitors val_accuracy (no binary AUC); use "
+                             "--monitor=val_accuracy")
+        if c.class_balance == "sampling":
+            raise ValueError("--class_balance=sampling is binary only; use class_weights")
+        if c.min_class_records < 1:
+            raise ValueError(f"min_class_records must be >= 1, got {c.min_class_records}")
     if c.weights_path and not os.path.isfile(c.weights_path):
         raise FileNotFoundError(f"weights_path {c.weights_path!r} is not a file")
 
 
-def _datasets(c: TrainConfig, strategy):
+def _datasets(c: TrainConfig, strategy, mapping=None):
+    if mapping is not None:
+        n_train, _ = diagnosis_lib.split_records(c.data_dir, "train", c.image_size, mapping)
+        steps = math.ceil(n_train / c.batch_size)
+        if c.steps_per_epoch:
+            steps = min(steps, c.steps_per_epoch)
+        common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
+                      deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment,
+                      use_metadata=c.use_metadata)
+        train = diagnosis_lib.make_dataset(
+            c.data_dir, "train", mapping, training=True, augment=c.augment, repeat=True,
+            drop_remainder=strategy.num_replicas_in_sync > 1, **common)
+        validation = diagnosis_lib.make_dataset(c.data_dir, "validation", mapping,
+                                                training=False, **common)
+        return train, validation, steps, n_train
     n_train = input_pipeline.dataset_size(c.data_dir, "train", c.image_size)
     steps = math.ceil(n_train / c.batch_size)
     if c.steps_per_epoch:
         steps = min(steps, c.steps_per_epoch) if c.class_balance != "sampling" \
             else c.steps_per_epoch
     common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
-                  deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment)
+                  deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment,
+                  use_metadata=c.use_metadata)
     train = input_pipeline.make_dataset(
         c.data_dir, "train", training=True, augment=c.augment, repeat=True,
         balance_classes=c.class_balance == "sampling",
@@ -215,6 +248,12 @@ def with_uint8_input(model: keras.Model, image_size: int) -> keras.Model:
     """The model behind a Rescaling(1/255) that takes the stored uint8 pixels: the same values
     as the input pipeline's float conversion (x * 1/255), computed on the device. Shares its
     weights with `model`, which stays the float [0, 1] model that is evaluated and exported."""
+    if len(model.inputs) > 1:  # (image, metadata) under --use_metadata
+        image = keras.Input((image_size, image_size, 3), dtype="uint8", name="image_uint8")
+        others = [keras.Input(tuple(t.shape[1:]), name=f"input_{i + 1}")
+                  for i, t in enumerate(model.inputs[1:])]
+        out = model([keras.layers.Rescaling(1.0 / 255)(image), *others])
+        return keras.Model([image, *others], out, name="uint8_" + model.name)
     return keras.Sequential([keras.Input((image_size, image_size, 3), dtype="uint8"),
                              keras.layers.Rescaling(1.0 / 255), model], name="uint8_" + model.name)
 
@@ -271,14 +310,32 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
         tf.config.experimental.enable_op_determinism()
     policy = runtime.configure_mixed_precision(c.mixed_precision)
     strategy = runtime.make_strategy()
-    train_ds, val_ds, steps, n_train = _datasets(c, strategy)
+    mapping = None
+    if c.task == "diagnosis":  # classes fixed once, from train; a resumed run keeps its own
+        mapping = diagnosis_lib.read_mapping(c.workdir) or diagnosis_lib.build_mapping(
+            c.data_dir, c.image_size, c.min_class_records)
+        diagnosis_lib.write_mapping(c.workdir, mapping)
+    train_ds, val_ds, steps, n_train = _datasets(c, strategy, mapping)
     with strategy.scope():
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
                                    c.weights_path or None)
+        if c.use_metadata:
+            from trainer.core import metadata_features
+
+            model = metadata_features.with_metadata_input(model)
+        if mapping is not None:
+            model = diagnosis_lib.softmax_head(model, len(mapping["classes"]))
         # Without augmentation the batches stay uint8 until the device (see make_dataset);
         # `model` itself keeps float [0, 1] inputs for evaluation, export and users.
         fit_model = model if c.augment else with_uint8_input(model, c.image_size)
         for compiled in {id(m): m for m in (model, fit_model)}.values():
+            if mapping is not None:
+                compiled.compile(optimizer=keras.optimizers.RMSprop(c.learning_rate),
+                                 loss=keras.losses.SparseCategoricalCrossentropy(),
+                                 metrics=[keras.metrics.SparseCategoricalAccuracy(
+                                     name="accuracy")],
+                                 jit_compile=c.jit_compile)
+                continue
             compiled.compile(optimizer=keras.optimizers.RMSprop(c.learning_rate),
                              loss=keras.losses.BinaryCrossentropy(),
                              metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
@@ -289,12 +346,20 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     meter = runtime.StepTimeMeter(warmup_steps=1)
     install_step_timer(fit_model, meter)
     history_file = HistoryFile(os.path.join(c.workdir, run_folder.HISTORY_NAME))
-    sample_x, sample_y = next(iter(input_pipeline.make_dataset(
-        c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
-        augment=c.augment, seed=c.seed)))
+    if mapping is not None:
+        sample_x, sample_y = next(iter(diagnosis_lib.make_dataset(
+            c.data_dir, "train", mapping, image_size=c.image_size, batch_size=4, training=True,
+            augment=c.augment, seed=c.seed)))
+    else:
+        sample_x, sample_y = next(iter(input_pipeline.make_dataset(
+            c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
+            augment=c.augment, seed=c.seed)))
+    sample_x = sample_x[0] if isinstance(sample_x, (tuple, list)) else sample_x
     sample_batch = (sample_x.numpy(), sample_y.numpy())
     class_weight = None
-    if c.class_balance == "class_weights":
+    if c.class_balance == "class_weights" and mapping is not None:
+        class_weight = diagnosis_lib.class_weights(mapping)
+    elif c.class_balance == "class_weights":
         class_weight = class_weights_from_counts(
             input_pipeline.class_counts(c.data_dir, "train", c.image_size))
     if c.verbose:
@@ -311,9 +376,10 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     if os.path.exists(best):
         fit_model.load_weights(best)  # shares its weights with `model`
     model.save(os.path.join(c.workdir, "model.keras"))
-    val_labels, val_probs = predict_dataset(fit_model, val_ds)  # val_ds matches fit_model's input
-    write_pr_curve(os.path.join(c.workdir, "logs", "validation"), val_labels, val_probs,
-                   step=len(history_file.entries))
+    if mapping is None:  # the PR curve is the binary task's
+        val_labels, val_probs = predict_dataset(fit_model, val_ds)  # matches fit_model's input
+        write_pr_curve(os.path.join(c.workdir, "logs", "validation"), val_labels, val_probs,
+                       step=len(history_file.entries))
     summary = _final_summary(c, model, history_file.entries, policy, strategy, wall)
     run_folder.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null
     if c.verbose:

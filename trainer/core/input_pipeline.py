@@ -25,6 +25,8 @@ _PARSED_FEATURES = ("image_encoded", "image_format", "height", "width", "label")
 _MAX_SHUFFLE_BUFFER = 1024
 # Per-record strings make_eval_dataset_with_metadata yields beside each prediction.
 METADATA_FIELDS = ("image_id", "diagnosis", "anatom_site", "source_collection")
+# Fields --use_metadata encodes as the model's second input (trainer.core.metadata_features).
+METADATA_INPUT_FIELDS = ("age_approx", "sex", "anatom_site")
 
 # The study's augmentations (Keras ImageDataGenerator-style ranges, applied in tf ops).
 MAX_HUE_DELTA = 0.04
@@ -110,6 +112,24 @@ def parse_and_decode(serialized: tf.Tensor, image_size: int):
     return _decode_record(record, image_size), record["label"]
 
 
+def parse_and_decode_with_metadata(serialized: tf.Tensor, image_size: int):
+    """--use_metadata: one record -> ((uint8 image, float32 [16] metadata features), label);
+    the features by trainer.core.metadata_features.encode, missing values explicit."""
+    from trainer.core import metadata_features
+
+    record = tf.io.parse_single_example(
+        serialized, schema.feature_spec(_PARSED_FEATURES + METADATA_INPUT_FIELDS))
+    return ((_decode_record(record, image_size), metadata_features.encode_record(record)),
+            record["label"])
+
+
+def on_image(x, fn):
+    """fn applied to the image of an element's input: x itself, or x[0] of (image, metadata)."""
+    if isinstance(x, (tuple, list)):
+        return (fn(x[0]),) + tuple(x[1:])
+    return fn(x)
+
+
 def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: int,
                                     batch_size: int, labels: str = "binary") -> tf.data.Dataset:
     """Read-only accessor for scoring: (images float32 [B,S,S,3] in [0, 1], labels float32 [B],
@@ -163,7 +183,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  value_range: tuple[float, float] = (0.0, 1.0), cache: str = "",
                  deterministic: bool = False, seed: int = 0, repeat: bool = False,
                  drop_remainder: bool = False, balance_classes: bool = False,
-                 as_uint8: bool = False) -> tf.data.Dataset:
+                 as_uint8: bool = False, use_metadata: bool = False) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
 
     labels='binary' keeps benign (0) and malignant (1) records; 'all' keeps every record, with
@@ -174,6 +194,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     as_uint8 (no augmentation, value_range (0, 1)) yields the uint8 batches as stored, for a
     model that rescales them itself (train.with_uint8_input): 4x fewer bytes to the device and
     no float conversion on the input threads.
+    use_metadata: the input becomes (images, metadata float32 [B, 16]), the features computed
+    in the parse step (parse_and_decode_with_metadata); labels unchanged.
     """
     if as_uint8 and ((training and augment) or tuple(map(float, value_range)) != (0.0, 1.0)):
         raise ValueError("as_uint8 needs augment=False (or training=False) and value_range (0, 1)")
@@ -203,7 +225,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         buffer = max(1, min(int(info["records"]), _MAX_SHUFFLE_BUFFER))
         if training and not cache:
             records = records.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
-        ds = records.map(lambda s: parse_and_decode(s, image_size), num_parallel_calls=AUTOTUNE)
+        parse = parse_and_decode_with_metadata if use_metadata else parse_and_decode
+        ds = records.map(lambda s: parse(s, image_size), num_parallel_calls=AUTOTUNE)
         if labels == "binary":
             ds = ds.filter(lambda image, label: label >= 0)
         if label_filter is not None:
@@ -233,9 +256,10 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
 
         def augment_one(pair, index):
             image, label = pair
-            image = preprocess_for_train(image, augment=True,
-                                         seed=tf.stack([tf.constant(seed, tf.int64), index]))
-            return scale_to_range(image, value_range), tf.cast(label, tf.float32)
+            image = on_image(image, lambda im: scale_to_range(preprocess_for_train(
+                im, augment=True, seed=tf.stack([tf.constant(seed, tf.int64), index])),
+                value_range))
+            return image, tf.cast(label, tf.float32)
 
         ds = ds.map(augment_one, num_parallel_calls=AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
@@ -248,7 +272,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                         num_parallel_calls=AUTOTUNE)
         else:
             ds = ds.map(lambda images, labels: (
-                scale_to_range(preprocess_for_eval(images), value_range),
+                on_image(images, lambda im: scale_to_range(preprocess_for_eval(im), value_range)),
                 tf.cast(labels, tf.float32)), num_parallel_calls=AUTOTUNE)
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()

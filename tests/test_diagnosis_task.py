@@ -1,0 +1,133 @@
+"""The diagnosis task (--task=diagnosis): class mapping, one training step with its report,
+export -> predict serving K probabilities."""
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import shard_fixtures
+from trainer.cnn import cli, diagnosis, export, predict, train  # noqa: F401 (cli: flags)
+
+SIZE = 32
+# train: 8 nevus, 6 melanoma, 2 seborrheic keratosis + 1 dermatofibroma (-> other at N=3),
+# 3 unknown/empty (excluded)
+TRAIN = (["nevus"] * 8 + ["Melanoma invasive"] * 6 + ["seborrheic keratosis"] * 2
+         + ["df"] + ["", "unknown", "Indeterminate"])
+EVAL = ["nevus", "nevus", "mel", "melanoma", "lentigo NOS", ""]  # lentigo unseen -> other
+
+
+def test_class_mapping_groups_rare_diagnoses_and_excludes_unknown():
+    m = diagnosis.class_mapping({"nevus": 50, "melanoma": 30, "dermatofibroma": 3,
+                                 "lentigo": 2, "unknown": 7}, min_records=20)
+    assert m["classes"] == ["nevus", "melanoma", "other"]
+    assert m["grouped_as_other"] == ["dermatofibroma", "lentigo"]
+    assert m["excluded_unknown"] == 7
+    assert m["train_counts"] == {"nevus": 50, "melanoma": 30, "other": 5}
+    assert diagnosis.class_of(m, "mel") == 1
+    assert diagnosis.class_of(m, "Dermatofibroma") == 2
+    assert diagnosis.class_of(m, "vascular lesion") == 2  # unseen named diagnosis
+    assert diagnosis.class_of(m, "") == diagnosis.class_of(m, "Indeterminate") == -1
+    no_other = diagnosis.class_mapping({"nevus": 50, "melanoma": 30}, min_records=20)
+    assert no_other["classes"] == ["nevus", "melanoma"]
+    assert diagnosis.class_of(no_other, "lentigo") == -1
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        diagnosis.class_mapping({"nevus": 50, "unknown": 3}, min_records=20)
+
+
+def test_train_counts_from_the_manifest_rows():
+    manifest = {"counts": {"per_split_label_diagnosis_source": [
+        ["train", "benign", "nevus", "a", 4], ["train", "malignant", "melanoma", "b", 2],
+        ["validation", "benign", "nevus", "a", 9], ["train", "unknown", "unknown", "a", 1]]}}
+    assert diagnosis.train_counts_from_manifest(manifest) == {"nevus": 4, "melanoma": 2,
+                                                              "unknown": 1}
+    assert diagnosis.train_counts_from_manifest({}) is None
+
+
+@pytest.fixture(scope="module")
+def diagnosis_dataset(tmp_path_factory):
+    def items(texts, seed):
+        images = shard_fixtures.random_images(len(texts), 48, seed=seed)
+        return [(img, "malignant" if "mel" in t.lower() else "benign", {"diagnosis": t})
+                for (img, _), t in zip(images, texts)]
+    return shard_fixtures.write_tiny_dataset(
+        tmp_path_factory.mktemp("dx"), {"train": items(TRAIN, 0), "validation": items(EVAL, 1),
+                                        "test": items(EVAL, 2)}, SIZE)
+
+
+def test_the_dataset_streams_class_indices_and_drops_unknown(diagnosis_dataset):
+    m = diagnosis.build_mapping(diagnosis_dataset, SIZE, min_records=3)
+    assert m["classes"] == ["nevus", "melanoma", "other"]
+    assert m["excluded_unknown"] == 3
+    ds = diagnosis.make_dataset(diagnosis_dataset, "validation", m, image_size=SIZE,
+                                batch_size=4, training=False)
+    labels = np.concatenate([y.numpy() for _, y in ds])
+    assert sorted(labels.tolist()) == [0, 0, 1, 1, 2]
+    assert diagnosis.split_records(diagnosis_dataset, "validation", SIZE, m) == (5, 1)
+
+
+def test_one_step_reports_and_the_export_serves_k_probabilities(diagnosis_dataset, tmp_path,
+                                                                 capsys):
+    workdir = tmp_path / "run"
+    config = train.TrainConfig(data_dir=diagnosis_dataset, workdir=str(workdir), image_size=SIZE,
+                               batch_size=8, epochs=1, steps_per_epoch=1, seed=0,
+                               mixed_precision="off", verbose=0, model="compact",
+                               task="diagnosis", min_class_records=3,
+                               class_balance="class_weights")
+    result = train.train_cnn(config)
+    assert json.loads((workdir / "classes.json").read_text())["classes"] == \
+        ["nevus", "melanoma", "other"]
+    assert result.model.outputs[0].shape[1:] == (3,)
+    done = cli.evaluate_and_export(result.model, config, bootstrap=0)
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["task"] == "diagnosis" and report["classes"] == ["nevus", "melanoma", "other"]
+    test = report["splits"]["test"]
+    assert 0.0 <= test["balanced_accuracy"] <= 1.0
+    assert set(test["per_class_recall"]) == {"nevus", "melanoma", "other"}
+    assert np.array(test["confusion_matrix"]).shape == (3, 3)
+    assert np.array(test["confusion_matrix"]).sum() == 5
+    assert report["excluded_unknown"] == {"train": 3, "validation": 1, "test": 1}
+    assert (workdir / "plots" / "confusion.png").is_file()
+    assert "Balanced accuracy" in (workdir / "report.md").read_text()
+
+    # export -> predict: K probabilities summing to 1, equal to the evaluated model's
+    pixels = [img for img, _ in shard_fixtures.random_images(2, SIZE, seed=5)]
+    paths = []
+    for i, px in enumerate(pixels):
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(px, np.uint8)).save(buf, format="PNG")
+        (tmp_path / f"{i}.png").write_bytes(buf.getvalue())
+        paths.append(str(tmp_path / f"{i}.png"))
+    loaded, serving_config = export.load_exported(done["export"]["export_dir"])
+    assert serving_config["task"] == "diagnosis"
+    assert serving_config["classes"] == ["nevus", "melanoma", "other"]
+    import tensorflow as tf
+    out = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([open(p, "rb").read() for p in paths]))
+    probs = out["probabilities"].numpy()
+    assert probs.shape == (2, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    expected = result.model(np.stack(pixels).astype(np.float32) / 255.0, training=False)
+    np.testing.assert_allclose(probs, np.asarray(expected), atol=1e-5)
+    results = predict.predict_files(paths, str(workdir))
+    assert [r.error for r in results] == [None, None]
+    for r, p in zip(results, probs):
+        assert len(r.top) == 3 and r.top[0][0] == ["nevus", "melanoma", "other"][int(p.argmax())]
+        assert r.line().startswith(r.path + "\t") and r.line().count(":") == 3
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["--task=diagnosis", "--monitor=val_auc"], "val_accuracy"),
+    (["--task=diagnosis", "--monitor=val_accuracy", "--class_balance=sampling"], "binary only"),
+    (["--task=diagnosis", "--monitor=val_accuracy", "--min_class_records=0"], "min_class_records"),
+    (["--use_metadata", "--tta"], "--tta"),
+])
+def test_impossible_task_flags_fail_at_parse(argv, shown):
+    from absl import flags
+
+    try:
+        with pytest.raises(flags.IllegalFlagValueError, match=shown):
+            flags.FLAGS(["trainer.cnn", "--data_dir=d", "--workdir=w", *argv])
+    finally:
+        flags.FLAGS.unparse_flags()

@@ -1,0 +1,354 @@
+"""The diagnosis task (--task=diagnosis): classify the engine's normalised diagnosis
+(isicflow.diagnosis.normalise_diagnosis) instead of benign/malignant.
+
+The class list is fixed at training start from the TRAIN split: every normalised diagnosis with
+at least --min_class_records training records is a class, in order of decreasing count; the
+rarer named ones are grouped as `other`; records whose diagnosis is unknown/empty are excluded
+from the task (counted). The mapping is written to <workdir>/classes.json and read back by the
+evaluation, the export and predict, so all use exactly the same classes.
+
+The records stream through the same shard reading, parse and decode as the binary task
+(input_pipeline.parse_and_decode's schema and _decode_record); the raw diagnosis text is mapped
+to a class index in-graph by a lookup table built from the split's distinct raw strings, each
+normalised once in Python, so no Python runs per record.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from isicflow import dataset as dataset_lib
+from isicflow.diagnosis import normalise_diagnosis
+
+CLASSES_NAME = "classes.json"
+OTHER = "other"
+UNKNOWN = "unknown"
+TASKS = ("binary", "diagnosis")
+_MAX_SHUFFLE_BUFFER = 1024
+
+
+def class_mapping(train_counts: Mapping[str, int], min_records: int) -> dict[str, Any]:
+    """{normalised diagnosis: train records} -> {"classes": [...], "index": {diagnosis: class
+    index}, "grouped_as_other": [...], "excluded_unknown": n, "train_counts": {class: n}}."""
+    if min_records < 1:
+        raise ValueError(f"min_records must be >= 1, got {min_records}")
+    counts = {str(k): int(v) for k, v in train_counts.items() if int(v) > 0}
+    excluded = counts.pop(UNKNOWN, 0) + counts.pop("", 0)
+    kept = sorted((d for d in counts if d != OTHER and counts[d] >= min_records),
+                  key=lambda d: (-counts[d], d))
+    grouped = sorted(d for d in counts if d not in kept)
+    classes = list(kept)
+    other_n = sum(counts[d] for d in grouped)
+    if other_n:
+        classes.append(OTHER)
+    if len(classes) < 2:
+        raise ValueError(f"the diagnosis task needs at least 2 classes in train; counts "
+                         f"{train_counts} with min_records {min_records} give {classes}")
+    index = {d: classes.index(d) for d in kept}
+    index.update({d: classes.index(OTHER) for d in grouped})
+    train = {c: counts[c] for c in kept}
+    if other_n:
+        train[OTHER] = other_n
+    return {"classes": classes, "index": index, "grouped_as_other": grouped,
+            "excluded_unknown": excluded, "train_counts": train, "min_records": min_records}
+
+
+def class_of(mapping: Mapping[str, Any], raw_diagnosis: str) -> int:
+    """Class index of one raw diagnosis text; -1 for unknown (excluded); a named diagnosis never
+    seen in train goes to `other` when there is one, else is excluded (-1)."""
+    name = normalise_diagnosis(raw_diagnosis)
+    if name in (UNKNOWN, ""):
+        return -1
+    if name in mapping["index"]:
+        return int(mapping["index"][name])
+    classes = mapping["classes"]
+    return classes.index(OTHER) if OTHER in classes else -1
+
+
+def raw_diagnosis_counts(data_dir: str, split: str, image_size: int) -> collections.Counter:
+    """{raw diagnosis text: records} of one split, reading only the diagnosis field (no image
+    decode)."""
+    import tensorflow as tf
+
+    from isicflow import schema
+
+    manifest = dataset_lib.read_manifest(data_dir)
+    paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
+    counts: collections.Counter = collections.Counter()
+    if not paths:
+        return counts
+    spec = schema.feature_spec(("diagnosis",))
+    ds = tf.data.TFRecordDataset(paths, compression_type=dataset_lib.compression_type(manifest),
+                                 num_parallel_reads=min(len(paths), 16))
+    ds = ds.batch(1024).map(lambda s: tf.io.parse_example(s, spec)["diagnosis"])
+    for batch in ds:
+        counts.update(v.decode("utf-8") for v in batch.numpy())
+    return counts
+
+
+def train_counts_from_manifest(manifest: Mapping[str, Any]) -> dict[str, int] | None:
+    """{normalised diagnosis: train records} from the manifest's per-split rows, or None when
+    the manifest has none."""
+    rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source")
+    if not rows:
+        return None
+    out: collections.Counter = collections.Counter()
+    for row in rows:
+        if isinstance(row, Mapping):
+            split, diagnosis, n = row.get("split"), row.get("diagnosis"), row.get("count")
+        else:
+            split, _, diagnosis, _, n = row
+        if split == "train":
+            out[str(diagnosis or UNKNOWN)] += int(n)
+    return dict(out)
+
+
+def build_mapping(data_dir: str, image_size: int, min_records: int) -> dict[str, Any]:
+    """The class mapping of a dataset's train split (manifest rows when present, else a pass
+    over the train diagnosis field)."""
+    counts = train_counts_from_manifest(dataset_lib.read_manifest(data_dir))
+    source = "manifest per_split_label_diagnosis_source"
+    if counts is None:
+        counts = collections.Counter()
+        for raw, n in raw_diagnosis_counts(data_dir, "train", image_size).items():
+            counts[normalise_diagnosis(raw)] += n
+        source = "train split diagnosis field"
+    mapping = class_mapping(counts, min_records)
+    mapping["counts_source"] = source
+    return mapping
+
+
+def write_mapping(workdir: str, mapping: Mapping[str, Any]) -> str:
+    path = os.path.join(workdir, CLASSES_NAME)
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(mapping, f, indent=2, sort_keys=True)
+    return path
+
+
+def read_mapping(workdir: str) -> dict[str, Any] | None:
+    path = os.path.join(workdir, CLASSES_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def split_records(data_dir: str, split: str, image_size: int,
+                  mapping: Mapping[str, Any]) -> tuple[int, int]:
+    """(records in the task, records excluded as unknown) of one split."""
+    kept = excluded = 0
+    for raw, n in raw_diagnosis_counts(data_dir, split, image_size).items():
+        if class_of(mapping, raw) >= 0:
+            kept += n
+        else:
+            excluded += n
+    return kept, excluded
+
+
+def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image_size: int,
+                 batch_size: int, training: bool, augment: bool = False, cache: str = "",
+                 deterministic: bool = False, seed: int = 0, repeat: bool = False,
+                 drop_remainder: bool = False, as_uint8: bool = False,
+                 use_metadata: bool = False):
+    """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
+    split's records in the task; the binary pipeline's reading, parse, decode, augmentation."""
+    import tensorflow as tf
+
+    from isicflow import schema
+    from trainer.core import input_pipeline as ip
+
+    manifest = dataset_lib.read_manifest(data_dir)
+    info = dataset_lib.split_info(manifest, image_size, split)
+    paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
+    raw = raw_diagnosis_counts(data_dir, split, image_size)
+    keys = sorted(raw)
+    if not paths or not any(class_of(mapping, k) >= 0 for k in keys):
+        raise ValueError(f"{data_dir}: split {split!r} at {image_size}px has no records with a "
+                         "known diagnosis")
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.string),
+                                            tf.constant([class_of(mapping, k) for k in keys],
+                                                        tf.int32)), default_value=-1)
+    spec = schema.feature_spec(("image_encoded", "image_format", "height", "width",
+                                "diagnosis") + (ip.METADATA_INPUT_FIELDS if use_metadata else ()))
+
+    def parse(serialized):
+        from trainer.core import metadata_features
+
+        record = tf.io.parse_single_example(serialized, spec)
+        image = ip._decode_record(record, image_size)
+        if use_metadata:
+            image = (image, metadata_features.encode_record(record))
+        return image, table.lookup(record["diagnosis"])
+
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if training:
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    records = files.interleave(
+        lambda path: tf.data.TFRecordDataset(
+            path, compression_type=dataset_lib.compression_type(manifest)),
+        cycle_length=min(len(paths), 16), block_length=1, num_parallel_calls=ip.AUTOTUNE,
+        deterministic=True if not training else None)
+    buffer = max(1, min(int(info["records"]), _MAX_SHUFFLE_BUFFER))
+    if training and not cache:
+        records = records.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    ds = records.map(parse, num_parallel_calls=ip.AUTOTUNE)
+    ds = ds.filter(lambda image, label: label >= 0)
+    # the count is known: Keras then knows the epoch length (as the binary pipeline)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(
+        sum(n for k, n in raw.items() if class_of(mapping, k) >= 0)))
+    if cache == "memory":
+        ds = ds.cache()
+    elif cache:
+        ds = ds.cache(f"{cache}-{image_size}-{split}-diagnosis-{ip._digest(manifest)}")
+    if training and cache:
+        ds = ds.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if training and augment:
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
+
+        def augment_one(pair, index):
+            image, label = pair
+            return ip.on_image(image, lambda im: ip.preprocess_for_train(
+                im, augment=True, seed=tf.stack([tf.constant(seed, tf.int64), index]))), label
+
+        ds = ds.map(augment_one, num_parallel_calls=ip.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=ip.AUTOTUNE)
+    else:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=ip.AUTOTUNE)
+        if not as_uint8:
+            ds = ds.map(lambda images, labels: (ip.on_image(images, ip.preprocess_for_eval),
+                                                labels),
+                        num_parallel_calls=ip.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic) or not training
+    return ds.prefetch(ip.AUTOTUNE).with_options(options)
+
+
+def softmax_head(model, num_classes: int):
+    """The binary model with its sigmoid unit replaced by a float32 softmax over num_classes
+    (same features: the layer before the output)."""
+    import keras
+
+    features = model.layers[-2].output
+    out = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                             name="class_probabilities")(features)
+    return keras.Model(model.inputs, out, name=model.name + "_diagnosis")
+
+
+def class_weights(mapping: Mapping[str, Any]) -> dict[int, float]:
+    """n / (K n_c) per class, from the train counts the mapping recorded."""
+    counts = [int(mapping["train_counts"][c]) for c in mapping["classes"]]
+    total, k = sum(counts), len(counts)
+    return {i: total / (k * n) for i, n in enumerate(counts) if n}
+
+
+def predict_split(model, data_dir: str, split: str, image_size: int, mapping,
+                  batch_size: int = 32, use_metadata: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(class indices int64 [N], probabilities float64 [N, K]) of one split, deterministic."""
+    ds = make_dataset(data_dir, split, mapping, image_size=image_size, batch_size=batch_size,
+                      training=False, deterministic=True, use_metadata=use_metadata)
+    labels, probs = [], []
+    for images, y in ds:
+        probs.append(np.asarray(model(images, training=False), np.float64))
+        labels.append(np.asarray(y).astype(np.int64))
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+    """Balanced accuracy, accuracy, per-class recall and the confusion matrix (rows true,
+    columns predicted), with scikit-learn."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score
+
+    predicted = probs.argmax(axis=1)
+    ks = list(range(len(classes)))
+    present = sorted(set(labels.tolist()))
+    recall = recall_score(labels, predicted, labels=ks, average=None, zero_division=0)
+    return {"n": int(labels.size),
+            "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+            "accuracy": float(np.mean(predicted == labels)),
+            "per_class_recall": {c: (float(recall[i]) if i in present else None)
+                                 for i, c in enumerate(classes)},
+            "support": {c: int(np.sum(labels == i)) for i, c in enumerate(classes)},
+            "confusion_matrix": confusion_matrix(labels, predicted, labels=ks).tolist()}
+
+
+def plot_confusion(splits: Mapping[str, Mapping[str, Any]], classes: Sequence[str],
+                   path: str) -> str:
+    from trainer.core import report
+
+    k = len(classes)
+    fig = report._figure(max(4.0, 0.6 * k + 2) * len(splits), max(4.0, 0.6 * k + 1.5))
+    for i, (split, m) in enumerate(splits.items(), start=1):
+        ax = fig.add_subplot(1, len(splits), i)
+        matrix = np.array(m["confusion_matrix"])
+        ax.imshow(matrix, cmap="Blues", vmin=0)
+        for (row, col), count in np.ndenumerate(matrix):
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if count > matrix.max() / 2 else "black")
+        ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(k), classes, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{split} (balanced acc. {m['balanced_accuracy']:.3f})")
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, config: dict,
+                        batch_size: int = 32) -> dict[str, Any]:
+    """Writes report.json / report.md / plots/confusion.png for the diagnosis task."""
+    from trainer.cnn import evaluate as evaluate_lib
+    from trainer.core import run_folder
+
+    mapping = read_mapping(workdir)
+    if mapping is None:
+        raise FileNotFoundError(f"{workdir} has no {CLASSES_NAME}: not a diagnosis run")
+    classes = mapping["classes"]
+    splits, excluded = {}, {}
+    for split in evaluate_lib.EVAL_SPLITS:
+        kept, excl = split_records(data_dir, split, image_size, mapping)
+        excluded[split] = excl
+        if kept:
+            labels, probs = predict_split(model, data_dir, split, image_size, mapping,
+                                          batch_size, bool(config.get("use_metadata", False)))
+            splits[split] = split_metrics(labels, probs, classes)
+    plots_dir = os.path.join(workdir, evaluate_lib.PLOTS_DIR)
+    os.makedirs(plots_dir, exist_ok=True)
+    plots = {}
+    if splits:
+        plots["confusion"] = plot_confusion(splits, classes,
+                                            os.path.join(plots_dir, "confusion.png"))
+    payload = {"format": "isicflow.cnn_diagnosis_report/1", "task": "diagnosis",
+               "config": config, "classes": classes,
+               "grouped_as_other": mapping["grouped_as_other"],
+               "min_class_records": mapping["min_records"],
+               "excluded_unknown": {"train": mapping["excluded_unknown"], **excluded},
+               "train_counts": mapping["train_counts"], "splits": splits,
+               "plots": {k: os.path.relpath(v, workdir) for k, v in plots.items()}}
+    run_folder.write_json(os.path.join(workdir, evaluate_lib.REPORT_JSON), payload)
+    lines = ["# Diagnosis task report", "",
+             f"Classes (train >= {mapping['min_records']} records; rarer grouped as `other`): "
+             + ", ".join(classes), "",
+             "Excluded (unknown diagnosis): " + ", ".join(
+                 f"{s} {n}" for s, n in payload["excluded_unknown"].items()), ""]
+    for split, m in splits.items():
+        lines += [f"## {split} ({m['n']} records)", "",
+                  f"Balanced accuracy: {m['balanced_accuracy']:.3f}; accuracy "
+                  f"{m['accuracy']:.3f}", "", "| class | support | recall |", "|---|---|---|"]
+        for c in classes:
+            r = m["per_class_recall"][c]
+            lines.append(f"| {c} | {m['support'][c]} | {'n/a' if r is None else f'{r:.3f}'} |")
+        lines.append("")
+    if plots:
+        lines += ["![confusion matrices](plots/confusion.png)", ""]
+    with open(os.path.join(workdir, evaluate_lib.REPORT_MD), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return payload
