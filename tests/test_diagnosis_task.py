@@ -122,6 +122,7 @@ def test_one_step_reports_and_the_export_serves_k_probabilities(diagnosis_datase
     (["--task=diagnosis", "--monitor=val_accuracy", "--class_balance=sampling"], "binary only"),
     (["--task=diagnosis", "--monitor=val_accuracy", "--min_class_records=0"], "min_class_records"),
     (["--use_metadata", "--tta"], "--tta"),
+    (["--task=diagnosis", "--monitor=val_accuracy", "--tta"], "binary only"),
 ])
 def test_impossible_task_flags_fail_at_parse(argv, shown):
     from absl import flags

@@ -275,6 +275,15 @@ def test_run_without_recorded_threshold_is_refused(data_dir, tmp_path):
     assert result["threshold"]["source"] == "--threshold" and list(result["splits"]) == ["test"]
 
 
+def test_diagnosis_model_is_refused_with_a_reason(data_dir, tmp_path):
+    import keras
+
+    keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(),
+                      keras.layers.Dense(3, activation="softmax")]).save(str(tmp_path / "model.keras"))
+    with pytest.raises(evaluate.EvaluationError, match="diagnosis head"):
+        evaluate.evaluate_external(str(tmp_path), data_dir, threshold=0.5)
+
+
 def test_training_evaluation_with_tta_carries_over_to_external(data_dir, tmp_path):
     """A run evaluated with --tta chose its threshold on TTA probabilities; scoring that run
     elsewhere uses TTA by default, so the validation split scores as training scored it."""

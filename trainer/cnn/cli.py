@@ -77,6 +77,10 @@ flags.register_multi_flags_validator(
     lambda v: v["task"] != "diagnosis" or v["class_balance"] != "sampling",
     message="--class_balance=sampling is binary only; the diagnosis task takes class_weights")
 flags.register_multi_flags_validator(
+    ["task", "tta"], lambda v: not (v["task"] == "diagnosis" and v["tta"]),
+    message="--tta is binary only for now: the diagnosis task's evaluation and export do not "
+            "average the 8 views yet")
+flags.register_multi_flags_validator(
     ["use_metadata", "tta"], lambda v: not (v["use_metadata"] and v["tta"]),
     message="--use_metadata cannot be combined with --tta yet")
 flags.register_multi_flags_validator(

@@ -425,6 +425,10 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     import keras
 
     model = keras.models.load_model(model_info["keras"], compile=False)
+    if len(model.inputs) != 1 or model.outputs[0].shape[-1] != 1:
+        raise EvaluationError(f"--model {model_path!r}: external evaluation scores benign/malignant "
+                              "image-only models; this one has metadata inputs or a diagnosis head "
+                              "(--use_metadata / --task=diagnosis runs report on their own data only)")
     model_size = int(model.inputs[0].shape[1])
     image_size = int(image_size or model_size)
     if image_size != model_size:
