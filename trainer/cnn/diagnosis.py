@@ -186,14 +186,8 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
             image = (image, metadata_features.encode_record(record))
         return image, table.lookup(record["diagnosis"])
 
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    if training:
-        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    records = files.interleave(
-        lambda path: tf.data.TFRecordDataset(
-            path, compression_type=dataset_lib.compression_type(manifest)),
-        cycle_length=min(len(paths), 16), block_length=1, num_parallel_calls=ip.AUTOTUNE,
-        deterministic=True if not training else None)
+    records = ip.shard_records(paths, manifest, shuffle_seed=seed if training else None,
+                               deterministic=True if not training else None)
     buffer = max(1, min(int(info["records"]), _MAX_SHUFFLE_BUFFER))
     if training and not cache:
         records = records.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
@@ -210,22 +204,9 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
         ds = ds.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    if training and augment:
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
-
-        def augment_one(pair, index):
-            image, label = pair
-            return ip.on_image(image, lambda im: ip.preprocess_for_train(
-                im, augment=True, seed=tf.stack([tf.constant(seed, tf.int64), index]))), label
-
-        ds = ds.map(augment_one, num_parallel_calls=ip.AUTOTUNE)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=ip.AUTOTUNE)
-    else:
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=ip.AUTOTUNE)
-        if not as_uint8:
-            ds = ds.map(lambda images, labels: (ip.on_image(images, ip.preprocess_for_eval),
-                                                labels),
-                        num_parallel_calls=ip.AUTOTUNE)
+    ds = ip.augment_and_batch(ds, augment_seed=seed if training and augment else None,
+                              batch_size=batch_size, drop_remainder=drop_remainder,
+                              as_uint8=as_uint8)
     options = tf.data.Options()
     options.deterministic = bool(deterministic) or not training
     return ds.prefetch(ip.AUTOTUNE).with_options(options)

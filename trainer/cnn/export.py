@@ -126,6 +126,15 @@ def _check_model(model, image_size: int) -> None:
         raise ValueError(f"model output shape {out} is not [batch, 1] (one probability)")
 
 
+def _export_paths(workdir: str) -> dict[str, str]:
+    """WORKDIR/export/ (created) and the files an export writes there."""
+    export_dir = os.path.join(workdir, EXPORT_DIR)
+    os.makedirs(export_dir, exist_ok=True)
+    return {"export_dir": export_dir, "keras": os.path.join(export_dir, KERAS_NAME),
+            "saved_model": os.path.join(export_dir, SAVED_MODEL_NAME),
+            "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
+
+
 def export_model(model, workdir: str, image_size: int, resize_mode: str = "squash",
                  threshold: float | None = None, tta: bool = False) -> dict[str, str]:
     """Writes workdir/export/{model.keras, saved_model/, serving_config.json}; returns paths.
@@ -147,11 +156,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         threshold, threshold_source = float(threshold), "given to export_model"
-    export_dir = os.path.join(workdir, EXPORT_DIR)
-    os.makedirs(export_dir, exist_ok=True)
-    paths = {"export_dir": export_dir, "keras": os.path.join(export_dir, KERAS_NAME),
-             "saved_model": os.path.join(export_dir, SAVED_MODEL_NAME),
-             "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
+    paths = _export_paths(workdir)
     model.save(paths["keras"])
     if tta and uses_metadata(model):
         raise ValueError("test-time augmentation is not supported with --use_metadata")
@@ -267,11 +272,7 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
 
             return self._classify(image_bytes, metadata_features.encode(age, sex, site))
 
-    export_dir = os.path.join(workdir, EXPORT_DIR)
-    os.makedirs(export_dir, exist_ok=True)
-    paths = {"export_dir": export_dir, "keras": os.path.join(export_dir, KERAS_NAME),
-             "saved_model": os.path.join(export_dir, SAVED_MODEL_NAME),
-             "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
+    paths = _export_paths(workdir)
     model.save(paths["keras"])
     module = DiagnosisModule()
     signatures = {"serving_default": module.serve, "preprocess": module.preprocess}

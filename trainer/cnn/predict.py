@@ -89,8 +89,6 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold_override: floa
     tta None: as exported (serving_default); True/False: the serving_tta / serving_plain
     signature (the 8 flips/rot90s averaged, or not), as trainer.evaluate --tta scores.
     """
-    import tensorflow as tf
-
     from trainer.cnn import export
 
     if threshold_override is not None and not 0.0 <= threshold_override <= 1.0:
@@ -105,6 +103,22 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold_override: floa
         raise ValueError(f"{model_dir}: the export has no {name} signature (exported before "
                          "test-time augmentation existed); re-export it")
     serve = loaded.signatures[name]
+
+    def fill(result: Prediction, out: dict, row: int) -> None:
+        probability = float(out["probability"][row])
+        result.probability = probability
+        result.label = out["label"][row].decode() if threshold_override is None else \
+            ("malignant" if probability >= threshold_override else "benign")
+
+    return _serve_files(paths, serve, batch_size, fill)
+
+
+def _serve_files(paths: Sequence[str], serve, batch_size: int, fill) -> list[Prediction]:
+    """Checks each file, serves the readable ones `batch_size` at a time through the exported
+    signature `serve` and lets fill(result, outputs as numpy, row) read each one's answer; a
+    batch the in-graph decoder refuses is retried file by file to name the file."""
+    import tensorflow as tf
+
     results, pending = [], []
     for path in paths:
         data, error, warning = check_file(path)
@@ -122,10 +136,9 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold_override: floa
                 return
             items[0][0].error = f"the model's decoder refused it ({e.message.splitlines()[0]})"
             return
-        for (result, _), probability, label in zip(items, out["probability"].numpy(), out["label"].numpy()):
-            result.probability = float(probability)
-            result.label = label.decode() if threshold_override is None else \
-                ("malignant" if probability >= threshold_override else "benign")
+        out = {key: value.numpy() for key, value in out.items()}
+        for row, (result, _) in enumerate(items):
+            fill(result, out, row)
 
     for start in range(0, len(pending), batch_size):
         run(pending[start:start + batch_size])
@@ -135,35 +148,16 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold_override: floa
 def _predict_diagnosis(paths: Sequence[str], loaded, config, batch_size: int,
                        top_k: int = 3) -> list[Prediction]:
     import numpy as np
-    import tensorflow as tf
 
-    serve = loaded.signatures["serving_default"]
     classes = list(config["classes"])
-    results, pending = [], []
-    for path in paths:
-        data, error, warning = check_file(path)
-        results.append(Prediction(path, error=error, warning=warning))
-        if data is not None:
-            pending.append((results[-1], data))
 
-    def run(items) -> None:
-        try:
-            out = serve(image_bytes=tf.constant([data for _, data in items]))
-        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-            if len(items) > 1:
-                for item in items:
-                    run([item])
-                return
-            items[0][0].error = f"the model's decoder refused it ({e.message.splitlines()[0]})"
-            return
-        for (result, _), probs in zip(items, out["probabilities"].numpy()):
-            order = np.argsort(-probs, kind="stable")[:top_k]
-            result.top = [(classes[i], float(probs[i])) for i in order]
-            result.label, result.probability = result.top[0]
+    def fill(result: Prediction, out: dict, row: int) -> None:
+        probs = out["probabilities"][row]
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        result.top = [(classes[i], float(probs[i])) for i in order]
+        result.label, result.probability = result.top[0]
 
-    for start in range(0, len(pending), batch_size):
-        run(pending[start:start + batch_size])
-    return results
+    return _serve_files(paths, loaded.signatures["serving_default"], batch_size, fill)
 
 
 def _define_flags() -> None:

@@ -95,6 +95,52 @@ def scale_to_range(image01: tf.Tensor, value_range: Sequence[float]) -> tf.Tenso
     return image01 * (high - low) + low
 
 
+def shard_records(paths: Sequence[str], manifest: dict, *, shuffle_seed: int | None = None,
+                  deterministic: bool | None = None) -> tf.data.Dataset:
+    """Serialized records of the shard files, read 16 files at a time in parallel; the file
+    order shuffled each epoch when shuffle_seed is given."""
+    files = tf.data.Dataset.from_tensor_slices(list(paths))
+    if shuffle_seed is not None:
+        files = files.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return files.interleave(
+        lambda path: tf.data.TFRecordDataset(
+            path, compression_type=dataset_lib.compression_type(manifest)),
+        cycle_length=min(len(paths), 16), block_length=1, num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic)
+
+
+def augment_and_batch(ds: tf.data.Dataset, *, augment_seed: int | None, batch_size: int,
+                      drop_remainder: bool, as_uint8: bool = False,
+                      value_range: Sequence[float] = (0.0, 1.0),
+                      label_dtype: tf.DType | None = None) -> tf.data.Dataset:
+    """(uint8 image, label) elements -> batches: augmented per image (seeded by augment_seed and
+    the element index, counted after any repeat so epochs differ) and scaled to value_range;
+    or, without augmentation, batched as uint8 first (4x fewer bytes than float32) and then
+    scaled a whole batch at a time (the same values, less CPU), or left uint8 (as_uint8).
+    Labels are cast to label_dtype (None: as they are)."""
+    def cast(label):
+        return label if label_dtype is None else tf.cast(label, label_dtype)
+
+    if augment_seed is not None:
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
+
+        def augment_one(pair, index):
+            image, label = pair
+            image = on_image(image, lambda im: scale_to_range(preprocess_for_train(
+                im, augment=True, seed=tf.stack([tf.constant(augment_seed, tf.int64), index])),
+                value_range))
+            return image, cast(label)
+
+        ds = ds.map(augment_one, num_parallel_calls=AUTOTUNE)
+        return ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+    if as_uint8:
+        return ds.map(lambda images, labels: (images, cast(labels)), num_parallel_calls=AUTOTUNE)
+    return ds.map(lambda images, labels: (
+        on_image(images, lambda im: scale_to_range(preprocess_for_eval(im), value_range)),
+        cast(labels)), num_parallel_calls=AUTOTUNE)
+
+
 def _digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -215,13 +261,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         raise ValueError(f"balance_classes needs both classes in {split!r}; counts {counts}")
 
     def stream(label_filter=None, stream_seed=seed) -> tf.data.Dataset:
-        files = tf.data.Dataset.from_tensor_slices(paths)
-        if training:
-            files = files.shuffle(len(paths), seed=stream_seed, reshuffle_each_iteration=True)
-        records = files.interleave(
-            lambda path: tf.data.TFRecordDataset(
-                path, compression_type=dataset_lib.compression_type(manifest)),
-            cycle_length=min(len(paths), 16), block_length=1, num_parallel_calls=AUTOTUNE)
+        records = shard_records(paths, manifest, shuffle_seed=stream_seed if training else None)
         buffer = max(1, min(int(info["records"]), _MAX_SHUFFLE_BUFFER))
         if training and not cache:
             records = records.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
@@ -250,30 +290,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         ds = stream()
         if repeat:
             ds = ds.repeat()
-    if training and augment:
-        # Element index -> per-image augmentation seed; counted after repeat so epochs differ.
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
-
-        def augment_one(pair, index):
-            image, label = pair
-            image = on_image(image, lambda im: scale_to_range(preprocess_for_train(
-                im, augment=True, seed=tf.stack([tf.constant(seed, tf.int64), index])),
-                value_range))
-            return image, tf.cast(label, tf.float32)
-
-        ds = ds.map(augment_one, num_parallel_calls=AUTOTUNE)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
-    else:
-        # No per-image work left: batch the uint8 images (4x fewer bytes than float32) and
-        # convert whole batches: the same values as per image, at less CPU cost.
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
-        if as_uint8:
-            ds = ds.map(lambda images, labels: (images, tf.cast(labels, tf.float32)),
-                        num_parallel_calls=AUTOTUNE)
-        else:
-            ds = ds.map(lambda images, labels: (
-                on_image(images, lambda im: scale_to_range(preprocess_for_eval(im), value_range)),
-                tf.cast(labels, tf.float32)), num_parallel_calls=AUTOTUNE)
+    ds = augment_and_batch(ds, augment_seed=seed if training and augment else None,
+                           batch_size=batch_size, drop_remainder=drop_remainder,
+                           as_uint8=as_uint8, value_range=value_range, label_dtype=tf.float32)
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
