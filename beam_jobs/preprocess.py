@@ -12,7 +12,12 @@ warning and exit 0).
 """
 from __future__ import annotations
 
+import time
+
+_PROCESS_START_FALLBACK = time.time()  # when /proc is unavailable: the launcher's first import
+
 import dataclasses
+import json
 import logging
 import sys
 from typing import Optional, Sequence
@@ -21,7 +26,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-from beam_jobs import synthetic, writing
+from beam_jobs import synthetic, timeline, writing
 from beam_jobs.config import PreprocessConfig, parse_config
 from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, REJECTED, FilterRecords,
                                   ProcessImage, plan_shards)
@@ -29,6 +34,8 @@ from isicflow import fileio
 from isicflow.dataset import MANIFEST_NAME, REJECTS_NAME, read_manifest
 from isicflow.fileio import join_path
 from isicflow.metadata import LesionRecord, Rejection
+
+_IMPORTS_DONE = time.time()
 
 
 class InputError(ValueError):
@@ -299,12 +306,19 @@ def make_runner(options: PipelineOptions):
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
-def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) -> dict:
-    """Runs the job; returns the manifest it wrote. Tests call this directly."""
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
+        phases: Optional[timeline.Timeline] = None) -> dict:
+    """Runs the job; returns the manifest it wrote. Tests call this directly.
+
+    `phases` (or a fresh one) receives the run's timeline; --profile_phases prints it.
+    """
+    phases = phases if phases is not None else new_timeline()
     config, beam_args = parse_config(argv)
+    phases.mark("run_started")
     if config.input is None:
         config = dataclasses.replace(config, input=synthetic.ensure_default_dataset())
     layout_result = read_input(config)
+    phases.mark("layout_read")
     logging.info("layout %s: %d records, %d metadata rejections", layout_result.layout,
                  len(layout_result.records), len(layout_result.rejections))
     for name, info in layout_result.downloads.items():
@@ -318,11 +332,15 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     FileSystems.set_options(options)  # e.g. Beam's S3 client needs them before stage_layout
     prepare_output(config)
     stage_layout(config, layout_result)
+    phases.mark("output_staged")
 
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     _ = pipeline | "IsicToTFRecords" >> IsicToTFRecords(config, layout_result)
+    phases.mark("pipeline_started")
     result = pipeline.run()
     result.wait_until_finish()
+    phases.mark("pipeline_done")
+    phases.add_beam_result(result)
 
     manifest = read_manifest(config.output)  # what Finalize wrote, version-checked
     print(format_summary(manifest))
@@ -335,7 +353,24 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
         if not config.allow_empty:
             raise EmptyDataset(diagnosis, manifest)
         logging.warning("--allow_empty: %s", diagnosis)
+    phases.mark("run_done")
+    if config.profile_phases:
+        print_timeline(phases)
     return manifest
+
+
+def new_timeline() -> timeline.Timeline:
+    """A timeline from this process's start (from /proc; else the launcher's first import)."""
+    phases = timeline.Timeline(timeline.process_start_time() or _PROCESS_START_FALLBACK)
+    phases.mark("imports_done", _IMPORTS_DONE)
+    return phases
+
+
+def print_timeline(phases: timeline.Timeline) -> None:
+    """The table, then one JSON line for tools (benchmarks.bench_preprocess parses it)."""
+    print("timeline of this run (--profile_phases):")
+    print(phases.format())
+    print(timeline.JSON_PREFIX + json.dumps(phases.to_json()), flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

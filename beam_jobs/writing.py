@@ -13,7 +13,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from beam_jobs import spool
+from beam_jobs import spool, timeline
 from beam_jobs.config import PreprocessConfig
 from isicflow import dataset, fileio
 from isicflow.dataset import MANIFEST_NAME, REJECTS_NAME
@@ -21,6 +21,8 @@ from isicflow.fileio import join_path as join
 from isicflow.metadata import Rejection
 
 INCOMPLETE_DIR = ".incomplete"
+# Flags that change how a run goes, never what it writes: kept out of the manifest's run_config.
+RUN_ONLY_FLAGS = ("output", "overwrite", "profile_phases")
 
 
 class WriteShard(beam.DoFn):
@@ -44,6 +46,7 @@ class WriteShard(beam.DoFn):
             self.config.tf_compression)
         Metrics.counter("isicflow", "shards_written").inc()
         Metrics.counter("isicflow", "records_written").inc(len(images))
+        timeline.record_now(timeline.SHARD_WRITTEN_MS)
         yield {"size": size, "split": split, "path": rel, "records": len(images),
                "bytes": nbytes, "sha256": sha}
 
@@ -52,7 +55,7 @@ def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
                    rejections: list[Rejection], kept: list[dict], inputs_read: int,
                    layout_counters: dict, layout_info: Optional[dict] = None) -> dict:
     """Pure: the engine's manifest (isicflow.dataset.build_manifest) for this run's config."""
-    run_config = {k: v for k, v in config.to_json_dict().items() if k not in ("output", "overwrite")}
+    run_config = {k: v for k, v in config.to_json_dict().items() if k not in RUN_ONLY_FLAGS}
     return dataset.build_manifest(
         layout=layout, image_sizes=config.image_sizes, image_format=config.image_format,
         resize_mode=config.resize_mode, compression=config.tf_compression,
@@ -76,5 +79,6 @@ def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_
     fileio.delete_tree(join(config.output, INCOMPLETE_DIR))
     fileio.write_bytes(join(config.output, REJECTS_NAME), dataset.rejects_bytes(rejections))
     fileio.write_bytes(join(config.output, MANIFEST_NAME), dataset.manifest_bytes(manifest))
+    timeline.record_now(timeline.MANIFEST_WRITTEN_MS)
     logging.info("wrote %s", join(config.output, MANIFEST_NAME))
     return manifest
