@@ -88,3 +88,15 @@ def test_local_run_never_imports_tensorflow_and_prints_every_phase(tmp_path):
                            "first_image_decoded", "last_image_decoded", "shards_written",
                            "manifest_written", "pipeline_done", "run_done"]
     assert list(marks.values()) == sorted(marks.values())
+
+
+def test_in_process_workers_sample_state_every_10_ms():
+    """A DirectRunner run makes Beam's state sampler prompt, so a bundle's end does not wait up
+    to 200 ms for its sleeping sampler thread."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.worker import statesampler
+
+    from beam_jobs import preprocess
+
+    preprocess.make_runner(PipelineOptions([]))
+    assert statesampler.StateSampler("x", None).sampling_period_ms == preprocess.STATE_SAMPLING_MS
