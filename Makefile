@@ -77,8 +77,14 @@ sample-dcgan: install
 gan-eval: install
 	$(PY) -m trainer.gan_eval --flagfile=configs/gan_eval.flags
 
+## Engine vs a Pillow loop on real files: any dataset the engine reads, repeated as downloads.
+## e.g. make bench-preprocess BENCH_DATA=../shared/data/isic-acral-666 BENCH_REPEAT=1
+BENCH_DATA   ?= ../shared/data/isic-fullres-30
+BENCH_REPEAT ?= 50
+BENCH_FLAGS  ?=
 bench-preprocess: install
-	$(PY) -m benchmarks.bench_preprocess --data=$(DATA) --workdir=$(OUT)/bench-preprocess
+	$(PY) -m benchmarks.bench_preprocess --data=$(BENCH_DATA) --repeat=$(BENCH_REPEAT) \
+	    --workdir=$(OUT)/bench-preprocess $(BENCH_FLAGS)
 
 bench-input: install
 	$(PY) -m benchmarks.bench_input --data=$(DATA) --workdir=$(OUT)/bench-input

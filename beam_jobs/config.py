@@ -50,6 +50,7 @@ class PreprocessConfig:
     patient_column: str = ""
     lesion_column: str = ""
     diagnosis_column: str = ""
+    profile_phases: bool = False  # print the run's timeline (beam_jobs.timeline); not in run_config
 
     @property
     def tf_compression(self) -> str:
@@ -82,6 +83,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     io.add_argument("--allow_empty", action="store_true",
                     help="exit 0 (with a warning) even when no record is written or the train "
                          "or validation split is empty")
+    io.add_argument("--profile_phases", action="store_true",
+                    help="print the run's timeline: process start, imports, layout read, first "
+                         "and last image decoded, shards and manifest written")
     own = p.add_argument_group(
         "any other images-plus-table dataset (instead of a detected ISIC layout)")
     own.add_argument("--metadata_csv", default="",
@@ -180,5 +184,5 @@ def parse_config(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str
         metadata_csv=args.metadata_csv, id_column=args.id_column, label_column=args.label_column,
         malignant_values=_csv(args.malignant_values), benign_values=_csv(args.benign_values),
         patient_column=args.patient_column, lesion_column=args.lesion_column,
-        diagnosis_column=args.diagnosis_column)
+        diagnosis_column=args.diagnosis_column, profile_phases=args.profile_phases)
     return config, beam_args

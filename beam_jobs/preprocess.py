@@ -12,16 +12,41 @@ warning and exit 0).
 """
 from __future__ import annotations
 
+import time
+
+_PROCESS_START_FALLBACK = time.time()  # when /proc is unavailable: the launcher's first import
+
+import contextlib
 import dataclasses
+import gc
+import json
 import logging
 import sys
+from importlib import metadata
 from typing import Optional, Sequence
 
-import apache_beam as beam
+
+@contextlib.contextmanager
+def _without_distribution_scan():
+    """Importing Beam imports google-api-core (its GCS file system), which on Python 3.11 from
+    2026 on calls importlib.metadata.packages_distributions() only to name itself in a
+    deprecation warning: a read of every installed distribution's RECORD, 0.2-0.3 s of the
+    launcher's start-up here (python -X importtime). For the import only, that scan answers {}:
+    the warning then names the module instead of its distribution; nothing else changes."""
+    scan = metadata.packages_distributions
+    metadata.packages_distributions = lambda: {}
+    try:
+        yield
+    finally:
+        metadata.packages_distributions = scan
+
+
+with _without_distribution_scan():
+    import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-from beam_jobs import synthetic, writing
+from beam_jobs import synthetic, timeline, writing
 from beam_jobs.config import PreprocessConfig, parse_config
 from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, NEAR_DUPLICATES, REJECTED,
                                   FilterRecords, ProcessImage, plan_shards)
@@ -29,6 +54,8 @@ from isicflow import fileio
 from isicflow.dataset import MANIFEST_NAME, REJECTS_NAME, read_manifest
 from isicflow.fileio import join_path
 from isicflow.metadata import LesionRecord, Rejection
+
+_IMPORTS_DONE = time.time()
 
 
 class InputError(ValueError):
@@ -296,17 +323,44 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
+    prompt_state_sampling()
+
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
-def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) -> dict:
-    """Runs the job; returns the manifest it wrote. Tests call this directly."""
+STATE_SAMPLING_MS = 10
+
+
+def prompt_state_sampling() -> None:
+    """Beam's state sampler (per-step timing of a bundle) is a thread that sleeps up to 200 ms
+    between samples, and the end of every bundle joins it: up to 200 ms idle per bundle, ~100 ms
+    on average after the long decode bundle alone (measured by sampling the stacks of a run:
+    the main thread waits in StateSampler.stop). The FnApiRunner's in-process workers (one
+    worker, or multi_threading) sample every STATE_SAMPLING_MS instead; the sampler works
+    without the GIL and only adds elapsed time to a counter, so a shorter period costs nothing
+    measurable. Worker processes (multi_processing, other runners) keep Beam's default."""
+    from apache_beam.runners.worker import statesampler
+
+    init = statesampler.StateSampler.__init__
+    if init.__defaults__ != (STATE_SAMPLING_MS,):
+        init.__defaults__ = (STATE_SAMPLING_MS,)
+
+
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
+        phases: Optional[timeline.Timeline] = None) -> dict:
+    """Runs the job; returns the manifest it wrote. Tests call this directly.
+
+    `phases` (or a fresh one) receives the run's timeline; --profile_phases prints it.
+    """
+    phases = phases if phases is not None else new_timeline()
     config, beam_args = parse_config(argv)
+    phases.mark("run_started")
     if config.input is None:
         config = dataclasses.replace(config, input=synthetic.ensure_default_dataset())
     layout_result = read_input(config)
+    phases.mark("layout_read")
     logging.info("layout %s: %d records, %d metadata rejections", layout_result.layout,
                  len(layout_result.records), len(layout_result.rejections))
     for name, info in layout_result.downloads.items():
@@ -320,11 +374,15 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     FileSystems.set_options(options)  # e.g. Beam's S3 client needs them before stage_layout
     prepare_output(config)
     stage_layout(config, layout_result)
+    phases.mark("output_staged")
 
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     _ = pipeline | "IsicToTFRecords" >> IsicToTFRecords(config, layout_result)
+    phases.mark("pipeline_started")
     result = pipeline.run()
     result.wait_until_finish()
+    phases.mark("pipeline_done")
+    phases.add_beam_result(result)
 
     manifest = read_manifest(config.output)  # what Finalize wrote, version-checked
     print(format_summary(manifest))
@@ -337,7 +395,24 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
         if not config.allow_empty:
             raise EmptyDataset(diagnosis, manifest)
         logging.warning("--allow_empty: %s", diagnosis)
+    phases.mark("run_done")
+    if config.profile_phases:
+        print_timeline(phases)
     return manifest
+
+
+def new_timeline() -> timeline.Timeline:
+    """A timeline from this process's start (from /proc; else the launcher's first import)."""
+    phases = timeline.Timeline(timeline.process_start_time() or _PROCESS_START_FALLBACK)
+    phases.mark("imports_done", _IMPORTS_DONE)
+    return phases
+
+
+def print_timeline(phases: timeline.Timeline) -> None:
+    """The table, then one JSON line for tools (benchmarks.bench_preprocess parses it)."""
+    print("timeline of this run (--profile_phases):")
+    print(phases.format())
+    print(timeline.JSON_PREFIX + json.dumps(phases.to_json()), flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -352,7 +427,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except EmptyDataset as e:
         print(f"preprocess: error: {e}", file=sys.stderr)
         return EXIT_EMPTY
+    finally:
+        skip_final_collection()
     return 0
+
+
+def skip_final_collection() -> None:
+    """At exit the interpreter would garbage-collect every object Beam, gRPC and protobuf made:
+    0.5-0.7 s after the manifest is written, measured. Every output is closed by now (the
+    manifest last), so the objects are frozen instead; exit still flushes stdout and runs atexit."""
+    gc.disable()
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from beam_jobs import splits
+from beam_jobs import splits, timeline
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SPOOL_DIR, SpoolRef, SpoolWriter
 from beam_jobs.writing import INCOMPLETE_DIR
@@ -106,6 +106,7 @@ class ProcessImage(beam.DoFn):
         # The rate counts from here: the worker's own work, not its start-up.
         self._seen, self._started = 0, time.monotonic()
         self._instance = uuid.uuid4().hex[:8]  # one rate per DoFn instance, whatever thread
+        self._clock = timeline.ImageClock()  # --profile_phases: first/last decode, CPU per image
 
     def _reject(self, record: LesionRecord, reason: str, detail: str, kind: str = REJECTED):
         _count(reason)
@@ -134,6 +135,7 @@ class ProcessImage(beam.DoFn):
     def process(self, record: LesionRecord):
         cfg = self.config
         self._progress()
+        clock = self._clock.begin()
         try:
             data = fileio.read_bytes(record.image_path)  # as stored, whatever its name
         except Exception as e:  # missing file, permissions, network: recorded, job goes on
@@ -171,6 +173,7 @@ class ProcessImage(beam.DoFn):
         self._decoded.inc()
         if decoded.scale_denominator > 1:
             self._reduced.inc()
+        self._clock.end(clock)
         yield ProcessedImage(record, hashlib.sha256(data).hexdigest(),
                              decoded.source_width, decoded.source_height, encoded, phash)
 

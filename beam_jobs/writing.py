@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from beam_jobs import spool
+from beam_jobs import spool, timeline
 from beam_jobs.config import PreprocessConfig
 from isicflow import dataset, fileio, image_checks
 from isicflow.dataset import MANIFEST_NAME, REJECTS_NAME
@@ -21,6 +21,8 @@ from isicflow.fileio import join_path as join
 from isicflow.metadata import Rejection
 
 INCOMPLETE_DIR = ".incomplete"
+# Flags that change how a run goes, never what it writes: kept out of the manifest's run_config.
+RUN_ONLY_FLAGS = ("output", "overwrite", "profile_phases")
 
 
 class WriteShard(beam.DoFn):
@@ -44,6 +46,7 @@ class WriteShard(beam.DoFn):
             self.config.tf_compression)
         Metrics.counter("isicflow", "shards_written").inc()
         Metrics.counter("isicflow", "records_written").inc(len(images))
+        timeline.record_now(timeline.SHARD_WRITTEN_MS)
         yield {"size": size, "split": split, "path": rel, "records": len(images),
                "bytes": nbytes, "sha256": sha}
 
@@ -57,7 +60,7 @@ def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
     near_duplicate_groups: the sorted groups of image ids plan_dataset found perceptually
     near-identical (with --near_duplicates=drop, all but each group's first were dropped).
     """
-    run_config = {k: v for k, v in config.to_json_dict().items() if k not in ("output", "overwrite")}
+    run_config = {k: v for k, v in config.to_json_dict().items() if k not in RUN_ONLY_FLAGS}
     near_duplicates = {"max_distance": {"coarse_bits": image_checks.COARSE_MAX_DISTANCE,
                                         "fine_bits": image_checks.FINE_MAX_DISTANCE},
                        "groups": [list(g) for g in sorted(near_duplicate_groups)]}
@@ -84,5 +87,6 @@ def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_
     fileio.delete_tree(join(config.output, INCOMPLETE_DIR))
     fileio.write_bytes(join(config.output, REJECTS_NAME), dataset.rejects_bytes(rejections))
     fileio.write_bytes(join(config.output, MANIFEST_NAME), dataset.manifest_bytes(manifest))
+    timeline.record_now(timeline.MANIFEST_WRITTEN_MS)
     logging.info("wrote %s", join(config.output, MANIFEST_NAME))
     return manifest
