@@ -88,19 +88,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
                          "and last image decoded, shards and manifest written")
     own = p.add_argument_group(
         "any other images-plus-table dataset (instead of a detected ISIC layout)")
-    own.add_argument("--metadata_csv", default="",
-                     help="CSV with one row per image; images <id>.jpg/.jpeg/.png under --input")
-    own.add_argument("--id_column", default="", help="column holding the image id (file stem)")
-    own.add_argument("--label_column", default="", help="column holding the label")
-    own.add_argument("--malignant_values", default="",
-                     help="comma list of label values meaning malignant (default "
-                          "1,1.0,malignant,melanoma,mel,true,yes)")
-    own.add_argument("--benign_values", default="",
-                     help="comma list of label values meaning benign (default: every other "
-                          "non-empty value except unknown/indeterminate)")
-    own.add_argument("--patient_column", default="", help="group column: patient id")
-    own.add_argument("--lesion_column", default="", help="group column: lesion id")
-    own.add_argument("--diagnosis_column", default="", help="column holding the diagnosis text")
+    for name, text in (
+            ("metadata_csv", "CSV with one row per image; images <id>.jpg/.jpeg/.png under --input"),
+            ("id_column", "column holding the image id (file stem)"),
+            ("label_column", "column holding the label"),
+            ("malignant_values", "comma list of label values meaning malignant (default "
+                                 "1,1.0,malignant,melanoma,mel,true,yes)"),
+            ("benign_values", "comma list of label values meaning benign (default: every other "
+                              "non-empty value except unknown/indeterminate)"),
+            ("patient_column", "group column: patient id"),
+            ("lesion_column", "group column: lesion id"),
+            ("diagnosis_column", "column holding the diagnosis text")):
+        own.add_argument(f"--{name}", default="", help=text)
     flt = p.add_argument_group("filters (defaults: the 2020 study's choices)")
     flt.add_argument("--image_types", default="dermoscopic",
                      help="comma list of kept meta.acquisition.image_type values, or 'all'; "
