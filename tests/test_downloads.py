@@ -101,6 +101,18 @@ def test_isic_cli_downloads_plus_ham10000_folder(tmp_path, subset):
     assert read_layout(str(tmp_path)).records == result.records
 
 
+def test_legacy_sidecar_folder_beside_table_downloads_is_a_download(tmp_path, subset):
+    """All of ../shared/data side by side: the legacy gallery folder (sidecars, no CSV) was read as
+    images in no download, every one rejected missing_metadata."""
+    rows = acral_rows()[::40]
+    build_acral_download(tmp_path / "acral", rows)
+    lb.build_legacy_json(tmp_path / "uda1", subset, collection="UDA-1")
+    result = read_layout(str(tmp_path))
+    assert {d: (i["layout"], i["records"]) for d, i in result.downloads.items()} == {
+        "acral": ("isic_cli", len(rows)), "uda1": ("legacy_json", len(subset))}
+    assert result.rejections == [] and len(result.records) == len(rows) + len(subset)
+
+
 def test_same_id_across_downloads_same_bytes_kept_once_conflict_rejected(tmp_path):
     rows = acral_rows()
     benign = [r for r in rows if r["diagnosis_1"] == "Benign"][:4]

@@ -125,14 +125,24 @@ def download_folders(scan: Scan) -> list[str]:
 
     [] when root itself has a recognised CSV (a single download, read as before) or no folder
     below it has one. Only the shallowest such folders count: a table deeper inside a download
-    (the ISIC 2017 age/sex file in the image folder) belongs to that download.
+    (the ISIC 2017 age/sex file in the image folder) belongs to that download. Beside such
+    folders, a top folder holding legacy JSON sidecars (a gallery download) is one as well.
     """
     if any(csv_kinds(scan).values()):
         return []
     folders = sorted({os.path.dirname(p) for p, k in csv_kinds(scan, anywhere=True).items() if k})
-    return [f for f in folders if not any(f.startswith(o.rstrip("/\\") + os.sep) or
-                                          f.startswith(o.rstrip("/") + "/")
-                                          for o in folders if o != f)]
+    if folders:  # beside table downloads, a top folder of legacy sidecars is a download too
+        sidecars = sidecar_jsons(scan)
+        folders += [top for top in (fileio.join_path(scan.root, d) for d in scan.top_dirs)
+                    if not any(f == top or _inside(f, top) or _inside(top, f) for f in folders)
+                    and any(_inside(p, top) for p in sidecars)]
+    return sorted(f for f in folders if not any(_inside(f, o) for o in folders if o != f))
+
+
+def _inside(path: str, folder: str) -> bool:
+    """path is below folder (local separators or URL slashes)."""
+    return (path.startswith(folder.rstrip("/\\") + os.sep) or
+            path.startswith(folder.rstrip("/") + "/"))
 
 
 def detect_layout(root: str) -> str:
