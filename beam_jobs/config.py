@@ -81,8 +81,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     io.add_argument("--dx_map", default="",
                     help="override dx->label entries, e.g. 'bkl:malignant,unk:unknown'")
     io.add_argument("--allow_empty", action="store_true",
-                    help="exit 0 (with a warning) even when no record is written or the train "
-                         "or validation split is empty")
+                    help="exit 0 (with a warning) even when no record is written, the train "
+                         "or validation split is empty, or over a third of the inputs are rejected")
     io.add_argument("--profile_phases", action="store_true",
                     help="print the run's timeline: process start, imports, layout read, first "
                          "and last image decoded, shards and manifest written")

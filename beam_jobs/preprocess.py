@@ -66,6 +66,9 @@ class OutputNotEmpty(InputError):
     """--output holds files and --overwrite was not given (or they are not ours to delete)."""
 
 
+MAX_REJECTED_SHARE = 1 / 3  # more rejected inputs than this fails the run (see empty_problems)
+
+
 class EmptyDataset(RuntimeError):
     """The run wrote no record, or left a split the trainers need empty; main() exits 3.
 
@@ -229,11 +232,17 @@ def format_summary(manifest: dict) -> str:
 
 
 def empty_problems(manifest: dict, config: PreprocessConfig) -> list[str]:
-    """Why this dataset is of no use to the trainers: no record, or train/validation empty
-    (a split whose requested fraction is 0 is not asked for, so not a problem)."""
-    if manifest["totals"]["written"] == 0:
+    """Why this dataset is of no use to the trainers: no record, train/validation empty (a split
+    whose requested fraction is 0 is not asked for, so not a problem), or more than
+    MAX_REJECTED_SHARE of the inputs rejected (a misread download looks like that; filters and
+    duplicates are choices, not failures, and do not count)."""
+    totals = manifest["totals"]
+    if totals["written"] == 0:
         return ["0 records written"]
     problems = []
+    if totals["rejected"] > MAX_REJECTED_SHARE * totals["read"]:
+        problems.append(f"{totals['rejected']} of {totals['read']} inputs rejected (more than "
+                        f"{MAX_REJECTED_SHARE:.0%})")
     first = next(iter(manifest["datasets"].values()), {})
     for split, fraction in zip(("train", "validation", "test"), config.split_fractions):
         if split in NEEDED_SPLITS and fraction > 0 and first.get(split, {}).get("records", 0) == 0:

@@ -110,6 +110,20 @@ def test_zero_records_exit_3_with_diagnosis(tmp_path, capsys, sample_dir):
     assert manifest["metadata_files"][0]["role"] == "layout"
 
 
+def test_most_inputs_rejected_exits_3(tmp_path, capsys, sample_dir):
+    """Half the sidecars gone: a run that writes far less than it read says why, non-zero."""
+    images = [i for i in lb.sample_images(sample_dir, every=20) if i.image_id != "ISIC_0000000"]
+    lb.build_legacy_json(tmp_path / "src", images)
+    for image in images[::2]:
+        (tmp_path / "src" / image.sidecar_path.name).unlink()
+    code = preprocess.main([f"--input={tmp_path / 'src'}", f"--output={tmp_path / 'out'}",
+                            "--image_size=32", "--keep_degenerate"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert f"{len(images[::2])} of {len(images)} inputs rejected (more than 33%)" in err
+    assert f"rejected:missing_metadata {len(images[::2])}" in err
+
+
 def test_allow_empty_exits_0_with_a_warning(tmp_path, capsys, sample_dir, caplog):
     unrecognised_root(tmp_path / "src", sample_dir)
     assert preprocess.main([f"--input={tmp_path / 'src'}", f"--output={tmp_path / 'out'}",
