@@ -287,28 +287,25 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
                               "run folder nor an export folder)")
     config_path = os.path.join(path, export_lib.SERVING_CONFIG_NAME)
     report_path = os.path.join(path, REPORT_JSON)
-    run_export = os.path.join(path, export_lib.EXPORT_DIR, export_lib.SERVING_CONFIG_NAME)
     kind = "export" if os.path.isfile(config_path) else "run"
-    serving = {}
-    if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            serving = json.load(f)
+    # Each file read once: the run's report.json, and the serving config (the export's own, or
+    # the run's export/ one as the threshold's fallback).
+    report = _read_json(report_path) if kind == "run" and os.path.isfile(report_path) else None
+    config_file = config_path if kind == "export" else os.path.join(
+        path, export_lib.EXPORT_DIR, export_lib.SERVING_CONFIG_NAME)
+    serving = _read_json(config_file) if os.path.isfile(config_file) else {}
     if threshold_override is not None:
         threshold = {"threshold": float(threshold_override), "policy": "given",
                      "reason": "given on the command line (--threshold)", "source": "--threshold"}
-    elif kind == "run" and os.path.isfile(report_path):
-        with open(report_path, encoding="utf-8") as f:
-            recorded = json.load(f).get("threshold", {})
+    elif report is not None:
+        recorded = report.get("threshold", {})
         value, source = read_threshold(path)
         threshold = {"threshold": value, "policy": recorded.get("policy", "unknown"),
                      "reason": recorded.get("reason", "recorded by training"), "source": source}
     else:
-        config_file = config_path if kind == "export" else run_export
-        if not os.path.isfile(config_file):
+        if not serving:
             raise EvaluationError(f"--model {path!r}: no threshold recorded (neither {REPORT_JSON} "
                                   f"nor {export_lib.SERVING_CONFIG_NAME}); pass --threshold")
-        with open(config_file, encoding="utf-8") as f:
-            serving = json.load(f)
         value = serving.get("threshold")
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise EvaluationError(f"{config_file}: threshold must be a number in [0, 1], got {value!r}")
@@ -316,7 +313,7 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
                      "reason": f"as exported ({serving.get('threshold_source', 'source not recorded')})",
                      "source": config_file}
     if kind == "run":  # what training evaluated with (a report written before TTA: none)
-        tta = bool(_read_json(report_path).get("tta", False)) if os.path.isfile(report_path) else False
+        tta = bool((report or {}).get("tta", False))
     else:
         tta = bool(serving.get("tta", False))
     return {"path": os.path.abspath(path), "kind": kind, "keras": keras_path, "threshold": threshold,
