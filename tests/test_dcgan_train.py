@@ -52,9 +52,12 @@ def test_training_writes_grids_scalars_history_and_checkpoint(data_dir, tmp_path
         assert grid.size == (2 + 2 * (SIZE + 2), 2 + 2 * (SIZE + 2))  # 4 images, 2x2
     history = run_folder.read_history(str(tmp_path / "history.json"))
     assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1]["train_cpu_s"] > history[0]["train_cpu_s"]  # the clock resumed
     for record in history:
-        for key in ("d_loss", "g_loss", "d_real", "d_fake", "step_time_s", "input_wait_share"):
+        for key in ("d_loss", "g_loss", "d_real", "d_fake", "step_time_s", "input_wait_share",
+                    "train_wall_s", "train_cpu_s"):
             assert np.isfinite(record[key]), key
+    assert 0 < history[0]["train_cpu_s"] < history[1]["train_cpu_s"]  # cumulative
     tags = set()
     for events in (tmp_path / "logs").glob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(events)):

@@ -165,3 +165,14 @@ def test_tensorboard_can_start():
     tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     result = subprocess.run([tensorboard, "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().startswith("2."), result.stderr[-1000:]
+
+
+def test_training_clock_continues_across_a_resume():
+    wall, cpu = iter([10.0, 13.0, 20.0, 21.0]), iter([100.0, 105.0, 200.0, 202.0])
+    clock = runtime.TrainingClock(wall_clock=lambda: next(wall), cpu_clock=lambda: next(cpu))
+    first = clock.totals()
+    assert first == {"train_wall_s": 3.0, "train_cpu_s": 5.0}
+    resumed = runtime.TrainingClock.resume(first, wall_clock=lambda: next(wall),
+                                           cpu_clock=lambda: next(cpu))
+    assert resumed.totals() == {"train_wall_s": 4.0, "train_cpu_s": 7.0}
+    assert runtime.TrainingClock.resume(None).totals()["train_cpu_s"] >= 0.0

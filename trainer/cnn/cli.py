@@ -40,6 +40,13 @@ flags.DEFINE_integer("min_class_records", 20, "Diagnosis task: train diagnoses w
 flags.DEFINE_bool("use_metadata", False, "Age, sex and anatomic site (encoded with missing "
                   "values explicit, trainer.core.metadata_features) as a second model input "
                   "beside the image; the export serves them as optional inputs.")
+# --- generated training images (issue #13's augmentation experiment) ---
+flags.DEFINE_string("synthetic_data", "", "Dataset folder of GAN samples (`python -m "
+                    "trainer.dcgan sample --format=tfrecord`) added to the training split; "
+                    "validation and test stay real (trainer.core.synthetic_mix).")
+flags.DEFINE_float("synthetic_fraction", 0.0, "Generated images added per real training image, "
+                   "per class (0.25 adds a quarter more); needs --synthetic_data.",
+                   lower_bound=0.0, upper_bound=10.0)
 # --- training ---
 flags.DEFINE_enum("class_balance", "none", list(train.CLASS_BALANCE_MODES),
                   "Imbalanced data: class_weights (loss weights n/(2 n_c)) or sampling "
@@ -87,6 +94,15 @@ flags.register_multi_flags_validator(
     ["use_metadata", "class_balance"],
     lambda v: not (v["use_metadata"] and v["class_balance"] == "sampling"),
     message="--use_metadata cannot be combined with --class_balance=sampling yet")
+flags.register_multi_flags_validator(
+    ["synthetic_data", "synthetic_fraction"],
+    lambda v: bool(v["synthetic_data"]) or not v["synthetic_fraction"],
+    message="--synthetic_fraction needs --synthetic_data (the GAN sampler's TFRecord folder)")
+flags.register_multi_flags_validator(
+    ["synthetic_data", "task", "use_metadata"],
+    lambda v: not v["synthetic_data"] or (v["task"] == "binary" and not v["use_metadata"]),
+    message="--synthetic_data is binary only and cannot be combined with --use_metadata "
+            "(generated images have no age, sex or site)")
 FLAGS = flags.FLAGS
 
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from trainer.cnn import diagnosis as diagnosis_lib
 from trainer.cnn import models
-from trainer.core import input_pipeline, run_folder, runtime
+from trainer.core import input_pipeline, run_folder, runtime, synthetic_mix
 from trainer.core.flags import RunConfig
 
 MONITORS = ("val_accuracy", "val_auc")
@@ -41,6 +41,8 @@ class TrainConfig(RunConfig):
     task: str = "binary"              # binary (benign/malignant) or diagnosis (trainer.cnn.diagnosis)
     min_class_records: int = 20       # diagnosis task: rarer train diagnoses grouped as `other`
     use_metadata: bool = False        # age/sex/site as a second input (metadata_features)
+    synthetic_data: str = ""          # GAN-sampled dataset added to train (synthetic_mix)
+    synthetic_fraction: float = 0.0   # generated images per real training image, per class
 
     FLAG_SOURCES = {"model": ("architecture", str), "verbose": ("keras_verbose", int)}
 
@@ -199,6 +201,11 @@ def _check_config(c: TrainConfig) -> None:
                          "op determinism; choose one")
     if c.use_metadata and c.class_balance == "sampling":
         raise ValueError("--use_metadata with --class_balance=sampling is not supported yet")
+    if c.synthetic_fraction and not c.synthetic_data:
+        raise ValueError(f"synthetic_fraction={c.synthetic_fraction} needs --synthetic_data")
+    if c.synthetic_data and (c.task != "binary" or c.use_metadata):
+        raise ValueError("--synthetic_data adds generated benign/malignant images: binary task "
+                         "only, without --use_metadata (they have no age, sex or site)")
     if c.task not in diagnosis_lib.TASKS:
         raise ValueError(f"task {c.task!r} not in {diagnosis_lib.TASKS}")
     if c.task == "diagnosis":
@@ -228,7 +235,9 @@ def _datasets(c: TrainConfig, strategy, mapping=None):
         validation = diagnosis_lib.make_dataset(c.data_dir, "validation", mapping,
                                                 training=False, **common)
         return train, validation, steps, n_train
-    n_train = input_pipeline.dataset_size(c.data_dir, "train", c.image_size)
+    mix = synthetic_mix_for(c)
+    n_train = input_pipeline.dataset_size(c.data_dir, "train", c.image_size) + (
+        mix.total if mix else 0)
     steps = math.ceil(n_train / c.batch_size)
     if c.steps_per_epoch:
         steps = min(steps, c.steps_per_epoch) if c.class_balance != "sampling" \
@@ -238,10 +247,18 @@ def _datasets(c: TrainConfig, strategy, mapping=None):
                   use_metadata=c.use_metadata)
     train = input_pipeline.make_dataset(
         c.data_dir, "train", training=True, augment=c.augment, repeat=True,
-        balance_classes=c.class_balance == "sampling",
+        balance_classes=c.class_balance == "sampling", synthetic=mix,
         drop_remainder=strategy.num_replicas_in_sync > 1, **common)
     validation = input_pipeline.make_dataset(c.data_dir, "validation", training=False, **common)
     return train, validation, steps, n_train
+
+
+def synthetic_mix_for(c: TrainConfig) -> synthetic_mix.SyntheticMix | None:
+    """The generated records --synthetic_data/--synthetic_fraction add to train, or None."""
+    if not c.synthetic_data:
+        return None
+    return synthetic_mix.plan(c.synthetic_data, input_pipeline.class_counts(
+        c.data_dir, "train", c.image_size), c.synthetic_fraction, c.image_size)
 
 
 def with_uint8_input(model: keras.Model, image_size: int) -> keras.Model:

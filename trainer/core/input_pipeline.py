@@ -11,6 +11,7 @@ Augmentation uses stateless random ops seeded by (seed, element index), so a run
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Sequence
@@ -18,6 +19,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from isicflow import dataset as dataset_lib, imaging, schema
+from trainer.core import synthetic_mix
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = ("binary", "all")
@@ -229,7 +231,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  value_range: tuple[float, float] = (0.0, 1.0), cache: str = "",
                  deterministic: bool = False, seed: int = 0, repeat: bool = False,
                  drop_remainder: bool = False, balance_classes: bool = False,
-                 as_uint8: bool = False, use_metadata: bool = False) -> tf.data.Dataset:
+                 as_uint8: bool = False, use_metadata: bool = False,
+                 synthetic: synthetic_mix.SyntheticMix | None = None) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
 
     labels='binary' keeps benign (0) and malignant (1) records; 'all' keeps every record, with
@@ -242,6 +245,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     no float conversion on the input threads.
     use_metadata: the input becomes (images, metadata float32 [B, 16]), the features computed
     in the parse step (parse_and_decode_with_metadata); labels unchanged.
+    synthetic (training only): generated records added to the split before the shuffle
+    (trainer.core.synthetic_mix); they count in the epoch's length.
     """
     if as_uint8 and ((training and augment) or tuple(map(float, value_range)) != (0.0, 1.0)):
         raise ValueError("as_uint8 needs augment=False (or training=False) and value_range (0, 1)")
@@ -250,6 +255,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     expected = _count(info, labels)
+    if synthetic is not None and (not training or use_metadata or labels != "binary"):
+        raise ValueError("synthetic records are added to a binary training split only, "
+                         "without metadata (generated images have no age, sex or site)")
     if not paths or expected == 0:
         raise ValueError(f"{data_dir}: split {split!r} at {image_size}px has no "
                          f"{'benign/malignant ' if labels == 'binary' else ''}records "
@@ -262,7 +270,10 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
 
     def stream(label_filter=None, stream_seed=seed) -> tf.data.Dataset:
         records = shard_records(paths, manifest, shuffle_seed=stream_seed if training else None)
-        buffer = max(1, min(int(info["records"]), _MAX_SHUFFLE_BUFFER))
+        if synthetic is not None:
+            records = records.concatenate(synthetic_mix.records(synthetic, image_size))
+        total = int(info["records"]) + (synthetic.total if synthetic is not None else 0)
+        buffer = max(1, min(total, _MAX_SHUFFLE_BUFFER))
         if training and not cache:
             records = records.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
         parse = parse_and_decode_with_metadata if use_metadata else parse_and_decode
@@ -272,11 +283,14 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         if label_filter is not None:
             ds = ds.filter(lambda image, label: tf.equal(label, label_filter))
         else:  # the manifest's count, checked: Keras then knows the epoch length
-            ds = ds.apply(tf.data.experimental.assert_cardinality(expected))
+            ds = ds.apply(tf.data.experimental.assert_cardinality(
+                expected + (synthetic.total if synthetic is not None else 0)))
         if cache == "memory":
             ds = ds.cache()
         elif cache:  # named after the manifest too, so another dataset never reuses it
             suffix = "" if label_filter is None else f"-class{label_filter}"
+            if synthetic is not None:  # another mix is another cache
+                suffix += f"-synthetic{_digest(dataclasses.asdict(synthetic))}"
             ds = ds.cache(f"{cache}-{image_size}-{split}{suffix}-{_digest(manifest)}")
         if training and cache:
             ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)

@@ -156,3 +156,29 @@ class StepTimeMeter:
             "input_wait_share": wait / total if total > 0 else float("nan"),
             "images_per_s": images / total if total > 0 else float("nan"),
         }
+
+
+class TrainingClock:
+    """Wall and process-CPU seconds a run has trained, continued across resumes.
+
+    CPU seconds (all threads of this process) measure a budget fairly on a shared machine,
+    where wall time also counts other programs; on an idle 2-core CPU, cpu ~= 2 x wall.
+    Clocks are injectable for tests.
+    """
+
+    def __init__(self, wall_s: float = 0.0, cpu_s: float = 0.0,
+                 wall_clock=time.perf_counter, cpu_clock=time.process_time):
+        self._base_wall, self._base_cpu = float(wall_s), float(cpu_s)
+        self._wall_clock, self._cpu_clock = wall_clock, cpu_clock
+        self._wall0, self._cpu0 = wall_clock(), cpu_clock()
+
+    @classmethod
+    def resume(cls, last_entry: dict | None, **clocks) -> "TrainingClock":
+        """Continues from a history entry's train_wall_s/train_cpu_s (none: from zero)."""
+        last_entry = last_entry or {}
+        return cls(last_entry.get("train_wall_s", 0.0) or 0.0,
+                   last_entry.get("train_cpu_s", 0.0) or 0.0, **clocks)
+
+    def totals(self) -> dict[str, float]:
+        return {"train_wall_s": round(self._base_wall + self._wall_clock() - self._wall0, 3),
+                "train_cpu_s": round(self._base_cpu + self._cpu_clock() - self._cpu0, 3)}

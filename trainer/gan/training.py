@@ -268,6 +268,8 @@ def train_gan(config: GanConfig) -> dict:
     step = int(checkpoint.step)
     saved_at, profiling, started = step, False, time.perf_counter()
     first_step = step
+    # Training time so far, kept across resumes: curves of quality against time read it.
+    clock = runtime.TrainingClock.resume(history[-1] if history else None)
     with _sigterm_raises():  # kill/preemption: save a checkpoint like Ctrl-C does
         try:
             for epoch in range(step // steps_per_epoch, config.epochs):
@@ -297,7 +299,7 @@ def train_gan(config: GanConfig) -> dict:
                         manager.save(checkpoint_number=step)
                         saved_at = step
                 record = _end_epoch(gan, checkpoint, config.workdir, writer, epoch + 1, step,
-                                    logs, meter.summary())
+                                    logs, {**meter.summary(), **clock.totals()})
                 history.append(record)
                 run_folder.write_history(history_path, history)
         except (FloatingPointError, DiscriminatorCollapse):
@@ -325,7 +327,7 @@ def _end_epoch(gan, checkpoint, workdir: str, writer, epoch: int, step: int, log
     with writer.as_default(step=step):
         for name in ("d_loss", "g_loss", "d_real", "d_fake"):
             tf.summary.scalar(f"gan/{name}", logs[name])
-        for name in ("step_time_s", "input_wait_share", "images_per_s"):
+        for name in ("step_time_s", "input_wait_share", "images_per_s", "train_cpu_s"):
             tf.summary.scalar(f"timing/{name}", timing[name])
         tf.summary.image("fixed_latent_grid", grid[None], max_outputs=1)
     logging.info("epoch %d step %d: D loss %.4f, G loss %.4f, D(x) %.3f, D(G(z)) %.3f, "

@@ -1,0 +1,94 @@
+"""Generated images added to a training split (`--synthetic_data=DIR --synthetic_fraction=F`).
+
+DIR is a dataset folder the GAN sampler wrote (`python -m trainer.dcgan sample --format=tfrecord`,
+manifest.json + <size>/train/*.tfrecord, records of the shared schema), so the generated images
+stream through the same parse, decode, augmentation and batching as the real ones; validation
+and test stay real only.
+
+How many: F is generated images per real training image, per class, so the class ratio of the
+training split is kept and the only change is more (generated) images:
+    added[c] = round(F * real[c])   for c in benign, malignant.
+Which: the first added[c] records of class c in DIR's shard order (the sampler writes them in
+id order, one latent seed per class), so a run is reproducible and a larger F adds images to
+a smaller F's set. A DIR with too few images of a class is an error naming the command that
+samples more; nothing is silently left short.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import tensorflow as tf
+
+from isicflow import dataset as dataset_lib, schema
+from isicflow.metadata import CLASS_NAMES
+
+MAX_FRACTION = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticMix:
+    """Generated records to add to one training split: from data_dir, `counts[c]` of class c."""
+
+    data_dir: str
+    counts: Mapping[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def added_counts(real_counts: Mapping[str, int], fraction: float) -> dict[str, int]:
+    """Pure rule: generated images to add per class, round(fraction * real count)."""
+    if not 0.0 <= fraction <= MAX_FRACTION or fraction != fraction:
+        raise ValueError(f"synthetic_fraction must be in [0, {MAX_FRACTION}], got {fraction}")
+    return {c: int(round(fraction * int(real_counts.get(c, 0)))) for c in CLASS_NAMES}
+
+
+def plan(synthetic_dir: str, real_counts: Mapping[str, int], fraction: float,
+         image_size: int) -> SyntheticMix | None:
+    """Checks DIR against the real split and returns what to add (None when nothing is).
+
+    Fails fast, with the offending values, when DIR is not a synthetic dataset, lacks
+    image_size, or holds fewer images of a class than the fraction asks for.
+    """
+    wanted = added_counts(real_counts, fraction)
+    if not synthetic_dir or sum(wanted.values()) == 0:
+        return None
+    manifest = dataset_lib.read_manifest(synthetic_dir)
+    if not manifest.get("synthetic"):
+        raise ValueError(f"{synthetic_dir}: not a generated dataset (its manifest says "
+                         "synthetic=false); --synthetic_data takes the GAN sampler's "
+                         "`trainer.dcgan sample --format=tfrecord` output")
+    sizes = sorted(manifest.get("datasets", {}))
+    if str(image_size) not in sizes:
+        raise ValueError(f"{synthetic_dir}: generated at size(s) {sizes}, but the CNN trains at "
+                         f"{image_size}px; sample from a GAN trained at {image_size}")
+    have = dataset_lib.split_info(manifest, image_size, "train").get("counts", {})
+    short = {c: (n, int(have.get(c, 0))) for c, n in wanted.items() if int(have.get(c, 0)) < n}
+    if short:
+        detail = ", ".join(f"{c}: need {n}, has {h}" for c, (n, h) in short.items())
+        raise ValueError(f"{synthetic_dir}: too few generated images for synthetic_fraction="
+                         f"{fraction} ({detail}); sample more with `python -m trainer.dcgan "
+                         f"sample --format=tfrecord --num={max(n for n, _ in short.values())}`")
+    return SyntheticMix(synthetic_dir, wanted)
+
+
+def records(mix: SyntheticMix, image_size: int) -> tf.data.Dataset:
+    """Serialized records of the mix, in DIR's shard order: the first counts[c] of each class."""
+    manifest = dataset_lib.read_manifest(mix.data_dir)
+    paths = dataset_lib.shard_paths(manifest, mix.data_dir, image_size, "train")
+    label_spec = schema.feature_spec(("label",))
+    parts = []
+    for label, name in enumerate(CLASS_NAMES):
+        if not mix.counts.get(name):
+            continue
+        part = tf.data.TFRecordDataset(paths, compression_type=dataset_lib.compression_type(
+            manifest))  # one reader, file order: deterministic
+        part = part.filter(lambda s, want=label: tf.equal(
+            tf.io.parse_single_example(s, label_spec)["label"], want))
+        parts.append(part.take(mix.counts[name]))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.concatenate(part)
+    return out
