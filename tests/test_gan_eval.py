@@ -105,3 +105,32 @@ def test_inception_never_downloads(tmp_path):
         gan_features.make_extractor("inception")
     with pytest.raises(FileNotFoundError, match="never downloads"):
         gan_features.make_extractor("inception", inception_weights=str(tmp_path / "none.h5"))
+
+
+def test_curve_scores_every_kept_checkpoint_against_training_time(trained, tmp_path):
+    import csv
+
+    _, run = trained
+    out = tmp_path / "curve"
+    _cli("trainer.gan.curve", f"--runs={run}", f"--real_data_dir={trained[0]}",
+         f"--eval_out={out}", "--num_generated=8")
+    rows = list(csv.DictReader((out / "curve.csv").open()))
+    kept = sorted(int(p.name.split("-")[1].split(".")[0])
+                  for p in (run / "checkpoints").glob("ckpt-*.index"))
+    assert [int(r["step"]) for r in rows] == kept
+    for row in rows:
+        assert float(row["train_cpu_s"]) > 0 and 0.0 <= float(row["c2st"]) <= 1.0
+        assert float(row["c2st_low"]) <= float(row["c2st"]) <= float(row["c2st_high"])
+        assert math.isfinite(float(row["fid"]))
+    assert (out / "curve.png").stat().st_size > 0
+
+
+def test_time_at_step_takes_the_epoch_that_ended_at_or_after_the_checkpoint():
+    from trainer.gan import curve
+
+    history = [{"step": 10, "train_cpu_s": 5.0, "train_wall_s": 3.0},
+               {"step": 20, "train_cpu_s": 9.0, "train_wall_s": 5.0}]
+    assert curve.time_at_step(history, 10) == {"train_cpu_s": 5.0, "train_wall_s": 3.0}
+    assert curve.time_at_step(history, 15) == {"train_cpu_s": 9.0, "train_wall_s": 5.0}
+    assert curve.time_at_step(history, 25) == {"train_cpu_s": None, "train_wall_s": None}
+    assert curve.time_at_step([{"step": 10}], 5) == {"train_cpu_s": None, "train_wall_s": None}

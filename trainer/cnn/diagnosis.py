@@ -266,7 +266,7 @@ def plot_confusion(splits: Mapping[str, Mapping[str, Any]], classes: Sequence[st
     from trainer.core import report
 
     k = len(classes)
-    fig = report._figure(max(4.0, 0.6 * k + 2) * len(splits), max(4.0, 0.6 * k + 1.5))
+    fig = report.figure(max(4.0, 0.6 * k + 2) * len(splits), max(4.0, 0.6 * k + 1.5))
     for i, (split, m) in enumerate(splits.items(), start=1):
         ax = fig.add_subplot(1, len(splits), i)
         matrix = np.array(m["confusion_matrix"])

@@ -20,7 +20,8 @@ SPLIT_ORDER = ("train", "validation", "test", "all")  # "train"/"all": external 
 CURVE_METRICS = (("accuracy", "Accuracy"), ("loss", "Loss"), ("auc", "ROC AUC"))
 
 
-def _figure(width: float = 5.0, height: float = 4.0):
+def figure(width: float = 5.0, height: float = 4.0):
+    """A matplotlib Figure without pyplot: no global state, no GUI backend, nothing to close."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
@@ -38,7 +39,7 @@ def plot_training_curves(history: Mapping[str, list[float]], out_dir: str) -> di
         series = [(name, history[name]) for name in (key, f"val_{key}") if history.get(name)]
         if not series:
             continue
-        fig = _figure()
+        fig = figure()
         ax = fig.add_subplot()
         for name, values in series:
             epochs = epoch_axis if epoch_axis and len(epoch_axis) == len(values) \
@@ -73,7 +74,7 @@ def _save_unit_square(fig, ax, path: str, xlabel: str, ylabel: str, title: str,
 def plot_roc_curves(curves: Mapping[str, Mapping[str, Any]], path: str,
                     operating_points: Mapping[str, tuple[float, float]] | None = None) -> str:
     """ROC curves of several splits on one axis; curves[split] = {fpr, tpr, auc}."""
-    fig = _figure(5.0, 5.0)
+    fig = figure(5.0, 5.0)
     ax = fig.add_subplot()
     for split, curve in curves.items():
         ax.plot(curve["fpr"], curve["tpr"], label=f"{split} (AUC {curve['auc']:.3f})")
@@ -89,7 +90,7 @@ def plot_roc_curves(curves: Mapping[str, Mapping[str, Any]], path: str,
 def plot_confusion_matrices(confusions: Mapping[str, Mapping[str, int]], path: str,
                             threshold: float) -> str:
     """Side-by-side 2x2 count matrices (rows: true class, columns: predicted), one per split."""
-    fig = _figure(4.2 * len(confusions), 4.0)
+    fig = figure(4.2 * len(confusions), 4.0)
     for i, (split, c) in enumerate(confusions.items(), start=1):
         ax = fig.add_subplot(1, len(confusions), i)
         matrix = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
@@ -111,7 +112,7 @@ def plot_pr_curves(curves: Mapping[str, Mapping[str, Any]], path: str) -> str:
     through sklearn.metrics.precision_recall_curve); the legend gives average precision."""
     from sklearn import metrics as skm
 
-    fig = _figure(5.0, 5.0)
+    fig = figure(5.0, 5.0)
     ax = fig.add_subplot()
     for split, curve in curves.items():
         precision, recall, _ = skm.precision_recall_curve(curve["labels"], curve["scores"])
@@ -126,7 +127,7 @@ def plot_pr_curves(curves: Mapping[str, Mapping[str, Any]], path: str) -> str:
 def plot_reliability_diagram(calibration: Mapping[str, Mapping[str, Any]], path: str) -> str:
     """Reliability diagram: per split, the fraction malignant against the mean predicted
     probability of each non-empty bin (trainer.core.metrics.expected_calibration_error)."""
-    fig = _figure(5.0, 5.0)
+    fig = figure(5.0, 5.0)
     ax = fig.add_subplot()
     for split, cal in calibration.items():
         kept = [b for b in cal["per_bin"] if b["cases"]]

@@ -98,6 +98,42 @@ def interpolation_strip(generator, arch: dict, steps: int = 8, seed: int = 0) ->
     return tile_images(np.concatenate(rows), columns=steps)
 
 
+def distribution_metrics(f_real: np.ndarray, f_other: np.ndarray, seed: int,
+                         kid_size: int | None = None) -> dict:
+    """FID, KID and the classifier two-sample test of one feature set against the real one."""
+    from trainer.gan import metrics as gan_metrics
+
+    kid_size = kid_size or min(1000, len(f_real), len(f_other))
+    return {"fid": gan_metrics.fid(f_real, f_other),
+            "kid": dict(zip(("mean", "std"), gan_metrics.kid(
+                f_real, f_other, subset_size=min(kid_size, len(f_other)), seed=seed))),
+            "kid_subset_size": kid_size,
+            "c2st": gan_metrics.classifier_two_sample_test(f_real, f_other, seed=seed)}
+
+
+def memorization_check(generated, heldout, train, space: str, extractor_name: str
+                       ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Share of generated images nearer a training image than the real 1st percentile.
+
+    Each set is (uint8 images, features); space 'pixels' compares 32x32 pixels (RMS distance
+    in [0, 1] units), 'features' the extractor's. Returns (report, distances, nearest index)."""
+    from trainer.gan import features as gan_features
+    from trainer.gan import metrics as gan_metrics
+
+    if space == "pixels":
+        def embed(images: np.ndarray) -> np.ndarray:
+            flat = gan_features.pixel_features(images, MEMORIZATION_SIDE)
+            return flat / np.sqrt(flat.shape[1])  # distances become RMS, in [0, 1] units
+        q_gen, q_held, ref = embed(generated[0]), embed(heldout[0]), embed(train[0])
+        space_name = f"pixels {MEMORIZATION_SIDE}x{MEMORIZATION_SIDE}, RMS distance"
+    else:
+        q_gen, q_held, ref, space_name = generated[1], heldout[1], train[1], extractor_name
+    gen_d, gen_i = gan_metrics.nearest_neighbour(q_gen, ref)
+    held_d, _ = gan_metrics.nearest_neighbour(q_held, ref)
+    return ({"space": space_name, **gan_metrics.memorization(gen_d, held_d, 1.0)}, gen_d,
+            gen_i)
+
+
 def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: int = 200,
              max_real: int = 5000, train_split: str = "train",
              heldout_splits=("validation", "test"), feature_extractor: str = "auto",
@@ -123,38 +159,22 @@ def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: in
         feature_extractor, inception_weights=inception_weights, cnn_model=cnn_model,
         cnn_value_range=tuple(float(v) for v in cnn_value_range), seed=seed)
     f_train, f_gen = extract(train), extract(generated)
-    kid_size = min(1000, len(f_train), len(f_gen))
     report: dict = {
         "checkpoint": os.path.abspath(sampling.resolve_checkpoint(checkpoint)[0]),
         "architecture": arch,
         "real_data_dir": os.path.abspath(real_data_dir), "train_split": train_split,
         "counts": {"train": len(train), "heldout": len(heldout), "generated": len(generated)},
         "feature_extractor": extractor_name, "feature_dim": int(f_train.shape[1]),
-        "fid": gan_metrics.fid(f_train, f_gen),
-        "kid": dict(zip(("mean", "std"), gan_metrics.kid(f_train, f_gen, subset_size=kid_size,
-                                                         seed=seed))),
-        "kid_subset_size": kid_size,
-        "c2st": gan_metrics.classifier_two_sample_test(f_train, f_gen, seed=seed),
+        **distribution_metrics(f_train, f_gen, seed),
     }
     if len(heldout) >= 4:  # what real images the GAN never saw score: the floor at this n
         f_held = extract(heldout)
-        report["heldout_floor"] = {
-            "fid": gan_metrics.fid(f_train, f_held),
-            "kid": dict(zip(("mean", "std"), gan_metrics.kid(
-                f_train, f_held, subset_size=min(kid_size, len(f_held)), seed=seed))),
-            "c2st": gan_metrics.classifier_two_sample_test(f_train, f_held, seed=seed)}
-        if memorization_space == "pixels":
-            def space(images: np.ndarray) -> np.ndarray:
-                flat = gan_features.pixel_features(images, MEMORIZATION_SIDE)
-                return flat / np.sqrt(flat.shape[1])  # distances become RMS, in [0, 1] units
-            q_gen, q_held, ref = space(generated), space(heldout), space(train)
-            space_name = f"pixels {MEMORIZATION_SIDE}x{MEMORIZATION_SIDE}, RMS distance"
-        else:
-            q_gen, q_held, ref, space_name = f_gen, f_held, f_train, extractor_name
-        gen_d, gen_i = gan_metrics.nearest_neighbour(q_gen, ref)
-        held_d, _ = gan_metrics.nearest_neighbour(q_held, ref)
-        report["memorization"] = {"space": space_name,
-                                  **gan_metrics.memorization(gen_d, held_d, 1.0)}
+        report["heldout_floor"] = distribution_metrics(f_train, f_held, seed,
+                                                       kid_size=report["kid_subset_size"])
+        del report["heldout_floor"]["kid_subset_size"]
+        report["memorization"], gen_d, gen_i = memorization_check(
+            (generated, f_gen), (heldout, f_held), (train, f_train), memorization_space,
+            extractor_name)
         closest = np.argsort(gen_d)[:8]
         gan_plots.save_pairs(generated[closest], train[gen_i[closest]], gen_d[closest],
                              os.path.join(out, "closest_pairs.png"))

@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from trainer.core.report import tile_images
+from trainer.core.report import figure, tile_images
 
 
 def save_png(image: np.ndarray, path: str) -> None:
@@ -14,17 +14,10 @@ def save_png(image: np.ndarray, path: str) -> None:
     Image.fromarray(np.asarray(image, np.uint8)).save(path)
 
 
-def _figure():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def save_pca(real: np.ndarray, generated: np.ndarray, share, path: str) -> None:
     """The study's figure: both sets on the first factorial plane, axes with explained variance."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    fig = figure(6, 5)
+    ax = fig.subplots()
     ax.scatter(real[:, 0], real[:, 1], s=14, alpha=0.7, label=f"real (n={len(real)})")
     ax.scatter(generated[:, 0], generated[:, 1], s=14, alpha=0.7, marker="^",
                label=f"generated (n={len(generated)})")
@@ -32,10 +25,8 @@ def save_pca(real: np.ndarray, generated: np.ndarray, share, path: str) -> None:
     ax.set_ylabel(f"PC2 ({100 * share[1]:.1f}% of variance)")
     ax.set_title("PCA of real vs generated images (pixels)")
     ax.legend()
-    fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(path, dpi=120)
 
 
 def save_real_vs_generated(real: np.ndarray, generated: np.ndarray, path: str) -> None:
@@ -50,9 +41,9 @@ def save_real_vs_generated(real: np.ndarray, generated: np.ndarray, path: str) -
 
 def save_pairs(generated: np.ndarray, nearest: np.ndarray, distances, path: str) -> None:
     """Each generated image (top row) above its nearest training image, distance in the title."""
-    plt = _figure()
     n = len(generated)
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), dpi=100, squeeze=False)
+    fig = figure(1.6 * n, 3.6)
+    axes = fig.subplots(2, n, squeeze=False)
     for i in range(n):
         axes[0, i].imshow(generated[i])
         axes[0, i].set_title(f"d={distances[i]:.3f}", fontsize=8)
@@ -63,10 +54,8 @@ def save_pairs(generated: np.ndarray, nearest: np.ndarray, distances, path: str)
                     va="center", ha="right")
     axes[1, 0].text(-0.1, 0.5, "nearest train", transform=axes[1, 0].transAxes, rotation=90,
                     va="center", ha="right")
-    fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(path, dpi=100)
 
 
 def markdown_report(report: dict) -> str:

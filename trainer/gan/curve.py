@@ -1,0 +1,142 @@
+"""Quality against training time: every kept checkpoint of one or more GAN runs, scored with
+trainer.gan.evaluate's metrics on one fixed feature extractor, one real set and one latent seed.
+
+    python -m trainer.gan.curve --runs=out/runs/gan-recipe-64,out/runs/dcgan-64 \\
+        --real_data_dir=out/real --eval_out=out/gan-curve
+
+It takes trainer.gan.evaluate's flags (--real_data_dir, --eval_out, --num_generated,
+--feature_extractor and its weights, --eval_seed, --max_real) plus --runs.
+
+Writes curve.json, curve.csv (run, step, train_cpu_s, train_wall_s, FID, KID, C2ST with its
+95% interval, memorization share) and curve.png (C2ST and FID against training CPU minutes).
+Training time comes from the run's history.json (train_cpu_s, train_wall_s of the epoch that
+ended at or after the checkpoint's step); a run written before the trainer kept those has
+them empty, and its x axis falls back to steps.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+from absl import app, flags, logging
+
+from trainer.gan import evaluate  # defines the evaluation flags this program shares
+
+flags.DEFINE_list("runs", None, "GAN run folders (each with checkpoints/ and history.json).")
+FLAGS = flags.FLAGS
+
+FIELDS = ("run", "step", "train_cpu_s", "train_wall_s", "fid", "kid", "c2st", "c2st_low",
+          "c2st_high", "memorized_share")
+
+
+def checkpoint_steps(run: str) -> list[tuple[int, str]]:
+    """(step, prefix) of every checkpoint a run kept, oldest first."""
+    import tensorflow as tf
+
+    state = tf.train.get_checkpoint_state(os.path.join(run, "checkpoints"))
+    if state is None:
+        raise FileNotFoundError(f"{run}: no checkpoints/ with a checkpoint index")
+    prefixes = list(state.all_model_checkpoint_paths)
+    return sorted((int(p.rsplit("-", 1)[1]), p) for p in prefixes)
+
+
+def time_at_step(history: Sequence[dict], step: int) -> dict[str, float | None]:
+    """Pure rule: training time of the first epoch entry that ended at or after `step`."""
+    for entry in history:
+        if entry.get("step", -1) >= step:
+            return {k: entry.get(k) for k in ("train_cpu_s", "train_wall_s")}
+    return {"train_cpu_s": None, "train_wall_s": None}
+
+
+def score_runs(runs: Sequence[str], real_data_dir: str, *, num_generated: int = 400,
+               max_real: int = 5000, seed: int = 0, extractor: str = "random_conv",
+               **extractor_options) -> list[dict]:
+    """One row per kept checkpoint of each run (FIELDS); extractor and its options as
+    trainer.gan.features.make_extractor takes them."""
+    from trainer.core import run_folder
+    from trainer.gan import features, sampling
+
+    rows, reals, extractors = [], {}, {}
+    for run in runs:
+        history = run_folder.read_history(os.path.join(run, run_folder.HISTORY_NAME))
+        for step, prefix in checkpoint_steps(run):
+            generator, arch = sampling.load_generator(prefix)
+            size = arch["image_size"]
+            if size not in reals:  # one real set and one extractor per image size
+                train = evaluate.load_real(real_data_dir, ["train"], size, max_real)
+                heldout = evaluate.load_real(real_data_dir, ["validation", "test"], size,
+                                             max_real)
+                extract, _ = features.make_extractor(extractor, seed=seed, **extractor_options)
+                reals[size] = (train, extract(train), heldout, extract(heldout))
+                extractors[size] = extract
+            train, f_train, heldout, f_held = reals[size]
+            generated = evaluate.generate_set(generator, arch, num_generated, seed)
+            f_gen = extractors[size](generated)
+            metrics = evaluate.distribution_metrics(f_train, f_gen, seed)
+            memorized, _, _ = evaluate.memorization_check(
+                (generated, f_gen), (heldout, f_held), (train, f_train), "pixels", "")
+            c2st = metrics["c2st"]
+            rows.append({"run": os.path.basename(os.path.normpath(run)), "step": step,
+                         **time_at_step(history, step), "fid": metrics["fid"],
+                         "kid": metrics["kid"]["mean"], "c2st": c2st["accuracy"],
+                         "c2st_low": c2st["ci95"][0], "c2st_high": c2st["ci95"][1],
+                         "memorized_share": memorized["share_below"]})
+            logging.info("%s step %d: FID %.3f, C2ST %.3f", rows[-1]["run"], step,
+                         rows[-1]["fid"], rows[-1]["c2st"])
+    return rows
+
+
+def save_curve(rows: Sequence[dict], path: str) -> None:
+    """C2ST (with its interval) and FID against training CPU minutes (steps where unknown)."""
+    from trainer.core.report import figure
+
+    fig = figure(10, 4)
+    ax_c2st, ax_fid = fig.subplots(1, 2)
+    for run in dict.fromkeys(r["run"] for r in rows):
+        mine = [r for r in rows if r["run"] == run]
+        timed = all(r["train_cpu_s"] is not None for r in mine)
+        x = [r["train_cpu_s"] / 60 if timed else r["step"] for r in mine]
+        label = run if timed else f"{run} (x: steps)"
+        ax_c2st.errorbar(x, [r["c2st"] for r in mine], yerr=np.array(
+            [[r["c2st"] - r["c2st_low"] for r in mine], [r["c2st_high"] - r["c2st"]
+                                                         for r in mine]]), marker="o",
+            capsize=3, label=label)
+        ax_fid.plot(x, [r["fid"] for r in mine], marker="o", label=label)
+    ax_c2st.axhline(0.85, ls="--", c="grey", lw=1)
+    ax_c2st.set(xlabel="training CPU minutes", ylabel="C2ST accuracy (0.5 = indistinguishable)",
+                ylim=(0.45, 1.02))
+    ax_fid.set(xlabel="training CPU minutes", ylabel="FID", yscale="log")
+    ax_c2st.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    missing = [n for n in ("runs", "real_data_dir", "eval_out") if not FLAGS[n].value]
+    if missing:
+        raise app.UsageError(f"missing required flag(s): {', '.join('--' + n for n in missing)}")
+    from trainer.core import run_folder
+
+    rows = score_runs(FLAGS.runs, FLAGS.real_data_dir, num_generated=FLAGS.num_generated,
+                      max_real=FLAGS.max_real, seed=FLAGS.eval_seed,
+                      extractor=FLAGS.feature_extractor,
+                      inception_weights=FLAGS.inception_weights, cnn_model=FLAGS.cnn_model,
+                      cnn_value_range=tuple(float(v) for v in FLAGS.cnn_value_range))
+    out = FLAGS.eval_out
+    os.makedirs(out, exist_ok=True)
+    run_folder.write_json(os.path.join(out, "curve.json"), {"rows": rows})
+    with open(os.path.join(out, "curve.csv"), "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    save_curve(rows, os.path.join(out, "curve.png"))
+    print(f"curve of {len(rows)} checkpoints in {out}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(app.run(main))
