@@ -10,7 +10,7 @@ BEAM_WORKERS := --direct_num_workers=$(WORKERS) --direct_running_mode=multi_thre
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install test test-all demo proto check-proto lock preprocess preprocess-sample \
+.PHONY: install test test-all demo proto check-proto lock preprocess preprocess-sample preprocess-real \
         train-cnn train-cnn-tiny train-dcgan train-dcgan-tiny sample-dcgan gan-eval bench-preprocess \
         bench-input tensorboard clean
 
@@ -55,6 +55,13 @@ lock: install
 preprocess-sample: install
 	$(PY) -m beam_jobs.preprocess --runner=DirectRunner $(BEAM_WORKERS) --input=$(DATA) \
 	    --output=$(OUT)/uda1 --image_size=256,128 --overwrite
+
+## Every real image in ../shared/data (three downloads side by side, read as one root), at the
+## CNN recipe's 128 px and the GAN recipe's 64 px, every label kept.
+REAL_DATA ?= ../shared/data
+preprocess-real: install
+	$(PY) -m beam_jobs.preprocess --runner=DirectRunner $(BEAM_WORKERS) --input=$(REAL_DATA) \
+	    --output=$(OUT)/real --image_size=128,64 --label_policy=all --overwrite
 
 train-cnn-tiny: install $(OUT)/demo/manifest.json
 	$(PY) -m trainer.cnn --flagfile=configs/cnn_tiny.flags
