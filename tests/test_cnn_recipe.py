@@ -142,3 +142,169 @@ def test_budget_rule_and_meter_with_an_injected_clock():
     assert not budget.exhausted()
     now[0] += 30
     assert budget.exhausted() and budget.elapsed_s() == 30
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    schedule = recipe.learning_rate(1e-3, "cosine", total_steps=100, warmup_steps=10)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    assert rates[0] == pytest.approx(0.0) and rates[1] == pytest.approx(5e-4)
+    assert rates[2] == pytest.approx(1e-3) and rates[3] == pytest.approx(5e-4, rel=1e-3)
+    assert rates[4] == pytest.approx(0.0, abs=1e-9)
+    assert recipe.learning_rate(1e-3, "constant", 100) == 1e-3
+    with pytest.raises(ValueError, match="got 100"):
+        recipe.learning_rate(1e-3, "cosine", total_steps=100, warmup_steps=100)
+
+
+def test_optimizers_default_to_the_study_and_refuse_decay_with_rmsprop():
+    study = recipe.make_optimizer("rmsprop", 1e-3)
+    assert isinstance(study, keras.optimizers.RMSprop) and not study.use_ema
+    adamw = recipe.make_optimizer("adamw", 1e-3, ema_decay=0.99)
+    assert isinstance(adamw, keras.optimizers.AdamW)
+    assert adamw.weight_decay == recipe.DEFAULT_ADAMW_WEIGHT_DECAY and adamw.use_ema
+    assert adamw.ema_momentum == 0.99
+    with pytest.raises(ValueError, match="weight_decay=0.01 needs --optimizer=adamw"):
+        recipe.make_optimizer("rmsprop", 1e-3, weight_decay=0.01)
+    with pytest.raises(ValueError, match="'sgd'"):
+        recipe.make_optimizer("sgd", 1e-3)
+
+
+# ---------------------------------------------------------------- flags
+
+@pytest.fixture
+def parse_flags(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+
+    def parse(*argv):
+        return FLAGS(["trainer.cnn", *argv])
+    yield parse
+    FLAGS.unparse_flags()
+
+
+def test_new_flags_default_to_the_study(parse_flags):
+    parse_flags("--flagfile=configs/cnn_compact.flags")
+    c = train.TrainConfig.from_flags()
+    assert (c.optimizer, c.weight_decay, c.lr_schedule, c.warmup_epochs) == ("rmsprop", None,
+                                                                           "constant", 0.0)
+    assert (c.label_smoothing, c.augmentation, c.mixup_alpha, c.cutmix_alpha, c.ema_decay,
+            c.max_train_minutes, c.width_multiplier) == (0.0, "study", 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["--label_smoothing=1.0"], "--label_smoothing=1.0"),
+    (["--ema_decay=1"], "--ema_decay=1"),
+    (["--mixup_alpha=-0.2"], "-0.2"),
+    (["--max_train_minutes=-5"], "-5"),
+    (["--augmentation=imagenet"], "imagenet"),
+    (["--optimizer=sgd"], "sgd"),
+    (["--weight_decay=0.05"], "optimizer=adamw"),
+    (["--warmup_epochs=2"], "lr_schedule=cosine"),
+    (["--lr_schedule=cosine", "--warmup_epochs=10", "--epochs=10"], "warmup_epochs"),
+    (["--width_multiplier=2"], "architecture=residual"),
+    (["--mixup_alpha=0.2", "--class_balance=class_weights"], "class weights"),
+    (["--cutmix_alpha=1", "--task=diagnosis"], "task=binary"),
+    (["--label_smoothing=0.1", "--task=diagnosis"], "binary only"),
+])
+def test_recipe_flags_fail_at_parse_with_the_value(parse_flags, args, shown):
+    with pytest.raises(flags.IllegalFlagValueError) as error:
+        parse_flags("--data_dir=d", "--workdir=w", *args)
+    assert shown in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["cnn_recipe", "cnn_recipe_tiny"])
+def test_recipe_configs_parse_with_every_lever_on(parse_flags, name):
+    path = REPO_ROOT / "configs" / f"{name}.flags"
+    assert f"python -m trainer.cnn --flagfile=configs/{name}.flags" in path.read_text()
+    parse_flags(f"--flagfile=configs/{name}.flags")
+    c = train.TrainConfig.from_flags()
+    assert (c.model, c.optimizer, c.lr_schedule, c.augmentation) == ("residual", "adamw",
+                                                                   "cosine", "dermoscopy")
+    assert c.augment and c.label_smoothing == 0.1 and 0 < c.ema_decay < 1
+    assert c.warmup_epochs > 0 and c.monitor == "val_auc" and c.max_train_minutes > 0
+
+
+# ---------------------------------------------------------------- training with the levers
+
+@pytest.fixture(scope="module")
+def real_dataset(tmp_path_factory, sample_dir):
+    """16 real train images (8 benign, 8 malignant), 4 validation, 4 test, at 32 px."""
+    return shard_fixtures.write_sample_dataset(
+        tmp_path_factory.mktemp("real"), sample_dir, SIZE,
+        {"train": 16, "validation": 4, "test": 4})
+
+
+@pytest.fixture(autouse=True)
+def restore_process_globals():
+    from tensorflow.python.framework import config as tf_config
+
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+    tf_config.disable_op_determinism()
+
+
+def _config(data_dir, workdir, **overrides) -> train.TrainConfig:
+    values = dict(data_dir=data_dir, workdir=str(workdir), image_size=SIZE, batch_size=8,
+                  epochs=1, steps_per_epoch=1, seed=0, mixed_precision="off", verbose=0)
+    values.update(overrides)
+    return train.TrainConfig(**values)
+
+
+def test_every_lever_together_trains_and_logs_the_scheduled_rate(real_dataset, tmp_path):
+    c = _config(real_dataset, tmp_path, model="residual", width_multiplier=0.25, dropout=0.2,
+                optimizer="adamw", lr_schedule="cosine", warmup_epochs=1, epochs=3,
+                steps_per_epoch=2, label_smoothing=0.1, augment=True,
+                augmentation="dermoscopy", mixup_alpha=0.2, cutmix_alpha=1.0,
+                class_balance="sampling", ema_decay=0.9, monitor="val_auc")
+    result = train.train_cnn(c)
+    rates = [e["learning_rate"] for e in result.history]
+    # steps 2, 4, 6 of 6: warmup ends at step 2, then cosine to 0 at step 6
+    assert rates == pytest.approx([1e-3, 5e-4, 0.0], abs=1e-7)
+    assert all(e["epoch_time_s"] > 0 and np.isfinite(e["loss"]) for e in result.history)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["cpu_time_s_this_run"] > 0 and summary["wall_time_s_this_run"] > 0
+    assert summary["stopped_by_time_budget_after_epoch"] is None
+
+
+def _weights(path, model):
+    model.load_weights(path)
+    return [w.copy() for w in model.get_weights()]
+
+
+def test_ema_weights_are_validated_and_checkpointed(real_dataset, tmp_path):
+    """The best checkpoint differs from the raw weights the backup saved at the same epoch
+    end, and reproduces the epoch's val_loss: validation and checkpoint both used the EMA."""
+    c = _config(real_dataset, tmp_path, model="compact", augment=True, steps_per_epoch=3,
+                ema_decay=0.5, learning_rate=0.01)
+    result = train.train_cnn(c)
+    best = _weights(tmp_path / "checkpoints/best.weights.h5", result.model)
+    # the backup keeps the raw training weights (for a resume); the best checkpoint the EMA
+    raw = _weights(next((tmp_path / "checkpoints/backup").glob("*.weights.h5")),
+                   result.model)
+    assert any(not np.allclose(a, b) for a, b in zip(best, raw))
+    result.model.set_weights(best)
+    val = ip.make_dataset(real_dataset, "validation", image_size=SIZE, batch_size=8,
+                          training=False)
+    result.model.compile(loss="binary_crossentropy")
+    val_loss = result.model.evaluate(val, verbose=0, return_dict=True)["loss"]
+    assert val_loss == pytest.approx(result.history[0]["val_loss"], rel=1e-4)
+
+
+def test_time_budget_stops_after_the_epoch_it_ran_out(real_dataset, tmp_path):
+    result = train.train_cnn(_config(real_dataset, tmp_path, epochs=3, max_train_minutes=1e-6))
+    assert len(result.history) == 1
+    assert result.summary["stopped_by_time_budget_after_epoch"] == 1
+
+
+def test_the_tiny_recipe_config_trains_through_the_command_line(real_dataset, tmp_path):
+    workdir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.cnn", "--flagfile=configs/cnn_recipe_tiny.flags",
+         f"--data_dir={real_dataset}", f"--workdir={workdir}", f"--image_size={SIZE}",
+         "--epochs=2", "--steps_per_epoch=1", "--batch_size=8", "--bootstrap=20"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = json.loads((workdir / "history.json").read_text())
+    assert history["epoch"] == [1, 2]
+    assert (workdir / "report.json").exists() and (workdir / "export").is_dir()
