@@ -29,8 +29,8 @@ flags.DEFINE_float("width_multiplier", 1.0, "residual architecture only: scales 
 flags.DEFINE_float("dropout", 0.0, "Dropout rate (the study's variants used 0.2).")
 flags.DEFINE_float("l2", 0.0, "L2 kernel penalty on conv and hidden dense layers (the study "
                    "used 0.001).", lower_bound=0.0)
-flags.DEFINE_bool("augment", False, "The study's training augmentations (flips, rot90, "
-                  "colour jitter, zoom).")
+flags.DEFINE_bool("augment", False, "Augment training images: --augmentation says how (the "
+                  "study's flips, rot90, colour jitter, zoom by default).")
 flags.DEFINE_enum("augmentation", "study", list(augmentations.AUGMENTATIONS),
                   "What --augment applies: study (flips, rot90, colour jitter, central zoom) "
                   "or dermoscopy (flips, any-angle rotation, resized crop, milder colour).")
