@@ -308,3 +308,19 @@ def test_the_tiny_recipe_config_trains_through_the_command_line(real_dataset, tm
     history = json.loads((workdir / "history.json").read_text())
     assert history["epoch"] == [1, 2]
     assert (workdir / "report.json").exists() and (workdir / "export").is_dir()
+
+
+def test_ema_and_the_schedule_work_under_loss_scaling(real_dataset, tmp_path):
+    """mixed_float16 wraps the optimizer in a LossScaleOptimizer: SwapEMAWeights finds the
+    inner optimizer's EMA, and the logged rate follows the schedule (at the applied steps:
+    float16 steps that overflow at the loss scale are skipped and not counted)."""
+    result = train.train_cnn(_config(real_dataset, tmp_path, model="compact", augment=True,
+                                     mixed_precision="mixed_float16", optimizer="adamw",
+                                     lr_schedule="cosine", epochs=2, steps_per_epoch=3,
+                                     ema_decay=0.9))  # augment: result.model is fit's model
+    assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    optimizer = result.model.optimizer.inner_optimizer
+    assert optimizer.use_ema
+    rates = [e["learning_rate"] for e in result.history]
+    assert 1e-3 + 1e-9 >= rates[0] > rates[1] >= 0  # read through the LossScaleOptimizer
+    assert all(np.isfinite(e["val_loss"]) for e in result.history)
