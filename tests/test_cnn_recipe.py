@@ -50,8 +50,8 @@ def test_dermoscopy_augmentation_is_seeded_in_range_and_differs_from_the_study()
 def test_rotation_by_a_quarter_turn_matches_rot90():
     image = tf.image.convert_image_dtype(_image(1), tf.float32)
     turned = augmentations.rotate(image, tf.constant(math.pi / 2)).numpy()
-    # ImageProjectiveTransform maps output to input coordinates: +90 degrees = rot90 k=-1... or
-    # k=1 depending on the axis convention; one of them must match exactly.
+    # a quarter turn about the centre moves every pixel onto the grid: no interpolation,
+    # no fill, so it equals rot90 (one of the two directions, by the transform's convention)
     assert any(np.allclose(turned, tf.image.rot90(image, k).numpy(), atol=1e-5) for k in (1, 3))
 
 
