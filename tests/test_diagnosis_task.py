@@ -132,3 +132,20 @@ def test_impossible_task_flags_fail_at_parse(argv, shown):
             flags.FLAGS(["trainer.cnn", "--data_dir=d", "--workdir=w", *argv])
     finally:
         flags.FLAGS.unparse_flags()
+
+
+def test_the_recipe_levers_the_diagnosis_task_takes_train_one_step(diagnosis_dataset, tmp_path):
+    """Residual net, AdamW + cosine warmup, dermoscopy augmentation and EMA compose with the
+    softmax head; label smoothing and mixup are binary only and refused."""
+    common = dict(data_dir=diagnosis_dataset, workdir=str(tmp_path / "run"), image_size=SIZE,
+                  batch_size=8, epochs=2, steps_per_epoch=1, seed=0, mixed_precision="off",
+                  verbose=0, task="diagnosis", min_class_records=3)
+    result = train.train_cnn(train.TrainConfig(
+        **common, model="residual", width_multiplier=0.25, optimizer="adamw",
+        lr_schedule="cosine", warmup_epochs=1, augment=True, augmentation="dermoscopy",
+        ema_decay=0.9))
+    assert len(result.history) == 2 and result.model.output.shape[-1] == 3
+    for bad, match in ((dict(label_smoothing=0.1), "binary only"),
+                       (dict(mixup_alpha=0.2), "mixup_alpha=0.2")):
+        with pytest.raises(ValueError, match=match):
+            train.train_cnn(train.TrainConfig(**common, **bad))

@@ -90,3 +90,41 @@ def test_mixed_bfloat16_computes_in_bfloat16_but_outputs_float32():
 def test_bad_options_fail_with_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.build_model(**kwargs)
+
+
+# ---------------------------------------------------------------- residual (the recipe's net)
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_residual_net_shape_and_pinned_parameter_count(size):
+    model = models.build_model("residual", size, dropout=0.2)
+    assert model.count_params() == 2_801_249
+    assert tuple(model.output.shape) == (None, 1) and model.output.dtype == "float32"
+    assert model.layers[-1].name == "probability" and model.layers[-2].name == "dropout"
+    out = model(np.zeros((2, size, size, 3), np.float32), training=False)
+    assert out.shape == (2, 1)
+    adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 8  # 4 stages x 2 blocks
+
+
+def test_residual_width_multiplier_scales_and_only_applies_to_residual():
+    assert models.residual_widths(0.5) == (16, 32, 64, 128)
+    narrow = models.build_model("residual", 64, width_multiplier=0.5)
+    assert narrow.count_params() < 2_801_249 / 3
+    with pytest.raises(ValueError, match="width_multiplier 0.5 applies to the residual"):
+        models.build_model("compact", 64, width_multiplier=0.5)
+    with pytest.raises(ValueError, match="got 0"):
+        models.residual_widths(0)
+
+
+def test_residual_net_takes_the_metadata_input_and_the_diagnosis_head():
+    from trainer.cnn import diagnosis
+    from trainer.core import metadata_features
+
+    base = models.build_model("residual", 64, dropout=0.2)
+    with_meta = metadata_features.with_metadata_input(base)
+    out = with_meta([np.zeros((2, 64, 64, 3), np.float32),
+                     np.zeros((2, metadata_features.METADATA_DIM), np.float32)])
+    assert out.shape == (2, 1)
+    head = diagnosis.softmax_head(models.build_model("residual", 64, dropout=0.2), 5)
+    probs = np.asarray(head(np.zeros((2, 64, 64, 3), np.float32)))
+    assert probs.shape == (2, 5) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)

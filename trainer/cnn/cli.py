@@ -15,19 +15,29 @@ from absl import app, flags, logging
 
 from trainer.cnn import evaluate as evaluate_lib
 from trainer.cnn import export as export_lib
-from trainer.cnn import models, train
-from trainer.core import flags as core_flags
+from trainer.cnn import models, recipe, train
+from trainer.core import augmentations, flags as core_flags
 
 # --- model ---
 flags.DEFINE_enum("architecture", "study", list(models.MODEL_NAMES),
                   "study: the 2020 study's CNN (33.6M parameters at 256px); compact: GAP + "
                   "batch norm (~0.3M), for small data; efficientnet_b0: Keras Applications "
-                  "backbone (weights from --weights_path or random).")
+                  "backbone (weights from --weights_path or random); residual: the recipe's "
+                  "ResNet-style net (~2.8M, trainer.cnn.models.build_residual_cnn).")
+flags.DEFINE_float("width_multiplier", 1.0, "residual architecture only: scales its widths "
+                   "(32, 64, 128, 256), rounded to multiples of 8.")
 flags.DEFINE_float("dropout", 0.0, "Dropout rate (the study's variants used 0.2).")
 flags.DEFINE_float("l2", 0.0, "L2 kernel penalty on conv and hidden dense layers (the study "
                    "used 0.001).", lower_bound=0.0)
-flags.DEFINE_bool("augment", False, "The study's training augmentations (flips, rot90, "
-                  "colour jitter, zoom).")
+flags.DEFINE_bool("augment", False, "Augment training images: --augmentation says how (the "
+                  "study's flips, rot90, colour jitter, zoom by default).")
+flags.DEFINE_enum("augmentation", "study", list(augmentations.AUGMENTATIONS),
+                  "What --augment applies: study (flips, rot90, colour jitter, central zoom) "
+                  "or dermoscopy (flips, any-angle rotation, resized crop, milder colour).")
+flags.DEFINE_float("mixup_alpha", 0.0, "Mixup of training batches, Beta(alpha, alpha) weights; "
+                   "0 = off. Binary task; soft labels.")
+flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix of training batches, Beta(alpha, alpha) box "
+                   "areas; 0 = off. With --mixup_alpha too, each batch takes one of the two.")
 flags.DEFINE_string("weights_path", "", "Local weights file for the efficientnet_b0 backbone "
                     "(e.g. efficientnetb0_notop.h5); never downloaded.")
 # --- task ---
@@ -51,6 +61,17 @@ flags.DEFINE_float("synthetic_fraction", 0.0, "Generated images added per real t
 flags.DEFINE_enum("class_balance", "none", list(train.CLASS_BALANCE_MODES),
                   "Imbalanced data: class_weights (loss weights n/(2 n_c)) or sampling "
                   "(50/50 batches).")
+flags.DEFINE_enum("optimizer", "rmsprop", list(recipe.OPTIMIZERS),
+                  "rmsprop: the study's; adamw: Adam with decoupled --weight_decay.")
+flags.DEFINE_float("weight_decay", None, "AdamW's decoupled weight decay (unset: "
+                   f"{recipe.DEFAULT_ADAMW_WEIGHT_DECAY}); refused with rmsprop.")
+flags.DEFINE_enum("lr_schedule", "constant", list(recipe.LR_SCHEDULES),
+                  "constant: --learning_rate throughout (the study); cosine: linear warmup "
+                  "over --warmup_epochs, then cosine decay to 0 at --epochs.")
+flags.DEFINE_float("warmup_epochs", 0.0, "Cosine schedule: epochs of linear warmup from 0.")
+flags.DEFINE_float("label_smoothing", 0.0, "Binary cross-entropy label smoothing in [0, 1).")
+flags.DEFINE_float("ema_decay", 0.0, "Keep an exponential moving average of the weights "
+                   "(Keras optimizer EMA) and validate, checkpoint and export it; 0 = off.")
 flags.DEFINE_enum("monitor", "val_accuracy", list(train.MONITORS),
                   "Validation metric choosing the best checkpoint (the study used accuracy).")
 flags.DEFINE_integer("early_stopping_patience", 0, "Stop after this many epochs without a "
@@ -72,6 +93,40 @@ flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the metric inte
                      lower_bound=0)
 
 flags.register_validator("dropout", lambda v: 0.0 <= v < 1.0, message="must be in [0, 1)")
+flags.register_validator("width_multiplier", lambda v: 0.0 < v <= 8.0,
+                         message="must be in (0, 8]")
+flags.register_validator("weight_decay", lambda v: v is None or 0.0 <= v < 1.0,
+                         message="must be in [0, 1) (or unset)")
+flags.register_validator("warmup_epochs", lambda v: v >= 0, message="must be >= 0")
+flags.register_validator("label_smoothing", lambda v: 0.0 <= v < 1.0, message="must be in [0, 1)")
+flags.register_validator("ema_decay", lambda v: 0.0 <= v < 1.0,
+                         message="must be in [0, 1), 0 = off")
+for _name in ("mixup_alpha", "cutmix_alpha"):
+    flags.register_validator(_name, lambda v: 0.0 <= v < float("inf"),
+                             message="must be >= 0, 0 = off")
+flags.register_multi_flags_validator(
+    ["architecture", "width_multiplier"],
+    lambda v: v["architecture"] == "residual" or v["width_multiplier"] == 1.0,
+    message="--width_multiplier applies to --architecture=residual only")
+flags.register_multi_flags_validator(
+    ["optimizer", "weight_decay"],
+    lambda v: v["optimizer"] == "adamw" or not v["weight_decay"],
+    message="--weight_decay needs --optimizer=adamw (RMSprop has no decoupled decay)")
+flags.register_multi_flags_validator(
+    ["lr_schedule", "warmup_epochs", "epochs"],
+    lambda v: (v["lr_schedule"] == "cosine" and v["warmup_epochs"] < v["epochs"])
+    or (v["lr_schedule"] == "constant" and not v["warmup_epochs"]),
+    message="--warmup_epochs needs --lr_schedule=cosine and fewer warmup epochs than --epochs")
+flags.register_multi_flags_validator(
+    ["task", "label_smoothing"], lambda v: v["task"] == "binary" or not v["label_smoothing"],
+    message="--label_smoothing is binary only: Keras' sparse categorical cross-entropy has no "
+            "label smoothing")
+flags.register_multi_flags_validator(
+    ["task", "use_metadata", "class_balance", "mixup_alpha", "cutmix_alpha"],
+    lambda v: not (v["mixup_alpha"] or v["cutmix_alpha"])
+    or (v["task"] == "binary" and not v["use_metadata"] and v["class_balance"] != "class_weights"),
+    message="--mixup_alpha/--cutmix_alpha need --task=binary, no --use_metadata, and "
+            "--class_balance=sampling or none (class weights of soft labels are ill-defined)")
 flags.register_multi_flags_validator(
     ["jit_compile", "deterministic"], lambda v: not (v["jit_compile"] and v["deterministic"]),
     message="--jit_compile and --deterministic cannot be combined: Keras turns XLA off "

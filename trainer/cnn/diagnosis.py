@@ -154,7 +154,7 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                  batch_size: int, training: bool, augment: bool = False, cache: str = "",
                  deterministic: bool = False, seed: int = 0, repeat: bool = False,
                  drop_remainder: bool = False, as_uint8: bool = False,
-                 use_metadata: bool = False):
+                 use_metadata: bool = False, augmentation: str = "study"):
     """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
     split's records in the task; the binary pipeline's reading, parse, decode, augmentation."""
     import tensorflow as tf
@@ -206,7 +206,7 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
         ds = ds.repeat()
     ds = ip.augment_and_batch(ds, augment_seed=seed if training and augment else None,
                               batch_size=batch_size, drop_remainder=drop_remainder,
-                              as_uint8=as_uint8)
+                              as_uint8=as_uint8, augmentation=augmentation)
     options = tf.data.Options()
     options.deterministic = bool(deterministic) or not training
     return ds.prefetch(ip.AUTOTUNE).with_options(options)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-MODEL_NAMES = ("study", "compact", "efficientnet_b0")
+MODEL_NAMES = ("study", "compact", "efficientnet_b0", "residual")
+RESIDUAL_WIDTHS = (32, 64, 128, 256)
 # Keras' 0.99 needs ~500 steps for the moving statistics to settle; a small dataset gives ~10
 # steps per epoch, and validation would see stale statistics for many epochs.
 BN_MOMENTUM = 0.9
@@ -84,6 +85,64 @@ def build_compact_cnn(image_size: int = 256, dropout: float = 0.2, l2: float = 0
     return keras.Model(inputs, _sigmoid_output(x), name="compact_cnn")
 
 
+def _residual_block(x, filters: int, stride: int, reg, name: str):
+    """Post-activation basic block: Conv3x3-BN-ReLU-Conv3x3-BN plus the shortcut (a strided
+    1x1 conv + BN where the shape changes), then ReLU."""
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
+                                 kernel_regularizer=reg, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(
+            shortcut)
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                      kernel_regularizer=reg, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_regularizer=reg,
+                      name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2")(y)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def residual_widths(width_multiplier: float = 1.0) -> tuple[int, ...]:
+    """RESIDUAL_WIDTHS scaled and rounded to multiples of 8 (at least 8)."""
+    if not width_multiplier > 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
+    return tuple(max(8, int(round(w * width_multiplier / 8)) * 8) for w in RESIDUAL_WIDTHS)
+
+
+def build_residual_cnn(image_size: int = 128, dropout: float = 0.2, l2: float = 0.0,
+                       width_multiplier: float = 1.0, blocks_per_stage: int = 2
+                       ) -> keras.Model:
+    """The compact family with residual blocks and more width, for the from-scratch recipe:
+    a stride-2 stem (Conv 3x3 + BN + ReLU), four stages of `blocks_per_stage` post-activation
+    basic blocks of 32/64/128/256 filters (x width_multiplier), each stage starting with a
+    stride-2 block (so the costly early resolutions are few convolutions), GAP, dropout, one
+    float32 sigmoid unit. 2,801,249 parameters at width 1.0, at any image size.
+
+    Cost, measured with train_on_batch at 128 px, batch 32, float32, RMSprop on 2 shared CPU
+    cores: 0.58 s per step against the compact net's 0.22 s (2.7x), so 4x fewer
+    parameters than the study's CNN for under 3x the compact net's time."""
+    _check(image_size, dropout)
+    if blocks_per_stage < 1:
+        raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
+    reg = _regularizer(l2)
+    widths = residual_widths(width_multiplier)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False,
+                      kernel_regularizer=reg, name="stem_conv")(inputs)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for i, filters in enumerate(widths):
+        for j in range(blocks_per_stage):
+            x = _residual_block(x, filters, 2 if j == 0 else 1, reg, f"stage{i + 1}_block{j + 1}")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, _sigmoid_output(x), name="residual_cnn")
+
+
 def build_efficientnet_b0(image_size: int = 256, dropout: float = 0.2,
                           weights_path: str | None = None,
                           freeze_backbone: bool = False) -> keras.Model:
@@ -109,8 +168,12 @@ def build_efficientnet_b0(image_size: int = 256, dropout: float = 0.2,
 
 
 def build_model(name: str, image_size: int, dropout: float = 0.0, l2: float = 0.0,
-                weights_path: str | None = None) -> keras.Model:
-    """Builds a model by --model name."""
+                weights_path: str | None = None, width_multiplier: float = 1.0
+                ) -> keras.Model:
+    """Builds a model by --model name; width_multiplier is the residual net's only."""
+    if width_multiplier != 1.0 and name != "residual":
+        raise ValueError(f"width_multiplier {width_multiplier} applies to the residual "
+                         f"architecture only, not {name!r}")
     if name == "study":
         return build_study_cnn(image_size, dropout, l2)
     if name == "compact":
@@ -119,4 +182,6 @@ def build_model(name: str, image_size: int, dropout: float = 0.0, l2: float = 0.
         if l2:
             raise ValueError("l2 is not supported for efficientnet_b0; use --l2=0")
         return build_efficientnet_b0(image_size, dropout, weights_path)
+    if name == "residual":
+        return build_residual_cnn(image_size, dropout, l2, width_multiplier)
     raise ValueError(f"model {name!r} not in {MODEL_NAMES}")

@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.cnn import diagnosis as diagnosis_lib
-from trainer.cnn import models
-from trainer.core import input_pipeline, run_folder, runtime, synthetic_mix
+from trainer.cnn import models, recipe
+from trainer.core import augmentations, input_pipeline, run_folder, runtime, synthetic_mix
 from trainer.core.flags import RunConfig
 
 MONITORS = ("val_accuracy", "val_auc")
@@ -43,6 +43,17 @@ class TrainConfig(RunConfig):
     use_metadata: bool = False        # age/sex/site as a second input (metadata_features)
     synthetic_data: str = ""          # GAN-sampled dataset added to train (synthetic_mix)
     synthetic_fraction: float = 0.0   # generated images per real training image, per class
+    # the from-scratch recipe's levers (trainer.cnn.recipe); each default is the study's
+    width_multiplier: float = 1.0     # residual architecture only
+    augmentation: str = "study"       # what augment means: study or dermoscopy
+    mixup_alpha: float = 0.0          # 0 = off (binary task)
+    cutmix_alpha: float = 0.0         # 0 = off (binary task)
+    optimizer: str = "rmsprop"
+    weight_decay: float | None = None  # adamw only; None = recipe.DEFAULT_ADAMW_WEIGHT_DECAY
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0        # cosine schedule only
+    label_smoothing: float = 0.0      # binary task only
+    ema_decay: float = 0.0            # 0 = off
 
     FLAG_SOURCES = {"model": ("architecture", str), "verbose": ("keras_verbose", int)}
 
@@ -113,12 +124,14 @@ class StepTimeLogger(keras.callbacks.Callback):
     def __init__(self, meter: runtime.StepTimeMeter, verbose: int = 1):
         super().__init__()
         self.meter, self.verbose = meter, verbose
+        self._epoch_started = time.perf_counter()
 
     def on_train_begin(self, logs=None):
         self.meter.warmup_steps = 1  # the run's first step traces and compiles
 
     def on_epoch_begin(self, epoch, logs=None):
         self.meter.reset()
+        self._epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         summary = self.meter.summary()
@@ -126,8 +139,8 @@ class StepTimeLogger(keras.callbacks.Callback):
         logs.update({"step_time_s": summary["step_time_s"],
                      "input_wait_share": summary["input_wait_share"],
                      "images_per_s": summary["images_per_s"],
-                     "learning_rate": float(keras.ops.convert_to_numpy(
-                         self.model.optimizer.learning_rate))})
+                     "epoch_time_s": time.perf_counter() - self._epoch_started,
+                     "learning_rate": recipe.current_learning_rate(self.model.optimizer)})
         if self.verbose:
             print(f"epoch {epoch + 1}: step {summary['step_time_s'] * 1000:.1f} ms, input wait "
                   f"{summary['input_wait_share']:.1%}, {summary['images_per_s']:.1f} images/s "
@@ -216,8 +229,43 @@ def _check_config(c: TrainConfig) -> None:
             raise ValueError("--class_balance=sampling is binary only; use class_weights")
         if c.min_class_records < 1:
             raise ValueError(f"min_class_records must be >= 1, got {c.min_class_records}")
+    _check_recipe(c)
     if c.weights_path and not os.path.isfile(c.weights_path):
         raise FileNotFoundError(f"weights_path {c.weights_path!r} is not a file")
+
+
+def _check_recipe(c: TrainConfig) -> None:
+    """The recipe levers' values and combinations (the flags' validators, for direct use)."""
+    if c.augmentation not in augmentations.AUGMENTATIONS:
+        raise ValueError(f"augmentation {c.augmentation!r} not in {augmentations.AUGMENTATIONS}")
+    if c.optimizer not in recipe.OPTIMIZERS:
+        raise ValueError(f"optimizer {c.optimizer!r} not in {recipe.OPTIMIZERS}")
+    if c.lr_schedule not in recipe.LR_SCHEDULES:
+        raise ValueError(f"lr_schedule {c.lr_schedule!r} not in {recipe.LR_SCHEDULES}")
+    if not 0.0 <= c.label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
+    if c.mixup_alpha < 0 or c.cutmix_alpha < 0:
+        raise ValueError(f"mixup_alpha/cutmix_alpha must be >= 0, got {c.mixup_alpha}/"
+                         f"{c.cutmix_alpha}")
+    if c.warmup_epochs and (c.lr_schedule != "cosine" or c.warmup_epochs >= c.epochs):
+        raise ValueError(f"warmup_epochs={c.warmup_epochs} needs lr_schedule='cosine' and "
+                         f"fewer than epochs={c.epochs}")
+    if c.task == "diagnosis" and c.label_smoothing:
+        raise ValueError(f"label_smoothing={c.label_smoothing} is binary only")
+    if _mixing(c) and (c.task != "binary" or c.use_metadata
+                       or c.class_balance == "class_weights"):
+        raise ValueError(f"mixup_alpha={c.mixup_alpha}/cutmix_alpha={c.cutmix_alpha} need the "
+                         "binary task without metadata and without class weights (use "
+                         "class_balance='sampling')")
+
+
+def _mixing(c: TrainConfig) -> bool:
+    return bool(c.mixup_alpha or c.cutmix_alpha)
+
+
+def _float_input(c: TrainConfig) -> bool:
+    """Training batches reach the model as float32 (augmented or mixed), not uint8."""
+    return c.augment or _mixing(c)
 
 
 def _datasets(c: TrainConfig, strategy, mapping=None):
@@ -231,6 +279,7 @@ def _datasets(c: TrainConfig, strategy, mapping=None):
                       use_metadata=c.use_metadata)
         train = diagnosis_lib.make_dataset(
             c.data_dir, "train", mapping, training=True, augment=c.augment, repeat=True,
+            augmentation=c.augmentation,
             drop_remainder=strategy.num_replicas_in_sync > 1, **common)
         validation = diagnosis_lib.make_dataset(c.data_dir, "validation", mapping,
                                                 training=False, **common)
@@ -243,10 +292,11 @@ def _datasets(c: TrainConfig, strategy, mapping=None):
         steps = min(steps, c.steps_per_epoch) if c.class_balance != "sampling" \
             else c.steps_per_epoch
     common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
-                  deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment,
+                  deterministic=c.deterministic, seed=c.seed, as_uint8=not _float_input(c),
                   use_metadata=c.use_metadata)
     train = input_pipeline.make_dataset(
         c.data_dir, "train", training=True, augment=c.augment, repeat=True,
+        augmentation=c.augmentation, mixup_alpha=c.mixup_alpha, cutmix_alpha=c.cutmix_alpha,
         balance_classes=c.class_balance == "sampling", synthetic=mix,
         drop_remainder=strategy.num_replicas_in_sync > 1, **common)
     validation = input_pipeline.make_dataset(c.data_dir, "validation", training=False, **common)
@@ -275,7 +325,7 @@ def with_uint8_input(model: keras.Model, image_size: int) -> keras.Model:
                              keras.layers.Rescaling(1.0 / 255), model], name="uint8_" + model.name)
 
 
-def _callbacks(c: TrainConfig, meter, history_file, sample_batch) -> list:
+def _callbacks(c: TrainConfig, meter, history_file, sample_batch, budget=None) -> list:
     checkpoints = os.path.join(c.workdir, "checkpoints")
     logs = os.path.join(c.workdir, "logs")
     best_so_far = [e[c.monitor] for e in history_file.entries if c.monitor in e]
@@ -283,6 +333,13 @@ def _callbacks(c: TrainConfig, meter, history_file, sample_batch) -> list:
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(checkpoints, "backup"),
                                          delete_checkpoint=False),
+    ]
+    if c.ema_decay:
+        # After the backup has saved the training weights (resume needs them) and before the
+        # checkpoint: validation (on_test_begin), the best checkpoint, the logs and the
+        # weights fit leaves in the model are the EMA's; each epoch_begin swaps back.
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    callbacks += [
         StepTimeLogger(meter, c.verbose),
         keras.callbacks.ModelCheckpoint(
             os.path.join(checkpoints, "best.weights.h5"), monitor=c.monitor, mode="max",
@@ -295,6 +352,8 @@ def _callbacks(c: TrainConfig, meter, history_file, sample_batch) -> list:
     if c.early_stopping_patience:
         callbacks.append(ResumableEarlyStopping(
             history_file, monitor=c.monitor, mode="max", patience=c.early_stopping_patience))
+    if budget is not None:
+        callbacks.append(recipe.StopWhenOutOfTime(budget, c.verbose))
     return callbacks
 
 
@@ -335,7 +394,7 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     train_ds, val_ds, steps, n_train = _datasets(c, strategy, mapping)
     with strategy.scope():
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
-                                   c.weights_path or None)
+                                   c.weights_path or None, c.width_multiplier)
         if c.use_metadata:
             from trainer.core import metadata_features
 
@@ -344,17 +403,21 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
             model = diagnosis_lib.softmax_head(model, len(mapping["classes"]))
         # Without augmentation the batches stay uint8 until the device (see make_dataset);
         # `model` itself keeps float [0, 1] inputs for evaluation, export and users.
-        fit_model = model if c.augment else with_uint8_input(model, c.image_size)
+        fit_model = model if _float_input(c) else with_uint8_input(model, c.image_size)
+        rate = recipe.learning_rate(c.learning_rate, c.lr_schedule, c.epochs * steps,
+                                    round(c.warmup_epochs * steps))
         for compiled in {id(m): m for m in (model, fit_model)}.values():
+            optimizer = recipe.make_optimizer(c.optimizer, rate, c.weight_decay, c.ema_decay)
             if mapping is not None:
-                compiled.compile(optimizer=keras.optimizers.RMSprop(c.learning_rate),
+                compiled.compile(optimizer=optimizer,
                                  loss=keras.losses.SparseCategoricalCrossentropy(),
                                  metrics=[keras.metrics.SparseCategoricalAccuracy(
                                      name="accuracy")],
                                  jit_compile=c.jit_compile)
                 continue
-            compiled.compile(optimizer=keras.optimizers.RMSprop(c.learning_rate),
-                             loss=keras.losses.BinaryCrossentropy(),
+            compiled.compile(optimizer=optimizer,
+                             loss=keras.losses.BinaryCrossentropy(
+                                 label_smoothing=c.label_smoothing),
                              metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
                                       keras.metrics.AUC(name="auc"),
                                       keras.metrics.Precision(name="precision"),
@@ -366,11 +429,11 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     if mapping is not None:
         sample_x, sample_y = next(iter(diagnosis_lib.make_dataset(
             c.data_dir, "train", mapping, image_size=c.image_size, batch_size=4, training=True,
-            augment=c.augment, seed=c.seed)))
+            augment=c.augment, seed=c.seed, augmentation=c.augmentation)))
     else:
         sample_x, sample_y = next(iter(input_pipeline.make_dataset(
             c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
-            augment=c.augment, seed=c.seed)))
+            augment=c.augment, seed=c.seed, augmentation=c.augmentation)))
     sample_x = sample_x[0] if isinstance(sample_x, (tuple, list)) else sample_x
     sample_batch = (sample_x.numpy(), sample_y.numpy())
     class_weight = None
@@ -383,12 +446,16 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
         print(f"model {c.model}: {model.count_params():,} parameters, policy {policy}, "
               f"{strategy.num_replicas_in_sync} replica(s), {n_train} training images, "
               f"{steps} steps/epoch, class weights {class_weight}", flush=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    budget = runtime.TrainingBudget(c.max_train_minutes) if c.max_train_minutes else None
+    callbacks = _callbacks(c, meter, history_file, sample_batch, budget)
     fit_model.fit(train_ds, validation_data=val_ds, epochs=c.epochs, steps_per_epoch=steps,
                   class_weight=class_weight, verbose=c.verbose, shuffle=False,
-                  callbacks=_callbacks(c, meter, history_file, sample_batch)
-                  + list(extra_callbacks))
+                  callbacks=callbacks + list(extra_callbacks))
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    stopped = [cb.stopped_epoch for cb in callbacks
+               if isinstance(cb, recipe.StopWhenOutOfTime) and cb.stopped_epoch]
     best = os.path.join(c.workdir, "checkpoints", "best.weights.h5")
     if os.path.exists(best):
         fit_model.load_weights(best)  # shares its weights with `model`
@@ -398,6 +465,8 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
         write_pr_curve(os.path.join(c.workdir, "logs", "validation"), val_labels, val_probs,
                        step=len(history_file.entries))
     summary = _final_summary(c, model, history_file.entries, policy, strategy, wall)
+    summary.update(cpu_time_s_this_run=round(cpu, 2),
+                   stopped_by_time_budget_after_epoch=stopped[0] if stopped else None)
     run_folder.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null
     if c.verbose:
         print("training summary: " + json.dumps(summary), flush=True)

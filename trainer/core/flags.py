@@ -29,6 +29,9 @@ flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch; 0 = one pass
                      "training split.")
 flags.DEFINE_float("learning_rate", 1e-3, "Optimizer learning rate.")
 flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
+flags.DEFINE_float("max_train_minutes", 0.0, "Wall-time budget for training: stop at the end "
+                   "of the epoch in which it runs out (a guard; size --epochs to fit, the "
+                   "schedule follows --epochs). 0 = no budget.")
 
 # --- input pipeline ---
 flags.DEFINE_string("cache", "", "'' (no cache), 'memory', or a file path prefix for "
@@ -63,6 +66,8 @@ def _register_validators() -> None:
     flags.register_validator("learning_rate", lambda v: v > 0 and v == v and v < float("inf"),
                              message="must be a positive finite number")
     flags.register_validator("seed", lambda v: v >= 0, message="must be a non-negative integer")
+    flags.register_validator("max_train_minutes", lambda v: v >= 0 and v < float("inf"),
+                             message="must be 0 (no budget) or a positive number of minutes")
     flags.register_validator("profile_steps", _valid_profile_steps,
                              message="must be 'START,END' with 1 <= START <= END, or ''")
     flags.register_validator("cache", lambda v: v == v.strip(),
@@ -91,6 +96,7 @@ class RunConfig:
     steps_per_epoch: int = 0          # 0 = one pass over the training data
     learning_rate: float = 1e-3
     seed: int = 42
+    max_train_minutes: float = 0.0    # 0 = no wall-time budget
     cache: str = ""
     deterministic: bool = False
     mixed_precision: str = "auto"

@@ -19,7 +19,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from isicflow import dataset as dataset_lib, imaging, schema
-from trainer.core import synthetic_mix
+from trainer.core import augmentations, synthetic_mix
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = ("binary", "all")
@@ -64,13 +64,19 @@ def preprocess_for_eval(image_uint8: tf.Tensor) -> tf.Tensor:
     return tf.image.convert_image_dtype(image_uint8, tf.float32)
 
 
-def preprocess_for_train(image_uint8: tf.Tensor, *, augment: bool, seed) -> tf.Tensor:
+def preprocess_for_train(image_uint8: tf.Tensor, *, augment: bool, seed,
+                         augmentation: str = "study") -> tf.Tensor:
     """uint8 [S,S,3] -> float32 in [0, 1]; with `augment`, the study's random flips, rot90,
-    hue/saturation/brightness/contrast jitter and central-crop zoom. `seed`: int shape [2],
-    one per image, so the same (seed, image) always gets the same augmentation."""
+    hue/saturation/brightness/contrast jitter and central-crop zoom, or, with
+    augmentation="dermoscopy", trainer.core.augmentations.dermoscopy_augment. `seed`: int
+    shape [2], one per image, so the same (seed, image) always gets the same augmentation."""
+    if augmentation not in augmentations.AUGMENTATIONS:
+        raise ValueError(f"augmentation {augmentation!r} not in {augmentations.AUGMENTATIONS}")
     image = preprocess_for_eval(image_uint8)
     if not augment:
         return image
+    if augmentation == "dermoscopy":
+        return augmentations.dermoscopy_augment(image, seed)
     size = tf.shape(image)[0]
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
     image = tf.image.stateless_random_flip_left_right(image, seeds[0])
@@ -114,14 +120,37 @@ def shard_records(paths: Sequence[str], manifest: dict, *, shuffle_seed: int | N
 def augment_and_batch(ds: tf.data.Dataset, *, augment_seed: int | None, batch_size: int,
                       drop_remainder: bool, as_uint8: bool = False,
                       value_range: Sequence[float] = (0.0, 1.0),
-                      label_dtype: tf.DType | None = None) -> tf.data.Dataset:
+                      label_dtype: tf.DType | None = None, augmentation: str = "study",
+                      mix_seed: int | None = None, mixup_alpha: float = 0.0,
+                      cutmix_alpha: float = 0.0) -> tf.data.Dataset:
     """(uint8 image, label) elements -> batches: augmented per image (seeded by augment_seed and
     the element index, counted after any repeat so epochs differ) and scaled to value_range;
     or, without augmentation, batched as uint8 first (4x fewer bytes than float32) and then
     scaled a whole batch at a time (the same values, less CPU), or left uint8 (as_uint8).
-    Labels are cast to label_dtype (None: as they are)."""
+    Labels are cast to label_dtype (None: as they are). augmentation: the augmentation's
+    name (preprocess_for_train). With mix_seed and a mixup/cutmix alpha, each batch is then
+    mixed (augmentations.mix_batch, seeded by mix_seed and the batch index; soft labels)."""
     def cast(label):
         return label if label_dtype is None else tf.cast(label, label_dtype)
+
+    mixing = mix_seed is not None and (mixup_alpha or cutmix_alpha)
+    if mixing and as_uint8:
+        raise ValueError("mixup/cutmix needs float images: as_uint8 must be False")
+    if mixing:
+        batched = augment_and_batch(ds, augment_seed=augment_seed, batch_size=batch_size,
+                                    drop_remainder=drop_remainder, value_range=value_range,
+                                    label_dtype=label_dtype, augmentation=augmentation)
+        batched = tf.data.Dataset.zip((batched, tf.data.Dataset.counter()))
+
+        def mix(pair, index):
+            images, labels = pair
+            if isinstance(images, (tuple, list)):
+                raise ValueError("mixup/cutmix does not support a metadata input")
+            return augmentations.mix_batch(
+                images, labels, tf.stack([tf.constant(mix_seed, tf.int64), index]),
+                mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+
+        return batched.map(mix, num_parallel_calls=AUTOTUNE)
 
     if augment_seed is not None:
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
@@ -129,7 +158,8 @@ def augment_and_batch(ds: tf.data.Dataset, *, augment_seed: int | None, batch_si
         def augment_one(pair, index):
             image, label = pair
             image = on_image(image, lambda im: scale_to_range(preprocess_for_train(
-                im, augment=True, seed=tf.stack([tf.constant(augment_seed, tf.int64), index])),
+                im, augment=True, seed=tf.stack([tf.constant(augment_seed, tf.int64), index]),
+                augmentation=augmentation),
                 value_range))
             return image, cast(label)
 
@@ -232,8 +262,14 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  deterministic: bool = False, seed: int = 0, repeat: bool = False,
                  drop_remainder: bool = False, balance_classes: bool = False,
                  as_uint8: bool = False, use_metadata: bool = False,
+                 augmentation: str = "study", mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0,
                  synthetic: synthetic_mix.SyntheticMix | None = None) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
+
+    augmentation: which augmentation `augment` means ("study" or "dermoscopy").
+    mixup_alpha / cutmix_alpha (training, binary labels, no metadata, float images): each
+    augmented batch mixed with a seeded permutation of itself; labels become soft floats.
 
     labels='binary' keeps benign (0) and malignant (1) records; 'all' keeps every record, with
     label -1 for unknown. training=True shuffles files and records (seeded) and, with `augment`,
@@ -251,6 +287,10 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     if as_uint8 and ((training and augment) or tuple(map(float, value_range)) != (0.0, 1.0)):
         raise ValueError("as_uint8 needs augment=False (or training=False) and value_range (0, 1)")
     _check_args(split, image_size, batch_size, labels, value_range, cache)
+    mixing = bool(mixup_alpha or cutmix_alpha)
+    if mixing and (not training or labels != "binary" or use_metadata or as_uint8):
+        raise ValueError(f"mixup_alpha={mixup_alpha}/cutmix_alpha={cutmix_alpha} need "
+                         "training=True, labels='binary', no metadata and float images")
     manifest = dataset_lib.read_manifest(data_dir)
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
@@ -306,7 +346,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
             ds = ds.repeat()
     ds = augment_and_batch(ds, augment_seed=seed if training and augment else None,
                            batch_size=batch_size, drop_remainder=drop_remainder,
-                           as_uint8=as_uint8, value_range=value_range, label_dtype=tf.float32)
+                           as_uint8=as_uint8, value_range=value_range, label_dtype=tf.float32,
+                           augmentation=augmentation, mix_seed=seed + 3 if mixing else None,
+                           mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)

@@ -182,3 +182,26 @@ class TrainingClock:
     def totals(self) -> dict[str, float]:
         return {"train_wall_s": round(self._base_wall + self._wall_clock() - self._wall0, 3),
                 "train_cpu_s": round(self._base_cpu + self._cpu_clock() - self._cpu0, 3)}
+
+
+def budget_exhausted(started: float, now: float, minutes: float) -> bool:
+    """Pure rule behind --max_train_minutes: has `minutes` of wall time passed since `started`
+    (seconds on one clock)? 0 minutes means no budget."""
+    if not minutes >= 0:
+        raise ValueError(f"a time budget must be >= 0 minutes, got {minutes}")
+    return bool(minutes) and now - started >= minutes * 60.0
+
+
+class TrainingBudget:
+    """A wall-time budget started at construction; the clock is injectable for tests."""
+
+    def __init__(self, minutes: float, clock=time.perf_counter):
+        budget_exhausted(0.0, 0.0, minutes)  # validates minutes
+        self.minutes, self._clock = minutes, clock
+        self.started = clock()
+
+    def elapsed_s(self) -> float:
+        return self._clock() - self.started
+
+    def exhausted(self) -> bool:
+        return budget_exhausted(self.started, self._clock(), self.minutes)

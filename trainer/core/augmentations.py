@@ -1,0 +1,126 @@
+"""The from-scratch recipe's input-side levers: dermoscopy augmentation of one image and
+mixup/cutmix of one batch. Pure tf ops with stateless random draws, so a (seed, index) pair
+always gives the same result (the input pipeline's determinism rule).
+
+Dermoscopy images have no "up": any rotation and both flips are label-preserving, and lesions
+are photographed at varied zoom, so a random resized crop stands in for the study's central
+zoom. Colour jitter is milder than the study's: colour is diagnostic (blue-white veil,
+regression), and a strong hue shift can erase it.
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+AUGMENTATIONS = ("study", "dermoscopy")
+CROP_AREA_RANGE = (0.6, 1.0)          # random resized crop: fraction of the image area kept
+CROP_LOG_ASPECT_RANGE = (math.log(3 / 4), math.log(4 / 3))
+DERMOSCOPY_HUE_DELTA = 0.02           # the study's are 0.04, (0.8, 1.2), 0.1, (0.8, 1.2)
+DERMOSCOPY_SATURATION_RANGE = (0.9, 1.1)
+DERMOSCOPY_BRIGHTNESS_DELTA = 0.05
+DERMOSCOPY_CONTRAST_RANGE = (0.9, 1.1)
+
+
+def _random_resized_crop(image: tf.Tensor, seeds) -> tf.Tensor:
+    size = tf.shape(image)[0]
+    area = tf.random.stateless_uniform([], seeds[0], *CROP_AREA_RANGE)
+    aspect = tf.exp(tf.random.stateless_uniform([], seeds[1], *CROP_LOG_ASPECT_RANGE))
+    height = tf.minimum(1.0, tf.sqrt(area / aspect))  # as fractions of the side
+    width = tf.minimum(1.0, tf.sqrt(area * aspect))
+    top = tf.random.stateless_uniform([], seeds[2]) * (1.0 - height)
+    left = tf.random.stateless_uniform([], seeds[3]) * (1.0 - width)
+    box = tf.stack([top, left, top + height, left + width])[None]
+    return tf.image.crop_and_resize(image[None], box, [0], tf.stack([size, size]),
+                                    method="bilinear")[0]
+
+
+def rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
+    """[S,S,3] float image rotated by `angle` radians about its centre, reflect fill (Keras'
+    RandomRotation transform, on one image)."""
+    side = tf.cast(tf.shape(image)[0], tf.float32) - 1.0
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    x_offset = (side - (cos * side - sin * side)) / 2.0
+    y_offset = (side - (sin * side + cos * side)) / 2.0
+    transform = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])[None]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform, output_shape=tf.shape(image)[:2],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
+
+
+def dermoscopy_augment(image: tf.Tensor, seed) -> tf.Tensor:
+    """float [S,S,3] in [0, 1] -> the same shape in [0, 1]: both flips, a random resized crop
+    (CROP_AREA_RANGE of the area, aspect 3/4..4/3), a rotation by any angle (reflect fill),
+    mild hue/saturation/brightness/contrast jitter. `seed`: int [2], one per image."""
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=11)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
+    image = _random_resized_crop(image, seeds[2:6])
+    angle = tf.random.stateless_uniform([], seeds[6], 0.0, 2.0 * math.pi)
+    image = rotate(image, angle)
+    image = tf.image.stateless_random_hue(image, DERMOSCOPY_HUE_DELTA, seeds[7])
+    image = tf.image.stateless_random_saturation(image, *DERMOSCOPY_SATURATION_RANGE, seeds[8])
+    image = tf.image.stateless_random_brightness(image, DERMOSCOPY_BRIGHTNESS_DELTA, seeds[9])
+    image = tf.image.stateless_random_contrast(image, *DERMOSCOPY_CONTRAST_RANGE, seeds[10])
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _beta(shape, alpha: float, seeds) -> tf.Tensor:
+    """Beta(alpha, alpha) draws from two stateless gamma draws."""
+    a = tf.random.stateless_gamma(shape, seeds[0], alpha=alpha)
+    b = tf.random.stateless_gamma(shape, seeds[1], alpha=alpha)
+    return a / tf.maximum(a + b, 1e-12)
+
+
+def _cutmix_mask(size: tf.Tensor, lam: tf.Tensor, seeds) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per image a box of area ~(1 - lam) (clipped at the border): mask [B,S,S,1], 1 inside
+    the box (the partner's pixels), and the kept fraction, the label weight of the image."""
+    batch = tf.shape(lam)[0]
+    s = tf.cast(size, tf.float32)
+    cut = s * tf.sqrt(1.0 - lam)
+    cy = tf.random.stateless_uniform([batch], seeds[0]) * s
+    cx = tf.random.stateless_uniform([batch], seeds[1]) * s
+    y0, y1 = tf.clip_by_value(cy - cut / 2, 0, s), tf.clip_by_value(cy + cut / 2, 0, s)
+    x0, x1 = tf.clip_by_value(cx - cut / 2, 0, s), tf.clip_by_value(cx + cut / 2, 0, s)
+    grid = tf.range(s) + 0.5
+    inside_y = (grid[None] >= y0[:, None]) & (grid[None] < y1[:, None])  # [B, S]
+    inside_x = (grid[None] >= x0[:, None]) & (grid[None] < x1[:, None])
+    mask = tf.cast(inside_y[:, :, None] & inside_x[:, None, :], tf.float32)[..., None]
+    kept = 1.0 - tf.reduce_mean(mask, axis=[1, 2, 3])
+    return mask, kept
+
+
+def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed, *, mixup_alpha: float = 0.0,
+              cutmix_alpha: float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mixup or cutmix of a float batch with a seeded permutation of itself; labels [B] become
+    the same convex combination (soft floats). With both alphas > 0 each batch takes one of
+    the two, evenly. Per-image mixing weights ~ Beta(alpha, alpha). `seed`: int [2]."""
+    if mixup_alpha < 0 or cutmix_alpha < 0:
+        raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha}, "
+                         f"{cutmix_alpha}")
+    if not (mixup_alpha or cutmix_alpha):
+        return images, labels
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=7)
+    batch = tf.shape(images)[0]
+    partner = tf.argsort(tf.random.stateless_uniform([batch], seeds[0]))
+    other_images, other_labels = tf.gather(images, partner), tf.gather(labels, partner)
+    labels = tf.cast(labels, tf.float32)
+    other_labels = tf.cast(other_labels, tf.float32)
+
+    def mixup():
+        lam = _beta([batch], mixup_alpha, seeds[1:3])
+        w = lam[:, None, None, None]
+        return images * w + other_images * (1.0 - w), labels * lam + other_labels * (1 - lam)
+
+    def cutmix():
+        lam = _beta([batch], cutmix_alpha, seeds[3:5])
+        mask, kept = _cutmix_mask(tf.shape(images)[1], lam, seeds[5:7])
+        return (images * (1.0 - mask) + other_images * mask,
+                labels * kept + other_labels * (1.0 - kept))
+
+    if not cutmix_alpha:
+        return mixup()
+    if not mixup_alpha:
+        return cutmix()
+    use_cutmix = tf.random.stateless_uniform([], seeds[0] + 1) < 0.5
+    return tf.cond(use_cutmix, cutmix, mixup)
