@@ -3,7 +3,9 @@
     python -m benchmarks.ablation --workdir=out/ablation --base=configs/cnn_recipe.flags \\
         --variant="recipe=" --variant="compact=--architecture=compact" ...
 
-Each variant is NAME=FLAGS (FLAGS appended to the base flagfile, so they win). Runs go one
+Each variant is NAME=FLAGS (FLAGS appended to the base flagfile, so they win), given with
+--variant or one per line of --variants_file (blank lines and # comments skipped); e.g.
+configs/ablation_recipe.txt holds the recipe's levers. Runs go one
 after another (timings are only comparable on a machine that does nothing else), each a fresh
 process, in WORKDIR/NAME; a variant whose report.json exists is not run again, so the table can
 grow over several sittings. Evaluation and TTA follow the flags; the export is skipped.
@@ -113,9 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--base", required=True, help="trainer.cnn flagfile every variant uses")
-    parser.add_argument("--variant", action="append", required=True, help="NAME=FLAGS")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=FLAGS")
+    parser.add_argument("--variants_file", help="one NAME=FLAGS per line")
+    parser.add_argument("--flags", default="", help="flags added to every variant, before "
+                        "its own (e.g. --image_size=64 --epochs=40)")
     args = parser.parse_args(argv)
-    variants = dict(parse_variant(v) for v in args.variant)
+    lines = list(args.variant)
+    if args.variants_file:
+        with open(args.variants_file, encoding="utf-8") as f:
+            lines += [line.strip() for line in f
+                      if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        parser.error("no variants: give --variant NAME=FLAGS or --variants_file")
+    variants = {name: args.flags.split() + flags
+                for name, flags in map(parse_variant, lines)}
     os.makedirs(args.workdir, exist_ok=True)
     rows = {}
     for name, flags in variants.items():

@@ -56,3 +56,21 @@ def test_a_finished_variant_is_not_trained_again(tmp_path, monkeypatch):
 def test_a_failing_variant_stops_with_its_log(tmp_path):
     with pytest.raises(RuntimeError, match="bad.log"):
         ablation.run_variant("configs/does-not-exist.flags", str(tmp_path), "bad", [])
+
+
+def test_the_shipped_variants_file_parses_and_adds_the_common_flags(tmp_path, monkeypatch):
+    ran = {}
+
+    def fake_run(base, workdir, name, flags):
+        ran[name] = flags
+        _fake_run(tmp_path / name)
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    ablation.main(["--workdir", str(tmp_path), "--base", "configs/cnn_recipe.flags",
+                   "--variants_file", "configs/ablation_recipe.txt", "--flags=--epochs=2"])
+    assert ran["recipe"] == ["--epochs=2"] and ran["no_ema"] == ["--epochs=2", "--ema_decay=0"]
+    assert len(ran) >= 10
+
+
+def test_no_variants_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit):
+        ablation.main(["--workdir", str(tmp_path), "--base", "b.flags"])
