@@ -179,3 +179,11 @@ def test_config_files_name_only_defined_flags(config):
     assert names, f"{config} sets no flags"
     unknown = [n for n in names if n not in defined and n.removeprefix("no") not in defined]
     assert not unknown, f"{config} names undefined flags {unknown}"
+
+
+def test_a_used_up_time_budget_stops_after_the_epoch_and_saves(data_dir, tmp_path):
+    summary = gan_training.train_gan(_config(data_dir, tmp_path, epochs=3, steps_per_epoch=2,
+                                             max_train_minutes=1e-6))
+    assert summary["stopped_by_time_budget_after_epoch"] == 1 and summary["steps"] == 2
+    assert summary["last_checkpoint"].endswith("ckpt-2")
+    assert [h["epoch"] for h in run_folder.read_history(str(tmp_path / "history.json"))] == [1]

@@ -29,7 +29,7 @@ flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch; 0 = one pass
                      "training split.")
 flags.DEFINE_float("learning_rate", 1e-3, "Optimizer learning rate.")
 flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
-flags.DEFINE_float("max_train_minutes", 0.0, "Wall-time budget for training: stop at the end "
+flags.DEFINE_float("max_train_minutes", 0.0, "Wall-time budget for training (CNN and GAN): stop at the end "
                    "of the epoch in which it runs out (a guard; size --epochs to fit, the "
                    "schedule follows --epochs). 0 = no budget.")
 

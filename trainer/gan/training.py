@@ -270,6 +270,7 @@ def train_gan(config: GanConfig) -> dict:
     first_step = step
     # Training time so far, kept across resumes: curves of quality against time read it.
     clock = runtime.TrainingClock.resume(history[-1] if history else None)
+    budget, stopped_after = runtime.TrainingBudget(config.max_train_minutes), None
     with _sigterm_raises():  # kill/preemption: save a checkpoint like Ctrl-C does
         try:
             for epoch in range(step // steps_per_epoch, config.epochs):
@@ -302,6 +303,11 @@ def train_gan(config: GanConfig) -> dict:
                                     logs, {**meter.summary(), **clock.totals()})
                 history.append(record)
                 run_folder.write_history(history_path, history)
+                if budget.exhausted():  # --max_train_minutes: this run's wall time
+                    stopped_after = epoch + 1
+                    logging.info("time budget of %.1f min used up: stopping after epoch %d",
+                                 config.max_train_minutes, stopped_after)
+                    break
         except (FloatingPointError, DiscriminatorCollapse):
             saved_at = step  # the weights are broken or useless: keep the last good checkpoint
             raise
@@ -314,7 +320,8 @@ def train_gan(config: GanConfig) -> dict:
     elapsed = time.perf_counter() - started
     return {"policy": policy, "steps": step, "steps_this_run": step - first_step,
             "steps_per_epoch": steps_per_epoch, "epochs": config.epochs,
-            "wall_s": round(elapsed, 2), "last_checkpoint": manager.latest_checkpoint,
+            "wall_s": round(elapsed, 2), "stopped_by_time_budget_after_epoch": stopped_after,
+            "last_checkpoint": manager.latest_checkpoint,
             "last_epoch": history[-1] if history else None}
 
 
