@@ -8,7 +8,8 @@ Each variant is NAME=FLAGS (FLAGS appended to the base flagfile, so they win), g
 configs/ablation_recipe.txt holds the recipe's levers. Runs go one
 after another (timings are only comparable on a machine that does nothing else), each a fresh
 process, in WORKDIR/NAME; a variant whose report.json exists is not run again, so the table can
-grow over several sittings. Evaluation and TTA follow the flags; the export is skipped.
+grow over several sittings (and over several bases: ablation.json keeps every row the workdir
+has seen). Evaluation and TTA follow the flags; the export is skipped.
 
 Per variant the table gives validation and test AUC with their bootstrap 95% intervals and
 sensitivity/specificity at the validation-chosen threshold (from report.json), epochs run and
@@ -79,16 +80,19 @@ def _auc(values: dict) -> str:
     return f"{_fmt(values.get('auc'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
-def markdown(rows: dict[str, dict], flags: dict[str, list[str]], base: str) -> str:
-    lines = [f"Base: `{base}`; each row adds its flags. AUC with bootstrap 95% interval; "
+def markdown(rows: dict[str, dict]) -> str:
+    """The table: one row per variant (its base flagfile and flags in the second column)."""
+    lines = ["Each run: its base flagfile plus its flags. AUC with bootstrap 95% interval; "
              "sensitivity/specificity at the threshold chosen on validation.", "",
-             "| variant | flags | val AUC | test AUC | test sens/spec | epochs (best) | "
+             "| variant | base + flags | val AUC | test AUC | test sens/spec | epochs (best) | "
              "train min wall / CPU | s/epoch | max input wait |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         test = row["test"]
+        base = os.path.basename(row.get("base", ""))
         lines.append(
-            f"| {name} | `{' '.join(flags.get(name, [])) or '(base)'}` | {_auc(row['validation'])} "
+            f"| {name} | `{' '.join([base, *row.get('flags', [])]).strip()}` | "
+            f"{_auc(row['validation'])} "
             f"| {_auc(test)} | {_fmt(test.get('sensitivity'), '.2f')}/"
             f"{_fmt(test.get('specificity'), '.2f')} | {row['epochs']} ({row['best_epoch']}) | "
             f"{_fmt(row['train_wall_min'], '.1f')} / {_fmt(row['train_cpu_min'], '.1f')} | "
@@ -130,15 +134,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = {name: args.flags.split() + flags
                 for name, flags in map(parse_variant, lines)}
     os.makedirs(args.workdir, exist_ok=True)
-    rows = {}
+    saved = os.path.join(args.workdir, "ablation.json")
+    # Rows of earlier invocations in this workdir (other bases, say) stay in the table.
+    rows = _json(saved)["rows"] if os.path.exists(saved) else {}
     for name, flags in variants.items():
         if not os.path.exists(os.path.join(args.workdir, name, "report.json")):
             run_variant(args.base, args.workdir, name, flags)
-        rows[name] = summarize(os.path.join(args.workdir, name))
+        rows[name] = {**summarize(os.path.join(args.workdir, name)), "base": args.base,
+                      "flags": flags}
         print(f"{name}: val AUC {_auc(rows[name]['validation'])}", flush=True)
-    run_folder.write_json(os.path.join(args.workdir, "ablation.json"),
-                          {"base": args.base, "flags": variants, "rows": rows})
-    table = markdown(rows, variants, args.base)
+    run_folder.write_json(saved, {"rows": rows})
+    table = markdown(rows)
     with open(os.path.join(args.workdir, "ablation.md"), "w", encoding="utf-8") as f:
         f.write(table)
     print(table)

@@ -39,8 +39,8 @@ def test_summarize_reads_the_run_folder(tmp_path):
     assert (row["epochs"], row["best_epoch"]) == (3, 2)
     assert row["train_wall_min"] == 2.0 and row["train_cpu_min"] == pytest.approx(230 / 60)
     assert row["epoch_s"] == 20.0 and row["input_wait_share"] == pytest.approx(0.03)
-    table = ablation.markdown({"recipe": row}, {"recipe": []}, "configs/x.flags")
-    assert "| recipe | `(base)` | 0.800 [0.700, 0.850] | 0.700 [0.700, 0.850] |" in table
+    table = ablation.markdown({"recipe": {**row, "base": "configs/x.flags", "flags": []}})
+    assert "| recipe | `x.flags` | 0.800 [0.700, 0.850] | 0.700 [0.700, 0.850] |" in table
 
 
 def test_a_finished_variant_is_not_trained_again(tmp_path, monkeypatch):
@@ -49,8 +49,13 @@ def test_a_finished_variant_is_not_trained_again(tmp_path, monkeypatch):
     assert ablation.main(["--workdir", str(tmp_path), "--base", "configs/x.flags",
                           "--variant", "done=--epochs=1"]) == 0
     saved = json.loads((tmp_path / "ablation.json").read_text())
-    assert saved["flags"] == {"done": ["--epochs=1"]}
-    assert "| done | `--epochs=1` |" in (tmp_path / "ablation.md").read_text()
+    assert saved["rows"]["done"]["flags"] == ["--epochs=1"]
+    assert "| done | `x.flags --epochs=1` |" in (tmp_path / "ablation.md").read_text()
+    _fake_run(tmp_path / "other")  # another base later: both rows in the table
+    ablation.main(["--workdir", str(tmp_path), "--base", "configs/y.flags",
+                   "--variant", "other="])
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| done | `x.flags --epochs=1` |" in table and "| other | `y.flags` |" in table
 
 
 def test_a_failing_variant_stops_with_its_log(tmp_path):
