@@ -181,14 +181,20 @@ def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: in
     else:
         report["memorization"] = {"skipped": f"only {len(heldout)} held-out images in "
                                              f"{list(heldout_splits)}; need at least 4"}
+    # Seeded samples of each set for the PCA and the grid: the first images in id order are one
+    # collection only (in the shared data, smeared uda1 scans), and generated ones come by class.
+    shown = np.random.default_rng(seed)
+    train_shown = train[shown.permutation(len(train))]
+    generated_shown = generated[shown.permutation(len(generated))]
     n_pca = min(len(train), len(generated))
     points, share = gan_metrics.pca_plane(np.concatenate(
-        [train[:n_pca], generated[:n_pca]]).reshape(2 * n_pca, -1).astype(np.float64) / 255.0)
+        [train_shown[:n_pca], generated_shown[:n_pca]]).reshape(2 * n_pca, -1).astype(
+            np.float64) / 255.0)
     report["pca"] = {"images_per_set": n_pca, "space": f"pixels {size}x{size}",
                      "explained_variance": [float(s) for s in share]}
     os.makedirs(out, exist_ok=True)
     gan_plots.save_pca(points[:n_pca], points[n_pca:], share, os.path.join(out, "pca.png"))
-    gan_plots.save_real_vs_generated(train[:16], generated[:16],
+    gan_plots.save_real_vs_generated(train_shown[:16], generated_shown[:16],
                                      os.path.join(out, "real_vs_generated.png"))
     gan_plots.save_png(interpolation_strip(generator, arch, seed=seed),
                        os.path.join(out, "interpolation.png"))
