@@ -176,3 +176,6 @@ def test_training_clock_continues_across_a_resume():
                                            cpu_clock=lambda: next(cpu))
     assert resumed.totals() == {"train_wall_s": 4.0, "train_cpu_s": 7.0}
     assert runtime.TrainingClock.resume(None).totals()["train_cpu_s"] >= 0.0
+    # a history written before the clock existed: the totals are unknown, not restarted
+    assert runtime.TrainingClock.resume({"epoch": 3}).totals() == {
+        "train_wall_s": None, "train_cpu_s": None}

@@ -163,25 +163,28 @@ class TrainingClock:
 
     CPU seconds (all threads of this process) measure a budget fairly on a shared machine,
     where wall time also counts other programs; on an idle 2-core CPU, cpu ~= 2 x wall.
-    Clocks are injectable for tests.
+    A run resumed from a history that never recorded them has no true totals: they stay None
+    rather than restarting at zero. Clocks are injectable for tests.
     """
 
-    def __init__(self, wall_s: float = 0.0, cpu_s: float = 0.0,
+    def __init__(self, wall_s: float | None = 0.0, cpu_s: float | None = 0.0,
                  wall_clock=time.perf_counter, cpu_clock=time.process_time):
-        self._base_wall, self._base_cpu = float(wall_s), float(cpu_s)
+        self._base_wall, self._base_cpu = wall_s, cpu_s
         self._wall_clock, self._cpu_clock = wall_clock, cpu_clock
         self._wall0, self._cpu0 = wall_clock(), cpu_clock()
 
     @classmethod
     def resume(cls, last_entry: dict | None, **clocks) -> "TrainingClock":
-        """Continues from a history entry's train_wall_s/train_cpu_s (none: from zero)."""
-        last_entry = last_entry or {}
-        return cls(last_entry.get("train_wall_s", 0.0) or 0.0,
-                   last_entry.get("train_cpu_s", 0.0) or 0.0, **clocks)
+        """Continues from a history entry's train_wall_s/train_cpu_s (no entry: from zero)."""
+        if last_entry is None:
+            return cls(**clocks)
+        return cls(last_entry.get("train_wall_s"), last_entry.get("train_cpu_s"), **clocks)
 
-    def totals(self) -> dict[str, float]:
-        return {"train_wall_s": round(self._base_wall + self._wall_clock() - self._wall0, 3),
-                "train_cpu_s": round(self._base_cpu + self._cpu_clock() - self._cpu0, 3)}
+    def totals(self) -> dict[str, float | None]:
+        def total(base, clock, start):
+            return None if base is None else round(base + clock() - start, 3)
+        return {"train_wall_s": total(self._base_wall, self._wall_clock, self._wall0),
+                "train_cpu_s": total(self._base_cpu, self._cpu_clock, self._cpu0)}
 
 
 def budget_exhausted(started: float, now: float, minutes: float) -> bool:

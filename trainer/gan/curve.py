@@ -90,25 +90,28 @@ def score_runs(runs: Sequence[str], real_data_dir: str, *, num_generated: int = 
 
 
 def save_curve(rows: Sequence[dict], path: str) -> None:
-    """C2ST (with its interval) and FID against training CPU minutes (steps where unknown)."""
+    """C2ST (with its interval) and FID against training CPU minutes (steps where any run
+    lacks them)."""
     from trainer.core.report import figure
 
     fig = figure(10, 4)
     ax_c2st, ax_fid = fig.subplots(1, 2)
+    # One x axis for every run: CPU minutes where all have them, else steps (runs written
+    # before the trainer kept training time have none).
+    timed = all(r["train_cpu_s"] is not None for r in rows)
+    xlabel = "training CPU minutes" if timed else "training steps"
     for run in dict.fromkeys(r["run"] for r in rows):
         mine = [r for r in rows if r["run"] == run]
-        timed = all(r["train_cpu_s"] is not None for r in mine)
         x = [r["train_cpu_s"] / 60 if timed else r["step"] for r in mine]
-        label = run if timed else f"{run} (x: steps)"
         ax_c2st.errorbar(x, [r["c2st"] for r in mine], yerr=np.array(
             [[r["c2st"] - r["c2st_low"] for r in mine], [r["c2st_high"] - r["c2st"]
                                                          for r in mine]]), marker="o",
-            capsize=3, label=label)
-        ax_fid.plot(x, [r["fid"] for r in mine], marker="o", label=label)
+            capsize=3, label=run)
+        ax_fid.plot(x, [r["fid"] for r in mine], marker="o", label=run)
     ax_c2st.axhline(0.85, ls="--", c="grey", lw=1)
-    ax_c2st.set(xlabel="training CPU minutes", ylabel="C2ST accuracy (0.5 = indistinguishable)",
+    ax_c2st.set(xlabel=xlabel, ylabel="C2ST accuracy (0.5 = indistinguishable)",
                 ylim=(0.45, 1.02))
-    ax_fid.set(xlabel="training CPU minutes", ylabel="FID", yscale="log")
+    ax_fid.set(xlabel=xlabel, ylabel="FID", yscale="log")
     ax_c2st.legend(fontsize=8)
     fig.savefig(path, dpi=110)
 

@@ -335,7 +335,8 @@ def _end_epoch(gan, checkpoint, workdir: str, writer, epoch: int, step: int, log
         for name in ("d_loss", "g_loss", "d_real", "d_fake"):
             tf.summary.scalar(f"gan/{name}", logs[name])
         for name in ("step_time_s", "input_wait_share", "images_per_s", "train_cpu_s"):
-            tf.summary.scalar(f"timing/{name}", timing[name])
+            if timing.get(name) is not None:  # train_cpu_s is unknown after some resumes
+                tf.summary.scalar(f"timing/{name}", timing[name])
         tf.summary.image("fixed_latent_grid", grid[None], max_outputs=1)
     logging.info("epoch %d step %d: D loss %.4f, G loss %.4f, D(x) %.3f, D(G(z)) %.3f, "
                  "%.3f s/step, input wait %.1f%%", epoch, step, logs["d_loss"], logs["g_loss"],
