@@ -56,9 +56,6 @@ flags.DEFINE_list("diffaugment", [], "DiffAugment ops applied to real and fake i
 flags.DEFINE_enum("gan_loss", "bce", ["bce", "nonsaturating", "hinge"], "bce: the study's "
                   "cross-entropy with noisy/flipped targets; nonsaturating (softplus) and hinge "
                   "ignore --label_noise/--label_flip.")
-flags.DEFINE_float("ema_decay", 0.0, "Exponential moving average of G's weights, saved in "
-                   "checkpoints and used for grids and sampling; 0 = off (e.g. 0.999).",
-                   lower_bound=0.0, upper_bound=0.99999)
 flags.register_validator("diffaugment", lambda v: all(o in ("color", "translation", "cutout")
                                                       for o in v),
                          message="ops must be among color,translation,cutout (empty = off)")

@@ -70,8 +70,6 @@ flags.DEFINE_enum("lr_schedule", "constant", list(recipe.LR_SCHEDULES),
                   "over --warmup_epochs, then cosine decay to 0 at --epochs.")
 flags.DEFINE_float("warmup_epochs", 0.0, "Cosine schedule: epochs of linear warmup from 0.")
 flags.DEFINE_float("label_smoothing", 0.0, "Binary cross-entropy label smoothing in [0, 1).")
-flags.DEFINE_float("ema_decay", 0.0, "Keep an exponential moving average of the weights "
-                   "(Keras optimizer EMA) and validate, checkpoint and export it; 0 = off.")
 flags.DEFINE_enum("monitor", "val_accuracy", list(train.MONITORS),
                   "Validation metric choosing the best checkpoint (the study used accuracy).")
 flags.DEFINE_integer("early_stopping_patience", 0, "Stop after this many epochs without a "
@@ -99,8 +97,6 @@ flags.register_validator("weight_decay", lambda v: v is None or 0.0 <= v < 1.0,
                          message="must be in [0, 1) (or unset)")
 flags.register_validator("warmup_epochs", lambda v: v >= 0, message="must be >= 0")
 flags.register_validator("label_smoothing", lambda v: 0.0 <= v < 1.0, message="must be in [0, 1)")
-flags.register_validator("ema_decay", lambda v: 0.0 <= v < 1.0,
-                         message="must be in [0, 1), 0 = off")
 for _name in ("mixup_alpha", "cutmix_alpha"):
     flags.register_validator(_name, lambda v: 0.0 <= v < float("inf"),
                              message="must be >= 0, 0 = off")

@@ -53,7 +53,6 @@ class TrainConfig(RunConfig):
     lr_schedule: str = "constant"
     warmup_epochs: float = 0.0        # cosine schedule only
     label_smoothing: float = 0.0      # binary task only
-    ema_decay: float = 0.0            # 0 = off
 
     FLAG_SOURCES = {"model": ("architecture", str), "verbose": ("keras_verbose", int)}
 

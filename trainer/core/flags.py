@@ -33,6 +33,11 @@ flags.DEFINE_float("max_train_minutes", 0.0, "Wall-time budget for training (CNN
                    "of the epoch in which it runs out (a guard; size --epochs to fit, the "
                    "schedule follows --epochs). 0 = no budget.")
 
+flags.DEFINE_float("ema_decay", 0.0, "Exponential moving average of the weights; 0 = off. "
+                   "CNN: Keras optimizer EMA, validated, checkpointed and exported (e.g. "
+                   "0.99). GAN: an EMA copy of G, saved in checkpoints and used for grids "
+                   "and sampling (e.g. 0.999).")
+
 # --- input pipeline ---
 flags.DEFINE_string("cache", "", "'' (no cache), 'memory', or a file path prefix for "
                     "tf.data's file cache of decoded images.")
@@ -66,6 +71,8 @@ def _register_validators() -> None:
     flags.register_validator("learning_rate", lambda v: v > 0 and v == v and v < float("inf"),
                              message="must be a positive finite number")
     flags.register_validator("seed", lambda v: v >= 0, message="must be a non-negative integer")
+    flags.register_validator("ema_decay", lambda v: 0.0 <= v < 1.0,
+                             message="must be in [0, 1), 0 = off")
     flags.register_validator("max_train_minutes", lambda v: v >= 0 and v < float("inf"),
                              message="must be 0 (no budget) or a positive number of minutes")
     flags.register_validator("profile_steps", _valid_profile_steps,
@@ -97,6 +104,7 @@ class RunConfig:
     learning_rate: float = 1e-3
     seed: int = 42
     max_train_minutes: float = 0.0    # 0 = no wall-time budget
+    ema_decay: float = 0.0            # 0 = off; what is averaged is each trainer's own
     cache: str = ""
     deterministic: bool = False
     mixed_precision: str = "auto"

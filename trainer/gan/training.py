@@ -49,7 +49,6 @@ class GanConfig(RunConfig):
     spectral_norm: bool = False       # deep discriminator only
     diffaugment: tuple[str, ...] = () # DiffAugment ops on real and fake; () = off
     gan_loss: str = "bce"             # bce (study, noisy/flipped targets) | nonsaturating | hinge
-    ema_decay: float = 0.0            # EMA of G's weights for sampling; 0 = off
 
     FLAG_SOURCES = {"splits": ("gan_splits", tuple), "architecture": ("gan_architecture", str),
                     "width": ("gan_width", int), "diffaugment": ("diffaugment", tuple)}
