@@ -32,6 +32,24 @@ def _sigmoid_output(x, name="probability"):
     return layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(x)
 
 
+def _stride2_stem(inputs, filters: int, reg):
+    """Conv 3x3 stride 2 + BN + ReLU: the compact family's stem, which skips the costly
+    full-resolution convolutions."""
+    x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False,
+                      kernel_regularizer=reg, name="stem_conv")(inputs)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    return layers.ReLU(name="stem_relu")(x)
+
+
+def _pooled_sigmoid_head(x, dropout: float):
+    """GAP, optional dropout, the float32 sigmoid unit: the compact family's head (the
+    metadata input and the diagnosis head attach before `probability`)."""
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    return _sigmoid_output(x)
+
+
 def build_study_cnn(image_size: int = 256, dropout: float = 0.0, l2: float = 0.0) -> keras.Model:
     """The study's CNN: three Conv(3x3, same, ReLU) of 16/32/64 filters, each followed by 2x2
     max pooling, then Flatten, Dense 512, Dense 64 (ReLU), Dense 1 sigmoid.
@@ -67,10 +85,7 @@ def build_compact_cnn(image_size: int = 256, dropout: float = 0.2, l2: float = 0
     _check(image_size, dropout)
     reg = _regularizer(l2)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False,
-                      kernel_regularizer=reg, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
-    x = layers.ReLU(name="stem_relu")(x)
+    x = _stride2_stem(inputs, widths[0], reg)
     for i, filters in enumerate(widths):
         for j in range(2):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
@@ -79,10 +94,7 @@ def build_compact_cnn(image_size: int = 256, dropout: float = 0.2, l2: float = 0
                                           name=f"block{i + 1}_bn{j + 1}")(x)
             x = layers.ReLU(name=f"block{i + 1}_relu{j + 1}")(x)
         x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="dropout")(x)
-    return keras.Model(inputs, _sigmoid_output(x), name="compact_cnn")
+    return keras.Model(inputs, _pooled_sigmoid_head(x, dropout), name="compact_cnn")
 
 
 def _residual_block(x, filters: int, stride: int, reg, name: str):
@@ -130,17 +142,11 @@ def build_residual_cnn(image_size: int = 128, dropout: float = 0.2, l2: float = 
     reg = _regularizer(l2)
     widths = residual_widths(width_multiplier)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False,
-                      kernel_regularizer=reg, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
-    x = layers.ReLU(name="stem_relu")(x)
+    x = _stride2_stem(inputs, widths[0], reg)
     for i, filters in enumerate(widths):
         for j in range(blocks_per_stage):
             x = _residual_block(x, filters, 2 if j == 0 else 1, reg, f"stage{i + 1}_block{j + 1}")
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="dropout")(x)
-    return keras.Model(inputs, _sigmoid_output(x), name="residual_cnn")
+    return keras.Model(inputs, _pooled_sigmoid_head(x, dropout), name="residual_cnn")
 
 
 def build_efficientnet_b0(image_size: int = 256, dropout: float = 0.2,
