@@ -445,14 +445,13 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
         print(f"model {c.model}: {model.count_params():,} parameters, policy {policy}, "
               f"{strategy.num_replicas_in_sync} replica(s), {n_train} training images, "
               f"{steps} steps/epoch, class weights {class_weight}", flush=True)
-    started, cpu_started = time.perf_counter(), time.process_time()
+    clock = runtime.TrainingClock()
     budget = runtime.TrainingBudget(c.max_train_minutes) if c.max_train_minutes else None
     callbacks = _callbacks(c, meter, history_file, sample_batch, budget)
     fit_model.fit(train_ds, validation_data=val_ds, epochs=c.epochs, steps_per_epoch=steps,
                   class_weight=class_weight, verbose=c.verbose, shuffle=False,
                   callbacks=callbacks + list(extra_callbacks))
-    wall = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
+    trained = clock.totals()
     stopped = [cb.stopped_epoch for cb in callbacks
                if isinstance(cb, recipe.StopWhenOutOfTime) and cb.stopped_epoch]
     best = os.path.join(c.workdir, "checkpoints", "best.weights.h5")
@@ -463,8 +462,9 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
         val_labels, val_probs = predict_dataset(fit_model, val_ds)  # matches fit_model's input
         write_pr_curve(os.path.join(c.workdir, "logs", "validation"), val_labels, val_probs,
                        step=len(history_file.entries))
-    summary = _final_summary(c, model, history_file.entries, policy, strategy, wall)
-    summary.update(cpu_time_s_this_run=round(cpu, 2),
+    summary = _final_summary(c, model, history_file.entries, policy, strategy,
+                             trained["train_wall_s"])
+    summary.update(cpu_time_s_this_run=round(trained["train_cpu_s"], 2),
                    stopped_by_time_budget_after_epoch=stopped[0] if stopped else None)
     run_folder.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null
     if c.verbose:

@@ -295,6 +295,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     expected = _count(info, labels)
+    added = synthetic.total if synthetic is not None else 0
     if synthetic is not None and (not training or use_metadata or labels != "binary"):
         raise ValueError("synthetic records are added to a binary training split only, "
                          "without metadata (generated images have no age, sex or site)")
@@ -311,9 +312,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     def stream(label_filter=None, stream_seed=seed) -> tf.data.Dataset:
         records = shard_records(paths, manifest, shuffle_seed=stream_seed if training else None)
         if synthetic is not None:
-            records = records.concatenate(synthetic_mix.records(synthetic, image_size))
-        total = int(info["records"]) + (synthetic.total if synthetic is not None else 0)
-        buffer = max(1, min(total, _MAX_SHUFFLE_BUFFER))
+            records = records.concatenate(synthetic_mix.records(synthetic))
+        buffer = max(1, min(int(info["records"]) + added, _MAX_SHUFFLE_BUFFER))
         if training and not cache:
             records = records.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
         parse = parse_and_decode_with_metadata if use_metadata else parse_and_decode
@@ -323,8 +323,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         if label_filter is not None:
             ds = ds.filter(lambda image, label: tf.equal(label, label_filter))
         else:  # the manifest's count, checked: Keras then knows the epoch length
-            ds = ds.apply(tf.data.experimental.assert_cardinality(
-                expected + (synthetic.total if synthetic is not None else 0)))
+            ds = ds.apply(tf.data.experimental.assert_cardinality(expected + added))
         if cache == "memory":
             ds = ds.cache()
         elif cache:  # named after the manifest too, so another dataset never reuses it

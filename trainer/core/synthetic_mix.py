@@ -28,10 +28,13 @@ MAX_FRACTION = 10.0
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticMix:
-    """Generated records to add to one training split: from data_dir, `counts[c]` of class c."""
+    """Generated records to add to one training split: `counts[c]` of class c, from the train
+    shards `paths` of data_dir (read once, by plan)."""
 
     data_dir: str
     counts: Mapping[str, int]
+    paths: tuple[str, ...]
+    compression: str
 
     @property
     def total(self) -> int:
@@ -71,20 +74,20 @@ def plan(synthetic_dir: str, real_counts: Mapping[str, int], fraction: float,
         raise ValueError(f"{synthetic_dir}: too few generated images for synthetic_fraction="
                          f"{fraction} ({detail}); sample more with `python -m trainer.dcgan "
                          f"sample --format=tfrecord --num={max(n for n, _ in short.values())}`")
-    return SyntheticMix(synthetic_dir, wanted)
+    return SyntheticMix(synthetic_dir, wanted,
+                        tuple(dataset_lib.shard_paths(manifest, synthetic_dir, image_size, "train")),
+                        dataset_lib.compression_type(manifest))
 
 
-def records(mix: SyntheticMix, image_size: int) -> tf.data.Dataset:
+def records(mix: SyntheticMix) -> tf.data.Dataset:
     """Serialized records of the mix, in DIR's shard order: the first counts[c] of each class."""
-    manifest = dataset_lib.read_manifest(mix.data_dir)
-    paths = dataset_lib.shard_paths(manifest, mix.data_dir, image_size, "train")
     label_spec = schema.feature_spec(("label",))
     parts = []
     for label, name in enumerate(CLASS_NAMES):
         if not mix.counts.get(name):
             continue
-        part = tf.data.TFRecordDataset(paths, compression_type=dataset_lib.compression_type(
-            manifest))  # one reader, file order: deterministic
+        # one reader, in file order: deterministic
+        part = tf.data.TFRecordDataset(list(mix.paths), compression_type=mix.compression)
         part = part.filter(lambda s, want=label: tf.equal(
             tf.io.parse_single_example(s, label_spec)["label"], want))
         parts.append(part.take(mix.counts[name]))

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 
 import keras
 import numpy as np
@@ -265,10 +264,10 @@ def train_gan(config: GanConfig) -> dict:
     meter = runtime.StepTimeMeter()
     iterator = iter(dataset)
     step = int(checkpoint.step)
-    saved_at, profiling, started = step, False, time.perf_counter()
-    first_step = step
+    saved_at, profiling, first_step = step, False, step
     # Training time so far, kept across resumes: curves of quality against time read it.
     clock = runtime.TrainingClock.resume(history[-1] if history else None)
+    # This run's wall time (the summary's wall_s), against --max_train_minutes if set.
     budget, stopped_after = runtime.TrainingBudget(config.max_train_minutes), None
     with _sigterm_raises():  # kill/preemption: save a checkpoint like Ctrl-C does
         try:
@@ -316,10 +315,10 @@ def train_gan(config: GanConfig) -> dict:
             if step > saved_at:  # on normal exit, Ctrl-C and SIGTERM
                 manager.save(checkpoint_number=step)
             writer.flush()
-    elapsed = time.perf_counter() - started
     return {"policy": policy, "steps": step, "steps_this_run": step - first_step,
             "steps_per_epoch": steps_per_epoch, "epochs": config.epochs,
-            "wall_s": round(elapsed, 2), "stopped_by_time_budget_after_epoch": stopped_after,
+            "wall_s": round(budget.elapsed_s(), 2),
+            "stopped_by_time_budget_after_epoch": stopped_after,
             "last_checkpoint": manager.latest_checkpoint,
             "last_epoch": history[-1] if history else None}
 
