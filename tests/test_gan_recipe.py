@@ -49,6 +49,22 @@ def test_deep_parameter_counts_and_shapes(size, conditional, g_params, d_params)
                for layer in generator.layers) == int(np.log2(size // 4))
 
 
+def test_deeper_discriminator_adds_a_stride_one_conv_per_resolution():
+    # depth 2 (SN-GAN's standard CNN): 3x3 stride-1 then 4x4 stride-2 at each of 4 resolutions.
+    discriminator = gan_models.build_deep_discriminator(64, conditional=True, depth=2)
+    assert discriminator.count_params() == 1_794_786
+    convs = [layer.layer for layer in discriminator.layers
+             if isinstance(layer, keras.layers.SpectralNormalization)
+             and isinstance(layer.layer, keras.layers.Conv2D)]
+    assert [(c.kernel_size, c.strides, c.filters) for c in convs] == [
+        ((3, 3), (1, 1), f) if i % 2 == 0 else ((4, 4), (2, 2), f)
+        for i, f in enumerate((32, 32, 64, 64, 128, 128, 256, 256))]
+    logits = discriminator([tf.zeros((2, 64, 64, 3)), tf.constant([[0], [1]])], training=True)
+    assert logits.shape == (2, 1)
+    with pytest.raises(ValueError, match="got 0"):
+        gan_models.build_deep_discriminator(64, depth=0)
+
+
 def test_deep_sizes_must_be_powers_of_two_times_four():
     with pytest.raises(ValueError, match="got 48"):
         gan_models.build_deep_generator(16, 48)
@@ -222,6 +238,20 @@ def test_recipe_config_rejects_bad_values_by_name(data_dir, tmp_path, field, val
 def test_spectral_norm_needs_the_deep_architecture(data_dir, tmp_path):
     with pytest.raises(ValueError, match="spectral_norm needs gan_architecture='deep'"):
         gan_training.GanConfig(data_dir=data_dir, workdir=str(tmp_path), spectral_norm=True)
+
+
+def test_disc_depth_needs_the_deep_architecture(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="disc_depth needs gan_architecture='deep'"):
+        gan_training.GanConfig(data_dir=data_dir, workdir=str(tmp_path), disc_depth=2)
+
+
+def test_resume_with_another_discriminator_depth_is_refused(data_dir, tmp_path):
+    run = tmp_path / "run"
+    gan_training.train_gan(_config(data_dir, run, disc_depth=2))
+    arch = json.loads((run / "checkpoints" / "gan_config.json").read_text())
+    assert arch["disc_depth"] == 2
+    with pytest.raises(ValueError, match="'disc_depth': 2"):
+        gan_training.train_gan(_config(data_dir, run, epochs=2))
 
 
 @pytest.mark.parametrize("config", ["gan_recipe_64.flags", "gan_recipe_128.flags",

@@ -49,6 +49,9 @@ flags.DEFINE_enum("gan_architecture", "study", ["study", "deep"], "study: the 20
                   "conv discriminator down to 4x4 (image_size 4*2^k).")
 flags.DEFINE_integer("gan_width", 32, "deep only: G starts at 8x this many channels (halving "
                      "per block, floor 1x), D starts at 1x (doubling, cap 8x).", lower_bound=1)
+flags.DEFINE_integer("disc_depth", 1, "deep only: discriminator convs per resolution; 1 = one "
+                     "stride-2 4x4 conv, 2 = a stride-1 3x3 conv before each (SN-GAN's "
+                     "standard CNN).", lower_bound=1)
 flags.DEFINE_bool("spectral_norm", False, "deep only: spectral normalisation on every "
                   "discriminator conv/dense layer.")
 flags.DEFINE_list("diffaugment", [], "DiffAugment ops applied to real and fake images in "

@@ -130,11 +130,18 @@ def build_deep_generator(latent_dim: int = 128, image_size: int = 64, *,
 
 
 def build_deep_discriminator(image_size: int = 64, *, conditional: bool = False,
-                             spectral_norm: bool = True, width: int = 32) -> keras.Model:
+                             spectral_norm: bool = True, width: int = 32,
+                             depth: int = 1) -> keras.Model:
     """The recipe's discriminator: stride-2 convs to 4x4 (channels w doubling to 8w), optional
-    spectral normalisation on every conv/dense, projection conditioning (Miyato & Koyama)."""
+    spectral normalisation on every conv/dense, projection conditioning (Miyato & Koyama).
+
+    depth = convs per resolution: 1 is one stride-2 4x4 conv; 2 puts a stride-1 3x3 conv before
+    each (SN-GAN's "standard CNN" discriminator). A D of depth 1 under spectral normalisation and
+    full DiffAugment sits at chance (hinge loss ~2) against the deep G on out/real."""
     blocks = _check_deep_size(image_size)
     _check_width(width)
+    if depth < 1:
+        raise ValueError(f"discriminator depth must be >= 1 conv per resolution, got {depth}")
 
     def sn(layer):
         return keras.layers.SpectralNormalization(layer) if spectral_norm else layer
@@ -142,8 +149,11 @@ def build_deep_discriminator(image_size: int = 64, *, conditional: bool = False,
     image = keras.Input((image_size, image_size, 3), name="image")
     x = image
     for i in range(blocks):
-        x = sn(keras.layers.Conv2D(min(8 * width, width * 2 ** i), 4, strides=2,
-                                   padding="same"))(x)
+        filters = min(8 * width, width * 2 ** i)
+        for _ in range(depth - 1):
+            x = sn(keras.layers.Conv2D(filters, 3, padding="same"))(x)
+            x = keras.layers.LeakyReLU(0.2)(x)
+        x = sn(keras.layers.Conv2D(filters, 4, strides=2, padding="same"))(x)
         x = keras.layers.LeakyReLU(0.2)(x)
     features = keras.layers.Flatten()(x)
     logit = sn(keras.layers.Dense(1))(features)

@@ -46,6 +46,7 @@ class GanConfig(RunConfig):
     architecture: str = "study"       # study | deep
     width: int = 32                   # deep only: G starts at 8*width channels, D at width
     spectral_norm: bool = False       # deep discriminator only
+    disc_depth: int = 1               # deep D: convs per resolution (2 = SN-GAN standard CNN)
     diffaugment: tuple[str, ...] = () # DiffAugment ops on real and fake; () = off
     gan_loss: str = "bce"             # bce (study, noisy/flipped targets) | nonsaturating | hinge
 
@@ -65,6 +66,11 @@ class GanConfig(RunConfig):
             raise ValueError(f"spectral_norm needs gan_architecture='deep', got "
                              f"{self.architecture!r} (the study's discriminator stays as "
                              "published)")
+        if self.disc_depth != 1 and self.architecture != "deep":
+            raise ValueError(f"disc_depth needs gan_architecture='deep', got "
+                             f"{self.architecture!r}")
+        if self.disc_depth < 1:
+            raise ValueError(f"disc_depth must be >= 1, got {self.disc_depth}")
         if self.width < 1:
             raise ValueError(f"gan_width must be a positive number of filters, got {self.width}")
         self.diffaugment = gan_models.parse_diffaugment(self.diffaugment)
@@ -161,7 +167,7 @@ def build_gan(config, policy: str) -> gan_models.DCGAN:
     if config.architecture == "deep":
         discriminator = gan_models.build_deep_discriminator(
             config.image_size, conditional=config.conditional,
-            spectral_norm=config.spectral_norm, width=config.width)
+            spectral_norm=config.spectral_norm, width=config.width, depth=config.disc_depth)
     else:
         discriminator = gan_models.build_discriminator(config.image_size,
                                                        conditional=config.conditional)
@@ -194,6 +200,8 @@ def architecture(config) -> dict:
         arch.update(generator=config.architecture, width=config.width)
     if getattr(config, "ema_decay", 0.0):
         arch["ema"] = True
+    if getattr(config, "disc_depth", 1) != 1:  # not the sampler's; resuming checks it
+        arch["disc_depth"] = config.disc_depth
     return arch
 
 
