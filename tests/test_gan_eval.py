@@ -76,6 +76,34 @@ def test_cli_train_sample_and_evaluate_on_real_images(trained, tmp_path):
     assert Image.open(out / "interpolation.png").size == (2 + 8 * (SIZE + 2),
                                                           2 + 3 * (SIZE + 2))
     assert "pixels_16x16" in (out / "gan_eval.md").read_text()
+    cues = report["c2st_by_cue"]
+    assert set(cues) == set(gan_eval.c2st_cues())
+    for cue in cues.values():
+        assert 0.0 <= cue["generated"] <= 1.0 and 0.0 <= cue["heldout_floor"] <= 1.0
+    assert "| sharpness |" in (out / "gan_eval.md").read_text()
+
+
+def test_c2st_by_cue_names_the_statistic_that_differs():
+    # Real: textured images of varied colour. "Generated": the same, blurred (no fine texture):
+    # sharpness separates them (and colour's per-image std). Then brighter copies: colour does,
+    # sharpness does not. Held-out real images of the same kind separate on neither.
+    rng = np.random.default_rng(0)
+    tint = rng.uniform(40, 140, (240, 1, 1, 3))
+    real = np.clip(tint + rng.normal(0, 25, (240, 16, 16, 3)), 0, 255)
+    blurred = real.copy()
+    for axis in (1, 2):
+        blurred = (blurred + np.roll(blurred, 1, axis) + np.roll(blurred, -1, axis)) / 3
+    real, blurred = real.astype(np.uint8), blurred.astype(np.uint8)
+    cues = gan_eval.c2st_by_cue(real[:120], blurred[120:], real[120:], seed=0)
+    assert cues["sharpness"]["generated"] > 0.95
+    assert cues["colour"]["generated"] > 0.9  # blurring lowers the RGB std
+    assert cues["sharpness"]["heldout_floor"] < 0.7
+    assert cues["colour"]["heldout_floor"] < 0.7
+    shifted = np.clip(real[120:].astype(int) + 50, 0, 255).astype(np.uint8)  # brighter
+    cues = gan_eval.c2st_by_cue(real[:120], shifted, None, seed=0)
+    assert cues["colour"]["generated"] > 0.8
+    assert cues["sharpness"]["generated"] < 0.7
+    assert cues["layout"]["heldout_floor"] is None
 
 
 def test_default_extractor_is_the_named_random_conv_net_and_cnn_features_work(trained,
@@ -122,7 +150,26 @@ def test_curve_scores_every_kept_checkpoint_against_training_time(trained, tmp_p
         assert float(row["train_cpu_s"]) > 0 and 0.0 <= float(row["c2st"]) <= 1.0
         assert float(row["c2st_low"]) <= float(row["c2st"]) <= float(row["c2st_high"])
         assert math.isfinite(float(row["fid"]))
+        assert all(0.0 <= float(row[f"c2st_{cue}"]) <= 1.0 for cue in gan_eval.c2st_cues())
     assert (out / "curve.png").stat().st_size > 0
+
+
+def test_derived_cpu_time_for_runs_older_than_the_clock():
+    from trainer.gan import curve
+
+    history = [{"step": 10, "train_cpu_s": 5.0, "train_wall_s": 3.0}, {"step": 20}]
+    assert curve.training_time(history, 10) == {"train_cpu_s": 5.0, "train_wall_s": 3.0,
+                                                "cpu_source": "measured"}
+    assert curve.training_time(history, 20)["cpu_source"] == ""
+    assert curve.training_time(history, 20, 0.5) == {"train_cpu_s": 10.0, "train_wall_s": None,
+                                                     "cpu_source": "derived"}
+    assert curve.parse_rates(["out/runs/a/=0.67"], ["out/runs/a", "b"]) == {"a": 0.67}
+    with pytest.raises(ValueError, match="'c', not one of"):
+        curve.parse_rates(["c=1"], ["a", "b"])
+    with pytest.raises(ValueError, match="RUN=SECONDS"):
+        curve.parse_rates(["a=fast"], ["a"])
+    with pytest.raises(ValueError, match="must be > 0"):
+        curve.parse_rates(["a=0"], ["a"])
 
 
 def test_time_at_step_takes_the_epoch_that_ended_at_or_after_the_checkpoint():

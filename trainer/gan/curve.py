@@ -8,7 +8,8 @@ It takes trainer.gan.evaluate's flags (--real_data_dir, --eval_out, --num_genera
 --feature_extractor and its weights, --eval_seed, --max_real) plus --runs.
 
 Writes curve.json, curve.csv (run, step, train_cpu_s, train_wall_s, FID, KID, C2ST with its
-95% interval, memorization share) and curve.png (C2ST and FID against training CPU minutes).
+95% interval, memorization share, and the C2ST on each of gan_eval's cues: colour, sharpness,
+layout) and curve.png (C2ST and FID against training CPU minutes).
 Training time comes from the run's history.json (train_cpu_s, train_wall_s of the epoch that
 ended at or after the checkpoint's step); a run written before the trainer kept those has
 them empty, and its x axis falls back to steps.
@@ -26,10 +27,14 @@ from absl import app, flags, logging
 from trainer.gan import evaluate  # defines the evaluation flags this program shares
 
 flags.DEFINE_list("runs", None, "GAN run folders (each with checkpoints/ and history.json).")
+flags.DEFINE_list("cpu_s_per_step", [], "RUN=SECONDS pairs: for a run whose history predates "
+                  "train_cpu_s (or lost part of it), training CPU = step x this measured rate; "
+                  "curve.csv marks those rows cpu_source=derived.")
 FLAGS = flags.FLAGS
 
 FIELDS = ("run", "step", "train_cpu_s", "train_wall_s", "fid", "kid", "c2st", "c2st_low",
-          "c2st_high", "memorized_share")
+          "c2st_high", "memorized_share", "c2st_colour", "c2st_sharpness", "c2st_layout",
+          "cpu_source")
 
 
 def checkpoint_steps(run: str) -> list[tuple[int, str]]:
@@ -51,11 +56,41 @@ def time_at_step(history: Sequence[dict], step: int) -> dict[str, float | None]:
     return {"train_cpu_s": None, "train_wall_s": None}
 
 
+def training_time(history: Sequence[dict], step: int, cpu_s_per_step: float | None = None
+                  ) -> dict[str, float | str | None]:
+    """time_at_step, with train_cpu_s = step x cpu_s_per_step when a rate is given (a run whose
+    history predates the clock), and where the CPU figure came from."""
+    times = time_at_step(history, step)
+    if cpu_s_per_step is not None:
+        return {**times, "train_cpu_s": step * cpu_s_per_step, "cpu_source": "derived"}
+    return {**times, "cpu_source": "measured" if times["train_cpu_s"] is not None else ""}
+
+
+def parse_rates(pairs: Sequence[str], runs: Sequence[str]) -> dict[str, float]:
+    """['RUN=0.67', ...] -> {run folder name: seconds}; RUN must name one of --runs."""
+    names = {os.path.basename(os.path.normpath(r)) for r in runs}
+    rates = {}
+    for pair in pairs:
+        run, _, value = pair.partition("=")
+        run = os.path.basename(os.path.normpath(run))
+        if run not in names:
+            raise ValueError(f"--cpu_s_per_step names {run!r}, not one of --runs {sorted(names)}")
+        try:
+            rates[run] = float(value)
+        except ValueError:
+            raise ValueError(f"--cpu_s_per_step {pair!r}: want RUN=SECONDS, e.g. run=0.67") from None
+        if rates[run] <= 0:
+            raise ValueError(f"--cpu_s_per_step {pair!r}: seconds must be > 0")
+    return rates
+
+
 def score_runs(runs: Sequence[str], real_data_dir: str, *, num_generated: int = 400,
                max_real: int = 5000, seed: int = 0, extractor: str = "random_conv",
+               cpu_s_per_step: dict[str, float] | None = None,
                **extractor_options) -> list[dict]:
     """One row per kept checkpoint of each run (FIELDS); extractor and its options as
-    trainer.gan.features.make_extractor takes them."""
+    trainer.gan.features.make_extractor takes them; cpu_s_per_step as training_time takes it,
+    by run folder name."""
     from trainer.core import run_folder
     from trainer.gan import features, sampling
 
@@ -78,12 +113,16 @@ def score_runs(runs: Sequence[str], real_data_dir: str, *, num_generated: int = 
             metrics = evaluate.distribution_metrics(f_train, f_gen, seed)
             memorized, _, _ = evaluate.memorization_check(
                 (generated, f_gen), (heldout, f_held), (train, f_train), "pixels", "")
+            cues = evaluate.c2st_by_cue(train, generated, None, seed)
             c2st = metrics["c2st"]
-            rows.append({"run": os.path.basename(os.path.normpath(run)), "step": step,
-                         **time_at_step(history, step), "fid": metrics["fid"],
+            name = os.path.basename(os.path.normpath(run))
+            rows.append({"run": name, "step": step,
+                         **training_time(history, step, (cpu_s_per_step or {}).get(name)),
+                         "fid": metrics["fid"],
                          "kid": metrics["kid"]["mean"], "c2st": c2st["accuracy"],
                          "c2st_low": c2st["ci95"][0], "c2st_high": c2st["ci95"][1],
-                         "memorized_share": memorized["share_below"]})
+                         "memorized_share": memorized["share_below"],
+                         **{f"c2st_{cue}": v["generated"] for cue, v in cues.items()}})
             logging.info("%s step %d: FID %.3f, C2ST %.3f", rows[-1]["run"], step,
                          rows[-1]["fid"], rows[-1]["c2st"])
     return rows
@@ -102,12 +141,14 @@ def save_curve(rows: Sequence[dict], path: str) -> None:
     xlabel = "training CPU minutes" if timed else "training steps"
     for run in dict.fromkeys(r["run"] for r in rows):
         mine = [r for r in rows if r["run"] == run]
+        label = run + (" (CPU: steps x rate)" if any(r.get("cpu_source") == "derived"
+                                                       for r in mine) else "")
         x = [r["train_cpu_s"] / 60 if timed else r["step"] for r in mine]
         ax_c2st.errorbar(x, [r["c2st"] for r in mine], yerr=np.array(
             [[r["c2st"] - r["c2st_low"] for r in mine], [r["c2st_high"] - r["c2st"]
                                                          for r in mine]]), marker="o",
-            capsize=3, label=run)
-        ax_fid.plot(x, [r["fid"] for r in mine], marker="o", label=run)
+            capsize=3, label=label)
+        ax_fid.plot(x, [r["fid"] for r in mine], marker="o", label=label)
     ax_c2st.axhline(0.85, ls="--", c="grey", lw=1)
     ax_c2st.set(xlabel=xlabel, ylabel="C2ST accuracy (0.5 = indistinguishable)",
                 ylim=(0.45, 1.02))
@@ -124,7 +165,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"missing required flag(s): {', '.join('--' + n for n in missing)}")
     from trainer.core import run_folder
 
+    try:
+        rates = parse_rates(FLAGS.cpu_s_per_step, FLAGS.runs)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     rows = score_runs(FLAGS.runs, FLAGS.real_data_dir, num_generated=FLAGS.num_generated,
+                      cpu_s_per_step=rates,
                       max_real=FLAGS.max_real, seed=FLAGS.eval_seed,
                       extractor=FLAGS.feature_extractor,
                       inception_weights=FLAGS.inception_weights, cnn_model=FLAGS.cnn_model,

@@ -111,6 +111,34 @@ def distribution_metrics(f_real: np.ndarray, f_other: np.ndarray, seed: int,
             "c2st": gan_metrics.classifier_two_sample_test(f_real, f_other, seed=seed)}
 
 
+def c2st_cues() -> dict:
+    """Interpretable cues for "what gives generated images away": name -> image statistics."""
+    from trainer.gan import features as gan_features
+
+    return {"colour": gan_features.colour_statistics,      # per-image RGB mean and std
+            "sharpness": gan_features.sharpness_statistics,  # |Laplacian| mean, p90, max
+            "layout": lambda images: gan_features.pixel_features(images, 8)}  # 8x8 pixels
+
+
+def c2st_by_cue(train: np.ndarray, generated: np.ndarray, heldout: np.ndarray | None,
+                seed: int) -> dict:
+    """{cue: {"generated": C2ST accuracy vs train, "heldout_floor": the same for held-out real
+    images (None when fewer than 4)}}: which kind of statistic separates the sets."""
+    from trainer.gan import metrics as gan_metrics
+
+    def accuracy(f_train, other) -> float:
+        return gan_metrics.classifier_two_sample_test(f_train, other, seed=seed)["accuracy"]
+
+    cues = {}
+    for name, describe in c2st_cues().items():
+        f_train = describe(train)
+        floor = (accuracy(f_train, describe(heldout))
+                 if heldout is not None and len(heldout) >= 4 else None)
+        cues[name] = {"generated": accuracy(f_train, describe(generated)),
+                      "heldout_floor": floor}
+    return cues
+
+
 def memorization_check(generated, heldout, train, space: str, extractor_name: str
                        ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Share of generated images nearer a training image than the real 1st percentile.
@@ -181,6 +209,7 @@ def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: in
     else:
         report["memorization"] = {"skipped": f"only {len(heldout)} held-out images in "
                                              f"{list(heldout_splits)}; need at least 4"}
+    report["c2st_by_cue"] = c2st_by_cue(train, generated, heldout, seed)
     # Seeded samples of each set for the PCA and the grid: the first images in id order are one
     # collection only (in the shared data, smeared uda1 scans), and generated ones come by class.
     shown = np.random.default_rng(seed)

@@ -45,6 +45,23 @@ def pixel_features(images: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
     return resize_batch(images, side).reshape(len(images), -1).astype(np.float64)
 
 
+def colour_statistics(images: np.ndarray) -> np.ndarray:
+    """Per-image mean and standard deviation of R, G and B in [0, 1] (6 values): what a
+    generator gets wrong when its palette is too narrow or shifted."""
+    x = np.asarray(images, np.float64) / 255.0
+    return np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2))], axis=1)
+
+
+def sharpness_statistics(images: np.ndarray) -> np.ndarray:
+    """Mean, 90th percentile and maximum of |Laplacian| of the grey image, in grey levels
+    (3 values): fine texture and edges, which smooth generated images lack."""
+    grey = np.asarray(images, np.float64).mean(axis=-1)
+    laplacian = np.abs(4 * grey[:, 1:-1, 1:-1] - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1]
+                       - grey[:, 1:-1, :-2] - grey[:, 1:-1, 2:]).reshape(len(grey), -1)
+    return np.stack([laplacian.mean(1), np.percentile(laplacian, 90, axis=1),
+                     laplacian.max(1)], axis=1)
+
+
 def _random_conv_model(seed: int):
     import keras
 

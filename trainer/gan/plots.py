@@ -85,6 +85,18 @@ def markdown_report(report: dict) -> str:
                     f"{floor_c2st['ci95'][1]:.3f}]" if floor_c2st else "n/a") + " |")
     lines += ["", "C2ST: 0.5 means the classifier cannot tell the sets apart; 1.0 means it "
               "always can. FID/KID on small sets are biased upwards: compare with the floor.", ""]
+    cues = report.get("c2st_by_cue")
+    if cues:
+        lines += ["What gives generated images away: the same C2ST on a few image statistics "
+                  "(0.5 = this cue does not separate them): colour = per-image RGB mean and "
+                  "std; sharpness = |Laplacian| mean, 90th percentile and max; layout = the "
+                  "image at 8x8.", "",
+                  "| cue | generated vs train | held-out real vs train |", "|---|---|---|"]
+        for name, cue in cues.items():
+            floor_value = cue["heldout_floor"]
+            lines.append(f"| {name} | {cue['generated']:.3f} | "
+                         + (f"{floor_value:.3f}" if floor_value is not None else "n/a") + " |")
+        lines.append("")
     memo = report["memorization"]
     if "skipped" in memo:
         lines.append(f"Memorization: skipped ({memo['skipped']}).")
