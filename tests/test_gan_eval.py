@@ -94,13 +94,15 @@ def test_c2st_by_cue_names_the_statistic_that_differs():
     for axis in (1, 2):
         blurred = (blurred + np.roll(blurred, 1, axis) + np.roll(blurred, -1, axis)) / 3
     real, blurred = real.astype(np.uint8), blurred.astype(np.uint8)
-    cues = gan_eval.c2st_by_cue(real[:120], blurred[120:], real[120:], seed=0)
+    describe = gan_eval.cue_features
+    cues = gan_eval.c2st_by_cue(describe(real[:120]), describe(blurred[120:]),
+                                describe(real[120:]), seed=0)
     assert cues["sharpness"]["generated"] > 0.95
     assert cues["colour"]["generated"] > 0.9  # blurring lowers the RGB std
     assert cues["sharpness"]["heldout_floor"] < 0.7
     assert cues["colour"]["heldout_floor"] < 0.7
     shifted = np.clip(real[120:].astype(int) + 50, 0, 255).astype(np.uint8)  # brighter
-    cues = gan_eval.c2st_by_cue(real[:120], shifted, None, seed=0)
+    cues = gan_eval.c2st_by_cue(describe(real[:120]), describe(shifted), None, seed=0)
     assert cues["colour"]["generated"] > 0.8
     assert cues["sharpness"]["generated"] < 0.7
     assert cues["layout"]["heldout_floor"] is None

@@ -105,15 +105,17 @@ def score_runs(runs: Sequence[str], real_data_dir: str, *, num_generated: int = 
                 heldout = evaluate.load_real(real_data_dir, ["validation", "test"], size,
                                              max_real)
                 extract, _ = features.make_extractor(extractor, seed=seed, **extractor_options)
-                reals[size] = (train, extract(train), heldout, extract(heldout))
+                reals[size] = (train, extract(train), heldout, extract(heldout),
+                               evaluate.cue_features(train))
                 extractors[size] = extract
-            train, f_train, heldout, f_held = reals[size]
+            train, f_train, heldout, f_held, train_cues = reals[size]
             generated = evaluate.generate_set(generator, arch, num_generated, seed)
             f_gen = extractors[size](generated)
             metrics = evaluate.distribution_metrics(f_train, f_gen, seed)
             memorized, _, _ = evaluate.memorization_check(
                 (generated, f_gen), (heldout, f_held), (train, f_train), "pixels", "")
-            cues = evaluate.c2st_by_cue(train, generated, None, seed)
+            cues = evaluate.c2st_by_cue(train_cues, evaluate.cue_features(generated), None,
+                                        seed)
             c2st = metrics["c2st"]
             name = os.path.basename(os.path.normpath(run))
             rows.append({"run": name, "step": step,

@@ -120,23 +120,23 @@ def c2st_cues() -> dict:
             "layout": lambda images: gan_features.pixel_features(images, 8)}  # 8x8 pixels
 
 
-def c2st_by_cue(train: np.ndarray, generated: np.ndarray, heldout: np.ndarray | None,
-                seed: int) -> dict:
+def cue_features(images: np.ndarray) -> dict[str, np.ndarray]:
+    """{cue: that cue's statistics of each image}, for c2st_by_cue."""
+    return {name: describe(images) for name, describe in c2st_cues().items()}
+
+
+def c2st_by_cue(train: dict, generated: dict, heldout: dict | None, seed: int) -> dict:
     """{cue: {"generated": C2ST accuracy vs train, "heldout_floor": the same for held-out real
-    images (None when fewer than 4)}}: which kind of statistic separates the sets."""
+    images (None without them)}}: which kind of statistic separates the sets. Each argument is
+    a cue_features() dict, so a caller scoring many generators computes train's once."""
     from trainer.gan import metrics as gan_metrics
 
     def accuracy(f_train, other) -> float:
         return gan_metrics.classifier_two_sample_test(f_train, other, seed=seed)["accuracy"]
 
-    cues = {}
-    for name, describe in c2st_cues().items():
-        f_train = describe(train)
-        floor = (accuracy(f_train, describe(heldout))
-                 if heldout is not None and len(heldout) >= 4 else None)
-        cues[name] = {"generated": accuracy(f_train, describe(generated)),
-                      "heldout_floor": floor}
-    return cues
+    return {name: {"generated": accuracy(f_train, generated[name]),
+                   "heldout_floor": accuracy(f_train, heldout[name]) if heldout else None}
+            for name, f_train in train.items()}
 
 
 def memorization_check(generated, heldout, train, space: str, extractor_name: str
@@ -209,7 +209,9 @@ def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: in
     else:
         report["memorization"] = {"skipped": f"only {len(heldout)} held-out images in "
                                              f"{list(heldout_splits)}; need at least 4"}
-    report["c2st_by_cue"] = c2st_by_cue(train, generated, heldout, seed)
+    report["c2st_by_cue"] = c2st_by_cue(
+        cue_features(train), cue_features(generated),
+        cue_features(heldout) if len(heldout) >= 4 else None, seed)
     # Seeded samples of each set for the PCA and the grid: the first images in id order are one
     # collection only (in the shared data, smeared uda1 scans), and generated ones come by class.
     shown = np.random.default_rng(seed)
