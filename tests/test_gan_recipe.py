@@ -11,6 +11,7 @@ from absl import flags
 
 from tests import shard_fixtures
 from trainer import dcgan  # noqa: F401  (defines the DCGAN's flags)
+from trainer.gan import augment as gan_augment
 from trainer.gan import models as gan_models
 from trainer.gan import sampling as gan_sampling
 from trainer.gan import training as gan_training
@@ -81,7 +82,7 @@ def _images(n=4, size=32, seed=0):
 def test_diffaugment_empty_policy_is_the_identity():
     x = _images()
     for policy in ("", (), []):
-        assert gan_models.diff_augment(x, policy) is x
+        assert gan_augment.diff_augment(x, policy) is x
 
 
 @pytest.mark.parametrize("policy", ["color", "translation", "cutout",
@@ -90,7 +91,7 @@ def test_diffaugment_shapes_ranges_and_gradients(policy):
     x = tf.Variable(_images())
     seed = keras.random.SeedGenerator(3)
     with tf.GradientTape() as tape:
-        y = gan_models.diff_augment(x, policy, seed=seed)
+        y = gan_augment.diff_augment(x, policy, seed=seed)
         total = tf.reduce_sum(y * y)
     assert y.shape == x.shape and y.dtype == tf.float32
     assert bool(tf.reduce_all(tf.math.is_finite(y)))
@@ -104,17 +105,17 @@ def test_diffaugment_shapes_ranges_and_gradients(policy):
 
 def test_cutout_zeroes_a_quarter_and_translation_pads_with_zeros():
     x = tf.ones((8, 32, 32, 3))
-    cut = gan_models.diff_augment(x, "cutout", seed=keras.random.SeedGenerator(0))
+    cut = gan_augment.diff_augment(x, "cutout", seed=keras.random.SeedGenerator(0))
     zero_share = 1.0 - tf.reduce_mean(cut, axis=[1, 2, 3]).numpy()
     assert np.all(zero_share > 0) and np.all(zero_share <= 0.25 + 1e-6)
-    moved = gan_models.diff_augment(x, "translation", seed=keras.random.SeedGenerator(0))
+    moved = gan_augment.diff_augment(x, "translation", seed=keras.random.SeedGenerator(0))
     assert set(np.unique(moved.numpy()).tolist()) <= {0.0, 1.0}
     assert float(tf.reduce_min(tf.reduce_mean(moved, axis=[1, 2, 3]))) >= (28 / 32) ** 2 - 1e-6
 
 
 def test_unknown_diffaugment_op_is_named():
     with pytest.raises(ValueError, match="'flip'"):
-        gan_models.diff_augment(_images(), "color,flip")
+        gan_augment.diff_augment(_images(), "color,flip")
 
 
 # --- losses -------------------------------------------------------------------------------
@@ -267,6 +268,6 @@ def test_recipe_config_files_parse_into_a_gan_config(config):
     values = dict(a.lstrip("-").split("=", 1) for a in args if "=" in a)
     assert values["gan_architecture"] == "deep" and values["gan_loss"] in ("hinge",
                                                                            "nonsaturating")
-    assert gan_models.parse_diffaugment(values["diffaugment"]) == gan_models.DIFFAUGMENT_OPS
+    assert gan_augment.parse_diffaugment(values["diffaugment"]) == gan_augment.DIFFAUGMENT_OPS
     assert "--spectral_norm" in args and "--conditional" in args
     assert 0 < float(values["ema_decay"]) < 1

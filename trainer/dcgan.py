@@ -18,7 +18,7 @@ import sys
 from absl import app, flags, logging
 
 from trainer.core import flags as core_flags  # noqa: F401  (defines data_dir, workdir, ...)
-from trainer.gan import training
+from trainer.gan import augment, training
 
 _TRAIN = "training (python -m trainer.dcgan --flagfile=...)"
 flags.DEFINE_integer("latent_dim", 100, "Length of the generator's N(0, 1) input vector.")
@@ -56,11 +56,18 @@ flags.DEFINE_bool("spectral_norm", False, "deep only: spectral normalisation on 
                   "discriminator conv/dense layer.")
 flags.DEFINE_list("diffaugment", [], "DiffAugment ops applied to real and fake images in "
                   "train_step: any of color,translation,cutout; empty = off.")
+flags.DEFINE_float("diffaugment_p", 1.0, "Probability that each --diffaugment op is applied to "
+                   "an image (1 = every image, DiffAugment as published); with --ada_target, "
+                   "the starting value.", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("ada_target", 0.0, "ADA (Karras et al. 2020): adapt --diffaugment_p every "
+                   "step so that E[sign(D(real))] tracks this value (0.6 in ADA); 0 = p fixed.",
+                   lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_float("r1_gamma", 0.0, "R1 penalty weight: gamma/2 * E||grad_x D(x)||^2 on the "
+                   "(augmented) real images; 0 = off.", lower_bound=0.0)
 flags.DEFINE_enum("gan_loss", "bce", ["bce", "nonsaturating", "hinge"], "bce: the study's "
                   "cross-entropy with noisy/flipped targets; nonsaturating (softplus) and hinge "
                   "ignore --label_noise/--label_flip.")
-flags.register_validator("diffaugment", lambda v: all(o in ("color", "translation", "cutout")
-                                                      for o in v),
+flags.register_validator("diffaugment", lambda v: all(o in augment.DIFFAUGMENT_OPS for o in v),
                          message="ops must be among color,translation,cutout (empty = off)")
 FLAGS = flags.FLAGS
 

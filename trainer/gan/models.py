@@ -16,8 +16,10 @@ The recipe (issue #13), each part its own option and off by default:
   build_deep_discriminator: [Conv 4x4 s2 -> LeakyReLU 0.2] down to 4x4 (optionally spectrally
              normalised), Flatten -> Dense 1, plus a projection term <embed(label), features>
              when conditional.
-  diff_augment: DiffAugment (Zhao et al. 2020) colour/translation/cutout, applied to real and
-             fake images alike inside train_step, differentiable.
+  diffaugment (trainer.gan.augment): DiffAugment colour/translation/cutout on real and fake
+             images alike inside train_step, each op on every image or on a share augment_p of
+             them, which ADA's rule may adapt (ada_target).
+  r1_gamma:  R1 penalty (Mescheder et al. 2018), gamma/2 * E||grad_x D(x)||^2 on real images.
   gan_loss: 'bce' (the study's, with noisy/flipped targets), 'nonsaturating' or 'hinge'.
   ema_generator: a copy of G whose weights follow G's with decay ema_decay, used for sampling.
 """
@@ -29,12 +31,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer.gan.augment import diff_augment, next_augment_p, parse_diffaugment
+
 NUM_CLASSES = 2  # benign, malignant
 GEN_BASE_FILTERS = 32
 LATENT_LABEL_EMBEDDING = 50
 ARCHITECTURES = ("study", "deep")
 GAN_LOSSES = ("bce", "nonsaturating", "hinge")
-DIFFAUGMENT_OPS = ("color", "translation", "cutout")
 
 
 def _check_size(image_size: int) -> None:
@@ -167,58 +170,6 @@ def build_deep_discriminator(image_size: int = 64, *, conditional: bool = False,
     return keras.Model([image, label] if conditional else image, logit, name="discriminator")
 
 
-def parse_diffaugment(policy) -> tuple[str, ...]:
-    """'color,translation,cutout' (or a sequence; '' = off) -> validated op names."""
-    names = [p.strip() for p in (policy.split(",") if isinstance(policy, str) else policy)]
-    names = tuple(n for n in names if n)
-    unknown = [n for n in names if n not in DIFFAUGMENT_OPS]
-    if unknown:
-        raise ValueError(f"diffaugment: unknown op(s) {unknown} in {policy!r}; choose from "
-                         f"{DIFFAUGMENT_OPS} (comma-separated, '' = off)")
-    return names
-
-
-def _uniform(shape, seed):
-    return keras.random.uniform(shape, seed=seed)
-
-
-def diff_augment(images, policy, seed=None):
-    """DiffAugment (Zhao et al. 2020) on a batch in [-1, 1]; the same random ops for whichever
-    batch it is given, differentiable w.r.t. the images. Empty policy: the images unchanged."""
-    ops = parse_diffaugment(policy)
-    x = images
-    if not ops:
-        return x
-    batch = tf.shape(x)[0]
-    height, width = x.shape[1], x.shape[2]
-    if "color" in ops:
-        x = x + (_uniform((batch, 1, 1, 1), seed) - 0.5)  # brightness
-        mean = tf.reduce_mean(x, axis=3, keepdims=True)
-        x = (x - mean) * (_uniform((batch, 1, 1, 1), seed) * 2.0) + mean  # saturation
-        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        x = (x - mean) * (_uniform((batch, 1, 1, 1), seed) + 0.5) + mean  # contrast
-    if "translation" in ops:  # shift by up to 1/8 of the side, zero padding
-        sy, sx = max(1, int(height * 0.125 + 0.5)), max(1, int(width * 0.125 + 0.5))
-        ty = keras.random.randint((batch, 1), -sy, sy + 1, dtype="int32", seed=seed)
-        tx = keras.random.randint((batch, 1), -sx, sx + 1, dtype="int32", seed=seed)
-        padded = tf.pad(x, [[0, 0], [sy, sy], [sx, sx], [0, 0]])
-        rows = tf.range(height)[None, :] + sy - ty
-        cols = tf.range(width)[None, :] + sx - tx
-        x = tf.gather(padded, rows, axis=1, batch_dims=1)
-        x = tf.gather(x, cols, axis=2, batch_dims=1)
-    if "cutout" in ops:  # one zeroed square of half the side per image
-        ch, cw = int(height * 0.5 + 0.5), int(width * 0.5 + 0.5)
-        cy = keras.random.randint((batch, 1, 1), 0, height + (1 - ch % 2), dtype="int32",
-                                  seed=seed)
-        cx = keras.random.randint((batch, 1, 1), 0, width + (1 - cw % 2), dtype="int32",
-                                  seed=seed)
-        ys = tf.range(height)[None, :, None] - (cy - ch // 2)
-        xs = tf.range(width)[None, None, :] - (cx - cw // 2)
-        inside = (ys >= 0) & (ys < ch) & (xs >= 0) & (xs < cw)
-        x = x * tf.cast(~inside, x.dtype)[..., None]
-    return x
-
-
 def discriminator_loss(kind: str, real_logits, fake_logits) -> tf.Tensor:
     """Recipe losses without label tricks: non-saturating (softplus) or hinge."""
     real_logits = tf.cast(real_logits, tf.float32)
@@ -248,7 +199,9 @@ class DCGAN(keras.Model):
     def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int, *,
                  conditional: bool = False, label_noise: float = 0.0, label_flip: float = 0.0,
                  seed: int = 0, gan_loss: str = "bce", diffaugment=(),
-                 ema_generator: keras.Model | None = None, ema_decay: float = 0.0, **kwargs):
+                 ema_generator: keras.Model | None = None, ema_decay: float = 0.0,
+                 augment_p: float | None = None, ada_target: float = 0.0, r1_gamma: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {gan_loss!r}")
@@ -258,6 +211,23 @@ class DCGAN(keras.Model):
             raise ValueError(f"ema_decay {ema_decay} needs an ema_generator (and 0 none)")
         self.gan_loss = gan_loss
         self.diffaugment = parse_diffaugment(diffaugment)
+        if (augment_p is not None or ada_target) and not self.diffaugment:
+            raise ValueError(f"augment_p {augment_p} / ada_target {ada_target} need diffaugment "
+                             "ops to apply")
+        if augment_p is not None and not 0.0 <= augment_p <= 1.0:
+            raise ValueError(f"augment_p must be a probability in [0, 1], got {augment_p}")
+        if not 0.0 <= ada_target < 1.0:
+            raise ValueError(f"ada_target must be in [0, 1) (0 = fixed p), got {ada_target}")
+        if r1_gamma < 0:
+            raise ValueError(f"r1_gamma must be >= 0 (0 = off), got {r1_gamma}")
+        # None: every op on every image (DiffAugment as published, the recipe's default).
+        # Otherwise a variable: ADA adapts it in train_step and checkpoints keep it.
+        self.augment_p = None
+        if augment_p is not None or ada_target:
+            self.augment_p = tf.Variable(1.0 if augment_p is None else float(augment_p),
+                                         trainable=False, dtype=tf.float32, name="augment_p")
+        self.ada_target = float(ada_target)
+        self.r1_gamma = float(r1_gamma)
         self.ema_generator = ema_generator
         self.ema_decay = ema_decay
         if ema_generator is not None:  # starts as an exact copy of G
@@ -286,10 +256,13 @@ class DCGAN(keras.Model):
         self.g_loss_metric = keras.metrics.Mean(name="g_loss")
         self.d_real_metric = keras.metrics.Mean(name="d_real")  # mean D(x), a probability
         self.d_fake_metric = keras.metrics.Mean(name="d_fake")  # mean D(G(z)), before G's update
+        self.r1_metric = keras.metrics.Mean(name="r1") if self.r1_gamma else None
 
     @property
     def metrics(self):
-        return [self.d_loss_metric, self.g_loss_metric, self.d_real_metric, self.d_fake_metric]
+        extra = [self.r1_metric] if self.r1_metric is not None else []
+        return [self.d_loss_metric, self.g_loss_metric, self.d_real_metric, self.d_fake_metric,
+                *extra]
 
     def sample_latent(self, batch_size) -> tf.Tensor:
         return keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
@@ -328,7 +301,8 @@ class DCGAN(keras.Model):
             ema.assign(live)
 
     def _augment(self, images):
-        return diff_augment(images, self.diffaugment, seed=self.seed_generator)
+        return diff_augment(images, self.diffaugment, seed=self.seed_generator,
+                            p=self.augment_p)
 
     def _discriminate(self, images, labels, training: bool = True) -> tf.Tensor:
         if self.conditional:
@@ -367,13 +341,22 @@ class DCGAN(keras.Model):
             real_targets = self._targets(1.0, batch)
             fake_targets = self._targets(0.0, batch)
         with tf.GradientTape() as tape:
-            real_logits = self._discriminate(real_images, labels)
+            # R1 needs d D(x)/dx on the (augmented) reals: an inner tape, differentiated again
+            # by the outer one.
+            with tf.GradientTape(watch_accessed_variables=False) as input_tape:
+                input_tape.watch(real_images)
+                real_logits = self._discriminate(real_images, labels)
+                real_total = tf.reduce_sum(tf.cast(real_logits, tf.float32))  # taped for R1
             fake_logits = self._discriminate(fake_images, labels)
             if self.gan_loss == "bce":
                 d_loss = (self.loss_fn(real_targets, real_logits)
                           + self.loss_fn(fake_targets, fake_logits))
             else:
                 d_loss = discriminator_loss(self.gan_loss, real_logits, fake_logits)
+            if self.r1_gamma:
+                input_grads = input_tape.gradient(real_total, real_images)
+                r1 = tf.reduce_mean(tf.reduce_sum(tf.square(input_grads), axis=[1, 2, 3]))
+                d_loss = d_loss + 0.5 * self.r1_gamma * r1
             scaled = self._scaled(self.d_optimizer, d_loss)
         grads = tape.gradient(scaled, self.discriminator.trainable_variables)
         self.d_optimizer.apply(grads, self.discriminator.trainable_variables)
@@ -402,7 +385,14 @@ class DCGAN(keras.Model):
         self.g_loss_metric.update_state(g_loss)
         self.d_real_metric.update_state(d_real)
         self.d_fake_metric.update_state(d_fake)
+        if self.r1_gamma:
+            self.r1_metric.update_state(r1)
+        if self.ada_target:  # ADA: more augmentation when D overfits the reals, less when blind
+            self.augment_p.assign(next_augment_p(self.augment_p, real_logits, self.ada_target,
+                                                 batch))
         logs = {m.name: m.result() for m in self.metrics}
+        if self.augment_p is not None:
+            logs["augment_p"] = tf.identity(self.augment_p)
         # This step's own values (not epoch means), for the NaN and collapse guards.
         logs.update(step_d_loss=d_loss, step_g_loss=g_loss, step_d_fake=d_fake)
         return logs

@@ -17,6 +17,7 @@ from PIL import Image
 from trainer.core import input_pipeline, run_folder, runtime
 from trainer.core.flags import RunConfig
 from trainer.core.report import tile_images
+from trainer.gan import augment
 from trainer.gan import models as gan_models
 
 
@@ -48,6 +49,9 @@ class GanConfig(RunConfig):
     spectral_norm: bool = False       # deep discriminator only
     disc_depth: int = 1               # deep D: convs per resolution (2 = SN-GAN standard CNN)
     diffaugment: tuple[str, ...] = () # DiffAugment ops on real and fake; () = off
+    diffaugment_p: float = 1.0        # share of images each op is applied to (ADA: the start)
+    ada_target: float = 0.0           # ADA's target for E[sign(D(real))]; 0 = p stays fixed
+    r1_gamma: float = 0.0             # R1 penalty weight on real images; 0 = off
     gan_loss: str = "bce"             # bce (study, noisy/flipped targets) | nonsaturating | hinge
 
     FLAG_SOURCES = {"splits": ("gan_splits", tuple), "architecture": ("gan_architecture", str),
@@ -73,7 +77,23 @@ class GanConfig(RunConfig):
             raise ValueError(f"disc_depth must be >= 1, got {self.disc_depth}")
         if self.width < 1:
             raise ValueError(f"gan_width must be a positive number of filters, got {self.width}")
-        self.diffaugment = gan_models.parse_diffaugment(self.diffaugment)
+        self.diffaugment = augment.parse_diffaugment(self.diffaugment)
+        if not 0.0 <= self.diffaugment_p <= 1.0:
+            raise ValueError(f"diffaugment_p must be a probability in [0, 1], got "
+                             f"{self.diffaugment_p}")
+        if not 0.0 <= self.ada_target < 1.0:
+            raise ValueError(f"ada_target must be in [0, 1) (0 = fixed p), got {self.ada_target}")
+        if (self.diffaugment_p != 1.0 or self.ada_target) and not self.diffaugment:
+            raise ValueError(f"diffaugment_p={self.diffaugment_p} / ada_target="
+                             f"{self.ada_target} need --diffaugment ops to apply")
+        if self.r1_gamma < 0:
+            raise ValueError(f"r1_gamma must be >= 0 (0 = off), got {self.r1_gamma}")
+
+    def augment_p(self) -> float | None:
+        """What DCGAN takes: None for DiffAugment as published (every op on every image)."""
+        if self.diffaugment_p == 1.0 and not self.ada_target:
+            return None
+        return self.diffaugment_p
 
 
 class DiscriminatorCollapse(RuntimeError):
@@ -176,7 +196,9 @@ def build_gan(config, policy: str) -> gan_models.DCGAN:
                            conditional=config.conditional, label_noise=config.label_noise,
                            label_flip=config.label_flip, seed=config.seed,
                            gan_loss=config.gan_loss, diffaugment=config.diffaugment,
-                           ema_generator=ema_generator, ema_decay=config.ema_decay)
+                           ema_generator=ema_generator, ema_decay=config.ema_decay,
+                           augment_p=config.augment_p(), ada_target=config.ada_target,
+                           r1_gamma=config.r1_gamma)
 
     def adam(rate: float):
         optimizer = keras.optimizers.Adam(rate, beta_1=config.beta_1, beta_2=config.beta_2)
@@ -211,6 +233,8 @@ def make_checkpoint(gan: gan_models.DCGAN, grid_images: int, seed: int) -> tf.tr
     fixed_z = rng.standard_normal((grid_images, gan.latent_dim)).astype(np.float32)
     fixed_labels = (np.arange(grid_images) % gan_models.NUM_CLASSES).astype(np.int32)
     extra = {"ema_generator": gan.ema_generator} if gan.ema_generator is not None else {}
+    if gan.ada_target:  # the adapted augmentation probability resumes where it was
+        extra["augment_p"] = gan.augment_p
     return tf.train.Checkpoint(
         **extra, generator=gan.generator, discriminator=gan.discriminator,
         g_optimizer=gan.g_optimizer, d_optimizer=gan.d_optimizer,
@@ -335,17 +359,19 @@ def _end_epoch(gan, checkpoint, workdir: str, writer, epoch: int, step: int, log
                timing: dict) -> dict:
     """Grid PNG, TensorBoard scalars and image, one log line; returns the history record."""
     grid = save_grid(gan, checkpoint, os.path.join(workdir, "samples", f"epoch_{epoch:04d}.png"))
-    record = {"epoch": epoch, "step": step,
-              **{k: logs[k] for k in ("d_loss", "g_loss", "d_real", "d_fake")}, **timing}
+    scalars = [k for k in ("d_loss", "g_loss", "d_real", "d_fake", "r1", "augment_p")
+               if k in logs]  # r1 and augment_p only when the run uses them
+    record = {"epoch": epoch, "step": step, **{k: logs[k] for k in scalars}, **timing}
     with writer.as_default(step=step):
-        for name in ("d_loss", "g_loss", "d_real", "d_fake"):
+        for name in scalars:
             tf.summary.scalar(f"gan/{name}", logs[name])
         for name in ("step_time_s", "input_wait_share", "images_per_s", "train_cpu_s"):
             if timing.get(name) is not None:  # train_cpu_s is unknown after some resumes
                 tf.summary.scalar(f"timing/{name}", timing[name])
         tf.summary.image("fixed_latent_grid", grid[None], max_outputs=1)
     logging.info("epoch %d step %d: D loss %.4f, G loss %.4f, D(x) %.3f, D(G(z)) %.3f, "
-                 "%.3f s/step, input wait %.1f%%", epoch, step, logs["d_loss"], logs["g_loss"],
+                 "%.3f s/step, input wait %.1f%%%s", epoch, step, logs["d_loss"], logs["g_loss"],
                  logs["d_real"], logs["d_fake"], timing["step_time_s"],
-                 100 * timing["input_wait_share"])
+                 100 * timing["input_wait_share"],
+                 "".join(f", {k} {logs[k]:.4g}" for k in ("r1", "augment_p") if k in logs))
     return record
