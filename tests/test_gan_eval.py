@@ -153,6 +153,7 @@ def test_curve_scores_every_kept_checkpoint_against_training_time(trained, tmp_p
         assert float(row["c2st_low"]) <= float(row["c2st"]) <= float(row["c2st_high"])
         assert math.isfinite(float(row["fid"]))
         assert all(0.0 <= float(row[f"c2st_{cue}"]) <= 1.0 for cue in gan_eval.c2st_cues())
+        assert row["augment_p"] == ""  # no ADA in this run
     assert (out / "curve.png").stat().st_size > 0
 
 
@@ -183,3 +184,7 @@ def test_time_at_step_takes_the_epoch_that_ended_at_or_after_the_checkpoint():
     assert curve.time_at_step(history, 15) == {"train_cpu_s": 9.0, "train_wall_s": 5.0}
     assert curve.time_at_step(history, 25) == {"train_cpu_s": None, "train_wall_s": None}
     assert curve.time_at_step([{"step": 10}], 5) == {"train_cpu_s": None, "train_wall_s": None}
+    # An ADA run's augmentation probability comes from the same epoch entry.
+    assert curve.entry_at_step([{"step": 10, "augment_p": 0.3}, {"step": 20}], 5) == {
+        "step": 10, "augment_p": 0.3}
+    assert curve.entry_at_step(history, 25) == {}

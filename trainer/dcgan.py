@@ -58,10 +58,12 @@ flags.DEFINE_list("diffaugment", [], "DiffAugment ops applied to real and fake i
                   "train_step: any of color,translation,cutout; empty = off.")
 flags.DEFINE_float("diffaugment_p", 1.0, "Probability that each --diffaugment op is applied to "
                    "an image (1 = every image, DiffAugment as published); with --ada_target, "
-                   "the starting value.", lower_bound=0.0, upper_bound=1.0)
+                   "where p starts (ADA starts at 0: pass --diffaugment_p=0).",
+                   lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("ada_target", 0.0, "ADA (Karras et al. 2020): adapt --diffaugment_p every "
-                   "step so that E[sign(D(real))] tracks this value (0.6 in ADA); 0 = p fixed.",
-                   lower_bound=0.0, upper_bound=0.99)
+                   "step so that E[sign(D(real))] tracks this value (0.6 in ADA; below 1); "
+                   "0 = p fixed. Recorded in gan_config.json: a resume must keep it.",
+                   lower_bound=0.0)
 flags.DEFINE_float("r1_gamma", 0.0, "R1 penalty weight: gamma/2 * E||grad_x D(x)||^2 on the "
                    "(augmented) real images; 0 = off.", lower_bound=0.0)
 flags.DEFINE_enum("gan_loss", "bce", ["bce", "nonsaturating", "hinge"], "bce: the study's "

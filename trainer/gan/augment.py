@@ -23,14 +23,15 @@ ADJUST_IMAGES = 100_000
 
 
 def parse_diffaugment(policy) -> tuple[str, ...]:
-    """'color,translation,cutout' (or a sequence; '' = off) -> validated op names."""
+    """'color,translation,cutout' (or a sequence; '' = off) -> validated op names, in order."""
     names = [p.strip() for p in (policy.split(",") if isinstance(policy, str) else policy)]
     names = tuple(n for n in names if n)
     unknown = [n for n in names if n not in DIFFAUGMENT_OPS]
     if unknown:
         raise ValueError(f"diffaugment: unknown op(s) {unknown} in {policy!r}; choose from "
                          f"{DIFFAUGMENT_OPS} (comma-separated, '' = off)")
-    return names
+    # Each op once, in DiffAugment's order (colour, translation, cutout), however typed.
+    return tuple(op for op in DIFFAUGMENT_OPS if op in names)
 
 
 def _uniform(shape, seed):

@@ -8,8 +8,9 @@ It takes trainer.gan.evaluate's flags (--real_data_dir, --eval_out, --num_genera
 --feature_extractor and its weights, --eval_seed, --max_real) plus --runs.
 
 Writes curve.json, curve.csv (run, step, train_cpu_s, train_wall_s, FID, KID, C2ST with its
-95% interval, memorization share, and the C2ST on each of gan_eval's cues: colour, sharpness,
-layout) and curve.png (C2ST and FID against training CPU minutes).
+95% interval, memorization share, the C2ST on each of gan_eval's cues: colour, sharpness,
+layout, and the DiffAugment probability where a run sets one) and curve.png (C2ST and FID
+against training CPU minutes).
 Training time comes from the run's history.json (train_cpu_s, train_wall_s of the epoch that
 ended at or after the checkpoint's step); a run written before the trainer kept those has
 them empty, and its x axis falls back to steps.
@@ -34,7 +35,7 @@ FLAGS = flags.FLAGS
 
 FIELDS = ("run", "step", "train_cpu_s", "train_wall_s", "fid", "kid", "c2st", "c2st_low",
           "c2st_high", "memorized_share", "c2st_colour", "c2st_sharpness", "c2st_layout",
-          "cpu_source")
+          "cpu_source", "augment_p")
 
 
 def checkpoint_steps(run: str) -> list[tuple[int, str]]:
@@ -48,12 +49,15 @@ def checkpoint_steps(run: str) -> list[tuple[int, str]]:
     return sorted((int(p.rsplit("-", 1)[1]), p) for p in prefixes)
 
 
+def entry_at_step(history: Sequence[dict], step: int) -> dict:
+    """Pure rule: the first epoch entry that ended at or after `step` ({} if none did)."""
+    return next((entry for entry in history if entry.get("step", -1) >= step), {})
+
+
 def time_at_step(history: Sequence[dict], step: int) -> dict[str, float | None]:
-    """Pure rule: training time of the first epoch entry that ended at or after `step`."""
-    for entry in history:
-        if entry.get("step", -1) >= step:
-            return {k: entry.get(k) for k in ("train_cpu_s", "train_wall_s")}
-    return {"train_cpu_s": None, "train_wall_s": None}
+    """Training time of the epoch entry that holds `step` (entry_at_step)."""
+    entry = entry_at_step(history, step)
+    return {k: entry.get(k) for k in ("train_cpu_s", "train_wall_s")}
 
 
 def training_time(history: Sequence[dict], step: int, cpu_s_per_step: float | None = None
@@ -64,6 +68,18 @@ def training_time(history: Sequence[dict], step: int, cpu_s_per_step: float | No
     if cpu_s_per_step is not None:
         return {**times, "train_cpu_s": step * cpu_s_per_step, "cpu_source": "derived"}
     return {**times, "cpu_source": "measured" if times["train_cpu_s"] is not None else ""}
+
+
+def augment_p_at(prefix: str, history: Sequence[dict], step: int) -> float | None:
+    """An ADA run's augmentation probability in the checkpoint itself; else (a fixed p < 1)
+    the history's value for the epoch holding the step; None without either."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    key = "augment_p/.ATTRIBUTES/VARIABLE_VALUE"
+    if reader.has_tensor(key):
+        return float(reader.get_tensor(key))
+    return entry_at_step(history, step).get("augment_p")
 
 
 def parse_rates(pairs: Sequence[str], runs: Sequence[str]) -> dict[str, float]:
@@ -78,7 +94,8 @@ def parse_rates(pairs: Sequence[str], runs: Sequence[str]) -> dict[str, float]:
         try:
             rates[run] = float(value)
         except ValueError:
-            raise ValueError(f"--cpu_s_per_step {pair!r}: want RUN=SECONDS, e.g. run=0.67") from None
+            raise ValueError(f"--cpu_s_per_step {pair!r}: want RUN=SECONDS, e.g. "
+                             "run=0.67") from None
         if rates[run] <= 0:
             raise ValueError(f"--cpu_s_per_step {pair!r}: seconds must be > 0")
     return rates
@@ -124,7 +141,8 @@ def score_runs(runs: Sequence[str], real_data_dir: str, *, num_generated: int = 
                          "kid": metrics["kid"]["mean"], "c2st": c2st["accuracy"],
                          "c2st_low": c2st["ci95"][0], "c2st_high": c2st["ci95"][1],
                          "memorized_share": memorized["share_below"],
-                         **{f"c2st_{cue}": v["generated"] for cue, v in cues.items()}})
+                         **{f"c2st_{cue}": v["generated"] for cue, v in cues.items()},
+                         "augment_p": augment_p_at(prefix, history, step)})
             logging.info("%s step %d: FID %.3f, C2ST %.3f", rows[-1]["run"], step,
                          rows[-1]["fid"], rows[-1]["c2st"])
     return rows

@@ -19,12 +19,14 @@ The recipe (issue #13), each part its own option and off by default:
   diffaugment (trainer.gan.augment): DiffAugment colour/translation/cutout on real and fake
              images alike inside train_step, each op on every image or on a share augment_p of
              them, which ADA's rule may adapt (ada_target).
-  r1_gamma:  R1 penalty (Mescheder et al. 2018), gamma/2 * E||grad_x D(x)||^2 on real images.
+  r1_gamma:  R1 penalty (Mescheder et al. 2018), gamma/2 * E||grad_x D(augment(x))||^2 on the
+             clean real images x, added to D's loss every step (logged apart, as r1).
   gan_loss: 'bce' (the study's, with noisy/flipped targets), 'nonsaturating' or 'hinge'.
   ema_generator: a copy of G whose weights follow G's with decay ema_decay, used for sampling.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import keras
@@ -334,30 +336,37 @@ class DCGAN(keras.Model):
         # 1) Discriminator: real images should score 1, generated ones 0 (with noisy/flipped
         #    targets). The fakes are generated outside the tape: G gets no gradient here.
         fake_images = self.generate(self.sample_latent(batch), labels, training=True)
-        if self.diffaugment:  # the same policy on real and fake (DiffAugment)
-            real_images = self._augment(real_images)
-            fake_images = self._augment(fake_images)
-        if self.gan_loss == "bce":
-            real_targets = self._targets(1.0, batch)
-            fake_targets = self._targets(0.0, batch)
+        # R1's input gradient is scaled like the loss, so float16 gradients do not underflow.
+        r1_scale = tf.cast(self._scaled(self.d_optimizer, tf.constant(1.0)), tf.float32)
         with tf.GradientTape() as tape:
-            # R1 needs d D(x)/dx on the (augmented) reals: an inner tape, differentiated again
-            # by the outer one.
-            with tf.GradientTape(watch_accessed_variables=False) as input_tape:
-                input_tape.watch(real_images)
-                real_logits = self._discriminate(real_images, labels)
-                real_total = tf.reduce_sum(tf.cast(real_logits, tf.float32))  # taped for R1
-            fake_logits = self._discriminate(fake_images, labels)
+            # R1 differentiates D(augment(x)) w.r.t. the clean reals x (as StyleGAN2-ADA) in an
+            # inner tape, which the outer tape differentiates again; no inner tape without R1.
+            input_tape = tf.GradientTape(watch_accessed_variables=False) if self.r1_gamma \
+                else contextlib.nullcontext()
+            with input_tape:
+                if self.r1_gamma:
+                    input_tape.watch(real_images)
+                # The same DiffAugment policy on real and fake; draws in the order of old runs.
+                seen_real = self._augment(real_images) if self.diffaugment else real_images
+                real_logits = self._discriminate(seen_real, labels)
+                real_total = tf.reduce_sum(tf.cast(real_logits, tf.float32)) * r1_scale
+            seen_fake = self._augment(fake_images) if self.diffaugment else fake_images
+            if self.gan_loss == "bce":
+                real_targets = self._targets(1.0, batch)
+                fake_targets = self._targets(0.0, batch)
+            fake_logits = self._discriminate(seen_fake, labels)
             if self.gan_loss == "bce":
                 d_loss = (self.loss_fn(real_targets, real_logits)
                           + self.loss_fn(fake_targets, fake_logits))
             else:
                 d_loss = discriminator_loss(self.gan_loss, real_logits, fake_logits)
+            total = d_loss  # d_loss stays the adversarial loss alone (logged, guarded)
             if self.r1_gamma:
-                input_grads = input_tape.gradient(real_total, real_images)
+                input_grads = tf.cast(input_tape.gradient(real_total, real_images),
+                                      tf.float32) / r1_scale
                 r1 = tf.reduce_mean(tf.reduce_sum(tf.square(input_grads), axis=[1, 2, 3]))
-                d_loss = d_loss + 0.5 * self.r1_gamma * r1
-            scaled = self._scaled(self.d_optimizer, d_loss)
+                total = d_loss + 0.5 * self.r1_gamma * r1
+            scaled = self._scaled(self.d_optimizer, total)
         grads = tape.gradient(scaled, self.discriminator.trainable_variables)
         self.d_optimizer.apply(grads, self.discriminator.trainable_variables)
 

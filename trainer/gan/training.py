@@ -224,6 +224,8 @@ def architecture(config) -> dict:
         arch["ema"] = True
     if getattr(config, "disc_depth", 1) != 1:  # not the sampler's; resuming checks it
         arch["disc_depth"] = config.disc_depth
+    if getattr(config, "ada_target", 0.0):  # the checkpoint holds p: resuming checks it too
+        arch["ada_target"] = config.ada_target
     return arch
 
 
@@ -280,6 +282,8 @@ def train_gan(config: GanConfig) -> dict:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed from %s at step %d", manager.latest_checkpoint,
                      int(checkpoint.step))
+        if gan.ada_target:  # --diffaugment_p only sets where a new run starts
+            logging.info("ADA resumes at augment_p %.4f", float(gan.augment_p))
     os.makedirs(ckpt_dir, exist_ok=True)
     with open(config_path, "w", encoding="utf-8") as f:
         json.dump(architecture(config), f, sort_keys=True)
