@@ -34,6 +34,17 @@ def parse_diffaugment(policy) -> tuple[str, ...]:
     return tuple(op for op in DIFFAUGMENT_OPS if op in names)
 
 
+def check_settings(ops, p: float | None, ada_target: float) -> None:
+    """The one rule for p and ADA's target (GanConfig checks flags with it, DCGAN its args)."""
+    if p is not None and not 0.0 <= p <= 1.0:
+        raise ValueError(f"diffaugment_p must be a probability in [0, 1], got {p}")
+    if not 0.0 <= ada_target < 1.0:
+        raise ValueError(f"ada_target must be in [0, 1) (0 = fixed p), got {ada_target}")
+    if (p not in (None, 1.0) or ada_target) and not ops:
+        raise ValueError(f"diffaugment_p={p} / ada_target={ada_target} need --diffaugment ops "
+                         "to apply")
+
+
 def _uniform(shape, seed):
     return keras.random.uniform(shape, seed=seed)
 

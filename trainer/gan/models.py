@@ -33,7 +33,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.gan.augment import diff_augment, next_augment_p, parse_diffaugment
+from trainer.gan.augment import (check_settings, diff_augment, next_augment_p,
+                                 parse_diffaugment)
 
 NUM_CLASSES = 2  # benign, malignant
 GEN_BASE_FILTERS = 32
@@ -213,13 +214,7 @@ class DCGAN(keras.Model):
             raise ValueError(f"ema_decay {ema_decay} needs an ema_generator (and 0 none)")
         self.gan_loss = gan_loss
         self.diffaugment = parse_diffaugment(diffaugment)
-        if (augment_p is not None or ada_target) and not self.diffaugment:
-            raise ValueError(f"augment_p {augment_p} / ada_target {ada_target} need diffaugment "
-                             "ops to apply")
-        if augment_p is not None and not 0.0 <= augment_p <= 1.0:
-            raise ValueError(f"augment_p must be a probability in [0, 1], got {augment_p}")
-        if not 0.0 <= ada_target < 1.0:
-            raise ValueError(f"ada_target must be in [0, 1) (0 = fixed p), got {ada_target}")
+        check_settings(self.diffaugment, augment_p, ada_target)
         if r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0 (0 = off), got {r1_gamma}")
         # None: every op on every image (DiffAugment as published, the recipe's default).

@@ -78,14 +78,7 @@ class GanConfig(RunConfig):
         if self.width < 1:
             raise ValueError(f"gan_width must be a positive number of filters, got {self.width}")
         self.diffaugment = augment.parse_diffaugment(self.diffaugment)
-        if not 0.0 <= self.diffaugment_p <= 1.0:
-            raise ValueError(f"diffaugment_p must be a probability in [0, 1], got "
-                             f"{self.diffaugment_p}")
-        if not 0.0 <= self.ada_target < 1.0:
-            raise ValueError(f"ada_target must be in [0, 1) (0 = fixed p), got {self.ada_target}")
-        if (self.diffaugment_p != 1.0 or self.ada_target) and not self.diffaugment:
-            raise ValueError(f"diffaugment_p={self.diffaugment_p} / ada_target="
-                             f"{self.ada_target} need --diffaugment ops to apply")
+        augment.check_settings(self.diffaugment, self.diffaugment_p, self.ada_target)
         if self.r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0 (0 = off), got {self.r1_gamma}")
 
