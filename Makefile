@@ -96,8 +96,10 @@ bench-preprocess: install
 bench-input: install
 	$(PY) -m benchmarks.bench_input --data=$(DATA) --workdir=$(OUT)/bench-input
 
+## TensorBoard serves logged lesion images: localhost only unless TB_HOST=0.0.0.0 is asked for.
+TB_HOST ?= localhost
 tensorboard: install
-	$(VENV)/bin/tensorboard --logdir=$(OUT)/runs --bind_all
+	$(VENV)/bin/tensorboard --logdir=$(OUT)/runs --host=$(TB_HOST)
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -10,6 +10,8 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["isicflow", "isicflow.*", "beam_jobs", "beam_jobs.*",
                                     "trainer", "trainer.*"]),
+    license="Apache-2.0",
+    license_files=["LICENSE"],
     package_data={"isicflow.protos": ["*.binpb"]},  # tf.train.Example's compiled descriptors
     install_requires=[
         # tensorflow-io 0.37.1 (its newest release) loads its ops only with TensorFlow 2.17.x.
@@ -23,12 +25,32 @@ setup(
         "numpy>=1.26,<2",
         "scikit-learn>=1.4",
         "absl-py>=2.1",
+        "scipy>=1.11",  # DCT image checks, connected components, binomial intervals
         "matplotlib>=3.8",
-        "tensorboard-plugin-profile>=2.17",
+        "psutil>=5.9",  # benchmarks: memory of the engine's processes
+        "tensorboard>=2.17,<2.18",  # `make tensorboard`, the trainers' summaries
+        "tensorboard-plugin-profile>=2.17",  # the Profile tab
+        "xprof>=2.17",  # trainer.profile reads traces as the Profile tab does
         # TensorBoard 2.17 (`make tensorboard`) imports pkg_resources, gone from setuptools 81.
         "setuptools>=70,<81",
     ],
+    # One command per program; `python -m <module>` runs the same code.
+    entry_points={"console_scripts": [
+        "isicflow-preprocess=beam_jobs.preprocess:main",
+        "isicflow-cnn-train=trainer.cnn.cli:run",
+        "isicflow-cnn-evaluate=trainer.cnn.evaluate:run",
+        "isicflow-cnn-predict=trainer.cnn.predict:run",
+        "isicflow-cnn-visualize=trainer.cnn.visualize:run",
+        "isicflow-gan-train=trainer.gan.cli:run",
+        "isicflow-gan-sample=trainer.gan.sample:run",
+        "isicflow-gan-evaluate=trainer.gan.evaluate:run",
+        "isicflow-gan-curve=trainer.gan.curve:run",
+        "isicflow-profile=trainer.profile:run",
+    ]},
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "grpcio-tools==1.62.3"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "grpcio-tools==1.62.3",
+                # tests open the engine's output with tfds.builder_from_directory;
+                # tensorflow-metadata 1.17+ needs protobuf 5, which TensorFlow 2.17 refuses.
+                "tensorflow-datasets>=4.9", "tensorflow-metadata<1.17"],
     },
 )
