@@ -94,7 +94,7 @@ bench-preprocess: install
 	    --workdir=$(OUT)/bench-preprocess $(BENCH_FLAGS)
 
 bench-input: install
-	$(PY) -m benchmarks.bench_input --data=$(DATA) --workdir=$(OUT)/bench-input
+	$(PY) -m benchmarks.bench_input --input=$(DATA) --workdir=$(OUT)/bench-input
 
 ## TensorBoard serves logged lesion images: localhost only unless TB_HOST=0.0.0.0 is asked for.
 TB_HOST ?= localhost

@@ -116,8 +116,11 @@ def run_variant(base: str, workdir: str, name: str, flags: Sequence[str]) -> flo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="one run folder per variant, and the "
+                        "table (ablation.md / .json); variants already there are not re-run")
     parser.add_argument("--base", required=True, help="trainer.cnn flagfile every variant uses")
     parser.add_argument("--variant", action="append", default=[], help="NAME=FLAGS")
     parser.add_argument("--variants_file", help="one NAME=FLAGS per line")
@@ -131,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
         parser.error("no variants: give --variant NAME=FLAGS or --variants_file")
+    if not os.path.isfile(args.base):
+        parser.error(f"--base={args.base}: no such flag file; pass a trainer.cnn flagfile "
+                     "such as configs/cnn_recipe.flags")
     variants = {name: args.flags.split() + flags
                 for name, flags in map(parse_variant, lines)}
     os.makedirs(args.workdir, exist_ok=True)

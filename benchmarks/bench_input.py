@@ -1,4 +1,4 @@
-"""Input benchmark: `python -m benchmarks.bench_input --data=DIR --workdir=out/bench-input`.
+"""Input benchmark: `python -m benchmarks.bench_input --input=DIR --workdir=out/bench-input`.
 
 Shows, on the same images and in one run, images/s of the loaders a user could pick:
   (1) keras ImageDataGenerator.flow_from_directory, as the 2020 study used it (11 images/s there);
@@ -49,21 +49,25 @@ GOALS = (  # (name, numerator, denominator, at least)
 )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every flag's default."""
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_input", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/isic-uda1",
+                                formatter_class=HelpFormatter)
+    p.add_argument("--input", default="../shared/data/isic-uda1",
                    help="legacy ISIC folder (ISIC_*.jpg + .json sidecars) or a class-per-folder "
                         "tree (benign/, malignant/) used as it is")
     p.add_argument("--workdir", required=True, help="where inputs are cached and results written")
-    p.add_argument("--batch_sizes", default="32,64")
+    p.add_argument("--batch_sizes", default="32,64", help="comma list; each loader is timed at each")
     p.add_argument("--steps", type=int, default=100,
                    help="timed batches per loader (the study: 100)")
     p.add_argument("--warmup", type=int, default=5, help="untimed batches before each timing")
     p.add_argument("--repeats", type=int, default=1,
                    help="time the steps this many times per loader and report the median run "
                         "(steadier figures on a shared machine)")
-    p.add_argument("--image_size", type=int, default=256)
+    p.add_argument("--image_size", type=int, default=256, help="square side the loaders deliver")
     p.add_argument("--max_images", type=int, default=0,
                    help="use an evenly spaced subset; 0 = all")
     p.add_argument("--max_original_side", type=int, default=0,
@@ -347,7 +351,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     workdir = pathlib.Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    data = pathlib.Path(args.data)
+    data = pathlib.Path(args.input)
+    if not data.is_dir():
+        sys.exit(f"bench_input: --input={data}: no such folder; pass a legacy ISIC folder or a "
+                 "benign/ malignant/ tree")
     if all((data / c).is_dir() for c in CLASSES):
         tree = data  # a user's class-per-folder tree, used as it is
     else:

@@ -43,10 +43,12 @@ def measure(policy: str, batch_size: int, steps: int, image_size: int, jit: bool
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--batch_sizes", default="32,256")
-    p.add_argument("--image_size", type=int, default=256)
+    p = argparse.ArgumentParser(prog="python scripts/gpu_model_check.py",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--steps", type=int, default=50, help="timed training steps per setting")
+    p.add_argument("--batch_sizes", default="32,256", help="comma list of batch sizes")
+    p.add_argument("--image_size", type=int, default=256, help="square input side")
     args = p.parse_args()
     import keras
 

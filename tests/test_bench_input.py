@@ -16,7 +16,7 @@ TINY = ["--max_images=24", "--max_original_side=600", "--steps=3", "--batch_size
 @pytest.fixture(scope="module")
 def tiny_run(sample_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bench-input")
-    return bench_input.main([f"--data={sample_dir}", f"--workdir={workdir}", *TINY]), workdir
+    return bench_input.main([f"--input={sample_dir}", f"--workdir={workdir}", *TINY]), workdir
 
 
 def test_report_files_hold_one_row_per_loader_with_consistent_ratios(tiny_run):
@@ -68,7 +68,7 @@ def test_second_run_reuses_the_cached_inputs(tiny_run, sample_dir):
     original = next((workdir / "originals" / "benign").iterdir())
     shard_manifest = workdir / "shards" / "manifest.json"
     stamps = original.stat().st_mtime_ns, shard_manifest.stat().st_mtime_ns
-    bench_input.main([f"--data={sample_dir}", f"--workdir={workdir}", *TINY,
+    bench_input.main([f"--input={sample_dir}", f"--workdir={workdir}", *TINY,
                       "--loaders=keras_generator,roofline"])
     assert (original.stat().st_mtime_ns, shard_manifest.stat().st_mtime_ns) == stamps
 
@@ -110,7 +110,7 @@ def test_bad_flags_fail_with_the_value():
 def test_full_sample_at_original_size_reports_every_loader(sample_dir, tmp_path):
     """The real benchmark (440 images at their recorded sizes, 100 steps, batch 32 and 64);
     several minutes on 2 CPUs. Goals are reported, not asserted: they depend on the machine."""
-    result = bench_input.main([f"--data={sample_dir}", f"--workdir={tmp_path}"])
+    result = bench_input.main([f"--input={sample_dir}", f"--workdir={tmp_path}"])
     assert result["images"] == 440
     assert len(result["rows"]) == 2 * len(bench_input.LOADERS)
     assert all(r["images_per_s"] > 0 and r["batches"] == 100 for r in result["rows"])
@@ -124,7 +124,7 @@ def test_profile_traces_each_loader_as_its_own_run_with_step_markers(tiny_run, s
 
     _, workdir = tiny_run
     loaders = ["keras_generator", "keras_dataset", "tfrecord_stream"]
-    result = bench_input.main([f"--data={sample_dir}", f"--workdir={workdir}", *TINY,
+    result = bench_input.main([f"--input={sample_dir}", f"--workdir={workdir}", *TINY,
                                f"--loaders={','.join(loaders)}", "--profile",
                                "--profile_steps=4"])
     assert sorted(p.name for p in (workdir / "profile").iterdir()) == sorted(loaders)

@@ -179,16 +179,3 @@ def test_training_clock_continues_across_a_resume():
     # a history written before the clock existed: the totals are unknown, not restarted
     assert runtime.TrainingClock.resume({"epoch": 3}).totals() == {
         "train_wall_s": None, "train_cpu_s": None}
-
-
-def test_every_trainer_program_can_share_one_process():
-    """absl refuses a flag defined twice: a flag two programs both take (like --ema_decay)
-    belongs in trainer.core.flags, or importing both (a notebook, one pytest worker) fails."""
-    import subprocess
-    import sys
-
-    programs = ("trainer.cnn.cli", "trainer.dcgan", "trainer.gan.curve", "trainer.evaluate",
-                "trainer.cnn.predict", "trainer.cnn.visualize")
-    result = subprocess.run([sys.executable, "-c", "import " + ", ".join(programs)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]

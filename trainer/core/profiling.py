@@ -6,14 +6,13 @@ so what it returns is what the Overview and Input Pipeline Analyzer pages show. 
 picks out the figures a user reads there (steps, step time, input share and the verdict), and
 `step_markers` lists the root step markers straight from the xplane, no converter involved.
 
-    python -m trainer.core.profiling out/runs/cnn_tiny/logs     # one line per session
+    python -m trainer.profile --workdir=out/runs/cnn_tiny     # one line per session (the program)
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
-import sys
 from typing import Any
 
 
@@ -117,22 +116,3 @@ def step_markers(session: str) -> list[tuple[str, int, float]]:
                         markers.append((events.get(event.metadata_id, ""), number,
                                         event.duration_ps / 1e9))
     return sorted(markers, key=lambda m: m[1])
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m trainer.core.profiling LOGDIR", file=sys.stderr)
-        return 2
-    found = sessions(argv[0])
-    if not found:
-        print(f"no profile sessions under {argv[0]}", file=sys.stderr)
-        return 1
-    for session in found:
-        s = step_summary(session)
-        print(f"{session}: {s['steps']} steps, {s['step_time_ms']:.1f} ms/step, input "
-              f"{s['input_share']:.1%} -- {s['input_conclusion']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
