@@ -70,19 +70,19 @@ train-cnn: install $(OUT)/uda1/manifest.json
 	$(PY) -m trainer.cnn --flagfile=configs/cnn_base.flags
 
 train-dcgan-tiny: install $(OUT)/demo/manifest.json
-	$(PY) -m trainer.dcgan --flagfile=configs/dcgan_tiny.flags
+	$(PY) -m trainer.gan --flagfile=configs/dcgan_tiny.flags
 
 train-dcgan: install $(OUT)/uda1/manifest.json
-	$(PY) -m trainer.dcgan --flagfile=configs/dcgan.flags
+	$(PY) -m trainer.gan --flagfile=configs/dcgan.flags
 
 train-gan-recipe-tiny: install $(OUT)/demo/manifest.json
-	$(PY) -m trainer.dcgan --flagfile=configs/gan_recipe_tiny.flags
+	$(PY) -m trainer.gan --flagfile=configs/gan_recipe_tiny.flags
 
 sample-dcgan: install
-	$(PY) -m trainer.dcgan sample --checkpoint=$(OUT)/runs/dcgan --num=100 --out=$(OUT)/dcgan-samples
+	$(PY) -m trainer.gan.sample --model=$(OUT)/runs/dcgan --num=100 --output=$(OUT)/dcgan-samples
 
 gan-eval: install
-	$(PY) -m trainer.gan_eval --flagfile=configs/gan_eval.flags
+	$(PY) -m trainer.gan.evaluate --flagfile=configs/gan_eval.flags
 
 ## Engine vs a Pillow loop on real files: any dataset the engine reads, repeated as downloads.
 ## e.g. make bench-preprocess BENCH_DATA=../shared/data/isic-acral-666 BENCH_REPEAT=1
