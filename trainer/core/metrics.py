@@ -268,3 +268,51 @@ def group_metrics(labels, scores, threshold: float) -> dict[str, Any]:
                             if k in ("sensitivity", "specificity")}}
     _add_auc(result, y, s)
     return result
+
+
+def seed_summary(labels, scores_per_seed, thresholds, *, resamples: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> dict[str, Any]:
+    """Several training seeds scored on the same cases: per metric, the seeds' mean and sample
+    standard deviation, and a pooled interval from a bootstrap over cases paired across seeds.
+
+    Each resample draws one set of case indices and applies it to every seed's scores; the
+    statistic is the mean over seeds of the metric (AUC, or sensitivity/specificity at each
+    seed's own threshold). Its percentile interval is the uncertainty from which cases were
+    scored, for the seed-averaged model; the standard deviation is the seed-to-seed spread.
+    Resamples holding a single class are skipped and counted, as in bootstrap_intervals.
+    """
+    runs = [check_inputs(labels, s, need_both_classes=True)[1] for s in scores_per_seed]
+    y, _ = check_inputs(labels, runs[0], need_both_classes=True)
+    if len(runs) != len(thresholds) or not runs:
+        raise ValueError(f"need one threshold per seed: {len(runs)} seeds, {len(thresholds)} "
+                         "thresholds")
+    predicted = [s >= _check_threshold(t) for s, t in zip(runs, thresholds)]
+
+    def metric_values(idx: np.ndarray) -> dict[str, list[float]]:
+        yb = y[idx]
+        return {"auc": [float(skm.roc_auc_score(yb, s[idx])) for s in runs],
+                "sensitivity": [float(np.mean(p[idx][yb == 1])) for p in predicted],
+                "specificity": [float(np.mean(~p[idx][yb == 0])) for p in predicted]}
+
+    per_seed = metric_values(np.arange(y.size))
+    rng = np.random.default_rng(seed)
+    pooled: dict[str, list[float]] = {m: [] for m in per_seed}
+    skipped = 0
+    for _ in range(resamples):
+        idx = rng.integers(0, y.size, size=y.size)
+        if y[idx].min() == y[idx].max():
+            skipped += 1
+            continue
+        for metric, values in metric_values(idx).items():
+            pooled[metric].append(float(np.mean(values)))
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    result: dict[str, Any] = {"seeds": len(runs), "cases": int(y.size),
+                              "positives": int(y.sum()), "resamples": resamples,
+                              "skipped_single_class": skipped, "confidence": confidence}
+    for metric, values in per_seed.items():
+        low, high = (np.percentile(pooled[metric], [tail, 100.0 - tail]) if pooled[metric]
+                     else (math.nan, math.nan))
+        result[metric] = {"per_seed": values, "mean": float(np.mean(values)),
+                          "sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
+                          "pooled_ci": [float(low), float(high)]}
+    return result

@@ -1,0 +1,227 @@
+"""Evaluation protocol: one CNN config over several seeds, each acquisition source held out in
+turn, one table of mean +- sd across seeds and a pooled 95% interval per source.
+
+    python -m benchmarks.protocol --input=../shared/data/ham10000-5984 \\
+        --base=configs/cnn_compact.flags --image_size=64 --seeds=3 --workdir=out/protocol/compact
+
+For each held-out source S (every source the download holds, or --holdout_sources), the data
+engine writes two datasets from --input: one without S (train, validation, and an in-source
+test split) and one of S alone (its images in any split: all of them are scored). For each seed
+trainer.cnn trains on the first (--seed=k, --data_dir, --image_size set here, the rest from
+--base plus --flags), and trainer.cnn.evaluate scores the model, at the threshold it chose on
+its own validation split, on the in-source validation and test splits and on every image of S.
+
+The table gives, per held-out source: images (malignant), in-source validation AUC, held-out
+AUC and sensitivity/specificity, each as mean +- sd over seeds with the pooled interval
+(trainer.core.metrics.seed_summary: bootstrap over images, paired across seeds), and the gap
+between in-source validation and held-out AUC. Runs and datasets already in --workdir are
+reused, so the protocol can grow over several sittings. Writes protocol.json and protocol.md.
+--engine_flags go to every engine run (e.g. --dx_map=bcc:benign,akiec:benign for melanoma vs
+rest); --holdout_sources=none trains on every source and scores its own test split only.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from trainer.core import metrics, run_folder
+
+ENGINE = "beam_jobs.preprocess"
+TRAINER = "trainer.cnn"
+EVALUATOR = "trainer.cnn.evaluate"
+REPORT = "report.json"
+PREDICTIONS = "predictions.csv"
+
+
+class ProtocolError(RuntimeError):
+    """A step failed: the message names the step and its log."""
+
+
+def _run(command: list[str], log: str) -> None:
+    print("running:", " ".join(command), flush=True)
+    with open(log, "w", encoding="utf-8") as f:
+        result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise ProtocolError(f"{command[2]} exited {result.returncode}; see {log}")
+
+
+def _json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def sources_of(manifest: dict) -> dict[str, dict[str, int]]:
+    """{source: {label: images}} from a manifest's per-split/label/diagnosis/source counts."""
+    found: dict[str, dict[str, int]] = {}
+    for row in manifest["counts"].get("per_split_label_diagnosis_source", []):
+        source = row.get("source_collection") or ""
+        if source:
+            labels = found.setdefault(source, {})
+            labels[row["label"]] = labels.get(row["label"], 0) + int(row["count"])
+    return dict(sorted(found.items()))
+
+
+def holdout_plan(sources: dict[str, dict[str, int]], wanted: str) -> tuple[list[str], dict]:
+    """(held-out sources, {source: why skipped}). A source needs both labels to have an AUC."""
+    if wanted == "none":
+        return [], {}
+    names = list(sources) if wanted == "all" else [s.strip() for s in wanted.split(",") if s]
+    unknown = [n for n in names if n not in sources]
+    if unknown:
+        raise ProtocolError(f"--holdout_sources: {unknown} not in the download; its sources "
+                            f"are {sorted(sources)}")
+    skipped = {n: f"only {sorted(sources[n])} images: no AUC" for n in names
+               if min(sources[n].get("benign", 0), sources[n].get("malignant", 0)) == 0}
+    return [n for n in names if n not in skipped], skipped
+
+
+def _engine(args: argparse.Namespace, output: str, exclude: Sequence[str]) -> str:
+    if not os.path.exists(os.path.join(output, "manifest.json")):
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        _run([sys.executable, "-m", ENGINE, "--runner=DirectRunner",
+              "--direct_num_workers=2", "--direct_running_mode=multi_threading",
+              f"--input={args.input}", f"--output={output}", f"--image_size={args.image_size}",
+              f"--exclude_collections={','.join(['SONIC', *exclude])}", "--overwrite",
+              *args.engine_flags.split()], f"{output}.log")
+    return output
+
+
+def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None) -> None:
+    if not os.path.exists(os.path.join(run, REPORT)):
+        os.makedirs(os.path.dirname(run), exist_ok=True)
+        _run([sys.executable, "-m", TRAINER, f"--flagfile={args.base}", f"--data_dir={data}",
+              f"--workdir={run}", f"--seed={seed}", f"--image_size={args.image_size}",
+              "--export=false", "--keras_verbose=2", *args.flags.split()], f"{run}.log")
+    scored = [("in_source", data, "validation,test")]
+    if heldout:
+        scored.append(("heldout", heldout, "all"))
+    for name, data_dir, splits in scored:
+        output = os.path.join(run, "protocol", name)
+        if not os.path.exists(os.path.join(output, PREDICTIONS)):
+            _run([sys.executable, "-m", EVALUATOR, f"--model={run}", f"--data_dir={data_dir}",
+                  f"--splits={splits}", f"--output={output}", "--bootstrap=0"],
+                 f"{output}.log")
+
+
+def read_scores(output: str, split: str | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(image ids sorted, labels, probabilities) of one evaluation's predictions.csv, keeping
+    `split` only (None: every row), and the threshold the model recorded."""
+    with open(os.path.join(output, PREDICTIONS), encoding="utf-8", newline="") as f:
+        rows = sorted((r for r in csv.DictReader(f) if split is None or r["split"] == split),
+                      key=lambda r: r["image_id"])
+    threshold = float(_json(os.path.join(output, REPORT))["threshold"]["threshold"])
+    return (np.array([int(r["label"]) for r in rows]),
+            np.array([float(r["probability"]) for r in rows]), threshold)
+
+
+def pooled(outputs: Sequence[str], split: str | None, resamples: int) -> dict[str, Any]:
+    """seed_summary over the runs' scores of the same images (same ids in the same order)."""
+    scored = [read_scores(o, split) for o in outputs]
+    labels = scored[0][0]
+    if any(not np.array_equal(labels, s[0]) for s in scored):
+        raise ProtocolError(f"runs scored different images: {outputs}")
+    return metrics.seed_summary(labels, [s[1] for s in scored], [s[2] for s in scored],
+                                resamples=resamples)
+
+
+def _cell(summary: dict, metric: str) -> str:
+    m = summary[metric]
+    return f"{m['mean']:.3f} ± {m['sd']:.3f} [{m['pooled_ci'][0]:.3f}, {m['pooled_ci'][1]:.3f}]"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Base `{result['base']}` {' '.join(result['flags'])}, {result['image_size']} px, "
+             f"seeds {result['seeds']}. Each cell: mean ± sd over seeds [pooled 95% interval, "
+             "bootstrap over images paired across seeds]; sensitivity/specificity at each "
+             "run's validation-chosen threshold.", "",
+             "| held out | images (malignant) | in-source val AUC | in-source test AUC | "
+             "held-out AUC | gap (val - held-out) | held-out sens | held-out spec |",
+             "|---|---|---|---|---|---|---|---|"]
+    for source, row in result["rows"].items():
+        held = row.get("heldout")
+        gap = (f"{row['in_source_validation']['auc']['mean'] - held['auc']['mean']:+.3f}"
+               if held else "n/a")
+        size = f"{held['cases']} ({held['positives']})" if held else "n/a"
+        lines.append(f"| {source} | {size} | {_cell(row['in_source_validation'], 'auc')} | "
+                     f"{_cell(row['in_source_test'], 'auc')} | "
+                     f"{_cell(held, 'auc') if held else 'n/a'} | {gap} | "
+                     f"{_cell(held, 'sensitivity') if held else 'n/a'} | "
+                     f"{_cell(held, 'specificity') if held else 'n/a'} |")
+    for source, why in result["skipped"].items():
+        lines.append(f"| {source} | skipped: {why} |  |  |  |  |  |  |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.protocol",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", required=True, help="raw download with a source column (HAM10000's "
+                   "`dataset`, written as source_collection)")
+    p.add_argument("--base", required=True, help="trainer.cnn flagfile every run uses")
+    p.add_argument("--workdir", required=True, help="datasets, runs and the table")
+    p.add_argument("--image_size", type=int, default=128, help="engine output and trainer input")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per held-out source")
+    p.add_argument("--holdout_sources", default="all", help="'all', 'none' or a comma list")
+    p.add_argument("--flags", default="", help="trainer.cnn flags added after --base")
+    p.add_argument("--engine_flags", default="", help="flags added to every engine run")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the pooled interval")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.input):
+        p.error(f"--input={args.input}: no such folder")
+    if not os.path.isfile(args.base):
+        p.error(f"--base={args.base}: no such flag file (e.g. configs/cnn_compact.flags)")
+    if args.seeds < 1 or args.bootstrap < 1:
+        p.error(f"--seeds and --bootstrap must be >= 1, got {args.seeds}, {args.bootstrap}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    data = os.path.join(args.workdir, "data")
+    everything = _engine(args, os.path.join(data, "all"), [])
+    sources = sources_of(_json(os.path.join(everything, "manifest.json")))
+    try:
+        heldout, skipped = holdout_plan(sources, args.holdout_sources)
+    except ProtocolError as e:
+        print(f"protocol: {e}", file=sys.stderr)
+        return 2
+    plan = {s: (_engine(args, os.path.join(data, f"without_{s}"), [s]),
+                _engine(args, os.path.join(data, f"only_{s}"),
+                        [o for o in sources if o != s])) for s in heldout}
+    if not heldout:
+        plan = {"(none)": (everything, None)}
+    rows = {}
+    for source, (train_data, heldout_data) in plan.items():
+        runs = [os.path.join(args.workdir, "runs", source, f"seed_{k}") for k in range(args.seeds)]
+        for k, run in enumerate(runs):
+            _train_and_score(args, run, k, train_data, heldout_data)
+        scored = lambda name: [os.path.join(r, "protocol", name) for r in runs]  # noqa: E731
+        rows[source] = {"in_source_validation": pooled(scored("in_source"), "validation",
+                                                       args.bootstrap),
+                        "in_source_test": pooled(scored("in_source"), "test", args.bootstrap)}
+        if heldout_data:
+            rows[source]["heldout"] = pooled(scored("heldout"), None, args.bootstrap)
+        print(f"{source}: {_cell(rows[source]['in_source_validation'], 'auc')} in source, "
+              + (f"{_cell(rows[source]['heldout'], 'auc')} held out" if heldout_data else ""),
+              flush=True)
+    result = {"base": args.base, "flags": args.flags.split(), "engine_flags":
+              args.engine_flags.split(), "image_size": args.image_size, "seeds": args.seeds,
+              "sources": sources, "skipped": skipped, "rows": rows}
+    run_folder.write_json(os.path.join(args.workdir, "protocol.json"), result)
+    table = markdown(result)
+    with open(os.path.join(args.workdir, "protocol.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
