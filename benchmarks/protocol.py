@@ -105,6 +105,7 @@ def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None) 
     for name, data_dir, splits in scored:
         output = os.path.join(run, "protocol", name)
         if not os.path.exists(os.path.join(output, PREDICTIONS)):
+            os.makedirs(os.path.dirname(output), exist_ok=True)
             _run([sys.executable, "-m", EVALUATOR, f"--model={run}", f"--data_dir={data_dir}",
                   f"--splits={splits}", f"--output={output}", "--bootstrap=0"],
                  f"{output}.log")
@@ -185,14 +186,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except ProtocolError as e:
+        print(f"protocol: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
     data = os.path.join(args.workdir, "data")
     everything = _engine(args, os.path.join(data, "all"), [])
     sources = sources_of(_json(os.path.join(everything, "manifest.json")))
-    try:
-        heldout, skipped = holdout_plan(sources, args.holdout_sources)
-    except ProtocolError as e:
-        print(f"protocol: {e}", file=sys.stderr)
-        return 2
+    heldout, skipped = holdout_plan(sources, args.holdout_sources)
     plan = {s: (_engine(args, os.path.join(data, f"without_{s}"), [s]),
                 _engine(args, os.path.join(data, f"only_{s}"),
                         [o for o in sources if o != s])) for s in heldout}
