@@ -33,6 +33,7 @@ PROGRAMS = {
     "benchmarks.bench_input": ("--input", "--workdir"),
     "benchmarks.bench_preprocess": ("--input", "--workdir"),
     "benchmarks.ablation": ("--workdir", "--base"),
+    "benchmarks.protocol": ("--input", "--base", "--workdir", "--seeds"),
 }
 
 
