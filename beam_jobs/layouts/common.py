@@ -36,6 +36,8 @@ class Scan:
     counters: collections.Counter
     headers: dict = dataclasses.field(default_factory=dict, repr=False)  # path -> CSV header
     used: dict = dataclasses.field(default_factory=dict, repr=False)  # CSV path -> kind read as
+    # CSV path -> the label columns its kind reads, none of which it has (every row unlabelled)
+    unlabelled: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def csv_header(self, path: str) -> list[str]:
         """A CSV's header, read once per scan (detection and every reader ask for it)."""
