@@ -7,6 +7,7 @@ import difflib
 import sys
 from typing import NoReturn, Optional, Sequence
 
+from beam_jobs.layouts import LAYOUTS
 from beam_jobs.splits import parse_fractions
 from isicflow.imaging import DEFAULT_MAX_PIXELS, RESIZE_MODES, parse_sizes
 
@@ -105,9 +106,8 @@ def build_arg_parser() -> ArgumentParser:
     io.add_argument("--output", required=True, help="dataset folder to create (required)")
     io.add_argument("--overwrite", action="store_true",
                     help="replace an existing isicflow output in --output")
-    io.add_argument("--layout", default=None,
-                    help="force a layout instead of detecting it (default: detected; one of "
-                         "beam_jobs.layouts.LAYOUTS)")
+    io.add_argument("--layout", default=None, choices=LAYOUTS,
+                    help="force a layout instead of detecting it (default: detected)")
     io.add_argument("--dx_map", default="",
                     help="override dx->label entries, e.g. 'bkl:malignant,unk:unknown'")
     io.add_argument("--allow_empty", action="store_true",
@@ -228,6 +228,8 @@ def parse_config(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str
     parser = build_arg_parser()
     args, beam_args = parser.parse_known_args(argv)
     refuse_unknown(parser, beam_args)
+    if not args.output.strip():
+        parser.error("--output is empty: name the dataset folder to create")
     try:
         sizes = parse_sizes(args.image_size)
         fractions = parse_fractions(args.split)

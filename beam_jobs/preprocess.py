@@ -203,16 +203,16 @@ def read_json_lines(path: str, parse):
             yield parse(line)
 
 
-def prepare_output(config: PreprocessConfig) -> None:
-    """Refuses a non-empty --output without --overwrite; with it, clears only our own output."""
+def check_output(config: PreprocessConfig) -> list[str]:
+    """--output's entries, if it exists; OutputNotEmpty when it is a file, or holds files and
+    --overwrite was not given, or holds files that are not ours (never deleted)."""
     out = config.output
+    if not fileio.exists(out):
+        return []
     if not fileio.isdir(out):
-        fileio.makedirs(out)
-        return
+        raise OutputNotEmpty(f"--output {out!r} is a file; name a folder to create")
     entries = fileio.listdir(out)
-    if not entries:
-        return
-    if not config.overwrite:
+    if entries and not config.overwrite:
         raise OutputNotEmpty(f"--output {out!r} is not empty ({len(entries)} entries); "
                              "pass --overwrite to replace it")
     ours = {MANIFEST_NAME, writing.INCOMPLETE_DIR, REJECTS_NAME}
@@ -221,6 +221,18 @@ def prepare_output(config: PreprocessConfig) -> None:
     if foreign:
         raise OutputNotEmpty(f"--output {out!r} holds files isicflow did not write "
                              f"({foreign[:5]}); refusing to delete them even with --overwrite")
+    return entries
+
+
+def prepare_output(config: PreprocessConfig) -> None:
+    """Refuses a non-empty --output without --overwrite; with it, clears only our own output."""
+    out = config.output
+    entries = check_output(config)
+    if not fileio.isdir(out):
+        fileio.makedirs(out)
+        return
+    if not entries:
+        return
     manifest = join_path(out, MANIFEST_NAME)
     if fileio.exists(manifest):
         fileio.remove(manifest)  # first, so a dataset is never half old and half new
@@ -325,20 +337,24 @@ def read_input(config: PreprocessConfig):
 
     try:
         dx_labels = layouts.parse_dx_map(config.dx_map) if config.dx_map else None
-        custom = None
-        if config.metadata_csv:
-            from beam_jobs.layouts.custom import DEFAULT_MALIGNANT_VALUES
-            custom = layouts.CustomTable(
-                config.metadata_csv, config.id_column, config.label_column,
-                config.malignant_values or DEFAULT_MALIGNANT_VALUES, config.benign_values,
-                config.patient_column, config.lesion_column, config.diagnosis_column)
-            try:
-                custom.check()
-            except (OSError, ValueError) as error:
-                raise _input_error(error, config.metadata_csv) from error
+    except ValueError as error:  # names --dx_map and the piece
+        raise InputError(" ".join(str(error).split())) from error
+    custom = None
+    if config.metadata_csv:
+        from beam_jobs.layouts.custom import DEFAULT_MALIGNANT_VALUES
+        custom = layouts.CustomTable(
+            config.metadata_csv, config.id_column, config.label_column,
+            config.malignant_values or DEFAULT_MALIGNANT_VALUES, config.benign_values,
+            config.patient_column, config.lesion_column, config.diagnosis_column)
+        if not fileio.exists(config.metadata_csv):
+            raise InputError(f"--metadata_csv={config.metadata_csv}: no such file; pass the "
+                             "CSV that has one row per image")
+        try:
+            custom.check()
+        except (OSError, ValueError) as error:
+            raise _input_error(error, config.metadata_csv) from error
+    try:
         return layouts.read_layout(config.input, config.layout, dx_labels, custom)
-    except InputError:
-        raise
     except (OSError, ValueError) as error:
         raise _input_error(error, config.input) from error
 
@@ -354,7 +370,7 @@ def make_runner(options: PipelineOptions):
     """
     standard = options.view_as(StandardOptions)
     if standard.streaming:
-        raise ValueError("the data engine is a batch job: drop --streaming")
+        raise InputError("the data engine is a batch job: drop --streaming")
     if standard.runner not in (None, "DirectRunner", "direct"):
         return None  # beam.Pipeline resolves it from the options
     from apache_beam.portability.api import beam_provision_api_pb2
@@ -431,7 +447,18 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
 def _checked_start(config: PreprocessConfig, beam_args: list[str], save_main_session: bool,
                    phases: timeline.Timeline):
     """Everything a user can get wrong, checked before the pipeline starts (InputError, one
-    line): the input and its layout, the runner, then --output, created and staged last."""
+    line): the runner and --output first (cheap), then the input and its layout; --output is
+    created and staged last, so a refused input writes nothing."""
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    FileSystems.set_options(options)  # e.g. Beam's S3 client needs them before any file access
+    runner = make_runner(options)  # InputError for --streaming
+    try:
+        pipeline = beam.Pipeline(runner=runner, options=options)
+    except ValueError as error:  # a --runner Beam does not know
+        runner_name = options.view_as(StandardOptions).runner
+        raise InputError(f"--runner={runner_name}: {' '.join(str(error).split())}") from error
+    check_output(config)
     layout_result = read_input(config)
     phases.mark("layout_read")
     logging.info("layout %s: %d records, %d metadata rejections", layout_result.layout,
@@ -443,15 +470,6 @@ def _checked_start(config: PreprocessConfig, beam_args: list[str], save_main_ses
         log = logging.warning if entry["role"] == "unused" else logging.info
         log("metadata file %s", describe_metadata_file(entry))
     check_labels(config, layout_result)
-    options = PipelineOptions(beam_args)
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    try:
-        pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-    except ValueError as error:  # --streaming, or a --runner Beam does not know
-        raise InputError(" ".join(str(error).split())) from error
-    FileSystems.set_options(options)  # e.g. Beam's S3 client needs them before stage_layout
-    if fileio.exists(config.output) and not fileio.isdir(config.output):
-        raise InputError(f"--output {config.output!r} is a file; name a folder to create")
     try:
         prepare_output(config)
     except OSError as error:

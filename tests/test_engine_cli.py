@@ -94,6 +94,29 @@ def test_an_unusable_output_is_one_line(tmp_path, capsys, sample_dir, make_outpu
     assert f"--output {str(output)!r}" in line and needle in line
 
 
+@pytest.mark.parametrize("args,start", [
+    (["--runner=NoSuchRunner"], "--runner=NoSuchRunner: Unexpected pipeline runner"),
+    (["--dx_map=bad"], "--dx_map piece 'bad' is not CODE:LABEL"),  # not blamed on --input
+    (["--metadata_csv=/no/such.csv", "--id_column=a", "--label_column=b"],
+     "--metadata_csv=/no/such.csv: no such file; pass the CSV"),
+])
+def test_flag_errors_found_at_start_name_the_flag(tmp_path, capsys, sample_dir, args, start):
+    assert preprocess.main([f"--input={sample_dir}", f"--output={tmp_path / 'out'}",
+                            "--image_size=32", *args]) == 2
+    assert one_error_line(capsys).startswith(f"preprocess: error: {start}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--output="], "--output is empty: name the dataset folder to create"),
+    (["--output=x", "--layout=bogus"], "argument --layout: invalid choice: 'bogus'"),
+])
+def test_flag_values_refused_by_the_parser(capsys, args, needle):
+    with pytest.raises(SystemExit) as stop:
+        preprocess.run(args)
+    assert stop.value.code == 2 and needle in one_error_line(capsys)
+
+
 def test_a_refused_runner_leaves_no_output_folder(tmp_path, capsys, sample_dir):
     assert preprocess.main([f"--input={sample_dir}", f"--output={tmp_path / 'out'}",
                             "--image_size=32", "--streaming"]) == 2

@@ -49,7 +49,8 @@ class Scan:
 def scan_tree(root: str) -> Scan:
     """Walk root once (following folder links, each real folder once) and sort what it holds."""
     if not fileio.isdir(root):
-        raise ValueError(f"input {root!r} is not a directory")
+        raise ValueError(f"--input {root!r} is not a directory: pass the folder of the "
+                         "download (its images and metadata)")
     root = fileio.canonical(root)
     counters: collections.Counter = collections.Counter()
     images, json_files, csv_files = [], [], []
