@@ -42,6 +42,24 @@ def parse_record(serialized: tf.Tensor, image_size: int,
     return out
 
 
+def count_records(info: dict, labels: str) -> int:
+    """Records one pass over a split yields (a split_info entry of the manifest): every record,
+    or (binary) its benign and malignant ones."""
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels {labels!r} not in {LABEL_MODES}")
+    if labels == "all":
+        return int(info["records"])
+    counts = info.get("counts", {})
+    return int(counts.get("benign", 0)) + int(counts.get("malignant", 0))
+
+
+def no_records(data_dir: str, split: str, size: int, labels: str, info: dict) -> ValueError:
+    """The error for a split with nothing to read."""
+    return ValueError(f"{data_dir}: split {split!r} at {size}px has no "
+                      f"{'benign/malignant ' if labels == 'binary' else ''}records "
+                      f"(manifest counts {info.get('counts')})")
+
+
 def resolve_size(manifest: dict, data_dir: str, image_size: int | None) -> int:
     """image_size, checked against the sizes the dataset holds; None: its only size."""
     sizes = sorted((int(s) for s in manifest.get("datasets", {})), reverse=True)
@@ -61,19 +79,13 @@ def load(data_dir: str, split: str, image_size: int | None = None, *, labels: st
     """isicflow.load: see its docstring (isicflow/__init__.py)."""
     if split not in dataset_lib.SPLITS:
         raise ValueError(f"split {split!r} is not one of {dataset_lib.SPLITS}")
-    if labels not in LABEL_MODES:
-        raise ValueError(f"labels {labels!r} is not one of {LABEL_MODES}")
     manifest = dataset_lib.read_manifest(data_dir)
     size = resolve_size(manifest, data_dir, image_size)
     info = dataset_lib.split_info(manifest, size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, size, split)
-    counts = info.get("counts", {})
-    expected = (int(info["records"]) if labels == "all"
-                else int(counts.get("benign", 0)) + int(counts.get("malignant", 0)))
+    expected = count_records(info, labels)
     if not paths or expected == 0:
-        raise ValueError(f"{data_dir}: split {split!r} at {size}px has no "
-                         f"{'benign/malignant ' if labels == 'binary' else ''}records "
-                         f"(manifest counts {counts})")
+        raise no_records(data_dir, split, size, labels, info)
     ds = tf.data.TFRecordDataset(paths, compression_type=dataset_lib.compression_type(manifest))
     ds = ds.map(lambda s: parse_record(s, size, () if as_supervised else fields),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

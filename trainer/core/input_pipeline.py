@@ -51,12 +51,7 @@ def class_counts(data_dir: str, split: str, image_size: int) -> dict[str, int]:
 
 
 def _count(info: dict, labels: str) -> int:
-    if labels not in LABEL_MODES:
-        raise ValueError(f"labels {labels!r} not in {LABEL_MODES}")
-    if labels == "all":
-        return int(info["records"])
-    counts = info.get("counts", {})
-    return int(counts.get("benign", 0)) + int(counts.get("malignant", 0))
+    return reader.count_records(info, labels)
 
 
 def preprocess_for_eval(image_uint8: tf.Tensor) -> tf.Tensor:
@@ -299,9 +294,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         raise ValueError("synthetic records are added to a binary training split only, "
                          "without metadata (generated images have no age, sex or site)")
     if not paths or expected == 0:
-        raise ValueError(f"{data_dir}: split {split!r} at {image_size}px has no "
-                         f"{'benign/malignant ' if labels == 'binary' else ''}records "
-                         f"(manifest counts {info.get('counts')})")
+        raise reader.no_records(data_dir, split, image_size, labels, info)
     if balance_classes and (not training or labels != "binary"):
         raise ValueError("balance_classes needs training=True and labels='binary'")
     counts = info.get("counts", {})
