@@ -2,13 +2,17 @@
 
     python -m beam_jobs.preprocess --runner=DirectRunner --input=DIR --output=DIR [flags]
 
-Without --input it runs on the embedded SYNTHETIC default dataset. `--help` lists our flags;
-every other flag is a Beam pipeline option (--runner, --direct_num_workers, --project, ...).
+Without --input it runs on the embedded SYNTHETIC default dataset. `--help` lists our flags with
+their defaults; every other flag must be a Beam pipeline option (--runner, --direct_num_workers,
+--direct_running_mode, --temp_location, --setup_file, --project, ...).
 
-Exit status: 0 done; 2 an input problem found before the pipeline starts (one line on stderr:
-`preprocess: error: PATH: ...`, never a traceback), or bad flags; 3 the run wrote 0 records or
-left the train or validation split empty (a diagnosis on stderr; --allow_empty turns it into a
-warning and exit 0).
+Exit status: 0 done; 2 a bad flag, an argument that is neither our flag nor a Beam pipeline
+option, or an input problem found before the pipeline starts (one line on stderr,
+`preprocess: error: FLAG or PATH: ... what would fix it`, never a traceback; an --output folder
+the run created is removed again); 3 the run wrote 0 records, left the train or validation split
+empty or rejected over a third of its inputs (the diagnosis on stdout after the summary, one line
+`preprocess: error: no usable dataset from ...` on stderr; the manifest is written all the same;
+--allow_empty turns it into a warning and exit 0).
 """
 from __future__ import annotations
 
@@ -22,38 +26,63 @@ import gc
 import json
 import logging
 import sys
+import warnings
 from importlib import metadata
 from typing import Optional, Sequence
 
 
 @contextlib.contextmanager
-def _without_distribution_scan():
-    """Importing Beam imports google-api-core (its GCS file system), which on Python 3.11 from
-    2026 on calls importlib.metadata.packages_distributions() only to name itself in a
-    deprecation warning: a read of every installed distribution's RECORD, 0.2-0.3 s of the
-    launcher's start-up here (python -X importtime). For the import only, that scan answers {}:
-    the warning then names the module instead of its distribution; nothing else changes."""
+def _quiet_beam_import():
+    """Importing Beam says two things no user of the engine can act on, before any flag is read
+    (so even before --help): google-api-core's FutureWarning that Python 3.11 reaches its end of
+    life in 2027, and Beam's root-logger warning "apitools not found" (the BigQuery client, which
+    the engine never uses). Both are silenced for the import only, by message; every other
+    warning and log line passes. The root logger gets a NullHandler meanwhile, so that Beam's
+    warning does not install logging's default handler before main() configures logging.
+
+    Also, google-api-core calls importlib.metadata.packages_distributions() only to name itself
+    in that warning: a read of every installed distribution's RECORD, 0.2-0.3 s of the
+    launcher's start-up (python -X importtime). For the import only, that scan answers {}."""
     scan = metadata.packages_distributions
     metadata.packages_distributions = lambda: {}
+    root = logging.getLogger()
+    placeholder = logging.NullHandler()
+    apitools = _DropMessage("apitools not found")
+    root.addHandler(placeholder)
+    root.addFilter(apitools)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="You are using a Python version",
+                                    category=FutureWarning, module="google.api_core")
+            yield
     finally:
         metadata.packages_distributions = scan
+        root.removeFilter(apitools)
+        root.removeHandler(placeholder)
 
 
-with _without_distribution_scan():
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+with _quiet_beam_import():
     import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from beam_jobs import synthetic, timeline, writing
-from beam_jobs.config import PreprocessConfig, parse_config
+from beam_jobs.config import ERROR_PREFIX, PreprocessConfig, parse_config
 from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, NEAR_DUPLICATES, REJECTED,
                                   FilterRecords, ProcessImage, plan_shards)
 from isicflow import fileio
 from isicflow.dataset import MANIFEST_NAME, REJECTS_NAME, read_manifest
 from isicflow.fileio import join_path
-from isicflow.metadata import LesionRecord, Rejection
+from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
 
 _IMPORTS_DONE = time.time()
 
@@ -174,16 +203,16 @@ def read_json_lines(path: str, parse):
             yield parse(line)
 
 
-def prepare_output(config: PreprocessConfig) -> None:
-    """Refuses a non-empty --output without --overwrite; with it, clears only our own output."""
+def check_output(config: PreprocessConfig) -> list[str]:
+    """--output's entries, if it exists; OutputNotEmpty when it is a file, or holds files and
+    --overwrite was not given, or holds files that are not ours (never deleted)."""
     out = config.output
+    if not fileio.exists(out):
+        return []
     if not fileio.isdir(out):
-        fileio.makedirs(out)
-        return
+        raise OutputNotEmpty(f"--output {out!r} is a file; name a folder to create")
     entries = fileio.listdir(out)
-    if not entries:
-        return
-    if not config.overwrite:
+    if entries and not config.overwrite:
         raise OutputNotEmpty(f"--output {out!r} is not empty ({len(entries)} entries); "
                              "pass --overwrite to replace it")
     ours = {MANIFEST_NAME, writing.INCOMPLETE_DIR, REJECTS_NAME}
@@ -192,6 +221,18 @@ def prepare_output(config: PreprocessConfig) -> None:
     if foreign:
         raise OutputNotEmpty(f"--output {out!r} holds files isicflow did not write "
                              f"({foreign[:5]}); refusing to delete them even with --overwrite")
+    return entries
+
+
+def prepare_output(config: PreprocessConfig) -> None:
+    """Refuses a non-empty --output without --overwrite; with it, clears only our own output."""
+    out = config.output
+    entries = check_output(config)
+    if not fileio.isdir(out):
+        fileio.makedirs(out)
+        return
+    if not entries:
+        return
     manifest = join_path(out, MANIFEST_NAME)
     if fileio.exists(manifest):
         fileio.remove(manifest)  # first, so a dataset is never half old and half new
@@ -296,20 +337,24 @@ def read_input(config: PreprocessConfig):
 
     try:
         dx_labels = layouts.parse_dx_map(config.dx_map) if config.dx_map else None
-        custom = None
-        if config.metadata_csv:
-            from beam_jobs.layouts.custom import DEFAULT_MALIGNANT_VALUES
-            custom = layouts.CustomTable(
-                config.metadata_csv, config.id_column, config.label_column,
-                config.malignant_values or DEFAULT_MALIGNANT_VALUES, config.benign_values,
-                config.patient_column, config.lesion_column, config.diagnosis_column)
-            try:
-                custom.check()
-            except (OSError, ValueError) as error:
-                raise _input_error(error, config.metadata_csv) from error
+    except ValueError as error:  # names --dx_map and the piece
+        raise InputError(" ".join(str(error).split())) from error
+    custom = None
+    if config.metadata_csv:
+        from beam_jobs.layouts.custom import DEFAULT_MALIGNANT_VALUES
+        custom = layouts.CustomTable(
+            config.metadata_csv, config.id_column, config.label_column,
+            config.malignant_values or DEFAULT_MALIGNANT_VALUES, config.benign_values,
+            config.patient_column, config.lesion_column, config.diagnosis_column)
+        if not fileio.exists(config.metadata_csv):
+            raise InputError(f"--metadata_csv={config.metadata_csv}: no such file; pass the "
+                             "CSV that has one row per image")
+        try:
+            custom.check()
+        except (OSError, ValueError) as error:
+            raise _input_error(error, config.metadata_csv) from error
+    try:
         return layouts.read_layout(config.input, config.layout, dx_labels, custom)
-    except InputError:
-        raise
     except (OSError, ValueError) as error:
         raise _input_error(error, config.input) from error
 
@@ -325,7 +370,7 @@ def make_runner(options: PipelineOptions):
     """
     standard = options.view_as(StandardOptions)
     if standard.streaming:
-        raise ValueError("the data engine is a batch job: drop --streaming")
+        raise InputError("the data engine is a batch job: drop --streaming")
     if standard.runner not in (None, "DirectRunner", "direct"):
         return None  # beam.Pipeline resolves it from the options
     from apache_beam.portability.api import beam_provision_api_pb2
@@ -368,24 +413,13 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
     phases.mark("run_started")
     if config.input is None:
         config = dataclasses.replace(config, input=synthetic.ensure_default_dataset())
-    layout_result = read_input(config)
-    phases.mark("layout_read")
-    logging.info("layout %s: %d records, %d metadata rejections", layout_result.layout,
-                 len(layout_result.records), len(layout_result.rejections))
-    for name, info in layout_result.downloads.items():
-        if name != ".":
-            logging.info("download %s/: %s, %d records", name, info["layout"], info["records"])
-    for entry in layout_result.metadata_files:
-        log = logging.warning if entry["role"] == "unused" else logging.info
-        log("metadata file %s", describe_metadata_file(entry))
-    options = PipelineOptions(beam_args)
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    FileSystems.set_options(options)  # e.g. Beam's S3 client needs them before stage_layout
-    prepare_output(config)
-    stage_layout(config, layout_result)
-    phases.mark("output_staged")
-
-    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+    output_existed = fileio.exists(config.output)
+    try:
+        pipeline, layout_result = _checked_start(config, beam_args, save_main_session, phases)
+    except InputError:
+        if not output_existed and fileio.isdir(config.output):
+            fileio.delete_tree(config.output)  # a refused run leaves nothing behind
+        raise
     _ = pipeline | "IsicToTFRecords" >> IsicToTFRecords(config, layout_result)
     phases.mark("pipeline_started")
     result = pipeline.run()
@@ -410,6 +444,62 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
     return manifest
 
 
+def _checked_start(config: PreprocessConfig, beam_args: list[str], save_main_session: bool,
+                   phases: timeline.Timeline):
+    """Everything a user can get wrong, checked before the pipeline starts (InputError, one
+    line): the runner and --output first (cheap), then the input and its layout; --output is
+    created and staged last, so a refused input writes nothing."""
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    FileSystems.set_options(options)  # e.g. Beam's S3 client needs them before any file access
+    runner = make_runner(options)  # InputError for --streaming
+    try:
+        pipeline = beam.Pipeline(runner=runner, options=options)
+    except ValueError as error:  # a --runner Beam does not know
+        runner_name = options.view_as(StandardOptions).runner
+        raise InputError(f"--runner={runner_name}: {' '.join(str(error).split())}") from error
+    check_output(config)
+    layout_result = read_input(config)
+    phases.mark("layout_read")
+    logging.info("layout %s: %d records, %d metadata rejections", layout_result.layout,
+                 len(layout_result.records), len(layout_result.rejections))
+    for name, info in layout_result.downloads.items():
+        if name != ".":
+            logging.info("download %s/: %s, %d records", name, info["layout"], info["records"])
+    for entry in layout_result.metadata_files:
+        log = logging.warning if entry["role"] == "unused" else logging.info
+        log("metadata file %s", describe_metadata_file(entry))
+    check_labels(config, layout_result)
+    try:
+        prepare_output(config)
+    except OSError as error:
+        raise InputError(f"--output {config.output!r}: cannot create it ({error}); name a "
+                         "folder you can write") from error
+    stage_layout(config, layout_result)
+    phases.mark("output_staged")
+    return pipeline, layout_result
+
+
+def check_labels(config: PreprocessConfig, layout_result) -> None:
+    """A table read as a layout but with no label column at all leaves every image unlabelled:
+    with --label_policy=benign_malignant all of them would be filtered, so say which columns
+    were looked for instead (only when no image has a label: a test-set download beside a
+    labelled one is fine)."""
+    if config.label_policy != "benign_malignant":
+        return
+    unlabelled = [e for e in layout_result.metadata_files if e.get("label_columns_missing")]
+    if not unlabelled or any(r.label != UNKNOWN for r in layout_result.records):
+        return
+    first = unlabelled[0]
+    more = f" (and {len(unlabelled) - 1} more such tables)" if len(unlabelled) > 1 else ""
+    raise InputError(
+        f"{join_path(config.input, first['path'])}: read as {first['kind']} but has no label "
+        f"column (looked for {' or '.join(first['label_columns_missing'])}){more}, so every "
+        "image would be filtered as unlabelled; add one of those columns, pass "
+        "--metadata_csv=PATH --id_column=isic_id --label_column=NAME to take the label from "
+        "another column, or --label_policy=all to keep the images unlabelled")
+
+
 def new_timeline() -> timeline.Timeline:
     """A timeline from this process's start (from /proc; else the launcher's first import)."""
     phases = timeline.Timeline(timeline.process_start_time() or _PROCESS_START_FALLBACK)
@@ -430,9 +520,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # keep our progress lines readable
     try:
         run(argv if argv is not None else sys.argv[1:])
-    except (InputError, EmptyDataset) as e:
-        print(f"preprocess: error: {e}", file=sys.stderr)
-        return EXIT_INPUT if isinstance(e, InputError) else EXIT_EMPTY
+    except InputError as e:
+        print(f"{ERROR_PREFIX}{e}", file=sys.stderr)
+        return EXIT_INPUT
+    except EmptyDataset as e:  # the diagnosis beside the summary; the error itself, one line
+        diagnosis = str(e).splitlines()
+        print("\n".join(diagnosis[1:]), flush=True)
+        print(f"{ERROR_PREFIX}{diagnosis[0]} (diagnosis above; --allow_empty accepts it)",
+              file=sys.stderr)
+        return EXIT_EMPTY
     return 0
 
 

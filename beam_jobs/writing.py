@@ -75,7 +75,8 @@ def build_manifest(config: PreprocessConfig, layout: str, shards: list[dict],
 def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_counters: dict,
              shards: list[dict], rejections: list[Rejection], kept: tuple,
              layout_info: Optional[dict] = None, near_duplicate_groups: tuple = ()) -> dict:
-    """Moves shards into place, writes rejects.jsonl, then manifest.json; returns the manifest."""
+    """Moves shards into place, writes the tfds metadata (isicflow.dataset), rejects.jsonl, then
+    manifest.json; returns the manifest."""
     manifest = build_manifest(config, layout, shards, list(rejections), list(kept),
                               inputs_read, layout_counters, layout_info, near_duplicate_groups)
     for shard in shards:
@@ -85,6 +86,7 @@ def finalize(_, config: PreprocessConfig, layout: str, inputs_read: int, layout_
             continue  # moved by an earlier attempt of this step (runners retry failed bundles)
         fileio.rename(source, final)
     fileio.delete_tree(join(config.output, INCOMPLETE_DIR))
+    dataset.write_tfds_metadata(config.output, manifest)  # derived from the manifest, before it
     fileio.write_bytes(join(config.output, REJECTS_NAME), dataset.rejects_bytes(rejections))
     fileio.write_bytes(join(config.output, MANIFEST_NAME), dataset.manifest_bytes(manifest))
     timeline.record_now(timeline.MANIFEST_WRITTEN_MS)

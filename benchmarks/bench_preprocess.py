@@ -1,6 +1,6 @@
 """Benchmark of the data engine against a hand-written Pillow loop (`make bench-preprocess`).
 
-Sources: any dataset the engine reads (`--data=DIR`, any layout), as it is, or `--repeat=N`
+Sources: any dataset the engine reads (`--input=DIR`, any layout), as it is, or `--repeat=N`
 copies of it side by side as N downloads under one root (ids renamed, `ISIC_0000000` ->
 `ISIC_0000000_r3`; each copy's JPEGs get a COM marker segment, so the bytes differ and the
 engine's duplicate check keeps them while the pixels and the decode cost stay the same).
@@ -17,7 +17,7 @@ its timeline (`--profile_phases`): the fixed costs before the first and after th
 (d) compares the engine's reduced-scale JPEG decode with a full decode on the real files, per
 source size: PSNR after the same resize, and the per-image decode cost (the floor of the engine).
 
-    python -m benchmarks.bench_preprocess --data=../shared/data/isic-fullres-30 --repeat=50
+    python -m benchmarks.bench_preprocess --input=../shared/data/isic-fullres-30 --repeat=50
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ import tempfile
 import time
 
 import numpy as np
+import psutil
 from PIL import Image
 
 from benchmarks.common import markdown_table, ratio
@@ -225,27 +226,19 @@ def variant_command(variant: str, source: str, out_dir: str) -> list[str]:
             *BEAM_VARIANTS[variant]]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return out
-
-
 def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc."""
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        stack += _children(p)
+    """Resident memory of a process and all its descendants (psutil); processes that exit
+    while being read count 0."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in tree:
         try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
+            total += process.memory_info().rss
+        except psutil.Error:
             pass
     return total
 
@@ -457,21 +450,23 @@ def run_variant(variant: str, source: str, out_dir: str) -> None:
 
 def load_average() -> str:
     try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
+        return " ".join(f"{load:.2f}" for load in os.getloadavg())
     except OSError:
         return "n/a"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="../shared/data/isic-fullres-30",
-                   help="any dataset the engine reads (folder of one or several downloads)")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_preprocess",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", "--data", dest="input", default="../shared/data/isic-fullres-30",
+                   help="any raw download the engine reads (folder of one or several "
+                        "downloads); --data is its former name")
     p.add_argument("--workdir", default="out/bench-preprocess")
     p.add_argument("--repeat", type=int, default=1,
-                   help="copies of --data, side by side as downloads (ids renamed, bytes differ)")
+                   help="copies of --input, side by side as downloads (ids renamed, bytes differ)")
     p.add_argument("--upsample", action="store_true",
-                   help="--data is a legacy-JSON sample: upsample it to its sidecars' sizes first")
+                   help="--input is a legacy-JSON sample: upsample it to its sidecars' sizes first")
     p.add_argument("--limit", type=int, default=0, help="with --upsample: only the first N images")
     p.add_argument("--runs", type=int, default=3,
                    help="runs of every variant, interleaved; the median by images/s is reported")
@@ -486,10 +481,10 @@ def main(argv=None) -> int:
         run_variant(args.variant, args.source, args.variant_out)
         return 0
 
-    name = os.path.basename(os.path.abspath(args.data))
-    base = args.data
+    name = os.path.basename(os.path.abspath(args.input))
+    base = args.input
     if args.upsample:
-        base = upsampled_sample(args.data, os.path.join(args.workdir, "sources", name + "-upsampled"),
+        base = upsampled_sample(args.input, os.path.join(args.workdir, "sources", name + "-upsampled"),
                                 args.limit)
         name += "-upsampled"
     source = base

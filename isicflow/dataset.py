@@ -2,7 +2,8 @@
 the GAN's sampler alike, and read by the trainers.
 
 Layout (paths relative to the dataset root):
-  manifest.json, rejects.jsonl, <size>/<split>/<split>-00000-of-000NN.tfrecord[.gz]
+  manifest.json, rejects.jsonl, <size>/<split>/<split>-00000-of-000NN.tfrecord[.gz],
+  <size>/dataset_info.json and <size>/features.json (uncompressed datasets: see below)
 manifest["datasets"][str(size)][split] = {"records": int, "counts": {label_name: int},
     "shards": [{"path": str, "records": int, "bytes": int, "sha256": str}, ...]}
 manifest["downloads"] = {folder ('.' = the root): {"layout", "records" (read), "rejections",
@@ -11,6 +12,16 @@ manifest["downloads"] = {folder ('.' = the root): {"layout", "records" (read), "
     ["per_download_label"].
 Records are tf.train.Example (isicflow.schema) in TFRecord framing; inside a shard, in image id
 order. Nothing here imports TensorFlow or Beam at import time: the engine's workers use it.
+
+Each size folder also opens in TensorFlow Datasets as it is,
+`tfds.builder_from_directory("<root>/<size>").as_dataset(split="train")`: dataset_info.json
+(name, version = the record schema's, each split's shard lengths and bytes, and a per-split
+file template `<split>/{SPLIT}-{SHARD_X_OF_Y}.{FILEFORMAT}`, which names the existing shards;
+tfds's default template would need other file names) and features.json (every record field:
+image_encoded an Image of SxSx3 decoded from JPEG/PNG, or raw uint8 bytes; label a 2-class
+ClassLabel, -1 = unknown; strings as Text, numbers as Scalar); supervised keys (image_encoded,
+label) for as_supervised=True. tfds reads no GZIP shard, so a compressed dataset has neither file.
+The manifest stays the one contract: it is written last, and these two files are derived from it.
 """
 from __future__ import annotations
 
@@ -26,11 +37,13 @@ import google_crc32c
 
 from isicflow import fileio, schema
 from isicflow.diagnosis import normalise_diagnosis
-from isicflow.metadata import LABEL_INDEX, LesionRecord, Rejection
+from isicflow.metadata import CLASS_NAMES, LABEL_INDEX, LesionRecord, Rejection
 
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.jsonl"
 SPLITS = ("train", "validation", "test")
+TFDS_INFO_NAME, TFDS_FEATURES_NAME = "dataset_info.json", "features.json"
+TFDS_NAME = "isicflow"
 
 
 # ---- shard naming ----
@@ -246,6 +259,74 @@ def compression_type(manifest: dict[str, Any]) -> str:
     return manifest.get("compression", "") or ""
 
 
+# ---- TensorFlow Datasets metadata (tfds.builder_from_directory) ----
+
+_TFDS = "tensorflow_datasets.core.features."
+
+
+def _tfds_feature(name: str, kind: str, size: int, image_format: str) -> dict:
+    """One record field as tfds's features.json describes it (FeatureConnector.to_json)."""
+    if name == "image_encoded" and image_format == "raw":  # uint8 bytes, as decode_raw reads
+        return {"pythonClassName": _TFDS + "tensor_feature.Tensor", "tensor": {
+            "shape": {"dimensions": [str(size), str(size), "3"]}, "dtype": "uint8",
+            "encoding": "bytes"}}
+    if name == "image_encoded":
+        return {"pythonClassName": _TFDS + "image_feature.Image", "image": {
+            "shape": {"dimensions": [str(size), str(size), "3"]}, "dtype": "uint8",
+            "encodingFormat": image_format}}
+    if name == "label":
+        return {"pythonClassName": _TFDS + "class_label_feature.ClassLabel",
+                "classLabel": {"numClasses": str(len(CLASS_NAMES))}}  # unknown is -1
+    if kind == "bytes":
+        return {"pythonClassName": _TFDS + "text_feature.Text", "text": {}}
+    return {"pythonClassName": _TFDS + "scalar.Scalar", "tensor": {
+        "shape": {}, "dtype": "int64" if kind == "int64" else "float32", "encoding": "none"}}
+
+
+def tfds_features(size: int, image_format: str) -> dict:
+    """features.json of one size folder: every schema field, under its own name."""
+    return {"pythonClassName": _TFDS + "features_dict.FeaturesDict", "featuresDict": {
+        "features": {name: _tfds_feature(name, kind, size, image_format)
+                     for name, kind in schema.FEATURE_KINDS.items()}}}
+
+
+def tfds_dataset_info(manifest: dict[str, Any], size: int) -> dict:
+    """dataset_info.json of one size folder, from the manifest: the splits that hold records,
+    each with its shards' lengths and bytes and a template naming the engine's shard files."""
+    splits = []
+    per_split = manifest["datasets"][str(size)]
+    for split in SPLITS:  # in this order whatever the manifest's key order
+        info = per_split.get(split, {"shards": []})
+        if not info["shards"]:
+            continue
+        splits.append({"name": split, "filepathTemplate": f"{split}/{{SPLIT}}-{{SHARD_X_OF_Y}}."
+                                                          "{FILEFORMAT}",
+                       "shardLengths": [str(s["records"]) for s in info["shards"]],
+                       "numBytes": str(sum(s["bytes"] for s in info["shards"]))})
+    return {"name": TFDS_NAME, "version": f"{schema.SCHEMA_VERSION}.0.0",
+            "description": "ISIC dermoscopy records written by isicflow (beam_jobs.preprocess); "
+                           "label 0 benign, 1 malignant, -1 unknown.",
+            "fileFormat": "tfrecord", "splits": splits,
+            "supervisedKeys": {"tuple": {"items": [{"featureKey": "image_encoded"},
+                                                   {"featureKey": "label"}]}}}
+
+
+def write_tfds_metadata(output: str, manifest: dict[str, Any]) -> list[str]:
+    """Writes dataset_info.json and features.json into every size folder of an uncompressed
+    dataset (tfds reads no GZIP shard); returns the paths written."""
+    if compression_type(manifest):
+        return []
+    written = []
+    for size in manifest["image_sizes"]:
+        for name, content in ((TFDS_FEATURES_NAME, tfds_features(size, manifest["image_format"])),
+                              (TFDS_INFO_NAME, tfds_dataset_info(manifest, size))):
+            path = fileio.join_path(output, str(size), name)
+            fileio.write_bytes(path, (json.dumps(content, indent=1, sort_keys=True) + "\n")
+                               .encode("utf-8"))
+            written.append(path)
+    return written
+
+
 # ---- a whole dataset without Beam (the GAN's sampler) ----
 
 @dataclasses.dataclass(frozen=True)
@@ -296,6 +377,7 @@ def write_dataset(output: str, images: Iterable[DatasetImage], *, image_size: in
         layout=layout, image_sizes=[image_size], image_format=image_format, resize_mode="",
         compression=compression, synthetic=synthetic, run_config=dict(run_config or {}),
         shards=shards, rejections=[], kept=kept, inputs_read=len(kept), layout_counters={})
+    write_tfds_metadata(output, manifest)
     fileio.write_bytes(fileio.join_path(output, REJECTS_NAME), rejects_bytes([]))
     fileio.write_bytes(fileio.join_path(output, MANIFEST_NAME), manifest_bytes(manifest))
     return manifest

@@ -10,7 +10,7 @@ cost little next to the decode (~0.1 ms an image; see the tests for the measured
   256-bit fine one. Re-encoding, resizing, brightness changes and a few percent of cropping
   move few bits; distinct images differ in about half.
 * `near_duplicate_groups`: images whose hashes are within both distances, joined into
-  connected components (union-find); candidates come from multi-index hashing of the coarse
+  connected components (scipy.sparse.csgraph); candidates come from multi-index hashing of the coarse
   hash (vectorised), so not every pair is compared.
 * `degeneracy`: an image that decodes but holds no picture: every row (nearly) the same,
   every column the same, or the whole image (nearly) one colour.
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import collections
 import itertools
-from typing import Hashable, Mapping, NamedTuple, Optional, Sequence
+from typing import Hashable, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 from scipy.fft import dct
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 THUMB = 32              # both checks look at a 32x32 luma thumbnail
 COARSE_SIZE, FINE_SIZE = 8, 16  # low-frequency DCT blocks: 8x8 -> 64 bits, 16x16 -> 256 bits
@@ -164,33 +166,19 @@ def near_duplicate_pairs(hashes: Mapping[Hashable, PerceptualHash],
             if hamming(hashes[a].fine, hashes[b].fine) <= fine_max}
 
 
-class UnionFind:
-    """Disjoint sets whose representative is always the smallest member (deterministic)."""
-
-    def __init__(self):
-        self.parent: dict = {}
-
-    def find(self, x):
-        self.parent.setdefault(x, x)
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:  # path compression
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a, b) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            lo, hi = (ra, rb) if ra < rb else (rb, ra)
-            self.parent[hi] = lo
-
-    def components(self) -> list[list]:
-        """Every set of two or more members, each sorted, sorted by first member."""
-        out: dict = collections.defaultdict(list)
-        for x in self.parent:
-            out[self.find(x)].append(x)
-        return sorted(sorted(c) for c in out.values() if len(c) > 1)
+def components(nodes: Iterable[Hashable], edges: Iterable[tuple]) -> list[list]:
+    """Connected components of a graph (scipy's connected_components), singletons included:
+    each sorted, the list sorted by first member, so its first member is the smallest (a
+    deterministic representative) whatever the order of nodes and edges."""
+    index = {node: i for i, node in enumerate(sorted(set(nodes).union(*map(set, edges))))}
+    pairs = np.array([(index[a], index[b]) for a, b in edges], dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])),
+                       shape=(len(index), len(index)))
+    _, labels = connected_components(graph, directed=False)
+    out: dict = collections.defaultdict(list)
+    for node, i in index.items():  # sorted nodes: each component comes out sorted
+        out[labels[i]].append(node)
+    return sorted(out.values())
 
 
 def near_duplicate_groups(hashes: Mapping[Hashable, PerceptualHash],
@@ -198,24 +186,20 @@ def near_duplicate_groups(hashes: Mapping[Hashable, PerceptualHash],
                           fine_max: int = FINE_MAX_DISTANCE) -> list[list]:
     """Connected components (2+ members) of the near-duplicate relation; each sorted, the list
     sorted: the same result for the same hashes whatever their order."""
-    uf = UnionFind()
-    for a, b in sorted(near_duplicate_pairs(hashes, coarse_max, fine_max)):
-        uf.union(a, b)
-    return uf.components()
+    pairs = near_duplicate_pairs(hashes, coarse_max, fine_max)
+    return [c for c in components((), pairs) if len(c) > 1]
 
 
-def merge_groups(group_of: Mapping[Hashable, str], components: Sequence[Sequence]) -> dict:
+def merge_groups(group_of: Mapping[Hashable, str], components_: Sequence[Sequence]) -> dict:
     """Existing groups (image id -> patient/lesion/image group key) joined through near-duplicate
     components: returns image id -> merged group key, the smallest key of its merged set, so
     that no near-duplicate component and no original group can straddle splits."""
-    uf = UnionFind()
-    for key in group_of.values():
-        uf.find(key)
-    for component in components:
+    edges = []
+    for component in components_:
         keys = [group_of[i] for i in component if i in group_of]
-        for other in keys[1:]:
-            uf.union(keys[0], other)
-    return {i: uf.find(key) for i, key in group_of.items()}
+        edges += [(keys[0], other) for other in keys[1:]]
+    smallest = {key: c[0] for c in components(group_of.values(), edges) for key in c}
+    return {i: smallest[key] for i, key in group_of.items()}
 
 
 def degeneracy_scores(luma: np.ndarray) -> dict[str, float]:

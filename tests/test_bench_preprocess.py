@@ -169,7 +169,7 @@ def test_summary_ratios_and_goals():
 @pytest.mark.slow
 def test_full_benchmark_runs(tmp_path):
     source = small_download(tmp_path / "src", count=3)
-    assert bench.main([f"--data={source}", f"--workdir={tmp_path / 'work'}", "--repeat=2",
+    assert bench.main([f"--input={source}", f"--workdir={tmp_path / 'work'}", "--repeat=2",
                        "--runs=1"]) == 0
     results = json.load(open(tmp_path / "work" / "bench_preprocess_src_x2.json"))
     summary = results["summary"]

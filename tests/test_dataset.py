@@ -56,6 +56,18 @@ def test_written_dataset_reads_back(tmp_path, compression):
     assert first["split"] == "train" and first["height"] == 8 and first["label"] == 0
     assert first["content_sha256"] == hashlib.sha256(first["image_encoded"]).hexdigest()
     assert first["image_type"] == "synthetic"
+    # the GAN sampler's datasets open in TensorFlow Datasets too (uncompressed ones: tfds reads
+    # no GZIP shard); train in 3 shards of 2, 2, 1 records, validation in 1, no test split
+    has_tfds = (tmp_path / "8" / dataset.TFDS_INFO_NAME).exists()
+    assert has_tfds == (compression == "")
+    if has_tfds:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder_from_directory(str(tmp_path / "8"))
+        assert {n: s.shard_lengths for n, s in builder.info.splits.items()} == {
+            "train": [2, 2, 1], "validation": [2]}
+        assert sorted(e["image_id"].numpy().decode() for e in builder.as_dataset(
+            split="train")) == ids
 
 
 def test_manifest_has_the_engines_structure(tmp_path):

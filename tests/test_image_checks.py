@@ -65,13 +65,11 @@ def test_groups_are_transitive_sorted_and_order_free():
     assert ic.near_duplicate_groups({"p": h(0, 0), "q": h(0, (1 << 200) - 1)}) == []
 
 
-def test_union_find_keeps_the_smallest_member_as_representative():
-    uf = ic.UnionFind()
-    uf.union("m", "z")
-    uf.union("z", "b")
-    uf.find("solo")
-    assert {uf.find(x) for x in "mzb"} == {"b"}
-    assert uf.components() == [["b", "m", "z"]]
+def test_components_keep_the_smallest_member_first():
+    groups = ic.components(["solo"], [("m", "z"), ("z", "b")])
+    assert [g[0] for g in groups if "m" in g] == ["b"]  # the representative: smallest member
+    assert groups == [["b", "m", "z"], ["solo"]]
+    assert ic.components((), []) == []
 
 
 def test_merge_groups_joins_lesion_groups_through_near_duplicates():

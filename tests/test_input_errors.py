@@ -1,7 +1,8 @@
 """Issue #10, 'no silent failure': what the data engine says for each kind of bad root.
 
 Input problems before the pipeline: exit 2, one line `preprocess: error: PATH: ...`, no traceback.
-No record written / train or validation empty: exit 3 with a diagnosis; --allow_empty: exit 0.
+No record written / train or validation empty: exit 3, one error line on stderr and the diagnosis
+on stdout after the summary; --allow_empty: exit 0.
 """
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ from tests.test_downloads import split_by_label
 def error_lines(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines()
             if line.startswith("preprocess: error:")]
+
+
+def diagnosis_run(capsys) -> str:
+    """An exit-3 run's output: stdout (summary, diagnosis) then stderr, which must be the one
+    error line."""
+    captured = capsys.readouterr()
+    assert len(captured.err.splitlines()) == 1 and captured.err.startswith("preprocess: error:")
+    return captured.out + captured.err
 
 
 def test_forced_wrong_layout_is_one_line_exit_2(tmp_path):
@@ -88,7 +97,7 @@ def test_zero_records_exit_3_with_diagnosis(tmp_path, capsys, sample_dir):
     images = unrecognised_root(tmp_path / "src", sample_dir)
     code = preprocess.main([f"--input={tmp_path / 'src'}", f"--output={tmp_path / 'out'}",
                             "--image_size=32"])
-    err = capsys.readouterr().err
+    err = diagnosis_run(capsys)
     assert code == 3
     assert f"preprocess: error: no usable dataset from {tmp_path / 'src'}: 0 records written" in err
     assert f"read {len(images)} = written 0 + rejected 0 + filtered {len(images)}" in err
@@ -118,7 +127,7 @@ def test_most_inputs_rejected_exits_3(tmp_path, capsys, sample_dir):
         (tmp_path / "src" / image.sidecar_path.name).unlink()
     code = preprocess.main([f"--input={tmp_path / 'src'}", f"--output={tmp_path / 'out'}",
                             "--image_size=32", "--keep_degenerate"])
-    err = capsys.readouterr().err
+    err = diagnosis_run(capsys)
     assert code == 3
     assert f"{len(images[::2])} of {len(images)} inputs rejected (more than 33%)" in err
     assert f"rejected:missing_metadata {len(images[::2])}" in err
@@ -139,8 +148,9 @@ def test_empty_validation_split_exit_3(tmp_path, capsys, sample_dir):
     # a split asked to be empty is not a problem ...
     assert preprocess.main(args + [f"--output={tmp_path / 'ok'}"]) == 0
     # ... one left empty by too few groups is
+    capsys.readouterr()
     assert preprocess.main(args[:-1] + ["--split=99,1,0", f"--output={tmp_path / 'out'}"]) == 3
-    assert "split validation is empty" in capsys.readouterr().err
+    assert "split validation is empty" in diagnosis_run(capsys)
 
 
 def test_two_downloads_end_to_end(tmp_path, capsys):

@@ -10,7 +10,8 @@ Image bytes are never opened here; the Beam job decodes and hashes them.
 A root without a metadata table of its own but with folders that each hold one (several
 `isic-cli` downloads, a HAM10000 folder, ...) reads as the union of those downloads (layout
 DOWNLOADS); each record's `download` names its folder. `--metadata_csv` (CustomTable) reads any
-images-plus-table dataset. `LayoutResult.metadata_files` says what became of every CSV/JSON.
+images-plus-table dataset. `LayoutResult.metadata_files` says what became of every CSV/JSON,
+and names the label columns a table read as a layout lacks entirely ("label_columns_missing").
 
 Rejection reasons: `REASONS` (beam_jobs.layouts.assemble). Counters: `COUNTERS` below; they are
 counted per metadata entry read, even when that entry is later rejected or its image kept.
@@ -251,8 +252,10 @@ def describe_metadata_files(scan: Scan, result: LayoutResult, scans: list[Scan])
     Sidecar JSONs are summed up per folder (one entry with a count), not listed one by one.
     """
     used: dict = dict(scan.used)
+    unlabelled: dict = dict(scan.unlabelled)
     for sub in scans:
         used.update(sub.used)
+        unlabelled.update(sub.unlabelled)
     side_kinds = set(_SIDE_FILE_OF)
     out = []
     for path in sorted(set(used) - set(scan.csv_files)):  # a --metadata_csv outside the root
@@ -273,8 +276,12 @@ def describe_metadata_files(scan: Scan, result: LayoutResult, scans: list[Scan])
             role = "unused"
             why = (f"a {kind} table, not read (layout read: {result.layout})" if kind
                    else "unrecognised header (no known ISIC layout has these columns)")
-        out.append({"path": _rel(path, scan.root), "role": role, "kind": used.get(path, kind),
-                    "header": header[:40], "why": why})
+        entry = {"path": _rel(path, scan.root), "role": role, "kind": used.get(path, kind),
+                 "header": header[:40], "why": why}
+        if path in unlabelled:
+            entry["why"] += f"; no label column (looked for {', '.join(unlabelled[path])})"
+            entry["label_columns_missing"] = list(unlabelled[path])
+        out.append(entry)
     sidecars = set(sidecar_jsons(scan))
     read_json = result.layout == "legacy_json" or any(
         d.get("layout") == "legacy_json" for d in result.downloads.values())

@@ -36,6 +36,8 @@ class Scan:
     counters: collections.Counter
     headers: dict = dataclasses.field(default_factory=dict, repr=False)  # path -> CSV header
     used: dict = dataclasses.field(default_factory=dict, repr=False)  # CSV path -> kind read as
+    # CSV path -> the label columns its kind reads, none of which it has (every row unlabelled)
+    unlabelled: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def csv_header(self, path: str) -> list[str]:
         """A CSV's header, read once per scan (detection and every reader ask for it)."""
@@ -47,7 +49,8 @@ class Scan:
 def scan_tree(root: str) -> Scan:
     """Walk root once (following folder links, each real folder once) and sort what it holds."""
     if not fileio.isdir(root):
-        raise ValueError(f"input {root!r} is not a directory")
+        raise ValueError(f"--input {root!r} is not a directory: pass the folder of the "
+                         "download (its images and metadata)")
     root = fileio.canonical(root)
     counters: collections.Counter = collections.Counter()
     images, json_files, csv_files = [], [], []

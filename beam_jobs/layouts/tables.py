@@ -32,6 +32,10 @@ ISIC2020_COLUMNS = {"image_name", "patient_id", "lesion_id", "sex", "age_approx"
 ISIC2024_COLUMNS = {"isic_id", "target", "patient_id", "lesion_id", "age_approx", "sex",
                     "anatom_site_general", "image_type", "attribution", "copyright_license",
                     "iddx_2", "iddx_3", "iddx_4", "iddx_5"}
+# The columns a table's label comes from, per kind: a table that is recognised by its other
+# columns but has none of these yields no label at all (Scan.unlabelled records it).
+LABEL_COLUMNS = {"isic_cli": ("benign_malignant", "diagnosis_1"),
+                 "isic2020": ("benign_malignant", "target"), "isic2024": ("target",)}
 
 
 def classify_csv(columns: list[str]) -> str:
@@ -143,6 +147,9 @@ def _read_rows(scan: Scan, kind: str, counters, columns, id_column: str,
     row's fields or problem (malformed rows come back from rows_of already finished)."""
     entries = []
     for table in tables_of(scan, kind, counters, columns):
+        label_columns = LABEL_COLUMNS.get(kind, ())
+        if label_columns and not set(label_columns) & set(table.columns):
+            scan.unlabelled[table.path] = label_columns
         for entry, row in rows_of(table, id_column):
             if row is not None:
                 fill(entry, row)

@@ -18,12 +18,12 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from isicflow import dataset as dataset_lib, imaging, schema
+from isicflow import dataset as dataset_lib, reader, schema
 from trainer.core import augmentations, synthetic_mix
 
 AUTOTUNE = tf.data.AUTOTUNE
-LABEL_MODES = ("binary", "all")
-_PARSED_FEATURES = ("image_encoded", "image_format", "height", "width", "label")
+LABEL_MODES = reader.LABEL_MODES
+_PARSED_FEATURES = reader.PARSED_FEATURES
 _MAX_SHUFFLE_BUFFER = 1024
 # Per-record strings make_eval_dataset_with_metadata yields beside each prediction.
 METADATA_FIELDS = ("image_id", "diagnosis", "anatom_site", "source_collection")
@@ -51,12 +51,7 @@ def class_counts(data_dir: str, split: str, image_size: int) -> dict[str, int]:
 
 
 def _count(info: dict, labels: str) -> int:
-    if labels not in LABEL_MODES:
-        raise ValueError(f"labels {labels!r} not in {LABEL_MODES}")
-    if labels == "all":
-        return int(info["records"])
-    counts = info.get("counts", {})
-    return int(counts.get("benign", 0)) + int(counts.get("malignant", 0))
+    return reader.count_records(info, labels)
 
 
 def preprocess_for_eval(image_uint8: tf.Tensor) -> tf.Tensor:
@@ -177,17 +172,16 @@ def _digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _decode_record(record, image_size: int) -> tf.Tensor:
-    image = imaging.decode_stored_image(record["image_encoded"], record["image_format"],
-                                        tf.cast(record["height"], tf.int32),
-                                        tf.cast(record["width"], tf.int32))
-    return tf.ensure_shape(image, [image_size, image_size, 3])
+# The record decoding lives in isicflow.reader (shared with isicflow.load); this name stays
+# importable for the code that used it (trainer.cnn.diagnosis).
+decode_record = _decode_record = reader.decode_record
 
 
 def parse_and_decode(serialized: tf.Tensor, image_size: int):
-    """One record -> (uint8 [S,S,3] image, int64 label) through the shared schema and decode."""
-    record = tf.io.parse_single_example(serialized, schema.feature_spec(_PARSED_FEATURES))
-    return _decode_record(record, image_size), record["label"]
+    """One record -> (uint8 [S,S,3] image, int64 label) through the shared schema and decode
+    (isicflow.reader, as isicflow.load reads it)."""
+    record = reader.parse_record(serialized, image_size, fields=())
+    return record["image"], record["label"]
 
 
 def parse_and_decode_with_metadata(serialized: tf.Tensor, image_size: int):
@@ -300,9 +294,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         raise ValueError("synthetic records are added to a binary training split only, "
                          "without metadata (generated images have no age, sex or site)")
     if not paths or expected == 0:
-        raise ValueError(f"{data_dir}: split {split!r} at {image_size}px has no "
-                         f"{'benign/malignant ' if labels == 'binary' else ''}records "
-                         f"(manifest counts {info.get('counts')})")
+        raise reader.no_records(data_dir, split, image_size, labels, info)
     if balance_classes and (not training or labels != "binary"):
         raise ValueError("balance_classes needs training=True and labels='binary'")
     counts = info.get("counts", {})
