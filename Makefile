@@ -90,7 +90,7 @@ BENCH_DATA   ?= ../shared/data/isic-fullres-30
 BENCH_REPEAT ?= 50
 BENCH_FLAGS  ?=
 bench-preprocess: install
-	$(PY) -m benchmarks.bench_preprocess --data=$(BENCH_DATA) --repeat=$(BENCH_REPEAT) \
+	$(PY) -m benchmarks.bench_preprocess --input=$(BENCH_DATA) --repeat=$(BENCH_REPEAT) \
 	    --workdir=$(OUT)/bench-preprocess $(BENCH_FLAGS)
 
 bench-input: install
