@@ -206,7 +206,7 @@ def test_recipe_resume_keeps_ema_and_sampling_uses_ema(data_dir, tmp_path):
     generator, loaded_arch = gan_sampling.load_generator(str(run))
     assert loaded_arch["ema"] is True
     prefix = tf.train.latest_checkpoint(str(run / "checkpoints"))
-    own, ema = (gan_training.build_generator_for(loaded_arch) for _ in range(2))
+    own, ema = (gan_models.build_generator_for(loaded_arch) for _ in range(2))
     tf.train.Checkpoint(generator=own).restore(prefix).expect_partial()
     tf.train.Checkpoint(ema_generator=ema).restore(prefix).expect_partial()
     for loaded, want in zip(generator.weights, ema.weights):
