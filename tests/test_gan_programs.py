@@ -84,7 +84,14 @@ def test_training_needs_a_dataset_with_the_asked_size(tmp_path):
              "--learning_rate=0.1", names=("--learning_rate", "--gen_learning_rate"))
     _refused("trainer.gan", f"--workdir={workdir}", f"--data_dir={data}", "--image_size=16",
              "stray", names=("['stray']",))
+    # A flag combination GanConfig refuses: one line, not a traceback.
+    _refused("trainer.gan", f"--workdir={workdir}", f"--data_dir={data}", "--image_size=16",
+             "--spectral_norm", names=("spectral_norm needs gan_architecture='deep'",))
     assert not workdir.exists()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    _refused("trainer.gan", f"--workdir={a_file}", f"--data_dir={data}", "--image_size=16",
+             names=("--workdir=", "is a file"))
 
 
 def test_a_model_that_is_not_a_gan_run_is_refused(tmp_path):

@@ -194,7 +194,7 @@ def main(argv: list[str]) -> None:
     for size in sorted(sizes):
         inputs.dataset(values.data_dir, size, ["train"], minimum=4,
                        size_from="the size a GAN in --model makes")
-    inputs.required("output", values.output, "the folder curve.json/csv/png go to")
+    inputs.folder_to_write("output", values.output, "the folder curve.json/csv/png go to")
     evaluate.check_features(values)
     rates = inputs.checked("cpu_s_per_step", parse_rates, values.cpu_s_per_step, values.model)
     from trainer.core import run_folder

@@ -90,7 +90,7 @@ def main(argv: list[str]) -> None:
     _, arch = inputs.generator(values.model)
     inputs.dataset(values.data_dir, arch["image_size"], [values.train_split], minimum=4,
                    size_from="the size the GAN in --model makes")
-    inputs.required("output", values.output, "the folder the report and figures go to")
+    inputs.folder_to_write("output", values.output, "the folder the report and figures go to")
     check_features(values)
     from trainer.gan import evaluation
 

@@ -21,6 +21,13 @@ def required(flag: str, value, what: str) -> None:
         program.fail(f"--{flag} is required: {what}")
 
 
+def folder_to_write(flag: str, path: str, what: str) -> None:
+    """--workdir/--output: given, and not a file (a folder, or nothing yet)."""
+    required(flag, path, what)
+    if os.path.exists(path) and not os.path.isdir(path):
+        program.fail(f"--{flag}={path} is a file: pass a folder ({what})")
+
+
 def generator(model: str, flag: str = "model") -> tuple[str, dict]:
     """--model as the sampler reads it -> (checkpoint prefix, architecture of gan_config.json)."""
     required(flag, model, _GAN_RUN)

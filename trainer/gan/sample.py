@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
     if wanted != BOTH and not arch["conditional"]:
         program.fail(f"--class={wanted}: the GAN in --model={values.model} is unconditional "
                      f"(it draws every class at once); leave --class at {BOTH}")
-    inputs.required("output", values.output, "the folder the generated images go to")
+    inputs.folder_to_write("output", values.output, "the folder the generated images go to")
     from trainer.gan import sampling
 
     written = sampling.sample_to_dir(values.model, values.num, values.output,
