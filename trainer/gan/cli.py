@@ -87,8 +87,6 @@ def set_study_defaults() -> None:
 
 def main(argv: list[str]) -> None:
     values = flags.FLAGS
-    inputs.required("data_dir", values.data_dir, "a dataset folder written by "
-                    "beam_jobs.preprocess (it holds manifest.json)")
     inputs.folder_to_write("workdir", values.workdir, "the run folder to create, or to resume")
     if values["learning_rate"].present:  # a shared flag the GAN has no use for
         program.fail("--learning_rate is the CNN's: the GAN takes --gen_learning_rate and "

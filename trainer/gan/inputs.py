@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from isicflow import fileio
 from trainer.core import program
 
 _GAN_RUN = ("pass a GAN run folder (the --workdir of python -m trainer.gan), its checkpoints/ "
@@ -31,7 +32,8 @@ def folder_to_write(flag: str, path: str, what: str) -> None:
 def generator(model: str, flag: str = "model") -> tuple[str, dict]:
     """--model as the sampler reads it -> (checkpoint prefix, architecture of gan_config.json)."""
     required(flag, model, _GAN_RUN)
-    if not os.path.exists(model) and not os.path.exists(model + ".index"):
+    local = not fileio.is_url(model)  # a gs:// prefix is for TensorFlow to find
+    if local and not os.path.exists(model) and not os.path.exists(model + ".index"):
         program.fail(f"--{flag}={model}: no such folder or checkpoint; {_GAN_RUN}")
     from trainer.gan import sampling
 
@@ -46,7 +48,7 @@ def dataset(data_dir: str, image_size: int, splits: Sequence[str], *, labels: st
     """The manifest of --data_dir, once it is known to hold `image_size` px images and at least
     `minimum` records (of `labels`: 'all', or 'binary' = benign/malignant) in each split."""
     required(flag, data_dir, _DATASET)
-    from isicflow import dataset as dataset_lib, fileio
+    from isicflow import dataset as dataset_lib
 
     if not fileio.is_url(data_dir) and not os.path.isdir(data_dir):
         program.fail(f"--{flag}={data_dir}: no such folder; pass {_DATASET}")
