@@ -11,7 +11,6 @@ from PIL import Image
 
 from isicflow import schema
 from tests import shard_fixtures
-from trainer import dcgan  # noqa: F401  (defines the DCGAN's flags)
 from trainer.core import input_pipeline, run_folder
 from trainer.gan import models as gan_models
 from trainer.gan import sampling as gan_sampling
@@ -169,16 +168,38 @@ def test_sampling_from_a_folder_without_checkpoint_fails_clearly(tmp_path):
         gan_sampling.sample_to_dir(str(tmp_path), 1, str(tmp_path / "out"))
 
 
-@pytest.mark.parametrize("config", ["dcgan.flags", "dcgan_tiny.flags", "gan_eval.flags"])
+@pytest.mark.parametrize("config", ["dcgan.flags", "dcgan_tiny.flags"])
 def test_config_files_name_only_defined_flags(config):
-    from trainer import gan_eval  # noqa: F401  (defines its flags)
+    from trainer.gan import cli
 
+    cli.define_flags()  # the training program's own flags; trainer.core.flags' on import
     defined = set(flags.FLAGS)
     lines = (REPO / "configs" / config).read_text().splitlines()
     names = [line.split("=")[0].lstrip("-") for line in lines if line.startswith("--")]
     assert names, f"{config} sets no flags"
     unknown = [n for n in names if n not in defined and n.removeprefix("no") not in defined]
     assert not unknown, f"{config} names undefined flags {unknown}"
+    assert f"python -m trainer.gan --flagfile=configs/{config}" in lines[1]
+
+
+def test_evaluation_config_parses_with_the_evaluation_programs_flags():
+    from trainer.gan import evaluate
+
+    own = flags.FlagValues()  # the program's flags alone, apart from the trainers' shared ones
+    evaluate.define_flags(own)
+    own(["trainer.gan.evaluate", f"--flagfile={REPO / 'configs' / 'gan_eval.flags'}"])
+    assert (own.model, own.data_dir, own.output) == ("out/runs/dcgan", "out/uda1",
+                                                     "out/runs/dcgan/eval")
+    assert own.heldout_splits == ["validation", "test"] and own.seed == 0
+    text = (REPO / "configs" / "gan_eval.flags").read_text()
+    assert "python -m trainer.gan.evaluate --flagfile=configs/gan_eval.flags" in text
+
+
+def test_the_study_defaults_the_program_sets_are_gan_configs():
+    from trainer.gan import cli
+
+    config = gan_training.GanConfig(data_dir="d", workdir="w")
+    assert cli.STUDY_DEFAULTS == {name: getattr(config, name) for name in cli.STUDY_DEFAULTS}
 
 
 def test_a_used_up_time_budget_stops_after_the_epoch_and_saves(data_dir, tmp_path):

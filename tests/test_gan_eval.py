@@ -1,4 +1,5 @@
-"""End to end on real ISIC images: train the DCGAN from its tiny config (CLI), sample, evaluate."""
+"""End to end on real ISIC images: train the DCGAN from its tiny config (the programs), sample,
+evaluate, and the programs' refusals of inputs that do not fit a trained run."""
 import json
 import math
 import os
@@ -13,19 +14,28 @@ from PIL import Image
 
 from tests import shard_fixtures
 from trainer.core import run_folder
-from trainer.gan import evaluate as gan_eval
+from trainer.gan import evaluation as gan_eval
 from trainer.gan import features as gan_features
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
 
 
-def _cli(*args):
+def _cli(*args, returncode=0):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
     return result
+
+
+def _refused(prog, *args, names):
+    """Exit 2 with one line from the program naming `names`, and no traceback."""
+    result = _cli(prog, *args, returncode=2)
+    assert "Traceback" not in result.stderr
+    mine = [line for line in result.stderr.splitlines() if line.startswith(f"{prog}: ")]
+    assert len(mine) == 1 and all(name in mine[0] for name in names), result.stderr[-2000:]
+    return mine[0]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +43,7 @@ def trained(tmp_path_factory, sample_dir):
     root = tmp_path_factory.mktemp("gan-e2e")
     data = shard_fixtures.write_sample_dataset(root / "data", sample_dir, SIZE)
     run = root / "run"
-    _cli("trainer.dcgan", "--flagfile=configs/dcgan_tiny.flags", f"--data_dir={data}",
+    _cli("trainer.gan", "--flagfile=configs/dcgan_tiny.flags", f"--data_dir={data}",
          f"--workdir={run}", f"--image_size={SIZE}", "--batch_size=4")
     return data, run
 
@@ -49,13 +59,13 @@ def test_cli_train_sample_and_evaluate_on_real_images(trained, tmp_path):
     assert history[-1]["step"] == 4  # tiny config: 2 epochs x 2 steps
 
     synthetic = tmp_path / "synthetic"
-    _cli("trainer.dcgan", "sample", f"--checkpoint={run}", "--num=5", f"--out={synthetic}")
+    _cli("trainer.gan.sample", f"--model={run}", "--num=5", f"--output={synthetic}")
     assert len(list(synthetic.glob("dcgan_*.png"))) == 5
 
     out = tmp_path / "eval"
-    _cli("trainer.gan_eval", "--flagfile=configs/gan_eval.flags",
-         f"--generator_checkpoint={run}", f"--real_data_dir={data}", f"--eval_out={out}",
-         "--num_generated=16", "--feature_extractor=pixels")
+    _cli("trainer.gan.evaluate", "--flagfile=configs/gan_eval.flags", f"--model={run}",
+         f"--data_dir={data}", f"--output={out}", "--num_generated=16",
+         "--feature_extractor=pixels")
     report = json.loads((out / "gan_eval.json").read_text())
     assert report["feature_extractor"] == "pixels_16x16"
     assert report["counts"] == {"train": 8, "heldout": 8, "generated": 16}
@@ -124,7 +134,7 @@ def test_default_extractor_is_the_named_random_conv_net_and_cnn_features_work(tr
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
     path = tmp_path / "cnn.keras"
     model.save(path)
-    extract, name = gan_features.make_extractor("auto", cnn_model=str(path))
+    extract, name = gan_features.make_extractor("auto", feature_model=str(path))
     assert name == "cnn_penultimate(cnn.keras:penultimate@24px)"
     features = extract(np.zeros((3, SIZE, SIZE, 3), np.uint8))
     assert features.shape == (3, 5)
@@ -142,8 +152,8 @@ def test_curve_scores_every_kept_checkpoint_against_training_time(trained, tmp_p
 
     _, run = trained
     out = tmp_path / "curve"
-    _cli("trainer.gan.curve", f"--runs={run}", f"--real_data_dir={trained[0]}",
-         f"--eval_out={out}", "--num_generated=8")
+    _cli("trainer.gan.curve", f"--model={run}", f"--data_dir={trained[0]}",
+         f"--output={out}", "--num_generated=8")
     rows = list(csv.DictReader((out / "curve.csv").open()))
     kept = sorted(int(p.name.split("-")[1].split(".")[0])
                   for p in (run / "checkpoints").glob("ckpt-*.index"))
@@ -188,3 +198,38 @@ def test_time_at_step_takes_the_epoch_that_ended_at_or_after_the_checkpoint():
     assert curve.entry_at_step([{"step": 10, "augment_p": 0.3}, {"step": 20}], 5) == {
         "step": 10, "augment_p": 0.3}
     assert curve.entry_at_step(history, 25) == {}
+
+
+def test_the_old_sample_command_writes_what_the_new_one_does(trained, tmp_path):
+    """`trainer.dcgan sample --checkpoint --out` still works: its flags renamed, its seed kept."""
+    _, run = trained
+    old, new = tmp_path / "old", tmp_path / "new"
+    _cli("trainer.dcgan", "sample", f"--checkpoint={run}", "--num=3", f"--out={old}")
+    _cli("trainer.gan.sample", f"--model={run}", "--num=3", f"--output={new}")
+    names = sorted(p.name for p in old.glob("*.png"))
+    assert len(names) == 3 and names == sorted(p.name for p in new.glob("*.png"))
+    assert all((old / n).read_bytes() == (new / n).read_bytes() for n in names)
+
+
+def test_inputs_that_do_not_fit_the_trained_run_are_refused_before_any_output(trained,
+                                                                              tmp_path):
+    data, run = trained
+    out = tmp_path / "out"
+    # The GAN makes 32 px images: a dataset without them is refused, naming both flags' sizes.
+    other = shard_fixtures.write_tiny_dataset(
+        tmp_path / "other", {"train": shard_fixtures.random_images(4, 16)}, 16)
+    line = _refused("trainer.gan.evaluate", f"--model={run}", f"--data_dir={other}",
+                    f"--output={out}", names=("--data_dir", "[16]", "32 px"))
+    assert "--model" in line
+    # Another split name, or a class asked of an unconditional GAN.
+    _refused("trainer.gan.sample", f"--model={run}", "--class=benign", f"--output={out}",
+             names=("--class=benign", "unconditional"))
+    _refused("trainer.gan.curve", f"--model={run}", f"--data_dir={other}", f"--output={out}",
+             names=("--data_dir", "32 px"))
+    assert not out.exists()
+    # Resuming with another architecture: refused, and the run folder left as it was.
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    _refused("trainer.gan", "--flagfile=configs/dcgan_tiny.flags", f"--data_dir={data}",
+             f"--workdir={run}", f"--image_size={SIZE}", "--latent_dim=64",
+             names=("--workdir", "latent_dim"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before

@@ -63,6 +63,12 @@ def test_c2st_near_chance_for_two_halves_of_one_set_and_high_against_shifted():
 def test_wilson_interval_known_value_and_bad_input():
     low, high = gm.wilson_interval(50, 100)
     assert (low, high) == pytest.approx((0.4038, 0.5962), abs=1e-3)
+    # At the edges the Wilson interval stays inside [0, 1]: 0/10 -> [0, 0.2775].
+    assert gm.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert gm.wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    # A wider confidence level gives a wider interval around the same proportion.
+    wide_low, wide_high = gm.wilson_interval(50, 100, confidence=0.99)
+    assert wide_low < low and wide_high > high
     with pytest.raises(ValueError, match="successes"):
         gm.wilson_interval(5, 3)
 

@@ -10,7 +10,6 @@ import tensorflow as tf
 from absl import flags
 
 from tests import shard_fixtures
-from trainer import dcgan  # noqa: F401  (defines the DCGAN's flags)
 from trainer.gan import augment as gan_augment
 from trainer.gan import models as gan_models
 from trainer.gan import sampling as gan_sampling
@@ -206,7 +205,7 @@ def test_recipe_resume_keeps_ema_and_sampling_uses_ema(data_dir, tmp_path):
     generator, loaded_arch = gan_sampling.load_generator(str(run))
     assert loaded_arch["ema"] is True
     prefix = tf.train.latest_checkpoint(str(run / "checkpoints"))
-    own, ema = (gan_training.build_generator_for(loaded_arch) for _ in range(2))
+    own, ema = (gan_models.build_generator_for(loaded_arch) for _ in range(2))
     tf.train.Checkpoint(generator=own).restore(prefix).expect_partial()
     tf.train.Checkpoint(ema_generator=ema).restore(prefix).expect_partial()
     for loaded, want in zip(generator.weights, ema.weights):
@@ -258,9 +257,13 @@ def test_resume_with_another_discriminator_depth_is_refused(data_dir, tmp_path):
 @pytest.mark.parametrize("config", ["gan_recipe_64.flags", "gan_recipe_128.flags",
                                     "gan_recipe_tiny.flags"])
 def test_recipe_config_files_parse_into_a_gan_config(config):
+    from trainer.gan import cli
+
+    cli.define_flags()
     defined = set(flags.FLAGS)
     lines = (REPO / "configs" / config).read_text().splitlines()
     assert lines[1].startswith("# Launch:") and lines[2].startswith("# Status:")
+    assert f"python -m trainer.gan --flagfile=configs/{config}" in lines[1]
     args = [line for line in lines if line.startswith("--")]
     names = [a.split("=")[0].lstrip("-") for a in args]
     unknown = [n for n in names if n not in defined and n.removeprefix("no") not in defined]

@@ -1,8 +1,20 @@
-"""`python -m trainer.gan_eval --flagfile=configs/gan_eval.flags`: the DCGAN evaluation program,
-kept under its documented name; the flags and the evaluation live in trainer.gan.evaluate."""
-import sys
+"""The GAN evaluation's old program name, kept working: `python -m trainer.gan_eval ...` runs
+`python -m trainer.gan.evaluate` with the old flag names (--generator_checkpoint,
+--real_data_dir, --eval_out, --cnn_model, --cnn_value_range, --eval_seed) renamed to the new
+ones (--model, --data_dir, --output, --feature_model, --feature_model_value_range, --seed).
+No flags of its own."""
+from __future__ import annotations
 
-from trainer.gan.evaluate import run
+import sys
+from typing import Sequence
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    from trainer.gan import evaluate, renames
+
+    evaluate.run(renames.rename_flags(list(sys.argv if argv is None else argv),
+                                      renames.EVALUATE))
+
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()

@@ -1,16 +1,17 @@
 """Quality against training time: every kept checkpoint of one or more GAN runs, scored with
-trainer.gan.evaluate's metrics on one fixed feature extractor, one real set and one latent seed.
+trainer.gan.evaluate's metrics on one fixed feature extractor, one real set and one latent seed,
+written to --output as curve.json, curve.csv and curve.png (C2ST and FID against CPU minutes).
 
-    python -m trainer.gan.curve --runs=out/runs/gan-recipe-64,out/runs/dcgan-64 \\
-        --real_data_dir=out/real --eval_out=out/gan-curve
+    python -m trainer.gan.curve --model=out/runs/gan-recipe-64,out/runs/dcgan-64 \\
+        --data_dir=out/real --output=out/gan-curve
 
-It takes trainer.gan.evaluate's flags (--real_data_dir, --eval_out, --num_generated,
---feature_extractor and its weights, --eval_seed, --max_real) plus --runs.
+It takes trainer.gan.evaluate's data, feature and output flags (--data_dir, --output,
+--num_generated, --feature_extractor and its weights or model, --seed, --max_real), with
+--model a list of run folders.
 
-Writes curve.json, curve.csv (run, step, train_cpu_s, train_wall_s, FID, KID, C2ST with its
-95% interval, memorization share, the C2ST on each of gan_eval's cues: colour, sharpness,
-layout, and the DiffAugment probability where a run sets one) and curve.png (C2ST and FID
-against training CPU minutes).
+curve.csv holds run, step, train_cpu_s, train_wall_s, FID, KID, C2ST with its 95% interval,
+memorization share, the C2ST on each of the evaluation's cues: colour, sharpness, layout, and
+the DiffAugment probability where a run sets one.
 Training time comes from the run's history.json (train_cpu_s, train_wall_s of the epoch that
 ended at or after the checkpoint's step); a run written before the trainer kept those has
 them empty, and its x axis falls back to steps.
@@ -23,15 +24,12 @@ import sys
 from typing import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from trainer.gan import evaluate  # defines the evaluation flags this program shares
+from trainer.core import program
+from trainer.gan import evaluate, evaluation, inputs
 
-flags.DEFINE_list("runs", None, "GAN run folders (each with checkpoints/ and history.json).")
-flags.DEFINE_list("cpu_s_per_step", [], "RUN=SECONDS pairs: for a run whose history predates "
-                  "train_cpu_s (or lost part of it), training CPU = step x this measured rate; "
-                  "curve.csv marks those rows cpu_source=derived.")
-FLAGS = flags.FLAGS
+PROG = "trainer.gan.curve"
 
 FIELDS = ("run", "step", "train_cpu_s", "train_wall_s", "fid", "kid", "c2st", "c2st_low",
           "c2st_high", "memorized_share", "c2st_colour", "c2st_sharpness", "c2st_layout",
@@ -83,14 +81,15 @@ def augment_p_at(prefix: str, history: Sequence[dict], step: int) -> float | Non
 
 
 def parse_rates(pairs: Sequence[str], runs: Sequence[str]) -> dict[str, float]:
-    """['RUN=0.67', ...] -> {run folder name: seconds}; RUN must name one of --runs."""
+    """['RUN=0.67', ...] -> {run folder name: seconds}; RUN must name one of --model."""
     names = {os.path.basename(os.path.normpath(r)) for r in runs}
     rates = {}
     for pair in pairs:
         run, _, value = pair.partition("=")
         run = os.path.basename(os.path.normpath(run))
         if run not in names:
-            raise ValueError(f"--cpu_s_per_step names {run!r}, not one of --runs {sorted(names)}")
+            raise ValueError(f"--cpu_s_per_step names {run!r}, not one of --model "
+                             f"{sorted(names)}")
         try:
             rates[run] = float(value)
         except ValueError:
@@ -101,7 +100,7 @@ def parse_rates(pairs: Sequence[str], runs: Sequence[str]) -> dict[str, float]:
     return rates
 
 
-def score_runs(runs: Sequence[str], real_data_dir: str, *, num_generated: int = 400,
+def score_runs(runs: Sequence[str], data_dir: str, *, num_generated: int = 400,
                max_real: int = 5000, seed: int = 0, extractor: str = "random_conv",
                cpu_s_per_step: dict[str, float] | None = None,
                **extractor_options) -> list[dict]:
@@ -118,20 +117,20 @@ def score_runs(runs: Sequence[str], real_data_dir: str, *, num_generated: int = 
             generator, arch = sampling.load_generator(prefix)
             size = arch["image_size"]
             if size not in reals:  # one real set and one extractor per image size
-                train = evaluate.load_real(real_data_dir, ["train"], size, max_real)
-                heldout = evaluate.load_real(real_data_dir, ["validation", "test"], size,
-                                             max_real)
+                train = evaluation.load_real(data_dir, ["train"], size, max_real)
+                heldout = evaluation.load_real(data_dir, ["validation", "test"], size,
+                                               max_real)
                 extract, _ = features.make_extractor(extractor, seed=seed, **extractor_options)
                 reals[size] = (train, extract(train), heldout, extract(heldout),
-                               evaluate.cue_features(train))
+                               evaluation.cue_features(train))
                 extractors[size] = extract
             train, f_train, heldout, f_held, train_cues = reals[size]
-            generated = evaluate.generate_set(generator, arch, num_generated, seed)
+            generated = evaluation.generate_set(generator, arch, num_generated, seed)
             f_gen = extractors[size](generated)
-            metrics = evaluate.distribution_metrics(f_train, f_gen, seed)
-            memorized, _, _ = evaluate.memorization_check(
+            metrics = evaluation.distribution_metrics(f_train, f_gen, seed)
+            memorized, _, _ = evaluation.memorization_check(
                 (generated, f_gen), (heldout, f_held), (train, f_train), "pixels", "")
-            cues = evaluate.c2st_by_cue(train_cues, evaluate.cue_features(generated), None,
+            cues = evaluation.c2st_by_cue(train_cues, evaluation.cue_features(generated), None,
                                         seed)
             c2st = metrics["c2st"]
             name = os.path.basename(os.path.normpath(run))
@@ -177,25 +176,37 @@ def save_curve(rows: Sequence[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def define_flags() -> None:
+    if "cpu_s_per_step" in flags.FLAGS:  # defined already (run() called twice)
+        return
+    evaluate.define_common_flags()
+    flags.DEFINE_list("model", None, "GAN run folders (trainer.gan's --workdir: each with "
+                      "checkpoints/ and history.json).")
+    flags.DEFINE_list("cpu_s_per_step", [], "RUN=SECONDS pairs: for a run whose history "
+                      "predates train_cpu_s (or lost part of it), training CPU = step x this "
+                      "measured rate; curve.csv marks those rows cpu_source=derived.")
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    missing = [n for n in ("runs", "real_data_dir", "eval_out") if not FLAGS[n].value]
-    if missing:
-        raise app.UsageError(f"missing required flag(s): {', '.join('--' + n for n in missing)}")
+    values = flags.FLAGS
+    inputs.required("model", values.model, "a comma list of GAN run folders")
+    sizes = {inputs.generator(run)[1]["image_size"] for run in values.model}
+    for size in sorted(sizes):
+        inputs.dataset(values.data_dir, size, ["train"], minimum=4,
+                       size_from="the size a GAN in --model makes")
+    inputs.folder_to_write("output", values.output, "the folder curve.json/csv/png go to")
+    evaluate.check_features(values)
+    rates = inputs.checked("cpu_s_per_step", parse_rates, values.cpu_s_per_step, values.model)
     from trainer.core import run_folder
 
-    try:
-        rates = parse_rates(FLAGS.cpu_s_per_step, FLAGS.runs)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
-    rows = score_runs(FLAGS.runs, FLAGS.real_data_dir, num_generated=FLAGS.num_generated,
-                      cpu_s_per_step=rates,
-                      max_real=FLAGS.max_real, seed=FLAGS.eval_seed,
-                      extractor=FLAGS.feature_extractor,
-                      inception_weights=FLAGS.inception_weights, cnn_model=FLAGS.cnn_model,
-                      cnn_value_range=tuple(float(v) for v in FLAGS.cnn_value_range))
-    out = FLAGS.eval_out
+    rows = score_runs(values.model, values.data_dir, num_generated=values.num_generated,
+                      cpu_s_per_step=rates, max_real=values.max_real, seed=values.seed,
+                      extractor=values.feature_extractor,
+                      inception_weights=values.inception_weights,
+                      feature_model=values.feature_model,
+                      feature_model_range=tuple(float(v)
+                                                for v in values.feature_model_value_range))
+    out = values.output
     os.makedirs(out, exist_ok=True)
     run_folder.write_json(os.path.join(out, "curve.json"), {"rows": rows})
     with open(os.path.join(out, "curve.csv"), "w", newline="", encoding="utf-8") as f:
@@ -206,6 +217,13 @@ def main(argv: list[str]) -> None:
     print(f"curve of {len(rows)} checkpoints in {out}")
 
 
+def run(argv: list[str] | None = None) -> None:
+    define_flags()
+    program.run(main, prog=PROG, doc=__doc__, flag_modules=[__name__, evaluate.__name__],
+                argv=argv)
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.exit(app.run(main))
+    from trainer.gan import curve  # the module under its own name: its flags' owner
+
+    sys.exit(curve.run())

@@ -1,263 +1,117 @@
-"""Evaluates a DCGAN checkpoint against real images: `python -m trainer.gan_eval --flagfile=...`
-(or `python -m trainer.gan.evaluate`, the same program).
+"""Evaluates a trained GAN against the real images it learned from: FID and KID on a named
+feature extractor (with held-out real images as the floor), a classifier two-sample test with
+its 95% interval, a memorization check, and the PCA, real-vs-generated, interpolation and
+closest-pair figures, written to --output (gan_eval.json, gan_eval.md, *.png).
 
-Writes to --eval_out: gan_eval.json, gan_eval.md, pca.png (the study's figure: real vs
-generated on the first factorial plane), real_vs_generated.png, interpolation.png and
-closest_pairs.png. Metrics: FID and KID on a named feature extractor (with the same numbers
-for held-out real images as the floor a perfect generator would reach at this sample size),
-a classifier two-sample test, and a memorization check against the training split.
+    python -m trainer.gan.evaluate --flagfile=configs/gan_eval.flags
+    python -m trainer.gan.evaluate --model=out/runs/dcgan --data_dir=out/uda1 \\
+        --output=out/runs/dcgan/eval
+
+The evaluation itself is trainer.gan.evaluation; this module is the program (its flags).
 """
 from __future__ import annotations
 
-import os
 import sys
 
-import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-flags.DEFINE_string("generator_checkpoint", None, "DCGAN run folder, checkpoints folder or "
-                    "checkpoint prefix.")
-flags.DEFINE_string("real_data_dir", None, "Dataset folder (manifest.json) the GAN trained on.")
-flags.DEFINE_string("eval_out", None, "Output folder for the report and figures.")
-flags.DEFINE_string("train_split", "train", "Split the GAN trained on (reference set, and the "
-                    "images memorization is checked against).")
-flags.DEFINE_list("heldout_splits", ["validation", "test"], "Real images the GAN never saw.")
-flags.DEFINE_integer("num_generated", 200, "Generated images to evaluate (split evenly "
-                     "between classes when conditional).", lower_bound=4)
-flags.DEFINE_integer("max_real", 5000, "Cap on real images loaded per role.", lower_bound=4)
-flags.DEFINE_enum("feature_extractor", "auto", ["auto", "inception", "cnn", "random_conv",
-                                                "pixels"],
-                  "auto: inception if --inception_weights, else cnn if --cnn_model, else "
-                  "random_conv (see trainer/gan/features.py).")
-flags.DEFINE_string("inception_weights", "", "Local InceptionV3 no-top weights file; never "
-                    "downloaded.")
-flags.DEFINE_string("cnn_model", "", "A trained classifier (.keras) whose penultimate layer "
-                    "gives features.")
-flags.DEFINE_list("cnn_value_range", ["0", "1"], "Input range the CNN was trained on.")
-flags.DEFINE_enum("memorization_space", "pixels", ["pixels", "features"], "Nearest-neighbour "
-                  "space: pixels (images at 32x32, RMS distance in [0, 1] units) or features.")
-flags.DEFINE_integer("eval_seed", 0, "Seed for latents, subsets and the C2ST split.")
-FLAGS = flags.FLAGS
+from isicflow.dataset import SPLITS
+from trainer.core import program
+from trainer.gan import features, inputs
 
-MEMORIZATION_SIDE = 32
+PROG = "trainer.gan.evaluate"
 
 
-def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
-    """uint8 images of the given splits (all labels), in manifest order, at most `limit`.
-    A split the dataset lacks, or an empty one, adds no images (logged)."""
-    from isicflow import dataset as dataset_lib
-    from trainer.core import input_pipeline
-
-    present = dataset_lib.read_manifest(data_dir)["datasets"].get(str(image_size), {})
-    chunks, total = [], 0
-    for split in splits:
-        if int(present.get(split, {}).get("records", 0)) == 0:
-            logging.warning("%s: no %s images at %dpx", data_dir, split, image_size)
-            continue
-        ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=64,
-                                         training=False, labels="all", deterministic=True,
-                                         as_uint8=True)
-        for images, _ in ds:
-            chunks.append(images.numpy())
-            total += len(chunks[-1])
-            if total >= limit:
-                break
-        if total >= limit:
-            break
-    if not chunks:
-        return np.zeros((0, image_size, image_size, 3), np.uint8)
-    return np.concatenate(chunks)[:limit]
+def _valid_range(values: list[str]) -> bool:
+    try:
+        low, high = (float(v) for v in values)
+    except ValueError:
+        return False
+    return low < high
 
 
-def generate_set(generator, arch: dict, num: int, seed: int) -> np.ndarray:
-    from trainer.gan import sampling
-
-    if not arch["conditional"]:
-        return sampling.generate(generator, arch, num, seed=seed)
-    half = num // 2
-    return np.concatenate([sampling.generate(generator, arch, half, label=0, seed=seed),
-                           sampling.generate(generator, arch, num - half, label=1,
-                                             seed=seed + 1)])
-
-
-def interpolation_strip(generator, arch: dict, steps: int = 8, seed: int = 0) -> np.ndarray:
-    """Rows of images along straight lines between two latent points (one row per class when
-    conditional, else three rows)."""
-    from trainer.core.report import tile_images
-    from trainer.gan import models as gan_models
-
-    rng = np.random.default_rng(seed)
-    labels = [0, 1] if arch["conditional"] else [None, None, None]
-    rows = []
-    for label in labels:
-        a, b = rng.standard_normal((2, arch["latent_dim"])).astype(np.float32)
-        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
-        z = (1 - t) * a + t * b
-        inputs = [z, np.full((steps, 1), label, np.int32)] if label is not None else z
-        rows.append(gan_models.to_uint8(generator(inputs, training=False)))
-    return tile_images(np.concatenate(rows), columns=steps)
+def define_common_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The flags this program shares with trainer.gan.curve: real data, features, output."""
+    fv = flag_values
+    flags.DEFINE_string("data_dir", None, "Dataset folder (manifest.json) the GAN trained on, "
+                        "holding images at the GAN's size.", flag_values=fv)
+    flags.DEFINE_string("output", None, "Folder the report and figures are written to.",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_generated", 200, "Generated images to evaluate (split evenly "
+                         "between classes when conditional).", lower_bound=4, flag_values=fv)
+    flags.DEFINE_integer("max_real", 5000, "Cap on real images loaded per role.",
+                         lower_bound=4, flag_values=fv)
+    flags.DEFINE_enum("feature_extractor", "auto", ["auto", *features.EXTRACTORS], "auto: "
+                      "inception if --inception_weights, else cnn if --feature_model, else "
+                      "random_conv (trainer/gan/features.py).", flag_values=fv)
+    flags.DEFINE_string("inception_weights", "", "Local InceptionV3 no-top weights file "
+                        "(FID/KID comparable with papers); never downloaded.", flag_values=fv)
+    flags.DEFINE_string("feature_model", "", "A trained classifier (.keras, e.g. trainer.cnn's "
+                        "export) whose penultimate layer gives the features.", flag_values=fv)
+    flags.DEFINE_list("feature_model_value_range", ["0", "1"], "LOW,HIGH: the input range "
+                      "--feature_model was trained on.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed for latents, subsets and the C2ST split.",
+                         lower_bound=0, flag_values=fv)
+    flags.register_validator("feature_model_value_range", _valid_range,
+                             message="must be two numbers LOW,HIGH with LOW < HIGH",
+                             flag_values=flag_values)
 
 
-def distribution_metrics(f_real: np.ndarray, f_other: np.ndarray, seed: int,
-                         kid_size: int | None = None) -> dict:
-    """FID, KID and the classifier two-sample test of one feature set against the real one."""
-    from trainer.gan import metrics as gan_metrics
-
-    kid_size = kid_size or min(1000, len(f_real), len(f_other))
-    return {"fid": gan_metrics.fid(f_real, f_other),
-            "kid": dict(zip(("mean", "std"), gan_metrics.kid(
-                f_real, f_other, subset_size=min(kid_size, len(f_other)), seed=seed))),
-            "kid_subset_size": kid_size,
-            "c2st": gan_metrics.classifier_two_sample_test(f_real, f_other, seed=seed)}
-
-
-def c2st_cues() -> dict:
-    """Interpretable cues for "what gives generated images away": name -> image statistics."""
-    from trainer.gan import features as gan_features
-
-    return {"colour": gan_features.colour_statistics,      # per-image RGB mean and std
-            "sharpness": gan_features.sharpness_statistics,  # |Laplacian| mean, p90, max
-            "layout": lambda images: gan_features.pixel_features(images, 8)}  # 8x8 pixels
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    if "memorization_space" in flag_values:  # defined already (run() called twice)
+        return
+    define_common_flags(flag_values)
+    flags.DEFINE_string("model", None, "GAN run folder (trainer.gan's --workdir), its "
+                        "checkpoints/ folder or a checkpoint prefix.", flag_values=flag_values)
+    flags.DEFINE_enum("train_split", "train", SPLITS, "Split the GAN trained on (the reference "
+                      "set, and the images memorization is checked against).",
+                      flag_values=flag_values)
+    flags.DEFINE_list("heldout_splits", ["validation", "test"], "Real images the GAN never "
+                      "saw (a split the dataset lacks adds none).", flag_values=flag_values)
+    flags.register_validator("heldout_splits", lambda v: set(v) <= set(SPLITS),
+                             message=f"splits must be among {','.join(SPLITS)}",
+                             flag_values=flag_values)
+    flags.DEFINE_enum("memorization_space", "pixels", ["pixels", "features"], "Nearest-"
+                      "neighbour space: pixels (32x32, RMS distance in [0, 1] units) or the "
+                      "extractor's features.", flag_values=flag_values)
 
 
-def cue_features(images: np.ndarray) -> dict[str, np.ndarray]:
-    """{cue: that cue's statistics of each image}, for c2st_by_cue."""
-    return {name: describe(images) for name, describe in c2st_cues().items()}
-
-
-def c2st_by_cue(train: dict, generated: dict, heldout: dict | None, seed: int) -> dict:
-    """{cue: {"generated": C2ST accuracy vs train, "heldout_floor": the same for held-out real
-    images (None without them)}}: which kind of statistic separates the sets. Each argument is
-    a cue_features() dict, so a caller scoring many generators computes train's once."""
-    from trainer.gan import metrics as gan_metrics
-
-    def accuracy(f_train, other) -> float:
-        return gan_metrics.classifier_two_sample_test(f_train, other, seed=seed)["accuracy"]
-
-    return {name: {"generated": accuracy(f_train, generated[name]),
-                   "heldout_floor": accuracy(f_train, heldout[name]) if heldout else None}
-            for name, f_train in train.items()}
-
-
-def memorization_check(generated, heldout, train, space: str, extractor_name: str
-                       ) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Share of generated images nearer a training image than the real 1st percentile.
-
-    Each set is (uint8 images, features); space 'pixels' compares 32x32 pixels (RMS distance
-    in [0, 1] units), 'features' the extractor's. Returns (report, distances, nearest index)."""
-    from trainer.gan import features as gan_features
-    from trainer.gan import metrics as gan_metrics
-
-    if space == "pixels":
-        def embed(images: np.ndarray) -> np.ndarray:
-            flat = gan_features.pixel_features(images, MEMORIZATION_SIDE)
-            return flat / np.sqrt(flat.shape[1])  # distances become RMS, in [0, 1] units
-        q_gen, q_held, ref = embed(generated[0]), embed(heldout[0]), embed(train[0])
-        space_name = f"pixels {MEMORIZATION_SIDE}x{MEMORIZATION_SIDE}, RMS distance"
-    else:
-        q_gen, q_held, ref, space_name = generated[1], heldout[1], train[1], extractor_name
-    gen_d, gen_i = gan_metrics.nearest_neighbour(q_gen, ref)
-    held_d, _ = gan_metrics.nearest_neighbour(q_held, ref)
-    return ({"space": space_name, **gan_metrics.memorization(gen_d, held_d, 1.0)}, gen_d,
-            gen_i)
-
-
-def evaluate(checkpoint: str, real_data_dir: str, out: str, *, num_generated: int = 200,
-             max_real: int = 5000, train_split: str = "train",
-             heldout_splits=("validation", "test"), feature_extractor: str = "auto",
-             inception_weights: str = "", cnn_model: str = "",
-             cnn_value_range=(0.0, 1.0), memorization_space: str = "pixels",
-             seed: int = 0) -> dict:
-    """Runs every check and writes the report files; returns the JSON report."""
-    from trainer.core import run_folder
-    from trainer.gan import features as gan_features
-    from trainer.gan import metrics as gan_metrics
-    from trainer.gan import plots as gan_plots
-    from trainer.gan import sampling
-
-    generator, arch = sampling.load_generator(checkpoint)
-    size = arch["image_size"]
-    train = load_real(real_data_dir, [train_split], size, max_real)
-    heldout = load_real(real_data_dir, list(heldout_splits), size, max_real)
-    if len(train) < 4:
-        raise ValueError(f"{real_data_dir}: split {train_split!r} at {size}px has {len(train)} "
-                         "images; need at least 4")
-    generated = generate_set(generator, arch, num_generated, seed)
-    extract, extractor_name = gan_features.make_extractor(
-        feature_extractor, inception_weights=inception_weights, cnn_model=cnn_model,
-        cnn_value_range=tuple(float(v) for v in cnn_value_range), seed=seed)
-    f_train, f_gen = extract(train), extract(generated)
-    report: dict = {
-        "checkpoint": os.path.abspath(sampling.resolve_checkpoint(checkpoint)[0]),
-        "architecture": arch,
-        "real_data_dir": os.path.abspath(real_data_dir), "train_split": train_split,
-        "counts": {"train": len(train), "heldout": len(heldout), "generated": len(generated)},
-        "feature_extractor": extractor_name, "feature_dim": int(f_train.shape[1]),
-        **distribution_metrics(f_train, f_gen, seed),
-    }
-    if len(heldout) >= 4:  # what real images the GAN never saw score: the floor at this n
-        f_held = extract(heldout)
-        report["heldout_floor"] = distribution_metrics(f_train, f_held, seed,
-                                                       kid_size=report["kid_subset_size"])
-        del report["heldout_floor"]["kid_subset_size"]
-        report["memorization"], gen_d, gen_i = memorization_check(
-            (generated, f_gen), (heldout, f_held), (train, f_train), memorization_space,
-            extractor_name)
-        closest = np.argsort(gen_d)[:8]
-        gan_plots.save_pairs(generated[closest], train[gen_i[closest]], gen_d[closest],
-                             os.path.join(out, "closest_pairs.png"))
-    else:
-        report["memorization"] = {"skipped": f"only {len(heldout)} held-out images in "
-                                             f"{list(heldout_splits)}; need at least 4"}
-    report["c2st_by_cue"] = c2st_by_cue(
-        cue_features(train), cue_features(generated),
-        cue_features(heldout) if len(heldout) >= 4 else None, seed)
-    # Seeded samples of each set for the PCA and the grid: the first images in id order are one
-    # collection only (in the shared data, smeared uda1 scans), and generated ones come by class.
-    shown = np.random.default_rng(seed)
-    train_shown = train[shown.permutation(len(train))]
-    generated_shown = generated[shown.permutation(len(generated))]
-    n_pca = min(len(train), len(generated))
-    points, share = gan_metrics.pca_plane(np.concatenate(
-        [train_shown[:n_pca], generated_shown[:n_pca]]).reshape(2 * n_pca, -1).astype(
-            np.float64) / 255.0)
-    report["pca"] = {"images_per_set": n_pca, "space": f"pixels {size}x{size}",
-                     "explained_variance": [float(s) for s in share]}
-    os.makedirs(out, exist_ok=True)
-    gan_plots.save_pca(points[:n_pca], points[n_pca:], share, os.path.join(out, "pca.png"))
-    gan_plots.save_real_vs_generated(train_shown[:16], generated_shown[:16],
-                                     os.path.join(out, "real_vs_generated.png"))
-    gan_plots.save_png(interpolation_strip(generator, arch, seed=seed),
-                       os.path.join(out, "interpolation.png"))
-    run_folder.write_json(os.path.join(out, "gan_eval.json"), report)
-    with open(os.path.join(out, "gan_eval.md"), "w", encoding="utf-8") as f:
-        f.write(gan_plots.markdown_report(report))
-    return report
+def check_features(values: flags.FlagValues) -> None:
+    """The extractor's inputs exist (before any image is loaded or written)."""
+    inputs.checked("feature_extractor", features.check_extractor, values.feature_extractor,
+                   inception_weights=values.inception_weights,
+                   feature_model=values.feature_model)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    required = ("generator_checkpoint", "real_data_dir", "eval_out")
-    missing = [name for name in required if not FLAGS[name].value]
-    if missing:
-        raise app.UsageError(f"missing required flag(s): {', '.join('--' + n for n in missing)}")
-    report = evaluate(FLAGS.generator_checkpoint, FLAGS.real_data_dir, FLAGS.eval_out,
-                      num_generated=FLAGS.num_generated, max_real=FLAGS.max_real,
-                      train_split=FLAGS.train_split, heldout_splits=FLAGS.heldout_splits,
-                      feature_extractor=FLAGS.feature_extractor,
-                      inception_weights=FLAGS.inception_weights, cnn_model=FLAGS.cnn_model,
-                      cnn_value_range=FLAGS.cnn_value_range,
-                      memorization_space=FLAGS.memorization_space, seed=FLAGS.eval_seed)
-    logging.info("report in %s: FID %.3f, KID %.4f, C2ST %.3f (%s)", FLAGS.eval_out,
+    from absl import logging
+
+    values = flags.FLAGS
+    _, arch = inputs.generator(values.model)
+    inputs.dataset(values.data_dir, arch["image_size"], [values.train_split], minimum=4,
+                   size_from="the size the GAN in --model makes")
+    inputs.folder_to_write("output", values.output, "the folder the report and figures go to")
+    check_features(values)
+    from trainer.gan import evaluation
+
+    report = evaluation.evaluate(
+        values.model, values.data_dir, values.output, num_generated=values.num_generated,
+        max_real=values.max_real, train_split=values.train_split,
+        heldout_splits=values.heldout_splits, feature_extractor=values.feature_extractor,
+        inception_weights=values.inception_weights, feature_model=values.feature_model,
+        feature_model_range=values.feature_model_value_range,
+        memorization_space=values.memorization_space, seed=values.seed)
+    logging.info("report in %s: FID %.3f, KID %.4f, C2ST %.3f (%s)", values.output,
                  report["fid"], report["kid"]["mean"], report["c2st"]["accuracy"],
                  report["feature_extractor"])
 
 
-def run() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+def run(argv: list[str] | None = None) -> None:
+    define_flags()
+    program.run(main, prog=PROG, doc=__doc__, flag_modules=[__name__], argv=argv)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    from trainer.gan import evaluate  # the module under its own name: its flags' owner
+
+    sys.exit(evaluate.run())

@@ -2,7 +2,8 @@
 
 * inception: InceptionV3 pool features (2048), weights ONLY from a local file (never downloaded);
   the standard for FID/KID, so numbers are comparable with papers only with this one.
-* cnn: the penultimate layer of a trained classifier (a .keras file, e.g. trainer.cnn's export).
+* cnn: the penultimate layer of a trained classifier (--feature_model: a .keras file, e.g.
+  trainer.cnn's export).
 * random_conv: a fixed, seeded, untrained 3-layer conv net with mean+max pooling (448 features);
   cheap and always available, comparable only between runs of this project.
 * pixels: the image downsampled to 16x16 (768 values in [0, 1]).
@@ -81,9 +82,6 @@ def _inception(weights: str):
 
     from trainer.core.input_pipeline import scale_to_range
 
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"InceptionV3 weights file {weights!r} not found (this project "
-                                "never downloads weights; pass a local .h5/.weights.h5 file)")
     model = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg",
                                            input_shape=(299, 299, 3))
     model.load_weights(weights)
@@ -112,8 +110,6 @@ def _cnn(path: str, value_range: tuple[float, float]):
 
     from trainer.core.input_pipeline import scale_to_range
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"CNN model {path!r} not found")
     model = keras.models.load_model(path, compile=False)
     features = penultimate_model(model)
     side = int(model.inputs[0].shape[1])
@@ -126,27 +122,45 @@ def _cnn(path: str, value_range: tuple[float, float]):
     return extract, features.layers[-1].name, side
 
 
-def make_extractor(kind: str, *, inception_weights: str = "", cnn_model: str = "",
-                   cnn_value_range: tuple[float, float] = (0.0, 1.0),
-                   seed: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    """(extract(uint8 images) -> features, descriptive name). kind 'auto' picks inception when
-    weights are given, else cnn when a model is given, else random_conv."""
+def check_extractor(kind: str, *, inception_weights: str = "", feature_model: str = "") -> str:
+    """The extractor `kind` resolves to ('auto': inception when weights are given, else cnn when
+    a model is given, else random_conv), once its inputs are known to exist; ValueError or
+    FileNotFoundError naming the flag otherwise. Cheap: programs call it before any work."""
     if kind == "auto":
-        kind = "inception" if inception_weights else "cnn" if cnn_model else "random_conv"
+        kind = "inception" if inception_weights else "cnn" if feature_model else "random_conv"
     if kind not in EXTRACTORS:
         raise ValueError(f"feature extractor {kind!r} not in {('auto',) + EXTRACTORS}")
     if kind == "inception":
         if not inception_weights:
             raise ValueError("feature extractor 'inception' needs --inception_weights "
                              "(a local file)")
+        if not os.path.isfile(inception_weights):
+            raise FileNotFoundError(f"--inception_weights: InceptionV3 weights file "
+                                    f"{inception_weights!r} not found (this project never "
+                                    "downloads weights; pass a local .h5/.weights.h5 file)")
+    if kind == "cnn":
+        if not feature_model:
+            raise ValueError("feature extractor 'cnn' needs --feature_model (a .keras file)")
+        if not os.path.exists(feature_model):
+            raise FileNotFoundError(f"--feature_model: classifier {feature_model!r} not found "
+                                    "(a .keras file, e.g. trainer.cnn's exported model)")
+    return kind
+
+
+def make_extractor(kind: str, *, inception_weights: str = "", feature_model: str = "",
+                   feature_model_range: tuple[float, float] = (0.0, 1.0),
+                   seed: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """(extract(uint8 images) -> features, descriptive name) of the extractor check_extractor
+    resolves `kind` to; feature_model_range is the input range the classifier was trained on."""
+    kind = check_extractor(kind, inception_weights=inception_weights,
+                           feature_model=feature_model)
+    if kind == "inception":
         extract = _inception(inception_weights)
         name = f"inception_v3_pool3({os.path.basename(inception_weights)})"
         return (lambda x: _batched(extract, x)), name
     if kind == "cnn":
-        if not cnn_model:
-            raise ValueError("feature extractor 'cnn' needs --cnn_model (a .keras file)")
-        extract, layer, side = _cnn(cnn_model, cnn_value_range)
-        name = f"cnn_penultimate({os.path.basename(cnn_model)}:{layer}@{side}px)"
+        extract, layer, side = _cnn(feature_model, feature_model_range)
+        name = f"cnn_penultimate({os.path.basename(feature_model)}:{layer}@{side}px)"
         return (lambda x: _batched(extract, x)), name
     if kind == "random_conv":
         model = _random_conv_model(seed)

@@ -1,12 +1,11 @@
-"""GAN evaluation metrics on feature (or pixel) matrices: numpy and scikit-learn, no TensorFlow.
+"""GAN evaluation metrics on feature (or pixel) matrices: numpy, scipy and scikit-learn, no
+TensorFlow.
 
 Rows are images, columns features. FID and KID compare distributions; the classifier
 two-sample test (C2ST) asks whether a classifier can tell the sets apart; the memorization
 check asks whether generated images sit closer to training images than held-out real ones do.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -91,16 +90,16 @@ def pca_plane(data, components: int = 2) -> tuple[np.ndarray, np.ndarray]:
     return points, pca.explained_variance_ratio_
 
 
-def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default). Hand-written: neither
-    scikit-learn nor the declared dependencies have one (scipy comes only through sklearn)."""
+def wilson_interval(successes: int, trials: int,
+                    confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default), scipy's."""
+    from scipy.stats import binomtest
+
     if trials <= 0 or not 0 <= successes <= trials:
         raise ValueError(f"need 0 <= successes <= trials and trials > 0, got {successes}/{trials}")
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    interval = binomtest(successes, trials).proportion_ci(confidence_level=confidence,
+                                                          method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def classifier_two_sample_test(real, generated, *, seed: int = 0,

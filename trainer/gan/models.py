@@ -173,6 +173,15 @@ def build_deep_discriminator(image_size: int = 64, *, conditional: bool = False,
     return keras.Model([image, label] if conditional else image, logit, name="discriminator")
 
 
+def build_generator_for(arch: dict) -> keras.Model:
+    """The generator an architecture dict (gan_config.json) describes."""
+    if arch.get("generator", "study") == "deep":
+        return build_deep_generator(arch["latent_dim"], arch["image_size"],
+                                    conditional=arch["conditional"], width=arch["width"])
+    return build_generator(arch["latent_dim"], arch["image_size"],
+                           conditional=arch["conditional"])
+
+
 def discriminator_loss(kind: str, real_logits, fake_logits) -> tf.Tensor:
     """Recipe losses without label tricks: non-saturating (softplus) or hinge."""
     real_logits = tf.cast(real_logits, tf.float32)

@@ -9,37 +9,43 @@ from __future__ import annotations
 import json
 import os
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from isicflow import dataset, imaging
 from isicflow.metadata import CLASS_NAMES, UNKNOWN, LesionRecord
 from trainer.core.run_folder import GAN_CONFIG_NAME
-from trainer.gan import models as gan_models
-
 SYNTHETIC_IMAGE_TYPE = "synthetic"
 SOURCE_COLLECTION = "isicflow-dcgan"
 _BATCH = 64
 
 
 def resolve_checkpoint(path: str) -> tuple[str, dict]:
-    """A run folder, its checkpoints/ folder or a checkpoint prefix -> (prefix, architecture)."""
-    if os.path.isdir(path):
+    """A run folder, its checkpoints/ folder or a checkpoint prefix -> (prefix, architecture).
+    A folder without the GAN's gan_config.json is refused before TensorFlow is imported."""
+    is_folder = os.path.isdir(path)
+    if is_folder:
         folder = os.path.join(path, "checkpoints") if os.path.isdir(
             os.path.join(path, "checkpoints")) else path
+    else:
+        folder = os.path.dirname(path)
+    config_path = os.path.join(folder, GAN_CONFIG_NAME)
+    if is_folder and not os.path.exists(config_path):
+        raise FileNotFoundError(f"no checkpoint of trainer.gan in {folder!r} (it has no "
+                                f"{GAN_CONFIG_NAME})")
+    import tensorflow as tf
+
+    if is_folder:
         prefix = tf.train.latest_checkpoint(folder)
         if prefix is None:
             raise FileNotFoundError(f"no checkpoint in {folder!r}")
     else:
-        prefix, folder = path, os.path.dirname(path)
+        prefix = path
         if not tf.io.gfile.exists(prefix + ".index"):
             raise FileNotFoundError(f"{path!r} is neither a folder nor a checkpoint prefix "
                                     f"(no {prefix}.index)")
-    config_path = os.path.join(folder, GAN_CONFIG_NAME)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} missing: cannot tell the generator's "
-                                "architecture (was this checkpoint written by trainer.dcgan?)")
+                                "architecture (was this checkpoint written by trainer.gan?)")
     with open(config_path, encoding="utf-8") as f:
         return prefix, json.load(f)
 
@@ -47,13 +53,16 @@ def resolve_checkpoint(path: str) -> tuple[str, dict]:
 def load_generator(path: str) -> tuple[keras.Model, dict]:
     """Rebuilds the generator of a checkpoint and restores its weights (float32): the EMA
     weights when the run kept them (gan_config.json says "ema": true), else G's own."""
-    from trainer.gan.training import build_generator_for
+    import keras
+    import tensorflow as tf
+
+    from trainer.gan import models as gan_models
 
     prefix, arch = resolve_checkpoint(path)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")  # whatever policy trained it
     try:
-        generator = build_generator_for(arch)
+        generator = gan_models.build_generator_for(arch)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     name = "ema_generator" if arch.get("ema") else "generator"
@@ -67,6 +76,8 @@ def generate(generator, arch: dict, num: int, *, label: int | None = None,
     """num uint8 images from N(0, 1) latents drawn with `seed` (and class `label`)."""
     if arch["conditional"] and label is None:
         raise ValueError("a conditional generator needs a class: 0 benign or 1 malignant")
+    from trainer.gan import models as gan_models
+
     rng = np.random.default_rng(seed)
     out = []
     for start in range(0, num, _BATCH):

@@ -164,19 +164,9 @@ def make_gan_dataset(config) -> tuple[tf.data.Dataset, int]:
     return dataset, steps
 
 
-def build_generator_for(arch: dict) -> keras.Model:
-    """The generator an architecture dict (gan_config.json) describes."""
-    if arch.get("generator", "study") == "deep":
-        return gan_models.build_deep_generator(arch["latent_dim"], arch["image_size"],
-                                               conditional=arch["conditional"],
-                                               width=arch["width"])
-    return gan_models.build_generator(arch["latent_dim"], arch["image_size"],
-                                      conditional=arch["conditional"])
-
-
 def build_gan(config, policy: str) -> gan_models.DCGAN:
     arch = architecture(config)
-    generator = build_generator_for(arch)
+    generator = gan_models.build_generator_for(arch)
     if config.architecture == "deep":
         discriminator = gan_models.build_deep_discriminator(
             config.image_size, conditional=config.conditional,
@@ -184,7 +174,7 @@ def build_gan(config, policy: str) -> gan_models.DCGAN:
     else:
         discriminator = gan_models.build_discriminator(config.image_size,
                                                        conditional=config.conditional)
-    ema_generator = build_generator_for(arch) if config.ema_decay else None
+    ema_generator = gan_models.build_generator_for(arch) if config.ema_decay else None
     gan = gan_models.DCGAN(generator, discriminator, config.latent_dim,
                            conditional=config.conditional, label_noise=config.label_noise,
                            label_flip=config.label_flip, seed=config.seed,
@@ -239,10 +229,14 @@ def make_checkpoint(gan: gan_models.DCGAN, grid_images: int, seed: int) -> tf.tr
         seed_state=gan.seed_generator.state)
 
 
-def _check_resume_architecture(path: str, wanted: dict) -> None:
+def check_resume_architecture(config) -> None:
+    """A workdir that already holds a GAN resumes only with the same architecture; the training
+    program calls this before it writes anything, train_gan again before it restores."""
+    path = os.path.join(config.workdir, "checkpoints", run_folder.GAN_CONFIG_NAME)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             found = json.load(f)
+        wanted = architecture(config)
         if found != wanted:
             raise ValueError(f"workdir holds a GAN with {found}, but the flags ask for {wanted}; "
                              "use another --workdir or the same architecture flags")
@@ -270,7 +264,7 @@ def train_gan(config: GanConfig) -> dict:
     ckpt_dir = os.path.join(config.workdir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, config.keep_checkpoints)
     config_path = os.path.join(ckpt_dir, run_folder.GAN_CONFIG_NAME)
-    _check_resume_architecture(config_path, architecture(config))
+    check_resume_architecture(config)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed from %s at step %d", manager.latest_checkpoint,

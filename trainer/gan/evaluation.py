@@ -1,0 +1,212 @@
+"""The GAN evaluation (the program is trainer.gan.evaluate; trainer.gan.curve scores checkpoints
+with the same pieces). No flags here.
+
+evaluate() writes to its output folder: gan_eval.json, gan_eval.md, pca.png (the study's figure:
+real vs generated on the first factorial plane), real_vs_generated.png, interpolation.png and
+closest_pairs.png. Metrics: FID and KID on a named feature extractor (with the same numbers
+for held-out real images as the floor a perfect generator would reach at this sample size),
+a classifier two-sample test, and a memorization check against the training split.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import logging
+
+MEMORIZATION_SIDE = 32
+
+
+def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
+    """uint8 images of the given splits (all labels), in manifest order, at most `limit`.
+    A split the dataset lacks, or an empty one, adds no images (logged)."""
+    from isicflow import dataset as dataset_lib
+    from trainer.core import input_pipeline
+
+    present = dataset_lib.read_manifest(data_dir)["datasets"].get(str(image_size), {})
+    chunks, total = [], 0
+    for split in splits:
+        if int(present.get(split, {}).get("records", 0)) == 0:
+            logging.warning("%s: no %s images at %dpx", data_dir, split, image_size)
+            continue
+        ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=64,
+                                         training=False, labels="all", deterministic=True,
+                                         as_uint8=True)
+        for images, _ in ds:
+            chunks.append(images.numpy())
+            total += len(chunks[-1])
+            if total >= limit:
+                break
+        if total >= limit:
+            break
+    if not chunks:
+        return np.zeros((0, image_size, image_size, 3), np.uint8)
+    return np.concatenate(chunks)[:limit]
+
+
+def generate_set(generator, arch: dict, num: int, seed: int) -> np.ndarray:
+    from trainer.gan import sampling
+
+    if not arch["conditional"]:
+        return sampling.generate(generator, arch, num, seed=seed)
+    half = num // 2
+    return np.concatenate([sampling.generate(generator, arch, half, label=0, seed=seed),
+                           sampling.generate(generator, arch, num - half, label=1,
+                                             seed=seed + 1)])
+
+
+def interpolation_strip(generator, arch: dict, steps: int = 8, seed: int = 0) -> np.ndarray:
+    """Rows of images along straight lines between two latent points (one row per class when
+    conditional, else three rows)."""
+    from trainer.core.report import tile_images
+    from trainer.gan import models as gan_models
+
+    rng = np.random.default_rng(seed)
+    labels = [0, 1] if arch["conditional"] else [None, None, None]
+    rows = []
+    for label in labels:
+        a, b = rng.standard_normal((2, arch["latent_dim"])).astype(np.float32)
+        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+        z = (1 - t) * a + t * b
+        inputs = [z, np.full((steps, 1), label, np.int32)] if label is not None else z
+        rows.append(gan_models.to_uint8(generator(inputs, training=False)))
+    return tile_images(np.concatenate(rows), columns=steps)
+
+
+def distribution_metrics(f_real: np.ndarray, f_other: np.ndarray, seed: int,
+                         kid_size: int | None = None) -> dict:
+    """FID, KID and the classifier two-sample test of one feature set against the real one."""
+    from trainer.gan import metrics as gan_metrics
+
+    kid_size = kid_size or min(1000, len(f_real), len(f_other))
+    return {"fid": gan_metrics.fid(f_real, f_other),
+            "kid": dict(zip(("mean", "std"), gan_metrics.kid(
+                f_real, f_other, subset_size=min(kid_size, len(f_other)), seed=seed))),
+            "kid_subset_size": kid_size,
+            "c2st": gan_metrics.classifier_two_sample_test(f_real, f_other, seed=seed)}
+
+
+def c2st_cues() -> dict:
+    """Interpretable cues for "what gives generated images away": name -> image statistics."""
+    from trainer.gan import features as gan_features
+
+    return {"colour": gan_features.colour_statistics,      # per-image RGB mean and std
+            "sharpness": gan_features.sharpness_statistics,  # |Laplacian| mean, p90, max
+            "layout": lambda images: gan_features.pixel_features(images, 8)}  # 8x8 pixels
+
+
+def cue_features(images: np.ndarray) -> dict[str, np.ndarray]:
+    """{cue: that cue's statistics of each image}, for c2st_by_cue."""
+    return {name: describe(images) for name, describe in c2st_cues().items()}
+
+
+def c2st_by_cue(train: dict, generated: dict, heldout: dict | None, seed: int) -> dict:
+    """{cue: {"generated": C2ST accuracy vs train, "heldout_floor": the same for held-out real
+    images (None without them)}}: which kind of statistic separates the sets. Each argument is
+    a cue_features() dict, so a caller scoring many generators computes train's once."""
+    from trainer.gan import metrics as gan_metrics
+
+    def accuracy(f_train, other) -> float:
+        return gan_metrics.classifier_two_sample_test(f_train, other, seed=seed)["accuracy"]
+
+    return {name: {"generated": accuracy(f_train, generated[name]),
+                   "heldout_floor": accuracy(f_train, heldout[name]) if heldout else None}
+            for name, f_train in train.items()}
+
+
+def memorization_check(generated, heldout, train, space: str, extractor_name: str
+                       ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Share of generated images nearer a training image than the real 1st percentile.
+
+    Each set is (uint8 images, features); space 'pixels' compares 32x32 pixels (RMS distance
+    in [0, 1] units), 'features' the extractor's. Returns (report, distances, nearest index)."""
+    from trainer.gan import features as gan_features
+    from trainer.gan import metrics as gan_metrics
+
+    if space == "pixels":
+        def embed(images: np.ndarray) -> np.ndarray:
+            flat = gan_features.pixel_features(images, MEMORIZATION_SIDE)
+            return flat / np.sqrt(flat.shape[1])  # distances become RMS, in [0, 1] units
+        q_gen, q_held, ref = embed(generated[0]), embed(heldout[0]), embed(train[0])
+        space_name = f"pixels {MEMORIZATION_SIDE}x{MEMORIZATION_SIDE}, RMS distance"
+    else:
+        q_gen, q_held, ref, space_name = generated[1], heldout[1], train[1], extractor_name
+    gen_d, gen_i = gan_metrics.nearest_neighbour(q_gen, ref)
+    held_d, _ = gan_metrics.nearest_neighbour(q_held, ref)
+    return ({"space": space_name, **gan_metrics.memorization(gen_d, held_d, 1.0)}, gen_d,
+            gen_i)
+
+
+def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200,
+             max_real: int = 5000, train_split: str = "train",
+             heldout_splits=("validation", "test"), feature_extractor: str = "auto",
+             inception_weights: str = "", feature_model: str = "",
+             feature_model_range=(0.0, 1.0), memorization_space: str = "pixels",
+             seed: int = 0) -> dict:
+    """Runs every check of the generator in `model` (a run folder, its checkpoints/ or a
+    checkpoint prefix) against the real images of `data_dir`, writes the report files to
+    `output` and returns the JSON report."""
+    from trainer.core import run_folder
+    from trainer.gan import features as gan_features
+    from trainer.gan import metrics as gan_metrics
+    from trainer.gan import plots as gan_plots
+    from trainer.gan import sampling
+
+    generator, arch = sampling.load_generator(model)
+    size = arch["image_size"]
+    train = load_real(data_dir, [train_split], size, max_real)
+    heldout = load_real(data_dir, list(heldout_splits), size, max_real)
+    if len(train) < 4:
+        raise ValueError(f"{data_dir}: split {train_split!r} at {size}px has {len(train)} "
+                         "images; need at least 4")
+    generated = generate_set(generator, arch, num_generated, seed)
+    extract, extractor_name = gan_features.make_extractor(
+        feature_extractor, inception_weights=inception_weights, feature_model=feature_model,
+        feature_model_range=tuple(float(v) for v in feature_model_range), seed=seed)
+    f_train, f_gen = extract(train), extract(generated)
+    report: dict = {
+        "checkpoint": os.path.abspath(sampling.resolve_checkpoint(model)[0]),
+        "architecture": arch,
+        "real_data_dir": os.path.abspath(data_dir), "train_split": train_split,
+        "counts": {"train": len(train), "heldout": len(heldout), "generated": len(generated)},
+        "feature_extractor": extractor_name, "feature_dim": int(f_train.shape[1]),
+        **distribution_metrics(f_train, f_gen, seed),
+    }
+    if len(heldout) >= 4:  # what real images the GAN never saw score: the floor at this n
+        f_held = extract(heldout)
+        report["heldout_floor"] = distribution_metrics(f_train, f_held, seed,
+                                                       kid_size=report["kid_subset_size"])
+        del report["heldout_floor"]["kid_subset_size"]
+        report["memorization"], gen_d, gen_i = memorization_check(
+            (generated, f_gen), (heldout, f_held), (train, f_train), memorization_space,
+            extractor_name)
+        closest = np.argsort(gen_d)[:8]
+        gan_plots.save_pairs(generated[closest], train[gen_i[closest]], gen_d[closest],
+                             os.path.join(output, "closest_pairs.png"))
+    else:
+        report["memorization"] = {"skipped": f"only {len(heldout)} held-out images in "
+                                             f"{list(heldout_splits)}; need at least 4"}
+    report["c2st_by_cue"] = c2st_by_cue(
+        cue_features(train), cue_features(generated),
+        cue_features(heldout) if len(heldout) >= 4 else None, seed)
+    # Seeded samples of each set for the PCA and the grid: the first images in id order are one
+    # collection only (in the shared data, smeared uda1 scans), and generated ones come by class.
+    shown = np.random.default_rng(seed)
+    train_shown = train[shown.permutation(len(train))]
+    generated_shown = generated[shown.permutation(len(generated))]
+    n_pca = min(len(train), len(generated))
+    points, share = gan_metrics.pca_plane(np.concatenate(
+        [train_shown[:n_pca], generated_shown[:n_pca]]).reshape(2 * n_pca, -1).astype(
+            np.float64) / 255.0)
+    report["pca"] = {"images_per_set": n_pca, "space": f"pixels {size}x{size}",
+                     "explained_variance": [float(s) for s in share]}
+    os.makedirs(output, exist_ok=True)
+    gan_plots.save_pca(points[:n_pca], points[n_pca:], share, os.path.join(output, "pca.png"))
+    gan_plots.save_real_vs_generated(train_shown[:16], generated_shown[:16],
+                                     os.path.join(output, "real_vs_generated.png"))
+    gan_plots.save_png(interpolation_strip(generator, arch, seed=seed),
+                       os.path.join(output, "interpolation.png"))
+    run_folder.write_json(os.path.join(output, "gan_eval.json"), report)
+    with open(os.path.join(output, "gan_eval.md"), "w", encoding="utf-8") as f:
+        f.write(gan_plots.markdown_report(report))
+    return report
