@@ -5,7 +5,8 @@ paths and gs:// (s3:// with apache-beam[aws]) and need no TensorFlow, so the pip
 never import it (seconds and hundreds of MB per worker process). Folders (walk, list, make,
 test) are local paths through os; Beam's file systems have none, so URLs use TensorFlow's.
 Schemes only TensorFlow knows (s3:// through tensorflow-io, ram:// in tests) go through
-tf.io.gfile for everything, imported only then. Beam itself is imported on first use, not by the trainers.
+tf.io.gfile for everything, imported only then. Beam itself is imported on first use, and
+never to read or test a local file, so the trainers never import it.
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def _raw():
 
 def open_read(path: str) -> BinaryIO:
     """A binary reader (seekable for local files) of the bytes as stored."""
+    if not is_url(path):  # local: no Beam import (seconds, and its warnings) in the trainers
+        return open(path, "rb")
     if _beam_knows(path):
         return _filesystems().open(path, compression_type=_raw())
     return _gfile().GFile(path, "rb")
@@ -105,6 +108,8 @@ def gzip_writer(raw: BinaryIO) -> gzip.GzipFile:
 
 
 def exists(path: str) -> bool:
+    if not is_url(path):
+        return os.path.exists(path)
     if _beam_knows(path):
         return _filesystems().exists(path)
     return _gfile().exists(path)
