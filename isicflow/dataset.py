@@ -284,10 +284,13 @@ def _tfds_feature(name: str, kind: str, size: int, image_format: str) -> dict:
 
 
 def tfds_features(size: int, image_format: str) -> dict:
-    """features.json of one size folder: every schema field, under its own name."""
+    """features.json of one size folder: every schema field, under its own name, but the optional
+    ones (schema.OPTIONAL_FEATURES): tfds parses each listed feature without a default, so a
+    record lacking one would fail; isicflow.load reads them."""
     return {"pythonClassName": _TFDS + "features_dict.FeaturesDict", "featuresDict": {
         "features": {name: _tfds_feature(name, kind, size, image_format)
-                     for name, kind in schema.FEATURE_KINDS.items()}}}
+                     for name, kind in schema.FEATURE_KINDS.items()
+                     if name not in schema.OPTIONAL_FEATURES}}}
 
 
 def tfds_dataset_info(manifest: dict[str, Any], size: int) -> dict:
