@@ -36,7 +36,9 @@ def load(data_dir: str, split: str, image_size: int | None = None, *, labels: st
     fields: which record fields come with each element (default: all of them:
         isicflow.reader.RECORD_FIELDS, e.g. image_id, diagnosis, patient_id, lesion_id,
         age_approx, sex, anatom_site, source_collection, label_name; the schema is
-        proto/isicflow/v1/lesion_example.proto).
+        proto/isicflow/v1/lesion_example.proto). fitzpatrick_skin_type ("I".."VI") and
+        extra_metadata_json (the download's other table columns, one JSON object per record:
+        isicflow.metadata.parse_extra_metadata) are "" in a record whose download lacks them.
     as_supervised: (image, label) pairs instead of dicts, e.g. for Keras' fit.
 
     Each element: {"image": [S, S, 3], "label": int64, <field>: tf.string / int64 / float32}.

@@ -9,9 +9,12 @@ manifest["datasets"][str(size)][split] = {"records": int, "counts": {label_name:
 manifest["downloads"] = {folder ('.' = the root): {"layout", "records" (read), "rejections",
     "written"}}; manifest["metadata_files"] = [{"path", "role": layout|side|unused, "kind",
     "header", "why"}, ...]; manifest["counts"]["diagnosis"] (isicflow.diagnosis vocabulary) and
-    ["per_download_label"].
+    ["per_download_label"]; when any record has them, ["fitzpatrick_skin_type"] = {split:
+    {"I".."VI" or "unknown": int}} and ["extra_metadata_columns"] = {column: records with a value}
+    (absent: no record carries a skin type / an extra column).
 Records are tf.train.Example (isicflow.schema) in TFRecord framing; inside a shard, in image id
-order. Nothing here imports TensorFlow or Beam at import time: the engine's workers use it.
+order. fitzpatrick_skin_type and extra_metadata_json (the metadata table's other columns, JSON;
+isicflow.metadata.parse_extra_metadata) are optional: left out of a record when empty. Nothing here imports TensorFlow or Beam at import time: the engine's workers use it.
 
 Each size folder also opens in TensorFlow Datasets as it is,
 `tfds.builder_from_directory("<root>/<size>").as_dataset(split="train")`: dataset_info.json
@@ -37,7 +40,8 @@ import google_crc32c
 
 from isicflow import fileio, schema
 from isicflow.diagnosis import normalise_diagnosis
-from isicflow.metadata import CLASS_NAMES, LABEL_INDEX, LesionRecord, Rejection
+from isicflow.metadata import (CLASS_NAMES, FITZPATRICK_TYPES, LABEL_INDEX, LesionRecord,
+                               Rejection, extra_metadata_json)
 
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.jsonl"
@@ -75,6 +79,8 @@ def to_example(record: LesionRecord, encoded: bytes, *, size: int, split: str, i
         "source_collection": record.source_collection, "split": split,
         "content_sha256": content_sha256, "original_height": original_height,
         "original_width": original_width,
+        "fitzpatrick_skin_type": record.fitzpatrick_skin_type,
+        "extra_metadata_json": extra_metadata_json(dict(record.extra_metadata)),
     })
 
 
@@ -128,7 +134,9 @@ def kept_entry(record: LesionRecord, split: str) -> dict:
     vocabulary, so counts mean the same across layouts)."""
     return {"split": split, "label": record.label,
             "diagnosis": normalise_diagnosis(record.diagnosis),
-            "source": record.source_collection, "download": record.download}
+            "source": record.source_collection, "download": record.download,
+            "fitzpatrick": record.fitzpatrick_skin_type,
+            "extra_columns": [k for k, _ in record.extra_metadata]}
 
 
 def summarize_counts(kept: Iterable[dict]) -> dict:
@@ -137,12 +145,23 @@ def summarize_counts(kept: Iterable[dict]) -> dict:
     detail = collections.Counter()
     per_download: dict = collections.defaultdict(collections.Counter)
     diagnoses = collections.Counter()
+    skin = {s: collections.Counter() for s in SPLITS}
+    extra_columns = collections.Counter()
     for k in kept:
         by_label[k["split"]][k["label"]] += 1
         detail[(k["split"], k["label"], k["diagnosis"], k["source"])] += 1
         per_download[k.get("download", ".")][k["label"]] += 1
         diagnoses[k["diagnosis"]] += 1
-    return {
+        skin[k["split"]][k.get("fitzpatrick") or "unknown"] += 1
+        extra_columns.update(k.get("extra_columns", ()))
+    subgroups = {}
+    if any(set(c) - {"unknown"} for c in skin.values()):  # else as before these existed
+        order = {t: i for i, t in enumerate(FITZPATRICK_TYPES + ("unknown",))}
+        subgroups["fitzpatrick_skin_type"] = {
+            s: dict(sorted(c.items(), key=lambda kv: order[kv[0]])) for s, c in skin.items()}
+    if extra_columns:
+        subgroups["extra_metadata_columns"] = dict(sorted(extra_columns.items()))
+    return {**subgroups,
         # records written per download folder ('.' = the root) and label
         "per_download_label": {d: dict(sorted(c.items())) for d, c in sorted(per_download.items())},
         # records written per diagnosis, in isicflow.diagnosis's vocabulary
@@ -284,10 +303,13 @@ def _tfds_feature(name: str, kind: str, size: int, image_format: str) -> dict:
 
 
 def tfds_features(size: int, image_format: str) -> dict:
-    """features.json of one size folder: every schema field, under its own name."""
+    """features.json of one size folder: every schema field, under its own name, but the optional
+    ones (schema.OPTIONAL_FEATURES): tfds parses each listed feature without a default, so a
+    record lacking one would fail; isicflow.load reads them."""
     return {"pythonClassName": _TFDS + "features_dict.FeaturesDict", "featuresDict": {
         "features": {name: _tfds_feature(name, kind, size, image_format)
-                     for name, kind in schema.FEATURE_KINDS.items()}}}
+                     for name, kind in schema.FEATURE_KINDS.items()
+                     if name not in schema.OPTIONAL_FEATURES}}}
 
 
 def tfds_dataset_info(manifest: dict[str, Any], size: int) -> dict:

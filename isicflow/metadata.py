@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Optional
+import re
+from typing import Mapping, Optional
 
 BENIGN, MALIGNANT, UNKNOWN = "benign", "malignant", "unknown"
 LABEL_NAMES = (BENIGN, MALIGNANT, UNKNOWN)
@@ -18,6 +19,47 @@ DEFAULT_DX_LABELS: dict[str, str] = {
     "ak": MALIGNANT,  # ISIC 2019 writes akiec as AK
     "unk": UNKNOWN,
 }
+
+
+# Fitzpatrick skin types as the ISIC archive writes them (record field fitzpatrick_skin_type).
+FITZPATRICK_TYPES = ("I", "II", "III", "IV", "V", "VI")
+FITZPATRICK_COLUMN = "fitzpatrick_skin_type"
+_FITZPATRICK_PREFIX = re.compile(r"^(fitzpatrick|skin|type|fst|[\s_:-])+", re.IGNORECASE)
+
+
+def normalise_fitzpatrick(value) -> Optional[str]:
+    """'I'..'VI' in any case and spacing, 1..6 (also '3.0', 'type 3', 'FST III') -> the numeral;
+    empty or missing -> ''; anything else -> None (the caller counts it and writes '')."""
+    if value is None:
+        return ""
+    text = str(value).strip()
+    if text.lower() in {"", "unknown", "nan", "none", "null", "na", "n/a"}:
+        return ""
+    text = _FITZPATRICK_PREFIX.sub("", text).strip().upper()
+    if text in FITZPATRICK_TYPES:
+        return text
+    if re.fullmatch(r"[1-6](\.0+)?", text):
+        return FITZPATRICK_TYPES[int(float(text)) - 1]
+    return None
+
+
+# The other columns of an image's metadata table (record field extra_metadata_json): a cell over
+# this many UTF-8 bytes is left out (free text, not a subgroup), as are empty cells.
+EXTRA_VALUE_MAX_BYTES = 1024
+
+
+def extra_metadata_json(extra: Mapping[str, str]) -> str:
+    """The record's extra_metadata_json: keys sorted, compact, UTF-8 as is; '' when empty."""
+    if not extra:
+        return ""
+    return json.dumps(dict(extra), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_extra_metadata(text) -> dict[str, str]:
+    """A record's extra_metadata_json (str, bytes, or a scalar string tensor's .numpy()) -> dict."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")
+    return json.loads(text) if text else {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +82,21 @@ class LesionRecord:
     original_width: Optional[int] = None  # as published metadata states, before any resize
     original_height: Optional[int] = None
     download: str = ""                    # folder of its download under --input ('.' = the root)
+    fitzpatrick_skin_type: str = ""       # one of FITZPATRICK_TYPES, or ""
+    # The table's other columns: ((column, value), ...), sorted by column (a dict is accepted).
+    extra_metadata: tuple = ()
 
     def __post_init__(self) -> None:
         if self.label not in LABEL_NAMES:
             raise ValueError(f"{self.image_id}: label {self.label!r} not in {LABEL_NAMES}")
+        if self.fitzpatrick_skin_type not in FITZPATRICK_TYPES + ("",):
+            raise ValueError(f"{self.image_id}: fitzpatrick_skin_type "
+                             f"{self.fitzpatrick_skin_type!r} not in {FITZPATRICK_TYPES}")
+        extra = self.extra_metadata
+        pairs = extra.items() if isinstance(extra, Mapping) else extra
+        # frozen: hashable and equal however it was given (JSON gives back lists)
+        object.__setattr__(self, "extra_metadata",
+                           tuple(sorted((str(k), str(v)) for k, v in pairs)))
 
     def to_json(self) -> str:
         """One line of JSON; from_json gives back an equal record."""

@@ -14,7 +14,9 @@ from isicflow import dataset as dataset_lib, imaging, schema
 
 # What every reader parses: the pixels, how they are stored, and the label.
 PARSED_FEATURES = ("image_encoded", "image_format", "height", "width", "label")
-# Every field of a record but its encoded pixels (those come back decoded, as "image").
+# Every field of a record but its encoded pixels (those come back decoded, as "image"). The
+# optional ones (fitzpatrick_skin_type, extra_metadata_json) parse as "" where a record lacks
+# them (schema.feature_spec), so datasets written before they existed read alike.
 RECORD_FIELDS = tuple(name for name in schema.FEATURE_NAMES if name != "image_encoded")
 # binary: benign (0) and malignant (1) records only; all: every record, -1 for unknown.
 LABEL_MODES = ("binary", "all")

@@ -33,6 +33,11 @@ def _kind(field: _descriptor.FieldDescriptor) -> str:
 
 
 FEATURE_KINDS: dict[str, str] = {f.name: _kind(f) for f in _FIELDS}
+# Fields marked `optional` in the .proto: written only when they hold a value, so a record
+# without them keeps the bytes it had before they existed; parsed with FEATURE_DEFAULTS.
+OPTIONAL_FEATURES: tuple[str, ...] = tuple(f.name for f in _FIELDS if f.has_presence)
+_KIND_DEFAULTS = {"bytes": "", "int64": 0, "float": 0.0}
+FEATURE_DEFAULTS: dict[str, Any] = {n: _KIND_DEFAULTS[FEATURE_KINDS[n]] for n in OPTIONAL_FEATURES}
 
 
 # tf.train.Example, compiled by `make proto` from TensorFlow's own example.proto/feature.proto
@@ -60,20 +65,24 @@ def _bytes(value: Any) -> bytes:
 
 
 def encode_example(values: Mapping[str, Any]) -> bytes:
-    """Serializes one record as a tf.train.Example; every schema field must be given, no other.
+    """Serializes one record as a tf.train.Example; every schema field must be given, no other
+    (an OPTIONAL_FEATURES field may be left out). An optional field holding its default ("" / 0)
+    is not written at all.
 
     Deterministic serialization (map entries in protobuf's fixed order): byte for byte what
     tf.train.Example.SerializeToString(deterministic=True) gives (tests/test_schema.py checks it).
     """
-    if len(values) != len(FEATURE_NAMES) or not all(n in values for n in FEATURE_NAMES):
-        missing = set(FEATURE_NAMES) - set(values)
-        extra = set(values) - set(FEATURE_NAMES)
+    missing = set(FEATURE_NAMES) - set(values) - set(OPTIONAL_FEATURES)
+    extra = set(values) - set(FEATURE_NAMES)
+    if missing or extra:
         raise ValueError(f"record does not match schema v{SCHEMA_VERSION}: "
                          f"missing={sorted(missing)} extra={sorted(extra)}")
     example = _Example()
     features = example.features.feature
     for name, kind in FEATURE_KINDS.items():
-        value = values[name]
+        value = values.get(name, FEATURE_DEFAULTS.get(name))
+        if name in FEATURE_DEFAULTS and not value:  # "", b"", 0, 0.0: left out
+            continue
         if kind == "bytes":
             features[name].bytes_list.value.append(_bytes(value))
         elif kind == "int64":  # protobuf raises "Value out of range" beyond int64
@@ -84,11 +93,16 @@ def encode_example(values: Mapping[str, Any]) -> bytes:
 
 
 def decode_example_py(serialized: bytes) -> dict[str, Any]:
-    """Parses one serialized record into Python values (tests, tools); trainers use feature_spec."""
+    """Parses one serialized record into Python values (tests, tools); trainers use feature_spec.
+    An optional field the record lacks comes back as its default."""
     example = _Example.FromString(serialized)
+    features = example.features.feature
     out: dict[str, Any] = {}
     for name in FEATURE_NAMES:
-        feature = example.features.feature[name]
+        if name in FEATURE_DEFAULTS and name not in features:
+            out[name] = FEATURE_DEFAULTS[name]
+            continue
+        feature = features[name]
         kind = FEATURE_KINDS[name]
         if kind == "bytes":
             raw = feature.bytes_list.value[0]
@@ -101,7 +115,8 @@ def decode_example_py(serialized: bytes) -> dict[str, Any]:
 
 
 def feature_spec(names: tuple[str, ...] | None = None) -> dict:
-    """tf.io.parse_example spec for the given feature names (all by default)."""
+    """tf.io.parse_example spec for the given feature names (all by default); an optional
+    field a record lacks parses as its default."""
     import tensorflow as tf
 
     dtypes = {"bytes": tf.string, "int64": tf.int64, "float": tf.float32}
@@ -109,7 +124,9 @@ def feature_spec(names: tuple[str, ...] | None = None) -> dict:
     unknown = set(wanted) - set(FEATURE_NAMES)
     if unknown:
         raise ValueError(f"unknown feature(s) {sorted(unknown)}; schema has {FEATURE_NAMES}")
-    return {n: tf.io.FixedLenFeature([], dtypes[FEATURE_KINDS[n]]) for n in wanted}
+    return {n: tf.io.FixedLenFeature([], dtypes[FEATURE_KINDS[n]],
+                                     default_value=FEATURE_DEFAULTS.get(n))
+            for n in wanted}
 
 
 def check_schema_version(found: Any, where: str = "dataset") -> None:

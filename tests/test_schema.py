@@ -57,7 +57,9 @@ def _proto_reference(values) -> bytes:
 
     feature = {}
     for name, kind in schema.FEATURE_KINDS.items():
-        value = values[name]
+        value = values.get(name)
+        if name in schema.OPTIONAL_FEATURES and not value:
+            continue  # an optional field holding its default is not written
         if kind == "bytes":
             raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
             feature[name] = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[raw]))
@@ -120,6 +122,29 @@ def test_tf_parser_reads_what_writer_wrote():
     assert parsed["height"].numpy() == 7
     assert parsed["age_approx"].numpy() == pytest.approx(42.5)
     assert set(parsed) == set(schema.FEATURE_NAMES)
+
+
+def test_optional_fields_are_left_out_when_empty_and_read_back_as_defaults():
+    """A record without fitzpatrick_skin_type / extra_metadata_json is byte for byte what the
+    schema wrote before they existed: older datasets and new ones without them read alike."""
+    import tensorflow as tf
+
+    assert set(schema.OPTIONAL_FEATURES) == {"fitzpatrick_skin_type", "extra_metadata_json"}
+    base = {n: v for n, v in _record().items() if n not in schema.OPTIONAL_FEATURES}
+    empty = dict(base, fitzpatrick_skin_type="", extra_metadata_json="")
+    assert schema.encode_example(empty) == schema.encode_example(base)
+    assert "fitzpatrick_skin_type" not in schema._Example.FromString(
+        schema.encode_example(empty)).features.feature
+    assert schema.decode_example_py(schema.encode_example(base)) == empty
+    parsed = tf.io.parse_single_example(schema.encode_example(base), schema.feature_spec())
+    assert parsed["fitzpatrick_skin_type"].numpy() == b""
+    assert parsed["extra_metadata_json"].numpy() == b""
+    full = dict(base, fitzpatrick_skin_type="IV", extra_metadata_json='{"a":"b"}')
+    assert schema.decode_example_py(schema.encode_example(full)) == full
+    parsed = tf.io.parse_single_example(schema.encode_example(full), schema.feature_spec())
+    assert parsed["fitzpatrick_skin_type"].numpy() == b"IV"
+    with pytest.raises(ValueError, match="missing=\\['split'\\]"):
+        schema.encode_example({n: v for n, v in base.items() if n != "split"})
 
 
 def test_version_mismatch_is_a_clear_error():

@@ -13,6 +13,11 @@ DOWNLOADS); each record's `download` names its folder. `--metadata_csv` (CustomT
 images-plus-table dataset. `LayoutResult.metadata_files` says what became of every CSV/JSON,
 and names the label columns a table read as a layout lacks entirely ("label_columns_missing").
 
+Every table layout (and --metadata_csv) reads a `fitzpatrick_skin_type` column into that record
+field, and keeps each column it does not read otherwise (plus attribution and copyright_license,
+which no record field holds) in the record's extra_metadata_json; legacy JSON sidecars give
+meta.clinical.fitzpatrick_skin_type and no extras.
+
 Rejection reasons: `REASONS` (beam_jobs.layouts.assemble). Counters: `COUNTERS` below; they are
 counted per metadata entry read, even when that entry is later rejected or its image kept.
 """
@@ -69,6 +74,9 @@ COUNTERS = {
                      "in the table, no target, unknown class folder",
     "float_one_hot": "rows whose 0/1 flags are written as floats ('1.0')",
     "invalid_size": "pixelsX/pixelsY (pixels_x/pixels_y) not a positive number",
+    "invalid_fitzpatrick_skin_type": "fitzpatrick_skin_type neither I..VI nor 1..6 (written '')",
+    "extra_value_too_long": "cells of a table's other columns over 1 KiB, left out of the "
+                            "record's extra_metadata_json",
     "sidecar_name_mismatch": "sidecar whose 'name' differs from its file name (file name wins)",
     "collection_from_folder": "legacy source collection taken from the parent folder's name",
     "metadata_without_ground_truth": "2019/2017 side-file rows with no ground-truth row "

@@ -13,6 +13,7 @@ import re
 from typing import Iterable, Optional
 
 from isicflow import fileio
+from isicflow.metadata import (EXTRA_VALUE_MAX_BYTES, FITZPATRICK_COLUMN, normalise_fitzpatrick)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Segmentation masks and superpixel maps shipped beside the photos (ISIC 2016-2018 challenges).
@@ -179,6 +180,40 @@ def clean_text(value) -> str:
     return "" if text.lower() in MISSING_TEXT else text
 
 
+# A row's other columns (read_csv(extras=True)): ((column, value), ...) under this key, which no
+# header name can be (names are stripped).
+EXTRA_KEY = "\x00extra"
+# Columns a reader takes into LesionRecord fields that no record field stores (the archive's
+# contributor and license): kept among the extras too, since for an isic-cli export the
+# attribution is the one column naming where an image comes from.
+ALSO_EXTRA = frozenset({"attribution", "copyright_license"})
+
+
+def parse_fitzpatrick(value, counters: collections.Counter) -> str:
+    """isicflow.metadata.normalise_fitzpatrick, counting what it cannot read (written as '')."""
+    text = normalise_fitzpatrick(value)
+    if text is None:
+        counters["invalid_fitzpatrick_skin_type"] += 1
+        return ""
+    return text
+
+
+def _extra_cells(cells: list[str], picks: list[tuple[int, str]],
+                 counters: collections.Counter) -> tuple:
+    """(column, cleaned value) of the extra columns that have a value of at most
+    EXTRA_VALUE_MAX_BYTES (longer ones are counted and left out)."""
+    out = []
+    for i, name in picks:
+        value = clean_text(cells[i]) if i < len(cells) else ""
+        if not value:
+            continue
+        if len(value.encode("utf-8")) > EXTRA_VALUE_MAX_BYTES:
+            counters["extra_value_too_long"] += 1
+            continue
+        out.append((name, value))
+    return tuple(out)
+
+
 @dataclasses.dataclass
 class CsvTable:
     """A metadata CSV cleaned of BOM, blank lines and unnamed index columns."""
@@ -222,12 +257,18 @@ def read_csv_header(path: str) -> list[str]:
     return []
 
 
-def read_csv(path: str, counters: collections.Counter, keep: Optional[set] = None) -> CsvTable:
+def read_csv(path: str, counters: collections.Counter, keep: Optional[set] = None,
+             extras: bool = False) -> CsvTable:
     """Stream a metadata CSV with the csv module (quoted commas), counting what it cleans.
 
     Only the `keep` columns (all when None) are held per row, so a 400,000-row, 55-column
-    ISIC 2024 file costs a few columns of memory, not all of them.
+    ISIC 2024 file costs a few columns of memory, not all of them. With `extras` (and a `keep`
+    set), a fitzpatrick_skin_type column is kept too, and every other column (and ALSO_EXTRA)
+    is held as one tuple of its non-empty cells under row[EXTRA_KEY].
     """
+    if extras and keep is not None:
+        keep = set(keep) | {FITZPATRICK_COLUMN}
+    extra_picks: list[tuple[int, str]] = []
     handle, bom = _open_text(path)
     if bom:
         counters["csv_bom"] += 1
@@ -250,9 +291,17 @@ def read_csv(path: str, counters: collections.Counter, keep: Optional[set] = Non
                     raise ValueError(f"{path}: header repeats column(s) {duplicated}")
                 picks = [(i, c.strip().lower()) for i, c in enumerate(cells)
                          if i not in drop and (keep is None or c.strip().lower() in keep)]
+                if extras and keep is not None:
+                    extra_picks = [(i, c.strip().lower()) for i, c in enumerate(cells)
+                                   if i not in drop and c.strip().lower() != FITZPATRICK_COLUMN
+                                   and (c.strip().lower() not in keep
+                                        or c.strip().lower() in ALSO_EXTRA)]
                 continue
             problem = "" if len(cells) == width else f"{len(cells)} cells where the header has {width}"
-            rows.append((line, {name: cells[i] for i, name in picks if i < len(cells)}, problem))
+            row = {name: cells[i] for i, name in picks if i < len(cells)}
+            if extra_picks and not problem:
+                row[EXTRA_KEY] = _extra_cells(cells, extra_picks, counters)
+            rows.append((line, row, problem))
     if header is None:
         raise ValueError(f"{path}: empty CSV (no header line)")
     return CsvTable(path, header, rows)

@@ -8,6 +8,8 @@ Images are looked for anywhere under --input, named `<id>.jpg/.jpeg/.png`. A lab
 `malignant_values` is malignant, one in `benign_values` benign (both compared lower-cased); an
 empty, 'unknown' or 'indeterminate' cell is unknown; with no `benign_values` given, every other
 value is benign, otherwise every other value is unknown (counted as unknown_label).
+A fitzpatrick_skin_type column is read as that field, and every column no flag names (nor
+age_approx/age/sex) is kept in the record's extra_metadata_json.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from isicflow.metadata import BENIGN, MALIGNANT, UNKNOWN
 
 from beam_jobs.layouts.assemble import Entry
 from beam_jobs.layouts.common import MISSING_TEXT, Scan, clean_text, read_csv, read_csv_header
-from beam_jobs.layouts.tables import age_of, rows_of, sex_of, text_of
+from beam_jobs.layouts.tables import age_of, rows_of, sex_of, subgroup_fields, text_of
 
 LAYOUT = "metadata_csv"
 DEFAULT_MALIGNANT_VALUES = ("1", "1.0", "malignant", "melanoma", "mel", "true", "yes")
@@ -67,7 +69,8 @@ class CustomTable:
 
 def read_custom(scan: Scan, table: CustomTable, dx: Mapping[str, str], counters) -> list[Entry]:
     cols = table.columns()
-    data = read_csv(table.path, counters, set(cols.values()) | {"age_approx", "age", "sex"})
+    data = read_csv(table.path, counters, set(cols.values()) | {"age_approx", "age", "sex"},
+                    extras=True)
     scan.used[table.path] = LAYOUT
     entries = []
     for entry, row in rows_of(data, cols["--id_column"]):
@@ -79,6 +82,6 @@ def read_custom(scan: Scan, table: CustomTable, dx: Mapping[str, str], counters)
                 lesion_id=text_of(row, cols.get("--lesion_column", "")),
                 age_approx=age_of(row, "age_approx", counters) if "age_approx" in row
                 else age_of(row, "age", counters),
-                sex=sex_of(row, counters))
+                sex=sex_of(row, counters), **subgroup_fields(row, counters))
         entries.append(entry)
     return entries

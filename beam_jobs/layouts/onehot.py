@@ -15,7 +15,7 @@ from beam_jobs.layouts.assemble import INVALID_LABEL, MALFORMED_METADATA, Entry
 from beam_jobs.layouts.common import CsvTable, Scan, split_id
 from beam_jobs.layouts.labels import label_from_dx, label_from_text, parse_flags
 from beam_jobs.layouts.tables import (ISIC2017_METADATA, ISIC2019_METADATA, ONE_HOT_ID, age_of,
-                                      rows_of, sex_of, tables_of, text_of)
+                                      rows_of, sex_of, subgroup_fields, tables_of, text_of)
 
 SideFields = Callable[[dict, collections.Counter], dict]
 
@@ -63,11 +63,13 @@ class SideRows:
 
 def _side_2019(row: dict, counters) -> dict:
     return dict(age_approx=age_of(row, "age_approx", counters), sex=sex_of(row, counters),
-                anatom_site=text_of(row, "anatom_site_general"), lesion_id=text_of(row, "lesion_id"))
+                anatom_site=text_of(row, "anatom_site_general"), lesion_id=text_of(row, "lesion_id"),
+                **subgroup_fields(row, counters))
 
 
 def _side_2017(row: dict, counters) -> dict:
-    return dict(age_approx=age_of(row, "age_approximate", counters), sex=sex_of(row, counters))
+    return dict(age_approx=age_of(row, "age_approximate", counters), sex=sex_of(row, counters),
+                **subgroup_fields(row, counters))
 
 
 def read_isic2019(scan: Scan, dx: Mapping[str, str], counters) -> list[Entry]:

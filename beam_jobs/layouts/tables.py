@@ -13,7 +13,8 @@ from isicflow.metadata import BENIGN, MALIGNANT
 
 from beam_jobs.layouts.assemble import (CONFLICTING_LABELS, INVALID_LABEL, MALFORMED_METADATA,
                                         Entry)
-from beam_jobs.layouts.common import (CsvTable, Scan, _cell_rows, _open_text, clean_text, parse_age,
+from beam_jobs.layouts.common import (EXTRA_KEY, FITZPATRICK_COLUMN, CsvTable, Scan, _cell_rows,
+                                      _open_text, clean_text, parse_age, parse_fitzpatrick,
                                       parse_sex, read_csv, require_columns)
 from beam_jobs.layouts.labels import label_from_dx, label_from_text, parse_flags
 
@@ -81,14 +82,30 @@ def csv_kinds(scan: Scan, anywhere: bool = False) -> dict[str, str]:
 
 def tables_of(scan: Scan, kind: str, counters: collections.Counter, keep: Optional[set],
               required: bool = True, anywhere: bool = False) -> list[CsvTable]:
-    """The CSVs whose header is of `kind`, read; if required and none, ValueError naming the CSVs."""
+    """The CSVs whose header is of `kind`, read; if required and none, ValueError naming the CSVs.
+
+    Columns beyond `keep` come with each row as its extras (subgroup_fields)."""
     kinds = csv_kinds(scan, anywhere)
     paths = [p for p, k in kinds.items() if k == kind]
     if required and not paths:
         raise ValueError(f"no {kind} metadata CSV directly under {scan.root}; CSVs there: "
                          f"{ {p: k or 'unrecognised' for p, k in kinds.items()} }")
     scan.used.update((p, kind) for p in paths)
-    return [read_csv(p, counters, keep) for p in paths]
+    return [read_csv(p, counters, keep, extras=True) for p in paths]
+
+
+def subgroup_fields(row: dict, counters) -> dict:
+    """The LesionRecord fields a table row gives whatever its layout: fitzpatrick_skin_type from
+    a column of that name, extra_metadata from the columns the layout does not read (only the
+    fields that have a value, so a table without them gives the records it gave before)."""
+    fields = {}
+    if FITZPATRICK_COLUMN in row:
+        skin = parse_fitzpatrick(row[FITZPATRICK_COLUMN], counters)
+        if skin:
+            fields["fitzpatrick_skin_type"] = skin
+    if row.get(EXTRA_KEY):
+        fields["extra_metadata"] = row[EXTRA_KEY]
+    return fields
 
 
 def age_of(row: dict, column: str, counters) -> Optional[float]:
@@ -153,6 +170,7 @@ def _read_rows(scan: Scan, kind: str, counters, columns, id_column: str,
         for entry, row in rows_of(table, id_column):
             if row is not None:
                 fill(entry, row)
+                entry.fields.update(subgroup_fields(row, counters))
             entries.append(entry)
     return entries
 

@@ -11,7 +11,8 @@ from isicflow.metadata import BENIGN, MALIGNANT, UNKNOWN
 
 from isicflow import fileio
 from beam_jobs.layouts.assemble import CONFLICTING_LABELS, INVALID_ID, MALFORMED_METADATA, Entry
-from beam_jobs.layouts.common import Scan, clean_text, image_stem, parse_age, parse_sex, strip_suffixes
+from beam_jobs.layouts.common import (Scan, clean_text, image_stem, parse_age, parse_fitzpatrick,
+                                      parse_sex, strip_suffixes)
 from beam_jobs.layouts.labels import label_from_text
 
 
@@ -77,6 +78,10 @@ def _sidecar_entry(path: str, root: str, counters) -> Entry:
         license=clean_text(data.get("copyright_license") or dataset.get("license")),
         original_width=_dimension(acquisition.get("pixelsX"), counters),
         original_height=_dimension(acquisition.get("pixelsY"), counters))
+    if "fitzpatrick_skin_type" in clinical:  # no other sidecar key is kept (no table here)
+        skin = parse_fitzpatrick(clinical["fitzpatrick_skin_type"], counters)
+        if skin:
+            entry.fields["fitzpatrick_skin_type"] = skin
     return entry
 
 

@@ -14,15 +14,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lesion_example.proto\x12\x0bisicflow.v1\"\x99\x03\n\rLesionExample\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x15\n\rimage_encoded\x18\x02 \x01(\x0c\x12\x14\n\x0cimage_format\x18\x03 \x01(\t\x12\x0e\n\x06height\x18\x04 \x01(\x03\x12\r\n\x05width\x18\x05 \x01(\x03\x12\x10\n\x08\x63hannels\x18\x06 \x01(\x03\x12\r\n\x05label\x18\x07 \x01(\x03\x12\x12\n\nlabel_name\x18\x08 \x01(\t\x12\x11\n\tdiagnosis\x18\t \x01(\t\x12\x12\n\npatient_id\x18\n \x01(\t\x12\x11\n\tlesion_id\x18\x0b \x01(\t\x12\x12\n\nage_approx\x18\x0c \x01(\x02\x12\x0b\n\x03sex\x18\r \x01(\t\x12\x13\n\x0b\x61natom_site\x18\x0e \x01(\t\x12\x12\n\nimage_type\x18\x0f \x01(\t\x12\x19\n\x11source_collection\x18\x10 \x01(\t\x12\r\n\x05split\x18\x11 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x12 \x01(\t\x12\x17\n\x0foriginal_height\x18\x13 \x01(\x03\x12\x16\n\x0eoriginal_width\x18\x14 \x01(\x03*K\n\rSchemaVersion\x12\x1e\n\x1aSCHEMA_VERSION_UNSPECIFIED\x10\x00\x12\x1a\n\x16SCHEMA_VERSION_CURRENT\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lesion_example.proto\x12\x0bisicflow.v1\"\x91\x04\n\rLesionExample\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x15\n\rimage_encoded\x18\x02 \x01(\x0c\x12\x14\n\x0cimage_format\x18\x03 \x01(\t\x12\x0e\n\x06height\x18\x04 \x01(\x03\x12\r\n\x05width\x18\x05 \x01(\x03\x12\x10\n\x08\x63hannels\x18\x06 \x01(\x03\x12\r\n\x05label\x18\x07 \x01(\x03\x12\x12\n\nlabel_name\x18\x08 \x01(\t\x12\x11\n\tdiagnosis\x18\t \x01(\t\x12\x12\n\npatient_id\x18\n \x01(\t\x12\x11\n\tlesion_id\x18\x0b \x01(\t\x12\x12\n\nage_approx\x18\x0c \x01(\x02\x12\x0b\n\x03sex\x18\r \x01(\t\x12\x13\n\x0b\x61natom_site\x18\x0e \x01(\t\x12\x12\n\nimage_type\x18\x0f \x01(\t\x12\x19\n\x11source_collection\x18\x10 \x01(\t\x12\r\n\x05split\x18\x11 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x12 \x01(\t\x12\x17\n\x0foriginal_height\x18\x13 \x01(\x03\x12\x16\n\x0eoriginal_width\x18\x14 \x01(\x03\x12\"\n\x15\x66itzpatrick_skin_type\x18\x15 \x01(\tH\x00\x88\x01\x01\x12 \n\x13\x65xtra_metadata_json\x18\x16 \x01(\tH\x01\x88\x01\x01\x42\x18\n\x16_fitzpatrick_skin_typeB\x16\n\x14_extra_metadata_json*K\n\rSchemaVersion\x12\x1e\n\x1aSCHEMA_VERSION_UNSPECIFIED\x10\x00\x12\x1a\n\x16SCHEMA_VERSION_CURRENT\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lesion_example_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_SCHEMAVERSION']._serialized_start=449
-  _globals['_SCHEMAVERSION']._serialized_end=524
+  _globals['_SCHEMAVERSION']._serialized_start=569
+  _globals['_SCHEMAVERSION']._serialized_end=644
   _globals['_LESIONEXAMPLE']._serialized_start=38
-  _globals['_LESIONEXAMPLE']._serialized_end=447
+  _globals['_LESIONEXAMPLE']._serialized_end=567
 # @@protoc_insertion_point(module_scope)
