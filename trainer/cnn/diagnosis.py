@@ -286,7 +286,7 @@ def plot_confusion(splits: Mapping[str, Mapping[str, Any]], classes: Sequence[st
 def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, config: dict,
                         batch_size: int = 32) -> dict[str, Any]:
     """Writes report.json / report.md / plots/confusion.png for the diagnosis task."""
-    from trainer.cnn import evaluate as evaluate_lib
+    from trainer.cnn import evaluation as evaluate_lib
     from trainer.core import run_folder
 
     mapping = read_mapping(workdir)

@@ -144,7 +144,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     """
     import tensorflow as tf
 
-    from trainer.cnn import evaluate
+    from trainer.cnn import evaluation as evaluate
     from trainer.core import run_folder
 
     if resize_mode not in imaging.RESIZE_MODES:

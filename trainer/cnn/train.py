@@ -19,42 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.cnn import diagnosis as diagnosis_lib
-from trainer.cnn import models, recipe
-from trainer.core import augmentations, input_pipeline, run_folder, runtime, synthetic_mix
-from trainer.core.flags import RunConfig
+from trainer.cnn import config as config_lib, models, recipe
+from trainer.cnn.config import CLASS_BALANCE_MODES, MONITORS, TrainConfig  # noqa: F401
+from trainer.core import input_pipeline, run_folder, runtime, synthetic_mix
 
-MONITORS = ("val_accuracy", "val_auc")
-CLASS_BALANCE_MODES = ("none", "class_weights", "sampling")
-
-
-@dataclasses.dataclass
-class TrainConfig(RunConfig):
-    model: str = "study"
-    dropout: float = 0.0
-    l2: float = 0.0
-    augment: bool = False
-    weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
-    class_balance: str = "none"
-    monitor: str = "val_accuracy"
-    early_stopping_patience: int = 0  # 0 = off
-    verbose: int = 1
-    task: str = "binary"              # binary (benign/malignant) or diagnosis (trainer.cnn.diagnosis)
-    min_class_records: int = 20       # diagnosis task: rarer train diagnoses grouped as `other`
-    use_metadata: bool = False        # age/sex/site as a second input (metadata_features)
-    synthetic_data: str = ""          # GAN-sampled dataset added to train (synthetic_mix)
-    synthetic_fraction: float = 0.0   # generated images per real training image, per class
-    # the from-scratch recipe's levers (trainer.cnn.recipe); each default is the study's
-    width_multiplier: float = 1.0     # residual architecture only
-    augmentation: str = "study"       # what augment means: study or dermoscopy
-    mixup_alpha: float = 0.0          # 0 = off (binary task)
-    cutmix_alpha: float = 0.0         # 0 = off (binary task)
-    optimizer: str = "rmsprop"
-    weight_decay: float | None = None  # adamw only; None = recipe.DEFAULT_ADAMW_WEIGHT_DECAY
-    lr_schedule: str = "constant"
-    warmup_epochs: float = 0.0        # cosine schedule only
-    label_smoothing: float = 0.0      # binary task only
-
-    FLAG_SOURCES = {"model": ("architecture", str), "verbose": ("keras_verbose", int)}
 
 
 @dataclasses.dataclass
@@ -201,63 +169,6 @@ def _to_float(value) -> float:
     return float(keras.ops.convert_to_numpy(value))
 
 
-def _check_config(c: TrainConfig) -> None:
-    if c.monitor not in MONITORS:
-        raise ValueError(f"monitor {c.monitor!r} not in {MONITORS}")
-    if c.class_balance not in CLASS_BALANCE_MODES:
-        raise ValueError(f"class_balance {c.class_balance!r} not in {CLASS_BALANCE_MODES}")
-    if c.model not in models.MODEL_NAMES:
-        raise ValueError(f"model {c.model!r} not in {models.MODEL_NAMES}")
-    if c.deterministic and c.jit_compile:
-        raise ValueError("jit_compile=True with deterministic=True: Keras turns XLA off under "
-                         "op determinism; choose one")
-    if c.use_metadata and c.class_balance == "sampling":
-        raise ValueError("--use_metadata with --class_balance=sampling is not supported yet")
-    if c.synthetic_fraction and not c.synthetic_data:
-        raise ValueError(f"synthetic_fraction={c.synthetic_fraction} needs --synthetic_data")
-    if c.synthetic_data and (c.task != "binary" or c.use_metadata):
-        raise ValueError("--synthetic_data adds generated benign/malignant images: binary task "
-                         "only, without --use_metadata (they have no age, sex or site)")
-    if c.task not in diagnosis_lib.TASKS:
-        raise ValueError(f"task {c.task!r} not in {diagnosis_lib.TASKS}")
-    if c.task == "diagnosis":
-        if c.monitor != "val_accuracy":
-            raise ValueError("the diagnosis task monitors val_accuracy (no binary AUC); use "
-                             "--monitor=val_accuracy")
-        if c.class_balance == "sampling":
-            raise ValueError("--class_balance=sampling is binary only; use class_weights")
-        if c.min_class_records < 1:
-            raise ValueError(f"min_class_records must be >= 1, got {c.min_class_records}")
-    _check_recipe(c)
-    if c.weights_path and not os.path.isfile(c.weights_path):
-        raise FileNotFoundError(f"weights_path {c.weights_path!r} is not a file")
-
-
-def _check_recipe(c: TrainConfig) -> None:
-    """The recipe levers' values and combinations (the flags' validators, for direct use)."""
-    if c.augmentation not in augmentations.AUGMENTATIONS:
-        raise ValueError(f"augmentation {c.augmentation!r} not in {augmentations.AUGMENTATIONS}")
-    if c.optimizer not in recipe.OPTIMIZERS:
-        raise ValueError(f"optimizer {c.optimizer!r} not in {recipe.OPTIMIZERS}")
-    if c.lr_schedule not in recipe.LR_SCHEDULES:
-        raise ValueError(f"lr_schedule {c.lr_schedule!r} not in {recipe.LR_SCHEDULES}")
-    if not 0.0 <= c.label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
-    if c.mixup_alpha < 0 or c.cutmix_alpha < 0:
-        raise ValueError(f"mixup_alpha/cutmix_alpha must be >= 0, got {c.mixup_alpha}/"
-                         f"{c.cutmix_alpha}")
-    if c.warmup_epochs and (c.lr_schedule != "cosine" or c.warmup_epochs >= c.epochs):
-        raise ValueError(f"warmup_epochs={c.warmup_epochs} needs lr_schedule='cosine' and "
-                         f"fewer than epochs={c.epochs}")
-    if c.task == "diagnosis" and c.label_smoothing:
-        raise ValueError(f"label_smoothing={c.label_smoothing} is binary only")
-    if _mixing(c) and (c.task != "binary" or c.use_metadata
-                       or c.class_balance == "class_weights"):
-        raise ValueError(f"mixup_alpha={c.mixup_alpha}/cutmix_alpha={c.cutmix_alpha} need the "
-                         "binary task without metadata and without class weights (use "
-                         "class_balance='sampling')")
-
-
 def _mixing(c: TrainConfig) -> bool:
     return bool(c.mixup_alpha or c.cutmix_alpha)
 
@@ -375,10 +286,13 @@ def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.nd
     return np.concatenate(labels), np.concatenate(probabilities)
 
 
-def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
-          ) -> TrainResult:
-    """Trains (or resumes) one run; returns the best model by c.monitor and the history."""
-    _check_config(c)
+def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+              manifest: dict[str, Any] | None = None) -> TrainResult:
+    """Trains (or resumes) one run; returns the best model by c.monitor and the history.
+    The settings were checked when c was built; the data is checked here, before the run
+    folder is made (config.check_inputs)."""
+    if manifest is None:
+        manifest = config_lib.check_inputs(c)
     os.makedirs(c.workdir, exist_ok=True)
     keras.utils.set_random_seed(c.seed)
     if c.deterministic:
