@@ -11,7 +11,6 @@ parsed, and the dataset before the run folder is made.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 from absl import flags, logging
@@ -60,7 +59,7 @@ def define_flags() -> None:
                       "beside the image; the export serves them as optional inputs.")
     # --- generated training images (issue #13's augmentation experiment) ---
     flags.DEFINE_string("synthetic_data", "", "Dataset folder of GAN samples (`python -m "
-                        "trainer.dcgan sample --format=tfrecord`) added to the training split; "
+                        "trainer.gan.sample --format=tfrecord`) added to the training split; "
                         "validation and test stay real (trainer.core.synthetic_mix).")
     flags.DEFINE_float("synthetic_fraction", 0.0, "Generated images added per real training image, "
                        "per class (0.25 adds a quarter more); needs --synthetic_data.")
@@ -99,49 +98,30 @@ def define_flags() -> None:
     config_lib.register_flag_validators()
 
 
-
 def evaluate_and_export(model, config: config_lib.TrainConfig, *, evaluate: bool = True,
                         export: bool = True, threshold_policy: str =
                         "max_specificity_at_sensitivity", min_sensitivity: float = 0.8,
                         bootstrap: int = 1000, tta: bool = False,
                         manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Runs what follows training; returns {"report": ..., "export": ...} for what ran.
-    manifest: the dataset's, when the caller has read it already."""
-    from isicflow import dataset as dataset_lib
-    from trainer.cnn import evaluation as evaluate_lib
-    from trainer.cnn import export as export_lib
+    """Runs what follows training (the task's report and export); returns {"report": ...,
+    "export": ...} for what ran. manifest: the dataset's, when the caller has read it."""
+    from trainer.cnn import tasks
 
     config_lib.check(config, tta=tta)
-    manifest = manifest if manifest is not None else dataset_lib.read_manifest(config.data_dir)
-    resize_mode = manifest.get("resize_mode", "squash")
+    task = tasks.for_config(config, manifest)
     done: dict[str, Any] = {}
-    if config.task == "diagnosis":
-        from trainer.cnn import diagnosis as diagnosis_lib
-
-        if evaluate:
-            done["report"] = diagnosis_lib.evaluate_and_report(
-                model, config.data_dir, config.workdir, config.image_size,
-                dataclasses.asdict(config), batch_size=config.batch_size)
-        if export:
-            done["export"] = export_lib.export_diagnosis_model(
-                model, config.workdir, config.image_size, resize_mode)
-        return done
     if evaluate:
-        done["report"] = evaluate_lib.evaluate_and_report(
-            model, config.data_dir, config.workdir, config.image_size,
-            dataclasses.asdict(config), threshold_policy=threshold_policy,
-            min_sensitivity=min_sensitivity, bootstrap=bootstrap, seed=config.seed,
-            batch_size=config.batch_size, tta=tta)
+        done["report"] = task.evaluate_and_report(
+            model, config, threshold_policy=threshold_policy, min_sensitivity=min_sensitivity,
+            bootstrap=bootstrap, tta=tta)
     if export:
-        done["export"] = export_lib.export_model(model, config.workdir, config.image_size,
-                                                 resize_mode, tta=tta)
+        done["export"] = task.export(model, config, tta=tta)
     return done
 
 
 def main(argv: Sequence[str]) -> None:
     del argv  # program.run refuses stray words
-    config = config_lib.TrainConfig.from_flags()
-    config_lib.check(config, tta=FLAGS.tta)
+    config = config_lib.TrainConfig.from_flags()  # the flags' rules held at parse time
     manifest = config_lib.check_inputs(config)  # before the run folder exists
     from trainer.cnn import train
 

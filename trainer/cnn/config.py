@@ -193,7 +193,7 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
     if str(config.image_size) not in manifest.get("datasets", {}):
         raise DataError(f"--image_size={config.image_size}: {config.data_dir} holds sizes "
                           f"{sizes}; pass one of them (or rerun beam_jobs.preprocess with "
-                          f"--image_sizes={config.image_size})")
+                          f"--image_size={config.image_size})")
     for split in ("train", "validation"):
         if split not in manifest["datasets"][str(config.image_size)]:
             raise DataError(f"--data_dir={config.data_dir}: no {split} split at "
@@ -206,6 +206,12 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
                 raise DataError(f"--data_dir={config.data_dir}: the {split} split holds no "
                                   f"benign/malignant records at {config.image_size}px (counts "
                                   f"{dict(counts)}); the binary task needs some")
+        counts = dataset_lib.split_info(manifest, config.image_size, "train").get("counts", {})
+        if config.class_balance != "none" and not (int(counts.get("benign", 0))
+                                                   and int(counts.get("malignant", 0))):
+            raise DataError(f"--class_balance={config.class_balance} needs both classes in "
+                            f"train; {config.data_dir} has {dict(counts)} at "
+                            f"{config.image_size}px")
     if config.weights_path and not os.path.isfile(config.weights_path):
         raise DataError(f"--weights_path={config.weights_path}: no such file (a local "
                           "efficientnet_b0 weights file; never downloaded)")

@@ -25,10 +25,10 @@ from absl import logging
 
 from trainer.core import metrics, report, run_folder
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-PLOTS_DIR = "plots"
-EVAL_SPLITS = ("validation", "test")
+from trainer.cnn.constants import (EVAL_SPLITS, EXPORT_DIR, EXTERNAL_DIR,  # noqa: F401
+                                   KERAS_NAME, PLOTS_DIR, PREDICTIONS_CSV, REPORT_JSON,
+                                   REPORT_MD, SERVING_CONFIG_NAME)
+
 REPORT_FORMAT = "isicflow.cnn_report/1"
 
 
@@ -190,8 +190,10 @@ def _check_all_finite_or_explained(payload: Any, where: str = "report") -> None:
 def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, config: dict,
                         threshold_policy: str = "max_specificity_at_sensitivity",
                         min_sensitivity: float = 0.8, bootstrap: int = 1000, seed: int = 0,
-                        batch_size: int | None = None, tta: bool = False) -> dict[str, Any]:
+                        batch_size: int | None = None, tta: bool = False,
+                        manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Predicts validation and test, picks the threshold on validation, writes the reports.
+    manifest: the dataset's, when the caller has read it.
 
     tta: every probability is the mean over the 8 dihedral views (trainer.cnn.tta), so the
     threshold is chosen on the probabilities a TTA export serves; recorded as report["tta"].
@@ -202,14 +204,15 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         raise ValueError(f"threshold policy {threshold_policy!r} not in {metrics.THRESHOLD_POLICIES}")
     if bootstrap < 0:
         raise ValueError(f"bootstrap resamples must be >= 0, got {bootstrap}")
-    from trainer.core import input_pipeline
+    from isicflow import dataset as dataset_lib
 
+    manifest = manifest if manifest is not None else dataset_lib.read_manifest(data_dir)
     os.makedirs(workdir, exist_ok=True)
     batch_size = int(batch_size or config.get("batch_size") or 32)
-    data = dataset_counts(data_dir, image_size)
+    data = dataset_counts(data_dir, image_size, manifest)
     predictions = {}
     for split in EVAL_SPLITS:
-        if input_pipeline.dataset_size(data_dir, split, image_size) == 0:
+        if _binary_records(dataset_lib.split_info(manifest, image_size, split)) == 0:
             predictions[split] = (np.zeros([0], np.int64), np.zeros([0]))
         else:
             predictions[split] = predict_split(model, data_dir, split, image_size, batch_size, tta,
@@ -252,8 +255,6 @@ def read_threshold(workdir: str, default: float = metrics.STUDY_THRESHOLD) -> tu
 # ---- external evaluation: a trained model on any dataset the engine wrote ----
 
 EXTERNAL_FORMAT = "isicflow.cnn_external_report/1"
-EXTERNAL_DIR = "external"
-PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_COLUMNS = ("split", "image_id", "label", "probability", "predicted")
 BREAKDOWN_FIELDS = ("source_collection", "diagnosis", "anatom_site")
 MISSING_GROUP = "(missing)"
@@ -278,22 +279,20 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
     recording none is an error (never a threshold re-chosen on the scored data) unless
     threshold_override gives one explicitly.
     """
-    from trainer.cnn import export as export_lib
-
     if not os.path.isdir(path):
         raise EvaluationError(f"--model {path!r}: no such folder (want a run folder or an export folder)")
-    keras_path = os.path.join(path, export_lib.KERAS_NAME)
+    keras_path = os.path.join(path, KERAS_NAME)
     if not os.path.isfile(keras_path):
-        raise EvaluationError(f"--model {path!r}: no {export_lib.KERAS_NAME} in it (not a finished "
+        raise EvaluationError(f"--model {path!r}: no {KERAS_NAME} in it (not a finished "
                               "run folder nor an export folder)")
-    config_path = os.path.join(path, export_lib.SERVING_CONFIG_NAME)
+    config_path = os.path.join(path, SERVING_CONFIG_NAME)
     report_path = os.path.join(path, REPORT_JSON)
     kind = "export" if os.path.isfile(config_path) else "run"
     # Each file read once: the run's report.json, and the serving config (the export's own, or
     # the run's export/ one as the threshold's fallback).
     report = _read_json(report_path) if kind == "run" and os.path.isfile(report_path) else None
     config_file = config_path if kind == "export" else os.path.join(
-        path, export_lib.EXPORT_DIR, export_lib.SERVING_CONFIG_NAME)
+        path, EXPORT_DIR, SERVING_CONFIG_NAME)
     serving = _read_json(config_file) if os.path.isfile(config_file) else {}
     if threshold_override is not None:
         threshold = {"threshold": float(threshold_override), "policy": "given",
@@ -306,7 +305,7 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
     else:
         if not serving:
             raise EvaluationError(f"--model {path!r}: no threshold recorded (neither {REPORT_JSON} "
-                                  f"nor {export_lib.SERVING_CONFIG_NAME}); pass --threshold")
+                                  f"nor {SERVING_CONFIG_NAME}); pass --threshold")
         value = serving.get("threshold")
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise EvaluationError(f"{config_file}: threshold must be a number in [0, 1], got {value!r}")

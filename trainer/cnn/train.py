@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Sequence
@@ -18,10 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.cnn import diagnosis as diagnosis_lib
-from trainer.cnn import config as config_lib, models, recipe
+from trainer.cnn import config as config_lib, models, recipe, tasks
 from trainer.cnn.config import CLASS_BALANCE_MODES, MONITORS, TrainConfig  # noqa: F401
-from trainer.core import input_pipeline, run_folder, runtime, synthetic_mix
+from trainer.cnn.tasks import class_weights_from_counts, predict_dataset, write_pr_curve  # noqa: F401,E501
+from trainer.core import run_folder, runtime
 
 
 
@@ -30,15 +29,6 @@ class TrainResult:
     model: keras.Model
     history: list[dict[str, Any]]     # every epoch of the run, including resumed ones
     summary: dict[str, Any]
-
-
-def class_weights_from_counts(counts: dict[str, int]) -> dict[int, float]:
-    """Weights n / (2 n_c): each class contributes half the loss, as if balanced."""
-    benign, malignant = int(counts.get("benign", 0)), int(counts.get("malignant", 0))
-    if benign == 0 or malignant == 0:
-        raise ValueError(f"class weights need both classes in train, counts are {counts}")
-    total = benign + malignant
-    return {0: total / (2 * benign), 1: total / (2 * malignant)}
 
 
 def _batch_images(batch) -> int:
@@ -169,56 +159,9 @@ def _to_float(value) -> float:
     return float(keras.ops.convert_to_numpy(value))
 
 
-def _mixing(c: TrainConfig) -> bool:
-    return bool(c.mixup_alpha or c.cutmix_alpha)
-
-
-def _float_input(c: TrainConfig) -> bool:
-    """Training batches reach the model as float32 (augmented or mixed), not uint8."""
-    return c.augment or _mixing(c)
-
-
-def _datasets(c: TrainConfig, strategy, mapping=None):
-    if mapping is not None:
-        n_train, _ = diagnosis_lib.split_records(c.data_dir, "train", c.image_size, mapping)
-        steps = math.ceil(n_train / c.batch_size)
-        if c.steps_per_epoch:
-            steps = min(steps, c.steps_per_epoch)
-        common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
-                      deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment,
-                      use_metadata=c.use_metadata)
-        train = diagnosis_lib.make_dataset(
-            c.data_dir, "train", mapping, training=True, augment=c.augment, repeat=True,
-            augmentation=c.augmentation,
-            drop_remainder=strategy.num_replicas_in_sync > 1, **common)
-        validation = diagnosis_lib.make_dataset(c.data_dir, "validation", mapping,
-                                                training=False, **common)
-        return train, validation, steps, n_train
-    mix = synthetic_mix_for(c)
-    n_train = input_pipeline.dataset_size(c.data_dir, "train", c.image_size) + (
-        mix.total if mix else 0)
-    steps = math.ceil(n_train / c.batch_size)
-    if c.steps_per_epoch:
-        steps = min(steps, c.steps_per_epoch) if c.class_balance != "sampling" \
-            else c.steps_per_epoch
-    common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
-                  deterministic=c.deterministic, seed=c.seed, as_uint8=not _float_input(c),
-                  use_metadata=c.use_metadata)
-    train = input_pipeline.make_dataset(
-        c.data_dir, "train", training=True, augment=c.augment, repeat=True,
-        augmentation=c.augmentation, mixup_alpha=c.mixup_alpha, cutmix_alpha=c.cutmix_alpha,
-        balance_classes=c.class_balance == "sampling", synthetic=mix,
-        drop_remainder=strategy.num_replicas_in_sync > 1, **common)
-    validation = input_pipeline.make_dataset(c.data_dir, "validation", training=False, **common)
-    return train, validation, steps, n_train
-
-
-def synthetic_mix_for(c: TrainConfig) -> synthetic_mix.SyntheticMix | None:
-    """The generated records --synthetic_data/--synthetic_fraction add to train, or None."""
-    if not c.synthetic_data:
-        return None
-    return synthetic_mix.plan(c.synthetic_data, input_pipeline.class_counts(
-        c.data_dir, "train", c.image_size), c.synthetic_fraction, c.image_size)
+def _datasets(c: TrainConfig, strategy, task: tasks.Task | None = None):
+    """(train, validation, steps per epoch, training images) of c's task."""
+    return (task or tasks.for_config(c)).datasets(c, strategy)
 
 
 def with_uint8_input(model: keras.Model, image_size: int) -> keras.Model:
@@ -267,25 +210,6 @@ def _callbacks(c: TrainConfig, meter, history_file, sample_batch, budget=None) -
     return callbacks
 
 
-def write_pr_curve(log_dir: str, labels: np.ndarray, probabilities: np.ndarray,
-                   step: int) -> None:
-    """Validation precision-recall curve for TensorBoard's PR Curves tab."""
-    from tensorboard.plugins.pr_curve import summary as pr_summary
-
-    pb = pr_summary.pb("validation_pr_curve", labels=labels.astype(bool),
-                       predictions=probabilities.astype(np.float32), num_thresholds=101)
-    with tf.summary.create_file_writer(log_dir).as_default():
-        tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=step)
-
-
-def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    labels, probabilities = [], []
-    for x, y in dataset:
-        probabilities.append(np.asarray(model(x, training=False), np.float32).reshape(-1))
-        labels.append(y.numpy())
-    return np.concatenate(labels), np.concatenate(probabilities)
-
-
 def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = (),
               manifest: dict[str, Any] | None = None) -> TrainResult:
     """Trains (or resumes) one run; returns the best model by c.monitor and the history.
@@ -293,18 +217,15 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     folder is made (config.check_inputs)."""
     if manifest is None:
         manifest = config_lib.check_inputs(c)
+    task = tasks.for_config(c, manifest)
+    task.prepare(c)  # may still refuse the data (a DataError) before the run folder is made
     os.makedirs(c.workdir, exist_ok=True)
     keras.utils.set_random_seed(c.seed)
     if c.deterministic:
         tf.config.experimental.enable_op_determinism()
     policy = runtime.configure_mixed_precision(c.mixed_precision)
     strategy = runtime.make_strategy()
-    mapping = None
-    if c.task == "diagnosis":  # classes fixed once, from train; a resumed run keeps its own
-        mapping = diagnosis_lib.read_mapping(c.workdir) or diagnosis_lib.build_mapping(
-            c.data_dir, c.image_size, c.min_class_records)
-        diagnosis_lib.write_mapping(c.workdir, mapping)
-    train_ds, val_ds, steps, n_train = _datasets(c, strategy, mapping)
+    train_ds, val_ds, steps, n_train = task.datasets(c, strategy)
     with strategy.scope():
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
                                    c.weights_path or None, c.width_multiplier)
@@ -312,49 +233,23 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
             from trainer.core import metadata_features
 
             model = metadata_features.with_metadata_input(model)
-        if mapping is not None:
-            model = diagnosis_lib.softmax_head(model, len(mapping["classes"]))
+        model = task.head(model)
         # Without augmentation the batches stay uint8 until the device (see make_dataset);
         # `model` itself keeps float [0, 1] inputs for evaluation, export and users.
-        fit_model = model if _float_input(c) else with_uint8_input(model, c.image_size)
+        fit_model = model if tasks.float_input(c) else with_uint8_input(model, c.image_size)
         rate = recipe.learning_rate(c.learning_rate, c.lr_schedule, c.epochs * steps,
                                     round(c.warmup_epochs * steps))
         for compiled in {id(m): m for m in (model, fit_model)}.values():
             optimizer = recipe.make_optimizer(c.optimizer, rate, c.weight_decay, c.ema_decay)
-            if mapping is not None:
-                compiled.compile(optimizer=optimizer,
-                                 loss=keras.losses.SparseCategoricalCrossentropy(),
-                                 metrics=[keras.metrics.SparseCategoricalAccuracy(
-                                     name="accuracy")],
-                                 jit_compile=c.jit_compile)
-                continue
-            compiled.compile(optimizer=optimizer,
-                             loss=keras.losses.BinaryCrossentropy(
-                                 label_smoothing=c.label_smoothing),
-                             metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
-                                      keras.metrics.AUC(name="auc"),
-                                      keras.metrics.Precision(name="precision"),
-                                      keras.metrics.Recall(name="recall")],
+            compiled.compile(optimizer=optimizer, **task.compile_args(c),
                              jit_compile=c.jit_compile)
     meter = runtime.StepTimeMeter(warmup_steps=1)
     install_step_timer(fit_model, meter)
     history_file = HistoryFile(os.path.join(c.workdir, run_folder.HISTORY_NAME))
-    if mapping is not None:
-        sample_x, sample_y = next(iter(diagnosis_lib.make_dataset(
-            c.data_dir, "train", mapping, image_size=c.image_size, batch_size=4, training=True,
-            augment=c.augment, seed=c.seed, augmentation=c.augmentation)))
-    else:
-        sample_x, sample_y = next(iter(input_pipeline.make_dataset(
-            c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
-            augment=c.augment, seed=c.seed, augmentation=c.augmentation)))
+    sample_x, sample_y = next(iter(task.sample_dataset(c)))
     sample_x = sample_x[0] if isinstance(sample_x, (tuple, list)) else sample_x
     sample_batch = (sample_x.numpy(), sample_y.numpy())
-    class_weight = None
-    if c.class_balance == "class_weights" and mapping is not None:
-        class_weight = diagnosis_lib.class_weights(mapping)
-    elif c.class_balance == "class_weights":
-        class_weight = class_weights_from_counts(
-            input_pipeline.class_counts(c.data_dir, "train", c.image_size))
+    class_weight = task.class_weight(c)
     if c.verbose:
         print(f"model {c.model}: {model.count_params():,} parameters, policy {policy}, "
               f"{strategy.num_replicas_in_sync} replica(s), {n_train} training images, "
@@ -372,10 +267,7 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     if os.path.exists(best):
         fit_model.load_weights(best)  # shares its weights with `model`
     model.save(os.path.join(c.workdir, "model.keras"))
-    if mapping is None:  # the PR curve is the binary task's
-        val_labels, val_probs = predict_dataset(fit_model, val_ds)  # matches fit_model's input
-        write_pr_curve(os.path.join(c.workdir, "logs", "validation"), val_labels, val_probs,
-                       step=len(history_file.entries))
+    task.after_fit(c, fit_model, val_ds, step=len(history_file.entries))  # fit_model's input
     summary = _final_summary(c, model, history_file.entries, policy, strategy,
                              trained["train_wall_s"])
     summary.update(cpu_time_s_this_run=round(trained["train_cpu_s"], 2),
