@@ -65,6 +65,7 @@ def _assert_user_error(done, *words):
 def test_training_refuses_bad_inputs_before_making_the_run_folder(dataset, tmp_path):
     workdir = tmp_path / "run"
     weights = tmp_path / "none.h5"
+    (tmp_path / "a_file").write_text("")
     cases = [
         ([f"--workdir={workdir}"], ["trainer.cnn: ", "--data_dir"]),
         ([f"--data_dir={tmp_path / 'nowhere'}", f"--workdir={workdir}"],
@@ -77,6 +78,10 @@ def test_training_refuses_bad_inputs_before_making_the_run_folder(dataset, tmp_p
          ["--weights_path=", "no such file"]),
         ([f"--data_dir={dataset}", f"--workdir={workdir}", f"--image_size={SIZE}", "--tta",
           "--use_metadata"], ["--tta"]),
+        ([f"--data_dir={dataset}", f"--workdir={workdir}", f"--image_size={SIZE}",
+          f"--cache={tmp_path / 'none' / 'cache'}"], ["--cache=", "no folder"]),
+        ([f"--data_dir={dataset}", f"--workdir={tmp_path / 'a_file'}",
+          f"--image_size={SIZE}"], ["--workdir=", "is a file"]),
         ([f"--data_dir={dataset}", f"--workdir={workdir}", "extra"], ["unexpected arguments"]),
         ([f"--data_dir={dataset}", f"--workdir={workdir}", "--drop_out=0.2"], ["drop_out"]),
     ]

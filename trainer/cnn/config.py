@@ -192,29 +192,37 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
     sizes = sorted(int(s) for s in manifest.get("datasets", {}))
     if str(config.image_size) not in manifest.get("datasets", {}):
         raise DataError(f"--image_size={config.image_size}: {config.data_dir} holds sizes "
-                          f"{sizes}; pass one of them (or rerun beam_jobs.preprocess with "
-                          f"--image_size={config.image_size})")
+                        f"{sizes}; pass one of them (or rerun beam_jobs.preprocess with "
+                        f"--image_size={config.image_size})")
     for split in ("train", "validation"):
         if split not in manifest["datasets"][str(config.image_size)]:
             raise DataError(f"--data_dir={config.data_dir}: no {split} split at "
-                              f"{config.image_size}px (it has "
-                              f"{sorted(manifest['datasets'][str(config.image_size)])})")
+                            f"{config.image_size}px (it has "
+                            f"{sorted(manifest['datasets'][str(config.image_size)])})")
     if config.task == "binary":
         for split in ("train", "validation"):
             counts = dataset_lib.split_info(manifest, config.image_size, split).get("counts", {})
             if not int(counts.get("benign", 0)) + int(counts.get("malignant", 0)):
                 raise DataError(f"--data_dir={config.data_dir}: the {split} split holds no "
-                                  f"benign/malignant records at {config.image_size}px (counts "
-                                  f"{dict(counts)}); the binary task needs some")
+                                f"benign/malignant records at {config.image_size}px (counts "
+                                f"{dict(counts)}); the binary task needs some")
         counts = dataset_lib.split_info(manifest, config.image_size, "train").get("counts", {})
         if config.class_balance != "none" and not (int(counts.get("benign", 0))
                                                    and int(counts.get("malignant", 0))):
             raise DataError(f"--class_balance={config.class_balance} needs both classes in "
                             f"train; {config.data_dir} has {dict(counts)} at "
                             f"{config.image_size}px")
+    if os.path.exists(config.workdir) and not os.path.isdir(config.workdir):
+        raise DataError(f"--workdir={config.workdir} is a file; give a run folder (new, or one "
+                        "to resume)")
+    cache_dir = os.path.dirname(os.path.abspath(config.cache))
+    if config.cache not in ("", "memory") and "://" not in config.cache \
+            and not os.path.isdir(cache_dir):
+        raise DataError(f"--cache={config.cache}: no folder {cache_dir} for the cache files; "
+                        "make it, or use --cache=memory or --cache=''")
     if config.weights_path and not os.path.isfile(config.weights_path):
         raise DataError(f"--weights_path={config.weights_path}: no such file (a local "
-                          "efficientnet_b0 weights file; never downloaded)")
+                        "efficientnet_b0 weights file; never downloaded)")
     if config.synthetic_data:
         read_manifest_or_fail("--synthetic_data", config.synthetic_data)
     return manifest
