@@ -88,6 +88,13 @@ def test_training_refuses_bad_inputs_before_making_the_run_folder(dataset, tmp_p
     for args, words in cases:
         _assert_user_error(_run("trainer.cnn", *args), *words)
         assert not workdir.exists(), args
+    # a run folder resumes only with the model it was started with
+    workdir.mkdir()
+    (workdir / "train_config.json").write_text('{"model": "compact", "image_size": 32}')
+    _assert_user_error(_run("trainer.cnn", f"--data_dir={dataset}", f"--workdir={workdir}",
+                            f"--image_size={SIZE}", "--architecture=study"),
+                       "--architecture=study (the run has compact)")
+    assert sorted(p.name for p in workdir.iterdir()) == ["train_config.json"]  # untouched
 
 
 def test_evaluate_refuses_bad_inputs_with_one_line(dataset, tmp_path):

@@ -9,6 +9,7 @@ and quiet.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import types
@@ -19,8 +20,8 @@ from trainer.core.flags import RunConfig
 from trainer.core.program import UserError
 
 from trainer.cnn.constants import (  # noqa: F401  (the choices, listed once)
-    ARCHITECTURES, CLASS_BALANCE_MODES, DEFAULT_ADAMW_WEIGHT_DECAY, LR_SCHEDULES, MONITORS,
-    OPTIMIZERS, TASKS)
+    ARCHITECTURES, CLASS_BALANCE_MODES, DEFAULT_ADAMW_WEIGHT_DECAY, LR_SCHEDULES,
+    MODEL_SETTINGS, MONITORS, OPTIMIZERS, TASKS, TRAIN_CONFIG_NAME)
 from trainer.cnn.data import DataError, read_manifest_or_fail
 
 
@@ -183,6 +184,22 @@ def register_flag_validators() -> None:
                 names, lambda v, r=rule: r.ok(namespace(v, r.fields)), message=rule.message)
 
 
+def check_resume(config: TrainConfig) -> None:
+    """A run folder resumes only with the model it was started with (its train_config.json);
+    ConfigError naming each flag that differs, before Keras fails to restore the weights."""
+    path = os.path.join(config.workdir, TRAIN_CONFIG_NAME)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        started = json.load(f)
+    changed = [f"--{flag_name(k)}={getattr(config, k)} (the run has {started[k]})"
+               for k in MODEL_SETTINGS if k in started and started[k] != getattr(config, k)]
+    if changed:
+        raise ConfigError(f"--workdir={config.workdir} was started with another model: "
+                          f"{', '.join(changed)}; resume with its settings or use a new "
+                          "--workdir")
+
+
 def check_inputs(config: TrainConfig) -> dict[str, Any]:
     """The data a run reads exists and fits the settings; returns the manifest (read once).
     Run before anything is created, so a mistake leaves no run folder behind."""
@@ -215,6 +232,7 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
     if os.path.exists(config.workdir) and not os.path.isdir(config.workdir):
         raise DataError(f"--workdir={config.workdir} is a file; give a run folder (new, or one "
                         "to resume)")
+    check_resume(config)
     cache_dir = os.path.dirname(os.path.abspath(config.cache))
     if config.cache not in ("", "memory") and "://" not in config.cache \
             and not os.path.isdir(cache_dir):

@@ -225,9 +225,9 @@ def resolve_export_dir(path: str) -> str:
 
 def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
     """(loaded SavedModel, serving_config dict) from an export dir or a run dir."""
+    export_dir = resolve_export_dir(path)  # before TensorFlow loads: a wrong path fails fast
     import tensorflow as tf
 
-    export_dir = resolve_export_dir(path)
     with open(os.path.join(export_dir, SERVING_CONFIG_NAME), encoding="utf-8") as f:
         config = json.load(f)
     loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_NAME))

@@ -220,6 +220,9 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     task = tasks.for_config(c, manifest)
     task.prepare(c)  # may still refuse the data (a DataError) before the run folder is made
     os.makedirs(c.workdir, exist_ok=True)
+    started = os.path.join(c.workdir, config_lib.TRAIN_CONFIG_NAME)
+    if not os.path.exists(started):  # what a resume must keep (config_lib.check_resume)
+        run_folder.write_json(started, dataclasses.asdict(c))
     keras.utils.set_random_seed(c.seed)
     if c.deterministic:
         tf.config.experimental.enable_op_determinism()
