@@ -14,7 +14,9 @@ import tensorflow as tf
 from absl import flags
 
 from tests import shard_fixtures
-from trainer.cnn import cli, recipe, train  # noqa: F401  (cli defines the CNN's flags)
+from trainer.cnn import cli, recipe, train
+
+cli.define_flags()  # the CNN trainer's flags, as its program defines them
 from trainer.core import augmentations, input_pipeline as ip, runtime
 
 FLAGS = flags.FLAGS

@@ -13,7 +13,9 @@ import pytest
 from absl import flags
 
 from tests import shard_fixtures
-from trainer.cnn import cli, train  # noqa: F401  (cli defines the CNN's flags)
+from trainer.cnn import cli, train
+
+cli.define_flags()  # the CNN trainer's flags, as its program defines them
 
 FLAGS = flags.FLAGS
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from tests import shard_fixtures
-from trainer.cnn import cli, diagnosis, export, predict, train  # noqa: F401 (cli: flags)
+from trainer.cnn import cli, diagnosis, export, predict, train
+
+cli.define_flags()  # the CNN trainer's flags, as its program defines them
 
 SIZE = 32
 # train: 8 nevus, 6 melanoma, 2 seborrheic keratosis + 1 dermatofibroma (-> other at N=3),

@@ -9,7 +9,7 @@ from sklearn import metrics as skm
 
 from isicflow import imaging
 from tests import shard_fixtures
-from trainer.cnn import evaluate
+from trainer.cnn import evaluation
 from trainer.core import metrics, run_folder
 
 SIZE = 32
@@ -46,7 +46,7 @@ def evaluated(tmp_path_factory, images):
     with open(os.path.join(workdir, "history.json"), "w") as f:
         json.dump(history, f)
     model = tiny_model()
-    result = evaluate.evaluate_and_report(model, data_dir, workdir, SIZE, {"batch_size": 3, "run": "t"},
+    result = evaluation.evaluate_and_report(model, data_dir, workdir, SIZE, {"batch_size": 3, "run": "t"},
                                           bootstrap=200, seed=1)
     return model, workdir, result
 
@@ -114,12 +114,12 @@ def test_report_files_hold_finite_numbers_or_explained_nulls(evaluated):
 
 def test_read_threshold_from_report(evaluated, tmp_path):
     _, workdir, result = evaluated
-    value, source = evaluate.read_threshold(workdir)
+    value, source = evaluation.read_threshold(workdir)
     assert value == pytest.approx(result["threshold"]["threshold"]) and "report.json" in source
-    assert evaluate.read_threshold(str(tmp_path)) == (0.5, f"default 0.5 (no report.json in {tmp_path})")
+    assert evaluation.read_threshold(str(tmp_path)) == (0.5, f"default 0.5 (no report.json in {tmp_path})")
     (tmp_path / "report.json").write_text(json.dumps({"threshold": {"threshold": 7}}))
     with pytest.raises(ValueError, match="got 7"):
-        evaluate.read_threshold(str(tmp_path))
+        evaluation.read_threshold(str(tmp_path))
 
 
 def test_single_class_validation_falls_back_with_reason(tmp_path, images):
@@ -127,7 +127,7 @@ def test_single_class_validation_falls_back_with_reason(tmp_path, images):
     data_dir = shard_fixtures.write_tiny_dataset(
         tmp_path / "data", {"train": images["train"], "validation": benign_only,
                             "test": images["test"]}, SIZE, image_format="png", num_shards=1)
-    result = evaluate.evaluate_and_report(tiny_model(), data_dir, str(tmp_path / "run"), SIZE, {},
+    result = evaluation.evaluate_and_report(tiny_model(), data_dir, str(tmp_path / "run"), SIZE, {},
                                           bootstrap=20)
     assert result["threshold"]["policy"] == "fixed" and result["threshold"]["threshold"] == 0.5
     assert "one class only" in result["threshold"]["reason"]
@@ -147,4 +147,4 @@ def test_history_must_be_lists_of_numbers(tmp_path):
 
 def test_bad_policy_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="threshold policy 'best'"):
-        evaluate.evaluate_and_report(None, str(tmp_path), str(tmp_path), SIZE, {}, threshold_policy="best")
+        evaluation.evaluate_and_report(None, str(tmp_path), str(tmp_path), SIZE, {}, threshold_policy="best")

@@ -157,7 +157,7 @@ def test_predict_files_reports_each_bad_file_and_classifies_the_rest(exported, r
         assert result.probability == pytest.approx(engine_path(model, path)[1], abs=1e-5)
         assert result.label == ("malignant" if result.probability >= 0.37 else "benign")
         assert result.line() == f"{path}\t{result.probability:.6f}\t{result.label}"
-    overridden = predict.predict_files(real_images[:2], workdir, threshold_override=0.0)
+    overridden = predict.predict_files(real_images[:2], workdir, threshold=0.0)
     assert [r.label for r in overridden] == ["malignant", "malignant"]
 
 
@@ -169,7 +169,7 @@ def _run_cli(*args):
 
 def test_cli_prints_one_line_per_image_and_exit_code_says_if_any_failed(exported, real_images, bad_files):
     _, workdir, _ = exported
-    proc = _run_cli(f"--model={workdir}", real_images[2], bad_files["text"], real_images[3])
+    proc = _run_cli(f"--model={workdir}", f"--image={real_images[2]},{bad_files['text']},{real_images[3]}")
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 3
@@ -177,8 +177,8 @@ def test_cli_prints_one_line_per_image_and_exit_code_says_if_any_failed(exported
     assert 0.0 <= float(lines[0].split("\t")[1]) <= 1.0
     assert lines[1].startswith(f"ERROR {bad_files['text']}: not a JPEG or PNG")
     assert "2 of 3 image(s) classified, 1 failed" in proc.stderr
-    assert _run_cli(f"--model={workdir}", real_images[4]).returncode == 0
-    no_model = _run_cli(f"--model={bad_files['text']}", real_images[4])
+    assert _run_cli(f"--model={workdir}", f"--image={real_images[4]}").returncode == 0
+    no_model = _run_cli(f"--model={bad_files['text']}", f"--image={real_images[4]}")
     assert no_model.returncode == 2 and "neither an export dir" in no_model.stderr
 
 

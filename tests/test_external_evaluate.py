@@ -1,4 +1,4 @@
-"""External evaluation (trainer.evaluate), calibration, breakdown, and test-time augmentation:
+"""External evaluation (trainer.cnn.evaluate), calibration, breakdown, and test-time augmentation:
 a tiny model scored on a dataset of real ISIC images written through the engine's contract."""
 import csv
 import json
@@ -13,7 +13,7 @@ from sklearn.calibration import calibration_curve
 from isicflow import dataset as dataset_lib, imaging
 from isicflow.diagnosis import normalise_diagnosis
 from isicflow.metadata import LesionRecord
-from trainer.cnn import evaluate, export, predict, tta
+from trainer.cnn import evaluation, export, predict, tta
 from trainer.core import metrics
 
 SIZE = 32
@@ -84,7 +84,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def external(run_dir, data_dir):
-    return evaluate.evaluate_external(run_dir, data_dir, bootstrap=50, batch_size=5)
+    return evaluation.evaluate_external(run_dir, data_dir, bootstrap=50, batch_size=5)
 
 
 def test_report_files_keys_and_recorded_threshold(external, run_dir, data_dir):
@@ -219,7 +219,7 @@ def test_served_equals_evaluated_with_tta(run_dir, data_dir, sample, tmp_path):
     served = loaded.signatures["serving_default"](
         image_bytes=tf.constant([open(p, "rb").read() for p in files]))["probability"].numpy()
     # the export folder as --model: its threshold and its tta come with it
-    result = evaluate.evaluate_external(paths["export_dir"], data_dir, bootstrap=0,
+    result = evaluation.evaluate_external(paths["export_dir"], data_dir, bootstrap=0,
                                         out=str(tmp_path / "scored"))
     assert result["tta"] is True and result["threshold"]["threshold"] == THRESHOLD
     rows = {r["image_id"]: float(r["probability"]) for r in
@@ -237,7 +237,7 @@ def test_served_equals_evaluated_with_tta(run_dir, data_dir, sample, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "trainer.evaluate", *args], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "trainer.cnn.evaluate", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -251,7 +251,7 @@ def test_cli_one_line_errors(run_dir, data_dir, tmp_path):
         proc = _cli(*args)
         assert proc.returncode == 2, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
-        assert last.startswith("trainer.evaluate: ") and message in last, proc.stderr
+        assert last.startswith("trainer.cnn.evaluate: ") and message in last, proc.stderr
 
 
 def test_missing_image_size_names_the_sizes(data_dir, tmp_path):
@@ -262,15 +262,15 @@ def test_missing_image_size_names_the_sizes(data_dir, tmp_path):
                               keras.layers.Dense(1, activation="sigmoid")])
     model.save(str(tmp_path / "model.keras"))
     (tmp_path / "report.json").write_text(json.dumps({"threshold": {"threshold": 0.5}}))
-    with pytest.raises(evaluate.EvaluationError, match=r"no 16px images .* has sizes \[32\]"):
-        evaluate.evaluate_external(str(tmp_path), data_dir, bootstrap=0)
+    with pytest.raises(evaluation.EvaluationError, match=r"no 16px images .* has sizes \[32\]"):
+        evaluation.evaluate_external(str(tmp_path), data_dir, bootstrap=0)
 
 
 def test_run_without_recorded_threshold_is_refused(data_dir, tmp_path):
     tiny_model().save(str(tmp_path / "model.keras"))
-    with pytest.raises(evaluate.EvaluationError, match="no threshold recorded"):
-        evaluate.evaluate_external(str(tmp_path), data_dir)
-    result = evaluate.evaluate_external(str(tmp_path), data_dir, threshold=0.3, bootstrap=0,
+    with pytest.raises(evaluation.EvaluationError, match="no threshold recorded"):
+        evaluation.evaluate_external(str(tmp_path), data_dir)
+    result = evaluation.evaluate_external(str(tmp_path), data_dir, threshold=0.3, bootstrap=0,
                                         splits="test")
     assert result["threshold"]["source"] == "--threshold" and list(result["splits"]) == ["test"]
 
@@ -280,8 +280,8 @@ def test_diagnosis_model_is_refused_with_a_reason(data_dir, tmp_path):
 
     keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(),
                       keras.layers.Dense(3, activation="softmax")]).save(str(tmp_path / "model.keras"))
-    with pytest.raises(evaluate.EvaluationError, match="diagnosis head"):
-        evaluate.evaluate_external(str(tmp_path), data_dir, threshold=0.5)
+    with pytest.raises(evaluation.EvaluationError, match="diagnosis head"):
+        evaluation.evaluate_external(str(tmp_path), data_dir, threshold=0.5)
 
 
 def test_training_evaluation_with_tta_carries_over_to_external(data_dir, tmp_path):
@@ -289,10 +289,10 @@ def test_training_evaluation_with_tta_carries_over_to_external(data_dir, tmp_pat
     elsewhere uses TTA by default, so the validation split scores as training scored it."""
     model = tiny_model()
     workdir = str(tmp_path / "run")
-    trained = evaluate.evaluate_and_report(model, data_dir, workdir, SIZE, {}, bootstrap=0, tta=True)
+    trained = evaluation.evaluate_and_report(model, data_dir, workdir, SIZE, {}, bootstrap=0, tta=True)
     model.save(os.path.join(workdir, "model.keras"))
     assert trained["tta"] is True and json.load(open(os.path.join(workdir, "report.json")))["tta"]
-    result = evaluate.evaluate_external(workdir, data_dir, bootstrap=0, splits="validation")
+    result = evaluation.evaluate_external(workdir, data_dir, bootstrap=0, splits="validation")
     assert result["tta"] is True
     assert result["threshold"]["threshold"] == trained["threshold"]["threshold"]
     assert result["splits"]["validation"]["auc"] == pytest.approx(trained["splits"]["validation"]["auc"])

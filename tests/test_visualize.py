@@ -94,7 +94,7 @@ def test_cli_writes_the_pngs(study_model, lesion, tmp_path):
     out = tmp_path / "vis"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-m", "trainer.cnn.visualize", f"--model={model_path}",
-                           f"--image={lesion}", f"--out={out}"], cwd=REPO_ROOT, env=env,
+                           f"--image={lesion}", f"--output={out}"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(out.glob("featuremaps_*.png"))) == 3 and (out / "gradcam.png").is_file()

@@ -1,78 +1,28 @@
-"""Score a trained classifier on any dataset the data engine wrote (external evaluation).
-
-    python -m trainer.evaluate --model=RUN_OR_EXPORT --data_dir=OTHER_DATASET [--splits=all]
-        [--out=DIR] [--tta] [--batch_size=32] [--image_size=S] [--bootstrap=1000]
-
---model: a run folder (model.keras + report.json, whose threshold training chose on its own
-validation split) or an export folder (model.keras + serving_config.json). The threshold is
-never re-chosen on the data scored here (--threshold overrides it explicitly, and the report
-says so). --splits: 'all' (default: every split of the dataset holding benign/malignant records
-at the model's size; with several, a pooled 'all' row is added) or a comma list. --out:
-default <model>/external/<dataset folder name>. --tta: the 8 flips/rot90s averaged (default:
-as the export recorded it; off for a run folder).
-
-Writes report.json, report.md, predictions.csv (split, image_id, label, probability,
-predicted) and plots/{roc,pr,confusion,reliability}.png: see trainer.cnn.evaluate.evaluate_external.
-Exit code 0 when written, 2 with one line on stderr when it cannot run (missing model, dataset
-without manifest, missing image size, empty selected splits).
-"""
+"""Kept for the documented name: `python -m trainer.evaluate` is `python -m trainer.cnn.evaluate`
+(its old --out is the new --output)."""
 from __future__ import annotations
 
 import sys
 from typing import Sequence
 
-from absl import app, flags
+RENAMED = {"out": "output"}
 
 
-def _define_flags() -> None:
-    """Defined only when run as a program (the trainers' flags also hold --data_dir etc.)."""
-    flags.DEFINE_string("model", None, "Run folder (model.keras + report.json) or export folder "
-                        "(model.keras + serving_config.json).")
-    flags.DEFINE_string("data_dir", None, "A dataset written by beam_jobs.preprocess (manifest.json).")
-    flags.DEFINE_string("splits", "all", "'all' (every split with benign/malignant records) or a "
-                        "comma list of train,validation,test.")
-    flags.DEFINE_string("out", None, "Output folder; default <model>/external/<dataset name>.")
-    flags.DEFINE_bool("tta", None, "Test-time augmentation (8 flips/rot90s averaged); unset = as "
-                      "the export recorded it (off for a run folder).")
-    flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1)
-    flags.DEFINE_integer("image_size", None, "Dataset size to read; default (and only allowed "
-                         "value) the model's input size.")
-    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the intervals.", lower_bound=0)
-    flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
-    flags.DEFINE_integer("calibration_bins", 10, "Equal-width bins of the calibration error and "
-                         "reliability diagram.", lower_bound=1)
-    flags.DEFINE_float("threshold", None, "Use this threshold instead of the one the model "
-                       "recorded (said so in the report).")
-    flags.mark_flags_as_required(["model", "data_dir"])
-
-
-def main(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-        print(f"unexpected arguments {list(argv[1:])}", file=sys.stderr)
-        return 2
-    from trainer.cnn import evaluate
-
-    FLAGS = flags.FLAGS
-    try:
-        result = evaluate.evaluate_external(
-            FLAGS.model, FLAGS.data_dir, splits=FLAGS.splits, out=FLAGS.out, tta=FLAGS.tta,
-            batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, bootstrap=FLAGS.bootstrap,
-            seed=FLAGS.seed, threshold=FLAGS.threshold, calibration_bins=FLAGS.calibration_bins)
-    except (evaluate.EvaluationError, FileNotFoundError) as e:
-        print(f"trainer.evaluate: {e}", file=sys.stderr)
-        return 2
-    for split, values in result["splits"].items():
-        if values.get("cases"):
-            print(f"{split}: {values['cases']} cases, auc {values['auc']:.4f}, sensitivity "
-                  f"{values['sensitivity']:.4f}, specificity {values['specificity']:.4f} at "
-                  f"threshold {result['threshold']['threshold']:.4f}")
-    print(f"external report: {result['out']}")
-    return 0
+def renamed_argv(argv: Sequence[str]) -> list[str]:
+    """argv with each old flag name (--out=X, --out X) written as the new one."""
+    out = []
+    for arg in argv:
+        for old, new in RENAMED.items():
+            if arg == f"--{old}" or arg.startswith(f"--{old}="):
+                arg = f"--{new}" + arg[len(old) + 2:]
+        out.append(arg)
+    return out
 
 
 def run() -> None:
-    _define_flags()
-    app.run(main)
+    from trainer.cnn import evaluate
+
+    evaluate.run(renamed_argv(sys.argv))
 
 
 if __name__ == "__main__":

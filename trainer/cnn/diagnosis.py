@@ -23,11 +23,11 @@ import numpy as np
 
 from isicflow import dataset as dataset_lib
 from isicflow.diagnosis import normalise_diagnosis
+from trainer.cnn.constants import (CLASSES_NAME, EVAL_SPLITS, PLOTS_DIR, REPORT_JSON,  # noqa: F401
+                                   REPORT_MD, TASKS)
 
-CLASSES_NAME = "classes.json"
 OTHER = "other"
 UNKNOWN = "unknown"
-TASKS = ("binary", "diagnosis")
 _MAX_SHUFFLE_BUFFER = 1024
 
 
@@ -69,14 +69,15 @@ def class_of(mapping: Mapping[str, Any], raw_diagnosis: str) -> int:
     return classes.index(OTHER) if OTHER in classes else -1
 
 
-def raw_diagnosis_counts(data_dir: str, split: str, image_size: int) -> collections.Counter:
+def raw_diagnosis_counts(data_dir: str, split: str, image_size: int,
+                         manifest: Mapping[str, Any] | None = None) -> collections.Counter:
     """{raw diagnosis text: records} of one split, reading only the diagnosis field (no image
-    decode)."""
+    decode). manifest: the dataset's, when the caller has read it."""
     import tensorflow as tf
 
     from isicflow import schema
 
-    manifest = dataset_lib.read_manifest(data_dir)
+    manifest = _manifest(data_dir, manifest)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     counts: collections.Counter = collections.Counter()
     if not paths:
@@ -107,14 +108,20 @@ def train_counts_from_manifest(manifest: Mapping[str, Any]) -> dict[str, int] | 
     return dict(out)
 
 
-def build_mapping(data_dir: str, image_size: int, min_records: int) -> dict[str, Any]:
+def _manifest(data_dir: str, manifest: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(manifest) if manifest is not None else dataset_lib.read_manifest(data_dir)
+
+
+def build_mapping(data_dir: str, image_size: int, min_records: int,
+                  manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The class mapping of a dataset's train split (manifest rows when present, else a pass
     over the train diagnosis field)."""
-    counts = train_counts_from_manifest(dataset_lib.read_manifest(data_dir))
+    manifest = _manifest(data_dir, manifest)
+    counts = train_counts_from_manifest(manifest)
     source = "manifest per_split_label_diagnosis_source"
     if counts is None:
         counts = collections.Counter()
-        for raw, n in raw_diagnosis_counts(data_dir, "train", image_size).items():
+        for raw, n in raw_diagnosis_counts(data_dir, "train", image_size, manifest).items():
             counts[normalise_diagnosis(raw)] += n
         source = "train split diagnosis field"
     mapping = class_mapping(counts, min_records)
@@ -138,11 +145,11 @@ def read_mapping(workdir: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def split_records(data_dir: str, split: str, image_size: int,
-                  mapping: Mapping[str, Any]) -> tuple[int, int]:
+def split_records(data_dir: str, split: str, image_size: int, mapping: Mapping[str, Any],
+                  manifest: Mapping[str, Any] | None = None) -> tuple[int, int]:
     """(records in the task, records excluded as unknown) of one split."""
     kept = excluded = 0
-    for raw, n in raw_diagnosis_counts(data_dir, split, image_size).items():
+    for raw, n in raw_diagnosis_counts(data_dir, split, image_size, manifest).items():
         if class_of(mapping, raw) >= 0:
             kept += n
         else:
@@ -154,7 +161,8 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                  batch_size: int, training: bool, augment: bool = False, cache: str = "",
                  deterministic: bool = False, seed: int = 0, repeat: bool = False,
                  drop_remainder: bool = False, as_uint8: bool = False,
-                 use_metadata: bool = False, augmentation: str = "study"):
+                 use_metadata: bool = False, augmentation: str = "study",
+                 manifest: Mapping[str, Any] | None = None):
     """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
     split's records in the task; the binary pipeline's reading, parse, decode, augmentation."""
     import tensorflow as tf
@@ -162,10 +170,10 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     from isicflow import schema
     from trainer.core import input_pipeline as ip
 
-    manifest = dataset_lib.read_manifest(data_dir)
+    manifest = _manifest(data_dir, manifest)
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
-    raw = raw_diagnosis_counts(data_dir, split, image_size)
+    raw = raw_diagnosis_counts(data_dir, split, image_size, manifest)
     keys = sorted(raw)
     if not paths or not any(class_of(mapping, k) >= 0 for k in keys):
         raise ValueError(f"{data_dir}: split {split!r} at {image_size}px has no records with a "
@@ -231,11 +239,12 @@ def class_weights(mapping: Mapping[str, Any]) -> dict[int, float]:
 
 
 def predict_split(model, data_dir: str, split: str, image_size: int, mapping,
-                  batch_size: int = 32, use_metadata: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 32, use_metadata: bool = False,
+                  manifest: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(class indices int64 [N], probabilities float64 [N, K]) of one split, deterministic."""
     ds = make_dataset(data_dir, split, mapping, image_size=image_size, batch_size=batch_size,
-                      training=False, deterministic=True, use_metadata=use_metadata)
+                      training=False, deterministic=True, use_metadata=use_metadata,
+                      manifest=manifest)
     labels, probs = [], []
     for images, y in ds:
         probs.append(np.asarray(model(images, training=False), np.float64))
@@ -284,24 +293,27 @@ def plot_confusion(splits: Mapping[str, Mapping[str, Any]], classes: Sequence[st
 
 
 def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, config: dict,
-                        batch_size: int = 32) -> dict[str, Any]:
+                        batch_size: int = 32, manifest: Mapping[str, Any] | None = None
+                        ) -> dict[str, Any]:
     """Writes report.json / report.md / plots/confusion.png for the diagnosis task."""
-    from trainer.cnn import evaluate as evaluate_lib
     from trainer.core import run_folder
+
+    manifest = _manifest(data_dir, manifest)
 
     mapping = read_mapping(workdir)
     if mapping is None:
         raise FileNotFoundError(f"{workdir} has no {CLASSES_NAME}: not a diagnosis run")
     classes = mapping["classes"]
     splits, excluded = {}, {}
-    for split in evaluate_lib.EVAL_SPLITS:
-        kept, excl = split_records(data_dir, split, image_size, mapping)
+    for split in EVAL_SPLITS:
+        kept, excl = split_records(data_dir, split, image_size, mapping, manifest)
         excluded[split] = excl
         if kept:
             labels, probs = predict_split(model, data_dir, split, image_size, mapping,
-                                          batch_size, bool(config.get("use_metadata", False)))
+                                          batch_size, bool(config.get("use_metadata", False)),
+                                          manifest)
             splits[split] = split_metrics(labels, probs, classes)
-    plots_dir = os.path.join(workdir, evaluate_lib.PLOTS_DIR)
+    plots_dir = os.path.join(workdir, PLOTS_DIR)
     os.makedirs(plots_dir, exist_ok=True)
     plots = {}
     if splits:
@@ -314,7 +326,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
                "excluded_unknown": {"train": mapping["excluded_unknown"], **excluded},
                "train_counts": mapping["train_counts"], "splits": splits,
                "plots": {k: os.path.relpath(v, workdir) for k, v in plots.items()}}
-    run_folder.write_json(os.path.join(workdir, evaluate_lib.REPORT_JSON), payload)
+    run_folder.write_json(os.path.join(workdir, REPORT_JSON), payload)
     lines = ["# Diagnosis task report", "",
              f"Classes (train >= {mapping['min_records']} records; rarer grouped as `other`): "
              + ", ".join(classes), "",
@@ -330,6 +342,6 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         lines.append("")
     if plots:
         lines += ["![confusion matrices](plots/confusion.png)", ""]
-    with open(os.path.join(workdir, evaluate_lib.REPORT_MD), "w", encoding="utf-8") as f:
+    with open(os.path.join(workdir, REPORT_MD), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     return payload

@@ -1,474 +1,82 @@
-"""Evaluation of a trained classifier: threshold chosen on validation, applied unchanged to test.
+"""Score a trained CNN on any dataset the data engine wrote (external evaluation), at the
+threshold its training run chose on its own validation split.
 
-Writes into the run directory (workdir):
-  report.json   config, dataset counts, threshold and how it was chosen, per-split metrics with
-                bootstrap intervals and ROC points (NaN/inf written as null; reasons under
-                "undefined" / "note")
-  report.md     the same for people, with the plots embedded
-  plots/training_{accuracy,loss,auc}.png   from workdir/history.json, when present
-  plots/roc.png, plots/pr.png, plots/confusion.png
+    python -m trainer.cnn.evaluate --model=RUN_OR_EXPORT --data_dir=OTHER_DATASET [--splits=all]
+        [--output=DIR] [--tta] [--batch_size=32] [--image_size=S] [--bootstrap=1000]
 
-External evaluation (python -m trainer.evaluate) goes through evaluate_external below: the same
-split_report, bootstrap, plots and writers, at the threshold the training run recorded, plus
-calibration, a per-group breakdown and the per-image predictions CSV.
+--model: a run folder (model.keras + report.json, whose threshold training chose on its own
+validation split) or an export folder (model.keras + serving_config.json). The threshold is
+never re-chosen on the data scored here (--threshold overrides it explicitly, and the report
+says so). --splits: 'all' (default: every split of the dataset holding benign/malignant records
+at the model's size; with several, a pooled 'all' row is added) or a comma list. --output:
+default <model>/external/<dataset folder name>. --tta: the 8 flips/rot90s averaged (default:
+as the export recorded it; off for a run folder).
+
+Writes report.json, report.md, predictions.csv (split, image_id, label, probability,
+predicted) and plots/{roc,pr,confusion,reliability}.png (trainer.cnn.evaluation.evaluate_external).
+Exit code 0 when written, 2 with one line on stderr when it cannot run (missing model, a model
+of another kind, dataset without manifest, missing image size, empty or unknown splits).
 """
 from __future__ import annotations
 
-import datetime
-import json
-import math
-import os
-from typing import Any, Mapping
+from typing import Sequence
 
-import numpy as np
-from absl import logging
+from absl import flags
 
-from trainer.core import metrics, report, run_folder
+from trainer.core import program
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-PLOTS_DIR = "plots"
-EVAL_SPLITS = ("validation", "test")
-REPORT_FORMAT = "isicflow.cnn_report/1"
+FLAGS = flags.FLAGS
 
 
-def _check_probabilities(split: str, probs: np.ndarray) -> None:
-    bad = np.flatnonzero(~np.isfinite(probs) | (probs < 0) | (probs > 1))
-    if bad.size:
-        raise ValueError(f"{split}: {bad.size} model output(s) are not probabilities in [0, 1], "
-                         f"first {probs[bad[0]]} at case {bad[0]}")
+def define_flags() -> None:
+    flags.DEFINE_string("model", None, "Run folder (model.keras + report.json) or export folder "
+                        "(model.keras + serving_config.json).")
+    flags.DEFINE_string("data_dir", None, "A dataset written by beam_jobs.preprocess "
+                        "(manifest.json).")
+    flags.DEFINE_string("splits", "all", "'all' (every split with benign/malignant records) or a "
+                        "comma list of train,validation,test.")
+    flags.DEFINE_string("output", None, "Folder for the report; default "
+                        "<model>/external/<dataset name>.")
+    flags.DEFINE_bool("tta", None, "Test-time augmentation (8 flips/rot90s averaged); unset = as "
+                      "the export recorded it (off for a run folder).")
+    flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1)
+    flags.DEFINE_integer("image_size", None, "Dataset size to read; default (and only allowed "
+                         "value) the model's input size.")
+    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the intervals.",
+                         lower_bound=0)
+    flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+    flags.DEFINE_integer("calibration_bins", 10, "Equal-width bins of the calibration error and "
+                         "reliability diagram.", lower_bound=1)
+    flags.DEFINE_float("threshold", None, "Use this threshold instead of the one the model "
+                       "recorded (said so in the report), in [0, 1].", lower_bound=0.0,
+                       upper_bound=1.0)
+    flags.mark_flags_as_required(["model", "data_dir"])
 
 
-def predict_split(model, data_dir: str, split: str, image_size: int,
-                  batch_size: int = 32, tta: bool = False,
-                  use_metadata: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(labels int64 [N], probabilities float64 [N]) of one split, in manifest order, unaugmented
-    (with `tta`, the mean over the 8 dihedral views, trainer.cnn.tta). use_metadata: the model
-    takes (images, metadata features) (--use_metadata; no TTA)."""
-    if use_metadata and tta:
-        raise ValueError("test-time augmentation is not supported with --use_metadata")
-    from trainer.cnn import tta as tta_lib
-    from trainer.core import input_pipeline
-
-    ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=batch_size,
-                                     training=False, deterministic=True,
-                                     use_metadata=use_metadata)
-    labels, probabilities = [], []
-    for images, batch_labels in ds:
-        if use_metadata:
-            probabilities.append(np.asarray(model.predict_on_batch(images), np.float64)[:, 0])
-        else:
-            probabilities.append(tta_lib.predict_on_batch(model, images, tta))
-        labels.append(np.asarray(batch_labels).astype(np.int64))
-    if not labels:
-        return np.zeros([0], np.int64), np.zeros([0], np.float64)
-    labels_arr, probs = np.concatenate(labels), np.concatenate(probabilities)
-    _check_probabilities(split, probs)
-    return labels_arr, probs
-
-
-def predict_split_with_metadata(model, data_dir: str, split: str, image_size: int,
-                                batch_size: int = 32, tta: bool = False) -> dict[str, np.ndarray]:
-    """One split's benign/malignant records scored with their metadata: {"label" int64,
-    "probability" float64, and str arrays per input_pipeline.METADATA_FIELDS}, same
-    preprocessing as predict_split (the input pipeline's evaluation path)."""
-    from trainer.cnn import tta as tta_lib
-    from trainer.core import input_pipeline
-
-    ds = input_pipeline.make_eval_dataset_with_metadata(data_dir, split, image_size=image_size,
-                                                        batch_size=batch_size)
-    columns: dict[str, list] = {"label": [], "probability": []}
-    columns.update({name: [] for name in input_pipeline.METADATA_FIELDS})
-    for images, batch_labels, meta in ds:
-        columns["probability"].append(tta_lib.predict_on_batch(model, images, tta))
-        columns["label"].append(np.asarray(batch_labels).astype(np.int64))
-        for name in input_pipeline.METADATA_FIELDS:
-            columns[name].append(np.array([v.decode("utf-8") for v in meta[name].numpy()],
-                                          dtype=object))
-    out = {name: (np.concatenate(values) if values else np.zeros([0]))
-           for name, values in columns.items()}
-    _check_probabilities(split, out["probability"])
-    return out
-
-
-def choose_threshold(labels: np.ndarray, scores: np.ndarray, policy: str,
-                     min_sensitivity: float) -> dict[str, Any]:
-    """metrics.select_threshold on validation; falls back to the study's 0.5, saying why, when
-    validation cannot support the policy (empty or a single class)."""
-    if policy != "fixed" and (labels.size == 0 or len(np.unique(labels)) < 2):
-        why = "is empty" if labels.size == 0 else f"holds one class only ({int(labels[0])})"
-        logging.warning("validation %s: threshold policy %s impossible, using 0.5", why, policy)
-        return {"policy": "fixed", "requested_policy": policy, "threshold": metrics.STUDY_THRESHOLD,
-                "reason": f"validation {why}, so {policy!r} cannot be applied; fell back to the "
-                          "study's fixed 0.5"}
-    return metrics.select_threshold(labels, scores, policy, min_sensitivity=min_sensitivity)
-
-
-def split_report(labels: np.ndarray, scores: np.ndarray, threshold: float, *,
-                 bootstrap: int, seed: int) -> dict[str, Any]:
-    """Metrics at the threshold, bootstrap intervals and ROC points; nulls carry a reason."""
-    if labels.size == 0:
-        return {"cases": 0, "note": "no benign/malignant cases in this split; nothing evaluated"}
-    result = metrics.classification_metrics(labels, scores, threshold)
-    both_classes = len(np.unique(labels)) == 2
-    if both_classes and bootstrap > 0:
-        result["bootstrap"] = metrics.bootstrap_intervals(labels, scores, threshold,
-                                                          resamples=bootstrap, seed=seed)
-    else:
-        result["bootstrap_note"] = ("bootstrap disabled (0 resamples)" if both_classes
-                                    else "one class only: no ROC and no bootstrap interval")
-    if both_classes:
-        result["roc"] = metrics.roc_curve_points(labels, scores)
-    if threshold != metrics.STUDY_THRESHOLD:  # for comparison with the 2020 study's numbers
-        at_study = metrics.classification_metrics(labels, scores, metrics.STUDY_THRESHOLD)
-        result["at_study_threshold"] = {k: at_study[k] for k in (
-            "threshold", "confusion", "accuracy", "precision", "sensitivity", "specificity",
-            "f1", "undefined")}
-    return result
-
-
-def dataset_counts(data_dir: str, image_size: int) -> dict[str, Any]:
-    from isicflow import dataset as dataset_lib
-
-    manifest = dataset_lib.read_manifest(data_dir)
-    splits = {}
-    for split in dataset_lib.SPLITS:
-        try:
-            info = dataset_lib.split_info(manifest, image_size, split)
-        except ValueError as e:
-            splits[split] = {"records": 0, "note": str(e)}
-            continue
-        splits[split] = {"records": int(info.get("records", 0)), "counts": dict(info.get("counts", {}))}
-    return {"data_dir": os.path.abspath(data_dir), "image_size": image_size,
-            "schema_version": manifest.get("schema_version"), "splits": splits}
-
-
-def write_plots(workdir: str, splits: Mapping[str, Any], threshold: float,
-                predictions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                calibration: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """All plots under workdir/plots; returns {name: path relative to workdir}.
-
-    predictions {split: (labels, scores)} adds the precision-recall plot (splits with both
-    classes); calibration {split: metrics.expected_calibration_error} the reliability diagram.
-    """
-    plot_dir = os.path.join(workdir, PLOTS_DIR)
-    os.makedirs(plot_dir, exist_ok=True)
-    paths: dict[str, str] = {}
-    history = run_folder.read_history(os.path.join(workdir, run_folder.HISTORY_NAME))
-    if history:
-        paths.update(report.plot_training_curves(run_folder.history_columns(history), plot_dir))
-    curves = {s: {**v["roc"], "auc": v["auc"]} for s, v in splits.items() if "roc" in v}
-    if curves:
-        points = {s: (1.0 - splits[s]["specificity"], splits[s]["sensitivity"]) for s in curves}
-        paths["roc"] = report.plot_roc_curves(curves, os.path.join(plot_dir, "roc.png"), points)
-    confusions = {s: v["confusion"] for s, v in splits.items() if v.get("cases")}
-    if confusions:
-        paths["confusion"] = report.plot_confusion_matrices(
-            confusions, os.path.join(plot_dir, "confusion.png"), threshold)
-    pr = {s: {"labels": y, "scores": p} for s, (y, p) in (predictions or {}).items()
-          if y.size and len(np.unique(y)) == 2}
-    if pr:
-        paths["pr"] = report.plot_pr_curves(pr, os.path.join(plot_dir, "pr.png"))
-    if calibration:
-        paths["reliability"] = report.plot_reliability_diagram(
-            calibration, os.path.join(plot_dir, "reliability.png"))
-    return {name: os.path.relpath(path, workdir) for name, path in paths.items()}
-
-
-def _check_all_finite_or_explained(payload: Any, where: str = "report") -> None:
-    """Guard: a NaN may only appear where 'undefined' names it (metrics) or in ROC's inf."""
-    if isinstance(payload, Mapping):
-        undefined = payload.get("undefined", {})
-        for key, value in payload.items():
-            if isinstance(value, float) and not math.isfinite(value) and key not in undefined:
-                raise ValueError(f"{where}.{key} is {value} with no reason recorded")
-            if key != "roc":
-                _check_all_finite_or_explained(value, f"{where}.{key}")
-
-
-def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, config: dict,
-                        threshold_policy: str = "max_specificity_at_sensitivity",
-                        min_sensitivity: float = 0.8, bootstrap: int = 1000, seed: int = 0,
-                        batch_size: int | None = None, tta: bool = False) -> dict[str, Any]:
-    """Predicts validation and test, picks the threshold on validation, writes the reports.
-
-    tta: every probability is the mean over the 8 dihedral views (trainer.cnn.tta), so the
-    threshold is chosen on the probabilities a TTA export serves; recorded as report["tta"].
-
-    Returns the report dict (as written to report.json, but with NaN where JSON has null).
-    """
-    if threshold_policy not in metrics.THRESHOLD_POLICIES:
-        raise ValueError(f"threshold policy {threshold_policy!r} not in {metrics.THRESHOLD_POLICIES}")
-    if bootstrap < 0:
-        raise ValueError(f"bootstrap resamples must be >= 0, got {bootstrap}")
-    from trainer.core import input_pipeline
-
-    os.makedirs(workdir, exist_ok=True)
-    batch_size = int(batch_size or config.get("batch_size") or 32)
-    data = dataset_counts(data_dir, image_size)
-    predictions = {}
-    for split in EVAL_SPLITS:
-        if input_pipeline.dataset_size(data_dir, split, image_size) == 0:
-            predictions[split] = (np.zeros([0], np.int64), np.zeros([0]))
-        else:
-            predictions[split] = predict_split(model, data_dir, split, image_size, batch_size, tta,
-                                               bool(config.get("use_metadata", False)))
-        logging.info("evaluate: %d %s cases predicted", predictions[split][0].size, split)
-    threshold = choose_threshold(*predictions["validation"], threshold_policy, min_sensitivity)
-    splits = {split: split_report(*predictions[split], threshold["threshold"], bootstrap=bootstrap,
-                                  seed=seed) for split in EVAL_SPLITS}
-    result = {
-        "format": REPORT_FORMAT,
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "config": dict(config), "tta": bool(tta), "data": data, "threshold": threshold,
-        "splits": splits,
-    }
-    result["plots"] = write_plots(workdir, splits, threshold["threshold"], predictions)
-    _check_all_finite_or_explained({k: v for k, v in result.items() if k != "config"})
-    run_folder.write_json(os.path.join(workdir, REPORT_JSON), result)
-    report.write_markdown(os.path.join(workdir, REPORT_MD), result)
-    for split, values in splits.items():
-        if values.get("cases"):
-            logging.info("%s at threshold %.4f: auc %.4f accuracy %.4f sensitivity %.4f "
-                         "specificity %.4f", split, threshold["threshold"], values["auc"],
-                         values["accuracy"], values["sensitivity"], values["specificity"])
-    return result
-
-
-def read_threshold(workdir: str, default: float = metrics.STUDY_THRESHOLD) -> tuple[float, str]:
-    """(threshold, where it came from) from workdir/report.json, else the default."""
-    path = os.path.join(workdir, REPORT_JSON)
-    if not os.path.exists(path):
-        return float(default), f"default {default} (no {REPORT_JSON} in {workdir})"
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    value = saved.get("threshold", {}).get("threshold")
-    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{path}: threshold.threshold must be a number in [0, 1], got {value!r}")
-    return float(value), f"{path} (policy {saved['threshold'].get('policy')})"
-
-
-# ---- external evaluation: a trained model on any dataset the engine wrote ----
-
-EXTERNAL_FORMAT = "isicflow.cnn_external_report/1"
-EXTERNAL_DIR = "external"
-PREDICTIONS_CSV = "predictions.csv"
-PREDICTIONS_COLUMNS = ("split", "image_id", "label", "probability", "predicted")
-BREAKDOWN_FIELDS = ("source_collection", "diagnosis", "anatom_site")
-MISSING_GROUP = "(missing)"
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-class EvaluationError(ValueError):
-    """A one-line reason external evaluation cannot run (the CLI prints it and exits 2)."""
-
-
-def resolve_model(path: str, threshold_override: float | None = None) -> dict[str, Any]:
-    """What --model points at: a run folder (model.keras + report.json's threshold, else its
-    export's serving_config.json) or an export folder (model.keras + serving_config.json).
-
-    Returns {"path", "kind", "keras", "threshold": {threshold, policy, reason, source},
-    "tta" (the export's setting, or the run's report.json "tta"), "image_size" (export only)}.
-    The threshold is the one the training run chose on its own validation split; a folder
-    recording none is an error (never a threshold re-chosen on the scored data) unless
-    threshold_override gives one explicitly.
-    """
-    from trainer.cnn import export as export_lib
-
-    if not os.path.isdir(path):
-        raise EvaluationError(f"--model {path!r}: no such folder (want a run folder or an export folder)")
-    keras_path = os.path.join(path, export_lib.KERAS_NAME)
-    if not os.path.isfile(keras_path):
-        raise EvaluationError(f"--model {path!r}: no {export_lib.KERAS_NAME} in it (not a finished "
-                              "run folder nor an export folder)")
-    config_path = os.path.join(path, export_lib.SERVING_CONFIG_NAME)
-    report_path = os.path.join(path, REPORT_JSON)
-    kind = "export" if os.path.isfile(config_path) else "run"
-    # Each file read once: the run's report.json, and the serving config (the export's own, or
-    # the run's export/ one as the threshold's fallback).
-    report = _read_json(report_path) if kind == "run" and os.path.isfile(report_path) else None
-    config_file = config_path if kind == "export" else os.path.join(
-        path, export_lib.EXPORT_DIR, export_lib.SERVING_CONFIG_NAME)
-    serving = _read_json(config_file) if os.path.isfile(config_file) else {}
-    if threshold_override is not None:
-        threshold = {"threshold": float(threshold_override), "policy": "given",
-                     "reason": "given on the command line (--threshold)", "source": "--threshold"}
-    elif report is not None:
-        recorded = report.get("threshold", {})
-        value, source = read_threshold(path)
-        threshold = {"threshold": value, "policy": recorded.get("policy", "unknown"),
-                     "reason": recorded.get("reason", "recorded by training"), "source": source}
-    else:
-        if not serving:
-            raise EvaluationError(f"--model {path!r}: no threshold recorded (neither {REPORT_JSON} "
-                                  f"nor {export_lib.SERVING_CONFIG_NAME}); pass --threshold")
-        value = serving.get("threshold")
-        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise EvaluationError(f"{config_file}: threshold must be a number in [0, 1], got {value!r}")
-        threshold = {"threshold": float(value), "policy": "recorded",
-                     "reason": f"as exported ({serving.get('threshold_source', 'source not recorded')})",
-                     "source": config_file}
-    if kind == "run":  # what training evaluated with (a report written before TTA: none)
-        tta = bool((report or {}).get("tta", False))
-    else:
-        tta = bool(serving.get("tta", False))
-    return {"path": os.path.abspath(path), "kind": kind, "keras": keras_path, "threshold": threshold,
-            "tta": tta,
-            "image_size": serving.get("image_size") if kind == "export" else None}
-
-
-def select_splits(data_dir: str, image_size: int, splits: str) -> list[str]:
-    """'all' -> every split holding benign/malignant records at image_size; else the named ones,
-    each of which must hold some. Errors name what the dataset has."""
-    from isicflow import dataset as dataset_lib
-    from trainer.core import input_pipeline
+def main(argv: Sequence[str]) -> int:
+    del argv  # program.run refuses stray words
+    from trainer.cnn import evaluation
 
     try:
-        manifest = dataset_lib.read_manifest(data_dir)
-    except FileNotFoundError as e:
-        raise EvaluationError(str(e)) from None
-    sizes = sorted(int(k) for k in manifest.get("datasets", {}))
-    if str(image_size) not in manifest.get("datasets", {}):
-        raise EvaluationError(f"{data_dir}: no {image_size}px images (the model's input size); "
-                              f"the dataset has sizes {sizes}")
-    have = {s: input_pipeline.dataset_size(data_dir, s, image_size)
-            for s in dataset_lib.SPLITS if s in manifest["datasets"][str(image_size)]}
-    if splits.strip() == "all":
-        chosen = [s for s in dataset_lib.SPLITS if have.get(s)]
-        if not chosen:
-            raise EvaluationError(f"{data_dir}: no split holds benign/malignant records at "
-                                  f"{image_size}px (records per split {have})")
-        return chosen
-    chosen = [s.strip() for s in splits.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in dataset_lib.SPLITS]
-    if not chosen or unknown:
-        raise EvaluationError(f"--splits {splits!r}: want 'all' or a comma list of "
-                              f"{','.join(dataset_lib.SPLITS)}")
-    empty = [s for s in chosen if not have.get(s)]
-    if empty:
-        raise EvaluationError(f"{data_dir}: selected split(s) {','.join(empty)} hold no "
-                              f"benign/malignant records at {image_size}px (records per split {have})")
-    return list(dict.fromkeys(chosen))
+        result = evaluation.evaluate_external(
+            FLAGS.model, FLAGS.data_dir, splits=FLAGS.splits, out=FLAGS.output, tta=FLAGS.tta,
+            batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, bootstrap=FLAGS.bootstrap,
+            seed=FLAGS.seed, threshold=FLAGS.threshold, calibration_bins=FLAGS.calibration_bins)
+    except (evaluation.EvaluationError, FileNotFoundError) as e:
+        program.fail(str(e))
+    for split, values in result["splits"].items():
+        if values.get("cases"):
+            print(f"{split}: {values['cases']} cases, auc {values['auc']:.4f}, sensitivity "
+                  f"{values['sensitivity']:.4f}, specificity {values['specificity']:.4f} at "
+                  f"threshold {result['threshold']['threshold']:.4f}")
+    print(f"external report: {result['out']}")
+    return 0
 
 
-def breakdown(columns: Mapping[str, np.ndarray], threshold: float) -> dict[str, Any]:
-    """Per group of each BREAKDOWN_FIELDS value (diagnosis normalised with
-    isicflow.diagnosis.normalise_diagnosis, as the manifest counts it): metrics.group_metrics.
-    Empty values form the group MISSING_GROUP; a field empty on every record gets a note."""
-    from isicflow.diagnosis import normalise_diagnosis
-
-    labels, scores = columns["label"], columns["probability"]
-    fields: dict[str, Any] = {}
-    for field in BREAKDOWN_FIELDS:
-        raw = [str(v).strip() for v in columns[field]]
-        if not any(raw):
-            fields[field] = {"note": f"no record holds {field}; no breakdown"}
-            continue
-        if field == "diagnosis":
-            values = [normalise_diagnosis(v) for v in raw]
-        else:
-            values = [v or MISSING_GROUP for v in raw]
-        values_arr = np.array(values, dtype=object)
-        names = sorted(set(values), key=lambda v: (-values.count(v), v))
-        fields[field] = {"groups": {name: metrics.group_metrics(
-            labels[values_arr == name], scores[values_arr == name], threshold) for name in names}}
-        if field == "diagnosis":
-            fields[field]["vocabulary"] = "isicflow.diagnosis.normalise_diagnosis"
-    return {"scope": "all scored cases (every selected split)", "cases": int(labels.size),
-            "fields": fields}
+def run(argv: Sequence[str] | None = None, prog: str = "trainer.cnn.evaluate") -> None:
+    define_flags()
+    program.run(main, prog=prog, doc=__doc__, argv=argv, flag_modules=[__name__])
 
 
-def write_predictions_csv(path: str, per_split: Mapping[str, Mapping[str, np.ndarray]],
-                          threshold: float) -> str:
-    """One row per scored image: split, image_id, label (0/1), probability, predicted (0/1)."""
-    import csv
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(PREDICTIONS_COLUMNS)
-        for split, cols in per_split.items():
-            for image_id, label, p in zip(cols["image_id"], cols["label"], cols["probability"]):
-                writer.writerow([split, image_id, int(label), repr(float(p)), int(p >= threshold)])
-    os.replace(tmp, path)
-    return path
-
-
-def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
-                      out: str | None = None, tta: bool | None = None, batch_size: int = 32,
-                      image_size: int | None = None, bootstrap: int = 1000, seed: int = 0,
-                      threshold: float | None = None,
-                      calibration_bins: int = metrics.CALIBRATION_BINS) -> dict[str, Any]:
-    """Scores a trained model on another dataset at its recorded threshold; writes into `out`
-    (default <model>/external/<dataset folder name>): report.json, report.md, predictions.csv,
-    plots/{roc,pr,confusion,reliability}.png. Returns the report dict. EvaluationError (a
-    ValueError) for a missing model, a dataset without manifest, a missing size, empty splits.
-    """
-    if bootstrap < 0 or batch_size < 1 or calibration_bins < 1:
-        raise EvaluationError(f"need bootstrap >= 0, batch_size >= 1, calibration bins >= 1; got "
-                              f"{bootstrap}, {batch_size}, {calibration_bins}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise EvaluationError(f"--threshold must be in [0, 1], got {threshold}")
-    model_info = resolve_model(model_path, threshold)
-    from isicflow import dataset as dataset_lib, fileio
-
-    if not fileio.exists(fileio.join_path(data_dir, dataset_lib.MANIFEST_NAME)):  # local or gs://
-        raise EvaluationError(f"--data_dir {data_dir!r}: no {dataset_lib.MANIFEST_NAME} (not a "
-                              "finished beam_jobs.preprocess output)")
-    import keras
-
-    model = keras.models.load_model(model_info["keras"], compile=False)
-    if len(model.inputs) != 1 or model.outputs[0].shape[-1] != 1:
-        raise EvaluationError(f"--model {model_path!r}: external evaluation scores benign/malignant "
-                              "image-only models; this one has metadata inputs or a diagnosis head "
-                              "(--use_metadata / --task=diagnosis runs report on their own data only)")
-    model_size = int(model.inputs[0].shape[1])
-    image_size = int(image_size or model_size)
-    if image_size != model_size:
-        raise EvaluationError(f"--image_size {image_size} differs from the model's input size {model_size}")
-    chosen = select_splits(data_dir, image_size, splits)
-    use_tta = model_info["tta"] if tta is None else bool(tta)
-    t = model_info["threshold"]["threshold"]
-    dataset_name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
-    out = out or os.path.join(model_path, EXTERNAL_DIR, dataset_name)
-    os.makedirs(out, exist_ok=True)
-
-    per_split = {split: predict_split_with_metadata(model, data_dir, split, image_size,
-                                                    batch_size, use_tta) for split in chosen}
-    for split, cols in per_split.items():
-        logging.info("external: %d %s cases predicted", cols["label"].size, split)
-    pairs = {split: (cols["label"], cols["probability"]) for split, cols in per_split.items()}
-    pooled = {name: np.concatenate([cols[name] for cols in per_split.values()])
-              for name in next(iter(per_split.values()))}
-    if len(chosen) > 1:
-        pairs["all"] = (pooled["label"], pooled["probability"])
-    split_reports = {s: split_report(y, p, t, bootstrap=bootstrap, seed=seed)
-                     for s, (y, p) in pairs.items()}
-    calibration = {s: metrics.expected_calibration_error(y, p, calibration_bins)
-                   for s, (y, p) in pairs.items()}
-    result = {
-        "format": EXTERNAL_FORMAT, "external": True,
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "config": {"model": model_info["path"], "data_dir": os.path.abspath(data_dir),
-                   "splits": chosen, "tta": use_tta, "batch_size": batch_size,
-                   "image_size": image_size, "bootstrap": bootstrap, "seed": seed,
-                   "calibration_bins": calibration_bins},
-        "model": {k: model_info[k] for k in ("path", "kind", "keras")},
-        "tta": use_tta,
-        "data": dataset_counts(data_dir, image_size),
-        "threshold": model_info["threshold"],
-        "splits": split_reports, "calibration": calibration,
-        "breakdown": breakdown(pooled, t),
-        "predictions_csv": PREDICTIONS_CSV,
-    }
-    write_predictions_csv(os.path.join(out, PREDICTIONS_CSV), per_split, t)
-    result["plots"] = write_plots(out, split_reports, t, pairs, calibration)
-    _check_all_finite_or_explained({k: v for k, v in result.items() if k != "config"})
-    run_folder.write_json(os.path.join(out, REPORT_JSON), result)
-    report.write_markdown(os.path.join(out, REPORT_MD), result)
-    result["out"] = out
-    return result
+if __name__ == "__main__":
+    run()

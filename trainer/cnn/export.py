@@ -22,11 +22,9 @@ from typing import Any
 
 from isicflow import imaging
 from isicflow.metadata import CLASS_NAMES
+from trainer.cnn.constants import (CLASSES_NAME, EXPORT_DIR, KERAS_NAME,  # noqa: F401
+                                   SAVED_MODEL_NAME, SERVING_CONFIG_NAME)
 
-EXPORT_DIR = "export"
-KERAS_NAME = "model.keras"
-SAVED_MODEL_NAME = "saved_model"
-SERVING_CONFIG_NAME = "serving_config.json"
 SIGNATURE_PLAIN = "serving_plain"  # no test-time augmentation
 SIGNATURE_TTA = "serving_tta"      # the 8 dihedral views averaged
 SIGNATURE_METADATA = "serving_metadata"  # --use_metadata models: image bytes + age, sex, site
@@ -56,23 +54,23 @@ def uses_metadata(model) -> bool:
     return len(getattr(model, "inputs", None) or []) > 1
 
 
-def _serving_module(model, image_size: int, resize_mode: str, threshold: float, tta: bool = False):
+def _image_module(model, image_size: int, resize_mode: str):
+    """(base tf.Module class, image bytes spec): the serving path both tasks share. Raw bytes
+    go through the engine's decode and resize in-graph (preprocess), then the evaluation
+    scaling; a metadata model also gets its features (all missing unless given)."""
     import tensorflow as tf
 
-    from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
 
-    class ServingModule(tf.Module):
-        """Holds the model and the serving constants, so they travel inside the SavedModel."""
+    class ImageModule(tf.Module):
+        """Holds the model (and a subclass its serving constants), so they travel inside the
+        SavedModel."""
 
-        def __init__(self):
-            super().__init__(name="isicflow_classifier")
+        def __init__(self, name: str):
+            super().__init__(name=name)
             self.model = model
-            self.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
-            self.image_size = tf.Variable(image_size, dtype=tf.int32, trainable=False, name="image_size")
-            self.resize_mode = tf.Variable(resize_mode, dtype=tf.string, trainable=False, name="resize_mode")
 
         @tf.function(input_signature=[bytes_spec])
         def preprocess(self, image_bytes):
@@ -81,16 +79,37 @@ def _serving_module(model, image_size: int, resize_mode: str, threshold: float, 
                 image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
             return {"pixels": pixels}
 
+        def _model_inputs(self, image_bytes, metadata=None):
+            images = input_pipeline.preprocess_for_eval(self.preprocess(image_bytes)["pixels"])
+            if not uses_metadata(self.model):
+                return images
+            return [images, _missing_metadata(image_bytes) if metadata is None else metadata]
+
+    return ImageModule, bytes_spec
+
+
+def _serving_module(model, image_size: int, resize_mode: str, threshold: float, tta: bool = False):
+    import tensorflow as tf
+
+    from trainer.cnn import tta as tta_lib
+
+    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode)
+
+    class ServingModule(ImageModule):
+        """The binary task's: P(malignant) and the label at the exported threshold."""
+
+        def __init__(self):
+            super().__init__(name="isicflow_classifier")
+            self.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
+            self.image_size = tf.Variable(image_size, dtype=tf.int32, trainable=False, name="image_size")
+            self.resize_mode = tf.Variable(resize_mode, dtype=tf.string, trainable=False, name="resize_mode")
+
         def _classify(self, image_bytes, use_tta: bool, metadata=None):
-            pixels = self.preprocess(image_bytes)["pixels"]
-            images = input_pipeline.preprocess_for_eval(pixels)  # the evaluation scaling, [0, 1]
+            inputs = self._model_inputs(image_bytes, metadata)
             if uses_metadata(self.model):
-                if metadata is None:
-                    metadata = _missing_metadata(image_bytes)
-                probability = tf.cast(self.model([images, metadata], training=False),
-                                      tf.float32)[:, 0]
+                probability = tf.cast(self.model(inputs, training=False), tf.float32)[:, 0]
             else:
-                probability = tta_lib.probabilities(self.model, images, use_tta)
+                probability = tta_lib.probabilities(self.model, inputs, use_tta)
             label = tf.where(probability >= self.threshold, tf.constant(CLASS_NAMES[1]),
                              tf.constant(CLASS_NAMES[0]))
             return {"probability": probability, "label": label}
@@ -144,7 +163,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     """
     import tensorflow as tf
 
-    from trainer.cnn import evaluate
+    from trainer.cnn import evaluation as evaluate
     from trainer.core import run_folder
 
     if resize_mode not in imaging.RESIZE_MODES:
@@ -206,9 +225,9 @@ def resolve_export_dir(path: str) -> str:
 
 def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
     """(loaded SavedModel, serving_config dict) from an export dir or a run dir."""
+    export_dir = resolve_export_dir(path)  # before TensorFlow loads: a wrong path fails fast
     import tensorflow as tf
 
-    export_dir = resolve_export_dir(path)
     with open(os.path.join(export_dir, SERVING_CONFIG_NAME), encoding="utf-8") as f:
         config = json.load(f)
     loaded = tf.saved_model.load(os.path.join(export_dir, SAVED_MODEL_NAME))
@@ -224,40 +243,29 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
     import tensorflow as tf
 
     from trainer.cnn import diagnosis as diagnosis_lib
-    from trainer.core import input_pipeline, run_folder
+    from trainer.core import run_folder
 
     if resize_mode not in imaging.RESIZE_MODES:
         raise ValueError(f"resize mode {resize_mode!r} not in {imaging.RESIZE_MODES}")
     mapping = diagnosis_lib.read_mapping(workdir)
     if mapping is None:
-        raise FileNotFoundError(f"{workdir} has no {diagnosis_lib.CLASSES_NAME}")
+        raise FileNotFoundError(f"{workdir} has no {CLASSES_NAME}")
     classes = list(mapping["classes"])
     out_shape = tuple(model.outputs[0].shape)
     if out_shape[1:] != (len(classes),):
         raise ValueError(f"model output shape {out_shape} does not match {len(classes)} classes")
-    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode)
 
-    class DiagnosisModule(tf.Module):
+    class DiagnosisModule(ImageModule):
+        """The diagnosis task's: the K class probabilities and the top class."""
+
         def __init__(self):
             super().__init__(name="isicflow_diagnosis")
-            self.model = model
             self.classes = tf.constant(classes)
 
-        @tf.function(input_signature=[bytes_spec])
-        def preprocess(self, image_bytes):
-            pixels = tf.map_fn(
-                lambda contents: imaging.decode_for_serving(contents, image_size, resize_mode),
-                image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3],
-                                                               tf.uint8))
-            return {"pixels": pixels}
-
         def _classify(self, image_bytes, metadata=None):
-            images = input_pipeline.preprocess_for_eval(self.preprocess(image_bytes)["pixels"])
-            if uses_metadata(self.model):
-                if metadata is None:
-                    metadata = _missing_metadata(image_bytes)
-                images = [images, metadata]
-            probabilities = tf.cast(self.model(images, training=False), tf.float32)
+            inputs = self._model_inputs(image_bytes, metadata)
+            probabilities = tf.cast(self.model(inputs, training=False), tf.float32)
             top = tf.argmax(probabilities, axis=1, output_type=tf.int32)
             return {"probabilities": probabilities, "top_class": tf.gather(self.classes, top),
                     "top_probability": tf.reduce_max(probabilities, axis=1)}

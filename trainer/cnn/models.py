@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-MODEL_NAMES = ("study", "compact", "efficientnet_b0", "residual")
+from trainer.cnn.constants import ARCHITECTURES as MODEL_NAMES
 RESIDUAL_WIDTHS = (32, 64, 128, 256)
 # Keras' 0.99 needs ~500 steps for the moving statistics to settle; a small dataset gives ~10
 # steps per epoch, and validation would see stale statistics for many epochs.

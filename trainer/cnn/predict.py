@@ -1,10 +1,12 @@
-"""Classify image files with an exported model.
+"""Classify image files with an exported CNN: one line per image with its probability and label.
 
-    python -m trainer.cnn.predict --model DIR image.jpg [image2.png ...]
+    python -m trainer.cnn.predict --model=DIR --image=a.jpg,b.png [--output=predictions.tsv]
 
-DIR is an export dir (serving_config.json + saved_model/) or a run dir holding export/.
+--model: an export dir (serving_config.json + saved_model/) or a run dir holding export/.
+--image: the files, comma-separated (or --image repeated).
 --tta / --notta force test-time augmentation (the 8 flips/rot90s averaged, trainer.cnn.tta) on
-or off; unset, the export's own setting (serving_config.json "tta") applies.
+or off; unset, the export's own setting (serving_config.json "tta") applies. --threshold
+labels with another threshold than the exported one. --output also writes the lines to a file.
 Prints one line per image, in the order given, tab-separated:
     PATH<TAB>PROBABILITY<TAB>LABEL          e.g. a.jpg	0.731204	malignant
     PATH<TAB>CLASS:P<TAB>CLASS:P<TAB>CLASS:P  a diagnosis-task export (--task=diagnosis): the
@@ -12,7 +14,8 @@ Prints one line per image, in the order given, tab-separated:
     ERROR PATH: REASON                      e.g. ERROR b.txt: not a JPEG or PNG (not_an_image: ...)
 and on stderr a "WARNING PATH: ..." line where the served pixels differ from what training saw
 (EXIF rotation), then a summary line. Exit code: 0 when every image was classified, 1 when at least
-one failed (the others are still printed), 2 when the model cannot be loaded or no image given.
+one failed (the others are still printed: a missing or unreadable file is one of them), 2 when
+the model cannot be loaded or no image is given (one line on stderr).
 
 Each file is first checked with isicflow.imaging.decode_image (the data engine's decoder), so a
 bad file gets the engine's reason; the good ones go through the SavedModel's serving signature
@@ -25,9 +28,10 @@ import io
 import sys
 from typing import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from isicflow import imaging
+from trainer.core import program
 
 NOT_AN_IMAGE_REASONS = ("empty_file", "not_an_image", "unsupported_format")
 
@@ -82,17 +86,18 @@ def _serving_warning(data: bytes) -> str | None:
     return "; ".join(notes) or None
 
 
-def predict_files(paths: Sequence[str], model_dir: str, threshold_override: float | None = None,
+def predict_files(paths: Sequence[str], model_dir: str, threshold: float | None = None,
                   batch_size: int = 16, tta: bool | None = None) -> list[Prediction]:
     """One Prediction per path, in order; bad files carry an error, the rest a probability.
 
     tta None: as exported (serving_default); True/False: the serving_tta / serving_plain
-    signature (the 8 flips/rot90s averaged, or not), as trainer.evaluate --tta scores.
+    signature (the 8 flips/rot90s averaged, or not), as trainer.cnn.evaluate --tta scores.
+    threshold: label with it instead of the exported threshold.
     """
     from trainer.cnn import export
 
-    if threshold_override is not None and not 0.0 <= threshold_override <= 1.0:
-        raise ValueError(f"threshold_override must be in [0, 1], got {threshold_override}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     loaded, config = export.load_exported(model_dir)
@@ -107,8 +112,8 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold_override: floa
     def fill(result: Prediction, out: dict, row: int) -> None:
         probability = float(out["probability"][row])
         result.probability = probability
-        result.label = out["label"][row].decode() if threshold_override is None else \
-            ("malignant" if probability >= threshold_override else "benign")
+        result.label = out["label"][row].decode() if threshold is None else \
+            ("malignant" if probability >= threshold else "benign")
 
     return _serve_files(paths, serve, batch_size, fill)
 
@@ -160,41 +165,59 @@ def _predict_diagnosis(paths: Sequence[str], loaded, config, batch_size: int,
     return _serve_files(paths, loaded.signatures["serving_default"], batch_size, fill)
 
 
-def _define_flags() -> None:
-    """Defined only when run as a program, so importing this module never clashes with the
-    trainers' flags (trainer.core.flags) or trainer.cnn.visualize's --model."""
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
     flags.DEFINE_string("model", None, "Export dir (serving_config.json + saved_model/) or a run "
                         "dir holding export/.")
-    flags.DEFINE_float("threshold_override", None, "Label threshold to use instead of the exported "
-                       "one (which was chosen on validation), in [0, 1].")
-    flags.DEFINE_integer("predict_batch_size", 16, "Images per call of the serving signature.")
+    flags.DEFINE_list("image", [], "JPEG or PNG files to classify, comma-separated (or the flag "
+                      "repeated).")
+    flags.DEFINE_float("threshold", None, "Label threshold to use instead of the exported one "
+                       "(which was chosen on validation), in [0, 1].", lower_bound=0.0,
+                       upper_bound=1.0)
+    flags.DEFINE_integer("batch_size", 16, "Images per call of the serving signature.",
+                         lower_bound=1)
     flags.DEFINE_bool("tta", None, "Test-time augmentation (the 8 flips/rot90s averaged): "
                       "unset = as exported (serving_config.json's tta), --tta / --notta force it.")
+    flags.DEFINE_string("output", None, "Also write the result lines to this file (TSV).")
     flags.mark_flag_as_required("model")
 
 
 def main(argv: Sequence[str]) -> int:
-    paths = list(argv[1:])
+    del argv  # program.run refuses stray words: images come with --image
+    import os
+
+    paths = list(FLAGS.image)
     if not paths:
-        print("no image given: python -m trainer.cnn.predict --model DIR image.jpg ...", file=sys.stderr)
-        return 2
-    FLAGS = flags.FLAGS
+        program.fail("--image: no image given; e.g. --image=a.jpg,b.png")
+    if FLAGS.output and (os.path.isdir(FLAGS.output)
+                         or not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.output)))):
+        program.fail(f"--output={FLAGS.output}: want a file name in an existing folder")
     try:
-        results = predict_files(paths, FLAGS.model, FLAGS.threshold_override, FLAGS.predict_batch_size,
-                                FLAGS.tta)
+        results = predict_files(paths, FLAGS.model, FLAGS.threshold, FLAGS.batch_size, FLAGS.tta)
     except (FileNotFoundError, ValueError) as e:
-        print(f"cannot use the model: {e}", file=sys.stderr)
-        return 2
+        program.fail(f"--model={FLAGS.model}: {e}")
+    lines = []
     for result in results:
-        print(result.line(), flush=True)
+        lines.append(result.line())
+        print(lines[-1], flush=True)
         if result.warning:
             print(f"WARNING {result.path}: {result.warning}", file=sys.stderr)
+    if FLAGS.output:
+        with open(FLAGS.output, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
     failed = sum(r.error is not None for r in results)
     print(f"{len(results) - failed} of {len(results)} image(s) classified, {failed} failed",
           file=sys.stderr)
     return 1 if failed else 0
 
 
+def run(argv: Sequence[str] | None = None) -> None:
+    define_flags()
+    program.run(main, prog="trainer.cnn.predict", doc=__doc__, argv=argv,
+                flag_modules=[__name__])
+
+
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    run()

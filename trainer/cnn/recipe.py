@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import keras
 
+from trainer.cnn.constants import DEFAULT_ADAMW_WEIGHT_DECAY, LR_SCHEDULES, OPTIMIZERS  # noqa: F401
 from trainer.core import runtime
-
-OPTIMIZERS = ("rmsprop", "adamw")
-LR_SCHEDULES = ("constant", "cosine")
-DEFAULT_ADAMW_WEIGHT_DECAY = 0.05
 
 
 def learning_rate(rate: float, schedule: str, total_steps: int, warmup_steps: int = 0):

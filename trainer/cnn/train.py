@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Sequence
@@ -18,43 +17,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.cnn import diagnosis as diagnosis_lib
-from trainer.cnn import models, recipe
-from trainer.core import augmentations, input_pipeline, run_folder, runtime, synthetic_mix
-from trainer.core.flags import RunConfig
+from trainer.cnn import config as config_lib, models, recipe, tasks
+from trainer.cnn.config import CLASS_BALANCE_MODES, MONITORS, TrainConfig  # noqa: F401
+from trainer.cnn.tasks import class_weights_from_counts, predict_dataset, write_pr_curve  # noqa: F401,E501
+from trainer.core import run_folder, runtime
 
-MONITORS = ("val_accuracy", "val_auc")
-CLASS_BALANCE_MODES = ("none", "class_weights", "sampling")
-
-
-@dataclasses.dataclass
-class TrainConfig(RunConfig):
-    model: str = "study"
-    dropout: float = 0.0
-    l2: float = 0.0
-    augment: bool = False
-    weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
-    class_balance: str = "none"
-    monitor: str = "val_accuracy"
-    early_stopping_patience: int = 0  # 0 = off
-    verbose: int = 1
-    task: str = "binary"              # binary (benign/malignant) or diagnosis (trainer.cnn.diagnosis)
-    min_class_records: int = 20       # diagnosis task: rarer train diagnoses grouped as `other`
-    use_metadata: bool = False        # age/sex/site as a second input (metadata_features)
-    synthetic_data: str = ""          # GAN-sampled dataset added to train (synthetic_mix)
-    synthetic_fraction: float = 0.0   # generated images per real training image, per class
-    # the from-scratch recipe's levers (trainer.cnn.recipe); each default is the study's
-    width_multiplier: float = 1.0     # residual architecture only
-    augmentation: str = "study"       # what augment means: study or dermoscopy
-    mixup_alpha: float = 0.0          # 0 = off (binary task)
-    cutmix_alpha: float = 0.0         # 0 = off (binary task)
-    optimizer: str = "rmsprop"
-    weight_decay: float | None = None  # adamw only; None = recipe.DEFAULT_ADAMW_WEIGHT_DECAY
-    lr_schedule: str = "constant"
-    warmup_epochs: float = 0.0        # cosine schedule only
-    label_smoothing: float = 0.0      # binary task only
-
-    FLAG_SOURCES = {"model": ("architecture", str), "verbose": ("keras_verbose", int)}
 
 
 @dataclasses.dataclass
@@ -62,15 +29,6 @@ class TrainResult:
     model: keras.Model
     history: list[dict[str, Any]]     # every epoch of the run, including resumed ones
     summary: dict[str, Any]
-
-
-def class_weights_from_counts(counts: dict[str, int]) -> dict[int, float]:
-    """Weights n / (2 n_c): each class contributes half the loss, as if balanced."""
-    benign, malignant = int(counts.get("benign", 0)), int(counts.get("malignant", 0))
-    if benign == 0 or malignant == 0:
-        raise ValueError(f"class weights need both classes in train, counts are {counts}")
-    total = benign + malignant
-    return {0: total / (2 * benign), 1: total / (2 * malignant)}
 
 
 def _batch_images(batch) -> int:
@@ -201,113 +159,9 @@ def _to_float(value) -> float:
     return float(keras.ops.convert_to_numpy(value))
 
 
-def _check_config(c: TrainConfig) -> None:
-    if c.monitor not in MONITORS:
-        raise ValueError(f"monitor {c.monitor!r} not in {MONITORS}")
-    if c.class_balance not in CLASS_BALANCE_MODES:
-        raise ValueError(f"class_balance {c.class_balance!r} not in {CLASS_BALANCE_MODES}")
-    if c.model not in models.MODEL_NAMES:
-        raise ValueError(f"model {c.model!r} not in {models.MODEL_NAMES}")
-    if c.deterministic and c.jit_compile:
-        raise ValueError("jit_compile=True with deterministic=True: Keras turns XLA off under "
-                         "op determinism; choose one")
-    if c.use_metadata and c.class_balance == "sampling":
-        raise ValueError("--use_metadata with --class_balance=sampling is not supported yet")
-    if c.synthetic_fraction and not c.synthetic_data:
-        raise ValueError(f"synthetic_fraction={c.synthetic_fraction} needs --synthetic_data")
-    if c.synthetic_data and (c.task != "binary" or c.use_metadata):
-        raise ValueError("--synthetic_data adds generated benign/malignant images: binary task "
-                         "only, without --use_metadata (they have no age, sex or site)")
-    if c.task not in diagnosis_lib.TASKS:
-        raise ValueError(f"task {c.task!r} not in {diagnosis_lib.TASKS}")
-    if c.task == "diagnosis":
-        if c.monitor != "val_accuracy":
-            raise ValueError("the diagnosis task monitors val_accuracy (no binary AUC); use "
-                             "--monitor=val_accuracy")
-        if c.class_balance == "sampling":
-            raise ValueError("--class_balance=sampling is binary only; use class_weights")
-        if c.min_class_records < 1:
-            raise ValueError(f"min_class_records must be >= 1, got {c.min_class_records}")
-    _check_recipe(c)
-    if c.weights_path and not os.path.isfile(c.weights_path):
-        raise FileNotFoundError(f"weights_path {c.weights_path!r} is not a file")
-
-
-def _check_recipe(c: TrainConfig) -> None:
-    """The recipe levers' values and combinations (the flags' validators, for direct use)."""
-    if c.augmentation not in augmentations.AUGMENTATIONS:
-        raise ValueError(f"augmentation {c.augmentation!r} not in {augmentations.AUGMENTATIONS}")
-    if c.optimizer not in recipe.OPTIMIZERS:
-        raise ValueError(f"optimizer {c.optimizer!r} not in {recipe.OPTIMIZERS}")
-    if c.lr_schedule not in recipe.LR_SCHEDULES:
-        raise ValueError(f"lr_schedule {c.lr_schedule!r} not in {recipe.LR_SCHEDULES}")
-    if not 0.0 <= c.label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
-    if c.mixup_alpha < 0 or c.cutmix_alpha < 0:
-        raise ValueError(f"mixup_alpha/cutmix_alpha must be >= 0, got {c.mixup_alpha}/"
-                         f"{c.cutmix_alpha}")
-    if c.warmup_epochs and (c.lr_schedule != "cosine" or c.warmup_epochs >= c.epochs):
-        raise ValueError(f"warmup_epochs={c.warmup_epochs} needs lr_schedule='cosine' and "
-                         f"fewer than epochs={c.epochs}")
-    if c.task == "diagnosis" and c.label_smoothing:
-        raise ValueError(f"label_smoothing={c.label_smoothing} is binary only")
-    if _mixing(c) and (c.task != "binary" or c.use_metadata
-                       or c.class_balance == "class_weights"):
-        raise ValueError(f"mixup_alpha={c.mixup_alpha}/cutmix_alpha={c.cutmix_alpha} need the "
-                         "binary task without metadata and without class weights (use "
-                         "class_balance='sampling')")
-
-
-def _mixing(c: TrainConfig) -> bool:
-    return bool(c.mixup_alpha or c.cutmix_alpha)
-
-
-def _float_input(c: TrainConfig) -> bool:
-    """Training batches reach the model as float32 (augmented or mixed), not uint8."""
-    return c.augment or _mixing(c)
-
-
-def _datasets(c: TrainConfig, strategy, mapping=None):
-    if mapping is not None:
-        n_train, _ = diagnosis_lib.split_records(c.data_dir, "train", c.image_size, mapping)
-        steps = math.ceil(n_train / c.batch_size)
-        if c.steps_per_epoch:
-            steps = min(steps, c.steps_per_epoch)
-        common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
-                      deterministic=c.deterministic, seed=c.seed, as_uint8=not c.augment,
-                      use_metadata=c.use_metadata)
-        train = diagnosis_lib.make_dataset(
-            c.data_dir, "train", mapping, training=True, augment=c.augment, repeat=True,
-            augmentation=c.augmentation,
-            drop_remainder=strategy.num_replicas_in_sync > 1, **common)
-        validation = diagnosis_lib.make_dataset(c.data_dir, "validation", mapping,
-                                                training=False, **common)
-        return train, validation, steps, n_train
-    mix = synthetic_mix_for(c)
-    n_train = input_pipeline.dataset_size(c.data_dir, "train", c.image_size) + (
-        mix.total if mix else 0)
-    steps = math.ceil(n_train / c.batch_size)
-    if c.steps_per_epoch:
-        steps = min(steps, c.steps_per_epoch) if c.class_balance != "sampling" \
-            else c.steps_per_epoch
-    common = dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
-                  deterministic=c.deterministic, seed=c.seed, as_uint8=not _float_input(c),
-                  use_metadata=c.use_metadata)
-    train = input_pipeline.make_dataset(
-        c.data_dir, "train", training=True, augment=c.augment, repeat=True,
-        augmentation=c.augmentation, mixup_alpha=c.mixup_alpha, cutmix_alpha=c.cutmix_alpha,
-        balance_classes=c.class_balance == "sampling", synthetic=mix,
-        drop_remainder=strategy.num_replicas_in_sync > 1, **common)
-    validation = input_pipeline.make_dataset(c.data_dir, "validation", training=False, **common)
-    return train, validation, steps, n_train
-
-
-def synthetic_mix_for(c: TrainConfig) -> synthetic_mix.SyntheticMix | None:
-    """The generated records --synthetic_data/--synthetic_fraction add to train, or None."""
-    if not c.synthetic_data:
-        return None
-    return synthetic_mix.plan(c.synthetic_data, input_pipeline.class_counts(
-        c.data_dir, "train", c.image_size), c.synthetic_fraction, c.image_size)
+def _datasets(c: TrainConfig, strategy, task: tasks.Task | None = None):
+    """(train, validation, steps per epoch, training images) of c's task."""
+    return (task or tasks.for_config(c)).datasets(c, strategy)
 
 
 def with_uint8_input(model: keras.Model, image_size: int) -> keras.Model:
@@ -356,41 +210,25 @@ def _callbacks(c: TrainConfig, meter, history_file, sample_batch, budget=None) -
     return callbacks
 
 
-def write_pr_curve(log_dir: str, labels: np.ndarray, probabilities: np.ndarray,
-                   step: int) -> None:
-    """Validation precision-recall curve for TensorBoard's PR Curves tab."""
-    from tensorboard.plugins.pr_curve import summary as pr_summary
-
-    pb = pr_summary.pb("validation_pr_curve", labels=labels.astype(bool),
-                       predictions=probabilities.astype(np.float32), num_thresholds=101)
-    with tf.summary.create_file_writer(log_dir).as_default():
-        tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=step)
-
-
-def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    labels, probabilities = [], []
-    for x, y in dataset:
-        probabilities.append(np.asarray(model(x, training=False), np.float32).reshape(-1))
-        labels.append(y.numpy())
-    return np.concatenate(labels), np.concatenate(probabilities)
-
-
-def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
-          ) -> TrainResult:
-    """Trains (or resumes) one run; returns the best model by c.monitor and the history."""
-    _check_config(c)
+def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+              manifest: dict[str, Any] | None = None) -> TrainResult:
+    """Trains (or resumes) one run; returns the best model by c.monitor and the history.
+    The settings were checked when c was built; the data is checked here, before the run
+    folder is made (config.check_inputs)."""
+    if manifest is None:
+        manifest = config_lib.check_inputs(c)
+    task = tasks.for_config(c, manifest)
+    task.prepare(c)  # may still refuse the data (a DataError) before the run folder is made
     os.makedirs(c.workdir, exist_ok=True)
+    started = os.path.join(c.workdir, config_lib.TRAIN_CONFIG_NAME)
+    if not os.path.exists(started):  # what a resume must keep (config_lib.check_resume)
+        run_folder.write_json(started, dataclasses.asdict(c))
     keras.utils.set_random_seed(c.seed)
     if c.deterministic:
         tf.config.experimental.enable_op_determinism()
     policy = runtime.configure_mixed_precision(c.mixed_precision)
     strategy = runtime.make_strategy()
-    mapping = None
-    if c.task == "diagnosis":  # classes fixed once, from train; a resumed run keeps its own
-        mapping = diagnosis_lib.read_mapping(c.workdir) or diagnosis_lib.build_mapping(
-            c.data_dir, c.image_size, c.min_class_records)
-        diagnosis_lib.write_mapping(c.workdir, mapping)
-    train_ds, val_ds, steps, n_train = _datasets(c, strategy, mapping)
+    train_ds, val_ds, steps, n_train = task.datasets(c, strategy)
     with strategy.scope():
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
                                    c.weights_path or None, c.width_multiplier)
@@ -398,49 +236,23 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
             from trainer.core import metadata_features
 
             model = metadata_features.with_metadata_input(model)
-        if mapping is not None:
-            model = diagnosis_lib.softmax_head(model, len(mapping["classes"]))
+        model = task.head(model)
         # Without augmentation the batches stay uint8 until the device (see make_dataset);
         # `model` itself keeps float [0, 1] inputs for evaluation, export and users.
-        fit_model = model if _float_input(c) else with_uint8_input(model, c.image_size)
+        fit_model = model if tasks.float_input(c) else with_uint8_input(model, c.image_size)
         rate = recipe.learning_rate(c.learning_rate, c.lr_schedule, c.epochs * steps,
                                     round(c.warmup_epochs * steps))
         for compiled in {id(m): m for m in (model, fit_model)}.values():
             optimizer = recipe.make_optimizer(c.optimizer, rate, c.weight_decay, c.ema_decay)
-            if mapping is not None:
-                compiled.compile(optimizer=optimizer,
-                                 loss=keras.losses.SparseCategoricalCrossentropy(),
-                                 metrics=[keras.metrics.SparseCategoricalAccuracy(
-                                     name="accuracy")],
-                                 jit_compile=c.jit_compile)
-                continue
-            compiled.compile(optimizer=optimizer,
-                             loss=keras.losses.BinaryCrossentropy(
-                                 label_smoothing=c.label_smoothing),
-                             metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
-                                      keras.metrics.AUC(name="auc"),
-                                      keras.metrics.Precision(name="precision"),
-                                      keras.metrics.Recall(name="recall")],
+            compiled.compile(optimizer=optimizer, **task.compile_args(c),
                              jit_compile=c.jit_compile)
     meter = runtime.StepTimeMeter(warmup_steps=1)
     install_step_timer(fit_model, meter)
     history_file = HistoryFile(os.path.join(c.workdir, run_folder.HISTORY_NAME))
-    if mapping is not None:
-        sample_x, sample_y = next(iter(diagnosis_lib.make_dataset(
-            c.data_dir, "train", mapping, image_size=c.image_size, batch_size=4, training=True,
-            augment=c.augment, seed=c.seed, augmentation=c.augmentation)))
-    else:
-        sample_x, sample_y = next(iter(input_pipeline.make_dataset(
-            c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
-            augment=c.augment, seed=c.seed, augmentation=c.augmentation)))
+    sample_x, sample_y = next(iter(task.sample_dataset(c)))
     sample_x = sample_x[0] if isinstance(sample_x, (tuple, list)) else sample_x
     sample_batch = (sample_x.numpy(), sample_y.numpy())
-    class_weight = None
-    if c.class_balance == "class_weights" and mapping is not None:
-        class_weight = diagnosis_lib.class_weights(mapping)
-    elif c.class_balance == "class_weights":
-        class_weight = class_weights_from_counts(
-            input_pipeline.class_counts(c.data_dir, "train", c.image_size))
+    class_weight = task.class_weight(c)
     if c.verbose:
         print(f"model {c.model}: {model.count_params():,} parameters, policy {policy}, "
               f"{strategy.num_replicas_in_sync} replica(s), {n_train} training images, "
@@ -458,10 +270,7 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     if os.path.exists(best):
         fit_model.load_weights(best)  # shares its weights with `model`
     model.save(os.path.join(c.workdir, "model.keras"))
-    if mapping is None:  # the PR curve is the binary task's
-        val_labels, val_probs = predict_dataset(fit_model, val_ds)  # matches fit_model's input
-        write_pr_curve(os.path.join(c.workdir, "logs", "validation"), val_labels, val_probs,
-                       step=len(history_file.entries))
+    task.after_fit(c, fit_model, val_ds, step=len(history_file.entries))  # fit_model's input
     summary = _final_summary(c, model, history_file.entries, policy, strategy,
                              trained["train_wall_s"])
     summary.update(cpu_time_s_this_run=round(trained["train_cpu_s"], 2),

@@ -1,7 +1,8 @@
 """Test-time augmentation: the 8 dihedral views of each image, probabilities averaged.
 
-One definition for every place that scores images (trainer.cnn.evaluate, trainer.evaluate, the
-exported SavedModel's serving signature, hence trainer.cnn.predict), so served probabilities
+One definition for every place that scores images (trainer.cnn.evaluation, hence the
+trainer.cnn.evaluate program; the exported SavedModel's serving signature, hence
+trainer.cnn.predict), so served probabilities
 equal evaluated ones. The views are rot90 by k = 0..3 quarter turns of the image and of its
 left-right mirror; together they are the symmetry group of the square (flip up-down and the
 transposes are among them). The views of a batch are stacked into ONE model call of 8x the

@@ -1,10 +1,11 @@
-"""What the CNN looks at: feature maps of every convolution layer and a Grad-CAM heatmap.
+"""What the CNN looks at: PNGs of the feature maps of every convolution layer and a Grad-CAM
+heatmap of one image.
 
-    python -m trainer.cnn.visualize --model DIR_OR_FILE --image lesion.jpg --out DIR
+    python -m trainer.cnn.visualize --model=DIR_OR_FILE --image=lesion.jpg --output=DIR
 
 --model: a .keras file, an export dir (model.keras + serving_config.json) or a run dir holding
 export/. The image goes through the data engine's decode and resize (isicflow.imaging) and the
-evaluation scaling, exactly what the model saw in validation. Writes to --out:
+evaluation scaling, exactly what the model saw in validation. Writes to --output:
   featuremaps_NN_<layer>.png  one grid per Conv2D layer, one tile per channel (each tile scaled
                               to its own min..max, so weak channels stay visible)
   gradcam.png                 the image, the heatmap, and the heatmap overlaid on the image
@@ -20,9 +21,10 @@ import re
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from isicflow import imaging
+from trainer.core import program
 
 
 def conv_layers(model) -> list:
@@ -179,28 +181,44 @@ def visualize(model, image_path: str, out_dir: str, resize_mode: str = "squash")
             "heatmap": heatmap, "probability": probability, "layers": list(maps)}
 
 
-def _define_flags() -> None:
-    """Only when run as a program: --model would clash with the trainers' flags on import."""
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
     flags.DEFINE_string("model", None, ".keras file, export dir, or run dir holding export/.")
     flags.DEFINE_string("image", None, "JPEG or PNG of a lesion.")
-    flags.DEFINE_string("out", None, "Folder for the PNGs (created).")
+    flags.DEFINE_string("output", None, "Folder for the PNGs (created).")
     flags.DEFINE_enum("resize_mode", None, list(imaging.RESIZE_MODES),
                       "Resize mode; default: the export's serving_config.json, else squash.")
-    for name in ("model", "image", "out"):
-        flags.mark_flag_as_required(name)
+    flags.mark_flags_as_required(["model", "image", "output"])
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    FLAGS = flags.FLAGS
-    model, mode = load_model(FLAGS.model)
-    result = visualize(model, FLAGS.image, FLAGS.out, FLAGS.resize_mode or mode)
+    del argv  # program.run refuses stray words
+    if not os.path.isfile(FLAGS.image):
+        program.fail(f"--image={FLAGS.image}: no such file")
+    try:
+        with open(FLAGS.image, "rb") as f:
+            imaging.decode_image(f.read())
+    except imaging.ImageRejected as e:
+        program.fail(f"--image={FLAGS.image}: not a readable JPEG or PNG ({e})")
+    if not os.path.exists(FLAGS.model):
+        program.fail(f"--model={FLAGS.model}: no such file or folder")
+    try:
+        model, mode = load_model(FLAGS.model)
+        result = visualize(model, FLAGS.image, FLAGS.output, FLAGS.resize_mode or mode)
+    except (FileNotFoundError, ValueError) as e:  # not a model; a model without a conv or image input
+        program.fail(f"--model={FLAGS.model}: {e}")
     for path in result["feature_maps"] + [result["gradcam"]]:
         print(path)
     print(f"P(malignant) = {result['probability']:.4f}")
 
 
+def run(argv: Sequence[str] | None = None) -> None:
+    define_flags()
+    program.run(main, prog="trainer.cnn.visualize", doc=__doc__, argv=argv,
+                flag_modules=[__name__])
+
+
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    run()

@@ -10,8 +10,10 @@ regression), and a strong hue shift can erase it.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
+if TYPE_CHECKING:  # TensorFlow is imported where it runs: AUGMENTATIONS stays a cheap import
+    import tensorflow as tf
 
 AUGMENTATIONS = ("study", "dermoscopy")
 CROP_AREA_RANGE = (0.6, 1.0)          # random resized crop: fraction of the image area kept
@@ -23,6 +25,8 @@ DERMOSCOPY_CONTRAST_RANGE = (0.9, 1.1)
 
 
 def _random_resized_crop(image: tf.Tensor, seeds) -> tf.Tensor:
+    import tensorflow as tf
+
     size = tf.shape(image)[0]
     area = tf.random.stateless_uniform([], seeds[0], *CROP_AREA_RANGE)
     aspect = tf.exp(tf.random.stateless_uniform([], seeds[1], *CROP_LOG_ASPECT_RANGE))
@@ -38,6 +42,8 @@ def _random_resized_crop(image: tf.Tensor, seeds) -> tf.Tensor:
 def rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
     """[S,S,3] float image rotated by `angle` radians about its centre, reflect fill (Keras'
     RandomRotation transform, on one image)."""
+    import tensorflow as tf
+
     side = tf.cast(tf.shape(image)[0], tf.float32) - 1.0
     cos, sin = tf.cos(angle), tf.sin(angle)
     x_offset = (side - (cos * side - sin * side)) / 2.0
@@ -52,6 +58,8 @@ def dermoscopy_augment(image: tf.Tensor, seed) -> tf.Tensor:
     """float [S,S,3] in [0, 1] -> the same shape in [0, 1]: both flips, a random resized crop
     (CROP_AREA_RANGE of the area, aspect 3/4..4/3), a rotation by any angle (reflect fill),
     mild hue/saturation/brightness/contrast jitter. `seed`: int [2], one per image."""
+    import tensorflow as tf
+
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=11)
     image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     image = tf.image.stateless_random_flip_up_down(image, seeds[1])
@@ -67,6 +75,8 @@ def dermoscopy_augment(image: tf.Tensor, seed) -> tf.Tensor:
 
 def _beta(shape, alpha: float, seeds) -> tf.Tensor:
     """Beta(alpha, alpha) draws from two stateless gamma draws."""
+    import tensorflow as tf
+
     a = tf.random.stateless_gamma(shape, seeds[0], alpha=alpha)
     b = tf.random.stateless_gamma(shape, seeds[1], alpha=alpha)
     return a / tf.maximum(a + b, 1e-12)
@@ -75,6 +85,8 @@ def _beta(shape, alpha: float, seeds) -> tf.Tensor:
 def _cutmix_mask(size: tf.Tensor, lam: tf.Tensor, seeds) -> tuple[tf.Tensor, tf.Tensor]:
     """Per image a box of area ~(1 - lam) (clipped at the border): mask [B,S,S,1], 1 inside
     the box (the partner's pixels), and the kept fraction, the label weight of the image."""
+    import tensorflow as tf
+
     batch = tf.shape(lam)[0]
     s = tf.cast(size, tf.float32)
     cut = s * tf.sqrt(1.0 - lam)
@@ -95,6 +107,8 @@ def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed, *, mixup_alpha: float 
     """Mixup or cutmix of a float batch with a seeded permutation of itself; labels [B] become
     the same convex combination (soft floats). With both alphas > 0 each batch takes one of
     the two, evenly. Per-image mixing weights ~ Beta(alpha, alpha). `seed`: int [2]."""
+    import tensorflow as tf
+
     if mixup_alpha < 0 or cutmix_alpha < 0:
         raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha}, "
                          f"{cutmix_alpha}")

@@ -1,0 +1,246 @@
+"""The CNN run's settings (TrainConfig) and the one place their rules live (RULES, check).
+
+The same rules validate the command line (register_flag_validators: a bad combination stops
+flag parsing, naming the flags and their values) and a TrainConfig built in Python (check runs
+in TrainConfig.__post_init__). check_inputs looks at the data itself (manifest, image size,
+files) before a run creates anything. No TensorFlow here, so the program's --help stays fast
+and quiet.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import types
+from typing import Any, Callable, Mapping
+
+from trainer.core.augmentations import AUGMENTATIONS
+from trainer.core.flags import RunConfig
+from trainer.core.program import UserError
+
+from trainer.cnn.constants import (  # noqa: F401  (the choices, listed once)
+    ARCHITECTURES, CLASS_BALANCE_MODES, DEFAULT_ADAMW_WEIGHT_DECAY, LR_SCHEDULES,
+    MODEL_SETTINGS, MONITORS, OPTIMIZERS, TASKS, TRAIN_CONFIG_NAME)
+from trainer.cnn.data import DataError, read_manifest_or_fail
+
+
+class ConfigError(UserError, ValueError):
+    """A setting or combination of settings that cannot run; the message names the flags and
+    the values given (a UserError: the program prints it as one line and exits 2)."""
+
+
+@dataclasses.dataclass
+class TrainConfig(RunConfig):
+    model: str = "study"
+    dropout: float = 0.0
+    l2: float = 0.0
+    augment: bool = False
+    weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
+    class_balance: str = "none"
+    monitor: str = "val_accuracy"
+    early_stopping_patience: int = 0  # 0 = off
+    verbose: int = 1
+    task: str = "binary"              # binary (benign/malignant) or diagnosis (trainer.cnn.tasks)
+    min_class_records: int = 20       # diagnosis task: rarer train diagnoses grouped as `other`
+    use_metadata: bool = False        # age/sex/site as a second input (metadata_features)
+    synthetic_data: str = ""          # GAN-sampled dataset added to train (synthetic_mix)
+    synthetic_fraction: float = 0.0   # generated images per real training image, per class
+    # the from-scratch recipe's levers (trainer.cnn.recipe); each default is the study's
+    width_multiplier: float = 1.0     # residual architecture only
+    augmentation: str = "study"       # what augment means: study or dermoscopy
+    mixup_alpha: float = 0.0          # 0 = off (binary task)
+    cutmix_alpha: float = 0.0         # 0 = off (binary task)
+    optimizer: str = "rmsprop"
+    weight_decay: float | None = None  # adamw only; None = DEFAULT_ADAMW_WEIGHT_DECAY
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0        # cosine schedule only
+    label_smoothing: float = 0.0      # binary task only
+
+    FLAG_SOURCES = {"model": ("architecture", str), "verbose": ("keras_verbose", int)}
+
+    def __post_init__(self):
+        check(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """`ok` of a namespace holding `fields` (config field names) must hold, else `message`."""
+
+    fields: tuple[str, ...]
+    ok: Callable[[Any], bool]
+    message: str
+
+
+def _one_of(field: str, choices: tuple[str, ...]) -> Rule:
+    return Rule((field,), lambda c: getattr(c, field) in choices,
+                f"must be one of {', '.join(choices)}")
+
+
+def _mixing(c) -> bool:
+    return bool(c.mixup_alpha or c.cutmix_alpha)
+
+
+RULES: tuple[Rule, ...] = (
+    # one setting
+    _one_of("model", ARCHITECTURES), _one_of("task", TASKS), _one_of("monitor", MONITORS),
+    _one_of("class_balance", CLASS_BALANCE_MODES), _one_of("optimizer", OPTIMIZERS),
+    _one_of("lr_schedule", LR_SCHEDULES), _one_of("augmentation", AUGMENTATIONS),
+    Rule(("dropout",), lambda c: 0.0 <= c.dropout < 1.0, "must be in [0, 1)"),
+    Rule(("l2",), lambda c: c.l2 >= 0.0, "must be >= 0"),
+    Rule(("width_multiplier",), lambda c: 0.0 < c.width_multiplier <= 8.0,
+         "must be in (0, 8]"),
+    Rule(("weight_decay",), lambda c: c.weight_decay is None or 0.0 <= c.weight_decay < 1.0,
+         "must be in [0, 1) (or unset)"),
+    Rule(("warmup_epochs",), lambda c: c.warmup_epochs >= 0, "must be >= 0"),
+    Rule(("label_smoothing",), lambda c: 0.0 <= c.label_smoothing < 1.0, "must be in [0, 1)"),
+    Rule(("mixup_alpha",), lambda c: 0.0 <= c.mixup_alpha < math.inf, "must be >= 0, 0 = off"),
+    Rule(("cutmix_alpha",), lambda c: 0.0 <= c.cutmix_alpha < math.inf,
+         "must be >= 0, 0 = off"),
+    Rule(("min_class_records",), lambda c: c.min_class_records >= 1, "must be >= 1"),
+    Rule(("early_stopping_patience",), lambda c: c.early_stopping_patience >= 0,
+         "must be >= 0, 0 = never"),
+    Rule(("synthetic_fraction",), lambda c: 0.0 <= c.synthetic_fraction <= 10.0,
+         "must be in [0, 10]"),
+    # combinations
+    Rule(("model", "width_multiplier"),
+         lambda c: c.model == "residual" or c.width_multiplier == 1.0,
+         "--width_multiplier applies to --architecture=residual only"),
+    Rule(("optimizer", "weight_decay"), lambda c: c.optimizer == "adamw" or not c.weight_decay,
+         "--weight_decay needs --optimizer=adamw (RMSprop has no decoupled decay)"),
+    Rule(("lr_schedule", "warmup_epochs", "epochs"),
+         lambda c: not c.warmup_epochs or (c.lr_schedule == "cosine"
+                                           and c.warmup_epochs < c.epochs),
+         "--warmup_epochs needs --lr_schedule=cosine and fewer warmup epochs than --epochs"),
+    Rule(("task", "label_smoothing"), lambda c: c.task == "binary" or not c.label_smoothing,
+         "--label_smoothing is binary only: Keras' sparse categorical cross-entropy has no "
+         "label smoothing"),
+    Rule(("task", "use_metadata", "class_balance", "mixup_alpha", "cutmix_alpha"),
+         lambda c: not _mixing(c) or (c.task == "binary" and not c.use_metadata
+                                      and c.class_balance != "class_weights"),
+         "--mixup_alpha/--cutmix_alpha need --task=binary, no --use_metadata, and "
+         "--class_balance=sampling or none (class weights of soft labels are ill-defined)"),
+    Rule(("jit_compile", "deterministic"), lambda c: not (c.jit_compile and c.deterministic),
+         "Keras turns XLA off under op determinism, so jit_compile=True with "
+         "deterministic=True cannot run; drop one of the two"),
+    Rule(("task", "monitor"), lambda c: c.task != "diagnosis" or c.monitor == "val_accuracy",
+         "--task=diagnosis needs --monitor=val_accuracy (val_auc is the binary task's)"),
+    Rule(("task", "class_balance"),
+         lambda c: c.task != "diagnosis" or c.class_balance != "sampling",
+         "--class_balance=sampling is binary only; the diagnosis task takes class_weights"),
+    Rule(("use_metadata", "class_balance"),
+         lambda c: not (c.use_metadata and c.class_balance == "sampling"),
+         "--use_metadata cannot be combined with --class_balance=sampling yet"),
+    Rule(("synthetic_data", "synthetic_fraction"),
+         lambda c: bool(c.synthetic_data) or not c.synthetic_fraction,
+         "--synthetic_fraction needs --synthetic_data (the GAN sampler's TFRecord folder)"),
+    Rule(("synthetic_data", "task", "use_metadata"),
+         lambda c: not c.synthetic_data or (c.task == "binary" and not c.use_metadata),
+         "--synthetic_data is binary only and cannot be combined with --use_metadata "
+         "(generated images have no age, sex or site)"),
+    # what follows training (the program's --tta; not a TrainConfig field)
+    Rule(("task", "tta"), lambda c: not (c.task == "diagnosis" and c.tta),
+         "--tta is binary only for now: the diagnosis task's evaluation and export do not "
+         "average the 8 views yet"),
+    Rule(("use_metadata", "tta"), lambda c: not (c.use_metadata and c.tta),
+         "--use_metadata cannot be combined with --tta yet"),
+)
+
+
+def flag_name(field: str) -> str:
+    return TrainConfig.FLAG_SOURCES.get(field, (field, None))[0]
+
+
+def check(config: TrainConfig, **more: Any) -> None:
+    """Every rule whose fields config (plus `more`, e.g. tta=True) holds; ConfigError names
+    the flags and their values."""
+    values = {**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, **more}
+    namespace = types.SimpleNamespace(**values)
+    for rule in RULES:
+        if all(field in values for field in rule.fields) and not rule.ok(namespace):
+            given = ", ".join(f"--{flag_name(f)}={values[f]}" for f in rule.fields)
+            raise ConfigError(f"{given}: {rule.message}")
+
+
+def register_flag_validators() -> None:
+    """Each rule as an absl validator over its flags (a single flag: `flag --name=value: why`;
+    several: `flags a=1, b=2: why`), so the command line is refused before any work."""
+    from absl import flags
+
+    converters = {field: convert for field, (_, convert) in TrainConfig.FLAG_SOURCES.items()}
+
+    def namespace(values: Mapping[str, Any], fields) -> types.SimpleNamespace:
+        return types.SimpleNamespace(**{
+            f: converters.get(f, lambda v: v)(values[flag_name(f)]) for f in fields})
+
+    for rule in RULES:
+        names = [flag_name(f) for f in rule.fields]
+        if len(names) == 1:
+            flags.register_validator(
+                names[0], lambda v, r=rule: r.ok(types.SimpleNamespace(**{r.fields[0]: v})),
+                message=rule.message)
+        else:
+            flags.register_multi_flags_validator(
+                names, lambda v, r=rule: r.ok(namespace(v, r.fields)), message=rule.message)
+
+
+def check_resume(config: TrainConfig) -> None:
+    """A run folder resumes only with the model it was started with (its train_config.json);
+    ConfigError naming each flag that differs, before Keras fails to restore the weights."""
+    path = os.path.join(config.workdir, TRAIN_CONFIG_NAME)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        started = json.load(f)
+    changed = [f"--{flag_name(k)}={getattr(config, k)} (the run has {started[k]})"
+               for k in MODEL_SETTINGS if k in started and started[k] != getattr(config, k)]
+    if changed:
+        raise ConfigError(f"--workdir={config.workdir} was started with another model: "
+                          f"{', '.join(changed)}; resume with its settings or use a new "
+                          "--workdir")
+
+
+def check_inputs(config: TrainConfig) -> dict[str, Any]:
+    """The data a run reads exists and fits the settings; returns the manifest (read once).
+    Run before anything is created, so a mistake leaves no run folder behind."""
+    from isicflow import dataset as dataset_lib
+
+    manifest = read_manifest_or_fail("--data_dir", config.data_dir)
+    sizes = sorted(int(s) for s in manifest.get("datasets", {}))
+    if str(config.image_size) not in manifest.get("datasets", {}):
+        raise DataError(f"--image_size={config.image_size}: {config.data_dir} holds sizes "
+                        f"{sizes}; pass one of them (or rerun beam_jobs.preprocess with "
+                        f"--image_size={config.image_size})")
+    for split in ("train", "validation"):
+        if split not in manifest["datasets"][str(config.image_size)]:
+            raise DataError(f"--data_dir={config.data_dir}: no {split} split at "
+                            f"{config.image_size}px (it has "
+                            f"{sorted(manifest['datasets'][str(config.image_size)])})")
+    if config.task == "binary":
+        for split in ("train", "validation"):
+            counts = dataset_lib.split_info(manifest, config.image_size, split).get("counts", {})
+            if not int(counts.get("benign", 0)) + int(counts.get("malignant", 0)):
+                raise DataError(f"--data_dir={config.data_dir}: the {split} split holds no "
+                                f"benign/malignant records at {config.image_size}px (counts "
+                                f"{dict(counts)}); the binary task needs some")
+        counts = dataset_lib.split_info(manifest, config.image_size, "train").get("counts", {})
+        if config.class_balance != "none" and not (int(counts.get("benign", 0))
+                                                   and int(counts.get("malignant", 0))):
+            raise DataError(f"--class_balance={config.class_balance} needs both classes in "
+                            f"train; {config.data_dir} has {dict(counts)} at "
+                            f"{config.image_size}px")
+    if os.path.exists(config.workdir) and not os.path.isdir(config.workdir):
+        raise DataError(f"--workdir={config.workdir} is a file; give a run folder (new, or one "
+                        "to resume)")
+    check_resume(config)
+    cache_dir = os.path.dirname(os.path.abspath(config.cache))
+    if config.cache not in ("", "memory") and "://" not in config.cache \
+            and not os.path.isdir(cache_dir):
+        raise DataError(f"--cache={config.cache}: no folder {cache_dir} for the cache files; "
+                        "make it, or use --cache=memory or --cache=''")
+    if config.weights_path and not os.path.isfile(config.weights_path):
+        raise DataError(f"--weights_path={config.weights_path}: no such file (a local "
+                        "efficientnet_b0 weights file; never downloaded)")
+    if config.synthetic_data:
+        read_manifest_or_fail("--synthetic_data", config.synthetic_data)
+    return manifest

@@ -1,0 +1,291 @@
+"""What the CNN learns, as one component: the binary task (benign/malignant, the study's) or
+the diagnosis task (the engine's normalised diagnosis over K classes, trainer.cnn.diagnosis).
+Patient metadata (--use_metadata) is an input option of either, not a task.
+
+A task supplies the pieces that differ: the labelled datasets, the output head, the loss and
+metrics, the class weights, what is written after fit, the report and the export. The training
+loop (trainer.cnn.train) and the program (trainer.cnn.cli) ask the task instead of branching.
+Each task holds the dataset's manifest, read once per run (trainer.cnn.config.check_inputs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from trainer.cnn.config import TrainConfig
+from trainer.cnn.data import DataError
+
+
+class Task(Protocol):
+    name: str
+    manifest: Mapping[str, Any]
+
+    def prepare(self, c: TrainConfig) -> None:
+        """Fixes what the run keeps (the diagnosis classes); DataError when the data cannot
+        give it. Runs before the training loop makes the run folder."""
+
+    def datasets(self, c: TrainConfig, strategy) -> tuple[Any, Any, int, int]:
+        """(train, validation, steps per epoch, training images) for fit."""
+
+    def sample_dataset(self, c: TrainConfig):
+        """A few training images as augmentation makes them (TensorBoard)."""
+
+    def head(self, model):
+        """The model with this task's output."""
+
+    def compile_args(self, c: TrainConfig) -> dict[str, Any]:
+        """loss and metrics for compile."""
+
+    def class_weight(self, c: TrainConfig) -> dict[int, float] | None:
+        """Loss weights per class under --class_balance=class_weights, else None."""
+
+    def after_fit(self, c: TrainConfig, fit_model, validation, step: int) -> None:
+        """Writes what the run logs once fit is done."""
+
+    def evaluate_and_report(self, model, c: TrainConfig, *, threshold_policy: str,
+                            min_sensitivity: float, bootstrap: int, tta: bool) -> dict:
+        """Writes report.json, report.md and plots/ into the run folder."""
+
+    def export(self, model, c: TrainConfig, *, tta: bool) -> dict[str, str]:
+        """Writes export/ (model.keras, saved_model/, serving_config.json)."""
+
+
+def _steps(c: TrainConfig, n_train: int, *, infinite: bool = False) -> int:
+    steps = math.ceil(n_train / c.batch_size)
+    if c.steps_per_epoch:
+        steps = c.steps_per_epoch if infinite else min(steps, c.steps_per_epoch)
+    return steps
+
+
+def _common(c: TrainConfig, float_input: bool) -> dict[str, Any]:
+    return dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
+                deterministic=c.deterministic, seed=c.seed, as_uint8=not float_input,
+                use_metadata=c.use_metadata)
+
+
+def float_input(c: TrainConfig) -> bool:
+    """Training batches reach the model as float32 (augmented or mixed), not uint8."""
+    return c.augment or bool(c.mixup_alpha or c.cutmix_alpha)
+
+
+def _resize_mode(manifest: Mapping[str, Any]) -> str:
+    return manifest.get("resize_mode", "squash")
+
+
+@dataclasses.dataclass
+class BinaryTask:
+    """Benign (0) / malignant (1): one sigmoid unit, binary cross-entropy, AUC; the threshold
+    chosen on validation (trainer.cnn.evaluation) travels with the export."""
+
+    manifest: Mapping[str, Any]
+    name: str = "binary"
+
+    def train_counts(self, c: TrainConfig) -> dict[str, int]:
+        from isicflow import dataset as dataset_lib
+
+        info = dataset_lib.split_info(dict(self.manifest), c.image_size, "train")
+        return {k: int(v) for k, v in info.get("counts", {}).items()}
+
+    def synthetic_mix(self, c: TrainConfig):
+        """The generated records --synthetic_data/--synthetic_fraction add to train, or None."""
+        from trainer.core import synthetic_mix
+
+        if not c.synthetic_data:
+            return None
+        return synthetic_mix.plan(c.synthetic_data, self.train_counts(c), c.synthetic_fraction,
+                                  c.image_size)
+
+    def prepare(self, c: TrainConfig) -> None:
+        pass
+
+    def datasets(self, c: TrainConfig, strategy):
+        from trainer.core import input_pipeline
+
+        mix = self.synthetic_mix(c)
+        counts = self.train_counts(c)
+        n_train = counts.get("benign", 0) + counts.get("malignant", 0) + (
+            mix.total if mix else 0)
+        steps = _steps(c, n_train, infinite=c.class_balance == "sampling")
+        common = _common(c, float_input(c))
+        train = input_pipeline.make_dataset(
+            c.data_dir, "train", training=True, augment=c.augment, repeat=True,
+            augmentation=c.augmentation, mixup_alpha=c.mixup_alpha,
+            cutmix_alpha=c.cutmix_alpha, balance_classes=c.class_balance == "sampling",
+            synthetic=mix, drop_remainder=strategy.num_replicas_in_sync > 1, **common)
+        validation = input_pipeline.make_dataset(c.data_dir, "validation", training=False,
+                                                 **common)
+        return train, validation, steps, n_train
+
+    def sample_dataset(self, c: TrainConfig):
+        from trainer.core import input_pipeline
+
+        return input_pipeline.make_dataset(
+            c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
+            augment=c.augment, seed=c.seed, augmentation=c.augmentation)
+
+    def head(self, model):
+        return model
+
+    def compile_args(self, c: TrainConfig) -> dict[str, Any]:
+        import keras
+
+        return {"loss": keras.losses.BinaryCrossentropy(label_smoothing=c.label_smoothing),
+                "metrics": [keras.metrics.BinaryAccuracy(name="accuracy"),
+                            keras.metrics.AUC(name="auc"),
+                            keras.metrics.Precision(name="precision"),
+                            keras.metrics.Recall(name="recall")]}
+
+    def class_weight(self, c: TrainConfig) -> dict[int, float] | None:
+        if c.class_balance != "class_weights":
+            return None
+        return class_weights_from_counts(self.train_counts(c))
+
+    def after_fit(self, c: TrainConfig, fit_model, validation, step: int) -> None:
+        """The validation precision-recall curve (TensorBoard's PR Curves tab)."""
+        labels, probabilities = predict_dataset(fit_model, validation)
+        write_pr_curve(os.path.join(c.workdir, "logs", "validation"), labels, probabilities,
+                       step=step)
+
+    def evaluate_and_report(self, model, c: TrainConfig, *, threshold_policy: str,
+                            min_sensitivity: float, bootstrap: int, tta: bool) -> dict:
+        from trainer.cnn import evaluation
+
+        return evaluation.evaluate_and_report(
+            model, c.data_dir, c.workdir, c.image_size, dataclasses.asdict(c),
+            threshold_policy=threshold_policy, min_sensitivity=min_sensitivity,
+            bootstrap=bootstrap, seed=c.seed, batch_size=c.batch_size, tta=tta,
+            manifest=self.manifest)
+
+    def export(self, model, c: TrainConfig, *, tta: bool) -> dict[str, str]:
+        from trainer.cnn import export
+
+        return export.export_model(model, c.workdir, c.image_size, _resize_mode(self.manifest),
+                                   tta=tta)
+
+
+@dataclasses.dataclass
+class DiagnosisTask:
+    """The normalised diagnosis over the classes fixed from train (<workdir>/classes.json): a
+    float32 softmax head, sparse categorical cross-entropy, accuracy; balanced accuracy and
+    the confusion matrix in the report."""
+
+    manifest: Mapping[str, Any]
+    mapping: dict[str, Any] | None = None
+    name: str = "diagnosis"
+
+    def prepare(self, c: TrainConfig) -> None:
+        """The classes, fixed once from train; a resumed run keeps its own."""
+        from trainer.cnn import diagnosis
+
+        self.mapping = diagnosis.read_mapping(c.workdir)
+        if self.mapping is None:
+            try:
+                self.mapping = diagnosis.build_mapping(c.data_dir, c.image_size,
+                                                       c.min_class_records, self.manifest)
+            except ValueError as e:  # fewer than 2 classes
+                raise DataError(f"--data_dir={c.data_dir} with --min_class_records="
+                                f"{c.min_class_records}: {e}") from None
+        diagnosis.write_mapping(c.workdir, self.mapping)  # makes the run folder
+
+    def _dataset(self, c: TrainConfig, split: str, **kwargs):
+        from trainer.cnn import diagnosis
+
+        return diagnosis.make_dataset(c.data_dir, split, self.mapping, manifest=self.manifest,
+                                      **kwargs)
+
+    def datasets(self, c: TrainConfig, strategy):
+        from trainer.cnn import diagnosis
+
+        n_train, _ = diagnosis.split_records(c.data_dir, "train", c.image_size, self.mapping,
+                                             manifest=self.manifest)
+        common = _common(c, c.augment)
+        train = self._dataset(c, "train", training=True, augment=c.augment, repeat=True,
+                              augmentation=c.augmentation,
+                              drop_remainder=strategy.num_replicas_in_sync > 1, **common)
+        validation = self._dataset(c, "validation", training=False, **common)
+        return train, validation, _steps(c, n_train), n_train
+
+    def sample_dataset(self, c: TrainConfig):
+        return self._dataset(c, "train", image_size=c.image_size, batch_size=4, training=True,
+                             augment=c.augment, seed=c.seed, augmentation=c.augmentation)
+
+    def head(self, model):
+        from trainer.cnn import diagnosis
+
+        return diagnosis.softmax_head(model, len(self.mapping["classes"]))
+
+    def compile_args(self, c: TrainConfig) -> dict[str, Any]:
+        import keras
+
+        return {"loss": keras.losses.SparseCategoricalCrossentropy(),
+                "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
+
+    def class_weight(self, c: TrainConfig) -> dict[int, float] | None:
+        from trainer.cnn import diagnosis
+
+        if c.class_balance != "class_weights":
+            return None
+        return diagnosis.class_weights(self.mapping)
+
+    def after_fit(self, c: TrainConfig, fit_model, validation, step: int) -> None:
+        pass  # the PR curve is the binary task's
+
+    def evaluate_and_report(self, model, c: TrainConfig, *, threshold_policy: str,
+                            min_sensitivity: float, bootstrap: int, tta: bool) -> dict:
+        from trainer.cnn import diagnosis
+
+        return diagnosis.evaluate_and_report(model, c.data_dir, c.workdir, c.image_size,
+                                             dataclasses.asdict(c), batch_size=c.batch_size,
+                                             manifest=self.manifest)
+
+    def export(self, model, c: TrainConfig, *, tta: bool) -> dict[str, str]:
+        from trainer.cnn import export
+
+        return export.export_diagnosis_model(model, c.workdir, c.image_size,
+                                             _resize_mode(self.manifest))
+
+
+TASKS = {"binary": BinaryTask, "diagnosis": DiagnosisTask}
+
+
+def for_config(c: TrainConfig, manifest: Mapping[str, Any] | None = None) -> Task:
+    """The task of c.task over c.data_dir (its manifest read here unless given)."""
+    if manifest is None:
+        from isicflow import dataset as dataset_lib
+
+        manifest = dataset_lib.read_manifest(c.data_dir)
+    return TASKS[c.task](manifest)
+
+
+def class_weights_from_counts(counts: Mapping[str, int]) -> dict[int, float]:
+    """Weights n / (2 n_c): each class contributes half the loss, as if balanced."""
+    benign, malignant = int(counts.get("benign", 0)), int(counts.get("malignant", 0))
+    if benign == 0 or malignant == 0:
+        raise ValueError(f"class weights need both classes in train, counts are {dict(counts)}")
+    total = benign + malignant
+    return {0: total / (2 * benign), 1: total / (2 * malignant)}
+
+
+def write_pr_curve(log_dir: str, labels: np.ndarray, probabilities: np.ndarray,
+                   step: int) -> None:
+    """Validation precision-recall curve for TensorBoard's PR Curves tab."""
+    import tensorflow as tf
+    from tensorboard.plugins.pr_curve import summary as pr_summary
+
+    pb = pr_summary.pb("validation_pr_curve", labels=labels.astype(bool),
+                       predictions=probabilities.astype(np.float32), num_thresholds=101)
+    with tf.summary.create_file_writer(log_dir).as_default():
+        tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=step)
+
+
+def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, P(malignant)) of a binary dataset, in its order."""
+    labels, probabilities = [], []
+    for x, y in dataset:
+        probabilities.append(np.asarray(model(x, training=False), np.float32).reshape(-1))
+        labels.append(y.numpy())
+    return np.concatenate(labels), np.concatenate(probabilities)
