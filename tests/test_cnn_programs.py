@@ -82,6 +82,9 @@ def test_training_refuses_bad_inputs_before_making_the_run_folder(dataset, tmp_p
           f"--cache={tmp_path / 'none' / 'cache'}"], ["--cache=", "no folder"]),
         ([f"--data_dir={dataset}", f"--workdir={tmp_path / 'a_file'}",
           f"--image_size={SIZE}"], ["--workdir=", "is a file"]),
+        ([f"--data_dir={dataset}", f"--workdir={workdir}", f"--image_size={SIZE}",
+          "--task=diagnosis", "--min_class_records=100000"],
+         ["--min_class_records=100000", "at least 2 classes"]),
         ([f"--data_dir={dataset}", f"--workdir={workdir}", "extra"], ["unexpected arguments"]),
         ([f"--data_dir={dataset}", f"--workdir={workdir}", "--drop_out=0.2"], ["drop_out"]),
     ]

@@ -176,6 +176,7 @@ class DiagnosisTask:
     manifest: Mapping[str, Any]
     mapping: dict[str, Any] | None = None
     name: str = "diagnosis"
+    records: dict[str, int] = dataclasses.field(default_factory=dict)  # in the task, per split
 
     def prepare(self, c: TrainConfig) -> None:
         """The classes, fixed once from train; a resumed run keeps its own."""
@@ -189,6 +190,13 @@ class DiagnosisTask:
             except ValueError as e:  # fewer than 2 classes
                 raise DataError(f"--data_dir={c.data_dir} with --min_class_records="
                                 f"{c.min_class_records}: {e}") from None
+        for split in ("train", "validation"):
+            self.records[split], excluded = diagnosis.split_records(
+                c.data_dir, split, c.image_size, self.mapping, manifest=self.manifest)
+            if not self.records[split]:
+                raise DataError(f"--data_dir={c.data_dir}: the {split} split holds no record "
+                                f"of the classes {self.mapping['classes']} at {c.image_size}px "
+                                f"({excluded} of unknown diagnosis)")
         diagnosis.write_mapping(c.workdir, self.mapping)  # makes the run folder
 
     def _dataset(self, c: TrainConfig, split: str, **kwargs):
@@ -200,8 +208,10 @@ class DiagnosisTask:
     def datasets(self, c: TrainConfig, strategy):
         from trainer.cnn import diagnosis
 
-        n_train, _ = diagnosis.split_records(c.data_dir, "train", c.image_size, self.mapping,
-                                             manifest=self.manifest)
+        n_train = self.records.get("train")
+        if n_train is None:
+            n_train, _ = diagnosis.split_records(c.data_dir, "train", c.image_size, self.mapping,
+                                                 manifest=self.manifest)
         common = _common(c, c.augment)
         train = self._dataset(c, "train", training=True, augment=c.augment, repeat=True,
                               augmentation=c.augmentation,
