@@ -134,9 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
         parser.error("no variants: give --variant NAME=FLAGS or --variants_file")
-    if not os.path.isfile(args.base):
-        parser.error(f"--base={args.base}: no such flag file; pass a trainer.cnn flagfile "
-                     "such as configs/cnn_recipe.flags")
     variants = {name: args.flags.split() + flags
                 for name, flags in map(parse_variant, lines)}
     os.makedirs(args.workdir, exist_ok=True)
@@ -145,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = _json(saved)["rows"] if os.path.exists(saved) else {}
     for name, flags in variants.items():
         if not os.path.exists(os.path.join(args.workdir, name, "report.json")):
+            if not os.path.isfile(args.base):  # only a run to make needs the flag file
+                parser.error(f"--base={args.base}: no such flag file; pass a trainer.cnn "
+                             "flagfile such as configs/cnn_recipe.flags")
             run_variant(args.base, args.workdir, name, flags)
         rows[name] = {**summarize(os.path.join(args.workdir, name)), "base": args.base,
                       "flags": flags}
