@@ -8,7 +8,7 @@ from the task (counted). The mapping is written to <workdir>/classes.json and re
 evaluation, the export and predict, so all use exactly the same classes.
 
 The records stream through the same shard reading, parse and decode as the binary task
-(input_pipeline.parse_and_decode's schema and _decode_record); the raw diagnosis text is mapped
+(input_pipeline.parse_and_decode's schema and decode_record); the raw diagnosis text is mapped
 to a class index in-graph by a lookup table built from the split's distinct raw strings, each
 normalised once in Python, so no Python runs per record.
 """
@@ -189,7 +189,7 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
         from trainer.core import metadata_features
 
         record = tf.io.parse_single_example(serialized, spec)
-        image = ip._decode_record(record, image_size)
+        image = ip.decode_record(record, image_size)
         if use_metadata:
             image = (image, metadata_features.encode_record(record))
         return image, table.lookup(record["diagnosis"])

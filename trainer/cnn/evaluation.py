@@ -40,8 +40,8 @@ def _check_probabilities(split: str, probs: np.ndarray) -> None:
 
 
 def predict_split(model, data_dir: str, split: str, image_size: int,
-                  batch_size: int = 32, tta: bool = False,
-                  use_metadata: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 32, tta: bool = False, use_metadata: bool = False,
+                  manifest: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(labels int64 [N], probabilities float64 [N]) of one split, in manifest order, unaugmented
     (with `tta`, the mean over the 8 dihedral views, trainer.cnn.tta). use_metadata: the model
     takes (images, metadata features) (--use_metadata; no TTA)."""
@@ -52,7 +52,7 @@ def predict_split(model, data_dir: str, split: str, image_size: int,
 
     ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=batch_size,
                                      training=False, deterministic=True,
-                                     use_metadata=use_metadata)
+                                     use_metadata=use_metadata, manifest=manifest)
     labels, probabilities = [], []
     for images, batch_labels in ds:
         if use_metadata:
@@ -68,7 +68,9 @@ def predict_split(model, data_dir: str, split: str, image_size: int,
 
 
 def predict_split_with_metadata(model, data_dir: str, split: str, image_size: int,
-                                batch_size: int = 32, tta: bool = False) -> dict[str, np.ndarray]:
+                                batch_size: int = 32, tta: bool = False,
+                                manifest: Mapping[str, Any] | None = None
+                                ) -> dict[str, np.ndarray]:
     """One split's benign/malignant records scored with their metadata: {"label" int64,
     "probability" float64, and str arrays per input_pipeline.METADATA_FIELDS}, same
     preprocessing as predict_split (the input pipeline's evaluation path)."""
@@ -76,7 +78,7 @@ def predict_split_with_metadata(model, data_dir: str, split: str, image_size: in
     from trainer.core import input_pipeline
 
     ds = input_pipeline.make_eval_dataset_with_metadata(data_dir, split, image_size=image_size,
-                                                        batch_size=batch_size)
+                                                        batch_size=batch_size, manifest=manifest)
     columns: dict[str, list] = {"label": [], "probability": []}
     columns.update({name: [] for name in input_pipeline.METADATA_FIELDS})
     for images, batch_labels, meta in ds:
@@ -216,7 +218,8 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
             predictions[split] = (np.zeros([0], np.int64), np.zeros([0]))
         else:
             predictions[split] = predict_split(model, data_dir, split, image_size, batch_size, tta,
-                                               bool(config.get("use_metadata", False)))
+                                               bool(config.get("use_metadata", False)),
+                                               manifest=manifest)
         logging.info("evaluate: %d %s cases predicted", predictions[split][0].size, split)
     threshold = choose_threshold(*predictions["validation"], threshold_policy, min_sensitivity)
     splits = {split: split_report(*predictions[split], threshold["threshold"], bootstrap=bootstrap,
@@ -463,7 +466,8 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     os.makedirs(out, exist_ok=True)
 
     per_split = {split: predict_split_with_metadata(model, data_dir, split, image_size,
-                                                    batch_size, use_tta) for split in chosen}
+                                                    batch_size, use_tta, manifest)
+                 for split in chosen}
     for split, cols in per_split.items():
         logging.info("external: %d %s cases predicted", cols["label"].size, split)
     pairs = {split: (cols["label"], cols["probability"]) for split, cols in per_split.items()}

@@ -61,10 +61,10 @@ def _steps(c: TrainConfig, n_train: int, *, infinite: bool = False) -> int:
     return steps
 
 
-def _common(c: TrainConfig, float_input: bool) -> dict[str, Any]:
+def _common(c: TrainConfig, float_input: bool, manifest: Mapping[str, Any]) -> dict[str, Any]:
     return dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
                 deterministic=c.deterministic, seed=c.seed, as_uint8=not float_input,
-                use_metadata=c.use_metadata)
+                use_metadata=c.use_metadata, manifest=manifest)
 
 
 def float_input(c: TrainConfig) -> bool:
@@ -110,7 +110,7 @@ class BinaryTask:
         n_train = counts.get("benign", 0) + counts.get("malignant", 0) + (
             mix.total if mix else 0)
         steps = _steps(c, n_train, infinite=c.class_balance == "sampling")
-        common = _common(c, float_input(c))
+        common = _common(c, float_input(c), self.manifest)
         train = input_pipeline.make_dataset(
             c.data_dir, "train", training=True, augment=c.augment, repeat=True,
             augmentation=c.augmentation, mixup_alpha=c.mixup_alpha,
@@ -125,7 +125,7 @@ class BinaryTask:
 
         return input_pipeline.make_dataset(
             c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
-            augment=c.augment, seed=c.seed, augmentation=c.augmentation)
+            augment=c.augment, seed=c.seed, augmentation=c.augmentation, manifest=self.manifest)
 
     def head(self, model):
         return model
@@ -202,8 +202,8 @@ class DiagnosisTask:
     def _dataset(self, c: TrainConfig, split: str, **kwargs):
         from trainer.cnn import diagnosis
 
-        return diagnosis.make_dataset(c.data_dir, split, self.mapping, manifest=self.manifest,
-                                      **kwargs)
+        kwargs.setdefault("manifest", self.manifest)
+        return diagnosis.make_dataset(c.data_dir, split, self.mapping, **kwargs)
 
     def datasets(self, c: TrainConfig, strategy):
         from trainer.cnn import diagnosis
@@ -212,7 +212,7 @@ class DiagnosisTask:
         if n_train is None:
             n_train, _ = diagnosis.split_records(c.data_dir, "train", c.image_size, self.mapping,
                                                  manifest=self.manifest)
-        common = _common(c, c.augment)
+        common = _common(c, c.augment, self.manifest)
         train = self._dataset(c, "train", training=True, augment=c.augment, repeat=True,
                               augmentation=c.augmentation,
                               drop_remainder=strategy.num_replicas_in_sync > 1, **common)

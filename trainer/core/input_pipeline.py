@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -38,15 +38,22 @@ CONTRAST_RANGE = (0.8, 1.2)
 ZOOM_KEEP_RANGE = (0.8, 1.0)  # central crop keeps this fraction of the side, then resize back
 
 
-def dataset_size(data_dir: str, split: str, image_size: int, labels: str = "binary") -> int:
+def _manifest(data_dir: str, manifest: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The manifest a caller already read (a program reads it once per run), else read now."""
+    return dict(manifest) if manifest is not None else dataset_lib.read_manifest(data_dir)
+
+
+def dataset_size(data_dir: str, split: str, image_size: int, labels: str = "binary", *,
+                 manifest: Mapping[str, Any] | None = None) -> int:
     """Records make_dataset yields for one pass (before batching), from the manifest counts."""
-    info = dataset_lib.split_info(dataset_lib.read_manifest(data_dir), image_size, split)
+    info = dataset_lib.split_info(_manifest(data_dir, manifest), image_size, split)
     return _count(info, labels)
 
 
-def class_counts(data_dir: str, split: str, image_size: int) -> dict[str, int]:
+def class_counts(data_dir: str, split: str, image_size: int, *,
+                 manifest: Mapping[str, Any] | None = None) -> dict[str, int]:
     """{label_name: records} of one split, from the manifest (for class weights)."""
-    info = dataset_lib.split_info(dataset_lib.read_manifest(data_dir), image_size, split)
+    info = dataset_lib.split_info(_manifest(data_dir, manifest), image_size, split)
     return dict(info.get("counts", {}))
 
 
@@ -203,7 +210,9 @@ def on_image(x, fn):
 
 
 def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: int,
-                                    batch_size: int, labels: str = "binary") -> tf.data.Dataset:
+                                    batch_size: int, labels: str = "binary",
+                                    manifest: Mapping[str, Any] | None = None
+                                    ) -> tf.data.Dataset:
     """Read-only accessor for scoring: (images float32 [B,S,S,3] in [0, 1], labels float32 [B],
     {field: tf.string [B]} for METADATA_FIELDS), in a deterministic order.
 
@@ -212,7 +221,7 @@ def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: in
     which training uses, is untouched by it.
     """
     _check_args(split, image_size, batch_size, labels, (0.0, 1.0), "")
-    manifest = dataset_lib.read_manifest(data_dir)
+    manifest = _manifest(data_dir, manifest)
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     if not paths or _count(info, labels) == 0:
@@ -258,7 +267,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  as_uint8: bool = False, use_metadata: bool = False,
                  augmentation: str = "study", mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0,
-                 synthetic: synthetic_mix.SyntheticMix | None = None) -> tf.data.Dataset:
+                 synthetic: synthetic_mix.SyntheticMix | None = None,
+                 manifest: Mapping[str, Any] | None = None) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
 
     augmentation: which augmentation `augment` means ("study" or "dermoscopy").
@@ -277,6 +287,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     in the parse step (parse_and_decode_with_metadata); labels unchanged.
     synthetic (training only): generated records added to the split before the shuffle
     (trainer.core.synthetic_mix); they count in the epoch's length.
+    manifest: the dataset's manifest when the caller has read it already (else read here).
     """
     if as_uint8 and ((training and augment) or tuple(map(float, value_range)) != (0.0, 1.0)):
         raise ValueError("as_uint8 needs augment=False (or training=False) and value_range (0, 1)")
@@ -285,7 +296,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     if mixing and (not training or labels != "binary" or use_metadata or as_uint8):
         raise ValueError(f"mixup_alpha={mixup_alpha}/cutmix_alpha={cutmix_alpha} need "
                          "training=True, labels='binary', no metadata and float images")
-    manifest = dataset_lib.read_manifest(data_dir)
+    manifest = _manifest(data_dir, manifest)
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     expected = _count(info, labels)

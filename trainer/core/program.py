@@ -84,7 +84,10 @@ def run(main: Callable[[list[str]], int | None], *, prog: str, doc: str | None,
     argv = list(sys.argv if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if any(arg in HELP_ARGS for arg in argv[1:]):
-        print(help_text(prog, doc, flag_modules))
+        try:
+            print(help_text(prog, doc, flag_modules), flush=True)
+        except BrokenPipeError:  # `--help | head`: the reader left, which is fine
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
 
     def guarded_main(args: list[str]) -> int | None:
