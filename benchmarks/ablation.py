@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from benchmarks import common as bench_common
 from trainer.core import run_folder
 
 
@@ -149,11 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[name] = {**summarize(os.path.join(args.workdir, name)), "base": args.base,
                       "flags": flags}
         print(f"{name}: val AUC {_auc(rows[name]['validation'])}", flush=True)
-    run_folder.write_json(saved, {"rows": rows})
-    table = markdown(rows)
-    with open(os.path.join(args.workdir, "ablation.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    print(table)
+    bench_common.write_json_and_table(args.workdir, "ablation", {"rows": rows}, markdown(rows))
     return 0
 
 

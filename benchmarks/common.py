@@ -168,3 +168,13 @@ def grouped_bar_chart(path: str, groups: Sequence[str], series: dict[str, Sequen
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_json_and_table(workdir: str, stem: str, payload: dict[str, Any], table: str) -> None:
+    """WORKDIR/STEM.json (the figures) and WORKDIR/STEM.md (the table), and the table printed."""
+    from trainer.core import run_folder
+
+    run_folder.write_json(os.path.join(workdir, f"{stem}.json"), payload)
+    with open(os.path.join(workdir, f"{stem}.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    print(table)

@@ -31,7 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainer.core import metrics, run_folder
+from benchmarks import common as bench_common
+from trainer.core import metrics
 
 ENGINE = "beam_jobs.preprocess"
 TRAINER = "trainer.cnn"
@@ -220,11 +221,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"base": args.base, "flags": args.flags.split(), "engine_flags":
               args.engine_flags.split(), "image_size": args.image_size, "seeds": args.seeds,
               "sources": sources, "skipped": skipped, "rows": rows}
-    run_folder.write_json(os.path.join(args.workdir, "protocol.json"), result)
-    table = markdown(result)
-    with open(os.path.join(args.workdir, "protocol.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    print(table)
+    bench_common.write_json_and_table(args.workdir, "protocol", result, markdown(result))
     return 0
 
 
