@@ -53,3 +53,40 @@ def test_the_layer_round_trips_in_a_saved_model(tmp_path):
     np.testing.assert_allclose(np.asarray(loaded(batch)), np.asarray(model(batch)), atol=1e-6)
     with pytest.raises(ValueError, match="power must be >= 1"):
         ShadesOfGrey(power=0.5)
+
+
+def test_every_architecture_takes_it_as_its_first_layer_without_new_weights():
+    from trainer.cnn import models
+
+    for name in ("study", "compact", "residual"):
+        plain = models.build_model(name, 32, 0.0, 0.0)
+        corrected = models.build_model(name, 32, 0.0, 0.0, color_constancy="shades_of_grey")
+        assert corrected.layers[1].name == "color_constancy", name
+        assert corrected.count_params() == plain.count_params(), name
+    with pytest.raises(ValueError, match="color_constancy"):
+        models.build_model("compact", 32, color_constancy="grey_world")
+
+
+def test_the_trainer_flag_trains_a_step_and_a_resume_must_keep_it(tmp_path, sample_dir):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests import shard_fixtures
+
+    data = shard_fixtures.write_sample_dataset(tmp_path / "data", sample_dir, 32)
+    run = tmp_path / "run"
+    common = [sys.executable, "-m", "trainer.cnn", f"--data_dir={data}", f"--workdir={run}",
+              "--image_size=32", "--architecture=compact", "--epochs=1", "--batch_size=4",
+              "--steps_per_epoch=1", "--bootstrap=10", "--export=false", "--keras_verbose=0"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(common + ["--color_constancy=shades_of_grey"], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "train_config.json").read_text())["color_constancy"] == \
+        "shades_of_grey"
+    model = keras.models.load_model(run / "model.keras")
+    assert model.get_layer("color_constancy").power == 6.0
+    again = subprocess.run(common, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--color_constancy=none" in again.stderr, again.stderr

@@ -33,6 +33,10 @@ def define_flags() -> None:
                       "ResNet-style net (~2.8M, trainer.cnn.models.build_residual_cnn).")
     flags.DEFINE_float("width_multiplier", 1.0, "residual architecture only: scales its widths "
                        "(32, 64, 128, 256), rounded to multiples of 8.")
+    flags.DEFINE_enum("color_constancy", "none", list(config_lib.COLOR_CONSTANCY),
+                      "none, or shades_of_grey: each image's illuminant made grey (Minkowski "
+                      "p=6) by the model's first layer, so every clinic's camera looks alike to "
+                      "the net, at training and prediction alike.")
     flags.DEFINE_float("dropout", 0.0, "Dropout rate (the study's variants used 0.2).")
     flags.DEFINE_float("l2", 0.0, "L2 kernel penalty on conv and hidden dense layers (the study "
                        "used 0.001).")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-COLOR_CONSTANCY = ("none", "shades_of_grey")
+from trainer.cnn.constants import COLOR_CONSTANCY  # noqa: F401  (the choices, listed once)
 
 
 @keras.saving.register_keras_serializable(package="isicflow")

@@ -20,7 +20,7 @@ from trainer.core.flags import RunConfig
 from trainer.core.program import UserError
 
 from trainer.cnn.constants import (  # noqa: F401  (the choices, listed once)
-    ARCHITECTURES, CLASS_BALANCE_MODES, DEFAULT_ADAMW_WEIGHT_DECAY, LR_SCHEDULES,
+    ARCHITECTURES, CLASS_BALANCE_MODES, COLOR_CONSTANCY, DEFAULT_ADAMW_WEIGHT_DECAY, LR_SCHEDULES,
     MODEL_SETTINGS, MONITORS, OPTIMIZERS, TASKS, TRAIN_CONFIG_NAME)
 from trainer.cnn.data import DataError, read_manifest_or_fail
 
@@ -48,6 +48,7 @@ class TrainConfig(RunConfig):
     synthetic_fraction: float = 0.0   # generated images per real training image, per class
     # the from-scratch recipe's levers (trainer.cnn.recipe); each default is the study's
     width_multiplier: float = 1.0     # residual architecture only
+    color_constancy: str = "none"     # shades_of_grey: a first layer of the model
     augmentation: str = "study"       # what augment means: study or dermoscopy
     mixup_alpha: float = 0.0          # 0 = off (binary task)
     cutmix_alpha: float = 0.0         # 0 = off (binary task)
@@ -86,6 +87,7 @@ RULES: tuple[Rule, ...] = (
     _one_of("model", ARCHITECTURES), _one_of("task", TASKS), _one_of("monitor", MONITORS),
     _one_of("class_balance", CLASS_BALANCE_MODES), _one_of("optimizer", OPTIMIZERS),
     _one_of("lr_schedule", LR_SCHEDULES), _one_of("augmentation", AUGMENTATIONS),
+    _one_of("color_constancy", COLOR_CONSTANCY),
     Rule(("dropout",), lambda c: 0.0 <= c.dropout < 1.0, "must be in [0, 1)"),
     Rule(("l2",), lambda c: c.l2 >= 0.0, "must be >= 0"),
     Rule(("width_multiplier",), lambda c: 0.0 < c.width_multiplier <= 8.0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from trainer.cnn.color_constancy import COLOR_CONSTANCY, ShadesOfGrey
 from trainer.cnn.constants import ARCHITECTURES as MODEL_NAMES
 RESIDUAL_WIDTHS = (32, 64, 128, 256)
 # Keras' 0.99 needs ~500 steps for the moving statistics to settle; a small dataset gives ~10
@@ -32,6 +33,17 @@ def _sigmoid_output(x, name="probability"):
     return layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(x)
 
 
+def image_input(image_size: int, color_constancy: str = "none"):
+    """(the model's image input, the tensor the net starts from): with --color_constancy, a
+    ShadesOfGrey layer in between, so export and prediction apply it too."""
+    if color_constancy not in COLOR_CONSTANCY:
+        raise ValueError(f"color_constancy {color_constancy!r} not in {COLOR_CONSTANCY}")
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    if color_constancy == "none":
+        return inputs, inputs
+    return inputs, ShadesOfGrey(name="color_constancy")(inputs)
+
+
 def _stride2_stem(inputs, filters: int, reg):
     """Conv 3x3 stride 2 + BN + ReLU: the compact family's stem, which skips the costly
     full-resolution convolutions."""
@@ -50,7 +62,8 @@ def _pooled_sigmoid_head(x, dropout: float):
     return _sigmoid_output(x)
 
 
-def build_study_cnn(image_size: int = 256, dropout: float = 0.0, l2: float = 0.0) -> keras.Model:
+def build_study_cnn(image_size: int = 256, dropout: float = 0.0, l2: float = 0.0,
+                    color_constancy: str = "none") -> keras.Model:
     """The study's CNN: three Conv(3x3, same, ReLU) of 16/32/64 filters, each followed by 2x2
     max pooling, then Flatten, Dense 512, Dense 64 (ReLU), Dense 1 sigmoid.
 
@@ -61,8 +74,7 @@ def build_study_cnn(image_size: int = 256, dropout: float = 0.0, l2: float = 0.0
     """
     _check(image_size, dropout)
     reg = _regularizer(l2)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = inputs
+    inputs, x = image_input(image_size, color_constancy)
     for i, filters in enumerate((16, 32, 64)):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu",
                           kernel_regularizer=reg, name=f"conv{i + 1}")(x)
@@ -76,7 +88,8 @@ def build_study_cnn(image_size: int = 256, dropout: float = 0.0, l2: float = 0.0
 
 
 def build_compact_cnn(image_size: int = 256, dropout: float = 0.2, l2: float = 0.0,
-                      widths: tuple[int, ...] = (16, 32, 64, 128)) -> keras.Model:
+                      widths: tuple[int, ...] = (16, 32, 64, 128),
+                      color_constancy: str = "none") -> keras.Model:
     """What a user would pick on small data: a stride-2 stem (Conv 3x3 + batch norm + ReLU, so
     the costly full-resolution convolutions are skipped), conv blocks (Conv 3x3 + batch norm +
     ReLU, twice, then 2x2 max pooling), global average pooling instead of the study's
@@ -84,8 +97,8 @@ def build_compact_cnn(image_size: int = 256, dropout: float = 0.2, l2: float = 0
     size (100x fewer than the study's), and about the study CNN's compute at the same size."""
     _check(image_size, dropout)
     reg = _regularizer(l2)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = _stride2_stem(inputs, widths[0], reg)
+    inputs, x = image_input(image_size, color_constancy)
+    x = _stride2_stem(x, widths[0], reg)
     for i, filters in enumerate(widths):
         for j in range(2):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
@@ -125,8 +138,8 @@ def residual_widths(width_multiplier: float = 1.0) -> tuple[int, ...]:
 
 
 def build_residual_cnn(image_size: int = 128, dropout: float = 0.2, l2: float = 0.0,
-                       width_multiplier: float = 1.0, blocks_per_stage: int = 2
-                       ) -> keras.Model:
+                       width_multiplier: float = 1.0, blocks_per_stage: int = 2,
+                       color_constancy: str = "none") -> keras.Model:
     """The compact family with residual blocks and more width, for the from-scratch recipe:
     a stride-2 stem (Conv 3x3 + BN + ReLU), four stages of `blocks_per_stage` post-activation
     basic blocks of 32/64/128/256 filters (x width_multiplier), each stage starting with a
@@ -141,8 +154,8 @@ def build_residual_cnn(image_size: int = 128, dropout: float = 0.2, l2: float = 
         raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
     reg = _regularizer(l2)
     widths = residual_widths(width_multiplier)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = _stride2_stem(inputs, widths[0], reg)
+    inputs, x = image_input(image_size, color_constancy)
+    x = _stride2_stem(x, widths[0], reg)
     for i, filters in enumerate(widths):
         for j in range(blocks_per_stage):
             x = _residual_block(x, filters, 2 if j == 0 else 1, reg, f"stage{i + 1}_block{j + 1}")
@@ -151,7 +164,8 @@ def build_residual_cnn(image_size: int = 128, dropout: float = 0.2, l2: float = 
 
 def build_efficientnet_b0(image_size: int = 256, dropout: float = 0.2,
                           weights_path: str | None = None,
-                          freeze_backbone: bool = False) -> keras.Model:
+                          freeze_backbone: bool = False,
+                          color_constancy: str = "none") -> keras.Model:
     """Keras Applications EfficientNetB0 (no top) + dropout + sigmoid. Never downloads: the
     backbone is built with weights=None and, given `weights_path` (e.g. Keras' ImageNet
     efficientnetb0_notop.h5 copied locally), loads that file. The backbone has its own
@@ -165,8 +179,8 @@ def build_efficientnet_b0(image_size: int = 256, dropout: float = 0.2,
     if weights_path:
         backbone.load_weights(weights_path)
     backbone.trainable = not freeze_backbone
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = layers.Rescaling(255.0, name="to_0_255")(inputs)
+    inputs, x = image_input(image_size, color_constancy)
+    x = layers.Rescaling(255.0, name="to_0_255")(x)
     x = backbone(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
@@ -174,20 +188,23 @@ def build_efficientnet_b0(image_size: int = 256, dropout: float = 0.2,
 
 
 def build_model(name: str, image_size: int, dropout: float = 0.0, l2: float = 0.0,
-                weights_path: str | None = None, width_multiplier: float = 1.0
-                ) -> keras.Model:
-    """Builds a model by --model name; width_multiplier is the residual net's only."""
+                weights_path: str | None = None, width_multiplier: float = 1.0,
+                color_constancy: str = "none") -> keras.Model:
+    """Builds a model by --model name; width_multiplier is the residual net's only;
+    color_constancy (trainer.cnn.color_constancy) is the first layer of any of them."""
     if width_multiplier != 1.0 and name != "residual":
         raise ValueError(f"width_multiplier {width_multiplier} applies to the residual "
                          f"architecture only, not {name!r}")
     if name == "study":
-        return build_study_cnn(image_size, dropout, l2)
+        return build_study_cnn(image_size, dropout, l2, color_constancy=color_constancy)
     if name == "compact":
-        return build_compact_cnn(image_size, dropout, l2)
+        return build_compact_cnn(image_size, dropout, l2, color_constancy=color_constancy)
     if name == "efficientnet_b0":
         if l2:
             raise ValueError("l2 is not supported for efficientnet_b0; use --l2=0")
-        return build_efficientnet_b0(image_size, dropout, weights_path)
+        return build_efficientnet_b0(image_size, dropout, weights_path,
+                                     color_constancy=color_constancy)
     if name == "residual":
-        return build_residual_cnn(image_size, dropout, l2, width_multiplier)
+        return build_residual_cnn(image_size, dropout, l2, width_multiplier,
+                                  color_constancy=color_constancy)
     raise ValueError(f"model {name!r} not in {MODEL_NAMES}")

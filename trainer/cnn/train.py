@@ -231,7 +231,8 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     train_ds, val_ds, steps, n_train = task.datasets(c, strategy)
     with strategy.scope():
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
-                                   c.weights_path or None, c.width_multiplier)
+                                   c.weights_path or None, c.width_multiplier,
+                                   c.color_constancy)
         if c.use_metadata:
             from trainer.core import metadata_features
 
