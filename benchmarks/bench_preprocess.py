@@ -46,7 +46,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 TEXT_EXTENSIONS = (".csv", ".json")  # metadata whose ids are renamed in repeated copies
 BUILD_VERSION = "2"  # bump when the copies' format changes, so old builds are redone
 
-# Goals of issue #12, on the real full-resolution set at ~1,500 images, ratios of one run.
+# The engine's speed targets, on the real full-resolution set at ~1,500 images, ratios of one run.
 GOALS = {"beam2_over_a": (">=", 8.0), "beam2_over_b": (">=", 1.8),
          "before_first_decode_s": ("<=", 2.0), "after_last_decode_s": ("<=", 1.0),
          "beam2_peak_over_a": ("<=", 1.5), "psnr_db_min": (">=", 40.0)}
@@ -419,7 +419,7 @@ def summarize(results: dict, label: str) -> tuple[dict, list[str]]:
         summary["psnr_db_min"] = min(min(r["psnr_256_db_min"], r["psnr_128_of_256_db_min"],
                                          r["psnr_128_alone_db_min"]) for r in big)
     lines = [f"## {label}", "", markdown_table(rows), "",
-             "Goals of issue #12 (stated for real full-resolution sources at ~1,500 images):"]
+             "Targets (stated for real full-resolution sources at ~1,500 images):"]
     for key, goal in GOALS.items():
         if key in summary:
             value = summary[key]

@@ -61,7 +61,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("use_metadata", False, "Age, sex and anatomic site (encoded with missing "
                       "values explicit, trainer.core.metadata_features) as a second model input "
                       "beside the image; the export serves them as optional inputs.")
-    # --- generated training images (issue #13's augmentation experiment) ---
+    # --- generated training images (GAN samples as extra training data) ---
     flags.DEFINE_string("synthetic_data", "", "Dataset folder of GAN samples (`python -m "
                         "trainer.gan.sample --format=tfrecord`) added to the training split; "
                         "validation and test stay real (trainer.core.synthetic_mix).")

@@ -1,4 +1,4 @@
-"""Flags every trainer shares, defined exactly once (trainer.cnn and trainer.dcgan import this),
+"""Flags every trainer shares, defined exactly once (the trainer.cnn and trainer.gan training programs import this),
 and RunConfig, the config base both trainers' configs extend, built from flags one way.
 
 absl refuses a flag defined twice in one process, so no other module may define these names.

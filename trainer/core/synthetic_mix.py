@@ -1,6 +1,6 @@
 """Generated images added to a training split (`--synthetic_data=DIR --synthetic_fraction=F`).
 
-DIR is a dataset folder the GAN sampler wrote (`python -m trainer.dcgan sample --format=tfrecord`,
+DIR is a dataset folder the GAN sampler wrote (`python -m trainer.gan.sample --format=tfrecord`,
 manifest.json + <size>/train/*.tfrecord, records of the shared schema), so the generated images
 stream through the same parse, decode, augmentation and batching as the real ones; validation
 and test stay real only.
@@ -62,7 +62,7 @@ def plan(synthetic_dir: str, real_counts: Mapping[str, int], fraction: float,
     if not manifest.get("synthetic"):
         raise ValueError(f"{synthetic_dir}: not a generated dataset (its manifest says "
                          "synthetic=false); --synthetic_data takes the GAN sampler's "
-                         "`trainer.dcgan sample --format=tfrecord` output")
+                         "`trainer.gan.sample --format=tfrecord` output")
     sizes = sorted(manifest.get("datasets", {}))
     if str(image_size) not in sizes:
         raise ValueError(f"{synthetic_dir}: generated at size(s) {sizes}, but the CNN trains at "
@@ -72,8 +72,8 @@ def plan(synthetic_dir: str, real_counts: Mapping[str, int], fraction: float,
     if short:
         detail = ", ".join(f"{c}: need {n}, has {h}" for c, (n, h) in short.items())
         raise ValueError(f"{synthetic_dir}: too few generated images for synthetic_fraction="
-                         f"{fraction} ({detail}); sample more with `python -m trainer.dcgan "
-                         f"sample --format=tfrecord --num={max(n for n, _ in short.values())}`")
+                         f"{fraction} ({detail}); sample more with `python -m trainer.gan.sample "
+                         f"--format=tfrecord --num={max(n for n, _ in short.values())}`")
     return SyntheticMix(synthetic_dir, wanted,
                         tuple(dataset_lib.shard_paths(manifest, synthetic_dir, image_size, "train")),
                         dataset_lib.compression_type(manifest))

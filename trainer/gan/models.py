@@ -10,7 +10,7 @@ Other image sizes (multiples of 4, for fast tests) keep the layers and scale the
 Dense layer to (size/4)^2 x 32 units. The conditional variant adds a label embedding to the
 latent vector (G) and a label plane as a fourth input channel (D).
 
-The recipe (issue #13), each part its own option and off by default:
+The recipe, each part its own option and off by default:
   build_deep_generator: z (+ label embedding) -> Dense 4x4x8w -> BN -> ReLU, then
              [UpSampling x2 -> Conv 3x3 -> BN -> ReLU] x log2(size/4) -> Conv 3x3 to RGB -> tanh.
   build_deep_discriminator: [Conv 4x4 s2 -> LeakyReLU 0.2] down to 4x4 (optionally spectrally

@@ -43,7 +43,7 @@ class GanConfig(RunConfig):
     grid_images: int = 16
     collapse_patience: int = 500
     collapse_d_fake: float = 0.02
-    # The recipe (issue #13); these defaults are the study's DCGAN.
+    # The recipe; these defaults are the study's DCGAN.
     architecture: str = "study"       # study | deep
     width: int = 32                   # deep only: G starts at 8*width channels, D at width
     spectral_norm: bool = False       # deep discriminator only
