@@ -12,7 +12,10 @@ Layout (workdir/export/):
                                        (with test-time augmentation when exported with tta)
                                      serving_plain / serving_tta: the same without / with it
                                      preprocess(image_bytes) -> {pixels: uint8 [B,S,S,3]}
-  serving_config.json    image_size, resize_mode, threshold and where it came from, tta
+  serving_config.json    image_size, resize_mode, threshold and where it came from, tta,
+                         min_image_side and the checks trainer.cnn.predict runs first
+  MODEL_CARD.md          what the model is for and not for, its data, its measured quality
+                         (trainer.cnn.model_card), where the run has a report.json
 """
 from __future__ import annotations
 
@@ -154,12 +157,29 @@ def _export_paths(workdir: str) -> dict[str, str]:
             "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
 
 
+def _checks_note(image_size: int, min_image_side: int | None) -> dict[str, Any]:
+    """serving_config.json's min_image_side and what trainer.cnn.predict checks before serving."""
+    from trainer.cnn import predict
+
+    side = predict.default_min_side(image_size) if min_image_side is None else int(min_image_side)
+    if side < 1:
+        raise ValueError(f"min_image_side must be >= 1, got {side}")
+    return {"min_image_side": side,
+            "checks": "trainer.cnn.predict (and predict.rejection for a caller of the SavedModel) "
+                      "refuses, with a reason, what the data engine rejects: not a JPEG/PNG, "
+                      "corrupt, too many pixels, degenerate (image_checks.degeneracy), and a "
+                      f"short side below min_image_side ({side} px; the engine has no default "
+                      "minimum: max(32, image_size // 2, the dataset's --min_original_size))"}
+
+
 def export_model(model, workdir: str, image_size: int, resize_mode: str = "squash",
-                 threshold: float | None = None, tta: bool = False) -> dict[str, str]:
+                 threshold: float | None = None, tta: bool = False,
+                 min_image_side: int | None = None) -> dict[str, str]:
     """Writes workdir/export/{model.keras, saved_model/, serving_config.json}; returns paths.
 
     threshold: None reads workdir/report.json (the one chosen on validation), else 0.5.
     tta: serving_default averages the 8 dihedral views (trainer.cnn.tta), as evaluate --tta.
+    min_image_side: the smallest short side predict serves (None: predict.default_min_side).
     """
     import tensorflow as tf
 
@@ -197,6 +217,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
                        "(EXIF orientation is not applied in-graph)",
               "outputs": {"probability": "float32 [None], P(malignant)",
                           "label": f"string [None], malignant when probability >= {threshold}"},
+              **_checks_note(image_size, min_image_side),
               "tensorflow": tf.__version__}
     if uses_metadata(model):
         config["metadata"] = _metadata_note()
@@ -235,7 +256,8 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
 
 
 def export_diagnosis_model(model, workdir: str, image_size: int,
-                           resize_mode: str = "squash") -> dict[str, str]:
+                           resize_mode: str = "squash",
+                           min_image_side: int | None = None) -> dict[str, str]:
     """The diagnosis task's export (same layout): serving_default(image_bytes) ->
     {probabilities float32 [B, K] (in classes.json order), top_class string [B],
     top_probability float32 [B]}; serving_config.json carries task "diagnosis" and the classes.
