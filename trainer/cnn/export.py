@@ -23,7 +23,7 @@ import json
 import os
 from typing import Any
 
-from isicflow import imaging
+from isicflow import image_checks, imaging
 from isicflow.metadata import CLASS_NAMES
 from trainer.cnn.constants import (CLASSES_NAME, EXPORT_DIR, KERAS_NAME,  # noqa: F401
                                    SAVED_MODEL_NAME, SERVING_CONFIG_NAME)
@@ -157,11 +157,16 @@ def _export_paths(workdir: str) -> dict[str, str]:
             "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
 
 
+def default_min_side(image_size: int, dataset_min_side: int = 0) -> int:
+    """The smallest short side served: max(the checks' 32 px thumbnail, half the model's input,
+    the dataset's --min_original_size). The engine's own default is no minimum, but an image
+    upscaled more than 2x holds detail the model never saw."""
+    return max(image_checks.THUMB, int(image_size) // 2, int(dataset_min_side or 0))
+
+
 def _checks_note(image_size: int, min_image_side: int | None) -> dict[str, Any]:
     """serving_config.json's min_image_side and what trainer.cnn.predict checks before serving."""
-    from trainer.cnn import predict
-
-    side = predict.default_min_side(image_size) if min_image_side is None else int(min_image_side)
+    side = default_min_side(image_size) if min_image_side is None else int(min_image_side)
     if side < 1:
         raise ValueError(f"min_image_side must be >= 1, got {side}")
     return {"min_image_side": side,
@@ -174,12 +179,15 @@ def _checks_note(image_size: int, min_image_side: int | None) -> dict[str, Any]:
 
 def export_model(model, workdir: str, image_size: int, resize_mode: str = "squash",
                  threshold: float | None = None, tta: bool = False,
-                 min_image_side: int | None = None) -> dict[str, str]:
+                 min_image_side: int | None = None, manifest: dict | None = None,
+                 run_config: dict | None = None) -> dict[str, str]:
     """Writes workdir/export/{model.keras, saved_model/, serving_config.json}; returns paths.
 
     threshold: None reads workdir/report.json (the one chosen on validation), else 0.5.
     tta: serving_default averages the 8 dihedral views (trainer.cnn.tta), as evaluate --tta.
-    min_image_side: the smallest short side predict serves (None: predict.default_min_side).
+    min_image_side: the smallest short side predict serves (None: default_min_side).
+    manifest, run_config: the dataset's manifest and the run's config, for MODEL_CARD.md
+    (trainer.cnn.model_card; the card says what it lacks).
     """
     import tensorflow as tf
 
@@ -222,7 +230,14 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     if uses_metadata(model):
         config["metadata"] = _metadata_note()
     run_folder.write_json(paths["serving_config"], config)
+    paths["model_card"] = _write_card(paths, workdir, config, manifest, run_config)
     return paths
+
+
+def _write_card(paths, workdir: str, config: dict, manifest, run_config) -> str:
+    from trainer.cnn import model_card
+
+    return model_card.write_card(paths["export_dir"], workdir, config, manifest, run_config)
 
 
 def _metadata_note() -> dict[str, str]:
@@ -257,7 +272,8 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
 
 def export_diagnosis_model(model, workdir: str, image_size: int,
                            resize_mode: str = "squash",
-                           min_image_side: int | None = None) -> dict[str, str]:
+                           min_image_side: int | None = None, manifest: dict | None = None,
+                           run_config: dict | None = None) -> dict[str, str]:
     """The diagnosis task's export (same layout): serving_default(image_bytes) ->
     {probabilities float32 [B, K] (in classes.json order), top_class string [B],
     top_probability float32 [B]}; serving_config.json carries task "diagnosis" and the classes.
@@ -309,12 +325,15 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
     if uses_metadata(model):
         signatures[SIGNATURE_METADATA] = module.serve_metadata
     tf.saved_model.save(module, paths["saved_model"], signatures=signatures)
-    run_folder.write_json(paths["serving_config"], {
+    config = {
         **({"metadata": _metadata_note()} if uses_metadata(model) else {}),
         "task": "diagnosis", "image_size": image_size, "resize_mode": resize_mode,
         "classes": classes, "grouped_as_other": mapping["grouped_as_other"], "tta": False,
         "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright",
         "outputs": {"probabilities": "float32 [None, K], softmax in `classes` order",
                     "top_class": "string [None]", "top_probability": "float32 [None]"},
-        "tensorflow": tf.__version__})
+        **_checks_note(image_size, min_image_side),
+        "tensorflow": tf.__version__}
+    run_folder.write_json(paths["serving_config"], config)
+    paths["model_card"] = _write_card(paths, workdir, config, manifest, run_config)
     return paths

@@ -47,17 +47,11 @@ from typing import Sequence
 from absl import flags
 
 from isicflow import image_checks, imaging
+from trainer.cnn.export import default_min_side  # noqa: F401 (predict.default_min_side)
 from trainer.core import program
 
 NOT_AN_IMAGE_REASONS = ("empty_file", "not_an_image", "unsupported_format")
 TSV_COLUMNS = ("path", "probability", "label", "top", "rejected", "error")
-
-
-def default_min_side(image_size: int, dataset_min_side: int = 0) -> int:
-    """The smallest short side served: max(the checks' 32 px thumbnail, half the model's input,
-    the dataset's --min_original_size). The engine's own default is no minimum, but an image
-    upscaled more than 2x holds detail the model never saw."""
-    return max(image_checks.THUMB, int(image_size) // 2, int(dataset_min_side or 0))
 
 
 @dataclasses.dataclass

@@ -77,12 +77,12 @@ def _resize_mode(manifest: Mapping[str, Any]) -> str:
 
 
 def _min_image_side(c: TrainConfig, manifest: Mapping[str, Any]) -> int:
-    """The smallest short side the export serves: predict.default_min_side, raised to the
+    """The smallest short side the export serves: export.default_min_side, raised to the
     dataset's own --min_original_size when it had one (the model never saw smaller)."""
-    from trainer.cnn import predict
+    from trainer.cnn import export
 
     dataset_min = (manifest.get("config") or {}).get("min_original_size") or 0
-    return predict.default_min_side(c.image_size, int(dataset_min))
+    return export.default_min_side(c.image_size, int(dataset_min))
 
 
 @dataclasses.dataclass
@@ -173,7 +173,8 @@ class BinaryTask:
         from trainer.cnn import export
 
         return export.export_model(model, c.workdir, c.image_size, _resize_mode(self.manifest),
-                                   tta=tta, min_image_side=_min_image_side(c, self.manifest))
+                                   tta=tta, min_image_side=_min_image_side(c, self.manifest),
+                                   manifest=dict(self.manifest), run_config=dataclasses.asdict(c))
 
 
 @dataclasses.dataclass
@@ -266,7 +267,9 @@ class DiagnosisTask:
 
         return export.export_diagnosis_model(model, c.workdir, c.image_size,
                                              _resize_mode(self.manifest),
-                                             min_image_side=_min_image_side(c, self.manifest))
+                                             min_image_side=_min_image_side(c, self.manifest),
+                                             manifest=dict(self.manifest),
+                                             run_config=dataclasses.asdict(c))
 
 
 TASKS = {"binary": BinaryTask, "diagnosis": DiagnosisTask}
