@@ -144,6 +144,22 @@ def _png(tmp_path, image01):
     return path
 
 
+def test_a_run_folder_explains_at_its_exports_threshold(tmp_path):
+    """A run dir holds model.keras and export/serving_config.json: the exported threshold
+    decides the predicted class (0.5 would call this image benign)."""
+    image = np.zeros((32, 32, 3), np.float32)
+    image[:, :16] = 1.0
+    model = bright_is_benign_model()
+    model.save(str(tmp_path / "model.keras"))
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "serving_config.json").write_text('{"threshold": 0.0}')
+    loaded, config = visualize.load_model_and_config(str(tmp_path))
+    assert config["threshold"] == 0.0 and len(loaded.layers) == len(model.layers)
+    out = visualize.visualize(model, _png(tmp_path, image), str(tmp_path / "vis"),
+                              threshold=config["threshold"])
+    assert out["explained"] == "malignant" and out["gradcam"].endswith("gradcam_malignant.png")
+
+
 def test_nested_convolutions_are_refused_clearly():
     import keras
 

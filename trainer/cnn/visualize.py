@@ -228,8 +228,9 @@ def load_model(path: str) -> tuple[Any, str]:
 
 
 def load_model_and_config(path: str) -> tuple[Any, dict[str, Any]]:
-    """(keras model, its export's serving_config.json, {} for a bare .keras file or an export
-    without one) from a .keras file, an export dir or a run dir with export/."""
+    """(keras model, its export's serving_config.json, {} for a bare .keras file or a folder
+    without one) from a .keras file, an export dir, or a run dir (its own model.keras, with its
+    export/'s serving config, else export/'s model)."""
     import keras
 
     from trainer.cnn import export
@@ -243,10 +244,14 @@ def load_model_and_config(path: str) -> tuple[Any, dict[str, Any]]:
         raise FileNotFoundError(f"{path!r}: not a .keras file, and no {export.KERAS_NAME} in it "
                                 f"or in its {export.EXPORT_DIR}/")
     config: dict[str, Any] = {}
-    config_path = os.path.join(export_dir, export.SERVING_CONFIG_NAME)
-    if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
+    # A run dir's model.keras is the model its export/ holds: its serving config (threshold,
+    # classes, resize mode) applies too.
+    for folder in (export_dir, os.path.join(export_dir, export.EXPORT_DIR)):
+        config_path = os.path.join(folder, export.SERVING_CONFIG_NAME)
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+            break
     return keras.models.load_model(keras_path), config
 
 
