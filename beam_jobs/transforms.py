@@ -179,21 +179,13 @@ class ProcessImage(beam.DoFn):
 
 
 def _thumbnail_source(decoded, resized: dict, config: PreprocessConfig):
-    """The image the checks' thumbnail is taken from: the smallest squash output when it is at
-    least the thumbnail's size (the whole picture, already small), else the decoded image."""
-    smallest = min(config.image_sizes)
-    if config.resize_mode == "squash" and smallest >= image_checks.THUMB:
-        return resized[smallest]
-    return decoded
-
-
-_DEGENERATE_WHAT = {"rows": "every row the same", "columns": "every column the same",
-                    "image": "one colour"}
+    """The image the checks' thumbnail is taken from (image_checks.thumbnail_source, which
+    serving shares)."""
+    return image_checks.thumbnail_source(decoded, resized, config.resize_mode)
 
 
 def _degenerate_detail(test: str, score: float) -> str:
-    return (f"no picture: {_DEGENERATE_WHAT[test]} ({test} score {score:.3f} < "
-            f"{image_checks.DEGENERATE_THRESHOLD} grey levels; --keep_degenerate keeps it)")
+    return image_checks.degenerate_detail(test, score)[:-1] + "; --keep_degenerate keeps it)"
 
 
 @dataclasses.dataclass(frozen=True)

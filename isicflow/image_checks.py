@@ -227,3 +227,25 @@ def degeneracy(luma: np.ndarray, threshold: float = DEGENERATE_THRESHOLD
         if score < threshold:
             return test, score
     return None
+
+
+def thumbnail_source(decoded: Image.Image, resized: Mapping[int, Image.Image],
+                     resize_mode: str) -> Image.Image:
+    """The image the checks' thumbnail is taken from, given the decoded image and its resized
+    outputs {size: image}: the smallest squash output when it is at least the thumbnail's size
+    (the whole picture, already small), else the decoded image (crop and pad outputs are not
+    the whole picture). The data engine and trainer.cnn.predict both call it."""
+    smallest = min(resized)
+    if resize_mode == "squash" and smallest >= THUMB:
+        return resized[smallest]
+    return decoded
+
+
+_DEGENERATE_WHAT = {"rows": "every row the same", "columns": "every column the same",
+                    "image": "one colour"}
+
+
+def degenerate_detail(test: str, score: float) -> str:
+    """What a `degeneracy` result means, in words (the engine's degenerate_image detail)."""
+    return (f"no picture: {_DEGENERATE_WHAT[test]} ({test} score {score:.3f} < "
+            f"{DEGENERATE_THRESHOLD} grey levels)")

@@ -31,8 +31,10 @@ def test_study_cnn_gets_one_grid_per_conv_and_a_heatmap(study_model, lesion, tmp
     result = visualize.visualize(study_model, lesion, str(tmp_path))
     assert result["layers"] == ["conv1", "conv2", "conv3"]
     written = sorted(os.listdir(tmp_path))
+    gradcam = f"gradcam_{result['explained']}.png"  # the predicted class, named
+    assert result["explained"] in ("benign", "malignant")
     assert written == ["featuremaps_01_conv1.png", "featuremaps_02_conv2.png",
-                       "featuremaps_03_conv3.png", "gradcam.png"]
+                       "featuremaps_03_conv3.png", gradcam]
     for name in written:
         with open(tmp_path / name, "rb") as f:
             assert f.read(8) == PNG_MAGIC
@@ -78,6 +80,86 @@ def test_grad_cam_lights_up_where_the_evidence_is():
     assert probability > 0.5
 
 
+def bright_is_benign_model():
+    """half_bright_model with negative dense weights: a bright image is benign (P(malignant)
+    < 0.5), all its evidence is for benign, none for malignant."""
+    import keras
+
+    model = half_bright_model()
+    dense = model.layers[-1]
+    kernel, bias = dense.get_weights()
+    dense.set_weights([-kernel, bias])
+    return model
+
+
+def test_grad_cam_of_a_benign_prediction_explains_benign():
+    """Following P(malignant) alone, a benign prediction gets a blank heatmap (nothing argues
+    for malignant); the predicted class's Grad-CAM (target 1 - P) lights up the evidence."""
+    image = np.zeros((32, 32, 3), np.float32)
+    image[:, :16] = 1.0
+    model = bright_is_benign_model()
+    result = visualize.explain(model, image)
+    assert result.class_name == "benign" and result.predicted == 0
+    assert result.probabilities[1] < 0.5 and result.class_probability > 0.5
+    assert result.heatmap.max() == 1.0 and result.heatmap[1:-1, 1:15].min() > 0.99
+    assert result.heatmap[:, 17:].max() < 0.05
+    malignant = visualize.explain(model, image, explain_class="malignant")
+    assert malignant.class_name == "malignant" and not malignant.heatmap.any()  # the old blank
+    heatmap, probability = visualize.grad_cam(model, image)
+    np.testing.assert_array_equal(heatmap, result.heatmap)
+    assert probability == pytest.approx(result.probabilities[1])
+    with pytest.raises(visualize.UnknownClass, match="'mel' not among"):
+        visualize.explain(model, image, explain_class="mel")
+    # the exported threshold decides the predicted class
+    assert visualize.explain(model, image, threshold=0.0).class_name == "malignant"
+
+
+def test_grad_cam_of_a_diagnosis_model_explains_the_argmax_class(tmp_path):
+    import keras
+
+    image = np.zeros((32, 32, 3), np.float32)
+    image[:, :16] = 1.0
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)),
+        keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(3, activation="softmax")])
+    probabilities = model.predict_on_batch(image[None])[0]
+    names = ["mel", "nevus", "bcc"]
+    result = visualize.explain(model, image, class_names=names)
+    assert result.class_index == int(np.argmax(probabilities))
+    assert result.class_name == names[result.class_index]
+    np.testing.assert_allclose(result.probabilities, probabilities, atol=1e-6)
+    out = visualize.visualize(model, _png(tmp_path, image), str(tmp_path / "vis"),
+                              class_names=names)
+    assert os.path.basename(out["gradcam"]) == f"gradcam_{result.class_name}.png"
+
+
+def _png(tmp_path, image01):
+    from PIL import Image
+
+    path = str(tmp_path / "image.png")
+    Image.fromarray((image01 * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_a_run_folder_explains_at_its_exports_threshold(tmp_path):
+    """A run dir holds model.keras and export/serving_config.json: the exported threshold
+    decides the predicted class (0.5 would call this image benign)."""
+    image = np.zeros((32, 32, 3), np.float32)
+    image[:, :16] = 1.0
+    model = bright_is_benign_model()
+    model.save(str(tmp_path / "model.keras"))
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "serving_config.json").write_text('{"threshold": 0.0}')
+    loaded, config = visualize.load_model_and_config(str(tmp_path))
+    assert config["threshold"] == 0.0 and len(loaded.layers) == len(model.layers)
+    out = visualize.visualize(model, _png(tmp_path, image), str(tmp_path / "vis"),
+                              threshold=config["threshold"])
+    assert out["explained"] == "malignant" and out["gradcam"].endswith("gradcam_malignant.png")
+
+
 def test_nested_convolutions_are_refused_clearly():
     import keras
 
@@ -97,5 +179,5 @@ def test_cli_writes_the_pngs(study_model, lesion, tmp_path):
                            f"--image={lesion}", f"--output={out}"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(list(out.glob("featuremaps_*.png"))) == 3 and (out / "gradcam.png").is_file()
-    assert "P(malignant) = " in proc.stdout
+    assert len(list(out.glob("featuremaps_*.png"))) == 3 and len(list(out.glob("gradcam_*.png"))) == 1
+    assert "P(malignant) = " in proc.stdout and "Grad-CAM explains: " in proc.stdout

@@ -212,14 +212,18 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
     os.makedirs(workdir, exist_ok=True)
     batch_size = int(batch_size or config.get("batch_size") or 32)
     data = dataset_counts(data_dir, image_size, manifest)
-    predictions = {}
+    predictions, test_columns = {}, None
+    use_metadata = bool(config.get("use_metadata", False))
     for split in EVAL_SPLITS:
         if _binary_records(dataset_lib.split_info(manifest, image_size, split)) == 0:
             predictions[split] = (np.zeros([0], np.int64), np.zeros([0]))
+        elif split == "test" and not use_metadata:  # with its records' groups, for breakdown
+            test_columns = predict_split_with_metadata(model, data_dir, split, image_size,
+                                                       batch_size, tta, manifest)
+            predictions[split] = (test_columns["label"], test_columns["probability"])
         else:
             predictions[split] = predict_split(model, data_dir, split, image_size, batch_size, tta,
-                                               bool(config.get("use_metadata", False)),
-                                               manifest=manifest)
+                                               use_metadata, manifest=manifest)
         logging.info("evaluate: %d %s cases predicted", predictions[split][0].size, split)
     threshold = choose_threshold(*predictions["validation"], threshold_policy, min_sensitivity)
     splits = {split: split_report(*predictions[split], threshold["threshold"], bootstrap=bootstrap,
@@ -230,6 +234,10 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         "config": dict(config), "tta": bool(tta), "data": data, "threshold": threshold,
         "splits": splits,
     }
+    if test_columns is not None:  # per source and patient subgroup, with AUC intervals
+        result["breakdown"] = breakdown(
+            test_columns, threshold["threshold"], fields_=BREAKDOWN_FIELDS + SUBGROUP_FIELDS,
+            bootstrap=bootstrap, seed=seed, scope="test split")
     result["plots"] = write_plots(workdir, splits, threshold["threshold"], predictions)
     _check_all_finite_or_explained({k: v for k, v in result.items() if k != "config"})
     run_folder.write_json(os.path.join(workdir, REPORT_JSON), result)
@@ -260,6 +268,10 @@ def read_threshold(workdir: str, default: float = metrics.STUDY_THRESHOLD) -> tu
 EXTERNAL_FORMAT = "isicflow.cnn_external_report/1"
 PREDICTIONS_COLUMNS = ("split", "image_id", "label", "probability", "predicted")
 BREAKDOWN_FIELDS = ("source_collection", "diagnosis", "anatom_site")
+# Patient subgroups the training report breaks its test split down by as well (a field no
+# record holds gets a note); age_approx in bands (AGE_BANDS).
+SUBGROUP_FIELDS = ("sex", "age_approx", "fitzpatrick_skin_type")
+AGE_BANDS = ((0, 30, "<30"), (30, 50, "30-49"), (50, 70, "50-69"), (70, 1000, ">=70"))
 MISSING_GROUP = "(missing)"
 
 
@@ -381,16 +393,31 @@ def select_splits(data_dir: str, image_size: int, splits: str,
     return list(dict.fromkeys(chosen))
 
 
-def breakdown(columns: Mapping[str, np.ndarray], threshold: float) -> dict[str, Any]:
-    """Per group of each BREAKDOWN_FIELDS value (diagnosis normalised with
-    isicflow.diagnosis.normalise_diagnosis, as the manifest counts it): metrics.group_metrics.
+def _age_band(value: str) -> str:
+    """An age_approx string (the record's float; -1 = unknown) as its AGE_BANDS name."""
+    try:
+        age = float(value)
+    except ValueError:
+        return ""
+    return next((name for low, high, name in AGE_BANDS if low <= age < high), "")
+
+
+def breakdown(columns: Mapping[str, np.ndarray], threshold: float, *,
+              fields_: tuple[str, ...] = BREAKDOWN_FIELDS, bootstrap: int = 0, seed: int = 0,
+              scope: str = "all scored cases (every selected split)") -> dict[str, Any]:
+    """Per group of each of `fields_` (diagnosis normalised with
+    isicflow.diagnosis.normalise_diagnosis, as the manifest counts it; age_approx in AGE_BANDS):
+    metrics.group_metrics, plus with bootstrap > 0 the AUC's percentile interval
+    ("auc_interval": {low, high}, metrics.bootstrap_intervals) where both classes are present.
     Empty values form the group MISSING_GROUP; a field empty on every record gets a note."""
     from isicflow.diagnosis import normalise_diagnosis
 
     labels, scores = columns["label"], columns["probability"]
     fields: dict[str, Any] = {}
-    for field in BREAKDOWN_FIELDS:
+    for field in fields_:
         raw = [str(v).strip() for v in columns[field]]
+        if field == "age_approx":
+            raw = [_age_band(v) for v in raw]
         if not any(raw):
             fields[field] = {"note": f"no record holds {field}; no breakdown"}
             continue
@@ -400,12 +427,20 @@ def breakdown(columns: Mapping[str, np.ndarray], threshold: float) -> dict[str, 
             values = [v or MISSING_GROUP for v in raw]
         values_arr = np.array(values, dtype=object)
         names = sorted(set(values), key=lambda v: (-values.count(v), v))
-        fields[field] = {"groups": {name: metrics.group_metrics(
-            labels[values_arr == name], scores[values_arr == name], threshold) for name in names}}
+        groups = {}
+        for name in names:
+            y, p = labels[values_arr == name], scores[values_arr == name]
+            groups[name] = metrics.group_metrics(y, p, threshold)
+            if bootstrap > 0 and len(np.unique(y)) == 2:
+                interval = metrics.bootstrap_intervals(y, p, threshold, resamples=bootstrap,
+                                                       seed=seed)["intervals"]["auc"]
+                groups[name]["auc_interval"] = interval
+        fields[field] = {"groups": groups}
         if field == "diagnosis":
             fields[field]["vocabulary"] = "isicflow.diagnosis.normalise_diagnosis"
-    return {"scope": "all scored cases (every selected split)", "cases": int(labels.size),
-            "fields": fields}
+        if field == "age_approx":
+            fields[field]["bands"] = [name for _, _, name in AGE_BANDS]
+    return {"scope": scope, "cases": int(labels.size), "fields": fields}
 
 
 def write_predictions_csv(path: str, per_split: Mapping[str, Mapping[str, np.ndarray]],

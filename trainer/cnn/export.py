@@ -12,7 +12,10 @@ Layout (workdir/export/):
                                        (with test-time augmentation when exported with tta)
                                      serving_plain / serving_tta: the same without / with it
                                      preprocess(image_bytes) -> {pixels: uint8 [B,S,S,3]}
-  serving_config.json    image_size, resize_mode, threshold and where it came from, tta
+  serving_config.json    image_size, resize_mode, threshold and where it came from, tta,
+                         min_image_side and the checks trainer.cnn.predict runs first
+  MODEL_CARD.md          what the model is for and not for, its data, its measured quality
+                         (trainer.cnn.model_card), where the run has a report.json
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import json
 import os
 from typing import Any
 
-from isicflow import imaging
+from isicflow import image_checks, imaging
 from isicflow.metadata import CLASS_NAMES
 from trainer.cnn.constants import (CLASSES_NAME, EXPORT_DIR, KERAS_NAME,  # noqa: F401
                                    SAVED_MODEL_NAME, SERVING_CONFIG_NAME)
@@ -154,12 +157,37 @@ def _export_paths(workdir: str) -> dict[str, str]:
             "serving_config": os.path.join(export_dir, SERVING_CONFIG_NAME)}
 
 
+def default_min_side(image_size: int, dataset_min_side: int = 0) -> int:
+    """The smallest short side served: max(the checks' 32 px thumbnail, half the model's input,
+    the dataset's --min_original_size). The engine's own default is no minimum, but an image
+    upscaled more than 2x holds detail the model never saw."""
+    return max(image_checks.THUMB, int(image_size) // 2, int(dataset_min_side or 0))
+
+
+def _checks_note(image_size: int, min_image_side: int | None) -> dict[str, Any]:
+    """serving_config.json's min_image_side and what trainer.cnn.predict checks before serving."""
+    side = default_min_side(image_size) if min_image_side is None else int(min_image_side)
+    if side < 1:
+        raise ValueError(f"min_image_side must be >= 1, got {side}")
+    return {"min_image_side": side,
+            "checks": "trainer.cnn.predict (and predict.rejection for a caller of the SavedModel) "
+                      "refuses, with a reason, what the data engine rejects: not a JPEG/PNG, "
+                      "corrupt, too many pixels, degenerate (image_checks.degeneracy), and a "
+                      f"short side below min_image_side ({side} px; the engine has no default "
+                      "minimum: max(32, image_size // 2, the dataset's --min_original_size))"}
+
+
 def export_model(model, workdir: str, image_size: int, resize_mode: str = "squash",
-                 threshold: float | None = None, tta: bool = False) -> dict[str, str]:
+                 threshold: float | None = None, tta: bool = False,
+                 min_image_side: int | None = None, manifest: dict | None = None,
+                 run_config: dict | None = None) -> dict[str, str]:
     """Writes workdir/export/{model.keras, saved_model/, serving_config.json}; returns paths.
 
     threshold: None reads workdir/report.json (the one chosen on validation), else 0.5.
     tta: serving_default averages the 8 dihedral views (trainer.cnn.tta), as evaluate --tta.
+    min_image_side: the smallest short side predict serves (None: default_min_side).
+    manifest, run_config: the dataset's manifest and the run's config, for MODEL_CARD.md
+    (trainer.cnn.model_card; the card says what it lacks).
     """
     import tensorflow as tf
 
@@ -197,11 +225,19 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
                        "(EXIF orientation is not applied in-graph)",
               "outputs": {"probability": "float32 [None], P(malignant)",
                           "label": f"string [None], malignant when probability >= {threshold}"},
+              **_checks_note(image_size, min_image_side),
               "tensorflow": tf.__version__}
     if uses_metadata(model):
         config["metadata"] = _metadata_note()
     run_folder.write_json(paths["serving_config"], config)
+    paths["model_card"] = _write_card(paths, workdir, config, manifest, run_config)
     return paths
+
+
+def _write_card(paths, workdir: str, config: dict, manifest, run_config) -> str:
+    from trainer.cnn import model_card
+
+    return model_card.write_card(paths["export_dir"], workdir, config, manifest, run_config)
 
 
 def _metadata_note() -> dict[str, str]:
@@ -235,7 +271,9 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
 
 
 def export_diagnosis_model(model, workdir: str, image_size: int,
-                           resize_mode: str = "squash") -> dict[str, str]:
+                           resize_mode: str = "squash",
+                           min_image_side: int | None = None, manifest: dict | None = None,
+                           run_config: dict | None = None) -> dict[str, str]:
     """The diagnosis task's export (same layout): serving_default(image_bytes) ->
     {probabilities float32 [B, K] (in classes.json order), top_class string [B],
     top_probability float32 [B]}; serving_config.json carries task "diagnosis" and the classes.
@@ -287,12 +325,15 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
     if uses_metadata(model):
         signatures[SIGNATURE_METADATA] = module.serve_metadata
     tf.saved_model.save(module, paths["saved_model"], signatures=signatures)
-    run_folder.write_json(paths["serving_config"], {
+    config = {
         **({"metadata": _metadata_note()} if uses_metadata(model) else {}),
         "task": "diagnosis", "image_size": image_size, "resize_mode": resize_mode,
         "classes": classes, "grouped_as_other": mapping["grouped_as_other"], "tta": False,
         "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright",
         "outputs": {"probabilities": "float32 [None, K], softmax in `classes` order",
                     "top_class": "string [None]", "top_probability": "float32 [None]"},
-        "tensorflow": tf.__version__})
+        **_checks_note(image_size, min_image_side),
+        "tensorflow": tf.__version__}
+    run_folder.write_json(paths["serving_config"], config)
+    paths["model_card"] = _write_card(paths, workdir, config, manifest, run_config)
     return paths

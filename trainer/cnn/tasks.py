@@ -76,6 +76,15 @@ def _resize_mode(manifest: Mapping[str, Any]) -> str:
     return manifest.get("resize_mode", "squash")
 
 
+def _min_image_side(c: TrainConfig, manifest: Mapping[str, Any]) -> int:
+    """The smallest short side the export serves: export.default_min_side, raised to the
+    dataset's own --min_original_size when it had one (the model never saw smaller)."""
+    from trainer.cnn import export
+
+    dataset_min = (manifest.get("config") or {}).get("min_original_size") or 0
+    return export.default_min_side(c.image_size, int(dataset_min))
+
+
 @dataclasses.dataclass
 class BinaryTask:
     """Benign (0) / malignant (1): one sigmoid unit, binary cross-entropy, AUC; the threshold
@@ -164,7 +173,8 @@ class BinaryTask:
         from trainer.cnn import export
 
         return export.export_model(model, c.workdir, c.image_size, _resize_mode(self.manifest),
-                                   tta=tta)
+                                   tta=tta, min_image_side=_min_image_side(c, self.manifest),
+                                   manifest=dict(self.manifest), run_config=dataclasses.asdict(c))
 
 
 @dataclasses.dataclass
@@ -256,7 +266,10 @@ class DiagnosisTask:
         from trainer.cnn import export
 
         return export.export_diagnosis_model(model, c.workdir, c.image_size,
-                                             _resize_mode(self.manifest))
+                                             _resize_mode(self.manifest),
+                                             min_image_side=_min_image_side(c, self.manifest),
+                                             manifest=dict(self.manifest),
+                                             run_config=dataclasses.asdict(c))
 
 
 TASKS = {"binary": BinaryTask, "diagnosis": DiagnosisTask}

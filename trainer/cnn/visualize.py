@@ -8,12 +8,20 @@ export/. The image goes through the data engine's decode and resize (isicflow.im
 evaluation scaling, exactly what the model saw in validation. Writes to --output:
   featuremaps_NN_<layer>.png  one grid per Conv2D layer, one tile per channel (each tile scaled
                               to its own min..max, so weak channels stay visible)
-  gradcam.png                 the image, the heatmap, and the heatmap overlaid on the image
-Grad-CAM (Selvaraju et al. 2017): the last Conv2D layer's channels weighted by the mean
-gradient of the malignant probability wrt each channel, ReLU, scaled to [0, 1].
+  gradcam_<class>.png         the image, the heatmap, and the heatmap overlaid on the image, for
+                              the predicted class (named in the file name and the titles)
+Grad-CAM (Selvaraju et al. 2017) of the predicted class: the last Conv2D layer's channels
+weighted by the mean gradient of that class's probability wrt each channel, ReLU, scaled to
+[0, 1]. A sigmoid (benign/malignant) model predicts malignant when P(malignant) >= the export's
+threshold (serving_config.json; 0.5 for a bare .keras file) and explains P(malignant), else it
+explains benign through 1 - P(malignant) (following P(malignant) alone leaves the heatmap blank
+whenever the image looks benign: there is no positive evidence for malignant to show); a
+diagnosis model explains its most probable class (class names from the export's
+serving_config.json). --explain=CLASS explains another class.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -68,8 +76,43 @@ def feature_maps(model, image01: np.ndarray) -> dict[str, np.ndarray]:
     return {layer.name: np.asarray(out, dtype=np.float32)[0] for layer, out in zip(layers, outputs)}
 
 
-def grad_cam(model, image01: np.ndarray, layer_name: str | None = None) -> tuple[np.ndarray, float]:
-    """(heatmap [S, S] in [0, 1], malignant probability); last Conv2D unless layer_name."""
+class UnknownClass(ValueError):
+    """The class asked for is not one of the model's."""
+
+
+@dataclasses.dataclass
+class Explanation:
+    """A Grad-CAM heatmap and the class it explains."""
+
+    heatmap: np.ndarray          # [S, S] float32 in [0, 1]
+    class_index: int             # in `probabilities`
+    class_name: str
+    probabilities: np.ndarray    # per class; a sigmoid model's as [P(benign), P(malignant)]
+    predicted: int               # the predicted class's index (the explained one unless chosen)
+
+    @property
+    def class_probability(self) -> float:
+        return float(self.probabilities[self.class_index])
+
+
+def _class_names(n: int, names: Sequence[str] | None) -> list[str]:
+    from isicflow.metadata import CLASS_NAMES
+
+    if n == 2 and names is None:
+        return list(CLASS_NAMES)
+    names = list(names) if names is not None else [f"class_{i}" for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} class names {names} for a model with {n} classes")
+    return names
+
+
+def explain(model, image01: np.ndarray, layer_name: str | None = None, *,
+            threshold: float = 0.5, class_names: Sequence[str] | None = None,
+            explain_class: str | int | None = None) -> Explanation:
+    """Grad-CAM of the predicted class (or of `explain_class`, a name or an index); last Conv2D
+    unless layer_name. A one-unit sigmoid output p: malignant (1) when p >= threshold, target p;
+    else benign (0), target 1 - p. A K-unit softmax: the argmax class, target its probability.
+    class_names: a softmax model's classes, in output order."""
     import keras
     import tensorflow as tf
 
@@ -77,9 +120,26 @@ def grad_cam(model, image01: np.ndarray, layer_name: str | None = None) -> tuple
     layer = layers[-1] if layer_name is None else model.get_layer(layer_name)
     probe = keras.Model(_single_input(model), [layer.output, model.outputs[0]])
     image = tf.convert_to_tensor(image01[None])
+    units = int(model.outputs[0].shape[-1])
+    sigmoid = units == 1
+    names = _class_names(2 if sigmoid else units, class_names if not sigmoid else None)
     with tf.GradientTape() as tape:
-        activations, probability = probe(image, training=False)
-        target = tf.cast(probability, tf.float32)[:, 0]
+        activations, output = probe(image, training=False)
+        output = tf.cast(output, tf.float32)[0]
+        probabilities = tf.stack([1.0 - output[0], output[0]]) if sigmoid else output
+        predicted = (int(output[0].numpy() >= threshold) if sigmoid
+                     else int(tf.argmax(probabilities).numpy()))
+        if explain_class is None:
+            index = predicted
+        elif isinstance(explain_class, str):
+            if explain_class not in names:
+                raise UnknownClass(f"class {explain_class!r} not among the model's classes {names}")
+            index = names.index(explain_class)
+        else:
+            index = int(explain_class)
+            if not 0 <= index < len(names):
+                raise UnknownClass(f"class index {index} not in [0, {len(names)})")
+        target = probabilities[index]
     grads = tape.gradient(target, activations)  # wrt the tensor that fed the output
     if grads is None:
         raise ValueError(f"no gradient from the output to layer {layer.name!r}")
@@ -90,7 +150,18 @@ def grad_cam(model, image01: np.ndarray, layer_name: str | None = None) -> tuple
     cam = tf.image.resize(cam[..., None], size, method="bilinear")[..., 0].numpy()
     peak = float(cam.max())
     heatmap = cam / peak if peak > 0 else np.zeros(size, np.float32)  # no positive evidence
-    return np.clip(heatmap, 0.0, 1.0).astype(np.float32), float(probability[0, 0])
+    return Explanation(np.clip(heatmap, 0.0, 1.0).astype(np.float32), index, names[index],
+                       np.asarray(probabilities, np.float64), predicted)
+
+
+def grad_cam(model, image01: np.ndarray, layer_name: str | None = None,
+             threshold: float = 0.5) -> tuple[np.ndarray, float]:
+    """(heatmap [S, S] in [0, 1] of the predicted class, the model's first output: P(malignant)
+    for a sigmoid model, else the predicted class's probability); see `explain`."""
+    result = explain(model, image01, layer_name, threshold=threshold)
+    if result.probabilities.size == 2 and int(model.outputs[0].shape[-1]) == 1:
+        return result.heatmap, float(result.probabilities[1])
+    return result.heatmap, result.class_probability
 
 
 def _mosaic(maps: np.ndarray) -> np.ndarray:
@@ -126,16 +197,21 @@ def save_feature_maps(maps: dict[str, np.ndarray], out_dir: str) -> list[str]:
     return paths
 
 
-def save_grad_cam(image01: np.ndarray, heatmap: np.ndarray, probability: float, layer: str,
-                  path: str) -> str:
+def gradcam_file_name(class_name: str) -> str:
+    return "gradcam_" + re.sub(r"[^A-Za-z0-9_.-]", "_", class_name) + ".png"
+
+
+def save_grad_cam(image01: np.ndarray, explanation: Explanation, layer: str, path: str) -> str:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 4.4), dpi=100, layout="constrained")
     panels = fig.subplots(1, 3)
     panels[0].imshow(image01)
-    panels[0].set_title(f"input (P(malignant) = {probability:.3f})")
+    panels[0].set_title(f"input (P({explanation.class_name}) = "
+                        f"{explanation.class_probability:.3f})")
+    heatmap = explanation.heatmap
     panels[1].imshow(heatmap, cmap="jet", vmin=0, vmax=1)
-    panels[1].set_title(f"Grad-CAM on {layer}")
+    panels[1].set_title(f"Grad-CAM of '{explanation.class_name}' on {layer}")
     panels[2].imshow(image01)
     panels[2].imshow(heatmap, cmap="jet", vmin=0, vmax=1, alpha=0.45)
     panels[2].set_title("overlay")
@@ -147,38 +223,60 @@ def save_grad_cam(image01: np.ndarray, heatmap: np.ndarray, probability: float, 
 
 def load_model(path: str) -> tuple[Any, str]:
     """(keras model, resize mode) from a .keras file, an export dir or a run dir with export/."""
+    model, config = load_model_and_config(path)
+    return model, config.get("resize_mode", "squash")
+
+
+def load_model_and_config(path: str) -> tuple[Any, dict[str, Any]]:
+    """(keras model, its export's serving_config.json, {} for a bare .keras file or a folder
+    without one) from a .keras file, an export dir, or a run dir (its own model.keras, with its
+    export/'s serving config, else export/'s model)."""
     import keras
 
     from trainer.cnn import export
 
     if os.path.isfile(path):
-        return keras.models.load_model(path), "squash"
+        return keras.models.load_model(path), {}
     export_dir = path if os.path.isfile(os.path.join(path, export.KERAS_NAME)) \
         else os.path.join(path, export.EXPORT_DIR)
     keras_path = os.path.join(export_dir, export.KERAS_NAME)
     if not os.path.isfile(keras_path):
         raise FileNotFoundError(f"{path!r}: not a .keras file, and no {export.KERAS_NAME} in it "
                                 f"or in its {export.EXPORT_DIR}/")
-    mode = "squash"
-    config_path = os.path.join(export_dir, export.SERVING_CONFIG_NAME)
-    if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            mode = json.load(f).get("resize_mode", mode)
-    return keras.models.load_model(keras_path), mode
+    config: dict[str, Any] = {}
+    # A run dir's model.keras is the model its export/ holds: its serving config (threshold,
+    # classes, resize mode) applies too.
+    for folder in (export_dir, os.path.join(export_dir, export.EXPORT_DIR)):
+        config_path = os.path.join(folder, export.SERVING_CONFIG_NAME)
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+            break
+    return keras.models.load_model(keras_path), config
 
 
-def visualize(model, image_path: str, out_dir: str, resize_mode: str = "squash") -> dict[str, Any]:
-    """Writes the feature-map grids and gradcam.png; returns their paths and the heatmap."""
+def visualize(model, image_path: str, out_dir: str, resize_mode: str = "squash", *,
+              threshold: float = 0.5, class_names: Sequence[str] | None = None,
+              explain_class: str | None = None) -> dict[str, Any]:
+    """Writes the feature-map grids and gradcam_<class>.png (the predicted class unless
+    explain_class); returns their paths, the heatmap and the explained class."""
     image_size = int(model.inputs[0].shape[1])
     image01 = load_image(image_path, image_size, resize_mode)
     os.makedirs(out_dir, exist_ok=True)
     maps = feature_maps(model, image01)
-    heatmap, probability = grad_cam(model, image01)
+    explanation = explain(model, image01, threshold=threshold, class_names=class_names,
+                          explain_class=explain_class)
     last = list(maps)[-1]
-    gradcam_path = save_grad_cam(image01, heatmap, probability, last,
-                                 os.path.join(out_dir, "gradcam.png"))
+    gradcam_path = save_grad_cam(image01, explanation, last,
+                                 os.path.join(out_dir, gradcam_file_name(explanation.class_name)))
+    probabilities = explanation.probabilities
+    sigmoid = int(model.outputs[0].shape[-1]) == 1
     return {"feature_maps": save_feature_maps(maps, out_dir), "gradcam": gradcam_path,
-            "heatmap": heatmap, "probability": probability, "layers": list(maps)}
+            "heatmap": explanation.heatmap, "explained": explanation.class_name,
+            "explained_probability": explanation.class_probability,
+            "predicted": explanation.predicted,
+            "probability": float(probabilities[1]) if sigmoid else explanation.class_probability,
+            "layers": list(maps)}
 
 
 FLAGS = flags.FLAGS
@@ -190,6 +288,8 @@ def define_flags() -> None:
     flags.DEFINE_string("output", None, "Folder for the PNGs (created).")
     flags.DEFINE_enum("resize_mode", None, list(imaging.RESIZE_MODES),
                       "Resize mode; default: the export's serving_config.json, else squash.")
+    flags.DEFINE_string("explain", None, "Class whose Grad-CAM to draw (benign/malignant, or a "
+                        "diagnosis export's class); default: the predicted class.")
     flags.mark_flags_as_required(["model", "image", "output"])
 
 
@@ -205,13 +305,23 @@ def main(argv: Sequence[str]) -> None:
     if not os.path.exists(FLAGS.model):
         program.fail(f"--model={FLAGS.model}: no such file or folder")
     try:
-        model, mode = load_model(FLAGS.model)
-        result = visualize(model, FLAGS.image, FLAGS.output, FLAGS.resize_mode or mode)
-    except (FileNotFoundError, ValueError) as e:  # not a model; a model without a conv or image input
+        model, config = load_model_and_config(FLAGS.model)
+    except (FileNotFoundError, ValueError) as e:  # not a model
+        program.fail(f"--model={FLAGS.model}: {e}")
+    try:
+        result = visualize(model, FLAGS.image, FLAGS.output,
+                           FLAGS.resize_mode or config.get("resize_mode", "squash"),
+                           threshold=float(config.get("threshold", 0.5)),
+                           class_names=config.get("classes"), explain_class=FLAGS.explain)
+    except UnknownClass as e:
+        program.fail(f"--explain={FLAGS.explain}: {e}")
+    except ValueError as e:  # a model without a conv or image input
         program.fail(f"--model={FLAGS.model}: {e}")
     for path in result["feature_maps"] + [result["gradcam"]]:
         print(path)
-    print(f"P(malignant) = {result['probability']:.4f}")
+    if int(model.outputs[0].shape[-1]) == 1:
+        print(f"P(malignant) = {result['probability']:.4f}")
+    print(f"Grad-CAM explains: {result['explained']} (P = {result['explained_probability']:.4f})")
 
 
 def run(argv: Sequence[str] | None = None) -> None:

@@ -26,7 +26,9 @@ LABEL_MODES = reader.LABEL_MODES
 _PARSED_FEATURES = reader.PARSED_FEATURES
 _MAX_SHUFFLE_BUFFER = 1024
 # Per-record strings make_eval_dataset_with_metadata yields beside each prediction.
-METADATA_FIELDS = ("image_id", "diagnosis", "anatom_site", "source_collection")
+# Non-string fields (age_approx) come as strings too (tf.strings.as_string).
+METADATA_FIELDS = ("image_id", "diagnosis", "anatom_site", "source_collection", "sex",
+                   "age_approx", "fitzpatrick_skin_type")
 # Fields --use_metadata encodes as the model's second input (trainer.core.metadata_features).
 METADATA_INPUT_FIELDS = ("age_approx", "sex", "anatom_site")
 
@@ -232,7 +234,8 @@ def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: in
     def parse(serialized):
         record = tf.io.parse_single_example(serialized, spec)
         return (_decode_record(record, image_size), record["label"],
-                {name: record[name] for name in METADATA_FIELDS})
+                {name: record[name] if record[name].dtype == tf.string
+                 else tf.strings.as_string(record[name]) for name in METADATA_FIELDS})
 
     ds = tf.data.TFRecordDataset(paths, compression_type=dataset_lib.compression_type(manifest),
                                  num_parallel_reads=min(len(paths), 16))  # deterministic order

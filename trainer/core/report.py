@@ -238,7 +238,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 continue
             lines += ["| group | cases | malignant | AUC | sensitivity | specificity |",
                       "|---|---|---|---|---|---|"]
-            lines += [f"| {name} | {g['cases']} | {g['malignant']} | {_fmt(g.get('auc'))} | "
+            lines += [f"| {name} | {g['cases']} | {g['malignant']} | {auc_with_interval(g)} | "
                       f"{_fmt(g.get('sensitivity'))} | {_fmt(g.get('specificity'))} |"
                       for name, g in info["groups"].items()]
             lines.append("")
@@ -251,6 +251,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", "## Config", "", "```json", json.dumps(report.get("config", {}), indent=2, sort_keys=True),
               "```", ""]
     return "\n".join(lines)
+
+
+def auc_with_interval(group: Mapping[str, Any]) -> str:
+    """A breakdown group's AUC, with its bootstrap interval "[low, high]" when it has one."""
+    text = _fmt(group.get("auc"))
+    interval = group.get("auc_interval") or {}
+    if interval.get("low") is not None and interval.get("high") is not None:
+        text += f" [{_fmt(interval['low'])}, {_fmt(interval['high'])}]"
+    return text
 
 
 def write_markdown(path: str, report: Mapping[str, Any]) -> str:
