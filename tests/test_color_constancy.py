@@ -88,5 +88,12 @@ def test_the_trainer_flag_trains_a_step_and_a_resume_must_keep_it(tmp_path, samp
         "shades_of_grey"
     model = keras.models.load_model(run / "model.keras")
     assert model.get_layer("color_constancy").power == 6.0
+    # another process (no trainer.cnn.color_constancy imported by hand) loads and scores it
+    scored = subprocess.run([sys.executable, "-m", "trainer.cnn.evaluate", f"--model={run}",
+                             f"--data_dir={data}", "--splits=test", "--bootstrap=0",
+                             f"--output={tmp_path / 'scored'}"], cwd=repo, capture_output=True,
+                            text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert (tmp_path / "scored" / "predictions.csv").exists()
     again = subprocess.run(common, cwd=repo, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--color_constancy=none" in again.stderr, again.stderr

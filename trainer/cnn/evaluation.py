@@ -477,10 +477,10 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     split_names(splits)  # a typo is refused before the model is loaded
     model_info = resolve_model(model_path, threshold)
     manifest = read_dataset_manifest(data_dir)
-    import keras
+    from trainer.cnn.models import load_keras_model
 
     try:
-        model = keras.models.load_model(model_info["keras"], compile=False)
+        model = load_keras_model(model_info["keras"])
     except Exception as e:  # Keras raises many kinds for a file it cannot read
         raise EvaluationError(f"--model {model_path!r}: {model_info['keras']} cannot be loaded "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

@@ -33,6 +33,13 @@ def _sigmoid_output(x, name="probability"):
     return layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(x)
 
 
+def load_keras_model(path: str, compile: bool = False) -> keras.Model:
+    """A saved .keras model of this project: its own layers (ShadesOfGrey) are known because
+    this module imports them; every program that loads a CNN goes through here."""
+    return keras.models.load_model(path, compile=compile,
+                                   custom_objects={"ShadesOfGrey": ShadesOfGrey})
+
+
 def image_input(image_size: int, color_constancy: str = "none"):
     """(the model's image input, the tensor the net starts from): with --color_constancy, a
     ShadesOfGrey layer in between, so export and prediction apply it too."""

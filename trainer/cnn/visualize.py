@@ -231,12 +231,11 @@ def load_model_and_config(path: str) -> tuple[Any, dict[str, Any]]:
     """(keras model, its export's serving_config.json, {} for a bare .keras file or a folder
     without one) from a .keras file, an export dir, or a run dir (its own model.keras, with its
     export/'s serving config, else export/'s model)."""
-    import keras
-
     from trainer.cnn import export
+    from trainer.cnn.models import load_keras_model
 
     if os.path.isfile(path):
-        return keras.models.load_model(path), {}
+        return load_keras_model(path, compile=True), {}
     export_dir = path if os.path.isfile(os.path.join(path, export.KERAS_NAME)) \
         else os.path.join(path, export.EXPORT_DIR)
     keras_path = os.path.join(export_dir, export.KERAS_NAME)
@@ -252,7 +251,7 @@ def load_model_and_config(path: str) -> tuple[Any, dict[str, Any]]:
             with open(config_path, encoding="utf-8") as f:
                 config = json.load(f)
             break
-    return keras.models.load_model(keras_path), config
+    return load_keras_model(keras_path, compile=True), config
 
 
 def visualize(model, image_path: str, out_dir: str, resize_mode: str = "squash", *,

@@ -108,9 +108,10 @@ def penultimate_model(model):
 def _cnn(path: str, value_range: tuple[float, float]):
     import keras
 
+    from trainer.cnn.models import load_keras_model
     from trainer.core.input_pipeline import scale_to_range
 
-    model = keras.models.load_model(path, compile=False)
+    model = load_keras_model(path)
     features = penultimate_model(model)
     side = int(model.inputs[0].shape[1])
     low, high = value_range
