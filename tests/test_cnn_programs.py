@@ -11,6 +11,7 @@ import pytest
 
 from tests import shard_fixtures
 from trainer import evaluate as evaluate_shim
+from trainer.core import program
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -124,7 +125,8 @@ def test_evaluate_refuses_bad_inputs_with_one_line(dataset, tmp_path):
 
 
 def test_the_old_evaluate_name_maps_out_to_output():
-    assert evaluate_shim.renamed_argv(["p", "--out=a", "--out", "b", "--outside=c"]) == [
+    assert program.rename_flags(["p", "--out=a", "--out", "b", "--outside=c"],
+                                 evaluate_shim.RENAMED) == [
         "p", "--output=a", "--output", "b", "--outside=c"]
 
 

@@ -117,18 +117,19 @@ def test_the_old_evaluation_name_maps_its_old_flags(tmp_path):
 
 
 def test_rename_flags_maps_old_names_in_every_form_and_in_flag_files(tmp_path):
-    from trainer.gan import renames
+    from trainer import dcgan, gan_eval
+    from trainer.core.program import rename_flags
 
     flagfile = tmp_path / "old.flags"
     flagfile.write_text("--generator_checkpoint=run\n--num_generated=16\n")
     argv = ["prog", f"--flagfile={flagfile}", "--real_data_dir", "data", "-eval_out=out",
             "--eval_seed=1", "--cnn_value_range=-1,1", "--output_extra=x"]
-    assert renames.rename_flags(argv, renames.EVALUATE) == [
+    assert rename_flags(argv, gan_eval.EVALUATE) == [
         "prog", "--model=run", "--num_generated=16", "--data_dir", "data", "-output=out",
         "--seed=1", "--feature_model_value_range=-1,1", "--output_extra=x"]
     # An unreadable flag file is left for the program to report.
     missing = ["prog", f"--flagfile={tmp_path / 'none.flags'}", "--out=o"]
-    assert renames.rename_flags(missing, renames.SAMPLE) == [
+    assert rename_flags(missing, dcgan.SAMPLE) == [
         "prog", f"--flagfile={tmp_path / 'none.flags'}", "--output=o"]
 
 

@@ -8,16 +8,18 @@ import sys
 from typing import Sequence
 
 SUBCOMMAND = "sample"
+SAMPLE = {"checkpoint": "model", "out": "output", "sample_class": "class"}  # old -> new
 
 
 def run(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if SUBCOMMAND in argv[1:]:
-        from trainer.gan import renames, sample
+        from trainer.core import program
+        from trainer.gan import sample
 
         rest = list(argv)
         rest.remove(SUBCOMMAND)
-        sample.run(renames.rename_flags(rest, renames.SAMPLE))
+        sample.run(program.rename_flags(rest, SAMPLE))
     else:
         from trainer.gan import cli
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+# old name -> the name trainer.gan.evaluate takes
+EVALUATE = {"generator_checkpoint": "model", "real_data_dir": "data_dir", "eval_out": "output",
+            "cnn_model": "feature_model", "cnn_value_range": "feature_model_value_range",
+            "eval_seed": "seed"}
+
 
 def run(argv: Sequence[str] | None = None) -> None:
-    from trainer.gan import evaluate, renames
+    from trainer.core import program
+    from trainer.gan import evaluate
 
-    evaluate.run(renames.rename_flags(list(sys.argv if argv is None else argv),
-                                      renames.EVALUATE))
+    evaluate.run(program.rename_flags(list(sys.argv if argv is None else argv), EVALUATE))
 
 
 if __name__ == "__main__":

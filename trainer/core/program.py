@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import textwrap
-from typing import Callable, Iterable, NoReturn, Sequence
+from typing import Callable, Iterable, Mapping, NoReturn, Sequence
 
 from absl import app, flags
 
@@ -104,3 +104,23 @@ def run(main: Callable[[list[str]], int | None], *, prog: str, doc: str | None,
             _exit_user_error(prog, str(e))
 
     app.run(guarded_main, argv=argv, flags_parser=lambda args: _parse_flags(prog, args))
+
+
+def rename_flags(argv: Sequence[str], renames: Mapping[str, str]) -> list[str]:
+    """argv with each old flag name replaced by its new one (--old=v, --old v, -old=v), for the
+    shims that keep earlier program names working. Flag files are expanded first, so a user's
+    own flag file with the old names works too; one that cannot be read is left for the program
+    to report."""
+    args = list(argv[1:])
+    try:
+        args = flags.FlagValues().read_flags_from_files(args, force_gnu=True)
+    except flags.Error:
+        pass
+    renamed = []
+    for arg in args:
+        dashes = "--" if arg.startswith("--") else "-" if arg.startswith("-") else ""
+        name, equals, value = arg[len(dashes):].partition("=")
+        if dashes and name in renames:
+            arg = f"{dashes}{renames[name]}{equals}{value}"
+        renamed.append(arg)
+    return [argv[0], *renamed]
