@@ -156,12 +156,14 @@ class ProcessImage(beam.DoFn):
             return
         resized = {size: imaging.resize_pil(decoded.image, size, cfg.resize_mode)
                    for size in cfg.image_sizes}
-        luma = image_checks.luma_thumbnail(_thumbnail_source(decoded.image, resized, cfg))
+        luma = image_checks.luma_thumbnail(
+            image_checks.thumbnail_source(decoded.image, resized, cfg.resize_mode))
         degenerate = image_checks.degeneracy(luma)
         if degenerate is not None:
             test, score = degenerate
             if not cfg.keep_degenerate:
-                yield self._reject(record, "degenerate_image", _degenerate_detail(test, score))
+                yield self._reject(record, "degenerate_image", image_checks.degenerate_detail(
+                    test, score, hint="--keep_degenerate keeps it"))
                 return
             _count("degenerate_kept")
         phash = None
@@ -176,16 +178,6 @@ class ProcessImage(beam.DoFn):
         self._clock.end(clock)
         yield ProcessedImage(record, hashlib.sha256(data).hexdigest(),
                              decoded.source_width, decoded.source_height, encoded, phash)
-
-
-def _thumbnail_source(decoded, resized: dict, config: PreprocessConfig):
-    """The image the checks' thumbnail is taken from (image_checks.thumbnail_source, which
-    serving shares)."""
-    return image_checks.thumbnail_source(decoded, resized, config.resize_mode)
-
-
-def _degenerate_detail(test: str, score: float) -> str:
-    return image_checks.degenerate_detail(test, score)[:-1] + "; --keep_degenerate keeps it)"
 
 
 @dataclasses.dataclass(frozen=True)

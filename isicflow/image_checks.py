@@ -245,7 +245,9 @@ _DEGENERATE_WHAT = {"rows": "every row the same", "columns": "every column the s
                     "image": "one colour"}
 
 
-def degenerate_detail(test: str, score: float) -> str:
-    """What a `degeneracy` result means, in words (the engine's degenerate_image detail)."""
+def degenerate_detail(test: str, score: float, hint: str = "") -> str:
+    """What a `degeneracy` result means, in words (the engine's degenerate_image detail);
+    `hint` (e.g. the flag that keeps such images) is added inside the parentheses."""
+    hint = f"; {hint}" if hint else ""
     return (f"no picture: {_DEGENERATE_WHAT[test]} ({test} score {score:.3f} < "
-            f"{DEGENERATE_THRESHOLD} grey levels)")
+            f"{DEGENERATE_THRESHOLD} grey levels{hint})")

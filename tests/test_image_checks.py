@@ -22,7 +22,7 @@ def pipeline_luma(data: bytes) -> np.ndarray:
     decoded = imaging.decode_image(data, target=max(CONFIG.image_sizes))
     smallest = min(CONFIG.image_sizes)
     resized = {smallest: imaging.resize_pil(decoded.image, smallest, CONFIG.resize_mode)}
-    return ic.luma_thumbnail(transforms._thumbnail_source(decoded.image, resized, CONFIG))
+    return ic.luma_thumbnail(ic.thumbnail_source(decoded.image, resized, CONFIG.resize_mode))
 
 
 # ---- pure unit tests -------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_cost_of_the_checks_next_to_the_decode_step(real):
             return decoded, resized
 
         outs = [decode_step(d) for d in datas]  # also warms every code path up
-        lumas = [ic.luma_thumbnail(transforms._thumbnail_source(dec.image, res, CONFIG))
+        lumas = [ic.luma_thumbnail(ic.thumbnail_source(dec.image, res, CONFIG.resize_mode))
                  for dec, res in outs]
 
         def per_image(work, items):  # the best of 3 passes: other processes share the cores
@@ -215,7 +215,7 @@ def test_cost_of_the_checks_next_to_the_decode_step(real):
         step = per_image(decode_step, datas)
         bare = per_image(lambda d: imaging.decode_image(d, target=max(CONFIG.image_sizes)), datas)
         thumb = per_image(lambda o: ic.luma_thumbnail(
-            transforms._thumbnail_source(o[0].image, o[1], CONFIG)), outs)
+            ic.thumbnail_source(o[0].image, o[1], CONFIG.resize_mode)), outs)
         phash = per_image(ic.perceptual_hash, lumas)
         degen = per_image(ic.degeneracy, lumas)
         step, bare, thumb, phash, degen = (t * 1e3 for t in (step, bare, thumb, phash, degen))

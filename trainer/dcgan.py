@@ -13,7 +13,7 @@ SAMPLE = {"checkpoint": "model", "out": "output", "sample_class": "class"}  # ol
 
 def run(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
-    if SUBCOMMAND in argv[1:]:
+    if argv[1:2] == [SUBCOMMAND]:  # `trainer.dcgan sample ...`, as documented
         from trainer.core import program
         from trainer.gan import sample
 

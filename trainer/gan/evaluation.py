@@ -23,7 +23,8 @@ def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
     from isicflow import dataset as dataset_lib
     from trainer.core import input_pipeline
 
-    present = dataset_lib.read_manifest(data_dir)["datasets"].get(str(image_size), {})
+    manifest = dataset_lib.read_manifest(data_dir)
+    present = manifest["datasets"].get(str(image_size), {})
     chunks, total = [], 0
     for split in splits:
         if int(present.get(split, {}).get("records", 0)) == 0:
@@ -31,7 +32,7 @@ def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
             continue
         ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=64,
                                          training=False, labels="all", deterministic=True,
-                                         as_uint8=True)
+                                         as_uint8=True, manifest=manifest)
         for images, _ in ds:
             chunks.append(images.numpy())
             total += len(chunks[-1])
