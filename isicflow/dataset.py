@@ -258,6 +258,11 @@ def read_manifest(data_dir: str) -> dict[str, Any]:
     return manifest
 
 
+def manifest_or_read(data_dir: str, manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest a caller already read (a program reads it once per run), else read now."""
+    return dict(manifest) if manifest is not None else read_manifest(data_dir)
+
+
 def split_info(manifest: dict[str, Any], size: int, split: str) -> dict[str, Any]:
     datasets = manifest.get("datasets", {})
     if str(size) not in datasets:

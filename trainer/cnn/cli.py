@@ -52,7 +52,7 @@ def define_flags() -> None:
     flags.DEFINE_string("weights_path", "", "Local weights file for the efficientnet_b0 backbone "
                         "(e.g. efficientnetb0_notop.h5); never downloaded.")
     # --- task ---
-    flags.DEFINE_enum("task", "binary", ["binary", "diagnosis"],
+    flags.DEFINE_enum("task", "binary", list(config_lib.TASKS),
                       "binary: benign/malignant (the study's task, the default); diagnosis: the "
                       "engine's normalised diagnosis over K classes (trainer.cnn.diagnosis; needs "
                       "--monitor=val_accuracy).")

@@ -24,7 +24,7 @@ import numpy as np
 from isicflow import dataset as dataset_lib
 from isicflow.diagnosis import normalise_diagnosis
 from trainer.cnn.constants import (CLASSES_NAME, EVAL_SPLITS, PLOTS_DIR, REPORT_JSON,  # noqa: F401
-                                   REPORT_MD, TASKS)
+                                   REPORT_MD)
 
 OTHER = "other"
 UNKNOWN = "unknown"
@@ -77,7 +77,7 @@ def raw_diagnosis_counts(data_dir: str, split: str, image_size: int,
 
     from isicflow import schema
 
-    manifest = _manifest(data_dir, manifest)
+    manifest = dataset_lib.manifest_or_read(data_dir, manifest)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     counts: collections.Counter = collections.Counter()
     if not paths:
@@ -108,15 +108,11 @@ def train_counts_from_manifest(manifest: Mapping[str, Any]) -> dict[str, int] | 
     return dict(out)
 
 
-def _manifest(data_dir: str, manifest: Mapping[str, Any] | None) -> dict[str, Any]:
-    return dict(manifest) if manifest is not None else dataset_lib.read_manifest(data_dir)
-
-
 def build_mapping(data_dir: str, image_size: int, min_records: int,
                   manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The class mapping of a dataset's train split (manifest rows when present, else a pass
     over the train diagnosis field)."""
-    manifest = _manifest(data_dir, manifest)
+    manifest = dataset_lib.manifest_or_read(data_dir, manifest)
     counts = train_counts_from_manifest(manifest)
     source = "manifest per_split_label_diagnosis_source"
     if counts is None:
@@ -170,7 +166,7 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     from isicflow import schema
     from trainer.core import input_pipeline as ip
 
-    manifest = _manifest(data_dir, manifest)
+    manifest = dataset_lib.manifest_or_read(data_dir, manifest)
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     raw = raw_diagnosis_counts(data_dir, split, image_size, manifest)
@@ -298,7 +294,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
     """Writes report.json / report.md / plots/confusion.png for the diagnosis task."""
     from trainer.core import run_folder
 
-    manifest = _manifest(data_dir, manifest)
+    manifest = dataset_lib.manifest_or_read(data_dir, manifest)
 
     mapping = read_mapping(workdir)
     if mapping is None:

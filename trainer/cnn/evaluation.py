@@ -133,7 +133,7 @@ def dataset_counts(data_dir: str, image_size: int,
                    manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
     from isicflow import dataset as dataset_lib
 
-    manifest = manifest if manifest is not None else dataset_lib.read_manifest(data_dir)
+    manifest = dataset_lib.manifest_or_read(data_dir, manifest)
     splits = {}
     for split in dataset_lib.SPLITS:
         try:
@@ -206,16 +206,17 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         raise ValueError(f"threshold policy {threshold_policy!r} not in {metrics.THRESHOLD_POLICIES}")
     if bootstrap < 0:
         raise ValueError(f"bootstrap resamples must be >= 0, got {bootstrap}")
-    from isicflow import dataset as dataset_lib
+    from isicflow import dataset as dataset_lib, reader
 
-    manifest = manifest if manifest is not None else dataset_lib.read_manifest(data_dir)
+    manifest = dataset_lib.manifest_or_read(data_dir, manifest)
     os.makedirs(workdir, exist_ok=True)
     batch_size = int(batch_size or config.get("batch_size") or 32)
     data = dataset_counts(data_dir, image_size, manifest)
     predictions, test_columns = {}, None
     use_metadata = bool(config.get("use_metadata", False))
     for split in EVAL_SPLITS:
-        if _binary_records(dataset_lib.split_info(manifest, image_size, split)) == 0:
+        if reader.count_records(dataset_lib.split_info(manifest, image_size, split),
+                                "binary") == 0:
             predictions[split] = (np.zeros([0], np.int64), np.zeros([0]))
         elif split == "test" and not use_metadata:  # with its records' groups, for breakdown
             test_columns = predict_split_with_metadata(model, data_dir, split, image_size,
@@ -256,11 +257,15 @@ def read_threshold(workdir: str, default: float = metrics.STUDY_THRESHOLD) -> tu
     if not os.path.exists(path):
         return float(default), f"default {default} (no {REPORT_JSON} in {workdir})"
     with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    value = saved.get("threshold", {}).get("threshold")
+        return threshold_of(json.load(f), path)
+
+
+def threshold_of(report: Mapping[str, Any], path: str) -> tuple[float, str]:
+    """(threshold, where it came from) of a report.json already read from `path`."""
+    value = report.get("threshold", {}).get("threshold")
     if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{path}: threshold.threshold must be a number in [0, 1], got {value!r}")
-    return float(value), f"{path} (policy {saved['threshold'].get('policy')})"
+    return float(value), f"{path} (policy {report['threshold'].get('policy')})"
 
 
 # ---- external evaluation: a trained model on any dataset the engine wrote ----
@@ -314,7 +319,7 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
                      "reason": "given on the command line (--threshold)", "source": "--threshold"}
     elif report is not None:
         recorded = report.get("threshold", {})
-        value, source = read_threshold(path)
+        value, source = threshold_of(report, report_path)
         threshold = {"threshold": value, "policy": recorded.get("policy", "unknown"),
                      "reason": recorded.get("reason", "recorded by training"), "source": source}
     else:
@@ -360,16 +365,11 @@ def read_dataset_manifest(data_dir: str) -> dict[str, Any]:
         raise EvaluationError(str(e)) from None
 
 
-def _binary_records(info: Mapping[str, Any]) -> int:
-    counts = info.get("counts", {})
-    return int(counts.get("benign", 0)) + int(counts.get("malignant", 0))
-
-
 def select_splits(data_dir: str, image_size: int, splits: str,
                   manifest: Mapping[str, Any] | None = None) -> list[str]:
     """'all' -> every split holding benign/malignant records at image_size; else the named ones,
     each of which must hold some. Errors name what the dataset has."""
-    from isicflow import dataset as dataset_lib
+    from isicflow import dataset as dataset_lib, reader
 
     if manifest is None:
         manifest = read_dataset_manifest(data_dir)
@@ -377,7 +377,7 @@ def select_splits(data_dir: str, image_size: int, splits: str,
     if str(image_size) not in manifest.get("datasets", {}):
         raise EvaluationError(f"{data_dir}: no {image_size}px images (the model's input size); "
                               f"the dataset has sizes {sizes}")
-    have = {s: _binary_records(dataset_lib.split_info(manifest, image_size, s))
+    have = {s: reader.count_records(dataset_lib.split_info(manifest, image_size, s), "binary")
             for s in dataset_lib.SPLITS if s in manifest["datasets"][str(image_size)]}
     if splits.strip() == "all":
         chosen = [s for s in dataset_lib.SPLITS if have.get(s)]

@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.cnn import config as config_lib, models, recipe, tasks
-from trainer.cnn.config import CLASS_BALANCE_MODES, MONITORS, TrainConfig  # noqa: F401
-from trainer.cnn.tasks import class_weights_from_counts, predict_dataset, write_pr_curve  # noqa: F401,E501
+from trainer.cnn.config import TrainConfig  # noqa: F401  (train.TrainConfig, as before)
+from trainer.cnn.tasks import class_weights_from_counts  # noqa: F401  (tests use it from here)
 from trainer.core import run_folder, runtime
 
 

@@ -221,12 +221,6 @@ def save_grad_cam(image01: np.ndarray, explanation: Explanation, layer: str, pat
     return path
 
 
-def load_model(path: str) -> tuple[Any, str]:
-    """(keras model, resize mode) from a .keras file, an export dir or a run dir with export/."""
-    model, config = load_model_and_config(path)
-    return model, config.get("resize_mode", "squash")
-
-
 def load_model_and_config(path: str) -> tuple[Any, dict[str, Any]]:
     """(keras model, its export's serving_config.json, {} for a bare .keras file or a folder
     without one) from a .keras file, an export dir, or a run dir (its own model.keras, with its

@@ -40,22 +40,17 @@ CONTRAST_RANGE = (0.8, 1.2)
 ZOOM_KEEP_RANGE = (0.8, 1.0)  # central crop keeps this fraction of the side, then resize back
 
 
-def _manifest(data_dir: str, manifest: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The manifest a caller already read (a program reads it once per run), else read now."""
-    return dict(manifest) if manifest is not None else dataset_lib.read_manifest(data_dir)
-
-
 def dataset_size(data_dir: str, split: str, image_size: int, labels: str = "binary", *,
                  manifest: Mapping[str, Any] | None = None) -> int:
     """Records make_dataset yields for one pass (before batching), from the manifest counts."""
-    info = dataset_lib.split_info(_manifest(data_dir, manifest), image_size, split)
+    info = dataset_lib.split_info(dataset_lib.manifest_or_read(data_dir, manifest), image_size, split)
     return _count(info, labels)
 
 
 def class_counts(data_dir: str, split: str, image_size: int, *,
                  manifest: Mapping[str, Any] | None = None) -> dict[str, int]:
     """{label_name: records} of one split, from the manifest (for class weights)."""
-    info = dataset_lib.split_info(_manifest(data_dir, manifest), image_size, split)
+    info = dataset_lib.split_info(dataset_lib.manifest_or_read(data_dir, manifest), image_size, split)
     return dict(info.get("counts", {}))
 
 
@@ -223,7 +218,7 @@ def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: in
     which training uses, is untouched by it.
     """
     _check_args(split, image_size, batch_size, labels, (0.0, 1.0), "")
-    manifest = _manifest(data_dir, manifest)
+    manifest = dataset_lib.manifest_or_read(data_dir, manifest)
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     if not paths or _count(info, labels) == 0:
@@ -299,7 +294,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     if mixing and (not training or labels != "binary" or use_metadata or as_uint8):
         raise ValueError(f"mixup_alpha={mixup_alpha}/cutmix_alpha={cutmix_alpha} need "
                          "training=True, labels='binary', no metadata and float images")
-    manifest = _manifest(data_dir, manifest)
+    manifest = dataset_lib.manifest_or_read(data_dir, manifest)
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     expected = _count(info, labels)
