@@ -5,6 +5,7 @@ here is what they read from the real job, only smaller. Other test files import 
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import pathlib
@@ -87,10 +88,17 @@ def write_tiny_dataset(root, images_by_split: Mapping[str, Sequence[tuple[np.nda
                       for name in metadata.LABEL_NAMES}
             datasets[str(size)][split] = {"records": len(records), "counts": counts,
                                           "shards": shards}
+    detail = collections.Counter(
+        (split, item[1], (item[2] if len(item) > 2 else {}).get("diagnosis", ""),
+         (item[2] if len(item) > 2 else {}).get("source_collection", ""))
+        for split, items in images_by_split.items() for item in items)
     manifest = {
         "schema_version": schema.SCHEMA_VERSION if schema_version is None else schema_version,
         "image_format": image_format, "resize_mode": RESIZE_MODE, "compression": compression,
         "image_sizes": list(sizes), "datasets": datasets,
+        "counts": {"per_split_label_diagnosis_source": [
+            {"split": sp, "label": lab, "diagnosis": dx, "source_collection": src, "count": n}
+            for (sp, lab, dx, src), n in sorted(detail.items())]},
     }
     (root / dataset.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     (root / dataset.REJECTS_NAME).write_text("")

@@ -207,6 +207,9 @@ def test_new_flags_default_to_the_study(parse_flags):
     (["--mixup_alpha=0.2", "--class_balance=class_weights"], "class weights"),
     (["--cutmix_alpha=1", "--task=diagnosis"], "task=binary"),
     (["--label_smoothing=0.1", "--task=diagnosis"], "binary only"),
+    (["--source_balance", "--class_balance=sampling"], "--source_balance needs"),
+    (["--source_balance", "--task=diagnosis"], "--source_balance needs --task=binary"),
+    (["--monitor=val_balanced_accuracy"], "diagnosis task's"),
 ])
 def test_recipe_flags_fail_at_parse_with_the_value(parse_flags, args, shown):
     with pytest.raises(flags.IllegalFlagValueError) as error:
@@ -326,3 +329,18 @@ def test_ema_and_the_schedule_work_under_loss_scaling(real_dataset, tmp_path):
     rates = [e["learning_rate"] for e in result.history]
     assert 1e-3 + 1e-9 >= rates[0] > rates[1] >= 0  # read through the LossScaleOptimizer
     assert all(np.isfinite(e["val_loss"]) for e in result.history)
+
+
+def test_source_balance_trains_on_a_two_source_split(tmp_path):
+    """--source_balance: one epoch of steps from the per-source streams, the run recorded."""
+    def items(n, source, seed):
+        return [(px, label, {"source_collection": source})
+                for px, label in shard_fixtures.random_images(n, 40, seed=seed)]
+    data = shard_fixtures.write_tiny_dataset(
+        tmp_path / "data", {"train": items(8, "clinic_a", 1) + items(2, "clinic_b", 2),
+                            "validation": items(4, "clinic_a", 3)}, SIZE)
+    result = train.train_cnn(_config(data, tmp_path / "run", source_balance=True, epochs=2,
+                                     steps_per_epoch=2, class_balance="class_weights"))
+    assert len(result.history) == 2 and all(np.isfinite(e["loss"]) for e in result.history)
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["source_balance"] is True

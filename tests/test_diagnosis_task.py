@@ -151,3 +151,29 @@ def test_the_recipe_levers_the_diagnosis_task_takes_train_one_step(diagnosis_dat
                        (dict(mixup_alpha=0.2), "mixup_alpha=0.2")):
         with pytest.raises(ValueError, match=match):
             train.train_cnn(train.TrainConfig(**common, **bad))
+
+
+def test_balanced_accuracy_metric_equals_sklearn_over_batches():
+    """Accumulated over two batches (one class missing from the labels, as in a small
+    validation split) it equals sklearn's balanced_accuracy_score; reset starts over."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice([0, 1, 3], size=40, p=[0.7, 0.2, 0.1])
+    probs = rng.dirichlet(np.ones(4), size=40).astype(np.float32)
+    metric = diagnosis.balanced_accuracy_metric(4)
+    metric.update_state(labels[:25], probs[:25])
+    metric.update_state(labels[25:], probs[25:], sample_weight=np.full(15, 9.0))
+    assert float(metric.result()) == pytest.approx(
+        balanced_accuracy_score(labels, probs.argmax(axis=1)), abs=1e-6)
+    metric.reset_state()
+    metric.update_state(np.array([2, 2]), np.eye(4, dtype=np.float32)[[2, 1]])
+    assert float(metric.result()) == pytest.approx(0.5)
+
+
+def test_monitor_val_balanced_accuracy_trains_and_keeps_its_best(diagnosis_dataset, tmp_path):
+    result = train.train_cnn(train.TrainConfig(
+        data_dir=diagnosis_dataset, workdir=str(tmp_path / "run"), image_size=SIZE,
+        batch_size=8, epochs=2, steps_per_epoch=1, seed=0, mixed_precision="off", verbose=0,
+        task="diagnosis", min_class_records=3, monitor="val_balanced_accuracy"))
+    assert all(0.0 <= e["val_balanced_accuracy"] <= 1.0 for e in result.history)

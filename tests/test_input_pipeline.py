@@ -158,3 +158,35 @@ def test_bad_requests_name_the_offending_value(dataset_dir, tmp_path):
                         balance_classes=True)
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         ip.make_dataset(str(tmp_path), "train", image_size=SIZE, batch_size=2, training=True)
+
+
+def test_source_balanced_sampling_draws_each_source_equally(tmp_path):
+    """Sources of 6, 2 and 1 train images (flat grey levels 0, 128, 255, so the pixels tell the
+    source): balanced sampling draws each about a third of the time."""
+    def flat(n, level, source, labels=("benign", "malignant")):
+        return [(np.full((SIZE, SIZE, 3), level, np.uint8), labels[i % len(labels)],
+                 {"source_collection": source}) for i in range(n)]
+    root = shard_fixtures.write_tiny_dataset(
+        tmp_path, {"train": flat(6, 0, "big") + flat(2, 128, "small") + flat(1, 255, "one",
+                                                                            ("benign",))},
+        SIZE, num_shards=2)
+    assert ip.train_sources(ip.dataset_lib.read_manifest(root), "train") == ["big", "one",
+                                                                             "small"]
+    ds = ip.make_dataset(root, "train", image_size=SIZE, batch_size=30, training=True,
+                         balance_sources=True, seed=3)
+    images = np.concatenate([x.numpy() for x, _ in ds.take(20)])
+    levels = np.round(images.mean(axis=(1, 2, 3)) * 2).astype(int)  # 0, 1 (128/255), 2
+    shares = np.bincount(levels, minlength=3) / levels.size
+    assert levels.size == 600 and np.all(np.abs(shares - 1 / 3) < 0.06), shares
+    plain = ip.make_dataset(root, "train", image_size=SIZE, batch_size=9, training=True, seed=3)
+    plain_levels = np.round(_all(plain)[0].mean(axis=(1, 2, 3)) * 2).astype(int)
+    assert np.bincount(plain_levels, minlength=3).tolist() == [6, 2, 1]  # without: as stored
+
+
+def test_source_balanced_sampling_refuses_what_it_cannot_balance(dataset_dir):
+    with pytest.raises(ValueError, match="needs >= 2 sources"):
+        ip.make_dataset(dataset_dir, "train", image_size=SIZE, batch_size=2, training=True,
+                        balance_sources=True)
+    with pytest.raises(ValueError, match="balance_sources needs training=True"):
+        ip.make_dataset(dataset_dir, "validation", image_size=SIZE, batch_size=2,
+                        training=False, balance_sources=True)

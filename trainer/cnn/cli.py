@@ -55,7 +55,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("task", "binary", list(config_lib.TASKS),
                       "binary: benign/malignant (the study's task, the default); diagnosis: the "
                       "engine's normalised diagnosis over K classes (trainer.cnn.diagnosis; needs "
-                      "--monitor=val_accuracy).")
+                      "--monitor=val_accuracy or val_balanced_accuracy).")
     flags.DEFINE_integer("min_class_records", 20, "Diagnosis task: train diagnoses with fewer "
                          "records are grouped as `other`.")
     flags.DEFINE_bool("use_metadata", False, "Age, sex and anatomic site (encoded with missing "
@@ -68,6 +68,9 @@ def define_flags() -> None:
     flags.DEFINE_float("synthetic_fraction", 0.0, "Generated images added per real training image, "
                        "per class (0.25 adds a quarter more); needs --synthetic_data.")
     # --- training ---
+    flags.DEFINE_bool("source_balance", False, "Binary task: sample every acquisition source "
+                      "(source_collection) of the train split equally, so the largest clinic "
+                      "does not set what the model learns; epochs keep their length.")
     flags.DEFINE_enum("class_balance", "none", list(config_lib.CLASS_BALANCE_MODES),
                       "Imbalanced data: class_weights (loss weights n/(2 n_c)) or sampling "
                       "(50/50 batches).")
@@ -81,7 +84,8 @@ def define_flags() -> None:
     flags.DEFINE_float("warmup_epochs", 0.0, "Cosine schedule: epochs of linear warmup from 0.")
     flags.DEFINE_float("label_smoothing", 0.0, "Binary cross-entropy label smoothing in [0, 1).")
     flags.DEFINE_enum("monitor", "val_accuracy", list(config_lib.MONITORS),
-                      "Validation metric choosing the best checkpoint (the study used accuracy).")
+                      "Validation metric choosing the best checkpoint (the study used accuracy; "
+                      "val_balanced_accuracy, the ISIC 2018 metric, is the diagnosis task's).")
     flags.DEFINE_integer("early_stopping_patience", 0, "Stop after this many epochs without a "
                          "better --monitor; 0 = never.")
     flags.DEFINE_enum("keras_verbose", "1", ["0", "1", "2"], "Keras fit verbosity: 1 progress "

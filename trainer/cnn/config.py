@@ -38,6 +38,7 @@ class TrainConfig(RunConfig):
     augment: bool = False
     weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
     class_balance: str = "none"
+    source_balance: bool = False      # sample every train source equally (binary task)
     monitor: str = "val_accuracy"
     early_stopping_patience: int = 0  # 0 = off
     verbose: int = 1
@@ -125,11 +126,19 @@ RULES: tuple[Rule, ...] = (
     Rule(("jit_compile", "deterministic"), lambda c: not (c.jit_compile and c.deterministic),
          "Keras turns XLA off under op determinism, so jit_compile=True with "
          "deterministic=True cannot run; drop one of the two"),
-    Rule(("task", "monitor"), lambda c: c.task != "diagnosis" or c.monitor == "val_accuracy",
-         "--task=diagnosis needs --monitor=val_accuracy (val_auc is the binary task's)"),
+    Rule(("task", "monitor"),
+         lambda c: c.monitor in (("val_accuracy", "val_balanced_accuracy")
+                                 if c.task == "diagnosis" else ("val_accuracy", "val_auc")),
+         "--task=diagnosis needs --monitor=val_accuracy or val_balanced_accuracy (val_auc is "
+         "the binary task's); val_balanced_accuracy is the diagnosis task's"),
     Rule(("task", "class_balance"),
          lambda c: c.task != "diagnosis" or c.class_balance != "sampling",
          "--class_balance=sampling is binary only; the diagnosis task takes class_weights"),
+    Rule(("source_balance", "task", "class_balance", "synthetic_data"),
+         lambda c: not c.source_balance or (c.task == "binary" and c.class_balance != "sampling"
+                                            and not c.synthetic_data),
+         "--source_balance needs --task=binary, no --class_balance=sampling and no "
+         "--synthetic_data (it samples each source's own records)"),
     Rule(("use_metadata", "class_balance"),
          lambda c: not (c.use_metadata and c.class_balance == "sampling"),
          "--use_metadata cannot be combined with --class_balance=sampling yet"),

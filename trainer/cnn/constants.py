@@ -8,7 +8,7 @@ each other.
 # choices of the training settings (trainer.cnn.config checks them)
 ARCHITECTURES = ("study", "compact", "efficientnet_b0", "residual")
 TASKS = ("binary", "diagnosis")
-MONITORS = ("val_accuracy", "val_auc")
+MONITORS = ("val_accuracy", "val_auc", "val_balanced_accuracy")
 CLASS_BALANCE_MODES = ("none", "class_weights", "sampling")
 OPTIMIZERS = ("rmsprop", "adamw")
 LR_SCHEDULES = ("constant", "cosine")

@@ -227,6 +227,40 @@ def softmax_head(model, num_classes: int):
     return keras.Model(model.inputs, out, name=model.name + "_diagnosis")
 
 
+def balanced_accuracy_metric(num_classes: int):
+    """A Keras metric of balanced accuracy (mean per-class recall, the ISIC 2018 metric) over
+    an epoch, so --monitor=val_balanced_accuracy keeps the checkpoint the challenge would rank
+    first; the same figure as sklearn's balanced_accuracy_score (classes absent from the
+    labels left out). Sample (class) weights are ignored: the metric balances by itself."""
+    import keras
+    from keras import ops
+
+    class BalancedAccuracy(keras.metrics.Metric):
+        def __init__(self, name: str = "balanced_accuracy", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.confusion = self.add_variable(shape=(num_classes, num_classes),
+                                               initializer="zeros", name="confusion")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            true = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+            predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+            cells = ops.bincount(true * num_classes + predicted,
+                                 minlength=num_classes * num_classes)
+            self.confusion.assign_add(ops.cast(ops.reshape(
+                cells[:num_classes * num_classes], (num_classes, num_classes)), "float32"))
+
+        def result(self):
+            per_class = ops.sum(self.confusion, axis=1)
+            recall = ops.divide_no_nan(ops.diagonal(self.confusion), per_class)
+            present = ops.cast(per_class > 0, "float32")
+            return ops.divide_no_nan(ops.sum(recall * present), ops.sum(present))
+
+        def reset_state(self):
+            self.confusion.assign(ops.zeros((num_classes, num_classes)))
+
+    return BalancedAccuracy()
+
+
 def class_weights(mapping: Mapping[str, Any]) -> dict[int, float]:
     """n / (K n_c) per class, from the train counts the mapping recorded."""
     counts = [int(mapping["train_counts"][c]) for c in mapping["classes"]]

@@ -118,13 +118,14 @@ class BinaryTask:
         counts = self.train_counts(c)
         n_train = counts.get("benign", 0) + counts.get("malignant", 0) + (
             mix.total if mix else 0)
-        steps = _steps(c, n_train, infinite=c.class_balance == "sampling")
+        steps = _steps(c, n_train, infinite=c.class_balance == "sampling" or c.source_balance)
         common = _common(c, float_input(c), self.manifest)
         train = input_pipeline.make_dataset(
             c.data_dir, "train", training=True, augment=c.augment, repeat=True,
             augmentation=c.augmentation, mixup_alpha=c.mixup_alpha,
             cutmix_alpha=c.cutmix_alpha, balance_classes=c.class_balance == "sampling",
-            synthetic=mix, drop_remainder=strategy.num_replicas_in_sync > 1, **common)
+            synthetic=mix, drop_remainder=strategy.num_replicas_in_sync > 1,
+            balance_sources=c.source_balance, **common)
         validation = input_pipeline.make_dataset(c.data_dir, "validation", training=False,
                                                  **common)
         return train, validation, steps, n_train
@@ -241,8 +242,11 @@ class DiagnosisTask:
     def compile_args(self, c: TrainConfig) -> dict[str, Any]:
         import keras
 
+        from trainer.cnn import diagnosis
+
         return {"loss": keras.losses.SparseCategoricalCrossentropy(),
-                "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
+                "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                            diagnosis.balanced_accuracy_metric(len(self.mapping["classes"]))]}
 
     def class_weight(self, c: TrainConfig) -> dict[int, float] | None:
         from trainer.cnn import diagnosis

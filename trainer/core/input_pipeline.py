@@ -116,6 +116,21 @@ def shard_records(paths: Sequence[str], manifest: dict, *, shuffle_seed: int | N
         deterministic=deterministic)
 
 
+def _source_of(serialized: tf.Tensor) -> tf.Tensor:
+    """The record's source_collection, parsed alone (cheap: one bytes feature)."""
+    spec = schema.feature_spec(("source_collection",))
+    return tf.io.parse_single_example(serialized, spec)["source_collection"]
+
+
+def train_sources(manifest: Mapping[str, Any], split: str) -> list[str]:
+    """The named sources holding benign or malignant records of the split, sorted (from the
+    manifest's per_split_label_diagnosis_source counts)."""
+    rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source") or []
+    return sorted({r["source_collection"] for r in rows
+                   if r["split"] == split and r["label"] in ("benign", "malignant")
+                   and r.get("source_collection") and int(r["count"]) > 0})
+
+
 def augment_and_batch(ds: tf.data.Dataset, *, augment_seed: int | None, batch_size: int,
                       drop_remainder: bool, as_uint8: bool = False,
                       value_range: Sequence[float] = (0.0, 1.0),
@@ -266,7 +281,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  augmentation: str = "study", mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0,
                  synthetic: synthetic_mix.SyntheticMix | None = None,
-                 manifest: Mapping[str, Any] | None = None) -> tf.data.Dataset:
+                 manifest: Mapping[str, Any] | None = None,
+                 balance_sources: bool = False) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
 
     augmentation: which augmentation `augment` means ("study" or "dermoscopy").
@@ -277,7 +293,10 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     label -1 for unknown. training=True shuffles files and records (seeded) and, with `augment`,
     augments; validation/test (training=False) are never augmented. balance_classes (training,
     binary only) samples benign and malignant 50/50 from two repeated streams: the result is
-    infinite, so give fit a steps_per_epoch.
+    infinite, so give fit a steps_per_epoch. balance_sources (training, binary only) samples
+    every acquisition source of the split (source_collection, train_sources) with equal
+    probability, one repeated stream each, also infinite: a clinic with most of the images
+    no longer sets what the model learns.
     as_uint8 (no augmentation, value_range (0, 1)) yields the uint8 batches as stored, for a
     model that rescales them itself (train.with_uint8_input): 4x fewer bytes to the device and
     no float conversion on the input threads.
@@ -304,14 +323,20 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                          "without metadata (generated images have no age, sex or site)")
     if not paths or expected == 0:
         raise reader.no_records(data_dir, split, image_size, labels, info)
+    if balance_sources and (not training or labels != "binary" or balance_classes
+                            or synthetic is not None):
+        raise ValueError("balance_sources needs training=True, labels='binary', no "
+                         "balance_classes and no synthetic records")
     if balance_classes and (not training or labels != "binary"):
         raise ValueError("balance_classes needs training=True and labels='binary'")
     counts = info.get("counts", {})
     if balance_classes and not (counts.get("benign", 0) and counts.get("malignant", 0)):
         raise ValueError(f"balance_classes needs both classes in {split!r}; counts {counts}")
 
-    def stream(label_filter=None, stream_seed=seed) -> tf.data.Dataset:
+    def stream(label_filter=None, stream_seed=seed, source=None) -> tf.data.Dataset:
         records = shard_records(paths, manifest, shuffle_seed=stream_seed if training else None)
+        if source is not None:
+            records = records.filter(lambda s: tf.equal(_source_of(s), source))
         if synthetic is not None:
             records = records.concatenate(synthetic_mix.records(synthetic))
         buffer = max(1, min(int(info["records"]) + added, _MAX_SHUFFLE_BUFFER))
@@ -323,12 +348,13 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
             ds = ds.filter(lambda image, label: label >= 0)
         if label_filter is not None:
             ds = ds.filter(lambda image, label: tf.equal(label, label_filter))
-        else:  # the manifest's count, checked: Keras then knows the epoch length
+        elif source is None:  # the manifest's count, checked: Keras then knows the epoch length
             ds = ds.apply(tf.data.experimental.assert_cardinality(expected + added))
         if cache == "memory":
             ds = ds.cache()
         elif cache:  # named after the manifest too, so another dataset never reuses it
             suffix = "" if label_filter is None else f"-class{label_filter}"
+            suffix += "" if source is None else f"-source{_digest(source)}"
             if synthetic is not None:  # another mix is another cache
                 suffix += f"-synthetic{_digest(dataclasses.asdict(synthetic))}"
             ds = ds.cache(f"{cache}-{image_size}-{split}{suffix}-{_digest(manifest)}")
@@ -340,6 +366,15 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         ds = tf.data.Dataset.sample_from_datasets(
             [stream(0, seed).repeat(), stream(1, seed + 7).repeat()], weights=[0.5, 0.5],
             seed=seed + 2, stop_on_empty_dataset=True)
+    elif balance_sources:
+        sources = train_sources(manifest, split)
+        if len(sources) < 2:
+            raise ValueError(f"balance_sources needs >= 2 sources in {split!r} of {data_dir}; "
+                             f"it holds {sources or 'no source_collection'}")
+        ds = tf.data.Dataset.sample_from_datasets(
+            [stream(None, seed + 11 * i, name).repeat() for i, name in enumerate(sources)],
+            weights=[1.0 / len(sources)] * len(sources), seed=seed + 2,
+            stop_on_empty_dataset=True)
     else:
         ds = stream()
         if repeat:
