@@ -2,6 +2,7 @@
 seed-pooled summary and its table (the runs themselves are trainer.cnn and its evaluation)."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -75,3 +76,64 @@ def test_markdown_has_a_row_per_source_and_says_why_one_was_skipped():
     assert "| a | 55 (5) | 0.800 ± 0.010 [0.750, 0.850]" in table
     assert "| +0.100 |" in table
     assert "| b | skipped: only ['benign'] images: no AUC |" in table
+
+
+def test_paired_difference_sees_a_real_gain_and_no_gain_in_noise():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(300), np.ones(100)]
+    weak = [labels * 0.3 + rng.normal(0, 1, labels.size) for _ in range(3)]
+    strong = [labels * 1.5 + rng.normal(0, 1, labels.size) for _ in range(3)]
+    gain = metrics.paired_auc_difference(labels, weak, strong, resamples=200)
+    assert gain["difference"] > 0.2 and gain["pooled_ci"][0] > 0 and gain["beyond_seed_spread"]
+    assert gain["difference"] == pytest.approx(gain["candidate"]["mean"]
+                                               - gain["baseline"]["mean"])
+    same = metrics.paired_auc_difference(labels, weak, weak[::-1], resamples=200)
+    assert same["difference"] == pytest.approx(0.0, abs=1e-12)
+    assert not same["beyond_seed_spread"] and same["pooled_ci"][0] <= 0 <= same["pooled_ci"][1]
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        metrics.paired_auc_difference(labels, weak[:1], strong, resamples=10)
+
+
+def _fake_protocol(root, flags, scores_per_source, engine_flags=()):
+    """A benchmarks.protocol workdir: protocol.json and each seed's held-out predictions."""
+    rows = {}
+    for source, (labels, per_seed) in scores_per_source.items():
+        rows[source] = {"heldout": {}}
+        for k, scores in enumerate(per_seed):
+            out = root / "runs" / source / f"seed_{k}" / "protocol" / "heldout"
+            out.mkdir(parents=True)
+            lines = ["image_id,split,label,probability"] + [
+                f"ISIC_{i:07d},test,{int(y)},{p:.6f}" for i, (y, p) in enumerate(zip(labels,
+                                                                                     scores))]
+            (out / "predictions.csv").write_text("\n".join(lines) + "\n")
+            (out / "report.json").write_text(json.dumps({"threshold": {"threshold": 0.5}}))
+    (root / "protocol.json").write_text(json.dumps({
+        "flags": list(flags), "engine_flags": list(engine_flags), "seeds": len(per_seed),
+        "rows": rows}))
+    return str(root)
+
+
+def test_compare_two_protocol_runs_per_source_and_on_average(tmp_path, capsys):
+    from benchmarks import compare
+
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(60), np.ones(40)]
+    noise = lambda: rng.uniform(0, 1, labels.size)  # noqa: E731
+    base = _fake_protocol(tmp_path / "a", [], {s: (labels, [noise() for _ in range(3)])
+                                               for s in ("north", "south")})
+    cand = _fake_protocol(tmp_path / "b", ["--source_balance"], {
+        s: (labels, [0.5 * labels + noise() for _ in range(3)]) for s in ("north", "south")})
+    assert compare.main([f"--baseline={base}", f"--candidate={cand}",
+                         f"--output={tmp_path / 'out'}", "--bootstrap=100"]) == 0
+    result = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert set(result["rows"]) == {"north", "south", "mean over sources"}
+    mean = result["rows"]["mean over sources"]
+    assert mean["difference"] == pytest.approx(np.mean(
+        [result["rows"][s]["difference"] for s in ("north", "south")]))
+    assert mean["difference"] > 0.1 and mean["pooled_ci"][0] > 0
+    assert "| mean over sources |" in (tmp_path / "out" / "compare.md").read_text()
+    other = _fake_protocol(tmp_path / "c", [], {"north": (labels, [noise(), noise()])},
+                           engine_flags=["--dx_map=bcc:benign"])
+    assert compare.main([f"--baseline={base}", f"--candidate={other}",
+                         f"--output={tmp_path / 'x'}"]) == 2
+    assert "engine flags differ" in capsys.readouterr().err

@@ -316,3 +316,49 @@ def seed_summary(labels, scores_per_seed, thresholds, *, resamples: int = 1000, 
                           "sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
                           "pooled_ci": [float(low), float(high)]}
     return result
+
+
+def paired_auc_difference(labels, baseline_per_seed, candidate_per_seed, *,
+                          resamples: int = 1000, seed: int = 0,
+                          confidence: float = 0.95) -> dict[str, Any]:
+    """Two recipes, several seeds each, scored on the same cases: is the candidate better?
+
+    difference = mean over the candidate's seeds of AUC - mean over the baseline's seeds.
+    seed_se = sqrt(sd_b^2 / n_b + sd_c^2 / n_c), the standard error of that difference from
+    the seed-to-seed spread alone (sample sd, ddof=1). pooled_ci: percentile interval of the
+    difference over a bootstrap of cases, one index set per resample applied to every run of
+    both recipes (the case-sampling uncertainty, paired). A gain is "beyond the seed spread"
+    when |difference| > 2 seed_se, and beyond case sampling when pooled_ci excludes 0.
+    `bootstrap` (the resampled differences) is returned for averaging over several sources.
+    """
+    base = [check_inputs(labels, s, need_both_classes=True)[1] for s in baseline_per_seed]
+    cand = [check_inputs(labels, s, need_both_classes=True)[1] for s in candidate_per_seed]
+    if len(base) < 2 or len(cand) < 2:
+        raise ValueError(f"need >= 2 seeds per recipe for a seed spread, got {len(base)} "
+                         f"baseline and {len(cand)} candidate")
+    y, _ = check_inputs(labels, base[0], need_both_classes=True)
+
+    def difference(idx: np.ndarray) -> float:
+        return (float(np.mean([skm.roc_auc_score(y[idx], s[idx]) for s in cand]))
+                - float(np.mean([skm.roc_auc_score(y[idx], s[idx]) for s in base])))
+
+    per_base = [float(skm.roc_auc_score(y, s)) for s in base]
+    per_cand = [float(skm.roc_auc_score(y, s)) for s in cand]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        idx = rng.integers(0, y.size, size=y.size)
+        if y[idx].min() != y[idx].max():
+            draws.append(difference(idx))
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail]) if draws else (math.nan, math.nan)
+    se = math.sqrt(np.var(per_base, ddof=1) / len(base) + np.var(per_cand, ddof=1) / len(cand))
+    d = float(np.mean(per_cand) - np.mean(per_base))
+    return {"cases": int(y.size), "positives": int(y.sum()),
+            "baseline": {"per_seed": per_base, "mean": float(np.mean(per_base)),
+                         "sd": float(np.std(per_base, ddof=1))},
+            "candidate": {"per_seed": per_cand, "mean": float(np.mean(per_cand)),
+                          "sd": float(np.std(per_cand, ddof=1))},
+            "difference": d, "seed_se": se, "pooled_ci": [float(low), float(high)],
+            "beyond_seed_spread": bool(abs(d) > 2 * se),
+            "bootstrap": np.asarray(draws, np.float64)}

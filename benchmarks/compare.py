@@ -1,0 +1,114 @@
+"""Two evaluation-protocol runs side by side: does the candidate recipe beat the baseline on
+sources it never trained on, beyond the seed spread?
+
+    python -m benchmarks.compare --baseline=out/protocol/compact64-melanoma \\
+        --candidate=out/protocol/compact64-melanoma-sb --output=out/protocol/compare-sb
+
+Both folders come from benchmarks.protocol on the same download with the same engine flags
+(so the held-out sources hold the same images). Per held-out source, and averaged over the
+sources: each recipe's held-out AUC (mean over its seeds), the difference, its standard error
+from the seed spread and a 95% interval from a bootstrap over images paired across every run
+of both recipes (trainer.core.metrics.paired_auc_difference). The mean over sources averages
+the per-source resampled differences draw by draw. Writes compare.json and compare.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from benchmarks import common as bench_common
+from benchmarks import protocol
+from trainer.core import metrics
+
+
+def _scores(workdir: str, source: str, seeds: int, name: str, split: str | None):
+    outputs = [os.path.join(workdir, "runs", source, f"seed_{k}", "protocol", name)
+               for k in range(seeds)]
+    scored = [protocol.read_scores(o, split) for o in outputs]
+    labels = scored[0][0]
+    if any(not np.array_equal(labels, s[0]) for s in scored):
+        raise protocol.ProtocolError(f"the seeds of {workdir}/{source} scored different images")
+    return labels, [s[1] for s in scored]
+
+
+def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, Any]:
+    """{source: paired_auc_difference of the held-out AUC}, plus "mean over sources"."""
+    runs = {name: protocol._json(os.path.join(path, "protocol.json"))
+            for name, path in (("baseline", baseline), ("candidate", candidate))}
+    if runs["baseline"]["engine_flags"] != runs["candidate"]["engine_flags"]:
+        raise protocol.ProtocolError(
+            f"engine flags differ ({runs['baseline']['engine_flags']} vs "
+            f"{runs['candidate']['engine_flags']}): the held-out images are not the same")
+    common = [s for s in runs["baseline"]["rows"] if s in runs["candidate"]["rows"]
+              and "heldout" in runs["baseline"]["rows"][s]]
+    if not common:
+        raise protocol.ProtocolError(f"no held-out source scored in both {baseline} and "
+                                     f"{candidate}")
+    rows: dict[str, Any] = {}
+    for source in common:
+        labels, base = _scores(baseline, source, runs["baseline"]["seeds"], "heldout", None)
+        labels_c, cand = _scores(candidate, source, runs["candidate"]["seeds"], "heldout", None)
+        if not np.array_equal(labels, labels_c):
+            raise protocol.ProtocolError(f"{source}: the two runs scored different images")
+        rows[source] = metrics.paired_auc_difference(labels, base, cand, resamples=resamples)
+    draws = min(r["bootstrap"].size for r in rows.values())
+    mean_draws = np.mean([r["bootstrap"][:draws] for r in rows.values()], axis=0)
+    mean = {k: float(np.mean([r[k]["mean"] for r in rows.values()]))
+            for k in ("baseline", "candidate")}
+    difference = mean["candidate"] - mean["baseline"]
+    se = float(np.sqrt(np.sum([r["seed_se"] ** 2 for r in rows.values()])) / len(rows))
+    rows["mean over sources"] = {
+        "baseline": {"mean": mean["baseline"]}, "candidate": {"mean": mean["candidate"]},
+        "difference": difference, "seed_se": se,
+        "pooled_ci": [float(v) for v in np.percentile(mean_draws, [2.5, 97.5])],
+        "beyond_seed_spread": bool(abs(difference) > 2 * se)}
+    for r in rows.values():
+        r.pop("bootstrap", None)
+    return {"baseline": baseline, "candidate": candidate,
+            "baseline_flags": runs["baseline"]["flags"],
+            "candidate_flags": runs["candidate"]["flags"],
+            "engine_flags": runs["baseline"]["engine_flags"], "rows": rows}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"Baseline `{result['baseline']}` ({' '.join(result['baseline_flags']) or 'base'})"
+             f" vs candidate `{result['candidate']}` "
+             f"({' '.join(result['candidate_flags']) or 'base'}); held-out AUC, mean over "
+             "seeds. Difference ± its seed-spread standard error [95% interval, bootstrap over "
+             "images paired across all runs].", "",
+             "| held out | baseline | candidate | difference | beyond 2 seed s.e. |",
+             "|---|---|---|---|---|"]
+    for source, r in result["rows"].items():
+        def cell(k: str) -> str:
+            sd = r[k].get("sd")
+            return f"{r[k]['mean']:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+        lines.append(f"| {source} | {cell('baseline')} | {cell('candidate')} | "
+                     f"{r['difference']:+.3f} ± {r['seed_se']:.3f} [{r['pooled_ci'][0]:+.3f}, "
+                     f"{r['pooled_ci'][1]:+.3f}] | {'yes' if r['beyond_seed_spread'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split(
+        "\n\n")[0])
+    p.add_argument("--baseline", required=True, help="benchmarks.protocol --workdir")
+    p.add_argument("--candidate", required=True, help="benchmarks.protocol --workdir")
+    p.add_argument("--output", required=True, help="folder for compare.json / compare.md")
+    p.add_argument("--bootstrap", type=int, default=1000, help="image resamples")
+    args = p.parse_args(argv)
+    try:
+        result = compare(args.baseline, args.candidate, args.bootstrap)
+    except (protocol.ProtocolError, OSError, KeyError) as e:
+        print(f"compare: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(args.output, exist_ok=True)
+    bench_common.write_json_and_table(args.output, "compare", result, markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
