@@ -8,6 +8,9 @@ and exports it (export/: model.keras, a SavedModel serving raw image bytes). The
 (--data_dir, --workdir, --image_size, --batch_size, ...) live in trainer.core.flags; the flags
 below are the CNN's own. Their rules (trainer.cnn.config.RULES) are checked when flags are
 parsed, and the dataset before the run folder is made.
+
+On several hosts (or processes), give every worker the same --workers list and its own
+--worker_index (or a TF_CONFIG); worker 0, the chief, writes the run folder (docs/cnn.md).
 """
 from __future__ import annotations
 
@@ -126,10 +129,14 @@ def evaluate_and_export(model, config: config_lib.TrainConfig, *, evaluate: bool
 def main(argv: Sequence[str]) -> None:
     del argv  # program.run refuses stray words
     config = config_lib.TrainConfig.from_flags()  # the flags' rules held at parse time
+    cluster = core_flags.cluster_from_flags()  # --workers/--worker_index or TF_CONFIG
     manifest = config_lib.check_inputs(config)  # before the run folder exists
     from trainer.cnn import train
 
-    result = train.train_cnn(config, manifest=manifest)
+    result = train.train_cnn(config, manifest=manifest, cluster=cluster)
+    if not result.chief:  # the chief evaluates, exports and writes the run folder
+        print(f"worker {result.summary['worker']}: done; the chief writes {config.workdir}")
+        return
     done = evaluate_and_export(result.model, config, evaluate=FLAGS.evaluate,
                                export=FLAGS.export, threshold_policy=FLAGS.threshold_policy,
                                min_sensitivity=FLAGS.min_sensitivity, bootstrap=FLAGS.bootstrap,
