@@ -308,6 +308,11 @@ def check_workers(c: TrainConfig, manifest: dict[str, Any], index: int, workers:
     before anything starts when several workers cannot share the run as set."""
     from isicflow import dataset as dataset_lib
 
+    if workers > 1 and c.max_train_minutes:
+        raise config_lib.ConfigError(
+            f"--max_train_minutes={c.max_train_minutes} with {workers} workers: each worker's "
+            "clock could stop it after another epoch, leaving the others waiting; size "
+            "--epochs instead")
     paths = dataset_lib.shard_paths(manifest, c.data_dir, c.image_size, "train")
     try:
         files = input_pipeline.worker_files(paths, index, workers)
@@ -316,11 +321,6 @@ def check_workers(c: TrainConfig, manifest: dict[str, Any], index: int, workers:
                         f"{len(paths)} shard file(s) for {workers} workers, and each worker "
                         f"reads whole files; rerun beam_jobs.preprocess with --num_shards="
                         f"{workers} or more (a multiple of {workers})") from None
-    if workers > 1 and c.max_train_minutes:
-        raise config_lib.ConfigError(
-            f"--max_train_minutes={c.max_train_minutes} with {workers} workers: each worker's "
-            "clock could stop it after another epoch, leaving the others waiting; size "
-            "--epochs instead")
     return files
 
 
