@@ -9,14 +9,17 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
 
 from tests import shard_fixtures
-from trainer.cnn import config as config_lib, train
-from trainer.core import input_pipeline, runtime
-from trainer.core import flags as core_flags
+from tests.test_cnn_programs import _assert_user_error  # exit 2, one line besides TF's logs
+from trainer.cnn import cli, config as config_lib, train
+from trainer.core import input_pipeline, program, runtime
+
+cli.define_flags()  # the CNN trainer's flags, --workers and --worker_index among them
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -67,8 +70,8 @@ def test_the_program_refuses_flags_and_tf_config_together_as_a_user_error(monkey
                                     '"task": {"type": "worker", "index": 0}}')
     flags.FLAGS(["trainer.cnn", "--workers=a:1,b:2"])
     try:
-        with pytest.raises(core_flags.program.UserError, match="give it once"):
-            core_flags.cluster_from_flags()
+        with pytest.raises(program.UserError, match="give it once"):
+            cli.cluster_from_flags()
     finally:
         flags.FLAGS.unparse_flags()
 
@@ -111,11 +114,40 @@ def test_fewer_train_shards_than_workers_is_refused_naming_num_shards(tmp_path, 
     with pytest.raises(config_lib.DataError, match=r"1 shard file\(s\) for 2 workers.*"
                                                    r"--num_shards=2") as e:
         train.check_workers(config, manifest, 0, 2)
-    assert isinstance(e.value, core_flags.program.UserError)  # the program: one line, exit 2
+    assert isinstance(e.value, program.UserError)  # the program: one line, exit 2
     assert train.check_workers(config, manifest, 0, 1) == [
         os.path.join(root, f"{SIZE}/train/train-00000-of-00001.tfrecord")]
     with pytest.raises(config_lib.ConfigError, match="--max_train_minutes"):
         train.check_workers(dataclasses.replace(config, max_train_minutes=5.0), manifest, 0, 2)
+    assert not (tmp_path / "run").exists()
+
+
+def _run(program, *args, **env_extra):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **env_extra)
+    return subprocess.run([sys.executable, "-m", program, *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_cnn_program_refuses_too_few_shards_with_one_line_before_any_cluster(
+        tmp_path, sample_dir):
+    """No worker is listening at these ports: the refusal comes before the strategy starts."""
+    root = shard_fixtures.write_sample_dataset(tmp_path / "data", sample_dir, SIZE,
+                                               num_shards=1)
+    done = _run("trainer.cnn", "--flagfile=configs/cnn_tiny.flags", f"--data_dir={root}",
+                f"--workdir={tmp_path / 'run'}", f"--image_size={SIZE}",
+                "--workers=127.0.0.1:1,127.0.0.1:2", "--worker_index=1")
+    _assert_user_error(done, "trainer.cnn:", "1 shard file(s) for 2 workers",
+                            "--num_shards=2")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_gan_refuses_several_workers_with_one_line(tmp_path):
+    args = (f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'run'}")
+    done = _run("trainer.gan", *args, TF_CONFIG=json.dumps(
+        {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}))
+    _assert_user_error(done, "trainer.gan:", "one process only", "TF_CONFIG")
+    _assert_user_error(_run("trainer.gan", *args, "--workers=a:1,b:2"), "workers")
     assert not (tmp_path / "run").exists()
 
 
@@ -132,6 +164,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _trainer(args, **env_extra):
+    """A trainer.cnn process started in the background (output: stdout and stderr)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **env_extra)
     return subprocess.Popen([sys.executable, "-m", "trainer.cnn", *args], cwd=REPO_ROOT,
@@ -179,3 +212,45 @@ def test_two_workers_train_in_step_and_one_process_restores_the_chiefs_checkpoin
     resumed = json.loads((workdir / "train_summary.json").read_text())
     assert resumed["workers"] == 1 and resumed["epochs_done"] == 2
     assert resumed["weights_sha256"] == digests[0]
+
+
+@pytest.mark.slow  # two clusters of two TensorFlow processes: ~3 min on a busy 2-core machine
+def test_after_a_worker_is_killed_the_same_commands_resume_from_the_chiefs_backup(
+        two_shards, tmp_path):
+    workdir = tmp_path / "run"
+    hosts = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+
+    def start(index):
+        return _trainer(["--flagfile=configs/cnn_tiny.flags", f"--data_dir={two_shards}",
+                         f"--workdir={workdir}", f"--image_size={SIZE}", "--batch_size=8",
+                         "--steps_per_epoch=2", "--epochs=4", "--noevaluate", "--noexport",
+                         f"--workers={hosts}", f"--worker_index={index}"], TMPDIR=str(scratch))
+
+    chief, worker = start(0), start(1)
+    backup = workdir / "checkpoints" / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 400
+    while not backup.exists():  # the chief has backed up epoch 1: kill the other worker
+        assert time.monotonic() < deadline and chief.poll() is None, chief.communicate()[0]
+        time.sleep(0.1)
+    worker.kill()
+    worker.communicate()
+    try:  # the chief's next collective fails once the dead worker misses its heartbeats
+        output = chief.communicate(timeout=180)[0]
+    except subprocess.TimeoutExpired:
+        chief.kill()
+        output = chief.communicate()[0]
+    assert chief.returncode != 0, output
+    backed_up = json.loads(backup.read_text())["epoch"]
+    assert 1 <= backed_up < 4
+
+    chief, worker = start(0), start(1)  # the same two commands again
+    outputs = [p.communicate(timeout=400)[0] for p in (chief, worker)]
+    assert [chief.returncode, worker.returncode] == [0, 0], outputs
+    for out in outputs:  # both restored the chief's backup and trained only what was left
+        assert re.findall(r"^Epoch (\d+)/4", out, re.M) == [str(e) for e in
+                                                             range(backed_up + 1, 5)]
+    assert _digest(outputs[0]) == _digest(outputs[1])
+    history = json.loads((workdir / "history.json").read_text())
+    assert history["epoch"] == [1, 2, 3, 4]

@@ -8,12 +8,11 @@ with the flag and its value in the message.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable, ClassVar, Mapping
 
 from absl import flags
 
-from trainer.core import program, runtime
+from trainer.core import runtime
 
 # --- data and run folder ---
 flags.DEFINE_string("data_dir", None, "Dataset folder written by beam_jobs.preprocess "
@@ -53,13 +52,6 @@ flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_string("profile_steps", "", "'START,END' (1-based steps, inclusive) to write a "
                     "profiler trace to <workdir>/logs; '' for none.")
 
-# --- several workers (tf.distribute.MultiWorkerMirroredStrategy; the CNN trainer) ---
-flags.DEFINE_string("workers", "", "host:port of every worker, comma-separated, the same list "
-                    "on each (e.g. 10.0.0.1:12345,10.0.0.2:12345); worker 0 is the chief. '' = "
-                    "one process, or the cluster of the TF_CONFIG variable (never both).")
-flags.DEFINE_integer("worker_index", 0, "This process's place in --workers (0-based).")
-
-
 def _valid_profile_steps(text: str) -> bool:
     try:
         runtime.parse_profile_steps(text)
@@ -85,24 +77,12 @@ def _register_validators() -> None:
                              message="must be 0 (no budget) or a positive number of minutes")
     flags.register_validator("profile_steps", _valid_profile_steps,
                              message="must be 'START,END' with 1 <= START <= END, or ''")
-    flags.register_validator("worker_index", lambda v: v is not None and v >= 0,
-                             message="must be a 0-based index into --workers")
     flags.register_validator("cache", lambda v: v == v.strip(),
                              message="must be '', 'memory' or a file path (no surrounding "
                                      "spaces)")
 
 
 _register_validators()
-
-
-def cluster_from_flags() -> dict | None:
-    """The cluster --workers/--worker_index or the TF_CONFIG variable give (runtime.cluster_config),
-    or None for one process; a UserError (one line, exit 2) when they are wrong or both set."""
-    try:
-        return runtime.cluster_config(flags.FLAGS.workers, flags.FLAGS.worker_index,
-                                      os.environ.get("TF_CONFIG"))
-    except ValueError as e:
-        program.fail(str(e))
 
 
 def require_run_folders() -> None:
