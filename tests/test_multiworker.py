@@ -182,7 +182,7 @@ def test_two_workers_train_in_step_and_one_process_restores_the_chiefs_checkpoin
     workdir = tmp_path / "run"
     common = ["--flagfile=configs/cnn_tiny.flags", f"--data_dir={two_shards}",
               f"--workdir={workdir}", f"--image_size={SIZE}", "--batch_size=8",
-              "--steps_per_epoch=2", "--noevaluate", "--noexport"]
+              "--steps_per_epoch=2"]
     hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     tf_config = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": 1}})
     scratch = tmp_path / "tmp"  # where a non-chief worker writes, and must clean up
@@ -204,9 +204,12 @@ def test_two_workers_train_in_step_and_one_process_restores_the_chiefs_checkpoin
     summary = json.loads((workdir / "train_summary.json").read_text())
     assert summary["workers"] == 2 and summary["weights_sha256"] == digests[0]
     assert "worker 1: done" in outputs[1] and not list(scratch.iterdir())
+    # the chief evaluated and exported the model on its own, after the other worker left
+    assert (workdir / "report.json").is_file()
+    assert (workdir / "export" / "saved_model" / "saved_model.pb").is_file()
 
     # one process restores the chief's checkpoint (nothing left to train: its weights as they are)
-    alone = _trainer(common)
+    alone = _trainer([*common, "--noevaluate", "--noexport"])
     output = alone.communicate(timeout=300)[0]
     assert alone.returncode == 0, output
     resumed = json.loads((workdir / "train_summary.json").read_text())

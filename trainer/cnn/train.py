@@ -334,7 +334,7 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
     if manifest is None:
         manifest = config_lib.check_inputs(c)
     index, workers = runtime.worker_position(cluster)
-    files = check_workers(c, manifest, index, workers)
+    files = check_workers(c, manifest, index, workers) if workers > 1 else []
     strategy = runtime.make_strategy(cluster)  # first: a cluster's must precede any TF work
     chief = bool(strategy.extended.should_checkpoint)
     out_dir = c.workdir if chief else tempfile.mkdtemp(prefix=f"isicflow-worker{index}-")
