@@ -8,15 +8,19 @@ and exports it (export/: model.keras, a SavedModel serving raw image bytes). The
 (--data_dir, --workdir, --image_size, --batch_size, ...) live in trainer.core.flags; the flags
 below are the CNN's own. Their rules (trainer.cnn.config.RULES) are checked when flags are
 parsed, and the dataset before the run folder is made.
+
+On several hosts (or processes), give every worker the same --workers list and its own
+--worker_index (or a TF_CONFIG); worker 0, the chief, writes the run folder (docs/cnn.md).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from absl import flags, logging
 
 from trainer.cnn import config as config_lib
-from trainer.core import augmentations, flags as core_flags, program
+from trainer.core import augmentations, flags as core_flags, program, runtime
 
 FLAGS = flags.FLAGS
 
@@ -103,7 +107,25 @@ def define_flags() -> None:
                        lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the metric intervals.",
                          lower_bound=0)
+    # --- several workers (MultiWorkerMirroredStrategy) ---
+    flags.DEFINE_string("workers", "", "host:port of every worker, comma-separated, the same "
+                        "list on each (e.g. 10.0.0.1:12345,10.0.0.2:12345); worker 0 is the "
+                        "chief. '' = one process, or the cluster of the TF_CONFIG variable "
+                        "(never both).")
+    flags.DEFINE_integer("worker_index", 0, "This process's place in --workers (0-based).",
+                         lower_bound=0)
     config_lib.register_flag_validators()
+
+
+def cluster_from_flags() -> dict | None:
+    """The cluster --workers/--worker_index or the TF_CONFIG variable give
+    (runtime.cluster_config), or None for one process; a UserError (one line, exit 2) when
+    they are wrong or both set."""
+    try:
+        return runtime.cluster_config(FLAGS.workers, FLAGS.worker_index,
+                                      os.environ.get("TF_CONFIG"))
+    except ValueError as e:
+        program.fail(str(e))
 
 
 def evaluate_and_export(model, config: config_lib.TrainConfig, *, evaluate: bool = True,
@@ -130,10 +152,14 @@ def evaluate_and_export(model, config: config_lib.TrainConfig, *, evaluate: bool
 def main(argv: Sequence[str]) -> None:
     del argv  # program.run refuses stray words
     config = config_lib.TrainConfig.from_flags()  # the flags' rules held at parse time
+    cluster = cluster_from_flags()  # --workers/--worker_index or TF_CONFIG
     manifest = config_lib.check_inputs(config)  # before the run folder exists
     from trainer.cnn import train
 
-    result = train.train_cnn(config, manifest=manifest)
+    result = train.train_cnn(config, manifest=manifest, cluster=cluster)
+    if not result.chief:  # the chief evaluates, exports and writes the run folder
+        print(f"worker {result.summary['worker']}: done; the chief writes {config.workdir}")
+        return
     done = evaluate_and_export(result.model, config, evaluate=FLAGS.evaluate,
                                export=FLAGS.export, threshold_policy=FLAGS.threshold_policy,
                                min_sensitivity=FLAGS.min_sensitivity, bootstrap=FLAGS.bootstrap,

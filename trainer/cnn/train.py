@@ -4,12 +4,20 @@ Workdir layout:  checkpoints/best.weights.h5 (best by --monitor), checkpoints/ba
 state, BackupAndRestore), logs/ (TensorBoard: scalars, learning rate, samples, PR curve,
 profiler trace under logs/train/plugins/profile), history.json (one entry per epoch, kept
 across resumes), model.keras (the best model), train_summary.json.
+
+On several workers (a cluster, MultiWorkerMirroredStrategy) every worker runs this same loop in
+step; each reads its own train shard files; only the chief writes the workdir. The others
+read it (resume state, history) and write into a temporary folder removed at the end, as TF's
+multi-worker guide recommends: every worker saves, so saving stays in step across them.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -19,8 +27,9 @@ import tensorflow as tf
 
 from trainer.cnn import config as config_lib, models, recipe, tasks
 from trainer.cnn.config import TrainConfig  # noqa: F401  (train.TrainConfig, as before)
+from trainer.cnn.data import DataError
 from trainer.cnn.tasks import class_weights_from_counts  # noqa: F401  (tests use it from here)
-from trainer.core import run_folder, runtime
+from trainer.core import input_pipeline, run_folder, runtime
 
 
 
@@ -29,6 +38,7 @@ class TrainResult:
     model: keras.Model
     history: list[dict[str, Any]]     # every epoch of the run, including resumed ones
     summary: dict[str, Any]
+    chief: bool = True                # False: a worker that trained in step and writes nothing
 
 
 def _batch_images(batch) -> int:
@@ -74,6 +84,56 @@ def install_step_timer(model: keras.Model, meter: runtime.StepTimeMeter) -> None
     model.train_function = timed_train_function
 
 
+def fit_on_several_workers(model: keras.Model, strategy) -> list[keras.layers.Layer]:
+    """Readies `model` for fit on several workers; returns the batch norm layers it set to
+    synchronized (set them back after fit, so the saved model is as on one worker).
+
+    Batch norm computes its batch statistics over the global batch (synchronized=True):
+    otherwise each worker's moving mean and variance follow its own data and the workers
+    end with different weights; with it a step is the one-process step of the global batch.
+
+    And it mends the two places where Keras 3.15's fit fails under MultiWorkerMirroredStrategy
+    (private TensorFlowTrainer code, no public hook; checked against keras 3.15.1):
+    _maybe_symbolic_build averages the first (x, y) batch with strategy.reduce, which the
+    strategy refuses for a pair (ValueError: PerReplica ... to a Tensor), so the model is
+    built from one replica's part (shapes are all a build needs); and reduce_per_replica
+    averages the scalar logs with axis=0 (ValueError: Invalid reduction dimension 0), so they
+    are averaged over every replica of every worker with axis=None, which also gives each
+    worker the same logs for its callbacks' decisions."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(local, next(batches))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    original = getattr(tf_trainer.reduce_per_replica, "__wrapped__", tf_trainer.reduce_per_replica)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
+                strategy):
+            return keras.tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.__wrapped__ = original
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    norms = [layer for layer in model._flatten_layers()
+             if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized]
+    for layer in norms:
+        layer.synchronized = True
+    return norms
+
+
 class StepTimeLogger(keras.callbacks.Callback):
     """Adds step time, input-wait share, images/s and the learning rate to each epoch's logs
     (so they reach history.json and TensorBoard) and prints them."""
@@ -108,15 +168,35 @@ class HistoryFile(keras.callbacks.Callback):
     """Writes history.json (trainer.core.run_folder's format) after every epoch; a resumed run
     keeps the epochs already done."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, read_from: str | None = None):
+        """read_from: where the epochs done so far are (a non-chief worker reads the chief's
+        history and writes its own copy elsewhere); default `path`."""
         super().__init__()
         self.path = path
-        self.entries = run_folder.read_history(path)
+        self.entries = run_folder.read_history(read_from or path)
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: _to_float(v) for k, v in (logs or {}).items()}}
         self.entries = [e for e in self.entries if e["epoch"] < epoch + 1] + [row]
         run_folder.write_history(self.path, self.entries)
+
+
+class WorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that restores from `backup_dir` and saves into `save_dir`: on a
+    non-chief worker the chief's backup (shared storage) is read and its own, identical one
+    written to a temporary folder; on the chief both are the same folder."""
+
+    def __init__(self, backup_dir: str, save_dir: str, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.save_dir = save_dir
+
+    def _save_model(self):
+        if self.save_dir == self.backup_dir:
+            return super()._save_model()
+        saver = keras.callbacks.BackupAndRestore(self.save_dir, delete_checkpoint=False)
+        saver.set_model(self.model)
+        saver._current_epoch, saver._last_batch_seen = self._current_epoch, self._last_batch_seen
+        saver._save_model()
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -178,14 +258,17 @@ def with_uint8_input(model: keras.Model, image_size: int) -> keras.Model:
                              keras.layers.Rescaling(1.0 / 255), model], name="uint8_" + model.name)
 
 
-def _callbacks(c: TrainConfig, meter, history_file, sample_batch, budget=None) -> list:
-    checkpoints = os.path.join(c.workdir, "checkpoints")
-    logs = os.path.join(c.workdir, "logs")
+def _callbacks(c: TrainConfig, meter, history_file, sample_batch, budget=None,
+               out_dir: str | None = None) -> list:
+    """out_dir: where this worker writes (c.workdir, or a non-chief worker's temporary
+    folder); the resume state is always read from c.workdir."""
+    checkpoints = os.path.join(out_dir or c.workdir, "checkpoints")
+    logs = os.path.join(out_dir or c.workdir, "logs")
     best_so_far = [e[c.monitor] for e in history_file.entries if c.monitor in e]
     profile = runtime.parse_profile_steps(c.profile_steps) or 0
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(checkpoints, "backup"),
-                                         delete_checkpoint=False),
+        WorkerBackupAndRestore(os.path.join(c.workdir, "checkpoints", "backup"),
+                               os.path.join(checkpoints, "backup"), delete_checkpoint=False),
     ]
     if c.ema_decay:
         # After the backup has saved the training weights (resume needs them) and before the
@@ -210,25 +293,80 @@ def _callbacks(c: TrainConfig, meter, history_file, sample_batch, budget=None) -
     return callbacks
 
 
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of a model's weights (values in order): equal on every worker of a cluster that
+    stayed in step, and equal again in a run that restores them."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()
+
+
+def check_workers(c: TrainConfig, manifest: dict[str, Any], index: int, workers: int
+                  ) -> list[str]:
+    """The train shard files this worker reads (input_pipeline.worker_files); a UserError
+    before anything starts when several workers cannot share the run as set."""
+    from isicflow import dataset as dataset_lib
+
+    if workers > 1 and c.max_train_minutes:
+        raise config_lib.ConfigError(
+            f"--max_train_minutes={c.max_train_minutes} with {workers} workers: each worker's "
+            "clock could stop it after another epoch, leaving the others waiting; size "
+            "--epochs instead")
+    paths = dataset_lib.shard_paths(manifest, c.data_dir, c.image_size, "train")
+    try:
+        files = input_pipeline.worker_files(paths, index, workers)
+    except ValueError:
+        raise DataError(f"--data_dir={c.data_dir}: the train split at {c.image_size}px has "
+                        f"{len(paths)} shard file(s) for {workers} workers, and each worker "
+                        f"reads whole files; rerun beam_jobs.preprocess with --num_shards="
+                        f"{workers} or more (a multiple of {workers})") from None
+    return files
+
+
 def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-              manifest: dict[str, Any] | None = None) -> TrainResult:
+              manifest: dict[str, Any] | None = None, cluster: dict | None = None
+              ) -> TrainResult:
     """Trains (or resumes) one run; returns the best model by c.monitor and the history.
     The settings were checked when c was built; the data is checked here, before the run
-    folder is made (config.check_inputs)."""
+    folder is made (config.check_inputs). cluster: runtime.cluster_config's dict to train
+    as one worker of several (None: this process alone)."""
     if manifest is None:
         manifest = config_lib.check_inputs(c)
+    index, workers = runtime.worker_position(cluster)
+    files = check_workers(c, manifest, index, workers) if workers > 1 else []
+    strategy = runtime.make_strategy(cluster)  # first: a cluster's must precede any TF work
+    chief = bool(strategy.extended.should_checkpoint)
+    out_dir = c.workdir if chief else tempfile.mkdtemp(prefix=f"isicflow-worker{index}-")
+    try:
+        if workers > 1 and c.verbose:
+            print(f"worker {index} of {workers}{' (chief)' if chief else ''} reads "
+                  f"{len(files)} train shard file(s): "
+                  f"{', '.join(os.path.basename(f) for f in files)}", flush=True)
+        return _train(c, extra_callbacks, manifest, strategy, out_dir, (index, workers))
+    finally:
+        if not chief:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
+           position: tuple[int, int]) -> TrainResult:
+    """train_cnn's loop, writing into out_dir (the workdir, or a non-chief's scratch folder)."""
+    index, workers = position
+    chief = out_dir == c.workdir
     task = tasks.for_config(c, manifest)
-    task.prepare(c)  # may still refuse the data (a DataError) before the run folder is made
-    os.makedirs(c.workdir, exist_ok=True)
+    task.prepare(c if chief else dataclasses.replace(c, workdir=out_dir))
+    os.makedirs(out_dir, exist_ok=True)
     started = os.path.join(c.workdir, config_lib.TRAIN_CONFIG_NAME)
-    if not os.path.exists(started):  # what a resume must keep (config_lib.check_resume)
+    if chief and not os.path.exists(started):  # what a resume must keep (check_resume)
         run_folder.write_json(started, dataclasses.asdict(c))
     keras.utils.set_random_seed(c.seed)
     if c.deterministic:
         tf.config.experimental.enable_op_determinism()
     policy = runtime.configure_mixed_precision(c.mixed_precision)
-    strategy = runtime.make_strategy()
     train_ds, val_ds, steps, n_train = task.datasets(c, strategy)
+    if workers > 1:
+        train_ds = input_pipeline.shard_by_file(train_ds)
     with strategy.scope():
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
                                    c.weights_path or None, c.width_multiplier,
@@ -249,7 +387,9 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
                              jit_compile=c.jit_compile)
     meter = runtime.StepTimeMeter(warmup_steps=1)
     install_step_timer(fit_model, meter)
-    history_file = HistoryFile(os.path.join(c.workdir, run_folder.HISTORY_NAME))
+    synchronized = fit_on_several_workers(fit_model, strategy) if workers > 1 else []
+    history_file = HistoryFile(os.path.join(out_dir, run_folder.HISTORY_NAME),
+                               read_from=os.path.join(c.workdir, run_folder.HISTORY_NAME))
     sample_x, sample_y = next(iter(task.sample_dataset(c)))
     sample_x = sample_x[0] if isinstance(sample_x, (tuple, list)) else sample_x
     sample_batch = (sample_x.numpy(), sample_y.numpy())
@@ -260,21 +400,32 @@ def train_cnn(c: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback
               f"{steps} steps/epoch, class weights {class_weight}", flush=True)
     clock = runtime.TrainingClock()
     budget = runtime.TrainingBudget(c.max_train_minutes) if c.max_train_minutes else None
-    callbacks = _callbacks(c, meter, history_file, sample_batch, budget)
+    callbacks = _callbacks(c, meter, history_file, sample_batch, budget, out_dir)
     fit_model.fit(train_ds, validation_data=val_ds, epochs=c.epochs, steps_per_epoch=steps,
                   class_weight=class_weight, verbose=c.verbose, shuffle=False,
                   callbacks=callbacks + list(extra_callbacks))
     trained = clock.totals()
+    for layer in synchronized:
+        layer.synchronized = False
+    digest = weights_digest(fit_model)
+    if workers > 1:
+        print(f"worker {index} of {workers}: trained weights sha256 {digest}", flush=True)
+    if not chief:  # the chief writes what follows; this worker's part is done
+        return TrainResult(model, history_file.entries, {"worker": index, "workers": workers,
+                                                         "weights_sha256": digest}, chief=False)
     stopped = [cb.stopped_epoch for cb in callbacks
                if isinstance(cb, recipe.StopWhenOutOfTime) and cb.stopped_epoch]
     best = os.path.join(c.workdir, "checkpoints", "best.weights.h5")
     if os.path.exists(best):
         fit_model.load_weights(best)  # shares its weights with `model`
     model.save(os.path.join(c.workdir, "model.keras"))
+    if workers > 1:  # evaluate and export on this process alone: the model outside the cluster
+        model = models.load_keras_model(os.path.join(c.workdir, "model.keras"))
     task.after_fit(c, fit_model, val_ds, step=len(history_file.entries))  # fit_model's input
     summary = _final_summary(c, model, history_file.entries, policy, strategy,
                              trained["train_wall_s"])
-    summary.update(cpu_time_s_this_run=round(trained["train_cpu_s"], 2),
+    summary.update(cpu_time_s_this_run=round(trained["train_cpu_s"], 2), weights_sha256=digest,
+                   workers=workers,
                    stopped_by_time_budget_after_epoch=stopped[0] if stopped else None)
     run_folder.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null
     if c.verbose:

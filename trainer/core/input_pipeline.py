@@ -131,6 +131,29 @@ def train_sources(manifest: Mapping[str, Any], split: str) -> list[str]:
                    and r.get("source_collection") and int(r["count"]) > 0})
 
 
+def worker_files(paths: Sequence[str], index: int, workers: int) -> list[str]:
+    """The shard files worker `index` of `workers` reads under file sharding (shard_by_file):
+    the list dealt round-robin in manifest order, before any per-epoch shuffle, so each file
+    is read by exactly one worker. ValueError when there are fewer files than workers (a
+    worker would have none)."""
+    if not 0 <= index < workers:
+        raise ValueError(f"worker index {index} not in 0..{workers - 1}")
+    if len(paths) < workers:
+        raise ValueError(f"{len(paths)} shard file(s) for {workers} workers; each worker "
+                         "reads whole files, so a split needs at least one per worker")
+    return list(paths[index::workers])
+
+
+def shard_by_file(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """ds, split between the workers of a multi-worker strategy by whole shard files
+    (tf.data's FILE auto-sharding: worker_files says which), never by records, so no worker
+    reads a file it then throws most of away. Outside a cluster it changes nothing."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = \
+        tf.data.experimental.AutoShardPolicy.FILE
+    return ds.with_options(options)
+
+
 def augment_and_batch(ds: tf.data.Dataset, *, augment_seed: int | None, batch_size: int,
                       drop_remainder: bool, as_uint8: bool = False,
                       value_range: Sequence[float] = (0.0, 1.0),

@@ -4,7 +4,9 @@ Nothing here knows about models or data; each function is small enough to test o
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from typing import Any, Iterator
 
@@ -48,11 +50,62 @@ def configure_mixed_precision(mode: str) -> str:
     return policy
 
 
-def make_strategy():
-    """MirroredStrategy over all GPUs when there are several, else over several logical CPUs
-    (tests configure two), else the default strategy (one device, no overhead)."""
+def cluster_config(workers: str, worker_index: int, tf_config: str | None) -> dict | None:
+    """Pure rule behind --workers/--worker_index and TF_CONFIG: the cluster this process joins,
+    as a TF_CONFIG dict ({"cluster": {"worker": [...]}, "task": {...}}), or None for one process.
+
+    The cluster is given once: flags or TF_CONFIG, never both (two sources could disagree on
+    who is the chief). A one-worker cluster is one process (None). ValueError names the values.
+    """
+    workers, tf_config = (workers or "").strip(), (tf_config or "").strip()
+    if worker_index and not workers:
+        raise ValueError(f"--worker_index={worker_index} needs --workers (with TF_CONFIG, "
+                         "its task index says which worker this is)")
+    if workers and tf_config:
+        raise ValueError(f"--workers={workers} and TF_CONFIG={tf_config} both give the cluster; "
+                         "give it once (unset TF_CONFIG, or drop --workers/--worker_index)")
+    if workers:
+        hosts = [h.strip() for h in workers.split(",")]
+        bad = [h for h in hosts if not re.fullmatch(r"[^:\s]+:\d{1,5}", h)]
+        if bad:
+            raise ValueError(f"--workers={workers}: each worker must be host:port, got {bad}")
+        if len(set(hosts)) != len(hosts):
+            raise ValueError(f"--workers={workers}: a host:port is listed twice")
+        if not 0 <= worker_index < len(hosts):
+            raise ValueError(f"--worker_index={worker_index}: must be in 0..{len(hosts) - 1} "
+                             f"for the {len(hosts)} --workers")
+        config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": worker_index}}
+    elif tf_config:
+        try:
+            config = json.loads(tf_config)
+            task, cluster = config["task"], config["cluster"]
+            if task["type"] not in cluster or not 0 <= int(task["index"]) < len(
+                    cluster[task["type"]]):
+                raise KeyError(task["type"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"TF_CONFIG={tf_config}: not a cluster this process is part of "
+                             f"({type(e).__name__}: {e}); it needs \"cluster\" and a \"task\" "
+                             "(type, index) listed in it") from None
+    else:
+        return None
+    tasks = sum(len(v) for k, v in config["cluster"].items() if k in ("chief", "worker"))
+    return config if tasks > 1 else None
+
+
+def make_strategy(cluster: dict | None = None):
+    """The device strategy of a run. cluster (cluster_config's dict): MultiWorkerMirroredStrategy
+    over that cluster, each worker using its own GPUs (it must be made before TensorFlow runs
+    anything in the process). No cluster: MirroredStrategy over all GPUs when there are
+    several, else over several logical CPUs (tests configure two), else the default strategy
+    (one device, no overhead)."""
     import tensorflow as tf
 
+    if cluster is not None:
+        task = cluster["task"]
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster["cluster"]), task_type=task["type"],
+            task_id=int(task["index"]), rpc_layer="grpc")
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy([d.name for d in gpus])
@@ -62,6 +115,20 @@ def make_strategy():
             [d.name for d in cpus],
             cross_device_ops=tf.distribute.ReductionToOneDevice(reduce_to_device=cpus[0].name))
     return tf.distribute.get_strategy()
+
+
+def worker_position(cluster: dict | None) -> tuple[int, int]:
+    """(this process's worker index, number of workers) of a cluster_config dict; (0, 1) for
+    None. The index is the one tf.data's auto-sharding gives the worker (a "chief" task, if the
+    cluster has one, first)."""
+    # tensorflow.python: multi_worker_util is where the strategy itself takes these numbers
+    from tensorflow.python.distribute import multi_worker_util
+
+    if cluster is None:
+        return 0, 1
+    spec, task = cluster["cluster"], cluster["task"]
+    return (multi_worker_util.id_in_cluster(spec, task["type"], int(task["index"])),
+            multi_worker_util.worker_count(spec, task["type"]))
 
 
 def parse_profile_steps(text: str) -> tuple[int, int] | None:

@@ -10,6 +10,7 @@ timing, input-wait share, checkpoints every N steps and the NaN/collapse guards 
 from __future__ import annotations
 
 import json
+import os
 
 from absl import flags
 
@@ -87,6 +88,9 @@ def set_study_defaults() -> None:
 
 def main(argv: list[str]) -> None:
     values = flags.FLAGS
+    if os.environ.get("TF_CONFIG", "").strip():  # a cluster scheduler's: refused, not ignored
+        program.fail(f"TF_CONFIG={os.environ['TF_CONFIG']}: the GAN trains in one process only "
+                     "(its own training step runs without a tf.distribute strategy); unset it")
     inputs.folder_to_write("workdir", values.workdir, "the run folder to create, or to resume")
     if values["learning_rate"].present:  # a shared flag the GAN has no use for
         program.fail("--learning_rate is the CNN's: the GAN takes --gen_learning_rate and "
