@@ -18,6 +18,8 @@ distributed = pytest.importorskip("distributed")
 import apache_beam as beam  # noqa: E402
 from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.transforms.window import GlobalWindow  # noqa: E402
+from apache_beam.utils.windowed_value import WindowedValue  # noqa: E402
 
 from beam_jobs import dask_runner, preprocess  # noqa: E402
 
@@ -146,6 +148,26 @@ def test_reshuffle_spreads_one_bundle_over_many(cluster, tmp_path):
     assert collected(tmp_path) == list(range(100))
     # 2 worker threads: max(8, 4 x 2) partitions, dealt round-robin
     assert len(sizes) == 8 and sizes[-1] - sizes[0] <= 1, sizes
+
+
+class CountAtFinish(beam.DoFn):
+    def start_bundle(self):
+        self.n = 0
+
+    def process(self, element):
+        self.n += 1
+
+    def finish_bundle(self):
+        yield WindowedValue(self.n, 0, [GlobalWindow()])
+
+
+def test_finish_bundle_outputs_reach_the_next_step(cluster, tmp_path):
+    def build(p):
+        _ = p | beam.Create(range(300)) | beam.ParDo(CountAtFinish()) | beam.ParDo(
+            Collect(tmp_path))
+
+    run_on_dask(cluster, build)
+    assert collected(tmp_path) == [44, 128, 128]  # one count per Create bundle of 128
 
 
 class Count(beam.DoFn):
