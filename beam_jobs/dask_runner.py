@@ -33,10 +33,21 @@ from importlib import metadata
 from typing import Optional
 
 import apache_beam as beam
+# Private Beam APIs, each for one reason:
+# pickler: how Beam itself ships a DoFn with its arguments to a worker;
 from apache_beam.internal import pickler
+# MetricsContainer, Receiver, DirectMetrics: how Beam's runners collect a step's Metrics and its
+# outputs, and the DirectRunner's aggregation of bundles' metric updates into MetricResults;
 from apache_beam.metrics.execution import MetricsContainer
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.runners.common import Receiver
+# the stock runner itself: its options, its overrides' primitives (_Create, _GroupByKeyOnly,
+# _Flatten, _Reshuffle) which this translation matches, and its GroupByKey bag operation.
+try:
+    import dask.distributed  # noqa: F401  (Beam's dask modules need it; say which extra)
+except ImportError as error:
+    raise ImportError(f"{error}: the Dask runner needs isicflow's dask extra "
+                      "(pip install -c constraints.txt '.[dask]')") from error
 from apache_beam.runners.dask import dask_runner as stock
 from apache_beam.runners.dask import overrides, transform_evaluator
 from apache_beam.runners.direct.direct_metrics import DirectMetrics

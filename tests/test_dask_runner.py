@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.transforms.window import GlobalWindow  # noqa: E402
 from apache_beam.utils.windowed_value import WindowedValue  # noqa: E402
 
+from beam_jobs import config as engine_config  # noqa: E402
 from beam_jobs import dask_runner, preprocess  # noqa: E402
 
 
@@ -270,3 +271,18 @@ def test_engine_output_is_byte_identical_to_direct_runner(cluster, sample_dir, t
     assert dask == direct
     assert dask_counters == direct_counters
     assert "  beam counter images_decoded: 356" in dask_counters
+
+
+def test_the_engine_takes_the_runner_and_beams_dask_options(tmp_path):
+    beam_args = ["--runner=beam_jobs.dask_runner.DaskRunner",
+                 "--dask_client_address=tcp://127.0.0.1:8786", "--dask_npartitions=16"]
+    config, passed = engine_config.parse_config([f"--output={tmp_path}", *beam_args])
+    assert passed == beam_args
+
+
+def test_a_runner_path_that_does_not_import_is_one_line(tmp_path, capsys, sample_dir):
+    assert preprocess.main([f"--input={sample_dir}", f"--output={tmp_path / 'out'}",
+                            "--runner=no_such_module.Runner"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "preprocess: error: --runner=no_such_module.Runner: No module named 'no_such_module'")
+    assert not (tmp_path / "out").exists()
