@@ -12,7 +12,7 @@ export PYTHONHASHSEED ?= 0
 
 .PHONY: install test test-all demo proto check-proto lock preprocess preprocess-sample preprocess-real \
         train-cnn train-cnn-tiny train-dcgan train-dcgan-tiny sample-dcgan gan-eval bench-preprocess \
-        bench-input tensorboard clean
+        bench-input tensorboard clean dask-engine
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,32 @@ REAL_DATA ?= ../shared/data
 preprocess-real: install
 	$(PY) -m beam_jobs.preprocess --runner=DirectRunner $(BEAM_WORKERS) --input=$(REAL_DATA) \
 	    --output=$(OUT)/real --image_size=128,64 --label_policy=all --overwrite
+
+## The engine on a Dask cluster started here: `dask scheduler` and two `dask worker` processes
+## on 127.0.0.1 (free ports), stopped again however the run ends; logs in $(OUT)/dask-cluster/.
+## The same --runner and --dask_client_address run it on any cluster (docs/scale-out.md).
+DASK_WORKERS ?= 2
+DASK_FLAGS   ?= --image_size=256,128
+dask-engine: install
+	@set -e; logs=$(OUT)/dask-cluster; rm -rf $$logs; mkdir -p $$logs; pids=; \
+	trap 'kill $$pids 2>/dev/null; wait $$pids 2>/dev/null || true' EXIT; trap 'exit 130' INT TERM; \
+	export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"; \
+	$(VENV)/bin/dask scheduler --host 127.0.0.1 --port 0 --no-dashboard \
+	    --scheduler-file $$logs/scheduler.json >$$logs/scheduler.log 2>&1 & pids=$$!; \
+	for i in $$(seq $(DASK_WORKERS)); do \
+	    $(VENV)/bin/dask worker --scheduler-file $$logs/scheduler.json --host 127.0.0.1 \
+	        --nthreads 1 --no-dashboard --local-directory $$logs/worker$$i \
+	        >$$logs/worker$$i.log 2>&1 & pids="$$pids $$!"; done; \
+	for i in $$(seq 300); do test -s $$logs/scheduler.json && break; sleep 0.2; done; \
+	address=$$($(PY) -c 'import json, sys; print(json.load(open(sys.argv[1]))["address"])' \
+	    $$logs/scheduler.json); \
+	$(PY) -c 'import sys; from distributed import Client; \
+	    Client(sys.argv[1], timeout=60).wait_for_workers(int(sys.argv[2]), timeout=120)' \
+	    $$address $(DASK_WORKERS); \
+	echo "dask-engine: scheduler $$address, $(DASK_WORKERS) workers (pids $$pids)"; \
+	$(PY) -m beam_jobs.preprocess --runner=beam_jobs.dask_runner.DaskRunner \
+	    --dask_client_address=$$address --input=$(DATA) --output=$(OUT)/dask-engine --overwrite \
+	    $(DASK_FLAGS)
 
 train-cnn-tiny: install $(OUT)/demo/manifest.json
 	$(PY) -m trainer.cnn --flagfile=configs/cnn_tiny.flags

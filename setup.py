@@ -1,6 +1,10 @@
 """isicflow: ISIC archive -> sharded TFRecords (Apache Beam) -> CNN and DCGAN trainers (TensorFlow)."""
 from setuptools import find_packages, setup
 
+# The engine on a Dask cluster: beam_jobs.dask_runner is written against (and refuses all but)
+# these releases; `dev` includes them for tests/test_dask_runner.py.
+DASK = ["apache-beam[dask]==2.77.0", "dask==2026.8.0", "distributed==2026.8.0"]
+
 setup(
     name="isicflow",
     version="0.1.0",
@@ -48,9 +52,10 @@ setup(
         "isicflow-profile=trainer.profile:run",
     ]},
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "grpcio-tools==1.62.3",
-                # tests open the engine's output with tfds.builder_from_directory;
-                # tensorflow-metadata 1.17+ needs protobuf 5, which TensorFlow 2.17 refuses.
-                "tensorflow-datasets>=4.9", "tensorflow-metadata<1.17"],
+        "dask": DASK,
+        "dev": DASK + ["pytest>=8", "pytest-xdist>=3.5", "grpcio-tools==1.62.3",
+                       # tests open the engine's output with tfds.builder_from_directory;
+                       # tensorflow-metadata 1.17+ needs protobuf 5, which TensorFlow 2.17 refuses.
+                       "tensorflow-datasets>=4.9", "tensorflow-metadata<1.17"],
     },
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib
 import sys
 from typing import NoReturn, Optional, Sequence
 
@@ -201,6 +202,20 @@ def beam_option_names() -> list[str]:
     return names
 
 
+def import_runner_module(beam_args: Sequence[str]) -> None:
+    """A --runner given as a class path (beam_jobs.dask_runner.DaskRunner) is imported before
+    the arguments are checked, so the pipeline options its module registers (Beam's
+    --dask_client_address) are known; a path that does not import is Beam's to report."""
+    runner = argparse.ArgumentParser(add_help=False)
+    runner.add_argument("--runner")
+    name = runner.parse_known_args(list(beam_args))[0].runner or ""
+    if "." in name:
+        try:
+            importlib.import_module(name.rsplit(".", 1)[0])
+        except ImportError:
+            pass
+
+
 def refuse_unknown(parser: ArgumentParser, beam_args: Sequence[str]) -> None:
     """An argument that is neither our flag nor a Beam option is a typo: one line naming the
     nearest flag (ours first), exit 2, instead of a run with the defaults."""
@@ -227,6 +242,7 @@ def parse_config(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str
     returned for Beam's PipelineOptions."""
     parser = build_arg_parser()
     args, beam_args = parser.parse_known_args(argv)
+    import_runner_module(beam_args)
     refuse_unknown(parser, beam_args)
     if not args.output.strip():
         parser.error("--output is empty: name the dataset folder to create")

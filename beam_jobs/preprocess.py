@@ -455,7 +455,8 @@ def _checked_start(config: PreprocessConfig, beam_args: list[str], save_main_ses
     runner = make_runner(options)  # InputError for --streaming
     try:
         pipeline = beam.Pipeline(runner=runner, options=options)
-    except ValueError as error:  # a --runner Beam does not know
+    except (ValueError, ImportError) as error:  # a --runner Beam does not know, or a class
+        # path (beam_jobs.dask_runner.DaskRunner) that does not import
         runner_name = options.view_as(StandardOptions).runner
         raise InputError(f"--runner={runner_name}: {' '.join(str(error).split())}") from error
     check_output(config)
