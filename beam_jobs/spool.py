@@ -2,8 +2,9 @@
 
 DecodeResizeEncode appends each image's encoded bytes to one spool file per bundle under
 OUTPUT/.incomplete/spool/ and passes on only a SpoolRef (path, offset, length). The shuffles
-that follow (the plan, the shards' reshuffle) then move small elements, so the runner's memory does not
-grow with the number of images, and WriteShard reads the bytes back in image-id order. As with
+that follow (the plan, the shards' reshuffle) then move small elements, so the runner's memory grows
+only by those per image, and WriteShard reads the bytes back in image-id order, a bounded batch
+at a time (read_each). As with
 Beam's own file sinks, a retried bundle writes a new file under a fresh name; files nobody
 refers to are deleted with the rest of .incomplete/ by Finalize. WriteShard reads its slices
 with read_all, file by file and front to back, as object stores stream best.
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from typing import Iterable, Iterator
 
 from isicflow import fileio
 from isicflow.fileio import join_path
 
 SPOOL_DIR = "spool"
+READ_BATCH_BYTES = 4 * 2**20  # read_each's memory: a shard's slices are read this much at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,3 +74,25 @@ def read_all(refs) -> dict:
                 out[ref] = data
                 position = ref.offset + ref.length
     return out
+
+
+def read_each(items: Iterable[tuple[SpoolRef, ...]],
+              batch_bytes: int = READ_BATCH_BYTES) -> Iterator[tuple[bytes, ...]]:
+    """For each item (a tuple of refs), its slices' bytes, in the items' order. Reads with
+    read_all a batch of items of up to batch_bytes at a time, so memory is bounded by the batch
+    and not by the shard (a 150 MB shard would otherwise be held whole, once per writer)."""
+    batch: list = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += sum(ref.length for ref in item)
+        if size >= batch_bytes:
+            yield from _read_batch(batch)
+            batch, size = [], 0
+    yield from _read_batch(batch)
+
+
+def _read_batch(batch: list) -> Iterator[tuple[bytes, ...]]:
+    data = read_all(ref for item in batch for ref in item)
+    for item in batch:
+        yield tuple(data[ref] for ref in item)
