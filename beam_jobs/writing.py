@@ -67,7 +67,8 @@ class WriteShard(beam.DoFn):
                                                                                   length)
 
     def _examples(self, items, size: int, split: str):
-        for record_bytes, encoded in spool.read_each(self._refs(item) for item in items):
+        batch = spool.read_batch_bytes(self.spool_dir)
+        for record_bytes, encoded in spool.read_each((self._refs(item) for item in items), batch):
             record, image = read_spooled_record(record_bytes)
             yield dataset.to_example(record, encoded, size=size, split=split,
                                      image_format=self.config.image_format,

@@ -131,4 +131,5 @@ def test_read_each_reads_a_bounded_batch_at_a_time(tmp_path, monkeypatch):
     assert got == [(b"r%d" % i, bytes([i]) * 100) for i in range(50)]
     assert len(batches) > 10 and max(batches) < 500 + 103  # one item past the bound at most
     assert list(spool.read_each([])) == []
+    assert spool.read_batch_bytes(str(tmp_path)) < spool.read_batch_bytes("gs://b/spool")
     assert list(spool.read_each([(SpoolRef(items[0][0].path, 0, 2),)])) == [(b"r0",)]
