@@ -25,7 +25,10 @@ import dataclasses
 import gc
 import json
 import logging
+import math
+import shutil
 import sys
+import tempfile
 import warnings
 from importlib import metadata
 from typing import Optional, Sequence
@@ -120,33 +123,37 @@ class IsicToTFRecords(beam.PTransform):
     Reads the layout from the files stage_layout wrote into config.output (run() does both).
     """
 
-    def __init__(self, config: PreprocessConfig, layout_result):
+    def __init__(self, config: PreprocessConfig, layout: "StagedLayout",
+                 progress_dir: Optional[str] = None):
         super().__init__()
         self.config = config
-        self.layout = layout_result
+        self.layout = layout
+        self.progress_dir = progress_dir  # timeline.ProgressCounter's files (None: no progress)
 
     def expand(self, pbegin):
         cfg, p = self.config, pbegin.pipeline
         # The layout's records come from a file the launcher wrote (stage_layout), not from
         # beam.Create, which would pickle every record into the pipeline itself: seconds of
         # compression at tens of thousands of images, and past Dataflow's job-graph size limit.
+        # What is spread over the workers is byte ranges of that file, so no runner holds the
+        # records themselves in a shuffle (the FnApiRunner keeps a shuffle's elements in memory).
         records_path, rejections_path = layout_files(cfg.output)
         records = (p
-                   | "RecordsFile" >> beam.Create([records_path])
-                   | "ReadRecords" >> beam.FlatMap(read_json_lines, LesionRecord.from_json)
-                   | "SpreadRecords" >> beam.Reshuffle())
+                   | "RecordChunks" >> beam.Create(self.layout.chunks)
+                   | "SpreadChunks" >> beam.Reshuffle()
+                   | "ReadRecords" >> beam.FlatMap(read_record_chunk, records_path))
         metadata_rejections = (p
                                | "MetadataRejectionsFile" >> beam.Create([rejections_path])
                                | "ReadMetadataRejections" >> beam.FlatMap(
                                    read_json_lines, Rejection.from_json))
 
-        kept = records | "Filter" >> beam.ParDo(FilterRecords(cfg)).with_outputs(
-            FILTERED, main="kept")
-        # The encoded pixels go to spool files; only light elements travel on from here.
-        processed = kept.kept | "DecodeResizeEncode" >> beam.ParDo(ProcessImage(cfg)).with_outputs(
-            REJECTED, FILTERED, main="images")
-        # Dedup, balance, splits and shard counts need every image, and a ProcessedImage is
-        # small (its pixels are spooled), so one step plans and emits whole shards.
+        kept = records | "Filter" >> beam.ParDo(
+            FilterRecords(cfg, self.progress_dir)).with_outputs(FILTERED, main="kept")
+        # The records and encoded pixels go to spool files; only small ImageKeys travel on.
+        processed = kept.kept | "DecodeResizeEncode" >> beam.ParDo(
+            ProcessImage(cfg, self.progress_dir)).with_outputs(REJECTED, FILTERED, main="images")
+        # Dedup, balance, splits and shard counts need every image, and an ImageKey is small
+        # (its record and pixels are spooled), so one step plans and emits whole shards.
         # (Grouped under one key: cheaper on DirectRunner than a ToList combine, which merges
         # lists, or a side input, whose values the worker's state cache measures object by
         # object.)
@@ -161,11 +168,10 @@ class IsicToTFRecords(beam.PTransform):
         rejections = ((metadata_rejections, kept[FILTERED], processed[REJECTED],
                        processed[FILTERED], planned[DUPLICATE], planned[FILTERED])
                       | "AllRejections" >> beam.Flatten())
-        inputs_read = len(self.layout.records) + len(self.layout.rejections)
         return (p
                 | "FinalizeTrigger" >> beam.Create([None])
                 | "Finalize" >> beam.Map(
-                    writing.finalize, cfg, self.layout.layout, inputs_read,
+                    writing.finalize, cfg, self.layout.layout, self.layout.inputs,
                     dict(self.layout.counters),
                     layout_info={"downloads": dict(self.layout.downloads),
                                  "metadata_files": list(self.layout.metadata_files)},
@@ -178,8 +184,8 @@ class IsicToTFRecords(beam.PTransform):
 
 
 def _plan_shards_of_group(group, config: PreprocessConfig):
-    _, images = group
-    yield from plan_shards(list(images), config)
+    _, keys = group
+    yield from plan_shards(list(keys), config)
 
 
 def layout_files(output: str) -> tuple[str, str]:
@@ -188,16 +194,64 @@ def layout_files(output: str) -> tuple[str, str]:
     return join_path(incomplete, "records.jsonl"), join_path(incomplete, "metadata_rejects.jsonl")
 
 
-def stage_layout(config: PreprocessConfig, layout_result) -> None:
-    """Writes the layout's records and rejections where IsicToTFRecords reads them."""
+RECORD_CHUNKS = 64            # the records are spread over the workers in about this many
+MAX_RECORDS_PER_CHUNK = 256   # byte ranges of records.jsonl, of at most this many records
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedLayout:
+    """What the pipeline needs of the layout once stage_layout wrote its records to a file:
+    counts and byte ranges, not the records (the launcher would hold them for the whole run)."""
+
+    layout: str
+    inputs: int    # records + the layout's rejections: read = written + rejected + ...
+    records: int   # the progress line's total
+    counters: dict
+    downloads: dict
+    metadata_files: list
+    chunks: tuple  # ((start, end), ...): byte ranges of records.jsonl, whole lines each
+
+
+def records_per_chunk(records: int) -> int:
+    """Enough chunks for the workers to share evenly, few enough to stay cheap to shuffle."""
+    return max(1, min(MAX_RECORDS_PER_CHUNK, math.ceil(records / RECORD_CHUNKS)))
+
+
+def stage_layout(config: PreprocessConfig, layout_result) -> StagedLayout:
+    """Writes the layout's records and rejections where IsicToTFRecords reads them, a line at a
+    time; returns what the pipeline needs of the layout, with the records' byte ranges."""
     records_path, rejections_path = layout_files(config.output)
-    for path, items in ((records_path, layout_result.records),
-                        (rejections_path, layout_result.rejections)):
-        fileio.write_bytes(path, "".join(item.to_json() + "\n" for item in items).encode("utf-8"))
+    per_chunk = records_per_chunk(len(layout_result.records))
+    chunks, start, offset = [], 0, 0
+    with fileio.open_write(records_path) as f:
+        for i, record in enumerate(layout_result.records, 1):
+            line = (record.to_json() + "\n").encode("utf-8")
+            f.write(line)
+            offset += len(line)
+            if i % per_chunk == 0 or i == len(layout_result.records):
+                chunks.append((start, offset))
+                start = offset
+    fileio.write_bytes(rejections_path, "".join(
+        item.to_json() + "\n" for item in layout_result.rejections).encode("utf-8"))
+    return StagedLayout(layout_result.layout,
+                        len(layout_result.records) + len(layout_result.rejections),
+                        len(layout_result.records), dict(layout_result.counters),
+                        dict(layout_result.downloads), list(layout_result.metadata_files),
+                        tuple(chunks))
+
+
+def read_record_chunk(chunk: tuple[int, int], path: str):
+    """The records in one byte range of records.jsonl (stage_layout's chunks)."""
+    start, end = chunk
+    with fileio.open_read(path) as f:
+        f.seek(start)
+        data = f.read(end - start)
+    for line in data.decode("utf-8").splitlines():
+        yield LesionRecord.from_json(line)
 
 
 def read_json_lines(path: str, parse):
-    """One parsed item per line of a JSON-lines file (the launcher's records)."""
+    """One parsed item per line of a JSON-lines file (the layout's rejections)."""
     for line in fileio.read_bytes(path).decode("utf-8").splitlines():
         if line:
             yield parse(line)
@@ -415,15 +469,26 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True,
         config = dataclasses.replace(config, input=synthetic.ensure_default_dataset())
     output_existed = fileio.exists(config.output)
     try:
-        pipeline, layout_result = _checked_start(config, beam_args, save_main_session, phases)
+        pipeline, layout = _checked_start(config, beam_args, save_main_session, phases)
     except InputError:
         if not output_existed and fileio.isdir(config.output):
             fileio.delete_tree(config.output)  # a refused run leaves nothing behind
         raise
-    _ = pipeline | "IsicToTFRecords" >> IsicToTFRecords(config, layout_result)
-    phases.mark("pipeline_started")
-    result = pipeline.run()
-    result.wait_until_finish()
+    progress_dir = tempfile.mkdtemp(prefix="isicflow-progress-") if runs_here(pipeline) else None
+    try:
+        _ = pipeline | "IsicToTFRecords" >> IsicToTFRecords(config, layout, progress_dir)
+        phases.mark("pipeline_started")
+        reporter = progress_dir and timeline.ProgressReporter(
+            progress_dir, layout.records, logging.info).start()
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        finally:
+            if reporter:
+                reporter.stop()
+    finally:
+        if progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
     phases.mark("pipeline_done")
     phases.add_beam_result(result)
 
@@ -476,9 +541,17 @@ def _checked_start(config: PreprocessConfig, beam_args: list[str], save_main_ses
     except OSError as error:
         raise InputError(f"--output {config.output!r}: cannot create it ({error}); name a "
                          "folder you can write") from error
-    stage_layout(config, layout_result)
+    layout = stage_layout(config, layout_result)
     phases.mark("output_staged")
-    return pipeline, layout_result
+    return pipeline, layout  # the records stay in the file: not held for the whole run
+
+
+def runs_here(pipeline: beam.Pipeline) -> bool:
+    """Whether the workers run on this machine (make_runner's FnApiRunner: threads or local
+    processes), so their progress files can be read by the launcher."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    return isinstance(pipeline.runner, fn_runner.FnApiRunner)
 
 
 def check_labels(config: PreprocessConfig, layout_result) -> None:

@@ -48,7 +48,10 @@ def assign_splits(group_labels: Iterable[tuple[str, str]],
     # Sorted labels: the float sums below must not depend on the order labels were first seen.
     targets = {s: {lab: f * totals[lab] for lab in sorted(totals)}
                for s, f in zip(SPLITS, fractions)}
-    counts = {s: collections.Counter() for s in SPLITS}
+    # Plain dicts with every label (not Counters, whose missing keys cost a call): the loop
+    # below runs once per group, and 200,000 groups must plan in seconds.
+    counts = {s: dict.fromkeys(totals, 0) for s in SPLITS}
+    candidates = [s for s, f in zip(SPLITS, fractions) if f > 0]
     assignment: dict[str, str] = {}
     # Large groups first (they are the hard ones to place), then a seeded hash order.
     order = sorted(per_group, key=lambda g: (-sum(per_group[g].values()), stable_hash(g, seed)))
@@ -59,15 +62,16 @@ def assign_splits(group_labels: Iterable[tuple[str, str]],
             # Squared distance to the targets, over all labels, if this group went to `split`.
             err = 0.0
             for s in SPLITS:
+                have_s, extra = counts[s], labels if s == split else {}
                 for lab, target in targets[s].items():
-                    have = counts[s][lab] + (labels[lab] if s == split else 0)
+                    have = have_s[lab] + extra.get(lab, 0)
                     err += (have - target) ** 2
             return err
 
-        candidates = [s for s, f in zip(SPLITS, fractions) if f > 0]
         best = min(candidates, key=lambda s: (deficit_after(s), SPLITS.index(s)))
         assignment[group] = best
-        counts[best].update(labels)
+        for lab, n in labels.items():
+            counts[best][lab] += n
     return assignment
 
 

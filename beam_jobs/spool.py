@@ -1,22 +1,34 @@
-"""Encoded images wait on disk between decoding and shard writing, not in the runner's memory.
+"""Encoded images and their records wait on disk between decoding and shard writing, not in the
+runner's memory.
 
-DecodeResizeEncode appends each image's encoded bytes to one spool file per bundle under
-OUTPUT/.incomplete/spool/ and passes on only a SpoolRef (path, offset, length). The shuffles
-that follow (the plan, the shards' reshuffle) then move small elements, so the runner's memory does not
-grow with the number of images, and WriteShard reads the bytes back in image-id order. As with
-Beam's own file sinks, a retried bundle writes a new file under a fresh name; files nobody
-refers to are deleted with the rest of .incomplete/ by Finalize. WriteShard reads its slices
-with read_all, file by file and front to back, as object stores stream best.
+DecodeResizeEncode appends each image's full record and its encodings to one spool file per
+bundle under OUTPUT/.incomplete/spool/ and passes on only a small transforms.ImageKey (the
+file's name and offsets). The shuffles that follow (the plan, the shards' reshuffle) then move
+small elements, and WriteShard reads the bytes back in image-id order, a bounded batch at a
+time (read_each), each batch with read_all: file by file and front to back, as object stores
+stream best. As with Beam's own file sinks, a retried bundle writes a new file under a fresh
+name; files nobody refers to are deleted with the rest of .incomplete/ by Finalize.
 """
 from __future__ import annotations
 
 import dataclasses
 import uuid
+from typing import Iterable, Iterator
 
 from isicflow import fileio
 from isicflow.fileio import join_path
 
 SPOOL_DIR = "spool"
+# read_each's memory: a shard's slices are read this much at a time. Each batch opens every spool
+# file it touches (up to one per image), cheap on a local disk but a request on an object store,
+# where fewer, larger batches pay: 64 MB, still below a default shard (150 MB).
+READ_BATCH_BYTES = 4 * 2**20
+REMOTE_READ_BATCH_BYTES = 64 * 2**20
+
+
+def read_batch_bytes(path: str) -> int:
+    """read_each's batch for spool files under `path` (a local folder or a URL)."""
+    return REMOTE_READ_BATCH_BYTES if fileio.is_url(path) else READ_BATCH_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,3 +83,25 @@ def read_all(refs) -> dict:
                 out[ref] = data
                 position = ref.offset + ref.length
     return out
+
+
+def read_each(items: Iterable[tuple[SpoolRef, ...]],
+              batch_bytes: int = READ_BATCH_BYTES) -> Iterator[tuple[bytes, ...]]:
+    """For each item (a tuple of refs), its slices' bytes, in the items' order. Reads with
+    read_all a batch of items of up to batch_bytes at a time, so memory is bounded by the batch
+    and not by the shard (a 150 MB shard would otherwise be held whole, once per writer)."""
+    batch: list = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += sum(ref.length for ref in item)
+        if size >= batch_bytes:
+            yield from _read_batch(batch)
+            batch, size = [], 0
+    yield from _read_batch(batch)
+
+
+def _read_batch(batch: list) -> Iterator[tuple[bytes, ...]]:
+    data = read_all(ref for item in batch for ref in item)
+    for item in batch:
+        yield tuple(data[ref] for ref in item)

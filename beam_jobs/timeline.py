@@ -191,3 +191,109 @@ def parse_printed(text: str) -> Optional[dict]:
 
 
 JSON_PREFIX = "timeline_json "
+
+
+# ---- progress: images done of the total, rate and ETA, one line every few seconds ----
+
+PROGRESS_WRITE_S = 1.0         # how often a DoFn rewrites its file
+PROGRESS_EVERY_S = 5.0         # how often the launcher prints a line
+
+
+def format_duration(seconds: float) -> str:
+    """0:07, 12:34, 3:02:01."""
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def format_progress(done: int, total: int, elapsed: float) -> str:
+    """One progress line: images done of the total, rate since the run started, and ETA."""
+    share = f" ({100 * done / total:.1f}%)" if total else ""
+    line = f"progress: {done:,} of {total:,} images{share} in {format_duration(elapsed)}"
+    if done <= 0 or elapsed <= 0:
+        return line + ", ETA unknown"
+    rate = done / elapsed
+    eta = format_duration(max(total - done, 0) / rate)
+    return line + f", {rate:.1f} images/s, ETA {eta}"
+
+
+class ProgressCounter:
+    """Images finished by one DoFn instance, in a file of its own under `directory` (a local
+    folder the launcher made; rewritten at most every PROGRESS_WRITE_S, and on flush), so the
+    launcher can sum them whether its workers are threads or processes on this machine.
+    `directory` None (a runner whose workers are elsewhere) counts nothing."""
+
+    def __init__(self, directory: Optional[str]):
+        self.path = os.path.join(directory, f"{os.getpid()}-{id(self):x}") if directory else None
+        self.count, self._written_at = 0, 0.0
+
+    def add(self, n: int = 1) -> None:
+        self.count += n
+        if self.path and time.monotonic() - self._written_at >= PROGRESS_WRITE_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.path:
+            return
+        self._written_at = time.monotonic()
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            temp = f"{self.path}.tmp"
+            with open(temp, "w") as f:
+                f.write(str(self.count))
+            os.replace(temp, self.path)  # the reader never sees half a number
+        except OSError:
+            pass  # progress is a courtesy: never fail a bundle for it (e.g. after Finalize)
+
+
+def read_progress(directory: str) -> int:
+    """The sum of the ProgressCounter files in `directory` (0 when there is none yet)."""
+    total = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        if name.endswith(".tmp"):
+            continue
+        try:
+            with open(os.path.join(directory, name)) as f:
+                total += int(f.read() or 0)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class ProgressReporter:
+    """A thread in the launcher that logs format_progress every `every` seconds while the count
+    changes, and once more at stop() if the last line did not show the final count."""
+
+    def __init__(self, directory: str, total: int, log, every: float = PROGRESS_EVERY_S):
+        import threading
+
+        self.directory, self.total, self.log, self.every = directory, total, log, every
+        self._started = time.monotonic()
+        self._shown = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="isicflow-progress", daemon=True)
+
+    def start(self) -> "ProgressReporter":
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _show(self) -> None:
+        done = read_progress(self.directory)
+        if done != self._shown:
+            self._shown = done
+            self.log(format_progress(done, self.total, time.monotonic() - self._started))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._show()
+
+    def stop(self) -> None:
+        """Ends the thread, then shows the final count if the last line did not."""
+        self._stop.set()
+        self._thread.join()
+        self._show()

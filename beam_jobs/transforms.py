@@ -6,11 +6,13 @@ Rejection), never to the floor: read = written + rejected + filtered + duplicate
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
 import math
 import os
+import posixpath
 import time
 import uuid
 from typing import Optional
@@ -20,10 +22,9 @@ from apache_beam.metrics import Metrics
 
 from beam_jobs import splits, timeline
 from beam_jobs.config import PreprocessConfig
-from beam_jobs.spool import SPOOL_DIR, SpoolRef, SpoolWriter
-from beam_jobs.writing import INCOMPLETE_DIR
+from beam_jobs.spool import SPOOL_DIR, SpoolWriter
+from beam_jobs.writing import INCOMPLETE_DIR, kept_summary, spooled_record
 from isicflow import fileio, image_checks, imaging
-from isicflow.dataset import kept_entry
 from isicflow.fileio import join_path
 from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
 
@@ -33,18 +34,46 @@ KEPT = "kept"  # plan_shards' summary of the images written, for the manifest
 NEAR_DUPLICATES = "near_duplicates"  # plan_shards' near-duplicate groups, for the manifest
 
 
-@dataclasses.dataclass(frozen=True)
-class ProcessedImage:
-    """A decoded image without its pixels: metadata, and where each size's encoding is spooled."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImageKey:
+    """One decoded image as the plan sees it: what dedup, near-dedup, balance, splits, shard
+    sizes and the manifest's counts need, and where the rest waits. Every image's key reaches
+    the one step that plans the dataset (and the runner may hold each in a shuffle), so it is
+    kept small: ~300 bytes encoded, ~900 as an object. The full record and the pixels are in
+    the spool (beam_jobs.spool), read back only by WriteShard."""
 
-    record: LesionRecord
-    sha256: str
-    source_width: int
-    source_height: int
-    encoded: dict[int, SpoolRef]
-    # Perceptual hash of the decoded image (None: --near_duplicates=off, or a degenerate image
-    # kept by --keep_degenerate, which has no picture to compare).
-    phash: Optional[image_checks.PerceptualHash] = None
+    image_id: str
+    image_path: str  # named by the rejects of duplicates and balance drops
+    group: str       # LesionRecord.group_key: what a split keeps together
+    label: str
+    sha256: bytes    # digest of the source file's bytes: byte-identical duplicates
+    summary: str     # writing.kept_summary: the manifest's counts of it, split left out
+    spool_file: str  # name of the bundle's spool file in OUTPUT/.incomplete/spool/
+    offset: int      # where its bytes start there: writing.spooled_record, then each encoding
+    lengths: tuple[int, ...]  # of those, contiguous: the record, then each of config.image_sizes
+    # pack_phash of the decoded image (None: --near_duplicates=off, or a degenerate image kept
+    # by --keep_degenerate, which has no picture to compare).
+    phash: Optional[bytes] = None
+
+    def shard_item(self, size_index: int) -> tuple:
+        """What WriteShard needs to write it at config.image_sizes[size_index], as a plain tuple
+        (the runner's coder writes tuples natively): (spool file, record offset, record length,
+        encoding offset, encoding length)."""
+        start = self.offset + sum(self.lengths[:size_index + 1])
+        return (self.spool_file, self.offset, self.lengths[0], start,
+                self.lengths[size_index + 1])
+
+
+def pack_phash(phash: image_checks.PerceptualHash) -> bytes:
+    """40 bytes (coarse, then fine, big-endian): a third of the NamedTuple of two ints."""
+    return (phash.coarse.to_bytes(image_checks.COARSE_BITS // 8, "big")
+            + phash.fine.to_bytes(image_checks.FINE_BITS // 8, "big"))
+
+
+def unpack_phash(packed: bytes) -> image_checks.PerceptualHash:
+    cut = image_checks.COARSE_BITS // 8
+    return image_checks.PerceptualHash(int.from_bytes(packed[:cut], "big"),
+                                       int.from_bytes(packed[cut:], "big"))
 
 
 def _count(name: str, n: int = 1) -> None:
@@ -68,16 +97,25 @@ def filter_reason(record: LesionRecord, config: PreprocessConfig) -> Optional[tu
 
 
 class FilterRecords(beam.DoFn):
-    """Applies the flag filters; dropped records go to the 'filtered' output."""
+    """Applies the flag filters; dropped records go to the 'filtered' output (and count as done
+    for the progress line, timeline.ProgressCounter in `progress_dir`, when given)."""
 
-    def __init__(self, config: PreprocessConfig):
+    def __init__(self, config: PreprocessConfig, progress_dir: Optional[str] = None):
         self.config = config
+        self.progress_dir = progress_dir
+
+    def setup(self):
+        self._done = timeline.ProgressCounter(self.progress_dir)
+
+    def finish_bundle(self):
+        self._done.flush()
 
     def process(self, record: LesionRecord):
         why = filter_reason(record, self.config)
         if why is None:
             yield record
             return
+        self._done.add()
         _count(why[0])
         yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
             record.image_path, record.image_id, why[0], why[1], kind=FILTERED))
@@ -85,8 +123,8 @@ class FilterRecords(beam.DoFn):
 
 class ProcessImage(beam.DoFn):
     """Read -> hash -> decode once (reduced scale where it pays) -> resize per size -> reject
-    degenerate images, perceptual hash -> encode per size; the encoded bytes go to this
-    bundle's spool file (beam_jobs.spool), not downstream.
+    degenerate images, perceptual hash -> encode per size; the record and the encoded bytes go
+    to this bundle's spool file (beam_jobs.spool), and only a small ImageKey goes downstream.
 
     The degeneracy test and the perceptual hash (isicflow.image_checks) share one 32x32 luma
     thumbnail, taken from the smallest squash-resized output (box filters from there cost
@@ -96,8 +134,9 @@ class ProcessImage(beam.DoFn):
 
     LOG_EVERY = 200
 
-    def __init__(self, config: PreprocessConfig):
+    def __init__(self, config: PreprocessConfig, progress_dir: Optional[str] = None):
         self.config = config
+        self.progress_dir = progress_dir  # timeline.ProgressCounter's folder: every record done
 
     def setup(self):
         self._spool = SpoolWriter(join_path(self.config.output, INCOMPLETE_DIR, SPOOL_DIR))
@@ -107,6 +146,7 @@ class ProcessImage(beam.DoFn):
         self._seen, self._started = 0, time.monotonic()
         self._instance = uuid.uuid4().hex[:8]  # one rate per DoFn instance, whatever thread
         self._clock = timeline.ImageClock()  # --profile_phases: first/last decode, CPU per image
+        self._done = timeline.ProgressCounter(self.progress_dir)
 
     def _reject(self, record: LesionRecord, reason: str, detail: str, kind: str = REJECTED):
         _count(reason)
@@ -125,16 +165,22 @@ class ProcessImage(beam.DoFn):
 
     def finish_bundle(self):
         self._spool.close()  # every SpoolRef this bundle emitted is now readable
+        self._done.flush()
         if self._seen:
             self._log_rate()
 
     def teardown(self):
         if hasattr(self, "_spool"):  # setup may have failed before making it
             self._spool.close()
+            self._done.flush()
 
     def process(self, record: LesionRecord):
-        cfg = self.config
         self._progress()
+        yield from self._process(record)
+        self._done.add()  # kept, rejected or filtered: done either way
+
+    def _process(self, record: LesionRecord):
+        cfg = self.config
         clock = self._clock.begin()
         try:
             data = fileio.read_bytes(record.image_path)  # as stored, whatever its name
@@ -169,34 +215,43 @@ class ProcessImage(beam.DoFn):
         phash = None
         if cfg.near_duplicates != "off" and degenerate is None:
             phash = image_checks.perceptual_hash(luma)
-        encoded = {size: self._spool.append(
-                       imaging.encode_image(resized[size], cfg.image_format, cfg.jpeg_quality))
-                   for size in cfg.image_sizes}
+        sha256 = hashlib.sha256(data).digest()
+        spans = [self._spool.append(spooled_record(record, sha256.hex(), decoded.source_width,
+                                                   decoded.source_height))]
+        spans += [self._spool.append(imaging.encode_image(resized[size], cfg.image_format,
+                                                          cfg.jpeg_quality))
+                  for size in cfg.image_sizes]
         self._decoded.inc()
         if decoded.scale_denominator > 1:
             self._reduced.inc()
         self._clock.end(clock)
-        yield ProcessedImage(record, hashlib.sha256(data).hexdigest(),
-                             decoded.source_width, decoded.source_height, encoded, phash)
+        yield ImageKey(record.image_id, record.image_path, record.group_key, record.label, sha256,
+                       kept_summary(record), posixpath.basename(spans[0].path), spans[0].offset,
+                       tuple(ref.length for ref in spans),
+                       None if phash is None else pack_phash(phash))
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetPlan:
-    """Global decisions that need every decoded image, made from the light ProcessedImages (the
-    encoded pixels wait in spool files until WriteShard reads them)."""
+    """Global decisions that need every decoded image, made from the small ImageKeys (the
+    records and encoded pixels wait in spool files until WriteShard reads them)."""
 
     duplicate_of: dict      # image_id -> the image id kept for the same bytes
     balanced_out: frozenset  # image ids dropped by --balance=undersample
     split_of: dict          # image_id -> split, for every image written
     rank_of: dict           # image_id -> position in its split, ordered by image_id
     shard_counts: dict      # (size, split) -> number of shards
-    kept: tuple             # ({split, label, diagnosis, source}, ...) of every image written
+    kept: tuple             # (((split, summary), count), ...) of the images written, sorted
     near_duplicate_of: dict = dataclasses.field(default_factory=dict)  # --near_duplicates=drop:
     #                         image_id -> the smallest id of its near-duplicate group, kept
     near_duplicate_groups: tuple = ()  # (sorted ids, ...) of every near-duplicate group found
 
+    @property
+    def written(self) -> int:
+        return sum(n for _, n in self.kept)
 
-def plan_dataset(images: list[ProcessedImage], config: PreprocessConfig) -> DatasetPlan:
+
+def plan_dataset(images: list[ImageKey], config: PreprocessConfig) -> DatasetPlan:
     """Pure: duplicates (smallest id kept), near-duplicates (grouped, or all but the smallest id
     dropped), balance, group-aware splits, ranks, shard counts.
 
@@ -205,87 +260,90 @@ def plan_dataset(images: list[ProcessedImage], config: PreprocessConfig) -> Data
     joined with the patient/lesion groups of its members (image_checks.merge_groups), so
     neither a near-duplicate group nor any original group can straddle splits.
     """
-    images = sorted(images, key=lambda im: im.record.image_id)
+    images = sorted(images, key=lambda im: im.image_id)
     first_of_sha: dict[str, str] = {}
     duplicate_of = {}
     for im in images:  # sorted, so the first seen is the smallest id
         if im.sha256 in first_of_sha:
-            duplicate_of[im.record.image_id] = first_of_sha[im.sha256]
+            duplicate_of[im.image_id] = first_of_sha[im.sha256]
         else:
-            first_of_sha[im.sha256] = im.record.image_id
-    records = [im.record for im in images if im.record.image_id not in duplicate_of]
+            first_of_sha[im.sha256] = im.image_id
+    del first_of_sha
+    kept_images = [im for im in images if im.image_id not in duplicate_of]
     near_groups: list = []
     near_duplicate_of: dict = {}
     if config.near_duplicates != "off":
-        hashes = {im.record.image_id: im.phash for im in images
-                  if im.phash is not None and im.record.image_id not in duplicate_of}
+        hashes = {im.image_id: unpack_phash(im.phash) for im in kept_images
+                  if im.phash is not None}
         near_groups = image_checks.near_duplicate_groups(hashes)
+        del hashes
         if config.near_duplicates == "drop":
             near_duplicate_of = {other: group[0] for group in near_groups for other in group[1:]}
-            records = [r for r in records if r.image_id not in near_duplicate_of]
-    encoded_bytes = {im.record.image_id: {size: ref.length for size, ref in im.encoded.items()}
-                     for im in images}
+            kept_images = [im for im in kept_images if im.image_id not in near_duplicate_of]
     dropped: frozenset = frozenset()
     if config.balance == "undersample":
-        keep = splits.select_balanced(((r.image_id, r.label) for r in records), config.seed)
-        dropped = frozenset(r.image_id for r in records if r.image_id not in keep)
-        records = [r for r in records if r.image_id in keep]
-    group_of = {r.image_id: r.group_key for r in records}
+        keep = splits.select_balanced(((im.image_id, im.label) for im in kept_images), config.seed)
+        dropped = frozenset(im.image_id for im in kept_images if im.image_id not in keep)
+        kept_images = [im for im in kept_images if im.image_id in keep]
+    group_of = {im.image_id: im.group for im in kept_images}
     if config.near_duplicates == "group":
         group_of = image_checks.merge_groups(group_of, near_groups)
-    by_group = splits.assign_splits(((group_of[r.image_id], r.label) for r in records),
+    by_group = splits.assign_splits(((group_of[im.image_id], im.label) for im in kept_images),
                                     config.split_fractions, config.seed)
-    split_of = {r.image_id: by_group[group_of[r.image_id]] for r in records}
+    split_of = {im.image_id: by_group[group_of[im.image_id]] for im in kept_images}
+    del group_of, by_group
     rank_of, seen = {}, {s: 0 for s in splits.SPLITS}
     totals: dict = {}
-    for r in records:
-        split = split_of[r.image_id]
-        rank_of[r.image_id] = seen[split]
+    kept: collections.Counter = collections.Counter()
+    for im in kept_images:
+        split = split_of[im.image_id]
+        rank_of[im.image_id] = seen[split]
         seen[split] += 1
-        for size, nbytes in encoded_bytes[r.image_id].items():
+        kept[(split, im.summary)] += 1
+        for size, nbytes in zip(config.image_sizes, im.lengths[1:]):
             count, total = totals.get((size, split), (0, 0))
             totals[(size, split)] = (count + 1, total + nbytes)
     shard_counts = {key: shard_count(n, b, config) for key, (n, b) in totals.items()}
-    kept = tuple(kept_entry(r, split_of[r.image_id]) for r in records)
-    return DatasetPlan(duplicate_of, dropped, split_of, rank_of, shard_counts, kept,
-                       near_duplicate_of, tuple(tuple(g) for g in near_groups))
+    return DatasetPlan(duplicate_of, dropped, split_of, rank_of, shard_counts,
+                       tuple(sorted(kept.items())), near_duplicate_of,
+                       tuple(tuple(g) for g in near_groups))
 
 
-def plan_shards(images: list[ProcessedImage], config: PreprocessConfig):
+def plan_shards(images: list[ImageKey], config: PreprocessConfig):
     """Plans the dataset and emits it: one element per shard, ((size, split, index, count),
-    [images in id order]); duplicates, near-duplicates dropped and balance drops to their
-    outputs; the kept summary to KEPT; the near-duplicate groups to NEAR_DUPLICATES. One step,
-    because the images are light: no second pass over them is needed."""
+    [ImageKey.shard_item of each image, in id order]); duplicates, near-duplicates dropped and
+    balance drops to their outputs; the kept summary to KEPT; the near-duplicate groups to
+    NEAR_DUPLICATES. One step, because the keys are small: no second pass over them is needed."""
     plan = plan_dataset(images, config)
     shards: dict = {}
-    for image in sorted(images, key=lambda im: im.record.image_id):
-        r = image.record
-        if r.image_id in plan.duplicate_of:
+    for image in sorted(images, key=lambda im: im.image_id):
+        image_id = image.image_id
+        if image_id in plan.duplicate_of:
             _count("duplicate_content")
             yield beam.pvalue.TaggedOutput(DUPLICATE, Rejection(
-                r.image_path, r.image_id, "duplicate_content",
-                f"same bytes as {plan.duplicate_of[r.image_id]} (sha256 {image.sha256[:16]})",
+                image.image_path, image_id, "duplicate_content",
+                f"same bytes as {plan.duplicate_of[image_id]} (sha256 {image.sha256.hex()[:16]})",
                 kind=DUPLICATE))
             continue
-        if r.image_id in plan.near_duplicate_of:
+        if image_id in plan.near_duplicate_of:
             _count("near_duplicate")
             yield beam.pvalue.TaggedOutput(DUPLICATE, Rejection(
-                r.image_path, r.image_id, "near_duplicate",
-                f"near-identical to {plan.near_duplicate_of[r.image_id]} (perceptual hash; "
+                image.image_path, image_id, "near_duplicate",
+                f"near-identical to {plan.near_duplicate_of[image_id]} (perceptual hash; "
                 "--near_duplicates=drop keeps the smallest id)", kind=DUPLICATE))
             continue
-        if r.image_id in plan.balanced_out:
+        if image_id in plan.balanced_out:
             _count("filtered_balance")
             yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
-                r.image_path, r.image_id, "filtered_balance", "dropped by --balance=undersample",
+                image.image_path, image_id, "filtered_balance", "dropped by --balance=undersample",
                 kind=FILTERED))
             continue
-        split, rank = plan.split_of[r.image_id], plan.rank_of[r.image_id]
-        for size in config.image_sizes:
+        split, rank = plan.split_of[image_id], plan.rank_of[image_id]
+        for i, size in enumerate(config.image_sizes):
             count = plan.shard_counts[(size, split)]
-            shards.setdefault((size, split, rank % count, count), []).append(image)
+            shards.setdefault((size, split, rank % count, count), []).append(image.shard_item(i))
     for key in sorted(shards):
-        yield key, shards[key]
+        yield key, shards.pop(key)
     yield beam.pvalue.TaggedOutput(KEPT, plan.kept)
     yield beam.pvalue.TaggedOutput(NEAR_DUPLICATES, plan.near_duplicate_groups)
 

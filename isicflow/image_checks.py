@@ -129,7 +129,7 @@ def candidate_pairs(hashes: Mapping[Hashable, int], max_distance: int, bits: int
     values = np.array([hashes[i] for i in ids], dtype=np.uint64)
     band_bits = -(-bits // bands)
     flips = np.array(_flip_masks(band_bits, max_distance // bands), dtype=np.int64)
-    chunk = max(1, 2_000_000 // len(flips))  # rows per batch of queries: bounded memory
+    chunk = max(1, 100_000 // len(flips))  # rows per batch of queries: bounded memory
     found = []
     for b in range(bands):
         band = ((values >> np.uint64(b * band_bits)) & np.uint64((1 << band_bits) - 1)

@@ -10,8 +10,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SpoolRef, read_all
 from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, REJECTED, FilterRecords,
-                                  ProcessedImage, ProcessImage, plan_dataset, plan_shards,
+                                  ImageKey, ProcessImage, pack_phash, plan_dataset, plan_shards,
                                   shard_count)
+from beam_jobs.writing import kept_summary, read_spooled_record
 from isicflow.metadata import LesionRecord
 from tests import hostile_images as hi
 
@@ -51,32 +52,42 @@ def test_process_image_decodes_and_rejects(tmp_path):
     import dataclasses
     config = dataclasses.replace(CONFIG, output=str(tmp_path / "out"))
 
-    def spooled_sizes(image):
-        spooled = read_all(image.encoded.values())
-        return image.record.image_id, sorted(
-            (size, Image.open(io.BytesIO(spooled[ref])).size) for size, ref in image.encoded.items())
+    spool_dir = tmp_path / "out" / ".incomplete" / "spool"
+
+    def spooled(image):
+        items = [image.shard_item(i) for i in range(len(config.image_sizes))]
+        refs = [SpoolRef(str(spool_dir / items[0][0]), items[0][1], items[0][2])]
+        refs += [SpoolRef(str(spool_dir / name), offset, length)
+                 for name, _, _, offset, length in items]
+        data = read_all(refs)
+        record, source = read_spooled_record(data[refs[0]])
+        return (record.image_id, source["source_width"], source["source_height"], sorted(
+            (size, Image.open(io.BytesIO(data[ref])).size)
+            for size, ref in zip(config.image_sizes, refs[1:])))
 
     with TestPipeline() as p:
         out = (p | beam.Create(records)
                | beam.ParDo(ProcessImage(config)).with_outputs(REJECTED, FILTERED, main="images"))
-        assert_that(out.images | beam.Map(lambda im: (im.record.image_id, sorted(im.encoded),
-                                                      im.source_width, im.source_height)),
-                    equal_to([("good", [16, 32], 80, 60)]), label="images")
+        assert_that(out.images | beam.Map(lambda im: (im.image_id, len(im.lengths))),
+                    equal_to([("good", 3)]), label="images")
         assert_that(out[REJECTED] | "Reasons" >> beam.Map(lambda r: (r.image_id, r.reason)),
                     equal_to([("bad", "corrupt_image"), ("gone", "unreadable_file")]),
                     label="rejected")
-        # The pixels wait in the bundle's spool file, readable once the bundle is done (the
-        # reshuffle ends the stage): each size's slice is a JPEG of that size.
-        assert_that(out.images | beam.Reshuffle() | "ReadSpool" >> beam.Map(spooled_sizes),
-                    equal_to([("good", [(16, (16, 16)), (32, (32, 32))])]), label="spooled")
+        # The record and pixels wait in the bundle's spool file, readable once the bundle is
+        # done (the reshuffle ends the stage): each size's slice is a JPEG of that size.
+        assert_that(out.images | beam.Reshuffle() | "ReadSpool" >> beam.Map(spooled),
+                    equal_to([("good", 80, 60, [(16, (16, 16)), (32, (32, 32))])]),
+                    label="spooled")
     assert len(list((tmp_path / "out" / ".incomplete" / "spool").glob("*.spool"))) == 1
 
 
 def _image(image_id, label, sha=None, group=None):
-    """A light ProcessedImage as DecodeResizeEncode emits it (spooled 1000 and 300 bytes)."""
+    """An ImageKey as DecodeResizeEncode emits it (a spooled record of 100 bytes, encodings of
+    1000 and 300), in a spool file named after it so that shard items show whose they are."""
     record = _record(image_id, label=label, lesion_id=group or "")
-    return ProcessedImage(record, sha or f"sha-{image_id}", 10, 10,
-                          {32: SpoolRef("s", 0, 1000), 16: SpoolRef("s", 1000, 300)})
+    return ImageKey(image_id, record.image_path, record.group_key, label,
+                    (sha or f"sha-{image_id}").encode(), kept_summary(record),
+                    f"{image_id}.spool", 0, (100, 1000, 300))
 
 
 def test_plan_keeps_smallest_id_of_duplicates_and_emits_whole_shards():
@@ -95,11 +106,12 @@ def test_plan_keeps_smallest_id_of_duplicates_and_emits_whole_shards():
         out = (p | beam.Create([images])
                | beam.FlatMap(plan_shards, CONFIG).with_outputs(DUPLICATE, FILTERED, KEPT,
                                                                 main="shards"))
-        assert_that(out.shards | beam.Map(lambda kv: (*kv[0], [im.record.image_id for im in kv[1]])),
+        assert_that(out.shards | beam.Map(lambda kv: (*kv[0], [it[0][:-6] for it in kv[1]])),
                     equal_to(expected), label="shards")
         assert_that(out[DUPLICATE] | "Dups" >> beam.Map(lambda r: (r.image_id, r.detail[:15])),
                     equal_to([("b", "same bytes as a"), ("c", "same bytes as a")]), label="dups")
-        assert_that(out[KEPT] | "Kept" >> beam.Map(len), equal_to([2]), label="kept")
+        assert_that(out[KEPT] | "Kept" >> beam.Map(lambda kept: sum(n for _, n in kept)),
+                    equal_to([2]), label="kept")
 
 
 def test_plan_dataset_balance_ranks_and_shard_counts():
@@ -108,8 +120,8 @@ def test_plan_dataset_balance_ranks_and_shard_counts():
     import dataclasses
     plan = plan_dataset(images, dataclasses.replace(CONFIG, balance="undersample", num_shards=2))
     assert len(plan.balanced_out) == 20 and not any(i.startswith("m") for i in plan.balanced_out)
-    kept = [im.record.image_id for im in images if im.record.image_id not in plan.balanced_out]
-    assert len(plan.kept) == len(kept) == 20
+    kept = [im.image_id for im in images if im.image_id not in plan.balanced_out]
+    assert plan.written == len(kept) == 20
     for split in ("train", "validation", "test"):
         ranks = sorted(plan.rank_of[i] for i in kept if plan.split_of[i] == split)
         assert ranks == list(range(len(ranks)))
@@ -122,9 +134,8 @@ def test_plan_keeps_lesions_together_and_sizes_shards_by_spooled_bytes():
     images = [_image(f"i{i:03d}", "benign", group=f"L{i // 4}") for i in range(200)]
     config = dataclasses.replace(CONFIG, target_shard_mb=0.05)  # 52,429 bytes a shard
     plan = plan_dataset(images, config)
-    for lesion in {im.record.lesion_id for im in images}:
-        assert len({plan.split_of[im.record.image_id] for im in images
-                    if im.record.lesion_id == lesion}) == 1
+    for lesion in {im.group for im in images}:
+        assert len({plan.split_of[im.image_id] for im in images if im.group == lesion}) == 1
     for (size, split), count in plan.shard_counts.items():
         n = sum(1 for s in plan.split_of.values() if s == split)
         per_image = 1000 if size == 32 else 300
@@ -192,7 +203,7 @@ def test_finalize_can_be_retried_after_moving_shards(tmp_path):
     source = tmp_path / ".incomplete" / shard["path"]
     source.parent.mkdir(parents=True)
     source.write_bytes(b"abc")
-    kept = ({"split": "train", "label": "benign", "diagnosis": "", "source": ""},)
+    kept = ((("train", kept_summary(_record("a", label="benign"))), 1),)
     args = (None, config, "legacy_json", 1, {}, [shard], [], kept)
     first = writing.finalize(*args)
     (tmp_path / "manifest.json").unlink()  # as if the first attempt died after moving shards
@@ -203,7 +214,8 @@ def test_finalize_can_be_retried_after_moving_shards(tmp_path):
 
 def _hashed(image_id, label, phash, group=None):
     import dataclasses
-    return dataclasses.replace(_image(image_id, label, group=group), phash=phash)
+    return dataclasses.replace(_image(image_id, label, group=group),
+                               phash=phash and pack_phash(phash))
 
 
 def test_plan_groups_or_drops_near_duplicates():
@@ -225,6 +237,6 @@ def test_plan_groups_or_drops_near_duplicates():
     assert len(set(plan.split_of.values())) == 3
     drop = plan_dataset(images, dc.replace(CONFIG, near_duplicates="drop"))
     assert drop.near_duplicate_of == {"b": "a", "d": "c"}
-    assert "b" not in drop.split_of and len(drop.kept) == len(images) - 2
+    assert "b" not in drop.split_of and drop.written == len(images) - 2
     off = plan_dataset(images, dc.replace(CONFIG, near_duplicates="off"))
-    assert off.near_duplicate_groups == () and len(off.kept) == len(images)
+    assert off.near_duplicate_groups == () and off.written == len(images)
