@@ -89,7 +89,7 @@ def test_conditional_models_take_k_classes(deep):
         d = gan_models.build_deep_discriminator(SIZE, conditional=True, width=4, num_classes=k)
         g2 = gan_models.build_deep_generator(8, SIZE, conditional=True, width=4)
         d2 = gan_models.build_deep_discriminator(SIZE, conditional=True, width=4)
-        d_per_class = 2 * 2 * 8  # projection embedding: one feature vector (4x4 after 2 convs)
+        d_per_class = 4 * 4 * 8  # projection: a vector of the 4x4x8 features per class
     else:
         g = gan_models.build_generator(8, SIZE, conditional=True, num_classes=k)
         d = gan_models.build_discriminator(SIZE, conditional=True, num_classes=k)
@@ -111,4 +111,102 @@ def test_conditional_models_take_k_classes(deep):
 
 def test_diagnosis_needs_conditional():
     with pytest.raises(ValueError, match="needs --conditional"):
-        gan_training.GanConfig(gan_classes="diagnosis")
+        gan_training.GanConfig(data_dir="d", workdir="w", gan_classes="diagnosis")
+
+
+def test_sampling_a_class_by_name_writes_its_images_and_records(run, tmp_path):
+    pngs = tmp_path / "png"
+    assert gan_sampling.sample_to_dir(str(run), 3, str(pngs), classes=("melanoma",)) == 3
+    files = sorted(pngs.glob("dcgan_melanoma_*.png"))
+    assert len(files) == 3 and Image.open(files[0]).size == (SIZE, SIZE)
+    with pytest.raises(ValueError, match="unknown class.*benign_keratosis"):
+        gan_sampling.sample_to_dir(str(run), 1, str(tmp_path / "x"), classes=("malignant",))
+
+    import tensorflow as tf
+
+    from isicflow import schema
+
+    records = tmp_path / "records"
+    assert gan_sampling.sample_to_dir(str(run), 1, str(records), image_format="tfrecord") == 4
+    found = {}
+    for shard in records.glob(f"{SIZE}/train/*.tfrecord"):
+        for raw in tf.data.TFRecordDataset(str(shard)):
+            record = schema.decode_example_py(raw.numpy())
+            found[record["diagnosis"]] = record["label"]
+    # Each class's record keeps its diagnosis and the engine's benign/malignant of it.
+    # (label index: 0 benign, 1 malignant, -1 unknown)
+    assert found == {"nevus": 0, "melanoma": 1, "benign_keratosis": 0, "other": -1}
+
+
+def _cli(*args):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", *args],
+                          cwd=pathlib.Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_the_sample_program_takes_a_class_by_name_and_refuses_an_unknown_one(run, tmp_path):
+    out = tmp_path / "melanoma"
+    result = _cli("trainer.gan.sample", f"--model={run}", "--class=melanoma", "--num=2",
+                  f"--output={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(out.glob("dcgan_melanoma_*.png"))) == 2
+    refused = tmp_path / "refused"
+    result = _cli("trainer.gan.sample", f"--model={run}", "--class=lentigo", "--num=2",
+                  f"--output={refused}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines()
+             if line.startswith("trainer.gan.sample: ")]
+    assert len(lines) == 1 and "--class=lentigo" in lines[0]
+    assert "nevus, melanoma, benign_keratosis, other" in lines[0]
+    assert not refused.exists()
+
+
+def test_evaluation_reports_every_class_against_its_own_real_images(run, data_dir, tmp_path):
+    from trainer.gan import evaluation
+
+    out = tmp_path / "eval"
+    report = evaluation.evaluate(str(run), data_dir, str(out), num_generated=8,
+                                 feature_extractor="pixels", seed=0)
+    assert report["classes"] == CLASSES
+    # Overall: every train image of a known diagnosis, generated in the train class shares.
+    assert report["counts"] == {"train": 21, "heldout": 20, "generated": 8}
+    assert report["generated_per_class_overall"] == {"nevus": 3, "melanoma": 2,
+                                                     "benign_keratosis": 2, "other": 1}
+    assert math.isfinite(report["fid"]) and math.isfinite(report["heldout_floor"]["fid"])
+    per_class = report["per_class"]
+    assert list(per_class) == CLASSES
+    for name, n_train, n_held in (("nevus", 8, 6), ("melanoma", 6, 5),
+                                  ("benign_keratosis", 5, 5)):
+        entry = per_class[name]
+        assert entry["counts"] == {"train": n_train, "heldout": n_held, "generated": 8}
+        for value in (entry["fid"], entry["kid"]["mean"], entry["c2st"]["accuracy"],
+                      entry["heldout_floor"]["fid"], entry["heldout_floor"]["c2st"]["accuracy"],
+                      entry["memorization"]["share_below"]):
+            assert math.isfinite(value), name
+        assert 0.0 <= entry["c2st"]["accuracy"] <= 1.0
+        grid = Image.open(out / entry["grid"])
+        assert grid.size[1] == 2 + 3 * (SIZE + 2)  # up to 8 real left, 8 generated: 3 rows
+    # 'other' has 2 train images (df, vasc): reported as skipped, not scored.
+    assert per_class["other"]["counts"]["train"] == 2 and "skipped" in per_class["other"]
+    markdown = (out / "gan_eval.md").read_text()
+    assert "## Per class" in markdown and "| melanoma | 6 / 5 / 8 |" in markdown
+    # Interpolation: one row per class.
+    assert Image.open(out / "interpolation.png").size[1] == 2 + 4 * (SIZE + 2)
+    saved = json.loads((out / "gan_eval.json").read_text())
+    assert saved["per_class"]["melanoma"]["fid"] == per_class["melanoma"]["fid"]
+
+
+def test_allocate_splits_in_shares_and_keeps_the_binary_split():
+    from trainer.gan import evaluation
+
+    assert evaluation.allocate(201, [1, 1]) == [100, 101]  # as binary runs always drew
+    assert evaluation.allocate(10, [0.7, 0.2, 0.1]) == [7, 2, 1]
+    assert sum(evaluation.allocate(200, [3041, 397, 340, 410])) == 200
+    with pytest.raises(ValueError, match="shares"):
+        evaluation.allocate(5, [0, 0])
