@@ -125,7 +125,9 @@ def score_runs(runs: Sequence[str], data_dir: str, *, num_generated: int = 400,
                                evaluation.cue_features(train))
                 extractors[size] = extract
             train, f_train, heldout, f_held, train_cues = reals[size]
-            generated = evaluation.generate_set(generator, arch, num_generated, seed)
+            shares = evaluation.class_shares(  # a diagnosis run: drawn in train's class shares
+                sampling.read_class_mapping(prefix) if arch.get("classes") else None)
+            generated = evaluation.generate_set(generator, arch, num_generated, seed, shares)
             f_gen = extractors[size](generated)
             metrics = evaluation.distribution_metrics(f_train, f_gen, seed)
             memorized, _, _ = evaluation.memorization_check(

@@ -6,6 +6,11 @@ real vs generated on the first factorial plane), real_vs_generated.png, interpol
 closest_pairs.png. Metrics: FID and KID on a named feature extractor (with the same numbers
 for held-out real images as the floor a perfect generator would reach at this sample size),
 a classifier two-sample test, and a memorization check against the training split.
+
+A diagnosis-conditional run (gan_config.json lists "classes") is scored overall, its generated
+images drawn in the train split's class shares against every train image of a known diagnosis,
+and per class: each class's generated images against that class's real images (FID, KID, C2ST,
+memorization, each beside that class's held-out floor), with real_vs_generated_<class>.png.
 """
 from __future__ import annotations
 
@@ -45,15 +50,72 @@ def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
     return np.concatenate(chunks)[:limit]
 
 
-def generate_set(generator, arch: dict, num: int, seed: int) -> np.ndarray:
+def load_real_by_class(data_dir: str, splits, image_size: int, mapping: dict,
+                       limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, class index) of the given splits' records of a known diagnosis, classes
+    as `mapping` (trainer.cnn.diagnosis) fixes them; at most `limit` images per class. A split
+    the dataset lacks, or one without such records, adds none (logged)."""
+    from isicflow import dataset as dataset_lib
+    from trainer.cnn import diagnosis
+
+    manifest = dataset_lib.read_manifest(data_dir)
+    present = manifest["datasets"].get(str(image_size), {})
+    images, labels = [], []
+    for split in splits:
+        if int(present.get(split, {}).get("records", 0)) == 0 or not diagnosis.split_records(
+                data_dir, split, image_size, mapping, manifest)[0]:
+            logging.warning("%s: no %s images of a known diagnosis at %dpx", data_dir, split,
+                            image_size)
+            continue
+        ds = diagnosis.make_dataset(data_dir, split, mapping, image_size=image_size,
+                                    batch_size=64, training=False, deterministic=True,
+                                    as_uint8=True, manifest=manifest)
+        for x, y in ds:
+            images.append(x.numpy())
+            labels.append(y.numpy().astype(np.int64))
+    if not images:
+        return np.zeros((0, image_size, image_size, 3), np.uint8), np.zeros((0,), np.int64)
+    x, y = np.concatenate(images), np.concatenate(labels)
+    keep = np.concatenate([np.flatnonzero(y == k)[:limit] for k in np.unique(y)])
+    keep.sort()
+    return x[keep], y[keep]
+
+
+def allocate(num: int, shares) -> list[int]:
+    """num split over classes in proportion to `shares` (largest remainders; ties to the later
+    class, so two equal shares give num // 2 and the rest, as binary runs always had)."""
+    shares = np.asarray(shares, np.float64)
+    if num < 0 or shares.ndim != 1 or not len(shares) or np.any(shares < 0) or not shares.sum():
+        raise ValueError(f"need num >= 0 and non-negative shares with a positive sum, got "
+                         f"{num} and {shares.tolist()}")
+    raw = num * shares / shares.sum()
+    counts = np.floor(raw).astype(int)
+    order = sorted(range(len(raw)), key=lambda k: (-(raw[k] - counts[k]), -k))
+    for k in order[:num - int(counts.sum())]:
+        counts[k] += 1
+    return counts.tolist()
+
+
+def class_shares(mapping: dict | None) -> list[float] | None:
+    """The train split's share of each class of a diagnosis-conditional run (None otherwise)."""
+    if mapping is None:
+        return None
+    counts = [float(mapping["train_counts"][c]) for c in mapping["classes"]]
+    return [c / sum(counts) for c in counts]
+
+
+def generate_set(generator, arch: dict, num: int, seed: int, shares=None) -> np.ndarray:
+    """num generated images; a conditional generator's split over its classes in `shares`
+    (default equal), class k drawn with seed + k."""
+    from trainer.gan import models as gan_models
     from trainer.gan import sampling
 
     if not arch["conditional"]:
         return sampling.generate(generator, arch, num, seed=seed)
-    half = num // 2
-    return np.concatenate([sampling.generate(generator, arch, half, label=0, seed=seed),
-                           sampling.generate(generator, arch, num - half, label=1,
-                                             seed=seed + 1)])
+    k = gan_models.num_classes_of(arch)
+    counts = allocate(num, shares if shares is not None else [1.0] * k)
+    return np.concatenate([sampling.generate(generator, arch, n, label=label, seed=seed + label)
+                           for label, n in enumerate(counts) if n])
 
 
 def interpolation_strip(generator, arch: dict, steps: int = 8, seed: int = 0) -> np.ndarray:
@@ -62,8 +124,11 @@ def interpolation_strip(generator, arch: dict, steps: int = 8, seed: int = 0) ->
     from trainer.core.report import tile_images
     from trainer.gan import models as gan_models
 
+    from trainer.gan import models as gan_models
+
     rng = np.random.default_rng(seed)
-    labels = [0, 1] if arch["conditional"] else [None, None, None]
+    labels = list(range(gan_models.num_classes_of(arch))) if arch["conditional"] \
+        else [None, None, None]
     rows = []
     for label in labels:
         a, b = rng.standard_normal((2, arch["latent_dim"])).astype(np.float32)
@@ -138,6 +203,47 @@ def memorization_check(generated, heldout, train, space: str, extractor_name: st
             gen_i)
 
 
+def per_class_metrics(generator, arch: dict, real: tuple, heldout: tuple, extract, *,
+                      num: int, seed: int, memorization_space: str, extractor_name: str,
+                      output: str) -> dict:
+    """{class: FID, KID, C2ST of `num` images generated for it against that class's real
+    images, the same for its held-out real images (the floor), memorization against its train
+    images, its counts and real_vs_generated_<class>.png}. real/heldout: (uint8 images, class
+    index, features or None)."""
+    from trainer.gan import plots as gan_plots
+    from trainer.gan import sampling
+
+    train, train_y, f_train = real
+    held, held_y, f_held = heldout
+    report = {}
+    for k, name in enumerate(sampling.class_names(arch)):
+        in_train, in_held = train_y == k, held_y == k
+        n_train, n_held = int(in_train.sum()), int(in_held.sum())
+        entry: dict = {"counts": {"train": n_train, "heldout": n_held, "generated": num}}
+        report[name] = entry
+        if n_train < 4:
+            entry["skipped"] = f"only {n_train} train images of {name}; need at least 4"
+            continue
+        generated = sampling.generate(generator, arch, num, label=k, seed=seed + k)
+        f_gen = extract(generated)
+        entry.update(distribution_metrics(f_train[in_train], f_gen, seed))
+        if f_held is not None and n_held >= 4:
+            entry["heldout_floor"] = distribution_metrics(
+                f_train[in_train], f_held[in_held], seed, kid_size=entry["kid_subset_size"])
+            del entry["heldout_floor"]["kid_subset_size"]
+            entry["memorization"], _, _ = memorization_check(
+                (generated, f_gen), (held[in_held], f_held[in_held]),
+                (train[in_train], f_train[in_train]), memorization_space, extractor_name)
+        else:
+            entry["memorization"] = {"skipped": f"only {n_held} held-out images of {name}; "
+                                                "need at least 4"}
+        shown = np.random.default_rng(seed).permutation(n_train)[:16]
+        entry["grid"] = f"real_vs_generated_{name}.png"
+        gan_plots.save_real_vs_generated(train[in_train][shown], generated[:16],
+                                         os.path.join(output, entry["grid"]))
+    return report
+
+
 def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200,
              max_real: int = 5000, train_split: str = "train",
              heldout_splits=("validation", "test"), feature_extractor: str = "auto",
@@ -155,12 +261,21 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
 
     generator, arch = sampling.load_generator(model)
     size = arch["image_size"]
-    train = load_real(data_dir, [train_split], size, max_real)
-    heldout = load_real(data_dir, list(heldout_splits), size, max_real)
+    mapping = sampling.read_class_mapping(model) if arch.get("classes") else None
+    if arch.get("classes") and (mapping is None or mapping["classes"] != arch["classes"]):
+        raise ValueError(f"{model}: gan_config.json lists the classes {arch['classes']} but "
+                         f"its classes.json holds {mapping and mapping['classes']}")
+    if mapping is not None:  # the images of the run's classes, max_real per class
+        train, train_y = load_real_by_class(data_dir, [train_split], size, mapping, max_real)
+        heldout, held_y = load_real_by_class(data_dir, list(heldout_splits), size, mapping,
+                                             max_real)
+    else:
+        train = load_real(data_dir, [train_split], size, max_real)
+        heldout = load_real(data_dir, list(heldout_splits), size, max_real)
     if len(train) < 4:
         raise ValueError(f"{data_dir}: split {train_split!r} at {size}px has {len(train)} "
                          "images; need at least 4")
-    generated = generate_set(generator, arch, num_generated, seed)
+    generated = generate_set(generator, arch, num_generated, seed, class_shares(mapping))
     extract, extractor_name = gan_features.make_extractor(
         feature_extractor, inception_weights=inception_weights, feature_model=feature_model,
         feature_model_range=tuple(float(v) for v in feature_model_range), seed=seed)
@@ -173,8 +288,8 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
         "feature_extractor": extractor_name, "feature_dim": int(f_train.shape[1]),
         **distribution_metrics(f_train, f_gen, seed),
     }
-    if len(heldout) >= 4:  # what real images the GAN never saw score: the floor at this n
-        f_held = extract(heldout)
+    f_held = extract(heldout) if len(heldout) >= 4 else None
+    if f_held is not None:  # what real images the GAN never saw score: the floor at this n
         report["heldout_floor"] = distribution_metrics(f_train, f_held, seed,
                                                        kid_size=report["kid_subset_size"])
         del report["heldout_floor"]["kid_subset_size"]
@@ -202,6 +317,15 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
     report["pca"] = {"images_per_set": n_pca, "space": f"pixels {size}x{size}",
                      "explained_variance": [float(s) for s in share]}
     os.makedirs(output, exist_ok=True)
+    if mapping is not None:
+        report["classes"] = list(mapping["classes"])
+        report["generated_per_class_overall"] = dict(zip(
+            mapping["classes"], allocate(num_generated, class_shares(mapping))))
+        report["grouped_as_other"] = mapping["grouped_as_other"]
+        report["per_class"] = per_class_metrics(
+            generator, arch, (train, train_y, f_train), (heldout, held_y, f_held), extract,
+            num=num_generated, seed=seed, memorization_space=memorization_space,
+            extractor_name=extractor_name, output=output)
     gan_plots.save_pca(points[:n_pca], points[n_pca:], share, os.path.join(output, "pca.png"))
     gan_plots.save_real_vs_generated(train_shown[:16], generated_shown[:16],
                                      os.path.join(output, "real_vs_generated.png"))

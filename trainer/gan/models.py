@@ -8,7 +8,8 @@ Default architecture, exactly as the study (at image_size 128):
              -> LeakyReLU -> Dropout 0.3 -> Flatten -> Dense 1 (logit): 340,865 params.
 Other image sizes (multiples of 4, for fast tests) keep the layers and scale the first
 Dense layer to (size/4)^2 x 32 units. The conditional variant adds a label embedding to the
-latent vector (G) and a label plane as a fourth input channel (D).
+latent vector (G) and a label plane as a fourth input channel (D), over num_classes classes
+(2, benign/malignant, unless gan_config.json lists "classes": the diagnosis-conditional GAN).
 
 The recipe, each part its own option and off by default:
   build_deep_generator: z (+ label embedding) -> Dense 4x4x8w -> BN -> ReLU, then
@@ -36,7 +37,7 @@ import tensorflow as tf
 from trainer.gan.augment import (check_settings, diff_augment, next_augment_p,
                                  parse_diffaugment)
 
-NUM_CLASSES = 2  # benign, malignant
+NUM_CLASSES = 2  # benign, malignant: conditional runs without "classes" in gan_config.json
 GEN_BASE_FILTERS = 32
 LATENT_LABEL_EMBEDDING = 50
 ARCHITECTURES = ("study", "deep")
@@ -49,24 +50,37 @@ def _check_size(image_size: int) -> None:
                          f"upsamplings), got {image_size}")
 
 
-def _latent_inputs(latent_dim: int, conditional: bool) -> tuple[Any, Any]:
+def _check_classes(num_classes: int) -> None:
+    if num_classes < 2:
+        raise ValueError(f"a conditional GAN needs at least 2 classes, got {num_classes}")
+
+
+def num_classes_of(arch: dict) -> int:
+    """Classes of a conditional generator's architecture dict (gan_config.json): its "classes"
+    list (diagnosis-conditional runs), else benign/malignant."""
+    return len(arch["classes"]) if arch.get("classes") else NUM_CLASSES
+
+
+def _latent_inputs(latent_dim: int, conditional: bool,
+                   num_classes: int = NUM_CLASSES) -> tuple[Any, Any]:
     """The generator's inputs (z alone, or [z, class label] when conditional) and what the first
     layer takes: z, or z with the label's embedding concatenated."""
     z = keras.Input((latent_dim,), name="z")
     if not conditional:
         return z, z
+    _check_classes(num_classes)
     label = keras.Input((1,), dtype="int32", name="label")
     embedded = keras.layers.Flatten()(
-        keras.layers.Embedding(NUM_CLASSES, LATENT_LABEL_EMBEDDING)(label))
+        keras.layers.Embedding(num_classes, LATENT_LABEL_EMBEDDING)(label))
     return [z, label], keras.layers.Concatenate()([z, embedded])
 
 
 def build_generator(latent_dim: int = 100, image_size: int = 128, *,
-                    conditional: bool = False) -> keras.Model:
+                    conditional: bool = False, num_classes: int = NUM_CLASSES) -> keras.Model:
     """z ~ N(0, 1) (and a class label when conditional) -> image in [-1, 1], float32."""
     _check_size(image_size)
     start = image_size // 4
-    inputs, x = _latent_inputs(latent_dim, conditional)
+    inputs, x = _latent_inputs(latent_dim, conditional, num_classes)
     x = keras.layers.Dense(start * start * GEN_BASE_FILTERS, use_bias=False)(x)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.LeakyReLU()(x)
@@ -80,14 +94,16 @@ def build_generator(latent_dim: int = 100, image_size: int = 128, *,
     return keras.Model(inputs, images, name="generator")
 
 
-def build_discriminator(image_size: int = 128, *, conditional: bool = False) -> keras.Model:
+def build_discriminator(image_size: int = 128, *, conditional: bool = False,
+                        num_classes: int = NUM_CLASSES) -> keras.Model:
     """Image in [-1, 1] (and a class label when conditional) -> one real/fake logit, float32."""
     _check_size(image_size)
     image = keras.Input((image_size, image_size, 3), name="image")
     inputs, x = [image], image
     if conditional:
+        _check_classes(num_classes)
         label = keras.Input((1,), dtype="int32", name="label")
-        plane = keras.layers.Embedding(NUM_CLASSES, image_size * image_size)(label)
+        plane = keras.layers.Embedding(num_classes, image_size * image_size)(label)
         plane = keras.layers.Reshape((image_size, image_size, 1))(plane)
         inputs, x = [image, label], keras.layers.Concatenate()([image, plane])
     for filters in (64, 128):
@@ -114,11 +130,12 @@ def _check_width(width: int) -> None:
 
 
 def build_deep_generator(latent_dim: int = 128, image_size: int = 64, *,
-                         conditional: bool = False, width: int = 32) -> keras.Model:
+                         conditional: bool = False, width: int = 32,
+                         num_classes: int = NUM_CLASSES) -> keras.Model:
     """The recipe's generator: upsampling from 4x4 with BatchNorm; channels 8w halving to w."""
     blocks = _check_deep_size(image_size)
     _check_width(width)
-    inputs, x = _latent_inputs(latent_dim, conditional)
+    inputs, x = _latent_inputs(latent_dim, conditional, num_classes)
     filters = 8 * width
     x = keras.layers.Dense(4 * 4 * filters, use_bias=False)(x)
     x = keras.layers.BatchNormalization()(x)
@@ -137,7 +154,7 @@ def build_deep_generator(latent_dim: int = 128, image_size: int = 64, *,
 
 def build_deep_discriminator(image_size: int = 64, *, conditional: bool = False,
                              spectral_norm: bool = True, width: int = 32,
-                             depth: int = 1) -> keras.Model:
+                             depth: int = 1, num_classes: int = NUM_CLASSES) -> keras.Model:
     """The recipe's discriminator: stride-2 convs to 4x4 (channels w doubling to 8w), optional
     spectral normalisation on every conv/dense, projection conditioning (Miyato & Koyama).
 
@@ -164,9 +181,10 @@ def build_deep_discriminator(image_size: int = 64, *, conditional: bool = False,
     features = keras.layers.Flatten()(x)
     logit = sn(keras.layers.Dense(1))(features)
     if conditional:
+        _check_classes(num_classes)
         label = keras.Input((1,), dtype="int32", name="label")
         embedded = keras.layers.Flatten()(
-            keras.layers.Embedding(NUM_CLASSES, int(features.shape[-1]))(label))
+            keras.layers.Embedding(num_classes, int(features.shape[-1]))(label))
         projection = keras.layers.Dot(axes=1)([features, embedded])
         logit = keras.layers.Add()([logit, projection])
     logit = keras.layers.Activation("linear", dtype="float32", name="logit")(logit)
@@ -175,11 +193,13 @@ def build_deep_discriminator(image_size: int = 64, *, conditional: bool = False,
 
 def build_generator_for(arch: dict) -> keras.Model:
     """The generator an architecture dict (gan_config.json) describes."""
+    classes = num_classes_of(arch)
     if arch.get("generator", "study") == "deep":
         return build_deep_generator(arch["latent_dim"], arch["image_size"],
-                                    conditional=arch["conditional"], width=arch["width"])
+                                    conditional=arch["conditional"], width=arch["width"],
+                                    num_classes=classes)
     return build_generator(arch["latent_dim"], arch["image_size"],
-                           conditional=arch["conditional"])
+                           conditional=arch["conditional"], num_classes=classes)
 
 
 def discriminator_loss(kind: str, real_logits, fake_logits) -> tf.Tensor:
@@ -276,8 +296,7 @@ class DCGAN(keras.Model):
     def generate(self, z, labels=None, training: bool = False) -> tf.Tensor:
         if self.conditional:
             if labels is None:
-                raise ValueError("a conditional generator needs class labels "
-                                 "(0 benign, 1 malignant)")
+                raise ValueError("a conditional generator needs class labels (class indices)")
             return self.generator([z, tf.reshape(tf.cast(labels, tf.int32), [-1, 1])],
                                   training=training)
         return self.generator(z, training=training)
@@ -290,8 +309,7 @@ class DCGAN(keras.Model):
         generator = self.sampling_generator()
         if self.conditional:
             if labels is None:
-                raise ValueError("a conditional generator needs class labels "
-                                 "(0 benign, 1 malignant)")
+                raise ValueError("a conditional generator needs class labels (class indices)")
             return generator([z, tf.reshape(tf.cast(labels, tf.int32), [-1, 1])],
                              training=False)
         return generator(z, training=False)

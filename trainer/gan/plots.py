@@ -107,9 +107,44 @@ def markdown_report(report: dict) -> str:
                   f"{memo['threshold']:.4g}); median nearest-train distance generated "
                   f"{memo['generated_median']:.4g} vs held-out {memo['heldout_median']:.4g}. "
                   "See closest_pairs.png."]
+    lines += per_class_lines(report.get("per_class"))
     pca = report["pca"]
     lines += ["", f"PCA ({pca['space']}, {pca['images_per_set']} images per set): PC1 "
               f"{100 * pca['explained_variance'][0]:.1f}%, PC2 "
               f"{100 * pca['explained_variance'][1]:.1f}% of variance. See pca.png, "
               "real_vs_generated.png (real left), interpolation.png.", ""]
     return "\n".join(lines)
+
+
+def _floor(entry: dict, key: str, fmt) -> str:
+    floor = entry.get("heldout_floor")
+    return fmt(floor[key]) if floor else "n/a"
+
+
+def per_class_lines(per_class: dict | None) -> list[str]:
+    """The per-class table of a diagnosis-conditional run (none for other runs)."""
+    if not per_class:
+        return []
+    lines = ["", "## Per class", "",
+             "Each class's generated images against that class's real train images; the floor "
+             "is that class's held-out real images against the same train images.", "",
+             "| class | train / held-out / generated | FID (floor) | C2ST [95%] (floor) | "
+             "memorized |", "|---|---|---|---|---|"]
+    for name, entry in per_class.items():
+        n = entry["counts"]
+        counts = f"{n['train']} / {n['heldout']} / {n['generated']}"
+        if "skipped" in entry:
+            lines.append(f"| {name} | {counts} | skipped: {entry['skipped']} | | |")
+            continue
+        c2st = entry["c2st"]
+        memo = entry["memorization"]
+        memorized = ("n/a" if "skipped" in memo
+                     else f"{memo['count_below']} ({100 * memo['share_below']:.1f}%)")
+        lines.append(f"| {name} | {counts} | {entry['fid']:.4g} "
+                     f"({_floor(entry, 'fid', lambda v: f'{v:.4g}')}) | "
+                     f"{c2st['accuracy']:.3f} [{c2st['ci95'][0]:.3f}, {c2st['ci95'][1]:.3f}] "
+                     f"({_floor(entry, 'c2st', lambda v: format(v['accuracy'], '.3f'))}) | "
+                     f"{memorized} |")
+    lines += ["", "Grids (real left, generated right): "
+              + ", ".join(f"{e['grid']}" for e in per_class.values() if "grid" in e) + "."]
+    return lines

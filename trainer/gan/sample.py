@@ -3,6 +3,8 @@ GAN is conditional), or, with --format=tfrecord, a dataset in the record schema 
 trainer.cnn can add to its training split.
 
     python -m trainer.gan.sample --model=out/runs/dcgan --num=100 --output=out/synthetic
+    python -m trainer.gan.sample --model=out/runs/gan-diagnosis-64 --class=melanoma --num=16 \
+        --output=out/melanoma
 
 The sampling itself is trainer.gan.sampling; this module is the program (its flags).
 """
@@ -12,7 +14,6 @@ import sys
 
 from absl import flags
 
-from isicflow.metadata import CLASS_NAMES
 from trainer.core import program
 from trainer.gan import inputs
 
@@ -34,8 +35,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum("format", "png", ["png", "tfrecord"], "png: one file per image; "
                       "tfrecord: a dataset (manifest.json + shards) the input pipeline reads.",
                       flag_values=fv)
-    flags.DEFINE_enum("class", BOTH, [BOTH, *CLASS_NAMES], "Class(es) a conditional GAN "
-                      "draws; an unconditional one takes only 'both'.", flag_values=fv)
+    flags.DEFINE_string("class", BOTH, "Class a conditional GAN draws, by name: benign or "
+                        "malignant, or for a diagnosis-conditional run one of its classes "
+                        "(e.g. melanoma); 'both' = every class. An unconditional GAN takes "
+                        "only 'both'.", flag_values=fv)
     flags.DEFINE_integer("seed", 42, "Seed of the latent vectors (the same seed, the same "
                          "images).", lower_bound=0, flag_values=fv)
 
@@ -49,8 +52,13 @@ def main(argv: list[str]) -> None:
     if wanted != BOTH and not arch["conditional"]:
         program.fail(f"--class={wanted}: the GAN in --model={values.model} is unconditional "
                      f"(it draws every class at once); leave --class at {BOTH}")
-    inputs.folder_to_write("output", values.output, "the folder the generated images go to")
     from trainer.gan import sampling
+
+    names = sampling.class_names(arch)
+    if wanted != BOTH and wanted not in names:
+        program.fail(f"--class={wanted}: the GAN in --model={values.model} draws the classes "
+                     f"{', '.join(names)}; pass one of them, or {BOTH} for every class")
+    inputs.folder_to_write("output", values.output, "the folder the generated images go to")
 
     written = sampling.sample_to_dir(values.model, values.num, values.output,
                                      image_format=values.format,

@@ -12,11 +12,29 @@ import os
 import numpy as np
 
 from isicflow import dataset, imaging
-from isicflow.metadata import CLASS_NAMES, UNKNOWN, LesionRecord
+from isicflow.diagnosis import normalise_diagnosis
+from isicflow.metadata import CLASS_NAMES, DEFAULT_DX_LABELS, UNKNOWN, LesionRecord
 from trainer.core.run_folder import GAN_CONFIG_NAME
 SYNTHETIC_IMAGE_TYPE = "synthetic"
 SOURCE_COLLECTION = "isicflow-dcgan"
 _BATCH = 64
+# A diagnosis class's benign/malignant label, from the engine's dx table ('other': unknown).
+_DIAGNOSIS_LABELS = {normalise_diagnosis(code): label for code, label in DEFAULT_DX_LABELS.items()}
+
+
+def class_names(arch: dict) -> tuple[str, ...]:
+    """The class names of a conditional generator, in label order: gan_config.json's "classes"
+    (diagnosis-conditional runs), else benign/malignant (every run from before them)."""
+    return tuple(arch.get("classes") or CLASS_NAMES)
+
+
+def read_class_mapping(path: str) -> dict | None:
+    """The classes.json a diagnosis-conditional run saved beside gan_config.json (None without
+    one); `path` as resolve_checkpoint takes it."""
+    from trainer.cnn import diagnosis
+
+    folder = os.path.dirname(resolve_checkpoint(path)[0])
+    return diagnosis.read_mapping(folder)
 
 
 def resolve_checkpoint(path: str) -> tuple[str, dict]:
@@ -75,7 +93,8 @@ def generate(generator, arch: dict, num: int, *, label: int | None = None,
              seed: int = 0) -> np.ndarray:
     """num uint8 images from N(0, 1) latents drawn with `seed` (and class `label`)."""
     if arch["conditional"] and label is None:
-        raise ValueError("a conditional generator needs a class: 0 benign or 1 malignant")
+        raise ValueError(f"a conditional generator needs a class index, one of "
+                         f"{dict(enumerate(class_names(arch)))}")
     from trainer.gan import models as gan_models
 
     rng = np.random.default_rng(seed)
@@ -88,13 +107,24 @@ def generate(generator, arch: dict, num: int, *, label: int | None = None,
     return np.concatenate(out)
 
 
-def _write_dataset(out: str, size: int, items: list[tuple[str, bytes, int]],
+def _record_labels(arch: dict, label: int) -> dict:
+    """LesionRecord's label (and diagnosis, for a diagnosis class) of a generated image."""
+    if label < 0:
+        return {"label": UNKNOWN}
+    name = class_names(arch)[label]
+    if not arch.get("classes"):
+        return {"label": name}
+    return {"label": _DIAGNOSIS_LABELS.get(name, UNKNOWN), "diagnosis": name}
+
+
+def _write_dataset(out: str, arch: dict, items: list[tuple[str, bytes, int]],
                    checkpoint: str) -> dict:
     """The samples as a dataset folder, through the same contract the data engine writes."""
     images = [dataset.DatasetImage(LesionRecord(
-        image_id=image_id, image_path="", label=CLASS_NAMES[label] if label >= 0 else UNKNOWN,
+        image_id=image_id, image_path="", **_record_labels(arch, label),
         image_type=SYNTHETIC_IMAGE_TYPE, source_collection=SOURCE_COLLECTION), png)
         for image_id, png, label in items]
+    size = arch["image_size"]
     return dataset.write_dataset(out, images, image_size=size, image_format="png",
                                  layout=SOURCE_COLLECTION, synthetic=True,
                                  run_config={"generator_checkpoint": os.path.abspath(checkpoint)})
@@ -108,12 +138,13 @@ def sample_to_dir(checkpoint: str, num: int, out: str, *, image_format: str = "p
     if image_format not in ("png", "tfrecord"):
         raise ValueError(f"format {image_format!r} not in ('png', 'tfrecord')")
     generator, arch = load_generator(checkpoint)
+    names = class_names(arch)
     if arch["conditional"]:
-        wanted = classes or CLASS_NAMES
-        unknown = set(wanted) - set(CLASS_NAMES)
+        wanted = classes or names
+        unknown = set(wanted) - set(names)
         if unknown:
-            raise ValueError(f"unknown class(es) {sorted(unknown)}; choose from {CLASS_NAMES}")
-        labels = [CLASS_NAMES.index(c) for c in wanted]
+            raise ValueError(f"unknown class(es) {sorted(unknown)}; choose from {names}")
+        labels = [names.index(c) for c in wanted]
     else:
         labels = [-1]
     items: list[tuple[str, bytes, int]] = []
@@ -121,7 +152,7 @@ def sample_to_dir(checkpoint: str, num: int, out: str, *, image_format: str = "p
     for label in labels:
         images = generate(generator, arch, num, label=None if label < 0 else label,
                           seed=seed + 1000 * (label + 1))
-        prefix = "dcgan" if label < 0 else f"dcgan_{CLASS_NAMES[label]}"
+        prefix = "dcgan" if label < 0 else f"dcgan_{names[label]}"
         for i, image in enumerate(images):
             png = imaging.encode_image(image, "png")
             image_id = f"{prefix}_{i:06d}"
@@ -130,5 +161,5 @@ def sample_to_dir(checkpoint: str, num: int, out: str, *, image_format: str = "p
                 with open(os.path.join(out, image_id + ".png"), "wb") as f:
                     f.write(png)
     if image_format == "tfrecord":
-        _write_dataset(out, arch["image_size"], items, checkpoint)
+        _write_dataset(out, arch, items, checkpoint)
     return len(items)

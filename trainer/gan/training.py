@@ -21,6 +21,9 @@ from trainer.gan import augment
 from trainer.gan import models as gan_models
 
 
+GAN_CLASSES = ("binary", "diagnosis")
+
+
 @dataclasses.dataclass
 class GanConfig(RunConfig):
     """Everything one training run needs; built from flags by from_flags(), or directly in tests.
@@ -37,6 +40,8 @@ class GanConfig(RunConfig):
     label_noise: float = 0.1
     label_flip: float = 0.05
     conditional: bool = False
+    gan_classes: str = "binary"       # conditional on: binary (benign/malignant) | diagnosis
+    min_class_records: int = 300      # diagnosis: rarer train diagnoses grouped as `other`
     splits: tuple[str, ...] = ("train",)
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -55,9 +60,18 @@ class GanConfig(RunConfig):
     gan_loss: str = "bce"             # bce (study, noisy/flipped targets) | nonsaturating | hinge
 
     FLAG_SOURCES = {"splits": ("gan_splits", tuple), "architecture": ("gan_architecture", str),
-                    "width": ("gan_width", int), "diffaugment": ("diffaugment", tuple)}
+                    "width": ("gan_width", int), "diffaugment": ("diffaugment", tuple),
+                    "min_class_records": ("gan_min_class_records", int)}
 
     def __post_init__(self):
+        if self.gan_classes not in GAN_CLASSES:
+            raise ValueError(f"gan_classes must be one of {GAN_CLASSES}, got "
+                             f"{self.gan_classes!r}")
+        if self.gan_classes == "diagnosis" and not self.conditional:
+            raise ValueError("--gan_classes=diagnosis needs --conditional (an unconditional "
+                             "GAN draws every diagnosis at once)")
+        if self.min_class_records < 1:
+            raise ValueError(f"gan_min_class_records must be >= 1, got {self.min_class_records}")
         if self.architecture not in gan_models.ARCHITECTURES:
             raise ValueError(f"gan_architecture must be one of {gan_models.ARCHITECTURES}, "
                              f"got {self.architecture!r}")
@@ -138,23 +152,64 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
-def make_gan_dataset(config) -> tuple[tf.data.Dataset, int]:
+def diagnosis_mapping(config) -> dict | None:
+    """The classes of a diagnosis-conditional run (None otherwise): the run's own
+    checkpoints/classes.json when it resumes, else fixed from the train split by the CNN
+    diagnosis task's rule (trainer.cnn.diagnosis: train diagnoses with >= min_class_records
+    records, rarer named ones grouped as `other`, unknown excluded). Raises ValueError naming
+    --data_dir when a split to train on holds none of the classes."""
+    if getattr(config, "gan_classes", "binary") != "diagnosis":
+        return None
+    from trainer.cnn import diagnosis
+
+    mapping = diagnosis.read_mapping(os.path.join(config.workdir, "checkpoints"))
+    if mapping is None:
+        try:
+            mapping = diagnosis.build_mapping(config.data_dir, config.image_size,
+                                              config.min_class_records)
+        except ValueError as e:  # fewer than 2 classes
+            raise ValueError(f"--data_dir={config.data_dir} with --gan_min_class_records="
+                             f"{config.min_class_records}: {e}") from None
+    for split in config.splits:
+        kept, excluded = diagnosis.split_records(config.data_dir, split, config.image_size,
+                                                 mapping)
+        if not kept:
+            raise ValueError(f"--data_dir={config.data_dir}: split {split!r} holds no record of "
+                             f"the classes {mapping['classes']} at {config.image_size}px "
+                             f"({excluded} of unknown diagnosis)")
+    return mapping
+
+
+def make_gan_dataset(config, mapping: dict | None = None) -> tuple[tf.data.Dataset, int]:
     """Infinite (images in [-1, 1], labels) batches of the chosen splits, and steps per epoch.
 
-    Unconditional: every record (labels='all', unknown = -1). Conditional: benign/malignant only.
+    Unconditional: every record (labels='all', unknown = -1). Conditional: benign/malignant
+    only, or with `mapping` (diagnosis_mapping) the diagnosis class index of every record of a
+    known diagnosis.
     """
     labels = "binary" if config.conditional else "all"
     common = dict(image_size=config.image_size, batch_size=config.batch_size, training=True,
-                  labels=labels, value_range=(-1.0, 1.0), cache=config.cache,
-                  deterministic=config.deterministic, seed=config.seed)
-    records = sum(input_pipeline.dataset_size(config.data_dir, s, config.image_size, labels)
-                  for s in config.splits)
+                  cache=config.cache, deterministic=config.deterministic, seed=config.seed)
+    if mapping is not None:
+        from trainer.cnn import diagnosis
+
+        records = sum(diagnosis.split_records(config.data_dir, s, config.image_size, mapping)[0]
+                      for s in config.splits)
+
+        def make(split, **kwargs):  # the diagnosis stream gives [0, 1]: the GAN's is [-1, 1]
+            ds = diagnosis.make_dataset(config.data_dir, split, mapping, **common, **kwargs)
+            return ds.map(lambda images, y: (images * 2.0 - 1.0, y))
+    else:
+        common.update(labels=labels, value_range=(-1.0, 1.0))
+        records = sum(input_pipeline.dataset_size(config.data_dir, s, config.image_size, labels)
+                      for s in config.splits)
+
+        def make(split, **kwargs):
+            return input_pipeline.make_dataset(config.data_dir, split, **common, **kwargs)
     if len(config.splits) == 1:
-        dataset = input_pipeline.make_dataset(config.data_dir, config.splits[0], repeat=True,
-                                              drop_remainder=True, **common)
+        dataset = make(config.splits[0], repeat=True, drop_remainder=True)
     else:  # one stream over several splits, re-batched so no batch is short
-        parts = [input_pipeline.make_dataset(config.data_dir, s, **common).unbatch()
-                 for s in config.splits]
+        parts = [make(s).unbatch() for s in config.splits]
         dataset = parts[0]
         for part in parts[1:]:
             dataset = dataset.concatenate(part)
@@ -164,16 +219,19 @@ def make_gan_dataset(config) -> tuple[tf.data.Dataset, int]:
     return dataset, steps
 
 
-def build_gan(config, policy: str) -> gan_models.DCGAN:
-    arch = architecture(config)
+def build_gan(config, policy: str, mapping: dict | None = None) -> gan_models.DCGAN:
+    arch = architecture(config, mapping)
+    classes = gan_models.num_classes_of(arch)
     generator = gan_models.build_generator_for(arch)
     if config.architecture == "deep":
         discriminator = gan_models.build_deep_discriminator(
             config.image_size, conditional=config.conditional,
-            spectral_norm=config.spectral_norm, width=config.width, depth=config.disc_depth)
+            spectral_norm=config.spectral_norm, width=config.width, depth=config.disc_depth,
+            num_classes=classes)
     else:
         discriminator = gan_models.build_discriminator(config.image_size,
-                                                       conditional=config.conditional)
+                                                       conditional=config.conditional,
+                                                       num_classes=classes)
     ema_generator = gan_models.build_generator_for(arch) if config.ema_decay else None
     gan = gan_models.DCGAN(generator, discriminator, config.latent_dim,
                            conditional=config.conditional, label_noise=config.label_noise,
@@ -196,11 +254,14 @@ def build_gan(config, policy: str) -> gan_models.DCGAN:
     return gan
 
 
-def architecture(config) -> dict:
+def architecture(config, mapping: dict | None = None) -> dict:
     """What the sampler needs to rebuild G. The study's run keeps its original three keys;
-    a recipe run adds the generator kind, its width and whether EMA weights are saved."""
+    a recipe run adds the generator kind, its width and whether EMA weights are saved; a
+    diagnosis-conditional run (mapping: diagnosis_mapping) its class names, in label order."""
     arch = {"latent_dim": config.latent_dim, "image_size": config.image_size,
             "conditional": bool(config.conditional)}
+    if mapping is not None:
+        arch["classes"] = list(mapping["classes"])
     if getattr(config, "architecture", "study") != "study":
         arch.update(generator=config.architecture, width=config.width)
     if getattr(config, "ema_decay", 0.0):
@@ -212,11 +273,13 @@ def architecture(config) -> dict:
     return arch
 
 
-def make_checkpoint(gan: gan_models.DCGAN, grid_images: int, seed: int) -> tf.train.Checkpoint:
-    """Both nets, both optimizers, the step counter, the RNG state and the fixed latent batch."""
+def make_checkpoint(gan: gan_models.DCGAN, grid_images: int, seed: int,
+                    num_classes: int = gan_models.NUM_CLASSES) -> tf.train.Checkpoint:
+    """Both nets, both optimizers, the step counter, the RNG state and the fixed latent batch
+    (its labels cycle through the classes)."""
     rng = np.random.default_rng(seed)
     fixed_z = rng.standard_normal((grid_images, gan.latent_dim)).astype(np.float32)
-    fixed_labels = (np.arange(grid_images) % gan_models.NUM_CLASSES).astype(np.int32)
+    fixed_labels = (np.arange(grid_images) % num_classes).astype(np.int32)
     extra = {"ema_generator": gan.ema_generator} if gan.ema_generator is not None else {}
     if gan.ada_target:  # the adapted augmentation probability resumes where it was
         extra["augment_p"] = gan.augment_p
@@ -229,14 +292,14 @@ def make_checkpoint(gan: gan_models.DCGAN, grid_images: int, seed: int) -> tf.tr
         seed_state=gan.seed_generator.state)
 
 
-def check_resume_architecture(config) -> None:
+def check_resume_architecture(config, mapping: dict | None = None) -> None:
     """A workdir that already holds a GAN resumes only with the same architecture; the training
     program calls this before it writes anything, train_gan again before it restores."""
     path = os.path.join(config.workdir, "checkpoints", run_folder.GAN_CONFIG_NAME)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             found = json.load(f)
-        wanted = architecture(config)
+        wanted = architecture(config, mapping)
         if found != wanted:
             raise ValueError(f"workdir holds a GAN with {found}, but the flags ask for {wanted}; "
                              "use another --workdir or the same architecture flags")
@@ -258,13 +321,16 @@ def train_gan(config: GanConfig) -> dict:
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    dataset, steps_per_epoch = make_gan_dataset(config)
-    gan = build_gan(config, policy)
-    checkpoint = make_checkpoint(gan, config.grid_images, config.seed)
+    mapping = diagnosis_mapping(config)
+    dataset, steps_per_epoch = make_gan_dataset(config, mapping)
+    gan = build_gan(config, policy, mapping)
+    arch = architecture(config, mapping)
+    checkpoint = make_checkpoint(gan, config.grid_images, config.seed,
+                                 gan_models.num_classes_of(arch))
     ckpt_dir = os.path.join(config.workdir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, config.keep_checkpoints)
     config_path = os.path.join(ckpt_dir, run_folder.GAN_CONFIG_NAME)
-    check_resume_architecture(config)
+    check_resume_architecture(config, mapping)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed from %s at step %d", manager.latest_checkpoint,
@@ -273,7 +339,11 @@ def train_gan(config: GanConfig) -> dict:
             logging.info("ADA resumes at augment_p %.4f", float(gan.augment_p))
     os.makedirs(ckpt_dir, exist_ok=True)
     with open(config_path, "w", encoding="utf-8") as f:
-        json.dump(architecture(config), f, sort_keys=True)
+        json.dump(arch, f, sort_keys=True)
+    if mapping is not None:  # beside gan_config.json: sample and evaluate read the same classes
+        from trainer.cnn import diagnosis
+
+        diagnosis.write_mapping(ckpt_dir, mapping)
 
     train_step = tf.function(gan.train_step, jit_compile=config.jit_compile,
                              reduce_retracing=True)

@@ -1,0 +1,212 @@
+"""The GAN conditional on diagnosis (--gan_classes=diagnosis): classes fixed from train and saved
+with the run, K-class models, sampling a class by name, per-class evaluation."""
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import shard_fixtures
+from trainer.gan import models as gan_models
+from trainer.gan import sampling as gan_sampling
+from trainer.gan import training as gan_training
+
+SIZE = 16
+# train: 8 nevus, 6 melanoma, 5 benign keratosis (HAM bkl) + 2 rare (-> other at N=3),
+# 2 unknown (excluded)
+TRAIN = (["nv"] * 8 + ["mel"] * 6 + ["bkl"] * 5 + ["df", "vasc"] + ["", "unknown"])
+HELDOUT = ["nv"] * 6 + ["mel"] * 5 + ["bkl"] * 5 + ["bcc"] * 4 + [""]
+CLASSES = ["nevus", "melanoma", "benign_keratosis", "other"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    def items(texts, seed):
+        images = shard_fixtures.random_images(len(texts), 24, seed=seed)
+        return [(img, "malignant" if t == "mel" else "benign", {"diagnosis": t})
+                for (img, _), t in zip(images, texts)]
+    return shard_fixtures.write_tiny_dataset(
+        tmp_path_factory.mktemp("gan-dx"), {"train": items(TRAIN, 0),
+                                            "validation": items(HELDOUT, 1)}, SIZE)
+
+
+def _config(data_dir, workdir, **overrides):
+    values = dict(data_dir=data_dir, workdir=str(workdir), image_size=SIZE, batch_size=4,
+                  epochs=1, steps_per_epoch=1, mixed_precision="off", grid_images=4,
+                  checkpoint_every=0, seed=3, conditional=True, gan_classes="diagnosis",
+                  min_class_records=3, latent_dim=8, architecture="deep", width=4,
+                  spectral_norm=True, gan_loss="hinge", ema_decay=0.9, label_noise=0.0,
+                  label_flip=0.0, collapse_patience=0)
+    values.update(overrides)
+    return gan_training.GanConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    summary = gan_training.train_gan(_config(data_dir, workdir))
+    assert summary["steps"] == 1
+    return workdir
+
+
+def test_one_step_saves_the_classes_beside_the_architecture(run):
+    arch = json.loads((run / "checkpoints" / "gan_config.json").read_text())
+    assert arch["classes"] == CLASSES and arch["conditional"]
+    mapping = json.loads((run / "checkpoints" / "classes.json").read_text())
+    assert mapping["classes"] == CLASSES
+    assert mapping["grouped_as_other"] == ["dermatofibroma", "vascular_lesion"]
+    assert mapping["excluded_unknown"] == 2
+    assert mapping["train_counts"] == {"nevus": 8, "melanoma": 6, "benign_keratosis": 5,
+                                       "other": 2}
+
+
+def test_the_training_stream_gives_class_indices_in_the_gan_range(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path, batch_size=21)
+    mapping = gan_training.diagnosis_mapping(config)
+    dataset, steps = gan_training.make_gan_dataset(config, mapping)
+    images, labels = next(iter(dataset))
+    assert steps == 1  # 21 train records of a known diagnosis, batch 21
+    assert images.shape == (21, SIZE, SIZE, 3)
+    assert float(images.numpy().min()) >= -1.0 and float(images.numpy().max()) <= 1.0
+    assert float(images.numpy().min()) < -0.5  # [-1, 1], not [0, 1]
+    assert sorted(np.bincount(labels.numpy(), minlength=4).tolist()) == [2, 5, 6, 8]
+
+
+def test_a_resume_with_other_classes_is_refused(data_dir, run):
+    # The saved classes.json wins over a new threshold; another architecture is refused.
+    config = _config(data_dir, run, min_class_records=1)
+    assert gan_training.diagnosis_mapping(config)["classes"] == CLASSES
+    with pytest.raises(ValueError, match="classes"):
+        gan_training.check_resume_architecture(config, {"classes": CLASSES[:3]})
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_conditional_models_take_k_classes(deep):
+    k = 5
+    if deep:
+        g = gan_models.build_deep_generator(8, SIZE, conditional=True, width=4, num_classes=k)
+        d = gan_models.build_deep_discriminator(SIZE, conditional=True, width=4, num_classes=k)
+        g2 = gan_models.build_deep_generator(8, SIZE, conditional=True, width=4)
+        d2 = gan_models.build_deep_discriminator(SIZE, conditional=True, width=4)
+        d_per_class = 4 * 4 * 8  # projection: a vector of the 4x4x8 features per class
+    else:
+        g = gan_models.build_generator(8, SIZE, conditional=True, num_classes=k)
+        d = gan_models.build_discriminator(SIZE, conditional=True, num_classes=k)
+        g2 = gan_models.build_generator(8, SIZE, conditional=True)
+        d2 = gan_models.build_discriminator(SIZE, conditional=True)
+        d_per_class = SIZE * SIZE  # one label plane per class
+    # Only the label embeddings grow with K: 50 latent units per class in G.
+    assert g.count_params() - g2.count_params() == (k - 2) * gan_models.LATENT_LABEL_EMBEDDING
+    assert d.count_params() - d2.count_params() == (k - 2) * d_per_class
+    z = np.zeros((k, 8), np.float32)
+    labels = np.arange(k, dtype=np.int32)[:, None]
+    assert g([z, labels]).shape == (k, SIZE, SIZE, 3)
+    assert d([np.asarray(g([z, labels])), labels]).shape == (k, 1)
+    assert gan_models.num_classes_of({"classes": CLASSES}) == 4
+    assert gan_models.num_classes_of({"conditional": True}) == 2  # a run from before
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        gan_models.build_generator(8, SIZE, conditional=True, num_classes=1)
+
+
+def test_diagnosis_needs_conditional():
+    with pytest.raises(ValueError, match="needs --conditional"):
+        gan_training.GanConfig(data_dir="d", workdir="w", gan_classes="diagnosis")
+
+
+def test_sampling_a_class_by_name_writes_its_images_and_records(run, tmp_path):
+    pngs = tmp_path / "png"
+    assert gan_sampling.sample_to_dir(str(run), 3, str(pngs), classes=("melanoma",)) == 3
+    files = sorted(pngs.glob("dcgan_melanoma_*.png"))
+    assert len(files) == 3 and Image.open(files[0]).size == (SIZE, SIZE)
+    with pytest.raises(ValueError, match="unknown class.*benign_keratosis"):
+        gan_sampling.sample_to_dir(str(run), 1, str(tmp_path / "x"), classes=("malignant",))
+
+    import tensorflow as tf
+
+    from isicflow import schema
+
+    records = tmp_path / "records"
+    assert gan_sampling.sample_to_dir(str(run), 1, str(records), image_format="tfrecord") == 4
+    found = {}
+    for shard in records.glob(f"{SIZE}/train/*.tfrecord"):
+        for raw in tf.data.TFRecordDataset(str(shard)):
+            record = schema.decode_example_py(raw.numpy())
+            found[record["diagnosis"]] = record["label"]
+    # Each class's record keeps its diagnosis and the engine's benign/malignant of it.
+    # (label index: 0 benign, 1 malignant, -1 unknown)
+    assert found == {"nevus": 0, "melanoma": 1, "benign_keratosis": 0, "other": -1}
+
+
+def _cli(*args):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", *args],
+                          cwd=pathlib.Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_the_sample_program_takes_a_class_by_name_and_refuses_an_unknown_one(run, tmp_path):
+    out = tmp_path / "melanoma"
+    result = _cli("trainer.gan.sample", f"--model={run}", "--class=melanoma", "--num=2",
+                  f"--output={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(out.glob("dcgan_melanoma_*.png"))) == 2
+    refused = tmp_path / "refused"
+    result = _cli("trainer.gan.sample", f"--model={run}", "--class=lentigo", "--num=2",
+                  f"--output={refused}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines()
+             if line.startswith("trainer.gan.sample: ")]
+    assert len(lines) == 1 and "--class=lentigo" in lines[0]
+    assert "nevus, melanoma, benign_keratosis, other" in lines[0]
+    assert not refused.exists()
+
+
+def test_evaluation_reports_every_class_against_its_own_real_images(run, data_dir, tmp_path):
+    from trainer.gan import evaluation
+
+    out = tmp_path / "eval"
+    report = evaluation.evaluate(str(run), data_dir, str(out), num_generated=8,
+                                 feature_extractor="pixels", seed=0)
+    assert report["classes"] == CLASSES
+    # Overall: every train image of a known diagnosis, generated in the train class shares.
+    assert report["counts"] == {"train": 21, "heldout": 20, "generated": 8}
+    assert report["generated_per_class_overall"] == {"nevus": 3, "melanoma": 2,
+                                                     "benign_keratosis": 2, "other": 1}
+    assert math.isfinite(report["fid"]) and math.isfinite(report["heldout_floor"]["fid"])
+    per_class = report["per_class"]
+    assert list(per_class) == CLASSES
+    for name, n_train, n_held in (("nevus", 8, 6), ("melanoma", 6, 5),
+                                  ("benign_keratosis", 5, 5)):
+        entry = per_class[name]
+        assert entry["counts"] == {"train": n_train, "heldout": n_held, "generated": 8}
+        for value in (entry["fid"], entry["kid"]["mean"], entry["c2st"]["accuracy"],
+                      entry["heldout_floor"]["fid"], entry["heldout_floor"]["c2st"]["accuracy"],
+                      entry["memorization"]["share_below"]):
+            assert math.isfinite(value), name
+        assert 0.0 <= entry["c2st"]["accuracy"] <= 1.0
+        grid = Image.open(out / entry["grid"])
+        assert grid.size[1] == 2 + 3 * (SIZE + 2)  # up to 8 real left, 8 generated: 3 rows
+    # 'other' has 2 train images (df, vasc): reported as skipped, not scored.
+    assert per_class["other"]["counts"]["train"] == 2 and "skipped" in per_class["other"]
+    markdown = (out / "gan_eval.md").read_text()
+    assert "## Per class" in markdown and "| melanoma | 6 / 5 / 8 |" in markdown
+    # Interpolation: one row per class.
+    assert Image.open(out / "interpolation.png").size[1] == 2 + 4 * (SIZE + 2)
+    saved = json.loads((out / "gan_eval.json").read_text())
+    assert saved["per_class"]["melanoma"]["fid"] == per_class["melanoma"]["fid"]
+
+
+def test_allocate_splits_in_shares_and_keeps_the_binary_split():
+    from trainer.gan import evaluation
+
+    assert evaluation.allocate(201, [1, 1]) == [100, 101]  # as binary runs always drew
+    assert evaluation.allocate(10, [0.7, 0.2, 0.1]) == [7, 2, 1]
+    assert sum(evaluation.allocate(200, [3041, 397, 340, 410])) == 200
+    with pytest.raises(ValueError, match="shares"):
+        evaluation.allocate(5, [0, 0])
