@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from isicflow import dataset, imaging, metadata, schema
+from isicflow.diagnosis import normalise_diagnosis
 
 RESIZE_MODE = "squash"
 
@@ -88,8 +89,9 @@ def write_tiny_dataset(root, images_by_split: Mapping[str, Sequence[tuple[np.nda
                       for name in metadata.LABEL_NAMES}
             datasets[str(size)][split] = {"records": len(records), "counts": counts,
                                           "shards": shards}
-    detail = collections.Counter(
-        (split, item[1], (item[2] if len(item) > 2 else {}).get("diagnosis", ""),
+    detail = collections.Counter(  # as the engine counts: diagnoses in isicflow's vocabulary
+        (split, item[1], normalise_diagnosis((item[2] if len(item) > 2 else {}).get("diagnosis",
+                                                                                   "")),
          (item[2] if len(item) > 2 else {}).get("source_collection", ""))
         for split, items in images_by_split.items() for item in items)
     manifest = {
