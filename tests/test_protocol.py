@@ -137,3 +137,24 @@ def test_compare_two_protocol_runs_per_source_and_on_average(tmp_path, capsys):
     assert compare.main([f"--baseline={base}", f"--candidate={other}",
                          f"--output={tmp_path / 'x'}"]) == 2
     assert "engine flags differ" in capsys.readouterr().err
+
+
+def test_within_source_auc_exposes_a_model_that_only_tells_sources_apart():
+    """Source a: 90% malignant, b: 10%; the score says only which source an image is from, so
+    the pooled AUC is high and the AUC within either source is 0.5."""
+    from benchmarks import within_source
+
+    rows, source_of = [], {}
+    for source, positives, score in (("a", 90, 0.9), ("b", 10, 0.1)):
+        for i in range(100):
+            image_id = f"{source}{i}"
+            source_of[image_id] = source
+            rows.append({"image_id": image_id, "label": str(int(i < positives)),
+                         "probability": str(score)})
+    result = within_source.auc_within_sources(rows, source_of)
+    assert result["pooled"] > 0.85
+    assert {n: s["auc"] for n, s in result["sources"].items()} == {"a": 0.5, "b": 0.5}
+    assert result["sources"]["a"]["positives"] == 90
+    with pytest.raises(protocol.ProtocolError, match="no source"):
+        within_source.auc_within_sources(rows + [{"image_id": "zz", "label": "1",
+                                                  "probability": "0.5"}], source_of)
