@@ -445,11 +445,11 @@ def whole_element_flushes() -> None:
     DATA_BUFFER_TIME_LIMIT_MS (1 s) from a timer thread that takes no lock against the thread
     encoding into the stream. A flush that lands between the parts of an element cuts it in two
     Data messages, which the runner decodes one by one: "Invalid PaneInfoEncoding", or a garbage
-    window count that fills all memory with GlobalWindows (tens of GB). A write between the
-    flush's get() and clear() is dropped. With 0 the streams flush only by size, from the writing
-    thread and between elements (maybe_flush), or whole at close: a batch job loses nothing, as
-    the runner waits for the end of each bundle's output anyway. docs/engine.md#local-runner-race
-    """
+    window count that fills all memory with GlobalWindows (tens of GB); and, by the code (not
+    seen), a write between the flush's get() and clear() is dropped. With 0 the streams flush
+    only by size, from the writing thread between elements (maybe_flush), or whole at close:
+    nothing a batch job needs, as the runner waits for the end of each bundle's output anyway.
+    docs/engine.md, "The local runner's timed-flush race"."""
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
     if not hasattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS"):  # private to Beam 2.77
