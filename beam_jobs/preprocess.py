@@ -432,10 +432,33 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     prompt_state_sampling()
+    whole_element_flushes()
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
+def whole_element_flushes() -> None:
+    """Beam 2.77's gRPC data channels (multi_threading's in-process workers, and the runner's
+    own data server in both multi_threading and multi_processing) flush each output stream every
+    DATA_BUFFER_TIME_LIMIT_MS (1 s) from a timer thread that takes no lock against the thread
+    encoding into the stream. A flush that lands between the parts of an element cuts it in two
+    Data messages, which the runner decodes one by one: "Invalid PaneInfoEncoding", or a garbage
+    window count that fills all memory with GlobalWindows (tens of GB); and, by the code (not
+    seen), a write between the flush's get() and clear() is dropped. With 0 the streams flush
+    only by size, from the writing thread between elements (maybe_flush), or whole at close:
+    nothing a batch job needs, as the runner waits for the end of each bundle's output anyway.
+    docs/engine.md, "The local runner's timed-flush race"."""
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    if not hasattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS"):  # private to Beam 2.77
+        raise RuntimeError(f"apache-beam {metadata.version('apache-beam')}: "
+                           "worker_handlers.DATA_BUFFER_TIME_LIMIT_MS is gone; the engine was "
+                           "written against 2.77 (constraints.txt)")
+    # Read when each embedded worker and the data server start (EmbeddedGrpcWorkerHandler's
+    # `or` turns a config's 0 back into this default, so the default itself must be 0).
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
 
 
 STATE_SAMPLING_MS = 10
