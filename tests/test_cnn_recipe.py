@@ -210,6 +210,7 @@ def test_new_flags_default_to_the_study(parse_flags):
     (["--source_balance", "--class_balance=sampling"], "--source_balance needs"),
     (["--source_balance", "--task=diagnosis"], "--source_balance needs --task=binary"),
     (["--monitor=val_balanced_accuracy"], "diagnosis task's"),
+    (["--synthetic_classes=melanoma"], "must be benign, malignant"),
 ])
 def test_recipe_flags_fail_at_parse_with_the_value(parse_flags, args, shown):
     with pytest.raises(flags.IllegalFlagValueError) as error:

@@ -127,3 +127,20 @@ def test_impossible_synthetic_flags_fail_at_parse(argv, message):
             flags.FLAGS(["trainer.cnn", "--data_dir=d", "--workdir=w", *argv])
     finally:
         flags.FLAGS.unparse_flags()
+
+
+def test_only_the_rare_class_can_be_added(real_dir, synthetic_dir):
+    """--synthetic_classes=malignant: generated malignant images only, and a benign-free
+    sample folder is then enough (no benign shortfall reported)."""
+    assert synthetic_mix.added_counts({"benign": 6, "malignant": 2}, 2.0, ["malignant"]) == {
+        "benign": 0, "malignant": 4}
+    mix = synthetic_mix.plan(synthetic_dir, {"benign": 6, "malignant": 2}, 1.0, SIZE,
+                             classes=["malignant"])
+    assert mix.counts == {"benign": 0, "malignant": 2} and mix.total == 2
+    ds = input_pipeline.make_dataset(real_dir, "train", image_size=SIZE, batch_size=64,
+                                     training=True, synthetic=mix, as_uint8=True)
+    images, labels = (t.numpy() for t in next(iter(ds)))
+    generated = (images == SYNTHETIC_VALUE).all(axis=(1, 2, 3))
+    assert labels[generated].tolist() == [1.0, 1.0] and len(labels) == 10
+    with pytest.raises(ValueError, match="each must be one of"):
+        synthetic_mix.added_counts({"benign": 6}, 1.0, ["melanoma"])

@@ -71,6 +71,8 @@ def define_flags() -> None:
                         "validation and test stay real (trainer.core.synthetic_mix).")
     flags.DEFINE_float("synthetic_fraction", 0.0, "Generated images added per real training image, "
                        "per class (0.25 adds a quarter more); needs --synthetic_data.")
+    flags.DEFINE_string("synthetic_classes", "benign,malignant", "The classes generated images "
+                        "are added to (malignant: only the rare class, so its share grows).")
     # --- training ---
     flags.DEFINE_bool("source_balance", False, "Binary task: sample every acquisition source "
                       "(source_collection) of the train split equally, so the largest clinic "

@@ -47,6 +47,7 @@ class TrainConfig(RunConfig):
     use_metadata: bool = False        # age/sex/site as a second input (metadata_features)
     synthetic_data: str = ""          # GAN-sampled dataset added to train (synthetic_mix)
     synthetic_fraction: float = 0.0   # generated images per real training image, per class
+    synthetic_classes: str = "benign,malignant"  # the classes generated images are added to
     # the from-scratch recipe's levers (trainer.cnn.recipe); each default is the study's
     width_multiplier: float = 1.0     # residual architecture only
     color_constancy: str = "none"     # shades_of_grey: a first layer of the model
@@ -142,6 +143,9 @@ RULES: tuple[Rule, ...] = (
     Rule(("use_metadata", "class_balance"),
          lambda c: not (c.use_metadata and c.class_balance == "sampling"),
          "--use_metadata cannot be combined with --class_balance=sampling yet"),
+    Rule(("synthetic_classes",),
+         lambda c: bool(c.synthetic_classes) and set(c.synthetic_classes.split(","))
+         <= {"benign", "malignant"}, "must be benign, malignant or benign,malignant"),
     Rule(("synthetic_data", "synthetic_fraction"),
          lambda c: bool(c.synthetic_data) or not c.synthetic_fraction,
          "--synthetic_fraction needs --synthetic_data (the GAN sampler's TFRecord folder)"),

@@ -106,7 +106,7 @@ class BinaryTask:
         if not c.synthetic_data:
             return None
         return synthetic_mix.plan(c.synthetic_data, self.train_counts(c), c.synthetic_fraction,
-                                  c.image_size)
+                                  c.image_size, classes=c.synthetic_classes.split(","))
 
     def prepare(self, c: TrainConfig) -> None:
         pass

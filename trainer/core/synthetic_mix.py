@@ -7,7 +7,8 @@ and test stay real only.
 
 How many: F is generated images per real training image, per class, so the class ratio of the
 training split is kept and the only change is more (generated) images:
-    added[c] = round(F * real[c])   for c in benign, malignant.
+    added[c] = round(F * real[c])   for c in benign, malignant
+(or only for the classes of --synthetic_classes, e.g. the rare malignant one).
 Which: the first added[c] records of class c in DIR's shard order (the sampler writes them in
 id order, one latent seed per class), so a run is reproducible and a larger F adds images to
 a smaller F's set. A DIR with too few images of a class is an error naming the command that
@@ -16,7 +17,7 @@ samples more; nothing is silently left short.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import tensorflow as tf
 
@@ -41,21 +42,27 @@ class SyntheticMix:
         return sum(self.counts.values())
 
 
-def added_counts(real_counts: Mapping[str, int], fraction: float) -> dict[str, int]:
-    """Pure rule: generated images to add per class, round(fraction * real count)."""
+def added_counts(real_counts: Mapping[str, int], fraction: float,
+                 classes: Sequence[str] = CLASS_NAMES) -> dict[str, int]:
+    """Pure rule: generated images to add per class, round(fraction * real count), for the
+    classes given (the others get none: e.g. only the rare malignant class)."""
     if not 0.0 <= fraction <= MAX_FRACTION or fraction != fraction:
         raise ValueError(f"synthetic_fraction must be in [0, {MAX_FRACTION}], got {fraction}")
-    return {c: int(round(fraction * int(real_counts.get(c, 0)))) for c in CLASS_NAMES}
+    unknown = sorted(set(classes) - set(CLASS_NAMES))
+    if unknown or not classes:
+        raise ValueError(f"synthetic classes {list(classes)}: each must be one of {CLASS_NAMES}")
+    return {c: int(round(fraction * int(real_counts.get(c, 0)))) if c in classes else 0
+            for c in CLASS_NAMES}
 
 
 def plan(synthetic_dir: str, real_counts: Mapping[str, int], fraction: float,
-         image_size: int) -> SyntheticMix | None:
+         image_size: int, classes: Sequence[str] = CLASS_NAMES) -> SyntheticMix | None:
     """Checks DIR against the real split and returns what to add (None when nothing is).
 
     Fails fast, with the offending values, when DIR is not a synthetic dataset, lacks
     image_size, or holds fewer images of a class than the fraction asks for.
     """
-    wanted = added_counts(real_counts, fraction)
+    wanted = added_counts(real_counts, fraction, classes)
     if not synthetic_dir or sum(wanted.values()) == 0:
         return None
     manifest = dataset_lib.read_manifest(synthetic_dir)
