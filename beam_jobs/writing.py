@@ -29,14 +29,15 @@ RUN_ONLY_FLAGS = ("output", "overwrite", "profile_phases")
 def spooled_record(record: LesionRecord, sha256: str, source_width: int,
                    source_height: int) -> bytes:
     """What WriteShard needs of an image besides its pixels, as ProcessImage spools it (JSON)."""
-    return json.dumps({"record": vars(record), "sha256": sha256, "source_width": source_width,
-                       "source_height": source_height}, sort_keys=True).encode("utf-8")
+    return json.dumps({"record": record.to_json(), "sha256": sha256,
+                       "source_width": source_width, "source_height": source_height},
+                      sort_keys=True).encode("utf-8")
 
 
 def read_spooled_record(data: bytes) -> tuple[LesionRecord, dict]:
     """spooled_record's bytes -> (the record, {"sha256", "source_width", "source_height"})."""
     fields = json.loads(data)
-    return LesionRecord(**fields.pop("record")), fields
+    return LesionRecord.from_json(fields.pop("record")), fields
 
 
 class WriteShard(beam.DoFn):

@@ -65,14 +65,8 @@ def summarise(workdir: str, source_of: dict[str, str]) -> dict[str, Any]:
                "within_source_validation_auc": within,
                "mean_within_source_auc": float(np.mean(list(within.values()))),
                "positives": {n: inside[0]["sources"][n]["positives"] for n in names}}
-        heldout_dir = os.path.join(seeds[0], "heldout")
-        if os.path.exists(os.path.join(heldout_dir, protocol.PREDICTIONS)):
-            aucs = []
-            for s in seeds:
-                r = _predictions(os.path.join(s, "heldout"), None)
-                aucs.append(skm.roc_auc_score([int(x["label"]) for x in r],
-                                              [float(x["probability"]) for x in r]))
-            row["heldout_auc"] = float(np.mean(aucs))
+        if "heldout" in run["rows"][held]:  # the protocol's own seed mean, not scored again
+            row["heldout_auc"] = run["rows"][held]["heldout"]["auc"]["mean"]
         rows[held] = row
     return {"workdir": workdir, "flags": run["flags"], "engine_flags": run["engine_flags"],
             "seeds": run["seeds"], "rows": rows}

@@ -124,8 +124,6 @@ def interpolation_strip(generator, arch: dict, steps: int = 8, seed: int = 0) ->
     from trainer.core.report import tile_images
     from trainer.gan import models as gan_models
 
-    from trainer.gan import models as gan_models
-
     rng = np.random.default_rng(seed)
     labels = list(range(gan_models.num_classes_of(arch))) if arch["conditional"] \
         else [None, None, None]

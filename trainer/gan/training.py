@@ -158,7 +158,7 @@ def diagnosis_mapping(config) -> dict | None:
     diagnosis task's rule (trainer.cnn.diagnosis: train diagnoses with >= min_class_records
     records, rarer named ones grouped as `other`, unknown excluded). Raises ValueError naming
     --data_dir when a split to train on holds none of the classes."""
-    if getattr(config, "gan_classes", "binary") != "diagnosis":
+    if config.gan_classes != "diagnosis":
         return None
     from trainer.cnn import diagnosis
 
