@@ -95,6 +95,11 @@ def test_a_real_dataset_is_refused_as_synthetic_data(real_dir):
         synthetic_mix.plan(real_dir, {"benign": 6, "malignant": 2}, 0.5, SIZE)
 
 
+def test_a_missing_folder_names_the_gan_sampler_that_writes_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no generated dataset.*trainer\.gan\.sample"):
+        synthetic_mix.plan(str(tmp_path / "absent"), {"benign": 6, "malignant": 2}, 0.5, SIZE)
+
+
 def test_another_image_size_is_refused_with_both_sizes(synthetic_dir):
     with pytest.raises(ValueError, match=r"size\(s\) \['16'\].*32px"):
         synthetic_mix.plan(synthetic_dir, {"benign": 6, "malignant": 2}, 0.5, 32)

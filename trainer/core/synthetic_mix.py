@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-from isicflow import dataset as dataset_lib, schema
+from isicflow import dataset as dataset_lib, fileio, schema
 from isicflow.metadata import CLASS_NAMES
 
 MAX_FRACTION = 10.0
@@ -65,6 +65,10 @@ def plan(synthetic_dir: str, real_counts: Mapping[str, int], fraction: float,
     wanted = added_counts(real_counts, fraction, classes)
     if not synthetic_dir or sum(wanted.values()) == 0:
         return None
+    if not fileio.exists(fileio.join_path(synthetic_dir, dataset_lib.MANIFEST_NAME)):
+        raise FileNotFoundError(f"--synthetic_data={synthetic_dir}: no generated dataset there; "
+                                "write one with `python -m trainer.gan.sample --format=tfrecord "
+                                f"--output={synthetic_dir} ...`")
     manifest = dataset_lib.read_manifest(synthetic_dir)
     if not manifest.get("synthetic"):
         raise ValueError(f"{synthetic_dir}: not a generated dataset (its manifest says "

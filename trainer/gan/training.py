@@ -322,6 +322,9 @@ def train_gan(config: GanConfig) -> dict:
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     mapping = diagnosis_mapping(config)
+    if mapping is not None:  # which diagnoses share the `other` class is a choice to see
+        print(f"classes {mapping['classes']}; grouped as other (< {mapping['min_records']} train "
+              f"records): {mapping['grouped_as_other'] or 'none'}", flush=True)
     dataset, steps_per_epoch = make_gan_dataset(config, mapping)
     gan = build_gan(config, policy, mapping)
     arch = architecture(config, mapping)
