@@ -64,7 +64,7 @@ def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, A
     rows["mean over sources"] = {
         "baseline": {"mean": mean["baseline"]}, "candidate": {"mean": mean["candidate"]},
         "difference": difference, "seed_se": se,
-        "pooled_ci": [float(v) for v in np.percentile(mean_draws, [2.5, 97.5])],
+        "pooled_ci": list(metrics.percentile_interval(mean_draws, 0.95)),
         "beyond_seed_spread": bool(abs(difference) > 2 * se)}
     for r in rows.values():
         r.pop("bootstrap", None)

@@ -139,3 +139,13 @@ def test_bad_policy_and_threshold_values():
         metrics.select_threshold(HAND_LABELS, HAND_SCORES, min_sensitivity=1.5)
     with pytest.raises(ValueError, match="finite number"):
         metrics.confusion_counts(HAND_LABELS, HAND_SCORES, float("nan"))
+
+
+def test_auc_interval_is_the_full_bootstrap_auc_interval_with_the_same_draws():
+    rng = np.random.default_rng(5)
+    labels = (rng.random(80) < 0.3).astype(int)
+    scores = rng.random(80) + 0.3 * labels
+    full = metrics.bootstrap_intervals(labels, scores, 0.5, resamples=200, seed=9)
+    alone = metrics.auc_interval(labels, scores, resamples=200, seed=9)
+    assert alone == full["intervals"]["auc"]
+    assert 0.5 < alone["low"] < alone["high"] <= 1.0

@@ -432,9 +432,8 @@ def breakdown(columns: Mapping[str, np.ndarray], threshold: float, *,
             y, p = labels[values_arr == name], scores[values_arr == name]
             groups[name] = metrics.group_metrics(y, p, threshold)
             if bootstrap > 0 and len(np.unique(y)) == 2:
-                interval = metrics.bootstrap_intervals(y, p, threshold, resamples=bootstrap,
-                                                       seed=seed)["intervals"]["auc"]
-                groups[name]["auc_interval"] = interval
+                groups[name]["auc_interval"] = metrics.auc_interval(
+                    y, p, resamples=bootstrap, seed=seed)
         fields[field] = {"groups": groups}
         if field == "diagnosis":
             fields[field]["vocabulary"] = "isicflow.diagnosis.normalise_diagnosis"

@@ -131,6 +131,31 @@ def classification_metrics(labels, scores, threshold: float) -> dict[str, Any]:
     return result
 
 
+def case_bootstrap(y: np.ndarray, statistic, *, resamples: int, seed: int) -> tuple[list, int]:
+    """statistic(idx) for `resamples` draws of case indices with replacement, and how many
+    draws were skipped. One index set per draw, so whatever the statistic scores (one model,
+    every seed, two recipes) is resampled paired. A draw holding a single class has no AUC
+    (nor sensitivity or specificity): it is skipped and counted."""
+    rng = np.random.default_rng(seed)
+    kept, skipped = [], 0
+    for _ in range(resamples):
+        idx = rng.integers(0, y.size, size=y.size)
+        if y[idx].min() == y[idx].max():
+            skipped += 1
+            continue
+        kept.append(statistic(idx))
+    return kept, skipped
+
+
+def percentile_interval(values, confidence: float) -> tuple[float, float]:
+    """The central `confidence` percentile interval of values; (nan, nan) when there are none."""
+    if not len(values):
+        return math.nan, math.nan
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_intervals(labels, scores, threshold: float, *, resamples: int = 1000, seed: int = 0,
                         confidence: float = 0.95) -> dict[str, Any]:
     """Percentile bootstrap over cases for AUC, accuracy, sensitivity and specificity.
@@ -144,28 +169,23 @@ def bootstrap_intervals(labels, scores, threshold: float, *, resamples: int = 10
         raise ValueError(f"resamples must be >= 1, got {resamples}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    rng = np.random.default_rng(seed)
     predicted = s >= threshold
-    values = {m: [] for m in BOOTSTRAP_METRICS}
-    skipped = 0
-    for _ in range(resamples):
-        idx = rng.integers(0, y.size, size=y.size)
+
+    def statistic(idx: np.ndarray) -> dict[str, float]:
         yb, sb, pb = y[idx], s[idx], predicted[idx]
-        positives = int(yb.sum())
-        if positives == 0 or positives == yb.size:
-            skipped += 1
-            continue
-        values["auc"].append(float(skm.roc_auc_score(yb, sb)))
-        values["accuracy"].append(float(np.mean(pb == (yb == 1))))
-        values["sensitivity"].append(float(np.mean(pb[yb == 1])))
-        values["specificity"].append(float(np.mean(~pb[yb == 0])))
+        return {"auc": float(skm.roc_auc_score(yb, sb)),
+                "accuracy": float(np.mean(pb == (yb == 1))),
+                "sensitivity": float(np.mean(pb[yb == 1])),
+                "specificity": float(np.mean(~pb[yb == 0]))}
+
+    draws, skipped = case_bootstrap(y, statistic, resamples=resamples, seed=seed)
     kept = resamples - skipped
-    tail = (1.0 - confidence) / 2.0 * 100.0
     intervals: dict[str, Any] = {}
-    for metric, vals in values.items():
+    for metric in BOOTSTRAP_METRICS:
+        vals = [d[metric] for d in draws]
         if vals:
-            low, high = np.percentile(vals, [tail, 100.0 - tail])
-            intervals[metric] = {"low": float(low), "high": float(high)}
+            low, high = percentile_interval(vals, confidence)
+            intervals[metric] = {"low": low, "high": high}
         else:
             reason = f"all {resamples} resamples held a single class"
             intervals[metric] = {"low": math.nan, "high": math.nan,
@@ -173,6 +193,20 @@ def bootstrap_intervals(labels, scores, threshold: float, *, resamples: int = 10
     return {"confidence": confidence, "resamples": resamples, "kept": kept,
             "skipped_single_class": skipped, "seed": seed, "threshold": threshold,
             "intervals": intervals}
+
+
+def auc_interval(labels, scores, *, resamples: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> dict[str, Any]:
+    """bootstrap_intervals' AUC interval alone, the same draws (a subgroup table shows only
+    it): {"low", "high"}, nan with the reason under "undefined" when every draw held one class."""
+    y, s = check_inputs(labels, scores, need_both_classes=True)
+    draws, _ = case_bootstrap(y, lambda idx: float(skm.roc_auc_score(y[idx], s[idx])),
+                              resamples=resamples, seed=seed)
+    low, high = percentile_interval(draws, confidence)
+    if draws:
+        return {"low": low, "high": high}
+    reason = f"all {resamples} resamples held a single class"
+    return {"low": low, "high": high, "undefined": {"low": reason, "high": reason}}
 
 
 def _operating_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -295,26 +329,17 @@ def seed_summary(labels, scores_per_seed, thresholds, *, resamples: int = 1000, 
                 "specificity": [float(np.mean(~p[idx][yb == 0])) for p in predicted]}
 
     per_seed = metric_values(np.arange(y.size))
-    rng = np.random.default_rng(seed)
-    pooled: dict[str, list[float]] = {m: [] for m in per_seed}
-    skipped = 0
-    for _ in range(resamples):
-        idx = rng.integers(0, y.size, size=y.size)
-        if y[idx].min() == y[idx].max():
-            skipped += 1
-            continue
-        for metric, values in metric_values(idx).items():
-            pooled[metric].append(float(np.mean(values)))
-    tail = (1.0 - confidence) / 2.0 * 100.0
+    draws, skipped = case_bootstrap(
+        y, lambda idx: {m: float(np.mean(v)) for m, v in metric_values(idx).items()},
+        resamples=resamples, seed=seed)
     result: dict[str, Any] = {"seeds": len(runs), "cases": int(y.size),
                               "positives": int(y.sum()), "resamples": resamples,
                               "skipped_single_class": skipped, "confidence": confidence}
     for metric, values in per_seed.items():
-        low, high = (np.percentile(pooled[metric], [tail, 100.0 - tail]) if pooled[metric]
-                     else (math.nan, math.nan))
+        low, high = percentile_interval([d[metric] for d in draws], confidence)
         result[metric] = {"per_seed": values, "mean": float(np.mean(values)),
                           "sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
-                          "pooled_ci": [float(low), float(high)]}
+                          "pooled_ci": [low, high]}
     return result
 
 
@@ -344,14 +369,8 @@ def paired_auc_difference(labels, baseline_per_seed, candidate_per_seed, *,
 
     per_base = [float(skm.roc_auc_score(y, s)) for s in base]
     per_cand = [float(skm.roc_auc_score(y, s)) for s in cand]
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        idx = rng.integers(0, y.size, size=y.size)
-        if y[idx].min() != y[idx].max():
-            draws.append(difference(idx))
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(draws, [tail, 100.0 - tail]) if draws else (math.nan, math.nan)
+    draws, _ = case_bootstrap(y, difference, resamples=resamples, seed=seed)
+    low, high = percentile_interval(draws, confidence)
     se = math.sqrt(np.var(per_base, ddof=1) / len(base) + np.var(per_cand, ddof=1) / len(cand))
     d = float(np.mean(per_cand) - np.mean(per_base))
     return {"cases": int(y.size), "positives": int(y.sum()),
@@ -359,6 +378,6 @@ def paired_auc_difference(labels, baseline_per_seed, candidate_per_seed, *,
                          "sd": float(np.std(per_base, ddof=1))},
             "candidate": {"per_seed": per_cand, "mean": float(np.mean(per_cand)),
                           "sd": float(np.std(per_cand, ddof=1))},
-            "difference": d, "seed_se": se, "pooled_ci": [float(low), float(high)],
+            "difference": d, "seed_se": se, "pooled_ci": [low, high],
             "beyond_seed_spread": bool(abs(d) > 2 * se),
             "bootstrap": np.asarray(draws, np.float64)}
