@@ -28,16 +28,13 @@ from trainer.core import metrics
 def _scores(workdir: str, source: str, seeds: int, name: str, split: str | None):
     outputs = [os.path.join(workdir, "runs", source, f"seed_{k}", "protocol", name)
                for k in range(seeds)]
-    scored = [protocol.read_scores(o, split) for o in outputs]
-    labels = scored[0][0]
-    if any(not np.array_equal(labels, s[0]) for s in scored):
-        raise protocol.ProtocolError(f"the seeds of {workdir}/{source} scored different images")
-    return labels, [s[1] for s in scored]
+    labels, scores, _ = protocol.scores_of_runs(outputs, split)
+    return labels, scores
 
 
 def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, Any]:
     """{source: paired_auc_difference of the held-out AUC}, plus "mean over sources"."""
-    runs = {name: protocol._json(os.path.join(path, "protocol.json"))
+    runs = {name: protocol.read_json(os.path.join(path, "protocol.json"))
             for name, path in (("baseline", baseline), ("candidate", candidate))}
     if runs["baseline"]["engine_flags"] != runs["candidate"]["engine_flags"]:
         raise protocol.ProtocolError(

@@ -53,7 +53,7 @@ def _run(command: list[str], log: str) -> None:
         raise ProtocolError(f"{command[2]} exited {result.returncode}; see {log}")
 
 
-def _json(path: str) -> dict:
+def read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -118,19 +118,26 @@ def read_scores(output: str, split: str | None) -> tuple[np.ndarray, np.ndarray,
     with open(os.path.join(output, PREDICTIONS), encoding="utf-8", newline="") as f:
         rows = sorted((r for r in csv.DictReader(f) if split is None or r["split"] == split),
                       key=lambda r: r["image_id"])
-    threshold = float(_json(os.path.join(output, REPORT))["threshold"]["threshold"])
+    threshold = float(read_json(os.path.join(output, REPORT))["threshold"]["threshold"])
     return (np.array([int(r["label"]) for r in rows]),
             np.array([float(r["probability"]) for r in rows]), threshold)
 
 
-def pooled(outputs: Sequence[str], split: str | None, resamples: int) -> dict[str, Any]:
-    """seed_summary over the runs' scores of the same images (same ids in the same order)."""
+def scores_of_runs(outputs: Sequence[str], split: str | None
+                   ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
+    """(labels, scores per run, threshold per run) of runs that scored the same images (same
+    ids in the same order); ProtocolError naming the runs otherwise."""
     scored = [read_scores(o, split) for o in outputs]
     labels = scored[0][0]
     if any(not np.array_equal(labels, s[0]) for s in scored):
         raise ProtocolError(f"runs scored different images: {outputs}")
-    return metrics.seed_summary(labels, [s[1] for s in scored], [s[2] for s in scored],
-                                resamples=resamples)
+    return labels, [s[1] for s in scored], [s[2] for s in scored]
+
+
+def pooled(outputs: Sequence[str], split: str | None, resamples: int) -> dict[str, Any]:
+    """seed_summary over the runs' scores of the same images."""
+    labels, scores, thresholds = scores_of_runs(outputs, split)
+    return metrics.seed_summary(labels, scores, thresholds, resamples=resamples)
 
 
 def _cell(summary: dict, metric: str) -> str:
@@ -197,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     data = os.path.join(args.workdir, "data")
     everything = _engine(args, os.path.join(data, "all"), [])
-    sources = sources_of(_json(os.path.join(everything, "manifest.json")))
+    sources = sources_of(read_json(os.path.join(everything, "manifest.json")))
     heldout, skipped = holdout_plan(sources, args.holdout_sources)
     plan = {s: (_engine(args, os.path.join(data, f"without_{s}"), [s]),
                 _engine(args, os.path.join(data, f"only_{s}"),

@@ -52,7 +52,7 @@ def auc_within_sources(rows: list[dict[str, str]], source_of: dict[str, str]) ->
 
 
 def summarise(workdir: str, source_of: dict[str, str]) -> dict[str, Any]:
-    run = protocol._json(os.path.join(workdir, "protocol.json"))
+    run = protocol.read_json(os.path.join(workdir, "protocol.json"))
     rows = {}
     for held in run["rows"]:
         seeds = [os.path.join(workdir, "runs", held, f"seed_{k}", "protocol")
