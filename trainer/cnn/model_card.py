@@ -13,6 +13,8 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
+from trainer.core import report as report_lib
+
 MODEL_CARD_NAME = "MODEL_CARD.md"
 SPLITS = ("train", "validation", "test")
 METRICS = ("auc", "sensitivity", "specificity", "accuracy")
@@ -21,10 +23,7 @@ SUBGROUP_TITLES = {"source_collection": "Source collection", "diagnosis": "Diagn
                    "fitzpatrick_skin_type": "Fitzpatrick skin type"}
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+_num = report_lib.format_number  # the same cells as the run's report.md
 
 
 def _interval(interval: Mapping[str, Any] | None) -> str:

@@ -146,7 +146,8 @@ def plot_reliability_diagram(calibration: Mapping[str, Mapping[str, Any]], path:
     return path
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def format_number(value: Any, digits: int = 3) -> str:
+    """A report cell: floats to `digits` places, None/NaN/inf as n/a, anything else as str."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -157,10 +158,10 @@ def _metric_rows(splits: Mapping[str, Any], names: Iterable[str]) -> list[str]:
     for name in names:
         cells = []
         for split in splits.values():
-            cell = _fmt(split.get(name))
+            cell = format_number(split.get(name))
             interval = split.get("bootstrap", {}).get("intervals", {}).get(name)
             if interval and interval.get("low") is not None and cell != "n/a":
-                cell += f" [{_fmt(interval['low'])}, {_fmt(interval['high'])}]"
+                cell += f" [{format_number(interval['low'])}, {format_number(interval['high'])}]"
             cells.append(cell)
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
@@ -179,7 +180,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"`{report.get('data', {}).get('data_dir', '')}`.", ""]
     lines += [
              "## Threshold", "",
-             f"Threshold **{_fmt(t['threshold'], 4)}**, policy `{t['policy']}`: {t['reason']}. "
+             f"Threshold **{format_number(t['threshold'], 4)}**, policy `{t['policy']}`: {t['reason']}. "
              + (f"Taken from {t.get('source')}; not re-tuned on the data scored here."
                 if report.get("external") else "Chosen on validation, applied unchanged to test.")
              + " A case is called malignant when its probability is >= the threshold."
@@ -209,7 +210,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         if all("at_study_threshold" in v for v in evaluated.values()):
             for name in ("accuracy", "sensitivity", "specificity"):
                 lines.append(f"| {name} at the study's 0.5 | " + " | ".join(
-                    _fmt(v["at_study_threshold"][name]) for v in evaluated.values()) + " |")
+                    format_number(v["at_study_threshold"][name]) for v in evaluated.values()) + " |")
         lines.append("| bootstrap resamples skipped | " + " | ".join(
             str(v.get("bootstrap", {}).get("skipped_single_class", "n/a")) for v in evaluated.values()) + " |")
     notes = [f"- {split}: {reason}" for split, v in splits.items() if v.get("note") for reason in [v["note"]]]
@@ -225,7 +226,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   "bins (sum over bins of the bin's share of cases times |mean probability - "
                   "fraction malignant|; 0 is perfect).", "",
                   "| split | cases | ECE |", "|---|---|---|"]
-        lines += [f"| {split} | {c['cases']} | {_fmt(c['ece'])} |" for split, c in calibration.items()]
+        lines += [f"| {split} | {c['cases']} | {format_number(c['ece'])} |" for split, c in calibration.items()]
     breakdown = report.get("breakdown", {})
     if breakdown:
         lines += ["", "## Breakdown", "",
@@ -239,7 +240,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines += ["| group | cases | malignant | AUC | sensitivity | specificity |",
                       "|---|---|---|---|---|---|"]
             lines += [f"| {name} | {g['cases']} | {g['malignant']} | {auc_with_interval(g)} | "
-                      f"{_fmt(g.get('sensitivity'))} | {_fmt(g.get('specificity'))} |"
+                      f"{format_number(g.get('sensitivity'))} | {format_number(g.get('specificity'))} |"
                       for name, g in info["groups"].items()]
             lines.append("")
     if report.get("predictions_csv"):
@@ -255,10 +256,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 def auc_with_interval(group: Mapping[str, Any]) -> str:
     """A breakdown group's AUC, with its bootstrap interval "[low, high]" when it has one."""
-    text = _fmt(group.get("auc"))
+    text = format_number(group.get("auc"))
     interval = group.get("auc_interval") or {}
     if interval.get("low") is not None and interval.get("high") is not None:
-        text += f" [{_fmt(interval['low'])}, {_fmt(interval['high'])}]"
+        text += f" [{format_number(interval['low'])}, {format_number(interval['high'])}]"
     return text
 
 
