@@ -77,6 +77,11 @@ def define_flags() -> None:
     flags.DEFINE_bool("source_balance", False, "Binary task: sample every acquisition source "
                       "(source_collection) of the train split equally, so the largest clinic "
                       "does not set what the model learns; epochs keep their length.")
+    flags.DEFINE_bool("source_logit_adjustment", False, "Binary task: during training add each "
+                      "record's source prior log-odds (source_collection's malignant rate "
+                      "against the train split's, trainer.core.source_prior) to the model's "
+                      "logit, so the net gains nothing by recognising the clinic; validation, "
+                      "evaluation and the export use the plain image model (offset 0).")
     flags.DEFINE_enum("class_balance", "none", list(config_lib.CLASS_BALANCE_MODES),
                       "Imbalanced data: class_weights (loss weights n/(2 n_c)) or sampling "
                       "(50/50 batches).")

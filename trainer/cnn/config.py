@@ -39,6 +39,7 @@ class TrainConfig(RunConfig):
     weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
     class_balance: str = "none"
     source_balance: bool = False      # sample every train source equally (binary task)
+    source_logit_adjustment: bool = False  # train with each source's prior log-odds offset
     monitor: str = "val_accuracy"
     early_stopping_patience: int = 0  # 0 = off
     verbose: int = 1
@@ -140,6 +141,14 @@ RULES: tuple[Rule, ...] = (
                                             and not c.synthetic_data),
          "--source_balance needs --task=binary, no --class_balance=sampling and no "
          "--synthetic_data (it samples each source's own records)"),
+    Rule(("source_logit_adjustment", "task", "use_metadata", "mixup_alpha", "cutmix_alpha",
+          "synthetic_data"),
+         lambda c: not c.source_logit_adjustment or (
+             c.task == "binary" and not c.use_metadata and not _mixing(c)
+             and not c.synthetic_data),
+         "--source_logit_adjustment needs --task=binary, no --use_metadata, no "
+         "--mixup_alpha/--cutmix_alpha and no --synthetic_data (the offset rides beside the "
+         "image of each real record, by its source)"),
     Rule(("use_metadata", "class_balance"),
          lambda c: not (c.use_metadata and c.class_balance == "sampling"),
          "--use_metadata cannot be combined with --class_balance=sampling yet"),
@@ -244,6 +253,14 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
             raise DataError(f"--class_balance={config.class_balance} needs both classes in "
                             f"train; {config.data_dir} has {dict(counts)} at "
                             f"{config.image_size}px")
+    if config.source_logit_adjustment:  # the offsets need >= 2 sources in train
+        from trainer.core import source_prior
+
+        try:
+            source_prior.source_offsets(manifest, "train")
+        except ValueError as e:
+            raise DataError(f"--source_logit_adjustment with --data_dir={config.data_dir}: "
+                            f"{e}") from None
     if os.path.exists(config.workdir) and not os.path.isdir(config.workdir):
         raise DataError(f"--workdir={config.workdir} is a file; give a run folder (new, or one "
                         "to resume)")

@@ -111,6 +111,19 @@ class BinaryTask:
     def prepare(self, c: TrainConfig) -> None:
         pass
 
+    def source_offsets(self, c: TrainConfig) -> dict[str, float] | None:
+        """Under --source_logit_adjustment, {source: offset} of train
+        (trainer.core.source_prior); else None. DataError when train has < 2 sources."""
+        if not c.source_logit_adjustment:
+            return None
+        from trainer.core import source_prior
+
+        try:
+            return source_prior.source_offsets(self.manifest, "train")
+        except ValueError as e:
+            raise DataError(f"--source_logit_adjustment with --data_dir={c.data_dir}: {e}"
+                            ) from None
+
     def datasets(self, c: TrainConfig, strategy):
         from trainer.core import input_pipeline
 
@@ -120,14 +133,16 @@ class BinaryTask:
             mix.total if mix else 0)
         steps = _steps(c, n_train, infinite=c.class_balance == "sampling" or c.source_balance)
         common = _common(c, float_input(c), self.manifest)
+        offsets = self.source_offsets(c)
         train = input_pipeline.make_dataset(
             c.data_dir, "train", training=True, augment=c.augment, repeat=True,
             augmentation=c.augmentation, mixup_alpha=c.mixup_alpha,
             cutmix_alpha=c.cutmix_alpha, balance_classes=c.class_balance == "sampling",
             synthetic=mix, drop_remainder=strategy.num_replicas_in_sync > 1,
-            balance_sources=c.source_balance, **common)
-        validation = input_pipeline.make_dataset(c.data_dir, "validation", training=False,
-                                                 **common)
+            balance_sources=c.source_balance, source_offsets=offsets, **common)
+        validation = input_pipeline.make_dataset(  # the plain image model: offset 0
+            c.data_dir, "validation", training=False,
+            source_offsets=None if offsets is None else {}, **common)
         return train, validation, steps, n_train
 
     def sample_dataset(self, c: TrainConfig):

@@ -29,7 +29,7 @@ from trainer.cnn import config as config_lib, models, recipe, tasks
 from trainer.cnn.config import TrainConfig  # noqa: F401  (train.TrainConfig, as before)
 from trainer.cnn.data import DataError
 from trainer.cnn.tasks import class_weights_from_counts  # noqa: F401  (tests use it from here)
-from trainer.core import input_pipeline, run_folder, runtime
+from trainer.core import input_pipeline, run_folder, runtime, source_prior
 
 
 
@@ -365,6 +365,7 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         tf.config.experimental.enable_op_determinism()
     policy = runtime.configure_mixed_precision(c.mixed_precision)
     train_ds, val_ds, steps, n_train = task.datasets(c, strategy)
+    offsets = task.source_offsets(c) if c.source_logit_adjustment else None
     if workers > 1:
         train_ds = input_pipeline.shard_by_file(train_ds)
     with strategy.scope():
@@ -376,9 +377,12 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
 
             model = metadata_features.with_metadata_input(model)
         model = task.head(model)
+        # --source_logit_adjustment: fit sees (image, source offset); `model` stays the plain
+        # image model (offset 0) that is saved, evaluated and exported.
+        fitted = source_prior.with_source_offset(model) if offsets is not None else model
         # Without augmentation the batches stay uint8 until the device (see make_dataset);
         # `model` itself keeps float [0, 1] inputs for evaluation, export and users.
-        fit_model = model if tasks.float_input(c) else with_uint8_input(model, c.image_size)
+        fit_model = fitted if tasks.float_input(c) else with_uint8_input(fitted, c.image_size)
         rate = recipe.learning_rate(c.learning_rate, c.lr_schedule, c.epochs * steps,
                                     round(c.warmup_epochs * steps))
         for compiled in {id(m): m for m in (model, fit_model)}.values():
@@ -398,6 +402,9 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         print(f"model {c.model}: {model.count_params():,} parameters, policy {policy}, "
               f"{strategy.num_replicas_in_sync} replica(s), {n_train} training images, "
               f"{steps} steps/epoch, class weights {class_weight}", flush=True)
+        if offsets is not None:
+            print("source logit offsets (training only): " + ", ".join(
+                f"{name} {value:+.3f}" for name, value in offsets.items()), flush=True)
     clock = runtime.TrainingClock()
     budget = runtime.TrainingBudget(c.max_train_minutes) if c.max_train_minutes else None
     callbacks = _callbacks(c, meter, history_file, sample_batch, budget, out_dir)
@@ -427,6 +434,8 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
     summary.update(cpu_time_s_this_run=round(trained["train_cpu_s"], 2), weights_sha256=digest,
                    workers=workers,
                    stopped_by_time_budget_after_epoch=stopped[0] if stopped else None)
+    if offsets is not None:
+        summary["source_logit_offsets"] = offsets
     run_folder.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null
     if c.verbose:
         print("training summary: " + json.dumps(summary), flush=True)

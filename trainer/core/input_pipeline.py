@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -237,6 +237,27 @@ def parse_and_decode_with_metadata(serialized: tf.Tensor, image_size: int):
             record["label"])
 
 
+def offset_lookup(source_offsets: Mapping[str, float]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """source_collection (tf.string) -> its float32 offset (trainer.core.source_prior); 0.0
+    for a source the mapping lacks, so an empty mapping gives every record 0 (validation;
+    a lookup table cannot be empty, so that one is a constant)."""
+    if not source_offsets:
+        return lambda source: tf.constant(0.0, tf.float32)
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(list(source_offsets), tf.string),
+        tf.constant([float(v) for v in source_offsets.values()], tf.float32)),
+        default_value=0.0)
+    return table.lookup
+
+
+def parse_and_decode_with_offset(serialized: tf.Tensor, image_size: int,
+                                 lookup: Callable[[tf.Tensor], tf.Tensor]):
+    """--source_logit_adjustment: one record -> ((uint8 image, float32 offset of its
+    source_collection), label)."""
+    record = reader.parse_record(serialized, image_size, fields=("source_collection",))
+    return (record["image"], lookup(record["source_collection"])), record["label"]
+
+
 def on_image(x, fn):
     """fn applied to the image of an element's input: x itself, or x[0] of (image, metadata)."""
     if isinstance(x, (tuple, list)):
@@ -305,7 +326,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  cutmix_alpha: float = 0.0,
                  synthetic: synthetic_mix.SyntheticMix | None = None,
                  manifest: Mapping[str, Any] | None = None,
-                 balance_sources: bool = False) -> tf.data.Dataset:
+                 balance_sources: bool = False,
+                 source_offsets: Mapping[str, float] | None = None) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
 
     augmentation: which augmentation `augment` means ("study" or "dermoscopy").
@@ -327,6 +349,10 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     in the parse step (parse_and_decode_with_metadata); labels unchanged.
     synthetic (training only): generated records added to the split before the shuffle
     (trainer.core.synthetic_mix); they count in the epoch's length.
+    source_offsets ({source_collection: offset}, trainer.core.source_prior): the input becomes
+    (images, offsets float32 [B]), each record's offset looked up by its source (0.0 for a
+    source not in the mapping; {} gives 0 everywhere, as validation uses); labels unchanged.
+    Not with use_metadata, mixup/cutmix or synthetic records (these have no source).
     manifest: the dataset's manifest when the caller has read it already (else read here).
     """
     if as_uint8 and ((training and augment) or tuple(map(float, value_range)) != (0.0, 1.0)):
@@ -336,6 +362,13 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     if mixing and (not training or labels != "binary" or use_metadata or as_uint8):
         raise ValueError(f"mixup_alpha={mixup_alpha}/cutmix_alpha={cutmix_alpha} need "
                          "training=True, labels='binary', no metadata and float images")
+    if source_offsets is not None and (use_metadata or mixing or synthetic is not None):
+        raise ValueError(f"source_offsets ({len(source_offsets)} sources) cannot be combined "
+                         f"with use_metadata={use_metadata}, mixup_alpha={mixup_alpha}/"
+                         f"cutmix_alpha={cutmix_alpha} or synthetic records "
+                         f"({synthetic is not None}): the offset rides beside the image alone, "
+                         "per record, and generated records have no source")
+    lookup = offset_lookup(source_offsets) if source_offsets is not None else None
     manifest = dataset_lib.manifest_or_read(data_dir, manifest)
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
@@ -365,8 +398,12 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         buffer = max(1, min(int(info["records"]) + added, _MAX_SHUFFLE_BUFFER))
         if training and not cache:
             records = records.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
-        parse = parse_and_decode_with_metadata if use_metadata else parse_and_decode
-        ds = records.map(lambda s: parse(s, image_size), num_parallel_calls=AUTOTUNE)
+        if lookup is not None:
+            ds = records.map(lambda s: parse_and_decode_with_offset(s, image_size, lookup),
+                             num_parallel_calls=AUTOTUNE)
+        else:
+            parse = parse_and_decode_with_metadata if use_metadata else parse_and_decode
+            ds = records.map(lambda s: parse(s, image_size), num_parallel_calls=AUTOTUNE)
         if labels == "binary":
             ds = ds.filter(lambda image, label: label >= 0)
         if label_filter is not None:
@@ -380,6 +417,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
             suffix += "" if source is None else f"-source{_digest(source)}"
             if synthetic is not None:  # another mix is another cache
                 suffix += f"-synthetic{_digest(dataclasses.asdict(synthetic))}"
+            if source_offsets is not None:  # other offsets (or none) are another cache
+                suffix += f"-offsets{_digest(dict(source_offsets))}"
             ds = ds.cache(f"{cache}-{image_size}-{split}{suffix}-{_digest(manifest)}")
         if training and cache:
             ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
