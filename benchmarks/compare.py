@@ -25,11 +25,16 @@ from benchmarks import protocol
 from trainer.core import metrics
 
 
-def _scores(workdir: str, source: str, seeds: int, name: str, split: str | None):
-    outputs = [os.path.join(workdir, "runs", source, f"seed_{k}", "protocol", name)
-               for k in range(seeds)]
+def _scores(workdir: str, result: dict, source: str, name: str, split: str | None):
+    outputs = protocol.score_outputs(workdir, result, source, name)
     labels, scores, _ = protocol.scores_of_runs(outputs, split)
     return labels, scores
+
+
+def _flags(result: dict) -> list[str]:
+    """A protocol run's trainer flags, and its evaluation flags when it had some."""
+    extra = result.get("eval_flags") or []
+    return list(result["flags"]) + ([f"(evaluated with {' '.join(extra)})"] if extra else [])
 
 
 def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, Any]:
@@ -47,8 +52,8 @@ def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, A
                                      f"{candidate}")
     rows: dict[str, Any] = {}
     for source in common:
-        labels, base = _scores(baseline, source, runs["baseline"]["seeds"], "heldout", None)
-        labels_c, cand = _scores(candidate, source, runs["candidate"]["seeds"], "heldout", None)
+        labels, base = _scores(baseline, runs["baseline"], source, "heldout", None)
+        labels_c, cand = _scores(candidate, runs["candidate"], source, "heldout", None)
         if not np.array_equal(labels, labels_c):
             raise protocol.ProtocolError(f"{source}: the two runs scored different images")
         rows[source] = metrics.paired_auc_difference(labels, base, cand, resamples=resamples)
@@ -66,8 +71,8 @@ def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, A
     for r in rows.values():
         r.pop("bootstrap", None)
     return {"baseline": baseline, "candidate": candidate,
-            "baseline_flags": runs["baseline"]["flags"],
-            "candidate_flags": runs["candidate"]["flags"],
+            "baseline_flags": _flags(runs["baseline"]),
+            "candidate_flags": _flags(runs["candidate"]),
             "engine_flags": runs["baseline"]["engine_flags"], "rows": rows}
 
 

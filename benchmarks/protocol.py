@@ -18,6 +18,10 @@ between in-source validation and held-out AUC. Runs and datasets already in --wo
 reused, so the protocol can grow over several sittings. Writes protocol.json and protocol.md.
 --engine_flags go to every engine run (e.g. --dx_map=bcc:benign,akiec:benign for melanoma vs
 rest); --holdout_sources=none trains on every source and scores its own test split only.
+--eval_flags go to every evaluation (e.g. --tta), whose scores then sit in
+RUN/protocol-<flags>/ beside the plain ones; with --runs_from=W the models (and datasets) of
+another protocol workdir W are scored, nothing is trained, and this workdir holds the table:
+an evaluation-time lever measured on the very models of its baseline.
 """
 from __future__ import annotations
 
@@ -94,8 +98,27 @@ def _engine(args: argparse.Namespace, output: str, exclude: Sequence[str]) -> st
     return output
 
 
+def scores_folder(eval_flags: Sequence[str]) -> str:
+    """A run's sub-folder for the protocol's scores: "protocol", or "protocol-<flags>" when
+    the evaluation took flags (e.g. ["--tta"] -> "protocol-tta"), so both can sit side by side."""
+    slug = "_".join("".join(c if c.isalnum() else "-" for c in f.lstrip("-")) for f in eval_flags)
+    return "protocol" + (f"-{slug}" if slug else "")
+
+
+def score_outputs(workdir: str, result: dict, source: str, name: str) -> list[str]:
+    """The evaluation folders of every seed of one row of a protocol.json (`result`): name is
+    "in_source" or "heldout"; runs from result["runs_from"] when it scored another's models."""
+    root = result.get("runs_from") or workdir
+    folder = result.get("scores_folder", "protocol")
+    return [os.path.join(root, "runs", source, f"seed_{k}", folder, name)
+            for k in range(result["seeds"])]
+
+
 def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None) -> None:
     if not os.path.exists(os.path.join(run, REPORT)):
+        if args.runs_from:
+            raise ProtocolError(f"--runs_from={args.runs_from}: {run} holds no trained run "
+                                f"({REPORT}); run the protocol there first")
         os.makedirs(os.path.dirname(run), exist_ok=True)
         _run([sys.executable, "-m", TRAINER, f"--flagfile={args.base}", f"--data_dir={data}",
               f"--workdir={run}", f"--seed={seed}", f"--image_size={args.image_size}",
@@ -103,12 +126,13 @@ def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None) 
     scored = [("in_source", data, "validation,test")]
     if heldout:
         scored.append(("heldout", heldout, "all"))
+    eval_flags = args.eval_flags.split()
     for name, data_dir, splits in scored:
-        output = os.path.join(run, "protocol", name)
+        output = os.path.join(run, scores_folder(eval_flags), name)
         if not os.path.exists(os.path.join(output, PREDICTIONS)):
             os.makedirs(os.path.dirname(output), exist_ok=True)
             _run([sys.executable, "-m", EVALUATOR, f"--model={run}", f"--data_dir={data_dir}",
-                  f"--splits={splits}", f"--output={output}", "--bootstrap=0"],
+                  f"--splits={splits}", f"--output={output}", "--bootstrap=0", *eval_flags],
                  f"{output}.log")
 
 
@@ -182,11 +206,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--flags", default="", help="trainer.cnn flags added after --base")
     p.add_argument("--engine_flags", default="", help="flags added to every engine run")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the pooled interval")
+    p.add_argument("--eval_flags", default="", help="trainer.cnn.evaluate flags (e.g. --tta); "
+                   "scores go to RUN/protocol-<flags>/")
+    p.add_argument("--runs_from", default="", help="score the trained runs and datasets of this "
+                   "protocol workdir instead of training (an evaluation-time lever)")
     args = p.parse_args(argv)
     if not os.path.isdir(args.input):
         p.error(f"--input={args.input}: no such folder")
     if not os.path.isfile(args.base):
         p.error(f"--base={args.base}: no such flag file (e.g. configs/cnn_compact.flags)")
+    if args.runs_from and not os.path.isfile(os.path.join(args.runs_from, "protocol.json")):
+        p.error(f"--runs_from={args.runs_from}: no protocol.json there (a finished "
+                "benchmarks.protocol workdir)")
+    if args.runs_from and os.path.abspath(args.runs_from) == os.path.abspath(args.workdir):
+        p.error("--runs_from must be another workdir: this one's table would be overwritten")
     if args.seeds < 1 or args.bootstrap < 1:
         p.error(f"--seeds and --bootstrap must be >= 1, got {args.seeds}, {args.bootstrap}")
     return args
@@ -202,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = os.path.join(args.workdir, "data")
+    trained = args.runs_from or args.workdir
+    data = os.path.join(trained, "data")
     everything = _engine(args, os.path.join(data, "all"), [])
     sources = sources_of(read_json(os.path.join(everything, "manifest.json")))
     heldout, skipped = holdout_plan(sources, args.holdout_sources)
@@ -213,10 +247,11 @@ def run(args: argparse.Namespace) -> int:
         plan = {"(none)": (everything, None)}
     rows = {}
     for source, (train_data, heldout_data) in plan.items():
-        runs = [os.path.join(args.workdir, "runs", source, f"seed_{k}") for k in range(args.seeds)]
+        runs = [os.path.join(trained, "runs", source, f"seed_{k}") for k in range(args.seeds)]
         for k, run in enumerate(runs):
             _train_and_score(args, run, k, train_data, heldout_data)
-        scored = lambda name: [os.path.join(r, "protocol", name) for r in runs]  # noqa: E731
+        folder = scores_folder(args.eval_flags.split())
+        scored = lambda name: [os.path.join(r, folder, name) for r in runs]  # noqa: E731
         rows[source] = {"in_source_validation": pooled(scored("in_source"), "validation",
                                                        args.bootstrap),
                         "in_source_test": pooled(scored("in_source"), "test", args.bootstrap)}
@@ -227,7 +262,9 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
     result = {"base": args.base, "flags": args.flags.split(), "engine_flags":
               args.engine_flags.split(), "image_size": args.image_size, "seeds": args.seeds,
-              "sources": sources, "skipped": skipped, "rows": rows}
+              "sources": sources, "skipped": skipped, "rows": rows,
+              "eval_flags": args.eval_flags.split(), "scores_folder": folder,
+              "runs_from": os.path.abspath(args.runs_from) if args.runs_from else ""}
     bench_common.write_json_and_table(args.workdir, "protocol", result, markdown(result))
     return 0
 

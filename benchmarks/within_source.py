@@ -55,10 +55,8 @@ def summarise(workdir: str, source_of: dict[str, str]) -> dict[str, Any]:
     run = protocol.read_json(os.path.join(workdir, "protocol.json"))
     rows = {}
     for held in run["rows"]:
-        seeds = [os.path.join(workdir, "runs", held, f"seed_{k}", "protocol")
-                 for k in range(run["seeds"])]
-        inside = [auc_within_sources(_predictions(os.path.join(s, "in_source"), "validation"),
-                                     source_of) for s in seeds]
+        inside = [auc_within_sources(_predictions(s, "validation"), source_of)
+                  for s in protocol.score_outputs(workdir, run, held, "in_source")]
         names = sorted(set.intersection(*(set(x["sources"]) for x in inside)))
         within = {n: float(np.mean([x["sources"][n]["auc"] for x in inside])) for n in names}
         row = {"pooled_validation_auc": float(np.mean([x["pooled"] for x in inside])),

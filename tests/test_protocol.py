@@ -158,3 +158,52 @@ def test_within_source_auc_exposes_a_model_that_only_tells_sources_apart():
     with pytest.raises(protocol.ProtocolError, match="no source"):
         within_source.auc_within_sources(rows + [{"image_id": "zz", "label": "1",
                                                   "probability": "0.5"}], source_of)
+
+
+def test_scores_folder_keeps_evaluation_flags_apart_from_the_plain_scores():
+    assert protocol.scores_folder([]) == "protocol"
+    assert protocol.scores_folder(["--tta"]) == "protocol-tta"
+    assert protocol.scores_folder(["--tta", "--batch_size=8"]) == "protocol-tta_batch-size-8"
+
+
+def test_an_evaluation_lever_is_compared_on_the_baselines_own_models(tmp_path):
+    """--runs_from: the candidate's protocol.json points at the baseline's runs, its scores in
+    protocol-tta/; compare must read those, not the plain ones (which would give 0)."""
+    from benchmarks import compare
+
+    rng = np.random.default_rng(2)
+    labels = np.r_[np.zeros(60), np.ones(40)]
+    base = _fake_protocol(tmp_path / "a", [], {"north": (labels, [rng.uniform(0, 1, 100)
+                                                                   for _ in range(3)])})
+    for k in range(3):
+        plain = tmp_path / "a" / "runs" / "north" / f"seed_{k}" / "protocol" / "heldout"
+        tta = plain.parent.parent / "protocol-tta" / "heldout"
+        tta.mkdir(parents=True)
+        rows = (plain / "predictions.csv").read_text().splitlines()
+        better = [rows[0]] + [f"{i},{sp},{y},{min(1.0, float(p) + 0.6 * int(y)):.6f}"
+                              for i, sp, y, p in (r.split(",") for r in rows[1:])]
+        (tta / "predictions.csv").write_text("\n".join(better) + "\n")
+        (tta / "report.json").write_text((plain / "report.json").read_text())
+    cand = tmp_path / "b"
+    cand.mkdir()
+    meta = json.loads((tmp_path / "a" / "protocol.json").read_text())
+    meta.update(eval_flags=["--tta"], scores_folder="protocol-tta", runs_from=str(base))
+    (cand / "protocol.json").write_text(json.dumps(meta))
+    assert compare.main([f"--baseline={base}", f"--candidate={cand}",
+                         f"--output={tmp_path / 'out'}", "--bootstrap=100"]) == 0
+    result = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert result["rows"]["north"]["difference"] > 0.1
+    assert result["candidate_flags"] == ["(evaluated with --tta)"]
+
+
+def test_runs_from_must_be_another_finished_protocol_workdir(tmp_path):
+    base = tmp_path / "flags"
+    base.write_text("--epochs=1\n")
+    with pytest.raises(SystemExit):
+        protocol.parse_args([f"--input={tmp_path}", f"--base={base}", f"--workdir={tmp_path}/w",
+                             f"--runs_from={tmp_path}/absent"])
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "protocol.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        protocol.parse_args([f"--input={tmp_path}", f"--base={base}", f"--workdir={tmp_path}/w",
+                             f"--runs_from={tmp_path}/w"])
