@@ -67,7 +67,24 @@ def summarise(workdir: str, source_of: dict[str, str]) -> dict[str, Any]:
             row["heldout_auc"] = run["rows"][held]["heldout"]["auc"]["mean"]
         rows[held] = row
     return {"workdir": workdir, "flags": run["flags"], "engine_flags": run["engine_flags"],
-            "seeds": run["seeds"], "rows": rows}
+            "seeds": run["seeds"], "rows": rows, "fair_gap": fair_gap(rows)}
+
+
+def fair_gap(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per held-out source S: its AUC within S when S was trained on (the mean over every other
+    row whose validation had S: the in-distribution reference for S alone) beside its held-out
+    AUC, and gap = reference - held-out. The pooled in-source AUC mixes sources and is not a
+    reference for one of them."""
+    gaps = {}
+    for held, row in rows.items():
+        inside = [r["within_source_validation_auc"][held] for other, r in rows.items()
+                  if other != held and held in r["within_source_validation_auc"]]
+        if "heldout_auc" in row and inside:
+            reference = float(np.mean(inside))
+            gaps[held] = {"within_source_reference": reference, "runs": len(inside),
+                          "heldout_auc": row["heldout_auc"],
+                          "gap": reference - row["heldout_auc"]}
+    return gaps
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -82,6 +99,13 @@ def markdown(result: dict[str, Any]) -> str:
         held_auc = f"{r['heldout_auc']:.3f}" if "heldout_auc" in r else "n/a"
         lines.append(f"| {held} | {r['pooled_validation_auc']:.3f} | {within} | "
                      f"{r['mean_within_source_auc']:.3f} | {held_auc} |")
+    if result.get("fair_gap"):
+        lines += ["", "Each source against itself: its within-source validation AUC in the rows "
+                  "that trained on it (mean over those rows) and its held-out AUC.", "",
+                  "| source | within it, trained on (rows) | held out | gap |", "|---|---|---|---|"]
+        for name, g in result["fair_gap"].items():
+            lines.append(f"| {name} | {g['within_source_reference']:.3f} ({g['runs']}) | "
+                         f"{g['heldout_auc']:.3f} | {g['gap']:+.3f} |")
     return "\n".join(lines) + "\n"
 
 

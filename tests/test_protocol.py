@@ -207,3 +207,17 @@ def test_runs_from_must_be_another_finished_protocol_workdir(tmp_path):
     with pytest.raises(SystemExit):
         protocol.parse_args([f"--input={tmp_path}", f"--base={base}", f"--workdir={tmp_path}/w",
                              f"--runs_from={tmp_path}/w"])
+
+
+def test_fair_gap_sets_each_held_out_source_against_itself_when_trained_on():
+    from benchmarks import within_source
+
+    rows = {"a": {"within_source_validation_auc": {"b": 0.80, "c": 0.70}, "heldout_auc": 0.60},
+            "b": {"within_source_validation_auc": {"a": 0.75, "c": 0.72}, "heldout_auc": 0.70},
+            "c": {"within_source_validation_auc": {"a": 0.65}}}
+    gaps = within_source.fair_gap(rows)
+    assert set(gaps) == {"a", "b"}  # c has no held-out AUC
+    assert gaps["a"]["within_source_reference"] == pytest.approx(0.70)  # from rows b and c
+    assert gaps["a"]["runs"] == 2 and gaps["a"]["gap"] == pytest.approx(0.10)
+    assert gaps["b"]["within_source_reference"] == pytest.approx(0.80)  # row a only
+    assert gaps["b"]["gap"] == pytest.approx(0.10)
