@@ -2,13 +2,16 @@
 shards are read back from the spool a bounded batch at a time (issue 21, item 2)."""
 import dataclasses
 import json
+import os
 import random
 import subprocess
 import sys
 
+import pytest
 from apache_beam.coders import coders
+from apache_beam.pvalue import TaggedOutput
 
-from beam_jobs import spool
+from beam_jobs import preprocess, spool
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SpoolRef, SpoolWriter
 from beam_jobs.transforms import KEPT, ImageKey, pack_phash, plan_shards, unpack_phash
@@ -17,6 +20,13 @@ from isicflow.dataset import kept_entry
 from isicflow.image_checks import PerceptualHash
 from isicflow.metadata import LesionRecord
 from tests.conftest import REPO_ROOT
+
+def _glibc() -> bool:
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (AttributeError, ValueError, OSError):
+        return False
+
 
 CONFIG = PreprocessConfig(input="unused", output="unused", image_sizes=(256, 128))
 SPOOL_NAME = "0123456789abcdef0123456789abcdef.spool"
@@ -84,11 +94,70 @@ def test_plan_of_200000_images_stays_under_500_mb():
 
 
 def test_image_key_is_small_on_the_wire():
-    """What the runner holds per image in the plan's shuffle: Beam's coder bytes of one key."""
+    """What the runner holds and copies per image in the plan's shuffle: Beam's coder bytes of
+    one key as KeyForPlan sends it, a plain tuple (the dataclass itself is pickled with its
+    class's name: 332 bytes for this key)."""
     key = synthetic_key(7, random.Random(1), with_hash=True)
-    encoded = coders.FastPrimitivesCoder().encode(key)
-    assert coders.FastPrimitivesCoder().decode(encoded) == key
-    assert len(encoded) < 400, len(encoded)
+    coder = coders.FastPrimitivesCoder()
+    encoded = coder.encode(key.to_wire())
+    assert ImageKey.from_wire(coder.decode(encoded)) == key
+    assert len(encoded) < 290, len(encoded)
+
+
+def test_plan_step_reads_keys_in_their_wire_form():
+    rng = random.Random(3)
+    keys = [synthetic_key(i, rng, with_hash=i % 2 == 0) for i in range(40)]
+    def plain(outputs):  # TaggedOutput has no equality of its own
+        return [(o.tag, o.value) if isinstance(o, TaggedOutput) else o for o in outputs]
+
+    got = preprocess._plan_shards_of_group((None, [k.to_wire() for k in keys]), CONFIG)
+    assert plain(got) == plain(plan_shards(keys, CONFIG))
+
+
+MALLOC_PROBE = """
+import ctypes, json, sys, threading
+from beam_jobs import preprocess
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "launcher":
+    preprocess.run = lambda argv: {}  # main() up to the pipeline, no pipeline
+    assert preprocess.main([]) == 0
+libc.free(libc.malloc(8 << 20))  # unpinned, glibc now keeps blocks up to 8 MB in its arenas
+got = {}
+
+def allocate():  # a thread started afterwards, as the runner's workers are
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(2 << 20)
+    got["mmapped"] = libc.mallinfo2().hblkhd - before >= 2 << 20
+    libc.free(block)
+
+thread = threading.Thread(target=allocate)
+thread.start()
+thread.join()
+print(json.dumps(got))
+"""
+
+
+@pytest.mark.skipif(not _glibc(), reason="mallopt's mmap threshold is glibc's")
+def test_launcher_keeps_large_blocks_out_of_thread_arenas():
+    """After main() has started, a 2 MB block that a new thread allocates is mmapped (returned
+    to the system on free) even after an 8 MB block was freed, which without the pin raises
+    glibc's threshold to 8 MB (checked in the same test, so the probe can tell the two apart)."""
+    def probe(mode: str) -> bool:
+        result = subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode], capture_output=True,
+                                text=True, cwd=str(REPO_ROOT), timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])["mmapped"]
+
+    assert probe("launcher") is True
+    assert probe("bare") is False  # glibc's dynamic threshold, what the launcher turns off
 
 
 def test_phash_packs_to_40_bytes_and_back():
