@@ -20,8 +20,9 @@ class _Key:
 
 
 class _YieldingCoder(beam.coders.Coder):
-    """Runs bytecode in the middle of an element, as the engine's fallback pickling of its slots
-    dataclass ImageKey does, and yields the GIL there, so that the race is near-certain."""
+    """Runs bytecode in the middle of an element, as any Python-level encoding does (the
+    engine's records, and its keys before they crossed the plan's shuffle as plain tuples),
+    and yields the GIL there, so that the race is near-certain."""
 
     def encode(self, value):
         time.sleep(0)
