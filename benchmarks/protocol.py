@@ -235,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    os.makedirs(args.workdir, exist_ok=True)  # with --runs_from nothing else creates it
     trained = args.runs_from or args.workdir
     data = os.path.join(trained, "data")
     everything = _engine(args, os.path.join(data, "all"), [])
