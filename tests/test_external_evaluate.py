@@ -303,3 +303,27 @@ def test_training_evaluation_with_tta_carries_over_to_external(data_dir, tmp_pat
     assert result["threshold"]["threshold"] == trained["threshold"]["threshold"]
     assert result["splits"]["validation"]["auc"] == pytest.approx(trained["splits"]["validation"]["auc"])
     assert result["splits"]["validation"]["confusion"] == trained["splits"]["validation"]["confusion"]
+
+
+def test_a_metadata_model_is_scored_with_each_records_own_metadata(data_dir, sample, tmp_path):
+    """A --use_metadata run scored on another dataset (a held-out clinic): each record's age,
+    sex and site reach the model's second input, encoded as in training; TTA is refused."""
+    from trainer.core import metadata_features
+
+    model = metadata_features.with_metadata_input(tiny_model())
+    model.save(str(tmp_path / "model.keras"))
+    (tmp_path / "report.json").write_text(json.dumps({"threshold": {"threshold": 0.5}}))
+    result = evaluation.evaluate_external(str(tmp_path), data_dir, bootstrap=0, splits="test")
+    with open(os.path.join(result["out"], "predictions.csv"), newline="") as f:
+        scored = {r["image_id"]: float(r["probability"]) for r in csv.DictReader(f)}
+    ids = [os.path.basename(path)[:-4] for path, _, _ in sample][4:]  # the test split
+    sites = [SITES[i % 3] for i in range(4, len(sample))]
+    images = np.stack([engine_pixels(path) for path, _, _ in sample][4:]).astype("float32") / 255
+    features = metadata_features.encode(np.full(len(ids), -1.0, np.float32),
+                                        np.array([""] * len(ids)), np.array(sites))
+    expected = np.asarray(model.predict_on_batch([images, np.asarray(features)]))[:, 0]
+    np.testing.assert_allclose([scored[i] for i in ids], expected, rtol=1e-5, atol=1e-6)
+    blank = np.asarray(model.predict_on_batch([images, np.zeros_like(features)]))[:, 0]
+    assert not np.allclose(expected, blank, atol=1e-6)  # the metadata input does matter
+    with pytest.raises(evaluation.EvaluationError, match="--tta is not supported"):
+        evaluation.evaluate_external(str(tmp_path), data_dir, bootstrap=0, tta=True)

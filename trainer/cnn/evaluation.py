@@ -73,16 +73,23 @@ def predict_split_with_metadata(model, data_dir: str, split: str, image_size: in
                                 ) -> dict[str, np.ndarray]:
     """One split's benign/malignant records scored with their metadata: {"label" int64,
     "probability" float64, and str arrays per input_pipeline.METADATA_FIELDS}, same
-    preprocessing as predict_split (the input pipeline's evaluation path)."""
+    preprocessing as predict_split (the input pipeline's evaluation path). A model with two
+    inputs (--use_metadata) gets each record's metadata features too (no TTA)."""
     from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
+    metadata_input = len(model.inputs) > 1
+    if metadata_input and tta:
+        raise ValueError("test-time augmentation is not supported with --use_metadata")
     ds = input_pipeline.make_eval_dataset_with_metadata(data_dir, split, image_size=image_size,
-                                                        batch_size=batch_size, manifest=manifest)
+                                                        batch_size=batch_size, manifest=manifest,
+                                                        metadata_input=metadata_input)
     columns: dict[str, list] = {"label": [], "probability": []}
     columns.update({name: [] for name in input_pipeline.METADATA_FIELDS})
-    for images, batch_labels, meta in ds:
-        columns["probability"].append(tta_lib.predict_on_batch(model, images, tta))
+    for x, batch_labels, meta in ds:
+        columns["probability"].append(
+            np.asarray(model.predict_on_batch(x), np.float64)[:, 0] if metadata_input
+            else tta_lib.predict_on_batch(model, x, tta))
         columns["label"].append(np.asarray(batch_labels).astype(np.int64))
         for name in input_pipeline.METADATA_FIELDS:
             columns[name].append(np.array([v.decode("utf-8") for v in meta[name].numpy()],
@@ -484,16 +491,20 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
         raise EvaluationError(f"--model {model_path!r}: {model_info['keras']} cannot be loaded "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                               ) from None
-    if len(model.inputs) != 1 or model.outputs[0].shape[-1] != 1:
+    if len(model.inputs) > 2 or model.outputs[0].shape[-1] != 1:
         raise EvaluationError(f"--model {model_path!r}: external evaluation scores benign/malignant "
-                              "image-only models; this one has metadata inputs or a diagnosis head "
-                              "(--use_metadata / --task=diagnosis runs report on their own data only)")
+                              "models (the image, or the image and --use_metadata's features); "
+                              "this one has a diagnosis head or other inputs (--task=diagnosis "
+                              "runs report on their own data only)")
     model_size = int(model.inputs[0].shape[1])
     image_size = int(image_size or model_size)
     if image_size != model_size:
         raise EvaluationError(f"--image_size {image_size} differs from the model's input size {model_size}")
     chosen = select_splits(data_dir, image_size, splits, manifest)
     use_tta = model_info["tta"] if tta is None else bool(tta)
+    if use_tta and len(model.inputs) > 1:
+        raise EvaluationError(f"--model {model_path!r} takes metadata: --tta is not supported "
+                              "with --use_metadata models")
     t = model_info["threshold"]["threshold"]
     dataset_name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
     out = out or os.path.join(model_path, EXTERNAL_DIR, dataset_name)

@@ -267,10 +267,12 @@ def on_image(x, fn):
 
 def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: int,
                                     batch_size: int, labels: str = "binary",
-                                    manifest: Mapping[str, Any] | None = None
-                                    ) -> tf.data.Dataset:
+                                    manifest: Mapping[str, Any] | None = None,
+                                    metadata_input: bool = False) -> tf.data.Dataset:
     """Read-only accessor for scoring: (images float32 [B,S,S,3] in [0, 1], labels float32 [B],
-    {field: tf.string [B]} for METADATA_FIELDS), in a deterministic order.
+    {field: tf.string [B]} for METADATA_FIELDS), in a deterministic order. metadata_input: the
+    first item is (images, metadata float32 [B, 16]) instead, the input of a --use_metadata model
+    (the features parse_and_decode_with_metadata gives training).
 
     The same parse, decode, label filter and evaluation scaling (preprocess_for_eval) as
     make_dataset(training=False); only the metadata strings are parsed besides. make_dataset,
@@ -287,7 +289,12 @@ def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: in
 
     def parse(serialized):
         record = tf.io.parse_single_example(serialized, spec)
-        return (_decode_record(record, image_size), record["label"],
+        image = _decode_record(record, image_size)
+        if metadata_input:
+            from trainer.core import metadata_features
+
+            image = (image, metadata_features.encode_record(record))
+        return (image, record["label"],
                 {name: record[name] if record[name].dtype == tf.string
                  else tf.strings.as_string(record[name]) for name in METADATA_FIELDS})
 
@@ -297,7 +304,8 @@ def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: in
     if labels == "binary":
         ds = ds.filter(lambda image, label, meta: label >= 0)
     ds = ds.batch(batch_size).map(
-        lambda images, label, meta: (preprocess_for_eval(images), tf.cast(label, tf.float32), meta),
+        lambda images, label, meta: (on_image(images, preprocess_for_eval),
+                                     tf.cast(label, tf.float32), meta),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)
 
