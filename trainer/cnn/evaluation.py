@@ -55,10 +55,7 @@ def predict_split(model, data_dir: str, split: str, image_size: int,
                                      use_metadata=use_metadata, manifest=manifest)
     labels, probabilities = [], []
     for images, batch_labels in ds:
-        if use_metadata:
-            probabilities.append(np.asarray(model.predict_on_batch(images), np.float64)[:, 0])
-        else:
-            probabilities.append(tta_lib.predict_on_batch(model, images, tta))
+        probabilities.append(tta_lib.predict_on_batch(model, images, tta))
         labels.append(np.asarray(batch_labels).astype(np.int64))
     if not labels:
         return np.zeros([0], np.int64), np.zeros([0], np.float64)
@@ -78,18 +75,13 @@ def predict_split_with_metadata(model, data_dir: str, split: str, image_size: in
     from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
-    metadata_input = len(model.inputs) > 1
-    if metadata_input and tta:
-        raise ValueError("test-time augmentation is not supported with --use_metadata")
     ds = input_pipeline.make_eval_dataset_with_metadata(data_dir, split, image_size=image_size,
                                                         batch_size=batch_size, manifest=manifest,
-                                                        metadata_input=metadata_input)
+                                                        metadata_input=len(model.inputs) > 1)
     columns: dict[str, list] = {"label": [], "probability": []}
     columns.update({name: [] for name in input_pipeline.METADATA_FIELDS})
     for x, batch_labels, meta in ds:
-        columns["probability"].append(
-            np.asarray(model.predict_on_batch(x), np.float64)[:, 0] if metadata_input
-            else tta_lib.predict_on_batch(model, x, tta))
+        columns["probability"].append(tta_lib.predict_on_batch(model, x, tta))
         columns["label"].append(np.asarray(batch_labels).astype(np.int64))
         for name in input_pipeline.METADATA_FIELDS:
             columns[name].append(np.array([v.decode("utf-8") for v in meta[name].numpy()],

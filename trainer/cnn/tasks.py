@@ -113,16 +113,13 @@ class BinaryTask:
 
     def source_offsets(self, c: TrainConfig) -> dict[str, float] | None:
         """Under --source_logit_adjustment, {source: offset} of train
-        (trainer.core.source_prior); else None. DataError when train has < 2 sources."""
+        (trainer.core.source_prior); else None. config.check_inputs has already refused a
+        train split with fewer than 2 sources, before the run folder."""
         if not c.source_logit_adjustment:
             return None
         from trainer.core import source_prior
 
-        try:
-            return source_prior.source_offsets(self.manifest, "train")
-        except ValueError as e:
-            raise DataError(f"--source_logit_adjustment with --data_dir={c.data_dir}: {e}"
-                            ) from None
+        return source_prior.source_offsets(self.manifest, "train")
 
     def datasets(self, c: TrainConfig, strategy):
         from trainer.core import input_pipeline

@@ -365,7 +365,7 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         tf.config.experimental.enable_op_determinism()
     policy = runtime.configure_mixed_precision(c.mixed_precision)
     train_ds, val_ds, steps, n_train = task.datasets(c, strategy)
-    offsets = task.source_offsets(c) if c.source_logit_adjustment else None
+    offsets = task.source_offsets(c) if c.source_logit_adjustment else None  # binary only
     if workers > 1:
         train_ds = input_pipeline.shard_by_file(train_ds)
     with strategy.scope():

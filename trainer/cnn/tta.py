@@ -43,12 +43,16 @@ def probabilities(model, images, tta: bool):
 
 
 def predict_on_batch(model, images, tta: bool):
-    """Eager scoring (evaluate): numpy float64 [B]; the same views and mean as `probabilities`."""
+    """Eager scoring (evaluate): numpy float64 [B]; the same views and mean as `probabilities`.
+    images may be (images, metadata) for a --use_metadata model, without TTA (ValueError)."""
     import numpy as np
 
+    if isinstance(images, (tuple, list)) and tta:
+        raise ValueError("test-time augmentation is not supported with --use_metadata")
     if not tta:
         out = np.asarray(model.predict_on_batch(images), dtype=np.float64)
-        _check_output(out, int(images.shape[0]))
+        rows = images[0] if isinstance(images, (tuple, list)) else images
+        _check_output(out, int(rows.shape[0]))
         return out[:, 0]
     out = np.asarray(model.predict_on_batch(dihedral_views(images)), dtype=np.float32)
     _check_output(out, VIEWS * int(images.shape[0]))
