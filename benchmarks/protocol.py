@@ -111,7 +111,14 @@ def score_outputs(workdir: str, result: dict, source: str, name: str) -> list[st
     root = result.get("runs_from") or workdir
     folder = result.get("scores_folder", "protocol")
     return [os.path.join(root, "runs", source, f"seed_{k}", folder, name)
-            for k in range(result["seeds"])]
+            for k in seed_list(result)]
+
+
+def seed_list(result: dict) -> range:
+    """The training seeds of a protocol.json's result: `seeds` of them from first_seed (0 in
+    tables written before --first_seed existed)."""
+    first = result.get("first_seed", 0)
+    return range(first, first + result["seeds"])
 
 
 def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None) -> None:
@@ -170,8 +177,9 @@ def _cell(summary: dict, metric: str) -> str:
 
 
 def markdown(result: dict) -> str:
+    seeds = ", ".join(map(str, seed_list(result)))
     lines = [f"Base `{result['base']}` {' '.join(result['flags'])}, {result['image_size']} px, "
-             f"seeds {result['seeds']}. Each cell: mean ± sd over seeds [pooled 95% interval, "
+             f"seeds {seeds}. Each cell: mean ± sd over seeds [pooled 95% interval, "
              "bootstrap over images paired across seeds]; sensitivity/specificity at each "
              "run's validation-chosen threshold.", "",
              "| held out | images (malignant) | in-source val AUC | in-source test AUC | "
@@ -201,7 +209,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--base", required=True, help="trainer.cnn flagfile every run uses")
     p.add_argument("--workdir", required=True, help="datasets, runs and the table")
     p.add_argument("--image_size", type=int, default=128, help="engine output and trainer input")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per held-out source")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per held-out source: "
+                   "first_seed .. first_seed+N-1")
+    p.add_argument("--first_seed", type=int, default=0, help="the first training seed; fresh "
+                   "seeds (e.g. 3) confirm a recipe chosen on the scores of seeds 0..N-1")
     p.add_argument("--holdout_sources", default="all", help="'all', 'none' or a comma list")
     p.add_argument("--flags", default="", help="trainer.cnn flags added after --base")
     p.add_argument("--engine_flags", default="", help="flags added to every engine run")
@@ -220,8 +231,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                 "benchmarks.protocol workdir)")
     if args.runs_from and os.path.abspath(args.runs_from) == os.path.abspath(args.workdir):
         p.error("--runs_from must be another workdir: this one's table would be overwritten")
-    if args.seeds < 1 or args.bootstrap < 1:
-        p.error(f"--seeds and --bootstrap must be >= 1, got {args.seeds}, {args.bootstrap}")
+    if args.seeds < 1 or args.bootstrap < 1 or args.first_seed < 0:
+        p.error(f"--seeds and --bootstrap must be >= 1 and --first_seed >= 0, got "
+                f"{args.seeds}, {args.bootstrap}, {args.first_seed}")
     return args
 
 
@@ -248,8 +260,9 @@ def run(args: argparse.Namespace) -> int:
         plan = {"(none)": (everything, None)}
     rows = {}
     for source, (train_data, heldout_data) in plan.items():
-        runs = [os.path.join(trained, "runs", source, f"seed_{k}") for k in range(args.seeds)]
-        for k, run in enumerate(runs):
+        seeds = seed_list({"first_seed": args.first_seed, "seeds": args.seeds})
+        runs = [os.path.join(trained, "runs", source, f"seed_{k}") for k in seeds]
+        for k, run in zip(seeds, runs):
             _train_and_score(args, run, k, train_data, heldout_data)
         folder = scores_folder(args.eval_flags.split())
         scored = lambda name: [os.path.join(r, folder, name) for r in runs]  # noqa: E731
@@ -263,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
     result = {"base": args.base, "flags": args.flags.split(), "engine_flags":
               args.engine_flags.split(), "image_size": args.image_size, "seeds": args.seeds,
+              "first_seed": args.first_seed,
               "sources": sources, "skipped": skipped, "rows": rows,
               "eval_flags": args.eval_flags.split(), "scores_folder": folder,
               "runs_from": os.path.abspath(args.runs_from) if args.runs_from else ""}

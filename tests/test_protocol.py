@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -94,12 +95,12 @@ def test_paired_difference_sees_a_real_gain_and_no_gain_in_noise():
         metrics.paired_auc_difference(labels, weak[:1], strong, resamples=10)
 
 
-def _fake_protocol(root, flags, scores_per_source, engine_flags=()):
+def _fake_protocol(root, flags, scores_per_source, engine_flags=(), first_seed=0):
     """A benchmarks.protocol workdir: protocol.json and each seed's held-out predictions."""
     rows = {}
     for source, (labels, per_seed) in scores_per_source.items():
         rows[source] = {"heldout": {}}
-        for k, scores in enumerate(per_seed):
+        for k, scores in enumerate(per_seed, start=first_seed):
             out = root / "runs" / source / f"seed_{k}" / "protocol" / "heldout"
             out.mkdir(parents=True)
             lines = ["image_id,split,label,probability"] + [
@@ -109,7 +110,7 @@ def _fake_protocol(root, flags, scores_per_source, engine_flags=()):
             (out / "report.json").write_text(json.dumps({"threshold": {"threshold": 0.5}}))
     (root / "protocol.json").write_text(json.dumps({
         "flags": list(flags), "engine_flags": list(engine_flags), "seeds": len(per_seed),
-        "rows": rows}))
+        "first_seed": first_seed, "rows": rows}))
     return str(root)
 
 
@@ -221,3 +222,38 @@ def test_fair_gap_sets_each_held_out_source_against_itself_when_trained_on():
     assert gaps["a"]["runs"] == 2 and gaps["a"]["gap"] == pytest.approx(0.10)
     assert gaps["b"]["within_source_reference"] == pytest.approx(0.80)  # row a only
     assert gaps["b"]["gap"] == pytest.approx(0.10)
+
+
+def test_fresh_seeds_confirm_a_recipe_against_the_baselines_first_seeds(tmp_path):
+    """--first_seed=3: the candidate's runs are seed_3..seed_5, and compare reads those (not
+    seed_0..2, which do not exist there)."""
+    from benchmarks import compare
+
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(60), np.ones(40)]
+    base = _fake_protocol(tmp_path / "a", [], {"north": (labels, [rng.uniform(0, 1, 100)
+                                                                   for _ in range(3)])})
+    cand = _fake_protocol(tmp_path / "b", ["--use_metadata"], {"north": (
+        labels, [0.8 * labels + rng.uniform(0, 1, 100) for _ in range(3)])}, first_seed=3)
+    assert sorted(os.listdir(tmp_path / "b" / "runs" / "north")) == ["seed_3", "seed_4",
+                                                                       "seed_5"]
+    assert [os.path.basename(os.path.dirname(os.path.dirname(p))) for p in
+            protocol.score_outputs(cand, json.loads((tmp_path / "b" / "protocol.json")
+                                                    .read_text()), "north", "heldout")] == [
+        "seed_3", "seed_4", "seed_5"]
+    assert compare.main([f"--baseline={base}", f"--candidate={cand}",
+                         f"--output={tmp_path / 'out'}", "--bootstrap=100"]) == 0
+    assert json.loads((tmp_path / "out" / "compare.json").read_text()
+                      )["rows"]["north"]["difference"] > 0.2
+
+
+def test_first_seed_is_written_and_a_negative_one_refused(tmp_path):
+    base = tmp_path / "flags"
+    base.write_text("--epochs=1\n")
+    args = protocol.parse_args([f"--input={tmp_path}", f"--base={base}", f"--workdir={tmp_path}/w",
+                                "--first_seed=3", "--seeds=2"])
+    assert list(protocol.seed_list({"first_seed": args.first_seed, "seeds": args.seeds})) == [3, 4]
+    assert list(protocol.seed_list({"seeds": 3})) == [0, 1, 2]  # tables from before the flag
+    with pytest.raises(SystemExit):
+        protocol.parse_args([f"--input={tmp_path}", f"--base={base}", f"--workdir={tmp_path}/w",
+                             "--first_seed=-1"])
