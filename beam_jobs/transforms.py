@@ -151,8 +151,6 @@ class ProcessImage(beam.DoFn):
 
     def setup(self):
         self._spool = SpoolWriter(join_path(self.config.output, INCOMPLETE_DIR, SPOOL_DIR))
-        self._decoded = Metrics.counter(NAMESPACE, "images_decoded")
-        self._reduced = Metrics.counter(NAMESPACE, "reduced_scale_decodes")
         # The rate counts from here: the worker's own work, not its start-up.
         self._seen, self._started = 0, time.monotonic()
         self._instance = uuid.uuid4().hex[:8]  # one rate per DoFn instance, whatever thread
@@ -232,9 +230,9 @@ class ProcessImage(beam.DoFn):
         spans += [self._spool.append(imaging.encode_image(resized[size], cfg.image_format,
                                                           cfg.jpeg_quality))
                   for size in cfg.image_sizes]
-        self._decoded.inc()
+        _count("images_decoded")
         if decoded.scale_denominator > 1:
-            self._reduced.inc()
+            _count("reduced_scale_decodes")
         self._clock.end(clock)
         yield ImageKey(record.image_id, record.image_path, record.group_key, record.label, sha256,
                        kept_summary(record), posixpath.basename(spans[0].path), spans[0].offset,

@@ -9,9 +9,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SpoolRef, read_all
-from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, REJECTED, FilterRecords,
-                                  ImageKey, ProcessImage, pack_phash, plan_dataset, plan_shards,
-                                  shard_count)
+from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, NAMESPACE, REJECTED,
+                                  FilterRecords, ImageKey, ProcessImage, pack_phash,
+                                  plan_dataset, plan_shards, shard_count)
 from beam_jobs.writing import kept_summary, read_spooled_record
 from isicflow.metadata import LesionRecord
 from tests import hostile_images as hi
@@ -79,6 +79,27 @@ def test_process_image_decodes_and_rejects(tmp_path):
                     equal_to([("good", 80, 60, [(16, (16, 16)), (32, (32, 32))])]),
                     label="spooled")
     assert len(list((tmp_path / "out" / ".incomplete" / "spool").glob("*.spool"))) == 1
+
+
+def test_process_image_counts_decodes_and_reduced_scale_decodes(tmp_path):
+    """The manifest reads these counters: a small JPEG is decoded at full scale, a large one at
+    reduced scale, and an unreadable file is neither (it counts as its reject reason)."""
+    import dataclasses
+    from apache_beam.metrics.metric import MetricsFilter
+    small, large = tmp_path / "small.jpg", tmp_path / "large.jpg"
+    small.write_bytes(hi.jpeg_bytes(hi.gradient(40, 30)))
+    large.write_bytes(hi.jpeg_bytes(hi.gradient(400, 300)))
+    records = [_record("small", small, label="benign"), _record("large", large, label="benign"),
+               _record("gone", tmp_path / "missing.jpg", label="benign")]
+    config = dataclasses.replace(CONFIG, output=str(tmp_path / "out"))
+    p = TestPipeline()
+    _ = (p | beam.Create(records)
+         | beam.ParDo(ProcessImage(config)).with_outputs(REJECTED, FILTERED, main="images"))
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    assert counters == {"images_decoded": 2, "reduced_scale_decodes": 1, "unreadable_file": 1}
 
 
 def _image(image_id, label, sha=None, group=None):
