@@ -18,9 +18,9 @@ import uuid
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from beam_jobs import splits, timeline
+from beam_jobs.counters import count as _count
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SPOOL_DIR, SpoolWriter
 from beam_jobs.writing import INCOMPLETE_DIR, kept_summary, spooled_record
@@ -28,7 +28,6 @@ from isicflow import fileio, image_checks, imaging
 from isicflow.fileio import join_path
 from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
 
-NAMESPACE = "isicflow"
 REJECTED, FILTERED, DUPLICATE = "rejected", "filtered", "duplicate"
 KEPT = "kept"  # plan_shards' summary of the images written, for the manifest
 NEAR_DUPLICATES = "near_duplicates"  # plan_shards' near-duplicate groups, for the manifest
@@ -85,10 +84,6 @@ def unpack_phash(packed: bytes) -> image_checks.PerceptualHash:
     cut = image_checks.COARSE_BITS // 8
     return image_checks.PerceptualHash(int.from_bytes(packed[:cut], "big"),
                                        int.from_bytes(packed[cut:], "big"))
-
-
-def _count(name: str, n: int = 1) -> None:
-    Metrics.counter(NAMESPACE, name).inc(n)
 
 
 def filter_reason(record: LesionRecord, config: PreprocessConfig) -> Optional[tuple[str, str]]:

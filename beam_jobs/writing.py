@@ -12,9 +12,9 @@ import logging
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from beam_jobs import spool, timeline
+from beam_jobs import counters
 from beam_jobs.config import PreprocessConfig
 from isicflow import dataset, fileio, image_checks
 from isicflow.dataset import MANIFEST_NAME, REJECTS_NAME
@@ -55,8 +55,8 @@ class WriteShard(beam.DoFn):
         nbytes, sha = dataset.write_shard(
             join(self.config.output, INCOMPLETE_DIR, rel),
             self._examples(items, size, split), self.config.tf_compression)
-        Metrics.counter("isicflow", "shards_written").inc()
-        Metrics.counter("isicflow", "records_written").inc(len(items))
+        counters.count("shards_written")
+        counters.count("records_written", len(items))
         timeline.record_now(timeline.SHARD_WRITTEN_MS)
         yield {"size": size, "split": split, "path": rel, "records": len(items),
                "bytes": nbytes, "sha256": sha}

@@ -9,7 +9,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SpoolRef, read_all
-from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, NAMESPACE, REJECTED,
+from beam_jobs.counters import NAMESPACE
+from beam_jobs.transforms import (DUPLICATE, FILTERED, KEPT, REJECTED,
                                   FilterRecords, ImageKey, ProcessImage, pack_phash,
                                   plan_dataset, plan_shards, shard_count)
 from beam_jobs.writing import kept_summary, read_spooled_record
