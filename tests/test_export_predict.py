@@ -81,6 +81,18 @@ def test_export_writes_files_and_config(exported):
     assert (config["image_size"], config["resize_mode"], config["threshold"]) == (SIZE, "squash", 0.37)
     assert "report.json" in config["threshold_source"]
     assert config["min_image_side"] == 32  # predict.default_min_side(32): the thumbnail's size
+    card = open(paths["model_card"], encoding="utf-8").read()  # the same report's threshold
+    assert "Threshold: **0.3700**" in card and "policy `youden`" in card
+
+
+def test_export_without_a_report_serves_and_carries_the_default_threshold(tmp_path):
+    paths = export.export_model(tiny_model(), str(tmp_path), SIZE)
+    config = json.load(open(paths["serving_config"]))
+    source = f"default 0.5 (no report.json in {tmp_path})"
+    assert (config["threshold"], config["threshold_source"]) == (0.5, source)
+    card = open(paths["model_card"], encoding="utf-8").read()
+    assert "Not evaluated: the run folder holds no report.json." in card
+    assert "Threshold: **0.5000**" in card and f"Source: {source}." in card
 
 
 def test_served_pixels_and_probabilities_equal_engine_path(exported, real_images):

@@ -149,3 +149,14 @@ def test_auc_interval_is_the_full_bootstrap_auc_interval_with_the_same_draws():
     alone = metrics.auc_interval(labels, scores, resamples=200, seed=9)
     assert alone == full["intervals"]["auc"]
     assert 0.5 < alone["low"] < alone["high"] <= 1.0
+
+
+def test_both_intervals_say_why_when_every_draw_held_one_class():
+    # Two cases: seed 4's three draws each repeat one case, so no draw has an AUC.
+    alone = metrics.auc_interval([0, 1], [0.2, 0.7], resamples=3, seed=4)
+    full = metrics.bootstrap_intervals([0, 1], [0.2, 0.7], 0.5, resamples=3, seed=4)
+    reason = "all 3 resamples held a single class"
+    for entry in [alone] + [full["intervals"][m] for m in metrics.BOOTSTRAP_METRICS]:
+        assert math.isnan(entry["low"]) and math.isnan(entry["high"])
+        assert entry["undefined"] == {"low": reason, "high": reason}
+    assert full["kept"] == 0 and full["skipped_single_class"] == 3

@@ -26,7 +26,7 @@ from typing import Any
 from isicflow import image_checks, imaging
 from isicflow.metadata import CLASS_NAMES
 from trainer.cnn.constants import (CLASSES_NAME, EXPORT_DIR, KERAS_NAME,  # noqa: F401
-                                   SAVED_MODEL_NAME, SERVING_CONFIG_NAME)
+                                   REPORT_JSON, SAVED_MODEL_NAME, SERVING_CONFIG_NAME)
 
 SIGNATURE_PLAIN = "serving_plain"  # no test-time augmentation
 SIGNATURE_TTA = "serving_tta"      # the 8 dihedral views averaged
@@ -183,7 +183,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
                  run_config: dict | None = None) -> dict[str, str]:
     """Writes workdir/export/{model.keras, saved_model/, serving_config.json}; returns paths.
 
-    threshold: None reads workdir/report.json (the one chosen on validation), else 0.5.
+    threshold: None takes workdir/report.json's (the one chosen on validation), else 0.5.
     tta: serving_default averages the 8 dihedral views (trainer.cnn.tta), as evaluate --tta.
     min_image_side: the smallest short side predict serves (None: default_min_side).
     manifest, run_config: the dataset's manifest and the run's config, for MODEL_CARD.md
@@ -191,14 +191,15 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     """
     import tensorflow as tf
 
-    from trainer.cnn import evaluation as evaluate
+    from trainer.cnn import model_card
     from trainer.core import run_folder
 
     if resize_mode not in imaging.RESIZE_MODES:
         raise ValueError(f"resize mode {resize_mode!r} not in {imaging.RESIZE_MODES}")
     _check_model(model, image_size)
+    report = model_card.read_report(workdir)
     if threshold is None:
-        threshold, threshold_source = evaluate.read_threshold(workdir)
+        threshold, threshold_source = _report_threshold(report, workdir)
     else:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
@@ -230,14 +231,20 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     if uses_metadata(model):
         config["metadata"] = _metadata_note()
     run_folder.write_json(paths["serving_config"], config)
-    paths["model_card"] = _write_card(paths, workdir, config, manifest, run_config)
+    paths["model_card"] = model_card.write_card(paths["export_dir"], report, config, manifest,
+                                                run_config)
     return paths
 
 
-def _write_card(paths, workdir: str, config: dict, manifest, run_config) -> str:
-    from trainer.cnn import model_card
+def _report_threshold(report: dict[str, Any] | None, workdir: str) -> tuple[float, str]:
+    """(threshold, where it came from) of the report already read for the card, so the two
+    agree; the study's 0.5 where the run has no report.json."""
+    from trainer.cnn import evaluation as evaluate
+    from trainer.core.metrics import STUDY_THRESHOLD
 
-    return model_card.write_card(paths["export_dir"], workdir, config, manifest, run_config)
+    if report is None:
+        return float(STUDY_THRESHOLD), f"default {STUDY_THRESHOLD} (no {REPORT_JSON} in {workdir})"
+    return evaluate.threshold_of(report, os.path.join(workdir, REPORT_JSON))
 
 
 def _metadata_note() -> dict[str, str]:
@@ -281,6 +288,7 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
     import tensorflow as tf
 
     from trainer.cnn import diagnosis as diagnosis_lib
+    from trainer.cnn import model_card
     from trainer.core import run_folder
 
     if resize_mode not in imaging.RESIZE_MODES:
@@ -335,5 +343,7 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
         **_checks_note(image_size, min_image_side),
         "tensorflow": tf.__version__}
     run_folder.write_json(paths["serving_config"], config)
-    paths["model_card"] = _write_card(paths, workdir, config, manifest, run_config)
+    report = model_card.read_report(workdir)
+    paths["model_card"] = model_card.write_card(paths["export_dir"], report, config, manifest,
+                                                run_config)
     return paths

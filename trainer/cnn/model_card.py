@@ -1,10 +1,10 @@
 """The model card: export/MODEL_CARD.md, next to the exported model, from what the run knows.
 
 `build_card` is pure (dicts in, Markdown out): the run's report.json, the dataset's manifest,
-the export's serving_config.json and the run's config. `write_card` reads report.json from the
-run folder and writes the card into the export folder; the export calls it. Every number in the
-card is read from those files, none is typed in here: the generalisation figures the project
-measured live in docs/results, which the card points to.
+the export's serving_config.json and the run's config. The export reads report.json from the
+run folder once (`read_report`) and `write_card` writes the card from it into the export folder.
+Every number in the card is read from those files, none is typed in here: the generalisation
+figures the project measured live in docs/results, which the card points to.
 """
 from __future__ import annotations
 
@@ -251,23 +251,26 @@ def build_card(*, report: Mapping[str, Any] | None, manifest: Mapping[str, Any] 
     return "\n".join(lines)
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
+def read_report(workdir: str) -> dict[str, Any] | None:
+    """workdir/report.json, None where the run was not evaluated. The export reads it once and
+    hands it to its threshold and to write_card, so the card and the served threshold agree."""
     import json
 
+    from trainer.cnn.constants import REPORT_JSON
+
+    path = os.path.join(workdir, REPORT_JSON)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-def write_card(export_dir: str, workdir: str, serving_config: Mapping[str, Any],
+def write_card(export_dir: str, report: Mapping[str, Any] | None,
+               serving_config: Mapping[str, Any],
                manifest: Mapping[str, Any] | None = None,
                run_config: Mapping[str, Any] | None = None) -> str:
-    """Writes export_dir/MODEL_CARD.md from workdir/report.json (when present), the manifest
-    and the serving config; returns its path."""
-    from trainer.cnn.constants import REPORT_JSON
-
-    report = _read_json(os.path.join(workdir, REPORT_JSON))
+    """Writes export_dir/MODEL_CARD.md from the run's report (read_report; None: not
+    evaluated), the manifest and the serving config; returns its path."""
     text = build_card(report=report, manifest=manifest, serving_config=serving_config,
                       run_config=run_config)
     path = os.path.join(export_dir, MODEL_CARD_NAME)

@@ -117,7 +117,9 @@ def shard_records(paths: Sequence[str], manifest: dict, *, shuffle_seed: int | N
 
 
 def _source_of(serialized: tf.Tensor) -> tf.Tensor:
-    """The record's source_collection, parsed alone (cheap: one bytes feature)."""
+    """The record's source_collection, parsed alone (cheap: one bytes feature). Not shared with
+    parse_and_decode_with_offset's: this filters raw bytes before the shuffle and the decode,
+    while there the field rides in the decode's own parse (measured ~10 us of ~100 a record)."""
     spec = schema.feature_spec(("source_collection",))
     return tf.io.parse_single_example(serialized, spec)["source_collection"]
 

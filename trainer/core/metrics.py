@@ -156,6 +156,16 @@ def percentile_interval(values, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _draws_interval(draws, confidence: float, resamples: int) -> dict[str, Any]:
+    """{"low", "high"} of the kept draws; one owner of the nan + reason entry both bootstrap
+    intervals write when every resample held a single class."""
+    low, high = percentile_interval(draws, confidence)
+    if len(draws):
+        return {"low": low, "high": high}
+    reason = f"all {resamples} resamples held a single class"
+    return {"low": low, "high": high, "undefined": {"low": reason, "high": reason}}
+
+
 def bootstrap_intervals(labels, scores, threshold: float, *, resamples: int = 1000, seed: int = 0,
                         confidence: float = 0.95) -> dict[str, Any]:
     """Percentile bootstrap over cases for AUC, accuracy, sensitivity and specificity.
@@ -182,14 +192,7 @@ def bootstrap_intervals(labels, scores, threshold: float, *, resamples: int = 10
     kept = resamples - skipped
     intervals: dict[str, Any] = {}
     for metric in BOOTSTRAP_METRICS:
-        vals = [d[metric] for d in draws]
-        if vals:
-            low, high = percentile_interval(vals, confidence)
-            intervals[metric] = {"low": low, "high": high}
-        else:
-            reason = f"all {resamples} resamples held a single class"
-            intervals[metric] = {"low": math.nan, "high": math.nan,
-                                 "undefined": {"low": reason, "high": reason}}
+        intervals[metric] = _draws_interval([d[metric] for d in draws], confidence, resamples)
     return {"confidence": confidence, "resamples": resamples, "kept": kept,
             "skipped_single_class": skipped, "seed": seed, "threshold": threshold,
             "intervals": intervals}
@@ -202,11 +205,7 @@ def auc_interval(labels, scores, *, resamples: int = 1000, seed: int = 0,
     y, s = check_inputs(labels, scores, need_both_classes=True)
     draws, _ = case_bootstrap(y, lambda idx: float(skm.roc_auc_score(y[idx], s[idx])),
                               resamples=resamples, seed=seed)
-    low, high = percentile_interval(draws, confidence)
-    if draws:
-        return {"low": low, "high": high}
-    reason = f"all {resamples} resamples held a single class"
-    return {"low": low, "high": high, "undefined": {"low": reason, "high": reason}}
+    return _draws_interval(draws, confidence, resamples)
 
 
 def _operating_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
