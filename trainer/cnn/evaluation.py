@@ -254,9 +254,18 @@ def read_threshold(workdir: str, default: float = metrics.STUDY_THRESHOLD) -> tu
     """(threshold, where it came from) from workdir/report.json, else the default."""
     path = os.path.join(workdir, REPORT_JSON)
     if not os.path.exists(path):
-        return float(default), f"default {default} (no {REPORT_JSON} in {workdir})"
+        return run_threshold(None, workdir, default)
     with open(path, encoding="utf-8") as f:
         return threshold_of(json.load(f), path)
+
+
+def run_threshold(report: Mapping[str, Any] | None, workdir: str,
+                  default: float = metrics.STUDY_THRESHOLD) -> tuple[float, str]:
+    """(threshold, where it came from) of workdir's report.json already read (None: the run has
+    none, so the default), for a caller that also uses the report for something else."""
+    if report is None:
+        return float(default), f"default {default} (no {REPORT_JSON} in {workdir})"
+    return threshold_of(report, os.path.join(workdir, REPORT_JSON))
 
 
 def threshold_of(report: Mapping[str, Any], path: str) -> tuple[float, str]:

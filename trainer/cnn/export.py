@@ -191,6 +191,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     """
     import tensorflow as tf
 
+    from trainer.cnn import evaluation as evaluate  # imports export: load it here
     from trainer.cnn import model_card
     from trainer.core import run_folder
 
@@ -199,7 +200,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     _check_model(model, image_size)
     report = model_card.read_report(workdir)
     if threshold is None:
-        threshold, threshold_source = _report_threshold(report, workdir)
+        threshold, threshold_source = evaluate.run_threshold(report, workdir)
     else:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
@@ -234,17 +235,6 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     paths["model_card"] = model_card.write_card(paths["export_dir"], report, config, manifest,
                                                 run_config)
     return paths
-
-
-def _report_threshold(report: dict[str, Any] | None, workdir: str) -> tuple[float, str]:
-    """(threshold, where it came from) of the report already read for the card, so the two
-    agree; the study's 0.5 where the run has no report.json."""
-    from trainer.cnn import evaluation as evaluate
-    from trainer.core.metrics import STUDY_THRESHOLD
-
-    if report is None:
-        return float(STUDY_THRESHOLD), f"default {STUDY_THRESHOLD} (no {REPORT_JSON} in {workdir})"
-    return evaluate.threshold_of(report, os.path.join(workdir, REPORT_JSON))
 
 
 def _metadata_note() -> dict[str, str]:
