@@ -210,3 +210,23 @@ def test_allocate_splits_in_shares_and_keeps_the_binary_split():
     assert sum(evaluation.allocate(200, [3041, 397, 340, 410])) == 200
     with pytest.raises(ValueError, match="shares"):
         evaluation.allocate(5, [0, 0])
+
+
+def test_one_reader_caps_per_class_or_in_total(run, data_dir):
+    from trainer.cnn import diagnosis
+    from trainer.gan import evaluation
+
+    mapping = diagnosis.read_mapping(str(run / "checkpoints"))
+    splits = ["train", "validation"]
+    every, every_y = evaluation.load_real_by_class(data_dir, splits, SIZE, mapping, 100)
+    # 8+6 nevus, 6+5 melanoma, 5+5 keratosis, 2+4 other (df, vasc; bcc unseen in train)
+    assert np.bincount(every_y).tolist() == [14, 11, 10, 6]
+    capped, capped_y = evaluation.load_real_by_class(data_dir, splits, SIZE, mapping, 3)
+    first = np.sort(np.concatenate([np.flatnonzero(every_y == k)[:3] for k in range(4)]))
+    np.testing.assert_array_equal(capped_y, every_y[first])  # the first 3 of each, in order
+    np.testing.assert_array_equal(capped, every[first])
+    everything = evaluation.load_real(data_dir, splits, SIZE, 100)
+    assert len(everything) == 44  # every record, unknown diagnoses included
+    np.testing.assert_array_equal(evaluation.load_real(data_dir, splits, SIZE, 30),
+                                  everything[:30])
+    assert evaluation.load_real(data_dir, ["test"], SIZE, 30).shape == (0, SIZE, SIZE, 3)

@@ -25,29 +25,7 @@ MEMORIZATION_SIDE = 32
 def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
     """uint8 images of the given splits (all labels), in manifest order, at most `limit`.
     A split the dataset lacks, or an empty one, adds no images (logged)."""
-    from isicflow import dataset as dataset_lib
-    from trainer.core import input_pipeline
-
-    manifest = dataset_lib.read_manifest(data_dir)
-    present = manifest["datasets"].get(str(image_size), {})
-    chunks, total = [], 0
-    for split in splits:
-        if int(present.get(split, {}).get("records", 0)) == 0:
-            logging.warning("%s: no %s images at %dpx", data_dir, split, image_size)
-            continue
-        ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=64,
-                                         training=False, labels="all", deterministic=True,
-                                         as_uint8=True, manifest=manifest)
-        for images, _ in ds:
-            chunks.append(images.numpy())
-            total += len(chunks[-1])
-            if total >= limit:
-                break
-        if total >= limit:
-            break
-    if not chunks:
-        return np.zeros((0, image_size, image_size, 3), np.uint8)
-    return np.concatenate(chunks)[:limit]
+    return _read_real(data_dir, splits, image_size, None, limit)[0]
 
 
 def load_real_by_class(data_dir: str, splits, image_size: int, mapping: dict,
@@ -55,29 +33,55 @@ def load_real_by_class(data_dir: str, splits, image_size: int, mapping: dict,
     """(uint8 images, class index) of the given splits' records of a known diagnosis, classes
     as `mapping` (trainer.cnn.diagnosis) fixes them; at most `limit` images per class. A split
     the dataset lacks, or one without such records, adds none (logged)."""
+    return _read_real(data_dir, splits, image_size, mapping, limit)
+
+
+def _read_real(data_dir: str, splits, image_size: int, mapping: dict | None,
+               limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The one reader of load_real and load_real_by_class: (uint8 images, class index) in
+    manifest order, the first `limit` of each class. Without `mapping` every record is one
+    class (index 0), so `limit` caps the total; reading stops once every class has its
+    `limit`."""
     from isicflow import dataset as dataset_lib
     from trainer.cnn import diagnosis
+    from trainer.core import input_pipeline
 
     manifest = dataset_lib.read_manifest(data_dir)
     present = manifest["datasets"].get(str(image_size), {})
+    num_classes = 1 if mapping is None else len(mapping["classes"])
     images, labels = [], []
+    seen = np.zeros(num_classes, np.int64)
     for split in splits:
-        if int(present.get(split, {}).get("records", 0)) == 0 or not diagnosis.split_records(
-                data_dir, split, image_size, mapping, manifest)[0]:
-            logging.warning("%s: no %s images of a known diagnosis at %dpx", data_dir, split,
-                            image_size)
-            continue
-        ds = diagnosis.make_dataset(data_dir, split, mapping, image_size=image_size,
-                                    batch_size=64, training=False, deterministic=True,
-                                    as_uint8=True, manifest=manifest)
+        if mapping is None:
+            if int(present.get(split, {}).get("records", 0)) == 0:
+                logging.warning("%s: no %s images at %dpx", data_dir, split, image_size)
+                continue
+            ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size,
+                                             batch_size=64, training=False, labels="all",
+                                             deterministic=True, as_uint8=True,
+                                             manifest=manifest)
+        else:
+            if int(present.get(split, {}).get("records", 0)) == 0 or not \
+                    diagnosis.split_records(data_dir, split, image_size, mapping, manifest)[0]:
+                logging.warning("%s: no %s images of a known diagnosis at %dpx", data_dir,
+                                split, image_size)
+                continue
+            ds = diagnosis.make_dataset(data_dir, split, mapping, image_size=image_size,
+                                        batch_size=64, training=False, deterministic=True,
+                                        as_uint8=True, manifest=manifest)
         for x, y in ds:
             images.append(x.numpy())
-            labels.append(y.numpy().astype(np.int64))
+            labels.append(np.zeros(len(images[-1]), np.int64) if mapping is None
+                          else y.numpy().astype(np.int64))
+            seen += np.bincount(labels[-1], minlength=num_classes)
+            if np.all(seen >= limit):
+                break
+        if np.all(seen >= limit):
+            break
     if not images:
         return np.zeros((0, image_size, image_size, 3), np.uint8), np.zeros((0,), np.int64)
     x, y = np.concatenate(images), np.concatenate(labels)
-    keep = np.concatenate([np.flatnonzero(y == k)[:limit] for k in np.unique(y)])
-    keep.sort()
+    keep = np.sort(np.concatenate([np.flatnonzero(y == k)[:limit] for k in np.unique(y)]))
     return x[keep], y[keep]
 
 
