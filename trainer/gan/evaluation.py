@@ -11,6 +11,7 @@ A diagnosis-conditional run (gan_config.json lists "classes") is scored overall,
 images drawn in the train split's class shares against every train image of a known diagnosis,
 and per class: each class's generated images against that class's real images (FID, KID, C2ST,
 memorization, each beside that class's held-out floor), with real_vs_generated_<class>.png.
+Each class is generated once: the overall set takes the first images of each class's draw.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 from absl import logging
 
 MEMORIZATION_SIDE = 32
+MIN_CLASS_TRAIN = 4  # a class with fewer train images is not scored on its own
 
 
 def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
@@ -118,8 +120,18 @@ def generate_set(generator, arch: dict, num: int, seed: int, shares=None) -> np.
         return sampling.generate(generator, arch, num, seed=seed)
     k = gan_models.num_classes_of(arch)
     counts = allocate(num, shares if shares is not None else [1.0] * k)
-    return np.concatenate([sampling.generate(generator, arch, n, label=label, seed=seed + label)
-                           for label, n in enumerate(counts) if n])
+    return np.concatenate(generate_by_class(generator, arch, counts, seed))
+
+
+def generate_by_class(generator, arch: dict, counts, seed: int) -> list[np.ndarray]:
+    """counts[k] images of each class k of a conditional generator, class k drawn with
+    seed + k. A class's latents are one seeded stream, so its first n images are the same
+    whatever count is asked: a smaller draw is a prefix of a larger one (see evaluate)."""
+    from trainer.gan import sampling
+
+    size = arch["image_size"]
+    return [sampling.generate(generator, arch, n, label=label, seed=seed + label) if n
+            else np.zeros((0, size, size, 3), np.uint8) for label, n in enumerate(counts)]
 
 
 def interpolation_strip(generator, arch: dict, steps: int = 8, seed: int = 0) -> np.ndarray:
@@ -205,12 +217,14 @@ def memorization_check(generated, heldout, train, space: str, extractor_name: st
             gen_i)
 
 
-def per_class_metrics(generator, arch: dict, real: tuple, heldout: tuple, extract, *,
-                      num: int, seed: int, memorization_space: str, extractor_name: str,
+def per_class_metrics(generated_by_class, arch: dict, real: tuple, heldout: tuple, extract,
+                      *, num: int, seed: int, memorization_space: str, extractor_name: str,
                       output: str) -> dict:
     """{class: FID, KID, C2ST of `num` images generated for it against that class's real
     images, the same for its held-out real images (the floor), memorization against its train
-    images, its counts and real_vs_generated_<class>.png}. real/heldout: (uint8 images, class
+    images, its counts and real_vs_generated_<class>.png}. generated_by_class[k]: class k's
+    generated images (generate_by_class; the first `num` are scored, and a class with under
+    MIN_CLASS_TRAIN train images is skipped without them); real/heldout: (uint8 images, class
     index, features or None)."""
     from trainer.gan import plots as gan_plots
     from trainer.gan import sampling
@@ -223,10 +237,13 @@ def per_class_metrics(generator, arch: dict, real: tuple, heldout: tuple, extrac
         n_train, n_held = int(in_train.sum()), int(in_held.sum())
         entry: dict = {"counts": {"train": n_train, "heldout": n_held, "generated": num}}
         report[name] = entry
-        if n_train < 4:
-            entry["skipped"] = f"only {n_train} train images of {name}; need at least 4"
+        if n_train < MIN_CLASS_TRAIN:
+            entry["skipped"] = (f"only {n_train} train images of {name}; need at least "
+                                f"{MIN_CLASS_TRAIN}")
             continue
-        generated = sampling.generate(generator, arch, num, label=k, seed=seed + k)
+        generated = generated_by_class[k][:num]
+        if len(generated) != num:
+            raise ValueError(f"{name}: {len(generated)} generated images given, {num} needed")
         f_gen = extract(generated)
         entry.update(distribution_metrics(f_train[in_train], f_gen, seed))
         if f_held is not None and n_held >= 4:
@@ -277,7 +294,16 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
     if len(train) < 4:
         raise ValueError(f"{data_dir}: split {train_split!r} at {size}px has {len(train)} "
                          "images; need at least 4")
-    generated = generate_set(generator, arch, num_generated, seed, class_shares(mapping))
+    if mapping is not None:
+        # Each class drawn once, for both its own scores (num_generated images) and the overall
+        # set in train's class shares: generate_by_class's prefix is that smaller draw.
+        overall = allocate(num_generated, class_shares(mapping))
+        by_class = generate_by_class(generator, arch, [
+            max(n, num_generated if np.sum(train_y == k) >= MIN_CLASS_TRAIN else 0)
+            for k, n in enumerate(overall)], seed)
+        generated = np.concatenate([images[:n] for images, n in zip(by_class, overall)])
+    else:
+        generated = generate_set(generator, arch, num_generated, seed)
     extract, extractor_name = gan_features.make_extractor(
         feature_extractor, inception_weights=inception_weights, feature_model=feature_model,
         feature_model_range=tuple(float(v) for v in feature_model_range), seed=seed)
@@ -321,11 +347,10 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
     os.makedirs(output, exist_ok=True)
     if mapping is not None:
         report["classes"] = list(mapping["classes"])
-        report["generated_per_class_overall"] = dict(zip(
-            mapping["classes"], allocate(num_generated, class_shares(mapping))))
+        report["generated_per_class_overall"] = dict(zip(mapping["classes"], overall))
         report["grouped_as_other"] = mapping["grouped_as_other"]
         report["per_class"] = per_class_metrics(
-            generator, arch, (train, train_y, f_train), (heldout, held_y, f_held), extract,
+            by_class, arch, (train, train_y, f_train), (heldout, held_y, f_held), extract,
             num=num_generated, seed=seed, memorization_space=memorization_space,
             extractor_name=extractor_name, output=output)
     gan_plots.save_pca(points[:n_pca], points[n_pca:], share, os.path.join(output, "pca.png"))
