@@ -167,12 +167,24 @@ def test_the_sample_program_takes_a_class_by_name_and_refuses_an_unknown_one(run
     assert not refused.exists()
 
 
-def test_evaluation_reports_every_class_against_its_own_real_images(run, data_dir, tmp_path):
+def test_evaluation_reports_every_class_against_its_own_real_images(run, data_dir, tmp_path,
+                                                                    monkeypatch):
     from trainer.gan import evaluation
 
+    draws = []
+    generate = gan_sampling.generate
+
+    def counted(generator, arch, num, **kwargs):
+        draws.append((kwargs.get("label"), num))
+        return generate(generator, arch, num, **kwargs)
+
+    monkeypatch.setattr(gan_sampling, "generate", counted)
     out = tmp_path / "eval"
     report = evaluation.evaluate(str(run), data_dir, str(out), num_generated=8,
                                  feature_extractor="pixels", seed=0)
+    # Each class drawn once, serving its own scores and the overall set: 8 of each scored
+    # class, and of 'other' (skipped, 2 train images) only its 1 image of the overall set.
+    assert draws == [(0, 8), (1, 8), (2, 8), (3, 1)]
     assert report["classes"] == CLASSES
     # Overall: every train image of a known diagnosis, generated in the train class shares.
     assert report["counts"] == {"train": 21, "heldout": 20, "generated": 8}
@@ -210,3 +222,55 @@ def test_allocate_splits_in_shares_and_keeps_the_binary_split():
     assert sum(evaluation.allocate(200, [3041, 397, 340, 410])) == 200
     with pytest.raises(ValueError, match="shares"):
         evaluation.allocate(5, [0, 0])
+
+
+def _fake_conditional(latent_dim=8, side=2):
+    """A stand-in generator whose image k is a function of latent k and its label alone, so
+    equal images mean equal latents, whatever the batch."""
+    def generator(inputs, training=False):
+        z, labels = inputs
+        value = np.tanh(z[:, 0] + 0.1 * labels[:, 0])
+        return np.broadcast_to(value[:, None, None, None], (len(z), side, side, 3))
+    arch = {"conditional": True, "latent_dim": latent_dim, "image_size": side,
+            "classes": CLASSES[:2]}
+    return generator, arch
+
+
+def test_a_class_draw_is_a_prefix_of_a_larger_one_so_the_overall_set_reuses_it():
+    from trainer.gan import evaluation
+
+    generator, arch = _fake_conditional()
+    # 70 crosses sampling's 64-image batch: the prefix holds across batches too.
+    small = evaluation.generate_by_class(generator, arch, [66, 0], seed=5)
+    large = evaluation.generate_by_class(generator, arch, [70, 3], seed=5)
+    assert [len(x) for x in small] == [66, 0] and [len(x) for x in large] == [70, 3]
+    np.testing.assert_array_equal(small[0], large[0][:66])
+    assert small[1].shape == (0, 2, 2, 3)
+    # generate_set (the overall set in shares, as trainer.gan.curve draws it) is those prefixes.
+    shares = [0.9, 0.1]
+    overall = evaluation.generate_set(generator, arch, 70, 5, shares)
+    counts = evaluation.allocate(70, shares)
+    np.testing.assert_array_equal(overall, np.concatenate(
+        [x[:n] for x, n in zip(evaluation.generate_by_class(generator, arch, [70, 70], 5),
+                               counts)]))
+    assert not np.array_equal(large[0][:3], large[1])  # classes are drawn apart
+
+
+def test_one_reader_caps_per_class_or_in_total(run, data_dir):
+    from trainer.cnn import diagnosis
+    from trainer.gan import evaluation
+
+    mapping = diagnosis.read_mapping(str(run / "checkpoints"))
+    splits = ["train", "validation"]
+    every, every_y = evaluation.load_real_by_class(data_dir, splits, SIZE, mapping, 100)
+    # 8+6 nevus, 6+5 melanoma, 5+5 keratosis, 2+4 other (df, vasc; bcc unseen in train)
+    assert np.bincount(every_y).tolist() == [14, 11, 10, 6]
+    capped, capped_y = evaluation.load_real_by_class(data_dir, splits, SIZE, mapping, 3)
+    first = np.sort(np.concatenate([np.flatnonzero(every_y == k)[:3] for k in range(4)]))
+    np.testing.assert_array_equal(capped_y, every_y[first])  # the first 3 of each, in order
+    np.testing.assert_array_equal(capped, every[first])
+    everything = evaluation.load_real(data_dir, splits, SIZE, 100)
+    assert len(everything) == 44  # every record, unknown diagnoses included
+    np.testing.assert_array_equal(evaluation.load_real(data_dir, splits, SIZE, 30),
+                                  everything[:30])
+    assert evaluation.load_real(data_dir, ["test"], SIZE, 30).shape == (0, SIZE, SIZE, 3)

@@ -38,7 +38,9 @@ def define_common_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("output", None, "Folder the report and figures are written to.",
                         flag_values=fv)
     flags.DEFINE_integer("num_generated", 200, "Generated images to evaluate (split evenly "
-                         "between classes when conditional).", lower_bound=4, flag_values=fv)
+                         "between classes when conditional; a diagnosis-conditional run's "
+                         "overall set in the train split's class shares, and this many of each "
+                         "class for its per-class scores).", lower_bound=4, flag_values=fv)
     flags.DEFINE_integer("max_real", 5000, "Cap on real images loaded per role.",
                          lower_bound=4, flag_values=fv)
     flags.DEFINE_enum("feature_extractor", "auto", ["auto", *features.EXTRACTORS], "auto: "

@@ -11,6 +11,7 @@ A diagnosis-conditional run (gan_config.json lists "classes") is scored overall,
 images drawn in the train split's class shares against every train image of a known diagnosis,
 and per class: each class's generated images against that class's real images (FID, KID, C2ST,
 memorization, each beside that class's held-out floor), with real_vs_generated_<class>.png.
+Each class is generated once: the overall set takes the first images of each class's draw.
 """
 from __future__ import annotations
 
@@ -20,34 +21,13 @@ import numpy as np
 from absl import logging
 
 MEMORIZATION_SIDE = 32
+MIN_CLASS_TRAIN = 4  # a class with fewer train images is not scored on its own
 
 
 def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
     """uint8 images of the given splits (all labels), in manifest order, at most `limit`.
     A split the dataset lacks, or an empty one, adds no images (logged)."""
-    from isicflow import dataset as dataset_lib
-    from trainer.core import input_pipeline
-
-    manifest = dataset_lib.read_manifest(data_dir)
-    present = manifest["datasets"].get(str(image_size), {})
-    chunks, total = [], 0
-    for split in splits:
-        if int(present.get(split, {}).get("records", 0)) == 0:
-            logging.warning("%s: no %s images at %dpx", data_dir, split, image_size)
-            continue
-        ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=64,
-                                         training=False, labels="all", deterministic=True,
-                                         as_uint8=True, manifest=manifest)
-        for images, _ in ds:
-            chunks.append(images.numpy())
-            total += len(chunks[-1])
-            if total >= limit:
-                break
-        if total >= limit:
-            break
-    if not chunks:
-        return np.zeros((0, image_size, image_size, 3), np.uint8)
-    return np.concatenate(chunks)[:limit]
+    return _read_real(data_dir, splits, image_size, None, limit)[0]
 
 
 def load_real_by_class(data_dir: str, splits, image_size: int, mapping: dict,
@@ -55,29 +35,55 @@ def load_real_by_class(data_dir: str, splits, image_size: int, mapping: dict,
     """(uint8 images, class index) of the given splits' records of a known diagnosis, classes
     as `mapping` (trainer.cnn.diagnosis) fixes them; at most `limit` images per class. A split
     the dataset lacks, or one without such records, adds none (logged)."""
+    return _read_real(data_dir, splits, image_size, mapping, limit)
+
+
+def _read_real(data_dir: str, splits, image_size: int, mapping: dict | None,
+               limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The one reader of load_real and load_real_by_class: (uint8 images, class index) in
+    manifest order, the first `limit` of each class. Without `mapping` every record is one
+    class (index 0), so `limit` caps the total; reading stops once every class has its
+    `limit`."""
     from isicflow import dataset as dataset_lib
     from trainer.cnn import diagnosis
+    from trainer.core import input_pipeline
 
     manifest = dataset_lib.read_manifest(data_dir)
     present = manifest["datasets"].get(str(image_size), {})
+    num_classes = 1 if mapping is None else len(mapping["classes"])
     images, labels = [], []
+    seen = np.zeros(num_classes, np.int64)
     for split in splits:
-        if int(present.get(split, {}).get("records", 0)) == 0 or not diagnosis.split_records(
-                data_dir, split, image_size, mapping, manifest)[0]:
-            logging.warning("%s: no %s images of a known diagnosis at %dpx", data_dir, split,
-                            image_size)
-            continue
-        ds = diagnosis.make_dataset(data_dir, split, mapping, image_size=image_size,
-                                    batch_size=64, training=False, deterministic=True,
-                                    as_uint8=True, manifest=manifest)
+        if mapping is None:
+            if int(present.get(split, {}).get("records", 0)) == 0:
+                logging.warning("%s: no %s images at %dpx", data_dir, split, image_size)
+                continue
+            ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size,
+                                             batch_size=64, training=False, labels="all",
+                                             deterministic=True, as_uint8=True,
+                                             manifest=manifest)
+        else:
+            if int(present.get(split, {}).get("records", 0)) == 0 or not \
+                    diagnosis.split_records(data_dir, split, image_size, mapping, manifest)[0]:
+                logging.warning("%s: no %s images of a known diagnosis at %dpx", data_dir,
+                                split, image_size)
+                continue
+            ds = diagnosis.make_dataset(data_dir, split, mapping, image_size=image_size,
+                                        batch_size=64, training=False, deterministic=True,
+                                        as_uint8=True, manifest=manifest)
         for x, y in ds:
             images.append(x.numpy())
-            labels.append(y.numpy().astype(np.int64))
+            labels.append(np.zeros(len(images[-1]), np.int64) if mapping is None
+                          else y.numpy().astype(np.int64))
+            seen += np.bincount(labels[-1], minlength=num_classes)
+            if np.all(seen >= limit):
+                break
+        if np.all(seen >= limit):
+            break
     if not images:
         return np.zeros((0, image_size, image_size, 3), np.uint8), np.zeros((0,), np.int64)
     x, y = np.concatenate(images), np.concatenate(labels)
-    keep = np.concatenate([np.flatnonzero(y == k)[:limit] for k in np.unique(y)])
-    keep.sort()
+    keep = np.sort(np.concatenate([np.flatnonzero(y == k)[:limit] for k in np.unique(y)]))
     return x[keep], y[keep]
 
 
@@ -114,8 +120,18 @@ def generate_set(generator, arch: dict, num: int, seed: int, shares=None) -> np.
         return sampling.generate(generator, arch, num, seed=seed)
     k = gan_models.num_classes_of(arch)
     counts = allocate(num, shares if shares is not None else [1.0] * k)
-    return np.concatenate([sampling.generate(generator, arch, n, label=label, seed=seed + label)
-                           for label, n in enumerate(counts) if n])
+    return np.concatenate(generate_by_class(generator, arch, counts, seed))
+
+
+def generate_by_class(generator, arch: dict, counts, seed: int) -> list[np.ndarray]:
+    """counts[k] images of each class k of a conditional generator, class k drawn with
+    seed + k. A class's latents are one seeded stream, so its first n images are the same
+    whatever count is asked: a smaller draw is a prefix of a larger one (see evaluate)."""
+    from trainer.gan import sampling
+
+    size = arch["image_size"]
+    return [sampling.generate(generator, arch, n, label=label, seed=seed + label) if n
+            else np.zeros((0, size, size, 3), np.uint8) for label, n in enumerate(counts)]
 
 
 def interpolation_strip(generator, arch: dict, steps: int = 8, seed: int = 0) -> np.ndarray:
@@ -201,12 +217,14 @@ def memorization_check(generated, heldout, train, space: str, extractor_name: st
             gen_i)
 
 
-def per_class_metrics(generator, arch: dict, real: tuple, heldout: tuple, extract, *,
-                      num: int, seed: int, memorization_space: str, extractor_name: str,
+def per_class_metrics(generated_by_class, arch: dict, real: tuple, heldout: tuple, extract,
+                      *, num: int, seed: int, memorization_space: str, extractor_name: str,
                       output: str) -> dict:
     """{class: FID, KID, C2ST of `num` images generated for it against that class's real
     images, the same for its held-out real images (the floor), memorization against its train
-    images, its counts and real_vs_generated_<class>.png}. real/heldout: (uint8 images, class
+    images, its counts and real_vs_generated_<class>.png}. generated_by_class[k]: class k's
+    generated images (generate_by_class; the first `num` are scored, and a class with under
+    MIN_CLASS_TRAIN train images is skipped without them); real/heldout: (uint8 images, class
     index, features or None)."""
     from trainer.gan import plots as gan_plots
     from trainer.gan import sampling
@@ -219,10 +237,13 @@ def per_class_metrics(generator, arch: dict, real: tuple, heldout: tuple, extrac
         n_train, n_held = int(in_train.sum()), int(in_held.sum())
         entry: dict = {"counts": {"train": n_train, "heldout": n_held, "generated": num}}
         report[name] = entry
-        if n_train < 4:
-            entry["skipped"] = f"only {n_train} train images of {name}; need at least 4"
+        if n_train < MIN_CLASS_TRAIN:
+            entry["skipped"] = (f"only {n_train} train images of {name}; need at least "
+                                f"{MIN_CLASS_TRAIN}")
             continue
-        generated = sampling.generate(generator, arch, num, label=k, seed=seed + k)
+        generated = generated_by_class[k][:num]
+        if len(generated) != num:
+            raise ValueError(f"{name}: {len(generated)} generated images given, {num} needed")
         f_gen = extract(generated)
         entry.update(distribution_metrics(f_train[in_train], f_gen, seed))
         if f_held is not None and n_held >= 4:
@@ -273,7 +294,16 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
     if len(train) < 4:
         raise ValueError(f"{data_dir}: split {train_split!r} at {size}px has {len(train)} "
                          "images; need at least 4")
-    generated = generate_set(generator, arch, num_generated, seed, class_shares(mapping))
+    if mapping is not None:
+        # Each class drawn once, for both its own scores (num_generated images) and the overall
+        # set in train's class shares: generate_by_class's prefix is that smaller draw.
+        overall = allocate(num_generated, class_shares(mapping))
+        by_class = generate_by_class(generator, arch, [
+            max(n, num_generated if np.sum(train_y == k) >= MIN_CLASS_TRAIN else 0)
+            for k, n in enumerate(overall)], seed)
+        generated = np.concatenate([images[:n] for images, n in zip(by_class, overall)])
+    else:
+        generated = generate_set(generator, arch, num_generated, seed)
     extract, extractor_name = gan_features.make_extractor(
         feature_extractor, inception_weights=inception_weights, feature_model=feature_model,
         feature_model_range=tuple(float(v) for v in feature_model_range), seed=seed)
@@ -317,11 +347,10 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
     os.makedirs(output, exist_ok=True)
     if mapping is not None:
         report["classes"] = list(mapping["classes"])
-        report["generated_per_class_overall"] = dict(zip(
-            mapping["classes"], allocate(num_generated, class_shares(mapping))))
+        report["generated_per_class_overall"] = dict(zip(mapping["classes"], overall))
         report["grouped_as_other"] = mapping["grouped_as_other"]
         report["per_class"] = per_class_metrics(
-            generator, arch, (train, train_y, f_train), (heldout, held_y, f_held), extract,
+            by_class, arch, (train, train_y, f_train), (heldout, held_y, f_held), extract,
             num=num_generated, seed=seed, memorization_space=memorization_space,
             extractor_name=extractor_name, output=output)
     gan_plots.save_pca(points[:n_pca], points[n_pca:], share, os.path.join(output, "pca.png"))
