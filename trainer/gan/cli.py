@@ -86,6 +86,11 @@ def define_flags() -> None:
     flags.DEFINE_enum("gan_loss", "bce", ["bce", "nonsaturating", "hinge"], "bce: the study's "
                       "cross-entropy with noisy/flipped targets; nonsaturating (softplus) and "
                       "hinge ignore --label_noise/--label_flip.")
+    flags.DEFINE_string("init_generator_from", "", "deep only: a fresh run's generator starts "
+                        "from this smaller run's (its folder; EMA weights if it kept them): "
+                        "every layer of the same shape is copied, the new upsampling blocks "
+                        "and D start fresh (trainer.gan.grow). Same latent_dim, width and "
+                        "classes, image_size smaller by a power of 2. Ignored on resume.")
 
 
 def set_study_defaults() -> None:
@@ -110,6 +115,7 @@ def main(argv: list[str]) -> None:
     config = inputs.checked(None, training.GanConfig.from_flags)
     mapping = inputs.checked(None, training.diagnosis_mapping, config)
     inputs.checked("workdir", training.check_resume_architecture, config, mapping)
+    inputs.checked("init_generator_from", training.init_generator_source, config, mapping)
     summary = training.train_gan(config)
     print(json.dumps(summary, indent=1, sort_keys=True))
 

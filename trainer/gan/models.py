@@ -71,7 +71,8 @@ def _latent_inputs(latent_dim: int, conditional: bool,
     _check_classes(num_classes)
     label = keras.Input((1,), dtype="int32", name="label")
     embedded = keras.layers.Flatten()(
-        keras.layers.Embedding(num_classes, LATENT_LABEL_EMBEDDING)(label))
+        keras.layers.Embedding(num_classes, LATENT_LABEL_EMBEDDING,
+                               name="label_embedding")(label))
     return [z, label], keras.layers.Concatenate()([z, embedded])
 
 
@@ -137,17 +138,21 @@ def build_deep_generator(latent_dim: int = 128, image_size: int = 64, *,
     _check_width(width)
     inputs, x = _latent_inputs(latent_dim, conditional, num_classes)
     filters = 8 * width
-    x = keras.layers.Dense(4 * 4 * filters, use_bias=False)(x)
-    x = keras.layers.BatchNormalization()(x)
+    # Layers with weights are named by the resolution they draw (trainer.gan.grow pairs a
+    # smaller run's layers with these by name); checkpoints track layers by position, not name.
+    x = keras.layers.Dense(4 * 4 * filters, use_bias=False, name="dense_4x4")(x)
+    x = keras.layers.BatchNormalization(name="bn_4x4")(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.Reshape((4, 4, filters))(x)
-    for _ in range(blocks):
+    for i in range(1, blocks + 1):
         filters = max(width, filters // 2)
+        size = 4 * 2 ** i
         x = keras.layers.UpSampling2D(2)(x)
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                                name=f"conv_{size}x{size}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn_{size}x{size}")(x)
         x = keras.layers.ReLU()(x)
-    x = keras.layers.Conv2D(3, 3, padding="same")(x)
+    x = keras.layers.Conv2D(3, 3, padding="same", name="to_rgb")(x)
     images = keras.layers.Activation("tanh", dtype="float32", name="image")(x)
     return keras.Model(inputs, images, name="generator")
 
@@ -256,13 +261,12 @@ class DCGAN(keras.Model):
         self.r1_gamma = float(r1_gamma)
         self.ema_generator = ema_generator
         self.ema_decay = ema_decay
-        if ema_generator is not None:  # starts as an exact copy of G
-            ema_generator.set_weights(generator.get_weights())
+        self.generator = generator
+        self.restart_ema()
         if not 0.0 <= label_noise < 0.5:
             raise ValueError(f"label_noise must be in [0, 0.5), got {label_noise}")
         if not 0.0 <= label_flip < 0.5:
             raise ValueError(f"label_flip must be in [0, 0.5), got {label_flip}")
-        self.generator = generator
         self.discriminator = discriminator
         self.latent_dim = latent_dim
         self.conditional = conditional
@@ -289,6 +293,12 @@ class DCGAN(keras.Model):
         extra = [self.r1_metric] if self.r1_metric is not None else []
         return [self.d_loss_metric, self.g_loss_metric, self.d_real_metric, self.d_fake_metric,
                 *extra]
+
+    def restart_ema(self) -> None:
+        """The EMA generator becomes an exact copy of G: at the start of a run, and after G's
+        weights were set from elsewhere (trainer.gan.grow), so that the average starts there."""
+        if self.ema_generator is not None:
+            self.ema_generator.set_weights(self.generator.get_weights())
 
     def sample_latent(self, batch_size) -> tf.Tensor:
         return keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)

@@ -17,11 +17,13 @@ from PIL import Image
 from trainer.core import input_pipeline, run_folder, runtime
 from trainer.core.flags import RunConfig
 from trainer.core.report import tile_images
-from trainer.gan import augment
+from trainer.gan import augment, grow
 from trainer.gan import models as gan_models
 
 
 GAN_CLASSES = ("binary", "diagnosis")
+# In checkpoints/ of a run whose G started from a smaller run's (--init_generator_from).
+INIT_GENERATOR_NAME = "init_generator.json"
 
 
 @dataclasses.dataclass
@@ -58,6 +60,7 @@ class GanConfig(RunConfig):
     ada_target: float = 0.0           # ADA's target for E[sign(D(real))]; 0 = p stays fixed
     r1_gamma: float = 0.0             # R1 penalty weight on real images; 0 = off
     gan_loss: str = "bce"             # bce (study, noisy/flipped targets) | nonsaturating | hinge
+    init_generator_from: str = ""     # a smaller deep run whose G a fresh run starts from
 
     FLAG_SOURCES = {"splits": ("gan_splits", tuple), "architecture": ("gan_architecture", str),
                     "width": ("gan_width", int), "diffaugment": ("diffaugment", tuple),
@@ -305,6 +308,64 @@ def check_resume_architecture(config, mapping: dict | None = None) -> None:
                              "use another --workdir or the same architecture flags")
 
 
+def _resumes(config) -> bool:
+    return tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints")) is not None
+
+
+def init_generator_source(config, mapping: dict | None = None) -> tuple[str, dict] | None:
+    """--init_generator_from as a fresh run takes it: (checkpoint prefix, architecture) once the
+    source is a GAN run whose G the new one can grow from (grow.check_compatible); None without
+    the flag, or when the run resumes (then its own checkpoint wins). The training program
+    calls this before it writes anything, train_gan again before it copies."""
+    if not config.init_generator_from or _resumes(config):
+        return None
+    from trainer.gan import sampling
+
+    prefix, source = sampling.resolve_checkpoint(config.init_generator_from)
+    try:
+        grow.check_compatible(source, architecture(config, mapping))
+    except ValueError as e:
+        raise ValueError(f"--init_generator_from={config.init_generator_from}: {e}") from None
+    return prefix, source
+
+
+def _source_progress(prefix: str) -> dict:
+    """The source checkpoint's step and, where its run's history has that step, the training
+    CPU seconds it took: what the grown run's own clock leaves out."""
+    step = int(tf.train.load_checkpoint(prefix).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+    workdir = os.path.dirname(os.path.dirname(os.path.abspath(prefix)))
+    history = run_folder.read_history(os.path.join(workdir, run_folder.HISTORY_NAME))
+    cpu = [e.get("train_cpu_s") for e in history if e.get("step") == step]
+    return {"source_step": step, "source_train_cpu_s": cpu[0] if cpu else None}
+
+
+def init_generator(gan: gan_models.DCGAN, config, source: tuple[str, dict]) -> dict:
+    """Starts a fresh run's G (and its EMA) from the generator of `source` (what
+    init_generator_source returned): its EMA weights when it kept them, as the sampler loads
+    them. Writes and returns the record of which layers were copied and which are new
+    (checkpoints/init_generator.json)."""
+    from trainer.gan import sampling
+
+    prefix, source_arch = source
+    generator, _ = sampling.load_generator(prefix)
+    layers = grow.transfer_weights(generator, gan.generator)
+    gan.restart_ema()
+    record = {"from": os.path.abspath(config.init_generator_from),
+              "checkpoint": os.path.abspath(prefix),
+              "weights": "ema_generator" if source_arch.get("ema") else "generator",
+              **_source_progress(prefix), "source_image_size": source_arch["image_size"],
+              "image_size": config.image_size, **layers}
+    ckpt_dir = os.path.join(config.workdir, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    run_folder.write_json(os.path.join(ckpt_dir, INIT_GENERATOR_NAME), record)
+    logging.info("generator grown from %s (%s, %d px -> %d px): copied %s; new %s%s", prefix,
+                 record["weights"], record["source_image_size"], record["image_size"],
+                 ", ".join(layers["copied"]), ", ".join(layers["new"]) or "none",
+                 "; other shapes, left fresh: " + ", ".join(layers["shape_differs"])
+                 if layers["shape_differs"] else "")
+    return record
+
+
 def save_grid(gan: gan_models.DCGAN, checkpoint: tf.train.Checkpoint, path: str) -> np.ndarray:
     """Draws the fixed latent batch (inference mode, EMA weights when kept) into one PNG grid;
     returns the grid."""
@@ -334,15 +395,27 @@ def train_gan(config: GanConfig) -> dict:
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, config.keep_checkpoints)
     config_path = os.path.join(ckpt_dir, run_folder.GAN_CONFIG_NAME)
     check_resume_architecture(config, mapping)
+    source = init_generator_source(config, mapping)  # refused before anything is written
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed from %s at step %d", manager.latest_checkpoint,
                      int(checkpoint.step))
         if gan.ada_target:  # --diffaugment_p only sets where a new run starts
             logging.info("ADA resumes at augment_p %.4f", float(gan.augment_p))
+        if config.init_generator_from:
+            logging.info("--init_generator_from=%s ignored: the run resumes from its own "
+                         "checkpoint", config.init_generator_from)
     os.makedirs(ckpt_dir, exist_ok=True)
     with open(config_path, "w", encoding="utf-8") as f:
         json.dump(arch, f, sort_keys=True)
+    init_path = os.path.join(ckpt_dir, INIT_GENERATOR_NAME)
+    if source is not None:  # a fresh run with --init_generator_from
+        grown = init_generator(gan, config, source)
+    elif os.path.exists(init_path):  # a resumed grown run still says where G started
+        with open(init_path, encoding="utf-8") as f:
+            grown = json.load(f)
+    else:
+        grown = None
     if mapping is not None:  # beside gan_config.json: sample and evaluate read the same classes
         from trainer.cnn import diagnosis
 
@@ -416,6 +489,7 @@ def train_gan(config: GanConfig) -> dict:
             "wall_s": round(budget.elapsed_s(), 2),
             "stopped_by_time_budget_after_epoch": stopped_after,
             "last_checkpoint": manager.latest_checkpoint,
+            "init_generator": grown,
             "last_epoch": history[-1] if history else None}
 
 
