@@ -37,6 +37,22 @@ def _flags(result: dict) -> list[str]:
     return list(result["flags"]) + ([f"(evaluated with {' '.join(extra)})"] if extra else [])
 
 
+def mean_over_sources(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The mean of per-source paired_auc_difference results: each recipe's mean AUC and the
+    difference averaged over the sources, the seed s.e. of that average (sqrt(sum se_s^2) / S)
+    and its interval from the per-source resampled differences averaged draw by draw."""
+    draws = min(r["bootstrap"].size for r in rows.values())
+    mean_draws = np.mean([r["bootstrap"][:draws] for r in rows.values()], axis=0)
+    mean = {k: float(np.mean([r[k]["mean"] for r in rows.values()]))
+            for k in ("baseline", "candidate")}
+    difference = mean["candidate"] - mean["baseline"]
+    se = float(np.sqrt(np.sum([r["seed_se"] ** 2 for r in rows.values()])) / len(rows))
+    return {"baseline": {"mean": mean["baseline"]}, "candidate": {"mean": mean["candidate"]},
+            "difference": difference, "seed_se": se,
+            "pooled_ci": list(metrics.percentile_interval(mean_draws, 0.95)),
+            "beyond_seed_spread": bool(abs(difference) > 2 * se)}
+
+
 def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, Any]:
     """{source: paired_auc_difference of the held-out AUC}, plus "mean over sources"."""
     runs = {name: protocol.read_json(os.path.join(path, "protocol.json"))
@@ -57,17 +73,7 @@ def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, A
         if not np.array_equal(labels, labels_c):
             raise protocol.ProtocolError(f"{source}: the two runs scored different images")
         rows[source] = metrics.paired_auc_difference(labels, base, cand, resamples=resamples)
-    draws = min(r["bootstrap"].size for r in rows.values())
-    mean_draws = np.mean([r["bootstrap"][:draws] for r in rows.values()], axis=0)
-    mean = {k: float(np.mean([r[k]["mean"] for r in rows.values()]))
-            for k in ("baseline", "candidate")}
-    difference = mean["candidate"] - mean["baseline"]
-    se = float(np.sqrt(np.sum([r["seed_se"] ** 2 for r in rows.values()])) / len(rows))
-    rows["mean over sources"] = {
-        "baseline": {"mean": mean["baseline"]}, "candidate": {"mean": mean["candidate"]},
-        "difference": difference, "seed_se": se,
-        "pooled_ci": list(metrics.percentile_interval(mean_draws, 0.95)),
-        "beyond_seed_spread": bool(abs(difference) > 2 * se)}
+    rows["mean over sources"] = mean_over_sources(rows)
     for r in rows.values():
         r.pop("bootstrap", None)
     return {"baseline": baseline, "candidate": candidate,
@@ -83,15 +89,21 @@ def markdown(result: dict[str, Any]) -> str:
              "seeds. Difference ± its seed-spread standard error [95% interval, bootstrap over "
              "images paired across all runs].", "",
              "| held out | baseline | candidate | difference | beyond 2 seed s.e. |",
-             "|---|---|---|---|---|"]
-    for source, r in result["rows"].items():
+             "|---|---|---|---|---|"] + table_rows(result["rows"])
+    return "\n".join(lines) + "\n"
+
+
+def table_rows(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """One Markdown row per source: baseline, candidate, difference, beyond the spread."""
+    lines = []
+    for source, r in rows.items():
         def cell(k: str) -> str:
             sd = r[k].get("sd")
             return f"{r[k]['mean']:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
         lines.append(f"| {source} | {cell('baseline')} | {cell('candidate')} | "
                      f"{r['difference']:+.3f} ± {r['seed_se']:.3f} [{r['pooled_ci'][0]:+.3f}, "
                      f"{r['pooled_ci'][1]:+.3f}] | {'yes' if r['beyond_seed_spread'] else 'no'} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
