@@ -200,6 +200,20 @@ def test_time_at_step_takes_the_epoch_that_ended_at_or_after_the_checkpoint():
     assert curve.entry_at_step(history, 25) == {}
 
 
+
+def test_one_untimed_checkpoint_is_left_off_the_cpu_axis_not_the_whole_curve():
+    """A stopped run's last checkpoint after its last finished epoch has no CPU time: that row
+    alone is not drawn; only a run with no CPU time at all puts every run on a steps axis."""
+    from trainer.gan import curve
+
+    rows = [{"run": "a", "step": 10, "train_cpu_s": 5.0}, {"run": "a", "step": 15,
+                                                           "train_cpu_s": None},
+            {"run": "b", "step": 10, "train_cpu_s": 7.0}]
+    timed, drawn = curve.plot_rows(rows)
+    assert timed and [r["step"] for r in drawn["a"]] == [10] and len(drawn["b"]) == 1
+    timed, drawn = curve.plot_rows(rows + [{"run": "old", "step": 4, "train_cpu_s": None}])
+    assert not timed and [r["step"] for r in drawn["a"]] == [10, 15] and len(drawn["old"]) == 1
+
 def test_the_old_sample_command_writes_what_the_new_one_does(trained, tmp_path):
     """`trainer.dcgan sample --checkpoint --out` still works: its flags renamed, its seed kept."""
     _, run = trained

@@ -149,6 +149,18 @@ def score_runs(runs: Sequence[str], data_dir: str, *, num_generated: int = 400,
     return rows
 
 
+def plot_rows(rows: Sequence[dict]) -> tuple[bool, dict[str, list[dict]]]:
+    """Pure rule for the curve's one x axis: CPU minutes when every run has at least one row
+    with a CPU time (then rows without one, e.g. a checkpoint written after the last finished
+    epoch of a stopped run, are left off and counted in the legend), else steps for every row
+    (a run written before the trainer kept training time). Returns (timed, {run: rows})."""
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    timed = bool(runs) and all(any(r["run"] == run and r["train_cpu_s"] is not None
+                                   for r in rows) for run in runs)
+    return timed, {run: [r for r in rows if r["run"] == run
+                         and (not timed or r["train_cpu_s"] is not None)] for run in runs}
+
+
 def save_curve(rows: Sequence[dict], path: str) -> None:
     """C2ST (with its interval) and FID against training CPU minutes (steps where any run
     lacks them)."""
@@ -156,14 +168,13 @@ def save_curve(rows: Sequence[dict], path: str) -> None:
 
     fig = figure(10, 4)
     ax_c2st, ax_fid = fig.subplots(1, 2)
-    # One x axis for every run: CPU minutes where all have them, else steps (runs written
-    # before the trainer kept training time have none).
-    timed = all(r["train_cpu_s"] is not None for r in rows)
+    timed, drawn = plot_rows(rows)
     xlabel = "training CPU minutes" if timed else "training steps"
-    for run in dict.fromkeys(r["run"] for r in rows):
-        mine = [r for r in rows if r["run"] == run]
+    for run, mine in drawn.items():
+        left = sum(r["run"] == run for r in rows) - len(mine)
         label = run + (" (CPU: steps x rate)" if any(r.get("cpu_source") == "derived"
-                                                       for r in mine) else "")
+                                                       for r in mine) else "") + (
+            f" ({left} checkpoint(s) without a CPU time not drawn)" if left else "")
         x = [r["train_cpu_s"] / 60 if timed else r["step"] for r in mine]
         ax_c2st.errorbar(x, [r["c2st"] for r in mine], yerr=np.array(
             [[r["c2st"] - r["c2st_low"] for r in mine], [r["c2st_high"] - r["c2st"]
