@@ -170,3 +170,24 @@ def test_one_training_step_through_the_trainer_keeps_the_crop(tmp_path, sample_d
     saved = models.load_keras_model(str(run / "model.keras"))
     assert models.center_crop_box(saved) == (8, 16)
     _border_blind(saved)
+
+
+def test_the_export_serves_the_crop(tmp_path):
+    import tensorflow as tf
+
+    from trainer.cnn import export
+
+    keras.utils.set_random_seed(0)
+    model = models.build_model("compact", SIZE, center_crop=0.5)
+    paths = export.export_model(model, str(tmp_path), SIZE, threshold=0.5)
+    serve = tf.saved_model.load(paths["saved_model"]).signatures["serving_default"]
+    rng = np.random.default_rng(4)
+
+    def served(images):
+        pngs = [tf.io.encode_png(np.round(image * 255).astype(np.uint8)) for image in images]
+        return serve(image_bytes=tf.stack(pngs))["probability"].numpy()
+
+    outside = served(_pair(rng, inside=False))
+    assert outside[0] == outside[1]
+    inside = served(_pair(rng, inside=True))
+    assert inside[0] != inside[1]
