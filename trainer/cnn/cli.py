@@ -41,6 +41,12 @@ def define_flags() -> None:
                       "none, or shades_of_grey: each image's illuminant made grey (Minkowski "
                       "p=6) by the model's first layer, so every clinic's camera looks alike to "
                       "the net, at training and prediction alike.")
+    # --center_crop (trainer.cnn.models.image_input)
+    flags.DEFINE_float("center_crop", 1.0, "Fraction in (0, 1] of the image side the model "
+                       "looks at: its first layers keep the central box (round(F * "
+                       "image_size) px, at least 8) and resize it back (bilinear), so the "
+                       "border's clinic cues (vignettes, dermoscope rims) are unseen at "
+                       "training, evaluation, prediction and export alike; 1.0 = off.")
     flags.DEFINE_float("dropout", 0.0, "Dropout rate (the study's variants used 0.2).")
     flags.DEFINE_float("l2", 0.0, "L2 kernel penalty on conv and hidden dense layers (the study "
                        "used 0.001).")

@@ -60,6 +60,8 @@ class TrainConfig(RunConfig):
     lr_schedule: str = "constant"
     warmup_epochs: float = 0.0        # cosine schedule only
     label_smoothing: float = 0.0      # binary task only
+    # --center_crop: the model's first layers keep the central box (trainer.cnn.models)
+    center_crop: float = 1.0          # fraction of the side kept; 1.0 = off
 
     FLAG_SOURCES = {"model": ("architecture", str), "verbose": ("keras_verbose", int)}
 
@@ -107,6 +109,11 @@ RULES: tuple[Rule, ...] = (
          "must be >= 0, 0 = never"),
     Rule(("synthetic_fraction",), lambda c: 0.0 <= c.synthetic_fraction <= 10.0,
          "must be in [0, 10]"),
+    # --center_crop (the same bounds as trainer.cnn.models.center_crop_size, which has TF)
+    Rule(("center_crop", "image_size"),
+         lambda c: 0.0 < c.center_crop <= 1.0 and round(c.center_crop * c.image_size) >= 8,
+         "must be in (0, 1] and keep a central box of at least 8 px (round(center_crop * "
+         "image_size) >= 8)"),
     # combinations
     Rule(("model", "width_multiplier"),
          lambda c: c.model == "residual" or c.width_multiplier == 1.0,

@@ -14,6 +14,7 @@ RESIDUAL_WIDTHS = (32, 64, 128, 256)
 # Keras' 0.99 needs ~500 steps for the moving statistics to settle; a small dataset gives ~10
 # steps per epoch, and validation would see stale statistics for many epochs.
 BN_MOMENTUM = 0.9
+MIN_CROP_PX = 8  # --center_crop's smallest central box, as image_size's floor
 
 
 def _regularizer(l2: float):
@@ -40,15 +41,48 @@ def load_keras_model(path: str, compile: bool = False) -> keras.Model:
                                    custom_objects={"ShadesOfGrey": ShadesOfGrey})
 
 
-def image_input(image_size: int, color_constancy: str = "none"):
-    """(the model's image input, the tensor the net starts from): with --color_constancy, a
-    ShadesOfGrey layer in between, so export and prediction apply it too."""
+def center_crop_size(image_size: int, fraction: float) -> int:
+    """The side in px of --center_crop's central box: round(fraction * image_size), refused
+    (ValueError naming the values) outside (0, 1] or below MIN_CROP_PX."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"center_crop must be in (0, 1], got {fraction}")
+    side = int(round(fraction * image_size))
+    if side < MIN_CROP_PX:
+        raise ValueError(f"center_crop {fraction} keeps {side} px of {image_size}; need at "
+                         f"least {MIN_CROP_PX}")
+    return side
+
+
+def center_crop_box(model) -> tuple[int, int] | None:
+    """(offset, side) in px of the central box the model looks at (the same offset on both
+    axes), or None without a crop: what Grad-CAM needs to put its heatmap back in place.
+    The offset is Keras CenterCrop's own, (S - side) // 2."""
+    for layer in model.layers:
+        if isinstance(layer, layers.CenterCrop):
+            image_size = int(model.inputs[0].shape[1])
+            return (image_size - layer.height) // 2, layer.height
+    return None
+
+
+def image_input(image_size: int, color_constancy: str = "none", center_crop: float = 1.0):
+    """(the model's image input, the tensor the net starts from): with --center_crop < 1, the
+    central box cropped and resized back (bilinear) to image_size, so the net never sees the
+    border (vignettes, dermoscope rims: clinic cues) and every layer after keeps its shape;
+    then with --color_constancy, a ShadesOfGrey layer (after the crop, so the border cannot
+    sway its illuminant estimate). Both are layers, so the saved model, export and prediction
+    apply them too. center_crop 1.0 (or a box as large as the image) adds no layer."""
     if color_constancy not in COLOR_CONSTANCY:
         raise ValueError(f"color_constancy {color_constancy!r} not in {COLOR_CONSTANCY}")
+    side = center_crop_size(image_size, center_crop)
     inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    if side < image_size:
+        x = layers.CenterCrop(side, side, name="center_crop")(x)
+        x = layers.Resizing(image_size, image_size, interpolation="bilinear",
+                            name="center_crop_resize")(x)
     if color_constancy == "none":
-        return inputs, inputs
-    return inputs, ShadesOfGrey(name="color_constancy")(inputs)
+        return inputs, x
+    return inputs, ShadesOfGrey(name="color_constancy")(x)
 
 
 def _stride2_stem(inputs, filters: int, reg):
@@ -70,7 +104,7 @@ def _pooled_sigmoid_head(x, dropout: float):
 
 
 def build_study_cnn(image_size: int = 256, dropout: float = 0.0, l2: float = 0.0,
-                    color_constancy: str = "none") -> keras.Model:
+                    color_constancy: str = "none", center_crop: float = 1.0) -> keras.Model:
     """The study's CNN: three Conv(3x3, same, ReLU) of 16/32/64 filters, each followed by 2x2
     max pooling, then Flatten, Dense 512, Dense 64 (ReLU), Dense 1 sigmoid.
 
@@ -81,7 +115,7 @@ def build_study_cnn(image_size: int = 256, dropout: float = 0.0, l2: float = 0.0
     """
     _check(image_size, dropout)
     reg = _regularizer(l2)
-    inputs, x = image_input(image_size, color_constancy)
+    inputs, x = image_input(image_size, color_constancy, center_crop)
     for i, filters in enumerate((16, 32, 64)):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu",
                           kernel_regularizer=reg, name=f"conv{i + 1}")(x)
@@ -96,7 +130,8 @@ def build_study_cnn(image_size: int = 256, dropout: float = 0.0, l2: float = 0.0
 
 def build_compact_cnn(image_size: int = 256, dropout: float = 0.2, l2: float = 0.0,
                       widths: tuple[int, ...] = (16, 32, 64, 128),
-                      color_constancy: str = "none") -> keras.Model:
+                      color_constancy: str = "none",
+                      center_crop: float = 1.0) -> keras.Model:
     """What a user would pick on small data: a stride-2 stem (Conv 3x3 + batch norm + ReLU, so
     the costly full-resolution convolutions are skipped), conv blocks (Conv 3x3 + batch norm +
     ReLU, twice, then 2x2 max pooling), global average pooling instead of the study's
@@ -104,7 +139,7 @@ def build_compact_cnn(image_size: int = 256, dropout: float = 0.2, l2: float = 0
     size (100x fewer than the study's), and about the study CNN's compute at the same size."""
     _check(image_size, dropout)
     reg = _regularizer(l2)
-    inputs, x = image_input(image_size, color_constancy)
+    inputs, x = image_input(image_size, color_constancy, center_crop)
     x = _stride2_stem(x, widths[0], reg)
     for i, filters in enumerate(widths):
         for j in range(2):
@@ -146,7 +181,8 @@ def residual_widths(width_multiplier: float = 1.0) -> tuple[int, ...]:
 
 def build_residual_cnn(image_size: int = 128, dropout: float = 0.2, l2: float = 0.0,
                        width_multiplier: float = 1.0, blocks_per_stage: int = 2,
-                       color_constancy: str = "none") -> keras.Model:
+                       color_constancy: str = "none",
+                       center_crop: float = 1.0) -> keras.Model:
     """The compact family with residual blocks and more width, for the from-scratch recipe:
     a stride-2 stem (Conv 3x3 + BN + ReLU), four stages of `blocks_per_stage` post-activation
     basic blocks of 32/64/128/256 filters (x width_multiplier), each stage starting with a
@@ -161,7 +197,7 @@ def build_residual_cnn(image_size: int = 128, dropout: float = 0.2, l2: float = 
         raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
     reg = _regularizer(l2)
     widths = residual_widths(width_multiplier)
-    inputs, x = image_input(image_size, color_constancy)
+    inputs, x = image_input(image_size, color_constancy, center_crop)
     x = _stride2_stem(x, widths[0], reg)
     for i, filters in enumerate(widths):
         for j in range(blocks_per_stage):
@@ -172,7 +208,8 @@ def build_residual_cnn(image_size: int = 128, dropout: float = 0.2, l2: float = 
 def build_efficientnet_b0(image_size: int = 256, dropout: float = 0.2,
                           weights_path: str | None = None,
                           freeze_backbone: bool = False,
-                          color_constancy: str = "none") -> keras.Model:
+                          color_constancy: str = "none",
+                          center_crop: float = 1.0) -> keras.Model:
     """Keras Applications EfficientNetB0 (no top) + dropout + sigmoid. Never downloads: the
     backbone is built with weights=None and, given `weights_path` (e.g. Keras' ImageNet
     efficientnetb0_notop.h5 copied locally), loads that file. The backbone has its own
@@ -186,7 +223,7 @@ def build_efficientnet_b0(image_size: int = 256, dropout: float = 0.2,
     if weights_path:
         backbone.load_weights(weights_path)
     backbone.trainable = not freeze_backbone
-    inputs, x = image_input(image_size, color_constancy)
+    inputs, x = image_input(image_size, color_constancy, center_crop)
     x = layers.Rescaling(255.0, name="to_0_255")(x)
     x = backbone(x)
     if dropout:
@@ -196,22 +233,25 @@ def build_efficientnet_b0(image_size: int = 256, dropout: float = 0.2,
 
 def build_model(name: str, image_size: int, dropout: float = 0.0, l2: float = 0.0,
                 weights_path: str | None = None, width_multiplier: float = 1.0,
-                color_constancy: str = "none") -> keras.Model:
+                color_constancy: str = "none", center_crop: float = 1.0) -> keras.Model:
     """Builds a model by --model name; width_multiplier is the residual net's only;
-    color_constancy (trainer.cnn.color_constancy) is the first layer of any of them."""
+    center_crop then color_constancy (trainer.cnn.color_constancy) are the first layers of
+    any of them (image_input)."""
     if width_multiplier != 1.0 and name != "residual":
         raise ValueError(f"width_multiplier {width_multiplier} applies to the residual "
                          f"architecture only, not {name!r}")
     if name == "study":
-        return build_study_cnn(image_size, dropout, l2, color_constancy=color_constancy)
+        return build_study_cnn(image_size, dropout, l2, color_constancy=color_constancy,
+                               center_crop=center_crop)
     if name == "compact":
-        return build_compact_cnn(image_size, dropout, l2, color_constancy=color_constancy)
+        return build_compact_cnn(image_size, dropout, l2, color_constancy=color_constancy,
+                                 center_crop=center_crop)
     if name == "efficientnet_b0":
         if l2:
             raise ValueError("l2 is not supported for efficientnet_b0; use --l2=0")
         return build_efficientnet_b0(image_size, dropout, weights_path,
-                                     color_constancy=color_constancy)
+                                     color_constancy=color_constancy, center_crop=center_crop)
     if name == "residual":
         return build_residual_cnn(image_size, dropout, l2, width_multiplier,
-                                  color_constancy=color_constancy)
+                                  color_constancy=color_constancy, center_crop=center_crop)
     raise ValueError(f"model {name!r} not in {MODEL_NAMES}")

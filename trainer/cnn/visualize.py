@@ -17,7 +17,9 @@ threshold (serving_config.json; 0.5 for a bare .keras file) and explains P(malig
 explains benign through 1 - P(malignant) (following P(malignant) alone leaves the heatmap blank
 whenever the image looks benign: there is no positive evidence for malignant to show); a
 diagnosis model explains its most probable class (class names from the export's
-serving_config.json). --explain=CLASS explains another class.
+serving_config.json). --explain=CLASS explains another class. A model trained with
+--center_crop saw only the central box of the image: its heatmap fills that box and is 0 on
+the border the model never saw.
 """
 from __future__ import annotations
 
@@ -106,6 +108,22 @@ def _class_names(n: int, names: Sequence[str] | None) -> list[str]:
     return names
 
 
+def _cam_on_image(cam, size: tuple[int, int], box: tuple[int, int] | None) -> np.ndarray:
+    """The last conv's [h, w] map resized (bilinear) onto the displayed [S, S] image. Under
+    --center_crop the net saw only the central box (offset, side), stretched to S: the map
+    goes into that box, and the border, which the model never saw, stays 0 (stretching the map
+    over the whole image would point at the wrong pixels)."""
+    import tensorflow as tf
+
+    if box is None:
+        return tf.image.resize(cam[..., None], size, method="bilinear")[..., 0].numpy()
+    offset, side = box
+    placed = np.zeros(size, np.float32)
+    placed[offset:offset + side, offset:offset + side] = tf.image.resize(
+        cam[..., None], (side, side), method="bilinear")[..., 0].numpy()
+    return placed
+
+
 def explain(model, image01: np.ndarray, layer_name: str | None = None, *,
             threshold: float = 0.5, class_names: Sequence[str] | None = None,
             explain_class: str | int | None = None) -> Explanation:
@@ -115,6 +133,8 @@ def explain(model, image01: np.ndarray, layer_name: str | None = None, *,
     class_names: a softmax model's classes, in output order."""
     import keras
     import tensorflow as tf
+
+    from trainer.cnn.models import center_crop_box
 
     layers = conv_layers(model)
     layer = layers[-1] if layer_name is None else model.get_layer(layer_name)
@@ -146,10 +166,9 @@ def explain(model, image01: np.ndarray, layer_name: str | None = None, *,
     grads, activations = tf.cast(grads, tf.float32), tf.cast(activations, tf.float32)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))[0]
-    size = image01.shape[:2]
-    cam = tf.image.resize(cam[..., None], size, method="bilinear")[..., 0].numpy()
+    cam = _cam_on_image(cam, image01.shape[:2], center_crop_box(model))
     peak = float(cam.max())
-    heatmap = cam / peak if peak > 0 else np.zeros(size, np.float32)  # no positive evidence
+    heatmap = cam / peak if peak > 0 else np.zeros_like(cam)  # no positive evidence
     return Explanation(np.clip(heatmap, 0.0, 1.0).astype(np.float32), index, names[index],
                        np.asarray(probabilities, np.float64), predicted)
 
