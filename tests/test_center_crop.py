@@ -151,10 +151,6 @@ def test_grad_cam_places_the_map_in_the_box_not_stretched():
         cam[..., None], (16, 16), method="bilinear")[..., 0].numpy())
 
 
-# Needs train.py to pass c.center_crop to models.build_model (not this branch's file): strict,
-# so the test fails as soon as the trainer carries the crop, and the marker must go then.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="train.py does not pass center_crop to models.build_model yet")
 def test_one_training_step_through_the_trainer_keeps_the_crop(tmp_path, sample_dir):
     from tests import shard_fixtures
     from trainer.cnn import train

@@ -371,7 +371,7 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
     with strategy.scope():
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
                                    c.weights_path or None, c.width_multiplier,
-                                   c.color_constancy)
+                                   c.color_constancy, center_crop=c.center_crop)
         if c.use_metadata:
             from trainer.core import metadata_features
 
