@@ -81,6 +81,7 @@ def test_one_train_step_moves_the_plain_model_and_adds_the_source_loss():
         from_logits=True).numpy().mean())
     logs = wrapped.train_on_batch([x, sources], y, return_dict=True)
     assert logs["loss"] == pytest.approx(task_loss + source_loss, rel=1e-5)
+    assert logs["source_loss"] == pytest.approx(source_loss, rel=1e-5)
     assert all(not np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
     assert tuple(model(x).shape) == (6, 1)
     # outside training no source loss, and the index is never read
@@ -266,6 +267,8 @@ def test_a_tiny_run_trains_with_the_adversary_and_saves_the_plain_model(two_sour
                                      class_balance="class_weights"))
     assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
     assert np.isfinite(result.history[0]["val_loss"]) and "val_auc" in result.history[0]
+    assert np.isfinite(result.history[0]["source_loss"])
+    assert 0.0 <= result.history[0]["source_accuracy"] <= 1.0
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["source_adversary"] == {"weight": 0.5, "sources": ["clinic_a", "clinic_b"]}
     saved = keras.models.load_model(tmp_path / "model.keras")

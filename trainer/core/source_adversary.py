@@ -66,6 +66,11 @@ class SourceAdversary(keras.layers.Layer):
         self.reversal = GradientReversal(weight, name="gradient_reversal")
         self.hidden = keras.layers.Dense(units, activation="relu", name="source_hidden")
         self.logits = keras.layers.Dense(num_sources, dtype="float32", name="source_logits")
+        # Training-only gauges of the adversary (fit's logs, history.json): source
+        # cross-entropy near log(num_sources) and accuracy near chance mean the features carry
+        # little source information. Their val_ twins stay 0: validation has no source target.
+        self.loss_tracker = keras.metrics.Mean(name="source_loss")
+        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="source_accuracy")
 
     def build(self, input_shape):
         features = input_shape[1]
@@ -85,8 +90,12 @@ class SourceAdversary(keras.layers.Layer):
             with tf.control_dependencies([checked, tf.debugging.assert_non_negative(
                     source, message="source index < 0 in training")]):
                 source = tf.identity(source)
-            self.add_loss(keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
-                source, self.source_logits(features), from_logits=True)))
+            logits = self.source_logits(features)
+            loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+                source, logits, from_logits=True))
+            self.add_loss(loss)
+            self.loss_tracker.update_state(loss)
+            self.accuracy.update_state(source, logits)
         return probability
 
     def compute_output_shape(self, input_shape):
