@@ -260,6 +260,16 @@ def test_one_source_in_train_is_refused_before_the_run_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_train_records_without_a_source_are_refused_before_the_run_folder(tmp_path):
+    data = shard_fixtures.write_tiny_dataset(
+        tmp_path / "data", {"train": _items(4, "clinic_a", 1) + _items(2, "clinic_b", 2)
+                            + _items(3, "", 3), "validation": _items(2, "clinic_a", 4)}, SIZE)
+    with pytest.raises(config_lib.DataError, match="3 benign/malignant train records have no "
+                                                   r"source_collection, .*\['clinic_a', "):
+        train.train_cnn(_config(data, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("augment", [False, True])  # uint8 input to fit, and float
 def test_a_tiny_run_trains_with_the_adversary_and_saves_the_plain_model(two_sources, tmp_path,
                                                                         augment):

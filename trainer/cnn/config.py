@@ -283,6 +283,15 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
                             f"--data_dir={config.data_dir}: the train split's benign/malignant "
                             f"records name {len(sources)} source(s) {sources} "
                             "(source_collection); the source head needs >= 2")
+        rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source") or []
+        unnamed = sum(int(r["count"]) for r in rows if r["split"] == "train"
+                      and r["label"] in ("benign", "malignant")
+                      and not r.get("source_collection"))
+        if unnamed:  # each would stop the run mid-epoch (input_pipeline.source_index_lookup)
+            raise DataError(f"--source_adversary_weight={config.source_adversary_weight} with "
+                            f"--data_dir={config.data_dir}: {unnamed} benign/malignant train "
+                            "records have no source_collection, so the source head has no "
+                            f"target for them (named sources: {sources})")
     if os.path.exists(config.workdir) and not os.path.isdir(config.workdir):
         raise DataError(f"--workdir={config.workdir} is a file; give a run folder (new, or one "
                         "to resume)")
