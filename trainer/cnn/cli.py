@@ -88,6 +88,13 @@ def define_flags() -> None:
                       "against the train split's, trainer.core.source_prior) to the model's "
                       "logit, so the net gains nothing by recognising the clinic; validation, "
                       "evaluation and the export use the plain image model (offset 0).")
+    flags.DEFINE_float("source_adversary_weight", 0.0, "Binary task: domain-adversarial "
+                       "training (DANN) against the acquisition source: during training a "
+                       "small head on the penultimate features predicts each record's "
+                       "source_collection through a gradient reversal scaled by this weight, "
+                       "pushing the features to carry no clinic information "
+                       "(trainer.core.source_adversary); 0 = off. Validation, evaluation and "
+                       "the export use the plain image model.")
     flags.DEFINE_enum("class_balance", "none", list(config_lib.CLASS_BALANCE_MODES),
                       "Imbalanced data: class_weights (loss weights n/(2 n_c)) or sampling "
                       "(50/50 batches).")

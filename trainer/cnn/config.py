@@ -40,6 +40,7 @@ class TrainConfig(RunConfig):
     class_balance: str = "none"
     source_balance: bool = False      # sample every train source equally (binary task)
     source_logit_adjustment: bool = False  # train with each source's prior log-odds offset
+    source_adversary_weight: float = 0.0  # DANN against the source; 0 = off (source_adversary)
     monitor: str = "val_accuracy"
     early_stopping_patience: int = 0  # 0 = off
     verbose: int = 1
@@ -156,6 +157,18 @@ RULES: tuple[Rule, ...] = (
          "--source_logit_adjustment needs --task=binary, no --use_metadata, no "
          "--mixup_alpha/--cutmix_alpha and no --synthetic_data (the offset rides beside the "
          "image of each real record, by its source)"),
+    # --source_adversary_weight (domain-adversarial training, trainer.core.source_adversary)
+    Rule(("source_adversary_weight",), lambda c: 0.0 <= c.source_adversary_weight < math.inf,
+         "must be >= 0, 0 = off"),
+    Rule(("source_adversary_weight", "task", "use_metadata", "mixup_alpha", "cutmix_alpha",
+          "synthetic_data", "source_logit_adjustment"),
+         lambda c: not c.source_adversary_weight or (
+             c.task == "binary" and not c.use_metadata and not _mixing(c)
+             and not c.synthetic_data and not c.source_logit_adjustment),
+         "--source_adversary_weight > 0 needs --task=binary, no --use_metadata, no "
+         "--mixup_alpha/--cutmix_alpha, no --synthetic_data (the source index rides beside "
+         "the image of each real record) and no --source_logit_adjustment (one source input "
+         "to fit at a time)"),
     Rule(("use_metadata", "class_balance"),
          lambda c: not (c.use_metadata and c.class_balance == "sampling"),
          "--use_metadata cannot be combined with --class_balance=sampling yet"),
@@ -268,6 +281,24 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
         except ValueError as e:
             raise DataError(f"--source_logit_adjustment with --data_dir={config.data_dir}: "
                             f"{e}") from None
+    if config.source_adversary_weight:  # the source head needs >= 2 classes in train
+        from trainer.core.input_pipeline import train_sources
+
+        sources = train_sources(manifest, "train")
+        if len(sources) < 2:
+            raise DataError(f"--source_adversary_weight={config.source_adversary_weight} with "
+                            f"--data_dir={config.data_dir}: the train split's benign/malignant "
+                            f"records name {len(sources)} source(s) {sources} "
+                            "(source_collection); the source head needs >= 2")
+        rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source") or []
+        unnamed = sum(int(r["count"]) for r in rows if r["split"] == "train"
+                      and r["label"] in ("benign", "malignant")
+                      and not r.get("source_collection"))
+        if unnamed:  # each would stop the run mid-epoch (input_pipeline.source_index_lookup)
+            raise DataError(f"--source_adversary_weight={config.source_adversary_weight} with "
+                            f"--data_dir={config.data_dir}: {unnamed} benign/malignant train "
+                            "records have no source_collection, so the source head has no "
+                            f"target for them (named sources: {sources})")
     if os.path.exists(config.workdir) and not os.path.isdir(config.workdir):
         raise DataError(f"--workdir={config.workdir} is a file; give a run folder (new, or one "
                         "to resume)")

@@ -121,6 +121,16 @@ class BinaryTask:
 
         return source_prior.source_offsets(self.manifest, "train")
 
+    def source_names(self, c: TrainConfig) -> list[str] | None:
+        """Under --source_adversary_weight > 0, the train split's named sources in the order
+        of the source head's classes (input_pipeline.train_sources); else None.
+        config.check_inputs has already refused a train split with fewer than 2."""
+        if not c.source_adversary_weight:
+            return None
+        from trainer.core import input_pipeline
+
+        return input_pipeline.train_sources(self.manifest, "train")
+
     def datasets(self, c: TrainConfig, strategy):
         from trainer.core import input_pipeline
 
@@ -131,15 +141,18 @@ class BinaryTask:
         steps = _steps(c, n_train, infinite=c.class_balance == "sampling" or c.source_balance)
         common = _common(c, float_input(c), self.manifest)
         offsets = self.source_offsets(c)
+        names = self.source_names(c)
         train = input_pipeline.make_dataset(
             c.data_dir, "train", training=True, augment=c.augment, repeat=True,
             augmentation=c.augmentation, mixup_alpha=c.mixup_alpha,
             cutmix_alpha=c.cutmix_alpha, balance_classes=c.class_balance == "sampling",
             synthetic=mix, drop_remainder=strategy.num_replicas_in_sync > 1,
-            balance_sources=c.source_balance, source_offsets=offsets, **common)
-        validation = input_pipeline.make_dataset(  # the plain image model: offset 0
+            balance_sources=c.source_balance, source_offsets=offsets, source_names=names,
+            **common)
+        validation = input_pipeline.make_dataset(  # the plain image model: offset 0, no source
             c.data_dir, "validation", training=False,
-            source_offsets=None if offsets is None else {}, **common)
+            source_offsets=None if offsets is None else {},
+            source_names=None if names is None else (), **common)
         return train, validation, steps, n_train
 
     def sample_dataset(self, c: TrainConfig):

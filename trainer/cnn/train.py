@@ -29,7 +29,7 @@ from trainer.cnn import config as config_lib, models, recipe, tasks
 from trainer.cnn.config import TrainConfig  # noqa: F401  (train.TrainConfig, as before)
 from trainer.cnn.data import DataError
 from trainer.cnn.tasks import class_weights_from_counts  # noqa: F401  (tests use it from here)
-from trainer.core import input_pipeline, run_folder, runtime, source_prior
+from trainer.core import input_pipeline, run_folder, runtime, source_adversary, source_prior
 
 
 
@@ -250,7 +250,7 @@ def with_uint8_input(model: keras.Model, image_size: int) -> keras.Model:
     weights with `model`, which stays the float [0, 1] model that is evaluated and exported."""
     if len(model.inputs) > 1:  # (image, metadata) under --use_metadata
         image = keras.Input((image_size, image_size, 3), dtype="uint8", name="image_uint8")
-        others = [keras.Input(tuple(t.shape[1:]), name=f"input_{i + 1}")
+        others = [keras.Input(tuple(t.shape[1:]), dtype=t.dtype, name=f"input_{i + 1}")
                   for i, t in enumerate(model.inputs[1:])]
         out = model([keras.layers.Rescaling(1.0 / 255)(image), *others])
         return keras.Model([image, *others], out, name="uint8_" + model.name)
@@ -366,6 +366,7 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
     policy = runtime.configure_mixed_precision(c.mixed_precision)
     train_ds, val_ds, steps, n_train = task.datasets(c, strategy)
     offsets = task.source_offsets(c) if c.source_logit_adjustment else None  # binary only
+    sources = task.source_names(c) if c.source_adversary_weight else None  # binary only
     if workers > 1:
         train_ds = input_pipeline.shard_by_file(train_ds)
     with strategy.scope():
@@ -380,6 +381,11 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         # --source_logit_adjustment: fit sees (image, source offset); `model` stays the plain
         # image model (offset 0) that is saved, evaluated and exported.
         fitted = source_prior.with_source_offset(model) if offsets is not None else model
+        # --source_adversary_weight: fit sees (image, source index) and adds the source head's
+        # loss through a gradient reversal; `model` again stays the plain image model.
+        if sources is not None:
+            fitted = source_adversary.with_source_head(model, len(sources),
+                                                       c.source_adversary_weight)
         # Without augmentation the batches stay uint8 until the device (see make_dataset);
         # `model` itself keeps float [0, 1] inputs for evaluation, export and users.
         fit_model = fitted if tasks.float_input(c) else with_uint8_input(fitted, c.image_size)
@@ -405,6 +411,9 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         if offsets is not None:
             print("source logit offsets (training only): " + ", ".join(
                 f"{name} {value:+.3f}" for name, value in offsets.items()), flush=True)
+        if sources is not None:
+            print(f"source adversary (training only, weight {c.source_adversary_weight}) over "
+                  f"{len(sources)} sources: {', '.join(sources)}", flush=True)
     clock = runtime.TrainingClock()
     budget = runtime.TrainingBudget(c.max_train_minutes) if c.max_train_minutes else None
     callbacks = _callbacks(c, meter, history_file, sample_batch, budget, out_dir)
@@ -436,6 +445,8 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
                    stopped_by_time_budget_after_epoch=stopped[0] if stopped else None)
     if offsets is not None:
         summary["source_logit_offsets"] = offsets
+    if sources is not None:
+        summary["source_adversary"] = {"weight": c.source_adversary_weight, "sources": sources}
     run_folder.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null
     if c.verbose:
         print("training summary: " + json.dumps(summary), flush=True)

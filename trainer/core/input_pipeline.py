@@ -252,10 +252,34 @@ def offset_lookup(source_offsets: Mapping[str, float]) -> Callable[[tf.Tensor], 
     return table.lookup
 
 
+def source_index_lookup(source_names: Sequence[str]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """source_collection (tf.string) -> its int32 index in source_names (--source_adversary_
+    weight, trainer.core.source_adversary). A record whose source is not in the list stops
+    the stream with an InvalidArgumentError naming it (never a silent index). An empty list
+    gives every record -1, never read (validation: the source head is training only)."""
+    if not source_names:
+        return lambda source: tf.constant(-1, tf.int32)
+    names = list(source_names)
+    if len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"source_names must be distinct and non-empty, got {names}")
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(names, tf.string), tf.range(len(names), dtype=tf.int32)), default_value=-1)
+
+    def lookup(source: tf.Tensor) -> tf.Tensor:
+        index = table.lookup(source)
+        known = tf.debugging.Assert(index >= 0, [
+            "record with source_collection", source, f"not among the training sources {names}"])
+        with tf.control_dependencies([known]):
+            return tf.identity(index)
+
+    return lookup
+
+
 def parse_and_decode_with_offset(serialized: tf.Tensor, image_size: int,
                                  lookup: Callable[[tf.Tensor], tf.Tensor]):
     """--source_logit_adjustment: one record -> ((uint8 image, float32 offset of its
-    source_collection), label)."""
+    source_collection), label); --source_adversary_weight: the same with the int32 index of
+    its source (source_index_lookup) in the offset's place."""
     record = reader.parse_record(serialized, image_size, fields=("source_collection",))
     return (record["image"], lookup(record["source_collection"])), record["label"]
 
@@ -337,7 +361,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  synthetic: synthetic_mix.SyntheticMix | None = None,
                  manifest: Mapping[str, Any] | None = None,
                  balance_sources: bool = False,
-                 source_offsets: Mapping[str, float] | None = None) -> tf.data.Dataset:
+                 source_offsets: Mapping[str, float] | None = None,
+                 source_names: Sequence[str] | None = None) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
 
     augmentation: which augmentation `augment` means ("study" or "dermoscopy").
@@ -363,6 +388,10 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     (images, offsets float32 [B]), each record's offset looked up by its source (0.0 for a
     source not in the mapping; {} gives 0 everywhere, as validation uses); labels unchanged.
     Not with use_metadata, mixup/cutmix or synthetic records (these have no source).
+    source_names (the train split's sources, trainer.core.source_adversary): likewise the input
+    becomes (images, int32 [B] index of each record's source in the list); a source not in it
+    is an error when the stream reaches it; () gives -1 everywhere (validation). Same limits
+    as source_offsets, and not both.
     manifest: the dataset's manifest when the caller has read it already (else read here).
     """
     if as_uint8 and ((training and augment) or tuple(map(float, value_range)) != (0.0, 1.0)):
@@ -378,7 +407,17 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                          f"cutmix_alpha={cutmix_alpha} or synthetic records "
                          f"({synthetic is not None}): the offset rides beside the image alone, "
                          "per record, and generated records have no source")
+    if source_names is not None and (use_metadata or mixing or synthetic is not None
+                                     or source_offsets is not None):
+        raise ValueError(f"source_names {list(source_names)} cannot be combined with "
+                         f"use_metadata={use_metadata}, mixup_alpha={mixup_alpha}/"
+                         f"cutmix_alpha={cutmix_alpha}, synthetic records "
+                         f"({synthetic is not None}) or source_offsets ({source_offsets}): the "
+                         "index rides beside the image alone, per record, and generated "
+                         "records have no source")
     lookup = offset_lookup(source_offsets) if source_offsets is not None else None
+    if source_names is not None:
+        lookup = source_index_lookup(source_names)
     manifest = dataset_lib.manifest_or_read(data_dir, manifest)
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
@@ -429,6 +468,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                 suffix += f"-synthetic{_digest(dataclasses.asdict(synthetic))}"
             if source_offsets is not None:  # other offsets (or none) are another cache
                 suffix += f"-offsets{_digest(dict(source_offsets))}"
+            if source_names is not None:  # another source list (or none) is another cache
+                suffix += f"-sources{_digest(list(source_names))}"
             ds = ds.cache(f"{cache}-{image_size}-{split}{suffix}-{_digest(manifest)}")
         if training and cache:
             ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
