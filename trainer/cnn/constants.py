@@ -23,7 +23,8 @@ CLASSES_NAME = "classes.json"       # the diagnosis task's class mapping
 TRAIN_CONFIG_NAME = "train_config.json"  # the settings the run folder was started with
 # settings that shape the model: a run folder resumes only with the values it started with
 MODEL_SETTINGS = ("model", "width_multiplier", "dropout", "l2", "image_size", "task",
-                  "use_metadata", "color_constancy", "center_crop")
+                  "use_metadata", "color_constancy", "center_crop",
+                  "source_adversary_weight")
 EXPORT_DIR = "export"
 KERAS_NAME = "model.keras"
 SAVED_MODEL_NAME = "saved_model"
