@@ -201,6 +201,16 @@ def test_time_at_step_takes_the_epoch_that_ended_at_or_after_the_checkpoint():
 
 
 
+
+def test_a_grown_run_counts_its_source_runs_cpu():
+    from trainer.gan import curve
+
+    times = {"train_cpu_s": 100.0, "train_wall_s": 80.0}
+    assert curve.with_source_cpu(times, None) == {**times, "source_cpu_s": None}
+    grown = curve.with_source_cpu(times, {"source_step": 500, "source_train_cpu_s": 40.0})
+    assert grown["train_cpu_s"] == 140.0 and grown["source_cpu_s"] == 40.0
+    assert curve.with_source_cpu(times, {"source_train_cpu_s": None})["train_cpu_s"] is None
+
 def test_one_untimed_checkpoint_is_left_off_the_cpu_axis_not_the_whole_curve():
     """A stopped run's last checkpoint after its last finished epoch has no CPU time: that row
     alone is not drawn; only a run with no CPU time at all puts every run on a steps axis."""

@@ -14,11 +14,14 @@ memorization share, the C2ST on each of the evaluation's cues: colour, sharpness
 the DiffAugment probability where a run sets one.
 Training time comes from the run's history.json (train_cpu_s, train_wall_s of the epoch that
 ended at or after the checkpoint's step); a run written before the trainer kept those has
-them empty, and its x axis falls back to steps.
+them empty, and its x axis falls back to steps. A run grown from a smaller one
+(--init_generator_from) counts the smaller run's training CPU too (source_cpu_s, from
+checkpoints/init_generator.json): its CPU minutes are what the 128 px result cost in all.
 """
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 from typing import Sequence
@@ -27,13 +30,13 @@ import numpy as np
 from absl import flags, logging
 
 from trainer.core import program
-from trainer.gan import evaluate, evaluation, inputs
+from trainer.gan import evaluate, evaluation, grow, inputs
 
 PROG = "trainer.gan.curve"
 
 FIELDS = ("run", "step", "train_cpu_s", "train_wall_s", "fid", "kid", "c2st", "c2st_low",
           "c2st_high", "memorized_share", "c2st_colour", "c2st_sharpness", "c2st_layout",
-          "cpu_source", "augment_p")
+          "cpu_source", "augment_p", "source_cpu_s")
 
 
 def checkpoint_steps(run: str) -> list[tuple[int, str]]:
@@ -56,6 +59,18 @@ def time_at_step(history: Sequence[dict], step: int) -> dict[str, float | None]:
     """Training time of the epoch entry that holds `step` (entry_at_step)."""
     entry = entry_at_step(history, step)
     return {k: entry.get(k) for k in ("train_cpu_s", "train_wall_s")}
+
+
+def with_source_cpu(times: dict, init_record: dict | None) -> dict:
+    """Pure rule: a grown run's training CPU = its own + its source run's (init_generator.json's
+    source_train_cpu_s); source_cpu_s says how much of it was the source's. A grown run whose
+    source CPU is unknown gets no CPU time rather than an understated one."""
+    if not init_record:
+        return {**times, "source_cpu_s": None}
+    source = init_record.get("source_train_cpu_s")
+    own = times.get("train_cpu_s")
+    total = own + source if own is not None and source is not None else None
+    return {**times, "train_cpu_s": total, "source_cpu_s": source}
 
 
 def training_time(history: Sequence[dict], step: int, cpu_s_per_step: float | None = None
@@ -113,6 +128,11 @@ def score_runs(runs: Sequence[str], data_dir: str, *, num_generated: int = 400,
     rows, reals, extractors = [], {}, {}
     for run in runs:
         history = run_folder.read_history(os.path.join(run, run_folder.HISTORY_NAME))
+        init_path = os.path.join(run, "checkpoints", grow.RECORD_NAME)
+        init_record = None
+        if os.path.exists(init_path):
+            with open(init_path, encoding="utf-8") as f:
+                init_record = json.load(f)
         for step, prefix in checkpoint_steps(run):
             generator, arch = sampling.load_generator(prefix)
             size = arch["image_size"]
@@ -137,7 +157,8 @@ def score_runs(runs: Sequence[str], data_dir: str, *, num_generated: int = 400,
             c2st = metrics["c2st"]
             name = os.path.basename(os.path.normpath(run))
             rows.append({"run": name, "step": step,
-                         **training_time(history, step, (cpu_s_per_step or {}).get(name)),
+                         **with_source_cpu(training_time(
+                             history, step, (cpu_s_per_step or {}).get(name)), init_record),
                          "fid": metrics["fid"],
                          "kid": metrics["kid"]["mean"], "c2st": c2st["accuracy"],
                          "c2st_low": c2st["ci95"][0], "c2st_high": c2st["ci95"][1],

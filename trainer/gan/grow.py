@@ -23,6 +23,11 @@ import numpy as np
 if TYPE_CHECKING:  # checking architectures needs no TensorFlow
     import keras
 
+# The grown run's record of its source (checkpoints/RECORD_NAME): which checkpoint, its step
+# and training CPU seconds, which layers were copied. Written by trainer.gan.training, read by
+# trainer.gan.curve.
+RECORD_NAME = "init_generator.json"
+
 
 def _generator_kind(arch: dict) -> str:
     return arch.get("generator", "study")

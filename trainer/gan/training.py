@@ -23,7 +23,6 @@ from trainer.gan import models as gan_models
 
 GAN_CLASSES = ("binary", "diagnosis")
 # In checkpoints/ of a run whose G started from a smaller run's (--init_generator_from).
-INIT_GENERATOR_NAME = "init_generator.json"
 
 
 @dataclasses.dataclass
@@ -357,7 +356,7 @@ def init_generator(gan: gan_models.DCGAN, config, source: tuple[str, dict]) -> d
               "image_size": config.image_size, **layers}
     ckpt_dir = os.path.join(config.workdir, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
-    run_folder.write_json(os.path.join(ckpt_dir, INIT_GENERATOR_NAME), record)
+    run_folder.write_json(os.path.join(ckpt_dir, grow.RECORD_NAME), record)
     logging.info("generator grown from %s (%s, %d px -> %d px): copied %s; new %s%s", prefix,
                  record["weights"], record["source_image_size"], record["image_size"],
                  ", ".join(layers["copied"]), ", ".join(layers["new"]) or "none",
@@ -408,7 +407,7 @@ def train_gan(config: GanConfig) -> dict:
     os.makedirs(ckpt_dir, exist_ok=True)
     with open(config_path, "w", encoding="utf-8") as f:
         json.dump(arch, f, sort_keys=True)
-    init_path = os.path.join(ckpt_dir, INIT_GENERATOR_NAME)
+    init_path = os.path.join(ckpt_dir, grow.RECORD_NAME)
     if source is not None:  # a fresh run with --init_generator_from
         grown = init_generator(gan, config, source)
     elif os.path.exists(init_path):  # a resumed grown run still says where G started
