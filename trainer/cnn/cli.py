@@ -71,6 +71,12 @@ def define_flags() -> None:
     flags.DEFINE_bool("use_metadata", False, "Age, sex and anatomic site (encoded with missing "
                       "values explicit, trainer.core.metadata_features) as a second model input "
                       "beside the image; the export serves them as optional inputs.")
+    flags.DEFINE_integer("metadata_encoding", config_lib.ENCODING_VERSION, "--use_metadata's "
+                         "encoding version (trainer.core.metadata_features): 2 maps HAM10000's "
+                         "site names (back, face, acral, unknown, ...) onto ISIC's "
+                         "anatom_site_general; 1 compares site text with ISIC's as it is. "
+                         "Recorded in the run, whose evaluation and export use it; give 1 to "
+                         "resume or reproduce a run trained before version 2.")
     # --- generated training images (GAN samples as extra training data) ---
     flags.DEFINE_string("synthetic_data", "", "Dataset folder of GAN samples (`python -m "
                         "trainer.gan.sample --format=tfrecord`) added to the training split; "

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 from trainer.core.augmentations import AUGMENTATIONS
 from trainer.core.flags import RunConfig
+from trainer.core.metadata_features import ENCODING_VERSION, ENCODING_VERSIONS, run_encoding
 from trainer.core.program import UserError
 
 from trainer.cnn.constants import (  # noqa: F401  (the choices, listed once)
@@ -47,6 +48,7 @@ class TrainConfig(RunConfig):
     task: str = "binary"              # binary (benign/malignant) or diagnosis (trainer.cnn.tasks)
     min_class_records: int = 20       # diagnosis task: rarer train diagnoses grouped as `other`
     use_metadata: bool = False        # age/sex/site as a second input (metadata_features)
+    metadata_encoding: int = ENCODING_VERSION  # its version; the run's readers encode with it
     synthetic_data: str = ""          # GAN-sampled dataset added to train (synthetic_mix)
     synthetic_fraction: float = 0.0   # generated images per real training image, per class
     synthetic_classes: str = "benign,malignant"  # the classes generated images are added to
@@ -106,6 +108,9 @@ RULES: tuple[Rule, ...] = (
     Rule(("cutmix_alpha",), lambda c: 0.0 <= c.cutmix_alpha < math.inf,
          "must be >= 0, 0 = off"),
     Rule(("min_class_records",), lambda c: c.min_class_records >= 1, "must be >= 1"),
+    Rule(("metadata_encoding",), lambda c: c.metadata_encoding in ENCODING_VERSIONS,
+         f"must be one of {', '.join(map(str, ENCODING_VERSIONS))} "
+         "(trainer.core.metadata_features)"),
     Rule(("early_stopping_patience",), lambda c: c.early_stopping_patience >= 0,
          "must be >= 0, 0 = never"),
     Rule(("synthetic_fraction",), lambda c: 0.0 <= c.synthetic_fraction <= 10.0,
@@ -238,6 +243,10 @@ def check_resume(config: TrainConfig) -> None:
         started = json.load(f)
     changed = [f"--{flag_name(k)}={getattr(config, k)} (the run has {started[k]})"
                for k in MODEL_SETTINGS if k in started and started[k] != getattr(config, k)]
+    if config.use_metadata and started.get("use_metadata") \
+            and run_encoding(started) != config.metadata_encoding:  # no key: version 1
+        changed.append(f"--metadata_encoding={config.metadata_encoding} (the run has "
+                       f"{run_encoding(started)})")
     if changed:
         raise ConfigError(f"--workdir={config.workdir} was started with another model: "
                           f"{', '.join(changed)}; resume with its settings or use a new "

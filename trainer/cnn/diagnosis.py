@@ -25,6 +25,7 @@ from isicflow import dataset as dataset_lib
 from isicflow.diagnosis import normalise_diagnosis
 from trainer.cnn.constants import (CLASSES_NAME, EVAL_SPLITS, PLOTS_DIR, REPORT_JSON,  # noqa: F401
                                    REPORT_MD)
+from trainer.core import metadata_features
 
 OTHER = "other"
 UNKNOWN = "unknown"
@@ -158,9 +159,11 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                  deterministic: bool = False, seed: int = 0, repeat: bool = False,
                  drop_remainder: bool = False, as_uint8: bool = False,
                  use_metadata: bool = False, augmentation: str = "study",
-                 manifest: Mapping[str, Any] | None = None):
+                 manifest: Mapping[str, Any] | None = None,
+                 metadata_encoding: int = metadata_features.ENCODING_VERSION):
     """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
-    split's records in the task; the binary pipeline's reading, parse, decode, augmentation."""
+    split's records in the task; the binary pipeline's reading, parse, decode, augmentation.
+    use_metadata: the input is (images, metadata features by encoding metadata_encoding)."""
     import tensorflow as tf
 
     from isicflow import schema
@@ -182,12 +185,10 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                                 "diagnosis") + (ip.METADATA_INPUT_FIELDS if use_metadata else ()))
 
     def parse(serialized):
-        from trainer.core import metadata_features
-
         record = tf.io.parse_single_example(serialized, spec)
         image = ip.decode_record(record, image_size)
         if use_metadata:
-            image = (image, metadata_features.encode_record(record))
+            image = (image, metadata_features.encode_record(record, metadata_encoding))
         return image, table.lookup(record["diagnosis"])
 
     records = ip.shard_records(paths, manifest, shuffle_seed=seed if training else None,
@@ -203,7 +204,8 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     if cache == "memory":
         ds = ds.cache()
     elif cache:
-        ds = ds.cache(f"{cache}-{image_size}-{split}-diagnosis-{ip._digest(manifest)}")
+        suffix = f"-metadata{metadata_encoding}" if use_metadata else ""  # other features
+        ds = ds.cache(f"{cache}-{image_size}-{split}-diagnosis{suffix}-{ip._digest(manifest)}")
     if training and cache:
         ds = ds.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
     if repeat:
@@ -270,11 +272,14 @@ def class_weights(mapping: Mapping[str, Any]) -> dict[int, float]:
 
 def predict_split(model, data_dir: str, split: str, image_size: int, mapping,
                   batch_size: int = 32, use_metadata: bool = False,
-                  manifest: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(class indices int64 [N], probabilities float64 [N, K]) of one split, deterministic."""
+                  manifest: Mapping[str, Any] | None = None,
+                  metadata_encoding: int = metadata_features.ENCODING_VERSION
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(class indices int64 [N], probabilities float64 [N, K]) of one split, deterministic;
+    metadata_encoding: the run's (metadata_features.run_encoding)."""
     ds = make_dataset(data_dir, split, mapping, image_size=image_size, batch_size=batch_size,
                       training=False, deterministic=True, use_metadata=use_metadata,
-                      manifest=manifest)
+                      manifest=manifest, metadata_encoding=metadata_encoding)
     labels, probs = [], []
     for images, y in ds:
         probs.append(np.asarray(model(images, training=False), np.float64))
@@ -341,7 +346,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         if kept:
             labels, probs = predict_split(model, data_dir, split, image_size, mapping,
                                           batch_size, bool(config.get("use_metadata", False)),
-                                          manifest)
+                                          manifest, metadata_features.run_encoding(config))
             splits[split] = split_metrics(labels, probs, classes)
     plots_dir = os.path.join(workdir, PLOTS_DIR)
     os.makedirs(plots_dir, exist_ok=True)

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
-from trainer.core import metrics, report, run_folder
+from trainer.core import metadata_features, metrics, report, run_folder
 
 from trainer.cnn.constants import (EVAL_SPLITS, EXPORT_DIR, EXTERNAL_DIR,  # noqa: F401
                                    KERAS_NAME, PLOTS_DIR, PREDICTIONS_CSV, REPORT_JSON,
@@ -41,10 +41,13 @@ def _check_probabilities(split: str, probs: np.ndarray) -> None:
 
 def predict_split(model, data_dir: str, split: str, image_size: int,
                   batch_size: int = 32, tta: bool = False, use_metadata: bool = False,
-                  manifest: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  manifest: Mapping[str, Any] | None = None,
+                  metadata_encoding: int = metadata_features.ENCODING_VERSION
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(labels int64 [N], probabilities float64 [N]) of one split, in manifest order, unaugmented
     (with `tta`, the mean over the 8 dihedral views, trainer.cnn.tta). use_metadata: the model
-    takes (images, metadata features) (--use_metadata; no TTA)."""
+    takes (images, metadata features by the run's metadata_encoding) (--use_metadata; no
+    TTA)."""
     if use_metadata and tta:
         raise ValueError("test-time augmentation is not supported with --use_metadata")
     from trainer.cnn import tta as tta_lib
@@ -52,7 +55,8 @@ def predict_split(model, data_dir: str, split: str, image_size: int,
 
     ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=batch_size,
                                      training=False, deterministic=True,
-                                     use_metadata=use_metadata, manifest=manifest)
+                                     use_metadata=use_metadata, manifest=manifest,
+                                     metadata_encoding=metadata_encoding)
     labels, probabilities = [], []
     for images, batch_labels in ds:
         probabilities.append(tta_lib.predict_on_batch(model, images, tta))
@@ -66,18 +70,21 @@ def predict_split(model, data_dir: str, split: str, image_size: int,
 
 def predict_split_with_metadata(model, data_dir: str, split: str, image_size: int,
                                 batch_size: int = 32, tta: bool = False,
-                                manifest: Mapping[str, Any] | None = None
+                                manifest: Mapping[str, Any] | None = None,
+                                metadata_encoding: int = metadata_features.ENCODING_VERSION
                                 ) -> dict[str, np.ndarray]:
     """One split's benign/malignant records scored with their metadata: {"label" int64,
     "probability" float64, and str arrays per input_pipeline.METADATA_FIELDS}, same
     preprocessing as predict_split (the input pipeline's evaluation path). A model with two
-    inputs (--use_metadata) gets each record's metadata features too (no TTA)."""
+    inputs (--use_metadata) gets each record's metadata features too, by the run's
+    metadata_encoding (no TTA)."""
     from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
     ds = input_pipeline.make_eval_dataset_with_metadata(data_dir, split, image_size=image_size,
                                                         batch_size=batch_size, manifest=manifest,
-                                                        metadata_input=len(model.inputs) > 1)
+                                                        metadata_input=len(model.inputs) > 1,
+                                                        metadata_encoding=metadata_encoding)
     columns: dict[str, list] = {"label": [], "probability": []}
     columns.update({name: [] for name in input_pipeline.METADATA_FIELDS})
     for x, batch_labels, meta in ds:
@@ -213,6 +220,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
     data = dataset_counts(data_dir, image_size, manifest)
     predictions, test_columns = {}, None
     use_metadata = bool(config.get("use_metadata", False))
+    encoding = metadata_features.run_encoding(config)  # the run's: as it was trained
     for split in EVAL_SPLITS:
         if reader.count_records(dataset_lib.split_info(manifest, image_size, split),
                                 "binary") == 0:
@@ -223,7 +231,8 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
             predictions[split] = (test_columns["label"], test_columns["probability"])
         else:
             predictions[split] = predict_split(model, data_dir, split, image_size, batch_size, tta,
-                                               use_metadata, manifest=manifest)
+                                               use_metadata, manifest=manifest,
+                                               metadata_encoding=encoding)
         logging.info("evaluate: %d %s cases predicted", predictions[split][0].size, split)
     threshold = choose_threshold(*predictions["validation"], threshold_policy, min_sensitivity)
     splits = {split: split_report(*predictions[split], threshold["threshold"], bootstrap=bootstrap,
@@ -302,7 +311,9 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
     export's serving_config.json) or an export folder (model.keras + serving_config.json).
 
     Returns {"path", "kind", "keras", "threshold": {threshold, policy, reason, source},
-    "tta" (the export's setting, or the run's report.json "tta"), "image_size" (export only)}.
+    "tta" (the export's setting, or the run's report.json "tta"), "image_size" (export only),
+    "metadata_encoding" (what a --use_metadata model was trained with: report.json's config,
+    else the serving config's metadata; none recorded = version 1, metadata_features)}.
     The threshold is the one the training run chose on its own validation split; a folder
     recording none is an error (never a threshold re-chosen on the scored data) unless
     threshold_override gives one explicitly.
@@ -344,9 +355,16 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
         tta = bool((report or {}).get("tta", False))
     else:
         tta = bool(serving.get("tta", False))
+    run_config = (report or {}).get("config") if kind == "run" else None
+    try:
+        encoding = metadata_features.run_encoding(
+            run_config if run_config is not None else serving.get("metadata") or {})
+    except ValueError as e:
+        raise EvaluationError(f"--model {path!r}: {e}") from None
     return {"path": os.path.abspath(path), "kind": kind, "keras": keras_path, "threshold": threshold,
             "tta": tta,
-            "image_size": serving.get("image_size") if kind == "export" else None}
+            "image_size": serving.get("image_size") if kind == "export" else None,
+            "metadata_encoding": encoding}
 
 
 def split_names(splits: str) -> list[str]:
@@ -512,7 +530,8 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     os.makedirs(out, exist_ok=True)
 
     per_split = {split: predict_split_with_metadata(model, data_dir, split, image_size,
-                                                    batch_size, use_tta, manifest)
+                                                    batch_size, use_tta, manifest,
+                                                    model_info["metadata_encoding"])
                  for split in chosen}
     for split, cols in per_split.items():
         logging.info("external: %d %s cases predicted", cols["label"].size, split)
@@ -531,7 +550,9 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
         "config": {"model": model_info["path"], "data_dir": os.path.abspath(data_dir),
                    "splits": chosen, "tta": use_tta, "batch_size": batch_size,
                    "image_size": image_size, "bootstrap": bootstrap, "seed": seed,
-                   "calibration_bins": calibration_bins},
+                   "calibration_bins": calibration_bins,
+                   **({"metadata_encoding": model_info["metadata_encoding"]}
+                      if len(model.inputs) > 1 else {})},
         "model": {k: model_info[k] for k in ("path", "kind", "keras")},
         "tta": use_tta,
         "data": dataset_counts(data_dir, image_size, manifest),

@@ -42,7 +42,7 @@ def _metadata_specs():
             tf.TensorSpec([None], tf.string, name="site")]
 
 
-def _missing_metadata(image_bytes):
+def _missing_metadata(image_bytes, encoding: int):
     """The features of 'nothing known' (age -1, sex '', site '') for each image of a batch."""
     import tensorflow as tf
 
@@ -50,20 +50,38 @@ def _missing_metadata(image_bytes):
 
     n = tf.shape(image_bytes)[0]
     return metadata_features.encode(tf.fill([n], metadata_features.MISSING_AGE),
-                                    tf.fill([n], ""), tf.fill([n], ""))
+                                    tf.fill([n], ""), tf.fill([n], ""), encoding)
+
+
+def _run_encoding(model, workdir: str, run_config: dict | None, report) -> int | None:
+    """The metadata encoding version the model was trained with (None: no metadata input):
+    run_config's, else the run's report.json config's; neither recording one = version 1."""
+    from trainer.core import metadata_features
+
+    if not uses_metadata(model):
+        return None
+    recorded = run_config if run_config is not None else (report or {}).get("config") or {}
+    try:
+        return metadata_features.run_encoding(recorded)
+    except ValueError as e:
+        raise ValueError(f"{workdir}: {e}") from None
 
 
 def uses_metadata(model) -> bool:
     return len(getattr(model, "inputs", None) or []) > 1
 
 
-def _image_module(model, image_size: int, resize_mode: str):
+def _image_module(model, image_size: int, resize_mode: str, encoding: int | None = None):
     """(base tf.Module class, image bytes spec): the serving path both tasks share. Raw bytes
     go through the engine's decode and resize in-graph (preprocess), then the evaluation
-    scaling; a metadata model also gets its features (all missing unless given)."""
+    scaling; a metadata model also gets its features (all missing unless given), by
+    `encoding`, the version it was trained with (_run_encoding)."""
     import tensorflow as tf
 
-    from trainer.core import input_pipeline
+    from trainer.core import input_pipeline, metadata_features
+
+    if encoding is None:  # no metadata input: the traced serve_metadata's features go unread
+        encoding = metadata_features.ENCODING_VERSION
 
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
 
@@ -86,17 +104,22 @@ def _image_module(model, image_size: int, resize_mode: str):
             images = input_pipeline.preprocess_for_eval(self.preprocess(image_bytes)["pixels"])
             if not uses_metadata(self.model):
                 return images
-            return [images, _missing_metadata(image_bytes) if metadata is None else metadata]
+            return [images, _missing_metadata(image_bytes, encoding) if metadata is None
+                    else metadata]
+
+        def _encode(self, age, sex, site):
+            return metadata_features.encode(age, sex, site, encoding)
 
     return ImageModule, bytes_spec
 
 
-def _serving_module(model, image_size: int, resize_mode: str, threshold: float, tta: bool = False):
+def _serving_module(model, image_size: int, resize_mode: str, threshold: float, tta: bool = False,
+                    encoding: int | None = None):
     import tensorflow as tf
 
     from trainer.cnn import tta as tta_lib
 
-    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode)
+    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode, encoding)
 
     class ServingModule(ImageModule):
         """The binary task's: P(malignant) and the label at the exported threshold."""
@@ -131,9 +154,7 @@ def _serving_module(model, image_size: int, resize_mode: str, threshold: float, 
 
         @tf.function(input_signature=_metadata_specs())
         def serve_metadata(self, image_bytes, age, sex, site):
-            from trainer.core import metadata_features
-
-            return self._classify(image_bytes, False, metadata_features.encode(age, sex, site))
+            return self._classify(image_bytes, False, self._encode(age, sex, site))
 
     return ServingModule()
 
@@ -187,7 +208,8 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     tta: serving_default averages the 8 dihedral views (trainer.cnn.tta), as evaluate --tta.
     min_image_side: the smallest short side predict serves (None: default_min_side).
     manifest, run_config: the dataset's manifest and the run's config, for MODEL_CARD.md
-    (trainer.cnn.model_card; the card says what it lacks).
+    (trainer.cnn.model_card; the card says what it lacks); a --use_metadata model is served
+    with the run config's metadata_encoding (none recorded: version 1, _run_encoding).
     """
     import tensorflow as tf
 
@@ -209,7 +231,8 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     model.save(paths["keras"])
     if tta and uses_metadata(model):
         raise ValueError("test-time augmentation is not supported with --use_metadata")
-    module = _serving_module(model, image_size, resize_mode, threshold, bool(tta))
+    encoding = _run_encoding(model, workdir, run_config, report)
+    module = _serving_module(model, image_size, resize_mode, threshold, bool(tta), encoding)
     signatures = {"serving_default": module.serve, "preprocess": module.preprocess,
                   SIGNATURE_PLAIN: module.serve_plain}
     if uses_metadata(model):  # serving_default = the image alone, metadata missing
@@ -230,18 +253,21 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
               **_checks_note(image_size, min_image_side),
               "tensorflow": tf.__version__}
     if uses_metadata(model):
-        config["metadata"] = _metadata_note()
+        config["metadata"] = _metadata_note(encoding)
     run_folder.write_json(paths["serving_config"], config)
     paths["model_card"] = model_card.write_card(paths["export_dir"], report, config, manifest,
                                                 run_config)
     return paths
 
 
-def _metadata_note() -> dict[str, str]:
+def _metadata_note(encoding: int) -> dict[str, Any]:
     return {"signature": SIGNATURE_METADATA,
+            "metadata_encoding": encoding,  # trainer.core.metadata_features' version
             "inputs": "image_bytes, age float32 [None] (-1 = unknown), sex string [None] "
                       "(female/male, '' = unknown), site string [None] (ISIC "
-                      "anatom_site_general, '' = unknown)",
+                      "anatom_site_general, '' = unknown"
+                      + ("; HAM10000's localization names are mapped onto it, "
+                         "metadata_features.SITE_SYNONYMS)" if encoding >= 2 else ")"),
             "default": "serving_default takes the image alone and serves it with every "
                        "metadata value missing"}
 
@@ -290,7 +316,9 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
     out_shape = tuple(model.outputs[0].shape)
     if out_shape[1:] != (len(classes),):
         raise ValueError(f"model output shape {out_shape} does not match {len(classes)} classes")
-    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode)
+    report = model_card.read_report(workdir)
+    encoding = _run_encoding(model, workdir, run_config, report)
+    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode, encoding)
 
     class DiagnosisModule(ImageModule):
         """The diagnosis task's: the K class probabilities and the top class."""
@@ -312,9 +340,7 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
 
         @tf.function(input_signature=_metadata_specs())
         def serve_metadata(self, image_bytes, age, sex, site):
-            from trainer.core import metadata_features
-
-            return self._classify(image_bytes, metadata_features.encode(age, sex, site))
+            return self._classify(image_bytes, self._encode(age, sex, site))
 
     paths = _export_paths(workdir)
     model.save(paths["keras"])
@@ -324,7 +350,7 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
         signatures[SIGNATURE_METADATA] = module.serve_metadata
     tf.saved_model.save(module, paths["saved_model"], signatures=signatures)
     config = {
-        **({"metadata": _metadata_note()} if uses_metadata(model) else {}),
+        **({"metadata": _metadata_note(encoding)} if uses_metadata(model) else {}),
         "task": "diagnosis", "image_size": image_size, "resize_mode": resize_mode,
         "classes": classes, "grouped_as_other": mapping["grouped_as_other"], "tta": False,
         "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright",
@@ -333,7 +359,6 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
         **_checks_note(image_size, min_image_side),
         "tensorflow": tf.__version__}
     run_folder.write_json(paths["serving_config"], config)
-    report = model_card.read_report(workdir)
     paths["model_card"] = model_card.write_card(paths["export_dir"], report, config, manifest,
                                                 run_config)
     return paths

@@ -64,7 +64,8 @@ def _steps(c: TrainConfig, n_train: int, *, infinite: bool = False) -> int:
 def _common(c: TrainConfig, float_input: bool, manifest: Mapping[str, Any]) -> dict[str, Any]:
     return dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
                 deterministic=c.deterministic, seed=c.seed, as_uint8=not float_input,
-                use_metadata=c.use_metadata, manifest=manifest)
+                use_metadata=c.use_metadata, metadata_encoding=c.metadata_encoding,
+                manifest=manifest)
 
 
 def float_input(c: TrainConfig) -> bool:

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from isicflow import dataset as dataset_lib, reader, schema
 from trainer.core import augmentations, synthetic_mix
+from trainer.core.metadata_features import ENCODING_VERSION
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = reader.LABEL_MODES
@@ -228,15 +229,17 @@ def parse_and_decode(serialized: tf.Tensor, image_size: int):
     return record["image"], record["label"]
 
 
-def parse_and_decode_with_metadata(serialized: tf.Tensor, image_size: int):
+def parse_and_decode_with_metadata(serialized: tf.Tensor, image_size: int,
+                                   metadata_encoding: int = ENCODING_VERSION):
     """--use_metadata: one record -> ((uint8 image, float32 [16] metadata features), label);
-    the features by trainer.core.metadata_features.encode, missing values explicit."""
+    the features by trainer.core.metadata_features.encode (its version metadata_encoding, the
+    run's), missing values explicit."""
     from trainer.core import metadata_features
 
     record = tf.io.parse_single_example(
         serialized, schema.feature_spec(_PARSED_FEATURES + METADATA_INPUT_FIELDS))
-    return ((_decode_record(record, image_size), metadata_features.encode_record(record)),
-            record["label"])
+    return ((_decode_record(record, image_size),
+             metadata_features.encode_record(record, metadata_encoding)), record["label"])
 
 
 def offset_lookup(source_offsets: Mapping[str, float]) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -294,11 +297,14 @@ def on_image(x, fn):
 def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: int,
                                     batch_size: int, labels: str = "binary",
                                     manifest: Mapping[str, Any] | None = None,
-                                    metadata_input: bool = False) -> tf.data.Dataset:
+                                    metadata_input: bool = False,
+                                    metadata_encoding: int = ENCODING_VERSION
+                                    ) -> tf.data.Dataset:
     """Read-only accessor for scoring: (images float32 [B,S,S,3] in [0, 1], labels float32 [B],
     {field: tf.string [B]} for METADATA_FIELDS), in a deterministic order. metadata_input: the
     first item is (images, metadata float32 [B, 16]) instead, the input of a --use_metadata model
-    (the features parse_and_decode_with_metadata gives training).
+    (the features parse_and_decode_with_metadata gives training, by the run's
+    metadata_encoding).
 
     The same parse, decode, label filter and evaluation scaling (preprocess_for_eval) as
     make_dataset(training=False); only the metadata strings are parsed besides. make_dataset,
@@ -319,7 +325,7 @@ def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: in
         if metadata_input:
             from trainer.core import metadata_features
 
-            image = (image, metadata_features.encode_record(record))
+            image = (image, metadata_features.encode_record(record, metadata_encoding))
         return (image, record["label"],
                 {name: record[name] if record[name].dtype == tf.string
                  else tf.strings.as_string(record[name]) for name in METADATA_FIELDS})
@@ -356,6 +362,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  deterministic: bool = False, seed: int = 0, repeat: bool = False,
                  drop_remainder: bool = False, balance_classes: bool = False,
                  as_uint8: bool = False, use_metadata: bool = False,
+                 metadata_encoding: int = ENCODING_VERSION,
                  augmentation: str = "study", mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0,
                  synthetic: synthetic_mix.SyntheticMix | None = None,
@@ -381,7 +388,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     model that rescales them itself (train.with_uint8_input): 4x fewer bytes to the device and
     no float conversion on the input threads.
     use_metadata: the input becomes (images, metadata float32 [B, 16]), the features computed
-    in the parse step (parse_and_decode_with_metadata); labels unchanged.
+    in the parse step (parse_and_decode_with_metadata) by encoding version metadata_encoding
+    (the run's: metadata_features.run_encoding); labels unchanged.
     synthetic (training only): generated records added to the split before the shuffle
     (trainer.core.synthetic_mix); they count in the epoch's length.
     source_offsets ({source_collection: offset}, trainer.core.source_prior): the input becomes
@@ -450,9 +458,13 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         if lookup is not None:
             ds = records.map(lambda s: parse_and_decode_with_offset(s, image_size, lookup),
                              num_parallel_calls=AUTOTUNE)
+        elif use_metadata:
+            ds = records.map(lambda s: parse_and_decode_with_metadata(s, image_size,
+                                                                      metadata_encoding),
+                             num_parallel_calls=AUTOTUNE)
         else:
-            parse = parse_and_decode_with_metadata if use_metadata else parse_and_decode
-            ds = records.map(lambda s: parse(s, image_size), num_parallel_calls=AUTOTUNE)
+            ds = records.map(lambda s: parse_and_decode(s, image_size),
+                             num_parallel_calls=AUTOTUNE)
         if labels == "binary":
             ds = ds.filter(lambda image, label: label >= 0)
         if label_filter is not None:
@@ -470,6 +482,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                 suffix += f"-offsets{_digest(dict(source_offsets))}"
             if source_names is not None:  # another source list (or none) is another cache
                 suffix += f"-sources{_digest(list(source_names))}"
+            if use_metadata:  # another element structure, and each encoding its own features
+                suffix += f"-metadata{metadata_encoding}"
             ds = ds.cache(f"{cache}-{image_size}-{split}{suffix}-{_digest(manifest)}")
         if training and cache:
             ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)

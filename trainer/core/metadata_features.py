@@ -10,8 +10,19 @@ Layout (FEATURE_NAMES, METADATA_DIM = 16):
                                                      '' is missing, an unlisted value other
 Site text is normalised first: lower case, '_' as space, spaces around '/' dropped, runs of
 spaces collapsed ("Head / Neck" == "head/neck", "lower_extremity" == "lower extremity").
+
+Encoding versions (ENCODING_VERSIONS; the layout above is the same in each, so model shapes
+do not change). A trained run records its version in its config (`metadata_encoding`, see
+run_encoding) and every reader of the run (evaluation, diagnosis, export) encodes with it, so
+a model is evaluated and served with the features it was trained on:
+  1  the normalised site text compared with SITES as it is. HAM10000's `localization` words
+     (back, trunk, face, ...) then all land in site_other and its "unknown" counts as a site.
+  2  (ENCODING_VERSION) SITE_SYNONYMS applied after the normalisation: HAM10000's vocabulary
+     mapped onto ISIC's anatom_site_general, its "unknown" made missing.
 """
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 SITES = ("anterior torso", "head/neck", "lateral torso", "lower extremity", "oral/genital",
          "palms/soles", "posterior torso", "upper extremity", "torso")
@@ -22,6 +33,28 @@ FEATURE_NAMES = (("age_scaled", "age_missing") + tuple(f"sex_{s}" for s in SEXES
                  + ("site_other", "site_missing"))
 METADATA_DIM = len(FEATURE_NAMES)
 MISSING_AGE = -1.0
+ENCODING_VERSIONS = (1, 2)
+ENCODING_VERSION = 2  # what new runs train with (TrainConfig.metadata_encoding's default)
+LEGACY_ENCODING_VERSION = 1  # a run config without `metadata_encoding` predates version 2
+
+# Version 2: HAM10000's `localization` vocabulary (after _normalise_text) -> ISIC's
+# anatom_site_general (SITES), or '' (missing). HAM writes finer body parts where ISIC writes
+# body regions; each maps to the ISIC region that contains it:
+SITE_SYNONYMS = {
+    "back": "posterior torso",       # the back is the posterior side of the trunk
+    "chest": "anterior torso",       # chest and abdomen: the anterior side of the trunk
+    "abdomen": "anterior torso",
+    "trunk": "torso",                # HAM's trunk names no side: ISIC's side-less "torso"
+    "face": "head/neck",             # face, scalp, neck and ear are all ISIC's head/neck
+    "scalp": "head/neck",
+    "neck": "head/neck",
+    "ear": "head/neck",
+    "genital": "oral/genital",       # ISIC groups genital with oral mucosa
+    "acral": "palms/soles",          # acral skin in dermoscopy = palms and soles (ISIC's name)
+    "foot": "lower extremity",       # HAM keeps soles apart (acral); the rest of the foot is
+    "hand": "upper extremity",       # the limb's, as ISIC's extremities include hand and foot
+    "unknown": "",                   # HAM's "site not recorded": missing, not a real site
+}
 
 
 def _normalise_text(text):
@@ -33,9 +66,39 @@ def _normalise_text(text):
     return tf.strings.strip(tf.strings.regex_replace(text, r"\s+", " "))
 
 
-def encode(age, sex, site):
-    """age float [...] (negative = unknown), sex / site string [...] -> float32 [..., 16]."""
+def check_version(version: Any) -> int:
+    """version itself when this code knows it (ENCODING_VERSIONS), else ValueError naming it."""
+    if isinstance(version, bool) or version not in ENCODING_VERSIONS:
+        raise ValueError(f"metadata encoding version {version!r} is unknown; this code knows "
+                         f"{ENCODING_VERSIONS} (trainer.core.metadata_features)")
+    return int(version)
+
+
+def run_encoding(run_config: Mapping[str, Any]) -> int:
+    """The encoding version a trained run's metadata must be computed with: its config's
+    `metadata_encoding` (train_config.json, report.json's "config", or an export's
+    serving_config "metadata"); a config without the key was written before version 2
+    existed, so LEGACY_ENCODING_VERSION. ValueError for a version this code does not know."""
+    return check_version(run_config.get("metadata_encoding", LEGACY_ENCODING_VERSION))
+
+
+def _canonical_site(site, version: int):
+    """Normalised site text, with SITE_SYNONYMS applied from version 2 on."""
     import tensorflow as tf
+
+    site = _normalise_text(site)
+    if version >= 2:
+        for synonym, general in SITE_SYNONYMS.items():
+            site = tf.where(tf.equal(site, synonym), general, site)
+    return site
+
+
+def encode(age, sex, site, version: int = ENCODING_VERSION):
+    """age float [...] (negative = unknown), sex / site string [...] -> float32 [..., 16],
+    by encoding `version` (ENCODING_VERSIONS; a trained run's own: run_encoding)."""
+    import tensorflow as tf
+
+    version = check_version(version)
 
     age = tf.cast(age, tf.float32)
     age_missing = tf.logical_or(age < 0, tf.math.is_nan(age))
@@ -43,7 +106,7 @@ def encode(age, sex, site):
     sex = _normalise_text(sex)
     sex_hits = tf.stack([tf.equal(sex, s) for s in SEXES], axis=-1)
     sex_missing = tf.logical_not(tf.reduce_any(sex_hits, axis=-1))
-    site = _normalise_text(site)
+    site = _canonical_site(site, version)
     site_hits = tf.stack([tf.equal(site, s) for s in SITES], axis=-1)
     site_missing = tf.equal(site, "")
     site_other = tf.logical_and(tf.logical_not(tf.reduce_any(site_hits, axis=-1)),
@@ -55,9 +118,9 @@ def encode(age, sex, site):
     return tf.concat(parts, axis=-1)
 
 
-def encode_record(record):
+def encode_record(record, version: int = ENCODING_VERSION):
     """The encoding of one parsed record ({age_approx, sex, anatom_site})."""
-    return encode(record["age_approx"], record["sex"], record["anatom_site"])
+    return encode(record["age_approx"], record["sex"], record["anatom_site"], version)
 
 
 def with_metadata_input(model, head_units: int = 1):
