@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,3 +178,14 @@ def write_json_and_table(workdir: str, stem: str, payload: dict[str, Any], table
     with open(os.path.join(workdir, f"{stem}.md"), "w", encoding="utf-8") as f:
         f.write(table)
     print(table)
+
+
+def read_table(path: str, columns: Iterable[str]) -> list[dict[str, str]]:
+    """The rows of a download's metadata CSV; ValueError naming the columns it lacks."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    wanted = set(columns)
+    if not rows or not wanted <= set(rows[0]):
+        raise ValueError(f"{path} needs the columns {sorted(wanted)}; it has "
+                         f"{list(rows[0]) if rows else 'no rows'}")
+    return rows

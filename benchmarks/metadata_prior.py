@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import os
 import sys
 from typing import Any, Sequence
@@ -88,11 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     columns = {args.source_column, args.label_column, args.age_column, args.site_column}
     try:
-        with open(args.metadata_csv, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows or not columns <= set(rows[0]):
-            raise ValueError(f"{args.metadata_csv} needs the columns {sorted(columns)}; it has "
-                             f"{list(rows[0]) if rows else 'no rows'}")
+        rows = bench_common.read_table(args.metadata_csv, columns)
         positive = {v for v in args.positive.split(",") if v}
         found = {r[args.label_column] for r in rows}
         if not positive & found:

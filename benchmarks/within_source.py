@@ -118,14 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source_column", default="dataset", help="HAM10000's source column")
     args = p.parse_args(argv)
     try:
-        with open(args.metadata_csv, encoding="utf-8", newline="") as f:
-            table = list(csv.DictReader(f))
-        if table and not {args.id_column, args.source_column} <= set(table[0]):
-            raise protocol.ProtocolError(f"{args.metadata_csv} has no column {args.id_column!r} "
-                                         f"and {args.source_column!r}; it has {list(table[0])}")
+        table = bench_common.read_table(args.metadata_csv, (args.id_column, args.source_column))
         source_of = {r[args.id_column]: r[args.source_column] for r in table}
         result = summarise(args.workdir, source_of)
-    except (protocol.ProtocolError, OSError, KeyError) as e:
+    except (protocol.ProtocolError, OSError, KeyError, ValueError) as e:
         print(f"within_source: {e}", file=sys.stderr)
         return 2
     bench_common.write_json_and_table(args.workdir, "within_source", result, markdown(result))

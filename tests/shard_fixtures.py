@@ -115,6 +115,26 @@ def random_images(n: int, side: int, seed: int = 0,
             for i in range(n)]
 
 
+
+def source_items(n: int, source: str, seed: int, size: int, level: int | None = None,
+                 labels: Sequence[str] = ("benign", "malignant")) -> list[tuple]:
+    """n (pixels, label, {"source_collection": source}) items for write_tiny_dataset; with
+    `level`, flat grey size x size images, so the pixels alone tell the source."""
+    images = random_images(n, 40, seed=seed, labels=labels)
+    if level is not None:
+        images = [(np.full((size, size, 3), level, np.uint8), label) for _, label in images]
+    return [(px, label, {"source_collection": source}) for px, label in images]
+
+
+def write_two_source_dataset(root, size: int) -> str:
+    """train: 6 of clinic_a (grey 0, half malignant), 4 of clinic_b (grey 255, all malignant);
+    validation: 4 of clinic_a; test: 2 of clinic_b (the source-aware trainers' fixture)."""
+    return write_tiny_dataset(
+        root, {"train": source_items(6, "clinic_a", 1, size, level=0)
+               + source_items(4, "clinic_b", 2, size, level=255, labels=("malignant",)),
+               "validation": source_items(4, "clinic_a", 3, size),
+               "test": source_items(2, "clinic_b", 4, size)}, size)
+
 def load_sample_images(sample_dir, n: int, offset: int = 0) -> list[tuple[np.ndarray, str]]:
     """n real images from the isic-uda1 sample, alternating benign/malignant where possible,
     decoded with the shared decoder. `offset` skips that many of each class first."""

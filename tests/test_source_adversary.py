@@ -138,21 +138,12 @@ def test_every_architecture_gives_its_pooled_features(name):
 # ---------------------------------------------------------------- the input pipeline
 
 def _items(n, source, seed, level=None, labels=("benign", "malignant")):
-    images = shard_fixtures.random_images(n, 40, seed=seed, labels=labels)
-    if level is not None:  # flat grey: the pixels tell the source
-        images = [(np.full((SIZE, SIZE, 3), level, np.uint8), label) for _, label in images]
-    return [(px, label, {"source_collection": source}) for px, label in images]
+    return shard_fixtures.source_items(n, source, seed, SIZE, level, labels)
 
 
 @pytest.fixture(scope="module")
 def two_sources(tmp_path_factory):
-    """train: 6 of clinic_a (grey 0), 4 of clinic_b (grey 255, all malignant); validation:
-    4 of clinic_a; test: 2 of clinic_b."""
-    return shard_fixtures.write_tiny_dataset(
-        tmp_path_factory.mktemp("sources"),
-        {"train": _items(6, "clinic_a", 1, level=0)
-         + _items(4, "clinic_b", 2, level=255, labels=("malignant",)),
-         "validation": _items(4, "clinic_a", 3), "test": _items(2, "clinic_b", 4)}, SIZE)
+    return shard_fixtures.write_two_source_dataset(tmp_path_factory.mktemp("sources"), SIZE)
 
 
 def _indices_by_level(ds):

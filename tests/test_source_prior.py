@@ -103,21 +103,12 @@ def test_the_wrapper_shares_the_weights_and_refuses_two_inputs():
 # ---------------------------------------------------------------- the input pipeline
 
 def _items(n, source, seed, level=None, labels=("benign", "malignant")):
-    images = shard_fixtures.random_images(n, 40, seed=seed, labels=labels)
-    if level is not None:  # flat grey: the pixels tell the source
-        images = [(np.full((SIZE, SIZE, 3), level, np.uint8), label) for _, label in images]
-    return [(px, label, {"source_collection": source}) for px, label in images]
+    return shard_fixtures.source_items(n, source, seed, SIZE, level, labels)
 
 
 @pytest.fixture(scope="module")
 def two_sources(tmp_path_factory):
-    """train: 6 of clinic_a (grey 0, half malignant), 4 of clinic_b (grey 255, all
-    malignant); validation: 4 of clinic_a."""
-    return shard_fixtures.write_tiny_dataset(
-        tmp_path_factory.mktemp("sources"),
-        {"train": _items(6, "clinic_a", 1, level=0)
-         + _items(4, "clinic_b", 2, level=255, labels=("malignant",)),
-         "validation": _items(4, "clinic_a", 3), "test": _items(2, "clinic_b", 4)}, SIZE)
+    return shard_fixtures.write_two_source_dataset(tmp_path_factory.mktemp("sources"), SIZE)
 
 
 def _offsets_by_level(ds):
