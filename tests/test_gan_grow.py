@@ -214,3 +214,24 @@ def test_the_grow_config_is_the_128_recipe_started_from_the_64_run():
     for flag in ("latent_dim", "gan_width", "gan_architecture", "conditional"):
         assert grow_128[flag] == recipe_64[flag]
     assert int(grow_128["image_size"]) == 2 * int(recipe_64["image_size"])
+
+
+def test_the_diagnosis_grow_config_is_the_grow_config_on_diagnosis_classes():
+    """configs/gan_diagnosis_grow_128.flags: gan_grow_128 with the diagnosis classes of
+    gan_diagnosis_64, grown from that config's run on every real image (its header's command)."""
+    def values(name):
+        lines = (REPO / "configs" / name).read_text().splitlines()
+        return lines, dict(line.lstrip("-").partition("=")[::2] for line in lines
+                           if line.startswith("--"))
+
+    lines, grown = values("gan_diagnosis_grow_128.flags")
+    _, grow_128 = values("gan_grow_128.flags")
+    _, diagnosis_64 = values("gan_diagnosis_64.flags")
+    source = grown.pop("init_generator_from")
+    assert f"--workdir={source}" in "\n".join(lines[:12])  # the 64 px stage's command
+    assert grown.pop("keep_checkpoints") and grown.pop("workdir") != grow_128.pop("workdir")
+    for flag in ("gan_classes", "gan_min_class_records"):
+        assert grown.pop(flag) == diagnosis_64[flag]
+    grow_128.pop("init_generator_from")
+    assert grown == grow_128
+

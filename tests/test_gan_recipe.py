@@ -255,7 +255,8 @@ def test_resume_with_another_discriminator_depth_is_refused(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("config", ["gan_recipe_64.flags", "gan_recipe_128.flags",
-                                    "gan_recipe_tiny.flags", "gan_diagnosis_64.flags"])
+                                    "gan_recipe_tiny.flags", "gan_diagnosis_64.flags",
+                                    "gan_diagnosis_grow_128.flags"])
 def test_recipe_config_files_parse_into_a_gan_config(config):
     from trainer.gan import cli
 
