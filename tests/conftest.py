@@ -16,3 +16,12 @@ def sample_dir() -> pathlib.Path:
     if not SAMPLE_DIR.is_dir():
         pytest.fail(f"real sample missing at {SAMPLE_DIR}; CI and dev machines must have it")
     return SAMPLE_DIR
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory):
+    """tests.shard_fixtures.write_two_source_dataset at 32 px (the source-aware trainers)."""
+    from tests import shard_fixtures
+
+    return shard_fixtures.write_two_source_dataset(tmp_path_factory.mktemp("sources"), 32)
+

@@ -167,3 +167,15 @@ def write_sample_dataset(root, sample_dir, size: int | Sequence[int],
         used += (n + 1) // 2
     return write_tiny_dataset(root, images_by_split, size, image_format, compression, num_shards)
 
+
+def extras_by_level(ds, cast=float) -> dict[float, set]:
+    """{grey level of an image: the set of per-record extras seen with it} over a dataset of
+    ((images, extras), labels) batches: with write_two_source_dataset's flat grey clinics,
+    which value each source's records carried (a source offset, a source index)."""
+    seen: dict[float, set] = {}
+    for (images, extras), _ in ds:
+        for level, extra in zip(np.round(images.numpy().reshape(len(extras), -1).mean(1)),
+                                extras.numpy()):
+            seen.setdefault(float(level), set()).add(cast(extra))
+    return seen
+

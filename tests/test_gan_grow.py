@@ -197,15 +197,17 @@ def test_the_program_refuses_a_source_that_does_not_fit_before_writing(data_dir,
     assert not workdir.exists()
 
 
-def test_the_grow_config_is_the_128_recipe_started_from_the_64_run():
-    def values(name):
-        lines = (REPO / "configs" / name).read_text().splitlines()
-        return lines, dict(line.lstrip("-").partition("=")[::2] for line in lines
-                           if line.startswith("--"))
+def _config_values(name):
+    """(lines, {flag: value}) of configs/<name>."""
+    lines = (REPO / "configs" / name).read_text().splitlines()
+    return lines, dict(line.lstrip("-").partition("=")[::2] for line in lines
+                       if line.startswith("--"))
 
-    lines, grow_128 = values("gan_grow_128.flags")
-    _, recipe_128 = values("gan_recipe_128.flags")
-    _, recipe_64 = values("gan_recipe_64.flags")
+
+def test_the_grow_config_is_the_128_recipe_started_from_the_64_run():
+    lines, grow_128 = _config_values("gan_grow_128.flags")
+    _, recipe_128 = _config_values("gan_recipe_128.flags")
+    _, recipe_64 = _config_values("gan_recipe_64.flags")
     assert "python -m trainer.gan --flagfile=configs/gan_grow_128.flags" in lines[1]
     assert lines[2].startswith("# Status:") and "unmeasured" in lines[2]
     assert grow_128.pop("init_generator_from") == recipe_64["workdir"]
@@ -219,14 +221,9 @@ def test_the_grow_config_is_the_128_recipe_started_from_the_64_run():
 def test_the_diagnosis_grow_config_is_the_grow_config_on_diagnosis_classes():
     """configs/gan_diagnosis_grow_128.flags: gan_grow_128 with the diagnosis classes of
     gan_diagnosis_64, grown from that config's run on every real image (its header's command)."""
-    def values(name):
-        lines = (REPO / "configs" / name).read_text().splitlines()
-        return lines, dict(line.lstrip("-").partition("=")[::2] for line in lines
-                           if line.startswith("--"))
-
-    lines, grown = values("gan_diagnosis_grow_128.flags")
-    _, grow_128 = values("gan_grow_128.flags")
-    _, diagnosis_64 = values("gan_diagnosis_64.flags")
+    lines, grown = _config_values("gan_diagnosis_grow_128.flags")
+    _, grow_128 = _config_values("gan_grow_128.flags")
+    _, diagnosis_64 = _config_values("gan_diagnosis_64.flags")
     source = grown.pop("init_generator_from")
     assert f"--workdir={source}" in "\n".join(lines[:12])  # the 64 px stage's command
     assert grown.pop("keep_checkpoints") and grown.pop("workdir") != grow_128.pop("workdir")

@@ -141,21 +141,6 @@ def _items(n, source, seed, level=None, labels=("benign", "malignant")):
     return shard_fixtures.source_items(n, source, seed, SIZE, level, labels)
 
 
-@pytest.fixture(scope="module")
-def two_sources(tmp_path_factory):
-    return shard_fixtures.write_two_source_dataset(tmp_path_factory.mktemp("sources"), SIZE)
-
-
-def _indices_by_level(ds):
-    seen = {}
-    for (images, indices), _ in ds:
-        assert indices.dtype == tf.int32
-        for level, index in zip(np.round(images.numpy().reshape(len(indices), -1).mean(1)),
-                                indices.numpy()):
-            seen.setdefault(float(level), set()).add(int(index))
-    return seen
-
-
 @pytest.mark.parametrize("options", [
     {}, {"augment": True}, {"as_uint8": True, "cache": "memory"},
     {"balance_classes": True}, {"balance_sources": True}])
@@ -165,10 +150,11 @@ def test_each_record_carries_its_sources_index(two_sources, options):
     if options.get("balance_classes") or options.get("balance_sources"):
         ds = ds.take(6)  # infinite streams
     top = 255.0 if options.get("as_uint8") else 1.0
-    assert _indices_by_level(ds) == {0.0: {0}, top: {1}}
+    assert next(iter(ds))[0][1].dtype == tf.int32
+    assert shard_fixtures.extras_by_level(ds, int) == {0.0: {0}, top: {1}}
     swapped = ip.make_dataset(two_sources, "train", image_size=SIZE, batch_size=10,
                               training=False, source_names=["clinic_b", "clinic_a"])
-    assert _indices_by_level(swapped) == {0.0: {1}, 1.0: {0}}
+    assert shard_fixtures.extras_by_level(swapped, int) == {0.0: {1}, 1.0: {0}}
 
 
 def test_the_train_sources_are_the_manifests(two_sources):

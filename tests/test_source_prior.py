@@ -106,20 +106,6 @@ def _items(n, source, seed, level=None, labels=("benign", "malignant")):
     return shard_fixtures.source_items(n, source, seed, SIZE, level, labels)
 
 
-@pytest.fixture(scope="module")
-def two_sources(tmp_path_factory):
-    return shard_fixtures.write_two_source_dataset(tmp_path_factory.mktemp("sources"), SIZE)
-
-
-def _offsets_by_level(ds):
-    seen = {}
-    for (images, offsets), _ in ds:
-        for level, offset in zip(np.round(images.numpy().reshape(len(offsets), -1).mean(1)),
-                                 offsets.numpy()):
-            seen.setdefault(float(level), set()).add(float(offset))
-    return seen
-
-
 @pytest.mark.parametrize("options", [
     {}, {"augment": True}, {"as_uint8": True, "cache": "memory"},
     {"balance_classes": True}, {"balance_sources": True}])
@@ -130,7 +116,7 @@ def test_each_record_carries_its_sources_offset(two_sources, options):
     if options.get("balance_classes") or options.get("balance_sources"):
         ds = ds.take(6)  # infinite streams
     top = 255.0 if options.get("as_uint8") else 1.0
-    seen = _offsets_by_level(ds)
+    seen = shard_fixtures.extras_by_level(ds)
     assert seen == {0.0: {-0.5}, top: {1.25}}, seen
 
 
