@@ -16,6 +16,11 @@ Layout (workdir/export/):
                          min_image_side and the checks trainer.cnn.predict runs first
   MODEL_CARD.md          what the model is for and not for, its data, its measured quality
                          (trainer.cnn.model_card), where the run has a report.json
+
+Training exports its run. Several runs of one recipe (a seed ensemble) export as one model
+whose probability is the mean of theirs, threshold and quality measured anew on their
+validation and test splits (trainer.cnn.ensemble):
+    python -m trainer.cnn.export --model=RUN1,RUN2,RUN3 --output=DIR
 """
 from __future__ import annotations
 
@@ -201,7 +206,8 @@ def _checks_note(image_size: int, min_image_side: int | None) -> dict[str, Any]:
 def export_model(model, workdir: str, image_size: int, resize_mode: str = "squash",
                  threshold: float | None = None, tta: bool = False,
                  min_image_side: int | None = None, manifest: dict | None = None,
-                 run_config: dict | None = None) -> dict[str, str]:
+                 run_config: dict | None = None, ensemble: dict | None = None
+                 ) -> dict[str, str]:
     """Writes workdir/export/{model.keras, saved_model/, serving_config.json}; returns paths.
 
     threshold: None takes workdir/report.json's (the one chosen on validation), else 0.5.
@@ -210,6 +216,8 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     manifest, run_config: the dataset's manifest and the run's config, for MODEL_CARD.md
     (trainer.cnn.model_card; the card says what it lacks); a --use_metadata model is served
     with the run config's metadata_encoding (none recorded: version 1, _run_encoding).
+    ensemble: serving_config.json's "ensemble" (members, how the threshold was chosen) when
+    `model` averages several runs (trainer.cnn.ensemble).
     """
     import tensorflow as tf
 
@@ -254,6 +262,8 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
               "tensorflow": tf.__version__}
     if uses_metadata(model):
         config["metadata"] = _metadata_note(encoding)
+    if ensemble:
+        config["ensemble"] = dict(ensemble)
     run_folder.write_json(paths["serving_config"], config)
     paths["model_card"] = model_card.write_card(paths["export_dir"], report, config, manifest,
                                                 run_config)
@@ -296,11 +306,12 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
 def export_diagnosis_model(model, workdir: str, image_size: int,
                            resize_mode: str = "squash",
                            min_image_side: int | None = None, manifest: dict | None = None,
-                           run_config: dict | None = None) -> dict[str, str]:
+                           run_config: dict | None = None, ensemble: dict | None = None
+                           ) -> dict[str, str]:
     """The diagnosis task's export (same layout): serving_default(image_bytes) ->
     {probabilities float32 [B, K] (in classes.json order), top_class string [B],
-    top_probability float32 [B]}; serving_config.json carries task "diagnosis" and the classes.
-    The image path (decode_for_serving + evaluation scaling) is the binary export's."""
+    top_probability float32 [B]}; serving_config.json carries task "diagnosis" and the classes
+    (and `ensemble`, as export_model's). The image path (decode_for_serving + evaluation scaling) is the binary export's."""
     import tensorflow as tf
 
     from trainer.cnn import diagnosis as diagnosis_lib
@@ -357,8 +368,15 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
         "outputs": {"probabilities": "float32 [None, K], softmax in `classes` order",
                     "top_class": "string [None]", "top_probability": "float32 [None]"},
         **_checks_note(image_size, min_image_side),
+        **({"ensemble": dict(ensemble)} if ensemble else {}),
         "tensorflow": tf.__version__}
     run_folder.write_json(paths["serving_config"], config)
     paths["model_card"] = model_card.write_card(paths["export_dir"], report, config, manifest,
                                                 run_config)
     return paths
+
+
+if __name__ == "__main__":  # several runs as one model: trainer.cnn.ensemble's program
+    from trainer.cnn import ensemble as ensemble_lib
+
+    ensemble_lib.run()

@@ -182,7 +182,24 @@ def _threshold(report: Mapping[str, Any], serving: Mapping[str, Any]) -> list[st
                        "unchanged to the test split.")
     else:
         lines.append(f"- Source: {serving.get('threshold_source', 'not recorded')}.")
+    if serving.get("ensemble"):
+        lines.append(f"- Ensemble: {serving['ensemble'].get('threshold', 'not recorded')}.")
     return lines + [""]
+
+
+def _ensemble(serving: Mapping[str, Any]) -> list[str]:
+    """What the card says of a model that averages several runs (serving_config "ensemble",
+    trainer.cnn.ensemble): the members, one line each."""
+    members = serving["ensemble"].get("members") or []
+    lines = [f"- An **ensemble of {len(members)} runs**: its output is the "
+             f"{serving['ensemble'].get('combination', 'mean of the members outputs')}. "
+             "Members:"]
+    for member in members:
+        lines.append(f"  - `{member.get('run')}` (seed {member.get('seed', 'n/a')}, "
+                     f"architecture `{member.get('architecture') or 'n/a'}`"
+                     + (f", own threshold {_num(member['own_threshold'], 4)}, not used"
+                        if member.get("own_threshold") is not None else "") + ")")
+    return lines
 
 
 def build_card(*, report: Mapping[str, Any] | None, manifest: Mapping[str, Any] | None,
@@ -201,11 +218,15 @@ def build_card(*, report: Mapping[str, Any] | None, manifest: Mapping[str, Any] 
     sources = sorted({_source_name(r.get("source_collection", "")) for r in
                       ((manifest or {}).get("counts") or {}).get(
                           "per_split_label_diagnosis_source", [])})
-    lines = [f"# Model card: isicflow CNN, {('diagnosis' if diagnosis else 'binary')} task",
+    ensemble = bool(serving_config.get("ensemble"))
+    kind = (f"seed ensemble of {len(serving_config['ensemble'].get('members') or [])} runs, "
+            if ensemble else "")
+    lines = [f"# Model card: isicflow CNN, {kind}{('diagnosis' if diagnosis else 'binary')} task",
              "", f"- Task: {task}.",
              f"- Architecture `{arch}`, input {size}x{size} RGB, trained from scratch "
              f"(seed {run_config.get('seed', 'n/a')}, epochs {run_config.get('epochs', 'n/a')}); "
              f"test-time augmentation {'on' if serving_config.get('tta') else 'off'}.",
+             *(_ensemble(serving_config) if ensemble else []),
              f"- Files: `model.keras`, `saved_model/`, `serving_config.json` (this folder).",
              "", "## Intended use", "",
              "**Not for clinical use.** This model is a research and teaching artefact of the "
@@ -221,7 +242,11 @@ def build_card(*, report: Mapping[str, Any] | None, manifest: Mapping[str, Any] 
     lines += _training_data(manifest, report, run_config)
     lines += ["## Validation and test metrics", ""]
     if report.get("splits"):
-        lines += _metrics_table(report) + [""]
+        lines += (["Measured on the ensemble itself (its averaged output), not taken from any "
+                   "member.", ""] if ensemble else []) + _metrics_table(report) + [""]
+    elif ensemble:
+        lines += ["Not evaluated: the ensemble was not scored, and no member's numbers are "
+                  "its own.", ""]
     else:
         lines += ["Not evaluated: the run folder holds no report.json.", ""]
     lines += _breakdown(report)
@@ -243,8 +268,11 @@ def build_card(*, report: Mapping[str, Any] | None, manifest: Mapping[str, Any] 
               "- **Dermoscopic images only**: clinical close-ups, overview photographs and "
               "total-body tiles are outside what it saw; it will still output a probability "
               "for them, which means nothing.",
-              "- Metrics come from one training run (one seed) on splits of the same dataset; "
-              "intervals are over cases, not over seeds.",
+              ("- Metrics come from one scoring of the ensemble on splits of the members' "
+               "dataset; intervals are over cases, not over seeds or member choices."
+               if ensemble else
+               "- Metrics come from one training run (one seed) on splits of the same dataset; "
+               "intervals are over cases, not over seeds."),
               "- Groups with few cases or one class have wide or undefined intervals; a "
               "subgroup absent from the table was not recorded in the data.",
               "- EXIF orientation is not applied by the SavedModel: send upright images.", ""]

@@ -1,0 +1,284 @@
+"""A seed ensemble served through the export contract: several runs of one recipe, their
+probabilities averaged, exported as one model that trainer.cnn.predict serves like any other.
+
+    python -m trainer.cnn.export --model=RUN1,RUN2,RUN3 --output=DIR [--data_dir=DATASET]
+        [--threshold_policy=P] [--min_sensitivity=S] [--tta|--notta] [--bootstrap=1000]
+
+Writes DIR as a run folder of the ensemble (report.json, report.md, plots/; classes.json for
+the diagnosis task) and DIR/export/ (model.keras, saved_model/, serving_config.json,
+MODEL_CARD.md: trainer.cnn.export's layout). Serve it with
+`python -m trainer.cnn.predict --model=DIR`.
+
+Why this shape: the members' recorded thresholds were each chosen on one member's
+probabilities, and the mean of several probabilities is distributed differently (less spread),
+so none of them is the ensemble's. The ensemble is scored here exactly as training scores a run
+(trainer.cnn.evaluation.evaluate_and_report: validation picks the threshold by the members'
+policy, test is measured at it), on the members' own dataset, so the threshold and every
+number on the model card are the ensemble's own. Without that dataset there is no threshold to
+choose, and the export is refused rather than guessed.
+
+Members must agree on what shapes their inputs and outputs (AGREED_SETTINGS, the resize mode,
+the dataset, and the diagnosis classes); the first disagreement is refused naming the run and
+the setting. --model: two or more run folders (model.keras and train_config.json, as training
+leaves them). --data_dir: where the members' dataset lives now, when it moved (the members must
+still agree on the one they recorded). --threshold_policy / --min_sensitivity / --tta: default
+the members' own (report.json), which must then agree.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+from absl import flags
+
+from trainer.cnn.constants import (CLASSES_NAME, EXPORT_DIR, KERAS_NAME, REPORT_JSON,
+                                   SERVING_CONFIG_NAME, TRAIN_CONFIG_NAME)
+from trainer.core import metadata_features, metrics, program
+
+# run settings (train_config.json) every member must share, with the value a config written
+# before the setting existed means
+AGREED_SETTINGS = {"task": "binary", "image_size": None, "use_metadata": False,
+                   "color_constancy": "none", "center_crop": 1.0}
+
+
+class EnsembleError(ValueError):
+    """A one-line reason the ensemble cannot be exported (the CLI prints it and exits 2)."""
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _normal_path(path: str | None) -> str | None:
+    """A data_dir as comparable text: local paths absolute, URLs (gs://) as written."""
+    if not path:
+        return None
+    return path.rstrip("/") if "://" in path else os.path.abspath(path)
+
+
+def read_member(run: str) -> dict[str, Any]:
+    """What the ensemble needs from one run folder: {run, keras, config, report, settings,
+    resize_mode (its export's, None when not exported), classes, data_dir, threshold, tta}."""
+    keras_path = os.path.join(run, KERAS_NAME)
+    if not os.path.isfile(keras_path):
+        raise EnsembleError(f"--model: {run} has no {KERAS_NAME} (not a finished run folder)")
+    report = _read_json(os.path.join(run, REPORT_JSON))
+    config = _read_json(os.path.join(run, TRAIN_CONFIG_NAME)) or (report or {}).get("config")
+    if not config:
+        raise EnsembleError(f"--model: {run} records no settings (neither {TRAIN_CONFIG_NAME} "
+                            f"nor {REPORT_JSON}'s config), so agreement cannot be checked")
+    settings = {k: config.get(k, default) for k, default in AGREED_SETTINGS.items()}
+    if settings["use_metadata"]:
+        try:
+            settings["metadata_encoding"] = metadata_features.run_encoding(config)
+        except ValueError as e:
+            raise EnsembleError(f"--model: {run}: {e}") from None
+    serving = _read_json(os.path.join(run, EXPORT_DIR, SERVING_CONFIG_NAME)) or {}
+    classes = (_read_json(os.path.join(run, CLASSES_NAME)) or {}).get("classes")
+    chosen = (report or {}).get("threshold") or {}
+    return {"run": os.path.abspath(run), "keras": keras_path, "config": dict(config),
+            "report": report, "settings": settings, "resize_mode": serving.get("resize_mode"),
+            "classes": classes,
+            "data_dir": _normal_path(((report or {}).get("data") or {}).get("data_dir")
+                                     or config.get("data_dir")),
+            "threshold": chosen.get("threshold"),
+            "policy": chosen.get("requested_policy") or chosen.get("policy"),
+            "min_sensitivity": chosen.get("min_sensitivity"),
+            "tta": None if report is None else bool(report.get("tta", False))}
+
+
+def check_agreement(members: Sequence[Mapping[str, Any]]) -> None:
+    """EnsembleError naming the first member and setting that differs from the first member's:
+    AGREED_SETTINGS (and metadata_encoding for --use_metadata runs), the exported resize mode
+    (where both were exported), the diagnosis classes and the dataset."""
+    first = members[0]
+    for member in members[1:]:
+        pairs = [(name, first["settings"].get(name), member["settings"].get(name))
+                 for name in {**first["settings"], **member["settings"]}]
+        if first["resize_mode"] and member["resize_mode"]:
+            pairs.append(("resize_mode", first["resize_mode"], member["resize_mode"]))
+        pairs += [("classes", first["classes"], member["classes"]),
+                  ("data_dir", first["data_dir"], member["data_dir"])]
+        for name, want, got in pairs:
+            if want != got:
+                raise EnsembleError(
+                    f"--model: {member['run']} has {name}={got!r} but {first['run']} has "
+                    f"{want!r}; an ensemble's members must agree on {', '.join(AGREED_SETTINGS)}, "
+                    "metadata_encoding, resize_mode, classes and data_dir")
+
+
+def _one(members: Sequence[Mapping[str, Any]], key: str, flag: str, given: Any) -> Any:
+    """The flag's value when given, else the value every member recorded; EnsembleError when
+    they differ or one recorded none (the flag must then be given)."""
+    if given is not None:
+        return given
+    values = {m["run"]: m[key] for m in members}
+    if None in values.values() or len(set(values.values())) > 1:
+        raise EnsembleError(f"the members do not record one {key} ({values}; None: no "
+                            f"{REPORT_JSON}); pass {flag}")
+    return next(iter(values.values()))
+
+
+def average_model(models: Sequence[Any]):
+    """One Keras model with the members' inputs whose output is the mean of their outputs
+    (probabilities: one sigmoid unit, or the diagnosis softmax). Members are renamed member_i
+    so the nested models have distinct names."""
+    import keras
+
+    shapes = {(tuple(tuple(t.shape) for t in m.inputs), tuple(m.outputs[0].shape)) for m in models}
+    if len(shapes) != 1:
+        raise EnsembleError(f"the members' (input shapes, output shape) differ: {sorted(shapes)}")
+    inputs = [keras.Input(tuple(t.shape[1:]), dtype=t.dtype, name=f"input_{i}")
+              for i, t in enumerate(models[0].inputs)]
+    x = inputs if len(inputs) > 1 else inputs[0]
+    outputs = []
+    for i, model in enumerate(models):
+        model.name = f"member_{i}"
+        outputs.append(model(x))
+    mean = keras.layers.Average(dtype="float32", name="mean_probability")(outputs)
+    return keras.Model(x, mean, name=f"ensemble_of_{len(models)}")
+
+
+def ensemble_config(members: Sequence[Mapping[str, Any]], data_dir: str) -> dict[str, Any]:
+    """The ensemble's "run config" (report.json, model card): each setting the members share,
+    as a list of the members' values where they differ (seed, workdir), and the members."""
+    keys = list(dict.fromkeys(k for m in members for k in m["config"]))
+    config: dict[str, Any] = {}
+    for key in keys:
+        values = [m["config"].get(key) for m in members]
+        config[key] = values[0] if all(v == values[0] for v in values) else values
+    config["data_dir"] = data_dir
+    config["ensemble_members"] = [m["run"] for m in members]
+    return config
+
+
+def ensemble_note(members: Sequence[Mapping[str, Any]], threshold_note: str) -> dict[str, Any]:
+    """serving_config.json's "ensemble": the members and how the served threshold was chosen."""
+    return {"members": [{"run": m["run"], "seed": m["config"].get("seed"),
+                         "architecture": m["config"].get("model"),
+                         "own_threshold": m["threshold"]} for m in members],
+            "combination": "mean of the members' probabilities (after test-time augmentation "
+                           "where it is on)",
+            "threshold": threshold_note}
+
+
+def export_ensemble(runs: Sequence[str], output: str, *, data_dir: str | None = None,
+                    threshold_policy: str | None = None, min_sensitivity: float | None = None,
+                    tta: bool | None = None, bootstrap: int = 1000, batch_size: int = 32
+                    ) -> dict[str, str]:
+    """Checks the members agree, scores their average on their dataset as training scores a
+    run (report.json in `output`), exports it into output/export/; returns the export's paths."""
+    from trainer.cnn import evaluation, export
+    from trainer.cnn.models import load_keras_model
+
+    if len(runs) < 2:
+        raise EnsembleError(f"--model: an ensemble needs two or more runs, got {list(runs)} "
+                            "(one run is exported by its own training, RUN/export/)")
+    if len({os.path.abspath(r) for r in runs}) != len(runs):
+        raise EnsembleError(f"--model: a run is listed twice in {list(runs)}")
+    out = os.path.abspath(output)
+    if out in {os.path.abspath(r) for r in runs} or os.path.isfile(
+            os.path.join(out, TRAIN_CONFIG_NAME)):
+        raise EnsembleError(f"--output={output} is a training run folder; give a new folder")
+    members = [read_member(r) for r in runs]
+    check_agreement(members)
+    task, image_size = members[0]["settings"]["task"], int(members[0]["settings"]["image_size"])
+    data_dir = _normal_path(data_dir) or members[0]["data_dir"]
+    if not data_dir:
+        raise EnsembleError("the members record no dataset (data_dir): the ensemble's "
+                            "threshold is chosen on their validation split; pass --data_dir")
+    try:
+        manifest = evaluation.read_dataset_manifest(data_dir)
+    except evaluation.EvaluationError as e:
+        raise EnsembleError(f"the ensemble's threshold and quality are measured on the "
+                            f"members' dataset, which cannot be read ({e}); pass --data_dir "
+                            "where it lives now") from None
+    resize_mode = manifest.get("resize_mode", "squash")
+    if members[0]["resize_mode"] not in (None, resize_mode):
+        raise EnsembleError(f"--data_dir={data_dir} has resize_mode {resize_mode!r} but the "
+                            f"members were exported with {members[0]['resize_mode']!r}")
+    if task == "binary":
+        threshold_policy = _one(members, "policy", "--threshold_policy", threshold_policy)
+        if threshold_policy not in metrics.THRESHOLD_POLICIES:
+            raise EnsembleError(f"threshold policy {threshold_policy!r} not in "
+                                f"{metrics.THRESHOLD_POLICIES}")
+        if threshold_policy == "max_specificity_at_sensitivity":
+            min_sensitivity = _one(members, "min_sensitivity", "--min_sensitivity",
+                                   min_sensitivity)
+        tta = bool(_one(members, "tta", "--tta", tta))
+    elif tta:
+        raise EnsembleError("--tta: the diagnosis task is served without test-time augmentation")
+    models = [load_keras_model(m["keras"]) for m in members]
+    model = average_model(models)
+    config = ensemble_config(members, data_dir)
+    os.makedirs(out, exist_ok=True)
+    min_side = export.default_min_side(image_size, int(
+        (manifest.get("config") or {}).get("min_original_size") or 0))  # as tasks._min_image_side
+    common = dict(min_image_side=min_side, manifest=dict(manifest), run_config=config)
+    if task == "diagnosis":
+        from trainer.cnn import diagnosis
+
+        diagnosis.write_mapping(out, _read_json(os.path.join(members[0]["run"], CLASSES_NAME)))
+        diagnosis.evaluate_and_report(model, data_dir, out, image_size, config,
+                                      batch_size=batch_size, manifest=manifest)
+        note = ensemble_note(members, "none: the most probable class of the mean is served")
+        return export.export_diagnosis_model(model, out, image_size, resize_mode,
+                                             ensemble=note, **common)
+    evaluation.evaluate_and_report(model, data_dir, out, image_size, config,
+                                   threshold_policy=threshold_policy,
+                                   min_sensitivity=0.8 if min_sensitivity is None
+                                   else float(min_sensitivity),
+                                   bootstrap=bootstrap, batch_size=batch_size, tta=tta,
+                                   manifest=manifest)
+    note = ensemble_note(members, (
+        f"chosen on the validation split of {data_dir} from the ensemble's own (averaged) "
+        f"probabilities by policy {threshold_policy!r}, as training chooses a run's "
+        f"(trainer.cnn.evaluation.evaluate_and_report, {os.path.join(out, REPORT_JSON)}); the "
+        "members' own thresholds are not used"))
+    return export.export_model(model, out, image_size, resize_mode, tta=tta, ensemble=note,
+                               **common)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("model", [], "Two or more run folders (model.keras + train_config.json), "
+                      "comma-separated: the ensemble's members.")
+    flags.DEFINE_string("output", None, "Folder for the ensemble: its report.json and export/.")
+    flags.DEFINE_string("data_dir", None, "The members' dataset, where it lives now (default: "
+                        "the one they recorded).")
+    flags.DEFINE_enum("threshold_policy", None, list(metrics.THRESHOLD_POLICIES),
+                      "How the threshold is chosen on validation (default: the members').")
+    flags.DEFINE_float("min_sensitivity", None, "Sensitivity floor of "
+                       "max_specificity_at_sensitivity (default: the members').",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_bool("tta", None, "Test-time augmentation (default: as the members were "
+                      "evaluated).")
+    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the metric intervals.",
+                         lower_bound=0)
+    flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1)
+    flags.mark_flags_as_required(["output"])
+
+
+def main(argv: Sequence[str]) -> int:
+    del argv  # program.run refuses stray words
+    try:
+        paths = export_ensemble(FLAGS.model, FLAGS.output, data_dir=FLAGS.data_dir,
+                                threshold_policy=FLAGS.threshold_policy,
+                                min_sensitivity=FLAGS.min_sensitivity, tta=FLAGS.tta,
+                                bootstrap=FLAGS.bootstrap, batch_size=FLAGS.batch_size)
+    except (EnsembleError, FileNotFoundError) as e:
+        program.fail(str(e))
+    print(f"ensemble of {len(FLAGS.model)} runs exported: {paths['export_dir']} "
+          f"(serve: python -m trainer.cnn.predict --model={FLAGS.output} --image=...)")
+    return 0
+
+
+def run(argv: Sequence[str] | None = None, prog: str = "trainer.cnn.export") -> None:
+    define_flags()
+    program.run(main, prog=prog, doc=__doc__, argv=argv, flag_modules=[__name__])
