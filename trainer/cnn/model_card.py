@@ -4,7 +4,9 @@
 the export's serving_config.json and the run's config. The export reads report.json from the
 run folder once (`read_report`) and `write_card` writes the card from it into the export folder.
 Every number in the card is read from those files, none is typed in here: the generalisation
-figures the project measured live in docs/results, which the card points to.
+figures the project measured live in docs/results, which the card points to. An ensemble's card
+(serving_config "ensemble", trainer.cnn.ensemble) lists its members and shows only numbers
+measured on the ensemble itself (its own report.json), never a member's.
 """
 from __future__ import annotations
 
@@ -191,8 +193,8 @@ def _ensemble(serving: Mapping[str, Any]) -> list[str]:
     """What the card says of a model that averages several runs (serving_config "ensemble",
     trainer.cnn.ensemble): the members, one line each."""
     members = serving["ensemble"].get("members") or []
-    lines = [f"- An **ensemble of {len(members)} runs**: its output is the "
-             f"{serving['ensemble'].get('combination', 'mean of the members outputs')}. "
+    combination = serving["ensemble"].get("combination") or "mean of the members' outputs"
+    lines = [f"- An **ensemble of {len(members)} runs**: its output is the {combination}. "
              "Members:"]
     for member in members:
         lines.append(f"  - `{member.get('run')}` (seed {member.get('seed', 'n/a')}, "
