@@ -32,16 +32,23 @@ def tiny_model(seed: int):
     ], name="study")
 
 
-def tiny_run(folder, data_dir: str, seed: int) -> str:
+def tiny_run(folder, data_dir: str, seed: int, use_metadata: bool = False) -> str:
     """A run folder as training leaves it: model.keras, train_config.json and a report.json
     with what the ensemble reads (its threshold, policy, tta and dataset; written by hand, as
     in test_export_predict, since scoring and plotting each member would only cost time)."""
     os.makedirs(folder, exist_ok=True)
-    config = {"task": "binary", "image_size": SIZE, "use_metadata": False,
+    # seed 1 predates metadata_encoding (no key): image-only members need not agree on it
+    config = {"task": "binary", "image_size": SIZE, "use_metadata": use_metadata,
+              **({"metadata_encoding": 2} if seed != 1 or use_metadata else {}),
               "color_constancy": "none", "center_crop": 1.0, "model": "study", "seed": seed,
               "epochs": 1, "data_dir": data_dir, "workdir": str(folder)}
     run_folder.write_json(os.path.join(folder, TRAIN_CONFIG_NAME), config)
-    tiny_model(seed).save(os.path.join(folder, "model.keras"))
+    model = tiny_model(seed)
+    if use_metadata:
+        from trainer.core import metadata_features
+
+        model = metadata_features.with_metadata_input(model)
+    model.save(os.path.join(folder, "model.keras"))
     run_folder.write_json(os.path.join(folder, "report.json"), {
         "config": config, "tta": False, "data": {"data_dir": data_dir},
         "threshold": {"threshold": 0.1 * seed, "policy": "youden"}})
@@ -191,3 +198,25 @@ def test_members_with_different_threshold_policies_need_one_given(runs, tmp_path
     run_folder.write_json(os.path.join(odd, "report.json"), report)
     with pytest.raises(ensemble.EnsembleError, match="pass --threshold_policy"):
         ensemble.export_ensemble([runs[0], odd], str(tmp_path / "out"))
+
+
+def test_metadata_members_serve_the_mean_with_their_encoding(data_dir, tmp_path, image_files):
+    import tensorflow as tf
+
+    from trainer.cnn.models import load_keras_model
+    from trainer.core import metadata_features
+
+    runs = [tiny_run(tmp_path / f"meta{s}", data_dir, s, use_metadata=True) for s in (1, 2)]
+    paths = ensemble.export_ensemble(runs, str(tmp_path / "ens"), bootstrap=0)
+    loaded, config = export.load_exported(paths["export_dir"])
+    assert config["metadata"]["metadata_encoding"] == 2 and len(config["ensemble"]["members"]) == 2
+    contents = tf.constant([open(p, "rb").read() for p in image_files[:3]])
+    age, sex, site = tf.constant([50.0, -1.0, 30.0]), tf.constant(["male", "", "female"]), \
+        tf.constant(["back", "", "palms/soles"])
+    served = loaded.signatures[export.SIGNATURE_METADATA](
+        image_bytes=contents, age=age, sex=sex, site=site)["probability"].numpy()
+    pixels = loaded.signatures["preprocess"](image_bytes=contents)["pixels"].numpy()
+    features = metadata_features.encode(age, sex, site, 2)
+    expected = np.mean([load_keras_model(os.path.join(r, "model.keras")).predict_on_batch(
+        [input_pipeline.preprocess_for_eval(pixels), features])[:, 0] for r in runs], axis=0)
+    np.testing.assert_allclose(served, expected, atol=1e-6)

@@ -151,6 +151,9 @@ def ensemble_config(members: Sequence[Mapping[str, Any]], data_dir: str) -> dict
     for key in keys:
         values = [m["config"].get(key) for m in members]
         config[key] = values[0] if all(v == values[0] for v in values) else values
+    config.pop("metadata_encoding", None)  # a list where image-only runs differ: unread
+    if members[0]["settings"]["use_metadata"]:  # agreed (check_agreement): what serving encodes
+        config["metadata_encoding"] = members[0]["settings"]["metadata_encoding"]
     config["data_dir"] = data_dir
     config["ensemble_members"] = [m["run"] for m in members]
     return config
