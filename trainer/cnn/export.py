@@ -13,13 +13,15 @@ Layout (workdir/export/):
                                      serving_plain / serving_tta: the same without / with it
                                      preprocess(image_bytes) -> {pixels: uint8 [B,S,S,3]}
   serving_config.json    image_size, resize_mode, threshold and where it came from, tta,
-                         min_image_side and the checks trainer.cnn.predict runs first
+                         min_image_side and the checks trainer.cnn.predict runs first (an
+                         ensemble's also "ensemble": its members, how the threshold was chosen)
   MODEL_CARD.md          what the model is for and not for, its data, its measured quality
                          (trainer.cnn.model_card), where the run has a report.json
 
 Training exports its run. Several runs of one recipe (a seed ensemble) export as one model
 whose probability is the mean of theirs, threshold and quality measured anew on their
-validation and test splits (trainer.cnn.ensemble):
+validation and test splits (trainer.cnn.ensemble), served as any export
+(python -m trainer.cnn.predict --model=DIR):
     python -m trainer.cnn.export --model=RUN1,RUN2,RUN3 --output=DIR
 """
 from __future__ import annotations
