@@ -130,3 +130,18 @@ def test_build_card_is_pure_and_says_what_it_lacks():
         "task": "diagnosis", "classes": ["mel", "nevus"], "image_size": 64})
     assert "| test | 10 | 0.610 | 0.700 |" in diagnosis and "mel 0.500" in diagnosis
     assert "most probable class is reported" in diagnosis and "`recipe`" in diagnosis
+
+
+def test_card_says_when_the_engine_remapped_labels():
+    """--dx_map=bcc:benign,akiec:benign makes "malignant" mean melanoma: the card must say so,
+    and a plain benign/malignant dataset must not carry the warning."""
+    serving = {"image_size": 64, "threshold": 0.5, "threshold_source": "default 0.5"}
+    engine = {"input": "/data/ham", "image_types": ["dermoscopic"],
+              "label_policy": "benign_malignant"}
+    plain = model_card.build_card(report=None, manifest={"config": engine},
+                                  serving_config=serving)
+    remapped = model_card.build_card(
+        report=None, manifest={"config": {**engine, "dx_map": "bcc:benign,akiec:benign"}},
+        serving_config=serving)
+    assert "Labels remapped" not in plain
+    assert "`--dx_map=bcc:benign,akiec:benign`" in remapped and "melanoma vs rest" in remapped

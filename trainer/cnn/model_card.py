@@ -54,6 +54,10 @@ def _training_data(manifest: Mapping[str, Any] | None, report: Mapping[str, Any]
                          f"{engine.get('image_types') or 'all'}; label policy "
                          f"{engine.get('label_policy', 'n/a')}; excluded collections "
                          f"{engine.get('exclude_collections') or 'none'}.")
+        if engine.get("dx_map"):  # the label is not the download's benign/malignant
+            lines.append(f"- **Labels remapped** by the engine (`--dx_map={engine['dx_map']}`): "
+                         "\"malignant\" means only the diagnoses still mapped to it (e.g. "
+                         "melanoma vs rest), not every malignant lesion.")
     if run_config.get("image_size"):
         lines.append(f"- Image size {run_config['image_size']} px, resize mode "
                      f"{(manifest or {}).get('resize_mode', 'squash')}.")
