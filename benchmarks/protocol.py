@@ -311,6 +311,9 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_json(os.path.join(everything, "manifest.json"))
     sources = sources_of(manifest)
     task = planned_task(args.base, args.flags.split())
+    if task == "diagnosis" and args.eval_flags:
+        raise ProtocolError(f"--eval_flags={args.eval_flags}: the diagnosis scorer "
+                            "(benchmarks.score_diagnosis) takes none")
     heldout, skipped = holdout_plan(sources, args.holdout_sources,
                                     diagnoses_of(manifest) if task == "diagnosis" else None)
     plan = {s: (_engine(args, os.path.join(data, f"without_{s}"), [s]),

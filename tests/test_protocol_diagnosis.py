@@ -178,6 +178,8 @@ def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_sour
                           "--seeds=2", "--bootstrap=50", "--holdout_sources=a",
                           f"--flags={flags}"]) == 0
     assert commands == []
+    assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w", "--holdout_sources=a",
+                          f"--flags={flags}", "--eval_flags=--tta"]) == 1  # no TTA scorer
 
 
 def test_the_scorer_writes_per_image_classes_that_agree_with_the_runs_own_report(tmp_path):
