@@ -14,8 +14,17 @@ as the export recorded it; off for a run folder).
 
 Writes report.json, report.md, predictions.csv (split, image_id, label, probability,
 predicted) and plots/{roc,pr,confusion,reliability}.png (trainer.cnn.evaluation.evaluate_external).
+
+A diagnosis model (--task=diagnosis: a run folder with classes.json, or its export) is scored
+on its own classes (trainer.cnn.diagnosis_scoring): per split balanced accuracy, accuracy,
+per-class recall and support, the confusion matrix; predictions.csv has split, image_id, label,
+predicted (class names) and p_<class> per class; plots/confusion.png. 'all' splits are those
+holding records of a known diagnosis. --threshold and --tta are refused for it (they are
+binary settings); --bootstrap, --seed and --calibration_bins do not apply.
+
 Exit code 0 when written, 2 with one line on stderr when it cannot run (missing model, a model
-of another kind, dataset without manifest, missing image size, empty or unknown splits).
+of another kind, dataset without manifest, missing image size, empty or unknown splits, a
+binary-only flag for a diagnosis model).
 """
 from __future__ import annotations
 
@@ -65,7 +74,10 @@ def main(argv: Sequence[str]) -> int:
     except (evaluation.EvaluationError, FileNotFoundError) as e:
         program.fail(str(e))
     for split, values in result["splits"].items():
-        if values.get("cases"):
+        if result.get("task") == "diagnosis":
+            print(f"{split}: {values['n']} images, balanced accuracy "
+                  f"{values['balanced_accuracy']:.4f}, accuracy {values['accuracy']:.4f}")
+        elif values.get("cases"):
             print(f"{split}: {values['cases']} cases, auc {values['auc']:.4f}, sensitivity "
                   f"{values['sensitivity']:.4f}, specificity {values['specificity']:.4f} at "
                   f"threshold {result['threshold']['threshold']:.4f}")
