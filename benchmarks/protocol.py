@@ -24,10 +24,12 @@ another protocol workdir W are scored, nothing is trained, and this workdir hold
 an evaluation-time lever measured on the very models of its baseline.
 
 The diagnosis task (--flags="--task=diagnosis ..."): a source needs images of >= 2 known
-diagnoses to be held out, each run is scored by benchmarks.score_diagnosis (trainer.cnn.evaluate
-scores binary models only) into the same folders, and the table gives balanced multi-class
-accuracy (benchmarks.protocol_diagnosis) instead of AUC. The task is read from each trained
-run's report.json (its flags only to plan the held-out sources before any run exists).
+diagnoses to be held out, each run is scored by the same trainer.cnn.evaluate (its diagnosis
+branch, per-image class predictions) into the same folders, and the table gives balanced
+multi-class accuracy (benchmarks.protocol_diagnosis) instead of AUC; the binary-only
+evaluation flags (--tta, --threshold) are refused before anything runs. The task is read from
+each trained run's report.json (its flags only to plan the held-out sources before any run
+exists).
 """
 from __future__ import annotations
 
@@ -46,8 +48,8 @@ from trainer.core import metrics
 
 ENGINE = "beam_jobs.preprocess"
 TRAINER = "trainer.cnn"
-EVALUATOR = "trainer.cnn.evaluate"
-EVALUATORS = {"binary": EVALUATOR, "diagnosis": "benchmarks.score_diagnosis"}
+EVALUATOR = "trainer.cnn.evaluate"  # both tasks
+TASKS = ("binary", "diagnosis")
 REPORT = "report.json"
 PREDICTIONS = "predictions.csv"
 
@@ -99,8 +101,8 @@ def planned_task(base: str, flags: Sequence[str]) -> str:
         words = [w for line in f for w in line.split()] + list(flags)
     tasks = [w.split("=", 1)[1] for w in words if w.startswith("--task=")]
     task = tasks[-1] if tasks else "binary"
-    if task not in EVALUATORS:
-        raise ProtocolError(f"--task={task}: the protocol scores {sorted(EVALUATORS)}")
+    if task not in TASKS:
+        raise ProtocolError(f"--task={task}: the protocol scores {list(TASKS)}")
     return task
 
 
@@ -108,6 +110,19 @@ def run_task(run: str) -> str:
     """The task a trained run recorded in its report.json ("task", else its config's)."""
     report = read_json(os.path.join(run, REPORT))
     return report.get("task") or report.get("config", {}).get("task", "binary")
+
+
+def refuse_binary_eval_flags(eval_flags: Sequence[str]) -> None:
+    """ProtocolError before anything runs for an evaluation flag a diagnosis model refuses
+    (trainer.cnn.diagnosis_scoring.BINARY_ONLY_FLAGS, also as --noNAME)."""
+    from trainer.cnn.diagnosis_scoring import BINARY_ONLY_FLAGS
+
+    names = [f.lstrip("-").split("=", 1)[0] for f in eval_flags]
+    refused = [f for f, n in zip(eval_flags, names)
+               if n in BINARY_ONLY_FLAGS or (n.startswith("no") and n[2:] in BINARY_ONLY_FLAGS)]
+    if refused:
+        raise ProtocolError(f"--eval_flags: {refused} apply to benign/malignant models only; "
+                            "the diagnosis task's predicted class is the softmax's argmax")
 
 
 def holdout_plan(sources: dict[str, dict[str, int]], wanted: str,
@@ -185,10 +200,9 @@ def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None,
         output = os.path.join(run, scores_folder(eval_flags), name)
         if not os.path.exists(os.path.join(output, PREDICTIONS)):
             os.makedirs(os.path.dirname(output), exist_ok=True)
-            bootstrap = ["--bootstrap=0"] if task == "binary" else []
-            _run([sys.executable, "-m", EVALUATORS[task], f"--model={run}",
+            _run([sys.executable, "-m", EVALUATOR, f"--model={run}",
                   f"--data_dir={data_dir}", f"--splits={splits}", f"--output={output}",
-                  *bootstrap, *eval_flags], f"{output}.log")
+                  "--bootstrap=0", *eval_flags], f"{output}.log")
 
 
 def read_scores(output: str, split: str | None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -311,9 +325,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_json(os.path.join(everything, "manifest.json"))
     sources = sources_of(manifest)
     task = planned_task(args.base, args.flags.split())
-    if task == "diagnosis" and args.eval_flags:
-        raise ProtocolError(f"--eval_flags={args.eval_flags}: the diagnosis scorer "
-                            "(benchmarks.score_diagnosis) takes none")
+    if task == "diagnosis":
+        refuse_binary_eval_flags(args.eval_flags.split())
     heldout, skipped = holdout_plan(sources, args.holdout_sources,
                                     diagnoses_of(manifest) if task == "diagnosis" else None)
     plan = {s: (_engine(args, os.path.join(data, f"without_{s}"), [s]),

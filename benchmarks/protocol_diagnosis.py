@@ -3,15 +3,17 @@ multi-class accuracy (mean per-class recall, the ISIC 2018 metric) per held-out 
 in source, as mean +- sd over seeds with a pooled 95% interval, per-class recall and the
 confusion matrix summed over seeds. benchmarks.protocol calls these for diagnosis runs.
 
-Balanced accuracy counts the classes present in the scored images (sklearn's
-balanced_accuracy_score): a held-out source lacking a class is scored on the classes it has,
+Balanced accuracy, per-class recall and the confusion matrix are scikit-learn's
+(balanced_accuracy_score, recall_score, confusion_matrix). Balanced accuracy counts the classes
+present in the scored images: a held-out source lacking a class is scored on the classes it has,
 and the summary lists them with their image counts. The pooled interval mirrors
 trainer.core.metrics.seed_summary: one bootstrap draw of image indices (metrics.case_bootstrap)
 is applied to every seed's predictions, the statistic is the mean over seeds, and each draw's
 balanced accuracy counts the classes present in that draw.
 
-Per-image predictions come from benchmarks.score_diagnosis (predictions.csv: split, image_id,
-label and predicted as class names, one probability column per class; report.json: classes).
+Per-image predictions come from trainer.cnn.evaluate (trainer.cnn.diagnosis_scoring;
+predictions.csv: split, image_id, label and predicted as class names, one probability column
+per class; report.json: classes).
 """
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ import csv
 import json
 import math
 import os
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score
 
 from trainer.core import metrics
 
@@ -30,27 +34,23 @@ REPORT = "report.json"
 UNKNOWN_DIAGNOSES = ("", "unknown")  # excluded from the task (trainer.cnn.diagnosis)
 
 
-def confusion(true: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
-    """[k, k] counts, rows true class, columns predicted class (indices in [0, k))."""
-    t, p = np.asarray(true, np.int64), np.asarray(predicted, np.int64)
-    if t.shape != p.shape or t.ndim != 1 or not t.size:
-        raise ValueError(f"need two equal non-empty 1-d index arrays, got {t.shape}, {p.shape}")
-    bad = sorted(set(np.unique(np.concatenate([t, p])).tolist()) - set(range(k)))
+def _check_indices(true: np.ndarray, runs: Sequence[np.ndarray], k: int) -> None:
+    """ValueError unless every array is the same non-empty 1-d shape with indices in [0, k)
+    (sklearn's confusion_matrix would silently drop the others)."""
+    if true.ndim != 1 or not true.size or any(p.shape != true.shape for p in runs):
+        raise ValueError(f"need equal non-empty 1-d index arrays, got {true.shape}, "
+                         f"{[p.shape for p in runs]}")
+    bad = sorted(set(np.unique(np.concatenate([true, *runs])).tolist()) - set(range(k)))
     if bad:
         raise ValueError(f"class indices must be in [0, {k}), found {bad[:5]}")
-    return np.bincount(t * k + p, minlength=k * k).reshape(k, k)
 
 
-def recalls(matrix: np.ndarray) -> np.ndarray:
-    """Per-class recall of a confusion matrix; NaN for a class with no true image."""
-    support = matrix.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support > 0, np.diag(matrix) / np.maximum(support, 1), math.nan)
-
-
-def balanced_accuracy(true: np.ndarray, predicted: np.ndarray, k: int) -> float:
-    """Mean recall over the classes present in `true` (sklearn's balanced_accuracy_score)."""
-    return float(np.nanmean(recalls(confusion(true, predicted, k))))
+def balanced_accuracy(true: np.ndarray, predicted: np.ndarray) -> float:
+    """sklearn's balanced_accuracy_score: mean recall over the classes present in `true`
+    (its warning for a predicted class absent from `true`, usual in a bootstrap draw, muted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(true, predicted))
 
 
 def seed_summary(true: np.ndarray, predicted_per_seed: Sequence[np.ndarray],
@@ -65,32 +65,35 @@ def seed_summary(true: np.ndarray, predicted_per_seed: Sequence[np.ndarray],
     runs = [np.asarray(p, np.int64) for p in predicted_per_seed]
     if not runs:
         raise ValueError("no seeds")
-    matrices = [confusion(y, p, k) for p in runs]
-    support = matrices[0].sum(axis=1)
+    _check_indices(y, runs, k)
+    support = np.bincount(y, minlength=k)
     if int((support > 0).sum()) < 2:
         raise ValueError(f"need images of >= 2 classes for a balanced accuracy, got "
                          f"{dict(zip(classes, support.tolist()))}")
-    per_seed = [float(np.nanmean(recalls(m))) for m in matrices]
+    ks = list(range(k))
+    per_seed = [balanced_accuracy(y, p) for p in runs]
     draws, skipped = metrics.case_bootstrap(
-        y, lambda idx: float(np.mean([balanced_accuracy(y[idx], p[idx], k) for p in runs])),
+        y, lambda idx: float(np.mean([balanced_accuracy(y[idx], p[idx]) for p in runs])),
         resamples=resamples, seed=seed)
     low, high = metrics.percentile_interval(draws, confidence)
-    recall = np.mean([recalls(m) for m in matrices], axis=0)
+    recall = np.mean([recall_score(y, p, labels=ks, average=None, zero_division=0)
+                      for p in runs], axis=0)
     return {"seeds": len(runs), "cases": int(y.size), "resamples": resamples,
             "skipped_single_class": skipped, "confidence": confidence, "classes": list(classes),
             "classes_counted": {c: int(n) for c, n in zip(classes, support) if n},
             "balanced_accuracy": {"per_seed": per_seed, "mean": float(np.mean(per_seed)),
                                   "sd": float(np.std(per_seed, ddof=1)) if len(runs) > 1
                                   else math.nan, "pooled_ci": [low, high]},
-            "per_class_recall": {c: (None if math.isnan(r) else float(r))
-                                 for c, r in zip(classes, recall)},
-            "confusion_summed": np.sum(matrices, axis=0).tolist()}
+            "per_class_recall": {c: (float(r) if n else None)
+                                 for c, r, n in zip(classes, recall, support)},
+            "confusion_summed": np.sum([confusion_matrix(y, p, labels=ks) for p in runs],
+                                       axis=0).tolist()}
 
 
 def read_predictions(output: str, split: str | None
                      ) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """(image ids sorted, true class indices, predicted class indices, classes) of one
-    benchmarks.score_diagnosis output, keeping `split` only (None: every row)."""
+    trainer.cnn.evaluate output of a diagnosis model, keeping `split` only (None: every row)."""
     with open(os.path.join(output, REPORT), encoding="utf-8") as f:
         classes = list(json.load(f)["classes"])
     index = {c: i for i, c in enumerate(classes)}

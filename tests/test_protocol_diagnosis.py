@@ -17,17 +17,18 @@ TRUE = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
 PRED = np.array([0, 0, 0, 1, 1, 0, 2, 2, 1, 3])
 
 
-@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
-def test_balanced_accuracy_by_hand_and_as_sklearn_counts_it():
+def test_balanced_accuracy_by_hand_counts_the_classes_present_without_warning():
     # recalls: nevus 3/4, melanoma 1/2, bkl 2/4; bcc has no true image and does not count
-    assert pd.balanced_accuracy(TRUE, PRED, 4) == pytest.approx((0.75 + 0.5 + 0.5) / 3)
-    assert pd.balanced_accuracy(TRUE, PRED, 4) == pytest.approx(
-        balanced_accuracy_score(TRUE, PRED))
-    assert pd.balanced_accuracy(TRUE, TRUE, 4) == 1.0
-    matrix = pd.confusion(TRUE, PRED, 4)
-    assert matrix.tolist() == [[3, 1, 0, 0], [1, 1, 0, 0], [0, 1, 2, 1], [0, 0, 0, 0]]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # bcc predicted but absent: sklearn's warning is muted
+        assert pd.balanced_accuracy(TRUE, PRED) == pytest.approx((0.75 + 0.5 + 0.5) / 3)
+    assert pd.balanced_accuracy(TRUE, TRUE) == 1.0
     with pytest.raises(ValueError, match=r"in \[0, 4\), found \[7\]"):
-        pd.confusion(TRUE, np.r_[PRED[:-1], 7], 4)
+        pd.seed_summary(TRUE, [np.r_[PRED[:-1], 7]], CLASSES, resamples=5)
+    with pytest.raises(ValueError, match="equal non-empty"):
+        pd.seed_summary(TRUE, [PRED[:-1]], CLASSES, resamples=5)
 
 
 def test_seed_summary_lists_the_classes_counted_and_leaves_the_missing_one_out():
@@ -146,7 +147,7 @@ def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_sour
             run_dir.mkdir(parents=True)
             (run_dir / "report.json").write_text(json.dumps({"task": "diagnosis"}))
         else:
-            assert command[2] == "benchmarks.score_diagnosis" and "--bootstrap=0" not in command
+            assert command[2] == protocol.EVALUATOR == "trainer.cnn.evaluate"
             source = "b" if flag["--splits"] == "all" else "a"  # b: the held-out images
             split = "test" if flag["--splits"] == "all" else None
             rows = [(sp, f"ISIC_{i}", CLASSES[t], CLASSES[(t + (rng.random() < 0.3)) % 3])
@@ -178,16 +179,18 @@ def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_sour
                           "--seeds=2", "--bootstrap=50", "--holdout_sources=a",
                           f"--flags={flags}"]) == 0
     assert commands == []
-    assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w", "--holdout_sources=a",
-                          f"--flags={flags}", "--eval_flags=--tta"]) == 1  # no TTA scorer
+    for refused in ("--tta", "--threshold=0.3", "--notta"):  # binary only: before any run
+        assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w",
+                              "--holdout_sources=a", f"--flags={flags}",
+                              f"--eval_flags={refused}"]) == 1
+    assert commands == []
 
 
-def test_the_scorer_writes_per_image_classes_that_agree_with_the_runs_own_report(tmp_path):
-    """benchmarks.score_diagnosis on a one-step diagnosis run: one row per image with a known
-    diagnosis, and the run's own report's balanced accuracy (same images, same preprocessing)."""
-    from benchmarks import score_diagnosis
+def test_the_protocol_reads_what_trainer_cnn_evaluate_writes_for_a_diagnosis_run(tmp_path):
+    """trainer.cnn.evaluate on a one-step diagnosis run: read_predictions gets one row per image
+    with a known diagnosis, classes as the run's, and the run's own balanced accuracy."""
     from tests import shard_fixtures
-    from trainer.cnn import cli, train
+    from trainer.cnn import cli, evaluation, train
 
     texts = {"train": ["nevus"] * 6 + ["melanoma"] * 5 + ["bcc"] * 3 + ["unknown"],
              "validation": ["nevus", "nevus", "mel", "melanoma", "bcc", ""],
@@ -201,19 +204,15 @@ def test_the_scorer_writes_per_image_classes_that_agree_with_the_runs_own_report
                                epochs=1, steps_per_epoch=1, seed=0, mixed_precision="off",
                                verbose=0, model="compact", task="diagnosis",
                                min_class_records=3)
-    cli.evaluate_and_export(train.train_cnn(config).model, config, bootstrap=0)
+    cli.evaluate_and_export(train.train_cnn(config).model, config, bootstrap=0, export=False)
     own = json.loads((run / "report.json").read_text())["splits"]
     out = tmp_path / "scores"
-    report = score_diagnosis.score(str(run), data, "validation,test", str(out))
-    assert {s: v["images"] for s, v in report["splits"].items()} == {"validation": 5, "test": 4}
+    evaluation.evaluate_external(str(run), data, splits="validation,test", out=str(out))
     for split in ("validation", "test"):
-        assert report["splits"][split]["balanced_accuracy"] == pytest.approx(
-            own[split]["balanced_accuracy"])
-        ids, true, _, classes = pd.read_predictions(str(out), split)
+        ids, true, predicted, classes = pd.read_predictions(str(out), split)
         assert classes == ["nevus", "melanoma", "basal_cell_carcinoma"]
-        assert len(set(ids)) == len(ids)
+        assert len(set(ids)) == len(ids) == {"validation": 5, "test": 4}[split]
         assert np.bincount(true, minlength=3).tolist() == [
             sum(row) for row in own[split]["confusion_matrix"]]
-    every = score_diagnosis.score(str(run), data, "all", str(tmp_path / "all"))
-    assert {s: v["images"] for s, v in every["splits"].items()} == {
-        "train": 14, "validation": 5, "test": 4}
+        assert pd.balanced_accuracy(true, predicted) == pytest.approx(
+            own[split]["balanced_accuracy"])
