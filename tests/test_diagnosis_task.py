@@ -220,8 +220,8 @@ def test_evaluate_scores_a_diagnosis_run_and_its_export_on_another_dataset(diagn
     assert list(exported["splits"]) == ["test"] and exported["model"]["kind"] == "export"
     assert exported["splits"]["test"]["confusion_matrix"] == own["test"]["confusion_matrix"]
 
-    for kwargs, shown in [({"threshold": 0.5}, "--threshold apply to benign/malignant"),
-                          ({"tta": True}, "--tta apply to benign/malignant"),
+    for kwargs, shown in [({"threshold": 0.5}, "only benign/malignant models take --threshold"),
+                          ({"tta": True}, "only benign/malignant models take --tta"),
                           ({"splits": "train,tset"}, "--splits")]:
         with pytest.raises(evaluation.EvaluationError, match=shown):
             evaluation.evaluate_external(str(workdir), diagnosis_dataset, out=str(tmp_path / "x"),

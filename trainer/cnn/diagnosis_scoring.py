@@ -74,8 +74,8 @@ def refuse_binary_options(model_path: str, threshold: float | None, tta: bool | 
              if value is not None]
     if given:
         raise ValueError(f"--model {model_path!r} is a diagnosis model (its class is the "
-                         f"softmax's argmax): {', '.join(given)} apply to benign/malignant "
-                         "models only")
+                         f"softmax's argmax): only benign/malignant models take "
+                         f"{', '.join(given)}")
 
 
 def select_splits(data_dir: str, image_size: int, splits: Sequence[str],

@@ -28,9 +28,9 @@ from absl import logging
 
 from trainer.core import metadata_features, metrics, report, run_folder
 
-from trainer.cnn.constants import (CLASSES_NAME, EVAL_SPLITS, EXPORT_DIR, EXTERNAL_DIR,  # noqa: F401
-                                   KERAS_NAME, PLOTS_DIR, PREDICTIONS_CSV, REPORT_JSON,
-                                   REPORT_MD, SERVING_CONFIG_NAME)
+from trainer.cnn.constants import (CLASSES_NAME, EVAL_SPLITS, EXPORT_DIR,  # noqa: F401
+                                   EXTERNAL_DIR, KERAS_NAME, PLOTS_DIR, PREDICTIONS_CSV,
+                                   REPORT_JSON, REPORT_MD, SERVING_CONFIG_NAME)
 
 REPORT_FORMAT = "isicflow.cnn_report/1"
 
@@ -557,8 +557,9 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     if len(model.inputs) > 2 or model.outputs[0].shape[-1] != 1:
         raise EvaluationError(f"--model {model_path!r}: this one has a diagnosis head without "
                               f"its classes ({CLASSES_NAME} in a run folder, 'classes' in an "
-                              f"export's {SERVING_CONFIG_NAME}) or other inputs; a benign/malignant "
-                              "model takes the image, or the image and --use_metadata's features")
+                              f"export's {SERVING_CONFIG_NAME}) or other inputs; a "
+                              "benign/malignant model takes the image, or the image and "
+                              "--use_metadata's features")
     chosen = select_splits(data_dir, image_size, splits, manifest)
     use_tta = model_info["tta"] if tta is None else bool(tta)
     if use_tta and len(model.inputs) > 1:
