@@ -42,12 +42,13 @@ def define_flags() -> None:
                         "(model.keras + serving_config.json).")
     flags.DEFINE_string("data_dir", None, "A dataset written by beam_jobs.preprocess "
                         "(manifest.json).")
-    flags.DEFINE_string("splits", "all", "'all' (every split with benign/malignant records) or a "
-                        "comma list of train,validation,test.")
+    flags.DEFINE_string("splits", "all", "'all' (every split with records the model scores: "
+                        "benign/malignant, or a known diagnosis) or a comma list of "
+                        "train,validation,test.")
     flags.DEFINE_string("output", None, "Folder for the report; default "
                         "<model>/external/<dataset name>.")
     flags.DEFINE_bool("tta", None, "Test-time augmentation (8 flips/rot90s averaged); unset = as "
-                      "the export recorded it (off for a run folder).")
+                      "the export recorded it (off for a run folder). Binary models only.")
     flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1)
     flags.DEFINE_integer("image_size", None, "Dataset size to read; default (and only allowed "
                          "value) the model's input size.")
@@ -57,7 +58,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("calibration_bins", 10, "Equal-width bins of the calibration error and "
                          "reliability diagram.", lower_bound=1)
     flags.DEFINE_float("threshold", None, "Use this threshold instead of the one the model "
-                       "recorded (said so in the report), in [0, 1].", lower_bound=0.0,
+                       "recorded (said so in the report), in [0, 1]. Binary models only.",
+                       lower_bound=0.0,
                        upper_bound=1.0)
     flags.mark_flags_as_required(["model", "data_dir"])
 
