@@ -22,6 +22,14 @@ rest); --holdout_sources=none trains on every source and scores its own test spl
 RUN/protocol-<flags>/ beside the plain ones; with --runs_from=W the models (and datasets) of
 another protocol workdir W are scored, nothing is trained, and this workdir holds the table:
 an evaluation-time lever measured on the very models of its baseline.
+
+The diagnosis task (--flags="--task=diagnosis ..."): a source needs images of >= 2 known
+diagnoses to be held out, each run is scored by the same trainer.cnn.evaluate (its diagnosis
+branch, per-image class predictions) into the same folders, and the table gives balanced
+multi-class accuracy (benchmarks.protocol_diagnosis) instead of AUC; the binary-only
+evaluation flags (--tta, --threshold) are refused before anything runs. The task is read from
+each trained run's report.json (its flags only to plan the held-out sources before any run
+exists).
 """
 from __future__ import annotations
 
@@ -35,12 +43,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks import common as bench_common
+from benchmarks import common as bench_common, protocol_diagnosis
 from trainer.core import metrics
 
 ENGINE = "beam_jobs.preprocess"
 TRAINER = "trainer.cnn"
-EVALUATOR = "trainer.cnn.evaluate"
+EVALUATOR = "trainer.cnn.evaluate"  # both tasks
+TASKS = ("binary", "diagnosis")
 REPORT = "report.json"
 PREDICTIONS = "predictions.csv"
 
@@ -73,8 +82,54 @@ def sources_of(manifest: dict) -> dict[str, dict[str, int]]:
     return dict(sorted(found.items()))
 
 
-def holdout_plan(sources: dict[str, dict[str, int]], wanted: str) -> tuple[list[str], dict]:
-    """(held-out sources, {source: why skipped}). A source needs both labels to have an AUC."""
+def diagnoses_of(manifest: dict) -> dict[str, dict[str, int]]:
+    """{source: {diagnosis: images}} from the manifest's per-split/label/diagnosis/source rows."""
+    found: dict[str, dict[str, int]] = {}
+    for row in manifest["counts"].get("per_split_label_diagnosis_source", []):
+        source = row.get("source_collection") or ""
+        if source:
+            counts = found.setdefault(source, {})
+            diagnosis = row.get("diagnosis") or ""
+            counts[diagnosis] = counts.get(diagnosis, 0) + int(row["count"])
+    return dict(sorted(found.items()))
+
+
+def planned_task(base: str, flags: Sequence[str]) -> str:
+    """The --task the runs will train with: the last one in the flagfile then --flags
+    ("binary", trainer.cnn's default, when none). Only for planning before a run exists."""
+    with open(base, encoding="utf-8") as f:
+        words = [w for line in f for w in line.split()] + list(flags)
+    tasks = [w.split("=", 1)[1] for w in words if w.startswith("--task=")]
+    task = tasks[-1] if tasks else "binary"
+    if task not in TASKS:
+        raise ProtocolError(f"--task={task}: the protocol scores {list(TASKS)}")
+    return task
+
+
+def run_task(run: str) -> str:
+    """The task a trained run recorded in its report.json ("task", else its config's)."""
+    report = read_json(os.path.join(run, REPORT))
+    return report.get("task") or report.get("config", {}).get("task", "binary")
+
+
+def refuse_binary_eval_flags(eval_flags: Sequence[str]) -> None:
+    """ProtocolError before anything runs for an evaluation flag a diagnosis model refuses
+    (trainer.cnn.diagnosis_scoring.BINARY_ONLY_FLAGS, also as --noNAME)."""
+    from trainer.cnn.diagnosis_scoring import BINARY_ONLY_FLAGS
+
+    names = [f.lstrip("-").split("=", 1)[0] for f in eval_flags]
+    refused = [f for f, n in zip(eval_flags, names)
+               if n in BINARY_ONLY_FLAGS or (n.startswith("no") and n[2:] in BINARY_ONLY_FLAGS)]
+    if refused:
+        raise ProtocolError(f"--eval_flags: {refused} apply to benign/malignant models only; "
+                            "the diagnosis task's predicted class is the softmax's argmax")
+
+
+def holdout_plan(sources: dict[str, dict[str, int]], wanted: str,
+                 diagnoses: dict[str, dict[str, int]] | None = None) -> tuple[list[str], dict]:
+    """(held-out sources, {source: why skipped}). A source needs both labels to have an AUC;
+    with diagnoses ({source: {diagnosis: images}}, the diagnosis task) >= 2 known diagnoses
+    for a balanced accuracy instead."""
     if wanted == "none":
         return [], {}
     names = list(sources) if wanted == "all" else [s.strip() for s in wanted.split(",") if s]
@@ -82,8 +137,11 @@ def holdout_plan(sources: dict[str, dict[str, int]], wanted: str) -> tuple[list[
     if unknown:
         raise ProtocolError(f"--holdout_sources: {unknown} not in the download; its sources "
                             f"are {sorted(sources)}")
-    skipped = {n: f"only {sorted(sources[n])} images: no AUC" for n in names
-               if min(sources[n].get("benign", 0), sources[n].get("malignant", 0)) == 0}
+    if diagnoses is not None:
+        skipped = protocol_diagnosis.enough_classes({n: diagnoses.get(n, {}) for n in names})
+    else:
+        skipped = {n: f"only {sorted(sources[n])} images: no AUC" for n in names
+                   if min(sources[n].get("benign", 0), sources[n].get("malignant", 0)) == 0}
     return [n for n in names if n not in skipped], skipped
 
 
@@ -121,7 +179,8 @@ def seed_list(result: dict) -> range:
     return range(first, first + result["seeds"])
 
 
-def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None) -> None:
+def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None,
+                     task: str) -> None:
     if not os.path.exists(os.path.join(run, REPORT)):
         if args.runs_from:
             raise ProtocolError(f"--runs_from={args.runs_from}: {run} holds no trained run "
@@ -130,6 +189,9 @@ def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None) 
         _run([sys.executable, "-m", TRAINER, f"--flagfile={args.base}", f"--data_dir={data}",
               f"--workdir={run}", f"--seed={seed}", f"--image_size={args.image_size}",
               "--export=false", "--keras_verbose=2", *args.flags.split()], f"{run}.log")
+    if run_task(run) != task:
+        raise ProtocolError(f"{run} trained the {run_task(run)} task, the protocol's flags say "
+                            f"{task}: use another --workdir")
     scored = [("in_source", data, "validation,test")]
     if heldout:
         scored.append(("heldout", heldout, "all"))
@@ -138,9 +200,9 @@ def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None) 
         output = os.path.join(run, scores_folder(eval_flags), name)
         if not os.path.exists(os.path.join(output, PREDICTIONS)):
             os.makedirs(os.path.dirname(output), exist_ok=True)
-            _run([sys.executable, "-m", EVALUATOR, f"--model={run}", f"--data_dir={data_dir}",
-                  f"--splits={splits}", f"--output={output}", "--bootstrap=0", *eval_flags],
-                 f"{output}.log")
+            _run([sys.executable, "-m", EVALUATOR, f"--model={run}",
+                  f"--data_dir={data_dir}", f"--splits={splits}", f"--output={output}",
+                  "--bootstrap=0", *eval_flags], f"{output}.log")
 
 
 def read_scores(output: str, split: str | None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -165,8 +227,15 @@ def scores_of_runs(outputs: Sequence[str], split: str | None
     return labels, [s[1] for s in scored], [s[2] for s in scored]
 
 
-def pooled(outputs: Sequence[str], split: str | None, resamples: int) -> dict[str, Any]:
-    """seed_summary over the runs' scores of the same images."""
+def pooled(outputs: Sequence[str], split: str | None, resamples: int,
+           task: str = "binary") -> dict[str, Any]:
+    """seed_summary over the runs' scores of the same images (the diagnosis task's:
+    protocol_diagnosis.pooled)."""
+    if task == "diagnosis":
+        try:
+            return protocol_diagnosis.pooled(outputs, split, resamples)
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
     labels, scores, thresholds = scores_of_runs(outputs, split)
     return metrics.seed_summary(labels, scores, thresholds, resamples=resamples)
 
@@ -178,6 +247,8 @@ def _cell(summary: dict, metric: str) -> str:
 
 def markdown(result: dict) -> str:
     seeds = ", ".join(map(str, seed_list(result)))
+    if result.get("task") == "diagnosis":
+        return protocol_diagnosis.markdown(result, seeds)
     lines = [f"Base `{result['base']}` {' '.join(result['flags'])}, {result['image_size']} px, "
              f"seeds {seeds}. Each cell: mean ± sd over seeds [pooled 95% interval, "
              "bootstrap over images paired across seeds]; sensitivity/specificity at each "
@@ -251,8 +322,13 @@ def run(args: argparse.Namespace) -> int:
     trained = args.runs_from or args.workdir
     data = os.path.join(trained, "data")
     everything = _engine(args, os.path.join(data, "all"), [])
-    sources = sources_of(read_json(os.path.join(everything, "manifest.json")))
-    heldout, skipped = holdout_plan(sources, args.holdout_sources)
+    manifest = read_json(os.path.join(everything, "manifest.json"))
+    sources = sources_of(manifest)
+    task = planned_task(args.base, args.flags.split())
+    if task == "diagnosis":
+        refuse_binary_eval_flags(args.eval_flags.split())
+    heldout, skipped = holdout_plan(sources, args.holdout_sources,
+                                    diagnoses_of(manifest) if task == "diagnosis" else None)
     plan = {s: (_engine(args, os.path.join(data, f"without_{s}"), [s]),
                 _engine(args, os.path.join(data, f"only_{s}"),
                         [o for o in sources if o != s])) for s in heldout}
@@ -263,20 +339,23 @@ def run(args: argparse.Namespace) -> int:
         seeds = seed_list({"first_seed": args.first_seed, "seeds": args.seeds})
         runs = [os.path.join(trained, "runs", source, f"seed_{k}") for k in seeds]
         for k, run in zip(seeds, runs):
-            _train_and_score(args, run, k, train_data, heldout_data)
+            _train_and_score(args, run, k, train_data, heldout_data, task)
         folder = scores_folder(args.eval_flags.split())
         scored = lambda name: [os.path.join(r, folder, name) for r in runs]  # noqa: E731
         rows[source] = {"in_source_validation": pooled(scored("in_source"), "validation",
-                                                       args.bootstrap),
-                        "in_source_test": pooled(scored("in_source"), "test", args.bootstrap)}
+                                                       args.bootstrap, task),
+                        "in_source_test": pooled(scored("in_source"), "test", args.bootstrap,
+                                                 task)}
         if heldout_data:
-            rows[source]["heldout"] = pooled(scored("heldout"), None, args.bootstrap)
-        print(f"{source}: {_cell(rows[source]['in_source_validation'], 'auc')} in source, "
-              + (f"{_cell(rows[source]['heldout'], 'auc')} held out" if heldout_data else ""),
+            rows[source]["heldout"] = pooled(scored("heldout"), None, args.bootstrap, task)
+        headline = (protocol_diagnosis.cell if task == "diagnosis"
+                    else lambda summary: _cell(summary, "auc"))
+        print(f"{source}: {headline(rows[source]['in_source_validation'])} in source, "
+              + (f"{headline(rows[source]['heldout'])} held out" if heldout_data else ""),
               flush=True)
     result = {"base": args.base, "flags": args.flags.split(), "engine_flags":
               args.engine_flags.split(), "image_size": args.image_size, "seeds": args.seeds,
-              "first_seed": args.first_seed,
+              "first_seed": args.first_seed, "task": task,
               "sources": sources, "skipped": skipped, "rows": rows,
               "eval_flags": args.eval_flags.split(), "scores_folder": folder,
               "runs_from": os.path.abspath(args.runs_from) if args.runs_from else ""}

@@ -177,3 +177,52 @@ def test_monitor_val_balanced_accuracy_trains_and_keeps_its_best(diagnosis_datas
         batch_size=8, epochs=2, steps_per_epoch=1, seed=0, mixed_precision="off", verbose=0,
         task="diagnosis", min_class_records=3, monitor="val_balanced_accuracy"))
     assert all(0.0 <= e["val_balanced_accuracy"] <= 1.0 for e in result.history)
+
+
+def test_evaluate_scores_a_diagnosis_run_and_its_export_on_another_dataset(diagnosis_dataset,
+                                                                          tmp_path):
+    """trainer.cnn.evaluate's diagnosis branch: the run's own classes and preprocessing, so
+    its figures on the run's data equal the run's own report; the export scores the same."""
+    from trainer.cnn import evaluation
+
+    workdir = tmp_path / "run"
+    config = train.TrainConfig(data_dir=diagnosis_dataset, workdir=str(workdir), image_size=SIZE,
+                               batch_size=8, epochs=1, steps_per_epoch=1, seed=0,
+                               mixed_precision="off", verbose=0, model="compact",
+                               task="diagnosis", min_class_records=3)
+    done = cli.evaluate_and_export(train.train_cnn(config).model, config, bootstrap=0)
+    own = json.loads((workdir / "report.json").read_text())["splits"]
+    out = tmp_path / "scores"
+    result = evaluation.evaluate_external(str(workdir), diagnosis_dataset, splits="all",
+                                          out=str(out))
+    assert result["task"] == "diagnosis" and result["classes"] == ["nevus", "melanoma", "other"]
+    assert list(result["splits"]) == ["train", "validation", "test", "all"]
+    assert result["excluded_unknown"] == {"train": 3, "validation": 1, "test": 1}
+    for split in ("validation", "test"):
+        assert result["splits"][split]["balanced_accuracy"] == pytest.approx(
+            own[split]["balanced_accuracy"])
+        for key in ("n", "per_class_recall", "support", "confusion_matrix"):
+            assert result["splits"][split][key] == own[split][key]
+    assert result["splits"]["all"]["n"] == 17 + 5 + 5  # train: 20 records, 3 unknown
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "split,image_id,label,predicted,p_nevus,p_melanoma,p_other"
+    assert len(rows) == 1 + 27 and len({r.split(",")[1] for r in rows[1:]}) == 27
+    first = rows[1].split(",")
+    assert first[2] in result["classes"] and sum(map(float, first[4:])) == pytest.approx(1.0)
+    assert first[3] == result["classes"][int(np.argmax([float(v) for v in first[4:]]))]
+    assert json.loads((out / "report.json").read_text())["classes"] == result["classes"]
+    assert "Balanced accuracy" in (out / "report.md").read_text()
+    assert (out / "plots" / "confusion.png").is_file()
+
+    export_dir = done["export"]["export_dir"]
+    exported = evaluation.evaluate_external(export_dir, diagnosis_dataset, splits="test",
+                                            out=str(tmp_path / "export_scores"))
+    assert list(exported["splits"]) == ["test"] and exported["model"]["kind"] == "export"
+    assert exported["splits"]["test"]["confusion_matrix"] == own["test"]["confusion_matrix"]
+
+    for kwargs, shown in [({"threshold": 0.5}, "only benign/malignant models take --threshold"),
+                          ({"tta": True}, "only benign/malignant models take --tta"),
+                          ({"splits": "train,tset"}, "--splits")]:
+        with pytest.raises(evaluation.EvaluationError, match=shown):
+            evaluation.evaluate_external(str(workdir), diagnosis_dataset, out=str(tmp_path / "x"),
+                                         **kwargs)

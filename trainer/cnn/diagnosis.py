@@ -160,10 +160,13 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                  drop_remainder: bool = False, as_uint8: bool = False,
                  use_metadata: bool = False, augmentation: str = "study",
                  manifest: Mapping[str, Any] | None = None,
-                 metadata_encoding: int = metadata_features.ENCODING_VERSION):
+                 metadata_encoding: int = metadata_features.ENCODING_VERSION,
+                 image_ids: bool = False):
     """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
     split's records in the task; the binary pipeline's reading, parse, decode, augmentation.
-    use_metadata: the input is (images, metadata features by encoding metadata_encoding)."""
+    use_metadata: the input is (images, metadata features by encoding metadata_encoding).
+    image_ids: the second element is (class index, image_id string [B]), for per-image
+    predictions."""
     import tensorflow as tf
 
     from isicflow import schema
@@ -182,14 +185,16 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                                             tf.constant([class_of(mapping, k) for k in keys],
                                                         tf.int32)), default_value=-1)
     spec = schema.feature_spec(("image_encoded", "image_format", "height", "width",
-                                "diagnosis") + (ip.METADATA_INPUT_FIELDS if use_metadata else ()))
+                                "diagnosis") + (ip.METADATA_INPUT_FIELDS if use_metadata else ())
+                               + (("image_id",) if image_ids else ()))
 
     def parse(serialized):
         record = tf.io.parse_single_example(serialized, spec)
         image = ip.decode_record(record, image_size)
         if use_metadata:
             image = (image, metadata_features.encode_record(record, metadata_encoding))
-        return image, table.lookup(record["diagnosis"])
+        label = table.lookup(record["diagnosis"])
+        return image, ((label, record["image_id"]) if image_ids else label)
 
     records = ip.shard_records(paths, manifest, shuffle_seed=seed if training else None,
                                deterministic=True if not training else None)
@@ -197,14 +202,15 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     if training and not cache:
         records = records.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
     ds = records.map(parse, num_parallel_calls=ip.AUTOTUNE)
-    ds = ds.filter(lambda image, label: label >= 0)
+    ds = ds.filter(lambda image, label: (label[0] if image_ids else label) >= 0)
     # the count is known: Keras then knows the epoch length (as the binary pipeline)
     ds = ds.apply(tf.data.experimental.assert_cardinality(
         sum(n for k, n in raw.items() if class_of(mapping, k) >= 0)))
     if cache == "memory":
         ds = ds.cache()
     elif cache:
-        suffix = f"-metadata{metadata_encoding}" if use_metadata else ""  # other features
+        suffix = (f"-metadata{metadata_encoding}" if use_metadata else "") + (  # other features
+            "-ids" if image_ids else "")
         ds = ds.cache(f"{cache}-{image_size}-{split}-diagnosis{suffix}-{ip._digest(manifest)}")
     if training and cache:
         ds = ds.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
@@ -277,14 +283,28 @@ def predict_split(model, data_dir: str, split: str, image_size: int, mapping,
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(class indices int64 [N], probabilities float64 [N, K]) of one split, deterministic;
     metadata_encoding: the run's (metadata_features.run_encoding)."""
+    cols = predict_split_columns(model, data_dir, split, image_size, mapping, batch_size,
+                                 use_metadata, manifest, metadata_encoding)
+    return cols["label"], cols["probabilities"]
+
+
+def predict_split_columns(model, data_dir: str, split: str, image_size: int, mapping,
+                          batch_size: int = 32, use_metadata: bool = False,
+                          manifest: Mapping[str, Any] | None = None,
+                          metadata_encoding: int = metadata_features.ENCODING_VERSION
+                          ) -> dict[str, Any]:
+    """predict_split with each record's image id: {"image_id": [str], "label": int64 [N],
+    "probabilities": float64 [N, K]}, in the split's (deterministic) record order."""
     ds = make_dataset(data_dir, split, mapping, image_size=image_size, batch_size=batch_size,
                       training=False, deterministic=True, use_metadata=use_metadata,
-                      manifest=manifest, metadata_encoding=metadata_encoding)
-    labels, probs = [], []
-    for images, y in ds:
+                      manifest=manifest, metadata_encoding=metadata_encoding, image_ids=True)
+    ids, labels, probs = [], [], []
+    for images, (y, image_id) in ds:
         probs.append(np.asarray(model(images, training=False), np.float64))
         labels.append(np.asarray(y).astype(np.int64))
-    return np.concatenate(labels), np.concatenate(probs)
+        ids += [v.decode("utf-8") for v in image_id.numpy()]
+    return {"image_id": ids, "label": np.concatenate(labels),
+            "probabilities": np.concatenate(probs)}
 
 
 def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
@@ -327,6 +347,21 @@ def plot_confusion(splits: Mapping[str, Mapping[str, Any]], classes: Sequence[st
     return path
 
 
+def split_lines(splits: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> list[str]:
+    """report.md's section per split (split_metrics): balanced accuracy, accuracy, and per
+    class its support and recall."""
+    lines = []
+    for split, m in splits.items():
+        lines += [f"## {split} ({m['n']} records)", "",
+                  f"Balanced accuracy: {m['balanced_accuracy']:.3f}; accuracy "
+                  f"{m['accuracy']:.3f}", "", "| class | support | recall |", "|---|---|---|"]
+        for c in classes:
+            r = m["per_class_recall"][c]
+            lines.append(f"| {c} | {m['support'][c]} | {'n/a' if r is None else f'{r:.3f}'} |")
+        lines.append("")
+    return lines
+
+
 def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, config: dict,
                         batch_size: int = 32, manifest: Mapping[str, Any] | None = None
                         ) -> dict[str, Any]:
@@ -367,14 +402,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
              + ", ".join(classes), "",
              "Excluded (unknown diagnosis): " + ", ".join(
                  f"{s} {n}" for s, n in payload["excluded_unknown"].items()), ""]
-    for split, m in splits.items():
-        lines += [f"## {split} ({m['n']} records)", "",
-                  f"Balanced accuracy: {m['balanced_accuracy']:.3f}; accuracy "
-                  f"{m['accuracy']:.3f}", "", "| class | support | recall |", "|---|---|---|"]
-        for c in classes:
-            r = m["per_class_recall"][c]
-            lines.append(f"| {c} | {m['support'][c]} | {'n/a' if r is None else f'{r:.3f}'} |")
-        lines.append("")
+    lines += split_lines(splits, classes)
     if plots:
         lines += ["![confusion matrices](plots/confusion.png)", ""]
     with open(os.path.join(workdir, REPORT_MD), "w", encoding="utf-8") as f:

@@ -14,8 +14,17 @@ as the export recorded it; off for a run folder).
 
 Writes report.json, report.md, predictions.csv (split, image_id, label, probability,
 predicted) and plots/{roc,pr,confusion,reliability}.png (trainer.cnn.evaluation.evaluate_external).
+
+A diagnosis model (--task=diagnosis: a run folder with classes.json, or its export) is scored
+on its own classes (trainer.cnn.diagnosis_scoring): per split balanced accuracy, accuracy,
+per-class recall and support, the confusion matrix; predictions.csv has split, image_id, label,
+predicted (class names) and p_<class> per class; plots/confusion.png. 'all' splits are those
+holding records of a known diagnosis. --threshold and --tta are refused for it (they are
+binary settings); --bootstrap, --seed and --calibration_bins do not apply.
+
 Exit code 0 when written, 2 with one line on stderr when it cannot run (missing model, a model
-of another kind, dataset without manifest, missing image size, empty or unknown splits).
+of another kind, dataset without manifest, missing image size, empty or unknown splits, a
+binary-only flag for a diagnosis model).
 """
 from __future__ import annotations
 
@@ -33,12 +42,13 @@ def define_flags() -> None:
                         "(model.keras + serving_config.json).")
     flags.DEFINE_string("data_dir", None, "A dataset written by beam_jobs.preprocess "
                         "(manifest.json).")
-    flags.DEFINE_string("splits", "all", "'all' (every split with benign/malignant records) or a "
-                        "comma list of train,validation,test.")
+    flags.DEFINE_string("splits", "all", "'all' (every split with records the model scores: "
+                        "benign/malignant, or a known diagnosis) or a comma list of "
+                        "train,validation,test.")
     flags.DEFINE_string("output", None, "Folder for the report; default "
                         "<model>/external/<dataset name>.")
     flags.DEFINE_bool("tta", None, "Test-time augmentation (8 flips/rot90s averaged); unset = as "
-                      "the export recorded it (off for a run folder).")
+                      "the export recorded it (off for a run folder). Binary models only.")
     flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1)
     flags.DEFINE_integer("image_size", None, "Dataset size to read; default (and only allowed "
                          "value) the model's input size.")
@@ -48,7 +58,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("calibration_bins", 10, "Equal-width bins of the calibration error and "
                          "reliability diagram.", lower_bound=1)
     flags.DEFINE_float("threshold", None, "Use this threshold instead of the one the model "
-                       "recorded (said so in the report), in [0, 1].", lower_bound=0.0,
+                       "recorded (said so in the report), in [0, 1]. Binary models only.",
+                       lower_bound=0.0,
                        upper_bound=1.0)
     flags.mark_flags_as_required(["model", "data_dir"])
 
@@ -65,7 +76,10 @@ def main(argv: Sequence[str]) -> int:
     except (evaluation.EvaluationError, FileNotFoundError) as e:
         program.fail(str(e))
     for split, values in result["splits"].items():
-        if values.get("cases"):
+        if result.get("task") == "diagnosis":
+            print(f"{split}: {values['n']} images, balanced accuracy "
+                  f"{values['balanced_accuracy']:.4f}, accuracy {values['accuracy']:.4f}")
+        elif values.get("cases"):
             print(f"{split}: {values['cases']} cases, auc {values['auc']:.4f}, sensitivity "
                   f"{values['sensitivity']:.4f}, specificity {values['specificity']:.4f} at "
                   f"threshold {result['threshold']['threshold']:.4f}")

@@ -10,7 +10,10 @@ Writes into the run directory (workdir):
 
 External evaluation (python -m trainer.cnn.evaluate) goes through evaluate_external below: the same
 split_report, bootstrap, plots and writers, at the threshold the training run recorded, plus
-calibration, a per-group breakdown and the per-image predictions CSV.
+calibration, a per-group breakdown and the per-image predictions CSV. A diagnosis model (a run
+folder with classes.json, or an export whose serving config has task "diagnosis") is resolved
+and loaded here too, then scored by trainer.cnn.diagnosis_scoring (balanced accuracy, per-class
+recall, confusion matrix; no threshold, TTA, bootstrap or breakdown).
 """
 from __future__ import annotations
 
@@ -25,9 +28,9 @@ from absl import logging
 
 from trainer.core import metadata_features, metrics, report, run_folder
 
-from trainer.cnn.constants import (EVAL_SPLITS, EXPORT_DIR, EXTERNAL_DIR,  # noqa: F401
-                                   KERAS_NAME, PLOTS_DIR, PREDICTIONS_CSV, REPORT_JSON,
-                                   REPORT_MD, SERVING_CONFIG_NAME)
+from trainer.cnn.constants import (CLASSES_NAME, EVAL_SPLITS, EXPORT_DIR,  # noqa: F401
+                                   EXTERNAL_DIR, KERAS_NAME, PLOTS_DIR, PREDICTIONS_CSV,
+                                   REPORT_JSON, REPORT_MD, SERVING_CONFIG_NAME)
 
 REPORT_FORMAT = "isicflow.cnn_report/1"
 
@@ -310,13 +313,15 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
     """What --model points at: a run folder (model.keras + report.json's threshold, else its
     export's serving_config.json) or an export folder (model.keras + serving_config.json).
 
-    Returns {"path", "kind", "keras", "threshold": {threshold, policy, reason, source},
+    Returns {"path", "kind", "task", "keras", "threshold": {threshold, policy, reason, source},
     "tta" (the export's setting, or the run's report.json "tta"), "image_size" (export only),
     "metadata_encoding" (what a --use_metadata model was trained with: report.json's config,
-    else the serving config's metadata; none recorded = version 1, metadata_features)}.
+    else the serving config's metadata; none recorded = version 1, metadata_features),
+    "mapping" (a diagnosis model's classes, trainer.cnn.diagnosis_scoring; else None)}.
     The threshold is the one the training run chose on its own validation split; a folder
     recording none is an error (never a threshold re-chosen on the scored data) unless
-    threshold_override gives one explicitly.
+    threshold_override gives one explicitly. A diagnosis model has none (threshold and tta
+    None) and refuses threshold_override.
     """
     if not os.path.isdir(path):
         raise EvaluationError(f"--model {path!r}: no such folder (want a run folder or an export folder)")
@@ -327,13 +332,23 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
     config_path = os.path.join(path, SERVING_CONFIG_NAME)
     report_path = os.path.join(path, REPORT_JSON)
     kind = "export" if os.path.isfile(config_path) else "run"
+    from trainer.cnn import diagnosis_scoring
+
+    try:
+        mapping = diagnosis_scoring.mapping_of_folder(path)
+        if mapping is not None:
+            diagnosis_scoring.refuse_binary_options(path, threshold_override, None)
+    except ValueError as e:
+        raise EvaluationError(str(e)) from None
     # Each file read once: the run's report.json, and the serving config (the export's own, or
     # the run's export/ one as the threshold's fallback).
     report = _read_json(report_path) if kind == "run" and os.path.isfile(report_path) else None
     config_file = config_path if kind == "export" else os.path.join(
         path, EXPORT_DIR, SERVING_CONFIG_NAME)
     serving = _read_json(config_file) if os.path.isfile(config_file) else {}
-    if threshold_override is not None:
+    if mapping is not None:
+        threshold = None
+    elif threshold_override is not None:
         threshold = {"threshold": float(threshold_override), "policy": "given",
                      "reason": "given on the command line (--threshold)", "source": "--threshold"}
     elif report is not None:
@@ -351,7 +366,9 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
         threshold = {"threshold": float(value), "policy": "recorded",
                      "reason": f"as exported ({serving.get('threshold_source', 'source not recorded')})",
                      "source": config_file}
-    if kind == "run":  # what training evaluated with (a report written before TTA: none)
+    if mapping is not None:
+        tta = None
+    elif kind == "run":  # what training evaluated with (a report written before TTA: none)
         tta = bool((report or {}).get("tta", False))
     else:
         tta = bool(serving.get("tta", False))
@@ -362,7 +379,7 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
     except ValueError as e:
         raise EvaluationError(f"--model {path!r}: {e}") from None
     return {"path": os.path.abspath(path), "kind": kind, "keras": keras_path, "threshold": threshold,
-            "tta": tta,
+            "tta": tta, "task": "binary" if mapping is None else "diagnosis", "mapping": mapping,
             "image_size": serving.get("image_size") if kind == "export" else None,
             "metadata_encoding": encoding}
 
@@ -391,6 +408,14 @@ def read_dataset_manifest(data_dir: str) -> dict[str, Any]:
         raise EvaluationError(str(e)) from None
 
 
+def check_image_size(data_dir: str, image_size: int, manifest: Mapping[str, Any]) -> None:
+    """EvaluationError naming the sizes the dataset has when it lacks image_size."""
+    if str(image_size) not in manifest.get("datasets", {}):
+        sizes = sorted(int(k) for k in manifest.get("datasets", {}))
+        raise EvaluationError(f"{data_dir}: no {image_size}px images (the model's input size); "
+                              f"the dataset has sizes {sizes}")
+
+
 def select_splits(data_dir: str, image_size: int, splits: str,
                   manifest: Mapping[str, Any] | None = None) -> list[str]:
     """'all' -> every split holding benign/malignant records at image_size; else the named ones,
@@ -399,10 +424,7 @@ def select_splits(data_dir: str, image_size: int, splits: str,
 
     if manifest is None:
         manifest = read_dataset_manifest(data_dir)
-    sizes = sorted(int(k) for k in manifest.get("datasets", {}))
-    if str(image_size) not in manifest.get("datasets", {}):
-        raise EvaluationError(f"{data_dir}: no {image_size}px images (the model's input size); "
-                              f"the dataset has sizes {sizes}")
+    check_image_size(data_dir, image_size, manifest)
     have = {s: reader.count_records(dataset_lib.split_info(manifest, image_size, s), "binary")
             for s in dataset_lib.SPLITS if s in manifest["datasets"][str(image_size)]}
     if splits.strip() == "all":
@@ -493,6 +515,8 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     (default <model>/external/<dataset folder name>): report.json, report.md, predictions.csv,
     plots/{roc,pr,confusion,reliability}.png. Returns the report dict. EvaluationError (a
     ValueError) for a missing model, a dataset without manifest, a missing size, empty splits.
+    A diagnosis model goes to trainer.cnn.diagnosis_scoring.evaluate_external (the same files,
+    its own columns and metrics); threshold or tta given for one is an EvaluationError.
     """
     if bootstrap < 0 or batch_size < 1 or calibration_bins < 1:
         raise EvaluationError(f"need bootstrap >= 0, batch_size >= 1, calibration bins >= 1; got "
@@ -510,23 +534,38 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
         raise EvaluationError(f"--model {model_path!r}: {model_info['keras']} cannot be loaded "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                               ) from None
-    if len(model.inputs) > 2 or model.outputs[0].shape[-1] != 1:
-        raise EvaluationError(f"--model {model_path!r}: external evaluation scores benign/malignant "
-                              "models (the image, or the image and --use_metadata's features); "
-                              "this one has a diagnosis head or other inputs (--task=diagnosis "
-                              "runs report on their own data only)")
     model_size = int(model.inputs[0].shape[1])
     image_size = int(image_size or model_size)
     if image_size != model_size:
         raise EvaluationError(f"--image_size {image_size} differs from the model's input size {model_size}")
+    dataset_name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
+    out = out or os.path.join(model_path, EXTERNAL_DIR, dataset_name)
+    if model_info["task"] == "diagnosis":
+        from trainer.cnn import diagnosis_scoring
+
+        check_image_size(data_dir, image_size, manifest)
+        try:
+            diagnosis_scoring.refuse_binary_options(model_path, threshold, tta)
+            diagnosis_scoring.check_outputs(model, model_info)
+            chosen, excluded = diagnosis_scoring.select_splits(
+                data_dir, image_size, split_names(splits), model_info["mapping"], manifest)
+        except ValueError as e:
+            raise EvaluationError(str(e)) from None
+        return diagnosis_scoring.evaluate_external(
+            model, model_info, data_dir, manifest, splits=chosen, excluded=excluded, out=out,
+            image_size=image_size, batch_size=batch_size)
+    if len(model.inputs) > 2 or model.outputs[0].shape[-1] != 1:
+        raise EvaluationError(f"--model {model_path!r}: this one has a diagnosis head without "
+                              f"its classes ({CLASSES_NAME} in a run folder, 'classes' in an "
+                              f"export's {SERVING_CONFIG_NAME}) or other inputs; a "
+                              "benign/malignant model takes the image, or the image and "
+                              "--use_metadata's features")
     chosen = select_splits(data_dir, image_size, splits, manifest)
     use_tta = model_info["tta"] if tta is None else bool(tta)
     if use_tta and len(model.inputs) > 1:
         raise EvaluationError(f"--model {model_path!r} takes metadata: --tta is not supported "
                               "with --use_metadata models")
     t = model_info["threshold"]["threshold"]
-    dataset_name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
-    out = out or os.path.join(model_path, EXTERNAL_DIR, dataset_name)
     os.makedirs(out, exist_ok=True)
 
     per_split = {split: predict_split_with_metadata(model, data_dir, split, image_size,

@@ -1,0 +1,218 @@
+"""The protocol's diagnosis task: balanced accuracy (mean per-class recall over the classes
+present) per held-out source, the paired pooled interval, per-class recall, the summed
+confusion matrix and the table, on hand-made predictions (no model is trained)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from benchmarks import protocol, protocol_diagnosis as pd
+from trainer.core import metrics
+
+CLASSES = ["nevus", "melanoma", "bkl", "bcc"]
+TRUE = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+PRED = np.array([0, 0, 0, 1, 1, 0, 2, 2, 1, 3])
+
+
+def test_balanced_accuracy_by_hand_counts_the_classes_present_without_warning():
+    # recalls: nevus 3/4, melanoma 1/2, bkl 2/4; bcc has no true image and does not count
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # bcc predicted but absent: sklearn's warning is muted
+        assert pd.balanced_accuracy(TRUE, PRED) == pytest.approx((0.75 + 0.5 + 0.5) / 3)
+    assert pd.balanced_accuracy(TRUE, TRUE) == 1.0
+    with pytest.raises(ValueError, match=r"in \[0, 4\), found \[7\]"):
+        pd.seed_summary(TRUE, [np.r_[PRED[:-1], 7]], CLASSES, resamples=5)
+    with pytest.raises(ValueError, match="equal non-empty"):
+        pd.seed_summary(TRUE, [PRED[:-1]], CLASSES, resamples=5)
+
+
+def test_seed_summary_lists_the_classes_counted_and_leaves_the_missing_one_out():
+    other = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])  # a perfect seed
+    s = pd.seed_summary(TRUE, [PRED, other], CLASSES, resamples=200, seed=3)
+    ba = s["balanced_accuracy"]
+    assert ba["per_seed"] == pytest.approx([7 / 12, 1.0])
+    assert ba["mean"] == pytest.approx((7 / 12 + 1.0) / 2)
+    assert ba["sd"] == pytest.approx(np.std([7 / 12, 1.0], ddof=1))
+    assert s["classes_counted"] == {"nevus": 4, "melanoma": 2, "bkl": 4}
+    assert s["per_class_recall"] == pytest.approx(
+        {"nevus": 0.875, "melanoma": 0.75, "bkl": 0.75, "bcc": None})
+    assert s["confusion_summed"] == [[7, 1, 0, 0], [1, 3, 0, 0], [0, 1, 6, 1], [0, 0, 0, 0]]
+    assert s["cases"] == 10 and s["seeds"] == 2
+    with pytest.raises(ValueError, match=">= 2 classes"):
+        pd.seed_summary(np.zeros(5, int), [np.zeros(5, int)], CLASSES, resamples=5)
+
+
+def test_the_pooled_interval_is_paired_across_seeds_and_holds_the_mean():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 4, 500)
+    seeds = [np.where(rng.random(500) < 0.7, true, rng.integers(0, 4, 500)) for _ in range(3)]
+    s = pd.seed_summary(true, seeds, CLASSES, resamples=300, seed=5)
+    low, high = s["balanced_accuracy"]["pooled_ci"]
+    assert low < s["balanced_accuracy"]["mean"] < high and high - low < 0.12
+    # the same draws of image indices for every seed: the mean over seeds of each draw
+    draws, _ = metrics.case_bootstrap(
+        true, lambda idx: np.mean([balanced_accuracy_score(true[idx], p[idx]) for p in seeds]),
+        resamples=300, seed=5)
+    assert [low, high] == pytest.approx(metrics.percentile_interval(draws, 0.95))
+
+
+def _write_scores(folder, rows, classes=CLASSES):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps({"task": "diagnosis", "classes": classes}))
+    lines = ["split,image_id,label,predicted"] + [",".join(r) for r in rows]
+    (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_pooled_reads_each_seeds_predictions_by_image_id(tmp_path):
+    ids = [f"ISIC_{i:07d}" for i in range(10)]
+    for k, predicted in enumerate([PRED, TRUE]):
+        rows = [("test", i, CLASSES[t], CLASSES[p]) for i, t, p in zip(ids, TRUE, predicted)]
+        _write_scores(tmp_path / f"s{k}", rows[::-1] if k else rows)  # order differs
+    _write_scores(tmp_path / "s2", [("validation", "ISIC_9", "nevus", "nevus")]
+                  + [("test", i, CLASSES[t], CLASSES[p]) for i, t, p in zip(ids, TRUE, TRUE)])
+    s = pd.pooled([str(tmp_path / "s0"), str(tmp_path / "s1")], None, 50)
+    assert s["balanced_accuracy"]["per_seed"] == pytest.approx([7 / 12, 1.0])
+    assert pd.pooled([str(tmp_path / "s2")], "test", 20)["cases"] == 10
+    with pytest.raises(ValueError, match="different images"):
+        pd.pooled([str(tmp_path / "s0"), str(tmp_path / "s2")], None, 5)
+
+
+def test_a_held_out_source_needs_two_known_diagnoses():
+    diagnoses = {"a": {"nevus": 50, "melanoma": 5}, "b": {"nevus": 30, "unknown": 4},
+                 "c": {"nevus": 0, "bcc": 3, "": 2}}
+    sources = {"a": {"benign": 50, "malignant": 5}, "b": {"benign": 34}, "c": {"benign": 5}}
+    assert protocol.holdout_plan(sources, "all", diagnoses) == (["a"], {
+        "b": "only ['nevus'] images: no balanced accuracy",
+        "c": "only ['bcc'] images: no balanced accuracy"})
+    manifest = {"counts": {"per_split_label_diagnosis_source": [
+        {"split": "train", "label": "benign", "diagnosis": "nevus", "source_collection": "a",
+         "count": 5},
+        {"split": "test", "label": "benign", "diagnosis": "nevus", "source_collection": "a",
+         "count": 2},
+        {"split": "test", "label": "malignant", "diagnosis": "bcc", "source_collection": "a",
+         "count": 1}]}}
+    assert protocol.diagnoses_of(manifest) == {"a": {"nevus": 7, "bcc": 1}}
+
+
+def test_the_task_comes_from_the_flags_only_to_plan(tmp_path):
+    base = tmp_path / "x.flags"
+    base.write_text("--epochs=1\n--task=binary\n")
+    assert protocol.planned_task(str(base), []) == "binary"
+    assert protocol.planned_task(str(base), ["--task=diagnosis"]) == "diagnosis"
+    with pytest.raises(protocol.ProtocolError, match="--task=segmentation"):
+        protocol.planned_task(str(base), ["--task=segmentation"])
+    (tmp_path / "report.json").write_text(json.dumps({"config": {"task": "binary"}}))
+    assert protocol.run_task(str(tmp_path)) == "binary"
+
+
+def test_the_diagnosis_table_gives_the_classes_recall_and_confusion():
+    s = pd.seed_summary(TRUE, [PRED, TRUE], CLASSES, resamples=50)
+    table = protocol.markdown({
+        "task": "diagnosis", "base": "configs/x.flags", "flags": ["--task=diagnosis"],
+        "image_size": 64, "seeds": 2, "rows": {"a": {"in_source_validation": s,
+                                                     "in_source_test": s, "heldout": s}},
+        "skipped": {"b": "only ['nevus'] images: no balanced accuracy"}})
+    assert f"| a | 10 | nevus 4, melanoma 2, bkl 4 | {pd.cell(s)} |" in table
+    assert "| +0.000 |" in table
+    assert "| 0.88 (4) | 0.75 (2) | 0.75 (4) | n/a |" in table
+    assert "| bkl | 0 | 1 | 6 | 1 |" in table
+    assert "| b | skipped: only ['nevus'] images: no balanced accuracy |" in table
+
+
+def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_source(
+        tmp_path, monkeypatch):
+    """The engine, trainer and scorer are faked: what the protocol asks of them and how it
+    pools what they wrote."""
+    rng = np.random.default_rng(1)
+    true = {"a": rng.integers(0, 3, 40), "b": rng.integers(0, 3, 30)}
+    commands = []
+
+    def fake_run(command, log):
+        commands.append(command)
+        flag = {w.split("=", 1)[0]: w.split("=", 1)[-1] for w in command[3:]}
+        if command[2] == protocol.ENGINE:
+            out = tmp_path / flag["--output"]
+            out.mkdir(parents=True)
+            rows = [{"split": "test", "label": "benign", "diagnosis": d, "source_collection": s,
+                     "count": 9} for s in ("a", "b", "c") for d in ("nevus", "bkl")[:1 + (s < "c")]]
+            (out / "manifest.json").write_text(json.dumps(
+                {"counts": {"per_split_label_diagnosis_source": rows}}))
+        elif command[2] == protocol.TRAINER:
+            run_dir = tmp_path / flag["--workdir"]
+            run_dir.mkdir(parents=True)
+            (run_dir / "report.json").write_text(json.dumps({"task": "diagnosis"}))
+        else:
+            assert command[2] == protocol.EVALUATOR == "trainer.cnn.evaluate"
+            source = "b" if flag["--splits"] == "all" else "a"  # b: the held-out images
+            split = "test" if flag["--splits"] == "all" else None
+            rows = [(sp, f"ISIC_{i}", CLASSES[t], CLASSES[(t + (rng.random() < 0.3)) % 3])
+                    for sp in ([split] if split else ["validation", "test"])
+                    for i, t in enumerate(true[source])]
+            _write_scores(tmp_path / flag["--output"], rows)
+
+    monkeypatch.setattr(protocol, "_run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "x.flags").write_text("--epochs=1\n")
+    flags = "--task=diagnosis --monitor=val_balanced_accuracy"
+    assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w", "--image_size=64",
+                          "--seeds=2", "--bootstrap=50", "--holdout_sources=a,c",
+                          f"--flags={flags}"]) == 0
+    result = json.loads((tmp_path / "w" / "protocol.json").read_text())
+    assert result["task"] == "diagnosis" and list(result["rows"]) == ["a"]
+    assert result["skipped"] == {"c": "only ['nevus'] images: no balanced accuracy"}
+    assert result["rows"]["a"]["heldout"]["cases"] == 30  # every image of the held-out source
+    assert result["rows"]["a"]["in_source_test"]["cases"] == 40
+    trained = [c for c in commands if c[2] == protocol.TRAINER]
+    assert trained[1][3:] == ["--flagfile=x.flags", "--data_dir=w/data/without_a",
+                              "--workdir=w/runs/a/seed_1", "--seed=1", "--image_size=64",
+                              "--export=false", "--keras_verbose=2", *flags.split()]
+    assert "balanced accuracy" in (tmp_path / "w" / "protocol.md").read_text()
+    # a second sitting reuses the runs and scores: nothing runs again
+    commands.clear()
+    assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w", "--image_size=64",
+                          "--seeds=2", "--bootstrap=50", "--holdout_sources=a",
+                          f"--flags={flags}"]) == 0
+    assert commands == []
+    for refused in ("--tta", "--threshold=0.3", "--notta"):  # binary only: before any run
+        assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w",
+                              "--holdout_sources=a", f"--flags={flags}",
+                              f"--eval_flags={refused}"]) == 1
+    assert commands == []
+
+
+def test_the_protocol_reads_what_trainer_cnn_evaluate_writes_for_a_diagnosis_run(tmp_path):
+    """trainer.cnn.evaluate on a one-step diagnosis run: read_predictions gets one row per image
+    with a known diagnosis, classes as the run's, and the run's own balanced accuracy."""
+    from tests import shard_fixtures
+    from trainer.cnn import cli, evaluation, train
+
+    texts = {"train": ["nevus"] * 6 + ["melanoma"] * 5 + ["bcc"] * 3 + ["unknown"],
+             "validation": ["nevus", "nevus", "mel", "melanoma", "bcc", ""],
+             "test": ["nevus", "melanoma", "bcc", "bcc"]}
+    data = shard_fixtures.write_tiny_dataset(tmp_path / "data", {
+        split: [(img, "malignant" if "mel" in t else "benign", {"diagnosis": t})
+                for (img, _), t in zip(shard_fixtures.random_images(len(ts), 48, seed=i), ts)]
+        for i, (split, ts) in enumerate(texts.items())}, 32)
+    run = tmp_path / "run"
+    config = train.TrainConfig(data_dir=data, workdir=str(run), image_size=32, batch_size=8,
+                               epochs=1, steps_per_epoch=1, seed=0, mixed_precision="off",
+                               verbose=0, model="compact", task="diagnosis",
+                               min_class_records=3)
+    cli.evaluate_and_export(train.train_cnn(config).model, config, bootstrap=0, export=False)
+    own = json.loads((run / "report.json").read_text())["splits"]
+    out = tmp_path / "scores"
+    evaluation.evaluate_external(str(run), data, splits="validation,test", out=str(out))
+    for split in ("validation", "test"):
+        ids, true, predicted, classes = pd.read_predictions(str(out), split)
+        assert classes == ["nevus", "melanoma", "basal_cell_carcinoma"]
+        assert len(set(ids)) == len(ids) == {"validation": 5, "test": 4}[split]
+        assert np.bincount(true, minlength=3).tolist() == [
+            sum(row) for row in own[split]["confusion_matrix"]]
+        assert pd.balanced_accuracy(true, predicted) == pytest.approx(
+            own[split]["balanced_accuracy"])

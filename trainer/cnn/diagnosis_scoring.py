@@ -1,0 +1,173 @@
+"""External evaluation of a diagnosis model (trainer.cnn --task=diagnosis) on any dataset the
+data engine wrote: trainer.cnn.evaluate's diagnosis branch (trainer.cnn.evaluation.evaluate_external
+hands a model whose folder carries classes here).
+
+The classes are the model's own: a run folder's classes.json, or an export's serving_config.json
+classes and grouped_as_other (the same index trainer.cnn.diagnosis.class_mapping builds, so a
+record maps to the class the run's own evaluation gave it). Records whose diagnosis the model's
+classes exclude (unknown/empty) are not scored and are counted. Records stream through
+trainer.cnn.diagnosis.make_dataset (the training evaluation's reading and scaling); the predicted
+class is the softmax's argmax; per-split metrics are trainer.cnn.diagnosis.split_metrics
+(scikit-learn). Binary-only settings (a threshold, TTA) are refused, and no bootstrap or
+calibration is computed: the report has none of them.
+
+Writes report.json, report.md, predictions.csv (split, image_id, label, predicted as class
+names, p_<class> per class) and plots/confusion.png.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from trainer.cnn.constants import (CLASSES_NAME, PLOTS_DIR, PREDICTIONS_CSV, REPORT_JSON,
+                                   REPORT_MD, SERVING_CONFIG_NAME)
+
+EXTERNAL_FORMAT = "isicflow.cnn_diagnosis_external_report/1"
+# trainer.cnn.evaluate flags that mean something for a benign/malignant model only
+BINARY_ONLY_FLAGS = ("threshold", "tta")
+
+
+def mapping_of_folder(path: str) -> dict[str, Any] | None:
+    """The class mapping a model folder carries: a run folder's classes.json, else an export's
+    serving_config.json with task "diagnosis"; None for a benign/malignant model's folder."""
+    from trainer.cnn import diagnosis
+
+    mapping = diagnosis.read_mapping(path)
+    if mapping is not None:
+        return mapping
+    config_path = os.path.join(path, SERVING_CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        return None
+    with open(config_path, encoding="utf-8") as f:
+        serving = json.load(f)
+    if serving.get("task") != "diagnosis":
+        return None
+    return mapping_from_classes(serving.get("classes"), serving.get("grouped_as_other", []),
+                                config_path)
+
+
+def mapping_from_classes(classes: Sequence[str] | None, grouped: Sequence[str],
+                         where: str) -> dict[str, Any]:
+    """The mapping of an export's classes and grouped_as_other: each named class its index,
+    each grouped diagnosis `other`'s (trainer.cnn.diagnosis.class_mapping's index)."""
+    from trainer.cnn import diagnosis
+
+    if not classes or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{where}: want >= 2 class names under 'classes', got {classes!r}")
+    if grouped and diagnosis.OTHER not in classes:
+        raise ValueError(f"{where}: grouped_as_other {list(grouped)} without an "
+                         f"'{diagnosis.OTHER}' class in {list(classes)}")
+    index = {c: i for i, c in enumerate(classes) if c != diagnosis.OTHER}
+    index.update({d: classes.index(diagnosis.OTHER) for d in grouped})
+    return {"classes": list(classes), "index": index, "grouped_as_other": list(grouped),
+            "source": where}
+
+
+def refuse_binary_options(model_path: str, threshold: float | None, tta: bool | None) -> None:
+    """ValueError naming the binary-only setting given for a diagnosis model."""
+    given = [name for name, value in (("--threshold", threshold), ("--tta", tta))
+             if value is not None]
+    if given:
+        raise ValueError(f"--model {model_path!r} is a diagnosis model (its class is the "
+                         f"softmax's argmax): only benign/malignant models take "
+                         f"{', '.join(given)}")
+
+
+def select_splits(data_dir: str, image_size: int, splits: Sequence[str],
+                  mapping: Mapping[str, Any], manifest: Mapping[str, Any]
+                  ) -> tuple[list[str], dict[str, int]]:
+    """(splits to score, {split: records excluded as unknown}). splits: ['all'] (every split
+    holding records of a known diagnosis) or names, each of which must hold some; ValueError
+    naming what each split holds otherwise."""
+    from isicflow import dataset as dataset_lib
+    from trainer.cnn import diagnosis
+
+    present = [s for s in dataset_lib.SPLITS if s in manifest["datasets"][str(image_size)]]
+    counts = {s: diagnosis.split_records(data_dir, s, image_size, mapping, manifest)
+              for s in present}
+    have = {s: kept for s, (kept, _) in counts.items()}
+    chosen = [s for s in present if have[s]] if splits == ["all"] else list(dict.fromkeys(splits))
+    empty = [s for s in chosen if not have.get(s)]
+    if not chosen or empty:
+        raise ValueError(f"{data_dir}: split(s) {','.join(empty or splits)} hold no records of "
+                         f"the model's classes at {image_size}px (records per split {have})")
+    return chosen, {s: counts[s][1] for s in chosen}
+
+
+def write_predictions_csv(path: str, per_split: Mapping[str, Mapping[str, Any]],
+                          classes: Sequence[str]) -> str:
+    """One row per scored image: split, image_id, label, predicted (class names), p_<class>."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "image_id", "label", "predicted", *(f"p_{c}" for c in classes)])
+        for split, cols in per_split.items():
+            for image_id, y, p in zip(cols["image_id"], cols["label"], cols["probabilities"]):
+                writer.writerow([split, image_id, classes[int(y)], classes[int(p.argmax())],
+                                 *map(repr, map(float, p))])
+    os.replace(tmp, path)
+    return path
+
+
+def check_outputs(model, model_info: Mapping[str, Any]) -> None:
+    """ValueError unless the model outputs one probability per class of its mapping."""
+    classes = model_info["mapping"]["classes"]
+    k = int(model.outputs[0].shape[-1])
+    if k != len(classes):
+        raise ValueError(f"--model {model_info['path']!r}: the model outputs {k} values, its "
+                         f"{CLASSES_NAME} or serving config names {len(classes)} classes "
+                         f"{classes}")
+
+
+def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
+                      manifest: Mapping[str, Any], *, splits: Sequence[str],
+                      excluded: Mapping[str, int], out: str, image_size: int,
+                      batch_size: int = 32) -> dict[str, Any]:
+    """Scores the diagnosis model (check_outputs) on the splits select_splits chose (with
+    several, a pooled 'all' row is added); excluded: its unknown counts. Writes the report,
+    predictions and confusion plot into `out`."""
+    from trainer.cnn import diagnosis
+    from trainer.core import run_folder
+
+    mapping, classes = model_info["mapping"], model_info["mapping"]["classes"]
+    chosen = list(splits)
+    use_metadata = len(model.inputs) > 1
+    per_split = {s: diagnosis.predict_split_columns(
+        model, data_dir, s, image_size, mapping, batch_size, use_metadata, manifest,
+        model_info["metadata_encoding"]) for s in chosen}
+    pairs = {s: (c["label"], c["probabilities"]) for s, c in per_split.items()}
+    if len(chosen) > 1:
+        pairs["all"] = (np.concatenate([c["label"] for c in per_split.values()]),
+                        np.concatenate([c["probabilities"] for c in per_split.values()]))
+    metrics = {s: diagnosis.split_metrics(y, p, classes) for s, (y, p) in pairs.items()}
+    os.makedirs(os.path.join(out, PLOTS_DIR), exist_ok=True)
+    write_predictions_csv(os.path.join(out, PREDICTIONS_CSV), per_split, classes)
+    plot = diagnosis.plot_confusion(metrics, classes, os.path.join(out, PLOTS_DIR, "confusion.png"))
+    result = {
+        "format": EXTERNAL_FORMAT, "external": True, "task": "diagnosis",
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"),
+        "config": {"model": model_info["path"], "data_dir": os.path.abspath(data_dir),
+                   "splits": chosen, "batch_size": batch_size, "image_size": image_size,
+                   **({"metadata_encoding": model_info["metadata_encoding"]}
+                      if use_metadata else {})},
+        "model": {key: model_info[key] for key in ("path", "kind", "keras")},
+        "classes": classes, "grouped_as_other": mapping.get("grouped_as_other", []),
+        "excluded_unknown": excluded, "splits": metrics,
+        "plots": {"confusion": os.path.relpath(plot, out)}, "predictions_csv": PREDICTIONS_CSV}
+    run_folder.write_json(os.path.join(out, REPORT_JSON), result)
+    lines = ["# Diagnosis model on another dataset", "",
+             f"Model `{model_info['path']}`; data `{os.path.abspath(data_dir)}`, "
+             f"{image_size} px.", "", "Classes: " + ", ".join(classes), "",
+             "Excluded (unknown diagnosis): " + ", ".join(
+                 f"{s} {n}" for s, n in excluded.items()), "",
+             *diagnosis.split_lines(metrics, classes),
+             f"![confusion matrices]({result['plots']['confusion']})", ""]
+    with open(os.path.join(out, REPORT_MD), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return {**result, "out": out}
