@@ -179,8 +179,25 @@ def seed_list(result: dict) -> range:
     return range(first, first + result["seeds"])
 
 
+def heldout_skip_reason(run: str, heldout: str) -> str | None:
+    """Why the held-out dataset cannot be scored by a diagnosis run, whose classes.json is
+    known only once it trained (protocol_diagnosis.heldout_skip_reason); None when it can."""
+    from trainer.cnn import diagnosis
+
+    mapping = diagnosis.read_mapping(run)
+    if mapping is None:
+        raise ProtocolError(f"{run} trained the diagnosis task but holds no classes.json")
+    counts: dict[str, int] = {}
+    for per_source in diagnoses_of(read_json(os.path.join(heldout, "manifest.json"))).values():
+        for name, n in per_source.items():
+            counts[name] = counts.get(name, 0) + n
+    return protocol_diagnosis.heldout_skip_reason(mapping, counts)
+
+
 def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None,
-                     task: str) -> None:
+                     task: str) -> str | None:
+    """Trains (unless done) and scores one seed; returns why its held-out source is skipped
+    (a diagnosis run whose classes see < 2 of its diagnoses), else None."""
     if not os.path.exists(os.path.join(run, REPORT)):
         if args.runs_from:
             raise ProtocolError(f"--runs_from={args.runs_from}: {run} holds no trained run "
@@ -192,8 +209,9 @@ def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None,
     if run_task(run) != task:
         raise ProtocolError(f"{run} trained the {run_task(run)} task, the protocol's flags say "
                             f"{task}: use another --workdir")
+    skip = heldout_skip_reason(run, heldout) if heldout and task == "diagnosis" else None
     scored = [("in_source", data, "validation,test")]
-    if heldout:
+    if heldout and not skip:
         scored.append(("heldout", heldout, "all"))
     eval_flags = args.eval_flags.split()
     for name, data_dir, splits in scored:
@@ -203,6 +221,7 @@ def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None,
             _run([sys.executable, "-m", EVALUATOR, f"--model={run}",
                   f"--data_dir={data_dir}", f"--splits={splits}", f"--output={output}",
                   "--bootstrap=0", *eval_flags], f"{output}.log")
+    return skip
 
 
 def read_scores(output: str, split: str | None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -318,15 +337,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    task = planned_task(args.base, args.flags.split())
+    if task == "diagnosis":  # before any engine run: a refusal costs nothing
+        refuse_binary_eval_flags(args.eval_flags.split())
     os.makedirs(args.workdir, exist_ok=True)  # with --runs_from nothing else creates it
     trained = args.runs_from or args.workdir
     data = os.path.join(trained, "data")
     everything = _engine(args, os.path.join(data, "all"), [])
     manifest = read_json(os.path.join(everything, "manifest.json"))
     sources = sources_of(manifest)
-    task = planned_task(args.base, args.flags.split())
-    if task == "diagnosis":
-        refuse_binary_eval_flags(args.eval_flags.split())
     heldout, skipped = holdout_plan(sources, args.holdout_sources,
                                     diagnoses_of(manifest) if task == "diagnosis" else None)
     plan = {s: (_engine(args, os.path.join(data, f"without_{s}"), [s]),
@@ -338,8 +357,11 @@ def run(args: argparse.Namespace) -> int:
     for source, (train_data, heldout_data) in plan.items():
         seeds = seed_list({"first_seed": args.first_seed, "seeds": args.seeds})
         runs = [os.path.join(trained, "runs", source, f"seed_{k}") for k in seeds]
-        for k, run in zip(seeds, runs):
-            _train_and_score(args, run, k, train_data, heldout_data, task)
+        why = [_train_and_score(args, run, k, train_data, heldout_data, task)
+               for k, run in zip(seeds, runs)]
+        if any(why):  # the runs' classes merge or drop what the source holds
+            skipped[source] = next(w for w in why if w)
+            heldout_data = None
         folder = scores_folder(args.eval_flags.split())
         scored = lambda name: [os.path.join(r, folder, name) for r in runs]  # noqa: E731
         rows[source] = {"in_source_validation": pooled(scored("in_source"), "validation",

@@ -117,6 +117,29 @@ def pooled(outputs: Sequence[str], split: str | None, resamples: int) -> dict[st
     return seed_summary(true, [r[2] for r in read], classes, resamples=resamples)
 
 
+def heldout_skip_reason(mapping: Mapping[str, Any], diagnoses: Mapping[str, int]
+                        ) -> str | None:
+    """Why a held-out source cannot be scored by runs with these classes (their classes.json:
+    trainer.cnn.diagnosis.class_of), None when it can: its images must fall in >= 2 of the
+    runs' classes (a diagnosis the runs merged into `other` or dropped counts as theirs).
+    diagnoses: {diagnosis: images} of the held-out dataset."""
+    from trainer.cnn import diagnosis
+
+    classes = list(mapping["classes"])
+    counted: dict[str, int] = {}
+    dropped = 0
+    for name, n in diagnoses.items():
+        k = diagnosis.class_of(mapping, name)
+        if k < 0:
+            dropped += int(n)
+        elif n:
+            counted[classes[k]] = counted.get(classes[k], 0) + int(n)
+    if len(counted) >= 2:
+        return None
+    return (f"its images fall in {counted or 'none'} of the runs' classes {classes} "
+            f"({dropped} outside them): no balanced accuracy")
+
+
 def enough_classes(diagnoses: Mapping[str, Mapping[str, int]]) -> dict[str, str]:
     """{source: why skipped} for sources with images of fewer than 2 known diagnoses (no
     balanced accuracy); diagnoses: {source: {normalised diagnosis: images}}."""

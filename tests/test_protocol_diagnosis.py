@@ -124,14 +124,14 @@ def test_the_diagnosis_table_gives_the_classes_recall_and_confusion():
     assert "| b | skipped: only ['nevus'] images: no balanced accuracy |" in table
 
 
-def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_source(
-        tmp_path, monkeypatch):
-    """The engine, trainer and scorer are faked: what the protocol asks of them and how it
-    pools what they wrote."""
-    rng = np.random.default_rng(1)
-    true = {"a": rng.integers(0, 3, 40), "b": rng.integers(0, 3, 30)}
-    commands = []
+MAPPING = {"classes": CLASSES[:3], "grouped_as_other": [],  # trainer.cnn.diagnosis's
+           "index": {"nevus": 0, "melanoma": 1, "benign_keratosis": 2}}
 
+
+def _fake_steps(tmp_path, rng, true, commands, mapping=MAPPING):
+    """A stand-in for protocol._run: the engine writes a manifest (sources a, b: nevus and bkl,
+    c: nevus), the trainer a diagnosis run with `mapping` as its classes.json, the evaluator
+    predictions of `true`'s images ("b" held out, "a" in source)."""
     def fake_run(command, log):
         commands.append(command)
         flag = {w.split("=", 1)[0]: w.split("=", 1)[-1] for w in command[3:]}
@@ -146,6 +146,7 @@ def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_sour
             run_dir = tmp_path / flag["--workdir"]
             run_dir.mkdir(parents=True)
             (run_dir / "report.json").write_text(json.dumps({"task": "diagnosis"}))
+            (run_dir / "classes.json").write_text(json.dumps(mapping))
         else:
             assert command[2] == protocol.EVALUATOR == "trainer.cnn.evaluate"
             source = "b" if flag["--splits"] == "all" else "a"  # b: the held-out images
@@ -154,6 +155,17 @@ def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_sour
                     for sp in ([split] if split else ["validation", "test"])
                     for i, t in enumerate(true[source])]
             _write_scores(tmp_path / flag["--output"], rows)
+    return fake_run
+
+
+def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_source(
+        tmp_path, monkeypatch):
+    """The engine, trainer and scorer are faked: what the protocol asks of them and how it
+    pools what they wrote."""
+    rng = np.random.default_rng(1)
+    true = {"a": rng.integers(0, 3, 40), "b": rng.integers(0, 3, 30)}
+    commands = []
+    fake_run = _fake_steps(tmp_path, rng, true, commands)
 
     monkeypatch.setattr(protocol, "_run", fake_run)
     monkeypatch.chdir(tmp_path)
@@ -179,11 +191,48 @@ def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_sour
                           "--seeds=2", "--bootstrap=50", "--holdout_sources=a",
                           f"--flags={flags}"]) == 0
     assert commands == []
-    for refused in ("--tta", "--threshold=0.3", "--notta"):  # binary only: before any run
-        assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w",
-                              "--holdout_sources=a", f"--flags={flags}",
-                              f"--eval_flags={refused}"]) == 1
     assert commands == []
+
+
+def test_binary_only_eval_flags_are_refused_before_the_engine_runs(tmp_path, monkeypatch,
+                                                                    capsys):
+    commands = []
+    monkeypatch.setattr(protocol, "_run", lambda command, log: commands.append(command))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "x.flags").write_text("--epochs=1\n")
+    for refused in ("--tta", "--threshold=0.3", "--notta"):
+        assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w",
+                              "--flags=--task=diagnosis", f"--eval_flags={refused}"]) == 1
+        assert f"--eval_flags: ['{refused}'] apply to benign/malignant models only" in \
+            capsys.readouterr().err
+    assert commands == []  # not even the engine's download preprocessing
+    assert not (tmp_path / "w" / "data").exists()
+
+
+def test_a_source_the_runs_classes_cannot_tell_apart_is_skipped_after_training(
+        tmp_path, monkeypatch):
+    """Held-out a holds nevus and bkl; the runs' classes have no benign_keratosis and no
+    `other`, so only nevus counts: a is skipped with the reason, not an error after training."""
+    rng = np.random.default_rng(2)
+    true = {"a": rng.integers(0, 2, 40), "b": rng.integers(0, 2, 30)}
+    commands = []
+    mapping = {"classes": ["nevus", "melanoma"], "grouped_as_other": [],
+               "index": {"nevus": 0, "melanoma": 1}}
+    monkeypatch.setattr(protocol, "_run", _fake_steps(tmp_path, rng, true, commands, mapping))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "x.flags").write_text("--epochs=1\n")
+    assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w", "--image_size=64",
+                          "--seeds=2", "--bootstrap=20", "--holdout_sources=a",
+                          "--flags=--task=diagnosis"]) == 0
+    result = json.loads((tmp_path / "w" / "protocol.json").read_text())
+    why = ("its images fall in {'nevus': 27} of the runs' classes ['nevus', 'melanoma'] "
+           "(18 outside them): no balanced accuracy")  # the fake's manifest: a, b, c
+    assert result["skipped"] == {"a": why}
+    assert "heldout" not in result["rows"]["a"] and result["rows"]["a"]["in_source_test"]
+    assert not [c for c in commands if "--splits=all" in c]  # the held-out set is not scored
+    assert f"| a | skipped: {why} |" in (tmp_path / "w" / "protocol.md").read_text()
 
 
 def test_the_protocol_reads_what_trainer_cnn_evaluate_writes_for_a_diagnosis_run(tmp_path):
