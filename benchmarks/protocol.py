@@ -94,12 +94,35 @@ def diagnoses_of(manifest: dict) -> dict[str, dict[str, int]]:
     return dict(sorted(found.items()))
 
 
+def flag_words(words: Sequence[str], seen: tuple[str, ...] = ()) -> list[str]:
+    """The flags as absl reads them: each --flagfile=F replaced by F's lines (paths relative
+    to the cwd, as absl opens them; nested files followed), blank and comment (#, //) lines
+    skipped, a circular one ignored. ProtocolError for a missing flagfile."""
+    out: list[str] = []
+    for word in words:
+        if not word.lstrip("-").startswith("flagfile=") or not word.startswith("-"):
+            out.append(word)
+            continue
+        path = os.path.expanduser(word.split("=", 1)[1])
+        if path in seen:  # absl warns and ignores a circular one
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = [line.strip() for line in f]
+        except OSError as e:
+            raise ProtocolError(f"--flagfile={path}: {e}") from None
+        out += flag_words([line for line in lines
+                           if line and not line.startswith(("#", "//"))], (*seen, path))
+    return out
+
+
 def planned_task(base: str, flags: Sequence[str]) -> str:
-    """The --task the runs will train with: the last one in the flagfile then --flags
-    ("binary", trainer.cnn's default, when none). Only for planning before a run exists."""
-    with open(base, encoding="utf-8") as f:
-        words = [w for line in f for w in line.split()] + list(flags)
-    tasks = [w.split("=", 1)[1] for w in words if w.startswith("--task=")]
+    """The --task the runs will train with: the last one in the flagfile (and the flagfiles
+    it names) then --flags ("binary", trainer.cnn's default, when none). Only for planning
+    before a run exists."""
+    words = flag_words([f"--flagfile={base}", *flags])
+    tasks = [w.split("=", 1)[1] for w in words if w.lstrip("-").startswith("task=")
+             and w.startswith("-")]
     task = tasks[-1] if tasks else "binary"
     if task not in TASKS:
         raise ProtocolError(f"--task={task}: the protocol scores {list(TASKS)}")

@@ -110,6 +110,27 @@ def test_the_task_comes_from_the_flags_only_to_plan(tmp_path):
     assert protocol.run_task(str(tmp_path)) == "binary"
 
 
+def test_the_planned_task_reads_flagfiles_as_absl_does(tmp_path, monkeypatch):
+    """Comment lines are skipped; a nested --flagfile is followed, relative to the cwd; the
+    last value wins."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "inner.flags").write_text("# --task=binary\n--task=diagnosis\n")
+    (tmp_path / "outer.flags").write_text("--epochs=1\n# --task=binary (a comment)\n"
+                                          "  // --task=binary\n--flagfile=configs/inner.flags\n")
+    assert protocol.planned_task("outer.flags", []) == "diagnosis"
+    (tmp_path / "last.flags").write_text("--flagfile=configs/inner.flags\n--task=binary\n")
+    assert protocol.planned_task("last.flags", []) == "binary"
+    assert protocol.planned_task("last.flags", ["--flagfile=configs/inner.flags"]) == "diagnosis"
+    (tmp_path / "comment_only.flags").write_text("#--task=diagnosis\n")
+    assert protocol.planned_task("comment_only.flags", []) == "binary"
+    (tmp_path / "loop.flags").write_text("--flagfile=loop.flags\n--task=diagnosis\n")
+    assert protocol.planned_task("loop.flags", []) == "diagnosis"  # absl ignores the loop
+    (tmp_path / "missing.flags").write_text("--flagfile=nowhere.flags\n")
+    with pytest.raises(protocol.ProtocolError, match="nowhere.flags"):
+        protocol.planned_task("missing.flags", [])
+
+
 def test_the_diagnosis_table_gives_the_classes_recall_and_confusion():
     s = pd.seed_summary(TRUE, [PRED, TRUE], CLASSES, resamples=50)
     table = protocol.markdown({
