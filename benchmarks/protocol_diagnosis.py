@@ -13,7 +13,8 @@ balanced accuracy counts the classes present in that draw.
 
 Per-image predictions come from trainer.cnn.evaluate (trainer.cnn.diagnosis_scoring;
 predictions.csv: split, image_id, label and predicted as class names, one probability column
-per class; report.json: classes).
+per class; report.json: classes, and the records not scored: excluded_unknown (no diagnosis)
+and excluded_unseen (a diagnosis outside the classes), carried into each pooled row).
 """
 from __future__ import annotations
 
@@ -107,14 +108,34 @@ def read_predictions(output: str, split: str | None
             np.array([index[r["predicted"]] for r in rows], np.int64), classes)
 
 
+def excluded_counts(output: str, split: str | None) -> dict[str, int | None]:
+    """The images of `split` (None: every split) one evaluation did not score, from its
+    report.json: {"unknown_diagnosis": n, "unseen_class": n (a named diagnosis outside the
+    classes); None where the report does not record it (written before it was counted apart,
+    when unknown_diagnosis holds both)}."""
+    with open(os.path.join(output, REPORT), encoding="utf-8") as f:
+        report = json.load(f)
+
+    def total(key: str) -> int | None:
+        per_split = report.get(key)
+        if per_split is None:
+            return None
+        return int(sum(per_split.values()) if split is None else per_split.get(split, 0))
+
+    return {"unknown_diagnosis": total("excluded_unknown"),
+            "unseen_class": total("excluded_unseen")}
+
+
 def pooled(outputs: Sequence[str], split: str | None, resamples: int) -> dict[str, Any]:
     """seed_summary over the runs' predictions of the same images (same ids, labels and
-    classes in every run; ValueError naming the runs otherwise)."""
+    classes in every run; ValueError naming the runs otherwise), with the images the first
+    run's evaluation left out ("excluded": excluded_counts)."""
     read = [read_predictions(o, split) for o in outputs]
     ids, true, _, classes = read[0]
     if any(r[0] != ids or not np.array_equal(r[1], true) or r[3] != classes for r in read):
         raise ValueError(f"runs scored different images or classes: {list(outputs)}")
-    return seed_summary(true, [r[2] for r in read], classes, resamples=resamples)
+    return {**seed_summary(true, [r[2] for r in read], classes, resamples=resamples),
+            "excluded": excluded_counts(outputs[0], split)}
 
 
 def heldout_skip_reason(mapping: Mapping[str, Any], diagnoses: Mapping[str, int]
@@ -161,14 +182,24 @@ def _recall_cell(summary: Mapping[str, Any], c: str) -> str:
     return "n/a" if r is None else f"{r:.2f} ({summary['classes_counted'][c]})"
 
 
+def _images_cell(summary: Mapping[str, Any]) -> str:
+    """Images scored (excluded: unknown diagnosis, unseen class; ? where not recorded)."""
+    excluded = summary.get("excluded") or {}
+    counts = [excluded.get(k) for k in ("unknown_diagnosis", "unseen_class")]
+    return f"{summary['cases']} ({', '.join('?' if n is None else str(n) for n in counts)})"
+
+
 def markdown(result: Mapping[str, Any], seeds: str) -> str:
     """The diagnosis table: balanced accuracy per held-out source and in source, then per-class
     recall (images) and the summed confusion matrix of every held-out source."""
     lines = [f"Base `{result['base']}` {' '.join(result['flags'])}, {result['image_size']} px, "
              f"seeds {seeds}, diagnosis task. Each cell: balanced accuracy (mean per-class "
              "recall over the classes present) mean ± sd over seeds [pooled 95% interval, "
-             "bootstrap over images paired across seeds].", "",
-             "| held out | images | classes counted | in-source val | in-source test | "
+             "bootstrap over images paired across seeds]. Images: the held-out images scored "
+             "(and those not scored: unknown diagnosis, a diagnosis outside the runs' "
+             "classes).", "",
+             "| held out | images scored (excluded: unknown, unseen) | classes counted | "
+             "in-source val | in-source test | "
              "held out | gap (val - held-out) |", "|---|---|---|---|---|---|---|"]
     for source, row in result["rows"].items():
         held, val = row.get("heldout"), row["in_source_validation"]
@@ -176,7 +207,7 @@ def markdown(result: Mapping[str, Any], seeds: str) -> str:
                if held else "n/a")
         counted = ", ".join(f"{c} {n}" for c, n in held["classes_counted"].items()) if held \
             else "n/a"
-        lines.append(f"| {source} | {held['cases'] if held else 'n/a'} | {counted} | "
+        lines.append(f"| {source} | {_images_cell(held) if held else 'n/a'} | {counted} | "
                      f"{cell(val)} | {cell(row['in_source_test'])} | "
                      f"{cell(held) if held else 'n/a'} | {gap} |")
     for source, why in result["skipped"].items():

@@ -34,6 +34,11 @@ def test_class_mapping_groups_rare_diagnoses_and_excludes_unknown():
     no_other = diagnosis.class_mapping({"nevus": 50, "melanoma": 30}, min_records=20)
     assert no_other["classes"] == ["nevus", "melanoma"]
     assert diagnosis.class_of(no_other, "lentigo") == -1
+    # both excluded, for different reasons, counted apart
+    assert diagnosis.exclusion_of(no_other, "lentigo") == "unseen"
+    assert diagnosis.exclusion_of(no_other, "") == "unknown"
+    assert diagnosis.exclusion_of(m, "lentigo") is None and diagnosis.exclusion_of(m, "") == \
+        "unknown"
     with pytest.raises(ValueError, match="at least 2 classes"):
         diagnosis.class_mapping({"nevus": 50, "unknown": 3}, min_records=20)
 
@@ -67,6 +72,28 @@ def test_the_dataset_streams_class_indices_and_drops_unknown(diagnosis_dataset):
     labels = np.concatenate([y.numpy() for _, y in ds])
     assert sorted(labels.tolist()) == [0, 0, 1, 1, 2]
     assert diagnosis.split_records(diagnosis_dataset, "validation", SIZE, m) == (5, 1)
+    # validation: 2 nevus, 2 melanoma, a lentigo (unseen without `other`), one empty
+    no_other = {"classes": ["nevus", "melanoma"], "index": {"nevus": 0, "melanoma": 1}}
+    assert diagnosis.split_exclusions(diagnosis_dataset, "validation", SIZE, no_other) == {
+        "kept": 4, "unknown": 1, "unseen": 1}
+    assert diagnosis.split_records(diagnosis_dataset, "validation", SIZE, no_other) == (4, 2)
+
+
+def test_the_external_scoring_counts_unknown_and_unseen_diagnoses_apart(diagnosis_dataset):
+    from isicflow import dataset as dataset_lib
+    from trainer.cnn import diagnosis_scoring
+
+    manifest = dataset_lib.manifest_or_read(diagnosis_dataset, None)
+    no_other = {"classes": ["nevus", "melanoma"], "index": {"nevus": 0, "melanoma": 1}}
+    chosen, excluded = diagnosis_scoring.select_splits(diagnosis_dataset, SIZE, ["test"],
+                                                       no_other, manifest)
+    assert chosen == ["test"]
+    assert excluded == {"excluded_unknown": {"test": 1}, "excluded_unseen": {"test": 1}}
+    _, every = diagnosis_scoring.select_splits(diagnosis_dataset, SIZE, ["all"], no_other,
+                                               manifest)
+    # train: 3 unknown/empty; seborrheic keratosis and df are outside these classes
+    assert every["excluded_unknown"] == {"train": 3, "validation": 1, "test": 1}
+    assert every["excluded_unseen"] == {"train": 3, "validation": 1, "test": 1}
 
 
 def test_one_step_reports_and_the_export_serves_k_probabilities(diagnosis_dataset, tmp_path,
@@ -90,6 +117,7 @@ def test_one_step_reports_and_the_export_serves_k_probabilities(diagnosis_datase
     assert np.array(test["confusion_matrix"]).shape == (3, 3)
     assert np.array(test["confusion_matrix"]).sum() == 5
     assert report["excluded_unknown"] == {"train": 3, "validation": 1, "test": 1}
+    assert report["excluded_unseen"] == {"validation": 0, "test": 0}  # lentigo -> other
     assert (workdir / "plots" / "confusion.png").is_file()
     assert "Balanced accuracy" in (workdir / "report.md").read_text()
 
@@ -198,6 +226,7 @@ def test_evaluate_scores_a_diagnosis_run_and_its_export_on_another_dataset(diagn
     assert result["task"] == "diagnosis" and result["classes"] == ["nevus", "melanoma", "other"]
     assert list(result["splits"]) == ["train", "validation", "test", "all"]
     assert result["excluded_unknown"] == {"train": 3, "validation": 1, "test": 1}
+    assert result["excluded_unseen"] == {"train": 0, "validation": 0, "test": 0}
     for split in ("validation", "test"):
         assert result["splits"][split]["balanced_accuracy"] == pytest.approx(
             own[split]["balanced_accuracy"])

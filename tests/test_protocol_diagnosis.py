@@ -61,9 +61,10 @@ def test_the_pooled_interval_is_paired_across_seeds_and_holds_the_mean():
     assert [low, high] == pytest.approx(metrics.percentile_interval(draws, 0.95))
 
 
-def _write_scores(folder, rows, classes=CLASSES):
+def _write_scores(folder, rows, classes=CLASSES, **excluded):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps({"task": "diagnosis", "classes": classes}))
+    (folder / "report.json").write_text(json.dumps({"task": "diagnosis", "classes": classes,
+                                                    **excluded}))
     lines = ["split,image_id,label,predicted"] + [",".join(r) for r in rows]
     (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
 
@@ -74,10 +75,16 @@ def test_pooled_reads_each_seeds_predictions_by_image_id(tmp_path):
         rows = [("test", i, CLASSES[t], CLASSES[p]) for i, t, p in zip(ids, TRUE, predicted)]
         _write_scores(tmp_path / f"s{k}", rows[::-1] if k else rows)  # order differs
     _write_scores(tmp_path / "s2", [("validation", "ISIC_9", "nevus", "nevus")]
-                  + [("test", i, CLASSES[t], CLASSES[p]) for i, t, p in zip(ids, TRUE, TRUE)])
+                  + [("test", i, CLASSES[t], CLASSES[p]) for i, t, p in zip(ids, TRUE, TRUE)],
+                  excluded_unknown={"validation": 1, "test": 2},
+                  excluded_unseen={"validation": 0, "test": 3})
     s = pd.pooled([str(tmp_path / "s0"), str(tmp_path / "s1")], None, 50)
     assert s["balanced_accuracy"]["per_seed"] == pytest.approx([7 / 12, 1.0])
-    assert pd.pooled([str(tmp_path / "s2")], "test", 20)["cases"] == 10
+    assert s["excluded"] == {"unknown_diagnosis": None, "unseen_class": None}  # not recorded
+    s2 = pd.pooled([str(tmp_path / "s2")], "test", 20)
+    assert s2["cases"] == 10 and s2["excluded"] == {"unknown_diagnosis": 2, "unseen_class": 3}
+    assert pd.pooled([str(tmp_path / "s2")], None, 20)["excluded"] == {
+        "unknown_diagnosis": 3, "unseen_class": 3}
     with pytest.raises(ValueError, match="different images"):
         pd.pooled([str(tmp_path / "s0"), str(tmp_path / "s2")], None, 5)
 
@@ -138,11 +145,19 @@ def test_the_diagnosis_table_gives_the_classes_recall_and_confusion():
         "image_size": 64, "seeds": 2, "rows": {"a": {"in_source_validation": s,
                                                      "in_source_test": s, "heldout": s}},
         "skipped": {"b": "only ['nevus'] images: no balanced accuracy"}})
-    assert f"| a | 10 | nevus 4, melanoma 2, bkl 4 | {pd.cell(s)} |" in table
+    assert f"| a | 10 (?, ?) | nevus 4, melanoma 2, bkl 4 | {pd.cell(s)} |" in table
     assert "| +0.000 |" in table
     assert "| 0.88 (4) | 0.75 (2) | 0.75 (4) | n/a |" in table
     assert "| bkl | 0 | 1 | 6 | 1 |" in table
     assert "| b | skipped: only ['nevus'] images: no balanced accuracy |" in table
+    s["excluded"] = {"unknown_diagnosis": 2, "unseen_class": 1}
+    table = protocol.markdown({
+        "task": "diagnosis", "base": "configs/x.flags", "flags": ["--task=diagnosis"],
+        "image_size": 64, "seeds": 2, "rows": {"a": {"in_source_validation": s,
+                                                     "in_source_test": s, "heldout": s}},
+        "skipped": {}})
+    assert "| held out | images scored (excluded: unknown, unseen) |" in table
+    assert f"| a | 10 (2, 1) | nevus 4, melanoma 2, bkl 4 | {pd.cell(s)} |" in table
 
 
 MAPPING = {"classes": CLASSES[:3], "grouped_as_other": [],  # trainer.cnn.diagnosis's
@@ -175,7 +190,8 @@ def _fake_steps(tmp_path, rng, true, commands, mapping=MAPPING):
             rows = [(sp, f"ISIC_{i}", CLASSES[t], CLASSES[(t + (rng.random() < 0.3)) % 3])
                     for sp in ([split] if split else ["validation", "test"])
                     for i, t in enumerate(true[source])]
-            _write_scores(tmp_path / flag["--output"], rows)
+            _write_scores(tmp_path / flag["--output"], rows,
+                          excluded_unknown={"test": 2}, excluded_unseen={"test": 1})
     return fake_run
 
 
@@ -200,6 +216,9 @@ def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_sour
     assert result["task"] == "diagnosis" and list(result["rows"]) == ["a"]
     assert result["skipped"] == {"c": "only ['nevus'] images: no balanced accuracy"}
     assert result["rows"]["a"]["heldout"]["cases"] == 30  # every image of the held-out source
+    assert result["rows"]["a"]["heldout"]["excluded"] == {"unknown_diagnosis": 2,
+                                                          "unseen_class": 1}
+    assert "| a | 30 (2, 1) |" in (tmp_path / "w" / "protocol.md").read_text()
     assert result["rows"]["a"]["in_source_test"]["cases"] == 40
     trained = [c for c in commands if c[2] == protocol.TRAINER]
     assert trained[1][3:] == ["--flagfile=x.flags", "--data_dir=w/data/without_a",

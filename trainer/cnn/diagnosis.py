@@ -58,12 +58,18 @@ def class_mapping(train_counts: Mapping[str, int], min_records: int) -> dict[str
             "excluded_unknown": excluded, "train_counts": train, "min_records": min_records}
 
 
+def is_unknown(raw_diagnosis: str) -> bool:
+    """Whether a diagnosis text names no diagnosis (unknown/empty): excluded from the task."""
+    return normalise_diagnosis(raw_diagnosis) in (UNKNOWN, "")
+
+
 def class_of(mapping: Mapping[str, Any], raw_diagnosis: str) -> int:
     """Class index of one raw diagnosis text; -1 for unknown (excluded); a named diagnosis never
-    seen in train goes to `other` when there is one, else is excluded (-1)."""
-    name = normalise_diagnosis(raw_diagnosis)
-    if name in (UNKNOWN, ""):
+    seen in train goes to `other` when there is one, else is excluded (-1, an unseen class:
+    exclusion_of tells the two apart)."""
+    if is_unknown(raw_diagnosis):
         return -1
+    name = normalise_diagnosis(raw_diagnosis)
     if name in mapping["index"]:
         return int(mapping["index"][name])
     classes = mapping["classes"]
@@ -142,16 +148,29 @@ def read_mapping(workdir: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
+def exclusion_of(mapping: Mapping[str, Any], raw_diagnosis: str) -> str | None:
+    """Why a record is not in the task: "unknown" (no diagnosis named), "unseen" (a named
+    diagnosis outside the classes, which have no `other`), None when it has a class."""
+    if is_unknown(raw_diagnosis):
+        return "unknown"
+    return "unseen" if class_of(mapping, raw_diagnosis) < 0 else None
+
+
+def split_exclusions(data_dir: str, split: str, image_size: int, mapping: Mapping[str, Any],
+                     manifest: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """{"kept": records in the task, "unknown": unknown diagnosis, "unseen": named diagnoses
+    outside the classes} of one split."""
+    counts = {"kept": 0, "unknown": 0, "unseen": 0}
+    for raw, n in raw_diagnosis_counts(data_dir, split, image_size, manifest).items():
+        counts[exclusion_of(mapping, raw) or "kept"] += n
+    return counts
+
+
 def split_records(data_dir: str, split: str, image_size: int, mapping: Mapping[str, Any],
                   manifest: Mapping[str, Any] | None = None) -> tuple[int, int]:
-    """(records in the task, records excluded as unknown) of one split."""
-    kept = excluded = 0
-    for raw, n in raw_diagnosis_counts(data_dir, split, image_size, manifest).items():
-        if class_of(mapping, raw) >= 0:
-            kept += n
-        else:
-            excluded += n
-    return kept, excluded
+    """(records in the task, records excluded: unknown or unseen) of one split."""
+    counts = split_exclusions(data_dir, split, image_size, mapping, manifest)
+    return counts["kept"], counts["unknown"] + counts["unseen"]
 
 
 def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image_size: int,
@@ -374,11 +393,11 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
     if mapping is None:
         raise FileNotFoundError(f"{workdir} has no {CLASSES_NAME}: not a diagnosis run")
     classes = mapping["classes"]
-    splits, excluded = {}, {}
+    splits, excluded, unseen = {}, {}, {}
     for split in EVAL_SPLITS:
-        kept, excl = split_records(data_dir, split, image_size, mapping, manifest)
-        excluded[split] = excl
-        if kept:
+        counts = split_exclusions(data_dir, split, image_size, mapping, manifest)
+        excluded[split], unseen[split] = counts["unknown"], counts["unseen"]
+        if counts["kept"]:
             labels, probs = predict_split(model, data_dir, split, image_size, mapping,
                                           batch_size, bool(config.get("use_metadata", False)),
                                           manifest, metadata_features.run_encoding(config))
@@ -394,6 +413,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
                "grouped_as_other": mapping["grouped_as_other"],
                "min_class_records": mapping["min_records"],
                "excluded_unknown": {"train": mapping["excluded_unknown"], **excluded},
+               "excluded_unseen": unseen,  # named diagnoses outside the classes (no `other`)
                "train_counts": mapping["train_counts"], "splits": splits,
                "plots": {k: os.path.relpath(v, workdir) for k, v in plots.items()}}
     run_folder.write_json(os.path.join(workdir, REPORT_JSON), payload)
@@ -401,7 +421,9 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
              f"Classes (train >= {mapping['min_records']} records; rarer grouped as `other`): "
              + ", ".join(classes), "",
              "Excluded (unknown diagnosis): " + ", ".join(
-                 f"{s} {n}" for s, n in payload["excluded_unknown"].items()), ""]
+                 f"{s} {n}" for s, n in payload["excluded_unknown"].items()), "",
+             "Excluded (a diagnosis outside the classes, no `other`): " + ", ".join(
+                 f"{s} {n}" for s, n in unseen.items()), ""]
     lines += split_lines(splits, classes)
     if plots:
         lines += ["![confusion matrices](plots/confusion.png)", ""]

@@ -5,9 +5,10 @@ hands a model whose folder carries classes here).
 The classes are the model's own: a run folder's classes.json, or an export's serving_config.json
 classes and grouped_as_other (the same index trainer.cnn.diagnosis.class_mapping builds, so a
 record maps to the class the run's own evaluation gave it). Records whose diagnosis the model's
-classes exclude (unknown/empty) are not scored and are counted. Records stream through
-trainer.cnn.diagnosis.make_dataset (the training evaluation's reading and scaling); the predicted
-class is the softmax's argmax; per-split metrics are trainer.cnn.diagnosis.split_metrics
+classes exclude are not scored and are counted apart: unknown/empty diagnoses
+(excluded_unknown) and named diagnoses outside the classes of a model without `other`
+(excluded_unseen). Records stream through trainer.cnn.diagnosis.make_dataset (the training
+evaluation's reading and scaling); the predicted class is the softmax's argmax; per-split metrics are trainer.cnn.diagnosis.split_metrics
 (scikit-learn). Binary-only settings (a threshold, TTA) are refused, and no bootstrap or
 calibration is computed: the report has none of them.
 
@@ -80,23 +81,27 @@ def refuse_binary_options(model_path: str, threshold: float | None, tta: bool | 
 
 def select_splits(data_dir: str, image_size: int, splits: Sequence[str],
                   mapping: Mapping[str, Any], manifest: Mapping[str, Any]
-                  ) -> tuple[list[str], dict[str, int]]:
-    """(splits to score, {split: records excluded as unknown}). splits: ['all'] (every split
-    holding records of a known diagnosis) or names, each of which must hold some; ValueError
-    naming what each split holds otherwise."""
+                  ) -> tuple[list[str], dict[str, dict[str, int]]]:
+    """(splits to score, {"excluded_unknown": {split: records}, "excluded_unseen": {split:
+    records}}: the records not scored, of every split scored, and with 'all' of every split
+    present). splits: ['all'] (every split holding records of the model's classes) or names,
+    each of which must hold some; ValueError naming what each split holds otherwise."""
     from isicflow import dataset as dataset_lib
     from trainer.cnn import diagnosis
 
     present = [s for s in dataset_lib.SPLITS if s in manifest["datasets"][str(image_size)]]
-    counts = {s: diagnosis.split_records(data_dir, s, image_size, mapping, manifest)
+    counts = {s: diagnosis.split_exclusions(data_dir, s, image_size, mapping, manifest)
               for s in present}
-    have = {s: kept for s, (kept, _) in counts.items()}
+    have = {s: c["kept"] for s, c in counts.items()}
     chosen = [s for s in present if have[s]] if splits == ["all"] else list(dict.fromkeys(splits))
     empty = [s for s in chosen if not have.get(s)]
     if not chosen or empty:
         raise ValueError(f"{data_dir}: split(s) {','.join(empty or splits)} hold no records of "
-                         f"the model's classes at {image_size}px (records per split {have})")
-    return chosen, {s: counts[s][1] for s in chosen}
+                         f"the model's classes at {image_size}px (records per split {have}; "
+                         f"excluded {counts})")
+    counted = present if splits == ["all"] else chosen
+    return chosen, {"excluded_unknown": {s: counts[s]["unknown"] for s in counted},
+                    "excluded_unseen": {s: counts[s]["unseen"] for s in counted}}
 
 
 def write_predictions_csv(path: str, per_split: Mapping[str, Mapping[str, Any]],
@@ -126,10 +131,11 @@ def check_outputs(model, model_info: Mapping[str, Any]) -> None:
 
 def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
                       manifest: Mapping[str, Any], *, splits: Sequence[str],
-                      excluded: Mapping[str, int], out: str, image_size: int,
+                      excluded: Mapping[str, Mapping[str, int]], out: str, image_size: int,
                       batch_size: int = 32) -> dict[str, Any]:
     """Scores the diagnosis model (check_outputs) on the splits select_splits chose (with
-    several, a pooled 'all' row is added); excluded: its unknown counts. Writes the report,
+    several, a pooled 'all' row is added); excluded: its counts of records not scored. Writes
+    the report,
     predictions and confusion plot into `out`."""
     from trainer.cnn import diagnosis
     from trainer.core import run_folder
@@ -158,14 +164,17 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
                       if use_metadata else {})},
         "model": {key: model_info[key] for key in ("path", "kind", "keras")},
         "classes": classes, "grouped_as_other": mapping.get("grouped_as_other", []),
-        "excluded_unknown": excluded, "splits": metrics,
+        "excluded_unknown": dict(excluded["excluded_unknown"]),
+        "excluded_unseen": dict(excluded["excluded_unseen"]), "splits": metrics,
         "plots": {"confusion": os.path.relpath(plot, out)}, "predictions_csv": PREDICTIONS_CSV}
     run_folder.write_json(os.path.join(out, REPORT_JSON), result)
     lines = ["# Diagnosis model on another dataset", "",
              f"Model `{model_info['path']}`; data `{os.path.abspath(data_dir)}`, "
              f"{image_size} px.", "", "Classes: " + ", ".join(classes), "",
              "Excluded (unknown diagnosis): " + ", ".join(
-                 f"{s} {n}" for s, n in excluded.items()), "",
+                 f"{s} {n}" for s, n in excluded["excluded_unknown"].items()), "",
+             "Excluded (a diagnosis outside the model's classes, no `other`): " + ", ".join(
+                 f"{s} {n}" for s, n in excluded["excluded_unseen"].items()), "",
              *diagnosis.split_lines(metrics, classes),
              f"![confusion matrices]({result['plots']['confusion']})", ""]
     with open(os.path.join(out, REPORT_MD), "w", encoding="utf-8") as f:
