@@ -313,7 +313,8 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
     """The diagnosis task's export (same layout): serving_default(image_bytes) ->
     {probabilities float32 [B, K] (in classes.json order), top_class string [B],
     top_probability float32 [B]}; serving_config.json carries task "diagnosis" and the classes
-    (and `ensemble`, as export_model's). The image path (decode_for_serving + evaluation scaling) is the binary export's."""
+    (and `ensemble`, as export_model's). The image path (decode_for_serving + evaluation
+    scaling) is the binary export's."""
     import tensorflow as tf
 
     from trainer.cnn import diagnosis as diagnosis_lib
