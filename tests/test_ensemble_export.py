@@ -169,6 +169,8 @@ def test_members_that_disagree_are_refused_naming_run_and_setting(runs, tmp_path
     path = os.path.join(odd, TRAIN_CONFIG_NAME)
     config = json.load(open(path))
     run_folder.write_json(path, {**config, setting: value})
+    if setting == "task":  # a diagnosis run as training leaves it: with its classes
+        run_folder.write_json(os.path.join(odd, "classes.json"), {"classes": ["a", "b"]})
     with pytest.raises(ensemble.EnsembleError, match=f"{odd} has {setting}="):
         ensemble.export_ensemble([runs[0], odd], str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")  # refused before anything is written
@@ -220,3 +222,113 @@ def test_metadata_members_serve_the_mean_with_their_encoding(data_dir, tmp_path,
     expected = np.mean([load_keras_model(os.path.join(r, "model.keras")).predict_on_batch(
         [input_pipeline.preprocess_for_eval(pixels), features])[:, 0] for r in runs], axis=0)
     np.testing.assert_allclose(served, expected, atol=1e-6)
+
+
+def _copy_with(run: str, folder, name: str, **changes) -> str:
+    """A copy of a member run with `changes` ({json file: function editing its dict})."""
+    odd = str(folder / name)
+    shutil.copytree(run, odd)
+    for file, edit in changes.items():
+        path = os.path.join(odd, file)
+        run_folder.write_json(path, edit(json.load(open(path))))
+    return odd
+
+
+def _exported_with(run: str, resize_mode: str) -> None:
+    os.makedirs(os.path.join(run, "export"), exist_ok=True)
+    run_folder.write_json(os.path.join(run, "export", "serving_config.json"),
+                          {"resize_mode": resize_mode})
+
+
+def test_every_members_resize_mode_is_checked(runs, tmp_path):
+    """Against each other wherever exported, and against the dataset's: the first member not
+    being exported does not hide the others."""
+    a, b = (_copy_with(r, tmp_path, n) for r, n in ((runs[1], "a"), (runs[2], "b")))
+    _exported_with(a, "squash")
+    _exported_with(b, "center_crop")
+    with pytest.raises(ensemble.EnsembleError,
+                       match=f"{b} was exported with resize_mode='center_crop' but {a} with"):
+        ensemble.export_ensemble([runs[0], a, b], str(tmp_path / "out"))
+    _exported_with(a, "center_crop")  # agree with each other, not with the dataset (squash)
+    with pytest.raises(ensemble.EnsembleError,
+                       match=f"has resize_mode 'squash' but {a} was exported with 'center_crop'"):
+        ensemble.export_ensemble([runs[0], a, b], str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_data_dir_with_other_split_counts_is_refused_naming_both(runs, tmp_path, data_dir):
+    recorded = evaluation.dataset_counts(data_dir, SIZE)
+    members = [_copy_with(r, tmp_path, f"m{i}", **{"report.json": lambda rep: {
+        **rep, "data": recorded}}) for i, r in enumerate(runs[:2])]
+    other = shard_fixtures.write_tiny_dataset(  # the same layout, other images and counts
+        tmp_path / "other", {s: shard_fixtures.random_images(n, 48, seed=i) for i, (s, n) in
+                             enumerate({"train": 2, "validation": 4, "test": 4}.items())}, SIZE)
+    with pytest.raises(ensemble.EnsembleError) as e:
+        ensemble.export_ensemble(members, str(tmp_path / "out"), data_dir=other)
+    assert f"--data_dir={other} holds {{'train': 2, 'validation': 4, 'test': 4}}" in str(e.value)
+    assert f"but {members[0]} recorded {{'train': 2, 'validation': 10, 'test': 6}}" in str(e.value)
+
+
+def test_metadata_members_must_agree_on_the_encoding(data_dir, tmp_path):
+    runs = [tiny_run(tmp_path / f"meta{s}", data_dir, s, use_metadata=True) for s in (1, 2)]
+    legacy = _copy_with(runs[1], tmp_path, "legacy", **{TRAIN_CONFIG_NAME: lambda c: {
+        k: v for k, v in c.items() if k != "metadata_encoding"}})  # before version 2: 1
+    with pytest.raises(ensemble.EnsembleError, match=f"{legacy} has metadata_encoding=1 but "):
+        ensemble.export_ensemble([runs[0], legacy], str(tmp_path / "out"))
+
+
+def test_a_member_without_image_size_or_classes_is_named(runs, tmp_path):
+    sizeless = _copy_with(runs[1], tmp_path, "sizeless", **{TRAIN_CONFIG_NAME: lambda c: {
+        k: v for k, v in c.items() if k != "image_size"}, "report.json": lambda r: {
+        **r, "config": {k: v for k, v in r["config"].items() if k != "image_size"}}})
+    with pytest.raises(ensemble.EnsembleError, match=f"{sizeless} records no image_size"):
+        ensemble.export_ensemble([runs[0], sizeless], str(tmp_path / "out"))
+    classless = _copy_with(runs[1], tmp_path, "classless", **{
+        TRAIN_CONFIG_NAME: lambda c: {**c, "task": "diagnosis"}})
+    with pytest.raises(ensemble.EnsembleError,
+                       match=f"{classless} trained the diagnosis task but holds no classes.json"):
+        ensemble.export_ensemble([classless, runs[0]], str(tmp_path / "out"))
+
+
+def test_a_diagnosis_ensemble_serves_the_mean_softmax_and_scores_it(tmp_path):
+    """The diagnosis path: the members' classes.json carried over, the ensemble's own report
+    (balanced accuracy of the mean probabilities), an export serving K probabilities."""
+    import keras
+
+    from trainer.cnn import diagnosis
+    from trainer.cnn.models import load_keras_model
+
+    texts = ["nevus", "melanoma", "bcc", "nevus", "melanoma", "bcc", ""]
+    data = shard_fixtures.write_tiny_dataset(tmp_path / "dx", {
+        split: [(img, "malignant" if t == "melanoma" else "benign", {"diagnosis": t})
+                for (img, _), t in zip(shard_fixtures.random_images(len(texts), 48, seed=i),
+                                       texts)]
+        for i, split in enumerate(("train", "validation", "test"))}, SIZE)
+    mapping = diagnosis.build_mapping(data, SIZE, min_records=1)
+    runs = []
+    for seed in (1, 2):
+        folder = str(tmp_path / f"dx{seed}")
+        keras.utils.set_random_seed(seed)
+        keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),
+                          keras.layers.Dense(3, activation="softmax")]).save(
+            os.path.join(os.makedirs(folder) or folder, "model.keras"))
+        run_folder.write_json(os.path.join(folder, TRAIN_CONFIG_NAME), {
+            "task": "diagnosis", "image_size": SIZE, "seed": seed, "data_dir": data,
+            "model": "tiny", "workdir": folder})
+        diagnosis.write_mapping(folder, mapping)
+        runs.append(folder)
+    paths = ensemble.export_ensemble(runs, str(tmp_path / "ens"))
+    out = tmp_path / "ens"
+    assert json.load(open(out / "classes.json"))["classes"] == mapping["classes"]
+    members = [load_keras_model(os.path.join(r, "model.keras")) for r in runs]
+    labels, _ = diagnosis.predict_split(members[0], data, "test", SIZE, mapping)
+    mean = np.mean([diagnosis.predict_split(m, data, "test", SIZE, mapping)[1] for m in members],
+                   axis=0)
+    report = json.load(open(out / "report.json"))
+    assert report["splits"]["test"] == diagnosis.split_metrics(labels, mean, mapping["classes"])
+    assert report["excluded_unknown"]["test"] == 1
+    _, config = export.load_exported(paths["export_dir"])
+    assert config["task"] == "diagnosis" and config["classes"] == mapping["classes"]
+    assert len(config["ensemble"]["members"]) == 2
+    with pytest.raises(ensemble.EnsembleError, match="without test-time augmentation"):
+        ensemble.export_ensemble(runs, str(tmp_path / "ens2"), tta=True)

@@ -17,16 +17,16 @@ policy, test is measured at it), on the members' own dataset, so the threshold a
 number on the model card are the ensemble's own. Without that dataset there is no threshold to
 choose, and the export is refused rather than guessed.
 
-Members must agree on what shapes their inputs and outputs (AGREED_SETTINGS, the resize mode,
-the dataset, and the diagnosis classes); the first disagreement is refused naming the run and
-the setting. --model: two or more run folders (model.keras and train_config.json, as training
-leaves them). --data_dir: where the members' dataset lives now, when it moved (the members must
-still agree on the one they recorded). --threshold_policy / --min_sensitivity / --tta: default
-the members' own (report.json), which must then agree.
+Members must agree on what shapes their inputs and outputs (AGREED_SETTINGS, every exported
+member's resize mode, the dataset, and the diagnosis classes); the first disagreement is
+refused naming the run and the setting. --model: two or more run folders (model.keras and
+train_config.json, as training leaves them). --data_dir: where the members' dataset lives now,
+when it moved (the members must still agree on the one they recorded, and it must hold the
+records per split their report.json recorded). --threshold_policy / --min_sensitivity / --tta:
+default the members' own (report.json), which must then agree.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -46,13 +46,6 @@ class EnsembleError(ValueError):
     """A one-line reason the ensemble cannot be exported (the CLI prints it and exits 2)."""
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _normal_path(path: str | None) -> str | None:
     """A data_dir as comparable text: local paths absolute, URLs (gs://) as written."""
     if not path:
@@ -62,27 +55,42 @@ def _normal_path(path: str | None) -> str | None:
 
 def read_member(run: str) -> dict[str, Any]:
     """What the ensemble needs from one run folder: {run, keras, config, report, settings,
-    resize_mode (its export's, None when not exported), classes, data_dir, threshold, tta}."""
+    resize_mode (its export's, None when not exported), classes and mapping (its classes.json,
+    None for a binary run), split_records ({split: records} of the dataset its report.json
+    recorded, None when it records none), data_dir, threshold, tta}. EnsembleError naming the
+    run for one without image_size or a diagnosis run without classes.json."""
+    from trainer.cnn.evaluation import read_json
+
     keras_path = os.path.join(run, KERAS_NAME)
     if not os.path.isfile(keras_path):
         raise EnsembleError(f"--model: {run} has no {KERAS_NAME} (not a finished run folder)")
-    report = _read_json(os.path.join(run, REPORT_JSON))
-    config = _read_json(os.path.join(run, TRAIN_CONFIG_NAME)) or (report or {}).get("config")
+    report = read_json(os.path.join(run, REPORT_JSON), None)
+    config = read_json(os.path.join(run, TRAIN_CONFIG_NAME), None) or (report or {}).get("config")
     if not config:
         raise EnsembleError(f"--model: {run} records no settings (neither {TRAIN_CONFIG_NAME} "
                             f"nor {REPORT_JSON}'s config), so agreement cannot be checked")
     settings = {k: config.get(k, default) for k, default in AGREED_SETTINGS.items()}
+    if not isinstance(settings["image_size"], int) or settings["image_size"] < 1:
+        raise EnsembleError(f"--model: {run} records no image_size (got "
+                            f"{settings['image_size']!r} in its {TRAIN_CONFIG_NAME} or "
+                            f"{REPORT_JSON}'s config): the ensemble's input size is unknown")
     if settings["use_metadata"]:
         try:
             settings["metadata_encoding"] = metadata_features.run_encoding(config)
         except ValueError as e:
             raise EnsembleError(f"--model: {run}: {e}") from None
-    serving = _read_json(os.path.join(run, EXPORT_DIR, SERVING_CONFIG_NAME)) or {}
-    classes = (_read_json(os.path.join(run, CLASSES_NAME)) or {}).get("classes")
+    serving = read_json(os.path.join(run, EXPORT_DIR, SERVING_CONFIG_NAME), {})
+    mapping = read_json(os.path.join(run, CLASSES_NAME), None)
+    if settings["task"] == "diagnosis" and not (mapping or {}).get("classes"):
+        raise EnsembleError(f"--model: {run} trained the diagnosis task but holds no "
+                            f"{CLASSES_NAME} with its classes: the ensemble's classes are unknown")
     chosen = (report or {}).get("threshold") or {}
+    recorded = ((report or {}).get("data") or {}).get("splits")
     return {"run": os.path.abspath(run), "keras": keras_path, "config": dict(config),
             "report": report, "settings": settings, "resize_mode": serving.get("resize_mode"),
-            "classes": classes,
+            "classes": (mapping or {}).get("classes"), "mapping": mapping,
+            "split_records": {s: int(c.get("records", 0)) for s, c in recorded.items()}
+            if recorded else None,
             "data_dir": _normal_path(((report or {}).get("data") or {}).get("data_dir")
                                      or config.get("data_dir")),
             "threshold": chosen.get("threshold"),
@@ -94,13 +102,18 @@ def read_member(run: str) -> dict[str, Any]:
 def check_agreement(members: Sequence[Mapping[str, Any]]) -> None:
     """EnsembleError naming the first member and setting that differs from the first member's:
     AGREED_SETTINGS (and metadata_encoding for --use_metadata runs), the exported resize mode
-    (where both were exported), the diagnosis classes and the dataset."""
+    (every exported member's against the first exported one's), the diagnosis classes and the
+    dataset."""
     first = members[0]
+    exported = [m for m in members if m["resize_mode"]]
+    for member in exported[1:]:
+        if member["resize_mode"] != exported[0]["resize_mode"]:
+            raise EnsembleError(f"--model: {member['run']} was exported with resize_mode="
+                                f"{member['resize_mode']!r} but {exported[0]['run']} with "
+                                f"{exported[0]['resize_mode']!r}")
     for member in members[1:]:
         pairs = [(name, first["settings"].get(name), member["settings"].get(name))
                  for name in {**first["settings"], **member["settings"]}]
-        if first["resize_mode"] and member["resize_mode"]:
-            pairs.append(("resize_mode", first["resize_mode"], member["resize_mode"]))
         pairs += [("classes", first["classes"], member["classes"]),
                   ("data_dir", first["data_dir"], member["data_dir"])]
         for name, want, got in pairs:
@@ -109,6 +122,24 @@ def check_agreement(members: Sequence[Mapping[str, Any]]) -> None:
                     f"--model: {member['run']} has {name}={got!r} but {first['run']} has "
                     f"{want!r}; an ensemble's members must agree on {', '.join(AGREED_SETTINGS)}, "
                     "metadata_encoding, resize_mode, classes and data_dir")
+
+
+def check_dataset(members: Sequence[Mapping[str, Any]], data_dir: str,
+                  manifest: Mapping[str, Any], split_records: Mapping[str, int]) -> str:
+    """The dataset's resize mode, after checking it is the members' dataset: EnsembleError
+    naming the run when an exported member was exported with another resize mode, or when a
+    member recorded other records per split (split_records: the dataset's, {split: records}
+    at the members' image size) than the dataset holds."""
+    resize_mode = manifest.get("resize_mode", "squash")
+    for member in members:
+        if member["resize_mode"] not in (None, resize_mode):
+            raise EnsembleError(f"--data_dir={data_dir} has resize_mode {resize_mode!r} but "
+                                f"{member['run']} was exported with {member['resize_mode']!r}")
+        if member["split_records"] not in (None, dict(split_records)):
+            raise EnsembleError(f"--data_dir={data_dir} holds {dict(split_records)} records per "
+                                f"split but {member['run']} recorded {member['split_records']}: "
+                                "not the members' dataset")
+    return resize_mode
 
 
 def _one(members: Sequence[Mapping[str, Any]], key: str, flag: str, given: Any) -> Any:
@@ -200,10 +231,9 @@ def export_ensemble(runs: Sequence[str], output: str, *, data_dir: str | None = 
         raise EnsembleError(f"the ensemble's threshold and quality are measured on the "
                             f"members' dataset, which cannot be read ({e}); pass --data_dir "
                             "where it lives now") from None
-    resize_mode = manifest.get("resize_mode", "squash")
-    if members[0]["resize_mode"] not in (None, resize_mode):
-        raise EnsembleError(f"--data_dir={data_dir} has resize_mode {resize_mode!r} but the "
-                            f"members were exported with {members[0]['resize_mode']!r}")
+    counts = evaluation.dataset_counts(data_dir, image_size, manifest)["splits"]
+    resize_mode = check_dataset(members, data_dir, manifest,
+                                {s: c["records"] for s, c in counts.items()})
     if task == "binary":
         threshold_policy = _one(members, "policy", "--threshold_policy", threshold_policy)
         if threshold_policy not in metrics.THRESHOLD_POLICIES:
@@ -225,7 +255,7 @@ def export_ensemble(runs: Sequence[str], output: str, *, data_dir: str | None = 
     if task == "diagnosis":
         from trainer.cnn import diagnosis
 
-        diagnosis.write_mapping(out, _read_json(os.path.join(members[0]["run"], CLASSES_NAME)))
+        diagnosis.write_mapping(out, members[0]["mapping"])
         diagnosis.evaluate_and_report(model, data_dir, out, image_size, config,
                                       batch_size=batch_size, manifest=manifest)
         note = ensemble_note(members, "none: the most probable class of the mean is served")

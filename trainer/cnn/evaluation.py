@@ -300,7 +300,10 @@ AGE_BANDS = ((0, 30, "<30"), (30, 50, "30-49"), (50, 70, "50-69"), (70, 1000, ">
 MISSING_GROUP = "(missing)"
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def read_json(path: str, missing: Any = FileNotFoundError) -> Any:
+    """A JSON file's content; `missing` when there is no such file (default: the error)."""
+    if missing is not FileNotFoundError and not os.path.isfile(path):
+        return missing
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -342,10 +345,10 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
         raise EvaluationError(str(e)) from None
     # Each file read once: the run's report.json, and the serving config (the export's own, or
     # the run's export/ one as the threshold's fallback).
-    report = _read_json(report_path) if kind == "run" and os.path.isfile(report_path) else None
+    report = read_json(report_path, None) if kind == "run" else None
     config_file = config_path if kind == "export" else os.path.join(
         path, EXPORT_DIR, SERVING_CONFIG_NAME)
-    serving = _read_json(config_file) if os.path.isfile(config_file) else {}
+    serving = read_json(config_file, {})
     if mapping is not None:
         threshold = None
     elif threshold_override is not None:
