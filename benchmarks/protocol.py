@@ -44,14 +44,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks import common as bench_common, protocol_diagnosis
+from trainer.cnn import diagnosis
+from trainer.cnn.constants import PREDICTIONS_CSV as PREDICTIONS, REPORT_JSON as REPORT
 from trainer.core import metrics
 
 ENGINE = "beam_jobs.preprocess"
 TRAINER = "trainer.cnn"
 EVALUATOR = "trainer.cnn.evaluate"  # both tasks
 TASKS = ("binary", "diagnosis")
-REPORT = "report.json"
-PREDICTIONS = "predictions.csv"
 
 
 class ProtocolError(RuntimeError):
@@ -205,8 +205,6 @@ def seed_list(result: dict) -> range:
 def heldout_skip_reason(run: str, heldout: str) -> str | None:
     """Why the held-out dataset cannot be scored by a diagnosis run, whose classes.json is
     known only once it trained (protocol_diagnosis.heldout_skip_reason); None when it can."""
-    from trainer.cnn import diagnosis
-
     mapping = diagnosis.read_mapping(run)
     if mapping is None:
         raise ProtocolError(f"{run} trained the diagnosis task but holds no classes.json")

@@ -28,11 +28,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score
 
+from trainer.cnn import diagnosis
+from trainer.cnn.constants import PREDICTIONS_CSV as PREDICTIONS, REPORT_JSON as REPORT
 from trainer.core import metrics
-
-PREDICTIONS = "predictions.csv"
-REPORT = "report.json"
-UNKNOWN_DIAGNOSES = ("", "unknown")  # excluded from the task (trainer.cnn.diagnosis)
 
 
 def _check_indices(true: np.ndarray, runs: Sequence[np.ndarray], k: int) -> None:
@@ -126,14 +124,35 @@ def excluded_counts(output: str, split: str | None) -> dict[str, int | None]:
             "unseen_class": total("excluded_unseen")}
 
 
+def _difference(first: tuple, other: tuple) -> str:
+    """What differs between two read_predictions results, as "other's vs first's" ("" when
+    nothing that matters): the classes, the count of image ids and the first differing id,
+    or the first image labelled otherwise."""
+    (ids, true, _, classes), (ids2, true2, _, classes2) = first, other
+    if classes2 != classes:
+        return f"classes {classes2} vs {classes}"
+    differing = sorted(set(ids) ^ set(ids2))
+    if differing:
+        return f"{len(ids2)} vs {len(ids)} image ids, first differing id {differing[0]}"
+    wrong = np.flatnonzero(true != true2)
+    if wrong.size:
+        i = int(wrong[0])
+        return (f"image {ids[i]} labelled {classes[true2[i]]} vs {classes[true[i]]} "
+                f"({wrong.size} labels differ)")
+    return ""
+
+
 def pooled(outputs: Sequence[str], split: str | None, resamples: int) -> dict[str, Any]:
     """seed_summary over the runs' predictions of the same images (same ids, labels and
     classes in every run; ValueError naming the runs otherwise), with the images the first
     run's evaluation left out ("excluded": excluded_counts)."""
     read = [read_predictions(o, split) for o in outputs]
+    for output, r in zip(outputs[1:], read[1:]):
+        why = _difference(read[0], r)
+        if why:
+            raise ValueError(f"runs scored different images or classes: {output} vs "
+                             f"{outputs[0]}: {why}")
     ids, true, _, classes = read[0]
-    if any(r[0] != ids or not np.array_equal(r[1], true) or r[3] != classes for r in read):
-        raise ValueError(f"runs scored different images or classes: {list(outputs)}")
     return {**seed_summary(true, [r[2] for r in read], classes, resamples=resamples),
             "excluded": excluded_counts(outputs[0], split)}
 
@@ -144,8 +163,6 @@ def heldout_skip_reason(mapping: Mapping[str, Any], diagnoses: Mapping[str, int]
     trainer.cnn.diagnosis.class_of), None when it can: its images must fall in >= 2 of the
     runs' classes (a diagnosis the runs merged into `other` or dropped counts as theirs).
     diagnoses: {diagnosis: images} of the held-out dataset."""
-    from trainer.cnn import diagnosis
-
     classes = list(mapping["classes"])
     counted: dict[str, int] = {}
     dropped = 0
@@ -166,7 +183,7 @@ def enough_classes(diagnoses: Mapping[str, Mapping[str, int]]) -> dict[str, str]
     balanced accuracy); diagnoses: {source: {normalised diagnosis: images}}."""
     skipped = {}
     for source, counts in diagnoses.items():
-        known = sorted(d for d, n in counts.items() if n and d not in UNKNOWN_DIAGNOSES)
+        known = sorted(d for d, n in counts.items() if n and not diagnosis.is_unknown(d))
         if len(known) < 2:
             skipped[source] = f"only {known} images: no balanced accuracy"
     return skipped

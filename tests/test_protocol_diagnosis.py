@@ -85,8 +85,21 @@ def test_pooled_reads_each_seeds_predictions_by_image_id(tmp_path):
     assert s2["cases"] == 10 and s2["excluded"] == {"unknown_diagnosis": 2, "unseen_class": 3}
     assert pd.pooled([str(tmp_path / "s2")], None, 20)["excluded"] == {
         "unknown_diagnosis": 3, "unseen_class": 3}
-    with pytest.raises(ValueError, match="different images"):
+    with pytest.raises(ValueError, match=f"different images or classes: {tmp_path / 's2'} vs "
+                       f"{tmp_path / 's0'}: 11 vs 10 image ids, first differing id ISIC_9"):
         pd.pooled([str(tmp_path / "s0"), str(tmp_path / "s2")], None, 5)
+    _write_scores(tmp_path / "s3", [("test", i, CLASSES[t], CLASSES[p])
+                                    for i, t, p in zip(ids, TRUE, TRUE)], classes=CLASSES[::-1])
+    with pytest.raises(ValueError, match=r"s3 vs .*s0: classes \['bcc', 'bkl', 'melanoma', "
+                       r"'nevus'\] vs \['nevus', 'melanoma', 'bkl', 'bcc'\]"):
+        pd.pooled([str(tmp_path / "s0"), str(tmp_path / "s3")], None, 5)
+    relabelled = TRUE.copy()
+    relabelled[4] = 2
+    _write_scores(tmp_path / "s4", [("test", i, CLASSES[t], CLASSES[t])
+                                    for i, t in zip(ids, relabelled)])
+    with pytest.raises(ValueError, match=r"s4 vs .*s0: image ISIC_0000004 labelled bkl vs "
+                       r"melanoma \(1 labels differ\)"):
+        pd.pooled([str(tmp_path / "s0"), str(tmp_path / "s4")], None, 5)
 
 
 def test_a_held_out_source_needs_two_known_diagnoses():
