@@ -241,7 +241,7 @@ def test_evaluate_scores_a_diagnosis_run_and_its_export_on_another_dataset(diagn
     assert first[3] == result["classes"][int(np.argmax([float(v) for v in first[4:]]))]
     assert json.loads((out / "report.json").read_text())["classes"] == result["classes"]
     assert "Balanced accuracy" in (out / "report.md").read_text()
-    assert (out / "plots" / "confusion.png").is_file()
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["confusion.png"]  # only
 
     export_dir = done["export"]["export_dir"]
     exported = evaluation.evaluate_external(export_dir, diagnosis_dataset, splits="test",
@@ -251,7 +251,10 @@ def test_evaluate_scores_a_diagnosis_run_and_its_export_on_another_dataset(diagn
 
     for kwargs, shown in [({"threshold": 0.5}, "only benign/malignant models take --threshold"),
                           ({"tta": True}, "only benign/malignant models take --tta"),
+                          ({"tta": False, "threshold": 0.2}, "take --threshold, --tta"),
                           ({"splits": "train,tset"}, "--splits")]:
         with pytest.raises(evaluation.EvaluationError, match=shown):
             evaluation.evaluate_external(str(workdir), diagnosis_dataset, out=str(tmp_path / "x"),
                                          **kwargs)
+    with pytest.raises(evaluation.EvaluationError, match="take --tta"):  # before the data
+        evaluation.evaluate_external(str(workdir), str(tmp_path / "nowhere"), tta=True)

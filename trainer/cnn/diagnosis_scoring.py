@@ -69,10 +69,10 @@ def mapping_from_classes(classes: Sequence[str] | None, grouped: Sequence[str],
             "source": where}
 
 
-def refuse_binary_options(model_path: str, threshold: float | None, tta: bool | None) -> None:
-    """ValueError naming the binary-only setting given for a diagnosis model."""
-    given = [name for name, value in (("--threshold", threshold), ("--tta", tta))
-             if value is not None]
+def refuse_binary_options(model_path: str, options: Mapping[str, Any]) -> None:
+    """ValueError naming the binary-only settings (BINARY_ONLY_FLAGS) given (not None) in
+    options ({flag name: value}) for a diagnosis model."""
+    given = [f"--{name}" for name in BINARY_ONLY_FLAGS if options.get(name) is not None]
     if given:
         raise ValueError(f"--model {model_path!r} is a diagnosis model (its class is the "
                          f"softmax's argmax): only benign/malignant models take "

@@ -312,7 +312,8 @@ class EvaluationError(ValueError):
     """A one-line reason external evaluation cannot run (the CLI prints it and exits 2)."""
 
 
-def resolve_model(path: str, threshold_override: float | None = None) -> dict[str, Any]:
+def resolve_model(path: str, threshold_override: float | None = None,
+                  tta: bool | None = None) -> dict[str, Any]:
     """What --model points at: a run folder (model.keras + report.json's threshold, else its
     export's serving_config.json) or an export folder (model.keras + serving_config.json).
 
@@ -324,7 +325,7 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
     The threshold is the one the training run chose on its own validation split; a folder
     recording none is an error (never a threshold re-chosen on the scored data) unless
     threshold_override gives one explicitly. A diagnosis model has none (threshold and tta
-    None) and refuses threshold_override.
+    None) and refuses threshold_override and tta (the caller's --tta, checked only here).
     """
     if not os.path.isdir(path):
         raise EvaluationError(f"--model {path!r}: no such folder (want a run folder or an export folder)")
@@ -340,7 +341,8 @@ def resolve_model(path: str, threshold_override: float | None = None) -> dict[st
     try:
         mapping = diagnosis_scoring.mapping_of_folder(path)
         if mapping is not None:
-            diagnosis_scoring.refuse_binary_options(path, threshold_override, None)
+            diagnosis_scoring.refuse_binary_options(
+                path, {"threshold": threshold_override, "tta": tta})
     except ValueError as e:
         raise EvaluationError(str(e)) from None
     # Each file read once: the run's report.json, and the serving config (the export's own, or
@@ -518,8 +520,10 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     (default <model>/external/<dataset folder name>): report.json, report.md, predictions.csv,
     plots/{roc,pr,confusion,reliability}.png. Returns the report dict. EvaluationError (a
     ValueError) for a missing model, a dataset without manifest, a missing size, empty splits.
-    A diagnosis model goes to trainer.cnn.diagnosis_scoring.evaluate_external (the same files,
-    its own columns and metrics); threshold or tta given for one is an EvaluationError.
+    A diagnosis model goes to trainer.cnn.diagnosis_scoring.evaluate_external, which writes
+    report.json, report.md, predictions.csv (its own columns and metrics) and only
+    plots/confusion.png (no roc, pr or reliability plot); threshold or tta given for one is an
+    EvaluationError.
     """
     if bootstrap < 0 or batch_size < 1 or calibration_bins < 1:
         raise EvaluationError(f"need bootstrap >= 0, batch_size >= 1, calibration bins >= 1; got "
@@ -527,7 +531,7 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise EvaluationError(f"--threshold must be in [0, 1], got {threshold}")
     split_names(splits)  # a typo is refused before the model is loaded
-    model_info = resolve_model(model_path, threshold)
+    model_info = resolve_model(model_path, threshold, tta)
     manifest = read_dataset_manifest(data_dir)
     from trainer.cnn.models import load_keras_model
 
@@ -548,7 +552,6 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
 
         check_image_size(data_dir, image_size, manifest)
         try:
-            diagnosis_scoring.refuse_binary_options(model_path, threshold, tta)
             diagnosis_scoring.check_outputs(model, model_info)
             chosen, excluded = diagnosis_scoring.select_splits(
                 data_dir, image_size, split_names(splits), model_info["mapping"], manifest)
