@@ -33,6 +33,10 @@ EXTERNAL_FORMAT = "isicflow.cnn_diagnosis_external_report/1"
 BINARY_ONLY_FLAGS = ("threshold", "tta")
 
 
+class DiagnosisScoringError(ValueError):
+    """The model or the dataset cannot be scored (trainer.cnn.evaluate prints it, exits 2)."""
+
+
 def mapping_of_folder(path: str) -> dict[str, Any] | None:
     """The class mapping a model folder carries: a run folder's classes.json, else an export's
     serving_config.json with task "diagnosis"; None for a benign/malignant model's folder."""
@@ -130,18 +134,21 @@ def check_outputs(model, model_info: Mapping[str, Any]) -> None:
 
 
 def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
-                      manifest: Mapping[str, Any], *, splits: Sequence[str],
-                      excluded: Mapping[str, Mapping[str, int]], out: str, image_size: int,
-                      batch_size: int = 32) -> dict[str, Any]:
-    """Scores the diagnosis model (check_outputs) on the splits select_splits chose (with
-    several, a pooled 'all' row is added); excluded: its counts of records not scored. Writes
-    the report,
-    predictions and confusion plot into `out`."""
+                      manifest: Mapping[str, Any], *, splits: Sequence[str], out: str,
+                      image_size: int, batch_size: int = 32) -> dict[str, Any]:
+    """Scores the diagnosis model (check_outputs) on the splits select_splits chooses from
+    `splits` (with several, a pooled 'all' row is added), counting the records not scored.
+    Writes the report, predictions and confusion plot into `out`. DiagnosisScoringError for
+    a model whose outputs are not its classes or splits without records of them."""
     from trainer.cnn import diagnosis
     from trainer.core import run_folder
 
     mapping, classes = model_info["mapping"], model_info["mapping"]["classes"]
-    chosen = list(splits)
+    try:
+        check_outputs(model, model_info)
+        chosen, excluded = select_splits(data_dir, image_size, splits, mapping, manifest)
+    except ValueError as e:
+        raise DiagnosisScoringError(str(e)) from None
     use_metadata = len(model.inputs) > 1
     per_split = {s: diagnosis.predict_split_columns(
         model, data_dir, s, image_size, mapping, batch_size, use_metadata, manifest,

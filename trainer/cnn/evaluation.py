@@ -552,14 +552,11 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
 
         check_image_size(data_dir, image_size, manifest)
         try:
-            diagnosis_scoring.check_outputs(model, model_info)
-            chosen, excluded = diagnosis_scoring.select_splits(
-                data_dir, image_size, split_names(splits), model_info["mapping"], manifest)
-        except ValueError as e:
+            return diagnosis_scoring.evaluate_external(
+                model, model_info, data_dir, manifest, splits=split_names(splits), out=out,
+                image_size=image_size, batch_size=batch_size)
+        except diagnosis_scoring.DiagnosisScoringError as e:
             raise EvaluationError(str(e)) from None
-        return diagnosis_scoring.evaluate_external(
-            model, model_info, data_dir, manifest, splits=chosen, excluded=excluded, out=out,
-            image_size=image_size, batch_size=batch_size)
     if len(model.inputs) > 2 or model.outputs[0].shape[-1] != 1:
         raise EvaluationError(f"--model {model_path!r}: this one has a diagnosis head without "
                               f"its classes ({CLASSES_NAME} in a run folder, 'classes' in an "
