@@ -9,8 +9,9 @@ classes exclude are not scored and are counted apart: unknown/empty diagnoses
 (excluded_unknown) and named diagnoses outside the classes of a model without `other`
 (excluded_unseen). Records stream through trainer.cnn.diagnosis.make_dataset (the training
 evaluation's reading and scaling); the predicted class is the softmax's argmax; per-split
-metrics are trainer.cnn.diagnosis.split_metrics (scikit-learn). Binary-only settings (a threshold, TTA) are refused, and no bootstrap or
-calibration is computed: the report has none of them.
+metrics are trainer.cnn.diagnosis.split_metrics (scikit-learn). Binary-only settings (a
+threshold, TTA) are refused, and no bootstrap or calibration is computed: the report has none
+of them.
 
 Writes report.json, report.md, predictions.csv (split, image_id, label, predicted as class
 names, p_<class> per class) and plots/confusion.png.
