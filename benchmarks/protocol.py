@@ -24,14 +24,14 @@ another protocol workdir W are scored, nothing is trained, and this workdir hold
 an evaluation-time lever measured on the very models of its baseline.
 
 The diagnosis task (--flags="--task=diagnosis ..."): a source needs images of >= 2 known
-diagnoses to be held out, and once the runs trained, images of >= 2 of their classes (else it
-is skipped with the reason, its in-source rows kept; the table counts the held-out images not
-scored, unknown or outside the classes), each run is scored by the same trainer.cnn.evaluate (its diagnosis
-branch, per-image class predictions) into the same folders, and the table gives balanced
-multi-class accuracy (benchmarks.protocol_diagnosis) instead of AUC; the binary-only
-evaluation flags (--tta, --threshold) are refused before anything runs. The task is read from
-each trained run's report.json (its flags only to plan the held-out sources before any run
-exists).
+diagnoses to be held out and, once the runs trained, images of >= 2 of their classes (else it
+is skipped with the reason, its in-source rows kept); each run is scored by the same
+trainer.cnn.evaluate (its diagnosis branch, per-image class predictions) into the same
+folders, and the table gives the held-out images scored and those not (unknown diagnosis,
+outside the runs' classes) and balanced multi-class accuracy (benchmarks.protocol_diagnosis)
+instead of AUC; the binary-only evaluation flags (--tta, --threshold) are refused before
+anything runs. The task is read from each trained run's report.json (its flags, flagfiles
+followed as absl reads them, only to plan the held-out sources before any run exists).
 """
 from __future__ import annotations
 
