@@ -342,37 +342,42 @@ def seed_summary(labels, scores_per_seed, thresholds, *, resamples: int = 1000, 
     return result
 
 
-def paired_auc_difference(labels, baseline_per_seed, candidate_per_seed, *,
-                          resamples: int = 1000, seed: int = 0,
-                          confidence: float = 0.95) -> dict[str, Any]:
-    """Two recipes, several seeds each, scored on the same cases: is the candidate better?
+def paired_difference(labels: np.ndarray, baseline_per_seed, candidate_per_seed, metric, *,
+                      resamples: int = 1000, seed: int = 0,
+                      confidence: float = 0.95) -> dict[str, Any]:
+    """Two recipes, several seeds each, scored on the same cases by metric(labels, run) (a
+    run: whatever the metric reads per case, indexed like labels): is the candidate better?
 
-    difference = mean over the candidate's seeds of AUC - mean over the baseline's seeds.
+    difference = mean over the candidate's seeds of the metric - mean over the baseline's.
     seed_se = sqrt(sd_b^2 / n_b + sd_c^2 / n_c), the standard error of that difference from
     the seed-to-seed spread alone (sample sd, ddof=1). pooled_ci: percentile interval of the
-    difference over a bootstrap of cases, one index set per resample applied to every run of
-    both recipes (the case-sampling uncertainty, paired). A gain is "beyond the seed spread"
-    when |difference| > 2 seed_se, and beyond case sampling when pooled_ci excludes 0.
-    `bootstrap` (the resampled differences) is returned for averaging over several sources.
+    difference over a bootstrap of cases (case_bootstrap), one index set per resample applied
+    to every run of both recipes (the case-sampling uncertainty, paired). A gain is "beyond the
+    seed spread" when |difference| > 2 seed_se, and beyond case sampling when pooled_ci
+    excludes 0. `bootstrap` (the resampled differences) is returned for averaging over several
+    sources. Inputs are the caller's to validate (paired_auc_difference does for AUC).
     """
-    base = [check_inputs(labels, s, need_both_classes=True)[1] for s in baseline_per_seed]
-    cand = [check_inputs(labels, s, need_both_classes=True)[1] for s in candidate_per_seed]
+    y = np.asarray(labels)
+    base, cand = list(baseline_per_seed), list(candidate_per_seed)
     if len(base) < 2 or len(cand) < 2:
         raise ValueError(f"need >= 2 seeds per recipe for a seed spread, got {len(base)} "
                          f"baseline and {len(cand)} candidate")
-    y, _ = check_inputs(labels, base[0], need_both_classes=True)
+    bad = [np.shape(r) for r in base + cand if np.shape(r)[:1] != y.shape[:1]]
+    if y.ndim != 1 or not y.size or bad:
+        raise ValueError(f"need non-empty 1-d labels and runs of as many cases: labels "
+                         f"{y.shape}, runs {bad}")
 
     def difference(idx: np.ndarray) -> float:
-        return (float(np.mean([skm.roc_auc_score(y[idx], s[idx]) for s in cand]))
-                - float(np.mean([skm.roc_auc_score(y[idx], s[idx]) for s in base])))
+        return (float(np.mean([metric(y[idx], r[idx]) for r in cand]))
+                - float(np.mean([metric(y[idx], r[idx]) for r in base])))
 
-    per_base = [float(skm.roc_auc_score(y, s)) for s in base]
-    per_cand = [float(skm.roc_auc_score(y, s)) for s in cand]
+    per_base = [float(metric(y, r)) for r in base]
+    per_cand = [float(metric(y, r)) for r in cand]
     draws, _ = case_bootstrap(y, difference, resamples=resamples, seed=seed)
     low, high = percentile_interval(draws, confidence)
     se = math.sqrt(np.var(per_base, ddof=1) / len(base) + np.var(per_cand, ddof=1) / len(cand))
     d = float(np.mean(per_cand) - np.mean(per_base))
-    return {"cases": int(y.size), "positives": int(y.sum()),
+    return {"cases": int(y.size),
             "baseline": {"per_seed": per_base, "mean": float(np.mean(per_base)),
                          "sd": float(np.std(per_base, ddof=1))},
             "candidate": {"per_seed": per_cand, "mean": float(np.mean(per_cand)),
@@ -380,3 +385,19 @@ def paired_auc_difference(labels, baseline_per_seed, candidate_per_seed, *,
             "difference": d, "seed_se": se, "pooled_ci": [low, high],
             "beyond_seed_spread": bool(abs(d) > 2 * se),
             "bootstrap": np.asarray(draws, np.float64)}
+
+
+def paired_auc_difference(labels, baseline_per_seed, candidate_per_seed, *,
+                          resamples: int = 1000, seed: int = 0,
+                          confidence: float = 0.95) -> dict[str, Any]:
+    """paired_difference of the AUC, on validated binary labels and scores, with the count of
+    positive cases."""
+    base = [check_inputs(labels, s, need_both_classes=True)[1] for s in baseline_per_seed]
+    cand = [check_inputs(labels, s, need_both_classes=True)[1] for s in candidate_per_seed]
+    if len(base) < 2 or len(cand) < 2:
+        raise ValueError(f"need >= 2 seeds per recipe for a seed spread, got {len(base)} "
+                         f"baseline and {len(cand)} candidate")
+    y, _ = check_inputs(labels, base[0], need_both_classes=True)
+    result = paired_difference(y, base, cand, lambda yb, sb: skm.roc_auc_score(yb, sb),
+                               resamples=resamples, seed=seed, confidence=confidence)
+    return {"cases": result.pop("cases"), "positives": int(y.sum()), **result}
