@@ -89,21 +89,39 @@ def seed_summary(true: np.ndarray, predicted_per_seed: Sequence[np.ndarray],
                                        axis=0).tolist()}
 
 
+def _rows(output: str, split: str | None) -> tuple[list[str], list[dict[str, str]]]:
+    """(classes from report.json, predictions.csv rows of `split` (None: every row) sorted by
+    image id) of one trainer.cnn.evaluate output of a diagnosis model."""
+    with open(os.path.join(output, REPORT), encoding="utf-8") as f:
+        classes = list(json.load(f)["classes"])
+    with open(os.path.join(output, PREDICTIONS), encoding="utf-8", newline="") as f:
+        rows = sorted((r for r in csv.DictReader(f) if split is None or r["split"] == split),
+                      key=lambda r: r["image_id"])
+    return classes, rows
+
+
 def read_predictions(output: str, split: str | None
                      ) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """(image ids sorted, true class indices, predicted class indices, classes) of one
     trainer.cnn.evaluate output of a diagnosis model, keeping `split` only (None: every row)."""
-    with open(os.path.join(output, REPORT), encoding="utf-8") as f:
-        classes = list(json.load(f)["classes"])
+    classes, rows = _rows(output, split)
     index = {c: i for i, c in enumerate(classes)}
-    with open(os.path.join(output, PREDICTIONS), encoding="utf-8", newline="") as f:
-        rows = sorted((r for r in csv.DictReader(f) if split is None or r["split"] == split),
-                      key=lambda r: r["image_id"])
     unknown = sorted({r[c] for r in rows for c in ("label", "predicted")} - set(index))
     if unknown:
         raise ValueError(f"{output}: classes {unknown} not in its report's {classes}")
     return ([r["image_id"] for r in rows], np.array([index[r["label"]] for r in rows], np.int64),
             np.array([index[r["predicted"]] for r in rows], np.int64), classes)
+
+
+def read_probabilities(output: str, split: str | None) -> np.ndarray:
+    """(images, classes) probabilities of one diagnosis evaluation (its p_<class> columns), the
+    rows in read_predictions' order; ValueError naming the output when a column is missing."""
+    classes, rows = _rows(output, split)
+    missing = [f"p_{c}" for c in classes if rows and f"p_{c}" not in rows[0]]
+    if missing:
+        raise ValueError(f"{output}: {PREDICTIONS} lacks the columns {missing}")
+    return np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], np.float64
+                    ).reshape(len(rows), len(classes))
 
 
 def excluded_counts(output: str, split: str | None) -> dict[str, int | None]:
@@ -142,10 +160,11 @@ def _difference(first: tuple, other: tuple) -> str:
     return ""
 
 
-def pooled(outputs: Sequence[str], split: str | None, resamples: int) -> dict[str, Any]:
-    """seed_summary over the runs' predictions of the same images (same ids, labels and
-    classes in every run; ValueError naming the runs otherwise), with the images the first
-    run's evaluation left out ("excluded": excluded_counts)."""
+def predictions_of_runs(outputs: Sequence[str], split: str | None
+                        ) -> tuple[list[str], np.ndarray, list[np.ndarray], list[str]]:
+    """(image ids, true class indices, predicted class indices per run, classes) of runs that
+    scored the same images with the same labels and classes; ValueError naming the first run
+    that differs from the first one, and what differs, otherwise."""
     read = [read_predictions(o, split) for o in outputs]
     for output, r in zip(outputs[1:], read[1:]):
         why = _difference(read[0], r)
@@ -153,7 +172,14 @@ def pooled(outputs: Sequence[str], split: str | None, resamples: int) -> dict[st
             raise ValueError(f"runs scored different images or classes: {output} vs "
                              f"{outputs[0]}: {why}")
     ids, true, _, classes = read[0]
-    return {**seed_summary(true, [r[2] for r in read], classes, resamples=resamples),
+    return ids, true, [r[2] for r in read], classes
+
+
+def pooled(outputs: Sequence[str], split: str | None, resamples: int) -> dict[str, Any]:
+    """seed_summary over the runs' predictions of the same images (predictions_of_runs), with
+    the images the first run's evaluation left out ("excluded": excluded_counts)."""
+    _, true, predicted, classes = predictions_of_runs(outputs, split)
+    return {**seed_summary(true, predicted, classes, resamples=resamples),
             "excluded": excluded_counts(outputs[0], split)}
 
 
