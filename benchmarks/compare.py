@@ -10,6 +10,11 @@ sources: each recipe's held-out AUC (mean over its seeds), the difference, its s
 from the seed spread and a 95% interval from a bootstrap over images paired across every run
 of both recipes (trainer.core.metrics.paired_auc_difference). The mean over sources averages
 the per-source resampled differences draw by draw. Writes compare.json and compare.md.
+
+Two diagnosis protocol runs (protocol.json "task": "diagnosis", same classes) are compared on
+balanced accuracy instead (benchmarks.protocol_diagnosis reads the predictions and scores them;
+metrics.paired_difference pairs them the same way); a binary run is not compared with a
+diagnosis run, nor diagnosis runs whose classes differ.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks import common as bench_common
-from benchmarks import protocol
+from benchmarks import protocol, protocol_diagnosis
 from trainer.core import metrics
 
 
@@ -38,7 +43,7 @@ def _flags(result: dict) -> list[str]:
 
 
 def mean_over_sources(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The mean of per-source paired_auc_difference results: each recipe's mean AUC and the
+    """The mean of per-source metrics.paired_difference results: each recipe's mean metric and the
     difference averaged over the sources, the seed s.e. of that average (sqrt(sum se_s^2) / S)
     and its interval from the per-source resampled differences averaged draw by draw."""
     draws = min(r["bootstrap"].size for r in rows.values())
@@ -53,10 +58,59 @@ def mean_over_sources(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "beyond_seed_spread": bool(abs(difference) > 2 * se)}
 
 
+METRIC = {"binary": "AUC", "diagnosis": "balanced accuracy"}
+
+
+def task_of(runs: dict[str, dict], paths: dict[str, str]) -> str:
+    """The task both protocol.json files (`runs`, read from `paths`) record ("binary" when
+    written before the task was); ProtocolError naming both files when they differ, or when
+    diagnosis runs hold different classes."""
+    tasks = {name: r.get("task", "binary") for name, r in runs.items()}
+    if tasks["baseline"] != tasks["candidate"]:
+        raise protocol.ProtocolError(
+            f"baseline {paths['baseline']} ran the {tasks['baseline']} task, candidate "
+            f"{paths['candidate']} the {tasks['candidate']} task: no common metric")
+    if tasks["baseline"] == "diagnosis":
+        classes = {name: classes_of(r) for name, r in runs.items()}
+        if classes["baseline"] != classes["candidate"]:
+            raise protocol.ProtocolError(
+                f"baseline {paths['baseline']} has the classes {classes['baseline']}, candidate "
+                f"{paths['candidate']} {classes['candidate']}: their balanced accuracies "
+                "do not measure the same thing")
+    return tasks["baseline"]
+
+
+def classes_of(result: dict) -> list[list[str]]:
+    """The distinct class lists of a diagnosis protocol.json's summaries (one for a sound run)."""
+    found: list[list[str]] = []
+    for row in result["rows"].values():
+        for summary in row.values():
+            if summary["classes"] not in found:
+                found.append(summary["classes"])
+    return found
+
+
+def _diagnosis_row(outputs: dict[str, list[str]], resamples: int) -> dict[str, Any]:
+    """paired_difference of the balanced accuracy of every baseline and candidate run, which
+    must hold the same images, labels and classes (ProtocolError naming the runs otherwise)."""
+    try:
+        _, true, predicted, _ = protocol_diagnosis.predictions_of_runs(
+            outputs["baseline"] + outputs["candidate"], None)
+        n = len(outputs["baseline"])
+        return metrics.paired_difference(true, predicted[:n], predicted[n:],
+                                         protocol_diagnosis.balanced_accuracy,
+                                         resamples=resamples)
+    except ValueError as e:
+        raise protocol.ProtocolError(str(e)) from None
+
+
 def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, Any]:
-    """{source: paired_auc_difference of the held-out AUC}, plus "mean over sources"."""
+    """{source: paired difference of the held-out AUC (balanced accuracy for two diagnosis
+    runs)}, plus "mean over sources"."""
+    paths = {"baseline": baseline, "candidate": candidate}
     runs = {name: protocol.read_json(os.path.join(path, "protocol.json"))
-            for name, path in (("baseline", baseline), ("candidate", candidate))}
+            for name, path in paths.items()}
+    task = task_of(runs, paths)
     if runs["baseline"]["engine_flags"] != runs["candidate"]["engine_flags"]:
         raise protocol.ProtocolError(
             f"engine flags differ ({runs['baseline']['engine_flags']} vs "
@@ -68,6 +122,11 @@ def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, A
                                      f"{candidate}")
     rows: dict[str, Any] = {}
     for source in common:
+        if task == "diagnosis":
+            rows[source] = _diagnosis_row(
+                {name: protocol.score_outputs(paths[name], runs[name], source, "heldout")
+                 for name in paths}, resamples)
+            continue
         labels, base = _scores(baseline, runs["baseline"], source, "heldout", None)
         labels_c, cand = _scores(candidate, runs["candidate"], source, "heldout", None)
         if not np.array_equal(labels, labels_c):
@@ -76,7 +135,7 @@ def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, A
     rows["mean over sources"] = mean_over_sources(rows)
     for r in rows.values():
         r.pop("bootstrap", None)
-    return {"baseline": baseline, "candidate": candidate,
+    return {"baseline": baseline, "candidate": candidate, "task": task, "metric": METRIC[task],
             "baseline_flags": _flags(runs["baseline"]),
             "candidate_flags": _flags(runs["candidate"]),
             "engine_flags": runs["baseline"]["engine_flags"], "rows": rows}
@@ -85,7 +144,8 @@ def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, A
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"Baseline `{result['baseline']}` ({' '.join(result['baseline_flags']) or 'base'})"
              f" vs candidate `{result['candidate']}` "
-             f"({' '.join(result['candidate_flags']) or 'base'}); held-out AUC, mean over "
+             f"({' '.join(result['candidate_flags']) or 'base'}); held-out "
+             f"{result.get('metric', 'AUC')}, mean over "
              "seeds. Difference ± its seed-spread standard error [95% interval, bootstrap over "
              "images paired across all runs].", "",
              "| held out | baseline | candidate | difference | beyond 2 seed s.e. |",

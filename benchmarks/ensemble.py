@@ -11,6 +11,11 @@ every workdir: metrics.paired_auc_difference with the single seeds of every work
 baseline and the ensembles as the candidate (hence >= 2 workdirs: the ensembles' own spread),
 and the mean over sources as benchmarks.compare computes it. Uses the stored predictions only:
 no model is trained or run. Writes ensemble.json and ensemble.md.
+
+Diagnosis protocol runs (protocol.json "task": "diagnosis"): the ensemble's class is the argmax
+of its seeds' mean class probabilities (the p_<class> columns), and the held-out balanced
+accuracy (benchmarks.protocol_diagnosis) is compared in place of the AUC
+(metrics.paired_difference).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks import common as bench_common
-from benchmarks import compare, protocol
+from benchmarks import compare, protocol, protocol_diagnosis
 from trainer.core import metrics
 
 
@@ -33,12 +38,34 @@ def ensemble_scores(per_seed: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean(np.stack([np.asarray(s, np.float64) for s in per_seed]), axis=0)
 
 
+def ensemble_classes(per_seed: Sequence[np.ndarray]) -> np.ndarray:
+    """The ensemble's class of each image: the argmax of its seeds' mean class probabilities
+    ((images, classes) arrays)."""
+    return np.argmax(ensemble_scores(per_seed), axis=1)
+
+
+def _diagnosis_row(outputs: Sequence[Sequence[str]], resamples: int) -> dict[str, Any]:
+    """paired_difference of the balanced accuracy: every workdir's single seeds against the
+    workdirs' ensembles (outputs: per workdir, its seeds' evaluation folders)."""
+    _, true, singles, _ = protocol_diagnosis.predictions_of_runs(
+        [o for per_seed in outputs for o in per_seed], None)
+    members = [ensemble_classes([protocol_diagnosis.read_probabilities(o, None)
+                                 for o in per_seed]) for per_seed in outputs]
+    return metrics.paired_difference(true, singles, members,
+                                     protocol_diagnosis.balanced_accuracy, resamples=resamples)
+
+
 def ensembles(workdirs: Sequence[str], resamples: int = 1000) -> dict[str, Any]:
-    """{source: paired_auc_difference(single seeds, ensembles)} plus "mean over sources"."""
+    """{source: paired difference (single seeds, ensembles) of the held-out AUC, or balanced
+    accuracy for the diagnosis task} plus "mean over sources"."""
     if len(workdirs) < 2:
         raise protocol.ProtocolError(f"need >= 2 protocol workdirs (one ensemble each) for the "
                                      f"ensembles' spread, got {list(workdirs)}")
     runs = [protocol.read_json(os.path.join(w, "protocol.json")) for w in workdirs]
+    tasks = {w: r.get("task", "binary") for w, r in zip(workdirs, runs)}
+    if len(set(tasks.values())) > 1:
+        raise protocol.ProtocolError(f"the workdirs ran different tasks: {tasks}")
+    task = tasks[workdirs[0]]
     engine = {tuple(r["engine_flags"]) for r in runs}
     recipe = {(tuple(r["flags"]), tuple(r.get("eval_flags") or [])) for r in runs}
     if len(engine) > 1 or len(recipe) > 1:
@@ -51,6 +78,10 @@ def ensembles(workdirs: Sequence[str], resamples: int = 1000) -> dict[str, Any]:
         raise protocol.ProtocolError(f"no held-out source scored in every one of {workdirs}")
     rows: dict[str, Any] = {}
     for source in common:
+        if task == "diagnosis":
+            rows[source] = _diagnosis_row([protocol.score_outputs(w, r, source, "heldout")
+                                           for w, r in zip(workdirs, runs)], resamples)
+            continue
         scored = [protocol.scores_of_runs(protocol.score_outputs(w, r, source, "heldout"), None)
                   for w, r in zip(workdirs, runs)]
         labels = scored[0][0]
@@ -63,15 +94,17 @@ def ensembles(workdirs: Sequence[str], resamples: int = 1000) -> dict[str, Any]:
     rows["mean over sources"] = compare.mean_over_sources(rows)
     for r in rows.values():
         r.pop("bootstrap", None)
-    return {"workdirs": list(workdirs), "flags": list(runs[0]["flags"]),
+    return {"workdirs": list(workdirs), "task": task, "flags": list(runs[0]["flags"]),
             "engine_flags": list(runs[0]["engine_flags"]),
             "seeds": [list(protocol.seed_list(r)) for r in runs], "rows": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:
     seeds = "; ".join(", ".join(map(str, s)) for s in result["seeds"])
+    how = ("(argmax of the mean class probabilities). Held-out balanced accuracy"
+           if result.get("task") == "diagnosis" else "(mean probability). Held-out AUC")
     lines = [f"Recipe {' '.join(result['flags']) or '(base)'}; ensembles of seeds {seeds} "
-             "(mean probability). Held-out AUC: single seeds (mean ± sd) against the ensembles "
+             f"{how}: single seeds (mean ± sd) against the ensembles "
              "(mean ± sd); difference ± its seed-spread s.e. [95% interval, bootstrap over "
              "images paired across all runs].", "",
              "| held out | single seed | ensemble | difference | beyond 2 seed s.e. |",

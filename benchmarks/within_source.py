@@ -11,7 +11,7 @@ lesions within any source: the pooled figure then overstates what a new clinic w
 within-source AUC is the fair in-distribution reference for the held-out AUC. Sources come from
 the download's metadata table (image id -> source column); sources with one class in the
 validation split have no AUC and are left out. Writes within_source.json and within_source.md
-in the workdir.
+in the workdir. Binary runs only: a diagnosis protocol run is refused.
 """
 from __future__ import annotations
 
@@ -52,7 +52,11 @@ def auc_within_sources(rows: list[dict[str, str]], source_of: dict[str, str]) ->
 
 
 def summarise(workdir: str, source_of: dict[str, str]) -> dict[str, Any]:
-    run = protocol.read_json(os.path.join(workdir, "protocol.json"))
+    path = os.path.join(workdir, "protocol.json")
+    run = protocol.read_json(path)
+    if run.get("task", "binary") != "binary":
+        raise protocol.ProtocolError(f"{path} ran the {run['task']} task: within_source "
+                                     "scores the binary task's AUC only")
     rows = {}
     for held in run["rows"]:
         inside = [auc_within_sources(_predictions(s, "validation"), source_of)
