@@ -15,6 +15,8 @@ Per-image predictions come from trainer.cnn.evaluate (trainer.cnn.diagnosis_scor
 predictions.csv: split, image_id, label and predicted as class names, one probability column
 per class; report.json: classes, and the records not scored: excluded_unknown (no diagnosis)
 and excluded_unseen (a diagnosis outside the classes), carried into each pooled row).
+benchmarks.compare and benchmarks.ensemble read diagnosis runs through predictions_of_runs
+(and read_probabilities) and score them with balanced_accuracy.
 """
 from __future__ import annotations
 
