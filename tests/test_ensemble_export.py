@@ -70,9 +70,9 @@ def runs(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="module")
 def exported(runs, tmp_path_factory):
-    """The user's command, as a program: python -m trainer.cnn.export --model=... --output=..."""
+    """The user's command, as a program: python -m trainer.cnn.ensemble --model=... --output=..."""
     out = str(tmp_path_factory.mktemp("ensemble") / "ens")
-    proc = subprocess.run([sys.executable, "-m", "trainer.cnn.export", f"--model={','.join(runs)}",
+    proc = subprocess.run([sys.executable, "-m", "trainer.cnn.ensemble", f"--model={','.join(runs)}",
                            f"--output={out}", "--bootstrap=20"], cwd=REPO_ROOT,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
                           text=True, timeout=300)

@@ -123,9 +123,9 @@ def test_each_record_carries_its_sources_offset(two_sources, options):
 def test_an_empty_mapping_gives_every_record_zero(two_sources):
     ds = ip.make_dataset(two_sources, "validation", image_size=SIZE, batch_size=3,
                          training=False, source_offsets={})
-    (images, offsets), labels = next(iter(ds))
-    assert offsets.dtype == tf.float32 and offsets.shape == (3,) and labels.shape == (3,)
-    assert sum(int(o.shape[0]) for (_, o), _ in ds) == 4
+    batches = list(ds)  # an evaluation stream may yield its short batch first (parallel batch)
+    assert sorted(int(o.shape[0]) for (_, o), _ in batches) == [1, 3]
+    assert all(o.dtype == tf.float32 and o.shape == y.shape for (_, o), y in batches)
     assert all(np.all(o.numpy() == 0.0) for (_, o), _ in ds)
     unknown = ip.make_dataset(two_sources, "train", image_size=SIZE, batch_size=10,
                               training=False, source_offsets={"elsewhere": 3.0})

@@ -1,7 +1,7 @@
 """A seed ensemble served through the export contract: several runs of one recipe, their
 probabilities averaged, exported as one model that trainer.cnn.predict serves like any other.
 
-    python -m trainer.cnn.export --model=RUN1,RUN2,RUN3 --output=DIR [--data_dir=DATASET]
+    python -m trainer.cnn.ensemble --model=RUN1,RUN2,RUN3 --output=DIR [--data_dir=DATASET]
         [--threshold_policy=P] [--min_sensitivity=S] [--tta|--notta] [--bootstrap=1000]
 
 Writes DIR as a run folder of the ensemble (report.json, report.md, plots/; classes.json for
@@ -312,6 +312,10 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None, prog: str = "trainer.cnn.export") -> None:
+def run(argv: Sequence[str] | None = None, prog: str = "trainer.cnn.ensemble") -> None:
     define_flags()
     program.run(main, prog=prog, doc=__doc__, argv=argv, flag_modules=[__name__])
+
+
+if __name__ == "__main__":
+    run()

@@ -22,7 +22,7 @@ Training exports its run. Several runs of one recipe (a seed ensemble) export as
 whose probability is the mean of theirs, threshold and quality measured anew on their
 validation and test splits (trainer.cnn.ensemble), served as any export
 (python -m trainer.cnn.predict --model=DIR):
-    python -m trainer.cnn.export --model=RUN1,RUN2,RUN3 --output=DIR
+    python -m trainer.cnn.ensemble --model=RUN1,RUN2,RUN3 --output=DIR
 """
 from __future__ import annotations
 
@@ -378,8 +378,3 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
                                                 run_config)
     return paths
 
-
-if __name__ == "__main__":  # several runs as one model: trainer.cnn.ensemble's program
-    from trainer.cnn import ensemble as ensemble_lib
-
-    ensemble_lib.run()
