@@ -63,31 +63,25 @@ METRIC = {"binary": "AUC", "diagnosis": "balanced accuracy"}
 
 def task_of(runs: dict[str, dict], paths: dict[str, str]) -> str:
     """The task both protocol.json files (`runs`, read from `paths`) record ("binary" when
-    written before the task was); ProtocolError naming both files when they differ, or when
-    diagnosis runs hold different classes."""
+    written before the task was); ProtocolError naming both files when they differ."""
     tasks = {name: r.get("task", "binary") for name, r in runs.items()}
     if tasks["baseline"] != tasks["candidate"]:
         raise protocol.ProtocolError(
             f"baseline {paths['baseline']} ran the {tasks['baseline']} task, candidate "
             f"{paths['candidate']} the {tasks['candidate']} task: no common metric")
-    if tasks["baseline"] == "diagnosis":
-        classes = {name: classes_of(r) for name, r in runs.items()}
-        if classes["baseline"] != classes["candidate"]:
-            raise protocol.ProtocolError(
-                f"baseline {paths['baseline']} has the classes {classes['baseline']}, candidate "
-                f"{paths['candidate']} {classes['candidate']}: their balanced accuracies "
-                "do not measure the same thing")
     return tasks["baseline"]
 
 
-def classes_of(result: dict) -> list[list[str]]:
-    """The distinct class lists of a diagnosis protocol.json's summaries (one for a sound run)."""
-    found: list[list[str]] = []
-    for row in result["rows"].values():
-        for summary in row.values():
-            if summary["classes"] not in found:
-                found.append(summary["classes"])
-    return found
+def check_same_classes(runs: dict[str, dict], paths: dict[str, str], source: str) -> None:
+    """ProtocolError naming both files when the two diagnosis runs held `source` out with
+    different classes. Per source: a run's classes may differ between held-out sources (a
+    class too rare without one source is grouped as `other`), and that is no mismatch."""
+    classes = {name: runs[name]["rows"][source]["heldout"]["classes"] for name in paths}
+    if classes["baseline"] != classes["candidate"]:
+        raise protocol.ProtocolError(
+            f"held out {source}: baseline {paths['baseline']} has the classes "
+            f"{classes['baseline']}, candidate {paths['candidate']} {classes['candidate']}: "
+            "their balanced accuracies do not measure the same thing")
 
 
 def _diagnosis_row(outputs: dict[str, list[str]], resamples: int) -> dict[str, Any]:
@@ -123,6 +117,7 @@ def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, A
     rows: dict[str, Any] = {}
     for source in common:
         if task == "diagnosis":
+            check_same_classes(runs, paths, source)
             rows[source] = _diagnosis_row(
                 {name: protocol.score_outputs(paths[name], runs[name], source, "heldout")
                  for name in paths}, resamples)

@@ -115,7 +115,8 @@ def test_compare_refuses_a_task_mix_or_other_classes_naming_both_files(tmp_path,
     assert compare.main([f"--baseline={base}", f"--candidate={renamed}",
                          f"--output={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err
-    assert f"baseline {base} has the classes [{CLASSES}], candidate {renamed} [{other}]" in err
+    assert (f"held out a: baseline {base} has the classes {CLASSES}, candidate {renamed} "
+            f"{other}") in err
 
 
 def test_compare_refuses_diagnosis_runs_that_scored_other_images(tmp_path):
