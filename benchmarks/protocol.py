@@ -73,49 +73,39 @@ def read_json(path: str) -> dict:
         return json.load(f)
 
 
-def sources_of(manifest: dict) -> dict[str, dict[str, int]]:
-    """{source: {label: images}} from a manifest's per-split/label/diagnosis/source counts."""
-    found: dict[str, dict[str, int]] = {}
-    for row in manifest["counts"].get("per_split_label_diagnosis_source", []):
-        source = row.get("source_collection") or ""
-        if source:
-            labels = found.setdefault(source, {})
-            labels[row["label"]] = labels.get(row["label"], 0) + int(row["count"])
-    return dict(sorted(found.items()))
-
-
-def diagnoses_of(manifest: dict) -> dict[str, dict[str, int]]:
-    """{source: {diagnosis: images}} from the manifest's per-split/label/diagnosis/source rows."""
+def _counts_per_source(manifest: dict, field: str) -> dict[str, dict[str, int]]:
+    """{source: {row[field]: images}} from a manifest's per-split/label/diagnosis/source rows."""
     found: dict[str, dict[str, int]] = {}
     for row in manifest["counts"].get("per_split_label_diagnosis_source", []):
         source = row.get("source_collection") or ""
         if source:
             counts = found.setdefault(source, {})
-            diagnosis = row.get("diagnosis") or ""
-            counts[diagnosis] = counts.get(diagnosis, 0) + int(row["count"])
+            value = row.get(field) or ""
+            counts[value] = counts.get(value, 0) + int(row["count"])
     return dict(sorted(found.items()))
 
 
-def flag_words(words: Sequence[str], seen: tuple[str, ...] = ()) -> list[str]:
-    """The flags as absl reads them: each --flagfile=F replaced by F's lines (paths relative
-    to the cwd, as absl opens them; nested files followed), blank and comment (#, //) lines
-    skipped, a circular one ignored. ProtocolError for a missing flagfile."""
-    out: list[str] = []
-    for word in words:
-        if not word.lstrip("-").startswith("flagfile=") or not word.startswith("-"):
-            out.append(word)
-            continue
-        path = os.path.expanduser(word.split("=", 1)[1])
-        if path in seen:  # absl warns and ignores a circular one
-            continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                lines = [line.strip() for line in f]
-        except OSError as e:
-            raise ProtocolError(f"--flagfile={path}: {e}") from None
-        out += flag_words([line for line in lines
-                           if line and not line.startswith(("#", "//"))], (*seen, path))
-    return out
+def sources_of(manifest: dict) -> dict[str, dict[str, int]]:
+    """{source: {label: images}} from a manifest's per-split/label/diagnosis/source counts."""
+    return _counts_per_source(manifest, "label")
+
+
+def diagnoses_of(manifest: dict) -> dict[str, dict[str, int]]:
+    """{source: {diagnosis: images}} from the manifest's per-split/label/diagnosis/source rows."""
+    return _counts_per_source(manifest, "diagnosis")
+
+
+def flag_words(words: Sequence[str]) -> list[str]:
+    """The flags as absl reads them (FlagValues.read_flags_from_files: each --flagfile=F
+    replaced by F's lines, nested files followed, comments skipped, a circular one ignored).
+    ProtocolError for a flagfile that cannot be opened."""
+    from absl import flags as absl_flags
+
+    try:
+        return absl_flags.FlagValues().read_flags_from_files(["protocol", *words],
+                                                             force_gnu=True)[1:]
+    except absl_flags.Error as e:
+        raise ProtocolError(f"{' '.join(words)}: {e}") from None
 
 
 def planned_task(base: str, flags: Sequence[str]) -> str:
