@@ -49,13 +49,20 @@ def class_mapping(train_counts: Mapping[str, int], min_records: int) -> dict[str
     if len(classes) < 2:
         raise ValueError(f"the diagnosis task needs at least 2 classes in train; counts "
                          f"{train_counts} with min_records {min_records} give {classes}")
-    index = {d: classes.index(d) for d in kept}
-    index.update({d: classes.index(OTHER) for d in grouped})
+    index = class_index(classes, grouped)
     train = {c: counts[c] for c in kept}
     if other_n:
         train[OTHER] = other_n
     return {"classes": classes, "index": index, "grouped_as_other": grouped,
             "excluded_unknown": excluded, "train_counts": train, "min_records": min_records}
+
+
+def class_index(classes: Sequence[str], grouped: Sequence[str]) -> dict[str, int]:
+    """{diagnosis: class index}: each named class its own, each diagnosis grouped as `other`
+    (which must then be among the classes) `other`'s."""
+    index = {c: i for i, c in enumerate(classes) if c != OTHER}
+    index.update({d: list(classes).index(OTHER) for d in grouped})
+    return index
 
 
 def is_unknown(raw_diagnosis: str) -> bool:

@@ -68,9 +68,7 @@ def mapping_from_classes(classes: Sequence[str] | None, grouped: Sequence[str],
     if grouped and diagnosis.OTHER not in classes:
         raise ValueError(f"{where}: grouped_as_other {list(grouped)} without an "
                          f"'{diagnosis.OTHER}' class in {list(classes)}")
-    index = {c: i for i, c in enumerate(classes) if c != diagnosis.OTHER}
-    index.update({d: classes.index(diagnosis.OTHER) for d in grouped})
-    return {"classes": list(classes), "index": index, "grouped_as_other": list(grouped),
+    return {"classes": list(classes), "index": diagnosis.class_index(classes, grouped), "grouped_as_other": list(grouped),
             "source": where}
 
 

@@ -249,9 +249,8 @@ def export_ensemble(runs: Sequence[str], output: str, *, data_dir: str | None = 
     model = average_model(models)
     config = ensemble_config(members, data_dir)
     os.makedirs(out, exist_ok=True)
-    min_side = export.default_min_side(image_size, int(
-        (manifest.get("config") or {}).get("min_original_size") or 0))  # as tasks._min_image_side
-    common = dict(min_image_side=min_side, manifest=dict(manifest), run_config=config)
+    common = dict(min_image_side=export.dataset_min_side(image_size, manifest),
+                  manifest=dict(manifest), run_config=config)
     if task == "diagnosis":
         from trainer.cnn import diagnosis
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from isicflow import image_checks, imaging
 from isicflow.metadata import CLASS_NAMES
@@ -190,6 +190,13 @@ def default_min_side(image_size: int, dataset_min_side: int = 0) -> int:
     the dataset's --min_original_size). The engine's own default is no minimum, but an image
     upscaled more than 2x holds detail the model never saw."""
     return max(image_checks.THUMB, int(image_size) // 2, int(dataset_min_side or 0))
+
+
+def dataset_min_side(image_size: int, manifest: Mapping[str, Any]) -> int:
+    """default_min_side raised to the dataset's own --min_original_size when its manifest
+    records one (the model never saw smaller)."""
+    dataset_min = (manifest.get("config") or {}).get("min_original_size") or 0
+    return default_min_side(image_size, int(dataset_min))
 
 
 def _checks_note(image_size: int, min_image_side: int | None) -> dict[str, Any]:

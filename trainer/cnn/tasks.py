@@ -82,8 +82,7 @@ def _min_image_side(c: TrainConfig, manifest: Mapping[str, Any]) -> int:
     dataset's own --min_original_size when it had one (the model never saw smaller)."""
     from trainer.cnn import export
 
-    dataset_min = (manifest.get("config") or {}).get("min_original_size") or 0
-    return export.default_min_side(c.image_size, int(dataset_min))
+    return export.dataset_min_side(c.image_size, manifest)
 
 
 @dataclasses.dataclass
