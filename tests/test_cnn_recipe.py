@@ -208,7 +208,7 @@ def test_new_flags_default_to_the_study(parse_flags):
     (["--cutmix_alpha=1", "--task=diagnosis"], "task=binary"),
     (["--label_smoothing=0.1", "--task=diagnosis"], "binary only"),
     (["--source_balance", "--class_balance=sampling"], "--source_balance needs"),
-    (["--source_balance", "--task=diagnosis"], "--source_balance needs --task=binary"),
+    (["--source_balance", "--synthetic_data=s"], "--source_balance needs"),
     (["--monitor=val_balanced_accuracy"], "diagnosis task's"),
     (["--synthetic_classes=melanoma"], "must be benign, malignant"),
 ])

@@ -258,3 +258,71 @@ def test_evaluate_scores_a_diagnosis_run_and_its_export_on_another_dataset(diagn
                                          **kwargs)
     with pytest.raises(evaluation.EvaluationError, match="take --tta"):  # before the data
         evaluation.evaluate_external(str(workdir), str(tmp_path / "nowhere"), tta=True)
+
+
+def test_source_balanced_class_weights_follow_the_classes_rates_in_that_stream():
+    """Two sources drawn equally: clinic a (90 nevus, 10 melanoma), clinic b (10 nevus, 10
+    melanoma): nevus arrives at (0.9 + 0.5) / 2 = 0.7, melanoma at 0.3, so w = 1 / (2 q);
+    the pooled weights (100 each of 120) would be 0.6 and 3.0."""
+    mapping = diagnosis.class_mapping({"nevus": 100, "melanoma": 20}, min_records=1)
+    manifest = {"counts": {"per_split_label_diagnosis_source": [
+        {"split": "train", "label": "benign", "diagnosis": "nevus", "source_collection": "a",
+         "count": 90},
+        {"split": "train", "label": "malignant", "diagnosis": "melanoma",
+         "source_collection": "a", "count": 10},
+        ["train", "benign", "nevus", "b", 10], ["train", "malignant", "melanoma", "b", 10],
+        ["validation", "benign", "nevus", "c", 50], ["train", "unknown", "", "b", 7]]}}
+    per_source = diagnosis.source_class_counts(manifest, "train", mapping)
+    assert per_source == {"a": {0: 90, 1: 10}, "b": {0: 10, 1: 10}}
+    weights = diagnosis.source_balanced_class_weights(mapping, per_source)
+    assert weights == pytest.approx({0: 1 / (2 * 0.7), 1: 1 / (2 * 0.3)})
+    assert diagnosis.class_weights(mapping) == pytest.approx({0: 0.6, 1: 3.0})
+    # each class carries the same expected weight in the balanced stream
+    assert 0.7 * weights[0] == pytest.approx(0.3 * weights[1])
+    with pytest.raises(ValueError, match="no named source"):
+        diagnosis.source_balanced_class_weights(mapping, {"": {0: 3}})
+
+
+@pytest.fixture(scope="module")
+def two_clinic_dataset(tmp_path_factory):
+    """train: clinic a, 6 flat-black nevi; clinic b, 2 flat-white melanomas + 1 white nevus."""
+    def flat(n, level, source, texts):
+        return [(np.full((40, 40, 3), level, np.uint8),
+                 "malignant" if texts[i % len(texts)] == "melanoma" else "benign",
+                 {"source_collection": source, "diagnosis": texts[i % len(texts)]})
+                for i in range(n)]
+    return shard_fixtures.write_tiny_dataset(
+        tmp_path_factory.mktemp("clinics"),
+        {"train": flat(6, 0, "a", ["nevus"]) + flat(3, 255, "b", ["melanoma", "melanoma",
+                                                                    "nevus"]),
+         "validation": flat(2, 0, "a", ["nevus"]) + flat(2, 255, "b", ["melanoma"])}, SIZE)
+
+
+def test_the_source_balanced_stream_draws_each_clinic_equally(two_clinic_dataset):
+    mapping = diagnosis.build_mapping(two_clinic_dataset, SIZE, min_records=1)
+    ds = diagnosis.make_dataset(two_clinic_dataset, "train", mapping, image_size=SIZE,
+                                batch_size=30, training=True, balance_sources=True, seed=1)
+    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in ds.take(20)))
+    white = np.concatenate(images).mean(axis=(1, 2, 3)) > 0.5
+    assert white.size == 600 and abs(white.mean() - 0.5) < 0.06, white.mean()
+    plain = diagnosis.make_dataset(two_clinic_dataset, "train", mapping, image_size=SIZE,
+                                   batch_size=9, training=True, seed=1)
+    assert sum(int((x.numpy().mean(axis=(1, 2, 3)) > 0.5).sum()) for x, _ in plain) == 3
+    with pytest.raises(ValueError, match="balance_sources needs training=True"):
+        diagnosis.make_dataset(two_clinic_dataset, "validation", mapping, image_size=SIZE,
+                               batch_size=2, training=False, balance_sources=True)
+
+
+def test_source_balance_trains_the_diagnosis_task_and_is_refused_without_two_clinics(
+        two_clinic_dataset, diagnosis_dataset, tmp_path):
+    common = dict(image_size=SIZE, batch_size=8, epochs=2, steps_per_epoch=2, seed=0,
+                  mixed_precision="off", verbose=0, task="diagnosis", min_class_records=1,
+                  source_balance=True, class_balance="class_weights")
+    result = train.train_cnn(train.TrainConfig(data_dir=two_clinic_dataset,
+                                               workdir=str(tmp_path / "run"), **common))
+    assert len(result.history) == 2 and all(np.isfinite(e["loss"]) for e in result.history)
+    # the fixture of one (unnamed) clinic: refused before any run folder is made
+    with pytest.raises(train.DataError, match="name 0 source"):
+        train.train_cnn(train.TrainConfig(data_dir=diagnosis_dataset,
+                                          workdir=str(tmp_path / "refused"), **common))
+    assert not (tmp_path / "refused").exists()

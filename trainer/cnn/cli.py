@@ -86,9 +86,10 @@ def define_flags() -> None:
     flags.DEFINE_string("synthetic_classes", "benign,malignant", "The classes generated images "
                         "are added to (malignant: only the rare class, so its share grows).")
     # --- training ---
-    flags.DEFINE_bool("source_balance", False, "Binary task: sample every acquisition source "
+    flags.DEFINE_bool("source_balance", False, "Sample every acquisition source "
                       "(source_collection) of the train split equally, so the largest clinic "
-                      "does not set what the model learns; epochs keep their length.")
+                      "does not set what the model learns; epochs keep their length. The "
+                      "diagnosis task's class weights follow the classes' rates in that stream.")
     flags.DEFINE_bool("source_logit_adjustment", False, "Binary task: during training add each "
                       "record's source prior log-odds (source_collection's malignant rate "
                       "against the train split's, trainer.core.source_prior) to the model's "

@@ -39,7 +39,7 @@ class TrainConfig(RunConfig):
     augment: bool = False
     weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
     class_balance: str = "none"
-    source_balance: bool = False      # sample every train source equally (binary task)
+    source_balance: bool = False      # sample every train source equally
     source_logit_adjustment: bool = False  # train with each source's prior log-odds offset
     source_adversary_weight: float = 0.0  # DANN against the source; 0 = off (source_adversary)
     monitor: str = "val_accuracy"
@@ -149,11 +149,11 @@ RULES: tuple[Rule, ...] = (
     Rule(("task", "class_balance"),
          lambda c: c.task != "diagnosis" or c.class_balance != "sampling",
          "--class_balance=sampling is binary only; the diagnosis task takes class_weights"),
-    Rule(("source_balance", "task", "class_balance", "synthetic_data"),
-         lambda c: not c.source_balance or (c.task == "binary" and c.class_balance != "sampling"
+    Rule(("source_balance", "class_balance", "synthetic_data"),
+         lambda c: not c.source_balance or (c.class_balance != "sampling"
                                             and not c.synthetic_data),
-         "--source_balance needs --task=binary, no --class_balance=sampling and no "
-         "--synthetic_data (it samples each source's own records)"),
+         "--source_balance needs no --class_balance=sampling and no --synthetic_data (it "
+         "samples each source's own records)"),
     Rule(("source_logit_adjustment", "task", "use_metadata", "mixup_alpha", "cutmix_alpha",
           "synthetic_data"),
          lambda c: not c.source_logit_adjustment or (
@@ -290,6 +290,25 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
         except ValueError as e:
             raise DataError(f"--source_logit_adjustment with --data_dir={config.data_dir}: "
                             f"{e}") from None
+    if config.source_balance:  # one stream per named source: >= 2, and no record left out
+        from trainer.cnn.diagnosis import is_unknown
+
+        def in_task(row) -> bool:
+            if config.task == "diagnosis":
+                return not is_unknown(str(row.get("diagnosis") or ""))
+            return row["label"] in ("benign", "malignant")
+
+        rows = [r for r in (manifest.get("counts") or {}).get(
+            "per_split_label_diagnosis_source") or []
+            if r["split"] == "train" and int(r["count"]) > 0 and in_task(r)]
+        named = sorted({r["source_collection"] for r in rows if r.get("source_collection")})
+        unnamed = sum(int(r["count"]) for r in rows if not r.get("source_collection"))
+        if len(named) < 2 or unnamed:
+            raise DataError(f"--source_balance with --data_dir={config.data_dir}: the train "
+                            f"split's records of the {config.task} task name {len(named)} "
+                            f"source(s) {named} (source_collection) and {unnamed} name none; "
+                            "balancing needs >= 2 and every record in one, or those records "
+                            "would never be drawn")
     if config.source_adversary_weight:  # the source head needs >= 2 classes in train
         from trainer.core.input_pipeline import train_sources
 

@@ -122,6 +122,47 @@ def train_counts_from_manifest(manifest: Mapping[str, Any]) -> dict[str, int] | 
     return dict(out)
 
 
+def source_class_counts(manifest: Mapping[str, Any], split: str,
+                        mapping: Mapping[str, Any]) -> dict[str, collections.Counter]:
+    """{source_collection: Counter(class index: records)} of one split's records in the task,
+    from the manifest's per-split rows ("" gathers records with no source); {} when the
+    manifest has no rows."""
+    rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source") or []
+    out: dict[str, collections.Counter] = {}
+    for row in rows:
+        if isinstance(row, Mapping):
+            row_split, diagnosis, source, n = (row.get("split"), row.get("diagnosis"),
+                                               row.get("source_collection"), row.get("count"))
+        else:
+            row_split, _, diagnosis, source, n = row
+        index = class_of(mapping, str(diagnosis or ""))
+        if row_split == split and index >= 0 and int(n) > 0:
+            out.setdefault(str(source or ""), collections.Counter())[index] += int(n)
+    return out
+
+
+def source_balanced_class_weights(mapping: Mapping[str, Any],
+                                  per_source: Mapping[str, Mapping[int, int]]) -> dict[int, float]:
+    """Class weights for a stream that samples each named source equally (--source_balance).
+
+    Each source is drawn with probability 1/S, so class c arrives at the rate
+        q_c = (1/S) sum_s n_sc / n_s
+    (n_sc: the source's records of class c, n_s: all its records in the task), not at its
+    pooled share; the weights are w_c = 1 / (K q_c), class_weights' n / (K n_c) with q_c in
+    place of n_c / n, so each class carries the same expected weight under that stream.
+    A class no source holds gets no weight (it never arrives)."""
+    named = {s: c for s, c in per_source.items() if s and sum(c.values())}
+    if not named:
+        raise ValueError(f"no named source holds records of the classes {mapping['classes']}")
+    k = len(mapping["classes"])
+    rate = collections.Counter()
+    for counts in named.values():
+        total = sum(counts.values())
+        for index, n in counts.items():
+            rate[int(index)] += n / total / len(named)
+    return {i: 1.0 / (k * q) for i, q in sorted(rate.items()) if q > 0}
+
+
 def build_mapping(data_dir: str, image_size: int, min_records: int,
                   manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The class mapping of a dataset's train split (manifest rows when present, else a pass
@@ -187,12 +228,15 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                  use_metadata: bool = False, augmentation: str = "study",
                  manifest: Mapping[str, Any] | None = None,
                  metadata_encoding: int = metadata_features.ENCODING_VERSION,
-                 image_ids: bool = False):
+                 image_ids: bool = False, balance_sources: bool = False):
     """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
     split's records in the task; the binary pipeline's reading, parse, decode, augmentation.
     use_metadata: the input is (images, metadata features by encoding metadata_encoding).
     image_ids: the second element is (class index, image_id string [B]), for per-image
-    predictions."""
+    predictions. balance_sources (training): each named source of the split
+    (source_class_counts) is one repeated stream, drawn with equal probability, as the binary
+    pipeline's; infinite, so give fit a steps_per_epoch; weight the classes with
+    source_balanced_class_weights."""
     import tensorflow as tf
 
     from isicflow import schema
@@ -222,26 +266,52 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
         label = table.lookup(record["diagnosis"])
         return image, ((label, record["image_id"]) if image_ids else label)
 
-    records = ip.shard_records(paths, manifest, shuffle_seed=seed if training else None,
-                               deterministic=True if not training else None)
+    kept = sum(n for k, n in raw.items() if class_of(mapping, k) >= 0)
     buffer = max(1, min(int(info["records"]), _MAX_SHUFFLE_BUFFER))
-    if training and not cache:
-        records = records.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
-    ds = records.map(parse, num_parallel_calls=ip.AUTOTUNE)
-    ds = ds.filter(lambda image, label: (label[0] if image_ids else label) >= 0)
-    # the count is known: Keras then knows the epoch length (as the binary pipeline)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(
-        sum(n for k, n in raw.items() if class_of(mapping, k) >= 0)))
-    if cache == "memory":
-        ds = ds.cache()
-    elif cache:
-        suffix = (f"-metadata{metadata_encoding}" if use_metadata else "") + (  # other features
-            "-ids" if image_ids else "")
-        ds = ds.cache(f"{cache}-{image_size}-{split}-diagnosis{suffix}-{ip._digest(manifest)}")
-    if training and cache:
-        ds = ds.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+
+    def stream(stream_seed: int, source: str | None = None):
+        records = ip.shard_records(paths, manifest,
+                                   shuffle_seed=stream_seed if training else None,
+                                   deterministic=True if not training else None)
+        if source is not None:
+            records = records.filter(lambda s: tf.equal(ip._source_of(s), source))
+        if training and not cache:
+            records = records.shuffle(buffer, seed=stream_seed + 1,
+                                      reshuffle_each_iteration=True)
+        ds = records.map(parse, num_parallel_calls=ip.AUTOTUNE)
+        ds = ds.filter(lambda image, label: (label[0] if image_ids else label) >= 0)
+        if source is None:  # the count is known: Keras then knows the epoch length
+            ds = ds.apply(tf.data.experimental.assert_cardinality(kept))
+        if cache == "memory":
+            ds = ds.cache()
+        elif cache:
+            suffix = (f"-metadata{metadata_encoding}" if use_metadata else "") + (  # features
+                "-ids" if image_ids else "") + (
+                f"-source{ip._digest(source)}" if source is not None else "")
+            ds = ds.cache(f"{cache}-{image_size}-{split}-diagnosis{suffix}-"
+                          f"{ip._digest(manifest)}")
+        if training and cache:
+            ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
+        return ds
+
+    if balance_sources:
+        if not training:
+            raise ValueError("balance_sources needs training=True")
+        per_source = source_class_counts(manifest, split, mapping)
+        sources = sorted(s for s, c in per_source.items() if s and sum(c.values()))
+        unnamed = sum(per_source.get("", {}).values())
+        if len(sources) < 2 or unnamed:
+            raise ValueError(f"balance_sources needs >= 2 named sources in {split!r} of "
+                             f"{data_dir} and every record in one; its records in the task "
+                             f"name {sources or 'no source_collection'}, {unnamed} name none")
+        ds = tf.data.Dataset.sample_from_datasets(
+            [stream(seed + 11 * i, name).repeat() for i, name in enumerate(sources)],
+            weights=[1.0 / len(sources)] * len(sources), seed=seed + 2,
+            stop_on_empty_dataset=True)
+    else:
+        ds = stream(seed)
+        if repeat:
+            ds = ds.repeat()
     ds = ip.augment_and_batch(ds, augment_seed=seed if training and augment else None,
                               batch_size=batch_size, drop_remainder=drop_remainder,
                               as_uint8=as_uint8, augmentation=augmentation)

@@ -251,9 +251,10 @@ class DiagnosisTask:
         common = _common(c, c.augment, self.manifest)
         train = self._dataset(c, "train", training=True, augment=c.augment, repeat=True,
                               augmentation=c.augmentation,
-                              drop_remainder=strategy.num_replicas_in_sync > 1, **common)
+                              drop_remainder=strategy.num_replicas_in_sync > 1,
+                              balance_sources=c.source_balance, **common)
         validation = self._dataset(c, "validation", training=False, **common)
-        return train, validation, _steps(c, n_train), n_train
+        return train, validation, _steps(c, n_train, infinite=c.source_balance), n_train
 
     def sample_dataset(self, c: TrainConfig):
         return self._dataset(c, "train", image_size=c.image_size, batch_size=4, training=True,
@@ -278,6 +279,10 @@ class DiagnosisTask:
 
         if c.class_balance != "class_weights":
             return None
+        if c.source_balance:  # the classes arrive at the source-balanced stream's rates
+            return diagnosis.source_balanced_class_weights(
+                self.mapping, diagnosis.source_class_counts(self.manifest, "train",
+                                                            self.mapping))
         return diagnosis.class_weights(self.mapping)
 
     def after_fit(self, c: TrainConfig, fit_model, validation, step: int) -> None:
