@@ -272,6 +272,34 @@ def split_info(manifest: dict[str, Any], size: int, split: str) -> dict[str, Any
     return datasets[str(size)][split]
 
 
+COUNT_ROW_FIELDS = ("split", "label", "diagnosis", "source_collection", "count")
+
+
+def count_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's counts.per_split_label_diagnosis_source rows (summarize_counts) as dicts
+    of COUNT_ROW_FIELDS, count an int; a row written as a [split, label, diagnosis, source,
+    count] list reads the same. [] when the manifest has none."""
+    rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source") or []
+    out = []
+    for row in rows:
+        row = dict(row) if isinstance(row, Mapping) else dict(zip(COUNT_ROW_FIELDS, row))
+        out.append({**{k: row.get(k) or "" for k in COUNT_ROW_FIELDS[:4]},
+                    "count": int(row.get("count") or 0)})
+    return out
+
+
+def records_per_source(manifest: Mapping[str, Any], split: str,
+                       keep=lambda row: True) -> dict[str, int]:
+    """{source_collection: records} of one split's count rows that `keep` accepts; "" holds
+    the records that name no source. Readers that balance or predict the source use it to
+    refuse a split whose records would otherwise be left out unseen."""
+    out: collections.Counter = collections.Counter()
+    for row in count_rows(manifest):
+        if row["split"] == split and row["count"] > 0 and keep(row):
+            out[row["source_collection"]] += row["count"]
+    return dict(out)
+
+
 def shard_paths(manifest: dict[str, Any], data_dir: str, size: int, split: str) -> list[str]:
     """Absolute shard paths of one (size, split), in manifest order (sorted by name)."""
     return [fileio.join_path(data_dir, s["path"])

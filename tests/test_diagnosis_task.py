@@ -1,10 +1,12 @@
 """The diagnosis task (--task=diagnosis): class mapping, one training step with its report,
 export -> predict serving K probabilities."""
+import dataclasses
 import io
 import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from tests import shard_fixtures
@@ -264,6 +266,8 @@ def test_source_balanced_class_weights_follow_the_classes_rates_in_that_stream()
     """Two sources drawn equally: clinic a (90 nevus, 10 melanoma), clinic b (10 nevus, 10
     melanoma): nevus arrives at (0.9 + 0.5) / 2 = 0.7, melanoma at 0.3, so w = 1 / (2 q);
     the pooled weights (100 each of 120) would be 0.6 and 3.0."""
+    from trainer.cnn import tasks
+
     mapping = diagnosis.class_mapping({"nevus": 100, "melanoma": 20}, min_records=1)
     manifest = {"counts": {"per_split_label_diagnosis_source": [
         {"split": "train", "label": "benign", "diagnosis": "nevus", "source_collection": "a",
@@ -271,16 +275,20 @@ def test_source_balanced_class_weights_follow_the_classes_rates_in_that_stream()
         {"split": "train", "label": "malignant", "diagnosis": "melanoma",
          "source_collection": "a", "count": 10},
         ["train", "benign", "nevus", "b", 10], ["train", "malignant", "melanoma", "b", 10],
-        ["validation", "benign", "nevus", "c", 50], ["train", "unknown", "", "b", 7]]}}
+        ["validation", "benign", "nevus", "c", 50], ["train", "unknown", "", "b", 7],
+        ["train", "benign", "nevus", "", 4]]}}
     per_source = diagnosis.source_class_counts(manifest, "train", mapping)
-    assert per_source == {"a": {0: 90, 1: 10}, "b": {0: 10, 1: 10}}
-    weights = diagnosis.source_balanced_class_weights(mapping, per_source)
+    assert per_source == {"a": {0: 90, 1: 10}, "b": {0: 10, 1: 10}, "": {0: 4}}
+    weights = tasks.source_balanced_class_weights(per_source, 2)  # "" is never drawn
     assert weights == pytest.approx({0: 1 / (2 * 0.7), 1: 1 / (2 * 0.3)})
     assert diagnosis.class_weights(mapping) == pytest.approx({0: 0.6, 1: 3.0})
     # each class carries the same expected weight in the balanced stream
     assert 0.7 * weights[0] == pytest.approx(0.3 * weights[1])
+    # the binary task reads the same rows by label, and gets the same weights here
+    assert tasks.binary_source_class_counts(manifest, "train") == {
+        "a": {0: 90, 1: 10}, "b": {0: 10, 1: 10}, "": {0: 4}}
     with pytest.raises(ValueError, match="no named source"):
-        diagnosis.source_balanced_class_weights(mapping, {"": {0: 3}})
+        tasks.source_balanced_class_weights({"": {0: 3}}, 2)
 
 
 @pytest.fixture(scope="module")
@@ -315,14 +323,50 @@ def test_the_source_balanced_stream_draws_each_clinic_equally(two_clinic_dataset
 
 def test_source_balance_trains_the_diagnosis_task_and_is_refused_without_two_clinics(
         two_clinic_dataset, diagnosis_dataset, tmp_path):
-    common = dict(image_size=SIZE, batch_size=8, epochs=2, steps_per_epoch=2, seed=0,
+    """The run takes its class weights from the balanced stream (a: 6 nevi; b: 1 nevus, 2
+    melanomas: nevus arrives at (1 + 1/3) / 2 = 2/3) and its steps from the flag, the stream
+    being endless; a split of one unnamed clinic, or with records naming none, is refused
+    before any run folder is made."""
+    from trainer.cnn import tasks
+
+    common = dict(image_size=SIZE, batch_size=8, epochs=2, steps_per_epoch=5, seed=0,
                   mixed_precision="off", verbose=0, task="diagnosis", min_class_records=1,
                   source_balance=True, class_balance="class_weights")
-    result = train.train_cnn(train.TrainConfig(data_dir=two_clinic_dataset,
-                                               workdir=str(tmp_path / "run"), **common))
+    config = train.TrainConfig(data_dir=two_clinic_dataset, workdir=str(tmp_path / "run"),
+                               **common)
+    probe = dataclasses.replace(config, workdir=str(tmp_path / "probe"))
+    task = tasks.for_config(probe)
+    task.prepare(probe)
+    assert task.mapping["classes"] == ["nevus", "melanoma"]
+    assert task.class_weight(probe) == pytest.approx({0: 1 / (2 * 2 / 3), 1: 1 / (2 * 1 / 3)})
+    _, _, steps, n_train = task.datasets(probe, tf.distribute.get_strategy())
+    assert (steps, n_train) == (5, 9)  # not min(ceil(9 / 8), 5): the stream is endless
+    result = train.train_cnn(config)
     assert len(result.history) == 2 and all(np.isfinite(e["loss"]) for e in result.history)
-    # the fixture of one (unnamed) clinic: refused before any run folder is made
     with pytest.raises(train.DataError, match="name 0 source"):
         train.train_cnn(train.TrainConfig(data_dir=diagnosis_dataset,
                                           workdir=str(tmp_path / "refused"), **common))
     assert not (tmp_path / "refused").exists()
+
+
+def test_source_balance_refuses_records_that_name_no_source(tmp_path):
+    """Two named clinics beside records with none: those would never be drawn."""
+    def items(n, source, text, seed):
+        return [(img, "benign", {"source_collection": source, "diagnosis": text})
+                for img, _ in shard_fixtures.random_images(n, 40, seed=seed)]
+    data = shard_fixtures.write_tiny_dataset(
+        tmp_path / "data", {"train": items(3, "a", "nevus", 0) + items(3, "b", "melanoma", 1)
+                            + items(2, "", "nevus", 2),
+                            "validation": items(2, "a", "nevus", 3)}, SIZE)
+    for task in ("diagnosis", "binary"):
+        with pytest.raises(train.DataError, match=r"\['a', 'b'\] \(source_collection\) and "
+                                                  r"2 name none"):
+            train.train_cnn(train.TrainConfig(
+                data_dir=data, workdir=str(tmp_path / task), image_size=SIZE, batch_size=4,
+                epochs=1, seed=0, mixed_precision="off", verbose=0, task=task,
+                min_class_records=1, source_balance=True))
+        assert not (tmp_path / task).exists()
+    mapping = diagnosis.build_mapping(data, SIZE, min_records=1)
+    with pytest.raises(ValueError, match="2 name none"):
+        diagnosis.make_dataset(data, "train", mapping, image_size=SIZE, batch_size=2,
+                               training=True, balance_sources=True)

@@ -253,6 +253,25 @@ def check_resume(config: TrainConfig) -> None:
                           "--workdir")
 
 
+def _check_named_sources(manifest: Mapping[str, Any], config: TrainConfig, flag: str,
+                         in_task: Callable[[Mapping[str, Any]], bool], need: str) -> None:
+    """DataError unless the train split's records in the task name >= 2 sources
+    (source_collection) and every one names a source (dataset_lib.records_per_source)."""
+    from isicflow import dataset as dataset_lib
+
+    if not dataset_lib.count_rows(manifest):
+        raise DataError(f"{flag} with --data_dir={config.data_dir}: its manifest has no "
+                        "per-source counts (counts.per_split_label_diagnosis_source); rewrite "
+                        "the dataset with beam_jobs.preprocess")
+    counts = dataset_lib.records_per_source(manifest, "train", in_task)
+    named = sorted(s for s in counts if s)
+    unnamed = counts.get("", 0)
+    if len(named) < 2 or unnamed:
+        raise DataError(f"{flag} with --data_dir={config.data_dir}: the train split's records "
+                        f"of the {config.task} task name {len(named)} source(s) {named} "
+                        f"(source_collection) and {unnamed} name none; {need}")
+
+
 def check_inputs(config: TrainConfig) -> dict[str, Any]:
     """The data a run reads exists and fits the settings; returns the manifest (read once).
     Run before anything is created, so a mistake leaves no run folder behind."""
@@ -292,41 +311,22 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
                             f"{e}") from None
     if config.source_balance:  # one stream per named source: >= 2, and no record left out
         from trainer.cnn.diagnosis import is_unknown
+        from trainer.core.input_pipeline import labelled_record
 
         def in_task(row) -> bool:
-            if config.task == "diagnosis":
-                return not is_unknown(str(row.get("diagnosis") or ""))
-            return row["label"] in ("benign", "malignant")
+            return (not is_unknown(row["diagnosis"]) if config.task == "diagnosis"
+                    else labelled_record(row))
 
-        rows = [r for r in (manifest.get("counts") or {}).get(
-            "per_split_label_diagnosis_source") or []
-            if r["split"] == "train" and int(r["count"]) > 0 and in_task(r)]
-        named = sorted({r["source_collection"] for r in rows if r.get("source_collection")})
-        unnamed = sum(int(r["count"]) for r in rows if not r.get("source_collection"))
-        if len(named) < 2 or unnamed:
-            raise DataError(f"--source_balance with --data_dir={config.data_dir}: the train "
-                            f"split's records of the {config.task} task name {len(named)} "
-                            f"source(s) {named} (source_collection) and {unnamed} name none; "
-                            "balancing needs >= 2 and every record in one, or those records "
-                            "would never be drawn")
+        _check_named_sources(manifest, config, "--source_balance", in_task,
+                             "balancing needs >= 2 and every record in one, or those records "
+                             "would never be drawn")
     if config.source_adversary_weight:  # the source head needs >= 2 classes in train
-        from trainer.core.input_pipeline import train_sources
+        from trainer.core.input_pipeline import labelled_record
 
-        sources = train_sources(manifest, "train")
-        if len(sources) < 2:
-            raise DataError(f"--source_adversary_weight={config.source_adversary_weight} with "
-                            f"--data_dir={config.data_dir}: the train split's benign/malignant "
-                            f"records name {len(sources)} source(s) {sources} "
-                            "(source_collection); the source head needs >= 2")
-        rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source") or []
-        unnamed = sum(int(r["count"]) for r in rows if r["split"] == "train"
-                      and r["label"] in ("benign", "malignant")
-                      and not r.get("source_collection"))
-        if unnamed:  # each would stop the run mid-epoch (input_pipeline.source_index_lookup)
-            raise DataError(f"--source_adversary_weight={config.source_adversary_weight} with "
-                            f"--data_dir={config.data_dir}: {unnamed} benign/malignant train "
-                            "records have no source_collection, so the source head has no "
-                            f"target for them (named sources: {sources})")
+        _check_named_sources(manifest, config,
+                             f"--source_adversary_weight={config.source_adversary_weight}",
+                             labelled_record, "the source head needs >= 2 and a target for "
+                             "every record (one without stops the run mid-epoch)")
     if os.path.exists(config.workdir) and not os.path.isdir(config.workdir):
         raise DataError(f"--workdir={config.workdir} is a file; give a run folder (new, or one "
                         "to resume)")

@@ -108,59 +108,27 @@ def raw_diagnosis_counts(data_dir: str, split: str, image_size: int,
 def train_counts_from_manifest(manifest: Mapping[str, Any]) -> dict[str, int] | None:
     """{normalised diagnosis: train records} from the manifest's per-split rows, or None when
     the manifest has none."""
-    rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source")
+    rows = dataset_lib.count_rows(manifest)
     if not rows:
         return None
     out: collections.Counter = collections.Counter()
     for row in rows:
-        if isinstance(row, Mapping):
-            split, diagnosis, n = row.get("split"), row.get("diagnosis"), row.get("count")
-        else:
-            split, _, diagnosis, _, n = row
-        if split == "train":
-            out[str(diagnosis or UNKNOWN)] += int(n)
+        if row["split"] == "train":
+            out[str(row["diagnosis"] or UNKNOWN)] += row["count"]
     return dict(out)
 
 
 def source_class_counts(manifest: Mapping[str, Any], split: str,
                         mapping: Mapping[str, Any]) -> dict[str, collections.Counter]:
     """{source_collection: Counter(class index: records)} of one split's records in the task,
-    from the manifest's per-split rows ("" gathers records with no source); {} when the
-    manifest has no rows."""
-    rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source") or []
+    from the manifest's count rows ("" gathers records with no source); {} when the manifest
+    has none."""
     out: dict[str, collections.Counter] = {}
-    for row in rows:
-        if isinstance(row, Mapping):
-            row_split, diagnosis, source, n = (row.get("split"), row.get("diagnosis"),
-                                               row.get("source_collection"), row.get("count"))
-        else:
-            row_split, _, diagnosis, source, n = row
-        index = class_of(mapping, str(diagnosis or ""))
-        if row_split == split and index >= 0 and int(n) > 0:
-            out.setdefault(str(source or ""), collections.Counter())[index] += int(n)
+    for row in dataset_lib.count_rows(manifest):
+        index = class_of(mapping, row["diagnosis"])
+        if row["split"] == split and index >= 0 and row["count"] > 0:
+            out.setdefault(row["source_collection"], collections.Counter())[index] += row["count"]
     return out
-
-
-def source_balanced_class_weights(mapping: Mapping[str, Any],
-                                  per_source: Mapping[str, Mapping[int, int]]) -> dict[int, float]:
-    """Class weights for a stream that samples each named source equally (--source_balance).
-
-    Each source is drawn with probability 1/S, so class c arrives at the rate
-        q_c = (1/S) sum_s n_sc / n_s
-    (n_sc: the source's records of class c, n_s: all its records in the task), not at its
-    pooled share; the weights are w_c = 1 / (K q_c), class_weights' n / (K n_c) with q_c in
-    place of n_c / n, so each class carries the same expected weight under that stream.
-    A class no source holds gets no weight (it never arrives)."""
-    named = {s: c for s, c in per_source.items() if s and sum(c.values())}
-    if not named:
-        raise ValueError(f"no named source holds records of the classes {mapping['classes']}")
-    k = len(mapping["classes"])
-    rate = collections.Counter()
-    for counts in named.values():
-        total = sum(counts.values())
-        for index, n in counts.items():
-            rate[int(index)] += n / total / len(named)
-    return {i: 1.0 / (k * q) for i, q in sorted(rate.items()) if q > 0}
 
 
 def build_mapping(data_dir: str, image_size: int, min_records: int,
@@ -236,7 +204,7 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     predictions. balance_sources (training): each named source of the split
     (source_class_counts) is one repeated stream, drawn with equal probability, as the binary
     pipeline's; infinite, so give fit a steps_per_epoch; weight the classes with
-    source_balanced_class_weights."""
+    tasks.source_balanced_class_weights."""
     import tensorflow as tf
 
     from isicflow import schema
@@ -274,7 +242,7 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                                    shuffle_seed=stream_seed if training else None,
                                    deterministic=True if not training else None)
         if source is not None:
-            records = records.filter(lambda s: tf.equal(ip._source_of(s), source))
+            records = records.filter(lambda s: tf.equal(ip.source_of(s), source))
         if training and not cache:
             records = records.shuffle(buffer, seed=stream_seed + 1,
                                       reshuffle_each_iteration=True)

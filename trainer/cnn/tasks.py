@@ -177,6 +177,13 @@ class BinaryTask:
     def class_weight(self, c: TrainConfig) -> dict[int, float] | None:
         if c.class_balance != "class_weights":
             return None
+        if c.source_balance:  # the classes arrive at the source-balanced stream's rates
+            weights = source_balanced_class_weights(
+                binary_source_class_counts(self.manifest, "train"), 2)
+            if len(weights) < 2:
+                raise ValueError(f"class weights need both classes in train; by source "
+                                 f"{binary_source_class_counts(self.manifest, 'train')}")
+            return weights
         return class_weights_from_counts(self.train_counts(c))
 
     def after_fit(self, c: TrainConfig, fit_model, validation, step: int) -> None:
@@ -280,9 +287,9 @@ class DiagnosisTask:
         if c.class_balance != "class_weights":
             return None
         if c.source_balance:  # the classes arrive at the source-balanced stream's rates
-            return diagnosis.source_balanced_class_weights(
-                self.mapping, diagnosis.source_class_counts(self.manifest, "train",
-                                                            self.mapping))
+            return source_balanced_class_weights(
+                diagnosis.source_class_counts(self.manifest, "train", self.mapping),
+                len(self.mapping["classes"]))
         return diagnosis.class_weights(self.mapping)
 
     def after_fit(self, c: TrainConfig, fit_model, validation, step: int) -> None:
@@ -325,6 +332,46 @@ def class_weights_from_counts(counts: Mapping[str, int]) -> dict[int, float]:
         raise ValueError(f"class weights need both classes in train, counts are {dict(counts)}")
     total = benign + malignant
     return {0: total / (2 * benign), 1: total / (2 * malignant)}
+
+
+_BINARY_LABELS = ("benign", "malignant")  # class indices 0 and 1
+
+
+def source_balanced_class_weights(per_source: Mapping[str, Mapping[int, int]],
+                                  num_classes: int) -> dict[int, float]:
+    """Class weights for a stream that samples each named source equally (--source_balance).
+
+    Each source is drawn with probability 1/S, so class c arrives at the rate
+        q_c = (1/S) sum_s n_sc / n_s
+    (n_sc: the source's records of class c, n_s: all its records in the task), not at its
+    pooled share; the weights are w_c = 1 / (K q_c), the pooled n / (K n_c) with q_c in place
+    of n_c / n, so each class carries the same expected weight under that stream. A class no
+    source holds gets no weight (it never arrives). per_source: {source: {class index: n}},
+    "" (records without a source, never drawn) left out."""
+    named = {s: c for s, c in per_source.items() if s and sum(c.values())}
+    if not named:
+        raise ValueError(f"no named source holds records of the task: {dict(per_source)}")
+    rate: dict[int, float] = {}
+    for counts in named.values():
+        total = sum(counts.values())
+        for index, n in counts.items():
+            rate[int(index)] = rate.get(int(index), 0.0) + n / total / len(named)
+    return {i: 1.0 / (num_classes * q) for i, q in sorted(rate.items()) if q > 0}
+
+
+def binary_source_class_counts(manifest: Mapping[str, Any],
+                               split: str) -> dict[str, dict[int, int]]:
+    """{source_collection: {0: benign, 1: malignant records}} of one split (manifest rows;
+    "" for records without a source)."""
+    from isicflow import dataset as dataset_lib
+
+    out: dict[str, dict[int, int]] = {}
+    for row in dataset_lib.count_rows(manifest):
+        if row["split"] == split and row["label"] in _BINARY_LABELS and row["count"] > 0:
+            cell = out.setdefault(row["source_collection"], {})
+            index = _BINARY_LABELS.index(row["label"])
+            cell[index] = cell.get(index, 0) + row["count"]
+    return out
 
 
 def write_pr_curve(log_dir: str, labels: np.ndarray, probabilities: np.ndarray,

@@ -117,7 +117,7 @@ def shard_records(paths: Sequence[str], manifest: dict, *, shuffle_seed: int | N
         deterministic=deterministic)
 
 
-def _source_of(serialized: tf.Tensor) -> tf.Tensor:
+def source_of(serialized: tf.Tensor) -> tf.Tensor:
     """The record's source_collection, parsed alone (cheap: one bytes feature). Not shared with
     parse_and_decode_with_offset's: this filters raw bytes before the shuffle and the decode,
     while there the field rides in the decode's own parse (measured ~10 us of ~100 a record)."""
@@ -128,10 +128,13 @@ def _source_of(serialized: tf.Tensor) -> tf.Tensor:
 def train_sources(manifest: Mapping[str, Any], split: str) -> list[str]:
     """The named sources holding benign or malignant records of the split, sorted (from the
     manifest's per_split_label_diagnosis_source counts)."""
-    rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source") or []
-    return sorted({r["source_collection"] for r in rows
-                   if r["split"] == split and r["label"] in ("benign", "malignant")
-                   and r.get("source_collection") and int(r["count"]) > 0})
+    counts = dataset_lib.records_per_source(manifest, split, labelled_record)
+    return sorted(s for s in counts if s)
+
+
+def labelled_record(row: Mapping[str, Any]) -> bool:
+    """Whether a manifest count row (dataset_lib.count_rows) is of the binary task."""
+    return row["label"] in ("benign", "malignant")
 
 
 def worker_files(paths: Sequence[str], index: int, workers: int) -> list[str]:
@@ -449,7 +452,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     def stream(label_filter=None, stream_seed=seed, source=None) -> tf.data.Dataset:
         records = shard_records(paths, manifest, shuffle_seed=stream_seed if training else None)
         if source is not None:
-            records = records.filter(lambda s: tf.equal(_source_of(s), source))
+            records = records.filter(lambda s: tf.equal(source_of(s), source))
         if synthetic is not None:
             records = records.concatenate(synthetic_mix.records(synthetic))
         buffer = max(1, min(int(info["records"]) + added, _MAX_SHUFFLE_BUFFER))
