@@ -60,7 +60,7 @@ def save_pairs(generated: np.ndarray, nearest: np.ndarray, distances, path: str)
 
 def markdown_report(report: dict) -> str:
     """gan_eval.md: the numbers a reader needs, each with what it means."""
-    lines = ["# DCGAN evaluation", "",
+    lines = ["# GAN evaluation", "",
              f"- checkpoint: `{report['checkpoint']}` ({report['architecture']})",
              f"- real data: `{report['real_data_dir']}` split `{report['train_split']}`; "
              f"images: {report['counts']}",
