@@ -34,7 +34,7 @@ import hashlib
 import json
 import posixpath
 import struct
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import google_crc32c
 
@@ -282,6 +282,9 @@ def count_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = (manifest.get("counts") or {}).get("per_split_label_diagnosis_source") or []
     out = []
     for row in rows:
+        if not isinstance(row, Mapping) and len(row) != len(COUNT_ROW_FIELDS):
+            raise ValueError(f"a manifest count row {row!r} is neither a mapping nor a list of "
+                             f"{len(COUNT_ROW_FIELDS)} ({', '.join(COUNT_ROW_FIELDS)})")
         row = dict(row) if isinstance(row, Mapping) else dict(zip(COUNT_ROW_FIELDS, row))
         out.append({**{k: row.get(k) or "" for k in COUNT_ROW_FIELDS[:4]},
                     "count": int(row.get("count") or 0)})
@@ -289,7 +292,8 @@ def count_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def records_per_source(manifest: Mapping[str, Any], split: str,
-                       keep=lambda row: True) -> dict[str, int]:
+                       keep: Callable[[Mapping[str, Any]], bool] = lambda row: True
+                       ) -> dict[str, int]:
     """{source_collection: records} of one split's count rows that `keep` accepts; "" holds
     the records that name no source. Readers that balance or predict the source use it to
     refuse a split whose records would otherwise be left out unseen."""

@@ -44,6 +44,15 @@ def test_offsets_are_smoothed_log_prior_odds_against_the_split():
     assert offsets["rich"] == pytest.approx(_logit(5 / 12) - base)
     assert offsets["poor"] == pytest.approx(_logit(1 / 20) - base)  # finite with 0 malignant
     assert offsets["rich"] > 0 > offsets["poor"]
+    # the same rows written as [split, label, diagnosis, source, count] lists (an older
+    # manifest) give the same offsets: one reader, isicflow.dataset.count_rows
+    as_lists = {"counts": {"per_split_label_diagnosis_source": [
+        [r["split"], r["label"], r["diagnosis"], r["source_collection"], r["count"]]
+        for r in manifest["counts"]["per_split_label_diagnosis_source"]]}}
+    assert source_prior.source_offsets(as_lists) == offsets
+    with pytest.raises(ValueError, match="neither a mapping nor a list of 5"):
+        source_prior.source_offsets({"counts": {"per_split_label_diagnosis_source": [
+            ["train", "benign", "rich", 6]]}})
 
 
 @pytest.mark.parametrize("scale, offset", [(1, _logit(2 / 12) - _logit(3 / 22)), (1000, 0.0)])

@@ -178,11 +178,11 @@ class BinaryTask:
         if c.class_balance != "class_weights":
             return None
         if c.source_balance:  # the classes arrive at the source-balanced stream's rates
-            weights = source_balanced_class_weights(
-                binary_source_class_counts(self.manifest, "train"), 2)
+            per_source = binary_source_class_counts(self.manifest, "train")
+            weights = source_balanced_class_weights(per_source, 2)
             if len(weights) < 2:
                 raise ValueError(f"class weights need both classes in train; by source "
-                                 f"{binary_source_class_counts(self.manifest, 'train')}")
+                                 f"{per_source}")
             return weights
         return class_weights_from_counts(self.train_counts(c))
 
@@ -334,9 +334,6 @@ def class_weights_from_counts(counts: Mapping[str, int]) -> dict[int, float]:
     return {0: total / (2 * benign), 1: total / (2 * malignant)}
 
 
-_BINARY_LABELS = ("benign", "malignant")  # class indices 0 and 1
-
-
 def source_balanced_class_weights(per_source: Mapping[str, Mapping[int, int]],
                                   num_classes: int) -> dict[int, float]:
     """Class weights for a stream that samples each named source equally (--source_balance).
@@ -364,12 +361,13 @@ def binary_source_class_counts(manifest: Mapping[str, Any],
     """{source_collection: {0: benign, 1: malignant records}} of one split (manifest rows;
     "" for records without a source)."""
     from isicflow import dataset as dataset_lib
+    from trainer.core.input_pipeline import BINARY_LABELS
 
     out: dict[str, dict[int, int]] = {}
     for row in dataset_lib.count_rows(manifest):
-        if row["split"] == split and row["label"] in _BINARY_LABELS and row["count"] > 0:
+        if row["split"] == split and row["label"] in BINARY_LABELS and row["count"] > 0:
             cell = out.setdefault(row["source_collection"], {})
-            index = _BINARY_LABELS.index(row["label"])
+            index = BINARY_LABELS.index(row["label"])
             cell[index] = cell.get(index, 0) + row["count"]
     return out
 

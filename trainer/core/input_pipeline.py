@@ -132,9 +132,12 @@ def train_sources(manifest: Mapping[str, Any], split: str) -> list[str]:
     return sorted(s for s in counts if s)
 
 
+BINARY_LABELS = ("benign", "malignant")  # the binary task's classes 0 and 1
+
+
 def labelled_record(row: Mapping[str, Any]) -> bool:
     """Whether a manifest count row (dataset_lib.count_rows) is of the binary task."""
-    return row["label"] in ("benign", "malignant")
+    return row["label"] in BINARY_LABELS
 
 
 def worker_files(paths: Sequence[str], index: int, workers: int) -> list[str]:

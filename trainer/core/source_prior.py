@@ -15,9 +15,8 @@ from typing import Any, Mapping
 
 import keras
 
-from trainer.core.input_pipeline import train_sources
-
-_BINARY = ("benign", "malignant")
+from isicflow import dataset as dataset_lib
+from trainer.core.input_pipeline import labelled_record, train_sources
 
 
 def _logit(p: float) -> float:
@@ -36,21 +35,21 @@ def source_offsets(manifest: Mapping[str, Any], split: str = "train") -> dict[st
     malignant record a finite negative one. ValueError when the split holds fewer than two
     named sources (nothing to adjust between) or no such rows at all.
     """
-    rows = [r for r in (manifest.get("counts") or {}).get("per_split_label_diagnosis_source")
-            or [] if r["split"] == split and r["label"] in _BINARY]
+    rows = [r for r in dataset_lib.count_rows(manifest)
+            if r["split"] == split and labelled_record(r)]
     sources = train_sources(manifest, split)
     if not rows or len(sources) < 2:
         raise ValueError(f"source-prior offsets need >= 2 named sources with benign/malignant "
                          f"records in split {split!r}; the manifest's counts give "
                          f"{sources or 'none'} ({len(rows)} benign/malignant rows)")
-    malignant = sum(int(r["count"]) for r in rows if r["label"] == "malignant")
-    total = sum(int(r["count"]) for r in rows)
+    malignant = sum(r["count"] for r in rows if r["label"] == "malignant")
+    total = sum(r["count"] for r in rows)
     base = _logit((malignant + 1) / (total + 2))
     offsets = {}
     for source in sources:
-        own = [r for r in rows if r.get("source_collection") == source]
-        m_s = sum(int(r["count"]) for r in own if r["label"] == "malignant")
-        n_s = sum(int(r["count"]) for r in own)
+        own = [r for r in rows if r["source_collection"] == source]
+        m_s = sum(r["count"] for r in own if r["label"] == "malignant")
+        n_s = sum(r["count"] for r in own)
         offsets[source] = _logit((m_s + 1) / (n_s + 2)) - base
     return offsets
 
