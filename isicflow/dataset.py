@@ -291,17 +291,28 @@ def count_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def class_counts_per_source(manifest: Mapping[str, Any], split: str,
+                            class_of: Callable[[Mapping[str, Any]], int]
+                            ) -> dict[str, dict[int, int]]:
+    """{source_collection: {class: records}} of one split's count rows, each row's class given
+    by class_of(row) (< 0 leaves the row out); "" holds the records that name no source."""
+    out: dict[str, dict[int, int]] = {}
+    for row in count_rows(manifest):
+        index = class_of(row) if row["split"] == split and row["count"] > 0 else -1
+        if index >= 0:
+            cell = out.setdefault(row["source_collection"], {})
+            cell[index] = cell.get(index, 0) + row["count"]
+    return out
+
+
 def records_per_source(manifest: Mapping[str, Any], split: str,
                        keep: Callable[[Mapping[str, Any]], bool] = lambda row: True
                        ) -> dict[str, int]:
     """{source_collection: records} of one split's count rows that `keep` accepts; "" holds
     the records that name no source. Readers that balance or predict the source use it to
     refuse a split whose records would otherwise be left out unseen."""
-    out: collections.Counter = collections.Counter()
-    for row in count_rows(manifest):
-        if row["split"] == split and row["count"] > 0 and keep(row):
-            out[row["source_collection"]] += row["count"]
-    return dict(out)
+    per_source = class_counts_per_source(manifest, split, lambda row: 0 if keep(row) else -1)
+    return {source: sum(cells.values()) for source, cells in per_source.items()}
 
 
 def shard_paths(manifest: dict[str, Any], data_dir: str, size: int, split: str) -> list[str]:

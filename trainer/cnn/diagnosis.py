@@ -119,16 +119,11 @@ def train_counts_from_manifest(manifest: Mapping[str, Any]) -> dict[str, int] | 
 
 
 def source_class_counts(manifest: Mapping[str, Any], split: str,
-                        mapping: Mapping[str, Any]) -> dict[str, collections.Counter]:
-    """{source_collection: Counter(class index: records)} of one split's records in the task,
-    from the manifest's count rows ("" gathers records with no source); {} when the manifest
-    has none."""
-    out: dict[str, collections.Counter] = {}
-    for row in dataset_lib.count_rows(manifest):
-        index = class_of(mapping, row["diagnosis"])
-        if row["split"] == split and index >= 0 and row["count"] > 0:
-            out.setdefault(row["source_collection"], collections.Counter())[index] += row["count"]
-    return out
+                        mapping: Mapping[str, Any]) -> dict[str, dict[int, int]]:
+    """{source_collection: {class index: records}} of one split's records in the task, from
+    the manifest's count rows ("" gathers records with no source); {} when it has none."""
+    return dataset_lib.class_counts_per_source(
+        manifest, split, lambda row: class_of(mapping, row["diagnosis"]))
 
 
 def build_mapping(data_dir: str, image_size: int, min_records: int,

@@ -68,8 +68,8 @@ def mapping_from_classes(classes: Sequence[str] | None, grouped: Sequence[str],
     if grouped and diagnosis.OTHER not in classes:
         raise ValueError(f"{where}: grouped_as_other {list(grouped)} without an "
                          f"'{diagnosis.OTHER}' class in {list(classes)}")
-    return {"classes": list(classes), "index": diagnosis.class_index(classes, grouped), "grouped_as_other": list(grouped),
-            "source": where}
+    return {"classes": list(classes), "index": diagnosis.class_index(classes, grouped),
+            "grouped_as_other": list(grouped), "source": where}
 
 
 def refuse_binary_options(model_path: str, options: Mapping[str, Any]) -> None:

@@ -361,15 +361,11 @@ def binary_source_class_counts(manifest: Mapping[str, Any],
     """{source_collection: {0: benign, 1: malignant records}} of one split (manifest rows;
     "" for records without a source)."""
     from isicflow import dataset as dataset_lib
-    from trainer.core.input_pipeline import BINARY_LABELS
+    from trainer.core.input_pipeline import BINARY_LABELS, labelled_record
 
-    out: dict[str, dict[int, int]] = {}
-    for row in dataset_lib.count_rows(manifest):
-        if row["split"] == split and row["label"] in BINARY_LABELS and row["count"] > 0:
-            cell = out.setdefault(row["source_collection"], {})
-            index = BINARY_LABELS.index(row["label"])
-            cell[index] = cell.get(index, 0) + row["count"]
-    return out
+    return dataset_lib.class_counts_per_source(
+        manifest, split, lambda row: BINARY_LABELS.index(row["label"])
+        if labelled_record(row) else -1)
 
 
 def write_pr_curve(log_dir: str, labels: np.ndarray, probabilities: np.ndarray,
