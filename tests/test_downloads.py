@@ -111,6 +111,33 @@ def test_legacy_sidecar_folder_beside_table_downloads_is_a_download(tmp_path, su
     assert {d: (i["layout"], i["records"]) for d, i in result.downloads.items()} == {
         "acral": ("isic_cli", len(rows)), "uda1": ("legacy_json", len(subset))}
     assert result.rejections == [] and len(result.records) == len(rows) + len(subset)
+    # the gallery's collection folder names the source before the download folder does
+    assert collections.Counter((r.download, r.source_collection) for r in result.records) == {
+        ("acral", "acral"): len(rows), ("uda1", "UDA-1"): len(subset)}
+    assert result.counters["source_from_download"] == len(rows)
+
+
+def with_dataset_column(table: pathlib.Path, sources: list[str]) -> None:
+    """HAM10000_metadata.csv as published since 2018: a `dataset` column (the source) last."""
+    with open(table, newline="", encoding="utf-8") as handle:
+        header, *rows = list(csv.reader(handle))
+    lb.write_csv(table, header + ["dataset"], [row + [s] for row, s in zip(rows, sources)])
+
+
+def test_download_folder_is_the_source_where_metadata_names_none(tmp_path, subset):
+    """An acral download names no source; HAM10000's `dataset` does, except in one emptied cell."""
+    rows = acral_rows()[::40]
+    build_acral_download(tmp_path / "acral", rows)
+    lb.build_ham10000(tmp_path / "HAM10000", subset)
+    sources = ["vidir_molemax" if n % 2 else "rosendahl" for n in range(len(subset))]
+    sources[0] = ""
+    with_dataset_column(tmp_path / "HAM10000" / "HAM10000_metadata.csv", sources)
+    result = read_layout(str(tmp_path))
+    assert result.rejections == []
+    by_id = {r.image_id: r for r in result.records}
+    assert {by_id[r["isic_id"]].source_collection for r in rows} == {"acral"}
+    assert [by_id[i.image_id].source_collection for i in subset] == ["HAM10000"] + sources[1:]
+    assert result.counters["source_from_download"] == len(rows) + 1
 
 
 def test_same_id_across_downloads_same_bytes_kept_once_conflict_rejected(tmp_path):
@@ -150,9 +177,25 @@ def test_single_download_layouts_unchanged(tmp_path, subset):
     assert detect_layout(str(root)) == "isic2017"
     result = read_layout(str(root))
     assert set(result.downloads) == {"."} and {r.download for r in result.records} == {"."}
+    assert {r.source_collection for r in result.records} == {""}
+    assert "source_from_download" not in result.counters
     assert [(m["path"], m["role"]) for m in result.metadata_files] == [
         ("ISIC-2017_Training_Data/ISIC-2017_Training_Data_metadata.csv", "side"),
         ("ISIC-2017_Training_Part3_GroundTruth.csv", "layout")]
+
+
+def test_every_record_of_the_shared_data_names_a_source():
+    """../shared/data read as it lies: HAM10000 keeps its `dataset` sources, the other downloads
+    (legacy JSON, isic-cli exports) were one '(missing)' source before."""
+    root = SAMPLE_DIR.parent
+    result = read_layout(str(root))
+    assert result.layout == DOWNLOADS and all(r.source_collection for r in result.records)
+    others = {d for d, info in result.downloads.items() if info["layout"] != "ham10000"}
+    assert {"isic-uda1", "isic-acral-666"} <= others
+    assert {r.source_collection for r in result.records if r.download in others} == others
+    assert not {r.source_collection for r in result.records if r.download not in others} & others
+    assert result.counters["source_from_download"] == sum(
+        1 for r in result.records if r.source_collection == r.download)
 
 
 def test_forced_layout_on_a_downloads_root_names_them(tmp_path):

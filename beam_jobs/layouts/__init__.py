@@ -9,7 +9,8 @@ Image bytes are never opened here; the Beam job decodes and hashes them.
 
 A root without a metadata table of its own but with folders that each hold one (several
 `isic-cli` downloads, a HAM10000 folder, ...) reads as the union of those downloads (layout
-DOWNLOADS); each record's `download` names its folder. `--metadata_csv` (CustomTable) reads any
+DOWNLOADS); each record's `download` names its folder, and is its source_collection where
+its metadata names none (in_download). `--metadata_csv` (CustomTable) reads any
 images-plus-table dataset. `LayoutResult.metadata_files` says what became of every CSV/JSON,
 and names the label columns a table read as a layout lacks entirely ("label_columns_missing").
 
@@ -30,7 +31,7 @@ import os
 from typing import Mapping, Optional
 
 from isicflow import fileio
-from isicflow.metadata import UNKNOWN, Rejection
+from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
 
 from beam_jobs.layouts.assemble import (CONFLICTING_LABELS, DUPLICATE_CONTENT, DUPLICATE_ID,
                                         MISSING_METADATA, REASONS, LayoutResult, assemble)
@@ -79,6 +80,8 @@ COUNTERS = {
                             "record's extra_metadata_json",
     "sidecar_name_mismatch": "sidecar whose 'name' differs from its file name (file name wins)",
     "collection_from_folder": "legacy source collection taken from the parent folder's name",
+    "source_from_download": "records of a several-download root whose metadata names no source "
+                            "collection, given their download folder's name as one",
     "metadata_without_ground_truth": "2019/2017 side-file rows with no ground-truth row "
                                      "(kept, label unknown)",
     "outside_downloads": "image files of a several-download root in no download's folder",
@@ -161,6 +164,21 @@ def detect_layout(root: str) -> str:
     return DOWNLOADS if download_folders(scan) else _detect(scan)
 
 
+def in_download(record: LesionRecord, download: str) -> LesionRecord:
+    """record tagged with its download; one of several downloads that names no source collection
+    gets the download's folder as one.
+
+    Legacy JSON without a `dataset`, an isic-cli export and full-res archive images name no
+    acquisition source, so a root of several downloads would be evaluated as one '(missing)'
+    source, and the trainer's --source_balance / --source_adversary_weight refuse records without
+    one; the folder a user keeps a download in is the best source they have. A source the
+    metadata names (HAM10000's `dataset` column) is kept; a single download ('.') is unchanged.
+    """
+    if download != "." and not record.source_collection:
+        return dataclasses.replace(record, download=download, source_collection=download)
+    return dataclasses.replace(record, download=download)
+
+
 def _read_one(scan: Scan, layout: str, dx: dict, custom: Optional[CustomTable] = None,
               download: str = ".") -> LayoutResult:
     counters = collections.Counter(scan.counters)
@@ -169,7 +187,12 @@ def _read_one(scan: Scan, layout: str, dx: dict, custom: Optional[CustomTable] =
     else:
         entries = _READERS[layout](scan, dx, counters)
     result = assemble(layout, scan, entries, counters)
-    result.records = [dataclasses.replace(r, download=download) for r in result.records]
+    tagged = [in_download(r, download) for r in result.records]
+    filled = sum(1 for old, new in zip(result.records, tagged)
+                 if new.source_collection != old.source_collection)
+    result.records = tagged
+    if filled:
+        result.counters = dict(sorted(dict(result.counters, source_from_download=filled).items()))
     result.downloads = {download: {"layout": layout, "records": len(result.records),
                                    "rejections": len(result.rejections)}}
     return result
