@@ -1,6 +1,7 @@
-"""How much of a protocol run's in-source AUC is telling sources apart? Per held-out source, the
-in-source validation AUC pooled over every training source beside the AUC within each source
-alone (mean over seeds), and the held-out AUC.
+"""How much of a protocol run's in-source score is telling sources apart? Per held-out source,
+the in-source validation score pooled over every training source beside the score within each
+source alone (mean over seeds), and the held-out score. The score is the run's task's metric
+(protocol.json's "task"): AUC for the binary task, balanced accuracy for the diagnosis task.
 
     python -m benchmarks.within_source --workdir=out/protocol/compact64 \\
         --metadata_csv=../shared/data/ham10000-5984/HAM10000_metadata.csv
@@ -8,10 +9,15 @@ alone (mean over seeds), and the held-out AUC.
 When sources differ in their share of malignant lesions and look different (camera, framing),
 a model can rank "this source" above "that source" and score a high pooled AUC without ranking
 lesions within any source: the pooled figure then overstates what a new clinic will see. The
-within-source AUC is the fair in-distribution reference for the held-out AUC. Sources come from
-the download's metadata table (image id -> source column); sources with one class in the
-validation split have no AUC and are left out. Writes within_source.json and within_source.md
-in the workdir. Binary runs only: a diagnosis protocol run is refused.
+within-source AUC is the fair in-distribution reference for the held-out AUC. The same holds for
+the diagnosis task, whose sources differ in their mix of diagnoses: a model that predicts each
+source's commonest diagnosis scores a pooled balanced accuracy above what it scores within any
+source. Within a source, balanced accuracy counts the classes present in its validation rows
+(benchmarks.protocol_diagnosis reads the predictions and scores them). Sources come from the
+download's metadata table (image id -> source column); sources with one class in the validation
+split have no AUC (nor balanced accuracy) and are left out. Writes within_source.json and
+within_source.md in --output (default: the workdir); the output's keys name the metric
+("metric": "auc" or "balanced_accuracy").
 """
 from __future__ import annotations
 
@@ -25,7 +31,12 @@ import numpy as np
 from sklearn import metrics as skm
 
 from benchmarks import common as bench_common
-from benchmarks import protocol
+from benchmarks import protocol, protocol_diagnosis
+
+# per task: the metric (its key in protocol.json's rows and in this output, and its name in the
+# table) and the per-source detail given in brackets
+METRICS = {"binary": ("auc", "AUC", "positives"),
+           "diagnosis": ("balanced_accuracy", "balanced accuracy", "classes_counted")}
 
 
 def _predictions(path: str, split: str | None) -> list[dict[str, str]]:
@@ -33,15 +44,20 @@ def _predictions(path: str, split: str | None) -> list[dict[str, str]]:
         return [r for r in csv.DictReader(f) if split is None or r["split"] == split]
 
 
-def auc_within_sources(rows: list[dict[str, str]], source_of: dict[str, str]) -> dict[str, Any]:
-    """{"pooled": AUC, "sources": {name: {"auc", "images", "positives"}}} of prediction rows."""
-    missing = sorted({r["image_id"] for r in rows} - set(source_of))
+def _sources(ids: Sequence[str], source_of: dict[str, str]) -> np.ndarray:
+    """The source of each image id; ProtocolError naming ids the metadata table lacks."""
+    missing = sorted(set(ids) - set(source_of))
     if missing:
         raise protocol.ProtocolError(f"{len(missing)} image ids have no source in the metadata "
                                      f"table, e.g. {missing[:3]}")
+    return np.array([source_of[i] for i in ids])
+
+
+def auc_within_sources(rows: list[dict[str, str]], source_of: dict[str, str]) -> dict[str, Any]:
+    """{"pooled": AUC, "sources": {name: {"auc", "images", "positives"}}} of prediction rows."""
+    s = _sources([r["image_id"] for r in rows], source_of)
     y = np.array([int(r["label"]) for r in rows])
     p = np.array([float(r["probability"]) for r in rows])
-    s = np.array([source_of[r["image_id"]] for r in rows])
     per = {}
     for name in sorted(set(s)):
         m = s == name
@@ -51,65 +67,102 @@ def auc_within_sources(rows: list[dict[str, str]], source_of: dict[str, str]) ->
     return {"pooled": float(skm.roc_auc_score(y, p)), "sources": per}
 
 
+def balanced_accuracy_within_sources(ids: Sequence[str], true: np.ndarray, predicted: np.ndarray,
+                                     classes: Sequence[str], source_of: dict[str, str]
+                                     ) -> dict[str, Any]:
+    """{"pooled": balanced accuracy, "sources": {name: {"balanced_accuracy", "images",
+    "classes_counted": {class: images}}}} of a diagnosis evaluation's predicted classes
+    (protocol_diagnosis.read_predictions); each counts the classes present in its images."""
+    s = _sources(ids, source_of)
+    per = {}
+    for name in sorted(set(s)):
+        m = s == name
+        support = np.bincount(true[m], minlength=len(classes))
+        if (support > 0).sum() >= 2:
+            per[name] = {"balanced_accuracy": protocol_diagnosis.balanced_accuracy(true[m],
+                                                                                 predicted[m]),
+                         "images": int(m.sum()),
+                         "classes_counted": {c: int(n) for c, n in zip(classes, support) if n}}
+    return {"pooled": protocol_diagnosis.balanced_accuracy(true, predicted), "sources": per}
+
+
+def within_sources(task: str, output: str, source_of: dict[str, str]) -> dict[str, Any]:
+    """One evaluation's validation rows scored pooled and per source by the task's metric."""
+    if task == "diagnosis":
+        return balanced_accuracy_within_sources(
+            *protocol_diagnosis.read_predictions(output, "validation"), source_of)
+    return auc_within_sources(_predictions(output, "validation"), source_of)
+
+
 def summarise(workdir: str, source_of: dict[str, str]) -> dict[str, Any]:
-    path = os.path.join(workdir, "protocol.json")
-    run = protocol.read_json(path)
-    if run.get("task", "binary") != "binary":
-        raise protocol.ProtocolError(f"{path} ran the {run['task']} task: within_source "
-                                     "scores the binary task's AUC only")
+    run = protocol.read_json(os.path.join(workdir, "protocol.json"))
+    task = run.get("task", "binary")
+    if task not in METRICS:
+        raise protocol.ProtocolError(f"{workdir}/protocol.json ran the {task} task: "
+                                     f"within_source scores {sorted(METRICS)}")
+    metric, _, detail = METRICS[task]
     rows = {}
     for held in run["rows"]:
-        inside = [auc_within_sources(_predictions(s, "validation"), source_of)
+        inside = [within_sources(task, s, source_of)
                   for s in protocol.score_outputs(workdir, run, held, "in_source")]
         names = sorted(set.intersection(*(set(x["sources"]) for x in inside)))
-        within = {n: float(np.mean([x["sources"][n]["auc"] for x in inside])) for n in names}
-        row = {"pooled_validation_auc": float(np.mean([x["pooled"] for x in inside])),
-               "within_source_validation_auc": within,
-               "mean_within_source_auc": float(np.mean(list(within.values()))),
-               "positives": {n: inside[0]["sources"][n]["positives"] for n in names}}
+        within = {n: float(np.mean([x["sources"][n][metric] for x in inside])) for n in names}
+        row = {f"pooled_validation_{metric}": float(np.mean([x["pooled"] for x in inside])),
+               f"within_source_validation_{metric}": within,
+               f"mean_within_source_{metric}": float(np.mean(list(within.values()))),
+               detail: {n: inside[0]["sources"][n][detail] for n in names}}
         if "heldout" in run["rows"][held]:  # the protocol's own seed mean, not scored again
-            row["heldout_auc"] = run["rows"][held]["heldout"]["auc"]["mean"]
+            row[f"heldout_{metric}"] = run["rows"][held]["heldout"][metric]["mean"]
         rows[held] = row
-    return {"workdir": workdir, "flags": run["flags"], "engine_flags": run["engine_flags"],
-            "seeds": run["seeds"], "rows": rows, "fair_gap": fair_gap(rows)}
+    return {"workdir": workdir, "task": task, "metric": metric, "flags": run["flags"],
+            "engine_flags": run["engine_flags"], "seeds": run["seeds"], "rows": rows,
+            "fair_gap": fair_gap(rows, metric)}
 
 
-def fair_gap(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per held-out source S: its AUC within S when S was trained on (the mean over every other
-    row whose validation had S: the in-distribution reference for S alone) beside its held-out
-    AUC, and gap = reference - held-out. The pooled in-source AUC mixes sources and is not a
-    reference for one of them."""
+def fair_gap(rows: dict[str, dict[str, Any]], metric: str = "auc"
+             ) -> dict[str, dict[str, Any]]:
+    """Per held-out source S: its score within S when S was trained on (the mean over every
+    other row whose validation had S: the in-distribution reference for S alone) beside its
+    held-out score, and gap = reference - held-out. The pooled in-source score mixes sources
+    and is not a reference for one of them. metric: the rows' key suffix (METRICS)."""
     gaps = {}
+    within, heldout = f"within_source_validation_{metric}", f"heldout_{metric}"
     for held, row in rows.items():
-        inside = [r["within_source_validation_auc"][held] for other, r in rows.items()
-                  if other != held and held in r["within_source_validation_auc"]]
-        if "heldout_auc" in row and inside:
+        inside = [r[within][held] for other, r in rows.items()
+                  if other != held and held in r[within]]
+        if heldout in row and inside:
             reference = float(np.mean(inside))
             gaps[held] = {"within_source_reference": reference, "runs": len(inside),
-                          "heldout_auc": row["heldout_auc"],
-                          "gap": reference - row["heldout_auc"]}
+                          heldout: row[heldout], "gap": reference - row[heldout]}
     return gaps
 
 
+def _bracket(detail: str, value: Any) -> str:
+    """Positives (binary) or the number of classes present (diagnosis) of one source."""
+    return str(value) if detail == "positives" else f"{len(value)} classes"
+
+
 def markdown(result: dict[str, Any]) -> str:
+    metric, name, detail = METRICS[result.get("task", "binary")]
+    bracket = "positives" if detail == "positives" else "classes present"
     lines = [f"`{result['workdir']}` ({' '.join(result['engine_flags'] + result['flags']) or 'base'}),"
-             f" mean over {result['seeds']} seeds. Within-source: the in-source validation AUC "
-             "of each training source alone (positives in brackets).", "",
-             "| held out | in-source val AUC, pooled | within each training source | mean within "
-             "| held-out AUC |", "|---|---|---|---|---|"]
+             f" mean over {result['seeds']} seeds. Within-source: the in-source validation {name} "
+             f"of each training source alone ({bracket} in brackets).", "",
+             f"| held out | in-source val {name}, pooled | within each training source | mean "
+             f"within | held-out {name} |", "|---|---|---|---|---|"]
     for held, r in result["rows"].items():
-        within = ", ".join(f"{n} {v:.3f} ({r['positives'][n]})"
-                           for n, v in r["within_source_validation_auc"].items())
-        held_auc = f"{r['heldout_auc']:.3f}" if "heldout_auc" in r else "n/a"
-        lines.append(f"| {held} | {r['pooled_validation_auc']:.3f} | {within} | "
-                     f"{r['mean_within_source_auc']:.3f} | {held_auc} |")
+        within = ", ".join(f"{n} {v:.3f} ({_bracket(detail, r[detail][n])})"
+                           for n, v in r[f"within_source_validation_{metric}"].items())
+        held_score = f"{r[f'heldout_{metric}']:.3f}" if f"heldout_{metric}" in r else "n/a"
+        lines.append(f"| {held} | {r[f'pooled_validation_{metric}']:.3f} | {within} | "
+                     f"{r[f'mean_within_source_{metric}']:.3f} | {held_score} |")
     if result.get("fair_gap"):
-        lines += ["", "Each source against itself: its within-source validation AUC in the rows "
-                  "that trained on it (mean over those rows) and its held-out AUC.", "",
+        lines += ["", f"Each source against itself: its within-source validation {name} in the "
+                  f"rows that trained on it (mean over those rows) and its held-out {name}.", "",
                   "| source | within it, trained on (rows) | held out | gap |", "|---|---|---|---|"]
-        for name, g in result["fair_gap"].items():
-            lines.append(f"| {name} | {g['within_source_reference']:.3f} ({g['runs']}) | "
-                         f"{g['heldout_auc']:.3f} | {g['gap']:+.3f} |")
+        for source, g in result["fair_gap"].items():
+            lines.append(f"| {source} | {g['within_source_reference']:.3f} ({g['runs']}) | "
+                         f"{g[f'heldout_{metric}']:.3f} | {g['gap']:+.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metadata_csv", required=True, help="the download's metadata table")
     p.add_argument("--id_column", default="image_id")
     p.add_argument("--source_column", default="dataset", help="HAM10000's source column")
+    p.add_argument("--output", default="", help="where to write (default: --workdir)")
     args = p.parse_args(argv)
     try:
         table = bench_common.read_table(args.metadata_csv, (args.id_column, args.source_column))
@@ -128,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (protocol.ProtocolError, OSError, KeyError, ValueError) as e:
         print(f"within_source: {e}", file=sys.stderr)
         return 2
-    bench_common.write_json_and_table(args.workdir, "within_source", result, markdown(result))
+    os.makedirs(args.output or args.workdir, exist_ok=True)
+    bench_common.write_json_and_table(args.output or args.workdir, "within_source", result,
+                                      markdown(result))
     return 0
 
 
