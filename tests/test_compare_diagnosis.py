@@ -1,4 +1,4 @@
-"""benchmarks.compare, ensemble and within_source on diagnosis protocol runs: balanced accuracy
+"""benchmarks.compare and ensemble on diagnosis protocol runs: balanced accuracy
 paired over the images every run scored, refusals naming both files, on hand-written
 protocol.json and predictions.csv (no model is trained)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from benchmarks import compare, ensemble, protocol, protocol_diagnosis as pd, within_source
+from benchmarks import compare, ensemble, protocol, protocol_diagnosis as pd
 from trainer.core import metrics
 
 CLASSES = ["nevus", "melanoma", "bkl"]
@@ -158,12 +158,3 @@ def test_read_probabilities_names_a_missing_column(tmp_path):
     (tmp_path / "r" / "predictions.csv").write_text(text)
     with pytest.raises(ValueError, match=r"lacks the columns \['p_bkl'\]"):
         pd.read_probabilities(str(tmp_path / "r"), None)
-
-
-def test_within_source_refuses_a_diagnosis_run_by_name(tmp_path, capsys):
-    workdir, _ = _workdir(tmp_path, "diag", 0.6, seed=0)
-    metadata = tmp_path / "meta.csv"
-    metadata.write_text("image_id,dataset\n" + "".join(f"{i},x\n" for i in IDS))
-    assert within_source.main([f"--workdir={workdir}", f"--metadata_csv={metadata}"]) == 2
-    assert (f"{workdir}/protocol.json ran the diagnosis task: within_source scores the binary "
-            "task's AUC only") in capsys.readouterr().err
