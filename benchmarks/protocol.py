@@ -308,7 +308,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", required=True, help="raw download with a source column (HAM10000's "
-                   "`dataset`, written as source_collection)")
+                   "`dataset`, written as source_collection), or a root of several downloads, "
+                   "each of which names no source a source of its own (docs/engine.md)")
     p.add_argument("--base", required=True, help="trainer.cnn flagfile every run uses")
     p.add_argument("--workdir", required=True, help="datasets, runs and the table")
     p.add_argument("--image_size", type=int, default=128, help="engine output and trainer input")

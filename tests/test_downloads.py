@@ -125,7 +125,8 @@ def with_dataset_column(table: pathlib.Path, sources: list[str]) -> None:
 
 
 def test_download_folder_is_the_source_where_metadata_names_none(tmp_path, subset):
-    """An acral download names no source; HAM10000's `dataset` does, except in one emptied cell."""
+    """An acral download names no source; HAM10000's `dataset` does, except in one emptied cell,
+    which stays empty (the trainer refuses it by name) rather than become a one-image source."""
     rows = acral_rows()[::40]
     build_acral_download(tmp_path / "acral", rows)
     lb.build_ham10000(tmp_path / "HAM10000", subset)
@@ -136,8 +137,8 @@ def test_download_folder_is_the_source_where_metadata_names_none(tmp_path, subse
     assert result.rejections == []
     by_id = {r.image_id: r for r in result.records}
     assert {by_id[r["isic_id"]].source_collection for r in rows} == {"acral"}
-    assert [by_id[i.image_id].source_collection for i in subset] == ["HAM10000"] + sources[1:]
-    assert result.counters["source_from_download"] == len(rows) + 1
+    assert [by_id[i.image_id].source_collection for i in subset] == sources
+    assert result.counters["source_from_download"] == len(rows)
 
 
 def test_same_id_across_downloads_same_bytes_kept_once_conflict_rejected(tmp_path):
@@ -169,6 +170,9 @@ def test_same_id_across_downloads_same_bytes_kept_once_conflict_rejected(tmp_pat
         (malignant[0]["isic_id"], "conflicting_labels", "rejected", "b")])
     assert result.counters["inputs"] == len(result.records) + len(result.rejections)
     assert result.downloads["a"]["records"] == 4 and result.downloads["b"]["records"] == 1
+    # sources filled after the merge: the copies dropped above are not counted
+    assert {r.image_id: r.source_collection for r in result.records} == kept
+    assert result.counters["source_from_download"] == len(result.records)
 
 
 def test_single_download_layouts_unchanged(tmp_path, subset):

@@ -10,8 +10,8 @@ Image bytes are never opened here; the Beam job decodes and hashes them.
 A root without a metadata table of its own but with folders that each hold one (several
 `isic-cli` downloads, a HAM10000 folder, ...) reads as the union of those downloads (layout
 DOWNLOADS); each record's `download` names its folder, and is its source_collection where
-its metadata names none (in_download). `--metadata_csv` (CustomTable) reads any
-images-plus-table dataset. `LayoutResult.metadata_files` says what became of every CSV/JSON,
+none of its download's metadata names one (sources_from_downloads). `--metadata_csv`
+(CustomTable) reads any images-plus-table dataset. `LayoutResult.metadata_files` says what became of every CSV/JSON,
 and names the label columns a table read as a layout lacks entirely ("label_columns_missing").
 
 Every table layout (and --metadata_csv) reads a `fitzpatrick_skin_type` column into that record
@@ -80,8 +80,8 @@ COUNTERS = {
                             "record's extra_metadata_json",
     "sidecar_name_mismatch": "sidecar whose 'name' differs from its file name (file name wins)",
     "collection_from_folder": "legacy source collection taken from the parent folder's name",
-    "source_from_download": "records of a several-download root whose metadata names no source "
-                            "collection, given their download folder's name as one",
+    "source_from_download": "records of a several-download root given their download folder's "
+                            "name as source collection (no record of that download names one)",
     "metadata_without_ground_truth": "2019/2017 side-file rows with no ground-truth row "
                                      "(kept, label unknown)",
     "outside_downloads": "image files of a several-download root in no download's folder",
@@ -164,19 +164,23 @@ def detect_layout(root: str) -> str:
     return DOWNLOADS if download_folders(scan) else _detect(scan)
 
 
-def in_download(record: LesionRecord, download: str) -> LesionRecord:
-    """record tagged with its download; one of several downloads that names no source collection
-    gets the download's folder as one.
+def sources_from_downloads(records: list[LesionRecord]) -> tuple[list[LesionRecord], int]:
+    """The merged records of a several-download root, each download that names no source
+    collection for any of its records given its folder as one; (records, records filled).
 
     Legacy JSON without a `dataset`, an isic-cli export and full-res archive images name no
-    acquisition source, so a root of several downloads would be evaluated as one '(missing)'
-    source, and the trainer's --source_balance / --source_adversary_weight refuse records without
-    one; the folder a user keeps a download in is the best source they have. A source the
-    metadata names (HAM10000's `dataset` column) is kept; a single download ('.') is unchanged.
+    acquisition source, so a root of several downloads was evaluated as one '(missing)' source,
+    and the trainer's --source_balance / --source_adversary_weight refuse records without one;
+    the folder a user keeps a download in is the best source they have. A download that names a
+    source for some of its records (HAM10000's `dataset` column with an empty cell) is left as it
+    is: its unnamed records stay unnamed, and are refused by name, rather than become a made-up
+    source of a few images beside its real ones. Runs after the merge, so dropped copies of an
+    id are not counted.
     """
-    if download != "." and not record.source_collection:
-        return dataclasses.replace(record, download=download, source_collection=download)
-    return dataclasses.replace(record, download=download)
+    named = {r.download for r in records if r.source_collection}
+    filled = [r if r.download in named else dataclasses.replace(r, source_collection=r.download)
+              for r in records]
+    return filled, sum(1 for r in records if r.download not in named)
 
 
 def _read_one(scan: Scan, layout: str, dx: dict, custom: Optional[CustomTable] = None,
@@ -187,12 +191,7 @@ def _read_one(scan: Scan, layout: str, dx: dict, custom: Optional[CustomTable] =
     else:
         entries = _READERS[layout](scan, dx, counters)
     result = assemble(layout, scan, entries, counters)
-    tagged = [in_download(r, download) for r in result.records]
-    filled = sum(1 for old, new in zip(result.records, tagged)
-                 if new.source_collection != old.source_collection)
-    result.records = tagged
-    if filled:
-        result.counters = dict(sorted(dict(result.counters, source_from_download=filled).items()))
+    result.records = [dataclasses.replace(r, download=download) for r in result.records]
     result.downloads = {download: {"layout": layout, "records": len(result.records),
                                    "rejections": len(result.rejections)}}
     return result
@@ -267,6 +266,9 @@ def _union(scan: Scan, folders: list[str], dx: dict) -> tuple[LayoutResult, list
             rejections.append(Rejection(path, strip_suffixes(image_stem(path))[0], MISSING_METADATA,
                                         "image in no download's folder (downloads: "
                                         f"{[_rel(f, scan.root) for f in folders]})"))
+    records, filled = sources_from_downloads(records)
+    if filled:
+        counters["source_from_download"] += filled
     records.sort(key=lambda r: r.image_id)
     rejections.sort(key=lambda r: (r.image_id, r.path, r.reason))
     downloads = {rel: dict(part.downloads[rel], records=sum(1 for r in records
