@@ -3,6 +3,7 @@ the in-source validation score pooled over every training source beside the scor
 source alone (mean over seeds), and the held-out score. The score is the run's task's metric
 (protocol.json's "task"): AUC for the binary task, balanced accuracy for the diagnosis task.
 
+    python -m benchmarks.within_source --workdir=out/protocol/compact64-allsets
     python -m benchmarks.within_source --workdir=out/protocol/compact64 \\
         --metadata_csv=../shared/data/ham10000-5984/HAM10000_metadata.csv
 
@@ -30,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+import isicflow
 from benchmarks import common as bench_common
 from benchmarks import protocol, protocol_diagnosis
 
@@ -45,12 +47,44 @@ def _predictions(path: str, split: str | None) -> list[dict[str, str]]:
 
 
 def _sources(ids: Sequence[str], source_of: dict[str, str]) -> np.ndarray:
-    """The source of each image id; ProtocolError naming ids the metadata table lacks."""
+    """The source of each image id; ProtocolError naming ids source_of lacks."""
     missing = sorted(set(ids) - set(source_of))
     if missing:
-        raise protocol.ProtocolError(f"{len(missing)} image ids have no source in the metadata "
-                                     f"table, e.g. {missing[:3]}")
+        raise protocol.ProtocolError(f"{len(missing)} image ids have no source (in --metadata_csv"
+                                     f"'s table, else in the protocol's in-source records), "
+                                     f"e.g. {missing[:3]}")
     return np.array([source_of[i] for i in ids])
+
+
+def in_source_data(workdir: str, run: dict[str, Any], held: str) -> str:
+    """The dataset one row of a protocol.json (`run`) trained and scored its in-source splits
+    on: data/without_<held> of the workdir that trained (runs_from, else this one), or data/all
+    for the "(none)" row of --holdout_sources=none (benchmarks.protocol.run names them so)."""
+    data = os.path.join(run.get("runs_from") or workdir, "data")
+    return os.path.join(data, "all" if held == "(none)" else f"without_{held}")
+
+
+def sources_from_records(data_dirs: Sequence[str], image_size: int | None
+                         ) -> dict[str, str]:
+    """{image_id: source_collection} of the validation records of the engine's datasets (read
+    by isicflow.load, which imports TensorFlow when called); records naming no source are left
+    out, so their ids fail in _sources. ProtocolError for a folder that holds no readable
+    dataset, or an id two datasets give different sources."""
+    source_of: dict[str, str] = {}
+    for data_dir in dict.fromkeys(data_dirs):
+        try:
+            records = isicflow.load(data_dir, "validation", image_size,
+                                    fields=("image_id", "source_collection"))
+            pairs = [(r["image_id"].decode(), r["source_collection"].decode())
+                     for r in records.as_numpy_iterator()]
+        except (OSError, ValueError) as e:
+            raise protocol.ProtocolError(f"the protocol's in-source dataset {data_dir} cannot "
+                                         f"give the sources ({e}); pass --metadata_csv") from e
+        for image_id, source in pairs:
+            if source and source_of.setdefault(image_id, source) != source:
+                raise protocol.ProtocolError(f"image {image_id} is {source_of[image_id]!r} in "
+                                             f"one in-source dataset and {source!r} in {data_dir}")
+    return source_of
 
 
 def auc_within_sources(rows: list[dict[str, str]], source_of: dict[str, str]) -> dict[str, Any]:
@@ -94,12 +128,17 @@ def within_sources(task: str, output: str, source_of: dict[str, str]) -> dict[st
     return auc_within_sources(_predictions(output, "validation"), source_of)
 
 
-def summarise(workdir: str, source_of: dict[str, str]) -> dict[str, Any]:
+def summarise(workdir: str, source_of: dict[str, str] | None = None) -> dict[str, Any]:
+    """source_of: image id -> source (a metadata table); None reads it from the records of the
+    in-source datasets the protocol's rows were scored on (sources_from_records)."""
     run = protocol.read_json(os.path.join(workdir, "protocol.json"))
     task = run.get("task", "binary")
     if task not in METRICS:
         raise protocol.ProtocolError(f"{workdir}/protocol.json ran the {task} task: "
                                      f"within_source scores {sorted(METRICS)}")
+    if source_of is None:
+        source_of = sources_from_records([in_source_data(workdir, run, held)
+                                          for held in run["rows"]], run.get("image_size"))
     metric, _, detail = METRICS[task]
     rows = {}
     for held in run["rows"]:
@@ -170,14 +209,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.within_source",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="a benchmarks.protocol --workdir")
-    p.add_argument("--metadata_csv", required=True, help="the download's metadata table")
+    p.add_argument("--metadata_csv", default="",
+                   help="a download's metadata table giving each image's source (wins when "
+                        "given); default: the protocol's in-source records (source_collection)")
     p.add_argument("--id_column", default="image_id")
     p.add_argument("--source_column", default="dataset", help="HAM10000's source column")
     p.add_argument("--output", default="", help="where to write (default: --workdir)")
     args = p.parse_args(argv)
     try:
-        table = bench_common.read_table(args.metadata_csv, (args.id_column, args.source_column))
-        source_of = {r[args.id_column]: r[args.source_column] for r in table}
+        source_of = None
+        if args.metadata_csv:
+            table = bench_common.read_table(args.metadata_csv,
+                                            (args.id_column, args.source_column))
+            source_of = {r[args.id_column]: r[args.source_column] for r in table}
         result = summarise(args.workdir, source_of)
     except (protocol.ProtocolError, OSError, KeyError, ValueError) as e:
         print(f"within_source: {e}", file=sys.stderr)
