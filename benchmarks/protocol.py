@@ -350,23 +350,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+NO_HOLDOUT = "(none)"  # the one row of --holdout_sources=none
+
+
+def dataset_folder(workdir: str, kind: str, source: str = "") -> str:
+    """Where a protocol workdir keeps the engine's datasets: data/all (every source, also the
+    NO_HOLDOUT row's training data), data/without_<source> (kind "without") and
+    data/only_<source> (kind "only"); one rule for this module and its readers."""
+    name = "all" if kind == "all" or source == NO_HOLDOUT else f"{kind}_{source}"
+    return os.path.join(workdir, "data", name)
+
+
 def run(args: argparse.Namespace) -> int:
     task = planned_task(args.base, args.flags.split())
     if task == "diagnosis":  # before any engine run: a refusal costs nothing
         refuse_binary_eval_flags(args.eval_flags.split())
     os.makedirs(args.workdir, exist_ok=True)  # with --runs_from nothing else creates it
     trained = args.runs_from or args.workdir
-    data = os.path.join(trained, "data")
-    everything = _engine(args, os.path.join(data, "all"), [])
+    everything = _engine(args, dataset_folder(trained, "all"), [])
     manifest = read_json(os.path.join(everything, "manifest.json"))
     sources = sources_of(manifest)
     heldout, skipped = holdout_plan(sources, args.holdout_sources,
                                     diagnoses_of(manifest) if task == "diagnosis" else None)
-    plan = {s: (_engine(args, os.path.join(data, f"without_{s}"), [s]),
-                _engine(args, os.path.join(data, f"only_{s}"),
+    plan = {s: (_engine(args, dataset_folder(trained, "without", s), [s]),
+                _engine(args, dataset_folder(trained, "only", s),
                         [o for o in sources if o != s])) for s in heldout}
     if not heldout:
-        plan = {"(none)": (everything, None)}
+        plan = {NO_HOLDOUT: (everything, None)}
     rows = {}
     for source, (train_data, heldout_data) in plan.items():
         seeds = seed_list({"first_seed": args.first_seed, "seeds": args.seeds})

@@ -58,10 +58,8 @@ def _sources(ids: Sequence[str], source_of: dict[str, str]) -> np.ndarray:
 
 def in_source_data(workdir: str, run: dict[str, Any], held: str) -> str:
     """The dataset one row of a protocol.json (`run`) trained and scored its in-source splits
-    on: data/without_<held> of the workdir that trained (runs_from, else this one), or data/all
-    for the "(none)" row of --holdout_sources=none (benchmarks.protocol.run names them so)."""
-    data = os.path.join(run.get("runs_from") or workdir, "data")
-    return os.path.join(data, "all" if held == "(none)" else f"without_{held}")
+    on, in the workdir that trained (runs_from, else this one)."""
+    return protocol.dataset_folder(run.get("runs_from") or workdir, "without", held)
 
 
 def sources_from_records(data_dirs: Sequence[str], image_size: int | None
