@@ -14,9 +14,11 @@ within-source AUC is the fair in-distribution reference for the held-out AUC. Th
 the diagnosis task, whose sources differ in their mix of diagnoses: a model that predicts each
 source's commonest diagnosis scores a pooled balanced accuracy above what it scores within any
 source. Within a source, balanced accuracy counts the classes present in its validation rows
-(benchmarks.protocol_diagnosis reads the predictions and scores them). Sources come from the
-download's metadata table (image id -> source column); sources with one class in the validation
-split have no AUC (nor balanced accuracy) and are left out. Writes within_source.json and
+(benchmarks.protocol_diagnosis reads the predictions and scores them). Sources come from
+--metadata_csv (image id -> source column) when given, else from the source_collection of the
+records the engine wrote for the protocol's in-source datasets (so a root of several downloads,
+whose folder-named sources are in no table, is scored too); sources with one class in the
+validation split have no AUC (nor balanced accuracy) and are left out. Writes within_source.json and
 within_source.md in --output (default: the workdir); the output's keys name the metric
 ("metric": "auc" or "balanced_accuracy").
 """

@@ -11,8 +11,9 @@ A root without a metadata table of its own but with folders that each hold one (
 `isic-cli` downloads, a HAM10000 folder, ...) reads as the union of those downloads (layout
 DOWNLOADS); each record's `download` names its folder, and is its source_collection where
 none of its download's metadata names one (sources_from_downloads). `--metadata_csv`
-(CustomTable) reads any images-plus-table dataset. `LayoutResult.metadata_files` says what became of every CSV/JSON,
-and names the label columns a table read as a layout lacks entirely ("label_columns_missing").
+(CustomTable) reads any images-plus-table dataset. `LayoutResult.metadata_files` says what
+became of every CSV/JSON, and names the label columns a table read as a layout lacks entirely
+("label_columns_missing").
 
 Every table layout (and --metadata_csv) reads a `fitzpatrick_skin_type` column into that record
 field, and keeps each column it does not read otherwise (plus attribution and copyright_license,
