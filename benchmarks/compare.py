@@ -15,10 +15,17 @@ Two diagnosis protocol runs (protocol.json "task": "diagnosis", same classes) ar
 balanced accuracy instead (benchmarks.protocol_diagnosis reads the predictions and scores them;
 metrics.paired_difference pairs them the same way); a binary run is not compared with a
 diagnosis run, nor diagnosis runs whose classes differ.
+
+--score_class=NAME compares on the AUC of NAME vs the rest (e.g. a seven-diagnosis recipe
+against a melanoma-vs-rest one): a diagnosis side is scored by its p_NAME column, its label 1
+where the true class is NAME; a binary side as above. The engine flags may then differ (a
+--dx_map): instead, both sides must have scored the same image ids per held-out source, and
+a binary side's label must be 1 exactly where the diagnosis side's true class is NAME.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 from typing import Any, Sequence
@@ -27,7 +34,15 @@ import numpy as np
 
 from benchmarks import common as bench_common
 from benchmarks import protocol, protocol_diagnosis
+from trainer.cnn.constants import PREDICTIONS_CSV as PREDICTIONS
 from trainer.core import metrics
+
+
+def _image_ids(output: str) -> list[str]:
+    """The image ids of one evaluation's predictions.csv, sorted: the order in which
+    protocol.read_scores and protocol_diagnosis.read_predictions return its rows."""
+    with open(os.path.join(output, PREDICTIONS), encoding="utf-8", newline="") as f:
+        return sorted(r["image_id"] for r in csv.DictReader(f))
 
 
 def _scores(workdir: str, result: dict, source: str, name: str, split: str | None):
@@ -98,24 +113,101 @@ def _diagnosis_row(outputs: dict[str, list[str]], resamples: int) -> dict[str, A
         raise protocol.ProtocolError(str(e)) from None
 
 
-def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, Any]:
+def one_vs_rest_side(outputs: Sequence[str], task: str, score_class: str
+                     ) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """(image ids sorted, labels, scores per run) of one side's held-out runs as a binary
+    ranking of `score_class`: a diagnosis side's p_<score_class> column and true class ==
+    score_class, a binary side's probability and label (protocol.scores_of_runs).
+    ProtocolError naming the runs when they scored other images, or the classes a diagnosis
+    side has when score_class is not one of them."""
+    if task != "diagnosis":
+        labels, scores, _ = protocol.scores_of_runs(outputs, None)
+        ids = [_image_ids(o) for o in outputs]
+        if any(i != ids[0] for i in ids):
+            raise protocol.ProtocolError(f"runs scored different images: {list(outputs)}")
+        return ids[0], labels, scores
+    try:
+        ids, true, _, classes = protocol_diagnosis.predictions_of_runs(outputs, None)
+        if score_class not in classes:
+            raise protocol.ProtocolError(
+                f"{outputs[0]}: no class {score_class!r} to score, its classes are {classes}")
+        k = classes.index(score_class)
+        scores = [protocol_diagnosis.read_probabilities(o, None)[:, k] for o in outputs]
+    except ValueError as e:
+        raise protocol.ProtocolError(str(e)) from None
+    return ids, (true == k).astype(np.int64), scores
+
+
+def check_same_images(sides: dict[str, tuple[list[str], np.ndarray, list[np.ndarray]]],
+                      paths: dict[str, str], source: str, score_class: str) -> None:
+    """ProtocolError naming the held-out source and both folders unless both sides (from
+    one_vs_rest_side) scored the same image ids with the same labels image by image (a
+    binary side's label must be score_class vs the rest, not e.g. malignant vs benign)."""
+    (ids_b, labels_b, _), (ids_c, labels_c, _) = sides["baseline"], sides["candidate"]
+    where = (f"held out {source}: baseline {paths['baseline']} vs candidate "
+             f"{paths['candidate']}")
+    if ids_b != ids_c:
+        only_b, only_c = sorted(set(ids_b) - set(ids_c)), sorted(set(ids_c) - set(ids_b))
+        raise protocol.ProtocolError(
+            f"{where}: {len(ids_b)} vs {len(ids_c)} image ids; {len(only_b)} only in the "
+            f"baseline (e.g. {only_b[:3]}), {len(only_c)} only in the candidate "
+            f"(e.g. {only_c[:3]}): not the same images")
+    if not np.array_equal(labels_b, labels_c):
+        pos_b = int(np.sum((labels_b == 1) & (labels_c == 0)))
+        pos_c = int(np.sum((labels_b == 0) & (labels_c == 1)))
+        first = ids_b[int(np.flatnonzero(labels_b != labels_c)[0])]
+        raise protocol.ProtocolError(
+            f"{where}: {pos_b + pos_c} of {len(ids_b)} images labelled otherwise ({pos_b} "
+            f"positive only in the baseline, {pos_c} only in the candidate; first {first}): "
+            f"a side's label is not {score_class} vs the rest")
+
+
+def _one_vs_rest_row(runs: dict[str, dict], paths: dict[str, str], source: str,
+                     score_class: str, resamples: int) -> dict[str, Any]:
+    """paired_auc_difference of score_class vs the rest on one held-out source."""
+    sides = {name: one_vs_rest_side(
+        protocol.score_outputs(paths[name], runs[name], source, "heldout"),
+        runs[name].get("task", "binary"), score_class) for name in paths}
+    check_same_images(sides, paths, source, score_class)
+    try:
+        return metrics.paired_auc_difference(sides["baseline"][1], sides["baseline"][2],
+                                             sides["candidate"][2], resamples=resamples)
+    except ValueError as e:
+        raise protocol.ProtocolError(f"held out {source}: {e}") from None
+
+
+def compare(baseline: str, candidate: str, resamples: int = 1000,
+            score_class: str | None = None) -> dict[str, Any]:
     """{source: paired difference of the held-out AUC (balanced accuracy for two diagnosis
-    runs)}, plus "mean over sources"."""
+    runs; with score_class the AUC of score_class vs the rest, whatever each side's task)},
+    plus "mean over sources"."""
     paths = {"baseline": baseline, "candidate": candidate}
     runs = {name: protocol.read_json(os.path.join(path, "protocol.json"))
             for name, path in paths.items()}
-    task = task_of(runs, paths)
-    if runs["baseline"]["engine_flags"] != runs["candidate"]["engine_flags"]:
+    tasks = {name: r.get("task", "binary") for name, r in runs.items()}
+    if score_class is None:
+        task = task_of(runs, paths)
+        if runs["baseline"]["engine_flags"] != runs["candidate"]["engine_flags"]:
+            raise protocol.ProtocolError(
+                f"engine flags differ ({runs['baseline']['engine_flags']} vs "
+                f"{runs['candidate']['engine_flags']}): the held-out images are not the same")
+    elif "diagnosis" not in tasks.values():
         raise protocol.ProtocolError(
-            f"engine flags differ ({runs['baseline']['engine_flags']} vs "
-            f"{runs['candidate']['engine_flags']}): the held-out images are not the same")
+            f"--score_class={score_class}: baseline {baseline} and candidate {candidate} both "
+            "ran the binary task, no diagnosis side to score one vs the rest")
+    else:
+        task = "binary"  # both sides scored as a binary ranking of score_class
     common = [s for s in runs["baseline"]["rows"] if s in runs["candidate"]["rows"]
-              and "heldout" in runs["baseline"]["rows"][s]]
+              and "heldout" in runs["baseline"]["rows"][s]
+              and (score_class is None or "heldout" in runs["candidate"]["rows"][s])]
     if not common:
         raise protocol.ProtocolError(f"no held-out source scored in both {baseline} and "
                                      f"{candidate}")
     rows: dict[str, Any] = {}
     for source in common:
+        if score_class is not None:
+            rows[source] = _one_vs_rest_row(runs, paths, source, score_class, resamples)
+            continue
         if task == "diagnosis":
             check_same_classes(runs, paths, source)
             rows[source] = _diagnosis_row(
@@ -130,10 +222,14 @@ def compare(baseline: str, candidate: str, resamples: int = 1000) -> dict[str, A
     rows["mean over sources"] = mean_over_sources(rows)
     for r in rows.values():
         r.pop("bootstrap", None)
-    return {"baseline": baseline, "candidate": candidate, "task": task, "metric": METRIC[task],
-            "baseline_flags": _flags(runs["baseline"]),
-            "candidate_flags": _flags(runs["candidate"]),
-            "engine_flags": runs["baseline"]["engine_flags"], "rows": rows}
+    result = {"baseline": baseline, "candidate": candidate, "task": task,
+              "metric": METRIC[task], "baseline_flags": _flags(runs["baseline"]),
+              "candidate_flags": _flags(runs["candidate"]),
+              "engine_flags": runs["baseline"]["engine_flags"], "rows": rows}
+    if score_class is not None:
+        result.update(score_class=score_class, tasks=tasks,
+                      candidate_engine_flags=runs["candidate"]["engine_flags"])
+    return result
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -142,10 +238,21 @@ def markdown(result: dict[str, Any]) -> str:
              f"({' '.join(result['candidate_flags']) or 'base'}); held-out "
              f"{result.get('metric', 'AUC')}, mean over "
              "seeds. Difference ± its seed-spread standard error [95% interval, bootstrap over "
-             "images paired across all runs].", "",
+             "images paired across all runs]." + _score_class_note(result), "",
              "| held out | baseline | candidate | difference | beyond 2 seed s.e. |",
              "|---|---|---|---|---|"] + table_rows(result["rows"])
     return "\n".join(lines) + "\n"
+
+
+def _score_class_note(result: dict[str, Any]) -> str:
+    """With --score_class: which side was a diagnosis run scored as p(NAME) one vs the rest."""
+    name = result.get("score_class")
+    if name is None:
+        return ""
+    sides = [side for side, task in result["tasks"].items() if task == "diagnosis"]
+    return (f" The diagnosis {' and '.join(sides)} {'was' if len(sides) == 1 else 'were'} "
+            f"scored as p({name}) one-vs-rest (label 1 where the true class is {name}): the "
+            f"AUC of {name} vs the rest on the same images.")
 
 
 def table_rows(rows: dict[str, dict[str, Any]]) -> list[str]:
@@ -168,9 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--candidate", required=True, help="benchmarks.protocol --workdir")
     p.add_argument("--output", required=True, help="folder for compare.json / compare.md")
     p.add_argument("--bootstrap", type=int, default=1000, help="image resamples")
+    p.add_argument("--score_class", default=None,
+                   help="score diagnosis runs as p(NAME) vs the rest, on the AUC, so they "
+                   "compare with a NAME-vs-rest binary run (e.g. melanoma)")
     args = p.parse_args(argv)
     try:
-        result = compare(args.baseline, args.candidate, args.bootstrap)
+        result = compare(args.baseline, args.candidate, args.bootstrap, args.score_class)
     except (protocol.ProtocolError, OSError, KeyError) as e:
         print(f"compare: {e}", file=sys.stderr)
         return 2
