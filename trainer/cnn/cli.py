@@ -77,6 +77,12 @@ def define_flags() -> None:
                          "anatom_site_general; 1 compares site text with ISIC's as it is. "
                          "Recorded in the run, whose evaluation and export use it; give 1 to "
                          "resume or reproduce a run trained before version 2.")
+    flags.DEFINE_string("metadata_fields", ",".join(config_lib.FIELDS), "--use_metadata's "
+                        "fields, a comma list from age,sex,site (default all): the others are "
+                        "encoded as missing for every image, so a model can be trained for "
+                        "clinics that do not record a field, or a field's effect measured "
+                        "(e.g. sex,site without age). Recorded in the run, whose evaluation and "
+                        "export use it.")
     # --- generated training images (GAN samples as extra training data) ---
     flags.DEFINE_string("synthetic_data", "", "Dataset folder of GAN samples (`python -m "
                         "trainer.gan.sample --format=tfrecord`) added to the training split; "

@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 
 from trainer.core.augmentations import AUGMENTATIONS
 from trainer.core.flags import RunConfig
-from trainer.core.metadata_features import ENCODING_VERSION, ENCODING_VERSIONS, run_encoding
+from trainer.core.metadata_features import (
+    ENCODING_VERSION, ENCODING_VERSIONS, FIELDS, check_fields, run_encoding, run_fields)
 from trainer.core.program import UserError
 
 from trainer.cnn.constants import (  # noqa: F401  (the choices, listed once)
@@ -49,6 +50,7 @@ class TrainConfig(RunConfig):
     min_class_records: int = 20       # diagnosis task: rarer train diagnoses grouped as `other`
     use_metadata: bool = False        # age/sex/site as a second input (metadata_features)
     metadata_encoding: int = ENCODING_VERSION  # its version; the run's readers encode with it
+    metadata_fields: str = ",".join(FIELDS)  # the fields used; the others encoded as missing
     synthetic_data: str = ""          # GAN-sampled dataset added to train (synthetic_mix)
     synthetic_fraction: float = 0.0   # generated images per real training image, per class
     synthetic_classes: str = "benign,malignant"  # the classes generated images are added to
@@ -86,6 +88,14 @@ def _one_of(field: str, choices: tuple[str, ...]) -> Rule:
                 f"must be one of {', '.join(choices)}")
 
 
+def _metadata_fields(c) -> tuple[str, ...] | None:
+    """c.metadata_fields as check_fields' tuple, None when it is not a valid choice."""
+    try:
+        return check_fields(c.metadata_fields)
+    except (ValueError, TypeError):
+        return None
+
+
 def _mixing(c) -> bool:
     return bool(c.mixup_alpha or c.cutmix_alpha)
 
@@ -111,6 +121,9 @@ RULES: tuple[Rule, ...] = (
     Rule(("metadata_encoding",), lambda c: c.metadata_encoding in ENCODING_VERSIONS,
          f"must be one of {', '.join(map(str, ENCODING_VERSIONS))} "
          "(trainer.core.metadata_features)"),
+    Rule(("metadata_fields",), lambda c: _metadata_fields(c) is not None,
+         f"must be a comma list of distinct fields from {', '.join(FIELDS)} "
+         "(trainer.core.metadata_features.FIELDS)"),
     Rule(("early_stopping_patience",), lambda c: c.early_stopping_patience >= 0,
          "must be >= 0, 0 = never"),
     Rule(("synthetic_fraction",), lambda c: 0.0 <= c.synthetic_fraction <= 10.0,
@@ -174,6 +187,10 @@ RULES: tuple[Rule, ...] = (
          "--mixup_alpha/--cutmix_alpha, no --synthetic_data (the source index rides beside "
          "the image of each real record) and no --source_logit_adjustment (one source input "
          "to fit at a time)"),
+    Rule(("use_metadata", "metadata_fields"),
+         lambda c: c.use_metadata or _metadata_fields(c) in (None, FIELDS),
+         "--metadata_fields chooses --use_metadata's fields; without --use_metadata it would "
+         "do nothing"),
     Rule(("use_metadata", "class_balance"),
          lambda c: not (c.use_metadata and c.class_balance == "sampling"),
          "--use_metadata cannot be combined with --class_balance=sampling yet"),
@@ -247,6 +264,10 @@ def check_resume(config: TrainConfig) -> None:
             and run_encoding(started) != config.metadata_encoding:  # no key: version 1
         changed.append(f"--metadata_encoding={config.metadata_encoding} (the run has "
                        f"{run_encoding(started)})")
+    if config.use_metadata and started.get("use_metadata") \
+            and run_fields(started) != check_fields(config.metadata_fields):  # no key: all
+        changed.append(f"--metadata_fields={config.metadata_fields} (the run has "
+                       f"{','.join(run_fields(started))})")
     if changed:
         raise ConfigError(f"--workdir={config.workdir} was started with another model: "
                           f"{', '.join(changed)}; resume with its settings or use a new "

@@ -191,10 +191,12 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                  use_metadata: bool = False, augmentation: str = "study",
                  manifest: Mapping[str, Any] | None = None,
                  metadata_encoding: int = metadata_features.ENCODING_VERSION,
-                 image_ids: bool = False, balance_sources: bool = False):
+                 image_ids: bool = False, balance_sources: bool = False,
+                 metadata_fields: Sequence[str] = metadata_features.FIELDS):
     """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
     split's records in the task; the binary pipeline's reading, parse, decode, augmentation.
-    use_metadata: the input is (images, metadata features by encoding metadata_encoding).
+    use_metadata: the input is (images, metadata features by encoding metadata_encoding, with
+    metadata_fields; the others missing).
     image_ids: the second element is (class index, image_id string [B]), for per-image
     predictions. balance_sources (training): each named source of the split
     (source_class_counts) is one repeated stream, drawn with equal probability, as the binary
@@ -205,6 +207,7 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     from isicflow import schema
     from trainer.core import input_pipeline as ip
 
+    metadata_fields = metadata_features.check_fields(metadata_fields)
     manifest = dataset_lib.manifest_or_read(data_dir, manifest)
     info = dataset_lib.split_info(manifest, image_size, split)
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
@@ -225,7 +228,8 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
         record = tf.io.parse_single_example(serialized, spec)
         image = ip.decode_record(record, image_size)
         if use_metadata:
-            image = (image, metadata_features.encode_record(record, metadata_encoding))
+            image = (image, metadata_features.encode_record(record, metadata_encoding,
+                                                            metadata_fields))
         label = table.lookup(record["diagnosis"])
         return image, ((label, record["image_id"]) if image_ids else label)
 
@@ -249,6 +253,8 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
             ds = ds.cache()
         elif cache:
             suffix = (f"-metadata{metadata_encoding}" if use_metadata else "") + (  # features
+                f"-fields{'-'.join(metadata_fields)}"
+                if use_metadata and metadata_fields != metadata_features.FIELDS else "") + (
                 "-ids" if image_ids else "") + (
                 f"-source{ip._digest(source)}" if source is not None else "")
             ds = ds.cache(f"{cache}-{image_size}-{split}-diagnosis{suffix}-"
@@ -338,25 +344,29 @@ def class_weights(mapping: Mapping[str, Any]) -> dict[int, float]:
 def predict_split(model, data_dir: str, split: str, image_size: int, mapping,
                   batch_size: int = 32, use_metadata: bool = False,
                   manifest: Mapping[str, Any] | None = None,
-                  metadata_encoding: int = metadata_features.ENCODING_VERSION
+                  metadata_encoding: int = metadata_features.ENCODING_VERSION,
+                  metadata_fields: Sequence[str] = metadata_features.FIELDS
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(class indices int64 [N], probabilities float64 [N, K]) of one split, deterministic;
-    metadata_encoding: the run's (metadata_features.run_encoding)."""
+    metadata_encoding / metadata_fields: the run's (metadata_features.run_encoding,
+    run_fields)."""
     cols = predict_split_columns(model, data_dir, split, image_size, mapping, batch_size,
-                                 use_metadata, manifest, metadata_encoding)
+                                 use_metadata, manifest, metadata_encoding, metadata_fields)
     return cols["label"], cols["probabilities"]
 
 
 def predict_split_columns(model, data_dir: str, split: str, image_size: int, mapping,
                           batch_size: int = 32, use_metadata: bool = False,
                           manifest: Mapping[str, Any] | None = None,
-                          metadata_encoding: int = metadata_features.ENCODING_VERSION
+                          metadata_encoding: int = metadata_features.ENCODING_VERSION,
+                          metadata_fields: Sequence[str] = metadata_features.FIELDS
                           ) -> dict[str, Any]:
     """predict_split with each record's image id: {"image_id": [str], "label": int64 [N],
     "probabilities": float64 [N, K]}, in the split's (deterministic) record order."""
     ds = make_dataset(data_dir, split, mapping, image_size=image_size, batch_size=batch_size,
                       training=False, deterministic=True, use_metadata=use_metadata,
-                      manifest=manifest, metadata_encoding=metadata_encoding, image_ids=True)
+                      manifest=manifest, metadata_encoding=metadata_encoding, image_ids=True,
+                      metadata_fields=metadata_fields)
     ids, labels, probs = [], [], []
     for images, (y, image_id) in ds:
         probs.append(np.asarray(model(images, training=False), np.float64))
@@ -440,7 +450,8 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         if counts["kept"]:
             labels, probs = predict_split(model, data_dir, split, image_size, mapping,
                                           batch_size, bool(config.get("use_metadata", False)),
-                                          manifest, metadata_features.run_encoding(config))
+                                          manifest, metadata_features.run_encoding(config),
+                                          metadata_features.run_fields(config))
             splits[split] = split_metrics(labels, probs, classes)
     plots_dir = os.path.join(workdir, PLOTS_DIR)
     os.makedirs(plots_dir, exist_ok=True)

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from trainer.core import metadata_features
 from trainer.cnn.constants import (CLASSES_NAME, PLOTS_DIR, PREDICTIONS_CSV, REPORT_JSON,
                                    REPORT_MD, SERVING_CONFIG_NAME)
 
@@ -149,9 +150,10 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
     except ValueError as e:
         raise DiagnosisScoringError(str(e)) from None
     use_metadata = len(model.inputs) > 1
+    fields = list(model_info.get("metadata_fields", metadata_features.FIELDS))  # the run's
     per_split = {s: diagnosis.predict_split_columns(
         model, data_dir, s, image_size, mapping, batch_size, use_metadata, manifest,
-        model_info["metadata_encoding"]) for s in chosen}
+        model_info["metadata_encoding"], fields) for s in chosen}
     pairs = {s: (c["label"], c["probabilities"]) for s, c in per_split.items()}
     if len(chosen) > 1:
         pairs["all"] = (np.concatenate([c["label"] for c in per_split.values()]),
@@ -166,8 +168,8 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
             "%Y-%m-%d %H:%M:%S UTC"),
         "config": {"model": model_info["path"], "data_dir": os.path.abspath(data_dir),
                    "splits": chosen, "batch_size": batch_size, "image_size": image_size,
-                   **({"metadata_encoding": model_info["metadata_encoding"]}
-                      if use_metadata else {})},
+                   **({"metadata_encoding": model_info["metadata_encoding"],
+                       "metadata_fields": fields} if use_metadata else {})},
         "model": {key: model_info[key] for key in ("path", "kind", "keras")},
         "classes": classes, "grouped_as_other": mapping.get("grouped_as_other", []),
         "excluded_unknown": dict(excluded["excluded_unknown"]),

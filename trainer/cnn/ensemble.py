@@ -77,6 +77,7 @@ def read_member(run: str) -> dict[str, Any]:
     if settings["use_metadata"]:
         try:
             settings["metadata_encoding"] = metadata_features.run_encoding(config)
+            settings["metadata_fields"] = list(metadata_features.run_fields(config))
         except ValueError as e:
             raise EnsembleError(f"--model: {run}: {e}") from None
     serving = read_json(os.path.join(run, EXPORT_DIR, SERVING_CONFIG_NAME), {})
@@ -101,9 +102,9 @@ def read_member(run: str) -> dict[str, Any]:
 
 def check_agreement(members: Sequence[Mapping[str, Any]]) -> None:
     """EnsembleError naming the first member and setting that differs from the first member's:
-    AGREED_SETTINGS (and metadata_encoding for --use_metadata runs), the exported resize mode
-    (every exported member's against the first exported one's), the diagnosis classes and the
-    dataset."""
+    AGREED_SETTINGS (and metadata_encoding and metadata_fields for --use_metadata runs), the
+    exported resize mode (every exported member's against the first exported one's), the
+    diagnosis classes and the dataset."""
     first = members[0]
     exported = [m for m in members if m["resize_mode"]]
     for member in exported[1:]:
@@ -121,7 +122,7 @@ def check_agreement(members: Sequence[Mapping[str, Any]]) -> None:
                 raise EnsembleError(
                     f"--model: {member['run']} has {name}={got!r} but {first['run']} has "
                     f"{want!r}; an ensemble's members must agree on {', '.join(AGREED_SETTINGS)}, "
-                    "metadata_encoding, resize_mode, classes and data_dir")
+                    "metadata_encoding, metadata_fields, resize_mode, classes and data_dir")
 
 
 def check_dataset(members: Sequence[Mapping[str, Any]], data_dir: str,
@@ -182,9 +183,11 @@ def ensemble_config(members: Sequence[Mapping[str, Any]], data_dir: str) -> dict
     for key in keys:
         values = [m["config"].get(key) for m in members]
         config[key] = values[0] if all(v == values[0] for v in values) else values
-    config.pop("metadata_encoding", None)  # a list where image-only runs differ: unread
+    for key in ("metadata_encoding", "metadata_fields"):  # lists where image-only runs differ
+        config.pop(key, None)
     if members[0]["settings"]["use_metadata"]:  # agreed (check_agreement): what serving encodes
-        config["metadata_encoding"] = members[0]["settings"]["metadata_encoding"]
+        for key in ("metadata_encoding", "metadata_fields"):
+            config[key] = members[0]["settings"][key]
     config["data_dir"] = data_dir
     config["ensemble_members"] = [m["run"] for m in members]
     return config

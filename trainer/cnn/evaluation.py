@@ -21,7 +21,7 @@ import datetime
 import json
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from absl import logging
@@ -45,12 +45,13 @@ def _check_probabilities(split: str, probs: np.ndarray) -> None:
 def predict_split(model, data_dir: str, split: str, image_size: int,
                   batch_size: int = 32, tta: bool = False, use_metadata: bool = False,
                   manifest: Mapping[str, Any] | None = None,
-                  metadata_encoding: int = metadata_features.ENCODING_VERSION
+                  metadata_encoding: int = metadata_features.ENCODING_VERSION,
+                  metadata_fields: Sequence[str] = metadata_features.FIELDS
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(labels int64 [N], probabilities float64 [N]) of one split, in manifest order, unaugmented
     (with `tta`, the mean over the 8 dihedral views, trainer.cnn.tta). use_metadata: the model
-    takes (images, metadata features by the run's metadata_encoding) (--use_metadata; no
-    TTA)."""
+    takes (images, metadata features by the run's metadata_encoding and metadata_fields)
+    (--use_metadata; no TTA)."""
     if use_metadata and tta:
         raise ValueError("test-time augmentation is not supported with --use_metadata")
     from trainer.cnn import tta as tta_lib
@@ -59,7 +60,8 @@ def predict_split(model, data_dir: str, split: str, image_size: int,
     ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=batch_size,
                                      training=False, deterministic=True,
                                      use_metadata=use_metadata, manifest=manifest,
-                                     metadata_encoding=metadata_encoding)
+                                     metadata_encoding=metadata_encoding,
+                                     metadata_fields=metadata_fields)
     labels, probabilities = [], []
     for images, batch_labels in ds:
         probabilities.append(tta_lib.predict_on_batch(model, images, tta))
@@ -74,20 +76,22 @@ def predict_split(model, data_dir: str, split: str, image_size: int,
 def predict_split_with_metadata(model, data_dir: str, split: str, image_size: int,
                                 batch_size: int = 32, tta: bool = False,
                                 manifest: Mapping[str, Any] | None = None,
-                                metadata_encoding: int = metadata_features.ENCODING_VERSION
+                                metadata_encoding: int = metadata_features.ENCODING_VERSION,
+                                metadata_fields: Sequence[str] = metadata_features.FIELDS
                                 ) -> dict[str, np.ndarray]:
     """One split's benign/malignant records scored with their metadata: {"label" int64,
     "probability" float64, and str arrays per input_pipeline.METADATA_FIELDS}, same
     preprocessing as predict_split (the input pipeline's evaluation path). A model with two
     inputs (--use_metadata) gets each record's metadata features too, by the run's
-    metadata_encoding (no TTA)."""
+    metadata_encoding and metadata_fields (no TTA)."""
     from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
     ds = input_pipeline.make_eval_dataset_with_metadata(data_dir, split, image_size=image_size,
                                                         batch_size=batch_size, manifest=manifest,
                                                         metadata_input=len(model.inputs) > 1,
-                                                        metadata_encoding=metadata_encoding)
+                                                        metadata_encoding=metadata_encoding,
+                                                        metadata_fields=metadata_fields)
     columns: dict[str, list] = {"label": [], "probability": []}
     columns.update({name: [] for name in input_pipeline.METADATA_FIELDS})
     for x, batch_labels, meta in ds:
@@ -224,6 +228,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
     predictions, test_columns = {}, None
     use_metadata = bool(config.get("use_metadata", False))
     encoding = metadata_features.run_encoding(config)  # the run's: as it was trained
+    fields = metadata_features.run_fields(config)
     for split in EVAL_SPLITS:
         if reader.count_records(dataset_lib.split_info(manifest, image_size, split),
                                 "binary") == 0:
@@ -235,7 +240,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         else:
             predictions[split] = predict_split(model, data_dir, split, image_size, batch_size, tta,
                                                use_metadata, manifest=manifest,
-                                               metadata_encoding=encoding)
+                                               metadata_encoding=encoding, metadata_fields=fields)
         logging.info("evaluate: %d %s cases predicted", predictions[split][0].size, split)
     threshold = choose_threshold(*predictions["validation"], threshold_policy, min_sensitivity)
     splits = {split: split_report(*predictions[split], threshold["threshold"], bootstrap=bootstrap,
@@ -319,8 +324,9 @@ def resolve_model(path: str, threshold_override: float | None = None,
 
     Returns {"path", "kind", "task", "keras", "threshold": {threshold, policy, reason, source},
     "tta" (the export's setting, or the run's report.json "tta"), "image_size" (export only),
-    "metadata_encoding" (what a --use_metadata model was trained with: report.json's config,
-    else the serving config's metadata; none recorded = version 1, metadata_features),
+    "metadata_encoding" and "metadata_fields" (what a --use_metadata model was trained with:
+    report.json's config, else the serving config's metadata; none recorded = version 1 and
+    all fields, metadata_features),
     "mapping" (a diagnosis model's classes, trainer.cnn.diagnosis_scoring; else None)}.
     The threshold is the one the training run chose on its own validation split; a folder
     recording none is an error (never a threshold re-chosen on the scored data) unless
@@ -378,15 +384,16 @@ def resolve_model(path: str, threshold_override: float | None = None,
     else:
         tta = bool(serving.get("tta", False))
     run_config = (report or {}).get("config") if kind == "run" else None
+    recorded = run_config if run_config is not None else serving.get("metadata") or {}
     try:
-        encoding = metadata_features.run_encoding(
-            run_config if run_config is not None else serving.get("metadata") or {})
+        encoding = metadata_features.run_encoding(recorded)
+        fields = list(metadata_features.run_fields(recorded))
     except ValueError as e:
         raise EvaluationError(f"--model {path!r}: {e}") from None
     return {"path": os.path.abspath(path), "kind": kind, "keras": keras_path, "threshold": threshold,
             "tta": tta, "task": "binary" if mapping is None else "diagnosis", "mapping": mapping,
             "image_size": serving.get("image_size") if kind == "export" else None,
-            "metadata_encoding": encoding}
+            "metadata_encoding": encoding, "metadata_fields": fields}
 
 
 def split_names(splits: str) -> list[str]:
@@ -573,7 +580,9 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
 
     per_split = {split: predict_split_with_metadata(model, data_dir, split, image_size,
                                                     batch_size, use_tta, manifest,
-                                                    model_info["metadata_encoding"])
+                                                    model_info["metadata_encoding"],
+                                                    model_info.get("metadata_fields",
+                                                                   metadata_features.FIELDS))
                  for split in chosen}
     for split, cols in per_split.items():
         logging.info("external: %d %s cases predicted", cols["label"].size, split)
@@ -593,7 +602,9 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
                    "splits": chosen, "tta": use_tta, "batch_size": batch_size,
                    "image_size": image_size, "bootstrap": bootstrap, "seed": seed,
                    "calibration_bins": calibration_bins,
-                   **({"metadata_encoding": model_info["metadata_encoding"]}
+                   **({"metadata_encoding": model_info["metadata_encoding"],
+                       "metadata_fields": list(model_info.get("metadata_fields",
+                                                              metadata_features.FIELDS))}
                       if len(model.inputs) > 1 else {})},
         "model": {k: model_info[k] for k in ("path", "kind", "keras")},
         "tta": use_tta,

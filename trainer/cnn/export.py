@@ -74,21 +74,40 @@ def _run_encoding(model, workdir: str, run_config: dict | None, report) -> int |
         raise ValueError(f"{workdir}: {e}") from None
 
 
+def _run_fields(model, workdir: str, run_config: dict | None, report
+                ) -> tuple[str, ...] | None:
+    """The metadata fields the model was trained with (None: no metadata input): run_config's,
+    else the run's report.json config's; neither recording them = all (metadata_features)."""
+    from trainer.core import metadata_features
+
+    if not uses_metadata(model):
+        return None
+    recorded = run_config if run_config is not None else (report or {}).get("config") or {}
+    try:
+        return metadata_features.run_fields(recorded)
+    except ValueError as e:
+        raise ValueError(f"{workdir}: {e}") from None
+
+
 def uses_metadata(model) -> bool:
     return len(getattr(model, "inputs", None) or []) > 1
 
 
-def _image_module(model, image_size: int, resize_mode: str, encoding: int | None = None):
+def _image_module(model, image_size: int, resize_mode: str, encoding: int | None = None,
+                  fields: tuple[str, ...] | None = None):
     """(base tf.Module class, image bytes spec): the serving path both tasks share. Raw bytes
     go through the engine's decode and resize in-graph (preprocess), then the evaluation
     scaling; a metadata model also gets its features (all missing unless given), by
-    `encoding`, the version it was trained with (_run_encoding)."""
+    `encoding`, the version it was trained with (_run_encoding), and its `fields`
+    (_run_fields: a field it was trained without is served as missing whatever is given)."""
     import tensorflow as tf
 
     from trainer.core import input_pipeline, metadata_features
 
     if encoding is None:  # no metadata input: the traced serve_metadata's features go unread
         encoding = metadata_features.ENCODING_VERSION
+    if fields is None:
+        fields = metadata_features.FIELDS
 
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
 
@@ -115,18 +134,18 @@ def _image_module(model, image_size: int, resize_mode: str, encoding: int | None
                     else metadata]
 
         def _encode(self, age, sex, site):
-            return metadata_features.encode(age, sex, site, encoding)
+            return metadata_features.encode(age, sex, site, encoding, fields)
 
     return ImageModule, bytes_spec
 
 
 def _serving_module(model, image_size: int, resize_mode: str, threshold: float, tta: bool = False,
-                    encoding: int | None = None):
+                    encoding: int | None = None, fields: tuple[str, ...] | None = None):
     import tensorflow as tf
 
     from trainer.cnn import tta as tta_lib
 
-    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode, encoding)
+    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode, encoding, fields)
 
     class ServingModule(ImageModule):
         """The binary task's: P(malignant) and the label at the exported threshold."""
@@ -224,7 +243,8 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     min_image_side: the smallest short side predict serves (None: default_min_side).
     manifest, run_config: the dataset's manifest and the run's config, for MODEL_CARD.md
     (trainer.cnn.model_card; the card says what it lacks); a --use_metadata model is served
-    with the run config's metadata_encoding (none recorded: version 1, _run_encoding).
+    with the run config's metadata_encoding and metadata_fields (none recorded: version 1 and
+    all fields, _run_encoding, _run_fields).
     ensemble: serving_config.json's "ensemble" (members, how the threshold was chosen) when
     `model` averages several runs (trainer.cnn.ensemble).
     """
@@ -249,7 +269,9 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     if tta and uses_metadata(model):
         raise ValueError("test-time augmentation is not supported with --use_metadata")
     encoding = _run_encoding(model, workdir, run_config, report)
-    module = _serving_module(model, image_size, resize_mode, threshold, bool(tta), encoding)
+    fields = _run_fields(model, workdir, run_config, report)
+    module = _serving_module(model, image_size, resize_mode, threshold, bool(tta), encoding,
+                             fields)
     signatures = {"serving_default": module.serve, "preprocess": module.preprocess,
                   SIGNATURE_PLAIN: module.serve_plain}
     if uses_metadata(model):  # serving_default = the image alone, metadata missing
@@ -270,7 +292,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
               **_checks_note(image_size, min_image_side),
               "tensorflow": tf.__version__}
     if uses_metadata(model):
-        config["metadata"] = _metadata_note(encoding)
+        config["metadata"] = _metadata_note(encoding, fields)
     if ensemble:
         config["ensemble"] = dict(ensemble)
     run_folder.write_json(paths["serving_config"], config)
@@ -279,9 +301,10 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     return paths
 
 
-def _metadata_note(encoding: int) -> dict[str, Any]:
+def _metadata_note(encoding: int, fields: tuple[str, ...]) -> dict[str, Any]:
     return {"signature": SIGNATURE_METADATA,
             "metadata_encoding": encoding,  # trainer.core.metadata_features' version
+            "metadata_fields": list(fields),  # those the model uses; others served as missing
             "inputs": "image_bytes, age float32 [None] (-1 = unknown), sex string [None] "
                       "(female/male, '' = unknown), site string [None] (ISIC "
                       "anatom_site_general, '' = unknown"
@@ -339,7 +362,8 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
         raise ValueError(f"model output shape {out_shape} does not match {len(classes)} classes")
     report = model_card.read_report(workdir)
     encoding = _run_encoding(model, workdir, run_config, report)
-    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode, encoding)
+    fields = _run_fields(model, workdir, run_config, report)
+    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode, encoding, fields)
 
     class DiagnosisModule(ImageModule):
         """The diagnosis task's: the K class probabilities and the top class."""
@@ -371,7 +395,7 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
         signatures[SIGNATURE_METADATA] = module.serve_metadata
     tf.saved_model.save(module, paths["saved_model"], signatures=signatures)
     config = {
-        **({"metadata": _metadata_note(encoding)} if uses_metadata(model) else {}),
+        **({"metadata": _metadata_note(encoding, fields)} if uses_metadata(model) else {}),
         "task": "diagnosis", "image_size": image_size, "resize_mode": resize_mode,
         "classes": classes, "grouped_as_other": mapping["grouped_as_other"], "tta": False,
         "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright",

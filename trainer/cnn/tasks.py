@@ -65,6 +65,7 @@ def _common(c: TrainConfig, float_input: bool, manifest: Mapping[str, Any]) -> d
     return dict(image_size=c.image_size, batch_size=c.batch_size, cache=c.cache,
                 deterministic=c.deterministic, seed=c.seed, as_uint8=not float_input,
                 use_metadata=c.use_metadata, metadata_encoding=c.metadata_encoding,
+                metadata_fields=c.metadata_fields,
                 manifest=manifest)
 
 

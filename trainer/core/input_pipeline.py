@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from isicflow import dataset as dataset_lib, reader, schema
 from trainer.core import augmentations, synthetic_mix
-from trainer.core.metadata_features import ENCODING_VERSION
+from trainer.core.metadata_features import ENCODING_VERSION, FIELDS, check_fields
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_MODES = reader.LABEL_MODES
@@ -236,16 +236,18 @@ def parse_and_decode(serialized: tf.Tensor, image_size: int):
 
 
 def parse_and_decode_with_metadata(serialized: tf.Tensor, image_size: int,
-                                   metadata_encoding: int = ENCODING_VERSION):
+                                   metadata_encoding: int = ENCODING_VERSION,
+                                   metadata_fields: Sequence[str] = FIELDS):
     """--use_metadata: one record -> ((uint8 image, float32 [16] metadata features), label);
-    the features by trainer.core.metadata_features.encode (its version metadata_encoding, the
-    run's), missing values explicit."""
+    the features by trainer.core.metadata_features.encode (its version metadata_encoding and
+    its metadata_fields, the run's), missing values explicit."""
     from trainer.core import metadata_features
 
     record = tf.io.parse_single_example(
         serialized, schema.feature_spec(_PARSED_FEATURES + METADATA_INPUT_FIELDS))
     return ((_decode_record(record, image_size),
-             metadata_features.encode_record(record, metadata_encoding)), record["label"])
+             metadata_features.encode_record(record, metadata_encoding, metadata_fields)),
+            record["label"])
 
 
 def offset_lookup(source_offsets: Mapping[str, float]) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -304,13 +306,14 @@ def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: in
                                     batch_size: int, labels: str = "binary",
                                     manifest: Mapping[str, Any] | None = None,
                                     metadata_input: bool = False,
-                                    metadata_encoding: int = ENCODING_VERSION
+                                    metadata_encoding: int = ENCODING_VERSION,
+                                    metadata_fields: Sequence[str] = FIELDS
                                     ) -> tf.data.Dataset:
     """Read-only accessor for scoring: (images float32 [B,S,S,3] in [0, 1], labels float32 [B],
     {field: tf.string [B]} for METADATA_FIELDS), in a deterministic order. metadata_input: the
     first item is (images, metadata float32 [B, 16]) instead, the input of a --use_metadata model
     (the features parse_and_decode_with_metadata gives training, by the run's
-    metadata_encoding).
+    metadata_encoding and metadata_fields).
 
     The same parse, decode, label filter and evaluation scaling (preprocess_for_eval) as
     make_dataset(training=False); only the metadata strings are parsed besides. make_dataset,
@@ -331,7 +334,8 @@ def make_eval_dataset_with_metadata(data_dir: str, split: str, *, image_size: in
         if metadata_input:
             from trainer.core import metadata_features
 
-            image = (image, metadata_features.encode_record(record, metadata_encoding))
+            image = (image, metadata_features.encode_record(record, metadata_encoding,
+                                                            metadata_fields))
         return (image, record["label"],
                 {name: record[name] if record[name].dtype == tf.string
                  else tf.strings.as_string(record[name]) for name in METADATA_FIELDS})
@@ -369,6 +373,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  drop_remainder: bool = False, balance_classes: bool = False,
                  as_uint8: bool = False, use_metadata: bool = False,
                  metadata_encoding: int = ENCODING_VERSION,
+                 metadata_fields: Sequence[str] = FIELDS,
                  augmentation: str = "study", mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0,
                  synthetic: synthetic_mix.SyntheticMix | None = None,
@@ -395,7 +400,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     no float conversion on the input threads.
     use_metadata: the input becomes (images, metadata float32 [B, 16]), the features computed
     in the parse step (parse_and_decode_with_metadata) by encoding version metadata_encoding
-    (the run's: metadata_features.run_encoding); labels unchanged.
+    and metadata_fields (the run's: metadata_features.run_encoding, run_fields); labels
+    unchanged.
     synthetic (training only): generated records added to the split before the shuffle
     (trainer.core.synthetic_mix); they count in the epoch's length.
     source_offsets ({source_collection: offset}, trainer.core.source_prior): the input becomes
@@ -411,6 +417,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     if as_uint8 and ((training and augment) or tuple(map(float, value_range)) != (0.0, 1.0)):
         raise ValueError("as_uint8 needs augment=False (or training=False) and value_range (0, 1)")
     _check_args(split, image_size, batch_size, labels, value_range, cache)
+    metadata_fields = check_fields(metadata_fields)
     mixing = bool(mixup_alpha or cutmix_alpha)
     if mixing and (not training or labels != "binary" or use_metadata or as_uint8):
         raise ValueError(f"mixup_alpha={mixup_alpha}/cutmix_alpha={cutmix_alpha} need "
@@ -465,8 +472,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
             ds = records.map(lambda s: parse_and_decode_with_offset(s, image_size, lookup),
                              num_parallel_calls=AUTOTUNE)
         elif use_metadata:
-            ds = records.map(lambda s: parse_and_decode_with_metadata(s, image_size,
-                                                                      metadata_encoding),
+            ds = records.map(lambda s: parse_and_decode_with_metadata(
+                s, image_size, metadata_encoding, metadata_fields),
                              num_parallel_calls=AUTOTUNE)
         else:
             ds = records.map(lambda s: parse_and_decode(s, image_size),
@@ -490,6 +497,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                 suffix += f"-sources{_digest(list(source_names))}"
             if use_metadata:  # another element structure, and each encoding its own features
                 suffix += f"-metadata{metadata_encoding}"
+                if metadata_fields != FIELDS:  # fields left out: other features
+                    suffix += f"-fields{'-'.join(metadata_fields)}"
             ds = ds.cache(f"{cache}-{image_size}-{split}{suffix}-{_digest(manifest)}")
         if training and cache:
             ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)

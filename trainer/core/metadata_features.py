@@ -19,10 +19,16 @@ a model is evaluated and served with the features it was trained on:
      (back, trunk, face, ...) then all land in site_other and its "unknown" counts as a site.
   2  (ENCODING_VERSION) SITE_SYNONYMS applied after the normalisation: HAM10000's vocabulary
      mapped onto ISIC's anatom_site_general, its "unknown" made missing.
+
+Fields (FIELDS; --metadata_fields): a run may use a subset of age, sex and site, to measure
+what one field costs on a new clinic or to train for clinics that do not record it. A field
+left out is encoded as missing for every record (age as MISSING_AGE, sex and site as ''), so
+the layout, METADATA_DIM and the model's shape stay the same. A run records its fields in its
+config (`metadata_fields`, see run_fields) beside its encoding, and its readers encode with both.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 SITES = ("anterior torso", "head/neck", "lateral torso", "lower extremity", "oral/genital",
          "palms/soles", "posterior torso", "upper extremity", "torso")
@@ -36,6 +42,7 @@ MISSING_AGE = -1.0
 ENCODING_VERSIONS = (1, 2)
 ENCODING_VERSION = 2  # what new runs train with (TrainConfig.metadata_encoding's default)
 LEGACY_ENCODING_VERSION = 1  # a run config without `metadata_encoding` predates version 2
+FIELDS = ("age", "sex", "site")  # what --metadata_fields chooses from; all by default
 
 # Version 2: HAM10000's `localization` vocabulary (after _normalise_text) -> ISIC's
 # anatom_site_general (SITES), or '' (missing). HAM writes finer body parts where ISIC writes
@@ -82,6 +89,30 @@ def run_encoding(run_config: Mapping[str, Any]) -> int:
     return check_version(run_config.get("metadata_encoding", LEGACY_ENCODING_VERSION))
 
 
+def check_fields(fields: str | Iterable[str]) -> tuple[str, ...]:
+    """fields (a comma string or a sequence of names) as a tuple in FIELDS order; ValueError
+    naming unknown, duplicate or empty entries, or no field at all (use no --use_metadata)."""
+    given = fields.split(",") if isinstance(fields, str) else list(fields)
+    names = [str(f).strip() for f in given]
+    if not any(names):
+        raise ValueError(f"metadata fields {fields!r}: name at least one of {', '.join(FIELDS)}")
+    unknown = [n for n in names if n not in FIELDS]
+    if unknown:
+        raise ValueError(f"metadata fields {fields!r}: unknown or empty {unknown}; choose from "
+                         f"{', '.join(FIELDS)}")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"metadata fields {fields!r}: {duplicates} given more than once")
+    return tuple(f for f in FIELDS if f in names)
+
+
+def run_fields(run_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The fields a trained run's metadata uses: its config's `metadata_fields` (a list or a
+    comma string); a config without the key was written before --metadata_fields, when every
+    run used all of FIELDS. ValueError for fields this code does not know."""
+    return check_fields(run_config.get("metadata_fields", FIELDS))
+
+
 def _canonical_site(site, version: int):
     """Normalised site text, with SITE_SYNONYMS applied from version 2 on."""
     import tensorflow as tf
@@ -93,12 +124,21 @@ def _canonical_site(site, version: int):
     return site
 
 
-def encode(age, sex, site, version: int = ENCODING_VERSION):
+def encode(age, sex, site, version: int = ENCODING_VERSION,
+           fields: str | Iterable[str] = FIELDS):
     """age float [...] (negative = unknown), sex / site string [...] -> float32 [..., 16],
-    by encoding `version` (ENCODING_VERSIONS; a trained run's own: run_encoding)."""
+    by encoding `version` (ENCODING_VERSIONS; a trained run's own: run_encoding); a field not
+    in `fields` (a run's own: run_fields) is encoded as missing, whatever its value."""
     import tensorflow as tf
 
     version = check_version(version)
+    fields = check_fields(fields)
+    if "age" not in fields:
+        age = tf.fill(tf.shape(age), MISSING_AGE)
+    if "sex" not in fields:
+        sex = tf.fill(tf.shape(sex), "")
+    if "site" not in fields:
+        site = tf.fill(tf.shape(site), "")
 
     age = tf.cast(age, tf.float32)
     age_missing = tf.logical_or(age < 0, tf.math.is_nan(age))
@@ -118,9 +158,10 @@ def encode(age, sex, site, version: int = ENCODING_VERSION):
     return tf.concat(parts, axis=-1)
 
 
-def encode_record(record, version: int = ENCODING_VERSION):
-    """The encoding of one parsed record ({age_approx, sex, anatom_site})."""
-    return encode(record["age_approx"], record["sex"], record["anatom_site"], version)
+def encode_record(record, version: int = ENCODING_VERSION,
+                  fields: str | Iterable[str] = FIELDS):
+    """The encoding of one parsed record ({age_approx, sex, anatom_site}) with `fields`."""
+    return encode(record["age_approx"], record["sex"], record["anatom_site"], version, fields)
 
 
 def with_metadata_input(model, head_units: int = 1):
