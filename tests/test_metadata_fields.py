@@ -74,6 +74,8 @@ def test_config_validates_the_fields_and_needs_use_metadata(tmp_path):
     c = config_lib.TrainConfig(data_dir="d", workdir=str(tmp_path), use_metadata=True,
                                metadata_fields="sex,site")
     assert c.metadata_fields == "sex,site"
+    from trainer.cnn import tasks  # what both tasks' training datasets are built with
+    assert tasks._common(c, False, {})["metadata_fields"] == "sex,site"
     assert config_lib.TrainConfig(data_dir="d", workdir=str(tmp_path)).metadata_fields == \
         "age,sex,site"
     with pytest.raises(config_lib.ConfigError, match="--metadata_fields=age,weight: must be"):

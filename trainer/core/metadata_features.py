@@ -91,7 +91,8 @@ def run_encoding(run_config: Mapping[str, Any]) -> int:
 
 def check_fields(fields: str | Iterable[str]) -> tuple[str, ...]:
     """fields (a comma string or a sequence of names) as a tuple in FIELDS order; ValueError
-    naming unknown, duplicate or empty entries, or no field at all (use no --use_metadata)."""
+    naming unknown, duplicate or empty entries, or no field at all (a model without metadata
+    is trained without --use_metadata)."""
     given = fields.split(",") if isinstance(fields, str) else list(fields)
     names = [str(f).strip() for f in given]
     if not any(names):
