@@ -277,3 +277,16 @@ def test_evaluation_uses_the_runs_recorded_fields(metadata_dataset, tmp_path, mo
     with pytest.raises(_Stop):
         diagnosis.evaluate_and_report(None, metadata_dataset, str(tmp_path / "d"), SIZE, config)
     assert seen == [fields, fields]
+
+
+def test_a_run_without_report_is_read_with_its_train_config(tmp_path):
+    """A run trained with --evaluate=false has no report.json: its evaluation must still encode
+    with the fields and version it trained with (train_config.json), not all fields, version 1."""
+    from trainer.cnn import evaluation
+
+    (tmp_path / "model.keras").write_bytes(b"not loaded by resolve_model")
+    (tmp_path / "train_config.json").write_text(json.dumps(
+        {"use_metadata": True, "metadata_fields": "sex,site", "metadata_encoding": 2}))
+    model = evaluation.resolve_model(str(tmp_path), threshold_override=0.5)
+    assert model["metadata_fields"] == ["sex", "site"]
+    assert model["metadata_encoding"] == 2

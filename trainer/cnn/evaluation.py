@@ -30,7 +30,8 @@ from trainer.core import metadata_features, metrics, report, run_folder
 
 from trainer.cnn.constants import (CLASSES_NAME, EVAL_SPLITS, EXPORT_DIR,  # noqa: F401
                                    EXTERNAL_DIR, KERAS_NAME, PLOTS_DIR, PREDICTIONS_CSV,
-                                   REPORT_JSON, REPORT_MD, SERVING_CONFIG_NAME)
+                                   REPORT_JSON, REPORT_MD, SERVING_CONFIG_NAME,
+                                   TRAIN_CONFIG_NAME)
 
 REPORT_FORMAT = "isicflow.cnn_report/1"
 
@@ -325,8 +326,8 @@ def resolve_model(path: str, threshold_override: float | None = None,
     Returns {"path", "kind", "task", "keras", "threshold": {threshold, policy, reason, source},
     "tta" (the export's setting, or the run's report.json "tta"), "image_size" (export only),
     "metadata_encoding" and "metadata_fields" (what a --use_metadata model was trained with:
-    report.json's config, else the serving config's metadata; none recorded = version 1 and
-    all fields, metadata_features),
+    report.json's config, else the run's train_config.json, else the serving config's metadata;
+    none recorded = version 1 and all fields, metadata_features),
     "mapping" (a diagnosis model's classes, trainer.cnn.diagnosis_scoring; else None)}.
     The threshold is the one the training run chose on its own validation split; a folder
     recording none is an error (never a threshold re-chosen on the scored data) unless
@@ -383,7 +384,13 @@ def resolve_model(path: str, threshold_override: float | None = None,
         tta = bool((report or {}).get("tta", False))
     else:
         tta = bool(serving.get("tta", False))
-    run_config = (report or {}).get("config") if kind == "run" else None
+    # The settings the model was trained with: a run's report.json config, else the run's own
+    # train_config.json (a run trained with --evaluate=false has no report), else the export's.
+    run_config = None
+    if kind == "run":
+        run_config = (report or {}).get("config")
+        if run_config is None:
+            run_config = read_json(os.path.join(path, TRAIN_CONFIG_NAME), None)
     recorded = run_config if run_config is not None else serving.get("metadata") or {}
     try:
         encoding = metadata_features.run_encoding(recorded)
