@@ -155,24 +155,9 @@ def test_ensemble_members_must_agree_on_the_fields(tmp_path):
 
 # ------------------------------------------------------ a trained run and what reads it
 
-SIZE = 32
-META = [{"age_approx": 45.0, "sex": "female", "anatom_site": "head/neck"},
-        {"age_approx": -1.0, "sex": "", "anatom_site": ""},
-        {"age_approx": 70.0, "sex": "male", "anatom_site": "lower extremity"},
-        {"age_approx": 30.0, "sex": "male", "anatom_site": "torso"}]
-
-
-@pytest.fixture(scope="module")
-def metadata_dataset(tmp_path_factory):
-    from tests import shard_fixtures
-
-    def items(n, seed):
-        return [(img, label, {"diagnosis": "melanoma" if label == "malignant" else "nevus",
-                              **META[i % 4]})
-                for i, (img, label) in enumerate(shard_fixtures.random_images(n, 48, seed=seed))]
-    return shard_fixtures.write_tiny_dataset(
-        tmp_path_factory.mktemp("meta_fields"), {"train": items(8, 0), "validation": items(4, 1),
-                                                 "test": items(4, 2)}, SIZE)
+# The tiny metadata dataset (its four patients, ages 45 / unknown / 70 / 30, three of known
+# sex) of the metadata tests, shared rather than written twice.
+from tests.test_metadata_features import SIZE, metadata_dataset  # noqa: E402,F401
 
 
 def test_the_pipelines_encode_with_the_fields_given(metadata_dataset):
