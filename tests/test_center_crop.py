@@ -34,7 +34,10 @@ def _border_blind(model, extra=()) -> None:
 
     rng = np.random.default_rng(0)
     outside = features(_pair(rng, inside=False))
-    np.testing.assert_array_equal(outside[0], outside[1])
+    # equal up to float rounding: the two batch rows may take different CPU kernel paths
+    # (differences ~1e-8 seen on some CPUs), far below the inside change asserted below
+    scale = np.abs(outside).max()
+    np.testing.assert_allclose(outside[0], outside[1], rtol=0, atol=1e-5 * scale)
     inside = features(_pair(rng, inside=True))
     # relative: an untrained EfficientNet's features are ~1e-7 in size
     assert np.abs(inside[0] - inside[1]).max() > 1e-3 * np.abs(inside).max() > 0, inside
