@@ -60,31 +60,19 @@ def _missing_metadata(image_bytes, encoding: int):
                                     tf.fill([n], ""), tf.fill([n], ""), encoding)
 
 
-def _run_encoding(model, workdir: str, run_config: dict | None, report) -> int | None:
-    """The metadata encoding version the model was trained with (None: no metadata input):
-    run_config's, else the run's report.json config's; neither recording one = version 1."""
+def _run_metadata(model, workdir: str, run_config: dict | None, report
+                  ) -> tuple[int | None, tuple[str, ...] | None]:
+    """(encoding version, fields) the model's metadata was trained with, (None, None) for a
+    model without a metadata input: run_config's, else the run's report.json config's; neither
+    recording them = version 1 and all fields (metadata_features.run_encoding, run_fields)."""
     from trainer.core import metadata_features
 
     if not uses_metadata(model):
-        return None
+        return None, None
     recorded = run_config if run_config is not None else (report or {}).get("config") or {}
     try:
-        return metadata_features.run_encoding(recorded)
-    except ValueError as e:
-        raise ValueError(f"{workdir}: {e}") from None
-
-
-def _run_fields(model, workdir: str, run_config: dict | None, report
-                ) -> tuple[str, ...] | None:
-    """The metadata fields the model was trained with (None: no metadata input): run_config's,
-    else the run's report.json config's; neither recording them = all (metadata_features)."""
-    from trainer.core import metadata_features
-
-    if not uses_metadata(model):
-        return None
-    recorded = run_config if run_config is not None else (report or {}).get("config") or {}
-    try:
-        return metadata_features.run_fields(recorded)
+        return (metadata_features.run_encoding(recorded),
+                metadata_features.run_fields(recorded))
     except ValueError as e:
         raise ValueError(f"{workdir}: {e}") from None
 
@@ -98,8 +86,8 @@ def _image_module(model, image_size: int, resize_mode: str, encoding: int | None
     """(base tf.Module class, image bytes spec): the serving path both tasks share. Raw bytes
     go through the engine's decode and resize in-graph (preprocess), then the evaluation
     scaling; a metadata model also gets its features (all missing unless given), by
-    `encoding`, the version it was trained with (_run_encoding), and its `fields`
-    (_run_fields: a field it was trained without is served as missing whatever is given)."""
+    `encoding`, the version it was trained with, and its `fields` (_run_metadata: a field
+    it was trained without is served as missing whatever is given)."""
     import tensorflow as tf
 
     from trainer.core import input_pipeline, metadata_features
@@ -244,7 +232,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     manifest, run_config: the dataset's manifest and the run's config, for MODEL_CARD.md
     (trainer.cnn.model_card; the card says what it lacks); a --use_metadata model is served
     with the run config's metadata_encoding and metadata_fields (none recorded: version 1 and
-    all fields, _run_encoding, _run_fields).
+    all fields, _run_metadata).
     ensemble: serving_config.json's "ensemble" (members, how the threshold was chosen) when
     `model` averages several runs (trainer.cnn.ensemble).
     """
@@ -268,8 +256,7 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     model.save(paths["keras"])
     if tta and uses_metadata(model):
         raise ValueError("test-time augmentation is not supported with --use_metadata")
-    encoding = _run_encoding(model, workdir, run_config, report)
-    fields = _run_fields(model, workdir, run_config, report)
+    encoding, fields = _run_metadata(model, workdir, run_config, report)
     module = _serving_module(model, image_size, resize_mode, threshold, bool(tta), encoding,
                              fields)
     signatures = {"serving_default": module.serve, "preprocess": module.preprocess,
@@ -361,8 +348,7 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
     if out_shape[1:] != (len(classes),):
         raise ValueError(f"model output shape {out_shape} does not match {len(classes)} classes")
     report = model_card.read_report(workdir)
-    encoding = _run_encoding(model, workdir, run_config, report)
-    fields = _run_fields(model, workdir, run_config, report)
+    encoding, fields = _run_metadata(model, workdir, run_config, report)
     ImageModule, bytes_spec = _image_module(model, image_size, resize_mode, encoding, fields)
 
     class DiagnosisModule(ImageModule):
