@@ -41,6 +41,7 @@ class TrainConfig(RunConfig):
     weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
     class_balance: str = "none"
     source_balance: bool = False      # sample every train source equally
+    source_label_independence: bool = False  # draw (source, label) at P(source) P(label)
     source_logit_adjustment: bool = False  # train with each source's prior log-odds offset
     source_adversary_weight: float = 0.0  # DANN against the source; 0 = off (source_adversary)
     monitor: str = "val_accuracy"
@@ -167,6 +168,14 @@ RULES: tuple[Rule, ...] = (
                                             and not c.synthetic_data),
          "--source_balance needs no --class_balance=sampling and no --synthetic_data (it "
          "samples each source's own records)"),
+    Rule(("source_label_independence", "task", "source_balance", "class_balance",
+          "synthetic_data"),
+         lambda c: not c.source_label_independence or (
+             c.task == "binary" and not c.source_balance and c.class_balance != "sampling"
+             and not c.synthetic_data),
+         "--source_label_independence needs --task=binary, no --source_balance, no "
+         "--class_balance=sampling and no --synthetic_data (it samples each (source, label) "
+         "group of the real records itself)"),
     Rule(("source_logit_adjustment", "task", "use_metadata", "mixup_alpha", "cutmix_alpha",
           "synthetic_data"),
          lambda c: not c.source_logit_adjustment or (
@@ -341,6 +350,20 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
         _check_named_sources(manifest, config, "--source_balance", in_task,
                              "balancing needs >= 2 and every record in one, or those records "
                              "would never be drawn")
+    if config.source_label_independence:  # every (source, label) group must hold a record
+        from trainer.cnn.tasks import binary_source_class_counts
+        from trainer.core import source_prior
+        from trainer.core.input_pipeline import labelled_record
+
+        _check_named_sources(manifest, config, "--source_label_independence", labelled_record,
+                             "it needs >= 2 and every record in one, or those records would "
+                             "never be drawn")
+        try:
+            source_prior.independent_group_weights(
+                binary_source_class_counts(manifest, "train"))
+        except ValueError as e:
+            raise DataError(f"--source_label_independence with --data_dir={config.data_dir}: "
+                            f"{e}") from None
     if config.source_adversary_weight:  # the source head needs >= 2 classes in train
         from trainer.core.input_pipeline import labelled_record
 

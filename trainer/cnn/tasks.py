@@ -139,17 +139,24 @@ class BinaryTask:
         counts = self.train_counts(c)
         n_train = counts.get("benign", 0) + counts.get("malignant", 0) + (
             mix.total if mix else 0)
-        steps = _steps(c, n_train, infinite=c.class_balance == "sampling" or c.source_balance)
+        steps = _steps(c, n_train, infinite=c.class_balance == "sampling" or c.source_balance
+                       or c.source_label_independence)
         common = _common(c, float_input(c), self.manifest)
         offsets = self.source_offsets(c)
         names = self.source_names(c)
+        groups = None
+        if c.source_label_independence:  # config.check_inputs has checked every group exists
+            from trainer.core import source_prior
+
+            groups = source_prior.independent_group_weights(
+                binary_source_class_counts(self.manifest, "train"))
         train = input_pipeline.make_dataset(
             c.data_dir, "train", training=True, augment=c.augment, repeat=True,
             augmentation=c.augmentation, mixup_alpha=c.mixup_alpha,
             cutmix_alpha=c.cutmix_alpha, balance_classes=c.class_balance == "sampling",
             synthetic=mix, drop_remainder=strategy.num_replicas_in_sync > 1,
             balance_sources=c.source_balance, source_offsets=offsets, source_names=names,
-            **common)
+            source_label_weights=groups, **common)
         validation = input_pipeline.make_dataset(  # the plain image model: offset 0, no source
             c.data_dir, "validation", training=False,
             source_offsets=None if offsets is None else {},

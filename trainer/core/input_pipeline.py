@@ -125,6 +125,11 @@ def source_of(serialized: tf.Tensor) -> tf.Tensor:
     return tf.io.parse_single_example(serialized, spec)["source_collection"]
 
 
+def label_of(serialized: tf.Tensor) -> tf.Tensor:
+    """The record's int64 label, parsed alone (as source_of), to filter before the decode."""
+    return tf.io.parse_single_example(serialized, schema.feature_spec(("label",)))["label"]
+
+
 def train_sources(manifest: Mapping[str, Any], split: str) -> list[str]:
     """The named sources holding benign or malignant records of the split, sorted (from the
     manifest's per_split_label_diagnosis_source counts)."""
@@ -380,7 +385,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  manifest: Mapping[str, Any] | None = None,
                  balance_sources: bool = False,
                  source_offsets: Mapping[str, float] | None = None,
-                 source_names: Sequence[str] | None = None) -> tf.data.Dataset:
+                 source_names: Sequence[str] | None = None,
+                 source_label_weights: Mapping[tuple[str, int], float] | None = None
+                 ) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
 
     augmentation: which augmentation `augment` means ("study" or "dermoscopy").
@@ -394,7 +401,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     infinite, so give fit a steps_per_epoch. balance_sources (training, binary only) samples
     every acquisition source of the split (source_collection, train_sources) with equal
     probability, one repeated stream each, also infinite: a clinic with most of the images
-    no longer sets what the model learns.
+    no longer sets what the model learns. source_label_weights ({(source, label): probability},
+    training, binary only; trainer.core.source_prior.independent_group_weights) likewise draws
+    one repeated stream per (source, label) group at its probability: infinite.
     as_uint8 (no augmentation, value_range (0, 1)) yields the uint8 batches as stored, for a
     model that rescales them itself (train.with_uint8_input): 4x fewer bytes to the device and
     no float conversion on the input threads.
@@ -453,6 +462,12 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                             or synthetic is not None):
         raise ValueError("balance_sources needs training=True, labels='binary', no "
                          "balance_classes and no synthetic records")
+    if source_label_weights is not None and (
+            not training or labels != "binary" or balance_classes or balance_sources
+            or synthetic is not None or not source_label_weights):
+        raise ValueError(f"source_label_weights ({len(source_label_weights)} groups) need "
+                         f"training=True (got {training}), labels='binary' (got {labels!r}), "
+                         "no balance_classes or balance_sources and no synthetic records")
     if balance_classes and (not training or labels != "binary"):
         raise ValueError("balance_classes needs training=True and labels='binary'")
     counts = info.get("counts", {})
@@ -463,6 +478,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         records = shard_records(paths, manifest, shuffle_seed=stream_seed if training else None)
         if source is not None:
             records = records.filter(lambda s: tf.equal(source_of(s), source))
+            if label_filter is not None:  # before the decode: a rare group decodes only its own
+                records = records.filter(lambda s: tf.equal(label_of(s), label_filter))
         if synthetic is not None:
             records = records.concatenate(synthetic_mix.records(synthetic))
         buffer = max(1, min(int(info["records"]) + added, _MAX_SHUFFLE_BUFFER))
@@ -516,6 +533,13 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         ds = tf.data.Dataset.sample_from_datasets(
             [stream(None, seed + 11 * i, name).repeat() for i, name in enumerate(sources)],
             weights=[1.0 / len(sources)] * len(sources), seed=seed + 2,
+            stop_on_empty_dataset=True)
+    elif source_label_weights is not None:
+        groups = sorted(source_label_weights)
+        ds = tf.data.Dataset.sample_from_datasets(
+            [stream(label, seed + 11 * i, source).repeat()
+             for i, (source, label) in enumerate(groups)],
+            weights=[float(source_label_weights[g]) for g in groups], seed=seed + 2,
             stop_on_empty_dataset=True)
     else:
         ds = stream()

@@ -54,6 +54,40 @@ def source_offsets(manifest: Mapping[str, Any], split: str = "train") -> dict[st
     return offsets
 
 
+def independent_group_weights(per_source: Mapping[str, Mapping[int, int]]
+                              ) -> dict[tuple[str, int], float]:
+    """{(source, class): sampling probability} for --source_label_independence: each group of
+    the train split drawn at the rate it would have if the class did not depend on the source.
+
+    With n_sy records of class y in source s, n_s = sum_y n_sy, n_y = sum_s n_sy, n = sum n_sy
+    (named sources only), the stream draws group (s, y) with probability
+        q_sy = (n_s / n) (n_y / n)
+    so sources keep their share, classes keep their pooled share, and q(y | s) = n_y / n in
+    every source: recognising the clinic tells the net nothing about the label. (The
+    importance weight of a record against the data is q_sy / (n_sy / n), e.g. ~20x for
+    vidir_molemax's few melanomas on HAM10000.) ValueError when fewer than two named sources
+    or classes hold records, or a source lacks a class (its q_sy could never be drawn), with
+    the counts in the message. per_source: {source: {class index: n}}; "" (records without a
+    source) must be empty: config.check_inputs refuses such a split first."""
+    named = {s: {int(k): int(v) for k, v in c.items() if v} for s, c in per_source.items()
+             if s and sum(c.values())}
+    unnamed = sum(per_source.get("", {}).values())
+    classes = sorted({k for counts in named.values() for k in counts})
+    if len(named) < 2 or len(classes) < 2 or unnamed:
+        raise ValueError(f"source-label independence needs >= 2 named sources and >= 2 "
+                         f"classes, and every record in a source; got {dict(per_source)}")
+    missing = [(s, k) for s, counts in sorted(named.items()) for k in classes if k not in counts]
+    if missing:
+        raise ValueError(f"source-label independence: source(s) without a class "
+                         f"{missing} (counts {named}); each (source, class) group must hold a "
+                         "record to be drawn at its share. Leave that source out of train, "
+                         "or drop the flag")
+    n = sum(sum(c.values()) for c in named.values())
+    n_s = {s: sum(c.values()) for s, c in named.items()}
+    n_y = {k: sum(c.get(k, 0) for c in named.values()) for k in classes}
+    return {(s, k): n_s[s] / n * n_y[k] / n for s in sorted(named) for k in classes}
+
+
 @keras.saving.register_keras_serializable(package="isicflow")
 class LogitOffset(keras.layers.Layer):
     """(p, offset) -> sigmoid(logit(p) + offset), p a sigmoid probability [B, 1], offset [B]

@@ -1,0 +1,146 @@
+"""--source_label_independence: the group probabilities, the stream that draws them, the flag's
+rules, the refusal of a split it cannot balance, and a tiny run."""
+import json
+
+import numpy as np
+import pytest
+from absl import flags
+
+from tests import shard_fixtures
+from trainer.cnn import cli, config as config_lib, train
+from trainer.core import input_pipeline as ip, source_prior
+
+cli.define_flags()  # the CNN trainer's flags, as its program defines them
+
+SIZE = 32
+
+
+# ---------------------------------------------------------------- the probabilities
+
+def test_groups_are_drawn_at_source_share_times_class_share():
+    q = source_prior.independent_group_weights({"a": {0: 6, 1: 4}, "b": {0: 9, 1: 1}})
+    assert q == pytest.approx({("a", 0): 0.5 * 0.75, ("a", 1): 0.5 * 0.25,
+                               ("b", 0): 0.5 * 0.75, ("b", 1): 0.5 * 0.25})
+    assert sum(q.values()) == pytest.approx(1.0)
+
+
+def test_the_class_mix_is_the_pooled_one_in_every_source():
+    counts = {"molemax": {0: 3000, 1: 12}, "rosendahl": {0: 500, 1: 300}, "dias": {0: 90, 1: 30}}
+    q = source_prior.independent_group_weights(counts)
+    pooled = 342 / 3932
+    for source in counts:
+        assert q[(source, 1)] / (q[(source, 0)] + q[(source, 1)]) == pytest.approx(pooled)
+    shares = {s: q[(s, 0)] + q[(s, 1)] for s in counts}  # each source keeps its share
+    assert shares == pytest.approx({s: sum(c.values()) / 3932 for s, c in counts.items()})
+
+
+@pytest.mark.parametrize("counts, shown", [
+    ({"a": {0: 5, 1: 2}}, "needs >= 2 named sources"),
+    ({"a": {0: 5}, "b": {0: 3}}, ">= 2 classes"),
+    ({"a": {0: 5, 1: 2}, "b": {0: 3, 1: 1}, "": {0: 1}}, "every record in a source"),
+    ({"a": {0: 5, 1: 2}, "b": {0: 3, 1: 0}}, r"without a class \[\('b', 1\)\]"),
+])
+def test_what_cannot_be_made_independent_is_refused_with_the_counts(counts, shown):
+    with pytest.raises(ValueError, match=shown):
+        source_prior.independent_group_weights(counts)
+
+
+# ---------------------------------------------------------------- the stream
+
+@pytest.fixture(scope="module")
+def skewed_sources(tmp_path_factory):
+    """clinic_a (grey 0): 6 benign, 2 malignant; clinic_b (grey 255): 1 benign, 3 malignant."""
+    a = shard_fixtures.source_items(8, "clinic_a", 1, SIZE, 0,
+                                    ("benign", "benign", "benign", "malignant"))
+    b = shard_fixtures.source_items(4, "clinic_b", 2, SIZE, 255,
+                                    ("malignant", "malignant", "malignant", "benign"))
+    return shard_fixtures.write_tiny_dataset(
+        tmp_path_factory.mktemp("skewed"), {"train": a + b, "validation": a[:4]}, SIZE,
+        num_shards=2)
+
+
+def _cells(ds):
+    """{(grey level 0/1, label): count} over a dataset of (images, labels) batches."""
+    cells: dict[tuple[int, int], int] = {}
+    for images, labels in ds:
+        levels = np.round(images.numpy().reshape(len(labels), -1).mean(1)).astype(int)
+        for level, label in zip(levels, labels.numpy().astype(int)):
+            cells[(int(level), int(label))] = cells.get((int(level), int(label)), 0) + 1
+    return cells
+
+
+def test_the_stream_draws_each_group_at_its_probability(skewed_sources):
+    manifest = ip.dataset_lib.read_manifest(skewed_sources)
+    from trainer.cnn.tasks import binary_source_class_counts
+
+    q = source_prior.independent_group_weights(binary_source_class_counts(manifest, "train"))
+    assert q == pytest.approx({("clinic_a", 0): 8 / 12 * 7 / 12, ("clinic_a", 1): 8 / 12 * 5 / 12,
+                               ("clinic_b", 0): 4 / 12 * 7 / 12, ("clinic_b", 1): 4 / 12 * 5 / 12})
+    ds = ip.make_dataset(skewed_sources, "train", image_size=SIZE, batch_size=40, training=True,
+                         seed=5, source_label_weights=q, augment=True)
+    cells = _cells(ds.take(25))  # 1,000 draws of an infinite stream
+    assert sum(cells.values()) == 1000
+    level = {"clinic_a": 0, "clinic_b": 1}
+    for (source, label), p in q.items():
+        assert abs(cells.get((level[source], label), 0) / 1000 - p) < 0.05, (cells, q)
+    malignant_rate = [cells[(s, 1)] / (cells[(s, 0)] + cells[(s, 1)]) for s in (0, 1)]
+    assert np.allclose(malignant_rate, 5 / 12, atol=0.07), malignant_rate
+    plain = _cells(ip.make_dataset(skewed_sources, "train", image_size=SIZE, batch_size=12,
+                                   training=True, seed=5))
+    assert plain == {(0, 0): 6, (0, 1): 2, (1, 0): 1, (1, 1): 3}  # without: 0.25 against 0.75
+
+
+@pytest.mark.parametrize("options, shown", [
+    ({"training": False}, "training=True"), ({"balance_sources": True}, "balance_sources"),
+    ({"balance_classes": True}, "balance_classes"), ({"labels": "all"}, "labels='binary'")])
+def test_the_stream_refuses_what_it_cannot_combine(skewed_sources, options, shown):
+    values = {"training": True, **options}
+    with pytest.raises(ValueError, match=f"source_label_weights .*{shown}"):
+        ip.make_dataset(skewed_sources, "train", image_size=SIZE, batch_size=2,
+                        source_label_weights={("clinic_a", 0): 0.5, ("clinic_b", 1): 0.5},
+                        **values)
+
+
+# ---------------------------------------------------------------- the flag and a run
+
+@pytest.mark.parametrize("overrides, shown", [
+    ({"task": "diagnosis", "monitor": "val_accuracy"}, "--task=binary"),
+    ({"source_balance": True}, "no --source_balance"),
+    ({"class_balance": "sampling"}, "--class_balance=sampling")])
+def test_the_flag_refuses_what_it_cannot_combine(overrides, shown):
+    with pytest.raises(config_lib.ConfigError, match="--source_label_independence needs") as e:
+        train.TrainConfig(data_dir="d", workdir="w", source_label_independence=True, **overrides)
+    assert shown in str(e.value)
+
+
+def test_the_command_line_refuses_it_at_parse():
+    try:
+        with pytest.raises(flags.IllegalFlagValueError, match="--source_label_independence"):
+            flags.FLAGS(["trainer.cnn", "--data_dir=d", "--workdir=w",
+                         "--source_label_independence", "--source_balance"])
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def _config(data_dir, workdir, **overrides):
+    values = dict(data_dir=data_dir, workdir=str(workdir), image_size=SIZE, batch_size=4,
+                  epochs=1, steps_per_epoch=2, seed=0, mixed_precision="off", verbose=0,
+                  model="compact", source_label_independence=True)
+    values.update(overrides)
+    return train.TrainConfig(**values)
+
+
+def test_a_source_without_one_class_is_refused_before_the_run_folder(two_sources, tmp_path):
+    """write_two_source_dataset's clinic_b holds only malignant images in train."""
+    with pytest.raises(config_lib.DataError,
+                       match=r"--source_label_independence .*\('clinic_b', 0\)"):
+        train.train_cnn(_config(two_sources, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_tiny_run_trains_on_the_independent_stream(skewed_sources, tmp_path):
+    result = train.train_cnn(_config(skewed_sources, tmp_path, class_balance="class_weights",
+                                     augment=True))
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert saved["source_label_independence"] is True
