@@ -169,13 +169,14 @@ RULES: tuple[Rule, ...] = (
          "--source_balance needs no --class_balance=sampling and no --synthetic_data (it "
          "samples each source's own records)"),
     Rule(("source_label_independence", "task", "source_balance", "class_balance",
-          "synthetic_data"),
+          "synthetic_data", "source_logit_adjustment"),
          lambda c: not c.source_label_independence or (
              c.task == "binary" and not c.source_balance and c.class_balance != "sampling"
-             and not c.synthetic_data),
+             and not c.synthetic_data and not c.source_logit_adjustment),
          "--source_label_independence needs --task=binary, no --source_balance, no "
-         "--class_balance=sampling and no --synthetic_data (it samples each (source, label) "
-         "group of the real records itself)"),
+         "--class_balance=sampling, no --synthetic_data (it samples each (source, label) "
+         "group of the real records itself) and no --source_logit_adjustment (its offsets "
+         "are the stored base rates, which this stream no longer shows)"),
     Rule(("source_logit_adjustment", "task", "use_metadata", "mixup_alpha", "cutmix_alpha",
           "synthetic_data"),
          lambda c: not c.source_logit_adjustment or (

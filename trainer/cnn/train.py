@@ -367,6 +367,8 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
     train_ds, val_ds, steps, n_train = task.datasets(c, strategy)
     offsets = task.source_offsets(c) if c.source_logit_adjustment else None  # binary only
     sources = task.source_names(c) if c.source_adversary_weight else None  # binary only
+    groups = (source_prior.group_draws(tasks.binary_source_class_counts(task.manifest, "train"))
+              if c.source_label_independence else None)  # binary only
     if workers > 1:
         train_ds = input_pipeline.shard_by_file(train_ds)
     with strategy.scope():
@@ -411,6 +413,10 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         if offsets is not None:
             print("source logit offsets (training only): " + ", ".join(
                 f"{name} {value:+.3f}" for name, value in offsets.items()), flush=True)
+        if groups is not None:
+            print("source-label independence, each (source, class) drawn x times as often as "
+                  "stored: " + ", ".join(f"{g['source']}/{g['class']} x{g['oversampling']:.2f}"
+                                         for g in groups), flush=True)
         if sources is not None:
             print(f"source adversary (training only, weight {c.source_adversary_weight}) over "
                   f"{len(sources)} sources: {', '.join(sources)}", flush=True)
@@ -445,6 +451,8 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
                    stopped_by_time_budget_after_epoch=stopped[0] if stopped else None)
     if offsets is not None:
         summary["source_logit_offsets"] = offsets
+    if groups is not None:
+        summary["source_label_independence"] = groups
     if sources is not None:
         summary["source_adversary"] = {"weight": c.source_adversary_weight, "sources": sources}
     run_folder.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null

@@ -465,9 +465,11 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     if source_label_weights is not None and (
             not training or labels != "binary" or balance_classes or balance_sources
             or synthetic is not None or not source_label_weights):
-        raise ValueError(f"source_label_weights ({len(source_label_weights)} groups) need "
-                         f"training=True (got {training}), labels='binary' (got {labels!r}), "
-                         "no balance_classes or balance_sources and no synthetic records")
+        raise ValueError(f"source_label_weights ({len(source_label_weights)} groups; none is "
+                         f"an error) need training=True (got {training}), labels='binary' "
+                         f"(got {labels!r}), no balance_classes (got {balance_classes}) or "
+                         f"balance_sources (got {balance_sources}) and no synthetic records "
+                         f"(got {synthetic is not None})")
     if balance_classes and (not training or labels != "binary"):
         raise ValueError("balance_classes needs training=True and labels='binary'")
     counts = info.get("counts", {})

@@ -88,6 +88,18 @@ def independent_group_weights(per_source: Mapping[str, Mapping[int, int]]
     return {(s, k): n_s[s] / n * n_y[k] / n for s in sorted(named) for k in classes}
 
 
+def group_draws(per_source: Mapping[str, Mapping[int, int]]) -> list[dict[str, Any]]:
+    """What --source_label_independence does to each (source, class) group, for the run's
+    summary and log: its records n_sy, its draw probability q_sy (independent_group_weights)
+    and its oversampling q_sy / (n_sy / n), how many times as often as stored it is drawn
+    (> 1: the group repeats within an epoch)."""
+    q = independent_group_weights(per_source)
+    n = sum(int(per_source[s].get(k, 0)) for s, k in q)
+    return [{"source": s, "class": k, "records": int(per_source[s][k]),
+             "probability": round(p, 6), "oversampling": round(p * n / per_source[s][k], 3)}
+            for (s, k), p in q.items()]
+
+
 @keras.saving.register_keras_serializable(package="isicflow")
 class LogitOffset(keras.layers.Layer):
     """(p, offset) -> sigmoid(logit(p) + offset), p a sigmoid probability [B, 1], offset [B]
