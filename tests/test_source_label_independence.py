@@ -25,6 +25,26 @@ def test_groups_are_drawn_at_source_share_times_class_share():
     assert sum(q.values()) == pytest.approx(1.0)
 
 
+def test_rare_class_weighting_draws_every_rare_record_as_stored():
+    """rare_class: sources weighted by their share of class 1 (5 records): a 4/5, b 1/5; each
+    malignant record is drawn at 1/n = 1/20 as in the plain stream, and the mix is still the
+    pooled one (0.25 malignant) in each source."""
+    counts = {"a": {0: 6, 1: 4}, "b": {0: 9, 1: 1}}
+    q = source_prior.independent_group_weights(counts, "rare_class")
+    assert q == pytest.approx({("a", 0): 0.8 * 0.75, ("a", 1): 0.8 * 0.25,
+                               ("b", 0): 0.2 * 0.75, ("b", 1): 0.2 * 0.25})
+    draws = {(g["source"], g["class"]): g["oversampling"]
+             for g in source_prior.group_draws(counts, "rare_class")}
+    assert draws[("a", 1)] == pytest.approx(1.0) and draws[("b", 1)] == pytest.approx(1.0)
+    assert draws[("a", 0)] == pytest.approx(2.0) and draws[("b", 0)] == pytest.approx(1 / 3, abs=1e-3)
+    with pytest.raises(ValueError, match="source_weight 'images' not in"):
+        source_prior.independent_group_weights(counts, "images")
+
+
+def test_the_flag_lists_the_weightings_the_maths_knows():
+    assert config_lib.SOURCE_LABEL_INDEPENDENCE == ("none",) + source_prior.SOURCE_WEIGHTS
+
+
 def test_the_class_mix_is_the_pooled_one_in_every_source():
     counts = {"molemax": {0: 3000, 1: 12}, "rosendahl": {0: 500, 1: 300}, "dias": {0: 90, 1: 30}}
     q = source_prior.independent_group_weights(counts)
@@ -70,13 +90,16 @@ def _cells(ds):
     return cells
 
 
-def test_the_stream_draws_each_group_at_its_probability(skewed_sources):
+@pytest.mark.parametrize("weighting", source_prior.SOURCE_WEIGHTS)
+def test_the_stream_draws_each_group_at_its_probability(skewed_sources, weighting):
     manifest = ip.dataset_lib.read_manifest(skewed_sources)
     from trainer.cnn.tasks import binary_source_class_counts
 
-    q = source_prior.independent_group_weights(binary_source_class_counts(manifest, "train"))
-    assert q == pytest.approx({("clinic_a", 0): 8 / 12 * 7 / 12, ("clinic_a", 1): 8 / 12 * 5 / 12,
-                               ("clinic_b", 0): 4 / 12 * 7 / 12, ("clinic_b", 1): 4 / 12 * 5 / 12})
+    q = source_prior.independent_group_weights(binary_source_class_counts(manifest, "train"),
+                                               weighting)
+    w = {"records": (8 / 12, 4 / 12), "rare_class": (2 / 5, 3 / 5)}[weighting]
+    assert q == pytest.approx({("clinic_a", 0): w[0] * 7 / 12, ("clinic_a", 1): w[0] * 5 / 12,
+                               ("clinic_b", 0): w[1] * 7 / 12, ("clinic_b", 1): w[1] * 5 / 12})
     ds = ip.make_dataset(skewed_sources, "train", image_size=SIZE, batch_size=40, training=True,
                          seed=5, source_label_weights=q, augment=True)
     cells = _cells(ds.take(25))  # 1,000 draws of an infinite stream
@@ -112,17 +135,21 @@ def test_the_stream_refuses_what_it_cannot_combine(skewed_sources, options, show
     {"source_logit_adjustment": True}])
 def test_the_flag_refuses_what_it_cannot_combine(overrides):
     train.TrainConfig(data_dir="d", workdir="w", **overrides)  # each setting alone is valid
-    train.TrainConfig(data_dir="d", workdir="w", source_label_independence=True,
+    train.TrainConfig(data_dir="d", workdir="w", source_label_independence="records",
                       class_balance="class_weights")  # and the flag alone
     with pytest.raises(config_lib.ConfigError, match="--source_label_independence needs"):
-        train.TrainConfig(data_dir="d", workdir="w", source_label_independence=True, **overrides)
+        train.TrainConfig(data_dir="d", workdir="w", source_label_independence="rare_class",
+                          **overrides)
+    with pytest.raises(config_lib.ConfigError,
+                       match="--source_label_independence=yes: must be one of none, records"):
+        train.TrainConfig(data_dir="d", workdir="w", source_label_independence="yes")
 
 
 def test_the_command_line_refuses_it_at_parse():
     try:
         with pytest.raises(flags.IllegalFlagValueError, match="--source_label_independence"):
             flags.FLAGS(["trainer.cnn", "--data_dir=d", "--workdir=w",
-                         "--source_label_independence", "--source_balance"])
+                         "--source_label_independence=records", "--source_balance"])
     finally:
         flags.FLAGS.unparse_flags()
 
@@ -130,7 +157,7 @@ def test_the_command_line_refuses_it_at_parse():
 def _config(data_dir, workdir, **overrides):
     values = dict(data_dir=data_dir, workdir=str(workdir), image_size=SIZE, batch_size=4,
                   epochs=1, steps_per_epoch=2, seed=0, mixed_precision="off", verbose=0,
-                  model="compact", source_label_independence=True)
+                  model="compact", source_label_independence="records")
     values.update(overrides)
     return train.TrainConfig(**values)
 
@@ -138,7 +165,7 @@ def _config(data_dir, workdir, **overrides):
 def test_a_source_without_one_class_is_refused_before_the_run_folder(two_sources, tmp_path):
     """write_two_source_dataset's clinic_b holds only malignant images in train."""
     with pytest.raises(config_lib.DataError,
-                       match=r"--source_label_independence .*\('clinic_b', 0\)"):
+                       match=r"--source_label_independence=records .*\('clinic_b', 0\)"):
         train.train_cnn(_config(two_sources, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
@@ -148,7 +175,7 @@ def test_a_tiny_run_trains_on_the_independent_stream(skewed_sources, tmp_path):
                                      augment=True))
     assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
     saved = json.loads((tmp_path / "train_config.json").read_text())
-    assert saved["source_label_independence"] is True
+    assert saved["source_label_independence"] == "records"
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     draws = {(g["source"], g["class"]): g for g in summary["source_label_independence"]}
     assert {k: g["records"] for k, g in draws.items()} == {

@@ -96,11 +96,15 @@ def define_flags() -> None:
                       "(source_collection) of the train split equally, so the largest clinic "
                       "does not set what the model learns; epochs keep their length. The "
                       "diagnosis task's class weights follow the classes' rates in that stream.")
-    flags.DEFINE_bool("source_label_independence", False, "Binary task: draw each (source, "
-                      "label) group of the train split at P(source) x P(label), so every "
-                      "clinic shows the pooled benign/malignant mix and recognising the clinic "
-                      "tells the net nothing about the label (trainer.core.source_prior."
-                      "independent_group_weights); epochs keep their length.")
+    flags.DEFINE_enum("source_label_independence", "none",
+                      list(config_lib.SOURCE_LABEL_INDEPENDENCE), "Binary task: draw each "
+                      "(source, label) group of the train split at w_source x P(label), so "
+                      "every clinic shows the pooled benign/malignant mix and recognising the "
+                      "clinic tells the net nothing about the label; w_source is the source's "
+                      "share of the records (records) or of the malignant records (rare_class: "
+                      "every malignant record drawn as often as stored, each clinic's benign "
+                      "ones resampled to match). trainer.core.source_prior."
+                      "independent_group_weights; epochs keep their length."),
     flags.DEFINE_bool("source_logit_adjustment", False, "Binary task: during training add each "
                       "record's source prior log-odds (source_collection's malignant rate "
                       "against the train split's, trainer.core.source_prior) to the model's "

@@ -23,7 +23,7 @@ from trainer.core.program import UserError
 
 from trainer.cnn.constants import (  # noqa: F401  (the choices, listed once)
     ARCHITECTURES, CLASS_BALANCE_MODES, COLOR_CONSTANCY, DEFAULT_ADAMW_WEIGHT_DECAY, LR_SCHEDULES,
-    MODEL_SETTINGS, MONITORS, OPTIMIZERS, TASKS, TRAIN_CONFIG_NAME)
+    MODEL_SETTINGS, MONITORS, OPTIMIZERS, SOURCE_LABEL_INDEPENDENCE, TASKS, TRAIN_CONFIG_NAME)
 from trainer.cnn.data import DataError, read_manifest_or_fail
 
 
@@ -41,7 +41,7 @@ class TrainConfig(RunConfig):
     weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
     class_balance: str = "none"
     source_balance: bool = False      # sample every train source equally
-    source_label_independence: bool = False  # draw (source, label) at P(source) P(label)
+    source_label_independence: str = "none"  # draw (source, label) at w_source x P(label)
     source_logit_adjustment: bool = False  # train with each source's prior log-odds offset
     source_adversary_weight: float = 0.0  # DANN against the source; 0 = off (source_adversary)
     monitor: str = "val_accuracy"
@@ -104,7 +104,8 @@ def _mixing(c) -> bool:
 RULES: tuple[Rule, ...] = (
     # one setting
     _one_of("model", ARCHITECTURES), _one_of("task", TASKS), _one_of("monitor", MONITORS),
-    _one_of("class_balance", CLASS_BALANCE_MODES), _one_of("optimizer", OPTIMIZERS),
+    _one_of("class_balance", CLASS_BALANCE_MODES),
+    _one_of("source_label_independence", SOURCE_LABEL_INDEPENDENCE), _one_of("optimizer", OPTIMIZERS),
     _one_of("lr_schedule", LR_SCHEDULES), _one_of("augmentation", AUGMENTATIONS),
     _one_of("color_constancy", COLOR_CONSTANCY),
     Rule(("dropout",), lambda c: 0.0 <= c.dropout < 1.0, "must be in [0, 1)"),
@@ -170,7 +171,7 @@ RULES: tuple[Rule, ...] = (
          "samples each source's own records)"),
     Rule(("source_label_independence", "task", "source_balance", "class_balance",
           "synthetic_data", "source_logit_adjustment"),
-         lambda c: not c.source_label_independence or (
+         lambda c: c.source_label_independence == "none" or (
              c.task == "binary" and not c.source_balance and c.class_balance != "sampling"
              and not c.synthetic_data and not c.source_logit_adjustment),
          "--source_label_independence needs --task=binary, no --source_balance, no "
@@ -351,19 +352,21 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
         _check_named_sources(manifest, config, "--source_balance", in_task,
                              "balancing needs >= 2 and every record in one, or those records "
                              "would never be drawn")
-    if config.source_label_independence:  # every (source, label) group must hold a record
+    if config.source_label_independence != "none":  # every (source, label) group holds one
         from trainer.cnn.tasks import binary_source_class_counts
         from trainer.core import source_prior
         from trainer.core.input_pipeline import labelled_record
 
-        _check_named_sources(manifest, config, "--source_label_independence", labelled_record,
+        _check_named_sources(manifest, config, "--source_label_independence="
+                             f"{config.source_label_independence}", labelled_record,
                              "it needs >= 2 and every record in one, or those records would "
                              "never be drawn")
         try:
             source_prior.independent_group_weights(
-                binary_source_class_counts(manifest, "train"))
+                binary_source_class_counts(manifest, "train"), config.source_label_independence)
         except ValueError as e:
-            raise DataError(f"--source_label_independence with --data_dir={config.data_dir}: "
+            raise DataError(f"--source_label_independence={config.source_label_independence} "
+                            f"with --data_dir={config.data_dir}: "
                             f"{e}") from None
     if config.source_adversary_weight:  # the source head needs >= 2 classes in train
         from trainer.core.input_pipeline import labelled_record

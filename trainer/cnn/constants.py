@@ -10,6 +10,8 @@ ARCHITECTURES = ("study", "compact", "efficientnet_b0", "residual")
 TASKS = ("binary", "diagnosis")
 MONITORS = ("val_accuracy", "val_auc", "val_balanced_accuracy")
 CLASS_BALANCE_MODES = ("none", "class_weights", "sampling")
+# --source_label_independence: how each source is weighted (trainer.core.source_prior)
+SOURCE_LABEL_INDEPENDENCE = ("none", "records", "rare_class")
 OPTIMIZERS = ("rmsprop", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_ADAMW_WEIGHT_DECAY = 0.05

@@ -140,16 +140,16 @@ class BinaryTask:
         n_train = counts.get("benign", 0) + counts.get("malignant", 0) + (
             mix.total if mix else 0)
         steps = _steps(c, n_train, infinite=c.class_balance == "sampling" or c.source_balance
-                       or c.source_label_independence)
+                       or c.source_label_independence != "none")
         common = _common(c, float_input(c), self.manifest)
         offsets = self.source_offsets(c)
         names = self.source_names(c)
         groups = None
-        if c.source_label_independence:  # config.check_inputs has checked every group exists
+        if c.source_label_independence != "none":  # check_inputs checked every group exists
             from trainer.core import source_prior
 
             groups = source_prior.independent_group_weights(
-                binary_source_class_counts(self.manifest, "train"))
+                binary_source_class_counts(self.manifest, "train"), c.source_label_independence)
         train = input_pipeline.make_dataset(
             c.data_dir, "train", training=True, augment=c.augment, repeat=True,
             augmentation=c.augmentation, mixup_alpha=c.mixup_alpha,

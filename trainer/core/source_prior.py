@@ -54,21 +54,33 @@ def source_offsets(manifest: Mapping[str, Any], split: str = "train") -> dict[st
     return offsets
 
 
-def independent_group_weights(per_source: Mapping[str, Mapping[int, int]]
-                              ) -> dict[tuple[str, int], float]:
+SOURCE_WEIGHTS = ("records", "rare_class")  # how independent_group_weights weighs a source
+
+
+def independent_group_weights(per_source: Mapping[str, Mapping[int, int]],
+                              source_weight: str = "records") -> dict[tuple[str, int], float]:
     """{(source, class): sampling probability} for --source_label_independence: each group of
-    the train split drawn at the rate it would have if the class did not depend on the source.
+    the train split drawn as if the class did not depend on the source.
 
     With n_sy records of class y in source s, n_s = sum_y n_sy, n_y = sum_s n_sy, n = sum n_sy
     (named sources only), the stream draws group (s, y) with probability
-        q_sy = (n_s / n) (n_y / n)
-    so sources keep their share, classes keep their pooled share, and q(y | s) = n_y / n in
-    every source: recognising the clinic tells the net nothing about the label. (The
-    importance weight of a record against the data is q_sy / (n_sy / n), e.g. ~20x for
-    vidir_molemax's few melanomas on HAM10000.) ValueError when fewer than two named sources
-    or classes hold records, or a source lacks a class (its q_sy could never be drawn), with
-    the counts in the message. per_source: {source: {class index: n}}; "" (records without a
-    source) must be empty: config.check_inputs refuses such a split first."""
+        q_sy = w_s (n_y / n),   so q(y | s) = n_y / n in every source,
+    and recognising the clinic tells the net nothing about the label. The classes keep their
+    pooled shares; w_s, the source's share of the draws, is
+      records:    w_s = n_s / n      each source keeps its share of the images; a rare class's
+                                     records in a source poor in it are drawn many times over
+                                     (vidir_molemax's ~12 training melanomas on HAM10000:
+                                     ~9-15x), those of a rich source fewer times (~0.3-0.6x);
+      rare_class: w_s = n_sr / n_r   r the class with fewest records: every record of r is
+                                     drawn at 1/n, exactly as stored, and each source's other
+                                     classes are resampled to the pooled mix (a source poor in
+                                     r gives few of its common records, one rich in r repeats
+                                     them).
+    ValueError when fewer than two named sources or classes hold records, a source lacks a
+    class (its q_sy could never be drawn) or records name no source, with the counts.
+    per_source: {source: {class index: n}} ("" for records without a source)."""
+    if source_weight not in SOURCE_WEIGHTS:
+        raise ValueError(f"source_weight {source_weight!r} not in {SOURCE_WEIGHTS}")
     named = {s: {int(k): int(v) for k, v in c.items() if v} for s, c in per_source.items()
              if s and sum(c.values())}
     unnamed = sum(per_source.get("", {}).values())
@@ -83,17 +95,22 @@ def independent_group_weights(per_source: Mapping[str, Mapping[int, int]]
                          "record to be drawn at its share. Leave that source out of train, "
                          "or drop the flag")
     n = sum(sum(c.values()) for c in named.values())
-    n_s = {s: sum(c.values()) for s, c in named.items()}
-    n_y = {k: sum(c.get(k, 0) for c in named.values()) for k in classes}
-    return {(s, k): n_s[s] / n * n_y[k] / n for s in sorted(named) for k in classes}
+    n_y = {k: sum(c[k] for c in named.values()) for k in classes}
+    if source_weight == "records":
+        w = {s: sum(c.values()) / n for s, c in named.items()}
+    else:
+        rare = min(classes, key=lambda k: (n_y[k], k))
+        w = {s: c[rare] / n_y[rare] for s, c in named.items()}
+    return {(s, k): w[s] * n_y[k] / n for s in sorted(named) for k in classes}
 
 
-def group_draws(per_source: Mapping[str, Mapping[int, int]]) -> list[dict[str, Any]]:
+def group_draws(per_source: Mapping[str, Mapping[int, int]],
+                source_weight: str = "records") -> list[dict[str, Any]]:
     """What --source_label_independence does to each (source, class) group, for the run's
     summary and log: its records n_sy, its draw probability q_sy (independent_group_weights)
     and its oversampling q_sy / (n_sy / n), how many times as often as stored it is drawn
     (> 1: the group repeats within an epoch)."""
-    q = independent_group_weights(per_source)
+    q = independent_group_weights(per_source, source_weight)
     n = sum(int(per_source[s].get(k, 0)) for s, k in q)
     return [{"source": s, "class": k, "records": int(per_source[s][k]),
              "probability": round(p, 6), "oversampling": round(p * n / per_source[s][k], 3)}
