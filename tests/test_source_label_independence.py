@@ -127,6 +127,19 @@ def test_the_stream_refuses_what_it_cannot_combine(skewed_sources, options, show
                         **values)
 
 
+def test_the_stream_refuses_no_groups_and_generated_records(skewed_sources):
+    from trainer.core import synthetic_mix
+
+    with pytest.raises(ValueError, match=r"source_label_weights \(0 groups; none is an error"):
+        ip.make_dataset(skewed_sources, "train", image_size=SIZE, batch_size=2, training=True,
+                        source_label_weights={})
+    mix = synthetic_mix.SyntheticMix(data_dir="unused", counts={"malignant": 1}, paths=(),
+                                     compression="")
+    with pytest.raises(ValueError, match=r"no synthetic records \(got True\)"):
+        ip.make_dataset(skewed_sources, "train", image_size=SIZE, batch_size=2, training=True,
+                        source_label_weights={("clinic_a", 0): 1.0}, synthetic=mix)
+
+
 # ---------------------------------------------------------------- the flag and a run
 
 @pytest.mark.parametrize("overrides", [
@@ -140,6 +153,9 @@ def test_the_flag_refuses_what_it_cannot_combine(overrides):
     with pytest.raises(config_lib.ConfigError, match="--source_label_independence needs"):
         train.TrainConfig(data_dir="d", workdir="w", source_label_independence="rare_class",
                           **overrides)
+
+
+def test_an_unknown_weighting_is_refused_with_the_choices():
     with pytest.raises(config_lib.ConfigError,
                        match="--source_label_independence=yes: must be one of none, records"):
         train.TrainConfig(data_dir="d", workdir="w", source_label_independence="yes")
