@@ -36,7 +36,8 @@ def test_rare_class_weighting_draws_every_rare_record_as_stored():
     draws = {(g["source"], g["class"]): g["oversampling"]
              for g in source_prior.group_draws(counts, "rare_class")}
     assert draws[("a", 1)] == pytest.approx(1.0) and draws[("b", 1)] == pytest.approx(1.0)
-    assert draws[("a", 0)] == pytest.approx(2.0) and draws[("b", 0)] == pytest.approx(1 / 3, abs=1e-3)
+    assert draws[("a", 0)] == pytest.approx(2.0)
+    assert draws[("b", 0)] == pytest.approx(1 / 3, abs=1e-3)
     with pytest.raises(ValueError, match="source_weight 'images' not in"):
         source_prior.independent_group_weights(counts, "images")
 

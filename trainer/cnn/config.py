@@ -104,8 +104,8 @@ def _mixing(c) -> bool:
 RULES: tuple[Rule, ...] = (
     # one setting
     _one_of("model", ARCHITECTURES), _one_of("task", TASKS), _one_of("monitor", MONITORS),
-    _one_of("class_balance", CLASS_BALANCE_MODES),
-    _one_of("source_label_independence", SOURCE_LABEL_INDEPENDENCE), _one_of("optimizer", OPTIMIZERS),
+    _one_of("class_balance", CLASS_BALANCE_MODES), _one_of("optimizer", OPTIMIZERS),
+    _one_of("source_label_independence", SOURCE_LABEL_INDEPENDENCE),
     _one_of("lr_schedule", LR_SCHEDULES), _one_of("augmentation", AUGMENTATIONS),
     _one_of("color_constancy", COLOR_CONSTANCY),
     Rule(("dropout",), lambda c: 0.0 <= c.dropout < 1.0, "must be in [0, 1)"),
@@ -366,8 +366,7 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
                 binary_source_class_counts(manifest, "train"), config.source_label_independence)
         except ValueError as e:
             raise DataError(f"--source_label_independence={config.source_label_independence} "
-                            f"with --data_dir={config.data_dir}: "
-                            f"{e}") from None
+                            f"with --data_dir={config.data_dir}: {e}") from None
     if config.source_adversary_weight:  # the source head needs >= 2 classes in train
         from trainer.core.input_pipeline import labelled_record
 
