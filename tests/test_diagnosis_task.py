@@ -267,6 +267,7 @@ def test_source_balanced_class_weights_follow_the_classes_rates_in_that_stream()
     melanoma): nevus arrives at (0.9 + 0.5) / 2 = 0.7, melanoma at 0.3, so w = 1 / (2 q);
     the pooled weights (100 each of 120) would be 0.6 and 3.0."""
     from trainer.cnn import tasks
+    from trainer.core import input_pipeline
 
     mapping = diagnosis.class_mapping({"nevus": 100, "melanoma": 20}, min_records=1)
     manifest = {"counts": {"per_split_label_diagnosis_source": [
@@ -285,7 +286,7 @@ def test_source_balanced_class_weights_follow_the_classes_rates_in_that_stream()
     # each class carries the same expected weight in the balanced stream
     assert 0.7 * weights[0] == pytest.approx(0.3 * weights[1])
     # the binary task reads the same rows by label, and gets the same weights here
-    assert tasks.binary_source_class_counts(manifest, "train") == {
+    assert input_pipeline.binary_source_class_counts(manifest, "train") == {
         "a": {0: 90, 1: 10}, "b": {0: 10, 1: 10}, "": {0: 4}}
     with pytest.raises(ValueError, match="no named source"):
         tasks.source_balanced_class_weights({"": {0: 3}}, 2)

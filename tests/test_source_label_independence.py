@@ -94,9 +94,7 @@ def _cells(ds):
 @pytest.mark.parametrize("weighting", source_prior.SOURCE_WEIGHTS)
 def test_the_stream_draws_each_group_at_its_probability(skewed_sources, weighting):
     manifest = ip.dataset_lib.read_manifest(skewed_sources)
-    from trainer.cnn.tasks import binary_source_class_counts
-
-    q = source_prior.independent_group_weights(binary_source_class_counts(manifest, "train"),
+    q = source_prior.independent_group_weights(ip.binary_source_class_counts(manifest, "train"),
                                                weighting)
     w = {"records": (8 / 12, 4 / 12), "rare_class": (2 / 5, 3 / 5)}[weighting]
     assert q == pytest.approx({("clinic_a", 0): w[0] * 7 / 12, ("clinic_a", 1): w[0] * 5 / 12,

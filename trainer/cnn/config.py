@@ -353,9 +353,8 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
                              "balancing needs >= 2 and every record in one, or those records "
                              "would never be drawn")
     if config.source_label_independence != "none":  # every (source, label) group holds one
-        from trainer.cnn.tasks import binary_source_class_counts
         from trainer.core import source_prior
-        from trainer.core.input_pipeline import labelled_record
+        from trainer.core.input_pipeline import binary_source_class_counts, labelled_record
 
         _check_named_sources(manifest, config, "--source_label_independence="
                              f"{config.source_label_independence}", labelled_record,

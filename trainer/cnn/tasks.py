@@ -149,7 +149,8 @@ class BinaryTask:
             from trainer.core import source_prior
 
             groups = source_prior.independent_group_weights(
-                binary_source_class_counts(self.manifest, "train"), c.source_label_independence)
+                input_pipeline.binary_source_class_counts(self.manifest, "train"),
+                c.source_label_independence)
         train = input_pipeline.make_dataset(
             c.data_dir, "train", training=True, augment=c.augment, repeat=True,
             augmentation=c.augmentation, mixup_alpha=c.mixup_alpha,
@@ -186,6 +187,8 @@ class BinaryTask:
         if c.class_balance != "class_weights":
             return None
         if c.source_balance:  # the classes arrive at the source-balanced stream's rates
+            from trainer.core.input_pipeline import binary_source_class_counts
+
             per_source = binary_source_class_counts(self.manifest, "train")
             weights = source_balanced_class_weights(per_source, 2)
             if len(weights) < 2:
@@ -362,18 +365,6 @@ def source_balanced_class_weights(per_source: Mapping[str, Mapping[int, int]],
         for index, n in counts.items():
             rate[int(index)] = rate.get(int(index), 0.0) + n / total / len(named)
     return {i: 1.0 / (num_classes * q) for i, q in sorted(rate.items()) if q > 0}
-
-
-def binary_source_class_counts(manifest: Mapping[str, Any],
-                               split: str) -> dict[str, dict[int, int]]:
-    """{source_collection: {0: benign, 1: malignant records}} of one split (manifest rows;
-    "" for records without a source)."""
-    from isicflow import dataset as dataset_lib
-    from trainer.core.input_pipeline import BINARY_LABELS, labelled_record
-
-    return dataset_lib.class_counts_per_source(
-        manifest, split, lambda row: BINARY_LABELS.index(row["label"])
-        if labelled_record(row) else -1)
 
 
 def write_pr_curve(log_dir: str, labels: np.ndarray, probabilities: np.ndarray,

@@ -367,8 +367,9 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
     train_ds, val_ds, steps, n_train = task.datasets(c, strategy)
     offsets = task.source_offsets(c) if c.source_logit_adjustment else None  # binary only
     sources = task.source_names(c) if c.source_adversary_weight else None  # binary only
-    groups = (source_prior.group_draws(tasks.binary_source_class_counts(task.manifest, "train"),
-                                       c.source_label_independence)
+    groups = (source_prior.group_draws(
+        input_pipeline.binary_source_class_counts(task.manifest, "train"),
+        c.source_label_independence)
               if c.source_label_independence != "none" else None)  # binary only
     if workers > 1:
         train_ds = input_pipeline.shard_by_file(train_ds)

@@ -145,6 +145,15 @@ def labelled_record(row: Mapping[str, Any]) -> bool:
     return row["label"] in BINARY_LABELS
 
 
+def binary_source_class_counts(manifest: Mapping[str, Any],
+                               split: str) -> dict[str, dict[int, int]]:
+    """{source_collection: {0: benign, 1: malignant records}} of one split (manifest rows;
+    "" for records without a source)."""
+    return dataset_lib.class_counts_per_source(
+        manifest, split, lambda row: BINARY_LABELS.index(row["label"])
+        if labelled_record(row) else -1)
+
+
 def worker_files(paths: Sequence[str], index: int, workers: int) -> list[str]:
     """The shard files worker `index` of `workers` reads under file sharding (shard_by_file):
     the list dealt round-robin in manifest order, before any per-epoch shuffle, so each file
