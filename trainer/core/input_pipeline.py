@@ -489,10 +489,10 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         records = shard_records(paths, manifest, shuffle_seed=stream_seed if training else None)
         if source is not None:
             records = records.filter(lambda s: tf.equal(source_of(s), source))
-            if label_filter is not None:  # before the decode: a rare group decodes only its own
-                records = records.filter(lambda s: tf.equal(label_of(s), label_filter))
         if synthetic is not None:
             records = records.concatenate(synthetic_mix.records(synthetic))
+        if label_filter is not None:  # before the decode: a class's stream decodes only its own
+            records = records.filter(lambda s: tf.equal(label_of(s), label_filter))
         buffer = max(1, min(int(info["records"]) + added, _MAX_SHUFFLE_BUFFER))
         if training and not cache:
             records = records.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
@@ -508,9 +508,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                              num_parallel_calls=AUTOTUNE)
         if labels == "binary":
             ds = ds.filter(lambda image, label: label >= 0)
-        if label_filter is not None:
-            ds = ds.filter(lambda image, label: tf.equal(label, label_filter))
-        elif source is None:  # the manifest's count, checked: Keras then knows the epoch length
+        if label_filter is None and source is None:  # the manifest's count, checked: Keras
+            # then knows the epoch length
             ds = ds.apply(tf.data.experimental.assert_cardinality(expected + added))
         if cache == "memory":
             ds = ds.cache()
