@@ -22,7 +22,7 @@ import csv
 import datetime
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -135,11 +135,14 @@ def check_outputs(model, model_info: Mapping[str, Any]) -> None:
 
 def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
                       manifest: Mapping[str, Any], *, splits: Sequence[str], out: str,
-                      image_size: int, batch_size: int = 32) -> dict[str, Any]:
+                      image_size: int, batch_size: int = 32,
+                      adapt: tuple[Callable[[], Any], int, int] | None = None) -> dict[str, Any]:
     """Scores the diagnosis model (check_outputs) on the splits select_splits chooses from
     `splits` (with several, a pooled 'all' row is added), counting the records not scored.
     Writes the report, predictions and confusion plot into `out`. DiagnosisScoringError for
-    a model whose outputs are not its classes or splits without records of them."""
+    a model whose outputs are not its classes or splits without records of them. adapt:
+    (load a fresh copy of the model, folds, seed): each image scored by the copy whose
+    batch-norm statistics came from the other folds (trainer.cnn.adapt_batchnorm)."""
     from trainer.cnn import diagnosis
     from trainer.core import run_folder
 
@@ -151,9 +154,37 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
         raise DiagnosisScoringError(str(e)) from None
     use_metadata = len(model.inputs) > 1
     fields = list(model_info.get("metadata_fields", metadata_features.FIELDS))  # the run's
-    per_split = {s: diagnosis.predict_split_columns(
-        model, data_dir, s, image_size, mapping, batch_size, use_metadata, manifest,
-        model_info["metadata_encoding"], fields) for s in chosen}
+
+    def score(scoring_model) -> dict[str, dict[str, Any]]:
+        return {s: diagnosis.predict_split_columns(
+            scoring_model, data_dir, s, image_size, mapping, batch_size, use_metadata, manifest,
+            model_info["metadata_encoding"], fields) for s in chosen}
+
+    adaptation = None
+    if adapt:
+        from trainer.cnn import adapt_batchnorm
+
+        load, folds, seed = adapt
+
+        def batches():  # the scored records' model inputs and image ids, split after split
+            for s in chosen:
+                for images, (_, image_id) in diagnosis.make_dataset(
+                        data_dir, s, mapping, image_size=image_size, batch_size=batch_size,
+                        training=False, deterministic=True, use_metadata=use_metadata,
+                        manifest=manifest, metadata_encoding=model_info["metadata_encoding"],
+                        image_ids=True, metadata_fields=fields):
+                    yield images, [v.decode("utf-8") for v in image_id.numpy()]
+
+        try:
+            copies, counts = adapt_batchnorm.adapted_copies(load, batches, folds, seed)
+        except adapt_batchnorm.AdaptationError as e:
+            raise DiagnosisScoringError(str(e)) from None
+        scored = [score(copy) for copy in copies]
+        per_split = {s: adapt_batchnorm.crossfit([one[s] for one in scored], folds)
+                     for s in chosen}
+        adaptation = adapt_batchnorm.summary(folds, counts, seed)
+    else:
+        per_split = score(model)
     pairs = {s: (c["label"], c["probabilities"]) for s, c in per_split.items()}
     if len(chosen) > 1:
         pairs["all"] = (np.concatenate([c["label"] for c in per_split.values()]),
@@ -168,9 +199,11 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
             "%Y-%m-%d %H:%M:%S UTC"),
         "config": {"model": model_info["path"], "data_dir": os.path.abspath(data_dir),
                    "splits": chosen, "batch_size": batch_size, "image_size": image_size,
+                   "adapt_batchnorm": adapt[1] if adapt else 0,
                    **({"metadata_encoding": model_info["metadata_encoding"],
                        "metadata_fields": fields} if use_metadata else {})},
         "model": {key: model_info[key] for key in ("path", "kind", "keras")},
+        **({"adapt_batchnorm": adaptation} if adaptation else {}),
         "classes": classes, "grouped_as_other": mapping.get("grouped_as_other", []),
         "excluded_unknown": dict(excluded["excluded_unknown"]),
         "excluded_unseen": dict(excluded["excluded_unseen"]), "splits": metrics,
@@ -178,7 +211,9 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
     run_folder.write_json(os.path.join(out, REPORT_JSON), result)
     lines = ["# Diagnosis model on another dataset", "",
              f"Model `{model_info['path']}`; data `{os.path.abspath(data_dir)}`, "
-             f"{image_size} px.", "", "Classes: " + ", ".join(classes), "",
+             f"{image_size} px.", "",
+             *([adaptation["sentence"], ""] if adaptation else []),
+             "Classes: " + ", ".join(classes), "",
              "Excluded (unknown diagnosis): " + ", ".join(
                  f"{s} {n}" for s, n in excluded["excluded_unknown"].items()), "",
              "Excluded (a diagnosis outside the model's classes, no `other`): " + ", ".join(

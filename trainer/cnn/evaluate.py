@@ -3,6 +3,7 @@ threshold its training run chose on its own validation split.
 
     python -m trainer.cnn.evaluate --model=RUN_OR_EXPORT --data_dir=OTHER_DATASET [--splits=all]
         [--output=DIR] [--tta] [--batch_size=32] [--image_size=S] [--bootstrap=1000]
+        [--adapt_batchnorm=2]
 
 --model: a run folder (model.keras + report.json, whose threshold training chose on its own
 validation split) or an export folder (model.keras + serving_config.json). The threshold is
@@ -10,7 +11,9 @@ never re-chosen on the data scored here (--threshold overrides it explicitly, an
 says so). --splits: 'all' (default: every split of the dataset holding benign/malignant records
 at the model's size; with several, a pooled 'all' row is added) or a comma list. --output:
 default <model>/external/<dataset folder name>. --tta: the 8 flips/rot90s averaged (default:
-as the export recorded it; off for a run folder).
+as the export recorded it; off for a run folder). --adapt_batchnorm=N (N >= 2): the model adapted
+to the scored data without its labels, batch-norm statistics re-estimated on the other folds'
+images (trainer.cnn.adapt_batchnorm; a clinic's own unlabelled images), recorded in the report.
 
 Writes report.json, report.md, predictions.csv (split, image_id, label, probability,
 predicted) and plots/{roc,pr,confusion,reliability}.png (trainer.cnn.evaluation.evaluate_external).
@@ -61,6 +64,12 @@ def define_flags() -> None:
                        "recorded (said so in the report), in [0, 1]. Binary models only.",
                        lower_bound=0.0,
                        upper_bound=1.0)
+    flags.DEFINE_integer("adapt_batchnorm", 0, "0: score the model as trained. N >= 2: adapt "
+                         "it to the scored data without labels (its batch-norm statistics "
+                         "re-estimated on those images, AdaBN), cross-fitted in N folds by image "
+                         "id so no image is scored with statistics it helped estimate "
+                         "(trainer.cnn.adapt_batchnorm; --seed picks the sample beyond "
+                         "2,048 images).", lower_bound=0)
     flags.mark_flags_as_required(["model", "data_dir"])
 
 
@@ -72,7 +81,8 @@ def main(argv: Sequence[str]) -> int:
         result = evaluation.evaluate_external(
             FLAGS.model, FLAGS.data_dir, splits=FLAGS.splits, out=FLAGS.output, tta=FLAGS.tta,
             batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, bootstrap=FLAGS.bootstrap,
-            seed=FLAGS.seed, threshold=FLAGS.threshold, calibration_bins=FLAGS.calibration_bins)
+            seed=FLAGS.seed, threshold=FLAGS.threshold, calibration_bins=FLAGS.calibration_bins,
+            adapt_batchnorm=FLAGS.adapt_batchnorm)
     except (evaluation.EvaluationError, FileNotFoundError) as e:
         program.fail(str(e))
     for split, values in result["splits"].items():

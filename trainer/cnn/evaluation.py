@@ -529,7 +529,8 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
                       out: str | None = None, tta: bool | None = None, batch_size: int = 32,
                       image_size: int | None = None, bootstrap: int = 1000, seed: int = 0,
                       threshold: float | None = None,
-                      calibration_bins: int = metrics.CALIBRATION_BINS) -> dict[str, Any]:
+                      calibration_bins: int = metrics.CALIBRATION_BINS,
+                      adapt_batchnorm: int = 0) -> dict[str, Any]:
     """Scores a trained model on another dataset at its recorded threshold; writes into `out`
     (default <model>/external/<dataset folder name>): report.json, report.md, predictions.csv,
     plots/{roc,pr,confusion,reliability}.png. Returns the report dict. EvaluationError (a
@@ -537,24 +538,38 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     A diagnosis model goes to trainer.cnn.diagnosis_scoring.evaluate_external, which writes
     report.json, report.md, predictions.csv (its own columns and metrics) and only
     plots/confusion.png (no roc, pr or reliability plot); threshold or tta given for one is an
-    EvaluationError.
+    EvaluationError. adapt_batchnorm=N >= 2: every image is scored by a copy of the model whose
+    batch-norm statistics were re-estimated on the other scored images (N folds by image id,
+    trainer.cnn.adapt_batchnorm), recorded as report["adapt_batchnorm"]; 0 scores as trained.
     """
     if bootstrap < 0 or batch_size < 1 or calibration_bins < 1:
         raise EvaluationError(f"need bootstrap >= 0, batch_size >= 1, calibration bins >= 1; got "
                               f"{bootstrap}, {batch_size}, {calibration_bins}")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise EvaluationError(f"--threshold must be in [0, 1], got {threshold}")
+    if adapt_batchnorm == 1 or adapt_batchnorm < 0:
+        raise EvaluationError(f"--adapt_batchnorm must be 0 (off) or >= 2 folds, got "
+                              f"{adapt_batchnorm}")
     split_names(splits)  # a typo is refused before the model is loaded
     model_info = resolve_model(model_path, threshold, tta)
     manifest = read_dataset_manifest(data_dir)
     from trainer.cnn.models import load_keras_model
 
-    try:
-        model = load_keras_model(model_info["keras"])
-    except Exception as e:  # Keras raises many kinds for a file it cannot read
-        raise EvaluationError(f"--model {model_path!r}: {model_info['keras']} cannot be loaded "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                              ) from None
+    def load():
+        try:
+            return load_keras_model(model_info["keras"])
+        except Exception as e:  # Keras raises many kinds for a file it cannot read
+            raise EvaluationError(f"--model {model_path!r}: {model_info['keras']} cannot be "
+                                  f"loaded ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+    model = load()
+    if adapt_batchnorm:
+        from trainer.cnn import adapt_batchnorm as adapt
+
+        if not adapt.batchnorm_layers(model):
+            raise EvaluationError(f"--adapt_batchnorm: --model {model_path!r} has no "
+                                  "batch-norm layer, nothing to adapt")
     model_size = int(model.inputs[0].shape[1])
     image_size = int(image_size or model_size)
     if image_size != model_size:
@@ -568,7 +583,8 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
         try:
             return diagnosis_scoring.evaluate_external(
                 model, model_info, data_dir, manifest, splits=split_names(splits), out=out,
-                image_size=image_size, batch_size=batch_size)
+                image_size=image_size, batch_size=batch_size,
+                adapt=(load, adapt_batchnorm, seed) if adapt_batchnorm else None)
         except diagnosis_scoring.DiagnosisScoringError as e:
             raise EvaluationError(str(e)) from None
     if len(model.inputs) > 2 or model.outputs[0].shape[-1] != 1:
@@ -585,12 +601,36 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     t = model_info["threshold"]["threshold"]
     os.makedirs(out, exist_ok=True)
 
-    per_split = {split: predict_split_with_metadata(model, data_dir, split, image_size,
-                                                    batch_size, use_tta, manifest,
-                                                    model_info["metadata_encoding"],
-                                                    model_info.get("metadata_fields",
-                                                                   metadata_features.FIELDS))
-                 for split in chosen}
+    encoding = model_info["metadata_encoding"]
+    fields = model_info.get("metadata_fields", metadata_features.FIELDS)
+
+    def score(scoring_model) -> dict[str, dict[str, np.ndarray]]:
+        return {split: predict_split_with_metadata(scoring_model, data_dir, split, image_size,
+                                                   batch_size, use_tta, manifest, encoding,
+                                                   fields) for split in chosen}
+
+    adaptation = None
+    if adapt_batchnorm:
+        def batches():  # the scored records' model inputs and image ids, split after split
+            from trainer.core import input_pipeline
+
+            for split in chosen:
+                for x, _, meta in input_pipeline.make_eval_dataset_with_metadata(
+                        data_dir, split, image_size=image_size, batch_size=batch_size,
+                        manifest=manifest, metadata_input=len(model.inputs) > 1,
+                        metadata_encoding=encoding, metadata_fields=fields):
+                    yield x, [v.decode("utf-8") for v in meta["image_id"].numpy()]
+
+        try:
+            copies, counts = adapt.adapted_copies(load, batches, adapt_batchnorm, seed)
+        except adapt.AdaptationError as e:
+            raise EvaluationError(str(e)) from None
+        scored = [score(copy) for copy in copies]
+        per_split = {split: adapt.crossfit([s[split] for s in scored], adapt_batchnorm)
+                     for split in chosen}
+        adaptation = adapt.summary(adapt_batchnorm, counts, seed)
+    else:
+        per_split = score(model)
     for split, cols in per_split.items():
         logging.info("external: %d %s cases predicted", cols["label"].size, split)
     pairs = {split: (cols["label"], cols["probability"]) for split, cols in per_split.items()}
@@ -608,13 +648,13 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
         "config": {"model": model_info["path"], "data_dir": os.path.abspath(data_dir),
                    "splits": chosen, "tta": use_tta, "batch_size": batch_size,
                    "image_size": image_size, "bootstrap": bootstrap, "seed": seed,
-                   "calibration_bins": calibration_bins,
+                   "calibration_bins": calibration_bins, "adapt_batchnorm": adapt_batchnorm,
                    **({"metadata_encoding": model_info["metadata_encoding"],
                        "metadata_fields": list(model_info.get("metadata_fields",
                                                               metadata_features.FIELDS))}
                       if len(model.inputs) > 1 else {})},
         "model": {k: model_info[k] for k in ("path", "kind", "keras")},
-        "tta": use_tta,
+        "tta": use_tta, **({"adapt_batchnorm": adaptation} if adaptation else {}),
         "data": dataset_counts(data_dir, image_size, manifest),
         "threshold": model_info["threshold"],
         "splits": split_reports, "calibration": calibration,

@@ -178,6 +178,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         model = report.get("model", {})
         lines += [f"Model `{model.get('path', '')}` ({model.get('kind', '')}) scored on "
                   f"`{report.get('data', {}).get('data_dir', '')}`.", ""]
+        if report.get("adapt_batchnorm"):  # trainer.cnn.adapt_batchnorm.summary
+            lines += [report["adapt_batchnorm"]["sentence"], ""]
     lines += [
              "## Threshold", "",
              f"Threshold **{format_number(t['threshold'], 4)}**, policy `{t['policy']}`: {t['reason']}. "

@@ -1,0 +1,169 @@
+"""A trained CNN adapted to a new clinic without its labels: every batch-norm layer's moving
+mean and variance re-estimated on that clinic's own images (AdaBN: Li et al., "Adaptive Batch
+Normalization for practical domain adaptation", Pattern Recognition 2018). Nothing else changes:
+the convolutions, the head and the threshold stay as training left them.
+
+Why: a net trained on three clinics normalises a fourth clinic's activations by the three's
+statistics; a camera or colour shift moves those statistics, and re-estimating them is the one
+change a clinic can make with unlabelled images it already has.
+
+Cross-fitted, so no image is scored with statistics it helped estimate: image i falls in fold
+crc32(image_id) mod N (fixed by its id, not by read order); copy k of the model takes its
+statistics from the scored images outside fold k (a seeded sample of at most MAX_IMAGES) and
+scores fold k. The statistics are the mean over batches of ADAPT_BATCH shuffled images of each
+layer's batch mean and variance, forward passes in training mode (each layer normalised by its
+batch, as in training) with every dropout rate set to 0, so later layers see the earlier
+layers' adapted outputs. Images of one lesion can fall in different folds; only unlabelled
+statistics cross between them.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+MAX_IMAGES = 2048   # adaptation images per copy; beyond that a seeded reservoir sample
+MIN_IMAGES = 16     # fewer and the statistics are mostly one batch's noise: refused
+ADAPT_BATCH = 128   # images per forward pass while the statistics are estimated
+
+
+class AdaptationError(ValueError):
+    """Adaptation cannot run: the message names the model, the fold or the image counts."""
+
+
+def fold_of(image_ids: Sequence[str], folds: int) -> np.ndarray:
+    """int64 [N]: crc32(image_id) mod folds, the fold each image is scored in."""
+    if folds < 2:
+        raise AdaptationError(f"cross-fitting needs >= 2 folds, got {folds}")
+    return np.array([zlib.crc32(str(i).encode("utf-8")) % folds for i in image_ids], np.int64)
+
+
+def _layers(model) -> list:
+    """Every layer of the model, nested models' layers included (EfficientNet's backbone)."""
+    return [layer for layer in model._flatten_layers(include_self=False)]
+
+
+def batchnorm_layers(model) -> list:
+    import keras
+
+    return [layer for layer in _layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def _rows(x: Any, index: np.ndarray) -> Any:
+    """The rows `index` of a batch: an array, or a tuple/list of arrays (image, metadata)."""
+    if isinstance(x, (tuple, list)):
+        return tuple(np.asarray(part)[index] for part in x)
+    return np.asarray(x)[index]
+
+
+def _stack(rows: Sequence[Any]) -> Any:
+    if isinstance(rows[0], tuple):
+        return tuple(np.stack(parts) for parts in zip(*rows))
+    return np.stack(rows)
+
+
+def sample_images(batches: Iterable[tuple[Any, Sequence[str]]], keep_fold: Callable[[np.ndarray], np.ndarray],
+                  limit: int = MAX_IMAGES, seed: int = 0) -> tuple[list[Any], int]:
+    """(a uniform sample of at most `limit` single images, how many were eligible) from
+    (batch, image_ids) pairs, keeping the images whose fold keep_fold(folds) marks True
+    (reservoir sampling: memory bounded by `limit` whatever the dataset's size)."""
+    rng = np.random.default_rng(seed)
+    kept: list[Any] = []
+    seen = 0
+    for x, ids in batches:
+        for i in np.flatnonzero(keep_fold(np.asarray(ids))):
+            row = _rows(x, np.array([i]))
+            row = tuple(part[0] for part in row) if isinstance(row, tuple) else row[0]
+            if len(kept) < limit:
+                kept.append(row)
+            else:
+                j = int(rng.integers(0, seen + 1))
+                if j < limit:
+                    kept[j] = row
+            seen += 1
+    return kept, seen
+
+
+def recalibrate(model, images: Sequence[Any], batch_size: int = ADAPT_BATCH, seed: int = 0) -> int:
+    """Sets each batch-norm layer's moving mean and variance of `model` (in place) to the
+    image-weighted mean of its batch statistics over `images` (single images, shuffled with
+    `seed` into batches of batch_size); every dropout rate is set to 0 first, so the model is
+    for scoring only afterwards. Returns the number of images. AdaptationError for a model
+    without batch norm or no images."""
+    import keras
+
+    norms = batchnorm_layers(model)
+    if not norms:
+        raise AdaptationError(f"model {model.name!r} has no batch-norm layer: nothing to adapt")
+    if not images:
+        raise AdaptationError("no images to estimate the batch-norm statistics from")
+    for layer in _layers(model):
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0  # stochastic depth too (a Dropout with a noise shape)
+    for layer in norms:
+        layer.trainable = True  # a frozen batch norm ignores training=True
+    order = np.random.default_rng(seed).permutation(len(images))
+    seen = 0
+    for start in range(0, len(order), batch_size):
+        batch = _stack([images[i] for i in order[start:start + batch_size]])
+        n = len(order[start:start + batch_size])
+        for layer in norms:
+            layer.momentum = seen / (seen + n)  # running mean weighted by images
+        model(batch, training=True)
+        seen += n
+    return seen
+
+
+def adapted_copies(load_model: Callable[[], Any],
+                   batches: Callable[[], Iterable[tuple[Any, Sequence[str]]]], folds: int,
+                   seed: int = 0, min_images: int = MIN_IMAGES) -> tuple[list[Any], list[int]]:
+    """(copies, images each was adapted on): copy k (a fresh load_model()) recalibrated on the
+    images of batches() (a new iterator of (batch, image_ids) per call) outside fold k.
+    AdaptationError when a copy would see fewer than min_images."""
+    copies, counts = [], []
+    for k in range(folds):
+        images, eligible = sample_images(batches(), lambda ids: fold_of(ids, folds) != k,
+                                         seed=seed + k)
+        if eligible < min_images:
+            raise AdaptationError(f"--adapt_batchnorm={folds}: the copy scoring fold {k} would "
+                                  f"estimate its statistics from {eligible} images (outside "
+                                  f"fold {k}); it needs >= {min_images}: score more images or "
+                                  "use fewer folds")
+        model = load_model()
+        counts.append(recalibrate(model, images, seed=seed + k))
+        copies.append(model)
+    return copies, counts
+
+
+def crossfit(per_copy: Sequence[Mapping[str, Any]], folds: int) -> dict[str, Any]:
+    """One split's prediction columns ({"image_id": ..., other columns row-aligned}) from the
+    copy whose fold each image falls in: row i from per_copy[fold_of(image_id_i)]. Every copy
+    must have scored the same images in the same order (AdaptationError otherwise)."""
+    ids = [str(i) for i in per_copy[0]["image_id"]]
+    for k, columns in enumerate(per_copy[1:], start=1):
+        if [str(i) for i in columns["image_id"]] != ids:
+            raise AdaptationError(f"copy {k} scored other images or another order than copy 0")
+    fold = fold_of(ids, folds) if ids else np.zeros([0], np.int64)
+    out: dict[str, Any] = {}
+    for name, column in per_copy[0].items():
+        if isinstance(column, list):
+            out[name] = [per_copy[int(f)][name][i] for i, f in enumerate(fold)]
+        else:
+            stacked = np.stack([np.asarray(c[name]) for c in per_copy])  # [folds, N, ...]
+            out[name] = stacked[fold, np.arange(len(ids))] if ids else np.asarray(column)
+    return out
+
+
+def summary(folds: int, counts: Sequence[int], seed: int) -> dict[str, Any]:
+    """What the report records about the adaptation (report.json "adapt_batchnorm")."""
+    return {"method": "batch-norm statistics re-estimated on the scored images, unlabelled "
+                      "(AdaBN), cross-fitted: each image scored by a copy adapted on the other "
+                      "folds", "folds": folds, "fold_rule": "crc32(image_id) mod folds",
+            "sentence": f"Adapted without labels: each image scored by one of {folds} copies "
+                        "of the model whose batch-norm statistics were re-estimated on the "
+                        "other scored images (not its own fold): "
+                        + ", ".join(str(int(c)) for c in counts) + " images per copy.",
+            "images_per_copy": [int(c) for c in counts], "max_images": MAX_IMAGES,
+            "batch_size": ADAPT_BATCH, "seed": seed}
