@@ -57,9 +57,9 @@ def test_the_class_mix_is_the_pooled_one_in_every_source():
 
 
 @pytest.mark.parametrize("counts, shown", [
-    ({"a": {0: 5, 1: 2}}, "needs >= 2 named sources"),
-    ({"a": {0: 5}, "b": {0: 3}}, ">= 2 classes"),
-    ({"a": {0: 5, 1: 2}, "b": {0: 3, 1: 1}, "": {0: 1}}, "every record in a source"),
+    ({"a": {0: 5, 1: 2}}, r"needs >= 2 named sources with records; got \['a'\]"),
+    ({"a": {0: 5}, "b": {0: 3}}, r">= 2 classes; the sources hold only \[0\]"),
+    ({"a": {0: 5, 1: 2}, "b": {0: 3, 1: 1}, "": {0: 1}}, "every record in a source; 1 name none"),
     ({"a": {0: 5, 1: 2}, "b": {0: 3, 1: 0}}, r"without a class \[\('b', 1\)\]"),
 ])
 def test_what_cannot_be_made_independent_is_refused_with_the_counts(counts, shown):

@@ -101,9 +101,10 @@ def define_flags() -> None:
                       "(source, label) group of the train split at w_source x P(label), so "
                       "every clinic shows the pooled benign/malignant mix and recognising the "
                       "clinic tells the net nothing about the label; w_source is the source's "
-                      "share of the records (records) or of the malignant records (rare_class: "
-                      "every malignant record drawn as often as stored, each clinic's benign "
-                      "ones resampled to match). trainer.core.source_prior."
+                      "share of the records (records) or of the rarer class's records "
+                      "(rare_class, malignant on HAM10000: every record of that class drawn "
+                      "as often as stored, each clinic's others resampled to match). "
+                      "trainer.core.source_prior."
                       "independent_group_weights; epochs keep their length."),
     flags.DEFINE_bool("source_logit_adjustment", False, "Binary task: during training add each "
                       "record's source prior log-odds (source_collection's malignant rate "

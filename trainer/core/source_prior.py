@@ -85,9 +85,15 @@ def independent_group_weights(per_source: Mapping[str, Mapping[int, int]],
              if s and sum(c.values())}
     unnamed = sum(per_source.get("", {}).values())
     classes = sorted({k for counts in named.values() for k in counts})
-    if len(named) < 2 or len(classes) < 2 or unnamed:
-        raise ValueError(f"source-label independence needs >= 2 named sources and >= 2 "
-                         f"classes, and every record in a source; got {dict(per_source)}")
+    if len(named) < 2:
+        raise ValueError(f"source-label independence needs >= 2 named sources with records; "
+                         f"got {sorted(named)} ({dict(per_source)})")
+    if len(classes) < 2:
+        raise ValueError(f"source-label independence needs >= 2 classes; the sources hold "
+                         f"only {classes} ({dict(per_source)})")
+    if unnamed:
+        raise ValueError(f"source-label independence needs every record in a source; "
+                         f"{unnamed} name none ({dict(per_source)})")
     missing = [(s, k) for s, counts in sorted(named.items()) for k in classes if k not in counts]
     if missing:
         raise ValueError(f"source-label independence: source(s) without a class "
