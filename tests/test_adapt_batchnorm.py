@@ -222,3 +222,12 @@ def test_a_diagnosis_run_is_adapted_and_cross_fitted_too(tmp_path):
     assert not np.allclose([float(a[i][column]) for i in a], [float(p[i][column]) for i in a],
                            atol=1e-4)
     assert "Adapted without labels" in (tmp_path / "a" / "report.md").read_text()
+
+
+def test_the_sample_shrinks_with_the_image_size_to_stay_under_a_gibibyte():
+    assert adapt.max_images_for(64) == adapt.MAX_IMAGES
+    for size in (224, 256, 512, 4096):
+        n = adapt.max_images_for(size)
+        assert adapt.MIN_IMAGES <= n < adapt.MAX_IMAGES
+        assert n * size * size * 3 * 4 <= adapt.MAX_BYTES or n == adapt.MIN_IMAGES
+    assert adapt.max_images_for(256) == 1365

@@ -9,8 +9,10 @@ change a clinic can make with unlabelled images it already has.
 
 Cross-fitted, so no image is scored with statistics it helped estimate: image i falls in fold
 crc32(image_id) mod N (fixed by its id, not by read order); copy k of the model takes its
-statistics from the scored images outside fold k (a seeded sample of at most MAX_IMAGES) and
-scores fold k. The statistics are the mean over batches of ADAPT_BATCH shuffled images of each
+statistics from the scored images outside fold k (a seeded sample of at most MAX_IMAGES, fewer
+at large sizes: max_images_for) and scores fold k. With test-time augmentation the statistics
+still come from the unrotated images (a flip or quarter turn leaves the per-channel
+statistics of the first layers unchanged). The statistics are the mean over batches of ADAPT_BATCH shuffled images of each
 layer's batch mean and variance, forward passes in training mode (each layer normalised by its
 batch, as in training) with every dropout rate set to 0, so later layers see the earlier
 layers' adapted outputs. Images of one lesion can fall in different folds; only unlabelled
@@ -24,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 MAX_IMAGES = 2048   # adaptation images per copy; beyond that a seeded reservoir sample
+MAX_BYTES = 1 << 30  # and at most 1 GiB of float32 images (fewer images at large sizes)
 MIN_IMAGES = 16     # fewer and the statistics are mostly one batch's noise: refused
 ADAPT_BATCH = 128   # images per forward pass while the statistics are estimated
 
@@ -51,13 +54,6 @@ def batchnorm_layers(model) -> list:
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def _rows(x: Any, index: np.ndarray) -> Any:
-    """The rows `index` of a batch: an array, or a tuple/list of arrays (image, metadata)."""
-    if isinstance(x, (tuple, list)):
-        return tuple(np.asarray(part)[index] for part in x)
-    return np.asarray(x)[index]
-
-
 def _stack(rows: Sequence[Any]) -> Any:
     if isinstance(rows[0], tuple):
         return tuple(np.stack(parts) for parts in zip(*rows))
@@ -73,9 +69,9 @@ def sample_images(batches: Iterable[tuple[Any, Sequence[str]]], keep_fold: Calla
     kept: list[Any] = []
     seen = 0
     for x, ids in batches:
+        x = tuple(np.asarray(p) for p in x) if isinstance(x, (tuple, list)) else np.asarray(x)
         for i in np.flatnonzero(keep_fold(np.asarray(ids))):
-            row = _rows(x, np.array([i]))
-            row = tuple(part[0] for part in row) if isinstance(row, tuple) else row[0]
+            row = tuple(part[i] for part in x) if isinstance(x, tuple) else x[i]
             if len(kept) < limit:
                 kept.append(row)
             else:
@@ -118,14 +114,16 @@ def recalibrate(model, images: Sequence[Any], batch_size: int = ADAPT_BATCH, see
 
 def adapted_copies(load_model: Callable[[], Any],
                    batches: Callable[[], Iterable[tuple[Any, Sequence[str]]]], folds: int,
-                   seed: int = 0, min_images: int = MIN_IMAGES) -> tuple[list[Any], list[int]]:
+                   seed: int = 0, min_images: int = MIN_IMAGES,
+                   max_images: int = MAX_IMAGES) -> tuple[list[Any], list[int]]:
     """(copies, images each was adapted on): copy k (a fresh load_model()) recalibrated on the
-    images of batches() (a new iterator of (batch, image_ids) per call) outside fold k.
-    AdaptationError when a copy would see fewer than min_images."""
+    images of batches() (a new iterator of (batch, image_ids) per call) outside fold k, at most
+    max_images of them. AdaptationError when a copy would see fewer than min_images."""
     copies, counts = [], []
     for k in range(folds):
+        images = None  # the previous copy's sample is freed before the next is drawn
         images, eligible = sample_images(batches(), lambda ids: fold_of(ids, folds) != k,
-                                         seed=seed + k)
+                                         limit=max_images, seed=seed + k)
         if eligible < min_images:
             raise AdaptationError(f"--adapt_batchnorm={folds}: the copy scoring fold {k} would "
                                   f"estimate its statistics from {eligible} images (outside "
@@ -156,6 +154,12 @@ def crossfit(per_copy: Sequence[Mapping[str, Any]], folds: int) -> dict[str, Any
     return out
 
 
+def max_images_for(image_size: int) -> int:
+    """MAX_IMAGES, or fewer where that many float32 images would pass MAX_BYTES (>= MIN_IMAGES):
+    2,048 up to 128 px, 1,783 at 224 px, 1,365 at 256 px, 341 at 512 px."""
+    return max(MIN_IMAGES, min(MAX_IMAGES, MAX_BYTES // (image_size * image_size * 3 * 4)))
+
+
 def summary(folds: int, counts: Sequence[int], seed: int) -> dict[str, Any]:
     """What the report records about the adaptation (report.json "adapt_batchnorm")."""
     return {"method": "batch-norm statistics re-estimated on the scored images, unlabelled "
@@ -165,5 +169,5 @@ def summary(folds: int, counts: Sequence[int], seed: int) -> dict[str, Any]:
                         "of the model whose batch-norm statistics were re-estimated on the "
                         "other scored images (not its own fold): "
                         + ", ".join(str(int(c)) for c in counts) + " images per copy.",
-            "images_per_copy": [int(c) for c in counts], "max_images": MAX_IMAGES,
+            "images_per_copy": [int(c) for c in counts],
             "batch_size": ADAPT_BATCH, "seed": seed}

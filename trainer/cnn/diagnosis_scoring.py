@@ -176,7 +176,9 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
                     yield images, [v.decode("utf-8") for v in image_id.numpy()]
 
         try:
-            copies, counts = adapt_batchnorm.adapted_copies(load, batches, folds, seed)
+            limit = adapt_batchnorm.max_images_for(image_size)
+            copies, counts = adapt_batchnorm.adapted_copies(load, batches, folds, seed,
+                                                            max_images=limit)
         except adapt_batchnorm.AdaptationError as e:
             raise DiagnosisScoringError(str(e)) from None
         scored = [score(copy) for copy in copies]

@@ -622,7 +622,8 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
                     yield x, [v.decode("utf-8") for v in meta["image_id"].numpy()]
 
         try:
-            copies, counts = adapt.adapted_copies(load, batches, adapt_batchnorm, seed)
+            copies, counts = adapt.adapted_copies(load, batches, adapt_batchnorm, seed,
+                                                  max_images=adapt.max_images_for(image_size))
         except adapt.AdaptationError as e:
             raise EvaluationError(str(e)) from None
         scored = [score(copy) for copy in copies]
