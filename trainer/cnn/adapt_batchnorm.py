@@ -160,6 +160,21 @@ def max_images_for(image_size: int) -> int:
     return max(MIN_IMAGES, min(MAX_IMAGES, MAX_BYTES // (image_size * image_size * 3 * 4)))
 
 
+def score_cross_fitted(load_model: Callable[[], Any],
+                       batches: Callable[[], Iterable[tuple[Any, Sequence[str]]]],
+                       score: Callable[[Any], Mapping[str, Mapping[str, Any]]], folds: int,
+                       seed: int, image_size: int) -> tuple[dict[str, dict[str, Any]], dict]:
+    """(per-split prediction columns, the report's summary) of the whole scheme: `folds`
+    copies adapted (adapted_copies, at most max_images_for(image_size) images each), every
+    copy's score(copy) -> {split: columns}, then each split cross-fitted (crossfit). The one
+    caller-side step for both tasks; AdaptationError as adapted_copies and crossfit raise it."""
+    copies, counts = adapted_copies(load_model, batches, folds, seed,
+                                    max_images=max_images_for(image_size))
+    scored = [score(copy) for copy in copies]
+    per_split = {split: crossfit([one[split] for one in scored], folds) for split in scored[0]}
+    return per_split, summary(folds, counts, seed)
+
+
 def summary(folds: int, counts: Sequence[int], seed: int) -> dict[str, Any]:
     """What the report records about the adaptation (report.json "adapt_batchnorm")."""
     return {"method": "batch-norm statistics re-estimated on the scored images, unlabelled "

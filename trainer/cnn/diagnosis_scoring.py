@@ -176,15 +176,10 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
                     yield images, [v.decode("utf-8") for v in image_id.numpy()]
 
         try:
-            limit = adapt_batchnorm.max_images_for(image_size)
-            copies, counts = adapt_batchnorm.adapted_copies(load, batches, folds, seed,
-                                                            max_images=limit)
+            per_split, adaptation = adapt_batchnorm.score_cross_fitted(
+                load, batches, score, folds, seed, image_size)
         except adapt_batchnorm.AdaptationError as e:
             raise DiagnosisScoringError(str(e)) from None
-        scored = [score(copy) for copy in copies]
-        per_split = {s: adapt_batchnorm.crossfit([one[s] for one in scored], folds)
-                     for s in chosen}
-        adaptation = adapt_batchnorm.summary(folds, counts, seed)
     else:
         per_split = score(model)
     pairs = {s: (c["label"], c["probabilities"]) for s, c in per_split.items()}

@@ -622,14 +622,10 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
                     yield x, [v.decode("utf-8") for v in meta["image_id"].numpy()]
 
         try:
-            copies, counts = adapt.adapted_copies(load, batches, adapt_batchnorm, seed,
-                                                  max_images=adapt.max_images_for(image_size))
+            per_split, adaptation = adapt.score_cross_fitted(load, batches, score,
+                                                             adapt_batchnorm, seed, image_size)
         except adapt.AdaptationError as e:
             raise EvaluationError(str(e)) from None
-        scored = [score(copy) for copy in copies]
-        per_split = {split: adapt.crossfit([s[split] for s in scored], adapt_batchnorm)
-                     for split in chosen}
-        adaptation = adapt.summary(adapt_batchnorm, counts, seed)
     else:
         per_split = score(model)
     for split, cols in per_split.items():
