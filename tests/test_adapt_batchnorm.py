@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from isicflow.diagnosis import normalise_diagnosis
 from tests import shard_fixtures
 from trainer.cnn import adapt_batchnorm as adapt
 
@@ -194,35 +195,41 @@ def test_evaluate_refuses_adaptation_it_cannot_do(real_dataset, tmp_path):
 
 
 def test_a_diagnosis_run_is_adapted_and_cross_fitted_too(tmp_path):
-    from trainer.cnn import cli, evaluation, train
+    """A diagnosis run folder (model.keras + classes.json, as training leaves them): the same
+    cross-fit through diagnosis_scoring, recorded in its report."""
+    import keras
 
-    cli.define_flags()
+    from trainer.cnn import diagnosis, evaluation
+
     texts = ["nevus", "melanoma", "seborrheic keratosis"]
     items = lambda n, seed: [(img, "benign", {"diagnosis": texts[i % 3]})  # noqa: E731
                              for i, (img, _) in enumerate(
                                  shard_fixtures.random_images(n, 40, seed=seed))]
     data = shard_fixtures.write_tiny_dataset(tmp_path / "dx", {
-        "train": items(12, 0), "validation": items(6, 1), "test": items(36, 2)}, SIZE)
-    config = train.TrainConfig(data_dir=data, workdir=str(tmp_path / "run"), image_size=SIZE,
-                               batch_size=8, epochs=1, steps_per_epoch=1, seed=0,
-                               mixed_precision="off", verbose=0, model="compact",
-                               task="diagnosis", min_class_records=1)
-    cli.evaluate_and_export(train.train_cnn(config).model, config, bootstrap=0)
-    adapted = evaluation.evaluate_external(str(tmp_path / "run"), data, splits="test",
+        "train": items(6, 0), "test": items(36, 2)}, SIZE)
+    run = tmp_path / "run"
+    run.mkdir()
+    mapping = diagnosis.class_mapping({normalise_diagnosis(t): 2 for t in texts}, 1)
+    (run / "classes.json").write_text(json.dumps(mapping))
+    keras.utils.set_random_seed(4)
+    keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 3, strides=2),
+                      keras.layers.BatchNormalization(), keras.layers.ReLU(),
+                      keras.layers.GlobalAveragePooling2D(),
+                      keras.layers.Dense(len(mapping["classes"]), activation="softmax")]
+                     ).save(str(run / "model.keras"))
+    adapted = evaluation.evaluate_external(str(run), data, splits="test",
                                            out=str(tmp_path / "a"), adapt_batchnorm=2)
-    plain = evaluation.evaluate_external(str(tmp_path / "run"), data, splits="test",
-                                         out=str(tmp_path / "p"))
-    assert adapted["adapt_batchnorm"]["images_per_copy"][0] + \
-        adapted["adapt_batchnorm"]["images_per_copy"][1] == 36
+    plain = evaluation.evaluate_external(str(run), data, splits="test", out=str(tmp_path / "p"))
+    assert adapted["task"] == "diagnosis" and adapted["config"]["adapt_batchnorm"] == 2
+    assert sum(adapted["adapt_batchnorm"]["images_per_copy"]) == 36  # each image in one fold
     assert adapted["splits"]["test"]["n"] == plain["splits"]["test"]["n"] == 36
     read = lambda out: {r["image_id"]: r for r in csv.DictReader(open(out / "predictions.csv"))}  # noqa: E731
     a, p = read(tmp_path / "a"), read(tmp_path / "p")
     assert sorted(a) == sorted(p)
-    column = "p_nevus"
+    column = f"p_{mapping['classes'][0]}"
     assert not np.allclose([float(a[i][column]) for i in a], [float(p[i][column]) for i in a],
                            atol=1e-4)
     assert "Adapted without labels" in (tmp_path / "a" / "report.md").read_text()
-
 
 def test_the_sample_shrinks_with_the_image_size_to_stay_under_a_gibibyte():
     assert adapt.max_images_for(64) == adapt.MAX_IMAGES
