@@ -77,18 +77,23 @@ def test_refusals_name_what_is_missing():
         adapt.adapted_copies(_bn_chain, batches, 2)
 
 
-def test_sample_images_keeps_only_the_other_folds_and_at_most_the_limit():
+def test_sample_by_fold_keeps_only_the_other_folds_and_at_most_the_limit():
     ids = [f"img{i}" for i in range(300)]
     images = np.arange(300, dtype="float32").reshape(300, 1)
     batches = [(images[i:i + 64], ids[i:i + 64]) for i in range(0, 300, 64)]
-    folds = adapt.fold_of(ids, 2)
-    kept, eligible = adapt.sample_images(batches, lambda f: adapt.fold_of(f, 2) != 0)
-    assert eligible == int(np.sum(folds != 0))
-    assert sorted(int(k[0]) for k in kept) == np.flatnonzero(folds != 0).tolist()
-    few, eligible = adapt.sample_images(batches, lambda f: adapt.fold_of(f, 2) != 0, limit=20)
-    assert len(few) == 20 and eligible == int(np.sum(folds != 0))
-    assert all(folds[int(k[0])] != 0 for k in few)
-    assert len({int(k[0]) for k in few}) == 20
+    folds = adapt.fold_of(ids, 3)
+    samples, eligible = adapt.sample_by_fold(batches, 3)
+    for k in range(3):
+        assert eligible[k] == int(np.sum(folds != k))
+        assert sorted(int(r[0]) for r in samples[k]) == np.flatnonzero(folds != k).tolist()
+    few, eligible = adapt.sample_by_fold(batches, 3, limit=20)
+    for k in range(3):
+        assert len(few[k]) == 20 and eligible[k] == int(np.sum(folds != k))
+        assert all(folds[int(r[0])] != k for r in few[k])
+        assert len({int(r[0]) for r in few[k]}) == 20
+        assert all(r.base is None for r in few[k])  # copies: no decoded batch kept alive
+    again, _ = adapt.sample_by_fold(batches, 3, limit=20)
+    assert [[int(r[0]) for r in s] for s in again] == [[int(r[0]) for r in s] for s in few]
 
 
 def test_crossfit_takes_each_row_from_the_copy_of_its_fold():
@@ -231,10 +236,13 @@ def test_a_diagnosis_run_is_adapted_and_cross_fitted_too(tmp_path):
                            atol=1e-4)
     assert "Adapted without labels" in (tmp_path / "a" / "report.md").read_text()
 
-def test_the_sample_shrinks_with_the_image_size_to_stay_under_a_gibibyte():
-    assert adapt.max_images_for(64) == adapt.MAX_IMAGES
+
+def test_the_sample_shrinks_with_the_image_size_and_folds_to_stay_under_a_gibibyte():
+    assert adapt.max_images_for(64) == adapt.MAX_IMAGES == adapt.max_images_for(64, 2)
     for size in (224, 256, 512, 4096):
-        n = adapt.max_images_for(size)
-        assert adapt.MIN_IMAGES <= n < adapt.MAX_IMAGES
-        assert n * size * size * 3 * 4 <= adapt.MAX_BYTES or n == adapt.MIN_IMAGES
+        for folds in (1, 2, 5):
+            n = adapt.max_images_for(size, folds)
+            assert adapt.MIN_IMAGES <= n < adapt.MAX_IMAGES
+            assert n * folds * size * size * 3 * 4 <= adapt.MAX_BYTES or n == adapt.MIN_IMAGES
     assert adapt.max_images_for(256) == 1365
+    assert adapt.max_images_for(224, 2) == 891

@@ -10,8 +10,9 @@ change a clinic can make with unlabelled images it already has.
 Cross-fitted, so no image is scored with statistics it helped estimate: image i falls in fold
 crc32(image_id) mod N (fixed by its id, not by read order); copy k of the model takes its
 statistics from the scored images outside fold k (a seeded sample of at most MAX_IMAGES, fewer
-at large sizes: max_images_for) and scores fold k. Images of one lesion can fall in different
-folds; only unlabelled statistics cross between them.
+at large sizes: max_images_for; every copy's sample drawn in one pass) and scores fold k.
+Images of one lesion can fall in different folds; only unlabelled statistics cross between
+them.
 
 The statistics are the mean over batches of ADAPT_BATCH shuffled images of each layer's batch
 mean and variance, forward passes in training mode (each layer normalised by its batch, as in
@@ -47,7 +48,7 @@ def fold_of(image_ids: Sequence[str], folds: int) -> np.ndarray:
 
 def _layers(model) -> list:
     """Every layer of the model, nested models' layers included (EfficientNet's backbone)."""
-    return [layer for layer in model._flatten_layers(include_self=False)]
+    return list(model._flatten_layers(include_self=False))
 
 
 def batchnorm_layers(model) -> list:
@@ -63,26 +64,32 @@ def _stack(rows: Sequence[Any]) -> Any:
     return np.stack(rows)
 
 
-def sample_images(batches: Iterable[tuple[Any, Sequence[str]]], keep_fold: Callable[[np.ndarray], np.ndarray],
-                  limit: int = MAX_IMAGES, seed: int = 0) -> tuple[list[Any], int]:
-    """(a uniform sample of at most `limit` single images, how many were eligible) from
-    (batch, image_ids) pairs, keeping the images whose fold keep_fold(folds) marks True
-    (reservoir sampling: memory bounded by `limit` whatever the dataset's size)."""
-    rng = np.random.default_rng(seed)
-    kept: list[Any] = []
-    seen = 0
+def sample_by_fold(batches: Iterable[tuple[Any, Sequence[str]]], folds: int,
+                   limit: int = MAX_IMAGES, seed: int = 0) -> tuple[list[list[Any]], list[int]]:
+    """(samples, eligible): samples[k] a uniform sample of at most `limit` single images from
+    outside fold k (fold_of) and eligible[k] how many there were, all `folds` samples drawn in
+    one pass over the (batch, image_ids) pairs (reservoir sampling, sample k seeded seed + k:
+    memory bounded by folds x limit images whatever the dataset's size). Rows are copied, so a
+    kept image does not hold its whole decoded batch in memory."""
+    rngs = [np.random.default_rng(seed + k) for k in range(folds)]
+    samples: list[list[Any]] = [[] for _ in range(folds)]
+    eligible = [0] * folds
     for x, ids in batches:
         x = tuple(np.asarray(p) for p in x) if isinstance(x, (tuple, list)) else np.asarray(x)
-        for i in np.flatnonzero(keep_fold(np.asarray(ids))):
-            row = tuple(part[i] for part in x) if isinstance(x, tuple) else x[i]
-            if len(kept) < limit:
-                kept.append(row)
-            else:
-                j = int(rng.integers(0, seen + 1))
-                if j < limit:
-                    kept[j] = row
-            seen += 1
-    return kept, seen
+        for i, fold in enumerate(fold_of(ids, folds)):
+            row = (tuple(np.array(part[i]) for part in x) if isinstance(x, tuple)
+                   else np.array(x[i]))
+            for k in range(folds):
+                if k == fold:
+                    continue
+                if len(samples[k]) < limit:
+                    samples[k].append(row)
+                else:
+                    j = int(rngs[k].integers(0, eligible[k] + 1))
+                    if j < limit:
+                        samples[k][j] = row
+                eligible[k] += 1
+    return samples, eligible
 
 
 def recalibrate(model, images: Sequence[Any], batch_size: int = ADAPT_BATCH, seed: int = 0) -> int:
@@ -119,21 +126,22 @@ def adapted_copies(load_model: Callable[[], Any],
                    batches: Callable[[], Iterable[tuple[Any, Sequence[str]]]], folds: int,
                    seed: int = 0, min_images: int = MIN_IMAGES,
                    max_images: int = MAX_IMAGES) -> tuple[list[Any], list[int]]:
-    """(copies, images each was adapted on): copy k (a fresh load_model()) recalibrated on the
-    images of batches() (a new iterator of (batch, image_ids) per call) outside fold k, at most
-    max_images of them. AdaptationError when a copy would see fewer than min_images."""
-    copies, counts = [], []
-    for k in range(folds):
-        images = None  # the previous copy's sample is freed before the next is drawn
-        images, eligible = sample_images(batches(), lambda ids: fold_of(ids, folds) != k,
-                                         limit=max_images, seed=seed + k)
-        if eligible < min_images:
+    """(copies, images each was adapted on): copy k (a fresh load_model()) recalibrated on at
+    most max_images of the images of batches() (an iterator of (batch, image_ids)) outside
+    fold k, every copy's sample drawn in one pass. AdaptationError when a copy would see fewer
+    than min_images."""
+    samples, eligible = sample_by_fold(batches(), folds, limit=max_images, seed=seed)
+    for k, count in enumerate(eligible):
+        if count < min_images:
             raise AdaptationError(f"--adapt_batchnorm={folds}: the copy scoring fold {k} would "
-                                  f"estimate its statistics from {eligible} images (outside "
+                                  f"estimate its statistics from {count} images (outside "
                                   f"fold {k}); it needs >= {min_images}: score more images or "
                                   "use fewer folds")
+    copies, counts = [], []
+    for k in range(folds):
         model = load_model()
-        counts.append(recalibrate(model, images, seed=seed + k))
+        counts.append(recalibrate(model, samples[k], seed=seed + k))
+        samples[k] = []  # this copy's sample is freed before the next copy is adapted
         copies.append(model)
     return copies, counts
 
@@ -157,10 +165,13 @@ def crossfit(per_copy: Sequence[Mapping[str, Any]], folds: int) -> dict[str, Any
     return out
 
 
-def max_images_for(image_size: int) -> int:
-    """MAX_IMAGES, or fewer where that many float32 images would pass MAX_BYTES (>= MIN_IMAGES):
-    2,048 up to 128 px, 1,783 at 224 px, 1,365 at 256 px, 341 at 512 px."""
-    return max(MIN_IMAGES, min(MAX_IMAGES, MAX_BYTES // (image_size * image_size * 3 * 4)))
+def max_images_for(image_size: int, folds: int = 1) -> int:
+    """Images per copy: MAX_IMAGES, or fewer where the folds' samples (held together while they
+    are drawn) would pass MAX_BYTES of float32 images (>= MIN_IMAGES). One fold: 2,048 up to
+    209 px, 1,783 at 224 px, 1,365 at 256 px, 341 at 512 px; two folds: 2,048 up to 147 px,
+    891 at 224 px."""
+    per_image = image_size * image_size * 3 * 4 * max(1, folds)
+    return max(MIN_IMAGES, min(MAX_IMAGES, MAX_BYTES // per_image))
 
 
 def score_cross_fitted(load_model: Callable[[], Any],

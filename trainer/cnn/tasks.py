@@ -187,9 +187,9 @@ class BinaryTask:
         if c.class_balance != "class_weights":
             return None
         if c.source_balance:  # the classes arrive at the source-balanced stream's rates
-            from trainer.core.input_pipeline import binary_source_class_counts
+            from trainer.core import input_pipeline
 
-            per_source = binary_source_class_counts(self.manifest, "train")
+            per_source = input_pipeline.binary_source_class_counts(self.manifest, "train")
             weights = source_balanced_class_weights(per_source, 2)
             if len(weights) < 2:
                 raise ValueError(f"class weights need both classes in train; by source "
