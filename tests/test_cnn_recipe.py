@@ -209,6 +209,8 @@ def test_new_flags_default_to_the_study(parse_flags):
     (["--label_smoothing=0.1", "--task=diagnosis"], "binary only"),
     (["--source_balance", "--class_balance=sampling"], "--source_balance needs"),
     (["--source_balance", "--synthetic_data=s"], "--source_balance needs"),
+    (["--source_batches", "--task=diagnosis"], "--source_batches needs --task=binary"),
+    (["--source_batches", "--class_balance=sampling"], "--source_batches needs"),
     (["--monitor=val_balanced_accuracy"], "diagnosis task's"),
     (["--synthetic_classes=melanoma"], "must be benign, malignant"),
 ])
@@ -345,3 +347,25 @@ def test_source_balance_trains_on_a_two_source_split(tmp_path):
     assert len(result.history) == 2 and all(np.isfinite(e["loss"]) for e in result.history)
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["source_balance"] is True
+
+
+def test_source_batches_trains_on_a_two_source_split_and_refuses_one_source(tmp_path):
+    """--source_batches: epochs of one-source batches, recorded; a split whose records name
+    one source is refused before anything is written."""
+    def items(n, source, seed):
+        return [(px, label, {"source_collection": source})
+                for px, label in shard_fixtures.random_images(n, 40, seed=seed)]
+    data = shard_fixtures.write_tiny_dataset(
+        tmp_path / "data", {"train": items(8, "clinic_a", 1) + items(3, "clinic_b", 2),
+                            "validation": items(4, "clinic_a", 3)}, SIZE)
+    result = train.train_cnn(_config(data, tmp_path / "run", source_batches=True, epochs=2,
+                                     class_balance="class_weights"))
+    assert len(result.history) == 2 and all(np.isfinite(e["loss"]) for e in result.history)
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["source_batches"] is True
+    one = shard_fixtures.write_tiny_dataset(
+        tmp_path / "one", {"train": items(8, "clinic_a", 1),
+                           "validation": items(4, "clinic_a", 3)}, SIZE)
+    with pytest.raises(ValueError, match=r"--source_batches .* name 1 source\(s\) \['clinic_a'\]"):
+        train.train_cnn(_config(one, tmp_path / "refused", source_batches=True))
+    assert not (tmp_path / "refused").exists()

@@ -183,10 +183,33 @@ def test_source_balanced_sampling_draws_each_source_equally(tmp_path):
     assert np.bincount(plain_levels, minlength=3).tolist() == [6, 2, 1]  # without: as stored
 
 
+def test_one_source_batches_hold_one_source_each_at_its_share(tmp_path):
+    """Sources of 6 and 2 train images (flat grey 0 and 255): every batch is one level, and
+    batches come at the sources' 3:1 shares, or 1:1 with balance_sources."""
+    def flat(n, level, source):
+        return [(np.full((SIZE, SIZE, 3), level, np.uint8), ("benign", "malignant")[i % 2],
+                 {"source_collection": source}) for i in range(n)]
+    root = shard_fixtures.write_tiny_dataset(
+        tmp_path, {"train": flat(6, 0, "big") + flat(2, 255, "small")}, SIZE, num_shards=2)
+    for balance, share in ((False, 0.75), (True, 0.5)):
+        ds = ip.make_dataset(root, "train", image_size=SIZE, batch_size=4, training=True,
+                             one_source_batches=True, balance_sources=balance, seed=3)
+        means = [x.numpy().mean(axis=(1, 2, 3)) for x, _ in ds.take(400)]
+        assert all(m.shape == (4,) and np.ptp(m) == 0 for m in means)  # full, one source
+        big = np.mean([m[0] < 0.5 for m in means])
+        assert abs(big - share) < 0.07, (balance, big)
+    with pytest.raises(ValueError, match="one_source_batches needs training=True"):
+        ip.make_dataset(root, "train", image_size=SIZE, batch_size=2, training=False,
+                        one_source_batches=True)
+
+
 def test_source_balanced_sampling_refuses_what_it_cannot_balance(dataset_dir):
     with pytest.raises(ValueError, match="needs >= 2 sources"):
         ip.make_dataset(dataset_dir, "train", image_size=SIZE, batch_size=2, training=True,
                         balance_sources=True)
+    with pytest.raises(ValueError, match="one_source_batches needs >= 2 sources"):
+        ip.make_dataset(dataset_dir, "train", image_size=SIZE, batch_size=2, training=True,
+                        one_source_batches=True)
     with pytest.raises(ValueError, match="balance_sources needs training=True"):
         ip.make_dataset(dataset_dir, "validation", image_size=SIZE, batch_size=2,
                         training=False, balance_sources=True)

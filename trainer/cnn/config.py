@@ -41,6 +41,7 @@ class TrainConfig(RunConfig):
     weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
     class_balance: str = "none"
     source_balance: bool = False      # sample every train source equally
+    source_batches: bool = False      # every train batch from one source (batch norm per clinic)
     source_label_independence: str = "none"  # draw (source, label) at w_source x P(label)
     source_logit_adjustment: bool = False  # train with each source's prior log-odds offset
     source_adversary_weight: float = 0.0  # DANN against the source; 0 = off (source_adversary)
@@ -169,6 +170,14 @@ RULES: tuple[Rule, ...] = (
                                             and not c.synthetic_data),
          "--source_balance needs no --class_balance=sampling and no --synthetic_data (it "
          "samples each source's own records)"),
+    Rule(("source_batches", "task", "class_balance", "synthetic_data",
+          "source_label_independence"),
+         lambda c: not c.source_batches or (
+             c.task == "binary" and c.class_balance != "sampling" and not c.synthetic_data
+             and c.source_label_independence == "none"),
+         "--source_batches needs --task=binary, no --class_balance=sampling, no "
+         "--synthetic_data and no --source_label_independence (each batch is drawn from one "
+         "source's own real records)"),
     Rule(("source_label_independence", "task", "source_balance", "class_balance",
           "synthetic_data", "source_logit_adjustment"),
          lambda c: c.source_label_independence == "none" or (
@@ -352,6 +361,12 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
         _check_named_sources(manifest, config, "--source_balance", in_task,
                              "balancing needs >= 2 and every record in one, or those records "
                              "would never be drawn")
+    if config.source_batches:  # one stream per named source, as --source_balance
+        from trainer.core.input_pipeline import labelled_record
+
+        _check_named_sources(manifest, config, "--source_batches", labelled_record,
+                             "one-source batches need >= 2 and every record in one, or those "
+                             "records would never be drawn")
     if config.source_label_independence != "none":  # every (source, label) group holds one
         from trainer.core import source_prior
         from trainer.core.input_pipeline import binary_source_class_counts, labelled_record

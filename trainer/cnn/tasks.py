@@ -140,7 +140,7 @@ class BinaryTask:
         n_train = counts.get("benign", 0) + counts.get("malignant", 0) + (
             mix.total if mix else 0)
         steps = _steps(c, n_train, infinite=c.class_balance == "sampling" or c.source_balance
-                       or c.source_label_independence != "none")
+                       or c.source_batches or c.source_label_independence != "none")
         common = _common(c, float_input(c), self.manifest)
         offsets = self.source_offsets(c)
         names = self.source_names(c)
@@ -157,7 +157,7 @@ class BinaryTask:
             cutmix_alpha=c.cutmix_alpha, balance_classes=c.class_balance == "sampling",
             synthetic=mix, drop_remainder=strategy.num_replicas_in_sync > 1,
             balance_sources=c.source_balance, source_offsets=offsets, source_names=names,
-            source_label_weights=groups, **common)
+            source_label_weights=groups, one_source_batches=c.source_batches, **common)
         validation = input_pipeline.make_dataset(  # the plain image model: offset 0, no source
             c.data_dir, "validation", training=False,
             source_offsets=None if offsets is None else {},

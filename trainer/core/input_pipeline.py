@@ -395,8 +395,8 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  balance_sources: bool = False,
                  source_offsets: Mapping[str, float] | None = None,
                  source_names: Sequence[str] | None = None,
-                 source_label_weights: Mapping[tuple[str, int], float] | None = None
-                 ) -> tf.data.Dataset:
+                 source_label_weights: Mapping[tuple[str, int], float] | None = None,
+                 one_source_batches: bool = False) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
 
     augmentation: which augmentation `augment` means ("study" or "dermoscopy").
@@ -413,6 +413,11 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     no longer sets what the model learns. source_label_weights ({(source, label): probability},
     training, binary only; trainer.core.source_prior.independent_group_weights) likewise draws
     one repeated stream per (source, label) group at its probability: infinite.
+    one_source_batches (training, binary only): every batch holds one source's records (full
+    batches, one repeated stream per source, a batch's source drawn at the source's share of
+    the split, or equally with balance_sources): batch norm then normalises each batch by one
+    clinic's statistics, as it will at a new clinic adapted without labels
+    (trainer.cnn.adapt_batchnorm). Infinite.
     as_uint8 (no augmentation, value_range (0, 1)) yields the uint8 batches as stored, for a
     model that rescales them itself (train.with_uint8_input): 4x fewer bytes to the device and
     no float conversion on the input threads.
@@ -479,6 +484,12 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                          f"(got {labels!r}), no balance_classes (got {balance_classes}) or "
                          f"balance_sources (got {balance_sources}) and no synthetic records "
                          f"(got {synthetic is not None})")
+    if one_source_batches and (not training or labels != "binary" or balance_classes
+                               or synthetic is not None or source_label_weights is not None):
+        raise ValueError(f"one_source_batches needs training=True (got {training}), "
+                         f"labels='binary' (got {labels!r}), no balance_classes (got "
+                         f"{balance_classes}), no synthetic records and no "
+                         "source_label_weights")
     if balance_classes and (not training or labels != "binary"):
         raise ValueError("balance_classes needs training=True and labels='binary'")
     counts = info.get("counts", {})
@@ -531,6 +542,30 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
             ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
         return ds
 
+    def batched(ds: tf.data.Dataset, augment_seed: int | None, drop: bool) -> tf.data.Dataset:
+        return augment_and_batch(ds, augment_seed=augment_seed, batch_size=batch_size,
+                                 drop_remainder=drop, as_uint8=as_uint8, value_range=value_range,
+                                 label_dtype=tf.float32, augmentation=augmentation,
+                                 mix_seed=seed + 3 if mixing else None,
+                                 mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+
+    if one_source_batches:
+        sources = train_sources(manifest, split)
+        if len(sources) < 2:
+            raise ValueError(f"one_source_batches needs >= 2 sources in {split!r} of "
+                             f"{data_dir}; it holds {sources or 'no source_collection'}")
+        per_source = dataset_lib.records_per_source(manifest, split, labelled_record)
+        shares = ([1.0] * len(sources) if balance_sources
+                  else [float(per_source[name]) for name in sources])
+        ds = tf.data.Dataset.sample_from_datasets(
+            [batched(stream(None, seed + 11 * i, name).repeat(),
+                     seed + 11 * i if training and augment else None, True)
+             for i, name in enumerate(sources)],
+            weights=[share / sum(shares) for share in shares], seed=seed + 2,
+            stop_on_empty_dataset=True)
+        options = tf.data.Options()
+        options.deterministic = bool(deterministic)
+        return ds.prefetch(AUTOTUNE).with_options(options)
     if balance_classes:
         ds = tf.data.Dataset.sample_from_datasets(
             [stream(0, seed).repeat(), stream(1, seed + 7).repeat()], weights=[0.5, 0.5],
@@ -555,12 +590,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         ds = stream()
         if repeat:
             ds = ds.repeat()
-    ds = augment_and_batch(ds, augment_seed=seed if training and augment else None,
-                           batch_size=batch_size, drop_remainder=drop_remainder,
-                           as_uint8=as_uint8, value_range=value_range, label_dtype=tf.float32,
-                           augmentation=augmentation, mix_seed=seed + 3 if mixing else None,
-                           mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
-    ds = ds.prefetch(AUTOTUNE)
+    ds = batched(ds, seed if training and augment else None, drop_remainder).prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
     return ds.with_options(options)
