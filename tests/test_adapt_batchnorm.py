@@ -246,3 +246,20 @@ def test_the_sample_shrinks_with_the_image_size_and_folds_to_stay_under_a_gibiby
             assert n * folds * size * size * 3 * 4 <= adapt.MAX_BYTES or n == adapt.MIN_IMAGES
     assert adapt.max_images_for(256) == 1365
     assert adapt.max_images_for(224, 2) == 891
+
+
+def test_score_cross_fitted_caps_every_copy_by_the_folds_together(monkeypatch):
+    """With room for 60 images of 4x4 in all, two folds keep 30 each (not 60 each)."""
+    monkeypatch.setattr(adapt, "MAX_BYTES", 60 * 4 * 4 * 3 * 4)
+    monkeypatch.setattr(adapt, "MIN_IMAGES", 4)
+    ids = [f"img{i}" for i in range(200)]
+    images = np.stack(_images(200, 0.0, 1.0))
+
+    def batches():
+        return [(images[i:i + 50], ids[i:i + 50]) for i in range(0, 200, 50)]
+
+    def score(model):
+        return {"test": {"image_id": ids, "probability": np.asarray(model(images))[:, 0]}}
+
+    _, summary = adapt.score_cross_fitted(_bn_chain, batches, score, 2, 0, 4)
+    assert summary["images_per_copy"] == [30, 30] == [adapt.max_images_for(4, 2)] * 2

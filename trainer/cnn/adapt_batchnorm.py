@@ -179,11 +179,12 @@ def score_cross_fitted(load_model: Callable[[], Any],
                        score: Callable[[Any], Mapping[str, Mapping[str, Any]]], folds: int,
                        seed: int, image_size: int) -> tuple[dict[str, dict[str, Any]], dict]:
     """(per-split prediction columns, the report's summary) of the whole scheme: `folds`
-    copies adapted (adapted_copies, at most max_images_for(image_size) images each), every
-    copy's score(copy) -> {split: columns}, then each split cross-fitted (crossfit). The one
-    caller-side step for both tasks; AdaptationError as adapted_copies and crossfit raise it."""
+    copies adapted (adapted_copies, at most max_images_for(image_size, folds) images each),
+    every copy's score(copy) -> {split: columns} (one pass over the data per copy), then each
+    split cross-fitted (crossfit). The one caller-side step for both tasks; AdaptationError as
+    adapted_copies and crossfit raise it."""
     copies, counts = adapted_copies(load_model, batches, folds, seed,
-                                    max_images=max_images_for(image_size))
+                                    max_images=max_images_for(image_size, folds))
     scored = [score(copy) for copy in copies]
     per_split = {split: crossfit([one[split] for one in scored], folds) for split in scored[0]}
     return per_split, summary(folds, counts, seed)
