@@ -211,6 +211,8 @@ def test_new_flags_default_to_the_study(parse_flags):
     (["--source_balance", "--synthetic_data=s"], "--source_balance needs"),
     (["--source_batches", "--task=diagnosis"], "--source_batches needs --task=binary"),
     (["--source_batches", "--class_balance=sampling"], "--source_batches needs"),
+    (["--source_batches", "--synthetic_data=s"], "--source_batches needs"),
+    (["--source_batches", "--source_label_independence=records"], "--source_batches needs"),
     (["--monitor=val_balanced_accuracy"], "diagnosis task's"),
     (["--synthetic_classes=melanoma"], "must be benign, malignant"),
 ])
@@ -349,7 +351,8 @@ def test_source_balance_trains_on_a_two_source_split(tmp_path):
     assert saved["source_balance"] is True
 
 
-def test_source_batches_trains_on_a_two_source_split_and_refuses_one_source(tmp_path):
+def test_source_batches_trains_on_a_two_source_split_and_refuses_one_source(tmp_path,
+                                                                          monkeypatch):
     """--source_batches: epochs of one-source batches, recorded; a split whose records name
     one source is refused before anything is written."""
     def items(n, source, seed):
@@ -358,9 +361,18 @@ def test_source_batches_trains_on_a_two_source_split_and_refuses_one_source(tmp_
     data = shard_fixtures.write_tiny_dataset(
         tmp_path / "data", {"train": items(8, "clinic_a", 1) + items(3, "clinic_b", 2),
                             "validation": items(4, "clinic_a", 3)}, SIZE)
+    asked = []
+    make_dataset = ip.make_dataset
+
+    def spy(data_dir, split, **kwargs):
+        asked.append((split, kwargs.get("one_source_batches", False)))
+        return make_dataset(data_dir, split, **kwargs)
+
+    monkeypatch.setattr(ip, "make_dataset", spy)
     result = train.train_cnn(_config(data, tmp_path / "run", source_batches=True, epochs=2,
                                      class_balance="class_weights"))
     assert len(result.history) == 2 and all(np.isfinite(e["loss"]) for e in result.history)
+    assert ("train", True) in asked and ("validation", True) not in asked
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["source_batches"] is True
     one = shard_fixtures.write_tiny_dataset(

@@ -17,6 +17,7 @@ import json
 from typing import Any, Callable, Mapping, Sequence
 
 import tensorflow as tf
+from absl import logging
 
 from isicflow import dataset as dataset_lib, reader, schema
 from trainer.core import augmentations, synthetic_mix
@@ -488,8 +489,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                                or synthetic is not None or source_label_weights is not None):
         raise ValueError(f"one_source_batches needs training=True (got {training}), "
                          f"labels='binary' (got {labels!r}), no balance_classes (got "
-                         f"{balance_classes}), no synthetic records and no "
-                         "source_label_weights")
+                         f"{balance_classes}), no synthetic records (got "
+                         f"{synthetic is not None}) and no source_label_weights (got "
+                         f"{source_label_weights is not None})")
     if balance_classes and (not training or labels != "binary"):
         raise ValueError("balance_classes needs training=True and labels='binary'")
     counts = info.get("counts", {})
@@ -542,11 +544,12 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
             ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
         return ds
 
-    def batched(ds: tf.data.Dataset, augment_seed: int | None, drop: bool) -> tf.data.Dataset:
+    def batched(ds: tf.data.Dataset, augment_seed: int | None, drop: bool,
+                offset: int = 0) -> tf.data.Dataset:
         return augment_and_batch(ds, augment_seed=augment_seed, batch_size=batch_size,
                                  drop_remainder=drop, as_uint8=as_uint8, value_range=value_range,
                                  label_dtype=tf.float32, augmentation=augmentation,
-                                 mix_seed=seed + 3 if mixing else None,
+                                 mix_seed=seed + 3 + offset if mixing else None,
                                  mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
 
     if one_source_batches:
@@ -555,11 +558,15 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
             raise ValueError(f"one_source_batches needs >= 2 sources in {split!r} of "
                              f"{data_dir}; it holds {sources or 'no source_collection'}")
         per_source = dataset_lib.records_per_source(manifest, split, labelled_record)
+        small = {name: per_source[name] for name in sources if per_source[name] < batch_size}
+        if small:
+            logging.warning("one_source_batches: %s hold fewer records than a batch of %d: "
+                            "their batches repeat images", small, batch_size)
         shares = ([1.0] * len(sources) if balance_sources
                   else [float(per_source[name]) for name in sources])
         ds = tf.data.Dataset.sample_from_datasets(
             [batched(stream(None, seed + 11 * i, name).repeat(),
-                     seed + 11 * i if training and augment else None, True)
+                     seed + 11 * i if training and augment else None, True, 11 * i)
              for i, name in enumerate(sources)],
             weights=[share / sum(shares) for share in shares], seed=seed + 2,
             stop_on_empty_dataset=True)
