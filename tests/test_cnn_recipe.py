@@ -209,7 +209,6 @@ def test_new_flags_default_to_the_study(parse_flags):
     (["--label_smoothing=0.1", "--task=diagnosis"], "binary only"),
     (["--source_balance", "--class_balance=sampling"], "--source_balance needs"),
     (["--source_balance", "--synthetic_data=s"], "--source_balance needs"),
-    (["--source_batches", "--task=diagnosis"], "--source_batches needs --task=binary"),
     (["--source_batches", "--class_balance=sampling"], "--source_batches needs"),
     (["--source_batches", "--synthetic_data=s"], "--source_batches needs"),
     (["--source_batches", "--source_label_independence=records"], "--source_batches needs"),

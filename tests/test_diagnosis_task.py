@@ -322,6 +322,32 @@ def test_the_source_balanced_stream_draws_each_clinic_equally(two_clinic_dataset
                                batch_size=2, training=False, balance_sources=True)
 
 
+def test_one_source_batches_of_the_diagnosis_task_hold_one_clinic_each(two_clinic_dataset,
+                                                                        diagnosis_dataset,
+                                                                        tmp_path):
+    """Clinic a (6 black) and b (3 white): every batch one colour, a's batches at 6/9 of the
+    draws (1/2 with balance_sources); a diagnosis run trains on the stream and a split that
+    names no source is refused before any run folder is made."""
+    mapping = diagnosis.build_mapping(two_clinic_dataset, SIZE, min_records=1)
+    for balance, share in ((False, 6 / 9), (True, 0.5)):
+        ds = diagnosis.make_dataset(two_clinic_dataset, "train", mapping, image_size=SIZE,
+                                    batch_size=4, training=True, one_source_batches=True,
+                                    balance_sources=balance, seed=1)
+        means = [x.numpy().mean(axis=(1, 2, 3)) for x, _ in ds.take(300)]
+        assert all(m.shape == (4,) and np.ptp(m) == 0 for m in means)
+        black = np.mean([m[0] < 0.5 for m in means])
+        assert abs(black - share) < 0.08, (balance, black)
+    common = dict(image_size=SIZE, batch_size=4, epochs=2, seed=0, mixed_precision="off",
+                  verbose=0, task="diagnosis", min_class_records=1, source_batches=True)
+    result = train.train_cnn(train.TrainConfig(data_dir=two_clinic_dataset,
+                                               workdir=str(tmp_path / "run"), **common))
+    assert len(result.history) == 2 and all(np.isfinite(e["loss"]) for e in result.history)
+    with pytest.raises(train.DataError, match="--source_batches .* name 0 source"):
+        train.train_cnn(train.TrainConfig(data_dir=diagnosis_dataset,
+                                          workdir=str(tmp_path / "refused"), **common))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_source_balance_trains_the_diagnosis_task_and_is_refused_without_two_clinics(
         two_clinic_dataset, diagnosis_dataset, tmp_path):
     """The run takes its class weights from the balanced stream (a: 6 nevi; b: 1 nevus, 2

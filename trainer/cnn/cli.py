@@ -96,7 +96,7 @@ def define_flags() -> None:
                       "(source_collection) of the train split equally, so the largest clinic "
                       "does not set what the model learns; epochs keep their length. The "
                       "diagnosis task's class weights follow the classes' rates in that stream.")
-    flags.DEFINE_bool("source_batches", False, "Binary task: draw every training batch from "
+    flags.DEFINE_bool("source_batches", False, "Draw every training batch from "
                       "one acquisition source (a source's share of batches = its share of the "
                       "records, or equal with --source_balance), so batch norm learns to "
                       "normalise by one clinic's statistics, as trainer.cnn.evaluate "

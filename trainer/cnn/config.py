@@ -170,14 +170,13 @@ RULES: tuple[Rule, ...] = (
                                             and not c.synthetic_data),
          "--source_balance needs no --class_balance=sampling and no --synthetic_data (it "
          "samples each source's own records)"),
-    Rule(("source_batches", "task", "class_balance", "synthetic_data",
-          "source_label_independence"),
+    Rule(("source_batches", "class_balance", "synthetic_data", "source_label_independence"),
          lambda c: not c.source_batches or (
-             c.task == "binary" and c.class_balance != "sampling" and not c.synthetic_data
+             c.class_balance != "sampling" and not c.synthetic_data
              and c.source_label_independence == "none"),
-         "--source_batches needs --task=binary, no --class_balance=sampling, no "
-         "--synthetic_data and no --source_label_independence (each batch is drawn from one "
-         "source's own real records)"),
+         "--source_batches needs no --class_balance=sampling, no --synthetic_data and no "
+         "--source_label_independence (each batch is drawn from one source's own real "
+         "records)"),
     Rule(("source_label_independence", "task", "source_balance", "class_balance",
           "synthetic_data", "source_logit_adjustment"),
          lambda c: c.source_label_independence == "none" or (
@@ -294,6 +293,17 @@ def check_resume(config: TrainConfig) -> None:
                           "--workdir")
 
 
+def _in_task(config: TrainConfig) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a manifest count row is a record of the run's task (a known diagnosis, or a
+    benign/malignant label)."""
+    from trainer.cnn.diagnosis import is_unknown
+    from trainer.core.input_pipeline import labelled_record
+
+    if config.task == "diagnosis":
+        return lambda row: not is_unknown(row["diagnosis"])
+    return labelled_record
+
+
 def _check_named_sources(manifest: Mapping[str, Any], config: TrainConfig, flag: str,
                          in_task: Callable[[Mapping[str, Any]], bool], need: str) -> None:
     """DataError unless the train split's records in the task name >= 2 sources
@@ -351,20 +361,11 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
             raise DataError(f"--source_logit_adjustment with --data_dir={config.data_dir}: "
                             f"{e}") from None
     if config.source_balance:  # one stream per named source: >= 2, and no record left out
-        from trainer.cnn.diagnosis import is_unknown
-        from trainer.core.input_pipeline import labelled_record
-
-        def in_task(row) -> bool:
-            return (not is_unknown(row["diagnosis"]) if config.task == "diagnosis"
-                    else labelled_record(row))
-
-        _check_named_sources(manifest, config, "--source_balance", in_task,
+        _check_named_sources(manifest, config, "--source_balance", _in_task(config),
                              "balancing needs >= 2 and every record in one, or those records "
                              "would never be drawn")
     if config.source_batches:  # one stream per named source, as --source_balance
-        from trainer.core.input_pipeline import labelled_record
-
-        _check_named_sources(manifest, config, "--source_batches", labelled_record,
+        _check_named_sources(manifest, config, "--source_batches", _in_task(config),
                              "one-source batches need >= 2 and every record in one, or those "
                              "records would never be drawn")
     if config.source_label_independence != "none":  # every (source, label) group holds one

@@ -192,7 +192,8 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                  manifest: Mapping[str, Any] | None = None,
                  metadata_encoding: int = metadata_features.ENCODING_VERSION,
                  image_ids: bool = False, balance_sources: bool = False,
-                 metadata_fields: Sequence[str] = metadata_features.FIELDS):
+                 metadata_fields: Sequence[str] = metadata_features.FIELDS,
+                 one_source_batches: bool = False):
     """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
     split's records in the task; the binary pipeline's reading, parse, decode, augmentation.
     use_metadata: the input is (images, metadata features by encoding metadata_encoding, with
@@ -201,7 +202,9 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     predictions. balance_sources (training): each named source of the split
     (source_class_counts) is one repeated stream, drawn with equal probability, as the binary
     pipeline's; infinite, so give fit a steps_per_epoch; weight the classes with
-    tasks.source_balanced_class_weights."""
+    tasks.source_balanced_class_weights. one_source_batches (training): every batch from one
+    named source, full batches, a source drawn at its share of the task's records (equally
+    with balance_sources), as the binary pipeline's; infinite."""
     import tensorflow as tf
 
     from isicflow import schema
@@ -263,16 +266,31 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
             ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
         return ds
 
-    if balance_sources:
+    if balance_sources or one_source_batches:
+        name = "one_source_batches" if one_source_batches else "balance_sources"
         if not training:
-            raise ValueError("balance_sources needs training=True")
+            raise ValueError(f"{name} needs training=True")
         per_source = source_class_counts(manifest, split, mapping)
         sources = sorted(s for s, c in per_source.items() if s and sum(c.values()))
         unnamed = sum(per_source.get("", {}).values())
         if len(sources) < 2 or unnamed:
-            raise ValueError(f"balance_sources needs >= 2 named sources in {split!r} of "
+            raise ValueError(f"{name} needs >= 2 named sources in {split!r} of "
                              f"{data_dir} and every record in one; its records in the task "
                              f"name {sources or 'no source_collection'}, {unnamed} name none")
+    if one_source_batches:
+        shares = [1.0 if balance_sources else float(sum(per_source[n].values())) for n in sources]
+        ds = tf.data.Dataset.sample_from_datasets(
+            [ip.augment_and_batch(stream(seed + 11 * i, name).repeat(),
+                                  augment_seed=seed + 11 * i if training and augment else None,
+                                  batch_size=batch_size, drop_remainder=True, as_uint8=as_uint8,
+                                  augmentation=augmentation)
+             for i, name in enumerate(sources)],
+            weights=[share / sum(shares) for share in shares], seed=seed + 2,
+            stop_on_empty_dataset=True)
+        options = tf.data.Options()
+        options.deterministic = bool(deterministic)
+        return ds.prefetch(ip.AUTOTUNE).with_options(options)
+    if balance_sources:
         ds = tf.data.Dataset.sample_from_datasets(
             [stream(seed + 11 * i, name).repeat() for i, name in enumerate(sources)],
             weights=[1.0 / len(sources)] * len(sources), seed=seed + 2,

@@ -270,9 +270,11 @@ class DiagnosisTask:
         train = self._dataset(c, "train", training=True, augment=c.augment, repeat=True,
                               augmentation=c.augmentation,
                               drop_remainder=strategy.num_replicas_in_sync > 1,
-                              balance_sources=c.source_balance, **common)
+                              balance_sources=c.source_balance,
+                              one_source_batches=c.source_batches, **common)
         validation = self._dataset(c, "validation", training=False, **common)
-        return train, validation, _steps(c, n_train, infinite=c.source_balance), n_train
+        return train, validation, _steps(c, n_train, infinite=c.source_balance
+                                         or c.source_batches), n_train
 
     def sample_dataset(self, c: TrainConfig):
         return self._dataset(c, "train", image_size=c.image_size, batch_size=4, training=True,
