@@ -335,14 +335,18 @@ def test_ema_and_the_schedule_work_under_loss_scaling(real_dataset, tmp_path):
     assert all(np.isfinite(e["val_loss"]) for e in result.history)
 
 
+def _clinic_items(n: int, source: str, seed: int) -> list:
+    """n random labelled 40 px images of one source_collection."""
+    return [(px, label, {"source_collection": source})
+            for px, label in shard_fixtures.random_images(n, 40, seed=seed)]
+
+
 def test_source_balance_trains_on_a_two_source_split(tmp_path):
     """--source_balance: one epoch of steps from the per-source streams, the run recorded."""
-    def items(n, source, seed):
-        return [(px, label, {"source_collection": source})
-                for px, label in shard_fixtures.random_images(n, 40, seed=seed)]
     data = shard_fixtures.write_tiny_dataset(
-        tmp_path / "data", {"train": items(8, "clinic_a", 1) + items(2, "clinic_b", 2),
-                            "validation": items(4, "clinic_a", 3)}, SIZE)
+        tmp_path / "data", {"train": _clinic_items(8, "clinic_a", 1)
+                            + _clinic_items(2, "clinic_b", 2),
+                            "validation": _clinic_items(4, "clinic_a", 3)}, SIZE)
     result = train.train_cnn(_config(data, tmp_path / "run", source_balance=True, epochs=2,
                                      steps_per_epoch=2, class_balance="class_weights"))
     assert len(result.history) == 2 and all(np.isfinite(e["loss"]) for e in result.history)
@@ -354,12 +358,10 @@ def test_source_batches_trains_on_a_two_source_split_and_refuses_one_source(tmp_
                                                                           monkeypatch):
     """--source_batches: epochs of one-source batches, recorded; a split whose records name
     one source is refused before anything is written."""
-    def items(n, source, seed):
-        return [(px, label, {"source_collection": source})
-                for px, label in shard_fixtures.random_images(n, 40, seed=seed)]
     data = shard_fixtures.write_tiny_dataset(
-        tmp_path / "data", {"train": items(8, "clinic_a", 1) + items(3, "clinic_b", 2),
-                            "validation": items(4, "clinic_a", 3)}, SIZE)
+        tmp_path / "data", {"train": _clinic_items(8, "clinic_a", 1)
+                            + _clinic_items(3, "clinic_b", 2),
+                            "validation": _clinic_items(4, "clinic_a", 3)}, SIZE)
     asked = []
     make_dataset = ip.make_dataset
 
@@ -375,8 +377,9 @@ def test_source_batches_trains_on_a_two_source_split_and_refuses_one_source(tmp_
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["source_batches"] is True
     one = shard_fixtures.write_tiny_dataset(
-        tmp_path / "one", {"train": items(8, "clinic_a", 1),
-                           "validation": items(4, "clinic_a", 3)}, SIZE)
-    with pytest.raises(ValueError, match=r"--source_batches .* name 1 source\(s\) \['clinic_a'\]"):
+        tmp_path / "one", {"train": _clinic_items(8, "clinic_a", 1),
+                           "validation": _clinic_items(4, "clinic_a", 3)}, SIZE)
+    with pytest.raises(ValueError,
+                       match=r"--source_batches .* name 1 source\(s\) \['clinic_a'\]"):
         train.train_cnn(_config(one, tmp_path / "refused", source_batches=True))
     assert not (tmp_path / "refused").exists()

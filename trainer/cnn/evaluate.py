@@ -69,7 +69,8 @@ def define_flags() -> None:
                          "re-estimated on those images, AdaBN), cross-fitted in N folds by image "
                          "id so no image is scored with statistics it helped estimate "
                          "(trainer.cnn.adapt_batchnorm; --seed picks the sample beyond "
-                         "2,048 images per copy, fewer above 147 px with 2 folds, 1 GiB in all).", lower_bound=0)
+                         "2,048 images per copy, fewer above 147 px with 2 folds, 1 GiB in "
+                         "all).", lower_bound=0)
     flags.mark_flags_as_required(["model", "data_dir"])
 
 
