@@ -77,18 +77,22 @@ def sample_by_fold(batches: Iterable[tuple[Any, Sequence[str]]], folds: int,
     for x, ids in batches:
         x = tuple(np.asarray(p) for p in x) if isinstance(x, (tuple, list)) else np.asarray(x)
         for i, fold in enumerate(fold_of(ids, folds)):
-            row = (tuple(np.array(part[i]) for part in x) if isinstance(x, tuple)
-                   else np.array(x[i]))
+            row = None  # copied only once a sample keeps it (most are not, past `limit`)
             for k in range(folds):
                 if k == fold:
                     continue
-                if len(samples[k]) < limit:
+                j = (len(samples[k]) if len(samples[k]) < limit
+                     else int(rngs[k].integers(0, eligible[k] + 1)))
+                eligible[k] += 1
+                if j >= limit:
+                    continue
+                if row is None:
+                    row = (tuple(np.array(part[i]) for part in x) if isinstance(x, tuple)
+                           else np.array(x[i]))
+                if j == len(samples[k]):
                     samples[k].append(row)
                 else:
-                    j = int(rngs[k].integers(0, eligible[k] + 1))
-                    if j < limit:
-                        samples[k][j] = row
-                eligible[k] += 1
+                    samples[k][j] = row
     return samples, eligible
 
 

@@ -267,14 +267,14 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
         return ds
 
     if balance_sources or one_source_batches:
-        name = "one_source_batches" if one_source_batches else "balance_sources"
+        flag = "one_source_batches" if one_source_batches else "balance_sources"
         if not training:
-            raise ValueError(f"{name} needs training=True")
+            raise ValueError(f"{flag} needs training=True")
         per_source = source_class_counts(manifest, split, mapping)
         sources = sorted(s for s, c in per_source.items() if s and sum(c.values()))
         unnamed = sum(per_source.get("", {}).values())
         if len(sources) < 2 or unnamed:
-            raise ValueError(f"{name} needs >= 2 named sources in {split!r} of "
+            raise ValueError(f"{flag} needs >= 2 named sources in {split!r} of "
                              f"{data_dir} and every record in one; its records in the task "
                              f"name {sources or 'no source_collection'}, {unnamed} name none")
     if one_source_batches:
