@@ -277,34 +277,27 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
             raise ValueError(f"{flag} needs >= 2 named sources in {split!r} of "
                              f"{data_dir} and every record in one; its records in the task "
                              f"name {sources or 'no source_collection'}, {unnamed} name none")
-    if one_source_batches:
-        shares = [1.0 if balance_sources else float(sum(per_source[n].values())) for n in sources]
-        ds = tf.data.Dataset.sample_from_datasets(
+    if one_source_batches:  # batched per source first, so that a batch is one source's
+        return ip.finish(ip.sample_streams(
             [ip.augment_and_batch(stream(seed + 11 * i, name).repeat(),
                                   augment_seed=seed + 11 * i if training and augment else None,
                                   batch_size=batch_size, drop_remainder=True, as_uint8=as_uint8,
                                   augmentation=augmentation)
              for i, name in enumerate(sources)],
-            weights=[share / sum(shares) for share in shares], seed=seed + 2,
-            stop_on_empty_dataset=True)
-        options = tf.data.Options()
-        options.deterministic = bool(deterministic)
-        return ds.prefetch(ip.AUTOTUNE).with_options(options)
+            [1.0 if balance_sources else float(sum(per_source[n].values())) for n in sources],
+            seed + 2), deterministic)
     if balance_sources:
-        ds = tf.data.Dataset.sample_from_datasets(
+        ds = ip.sample_streams(
             [stream(seed + 11 * i, name).repeat() for i, name in enumerate(sources)],
-            weights=[1.0 / len(sources)] * len(sources), seed=seed + 2,
-            stop_on_empty_dataset=True)
+            [1.0] * len(sources), seed + 2)
     else:
         ds = stream(seed)
         if repeat:
             ds = ds.repeat()
-    ds = ip.augment_and_batch(ds, augment_seed=seed if training and augment else None,
-                              batch_size=batch_size, drop_remainder=drop_remainder,
-                              as_uint8=as_uint8, augmentation=augmentation)
-    options = tf.data.Options()
-    options.deterministic = bool(deterministic) or not training
-    return ds.prefetch(ip.AUTOTUNE).with_options(options)
+    return ip.finish(ip.augment_and_batch(ds, augment_seed=seed if training and augment else None,
+                                          batch_size=batch_size, drop_remainder=drop_remainder,
+                                          as_uint8=as_uint8, augmentation=augmentation),
+                     deterministic or not training)
 
 
 def softmax_head(model, num_classes: int):

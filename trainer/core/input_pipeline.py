@@ -234,6 +234,29 @@ def augment_and_batch(ds: tf.data.Dataset, *, augment_seed: int | None, batch_si
         cast(labels)), num_parallel_calls=AUTOTUNE)
 
 
+def sample_streams(streams: Sequence[tf.data.Dataset], shares: Sequence[float],
+                   seed: int) -> tf.data.Dataset:
+    """Each element drawn from streams[i] with probability shares[i] / sum(shares), seeded: the
+    one mixer of every balanced stream (classes, sources, (source, label) groups) and of
+    one-source batches. The streams are infinite (repeated), so the mix is: give fit a
+    steps_per_epoch."""
+    total = float(sum(shares))
+    if len(streams) != len(shares) or not shares or min(shares) < 0 or total <= 0:
+        raise ValueError(f"sample_streams needs one non-negative share per stream with a "
+                         f"positive sum; got {len(streams)} streams, shares {list(shares)}")
+    return tf.data.Dataset.sample_from_datasets(
+        list(streams), weights=[float(share) / total for share in shares], seed=seed,
+        stop_on_empty_dataset=True)
+
+
+def finish(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
+    """The last step of every training and evaluation stream: prefetched, with the element
+    order fixed (deterministic) or left to whichever parallel call finishes first."""
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    return ds.prefetch(AUTOTUNE).with_options(options)
+
+
 def _digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -562,42 +585,32 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         if small:
             logging.warning("one_source_batches: %s hold fewer records than a batch of %d: "
                             "their batches repeat images", small, batch_size)
-        shares = ([1.0] * len(sources) if balance_sources
-                  else [float(per_source[name]) for name in sources])
-        ds = tf.data.Dataset.sample_from_datasets(
+        ds = sample_streams(  # batched per source first, so that a batch is one source's
             [batched(stream(None, seed + 11 * i, name).repeat(),
                      seed + 11 * i if training and augment else None, True, 11 * i)
              for i, name in enumerate(sources)],
-            weights=[share / sum(shares) for share in shares], seed=seed + 2,
-            stop_on_empty_dataset=True)
-        options = tf.data.Options()
-        options.deterministic = bool(deterministic)
-        return ds.prefetch(AUTOTUNE).with_options(options)
+            [1.0 if balance_sources else float(per_source[name]) for name in sources], seed + 2)
+        return finish(ds, deterministic)
     if balance_classes:
-        ds = tf.data.Dataset.sample_from_datasets(
-            [stream(0, seed).repeat(), stream(1, seed + 7).repeat()], weights=[0.5, 0.5],
-            seed=seed + 2, stop_on_empty_dataset=True)
+        ds = sample_streams([stream(0, seed).repeat(), stream(1, seed + 7).repeat()],
+                            [1.0, 1.0], seed + 2)
     elif balance_sources:
         sources = train_sources(manifest, split)
         if len(sources) < 2:
             raise ValueError(f"balance_sources needs >= 2 sources in {split!r} of {data_dir}; "
                              f"it holds {sources or 'no source_collection'}")
-        ds = tf.data.Dataset.sample_from_datasets(
+        ds = sample_streams(
             [stream(None, seed + 11 * i, name).repeat() for i, name in enumerate(sources)],
-            weights=[1.0 / len(sources)] * len(sources), seed=seed + 2,
-            stop_on_empty_dataset=True)
+            [1.0] * len(sources), seed + 2)
     elif source_label_weights is not None:
         groups = sorted(source_label_weights)
-        ds = tf.data.Dataset.sample_from_datasets(
+        ds = sample_streams(
             [stream(label, seed + 11 * i, source).repeat()
              for i, (source, label) in enumerate(groups)],
-            weights=[float(source_label_weights[g]) for g in groups], seed=seed + 2,
-            stop_on_empty_dataset=True)
+            [float(source_label_weights[g]) for g in groups], seed + 2)
     else:
         ds = stream()
         if repeat:
             ds = ds.repeat()
-    ds = batched(ds, seed if training and augment else None, drop_remainder).prefetch(AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = bool(deterministic)
-    return ds.with_options(options)
+    return finish(batched(ds, seed if training and augment else None, drop_remainder),
+                  deterministic)
