@@ -305,6 +305,8 @@ def test_time_budget_stops_after_the_epoch_it_ran_out(real_dataset, tmp_path):
     assert result.summary["stopped_by_time_budget_after_epoch"] == 1
 
 
+@pytest.mark.slow  # ~60 s; its config is parsed by test_cnn_train, its levers trained
+# together in-process by test_every_lever_together_..., the command line by test_cnn_train
 def test_the_tiny_recipe_config_trains_through_the_command_line(real_dataset, tmp_path):
     workdir = tmp_path / "run"
     done = subprocess.run(

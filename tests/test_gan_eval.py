@@ -224,6 +224,8 @@ def test_one_untimed_checkpoint_is_left_off_the_cpu_axis_not_the_whole_curve():
     timed, drawn = curve.plot_rows(rows + [{"run": "old", "step": 4, "train_cpu_s": None}])
     assert not timed and [r["step"] for r in drawn["a"]] == [10, 15] and len(drawn["old"]) == 1
 
+
+@pytest.mark.slow  # ~16 s, two TensorFlow processes: the renamed command's alias only
 def test_the_old_sample_command_writes_what_the_new_one_does(trained, tmp_path):
     """`trainer.dcgan sample --checkpoint --out` still works: its flags renamed, its seed kept."""
     _, run = trained
