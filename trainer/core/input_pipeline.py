@@ -238,8 +238,9 @@ def sample_streams(streams: Sequence[tf.data.Dataset], shares: Sequence[float],
                    seed: int) -> tf.data.Dataset:
     """Each element drawn from streams[i] with probability shares[i] / sum(shares), seeded: the
     one mixer of every balanced stream (classes, sources, (source, label) groups) and of
-    one-source batches. The streams are infinite (repeated), so the mix is: give fit a
-    steps_per_epoch."""
+    one-source batches. The streams are repeated, so the mix is infinite: give fit a
+    steps_per_epoch. Negative shares, or none above zero, are an error (TensorFlow would
+    drop them or yield nothing)."""
     total = float(sum(shares))
     if len(streams) != len(shares) or not shares or min(shares) < 0 or total <= 0:
         raise ValueError(f"sample_streams needs one non-negative share per stream with a "
@@ -250,7 +251,7 @@ def sample_streams(streams: Sequence[tf.data.Dataset], shares: Sequence[float],
 
 
 def finish(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
-    """The last step of every training and evaluation stream: prefetched, with the element
+    """The last step of make_dataset's streams (both tasks): prefetched, with the element
     order fixed (deterministic) or left to whichever parallel call finishes first."""
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
