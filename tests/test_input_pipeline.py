@@ -1,4 +1,6 @@
 """trainer.core.input_pipeline on tiny datasets written in the data engine's layout."""
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -213,3 +215,16 @@ def test_source_balanced_sampling_refuses_what_it_cannot_balance(dataset_dir):
     with pytest.raises(ValueError, match="balance_sources needs training=True"):
         ip.make_dataset(dataset_dir, "validation", image_size=SIZE, batch_size=2,
                         training=False, balance_sources=True)
+
+
+def test_sample_streams_draws_at_the_shares_and_refuses_shares_that_cannot_be_drawn():
+    """Shares are normalised (3:1 gives 0.75 of the draws); a negative share, none above zero,
+    or a share count unlike the stream count is a ValueError with the shares in it."""
+    ones = tf.data.Dataset.from_tensors(1).repeat()
+    zeros = tf.data.Dataset.from_tensors(0).repeat()
+    drawn = np.array(list(ip.sample_streams([ones, zeros], [3, 1], seed=0)
+                          .take(4000).as_numpy_iterator()))
+    assert abs(drawn.mean() - 0.75) < 0.04  # sd 0.007
+    for shares in ([1.0, -1.0], [0.0, 0.0], [1.0]):
+        with pytest.raises(ValueError, match=re.escape(str(shares))):
+            ip.sample_streams([ones, zeros], shares, seed=0)
