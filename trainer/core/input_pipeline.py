@@ -576,11 +576,13 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                                  mix_seed=seed + 3 + offset if mixing else None,
                                  mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
 
-    if one_source_batches:
+    if one_source_batches or balance_sources:  # one repeated stream per source
+        flag = "one_source_batches" if one_source_batches else "balance_sources"
         sources = train_sources(manifest, split)
         if len(sources) < 2:
-            raise ValueError(f"one_source_batches needs >= 2 sources in {split!r} of "
-                             f"{data_dir}; it holds {sources or 'no source_collection'}")
+            raise ValueError(f"{flag} needs >= 2 sources in {split!r} of {data_dir}; "
+                             f"it holds {sources or 'no source_collection'}")
+    if one_source_batches:
         per_source = dataset_lib.records_per_source(manifest, split, labelled_record)
         small = {name: per_source[name] for name in sources if per_source[name] < batch_size}
         if small:
@@ -596,10 +598,6 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         ds = sample_streams([stream(0, seed).repeat(), stream(1, seed + 7).repeat()],
                             [1.0, 1.0], seed + 2)
     elif balance_sources:
-        sources = train_sources(manifest, split)
-        if len(sources) < 2:
-            raise ValueError(f"balance_sources needs >= 2 sources in {split!r} of {data_dir}; "
-                             f"it holds {sources or 'no source_collection'}")
         ds = sample_streams(
             [stream(None, seed + 11 * i, name).repeat() for i, name in enumerate(sources)],
             [1.0] * len(sources), seed + 2)
