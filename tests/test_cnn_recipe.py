@@ -323,17 +323,22 @@ def test_the_tiny_recipe_config_trains_through_the_command_line(real_dataset, tm
 
 def test_ema_and_the_schedule_work_under_loss_scaling(real_dataset, tmp_path):
     """mixed_float16 wraps the optimizer in a LossScaleOptimizer: SwapEMAWeights finds the
-    inner optimizer's EMA, and the logged rate follows the schedule (at the applied steps:
-    float16 steps that overflow at the loss scale are skipped and not counted)."""
+    inner optimizer's EMA, and the logged rate follows the schedule at the applied steps.
+    Float16 steps that overflow at the loss scale are skipped and not counted, and how many
+    of the first steps overflow varies from run to run (seen: 2 or 3 of 4), so the test
+    asks for a rate on the schedule's grid, never rising, and at least one applied step in 6
+    (the scale halves at each overflow)."""
     result = train.train_cnn(_config(real_dataset, tmp_path, model="compact", augment=True,
                                      mixed_precision="mixed_float16", optimizer="adamw",
-                                     lr_schedule="cosine", epochs=2, steps_per_epoch=3,
+                                     lr_schedule="cosine", epochs=3, steps_per_epoch=2,
                                      ema_decay=0.9))  # augment: result.model is fit's model
     assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
     optimizer = result.model.optimizer.inner_optimizer
     assert optimizer.use_ema
-    rates = [e["learning_rate"] for e in result.history]
-    assert 1e-3 + 1e-9 >= rates[0] > rates[1] >= 0  # read through the LossScaleOptimizer
+    rates = [e["learning_rate"] for e in result.history]  # read through the LossScaleOptimizer
+    grid = [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(7)]  # 3 epochs x 2
+    assert all(min(abs(r - g) for g in grid) < 1e-7 for r in rates), rates
+    assert rates == sorted(rates, reverse=True) and rates[-1] < grid[0] - 1e-7, rates
     assert all(np.isfinite(e["val_loss"]) for e in result.history)
 
 
