@@ -1,6 +1,7 @@
 """Shared fixtures: the real sample lives beside the checkout, never inside it."""
 import os
 import pathlib
+import sys
 
 import pytest
 
@@ -8,6 +9,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "isic-uda1"
+
+
+def pytest_runtest_setup(item):
+    """Tests marked `eager_steps` run tf.functions (Keras' train/test/predict steps, the GAN's
+    step) eagerly: they check what one to three steps compute, and tracing those steps cost
+    them more than running them (the fast suite lost ~4 of its 11 minutes to it). `graph`
+    keeps a test traced inside such a module. The program tests, which run the trainers in a
+    subprocess as users do, always trace; tf.data functions always trace."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:  # a test module that never imported TensorFlow has nothing to switch
+        eager = item.get_closest_marker("eager_steps") and not item.get_closest_marker("graph")
+        tf.config.run_functions_eagerly(bool(eager))
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ from trainer.cnn import cli, recipe, train
 cli.define_flags()  # the CNN trainer's flags, as its program defines them
 from trainer.core import augmentations, input_pipeline as ip, runtime
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 FLAGS = flags.FLAGS
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32

@@ -15,6 +15,8 @@ from absl import flags
 from tests import shard_fixtures
 from trainer.cnn import cli, train
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 cli.define_flags()  # the CNN trainer's flags, as its program defines them
 
 FLAGS = flags.FLAGS
@@ -260,6 +262,7 @@ _TWO_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.graph  # the strategy's replicated step as a real run traces it
 def test_two_logical_devices_train_with_a_mirrored_strategy(real_dataset, tmp_path):
     done = subprocess.run([sys.executable, "-c", _TWO_DEVICES, real_dataset, str(tmp_path)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,

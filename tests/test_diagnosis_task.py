@@ -12,6 +12,8 @@ from PIL import Image
 from tests import shard_fixtures
 from trainer.cnn import cli, diagnosis, export, predict, train
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 cli.define_flags()  # the CNN trainer's flags, as its program defines them
 
 SIZE = 32

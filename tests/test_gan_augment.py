@@ -14,6 +14,8 @@ from trainer.gan import augment
 from trainer.gan import models as gan_models
 from trainer.gan import training as gan_training
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 
 def _ones(n=64, size=16):
     return tf.ones((n, size, size, 3))

@@ -16,6 +16,8 @@ from trainer.gan import models as gan_models
 from trainer.gan import sampling as gan_sampling
 from trainer.gan import training as gan_training
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LATENT, WIDTH = 8, 4
 

@@ -15,6 +15,8 @@ from trainer.gan import models as gan_models
 from trainer.gan import sampling as gan_sampling
 from trainer.gan import training as gan_training
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
 RECIPE = dict(architecture="deep", width=4, spectral_norm=True,

@@ -35,6 +35,8 @@ from PIL import Image  # noqa: E402
 
 from tests import shard_fixtures  # noqa: E402
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 SIZE = 32
 META = [{"age_approx": 45.0, "sex": "female", "anatom_site": "head/neck"},
         {"age_approx": -1.0, "sex": "", "anatom_site": ""},

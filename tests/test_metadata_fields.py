@@ -9,6 +9,8 @@ import pytest
 
 from trainer.core import metadata_features as mf
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 AGE = slice(0, 2)  # age_scaled, age_missing
 SEX = slice(2, 5)
 SITE = slice(5, mf.METADATA_DIM)

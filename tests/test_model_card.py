@@ -9,6 +9,8 @@ from isicflow import dataset
 from tests import shard_fixtures
 from trainer.cnn import model_card
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 SIZE = 32
 SECTIONS = ["Intended use", "Training data", "Validation and test metrics",
             "Per source and per subgroup", "Threshold", "Known failure modes and limits"]

@@ -12,6 +12,8 @@ from sklearn.metrics import balanced_accuracy_score
 from benchmarks import protocol, protocol_diagnosis as pd
 from trainer.core import metrics
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 CLASSES = ["nevus", "melanoma", "bkl", "bcc"]
 TRUE = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
 PRED = np.array([0, 0, 0, 1, 1, 0, 2, 2, 1, 3])

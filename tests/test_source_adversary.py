@@ -13,6 +13,8 @@ from tests import shard_fixtures
 from trainer.cnn import cli, config as config_lib, models, train
 from trainer.core import input_pipeline as ip, source_adversary
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 cli.define_flags()  # the CNN trainer's flags, as its program defines them
 
 SIZE = 32
@@ -247,7 +249,9 @@ def test_train_records_without_a_source_are_refused_before_the_run_folder(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("augment", [False, True])  # uint8 input to fit, and float
+# augment=False: uint8 input to fit, and the custom train step traced as a real run traces it
+# (the module's other tests run it eagerly); True: float input.
+@pytest.mark.parametrize("augment", [pytest.param(False, marks=pytest.mark.graph), True])
 def test_a_tiny_run_trains_with_the_adversary_and_saves_the_plain_model(two_sources, tmp_path,
                                                                         augment):
     result = train.train_cnn(_config(two_sources, tmp_path, augment=augment,

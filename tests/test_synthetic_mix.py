@@ -13,6 +13,8 @@ from trainer.cnn import cli, train
 cli.define_flags()  # the CNN trainer's flags, as its program defines them
 from trainer.core import input_pipeline, synthetic_mix
 
+pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
+
 SIZE = 16
 SYNTHETIC_VALUE = 7  # every generated pixel; no real (random) image is constant
 
