@@ -11,10 +11,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "isic-uda1"
 
 
+@pytest.hookimpl(tryfirst=True)  # before the fixtures: a module fixture that trains runs eagerly too
 def pytest_runtest_setup(item):
     """Tests marked `eager_steps` run tf.functions (Keras' train/test/predict steps, the GAN's
     step) eagerly: they check what one to three steps compute, and tracing those steps cost
-    them more than running them (the fast suite lost ~4 of its 11 minutes to it). `graph`
+    them more than running them (2 of the fast suite's 22 summed test minutes). `graph`
     keeps a test traced inside such a module. The program tests, which run the trainers in a
     subprocess as users do, always trace; tf.data functions always trace."""
     tf = sys.modules.get("tensorflow")
