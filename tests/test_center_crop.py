@@ -154,6 +154,7 @@ def test_grad_cam_places_the_map_in_the_box_not_stretched():
         cam[..., None], (16, 16), method="bilinear")[..., 0].numpy())
 
 
+@pytest.mark.eager_steps  # one step: tracing it cost more than running it (conftest)
 def test_one_training_step_through_the_trainer_keeps_the_crop(tmp_path, sample_dir):
     from tests import shard_fixtures
     from trainer.cnn import train

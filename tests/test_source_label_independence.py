@@ -187,6 +187,7 @@ def test_a_source_without_one_class_is_refused_before_the_run_folder(two_sources
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.eager_steps  # two steps: tracing them cost more than running them (conftest)
 def test_a_tiny_run_trains_on_the_independent_stream(skewed_sources, tmp_path):
     result = train.train_cnn(_config(skewed_sources, tmp_path, class_balance="class_weights",
                                      augment=True))
