@@ -208,6 +208,7 @@ def test_mixed_float16_scales_the_loss(real_dataset, tmp_path):
     assert np.isfinite(result.history[0]["loss"])
 
 
+@pytest.mark.graph  # the trace a real (traced) run writes
 def test_profile_steps_write_a_trace_the_profile_tab_reads_with_step_times(real_dataset,
                                                                            tmp_path):
     """#14: without root step markers XProf's Overview and Input Pipeline Analyzer showed
@@ -294,6 +295,7 @@ def test_command_line_trains_evaluates_and_exports(real_dataset, tmp_path):
     assert bad.returncode != 0 and "--dropout=2" in bad.stderr
 
 
+@pytest.mark.graph  # XLA compiles only a traced step
 def test_jit_compile_trains(real_dataset, tmp_path):
     result = train.train_cnn(_config(real_dataset, tmp_path, jit_compile=True, steps_per_epoch=2))
     assert np.isfinite(result.history[0]["loss"]) and result.model.jit_compile

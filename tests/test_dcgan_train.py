@@ -68,6 +68,7 @@ def test_training_writes_grids_scalars_history_and_checkpoint(data_dir, tmp_path
     assert summary["last_checkpoint"].endswith("ckpt-4")
 
 
+@pytest.mark.graph  # the trace a real (traced) run writes
 def test_profile_steps_write_a_trace_with_step_markers_the_profile_tab_counts(data_dir,
                                                                               tmp_path):
     from trainer.core import profiling
