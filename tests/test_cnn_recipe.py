@@ -341,6 +341,8 @@ def test_ema_and_the_schedule_work_under_loss_scaling(real_dataset, tmp_path):
     grid = [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(7)]  # 3 epochs x 2
     assert all(min(abs(r - g) for g in grid) < 1e-7 for r in rates), rates
     assert rates == sorted(rates, reverse=True) and rates[-1] < grid[0] - 1e-7, rates
+    # at most 2 steps applied per epoch: never below the schedule at 2, 4, 6 steps
+    assert all(r >= grid[2 * (i + 1)] - 1e-7 for i, r in enumerate(rates)), rates
     assert all(np.isfinite(e["val_loss"]) for e in result.history)
 
 

@@ -200,6 +200,7 @@ def test_mixed_bfloat16_trains_with_float32_output(real_dataset, tmp_path):
     assert out.dtype.name == "float32" and np.isfinite(result.history[0]["loss"])
 
 
+@pytest.mark.graph  # the loss-scaled step (a stateful tf.cond) as a GPU run traces it
 def test_mixed_float16_scales_the_loss(real_dataset, tmp_path):
     result = train.train_cnn(_config(real_dataset, tmp_path, mixed_precision="mixed_float16"))
     assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -263,7 +264,6 @@ _TWO_DEVICES = textwrap.dedent("""
 """)
 
 
-@pytest.mark.graph  # the strategy's replicated step as a real run traces it
 def test_two_logical_devices_train_with_a_mirrored_strategy(real_dataset, tmp_path):
     done = subprocess.run([sys.executable, "-c", _TWO_DEVICES, real_dataset, str(tmp_path)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,

@@ -9,8 +9,6 @@ keras = pytest.importorskip("keras")
 
 from trainer.cnn.color_constancy import ShadesOfGrey  # noqa: E402
 
-pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
-
 
 def _lesion(rng: np.random.Generator) -> np.ndarray:
     """A skin-toned field with a darker blob, values in [0, 1]."""

@@ -12,8 +12,6 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from benchmarks import compare, ensemble, protocol, protocol_diagnosis as pd
 from trainer.core import metrics
 
-pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
-
 CLASSES = ["nevus", "melanoma", "bkl"]
 IDS = [f"ISIC_{i:07d}" for i in range(12)]
 TRUE = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])

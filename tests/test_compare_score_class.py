@@ -11,8 +11,6 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks import compare, protocol
 
-pytestmark = pytest.mark.eager_steps  # one to three steps each: tracing cost more (conftest)
-
 CLASSES = ["nevus", "melanoma", "bkl", "bcc"]
 IDS = [f"ISIC_{i:07d}" for i in range(16)]
 TRUE = np.repeat(np.arange(4), 4)  # four images of each class

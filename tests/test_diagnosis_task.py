@@ -203,6 +203,7 @@ def test_balanced_accuracy_metric_equals_sklearn_over_batches():
     assert float(metric.result()) == pytest.approx(0.5)
 
 
+@pytest.mark.graph  # the softmax head and BalancedAccuracy (bincount) as a real run traces them
 def test_monitor_val_balanced_accuracy_trains_and_keeps_its_best(diagnosis_dataset, tmp_path):
     result = train.train_cnn(train.TrainConfig(
         data_dir=diagnosis_dataset, workdir=str(tmp_path / "run"), image_size=SIZE,

@@ -130,6 +130,7 @@ def test_r1_under_mixed_float16_matches_float32(float32_policy):  # noqa: F811
     assert want > 0 and got == pytest.approx(want, rel=0.05)
 
 
+@pytest.mark.graph  # R1's nested tape, ADA's p update and DiffAugment as a real run traces them
 def test_adaptive_run_records_p_and_r1_and_resumes_p(data_dir, tmp_path):  # noqa: F811
     run = tmp_path / "run"
     config = _config(data_dir, run, steps_per_epoch=3, diffaugment_p=0.5, ada_target=0.6,
