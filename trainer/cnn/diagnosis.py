@@ -277,15 +277,14 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
             raise ValueError(f"{flag} needs >= 2 named sources in {split!r} of "
                              f"{data_dir} and every record in one; its records in the task "
                              f"name {sources or 'no source_collection'}, {unnamed} name none")
-    if one_source_batches:  # batched per source first, so that a batch is one source's
-        return ip.finish(ip.sample_streams(
-            [ip.augment_and_batch(stream(seed + 11 * i, name).repeat(),
-                                  augment_seed=seed + 11 * i if training and augment else None,
-                                  batch_size=batch_size, drop_remainder=True, as_uint8=as_uint8,
-                                  augmentation=augmentation)
-             for i, name in enumerate(sources)],
+    if one_source_batches:
+        return ip.finish(ip.one_source_batch_stream(
+            sources,
             [1.0 if balance_sources else float(sum(per_source[n].values())) for n in sources],
-            seed + 2), deterministic)
+            seed=seed, augment=augment, stream=stream,
+            batch=lambda ds, augment_seed, offset: ip.augment_and_batch(
+                ds, augment_seed=augment_seed, batch_size=batch_size, drop_remainder=True,
+                as_uint8=as_uint8, augmentation=augmentation)), deterministic)
     if balance_sources:
         ds = ip.sample_streams(
             [stream(seed + 11 * i, name).repeat() for i, name in enumerate(sources)],

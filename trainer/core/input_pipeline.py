@@ -250,6 +250,20 @@ def sample_streams(streams: Sequence[tf.data.Dataset], shares: Sequence[float],
         stop_on_empty_dataset=True)
 
 
+def one_source_batch_stream(sources: Sequence[str], shares: Sequence[float], *, seed: int,
+                            augment: bool,
+                            stream: Callable[[int, str], tf.data.Dataset],
+                            batch: Callable[[tf.data.Dataset, int | None, int], tf.data.Dataset]
+                            ) -> tf.data.Dataset:
+    """Batches that each hold one source's records (both tasks' --source_batches): source i's
+    records, stream(seed + 11 i, name), repeated and batched whole first, by batch(ds,
+    augment seed or None, offset 11 i), then drawn a batch at a time at shares (sample_streams,
+    seed + 2). The per-source seeds and offsets are fixed here, so both tasks draw alike."""
+    return sample_streams(
+        [batch(stream(seed + 11 * i, name).repeat(), seed + 11 * i if augment else None, 11 * i)
+         for i, name in enumerate(sources)], shares, seed + 2)
+
+
 def finish(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
     """The last step of make_dataset's streams (both tasks): prefetched, with the element
     order fixed (deterministic) or left to whichever parallel call finishes first."""
@@ -588,12 +602,12 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         if small:
             logging.warning("one_source_batches: %s hold fewer records than a batch of %d: "
                             "their batches repeat images", small, batch_size)
-        ds = sample_streams(  # batched per source first, so that a batch is one source's
-            [batched(stream(None, seed + 11 * i, name).repeat(),
-                     seed + 11 * i if training and augment else None, True, 11 * i)
-             for i, name in enumerate(sources)],
-            [1.0 if balance_sources else float(per_source[name]) for name in sources], seed + 2)
-        return finish(ds, deterministic)
+        return finish(one_source_batch_stream(
+            sources, [1.0 if balance_sources else float(per_source[name]) for name in sources],
+            seed=seed, augment=training and augment,
+            stream=lambda stream_seed, name: stream(None, stream_seed, name),
+            batch=lambda ds, augment_seed, offset: batched(ds, augment_seed, True, offset)),
+            deterministic)
     if balance_classes:
         ds = sample_streams([stream(0, seed).repeat(), stream(1, seed + 7).repeat()],
                             [1.0, 1.0], seed + 2)
