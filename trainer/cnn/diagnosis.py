@@ -278,17 +278,16 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                              f"{data_dir} and every record in one; its records in the task "
                              f"name {sources or 'no source_collection'}, {unnamed} name none")
     if one_source_batches:
-        return ip.finish(ip.one_source_batch_stream(
+        return ip.finish(ip.per_source_mix(
             sources,
             [1.0 if balance_sources else float(sum(per_source[n].values())) for n in sources],
-            seed=seed, augment=augment, stream=stream,
-            batch=lambda ds, augment_seed, offset: ip.augment_and_batch(
-                ds, augment_seed=augment_seed, batch_size=batch_size, drop_remainder=True,
-                as_uint8=as_uint8, augmentation=augmentation)), deterministic)
+            seed=seed, stream=stream,
+            each=lambda ds, source_seed: ip.augment_and_batch(
+                ds, augment_seed=source_seed if augment else None, batch_size=batch_size,
+                drop_remainder=True, as_uint8=as_uint8, augmentation=augmentation)),
+            deterministic)
     if balance_sources:
-        ds = ip.sample_streams(
-            [stream(seed + 11 * i, name).repeat() for i, name in enumerate(sources)],
-            [1.0] * len(sources), seed + 2)
+        ds = ip.per_source_mix(sources, [1.0] * len(sources), seed=seed, stream=stream)
     else:
         ds = stream(seed)
         if repeat:

@@ -250,18 +250,20 @@ def sample_streams(streams: Sequence[tf.data.Dataset], shares: Sequence[float],
         stop_on_empty_dataset=True)
 
 
-def one_source_batch_stream(sources: Sequence[str], shares: Sequence[float], *, seed: int,
-                            augment: bool,
-                            stream: Callable[[int, str], tf.data.Dataset],
-                            batch: Callable[[tf.data.Dataset, int | None, int], tf.data.Dataset]
-                            ) -> tf.data.Dataset:
-    """Batches that each hold one source's records (both tasks' --source_batches): source i's
-    records, stream(seed + 11 i, name), repeated and batched whole first, by batch(ds,
-    augment seed or None, offset 11 i), then drawn a batch at a time at shares (sample_streams,
-    seed + 2). The per-source seeds and offsets are fixed here, so both tasks draw alike."""
-    return sample_streams(
-        [batch(stream(seed + 11 * i, name).repeat(), seed + 11 * i if augment else None, 11 * i)
-         for i, name in enumerate(sources)], shares, seed + 2)
+def per_source_mix(sources: Sequence[str], shares: Sequence[float], *, seed: int,
+                   stream: Callable[[int, str], tf.data.Dataset],
+                   each: Callable[[tf.data.Dataset, int], tf.data.Dataset] | None = None
+                   ) -> tf.data.Dataset:
+    """One repeated stream per source, drawn at shares (sample_streams, seed + 2): both tasks'
+    --source_balance and --source_batches. Source i's records are stream(seed + 11 i, name),
+    passed through each(ds, seed + 11 i) when given (one-source batches: batched whole there,
+    so that a batch is one source's). The per-source seeds live here, so every mix draws alike."""
+    streams = []
+    for i, name in enumerate(sources):
+        source_seed = seed + 11 * i
+        ds = stream(source_seed, name).repeat()
+        streams.append(ds if each is None else each(ds, source_seed))
+    return sample_streams(streams, shares, seed + 2)
 
 
 def finish(ds: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
@@ -602,19 +604,18 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         if small:
             logging.warning("one_source_batches: %s hold fewer records than a batch of %d: "
                             "their batches repeat images", small, batch_size)
-        return finish(one_source_batch_stream(
+        return finish(per_source_mix(
             sources, [1.0 if balance_sources else float(per_source[name]) for name in sources],
-            seed=seed, augment=training and augment,
-            stream=lambda stream_seed, name: stream(None, stream_seed, name),
-            batch=lambda ds, augment_seed, offset: batched(ds, augment_seed, True, offset)),
+            seed=seed, stream=lambda stream_seed, name: stream(None, stream_seed, name),
+            each=lambda ds, source_seed: batched(
+                ds, source_seed if training and augment else None, True, source_seed - seed)),
             deterministic)
     if balance_classes:
         ds = sample_streams([stream(0, seed).repeat(), stream(1, seed + 7).repeat()],
                             [1.0, 1.0], seed + 2)
     elif balance_sources:
-        ds = sample_streams(
-            [stream(None, seed + 11 * i, name).repeat() for i, name in enumerate(sources)],
-            [1.0] * len(sources), seed + 2)
+        ds = per_source_mix(sources, [1.0] * len(sources), seed=seed,
+                            stream=lambda stream_seed, name: stream(None, stream_seed, name))
     elif source_label_weights is not None:
         groups = sorted(source_label_weights)
         ds = sample_streams(
