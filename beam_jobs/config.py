@@ -39,6 +39,7 @@ class PreprocessConfig:
     reduced_decode: bool = True
     split_fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
     balance: str = "none"
+    train_fraction: float = 1.0  # share of the train split's groups written (learning curves)
     seed: int = 0
     overwrite: bool = False
     synthetic: bool = False
@@ -171,8 +172,14 @@ def build_arg_parser() -> ArgumentParser:
     spl.add_argument("--split", default="70,20,10", help="train,validation,test proportions")
     spl.add_argument("--balance", default="none", choices=("none", "undersample"),
                      help="undersample: all malignant and as many benign (the study's set)")
+    spl.add_argument("--train_fraction", type=float, default=1.0,
+                     help="write this share (0, 1] of the train split's patient/lesion groups, "
+                          "per label, after the split is made (validation and test unchanged; "
+                          "the rest recorded as filtered): a learning curve's smaller sets, "
+                          "each nested in the larger")
     spl.add_argument("--seed", type=int, default=0,
-                     help="of the split assignment and of --balance's sample")
+                     help="of the split assignment and of --balance's and --train_fraction's "
+                          "samples")
     return p
 
 
@@ -256,6 +263,8 @@ def parse_config(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str
     if args.num_shards < 0 or args.target_shard_mb <= 0:
         parser.error(f"--num_shards >= 0 and --target_shard_mb > 0 needed, got "
                      f"{args.num_shards}, {args.target_shard_mb}")
+    if not 0.0 < args.train_fraction <= 1.0:
+        parser.error(f"--train_fraction must be in (0, 1], got {args.train_fraction}")
     if args.min_original_size < 0 or args.max_pixels <= 0:
         parser.error(f"bad size limits: --min_original_size={args.min_original_size} "
                      f"--max_pixels={args.max_pixels}")
@@ -279,7 +288,8 @@ def parse_config(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str
         exclude_collections=tuple(c.upper() for c in _csv(args.exclude_collections)),
         label_policy=args.label_policy, min_original_size=args.min_original_size,
         max_pixels=args.max_pixels, reduced_decode=not args.no_reduced_decode,
-        split_fractions=fractions, balance=args.balance, seed=args.seed,
+        split_fractions=fractions, balance=args.balance, train_fraction=args.train_fraction,
+        seed=args.seed,
         overwrite=args.overwrite, synthetic=args.input is None,
         near_duplicates=args.near_duplicates, keep_degenerate=args.keep_degenerate,
         allow_empty=args.allow_empty,

@@ -75,6 +75,28 @@ def assign_splits(group_labels: Iterable[tuple[str, str]],
     return assignment
 
 
+def subsample_groups(group_labels: Iterable[tuple[str, str]], fraction: float,
+                     seed: int = 0) -> set[str]:
+    """The groups --train_fraction keeps of a split: per label (a group's most frequent label,
+    ties to the smaller name), the first max(1, round(fraction x n)) of its n groups in a seeded
+    hash order. The order does not depend on the fraction, so with one seed a smaller
+    fraction's groups are a subset of a larger one's: a learning curve adds data, it does not
+    swap it. group_labels: one (group_key, label) pair per image."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"--train_fraction must be in (0, 1], got {fraction}")
+    per_group: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for group, label in group_labels:
+        per_group[group][label] += 1
+    by_label: dict[str, list[str]] = collections.defaultdict(list)
+    for group, labels in per_group.items():
+        by_label[min(labels, key=lambda lab: (-labels[lab], lab))].append(group)
+    kept: set[str] = set()
+    for groups in by_label.values():
+        ordered = sorted(groups, key=lambda g: (stable_hash(f"train_fraction:{g}", seed), g))
+        kept.update(ordered[:max(1, round(fraction * len(ordered)))])
+    return kept
+
+
 def select_balanced(items: Iterable[tuple[str, str]], seed: int = 0) -> set[str]:
     """The study's balanced set: every malignant image and as many benign ones, chosen by a
     seeded hash. items: (image_id, label). Returns the image ids to keep (unknowns dropped)."""

@@ -249,6 +249,7 @@ class DatasetPlan:
     near_duplicate_of: dict = dataclasses.field(default_factory=dict)  # --near_duplicates=drop:
     #                         image_id -> the smallest id of its near-duplicate group, kept
     near_duplicate_groups: tuple = ()  # (sorted ids, ...) of every near-duplicate group found
+    train_fraction_out: frozenset = frozenset()  # train image ids left out by --train_fraction
 
     @property
     def written(self) -> int:
@@ -257,7 +258,8 @@ class DatasetPlan:
 
 def plan_dataset(images: list[ImageKey], config: PreprocessConfig) -> DatasetPlan:
     """Pure: duplicates (smallest id kept), near-duplicates (grouped, or all but the smallest id
-    dropped), balance, group-aware splits, ranks, shard counts.
+    dropped), balance, group-aware splits, --train_fraction's share of the train groups, ranks,
+    shard counts.
 
     Near-duplicate groups are found among the images left after byte-identical duplicates
     (isicflow.image_checks.near_duplicate_groups), before balancing. With 'group', each group is
@@ -295,6 +297,17 @@ def plan_dataset(images: list[ImageKey], config: PreprocessConfig) -> DatasetPla
     by_group = splits.assign_splits(((group_of[im.image_id], im.label) for im in kept_images),
                                     config.split_fractions, config.seed)
     split_of = {im.image_id: by_group[group_of[im.image_id]] for im in kept_images}
+    left_out: frozenset = frozenset()
+    if config.train_fraction < 1.0:  # after the split, so validation and test do not move
+        train = [im for im in kept_images if split_of[im.image_id] == "train"]
+        keep_groups = splits.subsample_groups(
+            ((group_of[im.image_id], im.label) for im in train), config.train_fraction,
+            config.seed)
+        left_out = frozenset(im.image_id for im in train
+                             if group_of[im.image_id] not in keep_groups)
+        kept_images = [im for im in kept_images if im.image_id not in left_out]
+        for image_id in left_out:
+            del split_of[image_id]
     del group_of, by_group
     rank_of, seen = {}, {s: 0 for s in splits.SPLITS}
     totals: dict = {}
@@ -310,13 +323,13 @@ def plan_dataset(images: list[ImageKey], config: PreprocessConfig) -> DatasetPla
     shard_counts = {key: shard_count(n, b, config) for key, (n, b) in totals.items()}
     return DatasetPlan(duplicate_of, dropped, split_of, rank_of, shard_counts,
                        tuple(sorted(kept.items())), near_duplicate_of,
-                       tuple(tuple(g) for g in near_groups))
+                       tuple(tuple(g) for g in near_groups), left_out)
 
 
 def plan_shards(images: list[ImageKey], config: PreprocessConfig):
     """Plans the dataset and emits it: one element per shard, ((size, split, index, count),
     [ImageKey.shard_item of each image, in id order]); duplicates, near-duplicates dropped and
-    balance drops to their outputs; the kept summary to KEPT; the near-duplicate groups to
+    balance and --train_fraction drops to their outputs; the kept summary to KEPT; the near-duplicate groups to
     NEAR_DUPLICATES. One step, because the keys are small: no second pass over them is needed."""
     plan = plan_dataset(images, config)
     shards: dict = {}
@@ -341,6 +354,13 @@ def plan_shards(images: list[ImageKey], config: PreprocessConfig):
             yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
                 image.image_path, image_id, "filtered_balance", "dropped by --balance=undersample",
                 kind=FILTERED))
+            continue
+        if image_id in plan.train_fraction_out:
+            _count("filtered_train_fraction")
+            yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
+                image.image_path, image_id, "filtered_train_fraction",
+                f"in the train split, left out by --train_fraction={config.train_fraction} "
+                "(a seeded share of its patient/lesion groups per label)", kind=FILTERED))
             continue
         split, rank = plan.split_of[image_id], plan.rank_of[image_id]
         for i, size in enumerate(config.image_sizes):

@@ -17,7 +17,9 @@ AUC and sensitivity/specificity, each as mean +- sd over seeds with the pooled i
 between in-source validation and held-out AUC. Runs and datasets already in --workdir are
 reused, so the protocol can grow over several sittings. Writes protocol.json and protocol.md.
 --engine_flags go to every engine run (e.g. --dx_map=bcc:benign,akiec:benign for melanoma vs
-rest); --holdout_sources=none trains on every source and scores its own test split only.
+rest), --train_engine_flags only to those that write training data (e.g. --train_fraction=0.5:
+a learning curve's smaller training set, scored on the very held-out images of the full one);
+--holdout_sources=none trains on every source and scores its own test split only.
 --eval_flags go to every evaluation (e.g. --tta), whose scores then sit in
 RUN/protocol-<flags>/ beside the plain ones; with --runs_from=W the models (and datasets) of
 another protocol workdir W are scored, nothing is trained, and this workdir holds the table:
@@ -160,14 +162,18 @@ def holdout_plan(sources: dict[str, dict[str, int]], wanted: str,
     return [n for n in names if n not in skipped], skipped
 
 
-def _engine(args: argparse.Namespace, output: str, exclude: Sequence[str]) -> str:
+def _engine(args: argparse.Namespace, output: str, exclude: Sequence[str],
+            training: bool) -> str:
+    """The engine's dataset at `output` (kept when its manifest exists): --engine_flags, and
+    --train_engine_flags when it is training data."""
     if not os.path.exists(os.path.join(output, "manifest.json")):
         os.makedirs(os.path.dirname(output), exist_ok=True)
         _run([sys.executable, "-m", ENGINE, "--runner=DirectRunner",
               "--direct_num_workers=2", "--direct_running_mode=multi_threading",
               f"--input={args.input}", f"--output={output}", f"--image_size={args.image_size}",
               f"--exclude_collections={','.join(['SONIC', *exclude])}", "--overwrite",
-              *args.engine_flags.split()], f"{output}.log")
+              *args.engine_flags.split(), *(args.train_engine_flags.split() if training else [])],
+             f"{output}.log")
     return output
 
 
@@ -320,6 +326,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--holdout_sources", default="all", help="'all', 'none' or a comma list")
     p.add_argument("--flags", default="", help="trainer.cnn flags added after --base")
     p.add_argument("--engine_flags", default="", help="flags added to every engine run")
+    p.add_argument("--train_engine_flags", default="", help="flags added to the engine runs "
+                   "that write training data only (without_<source>; all with "
+                   "--holdout_sources=none), never to a held-out source's: e.g. "
+                   "--train_fraction=0.5 for a learning curve scored on the same held-out images")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the pooled interval")
     p.add_argument("--eval_flags", default="", help="trainer.cnn.evaluate flags (e.g. --tta); "
                    "scores go to RUN/protocol-<flags>/")
@@ -367,14 +377,15 @@ def run(args: argparse.Namespace) -> int:
         refuse_binary_eval_flags(args.eval_flags.split())
     os.makedirs(args.workdir, exist_ok=True)  # with --runs_from nothing else creates it
     trained = args.runs_from or args.workdir
-    everything = _engine(args, dataset_folder(trained, "all"), [])
+    everything = _engine(args, dataset_folder(trained, "all"), [],
+                         training=args.holdout_sources == "none")
     manifest = read_json(os.path.join(everything, "manifest.json"))
     sources = sources_of(manifest)
     heldout, skipped = holdout_plan(sources, args.holdout_sources,
                                     diagnoses_of(manifest) if task == "diagnosis" else None)
-    plan = {s: (_engine(args, dataset_folder(trained, "without", s), [s]),
+    plan = {s: (_engine(args, dataset_folder(trained, "without", s), [s], training=True),
                 _engine(args, dataset_folder(trained, "only", s),
-                        [o for o in sources if o != s])) for s in heldout}
+                        [o for o in sources if o != s], training=False)) for s in heldout}
     if not heldout:
         plan = {NO_HOLDOUT: (everything, None)}
     rows = {}
@@ -400,7 +411,8 @@ def run(args: argparse.Namespace) -> int:
               + (f"{headline(rows[source]['heldout'])} held out" if heldout_data else ""),
               flush=True)
     result = {"base": args.base, "flags": args.flags.split(), "engine_flags":
-              args.engine_flags.split(), "image_size": args.image_size, "seeds": args.seeds,
+              args.engine_flags.split(), "train_engine_flags": args.train_engine_flags.split(),
+              "image_size": args.image_size, "seeds": args.seeds,
               "first_seed": args.first_seed, "task": task,
               "sources": sources, "skipped": skipped, "rows": rows,
               "eval_flags": args.eval_flags.split(), "scores_folder": folder,

@@ -154,6 +154,46 @@ def test_groups_never_cross_splits(sample_dir, tmp_path):
     assert manifest["totals"]["written"] == len(images)
 
 
+def test_train_fraction_writes_a_nested_share_of_train_and_the_same_held_out_splits(
+        sample_dir, tmp_path):
+    """A learning curve's sets: on a HAM layout with lesions of 4 images, --train_fraction
+    leaves validation and test record for record as they were, keeps whole lesions, about the
+    share of each label, each smaller share inside the larger, and records every image it left
+    out as filtered (not lost)."""
+    images = lb.sample_images(sample_dir, every=2)
+    root = tmp_path / "src"
+    rows = []
+    for index, image in enumerate(images):
+        lb.place_image(image, root / "HAM10000_images_part_1")
+        rows.append([f"HAM_{index // 4:07d}", image.image_id, lb.DX_CODE[image.diagnosis],
+                     "histo", lb.age_cell(image), lb.sex_cell(image, "unknown"), "back"])
+    lb.write_csv(root / "HAM10000_metadata.csv",
+                 ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"], rows)
+    ids, lesions, labels = {}, {}, {}
+    for fraction in (1.0, 0.5, 0.25):
+        out = tmp_path / f"f{fraction}"
+        manifest = preprocess.run([f"--input={root}", f"--output={out}", "--image_size=32",
+                                   "--keep_degenerate", f"--train_fraction={fraction}"])
+        records = read_records(out, manifest, 32)
+        ids[fraction] = {split: {r["image_id"] for r in rs} for split, rs in records.items()}
+        lesions[fraction] = collections.Counter(r["lesion_id"] for r in records["train"])
+        labels[fraction] = collections.Counter(r["label"] for r in records["train"])
+        rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+        left_out = {r["image_id"] for r in rejects if r["reason"] == "filtered_train_fraction"}
+        assert {r["kind"] for r in rejects if r["image_id"] in left_out} <= {"filtered"}
+        assert len(left_out) + len(ids[fraction]["train"]) == len(ids[1.0]["train"])
+        assert not left_out & ids[fraction]["train"]
+        assert manifest["config"]["train_fraction"] == fraction
+    for fraction in (0.5, 0.25):
+        for split in ("validation", "test"):
+            assert ids[fraction][split] == ids[1.0][split]
+        for lesion, n in lesions[fraction].items():
+            assert n == lesions[1.0][lesion]  # a lesion's images go or stay together
+        for label, n in labels[1.0].items():
+            assert abs(labels[fraction][label] - fraction * n) <= 4  # one lesion of 4 images
+    assert ids[0.25]["train"] < ids[0.5]["train"] < ids[1.0]["train"]
+
+
 @pytest.mark.parametrize("builder", ["build_isic_cli", "build_class_folders", "build_isic2020"])
 def test_layouts_give_the_same_dataset(builder, sample_dir, tmp_path):
     images = lb.sample_images(sample_dir, every=11)
@@ -206,7 +246,9 @@ def test_killed_run_leaves_no_manifest_and_overwrite_recovers(sample_dir, tmp_pa
 
 def test_bad_flags_fail_with_the_value(tmp_path, capsys):
     for bad, needle in (("--image_size=0", "image sizes"), ("--split=50,50", "--split"),
-                        ("--jpeg_quality=0", "jpeg_quality"), ("--resize_mode=zoom", "zoom")):
+                        ("--jpeg_quality=0", "jpeg_quality"), ("--resize_mode=zoom", "zoom"),
+                        ("--train_fraction=0", "--train_fraction must be in (0, 1], got 0.0"),
+                        ("--train_fraction=1.5", "got 1.5")):
         with pytest.raises(SystemExit):
             preprocess.run([f"--output={tmp_path}", bad])
         assert needle in capsys.readouterr().err

@@ -249,6 +249,31 @@ def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_sour
     assert commands == []
 
 
+def test_train_engine_flags_reach_the_training_datasets_only(tmp_path, monkeypatch):
+    """A learning curve's smaller training sets are scored on the very held-out images of the
+    full one: --train_engine_flags go to without_<source>, never to only_<source> or to the
+    all dataset that only plans the held-out sources."""
+    rng = np.random.default_rng(3)
+    true = {"a": rng.integers(0, 3, 40), "b": rng.integers(0, 3, 30)}
+    commands = []
+    monkeypatch.setattr(protocol, "_run", _fake_steps(tmp_path, rng, true, commands))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "x.flags").write_text("--epochs=1\n")
+    assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w", "--image_size=64",
+                          "--seeds=1", "--bootstrap=20", "--holdout_sources=a",
+                          "--flags=--task=diagnosis", "--engine_flags=--dx_map=bcc:benign",
+                          "--train_engine_flags=--train_fraction=0.5"]) == 0
+    engine = {next(w for w in c if w.startswith("--output=")).split("/")[-1]: c
+              for c in commands if c[2] == protocol.ENGINE}
+    assert set(engine) == {"all", "without_a", "only_a"}
+    for name, command in engine.items():
+        assert "--dx_map=bcc:benign" in command
+        assert ("--train_fraction=0.5" in command) == (name == "without_a"), name
+    result = json.loads((tmp_path / "w" / "protocol.json").read_text())
+    assert result["train_engine_flags"] == ["--train_fraction=0.5"]
+
+
 def test_binary_only_eval_flags_are_refused_before_the_engine_runs(tmp_path, monkeypatch,
                                                                     capsys):
     commands = []

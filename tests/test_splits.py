@@ -58,3 +58,23 @@ def test_balanced_selection_keeps_all_malignant_and_as_many_benign():
     assert len([i for i in keep if i.startswith("b")]) == 10
     assert "u0" not in keep
     assert keep == splits.select_balanced(list(reversed(items)), seed=0)
+
+
+def test_train_subsample_keeps_a_nested_seeded_share_of_each_labels_groups():
+    pairs = _groups(400)
+    label_of = dict(pairs)
+    groups = collections.Counter(label_of.values())
+    kept = {f: splits.subsample_groups(pairs, f, seed=2) for f in (0.1, 0.5, 1.0)}
+    assert kept[1.0] == set(label_of)
+    assert kept[0.1] < kept[0.5] < kept[1.0]  # a learning curve adds data, never swaps it
+    for f in (0.1, 0.5):
+        per_label = collections.Counter(label_of[g] for g in kept[f])
+        assert per_label == {lab: round(f * n) for lab, n in groups.items()}
+    assert kept[0.5] == splits.subsample_groups(list(reversed(pairs)), 0.5, seed=2)
+    assert kept[0.5] != splits.subsample_groups(pairs, 0.5, seed=3)
+    # a label with a single group keeps it at any share; a group takes its majority label
+    few = [("g1", "malignant"), ("g2", "benign"), ("g2", "benign"), ("g2", "malignant")]
+    assert splits.subsample_groups(few, 0.01) == {"g1", "g2"}
+    for bad in (0.0, -0.5, 1.01):
+        with pytest.raises(ValueError, match="--train_fraction must be in"):
+            splits.subsample_groups(pairs, bad)
