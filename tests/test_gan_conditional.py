@@ -274,3 +274,71 @@ def test_one_reader_caps_per_class_or_in_total(run, data_dir):
     np.testing.assert_array_equal(evaluation.load_real(data_dir, splits, SIZE, 30),
                                   everything[:30])
     assert evaluation.load_real(data_dir, ["test"], SIZE, 30).shape == (0, SIZE, SIZE, 3)
+
+
+def test_class_agreement_says_what_each_generated_class_looks_like():
+    """A classifier that calls bright images melanoma: generated nevi that are bright are
+    'melanomas' to it (agreement 0), generated melanomas agree; the held-out real column is
+    the same classifier on real images, through the same call."""
+    from trainer.gan import evaluation
+
+    def probabilities(images):
+        bright = images.reshape(len(images), -1).mean(axis=1) > 127
+        return np.stack([~bright, bright], axis=1).astype(np.float64)
+
+    dark, bright = np.zeros((5, 2, 2, 3), np.uint8), np.full((5, 2, 2, 3), 200, np.uint8)
+    generated = [np.concatenate([bright[:3], dark[:2]]), bright]  # nevus: 3 of 5 look bright
+    real = (np.concatenate([dark[:4], bright[:1], bright[:2]]), np.array([0, 0, 0, 0, 0, 1, 1]))
+    report = evaluation.class_agreement(probabilities, ["nevus", "melanoma"], generated, 4, real)
+    assert report["generated_per_class"] == 4
+    made = report["generated"]
+    assert made["per_class_recall"] == {"nevus": 0.25, "melanoma": 1.0}  # first 4 of each
+    assert made["confusion_matrix"] == [[1, 3], [0, 4]]
+    assert report["heldout_real"]["per_class_recall"] == {"nevus": 0.8, "melanoma": 1.0}
+    assert report["heldout_real"]["balanced_accuracy"] == pytest.approx(0.9)
+
+
+def _classifier_folder(path, classes, side=SIZE):
+    """A trainer.cnn diagnosis run folder as the evaluation reads it: classes.json and a
+    model.keras whose softmax has one output per class."""
+    import keras
+
+    from trainer.cnn import diagnosis
+
+    inputs = keras.Input((side, side, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(len(classes), activation="softmax")(x))
+    path.mkdir()
+    model.save(path / "model.keras")
+    diagnosis.write_mapping(str(path), {"classes": classes, "grouped_as_other": [],
+                                        "index": {c: i for i, c in enumerate(classes)}})
+    return path
+
+
+def test_evaluation_with_a_classifier_reports_class_agreement(run, data_dir, tmp_path):
+    from trainer.gan import evaluation
+
+    # a classifier at another size than the GAN's: images are resized to its input
+    classifier = _classifier_folder(tmp_path / "cnn", CLASSES, side=2 * SIZE)
+    out = tmp_path / "eval"
+    report = evaluation.evaluate(str(run), data_dir, str(out), num_generated=6,
+                                 feature_extractor="pixels", seed=0,
+                                 classifier=str(classifier))
+    agreement = report["class_agreement"]
+    assert agreement["classifier_side"] == 2 * SIZE and agreement["generated_per_class"] == 6
+    # 'other' (2 train images) is not drawn for its own scores: skipped, as per_class skips it
+    assert agreement["skipped"] == ["other"] and agreement["generated"]["n"] == 6 * 3
+    assert np.sum(agreement["generated"]["confusion_matrix"], axis=1).tolist() == [6, 6, 6, 0]
+    assert agreement["generated"]["per_class_recall"]["other"] is None
+    assert agreement["heldout_real"]["n"] == 20  # held-out images of a known diagnosis
+    markdown = (out / "gan_eval.md").read_text()
+    assert "## Class agreement" in markdown
+    assert "| generated as | agreement | held-out real | called nevus |" in markdown
+    # classes in another order mean other indices: refused before anything is generated
+    other = _classifier_folder(tmp_path / "other", CLASSES[::-1])
+    with pytest.raises(ValueError, match="has the classes"):
+        evaluation.evaluate(str(run), data_dir, str(tmp_path / "refused"), num_generated=6,
+                            feature_extractor="pixels", classifier=str(other))
+    with pytest.raises(ValueError, match="not a trainer.cnn --task=diagnosis"):
+        evaluation.check_classifier(str(tmp_path), {"classes": CLASSES})
+    assert not (tmp_path / "refused").exists()

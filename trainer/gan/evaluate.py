@@ -6,6 +6,9 @@ closest-pair figures, written to --output (gan_eval.json, gan_eval.md, *.png).
     python -m trainer.gan.evaluate --flagfile=configs/gan_eval.flags
     python -m trainer.gan.evaluate --model=out/runs/dcgan --data_dir=out/uda1 \\
         --output=out/runs/dcgan/eval
+    python -m trainer.gan.evaluate --flagfile=configs/gan_eval.flags \\
+        --model=out/runs/gan-grow-128-diag --data_dir=out/real --output=out/eval-128 \\
+        --classifier=out/runs/cnn-diag4-real-64    # a diagnosis-conditional GAN's classes
 
 The evaluation itself is trainer.gan.evaluation; this module is the program (its flags).
 """
@@ -73,6 +76,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.register_validator("heldout_splits", lambda v: set(v) <= set(SPLITS),
                              message=f"splits must be among {','.join(SPLITS)}",
                              flag_values=flag_values)
+    flags.DEFINE_string("classifier", "", "A diagnosis-conditional GAN: a trainer.cnn "
+                        "--task=diagnosis run or export folder with the GAN's classes (trained "
+                        "with --min_class_records as the GAN's --gan_min_class_records), which "
+                        "labels each class's generated images: does a generated melanoma look "
+                        "like a melanoma (the report's class agreement)?",
+                        flag_values=flag_values)
     flags.DEFINE_enum("memorization_space", "pixels", ["pixels", "features"], "Nearest-"
                       "neighbour space: pixels (32x32, RMS distance in [0, 1] units) or the "
                       "extractor's features.", flag_values=flag_values)
@@ -96,13 +105,20 @@ def main(argv: list[str]) -> None:
     check_features(values)
     from trainer.gan import evaluation
 
+    if values.classifier:
+        if not arch.get("classes"):
+            program.fail(f"--classifier={values.classifier}: the GAN in --model={values.model} "
+                         "is not conditional on diagnosis, so there is no class to agree with")
+        inputs.checked("classifier", evaluation.check_classifier, values.classifier, arch)
+
     report = evaluation.evaluate(
         values.model, values.data_dir, values.output, num_generated=values.num_generated,
         max_real=values.max_real, train_split=values.train_split,
         heldout_splits=values.heldout_splits, feature_extractor=values.feature_extractor,
         inception_weights=values.inception_weights, feature_model=values.feature_model,
         feature_model_range=values.feature_model_value_range,
-        memorization_space=values.memorization_space, seed=values.seed)
+        memorization_space=values.memorization_space, seed=values.seed,
+        classifier=values.classifier)
     logging.info("report in %s: FID %.3f, KID %.4f, C2ST %.3f (%s)", values.output,
                  report["fid"], report["kid"]["mean"], report["c2st"]["accuracy"],
                  report["feature_extractor"])

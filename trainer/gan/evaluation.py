@@ -12,6 +12,8 @@ images drawn in the train split's class shares against every train image of a kn
 and per class: each class's generated images against that class's real images (FID, KID, C2ST,
 memorization, each beside that class's held-out floor), with real_vs_generated_<class>.png.
 Each class is generated once: the overall set takes the first images of each class's draw.
+With a classifier (a trainer.cnn --task=diagnosis run or export with the GAN's classes) each
+class's generated images are also classified: class_agreement.
 """
 from __future__ import annotations
 
@@ -263,15 +265,69 @@ def per_class_metrics(generated_by_class, arch: dict, real: tuple, heldout: tupl
     return report
 
 
+def classifier_classes(path: str) -> tuple[str, list[str]]:
+    """(its model.keras, its classes) of a trainer.cnn diagnosis run or export folder; ValueError
+    naming the folder when it is neither."""
+    from trainer.cnn import diagnosis_scoring
+    from trainer.cnn.constants import KERAS_NAME
+
+    keras_path = os.path.join(path, KERAS_NAME)
+    mapping = diagnosis_scoring.mapping_of_folder(path) if os.path.isdir(path) else None
+    if mapping is None or not os.path.isfile(keras_path):
+        raise ValueError(f"classifier {path!r}: not a trainer.cnn --task=diagnosis run or export "
+                         f"folder ({KERAS_NAME} and classes.json or serving_config.json)")
+    return keras_path, list(mapping["classes"])
+
+
+def check_classifier(path: str, arch: dict) -> str:
+    """The classifier's model.keras, once it is known to name the GAN's classes in the GAN's
+    order (a class index means the same to both); ValueError naming both lists otherwise."""
+    keras_path, classes = classifier_classes(path)
+    if classes != list(arch.get("classes") or []):
+        raise ValueError(f"classifier {path!r} has the classes {classes}; the GAN generates "
+                         f"{arch.get('classes')}: train it on the GAN's data with the GAN's "
+                         "--gan_min_class_records as --min_class_records")
+    return keras_path
+
+
+def class_agreement(probabilities, classes, generated_by_class, num: int,
+                    heldout: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Does a class's generated image look like that class? A classifier trained on real images
+    (`probabilities`: uint8 images -> [N, K]) labels the first `num` generated images of each
+    class; "generated" is trainer.cnn.diagnosis.split_metrics with the class asked of the
+    generator as the truth, so per_class_recall[c] is the share of class c's images that the
+    classifier calls c (the agreement), and the confusion matrix says what they look like
+    instead. "heldout_real" is the same classifier on the held-out real images (uint8, class
+    index), through the same resize: the agreement a generator whose images were real would
+    reach. C2ST and FID compare a class with its own real images only, and miss a class drawn
+    as another (e.g. melanomas that look like keratoses). A class with fewer than `num`
+    generated images (per_class_metrics skipped it) is listed in "skipped", its recall None."""
+    from trainer.cnn import diagnosis
+
+    scored = [k for k in range(len(classes)) if len(generated_by_class[k]) >= num]
+    if not scored:
+        raise ValueError(f"class agreement: no class has {num} generated images")
+    images = np.concatenate([generated_by_class[k][:num] for k in scored])
+    intended = np.repeat(scored, num)
+    report = {"generated_per_class": num,
+              "skipped": [classes[k] for k in range(len(classes)) if k not in scored],
+              "generated": diagnosis.split_metrics(intended, probabilities(images), classes)}
+    held, held_y = heldout
+    if len(held):
+        report["heldout_real"] = diagnosis.split_metrics(held_y, probabilities(held), classes)
+    return report
+
+
 def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200,
              max_real: int = 5000, train_split: str = "train",
              heldout_splits=("validation", "test"), feature_extractor: str = "auto",
              inception_weights: str = "", feature_model: str = "",
              feature_model_range=(0.0, 1.0), memorization_space: str = "pixels",
-             seed: int = 0) -> dict:
+             seed: int = 0, classifier: str = "") -> dict:
     """Runs every check of the generator in `model` (a run folder, its checkpoints/ or a
     checkpoint prefix) against the real images of `data_dir`, writes the report files to
-    `output` and returns the JSON report."""
+    `output` and returns the JSON report. classifier (a diagnosis-conditional GAN only): a
+    trainer.cnn diagnosis folder with the GAN's classes, for class_agreement."""
     from trainer.core import run_folder
     from trainer.gan import features as gan_features
     from trainer.gan import metrics as gan_metrics
@@ -284,6 +340,10 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
     if arch.get("classes") and (mapping is None or mapping["classes"] != arch["classes"]):
         raise ValueError(f"{model}: gan_config.json lists the classes {arch['classes']} but "
                          f"its classes.json holds {mapping and mapping['classes']}")
+    if classifier and mapping is None:
+        raise ValueError(f"classifier {classifier!r} given, but {model} is not conditional on "
+                         "diagnosis: there is no class to agree with")
+    classifier_keras = check_classifier(classifier, arch) if classifier else ""
     if mapping is not None:  # the images of the run's classes, max_real per class
         train, train_y = load_real_by_class(data_dir, [train_split], size, mapping, max_real)
         heldout, held_y = load_real_by_class(data_dir, list(heldout_splits), size, mapping,
@@ -353,6 +413,12 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
             by_class, arch, (train, train_y, f_train), (heldout, held_y, f_held), extract,
             num=num_generated, seed=seed, memorization_space=memorization_space,
             extractor_name=extractor_name, output=output)
+        if classifier_keras:
+            probabilities, side = gan_features.classifier_probabilities(classifier_keras)
+            report["class_agreement"] = {
+                "classifier": os.path.abspath(classifier), "classifier_side": side,
+                **class_agreement(probabilities, mapping["classes"], by_class, num_generated,
+                                  (heldout, held_y))}
     gan_plots.save_pca(points[:n_pca], points[n_pca:], share, os.path.join(output, "pca.png"))
     gan_plots.save_real_vs_generated(train_shown[:16], generated_shown[:16],
                                      os.path.join(output, "real_vs_generated.png"))

@@ -123,6 +123,23 @@ def _cnn(path: str, value_range: tuple[float, float]):
     return extract, features.layers[-1].name, side
 
 
+def classifier_probabilities(path: str, value_range: tuple[float, float] = (0.0, 1.0)
+                             ) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """(images -> class probabilities float64 [N, K], the classifier's input side) of a trained
+    classifier (.keras): uint8 images resized to its side as _cnn resizes them, scaled to
+    value_range (trainer.cnn's models take [0, 1]), its softmax output as it predicts."""
+    from trainer.cnn.models import load_keras_model
+    from trainer.core.input_pipeline import scale_to_range
+
+    model = load_keras_model(path)
+    side = int(model.inputs[0].shape[1])
+
+    def probabilities(images: np.ndarray) -> np.ndarray:
+        return _batched(lambda batch: np.asarray(model(
+            scale_to_range(resize_batch(batch, side), value_range), training=False)), images)
+    return probabilities, side
+
+
 def check_extractor(kind: str, *, inception_weights: str = "", feature_model: str = "") -> str:
     """The extractor `kind` resolves to ('auto': inception when weights are given, else cnn when
     a model is given, else random_conv), once its inputs are known to exist; ValueError or

@@ -108,6 +108,7 @@ def markdown_report(report: dict) -> str:
                   f"{memo['generated_median']:.4g} vs held-out {memo['heldout_median']:.4g}. "
                   "See closest_pairs.png."]
     lines += per_class_lines(report.get("per_class"))
+    lines += class_agreement_lines(report.get("class_agreement"))
     pca = report["pca"]
     lines += ["", f"PCA ({pca['space']}, {pca['images_per_set']} images per set): PC1 "
               f"{100 * pca['explained_variance'][0]:.1f}%, PC2 "
@@ -119,6 +120,43 @@ def markdown_report(report: dict) -> str:
 def _floor(entry: dict, key: str, fmt) -> str:
     floor = entry.get("heldout_floor")
     return fmt(floor[key]) if floor else "n/a"
+
+
+def class_agreement_lines(agreement: dict | None) -> list[str]:
+    """The class-agreement table (evaluation.class_agreement), when a classifier was given."""
+    if not agreement:
+        return []
+    generated, real = agreement["generated"], agreement.get("heldout_real")
+    classes = list(generated["per_class_recall"])
+
+    def share(value) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    lines = ["", "## Class agreement", "",
+             f"The classifier `{agreement['classifier']}` (trained on real images, input "
+             f"{agreement['classifier_side']} px) labels {agreement['generated_per_class']} "
+             "generated images of each class; agreement = the share it calls the class they "
+             "were generated as; held-out real = its recall on real images the GAN never saw "
+             "(what real images would reach). The other columns: where the generated images "
+             "went instead.", "",
+             "| generated as | agreement | held-out real | " + " | ".join(
+                 f"called {c}" for c in classes) + " |",
+             "|---|---|---|" + "---|" * len(classes)]
+    for i, name in enumerate(classes):
+        row = generated["confusion_matrix"][i]
+        if name in agreement.get("skipped", []):
+            lines.append(f"| {name} | skipped: too few generated | "
+                         f"{share(real['per_class_recall'][name]) if real else 'n/a'} |"
+                         + " |" * len(classes))
+            continue
+        total = max(1, sum(row))
+        lines.append(f"| {name} | {share(generated['per_class_recall'][name])} | "
+                     f"{share(real['per_class_recall'][name]) if real else 'n/a'} | "
+                     + " | ".join(f"{n / total:.2f}" for n in row) + " |")
+    lines.append(f"| balanced | {generated['balanced_accuracy']:.3f} | "
+                 f"{real['balanced_accuracy']:.3f} |" if real else
+                 f"| balanced | {generated['balanced_accuracy']:.3f} | n/a |")
+    return lines
 
 
 def per_class_lines(per_class: dict | None) -> list[str]:
