@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,3 +189,13 @@ def read_table(path: str, columns: Iterable[str]) -> list[dict[str, str]]:
         raise ValueError(f"{path} needs the columns {sorted(wanted)}; it has "
                          f"{list(rows[0]) if rows else 'no rows'}")
     return rows
+
+
+def engine_note(result: Mapping[str, Any]) -> str:
+    """"engine `FLAGS` (training data also: `FLAGS`), " for a table's first line; "" when the
+    engine ran with no flags."""
+    every, training = result.get("engine_flags", []), result.get("train_engine_flags", [])
+    if not every and not training:
+        return ""
+    return (f"engine `{' '.join(every) or 'defaults'}`"
+            + (f" (training data also: `{' '.join(training)}`)" if training else "") + ", ")

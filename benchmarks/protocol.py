@@ -165,16 +165,35 @@ def holdout_plan(sources: dict[str, dict[str, int]], wanted: str,
 def _engine(args: argparse.Namespace, output: str, exclude: Sequence[str],
             training: bool) -> str:
     """The engine's dataset at `output` (kept when its manifest exists): --engine_flags, and
-    --train_engine_flags when it is training data."""
-    if not os.path.exists(os.path.join(output, "manifest.json")):
+    --train_engine_flags when it is training data. A kept dataset written with another
+    --train_fraction than this call asks for is refused (ProtocolError): a learning curve's
+    point must not be the full set under another name."""
+    flags = [*args.engine_flags.split(), *(args.train_engine_flags.split() if training else [])]
+    manifest_path = os.path.join(output, "manifest.json")
+    if os.path.exists(manifest_path):
+        wanted = train_fraction_of(flags)
+        written = float(read_json(manifest_path).get("config", {}).get("train_fraction", 1.0))
+        if written != wanted:
+            raise ProtocolError(f"{output} was written with --train_fraction={written:g}; this "
+                                f"run asks for {wanted:g} (engine flags {flags}): use another "
+                                "--workdir or remove that dataset")
+    else:
         os.makedirs(os.path.dirname(output), exist_ok=True)
         _run([sys.executable, "-m", ENGINE, "--runner=DirectRunner",
               "--direct_num_workers=2", "--direct_running_mode=multi_threading",
               f"--input={args.input}", f"--output={output}", f"--image_size={args.image_size}",
               f"--exclude_collections={','.join(['SONIC', *exclude])}", "--overwrite",
-              *args.engine_flags.split(), *(args.train_engine_flags.split() if training else [])],
-             f"{output}.log")
+              *flags], f"{output}.log")
     return output
+
+
+def train_fraction_of(engine_flags: Sequence[str]) -> float:
+    """The --train_fraction an engine command line asks for (the last one given; 1.0 if none)."""
+    value = 1.0
+    for flag in engine_flags:
+        if flag.startswith("--train_fraction="):
+            value = float(flag.split("=", 1)[1])
+    return value
 
 
 def scores_folder(eval_flags: Sequence[str]) -> str:
@@ -288,7 +307,7 @@ def markdown(result: dict) -> str:
     if result.get("task") == "diagnosis":
         return protocol_diagnosis.markdown(result, seeds)
     lines = [f"Base `{result['base']}` {' '.join(result['flags'])}, {result['image_size']} px, "
-             f"seeds {seeds}. Each cell: mean ± sd over seeds [pooled 95% interval, "
+             f"{bench_common.engine_note(result)}seeds {seeds}. Each cell: mean ± sd over seeds [pooled 95% interval, "
              "bootstrap over images paired across seeds]; sensitivity/specificity at each "
              "run's validation-chosen threshold.", "",
              "| held out | images (malignant) | in-source val AUC | in-source test AUC | "

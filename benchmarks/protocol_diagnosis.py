@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score
 
+from benchmarks import common as bench_common
 from trainer.cnn import diagnosis
 from trainer.cnn.constants import PREDICTIONS_CSV as PREDICTIONS, REPORT_JSON as REPORT
 from trainer.core import metrics
@@ -238,9 +239,10 @@ def markdown(result: Mapping[str, Any], seeds: str) -> str:
     """The diagnosis table: balanced accuracy per held-out source and in source, then per-class
     recall (images) and the summed confusion matrix of every held-out source."""
     lines = [f"Base `{result['base']}` {' '.join(result['flags'])}, {result['image_size']} px, "
-             f"seeds {seeds}, diagnosis task. Each cell: balanced accuracy (mean per-class "
-             "recall over the classes present) mean ± sd over seeds [pooled 95% interval, "
-             "bootstrap over images paired across seeds]. Images: the held-out images scored "
+             f"{bench_common.engine_note(result)}seeds {seeds}, diagnosis task. Each cell: "
+             "balanced accuracy (mean per-class recall over the classes present) mean ± sd "
+             "over seeds [pooled 95% interval, bootstrap over images paired across seeds]. "
+             "Images: the held-out images scored "
              "(and those not scored: unknown diagnosis, a diagnosis outside the runs' "
              "classes).", "",
              "| held out | images scored (excluded: unknown, unseen) | classes counted | "

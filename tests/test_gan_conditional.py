@@ -298,16 +298,20 @@ def test_class_agreement_says_what_each_generated_class_looks_like():
     assert report["heldout_real"]["balanced_accuracy"] == pytest.approx(0.9)
 
 
-def _classifier_folder(path, classes, side=SIZE):
+def _classifier_folder(path, classes, side=SIZE, metadata=False):
     """A trainer.cnn diagnosis run folder as the evaluation reads it: classes.json and a
-    model.keras whose softmax has one output per class."""
+    model.keras whose softmax has one output per class (Flatten: an image of another side
+    than its input fails). metadata: a second input, as a --use_metadata model has."""
     import keras
 
     from trainer.cnn import diagnosis
 
-    inputs = keras.Input((side, side, 3))
-    x = keras.layers.GlobalAveragePooling2D()(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(len(classes), activation="softmax")(x))
+    inputs = [keras.Input((side, side, 3))] + ([keras.Input((16,))] if metadata else [])
+    x = keras.layers.Flatten()(inputs[0])
+    if metadata:
+        x = keras.layers.Concatenate()([x, inputs[1]])
+    model = keras.Model(inputs if metadata else inputs[0],
+                        keras.layers.Dense(len(classes), activation="softmax")(x))
     path.mkdir()
     model.save(path / "model.keras")
     diagnosis.write_mapping(str(path), {"classes": classes, "grouped_as_other": [],
@@ -330,7 +334,10 @@ def test_evaluation_with_a_classifier_reports_class_agreement(run, data_dir, tmp
     assert agreement["skipped"] == ["other"] and agreement["generated"]["n"] == 6 * 3
     assert np.sum(agreement["generated"]["confusion_matrix"], axis=1).tolist() == [6, 6, 6, 0]
     assert agreement["generated"]["per_class_recall"]["other"] is None
-    assert agreement["heldout_real"]["n"] == 20  # held-out images of a known diagnosis
+    # held-out real images of the scored classes only (the 4 bcc are 'other'): both balanced
+    # accuracies count the same classes
+    assert agreement["heldout_real"]["n"] == 16
+    assert agreement["heldout_real"]["support"]["other"] == 0
     markdown = (out / "gan_eval.md").read_text()
     assert "## Class agreement" in markdown
     assert "| generated as | agreement | held-out real | called nevus |" in markdown
@@ -341,4 +348,8 @@ def test_evaluation_with_a_classifier_reports_class_agreement(run, data_dir, tmp
                             feature_extractor="pixels", classifier=str(other))
     with pytest.raises(ValueError, match="not a trainer.cnn --task=diagnosis"):
         evaluation.check_classifier(str(tmp_path), {"classes": CLASSES})
+    two_inputs = _classifier_folder(tmp_path / "meta", CLASSES, metadata=True)
+    with pytest.raises(ValueError, match="takes 2 inputs"):
+        evaluation.evaluate(str(run), data_dir, str(tmp_path / "refused"), num_generated=6,
+                            feature_extractor="pixels", classifier=str(two_inputs))
     assert not (tmp_path / "refused").exists()

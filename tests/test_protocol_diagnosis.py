@@ -192,7 +192,8 @@ def _fake_steps(tmp_path, rng, true, commands, mapping=MAPPING):
             rows = [{"split": "test", "label": "benign", "diagnosis": d, "source_collection": s,
                      "count": 9} for s in ("a", "b", "c") for d in ("nevus", "bkl")[:1 + (s < "c")]]
             (out / "manifest.json").write_text(json.dumps(
-                {"counts": {"per_split_label_diagnosis_source": rows}}))
+                {"counts": {"per_split_label_diagnosis_source": rows},
+                 "config": {"train_fraction": float(flag.get("--train_fraction", 1.0))}}))
         elif command[2] == protocol.TRAINER:
             run_dir = tmp_path / flag["--workdir"]
             run_dir.mkdir(parents=True)
@@ -249,7 +250,7 @@ def test_a_diagnosis_protocol_trains_with_the_same_command_and_scores_every_sour
     assert commands == []
 
 
-def test_train_engine_flags_reach_the_training_datasets_only(tmp_path, monkeypatch):
+def test_train_engine_flags_reach_the_training_datasets_only(tmp_path, monkeypatch, capsys):
     """A learning curve's smaller training sets are scored on the very held-out images of the
     full one: --train_engine_flags go to without_<source>, never to only_<source> or to the
     all dataset that only plans the held-out sources."""
@@ -272,6 +273,16 @@ def test_train_engine_flags_reach_the_training_datasets_only(tmp_path, monkeypat
         assert ("--train_fraction=0.5" in command) == (name == "without_a"), name
     result = json.loads((tmp_path / "w" / "protocol.json").read_text())
     assert result["train_engine_flags"] == ["--train_fraction=0.5"]
+    assert "engine `--dx_map=bcc:benign` (training data also: `--train_fraction=0.5`)" in (tmp_path / "w" / "protocol.md").read_text()
+    # the same workdir again: its datasets are kept; asked for another share, refused
+    args = ["--input=in", "--base=x.flags", "--workdir=w", "--image_size=64", "--seeds=1",
+            "--bootstrap=20", "--holdout_sources=a", "--flags=--task=diagnosis"]
+    before = len(commands)
+    assert protocol.main(args + ["--train_engine_flags=--train_fraction=0.5"]) == 0
+    assert not [c for c in commands[before:] if c[2] == protocol.ENGINE]
+    assert protocol.main(args + ["--train_engine_flags=--train_fraction=0.25"]) == 1
+    assert ("w/data/without_a was written with --train_fraction=0.5; this run asks for 0.25"
+            in capsys.readouterr().err)
 
 
 def test_binary_only_eval_flags_are_refused_before_the_engine_runs(tmp_path, monkeypatch,

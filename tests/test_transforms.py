@@ -151,6 +151,27 @@ def test_plan_dataset_balance_ranks_and_shard_counts():
             assert plan.shard_counts[(size, split)] == min(2, len(ranks))
 
 
+def test_train_fraction_cuts_after_balance_and_split_and_moves_nothing_else():
+    import dataclasses
+    images = [_image(f"b{i:03d}", "benign", group=f"L{i // 2}") for i in range(120)]
+    images += [_image(f"m{i:03d}", "malignant", group=f"M{i // 2}") for i in range(40)]
+    config = dataclasses.replace(CONFIG, balance="undersample")
+    full = plan_dataset(images, config)
+    half = plan_dataset(images, dataclasses.replace(config, train_fraction=0.5))
+    assert half.balanced_out == full.balanced_out  # the balance is made before, unchanged
+    assert half.train_fraction_out and not half.train_fraction_out & full.balanced_out
+    assert half.train_fraction_out <= {i for i, s in full.split_of.items() if s == "train"}
+    for image_id, split in full.split_of.items():  # validation and test exactly as before
+        if split != "train":
+            assert half.split_of[image_id] == split
+    groups = {im.image_id: im.group for im in images}
+    out_groups = {groups[i] for i in half.train_fraction_out}
+    assert not out_groups & {groups[i] for i in half.split_of}  # a lesion goes whole
+    assert half.written == full.written - len(half.train_fraction_out)
+    kept_train = [i for i, s in half.split_of.items() if s == "train"]
+    assert sorted(half.rank_of[i] for i in kept_train) == list(range(len(kept_train)))
+
+
 def test_plan_keeps_lesions_together_and_sizes_shards_by_spooled_bytes():
     import dataclasses
     images = [_image(f"i{i:03d}", "benign", group=f"L{i // 4}") for i in range(200)]

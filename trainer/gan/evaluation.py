@@ -301,7 +301,9 @@ def class_agreement(probabilities, classes, generated_by_class, num: int,
     index), through the same resize: the agreement a generator whose images were real would
     reach. C2ST and FID compare a class with its own real images only, and miss a class drawn
     as another (e.g. melanomas that look like keratoses). A class with fewer than `num`
-    generated images (per_class_metrics skipped it) is listed in "skipped", its recall None."""
+    generated images (per_class_metrics skipped it) is listed in "skipped", its recall None,
+    and its real images are left out of "heldout_real" too, so both balanced accuracies count
+    the same classes."""
     from trainer.cnn import diagnosis
 
     scored = [k for k in range(len(classes)) if len(generated_by_class[k]) >= num]
@@ -313,8 +315,10 @@ def class_agreement(probabilities, classes, generated_by_class, num: int,
               "skipped": [classes[k] for k in range(len(classes)) if k not in scored],
               "generated": diagnosis.split_metrics(intended, probabilities(images), classes)}
     held, held_y = heldout
-    if len(held):
-        report["heldout_real"] = diagnosis.split_metrics(held_y, probabilities(held), classes)
+    scored_real = np.isin(held_y, scored)  # the same classes in both balanced accuracies
+    if np.any(scored_real):
+        report["heldout_real"] = diagnosis.split_metrics(
+            held_y[scored_real], probabilities(held[scored_real]), classes)
     return report
 
 
@@ -343,7 +347,8 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
     if classifier and mapping is None:
         raise ValueError(f"classifier {classifier!r} given, but {model} is not conditional on "
                          "diagnosis: there is no class to agree with")
-    classifier_keras = check_classifier(classifier, arch) if classifier else ""
+    classify = (gan_features.classifier_probabilities(check_classifier(classifier, arch))
+                if classifier else None)  # loaded (and a two-input model refused) up front
     if mapping is not None:  # the images of the run's classes, max_real per class
         train, train_y = load_real_by_class(data_dir, [train_split], size, mapping, max_real)
         heldout, held_y = load_real_by_class(data_dir, list(heldout_splits), size, mapping,
@@ -413,8 +418,8 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
             by_class, arch, (train, train_y, f_train), (heldout, held_y, f_held), extract,
             num=num_generated, seed=seed, memorization_space=memorization_space,
             extractor_name=extractor_name, output=output)
-        if classifier_keras:
-            probabilities, side = gan_features.classifier_probabilities(classifier_keras)
+        if classify is not None:
+            probabilities, side = classify
             report["class_agreement"] = {
                 "classifier": os.path.abspath(classifier), "classifier_side": side,
                 **class_agreement(probabilities, mapping["classes"], by_class, num_generated,

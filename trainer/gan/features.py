@@ -132,6 +132,10 @@ def classifier_probabilities(path: str, value_range: tuple[float, float] = (0.0,
     from trainer.core.input_pipeline import scale_to_range
 
     model = load_keras_model(path)
+    if len(model.inputs) != 1:
+        raise ValueError(f"classifier {path!r} takes {len(model.inputs)} inputs (a "
+                         "--use_metadata model?); generated images have only pixels: pass a "
+                         "model trained on images alone")
     side = int(model.inputs[0].shape[1])
 
     def probabilities(images: np.ndarray) -> np.ndarray:
