@@ -38,7 +38,7 @@ from trainer.cnn.constants import PREDICTIONS_CSV as PREDICTIONS
 from trainer.core import metrics
 
 
-def _image_ids(output: str) -> list[str]:
+def image_ids(output: str) -> list[str]:
     """The image ids of one evaluation's predictions.csv, sorted: the order in which
     protocol.read_scores and protocol_diagnosis.read_predictions return its rows."""
     with open(os.path.join(output, PREDICTIONS), encoding="utf-8", newline="") as f:
@@ -122,7 +122,7 @@ def one_vs_rest_side(outputs: Sequence[str], task: str, score_class: str
     side has when score_class is not one of them."""
     if task != "diagnosis":
         labels, scores, _ = protocol.scores_of_runs(outputs, None)
-        ids = [_image_ids(o) for o in outputs]
+        ids = [image_ids(o) for o in outputs]
         if any(i != ids[0] for i in ids):
             raise protocol.ProtocolError(f"runs scored different images: {list(outputs)}")
         return ids[0], labels, scores
