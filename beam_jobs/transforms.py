@@ -328,39 +328,19 @@ def plan_dataset(images: list[ImageKey], config: PreprocessConfig) -> DatasetPla
 
 def plan_shards(images: list[ImageKey], config: PreprocessConfig):
     """Plans the dataset and emits it: one element per shard, ((size, split, index, count),
-    [ImageKey.shard_item of each image, in id order]); duplicates, near-duplicates dropped and
-    balance and --train_fraction drops to their outputs; the kept summary to KEPT; the near-duplicate groups to
-    NEAR_DUPLICATES. One step, because the keys are small: no second pass over them is needed."""
+    [ImageKey.shard_item of each image, in id order]); every image it does not write to its
+    output with the reason (_why_dropped); the kept summary to KEPT; the near-duplicate groups
+    to NEAR_DUPLICATES. One step, because the keys are small: no second pass over them is needed."""
     plan = plan_dataset(images, config)
     shards: dict = {}
     for image in sorted(images, key=lambda im: im.image_id):
         image_id = image.image_id
-        if image_id in plan.duplicate_of:
-            _count("duplicate_content")
-            yield beam.pvalue.TaggedOutput(DUPLICATE, Rejection(
-                image.image_path, image_id, "duplicate_content",
-                f"same bytes as {plan.duplicate_of[image_id]} (sha256 {image.sha256.hex()[:16]})",
-                kind=DUPLICATE))
-            continue
-        if image_id in plan.near_duplicate_of:
-            _count("near_duplicate")
-            yield beam.pvalue.TaggedOutput(DUPLICATE, Rejection(
-                image.image_path, image_id, "near_duplicate",
-                f"near-identical to {plan.near_duplicate_of[image_id]} (perceptual hash; "
-                "--near_duplicates=drop keeps the smallest id)", kind=DUPLICATE))
-            continue
-        if image_id in plan.balanced_out:
-            _count("filtered_balance")
-            yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
-                image.image_path, image_id, "filtered_balance", "dropped by --balance=undersample",
-                kind=FILTERED))
-            continue
-        if image_id in plan.train_fraction_out:
-            _count("filtered_train_fraction")
-            yield beam.pvalue.TaggedOutput(FILTERED, Rejection(
-                image.image_path, image_id, "filtered_train_fraction",
-                f"in the train split, left out by --train_fraction={config.train_fraction} "
-                "(a seeded share of its patient/lesion groups per label)", kind=FILTERED))
+        dropped = _why_dropped(plan, image, config)
+        if dropped is not None:
+            reason, detail, kind = dropped
+            _count(reason)
+            yield beam.pvalue.TaggedOutput(kind, Rejection(image.image_path, image_id, reason,
+                                                           detail, kind=kind))
             continue
         split, rank = plan.split_of[image_id], plan.rank_of[image_id]
         for i, size in enumerate(config.image_sizes):
@@ -370,6 +350,26 @@ def plan_shards(images: list[ImageKey], config: PreprocessConfig):
         yield key, shards.pop(key)
     yield beam.pvalue.TaggedOutput(KEPT, plan.kept)
     yield beam.pvalue.TaggedOutput(NEAR_DUPLICATES, plan.near_duplicate_groups)
+
+
+def _why_dropped(plan: DatasetPlan, image: ImageKey, config: PreprocessConfig
+                 ) -> tuple[str, str, str] | None:
+    """(reason, detail, kind) of an image the plan does not write, else None: a byte copy or a
+    near copy (DUPLICATE), --balance's or --train_fraction's leftovers (FILTERED)."""
+    image_id = image.image_id
+    if image_id in plan.duplicate_of:
+        return ("duplicate_content", f"same bytes as {plan.duplicate_of[image_id]} (sha256 "
+                f"{image.sha256.hex()[:16]})", DUPLICATE)
+    if image_id in plan.near_duplicate_of:
+        return ("near_duplicate", f"near-identical to {plan.near_duplicate_of[image_id]} "
+                "(perceptual hash; --near_duplicates=drop keeps the smallest id)", DUPLICATE)
+    if image_id in plan.balanced_out:
+        return "filtered_balance", "dropped by --balance=undersample", FILTERED
+    if image_id in plan.train_fraction_out:
+        return ("filtered_train_fraction", f"in the train split, left out by "
+                f"--train_fraction={config.train_fraction} (a seeded share of its "
+                "patient/lesion groups per label)", FILTERED)
+    return None
 
 
 def shard_count(records: int, total_bytes: int, config: PreprocessConfig) -> int:

@@ -131,10 +131,10 @@ def test_two_runs_are_byte_identical(sample_dir, tmp_path):
         assert (outputs[0] / rel).read_bytes() == (outputs[1] / rel).read_bytes(), rel
 
 
-def test_groups_never_cross_splits(sample_dir, tmp_path):
-    """HAM10000 lesion ids shared by 4 images each: every lesion stays in one split."""
+def _ham_lesions_of_four(sample_dir, root):
+    """Every second sample image in a HAM10000 layout at root, four images to a lesion id:
+    (the images, root)."""
     images = lb.sample_images(sample_dir, every=2)
-    root = tmp_path / "src"
     rows = []
     for index, image in enumerate(images):
         lb.place_image(image, root / "HAM10000_images_part_1")
@@ -142,6 +142,12 @@ def test_groups_never_cross_splits(sample_dir, tmp_path):
                      "histo", lb.age_cell(image), lb.sex_cell(image, "unknown"), "back"])
     lb.write_csv(root / "HAM10000_metadata.csv",
                  ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"], rows)
+    return images, root
+
+
+def test_groups_never_cross_splits(sample_dir, tmp_path):
+    """HAM10000 lesion ids shared by 4 images each: every lesion stays in one split."""
+    images, root = _ham_lesions_of_four(sample_dir, tmp_path / "src")
     # --keep_degenerate: every sampled image is written, the striped ones too.
     manifest = preprocess.run([f"--input={root}", f"--output={tmp_path / 'out'}",
                                "--image_size=32", "--keep_degenerate"])
@@ -160,15 +166,7 @@ def test_train_fraction_writes_a_nested_share_of_train_and_the_same_held_out_spl
     leaves validation and test record for record as they were, keeps whole lesions, about the
     share of each label, each smaller share inside the larger, and records every image it left
     out as filtered (not lost)."""
-    images = lb.sample_images(sample_dir, every=2)
-    root = tmp_path / "src"
-    rows = []
-    for index, image in enumerate(images):
-        lb.place_image(image, root / "HAM10000_images_part_1")
-        rows.append([f"HAM_{index // 4:07d}", image.image_id, lb.DX_CODE[image.diagnosis],
-                     "histo", lb.age_cell(image), lb.sex_cell(image, "unknown"), "back"])
-    lb.write_csv(root / "HAM10000_metadata.csv",
-                 ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"], rows)
+    images, root = _ham_lesions_of_four(sample_dir, tmp_path / "src")
     ids, lesions, labels = {}, {}, {}
     for fraction in (1.0, 0.5, 0.25):
         out = tmp_path / f"f{fraction}"
