@@ -15,7 +15,9 @@ The table gives, per held-out source: images (malignant), in-source validation A
 AUC and sensitivity/specificity, each as mean +- sd over seeds with the pooled interval
 (trainer.core.metrics.seed_summary: bootstrap over images, paired across seeds), and the gap
 between in-source validation and held-out AUC. Runs and datasets already in --workdir are
-reused, so the protocol can grow over several sittings. Writes protocol.json and protocol.md.
+reused, so the protocol can grow over several sittings; a kept dataset whose manifest records
+other settings than this run's engine flags would write (another --dx_map, --train_fraction,
+size...) is refused, never silently reused. Writes protocol.json and protocol.md.
 --engine_flags go to every engine run (e.g. --dx_map=bcc:benign,akiec:benign for melanoma vs
 rest), --train_engine_flags only to those that write training data (e.g. --train_fraction=0.5:
 a learning curve's smaller training set, scored on the very held-out images of the full one);
@@ -165,26 +167,41 @@ def holdout_plan(sources: dict[str, dict[str, int]], wanted: str,
 def _engine(args: argparse.Namespace, output: str, exclude: Sequence[str],
             training: bool) -> str:
     """The engine's dataset at `output` (kept when its manifest exists): --engine_flags, and
-    --train_engine_flags when it is training data. A kept dataset written with another
-    --train_fraction than this call asks for is refused (ProtocolError): a learning curve's
-    point must not be the full set under another name."""
+    --train_engine_flags when it is training data. A kept dataset whose manifest records other
+    settings than this call's flags would write (check_kept_dataset) is refused."""
     flags = [*args.engine_flags.split(), *(args.train_engine_flags.split() if training else [])]
-    manifest_path = os.path.join(output, "manifest.json")
-    if os.path.exists(manifest_path):
-        wanted = train_fraction_of(flags)
-        written = float(read_json(manifest_path).get("config", {}).get("train_fraction", 1.0))
-        if written != wanted:
-            raise ProtocolError(f"{output} was written with --train_fraction={written:g}; this "
-                                f"run asks for {wanted:g} (engine flags {flags}): use another "
-                                "--workdir or remove that dataset")
+    command = ["--runner=DirectRunner", "--direct_num_workers=2",
+               "--direct_running_mode=multi_threading", f"--input={args.input}",
+               f"--output={output}", f"--image_size={args.image_size}",
+               f"--exclude_collections={','.join(['SONIC', *exclude])}", "--overwrite", *flags]
+    if os.path.exists(os.path.join(output, "manifest.json")):
+        check_kept_dataset(output, command)
     else:
         os.makedirs(os.path.dirname(output), exist_ok=True)
-        _run([sys.executable, "-m", ENGINE, "--runner=DirectRunner",
-              "--direct_num_workers=2", "--direct_running_mode=multi_threading",
-              f"--input={args.input}", f"--output={output}", f"--image_size={args.image_size}",
-              f"--exclude_collections={','.join(['SONIC', *exclude])}", "--overwrite",
-              *flags], f"{output}.log")
+        _run([sys.executable, "-m", ENGINE, *command], f"{output}.log")
     return output
+
+
+KEPT_DATASET_FREE = ("input", "output", "overwrite")  # may be spelled another way, or run-only
+
+
+def check_kept_dataset(output: str, engine_args: Sequence[str]) -> None:
+    """A dataset the protocol reuses must be what these engine arguments would write: every
+    setting its manifest records (its "config", but the input's spelling) equal to the engine's
+    own parse of the arguments; ProtocolError naming each difference otherwise (e.g. a
+    learning-curve point whose dataset is the full set, or another --dx_map)."""
+    from beam_jobs import config as engine_config
+
+    wanted = json.loads(json.dumps(engine_config.parse_config(list(engine_args))[0]
+                                   .to_json_dict()))
+    written = read_json(os.path.join(output, "manifest.json")).get("config", {})
+    differ = {k: (written[k], wanted[k]) for k in sorted(written)
+              if k in wanted and k not in KEPT_DATASET_FREE and written[k] != wanted[k]}
+    if differ:
+        raise ProtocolError(f"{output} was written with other engine settings than this run's "
+                            "flags ask for (written, asked): " + "; ".join(
+                                f"{k} {a!r}, {b!r}" for k, (a, b) in differ.items())
+                            + ": use another --workdir or remove that dataset")
 
 
 def train_fraction_of(engine_flags: Sequence[str]) -> float:
