@@ -174,9 +174,9 @@ def build_arg_parser() -> ArgumentParser:
                      help="undersample: all malignant and as many benign (the study's set)")
     spl.add_argument("--train_fraction", type=float, default=1.0,
                      help="write this share (0, 1] of the train split's patient/lesion groups, "
-                          "per benign/malignant label, after the split is made (validation and test unchanged; "
-                          "the rest recorded as filtered): a learning curve's smaller sets, "
-                          "each nested in the larger")
+                          "per benign/malignant label, after the split is made (validation and "
+                          "test unchanged; the rest recorded as filtered): a learning curve's "
+                          "smaller sets, each nested in the larger")
     spl.add_argument("--seed", type=int, default=0,
                      help="of the split assignment and of --balance's and --train_fraction's "
                           "samples")

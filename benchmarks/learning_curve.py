@@ -53,13 +53,15 @@ def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def train_images(workdir: str, source: str) -> int:
-    """Training records of the train split of a protocol workdir's without_<source> dataset
-    (every size holds the same records; the first listed is read)."""
+def training_set(workdir: str, source: str) -> tuple[int, float]:
+    """(train records, the engine's --train_fraction) of a protocol workdir's without_<source>
+    dataset, as its manifest records them (every size holds the same records; the first listed
+    is read; a manifest from before --train_fraction wrote the whole split: 1.0)."""
     manifest = protocol.read_json(os.path.join(
         protocol.dataset_folder(workdir, "without", source), "manifest.json"))
     first = next(iter(manifest["datasets"].values()))
-    return int(first["train"]["records"])
+    return (int(first["train"]["records"]),
+            float(manifest.get("config", {}).get("train_fraction", 1.0)))
 
 
 def source_curve(points: Sequence[dict[str, Any]], source: str, resamples: int,
@@ -77,10 +79,10 @@ def source_curve(points: Sequence[dict[str, Any]], source: str, resamples: int,
         elif point_ids != ids or not np.array_equal(y, labels):
             raise protocol.ProtocolError(f"{source}: {point['workdir']} scored other held-out "
                                          f"images than {points[0]['workdir']}")
-        n = train_images(point["workdir"], source)
+        n, fraction = training_set(point["workdir"], source)
         aucs = [float(roc_auc_score(y, s)) for s in scores]
         val = point["result"]["rows"][source]["in_source_validation"]["auc"]
-        rows.append({"workdir": point["workdir"], "train_fraction": point["train_fraction"],
+        rows.append({"workdir": point["workdir"], "train_fraction": fraction,
                      "train_images": n, "heldout_auc": {"per_seed": aucs,
                                                        "mean": float(np.mean(aucs)),
                                                        "sd": float(np.std(aucs, ddof=1))
@@ -117,8 +119,7 @@ def learning_curve(workdirs: Sequence[str], resamples: int = 1000,
         if result.get("task", "binary") != "binary":
             raise protocol.ProtocolError(f"{workdir}: a {result['task']} protocol run; the "
                                          "learning curve reads held-out AUC (binary task)")
-        points.append({"workdir": workdir, "result": result, "train_fraction":
-                       protocol.train_fraction_of(result.get("train_engine_flags", []))})
+        points.append({"workdir": workdir, "result": result})
     engine = {tuple(p["result"]["engine_flags"]) for p in points}
     if len(engine) > 1:
         raise protocol.ProtocolError(f"engine flags differ between workdirs ({sorted(engine)}): "

@@ -204,15 +204,6 @@ def check_kept_dataset(output: str, engine_args: Sequence[str]) -> None:
                             + ": use another --workdir or remove that dataset")
 
 
-def train_fraction_of(engine_flags: Sequence[str]) -> float:
-    """The --train_fraction an engine command line asks for (the last one given; 1.0 if none)."""
-    value = 1.0
-    for flag in engine_flags:
-        if flag.startswith("--train_fraction="):
-            value = float(flag.split("=", 1)[1])
-    return value
-
-
 def scores_folder(eval_flags: Sequence[str]) -> str:
     """A run's sub-folder for the protocol's scores: "protocol", or "protocol-<flags>" when
     the evaluation took flags (e.g. ["--tta"] -> "protocol-tta"), so both can sit side by side."""
@@ -324,8 +315,8 @@ def markdown(result: dict) -> str:
     if result.get("task") == "diagnosis":
         return protocol_diagnosis.markdown(result, seeds)
     lines = [f"Base `{result['base']}` {' '.join(result['flags'])}, {result['image_size']} px, "
-             f"{bench_common.engine_note(result)}seeds {seeds}. Each cell: mean ± sd over seeds [pooled 95% interval, "
-             "bootstrap over images paired across seeds]; sensitivity/specificity at each "
+             f"{bench_common.engine_note(result)}seeds {seeds}. Each cell: mean ± sd over seeds "
+             "[pooled 95% interval, bootstrap over images paired across seeds]; sensitivity/specificity at each "
              "run's validation-chosen threshold.", "",
              "| held out | images (malignant) | in-source val AUC | in-source test AUC | "
              "held-out AUC | gap (val - held-out) | held-out sens | held-out spec |",

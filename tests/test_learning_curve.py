@@ -27,7 +27,8 @@ def _point(root, fraction, train_images, signal, rng, sources=("north",), engine
         data = root / "data" / f"without_{source}"
         data.mkdir(parents=True)
         (data / "manifest.json").write_text(json.dumps(
-            {"datasets": {"64": {"train": {"records": train_images}}}}))
+            {"datasets": {"64": {"train": {"records": train_images}}},
+             "config": {"train_fraction": fraction}}))
     (root / "protocol.json").write_text(json.dumps(result))
     return workdir
 

@@ -106,9 +106,6 @@ def main(argv: list[str]) -> None:
     from trainer.gan import evaluation
 
     if values.classifier:
-        if not arch.get("classes"):
-            program.fail(f"--classifier={values.classifier}: the GAN in --model={values.model} "
-                         "is not conditional on diagnosis, so there is no class to agree with")
         inputs.checked("classifier", evaluation.check_classifier, values.classifier, arch)
 
     report = evaluation.evaluate(

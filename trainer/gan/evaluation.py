@@ -280,8 +280,12 @@ def classifier_classes(path: str) -> tuple[str, list[str]]:
 
 
 def check_classifier(path: str, arch: dict) -> str:
-    """The classifier's model.keras, once it is known to name the GAN's classes in the GAN's
-    order (a class index means the same to both); ValueError naming both lists otherwise."""
+    """The classifier's model.keras, once the GAN is known to be conditional on diagnosis and
+    the classifier to name its classes in its order (a class index means the same to both);
+    ValueError naming what is missing or both lists otherwise."""
+    if not arch.get("classes"):
+        raise ValueError(f"classifier {path!r} given, but the GAN is not conditional on "
+                         "diagnosis: there is no class to agree with")
     keras_path, classes = classifier_classes(path)
     if classes != list(arch.get("classes") or []):
         raise ValueError(f"classifier {path!r} has the classes {classes}; the GAN generates "
@@ -344,9 +348,6 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
     if arch.get("classes") and (mapping is None or mapping["classes"] != arch["classes"]):
         raise ValueError(f"{model}: gan_config.json lists the classes {arch['classes']} but "
                          f"its classes.json holds {mapping and mapping['classes']}")
-    if classifier and mapping is None:
-        raise ValueError(f"classifier {classifier!r} given, but {model} is not conditional on "
-                         "diagnosis: there is no class to agree with")
     classify = (gan_features.classifier_probabilities(check_classifier(classifier, arch))
                 if classifier else None)  # loaded (and a two-input model refused) up front
     if mapping is not None:  # the images of the run's classes, max_real per class
