@@ -45,6 +45,7 @@ setup(
         "isicflow-cnn-evaluate=trainer.cnn.evaluate:run",
         "isicflow-cnn-predict=trainer.cnn.predict:run",
         "isicflow-cnn-visualize=trainer.cnn.visualize:run",
+        "isicflow-cnn-pretrain=trainer.cnn.pretrain:run",
         "isicflow-gan-train=trainer.gan.cli:run",
         "isicflow-gan-sample=trainer.gan.sample:run",
         "isicflow-gan-evaluate=trainer.gan.evaluate:run",

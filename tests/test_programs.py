@@ -21,6 +21,7 @@ PROGRAMS = {
     "trainer.cnn.evaluate": ("--model", "--data_dir", "--output"),
     "trainer.cnn.predict": ("--model", "--image"),
     "trainer.cnn.visualize": ("--model", "--image", "--output"),
+    "trainer.cnn.pretrain": ("--data_dir", "--workdir", "--temperature", "--pretrain_splits"),
     "trainer.gan": ("--data_dir", "--workdir", "--latent_dim", "--epochs"),
     "trainer.gan.sample": ("--model", "--num", "--output"),
     "trainer.gan.evaluate": ("--model", "--data_dir", "--output"),

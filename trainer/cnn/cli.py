@@ -61,6 +61,11 @@ def define_flags() -> None:
                        "areas; 0 = off. With --mixup_alpha too, each batch takes one of the two.")
     flags.DEFINE_string("weights_path", "", "Local weights file for the efficientnet_b0 backbone "
                         "(e.g. efficientnetb0_notop.h5); never downloaded.")
+    flags.DEFINE_string("init_encoder", "", "A `python -m trainer.cnn.pretrain` run folder "
+                        "(or its encoder.keras): the net's layers up to its pooled features "
+                        "start from that self-supervised encoder instead of random weights "
+                        "(compact or residual, the same architecture, width, colour constancy "
+                        "and centre crop; trainer.cnn.pretrained_encoder).")
     # --- task ---
     flags.DEFINE_enum("task", "binary", list(config_lib.TASKS),
                       "binary: benign/malignant (the study's task, the default); diagnosis: the "

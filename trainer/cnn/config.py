@@ -39,6 +39,7 @@ class TrainConfig(RunConfig):
     l2: float = 0.0
     augment: bool = False
     weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
+    init_encoder: str = ""            # trainer.cnn.pretrain run folder to start from
     class_balance: str = "none"
     source_balance: bool = False      # sample every train source equally
     source_batches: bool = False      # every train batch from one source (batch norm per clinic)
@@ -401,6 +402,26 @@ def check_inputs(config: TrainConfig) -> dict[str, Any]:
     if config.weights_path and not os.path.isfile(config.weights_path):
         raise DataError(f"--weights_path={config.weights_path}: no such file (a local "
                         "efficientnet_b0 weights file; never downloaded)")
+    if config.init_encoder:
+        check_init_encoder(config)
     if config.synthetic_data:
         read_manifest_or_fail("--synthetic_data", config.synthetic_data)
     return manifest
+
+
+def check_init_encoder(config: TrainConfig) -> None:
+    """--init_encoder names a pretraining run whose encoder fits this run's net: the same
+    architecture, width and first layers (trainer.cnn.pretrained_encoder); DataError naming
+    every difference otherwise."""
+    from trainer.cnn import pretrained_encoder
+
+    try:
+        summary = pretrained_encoder.read_summary(config.init_encoder)
+    except pretrained_encoder.PretrainError as e:
+        raise DataError(str(e)) from None
+    settings = {"architecture": config.model, "width_multiplier": config.width_multiplier,
+                "color_constancy": config.color_constancy, "center_crop": config.center_crop}
+    differences = pretrained_encoder.setting_differences(summary, settings)
+    if differences:
+        raise DataError(f"--init_encoder={config.init_encoder} was pretrained with other "
+                        f"settings than this run's: {'; '.join(differences)}")

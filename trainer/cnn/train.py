@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.cnn import config as config_lib, models, recipe, tasks
+from trainer.cnn import config as config_lib, models, pretrained_encoder, recipe, tasks
 from trainer.cnn.config import TrainConfig  # noqa: F401  (train.TrainConfig, as before)
 from trainer.cnn.data import DataError
 from trainer.cnn.tasks import class_weights_from_counts  # noqa: F401  (tests use it from here)
@@ -377,6 +377,8 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
                                    c.weights_path or None, c.width_multiplier,
                                    c.color_constancy, center_crop=c.center_crop)
+        initialised = (pretrained_encoder.load_encoder_weights(model, c.init_encoder)
+                       if c.init_encoder else None)
         if c.use_metadata:
             from trainer.core import metadata_features
 
@@ -412,6 +414,9 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         print(f"model {c.model}: {model.count_params():,} parameters, policy {policy}, "
               f"{strategy.num_replicas_in_sync} replica(s), {n_train} training images, "
               f"{steps} steps/epoch, class weights {class_weight}", flush=True)
+        if initialised is not None:
+            print(f"encoder from {c.init_encoder}: {initialised['layers']} layers, "
+                  f"{initialised['parameters']:,} parameters", flush=True)
         if offsets is not None:
             print("source logit offsets (training only): " + ", ".join(
                 f"{name} {value:+.3f}" for name, value in offsets.items()), flush=True)
@@ -451,6 +456,8 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
     summary.update(cpu_time_s_this_run=round(trained["train_cpu_s"], 2), weights_sha256=digest,
                    workers=workers,
                    stopped_by_time_budget_after_epoch=stopped[0] if stopped else None)
+    if initialised is not None:
+        summary["init_encoder"] = {"path": c.init_encoder, **initialised}
     if offsets is not None:
         summary["source_logit_offsets"] = offsets
     if groups is not None:

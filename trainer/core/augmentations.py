@@ -138,3 +138,51 @@ def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed, *, mixup_alpha: float 
         return cutmix()
     use_cutmix = tf.random.stateless_uniform([], seeds[0] + 1) < 0.5
     return tf.cond(use_cutmix, cutmix, mixup)
+
+
+# Self-supervised pretraining's views (trainer.cnn.contrastive): SimCLR's recipe (Chen et al.
+# 2020) at dermoscopy's scale. Stronger than dermoscopy_augment on purpose: two views of one
+# lesion must be told apart from every other lesion whatever the camera's colour, so the
+# features learn shape and texture, not the clinic's white balance.
+CONTRASTIVE_CROP_AREA_RANGE = (0.3, 1.0)   # SimCLR's 0.08 would often crop the lesion away
+CONTRASTIVE_JITTER_PROBABILITY = 0.8       # SimCLR's colour jitter, at strength 0.5
+CONTRASTIVE_BRIGHTNESS_DELTA = 0.2
+CONTRASTIVE_CONTRAST_RANGE = (0.6, 1.4)
+CONTRASTIVE_SATURATION_RANGE = (0.6, 1.4)
+CONTRASTIVE_HUE_DELTA = 0.05
+CONTRASTIVE_GRAYSCALE_PROBABILITY = 0.2
+
+
+def contrastive_augment(image: tf.Tensor, seed) -> tf.Tensor:
+    """float [S,S,3] in [0, 1] -> one contrastive view, same shape, in [0, 1]: both flips, a
+    random resized crop (CONTRASTIVE_CROP_AREA_RANGE of the area), a rotation by any angle
+    (reflect fill), then with probability 0.8 brightness/contrast/saturation/hue jitter and
+    with probability 0.2 grey. `seed`: int [2], one per view."""
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=13)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
+    size = tf.shape(image)[0]
+    area = tf.random.stateless_uniform([], seeds[2], *CONTRASTIVE_CROP_AREA_RANGE)
+    aspect = tf.exp(tf.random.stateless_uniform([], seeds[3], *CROP_LOG_ASPECT_RANGE))
+    height = tf.minimum(1.0, tf.sqrt(area / aspect))
+    width = tf.minimum(1.0, tf.sqrt(area * aspect))
+    top = tf.random.stateless_uniform([], seeds[4]) * (1.0 - height)
+    left = tf.random.stateless_uniform([], seeds[5]) * (1.0 - width)
+    box = tf.stack([top, left, top + height, left + width])[None]
+    image = tf.image.crop_and_resize(image[None], box, [0], tf.stack([size, size]),
+                                     method="bilinear")[0]
+    image = rotate(image, tf.random.stateless_uniform([], seeds[6], 0.0, 2.0 * math.pi))
+    jittered = tf.image.stateless_random_brightness(image, CONTRASTIVE_BRIGHTNESS_DELTA,
+                                                    seeds[7])
+    jittered = tf.image.stateless_random_contrast(jittered, *CONTRASTIVE_CONTRAST_RANGE,
+                                                  seeds[8])
+    jittered = tf.image.stateless_random_saturation(jittered, *CONTRASTIVE_SATURATION_RANGE,
+                                                    seeds[9])
+    jittered = tf.image.stateless_random_hue(jittered, CONTRASTIVE_HUE_DELTA, seeds[10])
+    jitter = tf.random.stateless_uniform([], seeds[11]) < CONTRASTIVE_JITTER_PROBABILITY
+    image = tf.where(jitter, tf.clip_by_value(jittered, 0.0, 1.0), image)
+    grey = tf.random.stateless_uniform([], seeds[12]) < CONTRASTIVE_GRAYSCALE_PROBABILITY
+    image = tf.where(grey, tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image)), image)
+    return tf.clip_by_value(image, 0.0, 1.0)

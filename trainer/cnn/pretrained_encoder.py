@@ -1,0 +1,103 @@
+"""The pretrained encoder's run folder (written by `python -m trainer.cnn.pretrain`, read by
+`python -m trainer.cnn --init_encoder=RUN`): its file names, the settings a classifier must
+share with it, and the one copy of its weights into a classifier.
+
+    RUN/encoder.keras          the classifier's layers up to its pooled features (`gap`)
+    RUN/pretrain_summary.json  {"config": {architecture, width_multiplier, color_constancy,
+                               center_crop, image_size, ...}, "images": ..., ...}
+    RUN/history.json           per epoch: loss, pair_accuracy, learning_rate (run_folder)
+
+The weights go across by layer name, so a classifier of another architecture or width is
+refused, naming the layers that differ. No TensorFlow at import (the trainer's config checks
+read the summary before any model exists).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from trainer.core.program import UserError
+
+ENCODER_NAME = "encoder.keras"
+SUMMARY_NAME = "pretrain_summary.json"
+ENCODER_LAYER = "gap"                    # the classifier layer whose output is the encoder's
+ARCHITECTURES = ("compact", "residual")  # the classifiers that have it
+# The settings a classifier must share with its encoder (its layers' shapes and what its
+# first layers do to the image); image_size may differ (the convolutions do not depend on it).
+MATCHING_SETTINGS = ("architecture", "width_multiplier", "color_constancy", "center_crop")
+
+
+class PretrainError(UserError, ValueError):
+    """The encoder cannot be built, read or copied; the message names the path or layers (a
+    UserError: the programs print it as one line and exit 2)."""
+
+
+def encoder_path(path: str) -> str:
+    """A pretraining run folder or its encoder file -> the encoder file (PretrainError if
+    missing)."""
+    file = os.path.join(path, ENCODER_NAME) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise PretrainError(f"--init_encoder={path}: no {ENCODER_NAME} there; give a "
+                            "`python -m trainer.cnn.pretrain` run folder or its encoder file")
+    return file
+
+
+def read_summary(path: str) -> dict[str, Any]:
+    """The pretraining summary beside the encoder (PretrainError if missing or unreadable)."""
+    file = os.path.join(os.path.dirname(encoder_path(path)), SUMMARY_NAME)
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise PretrainError(f"--init_encoder={path}: cannot read {file} ({e}); the encoder's "
+                            "settings are unknown") from None
+
+
+def setting_differences(summary: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """'name: encoder X, classifier Y' for each MATCHING_SETTINGS value that differs between
+    the summary's config and `settings` (the classifier's, by the same names)."""
+    out = []
+    for name in MATCHING_SETTINGS:
+        mine, theirs = summary.get("config", {}).get(name), settings.get(name)
+        if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)):
+            same = float(mine) == float(theirs)
+        else:
+            same = mine == theirs
+        if not same:
+            out.append(f"{name}: encoder {mine!r}, classifier {theirs!r}")
+    return out
+
+
+def load_encoder_weights(model: Any, path: str) -> dict[str, int]:
+    """Copies every weighted layer of the encoder at `path` into the same-named layer of
+    `model` (in place); returns {"layers": ..., "parameters": ...} copied. PretrainError,
+    naming the layers, when one is missing from `model` or has other weight shapes (another
+    architecture or width), so nothing is half-copied."""
+    from trainer.cnn import models
+
+    encoder = models.load_keras_model(encoder_path(path))
+    plan, problems = [], []
+    for layer in encoder.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        try:
+            target = model.get_layer(layer.name)
+        except ValueError:
+            problems.append(f"{layer.name} (not in the classifier)")
+            continue
+        theirs = [w.shape for w in target.get_weights()]
+        if theirs != [w.shape for w in weights]:
+            problems.append(f"{layer.name} (encoder {[w.shape for w in weights]}, classifier "
+                            f"{theirs})")
+            continue
+        plan.append((target, weights))
+    if problems or not plan:
+        raise PretrainError(f"--init_encoder={path}: the encoder does not fit the classifier "
+                            f"{model.name!r}: " + ("; ".join(problems[:6]) or "no weighted layer")
+                            + (f" and {len(problems) - 6} more" if len(problems) > 6 else ""))
+    for target, weights in plan:
+        target.set_weights(weights)
+    return {"layers": len(plan),
+            "parameters": int(sum(w.size for _, ws in plan for w in ws))}
