@@ -65,17 +65,24 @@ def test_view_pairs_read_every_split_labelled_or_not(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", {
         "train": random_images(6, 40, seed=0, labels=("benign", "unknown")),
         "validation": random_images(3, 40, seed=1), "test": random_images(3, 40, seed=2)}, SIZE)
-    stream, images = contrastive.view_pairs(data, SIZE, batch_size=4, seed=0)
+    every = ("train", "validation", "test")
+    stream, images = contrastive.view_pairs(data, SIZE, batch_size=4, seed=0, splits=every)
     assert images == 12  # the unknown-label records count too
     view1, view2 = next(iter(stream))
     assert view1.shape == view2.shape == (4, SIZE, SIZE, 3)
     assert not np.allclose(view1.numpy(), view2.numpy())
-    _, train_only = contrastive.view_pairs(data, SIZE, batch_size=2, seed=0, splits=["train"])
+    again, _ = contrastive.view_pairs(data, SIZE, batch_size=4, seed=0, splits=every)
+    other, _ = contrastive.view_pairs(data, SIZE, batch_size=4, seed=1, splits=every)
+    np.testing.assert_array_equal(next(iter(again))[0].numpy(), view1.numpy())  # seeded
+    assert not np.allclose(next(iter(other))[0].numpy(), view1.numpy())
+    _, train_only = contrastive.view_pairs(data, SIZE, batch_size=2, seed=0)  # the default
     assert train_only == 6
     with pytest.raises(contrastive.PretrainError, match="fewer than two batches of 8"):
-        contrastive.view_pairs(data, SIZE, batch_size=8, seed=0)
-    with pytest.raises(contrastive.PretrainError, match="no records"):
-        contrastive.view_pairs(data, SIZE, batch_size=2, seed=0, splits=["nonexistent"])
+        contrastive.view_pairs(data, SIZE, batch_size=8, seed=0, splits=every)
+    with pytest.raises(contrastive.PretrainError, match="engine writes the splits train"):
+        contrastive.view_pairs(data, SIZE, batch_size=2, seed=0, splits=["train", "vaildation"])
+    with pytest.raises(contrastive.PretrainError, match=r"holds sizes \[32\]"):
+        contrastive.view_pairs(data, 64, batch_size=2, seed=0)
 
 
 def test_one_contrastive_step_is_finite_and_moves_the_encoder():
@@ -97,6 +104,9 @@ def _save_encoder(folder, architecture="compact", **settings):
     keras.utils.set_random_seed(3)
     os.makedirs(folder, exist_ok=True)
     encoder = contrastive.build_encoder(architecture, SIZE, **settings)
+    rng = np.random.default_rng(4)  # moving statistics too, so a copy that skipped them shows
+    encoder.set_weights([np.abs(rng.normal(size=w.shape)).astype(w.dtype) + 0.1
+                         for w in encoder.get_weights()])
     encoder.save(os.path.join(folder, pretrained_encoder.ENCODER_NAME))
     config = {"architecture": architecture, "width_multiplier": 1.0,
               "color_constancy": "none", "center_crop": 1.0, **settings}
@@ -153,7 +163,7 @@ def test_pretrain_then_train_from_the_encoder_as_a_user_would(tmp_path, sample_d
                 "--warmup_epochs=1")
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((run / pretrained_encoder.SUMMARY_NAME).read_text())
-    assert summary["images"] == 16 and summary["config"]["architecture"] == "compact"
+    assert summary["images"] == 8 and summary["config"]["splits"] == ["train"]
     history = json.loads((run / "history.json").read_text())
     assert history["epoch"] == [1, 2] and all(np.isfinite(history["loss"]))
     trained = _run("trainer.cnn", f"--data_dir={data}", f"--workdir={tmp_path / 'cnn'}",
@@ -163,9 +173,17 @@ def test_pretrain_then_train_from_the_encoder_as_a_user_would(tmp_path, sample_d
     assert trained.returncode == 0, trained.stderr[-2000:]
     train_summary = json.loads((tmp_path / "cnn" / "train_summary.json").read_text())
     assert train_summary["init_encoder"]["layers"] == 18
+    assert train_summary["init_encoder"]["evaluation_splits_seen"] == []  # train only
     refused = _run("trainer.cnn.pretrain", f"--data_dir={data}", f"--workdir={run}",
                    "--architecture=compact", f"--image_size={SIZE}", "--task=diagnosis")
-    assert refused.returncode == 2 and "does not use --task" in refused.stderr
+    assert refused.returncode == 2 and "does not use --task;" in refused.stderr
     again = _run("trainer.cnn.pretrain", f"--data_dir={data}", f"--workdir={run}",
                  "--architecture=compact", f"--image_size={SIZE}")
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_splits_seen_names_this_dataset_s_splits_only(tmp_path):
+    summary = {"config": {"data_dir": str(tmp_path / "data"), "splits": ["train", "test"]}}
+    assert pretrained_encoder.splits_seen(summary, str(tmp_path / "data")) == ["train", "test"]
+    assert pretrained_encoder.splits_seen(summary, str(tmp_path / "other")) == []
+    assert pretrained_encoder.splits_seen({"config": {}}, str(tmp_path / "data")) == []

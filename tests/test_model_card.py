@@ -147,3 +147,17 @@ def test_card_says_when_the_engine_remapped_labels():
         serving_config=serving)
     assert "Labels remapped" not in plain
     assert "`--dx_map=bcc:benign,akiec:benign`" in remapped and "melanoma vs rest" in remapped
+
+
+def test_card_names_a_pretrained_encoder_and_only_then():
+    """Images that pretrained the encoder (trainer.cnn.pretrain) trained the model too, without
+    labels: the card points at the run that lists them."""
+    serving = {"image_size": 64, "threshold": 0.5, "threshold_source": "default 0.5"}
+    plain = model_card.build_card(report=None, manifest=None, serving_config=serving,
+                                  run_config={"image_size": 64})
+    pretrained = model_card.build_card(report=None, manifest=None, serving_config=serving,
+                                       run_config={"image_size": 64,
+                                                   "init_encoder": "out/pretrain/run"})
+    assert "pretrained on unlabelled images" not in plain
+    assert "started from `out/pretrain/run`, pretrained on unlabelled images" in pretrained
+    assert model_card.sections(pretrained) == SECTIONS

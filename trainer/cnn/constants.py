@@ -26,7 +26,7 @@ TRAIN_CONFIG_NAME = "train_config.json"  # the settings the run folder was start
 # settings that shape the model: a run folder resumes only with the values it started with
 MODEL_SETTINGS = ("model", "width_multiplier", "dropout", "l2", "image_size", "task",
                   "use_metadata", "color_constancy", "center_crop",
-                  "source_adversary_weight")
+                  "source_adversary_weight", "init_encoder")
 EXPORT_DIR = "export"
 KERAS_NAME = "model.keras"
 SAVED_MODEL_NAME = "saved_model"

@@ -1,6 +1,6 @@
 """Self-supervised pretraining of a CNN's encoder on unlabelled images (SimCLR: Chen et al.,
-"A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020), and the
-one way a classifier starts from what it learned (load_encoder_weights).
+"A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020): the
+loss, the model and the stream of view pairs (the program is trainer.cnn.pretrain).
 
 Why: a from-scratch net on a few thousand labelled images learns what tells the labels apart
 in its training clinics, clinic cues included. Images without labels are far easier to come
@@ -26,6 +26,9 @@ from trainer.cnn.pretrained_encoder import (  # noqa: F401  (the run folder's co
     ARCHITECTURES, ENCODER_LAYER, ENCODER_NAME, SUMMARY_NAME, PretrainError)
 from trainer.core import augmentations, input_pipeline
 
+# Decoded images the shuffle holds beside the cache: every image up to this many (a second copy
+# of a 25,000-image archive at 256 px would be ~5 GB), a window of the cached order beyond.
+MAX_SHUFFLE_BUFFER = 8192
 PROJECTION_WIDTH = 128
 PROJECTION_DIM = 64
 
@@ -118,17 +121,22 @@ class ContrastiveModel(keras.Model):
 
 
 def pretraining_splits(manifest: Mapping[str, Any], image_size: int,
-                       splits: Sequence[str] = dataset_lib.SPLITS) -> dict[str, int]:
-    """{split: records} of the splits to learn from (every record, labelled or not); a split
-    the dataset lacks or that is empty is left out. PretrainError when none has a record."""
+                       splits: Sequence[str] = ("train",)) -> dict[str, int]:
+    """{split: records} of the splits to learn from (every record, labelled or not); an empty
+    split is left out. PretrainError for a split name the engine does not write, a size or a
+    split the dataset lacks, or no record at all."""
+    unknown = [s for s in splits if s not in dataset_lib.SPLITS]
+    sizes = sorted(int(s) for s in manifest.get("datasets", {}))
+    if unknown or image_size not in sizes:
+        raise PretrainError(f"splits {list(splits)} at {image_size}px: the dataset holds sizes "
+                            f"{sizes} and the engine writes the splits "
+                            f"{', '.join(dataset_lib.SPLITS)}")
     counts = {}
     for split in splits:
         try:
             info = dataset_lib.split_info(dict(manifest), image_size, split)
         except ValueError as e:
-            if "image size" in str(e):
-                raise PretrainError(str(e)) from None
-            continue
+            raise PretrainError(str(e)) from None
         if reader.count_records(info, "all"):
             counts[split] = reader.count_records(info, "all")
     if not counts:
@@ -137,10 +145,11 @@ def pretraining_splits(manifest: Mapping[str, Any], image_size: int,
 
 
 def view_pairs(data_dir: str, image_size: int, batch_size: int, seed: int,
-               splits: Sequence[str] = dataset_lib.SPLITS,
+               splits: Sequence[str] = ("train",),
                manifest: Mapping[str, Any] | None = None) -> tuple[tf.data.Dataset, int]:
     """(an endless stream of (view1, view2) float batches, images per pass): every record of
-    the splits decoded once and cached in memory (uint8), shuffled each pass (seeded), each
+    the splits decoded once and cached in memory (uint8), shuffled each pass (seeded; within
+    a window of MAX_SHUFFLE_BUFFER images on larger sets), each
     image's two views by augmentations.contrastive_augment seeded by (seed, element index),
     so a run sees the same views in the same order."""
     manifest = dataset_lib.manifest_or_read(data_dir, manifest)
@@ -163,7 +172,8 @@ def view_pairs(data_dir: str, image_size: int, batch_size: int, seed: int,
         return (augmentations.contrastive_augment(image, first),
                 augmentations.contrastive_augment(image, second))
 
-    stream = (images.shuffle(total, seed=seed, reshuffle_each_iteration=True).repeat()
+    stream = (images.shuffle(min(total, MAX_SHUFFLE_BUFFER), seed=seed,
+                             reshuffle_each_iteration=True).repeat()
               .enumerate().map(two_views, num_parallel_calls=tf.data.AUTOTUNE,
                                deterministic=True)
               .batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))

@@ -58,6 +58,10 @@ def _training_data(manifest: Mapping[str, Any] | None, report: Mapping[str, Any]
             lines.append(f"- **Labels remapped** by the engine (`--dx_map={engine['dx_map']}`): "
                          "\"malignant\" means only the diagnoses still mapped to it (e.g. "
                          "melanoma vs rest), not every malignant lesion.")
+    if run_config.get("init_encoder"):  # its images trained the net too, without labels
+        lines.append(f"- The net's encoder started from `{run_config['init_encoder']}`, "
+                     "pretrained on unlabelled images (`trainer.cnn.pretrain`, SimCLR): its "
+                     "`pretrain_summary.json` names them, per split and source.")
     if run_config.get("image_size"):
         lines.append(f"- Image size {run_config['image_size']} px, resize mode "
                      f"{(manifest or {}).get('resize_mode', 'squash')}.")

@@ -4,7 +4,7 @@ trainer.cnn.contrastive), for `python -m trainer.cnn --init_encoder=RUN` to star
     python -m trainer.cnn.pretrain --data_dir=DATASET --workdir=RUN --architecture=compact \
         --image_size=64 --epochs=150 --batch_size=256 --optimizer=adamw --learning_rate=1e-3 \
         --lr_schedule=cosine --warmup_epochs=10 [--temperature=0.2] [--weight_decay=0.05] \
-        [--pretrain_splits=train,validation,test] [--seed=42] [--deterministic]
+        [--pretrain_splits=train] [--seed=42] [--deterministic]
 
 Every record of --pretrain_splits is used, labelled or not (labels are never read), so a
 download with no labels at all can pretrain. --architecture, --width_multiplier,
@@ -31,8 +31,9 @@ FLAGS = flags.FLAGS
 # trainer.cnn's own flags that pretraining reads; any other given is refused, not ignored.
 CNN_FLAGS_USED = ("architecture", "width_multiplier", "color_constancy", "center_crop",
                   "optimizer", "weight_decay", "lr_schedule", "warmup_epochs")
-SHARED_FLAGS_IGNORED = ("steps_per_epoch", "max_train_minutes", "ema_decay", "cache",
-                        "mixed_precision", "jit_compile", "profile_steps")
+# What --help lists after this program's own flags: the shared and trainer.cnn flags it reads.
+HELP_FLAGS = ("data_dir", "workdir", "image_size", "batch_size", "epochs", "learning_rate",
+              "seed", "deterministic", *CNN_FLAGS_USED)
 
 
 def define_flags() -> None:
@@ -42,17 +43,20 @@ def define_flags() -> None:
     flags.DEFINE_float("temperature", 0.2, "Softmax temperature of the contrastive loss "
                        "(trainer.cnn.contrastive.nt_xent_loss); smaller weighs the hardest "
                        "other images more.", lower_bound=1e-3)
-    flags.DEFINE_list("pretrain_splits", ["train", "validation", "test"], "The dataset's "
-                      "splits whose images are learned from (every record, labels unread).")
+    flags.DEFINE_list("pretrain_splits", ["train"], "The dataset's splits whose images are "
+                      "learned from (every record, labels unread). Add validation,test only "
+                      "for a dataset the classifier will not be evaluated on: images that "
+                      "shaped the encoder are not unseen images.")
 
 
 def _refuse_unused_flags() -> None:
-    given = [name for name in FLAGS.get_flags_for_module("trainer.cnn.cli")
-             if FLAGS[name.name].present and name.name not in CNN_FLAGS_USED]
-    given += [FLAGS[name] for name in SHARED_FLAGS_IGNORED if FLAGS[name].present]
+    """A trainer.cnn or shared flag pretraining does not read is refused, not ignored."""
+    given = [flag.name for module in ("trainer.cnn.cli", "trainer.core.flags")
+             for flag in FLAGS.get_flags_for_module(module)
+             if flag.present and flag.name not in HELP_FLAGS]
     if given:
-        program.fail("pretraining does not use " + ", ".join(f"--{f.name}" for f in given)
-                     + f"; it reads --{', --'.join(CNN_FLAGS_USED)} of trainer.cnn's flags")
+        program.fail("pretraining does not use --" + ", --".join(sorted(set(given)))
+                     + f"; of trainer.cnn's flags it reads --{', --'.join(HELP_FLAGS)}")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -112,8 +116,12 @@ def main(argv: Sequence[str]) -> None:
           f"parameters) on {images} images of {FLAGS.data_dir} ({steps} steps of "
           f"{FLAGS.batch_size} pairs an epoch, {FLAGS.epochs} epochs)", flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    model.fit(stream, epochs=FLAGS.epochs, steps_per_epoch=steps, verbose=2, shuffle=False,
-              callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record)])
+    try:
+        model.fit(stream, epochs=FLAGS.epochs, steps_per_epoch=steps, verbose=2,
+                  shuffle=False, callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=record)])
+    except FloatingPointError as e:
+        program.fail(f"{str(e).split(';')[0]}; stopped. Lower --learning_rate or raise "
+                     "--temperature")
     encoder.save(os.path.join(FLAGS.workdir, contrastive.ENCODER_NAME))
     counts = contrastive.pretraining_splits(manifest, FLAGS.image_size, FLAGS.pretrain_splits)
     per_source = {split: dataset_lib.records_per_source(manifest, split) for split in counts}
@@ -143,7 +151,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     define_flags()
     core_flags.require_run_folders()
     program.run(main, prog="trainer.cnn.pretrain", doc=__doc__, argv=argv,
-                flag_modules=[__name__, "trainer.core.flags"])
+                flag_modules=[__name__], help_flags=HELP_FLAGS)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,18 @@ def setting_differences(summary: Mapping[str, Any], settings: Mapping[str, Any])
     return out
 
 
+def splits_seen(summary: Mapping[str, Any], data_dir: str) -> list[str]:
+    """The splits of `data_dir` whose images pretrained the encoder: its recorded splits when
+    it learned from the same dataset folder, else [] (images shared by two different folders
+    cannot be seen from here)."""
+    config = summary.get("config", {})
+    if not config.get("data_dir") or not data_dir:
+        return []
+    if os.path.realpath(config["data_dir"]) != os.path.realpath(data_dir):
+        return []
+    return list(config.get("splits") or [])
+
+
 def load_encoder_weights(model: Any, path: str) -> dict[str, int]:
     """Copies every weighted layer of the encoder at `path` into the same-named layer of
     `model` (in place); returns {"layers": ..., "parameters": ...} copied. PretrainError,

@@ -377,8 +377,7 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
                                    c.weights_path or None, c.width_multiplier,
                                    c.color_constancy, center_crop=c.center_crop)
-        initialised = (pretrained_encoder.load_encoder_weights(model, c.init_encoder)
-                       if c.init_encoder else None)
+        initialised = _init_encoder(model, c) if c.init_encoder else None
         if c.use_metadata:
             from trainer.core import metadata_features
 
@@ -417,6 +416,10 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         if initialised is not None:
             print(f"encoder from {c.init_encoder}: {initialised['layers']} layers, "
                   f"{initialised['parameters']:,} parameters", flush=True)
+            if initialised["evaluation_splits_seen"]:
+                print(f"note: the encoder was pretrained on this dataset's "
+                      f"{', '.join(initialised['evaluation_splits_seen'])} images (without "
+                      "labels): their scores are not those of unseen images", flush=True)
         if offsets is not None:
             print("source logit offsets (training only): " + ", ".join(
                 f"{name} {value:+.3f}" for name, value in offsets.items()), flush=True)
@@ -468,6 +471,15 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
     if c.verbose:
         print("training summary: " + json.dumps(summary), flush=True)
     return TrainResult(model, history_file.entries, summary)
+
+
+def _init_encoder(model: keras.Model, c: TrainConfig) -> dict[str, Any]:
+    """--init_encoder: the pretrained encoder's weights copied into `model`; what was copied,
+    and which of this run's evaluation splits the encoder learned from (without labels)."""
+    copied = pretrained_encoder.load_encoder_weights(model, c.init_encoder)
+    seen = pretrained_encoder.splits_seen(pretrained_encoder.read_summary(c.init_encoder),
+                                          c.data_dir)
+    return {**copied, "evaluation_splits_seen": [s for s in seen if s != "train"]}
 
 
 def _final_summary(c, model, entries, policy, strategy, wall) -> dict[str, Any]:

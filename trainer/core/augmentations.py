@@ -174,12 +174,14 @@ def contrastive_augment(image: tf.Tensor, seed) -> tf.Tensor:
     image = tf.image.crop_and_resize(image[None], box, [0], tf.stack([size, size]),
                                      method="bilinear")[0]
     image = rotate(image, tf.random.stateless_uniform([], seeds[6], 0.0, 2.0 * math.pi))
-    jittered = tf.image.stateless_random_brightness(image, CONTRASTIVE_BRIGHTNESS_DELTA,
-                                                    seeds[7])
-    jittered = tf.image.stateless_random_contrast(jittered, *CONTRASTIVE_CONTRAST_RANGE,
-                                                  seeds[8])
-    jittered = tf.image.stateless_random_saturation(jittered, *CONTRASTIVE_SATURATION_RANGE,
-                                                    seeds[9])
+    # each step clipped to [0, 1] before the next, as SimCLR's colour jitter does (the hue step
+    # goes through HSV, which assumes it)
+    jittered = tf.clip_by_value(tf.image.stateless_random_brightness(
+        image, CONTRASTIVE_BRIGHTNESS_DELTA, seeds[7]), 0.0, 1.0)
+    jittered = tf.clip_by_value(tf.image.stateless_random_contrast(
+        jittered, *CONTRASTIVE_CONTRAST_RANGE, seeds[8]), 0.0, 1.0)
+    jittered = tf.clip_by_value(tf.image.stateless_random_saturation(
+        jittered, *CONTRASTIVE_SATURATION_RANGE, seeds[9]), 0.0, 1.0)
     jittered = tf.image.stateless_random_hue(jittered, CONTRASTIVE_HUE_DELTA, seeds[10])
     jitter = tf.random.stateless_uniform([], seeds[11]) < CONTRASTIVE_JITTER_PROBABILITY
     image = tf.where(jitter, tf.clip_by_value(jittered, 0.0, 1.0), image)

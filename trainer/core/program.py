@@ -37,16 +37,21 @@ def fail(message: str) -> NoReturn:
     raise UserError(message)
 
 
-def help_text(prog: str, doc: str | None, flag_modules: Iterable[str]) -> str:
+def help_text(prog: str, doc: str | None, flag_modules: Iterable[str],
+              help_flags: Iterable[str] = ()) -> str:
     """Usage (the program's docstring, first paragraph) and one line per own flag with its
-    default; --helpfull still lists absl's and every other module's flags."""
+    default, then those of help_flags (flags of other modules the program reads, by name);
+    --helpfull still lists absl's and every other module's flags."""
     lines = [f"usage: python -m {prog} [--flagfile=FILE] [--flag=value ...]", ""]
     if doc:
         lines += [textwrap.dedent(doc).strip().split("\n\n")[0], ""]
     seen: set[str] = set()
     lines.append("flags:")
-    for module in flag_modules:
-        for flag in sorted(flags.FLAGS.get_flags_for_module(module), key=lambda f: f.name):
+    groups = [sorted(flags.FLAGS.get_flags_for_module(module), key=lambda f: f.name)
+              for module in flag_modules]
+    groups.append([flags.FLAGS[name] for name in help_flags])
+    for group in groups:
+        for flag in group:
             if flag.name in seen:
                 continue
             seen.add(flag.name)
@@ -77,15 +82,16 @@ def _existing_outputs() -> dict[str, bool]:
 
 def run(main: Callable[[list[str]], int | None], *, prog: str, doc: str | None,
         flag_modules: Sequence[str], argv: Sequence[str] | None = None,
-        positional: bool = False) -> None:
+        positional: bool = False, help_flags: Sequence[str] = ()) -> None:
     """Parses flags (a bad one: one line, exit 2), answers --help (exit 0), runs main, and turns
     a UserError into one line on stderr and exit 2, removing output folders it created.
-    positional=False: every input is a flag, and a stray word is refused (a typo, not ignored)."""
+    positional=False: every input is a flag, and a stray word is refused (a typo, not ignored).
+    help_flags: flags of other modules --help lists too (those the program reads)."""
     argv = list(sys.argv if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if any(arg in HELP_ARGS for arg in argv[1:]):
         try:
-            print(help_text(prog, doc, flag_modules), flush=True)
+            print(help_text(prog, doc, flag_modules, help_flags), flush=True)
         except BrokenPipeError:  # `--help | head`: the reader left, which is fine
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
