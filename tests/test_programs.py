@@ -36,6 +36,7 @@ PROGRAMS = {
     "benchmarks.bench_preprocess": ("--input", "--workdir"),
     "benchmarks.ablation": ("--workdir", "--base"),
     "benchmarks.protocol": ("--input", "--base", "--workdir", "--seeds"),
+    "benchmarks.linear_probe": ("--encoders", "--train_data", "--heldout_data"),
 }
 
 
