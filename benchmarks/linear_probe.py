@@ -145,7 +145,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.linear_probe",
-                                description=__doc__.split("\n\n")[0])
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--encoders", required=True, help="NAME=WHERE pairs, comma-separated")
     p.add_argument("--train_data", required=True, help="dataset whose train split fits the probe")
     p.add_argument("--heldout_data", required=True, help="dataset scored (every split)")
