@@ -353,3 +353,28 @@ def test_evaluation_with_a_classifier_reports_class_agreement(run, data_dir, tmp
         evaluation.evaluate(str(run), data_dir, str(tmp_path / "refused"), num_generated=6,
                             feature_extractor="pixels", classifier=str(two_inputs))
     assert not (tmp_path / "refused").exists()
+
+
+def test_the_curve_follows_class_agreement_checkpoint_by_checkpoint(run, data_dir, tmp_path):
+    """trainer.gan.curve --classifier: each checkpoint's class agreement beside its FID, the
+    same classifier's on held-out real images as the reference, a panel in curve.png."""
+    from trainer.gan import curve
+
+    classifier = _classifier_folder(tmp_path / "cnn", CLASSES)
+    rows = curve.score_runs([str(run)], data_dir, num_generated=6, extractor="pixels",
+                            classifier=str(classifier))
+    assert rows and set(curve.FIELDS) >= set(rows[0])
+    for row in rows:
+        assert 0.0 <= row["class_agreement"] <= 1.0
+        assert 0.0 <= row["class_agreement_real"] <= 1.0
+        shares = dict(part.split("=") for part in row["class_agreement_by_class"].split(";"))
+        assert list(shares) == ["nevus", "melanoma", "benign_keratosis"]  # other: skipped
+        assert all(0.0 <= float(v) <= 1.0 for v in shares.values())
+    plain = curve.score_runs([str(run)], data_dir, num_generated=6, extractor="pixels")
+    assert "class_agreement" not in plain[0]
+    curve.save_curve(rows, str(tmp_path / "curve.png"))
+    with Image.open(tmp_path / "curve.png") as image:
+        with_panel = image.size[0]
+    curve.save_curve(plain, str(tmp_path / "plain.png"))
+    with Image.open(tmp_path / "plain.png") as image:
+        assert with_panel > image.size[0]  # the third panel

@@ -6,12 +6,17 @@ written to --output as curve.json, curve.csv and curve.png (C2ST and FID against
         --data_dir=out/real --output=out/gan-curve
 
 It takes trainer.gan.evaluate's data, feature and output flags (--data_dir, --output,
---num_generated, --feature_extractor and its weights or model, --seed, --max_real), with
---model a list of run folders.
+--num_generated, --feature_extractor and its weights or model, --seed, --max_real,
+--classifier), with --model a list of run folders.
 
 curve.csv holds run, step, train_cpu_s, train_wall_s, FID, KID, C2ST with its 95% interval,
 memorization share, the C2ST on each of the evaluation's cues: colour, sharpness, layout, and
-the DiffAugment probability where a run sets one.
+the DiffAugment probability where a run sets one. With --classifier (diagnosis-conditional
+runs), each checkpoint's class agreement too (trainer.gan.evaluation.class_agreement: a
+classifier trained on real images labels --num_generated images of each class):
+class_agreement is its balanced accuracy on them, class_agreement_real the same classifier's on
+the held-out real images of those classes (the reference), class_agreement_by_class each
+class's share called that class ("nevus=0.82;melanoma=0.41;..."); curve.png gains a panel.
 Training time comes from the run's history.json (train_cpu_s, train_wall_s of the epoch that
 ended at or after the checkpoint's step); a run written before the trainer kept those has
 them empty, and its x axis falls back to steps. A run grown from a smaller one
@@ -36,7 +41,8 @@ PROG = "trainer.gan.curve"
 
 FIELDS = ("run", "step", "train_cpu_s", "train_wall_s", "fid", "kid", "c2st", "c2st_low",
           "c2st_high", "memorized_share", "c2st_colour", "c2st_sharpness", "c2st_layout",
-          "cpu_source", "augment_p", "source_cpu_s")
+          "cpu_source", "augment_p", "source_cpu_s", "class_agreement",
+          "class_agreement_real", "class_agreement_by_class")
 
 
 def checkpoint_steps(run: str) -> list[tuple[int, str]]:
@@ -115,17 +121,30 @@ def parse_rates(pairs: Sequence[str], runs: Sequence[str]) -> dict[str, float]:
     return rates
 
 
+def agreement_columns(report: dict, classes: Sequence[str]) -> dict:
+    """class_agreement's report -> the curve's three class_agreement columns."""
+    recall = report["generated"]["per_class_recall"]
+    return {"class_agreement": report["generated"]["balanced_accuracy"],
+            "class_agreement_real": (report.get("heldout_real") or {}).get("balanced_accuracy"),
+            "class_agreement_by_class": ";".join(
+                f"{c}={recall[c]:.3f}" for c in classes if recall.get(c) is not None)}
+
+
 def score_runs(runs: Sequence[str], data_dir: str, *, num_generated: int = 400,
                max_real: int = 5000, seed: int = 0, extractor: str = "random_conv",
-               cpu_s_per_step: dict[str, float] | None = None,
+               cpu_s_per_step: dict[str, float] | None = None, classifier: str = "",
                **extractor_options) -> list[dict]:
     """One row per kept checkpoint of each run (FIELDS); extractor and its options as
     trainer.gan.features.make_extractor takes them; cpu_s_per_step as training_time takes it,
-    by run folder name."""
+    by run folder name; classifier (every run diagnosis-conditional, with its classes) adds the
+    class agreement columns."""
     from trainer.core import run_folder
     from trainer.gan import features, sampling
 
     rows, reals, extractors = [], {}, {}
+    classify = (features.classifier_probabilities(evaluation.classifier_classes(classifier)[0])[0]
+                if classifier else None)
+    real_by_class: dict[tuple, tuple] = {}  # (size, classes) -> held-out (images, class index)
     for run in runs:
         history = run_folder.read_history(os.path.join(run, run_folder.HISTORY_NAME))
         init_path = os.path.join(run, "checkpoints", grow.RECORD_NAME)
@@ -156,6 +175,23 @@ def score_runs(runs: Sequence[str], data_dir: str, *, num_generated: int = 400,
                                         seed)
             c2st = metrics["c2st"]
             name = os.path.basename(os.path.normpath(run))
+            agreement = {}
+            if classify is not None:
+                mapping = sampling.read_class_mapping(prefix)
+                key = (size, tuple(mapping["classes"]))
+                if key not in real_by_class:
+                    real_by_class[key] = evaluation.load_real_by_class(
+                        data_dir, ["validation", "test"], size, mapping, max_real)
+                # as evaluate: a class with fewer train images than MIN_CLASS_TRAIN is
+                # skipped (every class when the mapping predates its train counts)
+                counts = mapping.get("train_counts") or {c: evaluation.MIN_CLASS_TRAIN
+                                                         for c in mapping["classes"]}
+                by_class = evaluation.generate_by_class(generator, arch, [
+                    num_generated if counts.get(c, 0) >= evaluation.MIN_CLASS_TRAIN else 0
+                    for c in mapping["classes"]], seed)
+                agreement = agreement_columns(evaluation.class_agreement(
+                    classify, mapping["classes"], by_class, num_generated, real_by_class[key]),
+                    mapping["classes"])
             rows.append({"run": name, "step": step,
                          **with_source_cpu(training_time(
                              history, step, (cpu_s_per_step or {}).get(name)), init_record),
@@ -164,7 +200,7 @@ def score_runs(runs: Sequence[str], data_dir: str, *, num_generated: int = 400,
                          "c2st_low": c2st["ci95"][0], "c2st_high": c2st["ci95"][1],
                          "memorized_share": memorized["share_below"],
                          **{f"c2st_{cue}": v["generated"] for cue, v in cues.items()},
-                         "augment_p": augment_p_at(prefix, history, step)})
+                         "augment_p": augment_p_at(prefix, history, step), **agreement})
             logging.info("%s step %d: FID %.3f, C2ST %.3f", rows[-1]["run"], step,
                          rows[-1]["fid"], rows[-1]["c2st"])
     return rows
@@ -187,8 +223,10 @@ def save_curve(rows: Sequence[dict], path: str) -> None:
     lacks them)."""
     from trainer.core.report import figure
 
-    fig = figure(10, 4)
-    ax_c2st, ax_fid = fig.subplots(1, 2)
+    agreement = any(r.get("class_agreement") is not None for r in rows)
+    fig = figure(15 if agreement else 10, 4)
+    axes = fig.subplots(1, 3 if agreement else 2)
+    ax_c2st, ax_fid = axes[0], axes[1]
     timed, drawn = plot_rows(rows)
     xlabel = "training CPU minutes" if timed else "training steps"
     for run, mine in drawn.items():
@@ -202,6 +240,15 @@ def save_curve(rows: Sequence[dict], path: str) -> None:
                                                          for r in mine]]), marker="o",
             capsize=3, label=label)
         ax_fid.plot(x, [r["fid"] for r in mine], marker="o", label=label)
+        if agreement:
+            line = axes[2].plot(x, [r.get("class_agreement") for r in mine], marker="o",
+                                label=label)[0]
+            real = [r.get("class_agreement_real") for r in mine]
+            if real and real[0] is not None:
+                axes[2].axhline(real[0], ls=":", c=line.get_color(), lw=1)
+    if agreement:
+        axes[2].set(xlabel=xlabel, ylim=(0.0, 1.02),
+                    ylabel="class agreement (balanced; dotted: real images)")
     ax_c2st.axhline(0.85, ls="--", c="grey", lw=1)
     ax_c2st.set(xlabel=xlabel, ylabel="C2ST accuracy (0.5 = indistinguishable)",
                 ylim=(0.45, 1.02))
@@ -231,6 +278,10 @@ def main(argv: list[str]) -> None:
     inputs.folder_to_write("output", values.output, "the folder curve.json/csv/png go to")
     evaluate.check_features(values)
     rates = inputs.checked("cpu_s_per_step", parse_rates, values.cpu_s_per_step, values.model)
+    if values.classifier:  # every run conditional on the classifier's classes, up front
+        for run in values.model:
+            inputs.checked("classifier", evaluation.check_classifier, values.classifier,
+                           inputs.generator(run)[1])
     from trainer.core import run_folder
 
     rows = score_runs(values.model, values.data_dir, num_generated=values.num_generated,
@@ -239,7 +290,8 @@ def main(argv: list[str]) -> None:
                       inception_weights=values.inception_weights,
                       feature_model=values.feature_model,
                       feature_model_range=tuple(float(v)
-                                                for v in values.feature_model_value_range))
+                                                for v in values.feature_model_value_range),
+                      classifier=values.classifier)
     out = values.output
     os.makedirs(out, exist_ok=True)
     run_folder.write_json(os.path.join(out, "curve.json"), {"rows": rows})

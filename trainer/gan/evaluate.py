@@ -57,6 +57,12 @@ def define_common_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       "--feature_model was trained on.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed for latents, subsets and the C2ST split.",
                          lower_bound=0, flag_values=fv)
+    flags.DEFINE_string("classifier", "", "A diagnosis-conditional GAN: a trainer.cnn "
+                        "--task=diagnosis run or export folder with the GAN's classes (trained "
+                        "with --min_class_records as the GAN's --gan_min_class_records), which "
+                        "labels each class's generated images: does a generated melanoma look "
+                        "like a melanoma (the report's class agreement; the curve's per "
+                        "checkpoint)?", flag_values=fv)
     flags.register_validator("feature_model_value_range", _valid_range,
                              message="must be two numbers LOW,HIGH with LOW < HIGH",
                              flag_values=flag_values)
@@ -76,12 +82,6 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.register_validator("heldout_splits", lambda v: set(v) <= set(SPLITS),
                              message=f"splits must be among {','.join(SPLITS)}",
                              flag_values=flag_values)
-    flags.DEFINE_string("classifier", "", "A diagnosis-conditional GAN: a trainer.cnn "
-                        "--task=diagnosis run or export folder with the GAN's classes (trained "
-                        "with --min_class_records as the GAN's --gan_min_class_records), which "
-                        "labels each class's generated images: does a generated melanoma look "
-                        "like a melanoma (the report's class agreement)?",
-                        flag_values=flag_values)
     flags.DEFINE_enum("memorization_space", "pixels", ["pixels", "features"], "Nearest-"
                       "neighbour space: pixels (32x32, RMS distance in [0, 1] units) or the "
                       "extractor's features.", flag_values=flag_values)
