@@ -44,6 +44,26 @@ def parse_record(serialized: tf.Tensor, image_size: int,
     return out
 
 
+def field_values(data_dir: str, split: str, image_size: int, field: str,
+                 manifest: dict | None = None) -> list[str]:
+    """One string field (e.g. image_id) of every record of a split, in shard order, parsed
+    alone (no image decoded); [] for a split the dataset lacks at that size."""
+    if field not in RECORD_FIELDS:
+        raise ValueError(f"field {field!r} is not a record field; choose from {RECORD_FIELDS}")
+    manifest = dataset_lib.manifest_or_read(data_dir, manifest)
+    if split not in manifest.get("datasets", {}).get(str(image_size), {}):
+        return []
+    paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
+    if not paths:
+        return []
+    spec = schema.feature_spec((field,))
+    records = tf.data.TFRecordDataset(paths,
+                                      compression_type=dataset_lib.compression_type(manifest))
+    values = records.map(lambda s: tf.io.parse_single_example(s, spec)[field]).batch(4096)
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v)
+            for batch in values.as_numpy_iterator() for v in batch]
+
+
 def count_records(info: dict, labels: str) -> int:
     """Records one pass over a split yields (a split_info entry of the manifest): every record,
     or (binary) its benign and malignant ones."""

@@ -173,7 +173,9 @@ def test_pretrain_then_train_from_the_encoder_as_a_user_would(tmp_path, sample_d
     assert trained.returncode == 0, trained.stderr[-2000:]
     train_summary = json.loads((tmp_path / "cnn" / "train_summary.json").read_text())
     assert train_summary["init_encoder"]["layers"] == 18
-    assert train_summary["init_encoder"]["evaluation_splits_seen"] == []  # train only
+    assert train_summary["init_encoder"]["evaluation_images_seen"] == {}  # train only
+    ids = (run / pretrained_encoder.IMAGE_IDS_NAME).read_text().split()
+    assert len(ids) == 8 and ids == sorted(ids)
     refused = _run("trainer.cnn.pretrain", f"--data_dir={data}", f"--workdir={run}",
                    "--architecture=compact", f"--image_size={SIZE}", "--task=diagnosis")
     assert refused.returncode == 2 and "does not use --task;" in refused.stderr
@@ -182,8 +184,23 @@ def test_pretrain_then_train_from_the_encoder_as_a_user_would(tmp_path, sample_d
     assert again.returncode == 2 and "not empty" in again.stderr
 
 
-def test_splits_seen_names_this_dataset_s_splits_only(tmp_path):
-    summary = {"config": {"data_dir": str(tmp_path / "data"), "splits": ["train", "test"]}}
-    assert pretrained_encoder.splits_seen(summary, str(tmp_path / "data")) == ["train", "test"]
-    assert pretrained_encoder.splits_seen(summary, str(tmp_path / "other")) == []
-    assert pretrained_encoder.splits_seen({"config": {}}, str(tmp_path / "data")) == []
+def test_images_seen_counts_evaluation_images_the_encoder_learned_from(tmp_path):
+    """Whatever folder the pretraining read: the overlap is by image id."""
+    from isicflow import reader
+
+    data = write_tiny_dataset(tmp_path / "data", {
+        "train": random_images(4, 40, seed=0), "validation": random_images(3, 40, seed=1),
+        "test": random_images(2, 40, seed=2)}, SIZE)
+    evaluated = {split: reader.field_values(data, split, SIZE, "image_id")
+                 for split in pretrained_encoder.EVALUATION_SPLITS}
+    assert sorted(evaluated["validation"]) == ["validation_0000", "validation_0001",
+                                               "validation_0002"]  # in shard order
+    assert reader.field_values(data, "validation", 64, "image_id") == []  # no such size
+    run = tmp_path / "run"
+    _save_encoder(run)
+    assert pretrained_encoder.read_image_ids(str(run)) is None  # not recorded: unknown
+    pretrained_encoder.write_image_ids(str(run), ["train_0001", "validation_0002",
+                                                  "test_0000", "test_0001", "test_0000"])
+    pretrained = pretrained_encoder.read_image_ids(str(run))
+    assert pretrained_encoder.images_seen(pretrained, evaluated) == {"validation": 1, "test": 2}
+    assert pretrained_encoder.images_seen({"train_0001"}, evaluated) == {}

@@ -124,6 +124,13 @@ def main(argv: Sequence[str]) -> None:
                      "--temperature")
     encoder.save(os.path.join(FLAGS.workdir, contrastive.ENCODER_NAME))
     counts = contrastive.pretraining_splits(manifest, FLAGS.image_size, FLAGS.pretrain_splits)
+    from isicflow import reader
+    from trainer.cnn import pretrained_encoder
+
+    pretrained_encoder.write_image_ids(FLAGS.workdir, [
+        i for split in counts
+        for i in reader.field_values(FLAGS.data_dir, split, FLAGS.image_size, "image_id",
+                                     manifest)])
     per_source = {split: dataset_lib.records_per_source(manifest, split) for split in counts}
     summary = {
         "config": {"architecture": FLAGS.architecture,

@@ -6,6 +6,7 @@ share with it, and the one copy of its weights into a classifier.
     RUN/pretrain_summary.json  {"config": {architecture, width_multiplier, color_constancy,
                                center_crop, image_size, ...}, "images": ..., ...}
     RUN/history.json           per epoch: loss, pair_accuracy, learning_rate (run_folder)
+    RUN/image_ids.txt          the image_id of every record it learned from, sorted
 
 The weights go across by layer name, so a classifier of another architecture or width is
 refused, naming the layers that differ. No TensorFlow at import (the trainer's config checks
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from trainer.core.program import UserError
 
 ENCODER_NAME = "encoder.keras"
 SUMMARY_NAME = "pretrain_summary.json"
+IMAGE_IDS_NAME = "image_ids.txt"         # every image the encoder learned from, one id a line
+EVALUATION_SPLITS = ("validation", "test")
 ENCODER_LAYER = "gap"                    # the classifier layer whose output is the encoder's
 ARCHITECTURES = ("compact", "residual")  # the classifiers that have it
 # The settings a classifier must share with its encoder (its layers' shapes and what its
@@ -69,16 +72,28 @@ def setting_differences(summary: Mapping[str, Any], settings: Mapping[str, Any])
     return out
 
 
-def splits_seen(summary: Mapping[str, Any], data_dir: str) -> list[str]:
-    """The splits of `data_dir` whose images pretrained the encoder: its recorded splits when
-    it learned from the same dataset folder, else [] (images shared by two different folders
-    cannot be seen from here)."""
-    config = summary.get("config", {})
-    if not config.get("data_dir") or not data_dir:
-        return []
-    if os.path.realpath(config["data_dir"]) != os.path.realpath(data_dir):
-        return []
-    return list(config.get("splits") or [])
+def write_image_ids(folder: str, ids) -> str:
+    """IMAGE_IDS_NAME in `folder`: the ids, sorted and unique, one a line."""
+    path = os.path.join(folder, IMAGE_IDS_NAME)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{i}\n" for i in sorted(set(ids)))
+    return path
+
+
+def read_image_ids(path: str) -> set[str] | None:
+    """The ids the encoder at `path` learned from; None for a run that did not record them."""
+    file = os.path.join(os.path.dirname(encoder_path(path)), IMAGE_IDS_NAME)
+    if not os.path.isfile(file):
+        return None
+    with open(file, encoding="utf-8") as f:
+        return {line.strip() for line in f if line.strip()}
+
+
+def images_seen(pretrained: set[str], evaluated: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """{split: how many of its image ids the encoder learned from}, splits with none left out:
+    images that shaped the encoder are not unseen images, whichever folder they came from."""
+    return {split: n for split, ids in evaluated.items()
+            if (n := sum(1 for i in ids if i in pretrained))}
 
 
 def load_encoder_weights(model: Any, path: str) -> dict[str, int]:

@@ -377,7 +377,7 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         model = models.build_model(c.model, c.image_size, c.dropout, c.l2,
                                    c.weights_path or None, c.width_multiplier,
                                    c.color_constancy, center_crop=c.center_crop)
-        initialised = _init_encoder(model, c) if c.init_encoder else None
+        initialised = _init_encoder(model, c, manifest) if c.init_encoder else None
         if c.use_metadata:
             from trainer.core import metadata_features
 
@@ -416,10 +416,14 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         if initialised is not None:
             print(f"encoder from {c.init_encoder}: {initialised['layers']} layers, "
                   f"{initialised['parameters']:,} parameters", flush=True)
-            if initialised["evaluation_splits_seen"]:
-                print(f"note: the encoder was pretrained on this dataset's "
-                      f"{', '.join(initialised['evaluation_splits_seen'])} images (without "
-                      "labels): their scores are not those of unseen images", flush=True)
+            seen = initialised["evaluation_images_seen"]
+            if seen is None or seen:
+                print("note: " + ("the pretraining run did not record its images: whether it "
+                                  "saw this run's validation and test images is unknown"
+                                  if seen is None else "the encoder learned (without labels) "
+                                  "from " + ", ".join(f"{n} {s}" for s, n in seen.items())
+                                  + " images of this run: their scores are not those of "
+                                  "unseen images"), flush=True)
         if offsets is not None:
             print("source logit offsets (training only): " + ", ".join(
                 f"{name} {value:+.3f}" for name, value in offsets.items()), flush=True)
@@ -473,13 +477,19 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
     return TrainResult(model, history_file.entries, summary)
 
 
-def _init_encoder(model: keras.Model, c: TrainConfig) -> dict[str, Any]:
+def _init_encoder(model: keras.Model, c: TrainConfig, manifest: dict[str, Any]
+                  ) -> dict[str, Any]:
     """--init_encoder: the pretrained encoder's weights copied into `model`; what was copied,
-    and which of this run's evaluation splits the encoder learned from (without labels)."""
+    and how many images of each of this run's evaluation splits the encoder learned from
+    (without labels; None when the pretraining run did not record its images)."""
+    from isicflow import reader
+
     copied = pretrained_encoder.load_encoder_weights(model, c.init_encoder)
-    seen = pretrained_encoder.splits_seen(pretrained_encoder.read_summary(c.init_encoder),
-                                          c.data_dir)
-    return {**copied, "evaluation_splits_seen": [s for s in seen if s != "train"]}
+    pretrained = pretrained_encoder.read_image_ids(c.init_encoder)
+    seen = None if pretrained is None else pretrained_encoder.images_seen(pretrained, {
+        split: reader.field_values(c.data_dir, split, c.image_size, "image_id", manifest)
+        for split in pretrained_encoder.EVALUATION_SPLITS})
+    return {**copied, "evaluation_images_seen": seen}
 
 
 def _final_summary(c, model, entries, policy, strategy, wall) -> dict[str, Any]:
