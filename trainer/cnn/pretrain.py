@@ -74,9 +74,9 @@ def main(argv: Sequence[str]) -> None:
                      ">= 1 and >= 2")
     import keras
 
-    from trainer.cnn import contrastive, recipe
+    from isicflow import dataset as dataset_lib, reader
+    from trainer.cnn import contrastive, pretrained_encoder, recipe
     from trainer.core import runtime
-    from isicflow import dataset as dataset_lib
 
     try:
         stream, images = contrastive.view_pairs(FLAGS.data_dir, FLAGS.image_size,
@@ -124,9 +124,6 @@ def main(argv: Sequence[str]) -> None:
                      "--temperature")
     encoder.save(os.path.join(FLAGS.workdir, contrastive.ENCODER_NAME))
     counts = contrastive.pretraining_splits(manifest, FLAGS.image_size, FLAGS.pretrain_splits)
-    from isicflow import reader
-    from trainer.cnn import pretrained_encoder
-
     pretrained_encoder.write_image_ids(FLAGS.workdir, [
         i for split in counts
         for i in reader.field_values(FLAGS.data_dir, split, FLAGS.image_size, "image_id",
