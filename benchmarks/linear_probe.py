@@ -9,7 +9,8 @@ classifier run's seed and checkpoint choice.
         --encoders=random=random:compact,simclr=out/pretrain/simclr,supervised=out/protocol/W/runs/rosendahl/seed_0
 
 --encoders: NAME=WHERE pairs; WHERE is a `trainer.cnn.pretrain` run folder (its encoder.keras),
-a `trainer.cnn` run folder (its model.keras cut at `gap`: what supervised training learned), or
+a `trainer.cnn` run folder (its model.keras cut before its output, trainer.gan.features.
+penultimate_model: `gap` for the compact and residual nets, what supervised training learned), or
 random:ARCH (the untrained net, seeded by --seed: the floor). The probe standardises the
 features and fits sklearn's LogisticRegression (L2, C=--c, balanced class weights). Writes
 linear_probe.json and linear_probe.md in --output.
@@ -46,6 +47,7 @@ def load_encoder(where: str, image_size: int, seed: int):
     import keras
 
     from trainer.cnn import contrastive, models, pretrained_encoder
+    from trainer.gan import features
 
     if where.startswith(RANDOM_PREFIX):
         keras.utils.set_random_seed(seed)
@@ -56,12 +58,7 @@ def load_encoder(where: str, image_size: int, seed: int):
     if not os.path.isfile(path):
         raise ValueError(f"--encoders: {where} holds neither {pretrained_encoder.ENCODER_NAME} "
                          "(trainer.cnn.pretrain) nor model.keras (trainer.cnn)")
-    model = models.load_keras_model(path)
-    try:
-        return keras.Model(model.inputs, model.get_layer(pretrained_encoder.ENCODER_LAYER).output)
-    except ValueError:
-        raise ValueError(f"--encoders: {path} has no '{pretrained_encoder.ENCODER_LAYER}' "
-                         "layer (a compact or residual net has)") from None
+    return features.penultimate_model(models.load_keras_model(path))
 
 
 def labelled_images(data_dir: str, splits: Sequence[str], image_size: int

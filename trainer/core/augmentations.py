@@ -24,11 +24,13 @@ DERMOSCOPY_BRIGHTNESS_DELTA = 0.05
 DERMOSCOPY_CONTRAST_RANGE = (0.9, 1.1)
 
 
-def _random_resized_crop(image: tf.Tensor, seeds) -> tf.Tensor:
+def _random_resized_crop(image: tf.Tensor, seeds, area_range=CROP_AREA_RANGE) -> tf.Tensor:
+    """A box of area_range of the image's area (aspect 3/4..4/3) resized back to its size;
+    seeds: 4 stateless seeds (area, aspect, top, left)."""
     import tensorflow as tf
 
     size = tf.shape(image)[0]
-    area = tf.random.stateless_uniform([], seeds[0], *CROP_AREA_RANGE)
+    area = tf.random.stateless_uniform([], seeds[0], *area_range)
     aspect = tf.exp(tf.random.stateless_uniform([], seeds[1], *CROP_LOG_ASPECT_RANGE))
     height = tf.minimum(1.0, tf.sqrt(area / aspect))  # as fractions of the side
     width = tf.minimum(1.0, tf.sqrt(area * aspect))
@@ -163,16 +165,7 @@ def contrastive_augment(image: tf.Tensor, seed) -> tf.Tensor:
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=13)
     image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     image = tf.image.stateless_random_flip_up_down(image, seeds[1])
-    size = tf.shape(image)[0]
-    area = tf.random.stateless_uniform([], seeds[2], *CONTRASTIVE_CROP_AREA_RANGE)
-    aspect = tf.exp(tf.random.stateless_uniform([], seeds[3], *CROP_LOG_ASPECT_RANGE))
-    height = tf.minimum(1.0, tf.sqrt(area / aspect))
-    width = tf.minimum(1.0, tf.sqrt(area * aspect))
-    top = tf.random.stateless_uniform([], seeds[4]) * (1.0 - height)
-    left = tf.random.stateless_uniform([], seeds[5]) * (1.0 - width)
-    box = tf.stack([top, left, top + height, left + width])[None]
-    image = tf.image.crop_and_resize(image[None], box, [0], tf.stack([size, size]),
-                                     method="bilinear")[0]
+    image = _random_resized_crop(image, seeds[2:6], CONTRASTIVE_CROP_AREA_RANGE)
     image = rotate(image, tf.random.stateless_uniform([], seeds[6], 0.0, 2.0 * math.pi))
     # each step clipped to [0, 1] before the next, as SimCLR's colour jitter does (the hue step
     # goes through HSV, which assumes it)
