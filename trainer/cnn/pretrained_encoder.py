@@ -96,6 +96,19 @@ def images_seen(pretrained: set[str], evaluated: Mapping[str, Sequence[str]]) ->
             if (n := sum(1 for i in ids if i in pretrained))}
 
 
+def overlap_note(seen: Mapping[str, int] | None) -> str | None:
+    """What a run starting from the encoder should say of images_seen's count (None: the
+    pretraining did not record its images), or None when it saw none of them."""
+    if seen is None:
+        return ("the pretraining run did not record its images: whether it saw this run's "
+                "validation and test images is unknown")
+    if not seen:
+        return None
+    return ("the encoder learned (without labels) from "
+            + ", ".join(f"{n} {split}" for split, n in seen.items())
+            + " images of this run: their scores are not those of unseen images")
+
+
 def load_encoder_weights(model: Any, path: str) -> dict[str, int]:
     """Copies every weighted layer of the encoder at `path` into the same-named layer of
     `model` (in place); returns {"layers": ..., "parameters": ...} copied. PretrainError,

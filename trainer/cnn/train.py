@@ -416,14 +416,9 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         if initialised is not None:
             print(f"encoder from {c.init_encoder}: {initialised['layers']} layers, "
                   f"{initialised['parameters']:,} parameters", flush=True)
-            seen = initialised["evaluation_images_seen"]
-            if seen is None or seen:
-                print("note: " + ("the pretraining run did not record its images: whether it "
-                                  "saw this run's validation and test images is unknown"
-                                  if seen is None else "the encoder learned (without labels) "
-                                  "from " + ", ".join(f"{n} {s}" for s, n in seen.items())
-                                  + " images of this run: their scores are not those of "
-                                  "unseen images"), flush=True)
+            note = pretrained_encoder.overlap_note(initialised["evaluation_images_seen"])
+            if note:
+                print(f"note: {note}", flush=True)
         if offsets is not None:
             print("source logit offsets (training only): " + ", ".join(
                 f"{name} {value:+.3f}" for name, value in offsets.items()), flush=True)

@@ -182,13 +182,12 @@ def score_runs(runs: Sequence[str], data_dir: str, *, num_generated: int = 400,
                 if key not in real_by_class:
                     real_by_class[key] = evaluation.load_real_by_class(
                         data_dir, ["validation", "test"], size, mapping, max_real)
-                # as evaluate: a class with fewer train images than MIN_CLASS_TRAIN is
-                # skipped (every class when the mapping predates its train counts)
+                # evaluate's rule on the run's train counts (a mapping that predates them:
+                # every class drawn)
                 counts = mapping.get("train_counts") or {c: evaluation.MIN_CLASS_TRAIN
                                                          for c in mapping["classes"]}
-                by_class = evaluation.generate_by_class(generator, arch, [
-                    num_generated if counts.get(c, 0) >= evaluation.MIN_CLASS_TRAIN else 0
-                    for c in mapping["classes"]], seed)
+                by_class = evaluation.generate_by_class(generator, arch, evaluation.scored_draws(
+                    [counts.get(c, 0) for c in mapping["classes"]], num_generated), seed)
                 agreement = agreement_columns(evaluation.class_agreement(
                     classify, mapping["classes"], by_class, num_generated, real_by_class[key]),
                     mapping["classes"])

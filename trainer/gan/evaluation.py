@@ -26,6 +26,12 @@ MEMORIZATION_SIDE = 32
 MIN_CLASS_TRAIN = 4  # a class with fewer train images is not scored on its own
 
 
+def scored_draws(train_counts, num: int) -> list[int]:
+    """Per class, `num` images to draw for its own scores when it has at least MIN_CLASS_TRAIN
+    train images, else 0 (the class is skipped): evaluate's and the curve's one rule."""
+    return [num if int(n) >= MIN_CLASS_TRAIN else 0 for n in train_counts]
+
+
 def load_real(data_dir: str, splits, image_size: int, limit: int) -> np.ndarray:
     """uint8 images of the given splits (all labels), in manifest order, at most `limit`.
     A split the dataset lacks, or an empty one, adds no images (logged)."""
@@ -364,9 +370,9 @@ def evaluate(model: str, data_dir: str, output: str, *, num_generated: int = 200
         # Each class drawn once, for both its own scores (num_generated images) and the overall
         # set in train's class shares: generate_by_class's prefix is that smaller draw.
         overall = allocate(num_generated, class_shares(mapping))
-        by_class = generate_by_class(generator, arch, [
-            max(n, num_generated if np.sum(train_y == k) >= MIN_CLASS_TRAIN else 0)
-            for k, n in enumerate(overall)], seed)
+        own = scored_draws([np.sum(train_y == k) for k in range(len(overall))], num_generated)
+        by_class = generate_by_class(generator, arch, [max(n, m) for n, m in zip(overall, own)],
+                                     seed)
         generated = np.concatenate([images[:n] for images, n in zip(by_class, overall)])
     else:
         generated = generate_set(generator, arch, num_generated, seed)
