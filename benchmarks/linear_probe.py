@@ -12,8 +12,9 @@ classifier run's seed and checkpoint choice.
 a `trainer.cnn` run folder (its model.keras cut before its output, trainer.gan.features.
 penultimate_model: `gap` for the compact and residual nets, what supervised training learned), or
 random:ARCH (the untrained net, seeded by --seed: the floor). The probe standardises the
-features and fits sklearn's LogisticRegression (L2, C=--c, balanced class weights). Writes
-linear_probe.json and linear_probe.md in --output.
+features and fits sklearn's LogisticRegression (L2, C=--c, balanced class weights): the fit of
+trainer.cnn.probe_head, which `trainer.cnn --probe_head` starts a run's output layer from.
+Writes linear_probe.json and linear_probe.md in --output.
 """
 from __future__ import annotations
 
@@ -86,23 +87,12 @@ def labelled_images(data_dir: str, splits: Sequence[str], image_size: int
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
-def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, c: float):
-    """A standardised, class-balanced L2 logistic regression fitted on the training features
-    (sklearn); its predict_proba(features)[:, 1] is the malignant probability."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(
-        C=c, class_weight="balanced", max_iter=2000))
-    return model.fit(train_features, train_labels)
-
-
 def linear_probe(encoders: dict[str, str], train_data: str, heldout_data: str,
                  image_size: int, *, c: float = 1.0, seed: int = 0,
                  resamples: int = 1000) -> dict[str, Any]:
     from sklearn import metrics as skm
 
+    from trainer.cnn import probe_head
     from trainer.core import metrics
 
     train_x, train_y = labelled_images(train_data, ["train"], image_size)
@@ -112,7 +102,7 @@ def linear_probe(encoders: dict[str, str], train_data: str, heldout_data: str,
         encoder = load_encoder(where, image_size, seed)
         f_train = encoder.predict(train_x, batch_size=256, verbose=0)
         f_test = encoder.predict(test_x, batch_size=256, verbose=0)
-        fitted = fit_probe(f_train, train_y, c)
+        fitted = probe_head.fit_probe(f_train, train_y, c)
         scores = fitted.predict_proba(f_test)[:, 1]
         interval = metrics.auc_interval(test_y, scores, resamples=resamples, seed=seed)
         rows.append({"encoder": name, "where": where, "features": int(f_train.shape[1]),

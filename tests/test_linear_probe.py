@@ -22,19 +22,6 @@ def test_parse_encoders_refuses_what_is_not_a_new_pair():
             linear_probe.parse_encoders(bad)
 
 
-def test_the_probe_ranks_separable_features_perfectly_and_noise_near_chance():
-    rng = np.random.default_rng(0)
-    y = np.arange(200) % 2
-    signal = rng.normal(size=(200, 4)) + y[:, None] * 3.0
-    fitted = linear_probe.fit_probe(signal[:100], y[:100], c=1.0)
-    from sklearn.metrics import roc_auc_score
-
-    assert roc_auc_score(y[100:], fitted.predict_proba(signal[100:])[:, 1]) > 0.99
-    noise = rng.normal(size=(200, 4))
-    fitted = linear_probe.fit_probe(noise[:100], y[:100], c=1.0)
-    assert abs(roc_auc_score(y[100:], fitted.predict_proba(noise[100:])[:, 1]) - 0.5) < 0.2
-
-
 def _levels(n, seed):
     """Flat images whose grey level says the label: benign dark, malignant bright."""
     items = source_items(n, "clinic", seed, SIZE)

@@ -66,6 +66,11 @@ def define_flags() -> None:
                         "start from that self-supervised encoder instead of random weights "
                         "(compact or residual, the same architecture, width, colour constancy "
                         "and centre crop; trainer.cnn.pretrained_encoder).")
+    flags.DEFINE_bool("probe_head", False, "LP-FT: before the first training step, set the "
+                      "output layer to a logistic regression fitted on the frozen features of "
+                      "the unaugmented train split (with the loss's class weights), then "
+                      "fine-tune everything from there (trainer.cnn.probe_head). Needs "
+                      "--init_encoder or --weights_path.")
     # --- task ---
     flags.DEFINE_enum("task", "binary", list(config_lib.TASKS),
                       "binary: benign/malignant (the study's task, the default); diagnosis: the "

@@ -40,6 +40,7 @@ class TrainConfig(RunConfig):
     augment: bool = False
     weights_path: str = ""            # efficientnet_b0 backbone weights (local file)
     init_encoder: str = ""            # trainer.cnn.pretrain run folder to start from
+    probe_head: bool = False          # output layer from a linear probe first (probe_head)
     class_balance: str = "none"
     source_balance: bool = False      # sample every train source equally
     source_batches: bool = False      # every train batch from one source (batch norm per clinic)
@@ -195,6 +196,11 @@ RULES: tuple[Rule, ...] = (
          "--source_logit_adjustment needs --task=binary, no --use_metadata, no "
          "--mixup_alpha/--cutmix_alpha and no --synthetic_data (the offset rides beside the "
          "image of each real record, by its source)"),
+    Rule(("probe_head", "init_encoder", "weights_path", "use_metadata"),
+         lambda c: not c.probe_head or ((c.init_encoder or c.weights_path)
+                                        and not c.use_metadata),
+         "--probe_head fits the output layer on pretrained features: it needs --init_encoder "
+         "or --weights_path, and no --use_metadata (the probe reads image features only)"),
     # --source_adversary_weight (domain-adversarial training, trainer.core.source_adversary)
     Rule(("source_adversary_weight",), lambda c: 0.0 <= c.source_adversary_weight < math.inf,
          "must be >= 0, 0 = off"),

@@ -62,6 +62,10 @@ def _training_data(manifest: Mapping[str, Any] | None, report: Mapping[str, Any]
         lines.append(f"- The net's encoder started from `{run_config['init_encoder']}`, "
                      "pretrained on unlabelled images (`trainer.cnn.pretrain`, SimCLR): its "
                      "`pretrain_summary.json` names them, per split and source.")
+    if run_config.get("probe_head"):
+        lines.append("- Its output layer started from a logistic regression on the frozen "
+                     "features of the train split (`--probe_head`, LP-FT), then the whole net "
+                     "was fine-tuned.")
     if run_config.get("image_size"):
         lines.append(f"- Image size {run_config['image_size']} px, resize mode "
                      f"{(manifest or {}).get('resize_mode', 'squash')}.")

@@ -34,6 +34,9 @@ class Task(Protocol):
     def sample_dataset(self, c: TrainConfig):
         """A few training images as augmentation makes them (TensorBoard)."""
 
+    def plain_dataset(self, c: TrainConfig, split: str):
+        """(float images in [0, 1], labels) batches of the split once, in order, unaugmented."""
+
     def head(self, model):
         """The model with this task's output."""
 
@@ -171,6 +174,12 @@ class BinaryTask:
             c.data_dir, "train", image_size=c.image_size, batch_size=4, training=True,
             augment=c.augment, seed=c.seed, augmentation=c.augmentation, manifest=self.manifest)
 
+    def plain_dataset(self, c: TrainConfig, split: str):
+        from trainer.core import input_pipeline
+
+        return input_pipeline.make_dataset(c.data_dir, split, training=False,
+                                           **_common(c, True, self.manifest))
+
     def head(self, model):
         return model
 
@@ -279,6 +288,9 @@ class DiagnosisTask:
     def sample_dataset(self, c: TrainConfig):
         return self._dataset(c, "train", image_size=c.image_size, batch_size=4, training=True,
                              augment=c.augment, seed=c.seed, augmentation=c.augmentation)
+
+    def plain_dataset(self, c: TrainConfig, split: str):
+        return self._dataset(c, split, training=False, **_common(c, True, self.manifest))
 
     def head(self, model):
         from trainer.cnn import diagnosis

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.cnn import config as config_lib, models, pretrained_encoder, recipe, tasks
+from trainer.cnn import config as config_lib, models, pretrained_encoder, probe_head, recipe, tasks
 from trainer.cnn.config import TrainConfig  # noqa: F401  (train.TrainConfig, as before)
 from trainer.cnn.data import DataError
 from trainer.cnn.tasks import class_weights_from_counts  # noqa: F401  (tests use it from here)
@@ -400,6 +400,7 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
             optimizer = recipe.make_optimizer(c.optimizer, rate, c.weight_decay, c.ema_decay)
             compiled.compile(optimizer=optimizer, **task.compile_args(c),
                              jit_compile=c.jit_compile)
+    probed = _probe_head(model, c, task) if c.probe_head and not _resumes(c) else None
     meter = runtime.StepTimeMeter(warmup_steps=1)
     install_step_timer(fit_model, meter)
     synchronized = fit_on_several_workers(fit_model, strategy) if workers > 1 else []
@@ -419,6 +420,10 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
             note = pretrained_encoder.overlap_note(initialised["evaluation_images_seen"])
             if note:
                 print(f"note: {note}", flush=True)
+        if probed is not None:
+            print(f"output layer from a linear probe on {probed['images']} train images' "
+                  f"frozen features (balanced accuracy {probed['train_balanced_accuracy']:.3f} "
+                  "on them)", flush=True)
         if offsets is not None:
             print("source logit offsets (training only): " + ", ".join(
                 f"{name} {value:+.3f}" for name, value in offsets.items()), flush=True)
@@ -460,6 +465,8 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
                    stopped_by_time_budget_after_epoch=stopped[0] if stopped else None)
     if initialised is not None:
         summary["init_encoder"] = {"path": c.init_encoder, **initialised}
+    if probed is not None:
+        summary["probe_head"] = probed
     if offsets is not None:
         summary["source_logit_offsets"] = offsets
     if groups is not None:
@@ -485,6 +492,22 @@ def _init_encoder(model: keras.Model, c: TrainConfig, manifest: dict[str, Any]
         split: reader.field_values(c.data_dir, split, c.image_size, "image_id", manifest)
         for split in pretrained_encoder.EVALUATION_SPLITS})
     return {**copied, "evaluation_images_seen": seen}
+
+
+def _probe_head(model: keras.Model, c: TrainConfig, task) -> dict[str, Any]:
+    """--probe_head on a fresh run: the output layer fitted on the train split's frozen
+    features (trainer.cnn.probe_head), with the class weights the loss uses."""
+    try:
+        return probe_head.initialise_head(model, task.plain_dataset(c, "train"),
+                                          task.class_weight(c))
+    except ValueError as e:
+        raise DataError(f"--probe_head with --data_dir={c.data_dir}: {e}") from None
+
+
+def _resumes(c: TrainConfig) -> bool:
+    """The run folder holds a resume state: fit restores the weights, the head's too."""
+    backup = os.path.join(c.workdir, "checkpoints", "backup")
+    return os.path.isdir(backup) and bool(os.listdir(backup))
 
 
 def _final_summary(c, model, entries, policy, strategy, wall) -> dict[str, Any]:
