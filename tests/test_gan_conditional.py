@@ -73,6 +73,44 @@ def test_the_training_stream_gives_class_indices_in_the_gan_range(data_dir, tmp_
     assert sorted(np.bincount(labels.numpy(), minlength=4).tolist()) == [2, 5, 6, 8]
 
 
+def test_class_balance_draws_every_class_equally_often(data_dir, tmp_path):
+    """Train holds 8 / 6 / 5 / 2 records of the four classes: with --gan_class_balance each is
+    a quarter of the draws (its rare `other` class repeated), every image in [-1, 1]."""
+    config = _config(data_dir, tmp_path, batch_size=50, class_balance=True)
+    mapping = gan_training.diagnosis_mapping(config)
+    dataset, steps = gan_training.make_gan_dataset(config, mapping)
+    assert steps == 1  # an epoch is still the 21 records the split holds, at least one batch
+    counts = np.zeros(4, int)
+    for images, labels in dataset.take(8):
+        assert images.shape == (50, SIZE, SIZE, 3)
+        assert float(images.numpy().min()) >= -1.0 and float(images.numpy().max()) <= 1.0
+        counts += np.bincount(labels.numpy(), minlength=4)
+    shares = counts / counts.sum()  # 400 draws: each share within 0.07 of 1/4 (~3 sd)
+    assert np.all(np.abs(shares - 0.25) < 0.07), shares
+
+
+def test_class_balance_of_the_benign_malignant_gan_draws_each_half_the_time(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path, batch_size=50, class_balance=True,
+                     gan_classes="binary")  # 6 malignant of 21 benign/malignant records
+    dataset, _ = gan_training.make_gan_dataset(config, gan_training.diagnosis_mapping(config))
+    labels = np.concatenate([y.numpy() for _, y in dataset.take(8)])
+    assert abs(labels.mean() - 0.5) < 0.07, labels.mean()
+
+
+def test_class_balance_refuses_what_it_cannot_balance(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="needs --conditional and one split"):
+        gan_training.GanConfig(data_dir="d", workdir="w", class_balance=True)
+    with pytest.raises(ValueError, match="needs --conditional and one split"):
+        _config(data_dir, tmp_path, class_balance=True, splits=("train", "validation"))
+    from trainer.cnn import diagnosis
+
+    mapping = {**gan_training.diagnosis_mapping(_config(data_dir, tmp_path)),
+               "classes": CLASSES + ["seborrheic_keratosis"]}
+    with pytest.raises(ValueError, match=r"holds no record of \['seborrheic_keratosis'\]"):
+        diagnosis.make_dataset(data_dir, "train", mapping, image_size=SIZE, batch_size=4,
+                               training=True, balance_classes=True)
+
+
 def test_a_resume_with_other_classes_is_refused(data_dir, run):
     # The saved classes.json wins over a new threshold; another architecture is refused.
     config = _config(data_dir, run, min_class_records=1)

@@ -193,7 +193,7 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                  metadata_encoding: int = metadata_features.ENCODING_VERSION,
                  image_ids: bool = False, balance_sources: bool = False,
                  metadata_fields: Sequence[str] = metadata_features.FIELDS,
-                 one_source_batches: bool = False):
+                 one_source_batches: bool = False, balance_classes: bool = False):
     """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
     split's records in the task; the binary pipeline's reading, parse, decode, augmentation.
     use_metadata: the input is (images, metadata features by encoding metadata_encoding, with
@@ -204,7 +204,10 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     pipeline's; infinite, so give fit a steps_per_epoch; weight the classes with
     tasks.source_balanced_class_weights. one_source_batches (training): every batch from one
     named source, full batches, a source drawn at its share of the task's records (equally
-    with balance_sources), as the binary pipeline's; infinite."""
+    with balance_sources), as the binary pipeline's; infinite. balance_classes (training):
+    each class of the mapping is one repeated stream, drawn with equal probability (a
+    class-conditional GAN's equal share of updates per class); infinite; every class must have
+    a record in the split."""
     import tensorflow as tf
 
     from isicflow import schema
@@ -239,18 +242,26 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     kept = sum(n for k, n in raw.items() if class_of(mapping, k) >= 0)
     buffer = max(1, min(int(info["records"]), _MAX_SHUFFLE_BUFFER))
 
-    def stream(stream_seed: int, source: str | None = None):
+    label_spec = schema.feature_spec(("diagnosis",))
+
+    def class_of_record(serialized):  # the label alone, so a class's stream decodes its own
+        return table.lookup(tf.io.parse_single_example(serialized, label_spec)["diagnosis"])
+
+    def stream(stream_seed: int, source: str | None = None, class_index: int | None = None):
         records = ip.shard_records(paths, manifest,
                                    shuffle_seed=stream_seed if training else None,
                                    deterministic=True if not training else None)
         if source is not None:
             records = records.filter(lambda s: tf.equal(ip.source_of(s), source))
+        if class_index is not None:
+            records = records.filter(lambda s: tf.equal(class_of_record(s), class_index))
         if training and not cache:
             records = records.shuffle(buffer, seed=stream_seed + 1,
                                       reshuffle_each_iteration=True)
         ds = records.map(parse, num_parallel_calls=ip.AUTOTUNE)
         ds = ds.filter(lambda image, label: (label[0] if image_ids else label) >= 0)
-        if source is None:  # the count is known: Keras then knows the epoch length
+        if source is None and class_index is None:  # the count is known: Keras then knows
+            # the epoch length
             ds = ds.apply(tf.data.experimental.assert_cardinality(kept))
         if cache == "memory":
             ds = ds.cache()
@@ -259,7 +270,8 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                 f"-fields{'-'.join(metadata_fields)}"
                 if use_metadata and metadata_fields != metadata_features.FIELDS else "") + (
                 "-ids" if image_ids else "") + (
-                f"-source{ip._digest(source)}" if source is not None else "")
+                f"-source{ip._digest(source)}" if source is not None else "") + (
+                f"-class{class_index}" if class_index is not None else "")
             ds = ds.cache(f"{cache}-{image_size}-{split}-diagnosis{suffix}-"
                           f"{ip._digest(manifest)}")
         if training and cache:
@@ -277,6 +289,24 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
             raise ValueError(f"{flag} needs >= 2 named sources in {split!r} of "
                              f"{data_dir} and every record in one; its records in the task "
                              f"name {sources or 'no source_collection'}, {unnamed} name none")
+    if balance_classes:
+        if not training or balance_sources or one_source_batches:
+            raise ValueError("balance_classes needs training=True, no balance_sources and no "
+                             "one_source_batches")
+        per_class = [sum(n for k, n in raw.items() if class_of(mapping, k) == index)
+                     for index in range(len(mapping["classes"]))]
+        counts = dict(zip(mapping["classes"], per_class))
+        empty = [name for name, n in counts.items() if not n]
+        if empty:
+            raise ValueError(f"balance_classes: split {split!r} of {data_dir} holds no record "
+                             f"of {empty} (records per class {counts})")
+        ds = ip.sample_streams([stream(seed + 13 * index, class_index=index).repeat()
+                                for index in range(len(per_class))],
+                               [1.0] * len(per_class), seed + 2)
+        return ip.finish(ip.augment_and_batch(
+            ds, augment_seed=seed if augment else None, batch_size=batch_size,
+            drop_remainder=drop_remainder, as_uint8=as_uint8, augmentation=augmentation),
+            deterministic)
     if one_source_batches:
         return ip.finish(ip.per_source_mix(
             sources,

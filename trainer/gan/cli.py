@@ -46,6 +46,10 @@ def define_flags() -> None:
                          "diagnoses with fewer records are grouped as `other` (the CNN's "
                          "--min_class_records rule); on HAM10000's 4,188 train images at 64 px "
                          "300 gives nevus, benign_keratosis, melanoma, other.", lower_bound=1)
+    flags.DEFINE_bool("gan_class_balance", False, "With --conditional: real batches draw every "
+                      "class equally often (one repeated stream per class), so each class, "
+                      "its rare ones too, gets an equal share of G's and D's updates (fake "
+                      "labels follow the real batch's). One split only.")
     flags.DEFINE_list("gan_splits", ["train"], "Dataset splits to train on, e.g. "
                       "train,validation.")
     flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every N steps (and always "

@@ -43,6 +43,7 @@ class GanConfig(RunConfig):
     conditional: bool = False
     gan_classes: str = "binary"       # conditional on: binary (benign/malignant) | diagnosis
     min_class_records: int = 300      # diagnosis: rarer train diagnoses grouped as `other`
+    class_balance: bool = False       # conditional: every class drawn equally often
     splits: tuple[str, ...] = ("train",)
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -63,7 +64,8 @@ class GanConfig(RunConfig):
 
     FLAG_SOURCES = {"splits": ("gan_splits", tuple), "architecture": ("gan_architecture", str),
                     "width": ("gan_width", int), "diffaugment": ("diffaugment", tuple),
-                    "min_class_records": ("gan_min_class_records", int)}
+                    "min_class_records": ("gan_min_class_records", int),
+                    "class_balance": ("gan_class_balance", bool)}
 
     def __post_init__(self):
         if self.gan_classes not in GAN_CLASSES:
@@ -72,6 +74,10 @@ class GanConfig(RunConfig):
         if self.gan_classes == "diagnosis" and not self.conditional:
             raise ValueError("--gan_classes=diagnosis needs --conditional (an unconditional "
                              "GAN draws every diagnosis at once)")
+        if self.class_balance and (not self.conditional or len(self.splits) != 1):
+            raise ValueError(f"--gan_class_balance needs --conditional and one split in "
+                             f"--gan_splits (got conditional={self.conditional}, splits "
+                             f"{list(self.splits)}): it balances the classes of one stream")
         if self.min_class_records < 1:
             raise ValueError(f"gan_min_class_records must be >= 1, got {self.min_class_records}")
         if self.architecture not in gan_models.ARCHITECTURES:
@@ -187,11 +193,13 @@ def make_gan_dataset(config, mapping: dict | None = None) -> tuple[tf.data.Datas
 
     Unconditional: every record (labels='all', unknown = -1). Conditional: benign/malignant
     only, or with `mapping` (diagnosis_mapping) the diagnosis class index of every record of a
-    known diagnosis.
+    known diagnosis; with class_balance each class drawn equally often (an epoch is still as
+    many images as the split holds).
     """
     labels = "binary" if config.conditional else "all"
     common = dict(image_size=config.image_size, batch_size=config.batch_size, training=True,
-                  cache=config.cache, deterministic=config.deterministic, seed=config.seed)
+                  cache=config.cache, deterministic=config.deterministic, seed=config.seed,
+                  balance_classes=config.class_balance)
     if mapping is not None:
         from trainer.cnn import diagnosis
 
