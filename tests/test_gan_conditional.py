@@ -109,6 +109,12 @@ def test_class_balance_refuses_what_it_cannot_balance(data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"holds no record of \['seborrheic_keratosis'\]"):
         diagnosis.make_dataset(data_dir, "train", mapping, image_size=SIZE, batch_size=4,
                                training=True, balance_classes=True)
+    config = _config(data_dir, tmp_path, class_balance=True)  # the program's check, up front
+    gan_training.check_class_balance(config, gan_training.diagnosis_mapping(config))
+    with pytest.raises(ValueError, match=r"split 'train' holds no record of "
+                                         r"\['seborrheic_keratosis'\] at 16px \(records per "
+                                         r"class \{'nevus': 8, 'melanoma': 6"):
+        gan_training.check_class_balance(config, mapping)
 
 
 def test_a_resume_with_other_classes_is_refused(data_dir, run):

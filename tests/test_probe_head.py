@@ -73,8 +73,7 @@ def test_initialise_head_sets_a_compact_nets_output_to_the_fitted_probe():
     labels = (images.mean(axis=(1, 2, 3)) > np.median(images.mean(axis=(1, 2, 3)))).astype(int)
     keras.utils.set_random_seed(0)
     model = diagnosis.softmax_head(models.build_model("compact", SIZE), 2)
-    below = [w.copy() for w in model.layers[-2].get_weights()] + [
-        w.copy() for layer in model.layers[:-1] for w in layer.get_weights()]
+    below = [w.copy() for layer in model.layers[:-1] for w in layer.get_weights()]
     info = probe_head.initialise_head(model, _dataset(images, labels), {0: 1.0, 1: 2.0})
     assert info["images"] == 40 and info["features"] == model.layers[-1].kernel.shape[0]
     assert info["class_weight"] == {"0": 1.0, "1": 2.0} and 0.5 <= info[
@@ -84,9 +83,24 @@ def test_initialise_head_sets_a_compact_nets_output_to_the_fitted_probe():
     fitted = probe_head.fit_probe(features, labels, class_weight={0: 1.0, 1: 2.0})
     np.testing.assert_allclose(np.asarray(model(images, training=False)),
                                fitted.predict_proba(features), atol=1e-4)
-    after = [w for w in model.layers[-2].get_weights()] + [
-        w for layer in model.layers[:-1] for w in layer.get_weights()]
-    assert all(np.array_equal(a, b) for a, b in zip(below, after))
+    after = [w for layer in model.layers[:-1] for w in layer.get_weights()]
+    assert len(after) == len(below) and all(np.array_equal(a, b) for a, b in zip(below, after))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_the_probe_reads_an_efficientnet_backbones_pooled_features(dropout):
+    """A nested backbone: the features are the head's input in the model's own graph."""
+    rng = np.random.default_rng(2)
+    images = rng.uniform(size=(12, SIZE, SIZE, 3)).astype(np.float32)
+    labels = np.arange(12) % 2
+    keras.utils.set_random_seed(0)
+    model = models.build_model("efficientnet_b0", SIZE, dropout)
+    info = probe_head.initialise_head(model, _dataset(images, labels), "balanced")
+    assert info["features"] == 1280 and info["class_weight"] == "balanced"
+    features, _ = probe_head.features_and_labels(model, _dataset(images, labels))
+    fitted = probe_head.fit_probe(features, labels)
+    np.testing.assert_allclose(np.asarray(model(images, training=False))[:, 0],
+                               fitted.predict_proba(features)[:, 1], atol=1e-4)
 
 
 def test_initialise_head_refuses_a_model_without_a_dense_output():
@@ -105,7 +119,12 @@ def test_probe_head_needs_pretrained_features_and_no_metadata(tmp_path):
         config_lib.TrainConfig(**base)
     with pytest.raises(config_lib.ConfigError, match="no --use_metadata"):
         config_lib.TrainConfig(**base, init_encoder=str(tmp_path), use_metadata=True)
+    with pytest.raises(config_lib.ConfigError, match="no --source_balance"):
+        config_lib.TrainConfig(**base, init_encoder=str(tmp_path), source_balance=True)
+    with pytest.raises(config_lib.ConfigError, match="holds efficientnet_b0's backbone"):
+        config_lib.TrainConfig(**base, weights_path="w.h5")  # compact: nothing to load
     config_lib.TrainConfig(**base, init_encoder=str(tmp_path))  # accepted
+    config_lib.TrainConfig(**{**base, "model": "efficientnet_b0"}, weights_path="w.h5")
 
 
 def _save_encoder(folder):
@@ -144,3 +163,13 @@ def test_a_run_starts_from_the_probe_as_a_user_would(tmp_path, task):
     assert probed["images"] == 8 and probed["class_weight"] and probed["c"] == probe_head.PROBE_C
     config = json.loads((tmp_path / "cnn" / config_lib.TRAIN_CONFIG_NAME).read_text())
     assert config["probe_head"] is True
+    record = tmp_path / "cnn" / "checkpoints" / probe_head.RECORD_NAME
+    assert json.loads(record.read_text()) == probed
+    # Run again (the run folder's backup resumes it): the head is not refitted, the record
+    # stays in the summary.
+    record.write_text(json.dumps({**probed, "marker": "from the first start"}))
+    again = subprocess.run(done.args, cwd=REPO_ROOT, capture_output=True,
+                           text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads((tmp_path / "cnn" / "train_summary.json").read_text())
+    assert summary["probe_head"]["marker"] == "from the first start"

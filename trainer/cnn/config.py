@@ -196,11 +196,22 @@ RULES: tuple[Rule, ...] = (
          "--source_logit_adjustment needs --task=binary, no --use_metadata, no "
          "--mixup_alpha/--cutmix_alpha and no --synthetic_data (the offset rides beside the "
          "image of each real record, by its source)"),
+    Rule(("weights_path", "model"), lambda c: not c.weights_path or c.model == "efficientnet_b0",
+         "--weights_path holds efficientnet_b0's backbone weights; the other architectures "
+         "have no such file to load (--init_encoder starts the compact or residual net)"),
     Rule(("probe_head", "init_encoder", "weights_path", "use_metadata"),
          lambda c: not c.probe_head or ((c.init_encoder or c.weights_path)
                                         and not c.use_metadata),
          "--probe_head fits the output layer on pretrained features: it needs --init_encoder "
          "or --weights_path, and no --use_metadata (the probe reads image features only)"),
+    Rule(("probe_head", "source_balance", "source_label_independence", "synthetic_data",
+          "source_logit_adjustment"),
+         lambda c: not c.probe_head or not (
+             c.source_balance or c.source_label_independence != "none" or c.synthetic_data
+             or c.source_logit_adjustment),
+         "--probe_head fits the output layer on the plain train split's records and class "
+         "rates: it needs no --source_balance, --source_label_independence, --synthetic_data "
+         "or --source_logit_adjustment (each trains on other rates or inputs)"),
     # --source_adversary_weight (domain-adversarial training, trainer.core.source_adversary)
     Rule(("source_adversary_weight",), lambda c: 0.0 <= c.source_adversary_weight < math.inf,
          "must be >= 0, 0 = off"),

@@ -272,8 +272,9 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                 "-ids" if image_ids else "") + (
                 f"-source{ip._digest(source)}" if source is not None else "") + (
                 f"-class{class_index}" if class_index is not None else "")
+            # the classes too: another mapping labels (and, per class, keeps) other records
             ds = ds.cache(f"{cache}-{image_size}-{split}-diagnosis{suffix}-"
-                          f"{ip._digest(manifest)}")
+                          f"{ip._digest(manifest)}-{ip._digest(dict(mapping))}")
         if training and cache:
             ds = ds.shuffle(buffer, seed=stream_seed + 1, reshuffle_each_iteration=True)
         return ds
@@ -333,7 +334,7 @@ def softmax_head(model, num_classes: int):
     (same features: the layer before the output)."""
     import keras
 
-    features = model.layers[-2].output
+    features = model.layers[-1].input  # the outer graph's tensor (see features.penultimate_model)
     out = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                              name="class_probabilities")(features)
     return keras.Model(model.inputs, out, name=model.name + "_diagnosis")

@@ -19,6 +19,7 @@ import numpy as np
 
 # Inverse L2 strength on standardised features: sklearn's default, and linear_probe's --c.
 PROBE_C = 1.0
+RECORD_NAME = "probe_head.json"  # in a run's checkpoints/: what was fitted, for a resume
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, c: float = PROBE_C,
@@ -74,12 +75,13 @@ def features_and_labels(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(features), np.concatenate(labels).astype(np.int64)
 
 
-def initialise_head(model, dataset, class_weight: Mapping[int, float] | None,
+def initialise_head(model, dataset, class_weight: Mapping[int, float] | str | None,
                     c: float = PROBE_C) -> dict[str, Any]:
-    """Sets model's output layer (a Dense layer) to the probe fitted on dataset's features, with
-    the class weights the training loss uses; returns what was fitted, for train_summary.json:
-    images, features, C, and the probe's accuracy on the images it was fitted on (by class,
-    balanced)."""
+    """Sets model's output layer (a Dense layer) to the probe fitted on dataset's features,
+    weighing the classes as the training loss does (fit_probe's class_weight); returns what was
+    fitted, for train_summary.json: images, features, C, the class weights, and the probe's
+    balanced accuracy on the images it was fitted on. ValueError when the model does not end
+    in a Dense layer or the features lack a class."""
     from sklearn.metrics import balanced_accuracy_score
 
     head = model.layers[-1]
@@ -95,6 +97,6 @@ def initialise_head(model, dataset, class_weight: Mapping[int, float] | None,
     head.set_weights(list(dense_weights(fitted, int(kernel.shape[1]))))
     return {"images": int(len(labels)), "features": int(features.shape[1]), "c": c,
             "class_weight": ({str(k): float(v) for k, v in class_weight.items()}
-                             if class_weight else None),
+                             if isinstance(class_weight, Mapping) else class_weight),
             "train_balanced_accuracy": float(balanced_accuracy_score(
                 labels, fitted.predict(features)))}

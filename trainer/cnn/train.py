@@ -308,6 +308,10 @@ def check_workers(c: TrainConfig, manifest: dict[str, Any], index: int, workers:
     before anything starts when several workers cannot share the run as set."""
     from isicflow import dataset as dataset_lib
 
+    if workers > 1 and c.probe_head:
+        raise config_lib.ConfigError(
+            f"--probe_head with {workers} workers: each would fit its own head, and nothing "
+            "makes them equal; fit it on one worker's run, or train without it")
     if workers > 1 and c.max_train_minutes:
         raise config_lib.ConfigError(
             f"--max_train_minutes={c.max_train_minutes} with {workers} workers: each worker's "
@@ -400,7 +404,7 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
             optimizer = recipe.make_optimizer(c.optimizer, rate, c.weight_decay, c.ema_decay)
             compiled.compile(optimizer=optimizer, **task.compile_args(c),
                              jit_compile=c.jit_compile)
-    probed = _probe_head(model, c, task) if c.probe_head and not _resumes(c) else None
+    probed = _probe_head(model, c, task) if c.probe_head else None
     meter = runtime.StepTimeMeter(warmup_steps=1)
     install_step_timer(fit_model, meter)
     synchronized = fit_on_several_workers(fit_model, strategy) if workers > 1 else []
@@ -495,19 +499,20 @@ def _init_encoder(model: keras.Model, c: TrainConfig, manifest: dict[str, Any]
 
 
 def _probe_head(model: keras.Model, c: TrainConfig, task) -> dict[str, Any]:
-    """--probe_head on a fresh run: the output layer fitted on the train split's frozen
-    features (trainer.cnn.probe_head), with the class weights the loss uses."""
-    try:
-        return probe_head.initialise_head(model, task.plain_dataset(c, "train"),
-                                          task.class_weight(c))
-    except ValueError as e:
-        raise DataError(f"--probe_head with --data_dir={c.data_dir}: {e}") from None
-
-
-def _resumes(c: TrainConfig) -> bool:
-    """The run folder holds a resume state: fit restores the weights, the head's too."""
+    """--probe_head: on a fresh run, the output layer fitted on the train split's frozen
+    features (trainer.cnn.probe_head) as the loss weighs the classes (class weights; balanced
+    under --class_balance=sampling, whose batches are half of each) and recorded in the run
+    folder; on a resume, that record (fit restores the weights, the head's too)."""
+    record = os.path.join(c.workdir, "checkpoints", probe_head.RECORD_NAME)
     backup = os.path.join(c.workdir, "checkpoints", "backup")
-    return os.path.isdir(backup) and bool(os.listdir(backup))
+    if os.path.isdir(backup) and os.listdir(backup) and os.path.exists(record):
+        with open(record, encoding="utf-8") as f:
+            return json.load(f)
+    weights = "balanced" if c.class_balance == "sampling" else task.class_weight(c)
+    probed = probe_head.initialise_head(model, task.plain_dataset(c, "train"), weights)
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    run_folder.write_json(record, probed)
+    return probed
 
 
 def _final_summary(c, model, entries, policy, strategy, wall) -> dict[str, Any]:

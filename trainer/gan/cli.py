@@ -118,6 +118,7 @@ def main(argv: list[str]) -> None:
 
     config = inputs.checked(None, training.GanConfig.from_flags)
     mapping = inputs.checked(None, training.diagnosis_mapping, config)
+    inputs.checked(None, training.check_class_balance, config, mapping)
     inputs.checked("workdir", training.check_resume_architecture, config, mapping)
     inputs.checked("init_generator_from", training.init_generator_source, config, mapping)
     summary = training.train_gan(config)

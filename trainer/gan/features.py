@@ -93,7 +93,10 @@ def _inception(weights: str):
 
 
 def penultimate_model(model):
-    """The classifier cut before its output layer (skipping dropout right before it)."""
+    """The classifier cut before its output layer: what the output layer reads (dropout before
+    it is the identity at inference). The output layer's input, not the previous layer's
+    output: for a nested backbone (efficientnet_b0) that output belongs to the backbone's own
+    graph, not to the model's. The cut is named after the layer whose output it gives."""
     import keras
 
     layers = [layer for layer in model.layers[:-1]
@@ -102,7 +105,7 @@ def penultimate_model(model):
         raise ValueError(f"model {model.name!r} has no layer before its output to take "
                          "features from")
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, layers[-1].output)
+    return keras.Model(inputs, model.layers[-1].input, name=layers[-1].name)
 
 
 def _cnn(path: str, value_range: tuple[float, float]):
@@ -120,7 +123,7 @@ def _cnn(path: str, value_range: tuple[float, float]):
         x = scale_to_range(resize_batch(images, side), (low, high))
         out = features(x, training=False)
         return np.asarray(out).reshape(len(images), -1)
-    return extract, features.layers[-1].name, side
+    return extract, features.name, side
 
 
 def classifier_probabilities(path: str, value_range: tuple[float, float] = (0.0, 1.0)

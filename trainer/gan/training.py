@@ -188,6 +188,29 @@ def diagnosis_mapping(config) -> dict | None:
     return mapping
 
 
+def check_class_balance(config, mapping: dict | None = None) -> None:
+    """--gan_class_balance draws every class of the run: ValueError naming --data_dir, the
+    split and the records per class when the split to train on lacks one (before any TF
+    work, so the program says so in one line)."""
+    if not config.class_balance:
+        return
+    split = config.splits[0]
+    if mapping is not None:
+        from trainer.cnn import diagnosis
+
+        raw = diagnosis.raw_diagnosis_counts(config.data_dir, split, config.image_size)
+        counts = {name: sum(n for text, n in raw.items()
+                            if diagnosis.class_of(mapping, text) == index)
+                  for index, name in enumerate(mapping["classes"])}
+    else:
+        counts = input_pipeline.class_counts(config.data_dir, split, config.image_size)
+        counts = {name: int(counts.get(name, 0)) for name in ("benign", "malignant")}
+    if not all(counts.values()):
+        raise ValueError(f"--gan_class_balance with --data_dir={config.data_dir}: split "
+                         f"{split!r} holds no record of {[k for k, n in counts.items() if not n]} "
+                         f"at {config.image_size}px (records per class {counts})")
+
+
 def make_gan_dataset(config, mapping: dict | None = None) -> tuple[tf.data.Dataset, int]:
     """Infinite (images in [-1, 1], labels) batches of the chosen splits, and steps per epoch.
 
