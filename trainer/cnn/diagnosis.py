@@ -177,6 +177,18 @@ def split_exclusions(data_dir: str, split: str, image_size: int, mapping: Mappin
     return counts
 
 
+def records_per_class(raw_counts: Mapping[str, int], mapping: Mapping[str, Any]
+                      ) -> dict[str, int]:
+    """{class: records} of raw_diagnosis_counts' counts, every class of the mapping in its
+    order (0 for a class with none)."""
+    counts = {name: 0 for name in mapping["classes"]}
+    for raw, n in raw_counts.items():
+        index = class_of(mapping, raw)
+        if index >= 0:
+            counts[mapping["classes"][index]] += int(n)
+    return counts
+
+
 def split_records(data_dir: str, split: str, image_size: int, mapping: Mapping[str, Any],
                   manifest: Mapping[str, Any] | None = None) -> tuple[int, int]:
     """(records in the task, records excluded: unknown or unseen) of one split."""
@@ -294,20 +306,11 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
         if not training or balance_sources or one_source_batches:
             raise ValueError("balance_classes needs training=True, no balance_sources and no "
                              "one_source_batches")
-        per_class = [sum(n for k, n in raw.items() if class_of(mapping, k) == index)
-                     for index in range(len(mapping["classes"]))]
-        counts = dict(zip(mapping["classes"], per_class))
+        counts = records_per_class(raw, mapping)
         empty = [name for name, n in counts.items() if not n]
         if empty:
             raise ValueError(f"balance_classes: split {split!r} of {data_dir} holds no record "
                              f"of {empty} (records per class {counts})")
-        ds = ip.sample_streams([stream(seed + 13 * index, class_index=index).repeat()
-                                for index in range(len(per_class))],
-                               [1.0] * len(per_class), seed + 2)
-        return ip.finish(ip.augment_and_batch(
-            ds, augment_seed=seed if augment else None, batch_size=batch_size,
-            drop_remainder=drop_remainder, as_uint8=as_uint8, augmentation=augmentation),
-            deterministic)
     if one_source_batches:
         return ip.finish(ip.per_source_mix(
             sources,
@@ -319,6 +322,10 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
             deterministic)
     if balance_sources:
         ds = ip.per_source_mix(sources, [1.0] * len(sources), seed=seed, stream=stream)
+    elif balance_classes:
+        ds = ip.sample_streams([stream(seed + 13 * index, class_index=index).repeat()
+                                for index in range(len(mapping["classes"]))],
+                               [1.0] * len(mapping["classes"]), seed + 2)
     else:
         ds = stream(seed)
         if repeat:

@@ -258,6 +258,11 @@ def with_uint8_input(model: keras.Model, image_size: int) -> keras.Model:
                              keras.layers.Rescaling(1.0 / 255), model], name="uint8_" + model.name)
 
 
+def backup_dir(workdir: str) -> str:
+    """Where BackupAndRestore keeps a run's resume state (a run resumes when it holds one)."""
+    return os.path.join(workdir, "checkpoints", "backup")
+
+
 def _callbacks(c: TrainConfig, meter, history_file, sample_batch, budget=None,
                out_dir: str | None = None) -> list:
     """out_dir: where this worker writes (c.workdir, or a non-chief worker's temporary
@@ -267,8 +272,8 @@ def _callbacks(c: TrainConfig, meter, history_file, sample_batch, budget=None,
     best_so_far = [e[c.monitor] for e in history_file.entries if c.monitor in e]
     profile = runtime.parse_profile_steps(c.profile_steps) or 0
     callbacks = [
-        WorkerBackupAndRestore(os.path.join(c.workdir, "checkpoints", "backup"),
-                               os.path.join(checkpoints, "backup"), delete_checkpoint=False),
+        WorkerBackupAndRestore(backup_dir(c.workdir), backup_dir(out_dir or c.workdir),
+                               delete_checkpoint=False),
     ]
     if c.ema_decay:
         # After the backup has saved the training weights (resume needs them) and before the
@@ -504,7 +509,7 @@ def _probe_head(model: keras.Model, c: TrainConfig, task) -> dict[str, Any]:
     under --class_balance=sampling, whose batches are half of each) and recorded in the run
     folder; on a resume, that record (fit restores the weights, the head's too)."""
     record = os.path.join(c.workdir, "checkpoints", probe_head.RECORD_NAME)
-    backup = os.path.join(c.workdir, "checkpoints", "backup")
+    backup = backup_dir(c.workdir)
     if os.path.isdir(backup) and os.listdir(backup) and os.path.exists(record):
         with open(record, encoding="utf-8") as f:
             return json.load(f)

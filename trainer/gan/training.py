@@ -198,10 +198,8 @@ def check_class_balance(config, mapping: dict | None = None) -> None:
     if mapping is not None:
         from trainer.cnn import diagnosis
 
-        raw = diagnosis.raw_diagnosis_counts(config.data_dir, split, config.image_size)
-        counts = {name: sum(n for text, n in raw.items()
-                            if diagnosis.class_of(mapping, text) == index)
-                  for index, name in enumerate(mapping["classes"])}
+        counts = diagnosis.records_per_class(
+            diagnosis.raw_diagnosis_counts(config.data_dir, split, config.image_size), mapping)
     else:
         counts = input_pipeline.class_counts(config.data_dir, split, config.image_size)
         counts = {name: int(counts.get(name, 0)) for name in ("benign", "malignant")}
