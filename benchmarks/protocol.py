@@ -33,8 +33,8 @@ is skipped with the reason, its in-source rows kept); each run is scored by the 
 trainer.cnn.evaluate (its diagnosis branch, per-image class predictions) into the same
 folders, and the table gives the held-out images scored and those not (unknown diagnosis,
 outside the runs' classes) and balanced multi-class accuracy (benchmarks.protocol_diagnosis)
-instead of AUC; the binary-only evaluation flags (--tta, --threshold) are refused before
-anything runs. The task is read from each trained run's report.json (its flags, flagfiles
+instead of AUC; the binary-only evaluation flag (--threshold) is refused before anything runs
+(--tta applies to both tasks). The task is read from each trained run's report.json (its flags, flagfiles
 followed as absl reads them, only to plan the held-out sources before any run exists).
 """
 from __future__ import annotations
@@ -133,12 +133,11 @@ def run_task(run: str) -> str:
 
 def refuse_binary_eval_flags(eval_flags: Sequence[str]) -> None:
     """ProtocolError before anything runs for an evaluation flag a diagnosis model refuses
-    (trainer.cnn.diagnosis_scoring.BINARY_ONLY_FLAGS, also as --noNAME)."""
+    (trainer.cnn.diagnosis_scoring.BINARY_ONLY_FLAGS)."""
     from trainer.cnn.diagnosis_scoring import BINARY_ONLY_FLAGS
 
     names = [f.lstrip("-").split("=", 1)[0] for f in eval_flags]
-    refused = [f for f, n in zip(eval_flags, names)
-               if n in BINARY_ONLY_FLAGS or (n.startswith("no") and n[2:] in BINARY_ONLY_FLAGS)]
+    refused = [f for f, n in zip(eval_flags, names) if n in BINARY_ONLY_FLAGS]
     if refused:
         raise ProtocolError(f"--eval_flags: {refused} apply to benign/malignant models only; "
                             "the diagnosis task's predicted class is the softmax's argmax")

@@ -62,9 +62,11 @@ def test_a_config_error_is_a_user_error_and_a_value_error():
 
 
 def test_after_training_settings_are_checked_with_the_config():
-    c = config.TrainConfig(**BASE, task="diagnosis")
+    for task in ("binary", "diagnosis"):  # TTA scores either task's images
+        config.check(config.TrainConfig(**BASE, task=task), tta=True)
+    c = config.TrainConfig(**BASE, task="diagnosis", use_metadata=True)
     config.check(c)
-    with pytest.raises(config.ConfigError, match="--task=diagnosis, --tta=True"):
+    with pytest.raises(config.ConfigError, match="--use_metadata=True, --tta=True"):
         config.check(c, tta=True)
 
 

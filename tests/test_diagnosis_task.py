@@ -156,7 +156,6 @@ def test_one_step_reports_and_the_export_serves_k_probabilities(diagnosis_datase
     (["--task=diagnosis", "--monitor=val_accuracy", "--class_balance=sampling"], "binary only"),
     (["--task=diagnosis", "--monitor=val_accuracy", "--min_class_records=0"], "min_class_records"),
     (["--use_metadata", "--tta"], "--tta"),
-    (["--task=diagnosis", "--monitor=val_accuracy", "--tta"], "binary only"),
 ])
 def test_impossible_task_flags_fail_at_parse(argv, shown):
     from absl import flags
@@ -255,14 +254,13 @@ def test_evaluate_scores_a_diagnosis_run_and_its_export_on_another_dataset(diagn
     assert exported["splits"]["test"]["confusion_matrix"] == own["test"]["confusion_matrix"]
 
     for kwargs, shown in [({"threshold": 0.5}, "only benign/malignant models take --threshold"),
-                          ({"tta": True}, "only benign/malignant models take --tta"),
-                          ({"tta": False, "threshold": 0.2}, "take --threshold, --tta"),
+                          ({"tta": False, "threshold": 0.2}, "take --threshold$"),
                           ({"splits": "train,tset"}, "--splits")]:
         with pytest.raises(evaluation.EvaluationError, match=shown):
             evaluation.evaluate_external(str(workdir), diagnosis_dataset, out=str(tmp_path / "x"),
                                          **kwargs)
-    with pytest.raises(evaluation.EvaluationError, match="take --tta"):  # before the data
-        evaluation.evaluate_external(str(workdir), str(tmp_path / "nowhere"), tta=True)
+    with pytest.raises(evaluation.EvaluationError, match="take --threshold"):  # before the data
+        evaluation.evaluate_external(str(workdir), str(tmp_path / "nowhere"), threshold=0.5)
 
 
 def test_source_balanced_class_weights_follow_the_classes_rates_in_that_stream():
@@ -400,3 +398,71 @@ def test_source_balance_refuses_records_that_name_no_source(tmp_path):
     with pytest.raises(ValueError, match="2 name none"):
         diagnosis.make_dataset(data, "train", mapping, image_size=SIZE, batch_size=2,
                                training=True, balance_sources=True)
+
+
+def test_tta_scores_a_diagnosis_run_its_export_and_predict_alike(diagnosis_dataset, tmp_path):
+    """--tta on the diagnosis task: each image's K probabilities are the mean over its 8
+    dihedral views, the same in the training report, an external evaluation (which takes the
+    run's recorded tta), the export's serving_default and predict's --tta / --notta."""
+    import csv
+
+    from trainer.cnn import evaluation, tta
+
+    workdir = tmp_path / "run"
+    config = train.TrainConfig(data_dir=diagnosis_dataset, workdir=str(workdir), image_size=SIZE,
+                               batch_size=8, epochs=1, steps_per_epoch=1, seed=0,
+                               mixed_precision="off", verbose=0, model="compact",
+                               task="diagnosis", min_class_records=3)
+    model = train.train_cnn(config).model
+    done = cli.evaluate_and_export(model, config, bootstrap=0, tta=True)
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["tta"] is True and "test-time augmentation" in (workdir / "report.md").read_text()
+
+    def by_hand(x):  # the 8 views of the square, each through the model, averaged
+        views = [np.rot90(v, k, axes=(1, 2)) for v in (x, x[:, :, ::-1]) for k in range(4)]
+        return np.mean([np.asarray(model(v, training=False)) for v in views], axis=0)
+
+    mapping = diagnosis.read_mapping(str(workdir))
+    x, labels = [], []
+    for images, y in diagnosis.make_dataset(diagnosis_dataset, "test", mapping, image_size=SIZE,
+                                            batch_size=8, training=False, deterministic=True):
+        x.append(images.numpy())
+        labels.append(y.numpy())
+    x, labels = np.concatenate(x), np.concatenate(labels)
+    expected, plain = by_hand(x), np.asarray(model(x, training=False))
+    assert np.abs(expected - plain).max() > 1e-4  # the views differ: TTA changes the answer
+    np.testing.assert_allclose(np.asarray(tta.class_probabilities(model, x, True)), expected,
+                               atol=1e-5)
+    np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-5)
+    assert report["splits"]["test"] == diagnosis.split_metrics(labels, expected.astype(np.float64),
+                                                               mapping["classes"])
+
+    scored = evaluation.evaluate_external(str(workdir), diagnosis_dataset, splits="test",
+                                          out=str(tmp_path / "scores"))
+    assert scored["tta"] is True and scored["config"]["tta"] is True
+    with open(tmp_path / "scores" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    probs = np.array([[float(r[f"p_{c}"]) for c in mapping["classes"]] for r in rows])
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    untransformed = evaluation.evaluate_external(str(workdir), diagnosis_dataset, splits="test",
+                                                 out=str(tmp_path / "plain"), tta=False)
+    assert untransformed["tta"] is False
+
+    # the export serves what was evaluated: the original PNG bytes, TTA as exported or forced
+    _, serving_config = export.load_exported(done["export"]["export_dir"])
+    assert serving_config["tta"] is True and "serving_tta" in serving_config["tta_note"]
+    pixels = np.stack([img for img, _ in shard_fixtures.random_images(3, SIZE, seed=5)])
+    paths = []
+    for i, px in enumerate(pixels):
+        Image.fromarray(np.asarray(px, np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    scaled = pixels.astype(np.float32) / 255.0
+    for forced, want in [(None, by_hand(scaled)), (True, by_hand(scaled)),
+                         (False, np.asarray(model(scaled, training=False)))]:
+        results = predict.predict_files(paths, str(workdir), tta=forced)
+        for r, p in zip(results, want):
+            assert r.error is None
+            assert r.top[0] == (mapping["classes"][int(p.argmax())], pytest.approx(p.max(),
+                                                                                   abs=1e-5))
+    with pytest.raises(ValueError, match="--threshold is for benign/malignant models only"):
+        predict.predict_files(paths, str(workdir), threshold=0.5)

@@ -309,15 +309,18 @@ def test_a_diagnosis_ensemble_serves_the_mean_softmax_and_scores_it(tmp_path):
     for seed in (1, 2):
         folder = str(tmp_path / f"dx{seed}")
         keras.utils.set_random_seed(seed)
-        keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),
-                          keras.layers.Dense(3, activation="softmax")]).save(
+        keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(),  # not
+                          keras.layers.Dense(3, activation="softmax")]).save(  # rotation-invariant
             os.path.join(os.makedirs(folder) or folder, "model.keras"))
         run_folder.write_json(os.path.join(folder, TRAIN_CONFIG_NAME), {
             "task": "diagnosis", "image_size": SIZE, "seed": seed, "data_dir": data,
             "model": "tiny", "workdir": folder})
         diagnosis.write_mapping(folder, mapping)
         runs.append(folder)
-    paths = ensemble.export_ensemble(runs, str(tmp_path / "ens"))
+    # members recording no report.json: --tta must be given, as for the binary task
+    with pytest.raises(ensemble.EnsembleError, match="pass --tta"):
+        ensemble.export_ensemble(runs, str(tmp_path / "ens"))
+    paths = ensemble.export_ensemble(runs, str(tmp_path / "ens"), tta=False)
     out = tmp_path / "ens"
     assert json.load(open(out / "classes.json"))["classes"] == mapping["classes"]
     members = [load_keras_model(os.path.join(r, "model.keras")) for r in runs]
@@ -330,5 +333,14 @@ def test_a_diagnosis_ensemble_serves_the_mean_softmax_and_scores_it(tmp_path):
     _, config = export.load_exported(paths["export_dir"])
     assert config["task"] == "diagnosis" and config["classes"] == mapping["classes"]
     assert len(config["ensemble"]["members"]) == 2
-    with pytest.raises(ensemble.EnsembleError, match="without test-time augmentation"):
-        ensemble.export_ensemble(runs, str(tmp_path / "ens2"), tta=True)
+    assert report["tta"] is False and config["tta"] is False
+    # --tta: scored and served as the mean over the 8 views of each member's softmax
+    paths = ensemble.export_ensemble(runs, str(tmp_path / "ens2"), tta=True)
+    tta_mean = np.mean([diagnosis.predict_split(m, data, "test", SIZE, mapping, tta=True)[1]
+                        for m in members], axis=0)
+    assert np.abs(tta_mean - mean).max() > 1e-3  # the views differ for these members
+    report = json.load(open(tmp_path / "ens2" / "report.json"))
+    assert report["tta"] is True
+    assert report["splits"]["test"] == diagnosis.split_metrics(labels, tta_mean,
+                                                               mapping["classes"])
+    assert export.load_exported(paths["export_dir"])[1]["tta"] is True

@@ -292,7 +292,7 @@ def test_binary_only_eval_flags_are_refused_before_the_engine_runs(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in").mkdir()
     (tmp_path / "x.flags").write_text("--epochs=1\n")
-    for refused in ("--tta", "--threshold=0.3", "--notta"):
+    for refused in ("--threshold=0.3", "--threshold"):
         assert protocol.main(["--input=in", "--base=x.flags", "--workdir=w",
                               "--flags=--task=diagnosis", f"--eval_flags={refused}"]) == 1
         assert f"--eval_flags: ['{refused}'] apply to benign/malignant models only" in \

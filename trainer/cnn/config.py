@@ -242,9 +242,6 @@ RULES: tuple[Rule, ...] = (
          "--synthetic_data is binary only and cannot be combined with --use_metadata "
          "(generated images have no age, sex or site)"),
     # what follows training (the program's --tta; not a TrainConfig field)
-    Rule(("task", "tta"), lambda c: not (c.task == "diagnosis" and c.tta),
-         "--tta is binary only for now: the diagnosis task's evaluation and export do not "
-         "average the 8 views yet"),
     Rule(("use_metadata", "tta"), lambda c: not (c.use_metadata and c.tta),
          "--use_metadata cannot be combined with --tta yet"),
 )

@@ -392,13 +392,14 @@ def predict_split(model, data_dir: str, split: str, image_size: int, mapping,
                   batch_size: int = 32, use_metadata: bool = False,
                   manifest: Mapping[str, Any] | None = None,
                   metadata_encoding: int = metadata_features.ENCODING_VERSION,
-                  metadata_fields: Sequence[str] = metadata_features.FIELDS
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  metadata_fields: Sequence[str] = metadata_features.FIELDS,
+                  tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(class indices int64 [N], probabilities float64 [N, K]) of one split, deterministic;
     metadata_encoding / metadata_fields: the run's (metadata_features.run_encoding,
-    run_fields)."""
+    run_fields); tta: each image's probabilities averaged over its 8 dihedral views
+    (trainer.cnn.tta; not with metadata)."""
     cols = predict_split_columns(model, data_dir, split, image_size, mapping, batch_size,
-                                 use_metadata, manifest, metadata_encoding, metadata_fields)
+                                 use_metadata, manifest, metadata_encoding, metadata_fields, tta)
     return cols["label"], cols["probabilities"]
 
 
@@ -406,17 +407,21 @@ def predict_split_columns(model, data_dir: str, split: str, image_size: int, map
                           batch_size: int = 32, use_metadata: bool = False,
                           manifest: Mapping[str, Any] | None = None,
                           metadata_encoding: int = metadata_features.ENCODING_VERSION,
-                          metadata_fields: Sequence[str] = metadata_features.FIELDS
-                          ) -> dict[str, Any]:
+                          metadata_fields: Sequence[str] = metadata_features.FIELDS,
+                          tta: bool = False) -> dict[str, Any]:
     """predict_split with each record's image id: {"image_id": [str], "label": int64 [N],
     "probabilities": float64 [N, K]}, in the split's (deterministic) record order."""
+    from trainer.cnn import tta as tta_lib
+
+    if tta and use_metadata:
+        raise ValueError("test-time augmentation is not supported with --use_metadata")
     ds = make_dataset(data_dir, split, mapping, image_size=image_size, batch_size=batch_size,
                       training=False, deterministic=True, use_metadata=use_metadata,
                       manifest=manifest, metadata_encoding=metadata_encoding, image_ids=True,
                       metadata_fields=metadata_fields)
     ids, labels, probs = [], [], []
     for images, (y, image_id) in ds:
-        probs.append(np.asarray(model(images, training=False), np.float64))
+        probs.append(np.asarray(tta_lib.class_probabilities(model, images, tta), np.float64))
         labels.append(np.asarray(y).astype(np.int64))
         ids += [v.decode("utf-8") for v in image_id.numpy()]
     return {"image_id": ids, "label": np.concatenate(labels),
@@ -479,9 +484,11 @@ def split_lines(splits: Mapping[str, Mapping[str, Any]], classes: Sequence[str])
 
 
 def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, config: dict,
-                        batch_size: int = 32, manifest: Mapping[str, Any] | None = None
-                        ) -> dict[str, Any]:
-    """Writes report.json / report.md / plots/confusion.png for the diagnosis task."""
+                        batch_size: int = 32, manifest: Mapping[str, Any] | None = None,
+                        tta: bool = False) -> dict[str, Any]:
+    """Writes report.json / report.md / plots/confusion.png for the diagnosis task; tta: every
+    image scored as the mean of its 8 dihedral views (trainer.cnn.tta), recorded as
+    report["tta"] (what an external evaluation of the run and its export then default to)."""
     from trainer.core import run_folder
 
     manifest = dataset_lib.manifest_or_read(data_dir, manifest)
@@ -498,7 +505,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
             labels, probs = predict_split(model, data_dir, split, image_size, mapping,
                                           batch_size, bool(config.get("use_metadata", False)),
                                           manifest, metadata_features.run_encoding(config),
-                                          metadata_features.run_fields(config))
+                                          metadata_features.run_fields(config), tta)
             splits[split] = split_metrics(labels, probs, classes)
     plots_dir = os.path.join(workdir, PLOTS_DIR)
     os.makedirs(plots_dir, exist_ok=True)
@@ -507,7 +514,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
         plots["confusion"] = plot_confusion(splits, classes,
                                             os.path.join(plots_dir, "confusion.png"))
     payload = {"format": "isicflow.cnn_diagnosis_report/1", "task": "diagnosis",
-               "config": config, "classes": classes,
+               "config": config, "tta": bool(tta), "classes": classes,
                "grouped_as_other": mapping["grouped_as_other"],
                "min_class_records": mapping["min_records"],
                "excluded_unknown": {"train": mapping["excluded_unknown"], **excluded},
@@ -516,6 +523,8 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
                "plots": {k: os.path.relpath(v, workdir) for k, v in plots.items()}}
     run_folder.write_json(os.path.join(workdir, REPORT_JSON), payload)
     lines = ["# Diagnosis task report", "",
+             *(["Scored with test-time augmentation: each image's class probabilities are the "
+                "mean over its 8 flips/rot90s.", ""] if tta else []),
              f"Classes (train >= {mapping['min_records']} records; rarer grouped as `other`): "
              + ", ".join(classes), "",
              "Excluded (unknown diagnosis): " + ", ".join(

@@ -9,9 +9,11 @@ classes exclude are not scored and are counted apart: unknown/empty diagnoses
 (excluded_unknown) and named diagnoses outside the classes of a model without `other`
 (excluded_unseen). Records stream through trainer.cnn.diagnosis.make_dataset (the training
 evaluation's reading and scaling); the predicted class is the softmax's argmax; per-split
-metrics are trainer.cnn.diagnosis.split_metrics (scikit-learn). Binary-only settings (a
-threshold, TTA) are refused, and no bootstrap or calibration is computed: the report has none
-of them.
+metrics are trainer.cnn.diagnosis.split_metrics (scikit-learn). With TTA (the caller's --tta,
+else what the run's report.json or the export's serving_config.json recorded) each image's
+class probabilities are the mean over its 8 dihedral views (trainer.cnn.tta). The binary-only
+setting (a threshold) is refused, and no bootstrap or calibration is computed: the report has
+none of them.
 
 Writes report.json, report.md, predictions.csv (split, image_id, label, predicted as class
 names, p_<class> per class) and plots/confusion.png.
@@ -32,7 +34,7 @@ from trainer.cnn.constants import (CLASSES_NAME, PLOTS_DIR, PREDICTIONS_CSV, REP
 
 EXTERNAL_FORMAT = "isicflow.cnn_diagnosis_external_report/1"
 # trainer.cnn.evaluate flags that mean something for a benign/malignant model only
-BINARY_ONLY_FLAGS = ("threshold", "tta")
+BINARY_ONLY_FLAGS = ("threshold",)
 
 
 class DiagnosisScoringError(ValueError):
@@ -135,7 +137,7 @@ def check_outputs(model, model_info: Mapping[str, Any]) -> None:
 
 def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
                       manifest: Mapping[str, Any], *, splits: Sequence[str], out: str,
-                      image_size: int, batch_size: int = 32,
+                      image_size: int, batch_size: int = 32, tta: bool = False,
                       adapt: tuple[Callable[[], Any], int, int] | None = None) -> dict[str, Any]:
     """Scores the diagnosis model (check_outputs) on the splits select_splits chooses from
     `splits` (with several, a pooled 'all' row is added), counting the records not scored.
@@ -152,13 +154,13 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
         chosen, excluded = select_splits(data_dir, image_size, splits, mapping, manifest)
     except ValueError as e:
         raise DiagnosisScoringError(str(e)) from None
-    use_metadata = len(model.inputs) > 1
+    use_metadata = len(model.inputs) > 1  # with tta refused by the caller (ValueError here)
     fields = list(model_info.get("metadata_fields", metadata_features.FIELDS))  # the run's
 
     def score(scoring_model) -> dict[str, dict[str, Any]]:
         return {s: diagnosis.predict_split_columns(
             scoring_model, data_dir, s, image_size, mapping, batch_size, use_metadata, manifest,
-            model_info["metadata_encoding"], fields) for s in chosen}
+            model_info["metadata_encoding"], fields, tta) for s in chosen}
 
     adaptation = None
     if adapt:
@@ -195,12 +197,12 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M:%S UTC"),
         "config": {"model": model_info["path"], "data_dir": os.path.abspath(data_dir),
-                   "splits": chosen, "batch_size": batch_size, "image_size": image_size,
-                   "adapt_batchnorm": adapt[1] if adapt else 0,
+                   "splits": chosen, "tta": bool(tta), "batch_size": batch_size,
+                   "image_size": image_size, "adapt_batchnorm": adapt[1] if adapt else 0,
                    **({"metadata_encoding": model_info["metadata_encoding"],
                        "metadata_fields": fields} if use_metadata else {})},
         "model": {key: model_info[key] for key in ("path", "kind", "keras")},
-        **({"adapt_batchnorm": adaptation} if adaptation else {}),
+        "tta": bool(tta), **({"adapt_batchnorm": adaptation} if adaptation else {}),
         "classes": classes, "grouped_as_other": mapping.get("grouped_as_other", []),
         "excluded_unknown": dict(excluded["excluded_unknown"]),
         "excluded_unseen": dict(excluded["excluded_unseen"]), "splits": metrics,
@@ -210,6 +212,8 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
              f"Model `{model_info['path']}`; data `{os.path.abspath(data_dir)}`, "
              f"{image_size} px.", "",
              *([adaptation["sentence"], ""] if adaptation else []),
+             *(["Scored with test-time augmentation: each image's class probabilities are the "
+                "mean over its 8 flips/rot90s.", ""] if tta else []),
              "Classes: " + ", ".join(classes), "",
              "Excluded (unknown diagnosis): " + ", ".join(
                  f"{s} {n}" for s, n in excluded["excluded_unknown"].items()), "",

@@ -245,9 +245,7 @@ def export_ensemble(runs: Sequence[str], output: str, *, data_dir: str | None = 
         if threshold_policy == "max_specificity_at_sensitivity":
             min_sensitivity = _one(members, "min_sensitivity", "--min_sensitivity",
                                    min_sensitivity)
-        tta = bool(_one(members, "tta", "--tta", tta))
-    elif tta:
-        raise EnsembleError("--tta: the diagnosis task is served without test-time augmentation")
+    tta = bool(_one(members, "tta", "--tta", tta))
     models = [load_keras_model(m["keras"]) for m in members]
     model = average_model(models)
     config = ensemble_config(members, data_dir)
@@ -259,10 +257,10 @@ def export_ensemble(runs: Sequence[str], output: str, *, data_dir: str | None = 
 
         diagnosis.write_mapping(out, members[0]["mapping"])
         diagnosis.evaluate_and_report(model, data_dir, out, image_size, config,
-                                      batch_size=batch_size, manifest=manifest)
+                                      batch_size=batch_size, manifest=manifest, tta=tta)
         note = ensemble_note(members, "none: the most probable class of the mean is served")
         return export.export_diagnosis_model(model, out, image_size, resize_mode,
-                                             ensemble=note, **common)
+                                             ensemble=note, tta=tta, **common)
     evaluation.evaluate_and_report(model, data_dir, out, image_size, config,
                                    threshold_policy=threshold_policy,
                                    min_sensitivity=0.8 if min_sensitivity is None

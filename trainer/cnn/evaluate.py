@@ -11,7 +11,7 @@ never re-chosen on the data scored here (--threshold overrides it explicitly, an
 says so). --splits: 'all' (default: every split of the dataset holding benign/malignant records
 at the model's size; with several, a pooled 'all' row is added) or a comma list. --output:
 default <model>/external/<dataset folder name>. --tta: the 8 flips/rot90s averaged (default:
-as the export recorded it; off for a run folder). --adapt_batchnorm=N (N >= 2): the model adapted
+as the export recorded it, or the run's training evaluation (report.json "tta")). --adapt_batchnorm=N (N >= 2): the model adapted
 to the scored data without its labels, batch-norm statistics re-estimated on the other folds'
 images (trainer.cnn.adapt_batchnorm; a clinic's own unlabelled images), recorded in the report.
 
@@ -22,8 +22,9 @@ A diagnosis model (--task=diagnosis: a run folder with classes.json, or its expo
 on its own classes (trainer.cnn.diagnosis_scoring): per split balanced accuracy, accuracy,
 per-class recall and support, the confusion matrix; predictions.csv has split, image_id, label,
 predicted (class names) and p_<class> per class; plots/confusion.png. 'all' splits are those
-holding records of a known diagnosis. --threshold and --tta are refused for it (they are
-binary settings); --bootstrap, --seed and --calibration_bins do not apply.
+holding records of a known diagnosis. --tta averages its class probabilities over the 8 views
+(default: as its training evaluation or export recorded it); --threshold is refused for it (a
+binary setting); --bootstrap, --seed and --calibration_bins do not apply.
 
 Exit code 0 when written, 2 with one line on stderr when it cannot run (missing model, a model
 of another kind, dataset without manifest, missing image size, empty or unknown splits, a

@@ -318,8 +318,7 @@ class EvaluationError(ValueError):
     """A one-line reason external evaluation cannot run (the CLI prints it and exits 2)."""
 
 
-def resolve_model(path: str, threshold_override: float | None = None,
-                  tta: bool | None = None) -> dict[str, Any]:
+def resolve_model(path: str, threshold_override: float | None = None) -> dict[str, Any]:
     """What --model points at: a run folder (model.keras + report.json's threshold, else its
     export's serving_config.json) or an export folder (model.keras + serving_config.json).
 
@@ -331,8 +330,8 @@ def resolve_model(path: str, threshold_override: float | None = None,
     "mapping" (a diagnosis model's classes, trainer.cnn.diagnosis_scoring; else None)}.
     The threshold is the one the training run chose on its own validation split; a folder
     recording none is an error (never a threshold re-chosen on the scored data) unless
-    threshold_override gives one explicitly. A diagnosis model has none (threshold and tta
-    None) and refuses threshold_override and tta (the caller's --tta, checked only here).
+    threshold_override gives one explicitly. A diagnosis model has none (threshold None) and
+    refuses threshold_override; its tta is recorded as a binary model's.
     """
     if not os.path.isdir(path):
         raise EvaluationError(f"--model {path!r}: no such folder (want a run folder or an export folder)")
@@ -349,7 +348,7 @@ def resolve_model(path: str, threshold_override: float | None = None,
         mapping = diagnosis_scoring.mapping_of_folder(path)
         if mapping is not None:
             diagnosis_scoring.refuse_binary_options(
-                path, {"threshold": threshold_override, "tta": tta})
+                path, {"threshold": threshold_override})
     except ValueError as e:
         raise EvaluationError(str(e)) from None
     # Each file read once: the run's report.json, and the serving config (the export's own, or
@@ -378,9 +377,7 @@ def resolve_model(path: str, threshold_override: float | None = None,
         threshold = {"threshold": float(value), "policy": "recorded",
                      "reason": f"as exported ({serving.get('threshold_source', 'source not recorded')})",
                      "source": config_file}
-    if mapping is not None:
-        tta = None
-    elif kind == "run":  # what training evaluated with (a report written before TTA: none)
+    if kind == "run":  # what training evaluated with (a report written before TTA: none)
         tta = bool((report or {}).get("tta", False))
     else:
         tta = bool(serving.get("tta", False))
@@ -537,7 +534,7 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     ValueError) for a missing model, a dataset without manifest, a missing size, empty splits.
     A diagnosis model goes to trainer.cnn.diagnosis_scoring.evaluate_external, which writes
     report.json, report.md, predictions.csv (its own columns and metrics) and only
-    plots/confusion.png (no roc, pr or reliability plot); threshold or tta given for one is an
+    plots/confusion.png (no roc, pr or reliability plot); a threshold given for one is an
     EvaluationError. adapt_batchnorm=N >= 2: every image is scored by a copy of the model whose
     batch-norm statistics were re-estimated on the other scored images (N folds by image id,
     trainer.cnn.adapt_batchnorm), recorded as report["adapt_batchnorm"]; 0 scores as trained.
@@ -551,7 +548,7 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
         raise EvaluationError(f"--adapt_batchnorm must be 0 (off) or >= 2 folds, got "
                               f"{adapt_batchnorm}")
     split_names(splits)  # a typo is refused before the model is loaded
-    model_info = resolve_model(model_path, threshold, tta)
+    model_info = resolve_model(model_path, threshold)
     manifest = read_dataset_manifest(data_dir)
     from trainer.cnn.models import load_keras_model
 
@@ -576,6 +573,10 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
         raise EvaluationError(f"--image_size {image_size} differs from the model's input size {model_size}")
     dataset_name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
     out = out or os.path.join(model_path, EXTERNAL_DIR, dataset_name)
+    use_tta = model_info["tta"] if tta is None else bool(tta)
+    if use_tta and len(model.inputs) > 1:
+        raise EvaluationError(f"--model {model_path!r} takes metadata: --tta is not supported "
+                              "with --use_metadata models")
     if model_info["task"] == "diagnosis":
         from trainer.cnn import diagnosis_scoring
 
@@ -584,6 +585,7 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
             return diagnosis_scoring.evaluate_external(
                 model, model_info, data_dir, manifest, splits=split_names(splits), out=out,
                 image_size=image_size, batch_size=batch_size,
+                tta=use_tta,
                 adapt=(load, adapt_batchnorm, seed) if adapt_batchnorm else None)
         except diagnosis_scoring.DiagnosisScoringError as e:
             raise EvaluationError(str(e)) from None
@@ -594,10 +596,6 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
                               "benign/malignant model takes the image, or the image and "
                               "--use_metadata's features")
     chosen = select_splits(data_dir, image_size, splits, manifest)
-    use_tta = model_info["tta"] if tta is None else bool(tta)
-    if use_tta and len(model.inputs) > 1:
-        raise EvaluationError(f"--model {model_path!r} takes metadata: --tta is not supported "
-                              "with --use_metadata models")
     t = model_info["threshold"]["threshold"]
     os.makedirs(out, exist_ok=True)
 

@@ -12,6 +12,8 @@ Layout (workdir/export/):
                                        (with test-time augmentation when exported with tta)
                                      serving_plain / serving_tta: the same without / with it
                                      preprocess(image_bytes) -> {pixels: uint8 [B,S,S,3]}
+                         (a diagnosis model's serve {probabilities, top_class, top_probability}
+                         through the same signatures, export_diagnosis_model)
   serving_config.json    image_size, resize_mode, threshold and where it came from, tta,
                          min_image_side and the checks trainer.cnn.predict runs first (an
                          ensemble's also "ensemble": its members, how the threshold was chosen)
@@ -173,6 +175,25 @@ def _serving_module(model, image_size: int, resize_mode: str, threshold: float, 
     return ServingModule()
 
 
+def _signatures(module, model) -> dict[str, Any]:
+    """Both tasks' signatures: serving_default (TTA as exported), serving_plain, preprocess;
+    serving_tta for an image-only model, serving_metadata for a --use_metadata one (whose
+    serving_default takes the image alone, every metadata value missing)."""
+    signatures = {"serving_default": module.serve, "preprocess": module.preprocess,
+                  SIGNATURE_PLAIN: module.serve_plain}
+    if uses_metadata(model):
+        signatures[SIGNATURE_METADATA] = module.serve_metadata
+    else:
+        signatures[SIGNATURE_TTA] = module.serve_tta
+    return signatures
+
+
+def _tta_note(what: str) -> str:
+    return (f"serving_default averages {what} over the 8 flips/rot90s (trainer.cnn.tta) when "
+            f"tta is true; {SIGNATURE_PLAIN} and {SIGNATURE_TTA} (image-only models) choose "
+            "explicitly")
+
+
 def _check_model(model, image_size: int) -> None:
     shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else None
     if shape is None or tuple(shape[1:]) != (image_size, image_size, 3):
@@ -259,19 +280,10 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
     encoding, fields = _run_metadata(model, workdir, run_config, report)
     module = _serving_module(model, image_size, resize_mode, threshold, bool(tta), encoding,
                              fields)
-    signatures = {"serving_default": module.serve, "preprocess": module.preprocess,
-                  SIGNATURE_PLAIN: module.serve_plain}
-    if uses_metadata(model):  # serving_default = the image alone, metadata missing
-        signatures[SIGNATURE_METADATA] = module.serve_metadata
-    else:
-        signatures[SIGNATURE_TTA] = module.serve_tta
-    tf.saved_model.save(module, paths["saved_model"], signatures=signatures)
+    tf.saved_model.save(module, paths["saved_model"], signatures=_signatures(module, model))
     config = {"image_size": image_size, "resize_mode": resize_mode, "threshold": threshold,
               "threshold_source": threshold_source, "labels": list(CLASS_NAMES),
-              "tta": bool(tta),
-              "tta_note": "serving_default averages P(malignant) over the 8 flips/rot90s "
-                          f"(trainer.cnn.tta) when tta is true; {SIGNATURE_PLAIN} and "
-                          f"{SIGNATURE_TTA} choose explicitly",
+              "tta": bool(tta), "tta_note": _tta_note("P(malignant)"),
               "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright "
                        "(EXIF orientation is not applied in-graph)",
               "outputs": {"probability": "float32 [None], P(malignant)",
@@ -325,13 +337,15 @@ def load_exported(path: str) -> tuple[Any, dict[str, Any]]:
 def export_diagnosis_model(model, workdir: str, image_size: int,
                            resize_mode: str = "squash",
                            min_image_side: int | None = None, manifest: dict | None = None,
-                           run_config: dict | None = None, ensemble: dict | None = None
-                           ) -> dict[str, str]:
+                           run_config: dict | None = None, ensemble: dict | None = None,
+                           tta: bool = False) -> dict[str, str]:
     """The diagnosis task's export (same layout): serving_default(image_bytes) ->
     {probabilities float32 [B, K] (in classes.json order), top_class string [B],
     top_probability float32 [B]}; serving_config.json carries task "diagnosis" and the classes
     (and `ensemble`, as export_model's). The image path (decode_for_serving + evaluation
-    scaling) is the binary export's."""
+    scaling) is the binary export's, and so are the TTA signatures: serving_default averages
+    the 8 dihedral views when exported with tta (trainer.cnn.tta), serving_plain and
+    serving_tta force it off or on."""
     import tensorflow as tf
 
     from trainer.cnn import diagnosis as diagnosis_lib
@@ -347,9 +361,12 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
     out_shape = tuple(model.outputs[0].shape)
     if out_shape[1:] != (len(classes),):
         raise ValueError(f"model output shape {out_shape} does not match {len(classes)} classes")
+    if tta and uses_metadata(model):
+        raise ValueError("test-time augmentation is not supported for a --use_metadata model")
     report = model_card.read_report(workdir)
     encoding, fields = _run_metadata(model, workdir, run_config, report)
     ImageModule, bytes_spec = _image_module(model, image_size, resize_mode, encoding, fields)
+    from trainer.cnn import tta as tta_lib
 
     class DiagnosisModule(ImageModule):
         """The diagnosis task's: the K class probabilities and the top class."""
@@ -358,32 +375,38 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
             super().__init__(name="isicflow_diagnosis")
             self.classes = tf.constant(classes)
 
-        def _classify(self, image_bytes, metadata=None):
+        def _classify(self, image_bytes, use_tta: bool, metadata=None):
             inputs = self._model_inputs(image_bytes, metadata)
-            probabilities = tf.cast(self.model(inputs, training=False), tf.float32)
+            probabilities = tta_lib.class_probabilities(self.model, inputs, use_tta)
             top = tf.argmax(probabilities, axis=1, output_type=tf.int32)
             return {"probabilities": probabilities, "top_class": tf.gather(self.classes, top),
                     "top_probability": tf.reduce_max(probabilities, axis=1)}
 
         @tf.function(input_signature=[bytes_spec])
-        def serve(self, image_bytes):
-            return self._classify(image_bytes)
+        def serve(self, image_bytes):  # serving_default: TTA as exported (serving_config "tta")
+            return self._classify(image_bytes, tta)
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve_plain(self, image_bytes):
+            return self._classify(image_bytes, False)
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve_tta(self, image_bytes):  # the 8 flips/rot90s averaged (trainer.cnn.tta)
+            return self._classify(image_bytes, True)
 
         @tf.function(input_signature=_metadata_specs())
         def serve_metadata(self, image_bytes, age, sex, site):
-            return self._classify(image_bytes, self._encode(age, sex, site))
+            return self._classify(image_bytes, False, self._encode(age, sex, site))
 
     paths = _export_paths(workdir)
     model.save(paths["keras"])
     module = DiagnosisModule()
-    signatures = {"serving_default": module.serve, "preprocess": module.preprocess}
-    if uses_metadata(model):
-        signatures[SIGNATURE_METADATA] = module.serve_metadata
-    tf.saved_model.save(module, paths["saved_model"], signatures=signatures)
+    tf.saved_model.save(module, paths["saved_model"], signatures=_signatures(module, model))
     config = {
         **({"metadata": _metadata_note(encoding, fields)} if uses_metadata(model) else {}),
         "task": "diagnosis", "image_size": image_size, "resize_mode": resize_mode,
-        "classes": classes, "grouped_as_other": mapping["grouped_as_other"], "tta": False,
+        "classes": classes, "grouped_as_other": mapping["grouped_as_other"], "tta": bool(tta),
+        "tta_note": _tta_note("the class probabilities"),
         "input": "serving_default: image_bytes tf.string [None], encoded JPEG or PNG, upright",
         "outputs": {"probabilities": "float32 [None, K], softmax in `classes` order",
                     "top_class": "string [None]", "top_probability": "float32 [None]"},

@@ -6,10 +6,11 @@ or the reason the data engine would have rejected the image.
 --model: an export dir (serving_config.json + saved_model/) or a run dir holding export/.
 --image: the files, comma-separated (or --image repeated).
 --tta / --notta force test-time augmentation (the 8 flips/rot90s averaged, trainer.cnn.tta) on
-or off; unset, the export's own setting (serving_config.json "tta") applies. --threshold
-labels with another threshold than the exported one. --output also writes a TSV file with a
-header line and the columns path, probability, label, top (diagnosis exports: the top 3
-classes), rejected (the reason an image got no probability) and error.
+or off, for either task; unset, the export's own setting (serving_config.json "tta") applies.
+--threshold labels with another threshold than the exported one (benign/malignant exports
+only). --output also writes a TSV file with a header line and the columns path, probability,
+label, top (diagnosis exports: the top 3 classes), rejected (the reason an image got no
+probability) and error.
 Prints one line per image, in the order given, tab-separated:
     PATH<TAB>PROBABILITY<TAB>LABEL          e.g. a.jpg	0.731204	malignant
     PATH<TAB>CLASS:P<TAB>CLASS:P<TAB>CLASS:P  a diagnosis-task export (--task=diagnosis): the
@@ -158,14 +159,18 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold: float | None 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     loaded, config = export.load_exported(model_dir)
+    if config.get("task") == "diagnosis" and threshold is not None:
+        raise ValueError("a diagnosis export labels each image with its most probable class: "
+                         "--threshold is for benign/malignant models only")
     checks = _checks(config)
-    if config.get("task") == "diagnosis":
-        return _predict_diagnosis(paths, loaded, config, batch_size, checks)
     name = "serving_default" if tta is None else (export.SIGNATURE_TTA if tta else export.SIGNATURE_PLAIN)
     if name not in loaded.signatures:
-        raise ValueError(f"{model_dir}: the export has no {name} signature (exported before "
-                         "test-time augmentation existed); re-export it")
+        raise ValueError(f"{model_dir}: the export has no {name} signature (a --use_metadata "
+                         "model has no serving_tta; other exports made before test-time "
+                         "augmentation existed for their task: re-export it)")
     serve = loaded.signatures[name]
+    if config.get("task") == "diagnosis":
+        return _predict_diagnosis(paths, serve, config, batch_size, checks)
 
     def fill(result: Prediction, out: dict, row: int) -> None:
         probability = float(out["probability"][row])
@@ -217,7 +222,7 @@ def _serve_files(paths: Sequence[str], serve, batch_size: int, fill, checks: dic
     return results
 
 
-def _predict_diagnosis(paths: Sequence[str], loaded, config, batch_size: int, checks: dict,
+def _predict_diagnosis(paths: Sequence[str], serve, config, batch_size: int, checks: dict,
                        top_k: int = 3) -> list[Prediction]:
     import numpy as np
 
@@ -229,7 +234,7 @@ def _predict_diagnosis(paths: Sequence[str], loaded, config, batch_size: int, ch
         result.top = [(classes[i], float(probs[i])) for i in order]
         result.label, result.probability = result.top[0]
 
-    return _serve_files(paths, loaded.signatures["serving_default"], batch_size, fill, checks)
+    return _serve_files(paths, serve, batch_size, fill, checks)
 
 
 FLAGS = flags.FLAGS

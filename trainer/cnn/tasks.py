@@ -326,7 +326,7 @@ class DiagnosisTask:
 
         return diagnosis.evaluate_and_report(model, c.data_dir, c.workdir, c.image_size,
                                              dataclasses.asdict(c), batch_size=c.batch_size,
-                                             manifest=self.manifest)
+                                             manifest=self.manifest, tta=tta)
 
     def export(self, model, c: TrainConfig, *, tta: bool) -> dict[str, str]:
         from trainer.cnn import export
@@ -335,7 +335,7 @@ class DiagnosisTask:
                                              _resize_mode(self.manifest),
                                              min_image_side=_min_image_side(c, self.manifest),
                                              manifest=dict(self.manifest),
-                                             run_config=dataclasses.asdict(c))
+                                             run_config=dataclasses.asdict(c), tta=tta)
 
 
 TASKS = {"binary": BinaryTask, "diagnosis": DiagnosisTask}

@@ -1,12 +1,13 @@
-"""Test-time augmentation: the 8 dihedral views of each image, probabilities averaged.
+"""Test-time augmentation: the 8 dihedral views of each image, the model's outputs averaged.
 
-One definition for every place that scores images (trainer.cnn.evaluation, hence the
-trainer.cnn.evaluate program; the exported SavedModel's serving signature, hence
-trainer.cnn.predict), so served probabilities
-equal evaluated ones. The views are rot90 by k = 0..3 quarter turns of the image and of its
-left-right mirror; together they are the symmetry group of the square (flip up-down and the
-transposes are among them). The views of a batch are stacked into ONE model call of 8x the
-batch, view-major, and the 8 probabilities of each image are averaged (arithmetic mean).
+One definition for every place that scores images, for both tasks (trainer.cnn.evaluation and
+trainer.cnn.diagnosis, hence the trainer.cnn.evaluate program; the exported SavedModel's
+serving signatures, hence trainer.cnn.predict), so served probabilities equal evaluated ones.
+The views are rot90 by k = 0..3 quarter turns of the image and of its left-right mirror;
+together they are the symmetry group of the square (flip up-down and the transposes are among
+them). The views of a batch are stacked into ONE model call of 8x the batch, view-major, and the
+8 outputs of each image are averaged (arithmetic mean): P(malignant) [B] for the binary task,
+the class probabilities [B, K] for the diagnosis task (a mean of softmaxes still sums to 1).
 """
 from __future__ import annotations
 
@@ -23,23 +24,29 @@ def dihedral_views(images):
                      axis=0)
 
 
-def average_views(probabilities):
-    """[8B] or [8B, 1] view-major probabilities -> [B] means (the inverse layout of the above)."""
+def average_views(outputs):
+    """[8B, K] view-major outputs -> [B, K] means over the views (the inverse layout of the
+    above)."""
     import tensorflow as tf
 
-    p = tf.reshape(tf.convert_to_tensor(probabilities), [VIEWS, -1])
-    return tf.reduce_mean(p, axis=0)
+    out = tf.convert_to_tensor(outputs)
+    return tf.reduce_mean(tf.reshape(out, [VIEWS, -1, out.shape[-1]]), axis=0)
 
 
-def probabilities(model, images, tta: bool):
-    """Graph-friendly: P(malignant) float32 [B] of a [B,S,S,3] batch in the model's input range,
-    averaged over the 8 dihedral views when `tta` (used inside the exported serve function)."""
+def class_probabilities(model, images, tta: bool):
+    """Graph-friendly: the model's outputs float32 [B, K] of a [B,S,S,3] batch in the model's
+    input range, averaged over the 8 dihedral views when `tta` (inside the exported serve
+    functions, and eagerly by the diagnosis evaluation)."""
     import tensorflow as tf
 
     if not tta:
-        return tf.cast(model(images, training=False), tf.float32)[:, 0]
-    out = tf.cast(model(dihedral_views(images), training=False), tf.float32)[:, 0]
-    return average_views(out)
+        return tf.cast(model(images, training=False), tf.float32)
+    return average_views(tf.cast(model(dihedral_views(images), training=False), tf.float32))
+
+
+def probabilities(model, images, tta: bool):
+    """Graph-friendly: P(malignant) float32 [B] (the binary model's one output)."""
+    return class_probabilities(model, images, tta)[:, 0]
 
 
 def predict_on_batch(model, images, tta: bool):
@@ -56,7 +63,7 @@ def predict_on_batch(model, images, tta: bool):
         return out[:, 0]
     out = np.asarray(model.predict_on_batch(dihedral_views(images)), dtype=np.float32)
     _check_output(out, VIEWS * int(images.shape[0]))
-    return np.asarray(average_views(out), dtype=np.float64)
+    return np.asarray(average_views(out), dtype=np.float64)[:, 0]
 
 
 def _check_output(out, rows: int) -> None:
