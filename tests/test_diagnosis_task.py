@@ -400,7 +400,8 @@ def test_source_balance_refuses_records_that_name_no_source(tmp_path):
                                training=True, balance_sources=True)
 
 
-def test_tta_scores_a_diagnosis_run_its_export_and_predict_alike(diagnosis_dataset, tmp_path):
+def test_tta_scores_a_diagnosis_run_its_export_and_predict_alike(diagnosis_dataset, tmp_path,
+                                                                  monkeypatch):
     """--tta on the diagnosis task: each image's K probabilities are the mean over its 8
     dihedral views, the same in the training report, an external evaluation (which takes the
     run's recorded tta), the export's serving_default and predict's --tta / --notta."""
@@ -414,7 +415,14 @@ def test_tta_scores_a_diagnosis_run_its_export_and_predict_alike(diagnosis_datas
                                mixed_precision="off", verbose=0, model="compact",
                                task="diagnosis", min_class_records=3)
     model = train.train_cnn(config).model
-    done = cli.evaluate_and_export(model, config, bootstrap=0, tta=True)
+    scored_with = []  # the report's scoring: every batch through the 8 views
+    real = tta.class_probabilities
+    monkeypatch.setattr(tta, "class_probabilities",
+                        lambda m, x, use_tta: scored_with.append(use_tta) or real(m, x, use_tta))
+    cli.evaluate_and_export(model, config, export=False, bootstrap=0, tta=True)
+    assert scored_with and all(scored_with)
+    monkeypatch.undo()
+    done = cli.evaluate_and_export(model, config, evaluate=False, bootstrap=0, tta=True)
     report = json.loads((workdir / "report.json").read_text())
     assert report["tta"] is True and "test-time augmentation" in (workdir / "report.md").read_text()
 

@@ -1,5 +1,6 @@
 """A seed ensemble exported as one model: served probability = the members' mean, threshold
 chosen anew on their validation split, mismatched members refused, the card names them."""
+import io
 import json
 import os
 import shutil
@@ -222,6 +223,10 @@ def test_metadata_members_serve_the_mean_with_their_encoding(data_dir, tmp_path,
     expected = np.mean([load_keras_model(os.path.join(r, "model.keras")).predict_on_batch(
         [input_pipeline.preprocess_for_eval(pixels), features])[:, 0] for r in runs], axis=0)
     np.testing.assert_allclose(served, expected, atol=1e-6)
+    with pytest.raises(ensemble.EnsembleError, match="--tta: test-time augmentation is not "
+                                                     "supported for a --use_metadata model"):
+        ensemble.export_ensemble(runs, str(tmp_path / "ens_tta"), bootstrap=0, tta=True)
+    assert not os.path.exists(tmp_path / "ens_tta")  # refused before anything is written
 
 
 def _copy_with(run: str, folder, name: str, **changes) -> str:
@@ -294,6 +299,8 @@ def test_a_diagnosis_ensemble_serves_the_mean_softmax_and_scores_it(tmp_path):
     """The diagnosis path: the members' classes.json carried over, the ensemble's own report
     (balanced accuracy of the mean probabilities), an export serving K probabilities."""
     import keras
+    import tensorflow as tf
+    from PIL import Image
 
     from trainer.cnn import diagnosis
     from trainer.cnn.models import load_keras_model
@@ -343,4 +350,20 @@ def test_a_diagnosis_ensemble_serves_the_mean_softmax_and_scores_it(tmp_path):
     assert report["tta"] is True
     assert report["splits"]["test"] == diagnosis.split_metrics(labels, tta_mean,
                                                                mapping["classes"])
-    assert export.load_exported(paths["export_dir"])[1]["tta"] is True
+    # served: the mean over members and views of the softmax, from the image bytes
+    loaded, config = export.load_exported(paths["export_dir"])
+    assert config["tta"] is True
+    contents = []
+    for px, _ in shard_fixtures.random_images(3, SIZE, seed=7):
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(px, np.uint8)).save(buf, format="PNG")
+        contents.append(buf.getvalue())
+    contents = tf.constant(contents)
+    x = input_pipeline.preprocess_for_eval(
+        loaded.signatures["preprocess"](image_bytes=contents)["pixels"]).numpy()
+    views = [np.rot90(v, k, axes=(1, 2)) for v in (x, x[:, :, ::-1]) for k in range(4)]
+    expected = np.mean([m.predict_on_batch(v) for m in members for v in views], axis=0)
+    served = loaded.signatures["serving_default"](image_bytes=contents)["probabilities"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    plain = loaded.signatures[export.SIGNATURE_PLAIN](image_bytes=contents)["probabilities"]
+    assert np.abs(plain.numpy() - served).max() > 1e-3

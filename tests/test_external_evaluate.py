@@ -200,8 +200,8 @@ def test_tta_is_the_mean_of_the_8_dihedral_views():
     by_hand = np.mean([model.predict_on_batch(v)[:, 0] for v in views], axis=0)
     assert len({float(np.round(model.predict_on_batch(v)[0, 0], 6)) for v in views}) > 1
     np.testing.assert_allclose(tta.predict_on_batch(model, images, True), by_hand, atol=1e-6)
-    np.testing.assert_allclose(tta.probabilities(model, tf.constant(images), True).numpy(), by_hand,
-                               atol=1e-6)
+    served = tta.class_probabilities(model, tf.constant(images), True).numpy()[:, 0]
+    np.testing.assert_allclose(served, by_hand, atol=1e-6)
     np.testing.assert_allclose(tta.predict_on_batch(model, images, False),
                                model.predict_on_batch(images)[:, 0], atol=1e-7)
 
@@ -325,5 +325,5 @@ def test_a_metadata_model_is_scored_with_each_records_own_metadata(data_dir, sam
     np.testing.assert_allclose([scored[i] for i in ids], expected, rtol=1e-5, atol=1e-6)
     blank = np.asarray(model.predict_on_batch([images, np.zeros_like(features)]))[:, 0]
     assert not np.allclose(expected, blank, atol=1e-6)  # the metadata input does matter
-    with pytest.raises(evaluation.EvaluationError, match="--tta is not supported"):
+    with pytest.raises(evaluation.EvaluationError, match="test-time augmentation is not supported for a --use_metadata model"):
         evaluation.evaluate_external(str(tmp_path), data_dir, bootstrap=0, tta=True)

@@ -413,8 +413,7 @@ def predict_split_columns(model, data_dir: str, split: str, image_size: int, map
     "probabilities": float64 [N, K]}, in the split's (deterministic) record order."""
     from trainer.cnn import tta as tta_lib
 
-    if tta and use_metadata:
-        raise ValueError("test-time augmentation is not supported with --use_metadata")
+    tta_lib.check_inputs(tta, use_metadata)
     ds = make_dataset(data_dir, split, mapping, image_size=image_size, batch_size=batch_size,
                       training=False, deterministic=True, use_metadata=use_metadata,
                       manifest=manifest, metadata_encoding=metadata_encoding, image_ids=True,

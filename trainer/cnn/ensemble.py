@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 
 from absl import flags
 
+from trainer.cnn import tta as tta_lib
 from trainer.cnn.constants import (CLASSES_NAME, EXPORT_DIR, KERAS_NAME, REPORT_JSON,
                                    SERVING_CONFIG_NAME, TRAIN_CONFIG_NAME)
 from trainer.core import metadata_features, metrics, program
@@ -246,6 +247,10 @@ def export_ensemble(runs: Sequence[str], output: str, *, data_dir: str | None = 
             min_sensitivity = _one(members, "min_sensitivity", "--min_sensitivity",
                                    min_sensitivity)
     tta = bool(_one(members, "tta", "--tta", tta))
+    try:
+        tta_lib.check_inputs(tta, bool(members[0]["settings"]["use_metadata"]))
+    except ValueError as e:
+        raise EnsembleError(f"--tta: {e}") from None
     models = [load_keras_model(m["keras"]) for m in members]
     model = average_model(models)
     config = ensemble_config(members, data_dir)

@@ -53,11 +53,10 @@ def predict_split(model, data_dir: str, split: str, image_size: int,
     (with `tta`, the mean over the 8 dihedral views, trainer.cnn.tta). use_metadata: the model
     takes (images, metadata features by the run's metadata_encoding and metadata_fields)
     (--use_metadata; no TTA)."""
-    if use_metadata and tta:
-        raise ValueError("test-time augmentation is not supported with --use_metadata")
     from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
+    tta_lib.check_inputs(tta, use_metadata)
     ds = input_pipeline.make_dataset(data_dir, split, image_size=image_size, batch_size=batch_size,
                                      training=False, deterministic=True,
                                      use_metadata=use_metadata, manifest=manifest,
@@ -574,9 +573,12 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     dataset_name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
     out = out or os.path.join(model_path, EXTERNAL_DIR, dataset_name)
     use_tta = model_info["tta"] if tta is None else bool(tta)
-    if use_tta and len(model.inputs) > 1:
-        raise EvaluationError(f"--model {model_path!r} takes metadata: --tta is not supported "
-                              "with --use_metadata models")
+    from trainer.cnn import tta as tta_lib
+
+    try:
+        tta_lib.check_inputs(use_tta, len(model.inputs) > 1)
+    except ValueError as e:
+        raise EvaluationError(f"--model {model_path!r}: {e}") from None
     if model_info["task"] == "diagnosis":
         from trainer.cnn import diagnosis_scoring
 

@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 from isicflow import image_checks, imaging
 from isicflow.metadata import CLASS_NAMES
+from trainer.cnn import tta as tta_lib
 from trainer.cnn.constants import (CLASSES_NAME, EXPORT_DIR, KERAS_NAME,  # noqa: F401
                                    REPORT_JSON, SAVED_MODEL_NAME, SERVING_CONFIG_NAME)
 
@@ -83,13 +84,16 @@ def uses_metadata(model) -> bool:
     return len(getattr(model, "inputs", None) or []) > 1
 
 
-def _image_module(model, image_size: int, resize_mode: str, encoding: int | None = None,
-                  fields: tuple[str, ...] | None = None):
-    """(base tf.Module class, image bytes spec): the serving path both tasks share. Raw bytes
-    go through the engine's decode and resize in-graph (preprocess), then the evaluation
-    scaling; a metadata model also gets its features (all missing unless given), by
-    `encoding`, the version it was trained with, and its `fields` (_run_metadata: a field
-    it was trained without is served as missing whatever is given)."""
+def _image_module(model, image_size: int, resize_mode: str, tta: bool,
+                  encoding: int | None = None, fields: tuple[str, ...] | None = None):
+    """The base tf.Module class of both tasks' serving: raw bytes go through the engine's
+    decode and resize in-graph (preprocess), then the evaluation scaling, then the model,
+    whose outputs a subclass's _answer turns into the task's serving outputs. serve (the
+    serving_default) averages the 8 dihedral views when `tta` (trainer.cnn.tta), serve_plain
+    and serve_tta force it off or on; a metadata model is served without TTA (serve_tta is not
+    exported for it) and also gets its features (all missing unless given, serve_metadata), by
+    `encoding`, the version it was trained with, and its `fields` (_run_metadata: a field it
+    was trained without is served as missing whatever is given)."""
     import tensorflow as tf
 
     from trainer.core import input_pipeline, metadata_features
@@ -126,16 +130,39 @@ def _image_module(model, image_size: int, resize_mode: str, encoding: int | None
         def _encode(self, age, sex, site):
             return metadata_features.encode(age, sex, site, encoding, fields)
 
-    return ImageModule, bytes_spec
+        def _outputs(self, image_bytes, use_tta: bool, metadata=None):
+            """The model's outputs float32 [B, K], the views' mean when use_tta (image-only)."""
+            inputs = self._model_inputs(image_bytes, metadata)
+            return tta_lib.class_probabilities(self.model, inputs,
+                                               use_tta and not uses_metadata(self.model))
+
+        def _answer(self, outputs):
+            raise NotImplementedError("the task's module says what it serves")
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve(self, image_bytes):  # serving_default: TTA as exported (serving_config "tta")
+            return self._answer(self._outputs(image_bytes, tta))
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve_plain(self, image_bytes):
+            return self._answer(self._outputs(image_bytes, False))
+
+        @tf.function(input_signature=[bytes_spec])
+        def serve_tta(self, image_bytes):  # the 8 flips/rot90s averaged (trainer.cnn.tta)
+            return self._answer(self._outputs(image_bytes, True))
+
+        @tf.function(input_signature=_metadata_specs())
+        def serve_metadata(self, image_bytes, age, sex, site):
+            return self._answer(self._outputs(image_bytes, False, self._encode(age, sex, site)))
+
+    return ImageModule
 
 
 def _serving_module(model, image_size: int, resize_mode: str, threshold: float, tta: bool = False,
                     encoding: int | None = None, fields: tuple[str, ...] | None = None):
     import tensorflow as tf
 
-    from trainer.cnn import tta as tta_lib
-
-    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode, encoding, fields)
+    ImageModule = _image_module(model, image_size, resize_mode, tta, encoding, fields)
 
     class ServingModule(ImageModule):
         """The binary task's: P(malignant) and the label at the exported threshold."""
@@ -146,31 +173,11 @@ def _serving_module(model, image_size: int, resize_mode: str, threshold: float, 
             self.image_size = tf.Variable(image_size, dtype=tf.int32, trainable=False, name="image_size")
             self.resize_mode = tf.Variable(resize_mode, dtype=tf.string, trainable=False, name="resize_mode")
 
-        def _classify(self, image_bytes, use_tta: bool, metadata=None):
-            inputs = self._model_inputs(image_bytes, metadata)
-            if uses_metadata(self.model):
-                probability = tf.cast(self.model(inputs, training=False), tf.float32)[:, 0]
-            else:
-                probability = tta_lib.probabilities(self.model, inputs, use_tta)
+        def _answer(self, outputs):
+            probability = outputs[:, 0]
             label = tf.where(probability >= self.threshold, tf.constant(CLASS_NAMES[1]),
                              tf.constant(CLASS_NAMES[0]))
             return {"probability": probability, "label": label}
-
-        @tf.function(input_signature=[bytes_spec])
-        def serve(self, image_bytes):  # serving_default: TTA as exported (serving_config "tta")
-            return self._classify(image_bytes, tta)
-
-        @tf.function(input_signature=[bytes_spec])
-        def serve_plain(self, image_bytes):
-            return self._classify(image_bytes, False)
-
-        @tf.function(input_signature=[bytes_spec])
-        def serve_tta(self, image_bytes):  # the 8 flips/rot90s averaged (trainer.cnn.tta)
-            return self._classify(image_bytes, True)
-
-        @tf.function(input_signature=_metadata_specs())
-        def serve_metadata(self, image_bytes, age, sex, site):
-            return self._classify(image_bytes, False, self._encode(age, sex, site))
 
     return ServingModule()
 
@@ -273,10 +280,9 @@ def export_model(model, workdir: str, image_size: int, resize_mode: str = "squas
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         threshold, threshold_source = float(threshold), "given to export_model"
+    tta_lib.check_inputs(tta, uses_metadata(model))
     paths = _export_paths(workdir)
     model.save(paths["keras"])
-    if tta and uses_metadata(model):
-        raise ValueError("test-time augmentation is not supported with --use_metadata")
     encoding, fields = _run_metadata(model, workdir, run_config, report)
     module = _serving_module(model, image_size, resize_mode, threshold, bool(tta), encoding,
                              fields)
@@ -361,12 +367,10 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
     out_shape = tuple(model.outputs[0].shape)
     if out_shape[1:] != (len(classes),):
         raise ValueError(f"model output shape {out_shape} does not match {len(classes)} classes")
-    if tta and uses_metadata(model):
-        raise ValueError("test-time augmentation is not supported for a --use_metadata model")
+    tta_lib.check_inputs(tta, uses_metadata(model))
     report = model_card.read_report(workdir)
     encoding, fields = _run_metadata(model, workdir, run_config, report)
-    ImageModule, bytes_spec = _image_module(model, image_size, resize_mode, encoding, fields)
-    from trainer.cnn import tta as tta_lib
+    ImageModule = _image_module(model, image_size, resize_mode, tta, encoding, fields)
 
     class DiagnosisModule(ImageModule):
         """The diagnosis task's: the K class probabilities and the top class."""
@@ -375,28 +379,10 @@ def export_diagnosis_model(model, workdir: str, image_size: int,
             super().__init__(name="isicflow_diagnosis")
             self.classes = tf.constant(classes)
 
-        def _classify(self, image_bytes, use_tta: bool, metadata=None):
-            inputs = self._model_inputs(image_bytes, metadata)
-            probabilities = tta_lib.class_probabilities(self.model, inputs, use_tta)
+        def _answer(self, probabilities):
             top = tf.argmax(probabilities, axis=1, output_type=tf.int32)
             return {"probabilities": probabilities, "top_class": tf.gather(self.classes, top),
                     "top_probability": tf.reduce_max(probabilities, axis=1)}
-
-        @tf.function(input_signature=[bytes_spec])
-        def serve(self, image_bytes):  # serving_default: TTA as exported (serving_config "tta")
-            return self._classify(image_bytes, tta)
-
-        @tf.function(input_signature=[bytes_spec])
-        def serve_plain(self, image_bytes):
-            return self._classify(image_bytes, False)
-
-        @tf.function(input_signature=[bytes_spec])
-        def serve_tta(self, image_bytes):  # the 8 flips/rot90s averaged (trainer.cnn.tta)
-            return self._classify(image_bytes, True)
-
-        @tf.function(input_signature=_metadata_specs())
-        def serve_metadata(self, image_bytes, age, sex, site):
-            return self._classify(image_bytes, False, self._encode(age, sex, site))
 
     paths = _export_paths(workdir)
     model.save(paths["keras"])

@@ -163,7 +163,9 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold: float | None 
         raise ValueError("a diagnosis export labels each image with its most probable class: "
                          "--threshold is for benign/malignant models only")
     checks = _checks(config)
-    name = "serving_default" if tta is None else (export.SIGNATURE_TTA if tta else export.SIGNATURE_PLAIN)
+    name = "serving_default"  # serves as exported: also an export older than the signatures
+    if tta is not None and bool(tta) != bool(config.get("tta", False)):
+        name = export.SIGNATURE_TTA if tta else export.SIGNATURE_PLAIN
     if name not in loaded.signatures:
         raise ValueError(f"{model_dir}: the export has no {name} signature (a --use_metadata "
                          "model has no serving_tta; other exports made before test-time "

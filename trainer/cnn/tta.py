@@ -12,6 +12,15 @@ the class probabilities [B, K] for the diagnosis task (a mean of softmaxes still
 from __future__ import annotations
 
 VIEWS = 8
+NOT_WITH_METADATA = ("test-time augmentation is not supported for a --use_metadata model (its "
+                     "age, sex and site have no views to average)")
+
+
+def check_inputs(tta: bool, use_metadata: bool) -> None:
+    """ValueError (NOT_WITH_METADATA) for TTA asked of a model that also takes metadata: the
+    one refusal every scoring and export path makes."""
+    if tta and use_metadata:
+        raise ValueError(NOT_WITH_METADATA)
 
 
 def dihedral_views(images):
@@ -44,18 +53,13 @@ def class_probabilities(model, images, tta: bool):
     return average_views(tf.cast(model(dihedral_views(images), training=False), tf.float32))
 
 
-def probabilities(model, images, tta: bool):
-    """Graph-friendly: P(malignant) float32 [B] (the binary model's one output)."""
-    return class_probabilities(model, images, tta)[:, 0]
-
-
 def predict_on_batch(model, images, tta: bool):
-    """Eager scoring (evaluate): numpy float64 [B]; the same views and mean as `probabilities`.
+    """Eager scoring of a binary model (evaluate): P(malignant) numpy float64 [B]; the same
+    views and mean as class_probabilities.
     images may be (images, metadata) for a --use_metadata model, without TTA (ValueError)."""
     import numpy as np
 
-    if isinstance(images, (tuple, list)) and tta:
-        raise ValueError("test-time augmentation is not supported with --use_metadata")
+    check_inputs(tta, isinstance(images, (tuple, list)))
     if not tta:
         out = np.asarray(model.predict_on_batch(images), dtype=np.float64)
         rows = images[0] if isinstance(images, (tuple, list)) else images
