@@ -51,8 +51,9 @@ def define_flags() -> None:
                         "train,validation,test.")
     flags.DEFINE_string("output", None, "Folder for the report; default "
                         "<model>/external/<dataset name>.")
-    flags.DEFINE_bool("tta", None, "Test-time augmentation (8 flips/rot90s averaged); unset = as "
-                      "the export recorded it (off for a run folder). Binary models only.")
+    flags.DEFINE_bool("tta", None, "Test-time augmentation (8 flips/rot90s averaged), either "
+                      "task; unset = as the run's evaluation (report.json) or the export "
+                      "recorded it.")
     flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1)
     flags.DEFINE_integer("image_size", None, "Dataset size to read; default (and only allowed "
                          "value) the model's input size.")
