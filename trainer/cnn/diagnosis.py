@@ -25,6 +25,7 @@ from isicflow import dataset as dataset_lib
 from isicflow.diagnosis import normalise_diagnosis
 from trainer.cnn.constants import (CLASSES_NAME, EVAL_SPLITS, PLOTS_DIR, REPORT_JSON,  # noqa: F401
                                    REPORT_MD)
+from trainer.cnn import tta as tta_lib
 from trainer.core import metadata_features
 
 OTHER = "other"
@@ -411,8 +412,6 @@ def predict_split_columns(model, data_dir: str, split: str, image_size: int, map
                           tta: bool = False) -> dict[str, Any]:
     """predict_split with each record's image id: {"image_id": [str], "label": int64 [N],
     "probabilities": float64 [N, K]}, in the split's (deterministic) record order."""
-    from trainer.cnn import tta as tta_lib
-
     tta_lib.check_inputs(tta, use_metadata)
     ds = make_dataset(data_dir, split, mapping, image_size=image_size, batch_size=batch_size,
                       training=False, deterministic=True, use_metadata=use_metadata,
@@ -522,8 +521,7 @@ def evaluate_and_report(model, data_dir: str, workdir: str, image_size: int, con
                "plots": {k: os.path.relpath(v, workdir) for k, v in plots.items()}}
     run_folder.write_json(os.path.join(workdir, REPORT_JSON), payload)
     lines = ["# Diagnosis task report", "",
-             *(["Scored with test-time augmentation: each image's class probabilities are the "
-                "mean over its 8 flips/rot90s.", ""] if tta else []),
+             *([tta_lib.REPORT_LINE, ""] if tta else []),
              f"Classes (train >= {mapping['min_records']} records; rarer grouped as `other`): "
              + ", ".join(classes), "",
              "Excluded (unknown diagnosis): " + ", ".join(

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from trainer.cnn import tta as tta_lib
 from trainer.core import metadata_features
 from trainer.cnn.constants import (CLASSES_NAME, PLOTS_DIR, PREDICTIONS_CSV, REPORT_JSON,
                                    REPORT_MD, SERVING_CONFIG_NAME)
@@ -154,7 +155,7 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
         chosen, excluded = select_splits(data_dir, image_size, splits, mapping, manifest)
     except ValueError as e:
         raise DiagnosisScoringError(str(e)) from None
-    use_metadata = len(model.inputs) > 1  # with tta refused by the caller (ValueError here)
+    use_metadata = len(model.inputs) > 1  # TTA with metadata: the caller refuses it first
     fields = list(model_info.get("metadata_fields", metadata_features.FIELDS))  # the run's
 
     def score(scoring_model) -> dict[str, dict[str, Any]]:
@@ -212,8 +213,7 @@ def evaluate_external(model, model_info: Mapping[str, Any], data_dir: str,
              f"Model `{model_info['path']}`; data `{os.path.abspath(data_dir)}`, "
              f"{image_size} px.", "",
              *([adaptation["sentence"], ""] if adaptation else []),
-             *(["Scored with test-time augmentation: each image's class probabilities are the "
-                "mean over its 8 flips/rot90s.", ""] if tta else []),
+             *([tta_lib.REPORT_LINE, ""] if tta else []),
              "Classes: " + ", ".join(classes), "",
              "Excluded (unknown diagnosis): " + ", ".join(
                  f"{s} {n}" for s, n in excluded["excluded_unknown"].items()), "",

@@ -586,8 +586,7 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
         try:
             return diagnosis_scoring.evaluate_external(
                 model, model_info, data_dir, manifest, splits=split_names(splits), out=out,
-                image_size=image_size, batch_size=batch_size,
-                tta=use_tta,
+                image_size=image_size, batch_size=batch_size, tta=use_tta,
                 adapt=(load, adapt_batchnorm, seed) if adapt_batchnorm else None)
         except diagnosis_scoring.DiagnosisScoringError as e:
             raise EvaluationError(str(e)) from None

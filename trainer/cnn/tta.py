@@ -12,6 +12,8 @@ the class probabilities [B, K] for the diagnosis task (a mean of softmaxes still
 from __future__ import annotations
 
 VIEWS = 8
+REPORT_LINE = ("Scored with test-time augmentation: each image's probabilities are the mean over "
+               "its 8 flips/rot90s.")
 NOT_WITH_METADATA = ("test-time augmentation is not supported for a --use_metadata model (its "
                      "age, sex and site have no views to average)")
 
