@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
+from trainer.cnn import tta as tta_lib
 from trainer.core import metadata_features, metrics, report, run_folder
 
 from trainer.cnn.constants import (CLASSES_NAME, EVAL_SPLITS, EXPORT_DIR,  # noqa: F401
@@ -53,7 +54,6 @@ def predict_split(model, data_dir: str, split: str, image_size: int,
     (with `tta`, the mean over the 8 dihedral views, trainer.cnn.tta). use_metadata: the model
     takes (images, metadata features by the run's metadata_encoding and metadata_fields)
     (--use_metadata; no TTA)."""
-    from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
     tta_lib.check_inputs(tta, use_metadata)
@@ -84,7 +84,6 @@ def predict_split_with_metadata(model, data_dir: str, split: str, image_size: in
     preprocessing as predict_split (the input pipeline's evaluation path). A model with two
     inputs (--use_metadata) gets each record's metadata features too, by the run's
     metadata_encoding and metadata_fields (no TTA)."""
-    from trainer.cnn import tta as tta_lib
     from trainer.core import input_pipeline
 
     ds = input_pipeline.make_eval_dataset_with_metadata(data_dir, split, image_size=image_size,
@@ -573,8 +572,6 @@ def evaluate_external(model_path: str, data_dir: str, *, splits: str = "all",
     dataset_name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
     out = out or os.path.join(model_path, EXTERNAL_DIR, dataset_name)
     use_tta = model_info["tta"] if tta is None else bool(tta)
-    from trainer.cnn import tta as tta_lib
-
     try:
         tta_lib.check_inputs(use_tta, len(model.inputs) > 1)
     except ValueError as e:

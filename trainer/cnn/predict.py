@@ -159,7 +159,8 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold: float | None 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     loaded, config = export.load_exported(model_dir)
-    if config.get("task") == "diagnosis" and threshold is not None:
+    diagnosis = config.get("task") == "diagnosis"
+    if diagnosis and threshold is not None:
         raise ValueError("a diagnosis export labels each image with its most probable class: "
                          "--threshold is for benign/malignant models only")
     checks = _checks(config)
@@ -171,7 +172,7 @@ def predict_files(paths: Sequence[str], model_dir: str, threshold: float | None 
                          "model has no serving_tta; other exports made before test-time "
                          "augmentation existed for their task: re-export it)")
     serve = loaded.signatures[name]
-    if config.get("task") == "diagnosis":
+    if diagnosis:
         return _predict_diagnosis(paths, serve, config, batch_size, checks)
 
     def fill(result: Prediction, out: dict, row: int) -> None:
