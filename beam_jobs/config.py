@@ -9,7 +9,7 @@ import sys
 from typing import NoReturn, Optional, Sequence
 
 from beam_jobs.layouts import LAYOUTS
-from beam_jobs.splits import parse_fractions
+from beam_jobs.splits import check_folds, parse_fractions
 from isicflow.imaging import DEFAULT_MAX_PIXELS, RESIZE_MODES, parse_sizes
 
 LABEL_POLICIES = ("benign_malignant", "all")
@@ -40,6 +40,8 @@ class PreprocessConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
     balance: str = "none"
     train_fraction: float = 1.0  # share of the train split's groups written (learning curves)
+    folds: int = 0  # cross-validation (splits.assign_folds): 0 off, else >= 3 folds
+    fold: int = 0   # with folds: the test fold; the next one validates
     seed: int = 0
     overwrite: bool = False
     synthetic: bool = False
@@ -177,6 +179,12 @@ def build_arg_parser() -> ArgumentParser:
                           "per benign/malignant label, after the split is made (validation and "
                           "test unchanged; the rest recorded as filtered): a learning curve's "
                           "smaller sets, each nested in the larger")
+    spl.add_argument("--folds", type=int, default=0,
+                     help="K >= 3: group-aware cross-validation folds (each about 1/K of every "
+                          "label's images, a patient/lesion in one fold) in place of --split: "
+                          "fold --fold is the test split, the next fold (mod K) validation, the "
+                          "rest train; over --fold=0..K-1 every image is tested once")
+    spl.add_argument("--fold", type=int, default=0, help="the test fold, 0..K-1, with --folds")
     spl.add_argument("--seed", type=int, default=0,
                      help="of the split assignment and of --balance's and --train_fraction's "
                           "samples")
@@ -265,6 +273,17 @@ def parse_config(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str
                      f"{args.num_shards}, {args.target_shard_mb}")
     if not 0.0 < args.train_fraction <= 1.0:
         parser.error(f"--train_fraction must be in (0, 1], got {args.train_fraction}")
+    if args.folds:
+        if args.split != parser.get_default("split"):
+            parser.error(f"--folds={args.folds} makes the splits; it does not take "
+                         f"--split={args.split}")
+        try:
+            check_folds(args.folds, args.fold)
+        except ValueError as e:
+            parser.error(str(e))
+        fractions = ((args.folds - 2) / args.folds, 1 / args.folds, 1 / args.folds)
+    elif args.fold:
+        parser.error(f"--fold={args.fold} needs --folds (cross-validation)")
     if args.min_original_size < 0 or args.max_pixels <= 0:
         parser.error(f"bad size limits: --min_original_size={args.min_original_size} "
                      f"--max_pixels={args.max_pixels}")
@@ -289,7 +308,7 @@ def parse_config(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str
         label_policy=args.label_policy, min_original_size=args.min_original_size,
         max_pixels=args.max_pixels, reduced_decode=not args.no_reduced_decode,
         split_fractions=fractions, balance=args.balance, train_fraction=args.train_fraction,
-        seed=args.seed,
+        folds=args.folds, fold=args.fold, seed=args.seed,
         overwrite=args.overwrite, synthetic=args.input is None,
         near_duplicates=args.near_duplicates, keep_degenerate=args.keep_degenerate,
         allow_empty=args.allow_empty,

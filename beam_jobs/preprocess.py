@@ -328,7 +328,8 @@ def format_summary(manifest: dict) -> str:
 
 def empty_problems(manifest: dict, config: PreprocessConfig) -> list[str]:
     """Why this dataset is of no use to the trainers: no record, train/validation empty (a split
-    whose requested fraction is 0 is not asked for, so not a problem), or more than
+    whose requested fraction is 0 is not asked for, so not a problem; with --folds test too: a
+    cross-validation fold that tests nothing), or more than
     MAX_REJECTED_SHARE of the inputs rejected (a misread download looks like that; filters and
     duplicates are choices, not failures, and do not count)."""
     totals = manifest["totals"]
@@ -339,9 +340,12 @@ def empty_problems(manifest: dict, config: PreprocessConfig) -> list[str]:
         problems.append(f"{totals['rejected']} of {totals['read']} inputs rejected (more than "
                         f"{MAX_REJECTED_SHARE:.0%})")
     first = next(iter(manifest["datasets"].values()), {})
+    needed = NEEDED_SPLITS + (("test",) if config.folds else ())
     for split, fraction in zip(("train", "validation", "test"), config.split_fractions):
-        if split in NEEDED_SPLITS and fraction > 0 and first.get(split, {}).get("records", 0) == 0:
-            problems.append(f"split {split} is empty")
+        if split in needed and fraction > 0 and first.get(split, {}).get("records", 0) == 0:
+            problems.append(f"split {split} is empty" + (
+                f" (--folds={config.folds} --fold={config.fold}: fewer patient/lesion groups "
+                "than folds?)" if config.folds else ""))
     return problems
 
 

@@ -40,35 +40,69 @@ def assign_splits(group_labels: Iterable[tuple[str, str]],
 
     group_labels: one (group_key, label) pair per image. Returns {group_key: split}.
     """
+    return {group: SPLITS[i] for group, i in _place(group_labels, fractions, seed).items()}
+
+
+def check_folds(folds: int, fold: int) -> None:
+    """ValueError unless folds >= 3 (a test, a validation and a train fold) and fold is one."""
+    if folds < 3:
+        raise ValueError(f"--folds must be 0 (off) or >= 3 (a test, a validation and a train "
+                         f"fold), got {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"--fold must be in 0..{folds - 1} for --folds={folds}, got {fold}")
+
+
+def assign_folds(group_labels: Iterable[tuple[str, str]], folds: int,
+                 seed: int = 0) -> dict[str, int]:
+    """{group_key: fold 0..folds-1}: assign_splits' placement into `folds` equal shares, so
+    every fold holds about 1/folds of each label's images and a group lies in one fold."""
+    check_folds(folds, 0)
+    return _place(group_labels, [1.0 / folds] * folds, seed)
+
+
+def cross_validation_split(fold_of_group: int, fold: int, folds: int) -> str:
+    """The split of a group in fold `fold_of_group` when `fold` is the test fold: test, the
+    validation split for the next fold (mod folds), train for the rest. Over fold = 0..folds-1
+    every group is tested once and validates once."""
+    check_folds(folds, fold)
+    if fold_of_group == fold:
+        return "test"
+    return "validation" if fold_of_group == (fold + 1) % folds else "train"
+
+
+def _place(group_labels: Iterable[tuple[str, str]], fractions: Sequence[float],
+           seed: int) -> dict[str, int]:
+    """{group_key: index into fractions}: each group, largest first then in a seeded hash
+    order, goes to the share whose per-label counts it brings closest to their targets."""
     per_group: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     totals: collections.Counter = collections.Counter()
     for group, label in group_labels:
         per_group[group][label] += 1
         totals[label] += 1
+    shares = range(len(fractions))
     # Sorted labels: the float sums below must not depend on the order labels were first seen.
-    targets = {s: {lab: f * totals[lab] for lab in sorted(totals)}
-               for s, f in zip(SPLITS, fractions)}
+    targets = [{lab: f * totals[lab] for lab in sorted(totals)} for f in fractions]
     # Plain dicts with every label (not Counters, whose missing keys cost a call): the loop
     # below runs once per group, and 200,000 groups must plan in seconds.
-    counts = {s: dict.fromkeys(totals, 0) for s in SPLITS}
-    candidates = [s for s, f in zip(SPLITS, fractions) if f > 0]
-    assignment: dict[str, str] = {}
+    counts = [dict.fromkeys(totals, 0) for _ in shares]
+    candidates = [i for i in shares if fractions[i] > 0]
+    assignment: dict[str, int] = {}
     # Large groups first (they are the hard ones to place), then a seeded hash order.
     order = sorted(per_group, key=lambda g: (-sum(per_group[g].values()), stable_hash(g, seed)))
     for group in order:
         labels = per_group[group]
 
-        def deficit_after(split: str) -> float:
-            # Squared distance to the targets, over all labels, if this group went to `split`.
+        def deficit_after(share: int) -> float:
+            # Squared distance to the targets, over all labels, if this group went to `share`.
             err = 0.0
-            for s in SPLITS:
-                have_s, extra = counts[s], labels if s == split else {}
-                for lab, target in targets[s].items():
-                    have = have_s[lab] + extra.get(lab, 0)
+            for i in shares:
+                have_i, extra = counts[i], labels if i == share else {}
+                for lab, target in targets[i].items():
+                    have = have_i[lab] + extra.get(lab, 0)
                     err += (have - target) ** 2
             return err
 
-        best = min(candidates, key=lambda s: (deficit_after(s), SPLITS.index(s)))
+        best = min(candidates, key=lambda i: (deficit_after(i), i))
         assignment[group] = best
         for lab, n in labels.items():
             counts[best][lab] += n

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ from beam_jobs import splits, timeline
 from beam_jobs.counters import count as _count
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SPOOL_DIR, SpoolWriter
-from beam_jobs.writing import INCOMPLETE_DIR, kept_summary, spooled_record
+from beam_jobs.writing import INCOMPLETE_DIR, KEPT_FIELDS, kept_summary, spooled_record
 from isicflow import fileio, image_checks, imaging
 from isicflow.fileio import join_path
 from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
@@ -256,6 +257,14 @@ class DatasetPlan:
         return sum(n for _, n in self.kept)
 
 
+def fold_stratum(summary: str) -> str:
+    """What cross-validation folds spread evenly (beam_jobs.splits.assign_folds): the label and
+    the diagnosis of an image (its kept_summary), so each of a seven-class metric's rare classes
+    is about 1/K in every fold; the fixed split (--split) stratifies by label alone, as before."""
+    entry = dict(zip(KEPT_FIELDS, json.loads(summary)))
+    return f"{entry['label']}/{entry['diagnosis']}"
+
+
 def plan_dataset(images: list[ImageKey], config: PreprocessConfig) -> DatasetPlan:
     """Pure: duplicates (smallest id kept), near-duplicates (grouped, or all but the smallest id
     dropped), balance, group-aware splits, --train_fraction's share of the train groups, ranks,
@@ -294,8 +303,14 @@ def plan_dataset(images: list[ImageKey], config: PreprocessConfig) -> DatasetPla
     group_of = {im.image_id: im.group for im in kept_images}
     if config.near_duplicates == "group":
         group_of = image_checks.merge_groups(group_of, near_groups)
-    by_group = splits.assign_splits(((group_of[im.image_id], im.label) for im in kept_images),
-                                    config.split_fractions, config.seed)
+    if config.folds:  # cross-validation: one fold tests, the next validates, the rest train
+        fold_of = splits.assign_folds(((group_of[im.image_id], fold_stratum(im.summary))
+                                       for im in kept_images), config.folds, config.seed)
+        by_group = {group: splits.cross_validation_split(f, config.fold, config.folds)
+                    for group, f in fold_of.items()}
+    else:
+        by_group = splits.assign_splits(((group_of[im.image_id], im.label) for im in kept_images),
+                                        config.split_fractions, config.seed)
     split_of = {im.image_id: by_group[group_of[im.image_id]] for im in kept_images}
     left_out: frozenset = frozenset()
     if config.train_fraction < 1.0:  # after the split, so validation and test do not move

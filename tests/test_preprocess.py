@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from beam_jobs import preprocess
+from beam_jobs.config import PreprocessConfig
 from isicflow import imaging, schema
 from tests import layout_builders as lb
 from tests import near_copies
@@ -192,6 +193,19 @@ def test_train_fraction_writes_a_nested_share_of_train_and_the_same_held_out_spl
     assert ids[0.25]["train"] < ids[0.5]["train"] < ids[1.0]["train"]
 
 
+def test_a_cross_validation_fold_that_tests_nothing_is_not_a_usable_dataset():
+    """More folds than patient/lesion groups leaves a fold's test split empty: refused (exit 3
+    unless --allow_empty), where a fixed split's empty test is not a problem."""
+    manifest = {"totals": {"written": 3, "rejected": 0, "read": 3},
+                "datasets": {"32": {"train": {"records": 2}, "validation": {"records": 1},
+                                    "test": {"records": 0}}}}
+    folds = PreprocessConfig(input="in", output="out", folds=5, fold=4,
+                             split_fractions=(0.6, 0.2, 0.2))
+    assert preprocess.empty_problems(manifest, folds) == [
+        "split test is empty (--folds=5 --fold=4: fewer patient/lesion groups than folds?)"]
+    assert preprocess.empty_problems(manifest, PreprocessConfig(input="in", output="out")) == []
+
+
 @pytest.mark.parametrize("builder", ["build_isic_cli", "build_class_folders", "build_isic2020"])
 def test_layouts_give_the_same_dataset(builder, sample_dir, tmp_path):
     images = lb.sample_images(sample_dir, every=11)
@@ -246,7 +260,11 @@ def test_bad_flags_fail_with_the_value(tmp_path, capsys):
     for bad, needle in (("--image_size=0", "image sizes"), ("--split=50,50", "--split"),
                         ("--jpeg_quality=0", "jpeg_quality"), ("--resize_mode=zoom", "zoom"),
                         ("--train_fraction=0", "--train_fraction must be in (0, 1], got 0.0"),
-                        ("--train_fraction=1.5", "got 1.5")):
+                        ("--train_fraction=1.5", "got 1.5"),
+                        ("--folds=2", "--folds must be 0 (off) or >= 3"),
+                        ("--fold=1", "--fold=1 needs --folds"),
+                        ("--folds=5 --fold=5", "--fold must be in 0..4"),
+                        ("--folds=5 --split=80,10,10", "it does not take --split=80,10,10")):
         with pytest.raises(SystemExit):
-            preprocess.run([f"--output={tmp_path}", bad])
+            preprocess.run([f"--output={tmp_path}", *bad.split()])
         assert needle in capsys.readouterr().err

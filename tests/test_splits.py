@@ -1,6 +1,7 @@
 """Splits keep groups together, hit the proportions per label, and ignore input order."""
 import collections
 import random
+import re
 
 import pytest
 
@@ -78,3 +79,40 @@ def test_train_subsample_keeps_a_nested_seeded_share_of_each_labels_groups():
     for bad in (0.0, -0.5, 1.01):
         with pytest.raises(ValueError, match="--train_fraction must be in"):
             splits.subsample_groups(pairs, bad)
+
+
+def test_folds_are_equal_label_stratified_and_keep_groups_whole():
+    pairs = _groups(600)
+    fold_of = splits.assign_folds(pairs, 5, seed=0)
+    assert set(fold_of) == {g for g, _ in pairs} and set(fold_of.values()) == set(range(5))
+    counts = collections.defaultdict(collections.Counter)
+    for group, label in pairs:
+        counts[fold_of[group]][label] += 1
+    totals = collections.Counter(label for _, label in pairs)
+    for fold in range(5):
+        for label, n in totals.items():
+            assert abs(counts[fold][label] - n / 5) <= 3, (fold, label, counts)
+    shuffled = pairs[:]
+    random.Random(2).shuffle(shuffled)
+    assert splits.assign_folds(shuffled, 5, seed=0) == fold_of
+    assert splits.assign_folds(pairs, 5, seed=1) != fold_of
+
+
+def test_over_all_folds_each_group_is_tested_once_and_validates_once():
+    folds = 4
+    for fold_of_group in range(folds):
+        roles = [splits.cross_validation_split(fold_of_group, k, folds) for k in range(folds)]
+        assert sorted(roles) == ["test", "train", "train", "validation"]
+        assert roles[fold_of_group] == "test"
+        assert roles[(fold_of_group - 1) % folds] == "validation"
+
+
+@pytest.mark.parametrize("folds,fold,needle", [(2, 0, "--folds must be 0 (off) or >= 3"),
+                                               (-1, 0, "got -1"),
+                                               (5, 5, "--fold must be in 0..4"),
+                                               (5, -1, "got -1")])
+def test_fold_settings_that_cannot_cross_validate_are_refused(folds, fold, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        splits.check_folds(folds, fold)
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        splits.cross_validation_split(0, fold, folds)

@@ -1,4 +1,5 @@
 """TestPipeline + assert_that tests of the data engine's steps, one DoFn at a time."""
+import collections
 import io
 
 import apache_beam as beam
@@ -103,10 +104,10 @@ def test_process_image_counts_decodes_and_reduced_scale_decodes(tmp_path):
     assert counters == {"images_decoded": 2, "reduced_scale_decodes": 1, "unreadable_file": 1}
 
 
-def _image(image_id, label, sha=None, group=None):
+def _image(image_id, label, sha=None, group=None, diagnosis=""):
     """An ImageKey as DecodeResizeEncode emits it (a spooled record of 100 bytes, encodings of
     1000 and 300), in a spool file named after it so that shard items show whose they are."""
-    record = _record(image_id, label=label, lesion_id=group or "")
+    record = _record(image_id, label=label, lesion_id=group or "", diagnosis=diagnosis)
     return ImageKey(image_id, record.image_path, record.group_key, label,
                     (sha or f"sha-{image_id}").encode(), kept_summary(record),
                     f"{image_id}.spool", 0, (100, 1000, 300))
@@ -283,3 +284,31 @@ def test_plan_groups_or_drops_near_duplicates():
     assert "b" not in drop.split_of and drop.written == len(images) - 2
     off = plan_dataset(images, dc.replace(CONFIG, near_duplicates="off"))
     assert off.near_duplicate_groups == () and off.written == len(images)
+
+
+def test_cross_validation_folds_test_every_image_once_with_lesions_whole():
+    """--folds=4: over --fold=0..3 each image is in test once and in validation once, the
+    test folds are disjoint and together all of the kept images, a lesion never straddles, and
+    each diagnosis is spread like its label (60 single-image dermatofibromas among 240 benign
+    images: 15 a fold, which spreading the labels alone does not give)."""
+    import dataclasses
+    images = [_image(f"b{i:03d}", "benign", group=f"L{i // 3}") for i in range(120)]
+    images += [_image(f"m{i:03d}", "malignant", group=f"M{i // 3}") for i in range(48)]
+    images += [_image(f"n{i:03d}", "benign", diagnosis="nevus") for i in range(60)]
+    images += [_image(f"d{i:03d}", "benign", diagnosis="dermatofibroma") for i in range(60)]
+    plans = [plan_dataset(images, dataclasses.replace(CONFIG, folds=4, fold=k))
+             for k in range(4)]
+    tests = [{i for i, s in plan.split_of.items() if s == "test"} for plan in plans]
+    validations = [{i for i, s in plan.split_of.items() if s == "validation"} for plan in plans]
+    every = {im.image_id for im in images}
+    dermatofibromas = {i for i in every if i.startswith("d")}
+    assert set().union(*tests) == every and sum(map(len, tests)) == len(every)
+    assert set().union(*validations) == every and sum(map(len, validations)) == len(every)
+    for k in range(4):
+        assert validations[k] == tests[(k + 1) % 4]  # the next fold validates
+        assert 51 <= len(tests[k] - dermatofibromas) <= 63  # 1/4 of 228, lesions of 3
+        assert len(tests[k] & dermatofibromas) == 15
+        groups = collections.defaultdict(set)
+        for im in images:
+            groups[im.group].add(plans[k].split_of[im.image_id])
+        assert {len(s) for s in groups.values()} == {1}
