@@ -22,6 +22,10 @@ size...) is refused, never silently reused. Writes protocol.json and protocol.md
 rest), --train_engine_flags only to those that write training data (e.g. --train_fraction=0.5:
 a learning curve's smaller training set, scored on the very held-out images of the full one);
 --holdout_sources=none trains on every source and scores its own test split only.
+--folds=K cross-validates within the download instead (no source is held out): K engine
+datasets (fold k tests, k+1 validates), seeds x K runs, each scored on its validation and test
+splits as above, and a "cross-validated" row pooling each seed's folds so that every image is
+in test once (benchmarks/protocol_folds.py).
 --eval_flags go to every evaluation (e.g. --tta), whose scores then sit in
 RUN/protocol-<flags>/ beside the plain ones; with --runs_from=W the models (and datasets) of
 another protocol workdir W are scored, nothing is trained, and this workdir holds the table:
@@ -49,7 +53,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks import common as bench_common, protocol_diagnosis
+from beam_jobs.splits import check_folds
+from benchmarks import common as bench_common, protocol_diagnosis, protocol_folds
 from trainer.cnn import diagnosis
 from trainer.cnn.constants import PREDICTIONS_CSV as PREDICTIONS, REPORT_JSON as REPORT
 from trainer.core import metrics
@@ -164,11 +169,13 @@ def holdout_plan(sources: dict[str, dict[str, int]], wanted: str,
 
 
 def _engine(args: argparse.Namespace, output: str, exclude: Sequence[str],
-            training: bool) -> str:
+            training: bool, extra: Sequence[str] = ()) -> str:
     """The engine's dataset at `output` (kept when its manifest exists): --engine_flags, and
-    --train_engine_flags when it is training data. A kept dataset whose manifest records other
-    settings than this call's flags would write (check_kept_dataset) is refused."""
-    flags = [*args.engine_flags.split(), *(args.train_engine_flags.split() if training else [])]
+    --train_engine_flags when it is training data, then `extra` (a fold's). A kept dataset whose
+    manifest records other settings than this call's flags would write (check_kept_dataset) is
+    refused."""
+    flags = [*args.engine_flags.split(), *(args.train_engine_flags.split() if training else []),
+             *extra]
     command = ["--runner=DirectRunner", "--direct_num_workers=2",
                "--direct_running_mode=multi_threading", f"--input={args.input}",
                f"--output={output}", f"--image_size={args.image_size}",
@@ -269,19 +276,25 @@ def _train_and_score(args, run: str, seed: int, data: str, heldout: str | None,
     return skip
 
 
-def read_scores(output: str, split: str | None) -> tuple[np.ndarray, np.ndarray, float]:
-    """(image ids sorted, labels, probabilities) of one evaluation's predictions.csv, keeping
-    `split` only (None: every row), and the threshold the model recorded."""
+def read_scores(output: str, split: str | None
+                ) -> tuple[np.ndarray, np.ndarray, float | np.ndarray]:
+    """(labels, probabilities) of one evaluation's predictions.csv sorted by image id, keeping
+    `split` only (None: every row), and the threshold the model recorded (per image where the
+    rows carry their own: cross-validated folds, protocol_folds)."""
     with open(os.path.join(output, PREDICTIONS), encoding="utf-8", newline="") as f:
         rows = sorted((r for r in csv.DictReader(f) if split is None or r["split"] == split),
                       key=lambda r: r["image_id"])
-    threshold = float(read_json(os.path.join(output, REPORT))["threshold"]["threshold"])
+    if rows and protocol_folds.THRESHOLD_COLUMN in rows[0]:
+        threshold: float | np.ndarray = np.array(
+            [float(r[protocol_folds.THRESHOLD_COLUMN]) for r in rows])
+    else:
+        threshold = float(read_json(os.path.join(output, REPORT))["threshold"]["threshold"])
     return (np.array([int(r["label"]) for r in rows]),
             np.array([float(r["probability"]) for r in rows]), threshold)
 
 
 def scores_of_runs(outputs: Sequence[str], split: str | None
-                   ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
+                   ) -> tuple[np.ndarray, list[np.ndarray], list[float | np.ndarray]]:
     """(labels, scores per run, threshold per run) of runs that scored the same images (same
     ids in the same order); ProtocolError naming the runs otherwise."""
     scored = [read_scores(o, split) for o in outputs]
@@ -316,7 +329,7 @@ def markdown(result: dict) -> str:
     lines = [f"Base `{result['base']}` {' '.join(result['flags'])}, {result['image_size']} px, "
              f"{bench_common.engine_note(result)}seeds {seeds}. Each cell: mean ± sd over seeds "
              "[pooled 95% interval, bootstrap over images paired across seeds]; sensitivity/specificity at each "
-             "run's validation-chosen threshold.", "",
+             "run's validation-chosen threshold." + protocol_folds.table_note(result), "",
              "| held out | images (malignant) | in-source val AUC | in-source test AUC | "
              "held-out AUC | gap (val - held-out) | held-out sens | held-out spec |",
              "|---|---|---|---|---|---|---|---|"]
@@ -349,7 +362,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "first_seed .. first_seed+N-1")
     p.add_argument("--first_seed", type=int, default=0, help="the first training seed; fresh "
                    "seeds (e.g. 3) confirm a recipe chosen on the scores of seeds 0..N-1")
-    p.add_argument("--holdout_sources", default="all", help="'all', 'none' or a comma list")
+    p.add_argument("--holdout_sources", default="", help="'all' (the default without --folds), "
+                   "'none' or a comma list")
+    p.add_argument("--folds", type=int, default=0, help="K >= 3: group-aware cross-validation "
+                   "within the download instead of held-out sources (engine --folds=K "
+                   "--fold=k, seeds x K runs); its row pools every fold's test predictions")
     p.add_argument("--flags", default="", help="trainer.cnn flags added after --base")
     p.add_argument("--engine_flags", default="", help="flags added to every engine run")
     p.add_argument("--train_engine_flags", default="", help="flags added to the engine runs "
@@ -371,6 +388,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                 "benchmarks.protocol workdir)")
     if args.runs_from and os.path.abspath(args.runs_from) == os.path.abspath(args.workdir):
         p.error("--runs_from must be another workdir: this one's table would be overwritten")
+    if args.folds and args.holdout_sources not in ("", "none"):
+        p.error(f"--folds={args.folds} tests within the download: it takes no "
+                f"--holdout_sources={args.holdout_sources}")
+    if args.folds:
+        try:
+            check_folds(args.folds, 0)
+        except ValueError as e:
+            p.error(str(e))
+    args.holdout_sources = args.holdout_sources or ("none" if args.folds else "all")
     if args.seeds < 1 or args.bootstrap < 1 or args.first_seed < 0:
         p.error(f"--seeds and --bootstrap must be >= 1 and --first_seed >= 0, got "
                 f"{args.seeds}, {args.bootstrap}, {args.first_seed}")
@@ -391,10 +417,33 @@ NO_HOLDOUT = "(none)"  # the one row of --holdout_sources=none
 
 def dataset_folder(workdir: str, kind: str, source: str = "") -> str:
     """Where a protocol workdir keeps the engine's datasets: data/all (every source, also the
-    NO_HOLDOUT row's training data), data/without_<source> (kind "without") and
-    data/only_<source> (kind "only"); one rule for this module and its readers."""
-    name = "all" if kind == "all" or source == NO_HOLDOUT else f"{kind}_{source}"
+    NO_HOLDOUT row's training data), data/without_<source> (kind "without"),
+    data/only_<source> (kind "only") and data/fold_<k>_of_<K> (kind "fold", source the fold's
+    name); one rule for this module and its readers."""
+    name = ("all" if kind == "all" or source == NO_HOLDOUT else
+            source if kind == "fold" else f"{kind}_{source}")
     return os.path.join(workdir, "data", name)
+
+
+def cross_validated(args: argparse.Namespace, trained: str, fold_names: Sequence[str],
+                    folder: str, task: str) -> dict[str, Any]:
+    """The protocol row of --folds: per seed, its folds' evaluations gathered into
+    runs/cross-validated/seed_<k>/ (protocol_folds.write_out_of_fold), then pooled like any
+    row's runs: every image once in test and once in validation."""
+    merged = []
+    for k in seed_list({"first_seed": args.first_seed, "seeds": args.seeds}):
+        fold_outputs = [os.path.join(trained, "runs", name, f"seed_{k}", folder, "in_source")
+                        for name in fold_names]
+        output = os.path.join(trained, "runs", protocol_folds.CROSS_VALIDATED, f"seed_{k}",
+                              folder, "in_source")
+        try:
+            protocol_folds.write_out_of_fold(fold_outputs, output)
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
+        merged.append(output)
+    return {"folds": len(fold_names),
+            "in_source_validation": pooled(merged, "validation", args.bootstrap, task),
+            "in_source_test": pooled(merged, "test", args.bootstrap, task)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -404,7 +453,7 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(args.workdir, exist_ok=True)  # with --runs_from nothing else creates it
     trained = args.runs_from or args.workdir
     everything = _engine(args, dataset_folder(trained, "all"), [],
-                         training=args.holdout_sources == "none")
+                         training=args.holdout_sources == "none" and not args.folds)
     manifest = read_json(os.path.join(everything, "manifest.json"))
     sources = sources_of(manifest)
     heldout, skipped = holdout_plan(sources, args.holdout_sources,
@@ -412,7 +461,12 @@ def run(args: argparse.Namespace) -> int:
     plan = {s: (_engine(args, dataset_folder(trained, "without", s), [s], training=True),
                 _engine(args, dataset_folder(trained, "only", s),
                         [o for o in sources if o != s], training=False)) for s in heldout}
-    if not heldout:
+    if args.folds:
+        names = [protocol_folds.fold_name(k, args.folds) for k in range(args.folds)]
+        plan = {name: (_engine(args, dataset_folder(trained, "fold", name), [], training=True,
+                               extra=protocol_folds.engine_flags(k, args.folds)), None)
+                for k, name in enumerate(names)}
+    elif not heldout:
         plan = {NO_HOLDOUT: (everything, None)}
     rows = {}
     for source, (train_data, heldout_data) in plan.items():
@@ -436,9 +490,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{source}: {headline(rows[source]['in_source_validation'])} in source, "
               + (f"{headline(rows[source]['heldout'])} held out" if heldout_data else ""),
               flush=True)
+    if args.folds:
+        rows[protocol_folds.CROSS_VALIDATED] = cross_validated(args, trained, list(plan), folder,
+                                                               task)
     result = {"base": args.base, "flags": args.flags.split(), "engine_flags":
               args.engine_flags.split(), "train_engine_flags": args.train_engine_flags.split(),
-              "image_size": args.image_size, "seeds": args.seeds,
+              "image_size": args.image_size, "seeds": args.seeds, "folds": args.folds,
               "first_seed": args.first_seed, "task": task,
               "sources": sources, "skipped": skipped, "rows": rows,
               "eval_flags": args.eval_flags.split(), "scores_folder": folder,

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score
 
-from benchmarks import common as bench_common
+from benchmarks import common as bench_common, protocol_folds
 from trainer.cnn import diagnosis
 from trainer.cnn.constants import PREDICTIONS_CSV as PREDICTIONS, REPORT_JSON as REPORT
 from trainer.core import metrics
@@ -244,7 +244,7 @@ def markdown(result: Mapping[str, Any], seeds: str) -> str:
              "over seeds [pooled 95% interval, bootstrap over images paired across seeds]. "
              "Images: the held-out images scored "
              "(and those not scored: unknown diagnosis, a diagnosis outside the runs' "
-             "classes).", "",
+             "classes)." + protocol_folds.table_note(result), "",
              "| held out | images scored (excluded: unknown, unseen) | classes counted | "
              "in-source val | in-source test | "
              "held out | gap (val - held-out) |", "|---|---|---|---|---|---|---|"]
@@ -260,14 +260,16 @@ def markdown(result: Mapping[str, Any], seeds: str) -> str:
     for source, why in result["skipped"].items():
         lines.append(f"| {source} | skipped: {why} |  |  |  |  |  |")
     for source, row in result["rows"].items():
-        held = row.get("heldout")
+        held = row.get("heldout") or (row["in_source_test"] if row.get("folds") else None)
         if not held:
             continue
         classes = held["classes"]
-        lines += ["", f"Held out {source}: per-class recall, mean over seeds (images)", "",
+        title = f"Held out {source}" if row.get("heldout") else (
+            f"Cross-validated test ({row['folds']} folds, every image once)")
+        lines += ["", f"{title}: per-class recall, mean over seeds (images)", "",
                   "| " + " | ".join(classes) + " |", "|" + "---|" * len(classes),
                   "| " + " | ".join(_recall_cell(held, c) for c in classes) + " |", "",
-                  f"Held out {source}: confusion matrix summed over {held['seeds']} seeds "
+                  f"{title}: confusion matrix summed over {held['seeds']} seeds "
                   "(rows true, columns predicted)", "",
                   "| true \\ predicted | " + " | ".join(classes) + " |",
                   "|---|" + "---|" * len(classes)]

@@ -67,6 +67,18 @@ def _check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
+def _case_thresholds(threshold, cases: int) -> float | np.ndarray:
+    """A seed's threshold: one number, or one per case (out-of-fold predictions pooled over
+    cross-validation folds, each case judged at its own fold model's threshold)."""
+    if np.ndim(threshold) == 0:
+        return _check_threshold(threshold)
+    t = np.asarray(threshold, np.float64)
+    if t.shape != (cases,) or not np.all(np.isfinite(t)):
+        raise ValueError(f"per-case thresholds must be {cases} finite numbers, got shape "
+                         f"{t.shape}")
+    return t
+
+
 def confusion_counts(labels, scores, threshold: float) -> ConfusionCounts:
     y, s = check_inputs(labels, scores)
     predicted = (s >= _check_threshold(threshold)).astype(np.int64)
@@ -310,7 +322,7 @@ def seed_summary(labels, scores_per_seed, thresholds, *, resamples: int = 1000, 
 
     Each resample draws one set of case indices and applies it to every seed's scores; the
     statistic is the mean over seeds of the metric (AUC, or sensitivity/specificity at each
-    seed's own threshold). Its percentile interval is the uncertainty from which cases were
+    seed's own threshold: one number, or one per case for cross-validated predictions). Its percentile interval is the uncertainty from which cases were
     scored, for the seed-averaged model; the standard deviation is the seed-to-seed spread.
     Resamples holding a single class are skipped and counted, as in bootstrap_intervals.
     """
@@ -319,7 +331,7 @@ def seed_summary(labels, scores_per_seed, thresholds, *, resamples: int = 1000, 
     if len(runs) != len(thresholds) or not runs:
         raise ValueError(f"need one threshold per seed: {len(runs)} seeds, {len(thresholds)} "
                          "thresholds")
-    predicted = [s >= _check_threshold(t) for s, t in zip(runs, thresholds)]
+    predicted = [s >= _case_thresholds(t, s.size) for s, t in zip(runs, thresholds)]
 
     def metric_values(idx: np.ndarray) -> dict[str, list[float]]:
         yb = y[idx]
