@@ -181,7 +181,7 @@ def build_arg_parser() -> ArgumentParser:
                           "smaller sets, each nested in the larger")
     spl.add_argument("--folds", type=int, default=0,
                      help="K >= 3: group-aware cross-validation folds (each about 1/K of every "
-                          "label's images, a patient/lesion in one fold) in place of --split: "
+                          "label and diagnosis, a patient/lesion in one fold) in place of --split: "
                           "fold --fold is the test split, the next fold (mod K) validation, the "
                           "rest train; over --fold=0..K-1 every image is tested once")
     spl.add_argument("--fold", type=int, default=0, help="the test fold, 0..K-1, with --folds")

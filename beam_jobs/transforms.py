@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -24,7 +23,8 @@ from beam_jobs import splits, timeline
 from beam_jobs.counters import count as _count
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.spool import SPOOL_DIR, SpoolWriter
-from beam_jobs.writing import INCOMPLETE_DIR, KEPT_FIELDS, kept_summary, spooled_record
+from beam_jobs.writing import (INCOMPLETE_DIR, kept_summary, parse_kept_summary,
+                               spooled_record)
 from isicflow import fileio, image_checks, imaging
 from isicflow.fileio import join_path
 from isicflow.metadata import UNKNOWN, LesionRecord, Rejection
@@ -261,7 +261,7 @@ def fold_stratum(summary: str) -> str:
     """What cross-validation folds spread evenly (beam_jobs.splits.assign_folds): the label and
     the diagnosis of an image (its kept_summary), so each of a seven-class metric's rare classes
     is about 1/K in every fold; the fixed split (--split) stratifies by label alone, as before."""
-    entry = dict(zip(KEPT_FIELDS, json.loads(summary)))
+    entry = parse_kept_summary(summary)
     return f"{entry['label']}/{entry['diagnosis']}"
 
 

@@ -89,12 +89,17 @@ def kept_summary(record: LesionRecord) -> str:
     return json.dumps([entry[k] for k in KEPT_FIELDS], separators=(",", ":"))
 
 
+def parse_kept_summary(summary: str) -> dict:
+    """kept_summary's JSON back to its fields (dataset.kept_entry's, split left out)."""
+    return dict(zip(KEPT_FIELDS, json.loads(summary)))
+
+
 def kept_entries(kept) -> list[dict]:
     """The plan's kept counts (((split, kept_summary), count), ...) as the manifest's kept_entry
     list: one dict per image written, equal entries one shared dict (a few per dataset)."""
     out: list = []
     for (split, summary), n in kept:
-        out += [{"split": split, **dict(zip(KEPT_FIELDS, json.loads(summary)))}] * n
+        out += [{"split": split, **parse_kept_summary(summary)}] * n
     return out
 
 

@@ -14,7 +14,9 @@ the per-source resampled differences draw by draw. Writes compare.json and compa
 Two diagnosis protocol runs (protocol.json "task": "diagnosis", same classes) are compared on
 balanced accuracy instead (benchmarks.protocol_diagnosis reads the predictions and scores them;
 metrics.paired_difference pairs them the same way); a binary run is not compared with a
-diagnosis run, nor diagnosis runs whose classes differ.
+diagnosis run, nor diagnosis runs whose classes differ. Two --folds runs (same folds) are
+compared on their cross-validated row: every image of the download once, in the pooled test
+splits (benchmarks/protocol_folds.py).
 
 --score_class=NAME compares on the AUC of NAME vs the rest (e.g. a seven-diagnosis recipe
 against a melanoma-vs-rest one): a diagnosis side is scored by its p_NAME column, its label 1
@@ -33,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks import common as bench_common
-from benchmarks import protocol, protocol_diagnosis
+from benchmarks import protocol, protocol_diagnosis, protocol_folds
 from trainer.cnn.constants import PREDICTIONS_CSV as PREDICTIONS
 from trainer.core import metrics
 
@@ -87,11 +89,26 @@ def task_of(runs: dict[str, dict], paths: dict[str, str]) -> str:
     return tasks["baseline"]
 
 
+def scored_part(row: dict[str, Any]) -> tuple[str, str | None, str]:
+    """What compare pairs in one protocol row: (evaluation folder, split, summary key): every
+    image of a held-out source, or the pooled test split of a --folds run's cross-validated
+    row (protocol_folds: every image of the download once)."""
+    if row.get("folds"):
+        return "in_source", "test", "in_source_test"
+    return "heldout", None, "heldout"
+
+
+def comparable(row: dict[str, Any]) -> bool:
+    """A row compare can pair: a held-out source scored, or the cross-validated row."""
+    return "heldout" in row or bool(row.get("folds"))
+
+
 def check_same_classes(runs: dict[str, dict], paths: dict[str, str], source: str) -> None:
     """ProtocolError naming both files when the two diagnosis runs held `source` out with
     different classes. Per source: a run's classes may differ between held-out sources (a
     class too rare without one source is grouped as `other`), and that is no mismatch."""
-    classes = {name: runs[name]["rows"][source]["heldout"]["classes"] for name in paths}
+    key = scored_part(runs["baseline"]["rows"][source])[2]
+    classes = {name: runs[name]["rows"][source][key]["classes"] for name in paths}
     if classes["baseline"] != classes["candidate"]:
         raise protocol.ProtocolError(
             f"held out {source}: baseline {paths['baseline']} has the classes "
@@ -99,12 +116,14 @@ def check_same_classes(runs: dict[str, dict], paths: dict[str, str], source: str
             "their balanced accuracies do not measure the same thing")
 
 
-def _diagnosis_row(outputs: dict[str, list[str]], resamples: int) -> dict[str, Any]:
-    """paired_difference of the balanced accuracy of every baseline and candidate run, which
-    must hold the same images, labels and classes (ProtocolError naming the runs otherwise)."""
+def _diagnosis_row(outputs: dict[str, list[str]], resamples: int,
+                   split: str | None = None) -> dict[str, Any]:
+    """paired_difference of the balanced accuracy of every baseline and candidate run (their
+    `split`, None: every row), which must hold the same images, labels and classes
+    (ProtocolError naming the runs otherwise)."""
     try:
         _, true, predicted, _ = protocol_diagnosis.predictions_of_runs(
-            outputs["baseline"] + outputs["candidate"], None)
+            outputs["baseline"] + outputs["candidate"], split)
         n = len(outputs["baseline"])
         return metrics.paired_difference(true, predicted[:n], predicted[n:],
                                          protocol_diagnosis.balanced_accuracy,
@@ -198,8 +217,9 @@ def compare(baseline: str, candidate: str, resamples: int = 1000,
     else:
         task = "binary"  # both sides scored as a binary ranking of score_class
     common = [s for s in runs["baseline"]["rows"] if s in runs["candidate"]["rows"]
-              and "heldout" in runs["baseline"]["rows"][s]
-              and (score_class is None or "heldout" in runs["candidate"]["rows"][s])]
+              and (comparable(runs["baseline"]["rows"][s]) if score_class is None else
+                   "heldout" in runs["baseline"]["rows"][s]
+                   and "heldout" in runs["candidate"]["rows"][s])]
     if not common:
         raise protocol.ProtocolError(f"no held-out source scored in both {baseline} and "
                                      f"{candidate}")
@@ -208,14 +228,15 @@ def compare(baseline: str, candidate: str, resamples: int = 1000,
         if score_class is not None:
             rows[source] = _one_vs_rest_row(runs, paths, source, score_class, resamples)
             continue
+        name, split, _ = scored_part(runs["baseline"]["rows"][source])
         if task == "diagnosis":
             check_same_classes(runs, paths, source)
             rows[source] = _diagnosis_row(
-                {name: protocol.score_outputs(paths[name], runs[name], source, "heldout")
-                 for name in paths}, resamples)
+                {side: protocol.score_outputs(paths[side], runs[side], source, name)
+                 for side in paths}, resamples, split)
             continue
-        labels, base = _scores(baseline, runs["baseline"], source, "heldout", None)
-        labels_c, cand = _scores(candidate, runs["candidate"], source, "heldout", None)
+        labels, base = _scores(baseline, runs["baseline"], source, name, split)
+        labels_c, cand = _scores(candidate, runs["candidate"], source, name, split)
         if not np.array_equal(labels, labels_c):
             raise protocol.ProtocolError(f"{source}: the two runs scored different images")
         rows[source] = metrics.paired_auc_difference(labels, base, cand, resamples=resamples)
@@ -238,7 +259,10 @@ def markdown(result: dict[str, Any]) -> str:
              f"({' '.join(result['candidate_flags']) or 'base'}); held-out "
              f"{result.get('metric', 'AUC')}, mean over "
              "seeds. Difference ± its seed-spread standard error [95% interval, bootstrap over "
-             "images paired across all runs]." + _score_class_note(result), "",
+             "images paired across all runs]." + _score_class_note(result)
+             + (f" The {protocol_folds.CROSS_VALIDATED} row is in source: every image of the "
+                "download once, in its folds' pooled test splits."
+                if protocol_folds.CROSS_VALIDATED in result["rows"] else ""), "",
              "| held out | baseline | candidate | difference | beyond 2 seed s.e. |",
              "|---|---|---|---|---|"] + table_rows(result["rows"])
     return "\n".join(lines) + "\n"

@@ -388,6 +388,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                 "benchmarks.protocol workdir)")
     if args.runs_from and os.path.abspath(args.runs_from) == os.path.abspath(args.workdir):
         p.error("--runs_from must be another workdir: this one's table would be overwritten")
+    ran = read_json(os.path.join(args.runs_from, "protocol.json")).get("folds", 0) \
+        if args.runs_from else args.folds
+    if ran != args.folds:
+        p.error(f"--runs_from={args.runs_from} ran --folds={ran}, this call --folds="
+                f"{args.folds}: score its runs with the folds they trained on")
     if args.folds and args.holdout_sources not in ("", "none"):
         p.error(f"--folds={args.folds} tests within the download: it takes no "
                 f"--holdout_sources={args.holdout_sources}")
@@ -452,22 +457,25 @@ def run(args: argparse.Namespace) -> int:
         refuse_binary_eval_flags(args.eval_flags.split())
     os.makedirs(args.workdir, exist_ok=True)  # with --runs_from nothing else creates it
     trained = args.runs_from or args.workdir
-    everything = _engine(args, dataset_folder(trained, "all"), [],
-                         training=args.holdout_sources == "none" and not args.folds)
-    manifest = read_json(os.path.join(everything, "manifest.json"))
-    sources = sources_of(manifest)
-    heldout, skipped = holdout_plan(sources, args.holdout_sources,
-                                    diagnoses_of(manifest) if task == "diagnosis" else None)
-    plan = {s: (_engine(args, dataset_folder(trained, "without", s), [s], training=True),
-                _engine(args, dataset_folder(trained, "only", s),
-                        [o for o in sources if o != s], training=False)) for s in heldout}
-    if args.folds:
+    if args.folds:  # every fold holds every image: fold 0's manifest plans as data/all would
         names = [protocol_folds.fold_name(k, args.folds) for k in range(args.folds)]
         plan = {name: (_engine(args, dataset_folder(trained, "fold", name), [], training=True,
                                extra=protocol_folds.engine_flags(k, args.folds)), None)
                 for k, name in enumerate(names)}
-    elif not heldout:
-        plan = {NO_HOLDOUT: (everything, None)}
+        everything = plan[names[0]][0]
+    else:
+        everything = _engine(args, dataset_folder(trained, "all"), [],
+                             training=args.holdout_sources == "none")
+    manifest = read_json(os.path.join(everything, "manifest.json"))
+    sources = sources_of(manifest)
+    heldout, skipped = holdout_plan(sources, args.holdout_sources,
+                                    diagnoses_of(manifest) if task == "diagnosis" else None)
+    if not args.folds:
+        plan = {s: (_engine(args, dataset_folder(trained, "without", s), [s], training=True),
+                    _engine(args, dataset_folder(trained, "only", s),
+                            [o for o in sources if o != s], training=False)) for s in heldout}
+        if not heldout:
+            plan = {NO_HOLDOUT: (everything, None)}
     rows = {}
     for source, (train_data, heldout_data) in plan.items():
         seeds = seed_list({"first_seed": args.first_seed, "seeds": args.seeds})

@@ -68,10 +68,30 @@ def _sum_per_split(reports: Sequence[dict], key: str) -> dict[str, int] | None:
     return total
 
 
+def _check_every_image_once(fold_outputs: Sequence[str],
+                            rows: Sequence[Sequence[dict[str, str]]]) -> None:
+    """ValueError unless each fold tested some image and validated exactly the next fold's test
+    images: then the folds' test splits together hold what their validation splits hold."""
+    ids = [{split: {r["image_id"] for r in fold if r["split"] == split}
+            for split in ("test", "validation")} for fold in rows]
+    for k, fold in enumerate(ids):
+        following = (k + 1) % len(ids)
+        if not fold["test"]:
+            raise ValueError(f"{fold_outputs[k]} scored no test image: not a cross-validation "
+                             "fold")
+        differ = sorted(fold["validation"] ^ ids[following]["test"])
+        if differ:
+            raise ValueError(f"{fold_outputs[k]} validated other images than "
+                             f"{fold_outputs[following]} tested ({len(differ)} differ, first "
+                             f"{differ[0]}): not the folds of one cross-validation, in order")
+
+
 def write_out_of_fold(fold_outputs: Sequence[str], output: str) -> None:
     """Writes `output` (predictions.csv, report.json): the rows of one seed's fold evaluations
-    together. ValueError naming the folds when they are not one cross-validation (an image in
-    the same split of two folds, other classes or columns, a mix of tasks)."""
+    (fold_outputs[k]: fold k's), together. ValueError naming the folds when they are not one
+    cross-validation in order: an image in the same split of two folds, a fold that tested
+    nothing, fold k's validation images other than fold k+1's test images (so an image lost
+    from every test split is caught), other classes or columns, a mix of tasks."""
     read = [_read(o) for o in fold_outputs]
     reports = [r for r, _, _ in read]
     task = reports[0].get("task", "binary")
@@ -92,6 +112,7 @@ def write_out_of_fold(fold_outputs: Sequence[str], output: str) -> None:
                                  f"and {o}: not folds of one cross-validation")
             seen[key] = o
             rows.append(row if threshold is None else {**row, THRESHOLD_COLUMN: repr(threshold)})
+    _check_every_image_once(fold_outputs, [fold_rows for _, _, fold_rows in read])
     rows.sort(key=lambda r: (r["split"], r["image_id"]))
     merged: dict = {"format": "isicflow.cross_validated_evaluation/1", "task": task,
                     "folds": list(fold_outputs)}

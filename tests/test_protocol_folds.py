@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from benchmarks import protocol, protocol_folds
+from benchmarks import compare, protocol, protocol_folds
 from trainer.core import metrics
 
 pytestmark = pytest.mark.eager_steps  # no TensorFlow step runs here (conftest)
@@ -78,7 +78,7 @@ def test_folds_train_once_per_fold_and_seed_and_pool_every_image_once(tmp_path, 
     assert protocol.main(args) == 0
     engine = {next(w for w in c if w.startswith("--output=")).split("/")[-1]: c
               for c in commands if c[2] == protocol.ENGINE}
-    assert set(engine) == {"all", "fold_0_of_3", "fold_1_of_3", "fold_2_of_3"}
+    assert set(engine) == {"fold_0_of_3", "fold_1_of_3", "fold_2_of_3"}  # no data/all
     assert engine["fold_2_of_3"][-2:] == ["--folds=3", "--fold=2"]
     trained = sorted(next(w for w in c if w.startswith("--data_dir=")) + " "
                      + next(w for w in c if w.startswith("--seed=")) for c in commands
@@ -100,31 +100,59 @@ def test_folds_train_once_per_fold_and_seed_and_pool_every_image_once(tmp_path, 
     # a second sitting reuses every run and score
     commands.clear()
     assert protocol.main(args) == 0 and commands == []
+    # a recipe right on every image, compared on the cross-validated row
+    monkeypatch.setattr(protocol, "_run", _fake_steps(tmp_path, true, [true, true], commands))
+    assert protocol.main([a.replace("--workdir=w", "--workdir=w2") for a in args]) == 0
+    assert compare.main(["--baseline=w", "--candidate=w2", "--output=c", "--bootstrap=50"]) == 0
+    rows = json.loads((tmp_path / "c" / "compare.json").read_text())["rows"]
+    assert rows[protocol_folds.CROSS_VALIDATED]["difference"] == pytest.approx(
+        1.0 - np.mean(test["balanced_accuracy"]["per_seed"]))
+    assert "every image of the download once" in (tmp_path / "c" / "compare.md").read_text()
+
+
+def _binary_folds(tmp_path, labels, scores, thresholds, drop=None):
+    """Three binary fold evaluations of images ISIC_000.. (image i in fold i % 3): fold k tests
+    its own images at thresholds[k] and validates fold k+1's; `drop` leaves one image out of
+    its fold's test split (a fold dataset written from another download, say)."""
+    outputs = []
+    for fold, threshold in enumerate(thresholds):
+        rows = [{"split": split, "image_id": f"ISIC_{i:03d}", "label": str(int(labels[i])),
+                 "probability": repr(float(scores[i])),
+                 "predicted": str(int(scores[i] >= threshold))}
+                for i in range(labels.size) for split, f in (("test", fold),
+                                                             ("validation", (fold + 1) % 3))
+                if i % 3 == f and (i, split) != (drop, "test")]
+        _write(tmp_path / f"f{fold}", rows, {"threshold": {"threshold": threshold}})
+        outputs.append(str(tmp_path / f"f{fold}"))
+    return outputs
 
 
 def test_out_of_fold_binary_rows_keep_their_own_folds_threshold(tmp_path):
     """Sensitivity of the pooled folds counts each image at its own model's threshold."""
     rng = np.random.default_rng(1)
-    outputs, labels, scores, thresholds = [], [], [], []
-    for fold, threshold in enumerate((0.1, 0.5, 0.9)):
-        y = rng.integers(0, 2, 20)
-        p = np.clip(0.4 * y + rng.random(20) * 0.6, 0, 1)
-        rows = [{"split": "test", "image_id": f"ISIC_{fold}{i:02d}", "label": str(int(t)),
-                 "probability": repr(float(s)), "predicted": str(int(s >= threshold))}
-                for i, (t, s) in enumerate(zip(y, p))]
-        _write(tmp_path / f"f{fold}", rows, {"threshold": {"threshold": threshold}})
-        outputs.append(str(tmp_path / f"f{fold}"))
-        labels.append(y), scores.append(p), thresholds.append(np.full(20, threshold))
-    protocol_folds.write_out_of_fold(outputs, str(tmp_path / "cv"))
-    y, p, t = protocol.read_scores(str(tmp_path / "cv"), "test")
-    assert np.array_equal(y, np.concatenate(labels)) and np.allclose(t, np.concatenate(thresholds))
+    labels = rng.integers(0, 2, 60)
+    scores = np.clip(0.4 * labels + rng.random(60) * 0.6, 0, 1)
+    thresholds = (0.1, 0.5, 0.9)
+    protocol_folds.write_out_of_fold(_binary_folds(tmp_path, labels, scores, thresholds),
+                                     str(tmp_path / "cv"))
+    y, p, t = protocol.read_scores(str(tmp_path / "cv"), "test")  # sorted by image id
+    own = np.array([thresholds[i % 3] for i in range(60)])
+    assert np.array_equal(y, labels) and np.allclose(p, scores) and np.allclose(t, own)
     summary = protocol.pooled([str(tmp_path / "cv")], "test", 20)
-    expected = np.mean((p >= t)[y == 1])
+    expected = np.mean((scores >= own)[labels == 1])
     assert summary["sensitivity"]["per_seed"] == pytest.approx([expected])
-    for one in (0.1, 0.5, 0.9):  # any one threshold for all would count otherwise
-        assert expected != pytest.approx(np.mean((p >= one)[y == 1]))
+    for one in thresholds:  # any one threshold for all would count otherwise
+        assert expected != pytest.approx(np.mean((scores >= one)[labels == 1]))
     with pytest.raises(ValueError, match="per-case thresholds must be 60"):
         metrics.seed_summary(y, [p], [t[:5]], resamples=5)
+
+
+def test_an_image_missing_from_a_folds_test_split_is_refused(tmp_path):
+    labels = np.arange(30) % 2
+    outputs = _binary_folds(tmp_path, labels, labels * 0.5 + 0.2, (0.5, 0.5, 0.5), drop=7)
+    with pytest.raises(ValueError, match="f0 validated other images than .*f1 tested "
+                                         r"\(1 differ, first ISIC_007\)"):
+        protocol_folds.write_out_of_fold(outputs, str(tmp_path / "cv"))
 
 
 def test_evaluations_that_are_not_folds_of_one_cross_validation_are_refused(tmp_path):
@@ -147,6 +175,10 @@ def test_folds_replace_held_out_sources(tmp_path):
     common = [f"--input={tmp_path}", f"--base={base}", f"--workdir={tmp_path}/w"]
     assert protocol.parse_args(common + ["--folds=5"]).holdout_sources == "none"
     assert protocol.parse_args(common).holdout_sources == "all"
-    for bad in (["--folds=5", "--holdout_sources=a"], ["--folds=2"]):
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "protocol.json").write_text(json.dumps({"folds": 5}))
+    assert protocol.parse_args(common + ["--folds=5", f"--runs_from={tmp_path}/cv"]).folds == 5
+    for bad in (["--folds=5", "--holdout_sources=a"], ["--folds=2"],
+                [f"--runs_from={tmp_path}/cv"], ["--folds=3", f"--runs_from={tmp_path}/cv"]):
         with pytest.raises(SystemExit):
             protocol.parse_args(common + bad)

@@ -322,8 +322,9 @@ def seed_summary(labels, scores_per_seed, thresholds, *, resamples: int = 1000, 
 
     Each resample draws one set of case indices and applies it to every seed's scores; the
     statistic is the mean over seeds of the metric (AUC, or sensitivity/specificity at each
-    seed's own threshold: one number, or one per case for cross-validated predictions). Its percentile interval is the uncertainty from which cases were
-    scored, for the seed-averaged model; the standard deviation is the seed-to-seed spread.
+    seed's own threshold: one number, or one per case for cross-validated predictions). Its
+    percentile interval is the uncertainty from which cases were scored, for the seed-averaged
+    model; the standard deviation is the seed-to-seed spread.
     Resamples holding a single class are skipped and counted, as in bootstrap_intervals.
     """
     runs = [check_inputs(labels, s, need_both_classes=True)[1] for s in scores_per_seed]
