@@ -3,7 +3,7 @@
 One test split of 599 images holds 6 dermatofibromas and 7 vascular lesions, each a seventh of
 HAM10000's balanced accuracy: its interval is ±0.07 wide. With --folds=K the engine writes K
 datasets (--folds=K --fold=k: fold k tests, fold k+1 validates, the rest trains; groups whole,
-every label's images spread evenly: beam_jobs.splits.assign_folds), each seed trains once per
+every label and diagnosis spread evenly: beam_jobs.splits.assign_folds), each seed trains once per
 fold, and write_out_of_fold gathers one seed's K evaluations into one evaluation folder of the
 usual format (trainer.cnn.evaluate's predictions.csv and report.json) where every image of the
 download appears once in test, scored by the one model that neither trained on it nor chose its
@@ -70,8 +70,17 @@ def _sum_per_split(reports: Sequence[dict], key: str) -> dict[str, int] | None:
 
 def _check_every_image_once(fold_outputs: Sequence[str],
                             rows: Sequence[Sequence[dict[str, str]]]) -> None:
-    """ValueError unless each fold tested some image and validated exactly the next fold's test
-    images: then the folds' test splits together hold what their validation splits hold."""
+    """ValueError unless no image is in the same split of two folds, and each fold tested some
+    image and validated exactly the next fold's test images: then the folds' test splits
+    together hold what their validation splits hold, each image once."""
+    seen: dict[tuple[str, str], str] = {}
+    for output, fold in zip(fold_outputs, rows):
+        for row in fold:
+            key = (row["split"], row["image_id"])
+            if key in seen:
+                raise ValueError(f"image {key[1]} is in the {key[0]} split of both {seen[key]} "
+                                 f"and {output}: not folds of one cross-validation")
+            seen[key] = output
     ids = [{split: {r["image_id"] for r in fold if r["split"] == split}
             for split in ("test", "validation")} for fold in rows]
     for k, fold in enumerate(ids):
@@ -101,18 +110,14 @@ def write_out_of_fold(fold_outputs: Sequence[str], output: str) -> None:
                 report.get("classes") != reports[0].get("classes"):
             raise ValueError(f"{o} is not scored like {fold_outputs[0]} (task, classes or "
                              "columns differ): not folds of one cross-validation")
-    seen: dict[tuple[str, str], str] = {}
-    rows: list[dict[str, str]] = []
-    for o, (report, _, fold_rows) in zip(fold_outputs, read):
-        threshold = None if task == "diagnosis" else float(report["threshold"]["threshold"])
-        for row in fold_rows:
-            key = (row["split"], row["image_id"])
-            if key in seen:
-                raise ValueError(f"image {key[1]} is in the {key[0]} split of both {seen[key]} "
-                                 f"and {o}: not folds of one cross-validation")
-            seen[key] = o
-            rows.append(row if threshold is None else {**row, THRESHOLD_COLUMN: repr(threshold)})
     _check_every_image_once(fold_outputs, [fold_rows for _, _, fold_rows in read])
+    rows: list[dict[str, str]] = []
+    for report, _, fold_rows in read:
+        if task == "diagnosis":
+            rows += fold_rows
+        else:  # each row keeps its own fold model's threshold
+            threshold = repr(float(report["threshold"]["threshold"]))
+            rows += [{**row, THRESHOLD_COLUMN: threshold} for row in fold_rows]
     rows.sort(key=lambda r: (r["split"], r["image_id"]))
     merged: dict = {"format": "isicflow.cross_validated_evaluation/1", "task": task,
                     "folds": list(fold_outputs)}

@@ -12,8 +12,9 @@ says so). --splits: 'all' (default: every split of the dataset holding benign/ma
 at the model's size; with several, a pooled 'all' row is added) or a comma list. --output:
 default <model>/external/<dataset folder name>. --tta: the 8 flips/rot90s averaged (default:
 as the export recorded it, or the run's training evaluation, report.json "tta").
---adapt_batchnorm=N (N >= 2): the model adapted to the scored data without its labels, batch-norm statistics re-estimated on the other folds'
-images (trainer.cnn.adapt_batchnorm; a clinic's own unlabelled images), recorded in the report.
+--adapt_batchnorm=N (N >= 2): the model adapted to the scored data without its labels,
+batch-norm statistics re-estimated on the other folds' images (trainer.cnn.adapt_batchnorm; a
+clinic's own unlabelled images), recorded in the report.
 
 Writes report.json, report.md, predictions.csv (split, image_id, label, probability,
 predicted) and plots/{roc,pr,confusion,reliability}.png (trainer.cnn.evaluation.evaluate_external).
