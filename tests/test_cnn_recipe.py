@@ -51,6 +51,61 @@ def test_dermoscopy_augmentation_is_seeded_in_range_and_differs_from_the_study()
         ip.preprocess_for_train(image, augment=True, seed=[3, 0], augmentation="rgb")
 
 
+def test_camera_augmentation_is_seeded_in_range_and_differs_from_dermoscopy():
+    image = _image()
+    camera = [ip.preprocess_for_train(image, augment=True, seed=[3, i],
+                                      augmentation="camera").numpy() for i in range(4)]
+    assert all(c.shape == (SIZE, SIZE, 3) and c.dtype == np.float32 for c in camera)
+    assert all(0.0 <= c.min() and c.max() <= 1.0 for c in camera)
+    np.testing.assert_array_equal(camera[2], ip.preprocess_for_train(
+        image, augment=True, seed=[3, 2], augmentation="camera").numpy())
+    assert not np.allclose(camera[0], camera[1])
+    derm = ip.preprocess_for_train(image, augment=True, seed=[3, 0],
+                                   augmentation="dermoscopy").numpy()
+    assert not np.allclose(camera[0], derm, atol=1e-3)
+
+
+def test_camera_augmentation_in_a_dataset_map_and_its_blur_needs_a_static_side():
+    images = tf.data.Dataset.from_tensors(_image()).repeat(2)
+    out = list(images.map(lambda im: ip.preprocess_for_train(
+        im, augment=True, seed=[1, 1], augmentation="camera")))
+    np.testing.assert_array_equal(out[0].numpy(), out[1].numpy())  # same seed, same image
+    unknown_side = tf.function(lambda im: augmentations.camera_augment(im, [1, 1]),
+                               input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    with pytest.raises(ValueError, match="static size"):
+        unknown_side.get_concrete_function()
+
+
+def test_gaussian_blur_keeps_flat_images_and_the_mean_and_smooths_noise():
+    flat = tf.fill((SIZE, SIZE, 3), 0.4)
+    np.testing.assert_allclose(augmentations.gaussian_blur(flat, tf.constant(1.5), 5).numpy(),
+                               0.4, atol=1e-6)
+    noise = tf.image.convert_image_dtype(_image(2), tf.float32)
+    same = augmentations.gaussian_blur(noise, tf.constant(0.0), 3).numpy()
+    np.testing.assert_allclose(same, noise.numpy(), atol=1e-5)  # sigma 0: nothing blurred
+    blurred = augmentations.gaussian_blur(noise, tf.constant(1.5), 5).numpy()
+    assert blurred.std() < 0.5 * noise.numpy().std()
+    assert abs(blurred.mean() - noise.numpy().mean()) < 0.01
+
+
+def test_camera_photometry_survives_the_models_colour_constancy():
+    """Shades of grey divides out per-channel gains; camera's per-channel gamma, contrast and
+    saturation must still vary the colour it passes on, more than dermoscopy's mild jitter."""
+    from trainer.cnn.color_constancy import ShadesOfGrey
+
+    rng = np.random.default_rng(0)
+    smooth = np.clip(0.55 + 0.15 * rng.standard_normal((SIZE, SIZE, 3)), 0, 1)
+    image = tf.image.convert_image_dtype(tf.constant(smooth, tf.float32), tf.uint8)
+
+    def spread(augmentation):
+        views = tf.stack([ip.preprocess_for_train(image, augment=True, seed=[5, i],
+                                                  augmentation=augmentation)
+                          for i in range(24)])
+        grey = ShadesOfGrey()(views).numpy()
+        return grey.std(axis=(1, 2)).std(axis=0).mean()  # how much each view's contrast varies
+    assert spread("camera") > 2 * spread("dermoscopy")
+
+
 def test_rotation_by_a_quarter_turn_matches_rot90():
     image = tf.image.convert_image_dtype(_image(1), tf.float32)
     turned = augmentations.rotate(image, tf.constant(math.pi / 2)).numpy()

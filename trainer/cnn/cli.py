@@ -54,7 +54,9 @@ def define_flags() -> None:
                       "study's flips, rot90, colour jitter, zoom by default).")
     flags.DEFINE_enum("augmentation", "study", list(augmentations.AUGMENTATIONS),
                       "What --augment applies: study (flips, rot90, colour jitter, central zoom) "
-                      "or dermoscopy (flips, any-angle rotation, resized crop, milder colour).")
+                      "or dermoscopy (flips, any-angle rotation, resized crop, milder colour) "
+                      "or camera (dermoscopy's geometry with more zoom, blur, per-channel gamma, "
+                      "contrast and saturation: what differs between clinics' dermoscopes).")
     flags.DEFINE_float("mixup_alpha", 0.0, "Mixup of training batches, Beta(alpha, alpha) weights; "
                        "0 = off. Binary task; soft labels.")
     flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix of training batches, Beta(alpha, alpha) box "

@@ -61,7 +61,7 @@ class TrainConfig(RunConfig):
     # the from-scratch recipe's levers (trainer.cnn.recipe); each default is the study's
     width_multiplier: float = 1.0     # residual architecture only
     color_constancy: str = "none"     # shades_of_grey: a first layer of the model
-    augmentation: str = "study"       # what augment means: study or dermoscopy
+    augmentation: str = "study"       # what augment means: study, dermoscopy or camera
     mixup_alpha: float = 0.0          # 0 = off (binary task)
     cutmix_alpha: float = 0.0         # 0 = off (binary task)
     optimizer: str = "rmsprop"

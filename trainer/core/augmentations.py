@@ -5,7 +5,9 @@ always gives the same result (the input pipeline's determinism rule).
 Dermoscopy images have no "up": any rotation and both flips are label-preserving, and lesions
 are photographed at varied zoom, so a random resized crop stands in for the study's central
 zoom. Colour jitter is milder than the study's: colour is diagnostic (blue-white veil,
-regression), and a strong hue shift can erase it.
+regression), and a strong hue shift can erase it. "camera" keeps that hue limit but varies
+what differs between clinics' dermoscopes rather than between lesions: focus (blur), tone
+curve (gamma per channel), contrast, saturation and magnification.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # TensorFlow is imported where it runs: AUGMENTATIONS stays a cheap import
     import tensorflow as tf
 
-AUGMENTATIONS = ("study", "dermoscopy")
+AUGMENTATIONS = ("study", "dermoscopy", "camera")
 CROP_AREA_RANGE = (0.6, 1.0)          # random resized crop: fraction of the image area kept
 CROP_LOG_ASPECT_RANGE = (math.log(3 / 4), math.log(4 / 3))
 DERMOSCOPY_HUE_DELTA = 0.02           # the study's are 0.04, (0.8, 1.2), 0.1, (0.8, 1.2)
@@ -72,6 +74,69 @@ def dermoscopy_augment(image: tf.Tensor, seed) -> tf.Tensor:
     image = tf.image.stateless_random_saturation(image, *DERMOSCOPY_SATURATION_RANGE, seeds[8])
     image = tf.image.stateless_random_brightness(image, DERMOSCOPY_BRIGHTNESS_DELTA, seeds[9])
     image = tf.image.stateless_random_contrast(image, *DERMOSCOPY_CONTRAST_RANGE, seeds[10])
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+# camera_augment: HAM10000's four clinics differ visibly in focus (rosendahl's scans are soft),
+# contrast and saturation (vidir_molemax's are vivid) and magnification (vidir_modern's lesions
+# are small in the frame). Per-channel gains are not varied: the model's shades-of-grey layer
+# would undo them; a per-channel gamma it cannot undo.
+CAMERA_CROP_AREA_RANGE = (0.35, 1.0)   # up to 1.7x magnification (dermoscopy: 1.3x)
+CAMERA_BLUR_PROBABILITY = 0.5
+CAMERA_MAX_BLUR_SIGMA = 0.02           # Gaussian sigma as a fraction of the side (1.3 px at 64)
+CAMERA_LOG_GAMMA = 0.25                # per image, exp(U(-x, x)), x = this
+CAMERA_LOG_CHANNEL_GAMMA = 0.1         # per channel on top, so the tone curves differ
+CAMERA_CONTRAST_RANGE = (0.7, 1.3)
+CAMERA_SATURATION_RANGE = (0.7, 1.3)
+CAMERA_BRIGHTNESS_DELTA = 0.1
+
+
+def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """[S,S,3] float image blurred by a separable Gaussian of `sigma` pixels (a tensor; ~0
+    leaves the image as it is), kernel 2*radius+1 wide, reflect padding."""
+    import tensorflow as tf
+
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    weights = tf.exp(-0.5 * tf.square(offsets / tf.maximum(sigma, 1e-3)))
+    weights = weights / tf.reduce_sum(weights)
+    padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")[None]
+    rows = tf.tile(weights[:, None, None, None], [1, 1, 3, 1])   # [k, 1, 3, 1] depthwise
+    cols = tf.tile(weights[None, :, None, None], [1, 1, 3, 1])
+    blurred = tf.nn.depthwise_conv2d(padded, rows, [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(blurred, cols, [1, 1, 1, 1], "VALID")[0]
+
+
+def camera_augment(image: tf.Tensor, seed) -> tf.Tensor:
+    """float [S,S,3] in [0, 1] -> the same shape in [0, 1]: dermoscopy_augment's geometry with
+    CAMERA_CROP_AREA_RANGE, then with CAMERA_BLUR_PROBABILITY a Gaussian blur of sigma
+    U(0, CAMERA_MAX_BLUR_SIGMA) x side, a gamma per channel, and contrast, saturation,
+    brightness and dermoscopy's mild hue jitter. `seed`: int [2], one per image. The side must
+    be known when the graph is built (it sets the blur kernel)."""
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=15)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
+    image = _random_resized_crop(image, seeds[2:6], CAMERA_CROP_AREA_RANGE)
+    image = rotate(image, tf.random.stateless_uniform([], seeds[6], 0.0, 2.0 * math.pi))
+    side = image.shape[0]
+    if side is None:
+        raise ValueError("camera_augment needs an image of static size (the blur kernel)")
+    radius = max(1, math.ceil(3 * CAMERA_MAX_BLUR_SIGMA * side))
+    sigma = tf.random.stateless_uniform([], seeds[7], 0.0, CAMERA_MAX_BLUR_SIGMA * side)
+    blur = tf.random.stateless_uniform([], seeds[8]) < CAMERA_BLUR_PROBABILITY
+    image = tf.cond(blur, lambda: gaussian_blur(image, sigma, radius), lambda: image)
+    log_gamma = (tf.random.stateless_uniform([], seeds[9], -CAMERA_LOG_GAMMA, CAMERA_LOG_GAMMA)
+                 + tf.random.stateless_uniform([3], seeds[10], -CAMERA_LOG_CHANNEL_GAMMA,
+                                               CAMERA_LOG_CHANNEL_GAMMA))
+    image = tf.pow(tf.clip_by_value(image, 1e-6, 1.0), tf.exp(log_gamma))
+    image = tf.clip_by_value(tf.image.stateless_random_contrast(
+        image, *CAMERA_CONTRAST_RANGE, seeds[11]), 0.0, 1.0)
+    image = tf.clip_by_value(tf.image.stateless_random_saturation(
+        image, *CAMERA_SATURATION_RANGE, seeds[12]), 0.0, 1.0)
+    image = tf.clip_by_value(tf.image.stateless_random_brightness(
+        image, CAMERA_BRIGHTNESS_DELTA, seeds[13]), 0.0, 1.0)
+    image = tf.image.stateless_random_hue(image, DERMOSCOPY_HUE_DELTA, seeds[14])
     return tf.clip_by_value(image, 0.0, 1.0)
 
 

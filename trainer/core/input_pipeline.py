@@ -69,7 +69,8 @@ def preprocess_for_train(image_uint8: tf.Tensor, *, augment: bool, seed,
                          augmentation: str = "study") -> tf.Tensor:
     """uint8 [S,S,3] -> float32 in [0, 1]; with `augment`, the study's random flips, rot90,
     hue/saturation/brightness/contrast jitter and central-crop zoom, or, with
-    augmentation="dermoscopy", trainer.core.augmentations.dermoscopy_augment. `seed`: int
+    augmentation="dermoscopy" or "camera", trainer.core.augmentations' dermoscopy_augment or
+    camera_augment. `seed`: int
     shape [2], one per image, so the same (seed, image) always gets the same augmentation."""
     if augmentation not in augmentations.AUGMENTATIONS:
         raise ValueError(f"augmentation {augmentation!r} not in {augmentations.AUGMENTATIONS}")
@@ -78,6 +79,8 @@ def preprocess_for_train(image_uint8: tf.Tensor, *, augment: bool, seed,
         return image
     if augmentation == "dermoscopy":
         return augmentations.dermoscopy_augment(image, seed)
+    if augmentation == "camera":
+        return augmentations.camera_augment(image, seed)
     size = tf.shape(image)[0]
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
     image = tf.image.stateless_random_flip_left_right(image, seeds[0])
@@ -440,7 +443,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  one_source_batches: bool = False) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
 
-    augmentation: which augmentation `augment` means ("study" or "dermoscopy").
+    augmentation: which augmentation `augment` means (augmentations.AUGMENTATIONS).
     mixup_alpha / cutmix_alpha (training, binary labels, no metadata, float images): each
     augmented batch mixed with a seeded permutation of itself; labels become soft floats.
 
