@@ -21,6 +21,16 @@ whose folder-named sources are in no table, is scored too); sources with one cla
 validation split have no AUC (nor balanced accuracy) and are left out. Writes within_source.json and
 within_source.md in --output (default: the workdir); the output's keys name the metric
 ("metric": "auc" or "balanced_accuracy").
+
+The groups need not be sources: --source_column=dx_type (HAM10000; the ISIC archive's
+diagnosis_confirm_type) scores within how each diagnosis was confirmed, and
+--heldout_within_groups splits each held-out source's score the same way. Excised lesions
+(histopathology) are the hard ones; a clinic that sends only those scores low for that reason,
+which the pooled in-source figure (mostly follow-up images) hides:
+
+    python -m benchmarks.within_source --workdir=out/protocol/levers64-e20-melanoma \
+        --metadata_csv=../shared/data/ham10000-5984/HAM10000_metadata.csv \
+        --source_column=dx_type --heldout_within_groups --output=out/protocol/by-dx-type
 """
 from __future__ import annotations
 
@@ -120,17 +130,31 @@ def balanced_accuracy_within_sources(ids: Sequence[str], true: np.ndarray, predi
     return {"pooled": protocol_diagnosis.balanced_accuracy(true, predicted), "sources": per}
 
 
-def within_sources(task: str, output: str, source_of: dict[str, str]) -> dict[str, Any]:
-    """One evaluation's validation rows scored pooled and per source by the task's metric."""
+def within_sources(task: str, output: str, source_of: dict[str, str],
+                   split: str | None = "validation") -> dict[str, Any]:
+    """One evaluation's rows of `split` (None: every row, as a held-out source is scored)
+    scored pooled and per source by the task's metric."""
     if task == "diagnosis":
         return balanced_accuracy_within_sources(
-            *protocol_diagnosis.read_predictions(output, "validation"), source_of)
-    return auc_within_sources(_predictions(output, "validation"), source_of)
+            *protocol_diagnosis.read_predictions(output, split), source_of)
+    return auc_within_sources(_predictions(output, split), source_of)
 
 
-def summarise(workdir: str, source_of: dict[str, str] | None = None) -> dict[str, Any]:
+def mean_over_seeds(scored: Sequence[dict[str, Any]], metric: str) -> dict[str, float]:
+    """{group: mean metric} over several seeds' within_sources, for the groups every seed
+    scored (a group with one class in some seed's rows has no score there)."""
+    names = sorted(set.intersection(*(set(x["sources"]) for x in scored)))
+    return {n: float(np.mean([x["sources"][n][metric] for x in scored])) for n in names}
+
+
+def summarise(workdir: str, source_of: dict[str, str] | None = None,
+              heldout_within_groups: bool = False, column: str = "") -> dict[str, Any]:
     """source_of: image id -> source (a metadata table); None reads it from the records of the
-    in-source datasets the protocol's rows were scored on (sources_from_records)."""
+    in-source datasets the protocol's rows were scored on (sources_from_records). With
+    heldout_within_groups, each held-out source's images are scored within each group of
+    source_of too (for a column other than the source, e.g. how each diagnosis was confirmed:
+    the held-out score of one kind of image beside the in-source score of the same kind);
+    column names source_of's column in the output."""
     run = protocol.read_json(os.path.join(workdir, "protocol.json"))
     task = run.get("task", "binary")
     if task not in METRICS:
@@ -144,18 +168,25 @@ def summarise(workdir: str, source_of: dict[str, str] | None = None) -> dict[str
     for held in run["rows"]:
         inside = [within_sources(task, s, source_of)
                   for s in protocol.score_outputs(workdir, run, held, "in_source")]
-        names = sorted(set.intersection(*(set(x["sources"]) for x in inside)))
-        within = {n: float(np.mean([x["sources"][n][metric] for x in inside])) for n in names}
+        within = mean_over_seeds(inside, metric)
+        names = list(within)
         row = {f"pooled_validation_{metric}": float(np.mean([x["pooled"] for x in inside])),
                f"within_source_validation_{metric}": within,
                f"mean_within_source_{metric}": float(np.mean(list(within.values()))),
                detail: {n: inside[0]["sources"][n][detail] for n in names}}
         if "heldout" in run["rows"][held]:  # the protocol's own seed mean, not scored again
             row[f"heldout_{metric}"] = run["rows"][held]["heldout"][metric]["mean"]
+            if heldout_within_groups:
+                row[f"heldout_within_{metric}"] = mean_over_seeds(
+                    [within_sources(task, s, source_of, split=None)
+                     for s in protocol.score_outputs(workdir, run, held, "heldout")], metric)
         rows[held] = row
-    return {"workdir": workdir, "task": task, "metric": metric, "flags": run["flags"],
-            "engine_flags": run["engine_flags"], "seeds": run["seeds"], "rows": rows,
-            "fair_gap": fair_gap(rows, metric)}
+    result = {"workdir": workdir, "task": task, "metric": metric, "flags": run["flags"],
+              "engine_flags": run["engine_flags"], "seeds": run["seeds"], "rows": rows,
+              "fair_gap": fair_gap(rows, metric)}
+    if heldout_within_groups:
+        result["heldout_within_groups"] = column or "source"
+    return result
 
 
 def fair_gap(rows: dict[str, dict[str, Any]], metric: str = "auc"
@@ -184,17 +215,23 @@ def _bracket(detail: str, value: Any) -> str:
 def markdown(result: dict[str, Any]) -> str:
     metric, name, detail = METRICS[result.get("task", "binary")]
     bracket = "positives" if detail == "positives" else "classes present"
+    column = result.get("heldout_within_groups")
+    groups = f"each {column} value" if column else "each training source"
     lines = [f"`{result['workdir']}` ({' '.join(result['engine_flags'] + result['flags']) or 'base'}),"
              f" mean over {result['seeds']} seeds. Within-source: the in-source validation {name} "
-             f"of each training source alone ({bracket} in brackets).", "",
-             f"| held out | in-source val {name}, pooled | within each training source | mean "
-             f"within | held-out {name} |", "|---|---|---|---|---|"]
+             f"of {groups} alone ({bracket} in brackets).", "",
+             f"| held out | in-source val {name}, pooled | within {groups} | mean "
+             f"within | held-out {name} |" + (f" held out, within {groups} |" if column else ""),
+             "|---|---|---|---|---|" + ("---|" if column else "")]
     for held, r in result["rows"].items():
         within = ", ".join(f"{n} {v:.3f} ({_bracket(detail, r[detail][n])})"
                            for n, v in r[f"within_source_validation_{metric}"].items())
         held_score = f"{r[f'heldout_{metric}']:.3f}" if f"heldout_{metric}" in r else "n/a"
+        held_within = ", ".join(f"{n} {v:.3f}" for n, v in
+                                r.get(f"heldout_within_{metric}", {}).items()) or "n/a"
         lines.append(f"| {held} | {r[f'pooled_validation_{metric}']:.3f} | {within} | "
-                     f"{r[f'mean_within_source_{metric}']:.3f} | {held_score} |")
+                     f"{r[f'mean_within_source_{metric}']:.3f} | {held_score} |"
+                     + (f" {held_within} |" if column else ""))
     if result.get("fair_gap"):
         lines += ["", f"Each source against itself: its within-source validation {name} in the "
                   f"rows that trained on it (mean over those rows) and its held-out {name}.", "",
@@ -213,16 +250,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a download's metadata table giving each image's source (wins when "
                         "given); default: the protocol's in-source records (source_collection)")
     p.add_argument("--id_column", default="image_id")
-    p.add_argument("--source_column", default="dataset", help="HAM10000's source column")
+    p.add_argument("--source_column", default="dataset", help="the table's column that groups "
+                   "the images: HAM10000's source column by default; another column (e.g. "
+                   "dx_type, how each diagnosis was confirmed) scores within its values instead")
+    p.add_argument("--heldout_within_groups", action="store_true",
+                   help="also score each held-out source's images within each value of "
+                        "--source_column (needs --metadata_csv; for a column other than the "
+                        "source: one kind of image held out beside the same kind in source)")
     p.add_argument("--output", default="", help="where to write (default: --workdir)")
     args = p.parse_args(argv)
+    if args.heldout_within_groups and not args.metadata_csv:
+        p.error("--heldout_within_groups needs --metadata_csv (the column to group by)")
     try:
         source_of = None
         if args.metadata_csv:
             table = bench_common.read_table(args.metadata_csv,
                                             (args.id_column, args.source_column))
             source_of = {r[args.id_column]: r[args.source_column] for r in table}
-        result = summarise(args.workdir, source_of)
+        result = summarise(args.workdir, source_of, args.heldout_within_groups,
+                           args.source_column)
     except (protocol.ProtocolError, OSError, KeyError, ValueError) as e:
         print(f"within_source: {e}", file=sys.stderr)
         return 2

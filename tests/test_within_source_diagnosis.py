@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from benchmarks import protocol, within_source
 
@@ -150,3 +150,46 @@ def test_the_binary_output_keeps_its_auc_keys_and_numbers(tmp_path):
     assert ("| held out | in-source val AUC, pooled | within each training source | mean "
             "within | held-out AUC |") in table
     assert "| c | 0.900 | a 0.500 (9), b 0.500 (1) | 0.500 | 0.600 |" in table
+
+
+def test_heldout_images_are_scored_within_each_group_of_another_column(tmp_path, capsys):
+    """Grouped by how each diagnosis was confirmed, not by source: held-out source c's images
+    are scored within each confirmation type, beside the in-source rows of the same type.
+    c's excised lesions are ranked at random and its follow-up ones perfectly: pooled, c's AUC
+    sits between the two, and only the split shows which kind of image the model fails on."""
+    workdir = tmp_path / "w"
+    confirmed, in_source, heldout = {}, ["image_id,split,label,probability"], \
+        ["image_id,split,label,probability"]
+    for i in range(8):  # in source: both kinds ranked perfectly
+        for kind in ("histo", "follow_up"):
+            confirmed[f"in_{kind}{i}"] = kind
+            in_source.append(f"in_{kind}{i},validation,{int(i < 4)},{0.2 + 0.6 * (i < 4)}")
+    histo_scores = [0.3, 0.7, 0.45, 0.6, 0.4, 0.5]   # labels 1,1,1,0,0,0 below: 4 of 9 pairs
+    for i, score in enumerate(histo_scores):
+        confirmed[f"c_histo{i}"] = "histo"
+        heldout.append(f"c_histo{i},test,{int(i < 3)},{score}")
+    for i in range(6):
+        confirmed[f"c_follow_up{i}"] = "follow_up"
+        heldout.append(f"c_follow_up{i},train,{int(i < 2)},{0.9 if i < 2 else 0.1}")
+    for k in range(2):
+        run = workdir / "runs" / "c" / f"seed_{k}" / "protocol"
+        for name, lines in (("in_source", in_source), ("heldout", heldout)):
+            (run / name).mkdir(parents=True)
+            (run / name / "predictions.csv").write_text("\n".join(lines) + "\n")
+    (workdir / "protocol.json").write_text(json.dumps({
+        "flags": [], "engine_flags": [], "seeds": 2,
+        "rows": {"c": {"heldout": {"auc": {"mean": 0.7}}}}}))
+    result = within_source.summarise(str(workdir), confirmed, heldout_within_groups=True,
+                                     column="dx_type")
+    row = result["rows"]["c"]
+    assert row["within_source_validation_auc"] == {"follow_up": 1.0, "histo": 1.0}
+    assert row["heldout_within_auc"] == {"follow_up": 1.0, "histo": pytest.approx(4 / 9)}
+    assert 4 / 9 == pytest.approx(roc_auc_score([1, 1, 1, 0, 0, 0], histo_scores))
+    assert result["heldout_within_groups"] == "dx_type"
+    table = within_source.markdown(result)
+    assert "| held out, within each dx_type value |" in table
+    assert "| 0.700 | follow_up 1.000, histo 0.444 |" in table
+    assert "heldout_within_auc" not in within_source.summarise(str(workdir), confirmed)["rows"]["c"]
+    with pytest.raises(SystemExit):
+        within_source.main([f"--workdir={workdir}", "--heldout_within_groups"])
+    assert "--heldout_within_groups needs --metadata_csv" in capsys.readouterr().err
