@@ -68,7 +68,9 @@ def data_dir(sample, tmp_path_factory):
     for i, (path, label, diagnosis) in enumerate(sample):
         record = LesionRecord(image_id=os.path.basename(path)[:-4], image_path=path, label=label,
                               diagnosis=diagnosis, anatom_site=SITES[i % 3],
-                              source_collection=COLLECTIONS[i % 2])
+                              source_collection=COLLECTIONS[i % 2],
+                              extra_metadata=(("diagnosis_confirm_type", "histopathology"),)
+                              if i % 4 < 2 else ())
         images.append(dataset_lib.DatasetImage(
             record, imaging.encode_image(engine_pixels(path), "png"),
             split="validation" if i < 4 else "test"))
@@ -148,13 +150,17 @@ def test_predictions_equal_the_model_on_engine_pixels(external, run_dir, sample)
 
 def test_breakdown_groups_sum_to_totals(external, sample):
     fields = external["breakdown"]["fields"]
-    assert set(fields) == {"source_collection", "diagnosis", "anatom_site"}
+    assert set(fields) == {"source_collection", "diagnosis", "anatom_site",
+                           "diagnosis_confirmation"}
     for field, info in fields.items():
         groups = info["groups"]
         assert sum(g["cases"] for g in groups.values()) == 12, field
         assert sum(g["malignant"] for g in groups.values()) == 6, field
     assert set(fields["source_collection"]["groups"]) == set(COLLECTIONS)
     assert "(missing)" in fields["anatom_site"]["groups"]
+    confirmed = fields["diagnosis_confirmation"]["groups"]  # read from the records' extras
+    assert {n: (g["cases"], g["malignant"]) for n, g in confirmed.items()} == {
+        "histopathology": (6, 3), "(missing)": (6, 3)}
     assert set(fields["diagnosis"]["groups"]) == {normalise_diagnosis(d) for _, _, d in sample}
     melanoma = fields["diagnosis"]["groups"].get("melanoma")
     if melanoma:  # one class only: AUC and specificity undefined, with reasons

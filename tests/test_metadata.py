@@ -31,3 +31,19 @@ def test_class_names_follow_the_label_index():
 
     assert [LABEL_INDEX[name] for name in CLASS_NAMES] == list(range(len(CLASS_NAMES)))
     assert set(LABEL_NAMES) - set(CLASS_NAMES) == {n for n in LABEL_NAMES if LABEL_INDEX[n] < 0}
+
+
+def test_diagnosis_confirmation_reads_the_archive_column_or_hams_codes():
+    from isicflow.metadata import diagnosis_confirmation
+
+    assert diagnosis_confirmation('{"dx_type":"histo"}') == "histopathology"
+    assert diagnosis_confirmation(b'{"dx_type":"FOLLOW_UP"}') == "serial imaging showing no change"
+    assert diagnosis_confirmation({"dx_type": "consensus"}) == "single image expert consensus"
+    # the archive's own words pass through; its column wins over HAM's
+    assert diagnosis_confirmation({"diagnosis_confirm_type": "histopathology",
+                                   "dx_type": "follow_up"}) == "histopathology"
+    assert diagnosis_confirmation({"diagnosis_confirm_type": "",
+                                   "dx_type": "confocal"}) == \
+        "confocal microscopy with consensus dermoscopy"
+    assert diagnosis_confirmation({"dx_type": "biopsy, 2019"}) == "biopsy, 2019"  # as given
+    assert diagnosis_confirmation("") == "" and diagnosis_confirmation({"site": "back"}) == ""

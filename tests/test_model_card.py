@@ -33,7 +33,9 @@ def sourced_dataset(tmp_path_factory, sample_dir):
             extra = {"source_collection": _source(i), "sex": ("female", "male")[i % 3 % 2],
                      "age_approx": float(25 + 10 * i), "diagnosis": "melanoma"
                      if label == "malignant" else "nevus",
-                     "fitzpatrick_skin_type": ("II", "IV")[(i // 4) % 2]}
+                     "fitzpatrick_skin_type": ("II", "IV")[(i // 4) % 2],
+                     "extra_metadata_json": json.dumps(
+                         {"dx_type": ("histo", "follow_up")[i % 2]} if i < 6 else {})}
             items.append((pixels, label, extra))
             kept.append({"split": split, "label": label, "diagnosis": extra["diagnosis"],
                          "source": extra["source_collection"],
@@ -94,7 +96,7 @@ def test_export_writes_the_card_with_the_reports_numbers(trained):
     # per source and per subgroup, from the report's breakdown of the test split
     fields = report["breakdown"]["fields"]
     assert set(fields) == {"source_collection", "diagnosis", "anatom_site", "sex", "age_approx",
-                           "fitzpatrick_skin_type"}
+                           "fitzpatrick_skin_type", "diagnosis_confirmation"}
     for source in ("clinic_a", "clinic_b"):
         g = fields["source_collection"]["groups"][source]
         assert g["cases"] == 4 and g["malignant"] == 2
@@ -106,6 +108,13 @@ def test_export_writes_the_card_with_the_reports_numbers(trained):
                   "### Fitzpatrick skin type"):
         assert title in card
     assert set(fields["fitzpatrick_skin_type"]["groups"]) == {"II", "IV"}
+    # HAM10000's dx_type codes in the ISIC archive's words; test records 6-7 record none
+    confirmed = fields["diagnosis_confirmation"]["groups"]
+    assert {n: g["cases"] for n, g in confirmed.items()} == {
+        "histopathology": 3, "serial imaging showing no change": 3, "(missing)": 2}
+    assert "### How the diagnosis was confirmed" in card
+    assert f"| histopathology | 3 | {confirmed['histopathology']['malignant']} |" in card
+    assert "Lesions that were excised are harder" in card
     assert set(fields["age_approx"]["groups"]) <= {"<30", "30-49", "50-69", ">=70"}
     # the threshold and how it was chosen
     threshold = report["threshold"]

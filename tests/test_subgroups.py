@@ -105,17 +105,22 @@ def test_metadata_csv_keeps_every_column_no_flag_names(tmp_path, images):
         assert record.extra_metadata == (("site", "back"),)
 
 
-def test_legacy_sidecar_gives_its_skin_type(tmp_path, images):
+def test_legacy_sidecar_gives_its_skin_type_and_how_the_diagnosis_was_confirmed(tmp_path,
+                                                                                images):
     root = lb.build_legacy_json(tmp_path / "legacy", images[:3])
-    sidecar = root / images[0].sidecar_path.name
-    sidecar.unlink()  # a copy, not the shared file
-    data = json.loads(images[0].sidecar_path.read_text(encoding="utf-8"))
-    data["meta"]["clinical"]["fitzpatrick_skin_type"] = "iii"
-    sidecar.write_text(json.dumps(data), encoding="utf-8")
+    for image, confirmed in ((images[0], " histopathology"), (images[1], None)):
+        sidecar = root / image.sidecar_path.name
+        sidecar.unlink()  # a copy, not the shared file
+        data = json.loads(image.sidecar_path.read_text(encoding="utf-8"))
+        data["meta"]["clinical"].update(fitzpatrick_skin_type="iii",
+                                        diagnosis_confirm_type=confirmed)
+        sidecar.write_text(json.dumps(data), encoding="utf-8")
     records = {r.image_id: r for r in read_layout(str(root)).records}
     assert records[images[0].image_id].fitzpatrick_skin_type == "III"
-    assert records[images[1].image_id].fitzpatrick_skin_type == ""
-    assert all(r.extra_metadata == () for r in records.values())
+    assert records[images[2].image_id].fitzpatrick_skin_type == ""
+    assert records[images[0].image_id].extra_metadata == (
+        ("diagnosis_confirm_type", "histopathology"),)
+    assert records[images[1].image_id].extra_metadata == ()  # null: nothing kept
 
 
 @pytest.fixture(scope="module")
@@ -169,21 +174,35 @@ def test_records_reader_and_manifest_carry_the_skin_type_and_extras(engine_runs,
     assert manifest["layout_counters"]["extra_value_too_long"] == len(images) // 2
 
 
-def test_records_without_them_leave_them_out_and_parse_with_defaults(engine_runs):
+def test_records_without_them_leave_them_out_and_parse_with_defaults(engine_runs, images):
+    """Legacy sidecars: no skin type; the only extra is diagnosis_confirm_type, where the
+    real sidecar has one (some UDA-1 sidecars say histopathology, the rest null)."""
     import isicflow
-
-    out, manifest = engine_runs["legacy"]
-    assert "fitzpatrick_skin_type" not in manifest["counts"]
-    assert "extra_metadata_columns" not in manifest["counts"]
-    shard = out / manifest["datasets"]["32"]["train"]["shards"][0]["path"]
     import tensorflow as tf
 
-    raw = next(iter(tf.data.TFRecordDataset(str(shard)))).numpy()
-    assert not set(schema.OPTIONAL_FEATURES) & set(
-        schema._Example.FromString(raw).features.feature)
-    assert schema.decode_example_py(raw)["fitzpatrick_skin_type"] == ""
+    out, manifest = engine_runs["legacy"]
+    confirmed = {i.image_id: json.loads(i.sidecar_path.read_text(encoding="utf-8"))["meta"][
+        "clinical"].get("diagnosis_confirm_type") for i in images}
+    assert 0 < sum(map(bool, confirmed.values())) < len(images)  # the sample holds both
+    assert "fitzpatrick_skin_type" not in manifest["counts"]
+    assert manifest["counts"]["extra_metadata_columns"] == {
+        "diagnosis_confirm_type": sum(map(bool, confirmed.values()))}
+    seen_without = 0
+    for split in manifest["datasets"]["32"]:
+        for shard in manifest["datasets"]["32"][split]["shards"]:
+            for raw in tf.data.TFRecordDataset(str(out / shard["path"])):
+                raw = raw.numpy()
+                record = schema.decode_example_py(raw)
+                assert record["fitzpatrick_skin_type"] == ""
+                present = set(schema.OPTIONAL_FEATURES) & set(
+                    schema._Example.FromString(raw).features.feature)
+                expected = confirmed[record["image_id"]]
+                assert present == ({"extra_metadata_json"} if expected else set())
+                assert parse_extra_metadata(record["extra_metadata_json"]) == (
+                    {"diagnosis_confirm_type": expected} if expected else {})
+                seen_without += not expected
+    assert seen_without  # a record without any optional field was read
     element = next(iter(isicflow.load(str(out), "train")))
     assert element["fitzpatrick_skin_type"].numpy() == b""
-    assert parse_extra_metadata(element["extra_metadata_json"].numpy()) == {}
     features = json.loads((out / "32" / "features.json").read_text())
     assert not set(schema.OPTIONAL_FEATURES) & set(features["featuresDict"]["features"])

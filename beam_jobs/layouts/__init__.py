@@ -18,7 +18,7 @@ became of every CSV/JSON, and names the label columns a table read as a layout l
 Every table layout (and --metadata_csv) reads a `fitzpatrick_skin_type` column into that record
 field, and keeps each column it does not read otherwise (plus attribution and copyright_license,
 which no record field holds) in the record's extra_metadata_json; legacy JSON sidecars give
-meta.clinical.fitzpatrick_skin_type and no extras.
+meta.clinical.fitzpatrick_skin_type and, as the one extra, meta.clinical.diagnosis_confirm_type.
 
 Rejection reasons: `REASONS` (beam_jobs.layouts.assemble). Counters: `COUNTERS` below; they are
 counted per metadata entry read, even when that entry is later rejected or its image kept.

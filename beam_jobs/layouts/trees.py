@@ -78,10 +78,13 @@ def _sidecar_entry(path: str, root: str, counters) -> Entry:
         license=clean_text(data.get("copyright_license") or dataset.get("license")),
         original_width=_dimension(acquisition.get("pixelsX"), counters),
         original_height=_dimension(acquisition.get("pixelsY"), counters))
-    if "fitzpatrick_skin_type" in clinical:  # no other sidecar key is kept (no table here)
+    if "fitzpatrick_skin_type" in clinical:
         skin = parse_fitzpatrick(clinical["fitzpatrick_skin_type"], counters)
         if skin:
             entry.fields["fitzpatrick_skin_type"] = skin
+    confirmed = clean_text(clinical.get("diagnosis_confirm_type"))
+    if confirmed:  # the one extra a sidecar gives (no table here): a subgroup for evaluation
+        entry.fields["extra_metadata"] = (("diagnosis_confirm_type", confirmed),)
     return entry
 
 

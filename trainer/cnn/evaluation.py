@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
+from isicflow.metadata import diagnosis_confirmation
 from trainer.cnn import tta as tta_lib
 from trainer.core import metadata_features, metrics, report, run_folder
 
@@ -80,7 +81,8 @@ def predict_split_with_metadata(model, data_dir: str, split: str, image_size: in
                                 metadata_fields: Sequence[str] = metadata_features.FIELDS
                                 ) -> dict[str, np.ndarray]:
     """One split's benign/malignant records scored with their metadata: {"label" int64,
-    "probability" float64, and str arrays per input_pipeline.METADATA_FIELDS}, same
+    "probability" float64, str arrays per input_pipeline.METADATA_FIELDS, and CONFIRMATION
+    (isicflow.metadata.diagnosis_confirmation of the record's extras)}, same
     preprocessing as predict_split (the input pipeline's evaluation path). A model with two
     inputs (--use_metadata) gets each record's metadata features too, by the run's
     metadata_encoding and metadata_fields (no TTA)."""
@@ -101,6 +103,8 @@ def predict_split_with_metadata(model, data_dir: str, split: str, image_size: in
                                           dtype=object))
     out = {name: (np.concatenate(values) if values else np.zeros([0]))
            for name, values in columns.items()}
+    out[CONFIRMATION] = np.array([diagnosis_confirmation(v) for v in out["extra_metadata_json"]],
+                                 dtype=object)
     _check_probabilities(split, out["probability"])
     return out
 
@@ -296,7 +300,8 @@ def threshold_of(report: Mapping[str, Any], path: str) -> tuple[float, str]:
 
 EXTERNAL_FORMAT = "isicflow.cnn_external_report/1"
 PREDICTIONS_COLUMNS = ("split", "image_id", "label", "probability", "predicted")
-BREAKDOWN_FIELDS = ("source_collection", "diagnosis", "anatom_site")
+CONFIRMATION = "diagnosis_confirmation"  # derived from the record's extras, not a record field
+BREAKDOWN_FIELDS = ("source_collection", "diagnosis", "anatom_site", CONFIRMATION)
 # Patient subgroups the training report breaks its test split down by as well (a field no
 # record holds gets a note); age_approx in bands (AGE_BANDS).
 SUBGROUP_FIELDS = ("sex", "age_approx", "fitzpatrick_skin_type")

@@ -30,7 +30,7 @@ _MAX_SHUFFLE_BUFFER = 1024
 # Per-record strings make_eval_dataset_with_metadata yields beside each prediction.
 # Non-string fields (age_approx) come as strings too (tf.strings.as_string).
 METADATA_FIELDS = ("image_id", "diagnosis", "anatom_site", "source_collection", "sex",
-                   "age_approx", "fitzpatrick_skin_type")
+                   "age_approx", "fitzpatrick_skin_type", "extra_metadata_json")
 # Fields --use_metadata encodes as the model's second input (trainer.core.metadata_features).
 METADATA_INPUT_FIELDS = ("age_approx", "sex", "anatom_site")
 
