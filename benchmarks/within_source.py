@@ -154,7 +154,7 @@ def summarise(workdir: str, source_of: dict[str, str] | None = None,
     heldout_within_groups, each held-out source's images are scored within each group of
     source_of too (for a column other than the source, e.g. how each diagnosis was confirmed:
     the held-out score of one kind of image beside the in-source score of the same kind);
-    column names source_of's column in the output."""
+    column: the name of source_of's column when it is not the source (the table says so)."""
     run = protocol.read_json(os.path.join(workdir, "protocol.json"))
     task = run.get("task", "binary")
     if task not in METRICS:
@@ -184,8 +184,10 @@ def summarise(workdir: str, source_of: dict[str, str] | None = None,
     result = {"workdir": workdir, "task": task, "metric": metric, "flags": run["flags"],
               "engine_flags": run["engine_flags"], "seeds": run["seeds"], "rows": rows,
               "fair_gap": fair_gap(rows, metric)}
+    if column:
+        result["group_column"] = column
     if heldout_within_groups:
-        result["heldout_within_groups"] = column or "source"
+        result["heldout_within_groups"] = True
     return result
 
 
@@ -215,14 +217,15 @@ def _bracket(detail: str, value: Any) -> str:
 def markdown(result: dict[str, Any]) -> str:
     metric, name, detail = METRICS[result.get("task", "binary")]
     bracket = "positives" if detail == "positives" else "classes present"
-    column = result.get("heldout_within_groups")
+    column, held_split = result.get("group_column"), result.get("heldout_within_groups")
     groups = f"each {column} value" if column else "each training source"
     lines = [f"`{result['workdir']}` ({' '.join(result['engine_flags'] + result['flags']) or 'base'}),"
              f" mean over {result['seeds']} seeds. Within-source: the in-source validation {name} "
              f"of {groups} alone ({bracket} in brackets).", "",
              f"| held out | in-source val {name}, pooled | within {groups} | mean "
-             f"within | held-out {name} |" + (f" held out, within {groups} |" if column else ""),
-             "|---|---|---|---|---|" + ("---|" if column else "")]
+             f"within | held-out {name} |" + (f" held out, within {groups} |" if held_split
+                                              else ""),
+             "|---|---|---|---|---|" + ("---|" if held_split else "")]
     for held, r in result["rows"].items():
         within = ", ".join(f"{n} {v:.3f} ({_bracket(detail, r[detail][n])})"
                            for n, v in r[f"within_source_validation_{metric}"].items())
@@ -231,7 +234,7 @@ def markdown(result: dict[str, Any]) -> str:
                                 r.get(f"heldout_within_{metric}", {}).items()) or "n/a"
         lines.append(f"| {held} | {r[f'pooled_validation_{metric}']:.3f} | {within} | "
                      f"{r[f'mean_within_source_{metric}']:.3f} | {held_score} |"
-                     + (f" {held_within} |" if column else ""))
+                     + (f" {held_within} |" if held_split else ""))
     if result.get("fair_gap"):
         lines += ["", f"Each source against itself: its within-source validation {name} in the "
                   f"rows that trained on it (mean over those rows) and its held-out {name}.", "",
@@ -267,8 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             table = bench_common.read_table(args.metadata_csv,
                                             (args.id_column, args.source_column))
             source_of = {r[args.id_column]: r[args.source_column] for r in table}
-        result = summarise(args.workdir, source_of, args.heldout_within_groups,
-                           args.source_column)
+        # the default column is HAM10000's source; any other groups by something else
+        column = args.source_column if (args.metadata_csv and args.source_column
+                                        != p.get_default("source_column")) else ""
+        result = summarise(args.workdir, source_of, args.heldout_within_groups, column)
     except (protocol.ProtocolError, OSError, KeyError, ValueError) as e:
         print(f"within_source: {e}", file=sys.stderr)
         return 2

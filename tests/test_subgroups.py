@@ -108,24 +108,30 @@ def test_metadata_csv_keeps_every_column_no_flag_names(tmp_path, images):
 def test_legacy_sidecar_gives_its_skin_type_and_how_the_diagnosis_was_confirmed(tmp_path,
                                                                                 images):
     root = lb.build_legacy_json(tmp_path / "legacy", images[:3])
-    for image, confirmed in ((images[0], " histopathology"), (images[1], None)):
+    for image, confirmed in ((images[0], " histopathology"), (images[1], None),
+                             (images[2], "x" * 1025)):  # over the extras' 1 KiB: left out
         sidecar = root / image.sidecar_path.name
         sidecar.unlink()  # a copy, not the shared file
         data = json.loads(image.sidecar_path.read_text(encoding="utf-8"))
-        data["meta"]["clinical"].update(fitzpatrick_skin_type="iii",
-                                        diagnosis_confirm_type=confirmed)
+        data["meta"]["clinical"]["diagnosis_confirm_type"] = confirmed
+        if image is images[0]:
+            data["meta"]["clinical"]["fitzpatrick_skin_type"] = "iii"
         sidecar.write_text(json.dumps(data), encoding="utf-8")
-    records = {r.image_id: r for r in read_layout(str(root)).records}
+    result = read_layout(str(root))
+    records = {r.image_id: r for r in result.records}
+    assert result.counters["extra_value_too_long"] == 1
     assert records[images[0].image_id].fitzpatrick_skin_type == "III"
-    assert records[images[2].image_id].fitzpatrick_skin_type == ""
+    assert records[images[1].image_id].fitzpatrick_skin_type == ""
     assert records[images[0].image_id].extra_metadata == (
         ("diagnosis_confirm_type", "histopathology"),)
     assert records[images[1].image_id].extra_metadata == ()  # null: nothing kept
+    assert records[images[2].image_id].extra_metadata == ()
 
 
 @pytest.fixture(scope="module")
 def engine_runs(tmp_path_factory, images):
-    """The engine on one isic-cli download with the columns, and on legacy JSON without them."""
+    """The engine on one isic-cli download with the columns, and on legacy JSON without them
+    (its one extra, diagnosis_confirm_type, where the real sidecar has one)."""
     base = tmp_path_factory.mktemp("subgroups")
     with_columns = lb.build_isic_cli(base / "cli", images)
     _add_columns(with_columns / "metadata.csv", "isic_id", EXTRA)

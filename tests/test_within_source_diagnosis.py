@@ -171,9 +171,12 @@ def test_heldout_images_are_scored_within_each_group_of_another_column(tmp_path,
     for i in range(6):
         confirmed[f"c_follow_up{i}"] = "follow_up"
         heldout.append(f"c_follow_up{i},train,{int(i < 2)},{0.9 if i < 2 else 0.1}")
+    # seed 1 ranks c's follow-up images backwards: 0 there, so the seeds' mean is 0.5
+    backwards = [line.replace(",0.9", ",0.05") if "c_follow_up" in line else line
+                 for line in heldout]
     for k in range(2):
         run = workdir / "runs" / "c" / f"seed_{k}" / "protocol"
-        for name, lines in (("in_source", in_source), ("heldout", heldout)):
+        for name, lines in (("in_source", in_source), ("heldout", backwards if k else heldout)):
             (run / name).mkdir(parents=True)
             (run / name / "predictions.csv").write_text("\n".join(lines) + "\n")
     (workdir / "protocol.json").write_text(json.dumps({
@@ -183,13 +186,17 @@ def test_heldout_images_are_scored_within_each_group_of_another_column(tmp_path,
                                      column="dx_type")
     row = result["rows"]["c"]
     assert row["within_source_validation_auc"] == {"follow_up": 1.0, "histo": 1.0}
-    assert row["heldout_within_auc"] == {"follow_up": 1.0, "histo": pytest.approx(4 / 9)}
+    assert row["heldout_within_auc"] == {"follow_up": 0.5, "histo": pytest.approx(4 / 9)}
     assert 4 / 9 == pytest.approx(roc_auc_score([1, 1, 1, 0, 0, 0], histo_scores))
-    assert result["heldout_within_groups"] == "dx_type"
+    assert result["heldout_within_groups"] and result["group_column"] == "dx_type"
     table = within_source.markdown(result)
-    assert "| held out, within each dx_type value |" in table
-    assert "| 0.700 | follow_up 1.000, histo 0.444 |" in table
-    assert "heldout_within_auc" not in within_source.summarise(str(workdir), confirmed)["rows"]["c"]
+    assert "| within each dx_type value | mean within | held-out AUC | held out, within each " \
+        "dx_type value |" in table
+    assert "| 0.700 | follow_up 0.500, histo 0.444 |" in table
+    in_source_only = within_source.summarise(str(workdir), confirmed, column="dx_type")
+    assert "heldout_within_auc" not in in_source_only["rows"]["c"]
+    assert "| within each dx_type value | mean within | held-out AUC |\n" in \
+        within_source.markdown(in_source_only)
     with pytest.raises(SystemExit):
         within_source.main([f"--workdir={workdir}", "--heldout_within_groups"])
     assert "--heldout_within_groups needs --metadata_csv" in capsys.readouterr().err

@@ -11,8 +11,8 @@ from isicflow.metadata import BENIGN, MALIGNANT, UNKNOWN
 
 from isicflow import fileio
 from beam_jobs.layouts.assemble import CONFLICTING_LABELS, INVALID_ID, MALFORMED_METADATA, Entry
-from beam_jobs.layouts.common import (Scan, clean_text, image_stem, parse_age, parse_fitzpatrick,
-                                      parse_sex, strip_suffixes)
+from beam_jobs.layouts.common import (Scan, _extra_cells, clean_text, image_stem, parse_age,
+                                      parse_fitzpatrick, parse_sex, strip_suffixes)
 from beam_jobs.layouts.labels import label_from_text
 
 
@@ -82,9 +82,13 @@ def _sidecar_entry(path: str, root: str, counters) -> Entry:
         skin = parse_fitzpatrick(clinical["fitzpatrick_skin_type"], counters)
         if skin:
             entry.fields["fitzpatrick_skin_type"] = skin
-    confirmed = clean_text(clinical.get("diagnosis_confirm_type"))
-    if confirmed:  # the one extra a sidecar gives (no table here): a subgroup for evaluation
-        entry.fields["extra_metadata"] = (("diagnosis_confirm_type", confirmed),)
+    confirmed = clinical.get("diagnosis_confirm_type")
+    # the one extra a sidecar gives (no table here), under the tables' length rule: a subgroup
+    # for evaluation (isicflow.metadata.diagnosis_confirmation)
+    extra = () if confirmed is None else _extra_cells(
+        [str(confirmed)], [(0, "diagnosis_confirm_type")], counters)
+    if extra:
+        entry.fields["extra_metadata"] = extra
     return entry
 
 
