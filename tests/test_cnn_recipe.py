@@ -88,22 +88,39 @@ def test_gaussian_blur_keeps_flat_images_and_the_mean_and_smooths_noise():
     assert abs(blurred.mean() - noise.numpy().mean()) < 0.01
 
 
-def test_camera_photometry_survives_the_models_colour_constancy():
-    """Shades of grey divides out per-channel gains; camera's per-channel gamma, contrast and
-    saturation must still vary the colour it passes on, more than dermoscopy's mild jitter."""
+def _lesion_tint_spread(augmentation: str, views: int = 24) -> float:
+    """How much the lesion's tint relative to the skin varies over augmented views, after the
+    model's shades-of-grey layer: sd over views of log(R/G) of the darkest pixels minus that
+    of the brightest. Per-channel gains cancel in it (and in the layer); tone curves do not."""
     from trainer.cnn.color_constancy import ShadesOfGrey
 
-    rng = np.random.default_rng(0)
-    smooth = np.clip(0.55 + 0.15 * rng.standard_normal((SIZE, SIZE, 3)), 0, 1)
-    image = tf.image.convert_image_dtype(tf.constant(smooth, tf.float32), tf.uint8)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    lesion = (yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 < (SIZE / 5) ** 2
+    two_tone = np.where(lesion[..., None], [0.35, 0.2, 0.15], [0.85, 0.6, 0.55])
+    image = tf.constant(np.round(two_tone * 255), tf.uint8)
+    batch = tf.stack([ip.preprocess_for_train(image, augment=True, seed=[5, i],
+                                              augmentation=augmentation)
+                      for i in range(views)])
+    tints = []
+    for view in ShadesOfGrey()(batch).numpy().reshape(views, -1, 3):
+        order = np.argsort(view.sum(axis=1))
+        dark, bright = view[order[:20]].mean(axis=0), view[order[-200:]].mean(axis=0)
+        tints.append(np.log(dark[0] / dark[1]) - np.log(bright[0] / bright[1]))
+    return float(np.std(tints))
 
-    def spread(augmentation):
-        views = tf.stack([ip.preprocess_for_train(image, augment=True, seed=[5, i],
-                                                  augmentation=augmentation)
-                          for i in range(24)])
-        grey = ShadesOfGrey()(views).numpy()
-        return grey.std(axis=(1, 2)).std(axis=0).mean()  # how much each view's contrast varies
-    assert spread("camera") > 2 * spread("dermoscopy")
+
+def test_camera_varies_what_the_models_colour_constancy_cannot_undo(monkeypatch):
+    assert _lesion_tint_spread("camera") > 2 * _lesion_tint_spread("dermoscopy")
+    # saturation dominates that spread; with it, contrast, brightness, the shared gamma and
+    # hue held still, the per-channel gamma alone must move the tint (a per-channel gain
+    # would not: it cancels in the measure, as in the layer)
+    for name, still in (("CAMERA_SATURATION_RANGE", (1.0, 1.0001)), ("CAMERA_LOG_GAMMA", 0.0),
+                        ("CAMERA_CONTRAST_RANGE", (1.0, 1.0001)), ("DERMOSCOPY_HUE_DELTA", 0.0),
+                        ("CAMERA_BRIGHTNESS_DELTA", 0.0)):
+        monkeypatch.setattr(augmentations, name, still)
+    channel_gamma = _lesion_tint_spread("camera")
+    monkeypatch.setattr(augmentations, "CAMERA_LOG_CHANNEL_GAMMA", 0.0)
+    assert channel_gamma > 3 * _lesion_tint_spread("camera")
 
 
 def test_rotation_by_a_quarter_turn_matches_rot90():

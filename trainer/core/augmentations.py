@@ -58,6 +58,17 @@ def rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
         fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
 
 
+def _flips_crop_rotation(image: tf.Tensor, seeds, area_range) -> tf.Tensor:
+    """The geometry every augmentation here shares: both flips, a random resized crop of
+    area_range of the area, a rotation by any angle (reflect fill); seeds[0:7]."""
+    import tensorflow as tf
+
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
+    image = _random_resized_crop(image, seeds[2:6], area_range)
+    return rotate(image, tf.random.stateless_uniform([], seeds[6], 0.0, 2.0 * math.pi))
+
+
 def dermoscopy_augment(image: tf.Tensor, seed) -> tf.Tensor:
     """float [S,S,3] in [0, 1] -> the same shape in [0, 1]: both flips, a random resized crop
     (CROP_AREA_RANGE of the area, aspect 3/4..4/3), a rotation by any angle (reflect fill),
@@ -65,11 +76,7 @@ def dermoscopy_augment(image: tf.Tensor, seed) -> tf.Tensor:
     import tensorflow as tf
 
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=11)
-    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
-    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
-    image = _random_resized_crop(image, seeds[2:6])
-    angle = tf.random.stateless_uniform([], seeds[6], 0.0, 2.0 * math.pi)
-    image = rotate(image, angle)
+    image = _flips_crop_rotation(image, seeds, CROP_AREA_RANGE)
     image = tf.image.stateless_random_hue(image, DERMOSCOPY_HUE_DELTA, seeds[7])
     image = tf.image.stateless_random_saturation(image, *DERMOSCOPY_SATURATION_RANGE, seeds[8])
     image = tf.image.stateless_random_brightness(image, DERMOSCOPY_BRIGHTNESS_DELTA, seeds[9])
@@ -115,10 +122,7 @@ def camera_augment(image: tf.Tensor, seed) -> tf.Tensor:
     import tensorflow as tf
 
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=15)
-    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
-    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
-    image = _random_resized_crop(image, seeds[2:6], CAMERA_CROP_AREA_RANGE)
-    image = rotate(image, tf.random.stateless_uniform([], seeds[6], 0.0, 2.0 * math.pi))
+    image = _flips_crop_rotation(image, seeds, CAMERA_CROP_AREA_RANGE)
     side = image.shape[0]
     if side is None:
         raise ValueError("camera_augment needs an image of static size (the blur kernel)")
@@ -228,10 +232,7 @@ def contrastive_augment(image: tf.Tensor, seed) -> tf.Tensor:
     import tensorflow as tf
 
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=13)
-    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
-    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
-    image = _random_resized_crop(image, seeds[2:6], CONTRASTIVE_CROP_AREA_RANGE)
-    image = rotate(image, tf.random.stateless_uniform([], seeds[6], 0.0, 2.0 * math.pi))
+    image = _flips_crop_rotation(image, seeds, CONTRASTIVE_CROP_AREA_RANGE)
     # each step clipped to [0, 1] before the next, as SimCLR's colour jitter does (the hue step
     # goes through HSV, which assumes it)
     jittered = tf.clip_by_value(tf.image.stateless_random_brightness(
