@@ -33,36 +33,26 @@ def _image(seed=0):
 
 # ---------------------------------------------------------------- dermoscopy augmentation
 
-def test_dermoscopy_augmentation_is_seeded_in_range_and_differs_from_the_study():
+@pytest.mark.parametrize("augmentation, other", [("dermoscopy", "study"),
+                                                  ("camera", "dermoscopy")])
+def test_an_augmentation_is_seeded_in_range_and_differs_from_the_milder_one(augmentation,
+                                                                           other):
     image = _image()
-    derm = [ip.preprocess_for_train(image, augment=True, seed=[3, i],
-                                    augmentation="dermoscopy").numpy() for i in range(4)]
-    assert all(d.shape == (SIZE, SIZE, 3) and d.dtype == np.float32 for d in derm)
-    assert all(0.0 <= d.min() and d.max() <= 1.0 for d in derm)
-    np.testing.assert_array_equal(derm[2], ip.preprocess_for_train(
-        image, augment=True, seed=[3, 2], augmentation="dermoscopy").numpy())
-    assert not np.allclose(derm[0], derm[1])
-    study = ip.preprocess_for_train(image, augment=True, seed=[3, 0]).numpy()
-    assert not np.allclose(derm[0], study, atol=1e-3)
+    views = [ip.preprocess_for_train(image, augment=True, seed=[3, i],
+                                     augmentation=augmentation).numpy() for i in range(4)]
+    assert all(v.shape == (SIZE, SIZE, 3) and v.dtype == np.float32 for v in views)
+    assert all(0.0 <= v.min() and v.max() <= 1.0 for v in views)
+    np.testing.assert_array_equal(views[2], ip.preprocess_for_train(
+        image, augment=True, seed=[3, 2], augmentation=augmentation).numpy())
+    assert not np.allclose(views[0], views[1])
+    milder = ip.preprocess_for_train(image, augment=True, seed=[3, 0],
+                                     augmentation=other).numpy()
+    assert not np.allclose(views[0], milder, atol=1e-3)
     plain = ip.preprocess_for_train(image, augment=False, seed=[3, 0],
-                                    augmentation="dermoscopy").numpy()
+                                    augmentation=augmentation).numpy()
     np.testing.assert_allclose(plain, image.numpy() / 255.0, atol=1e-6)
     with pytest.raises(ValueError, match="'rgb'"):
         ip.preprocess_for_train(image, augment=True, seed=[3, 0], augmentation="rgb")
-
-
-def test_camera_augmentation_is_seeded_in_range_and_differs_from_dermoscopy():
-    image = _image()
-    camera = [ip.preprocess_for_train(image, augment=True, seed=[3, i],
-                                      augmentation="camera").numpy() for i in range(4)]
-    assert all(c.shape == (SIZE, SIZE, 3) and c.dtype == np.float32 for c in camera)
-    assert all(0.0 <= c.min() and c.max() <= 1.0 for c in camera)
-    np.testing.assert_array_equal(camera[2], ip.preprocess_for_train(
-        image, augment=True, seed=[3, 2], augmentation="camera").numpy())
-    assert not np.allclose(camera[0], camera[1])
-    derm = ip.preprocess_for_train(image, augment=True, seed=[3, 0],
-                                   augmentation="dermoscopy").numpy()
-    assert not np.allclose(camera[0], derm, atol=1e-3)
 
 
 def test_camera_augmentation_in_a_dataset_map_and_its_blur_needs_a_static_side():
