@@ -198,7 +198,7 @@ def parse_fitzpatrick(value, counters: collections.Counter) -> str:
     return text
 
 
-def _extra_cells(cells: list[str], picks: list[tuple[int, str]],
+def extra_cells(cells: list[str], picks: list[tuple[int, str]],
                  counters: collections.Counter) -> tuple:
     """(column, cleaned value) of the extra columns that have a value of at most
     EXTRA_VALUE_MAX_BYTES (longer ones are counted and left out)."""
@@ -300,7 +300,7 @@ def read_csv(path: str, counters: collections.Counter, keep: Optional[set] = Non
             problem = "" if len(cells) == width else f"{len(cells)} cells where the header has {width}"
             row = {name: cells[i] for i, name in picks if i < len(cells)}
             if extra_picks and not problem:
-                row[EXTRA_KEY] = _extra_cells(cells, extra_picks, counters)
+                row[EXTRA_KEY] = extra_cells(cells, extra_picks, counters)
             rows.append((line, row, problem))
     if header is None:
         raise ValueError(f"{path}: empty CSV (no header line)")

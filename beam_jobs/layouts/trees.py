@@ -11,7 +11,7 @@ from isicflow.metadata import BENIGN, MALIGNANT, UNKNOWN
 
 from isicflow import fileio
 from beam_jobs.layouts.assemble import CONFLICTING_LABELS, INVALID_ID, MALFORMED_METADATA, Entry
-from beam_jobs.layouts.common import (Scan, _extra_cells, clean_text, image_stem, parse_age,
+from beam_jobs.layouts.common import (Scan, clean_text, extra_cells, image_stem, parse_age,
                                       parse_fitzpatrick, parse_sex, strip_suffixes)
 from beam_jobs.layouts.labels import label_from_text
 
@@ -85,7 +85,7 @@ def _sidecar_entry(path: str, root: str, counters) -> Entry:
     confirmed = clinical.get("diagnosis_confirm_type")
     # the one extra a sidecar gives (no table here), under the tables' length rule: a subgroup
     # for evaluation (isicflow.metadata.diagnosis_confirmation)
-    extra = () if confirmed is None else _extra_cells(
+    extra = () if confirmed is None else extra_cells(
         [str(confirmed)], [(0, "diagnosis_confirm_type")], counters)
     if extra:
         entry.fields["extra_metadata"] = extra
