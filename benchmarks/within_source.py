@@ -115,8 +115,9 @@ def balanced_accuracy_within_sources(ids: Sequence[str], true: np.ndarray, predi
                                      classes: Sequence[str], source_of: dict[str, str]
                                      ) -> dict[str, Any]:
     """{"pooled": balanced accuracy, "sources": {name: {"balanced_accuracy", "images",
-    "classes_counted": {class: images}}}} of a diagnosis evaluation's predicted classes
-    (protocol_diagnosis.read_predictions); each counts the classes present in its images."""
+    "classes_counted": {class: images}, "recall": {class: recall}}}} of a diagnosis
+    evaluation's predicted classes (protocol_diagnosis.read_predictions); each counts the
+    classes present in its images."""
     s = _sources(ids, source_of)
     per = {}
     for name in sorted(set(s)):
@@ -126,7 +127,9 @@ def balanced_accuracy_within_sources(ids: Sequence[str], true: np.ndarray, predi
             per[name] = {"balanced_accuracy": protocol_diagnosis.balanced_accuracy(true[m],
                                                                                  predicted[m]),
                          "images": int(m.sum()),
-                         "classes_counted": {c: int(n) for c, n in zip(classes, support) if n}}
+                         "classes_counted": {c: int(n) for c, n in zip(classes, support) if n},
+                         "recall": {c: float(np.mean(predicted[m][true[m] == i] == i))
+                                    for i, (c, n) in enumerate(zip(classes, support)) if n}}
     return {"pooled": protocol_diagnosis.balanced_accuracy(true, predicted), "sources": per}
 
 
@@ -145,6 +148,14 @@ def mean_over_seeds(scored: Sequence[dict[str, Any]], metric: str) -> dict[str, 
     scored (a group with one class in some seed's rows has no score there)."""
     names = sorted(set.intersection(*(set(x["sources"]) for x in scored)))
     return {n: float(np.mean([x["sources"][n][metric] for x in scored])) for n in names}
+
+
+def mean_recall_over_seeds(scored: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """{group: {class: mean recall}} over several seeds' diagnosis within_sources, for the
+    groups every seed scored and the classes each of those holds."""
+    names = sorted(set.intersection(*(set(x["sources"]) for x in scored)))
+    return {n: {c: float(np.mean([x["sources"][n]["recall"][c] for x in scored]))
+                for c in scored[0]["sources"][n]["recall"]} for n in names}
 
 
 def summarise(workdir: str, source_of: dict[str, str] | None = None,
@@ -177,9 +188,12 @@ def summarise(workdir: str, source_of: dict[str, str] | None = None,
         if "heldout" in run["rows"][held]:  # the protocol's own seed mean, not scored again
             row[f"heldout_{metric}"] = run["rows"][held]["heldout"][metric]["mean"]
             if heldout_within_groups:
-                row[f"heldout_within_{metric}"] = mean_over_seeds(
-                    [within_sources(task, s, source_of, split=None)
-                     for s in protocol.score_outputs(workdir, run, held, "heldout")], metric)
+                outside = [within_sources(task, s, source_of, split=None)
+                           for s in protocol.score_outputs(workdir, run, held, "heldout")]
+                row[f"heldout_within_{metric}"] = mean_over_seeds(outside, metric)
+                if task == "diagnosis":  # which classes a group loses, on each side
+                    row["validation_recall_within"] = mean_recall_over_seeds(inside)
+                    row["heldout_recall_within"] = mean_recall_over_seeds(outside)
         rows[held] = row
     result = {"workdir": workdir, "task": task, "metric": metric, "flags": run["flags"],
               "engine_flags": run["engine_flags"], "seeds": run["seeds"], "rows": rows,
@@ -235,6 +249,18 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {held} | {r[f'pooled_validation_{metric}']:.3f} | {within} | "
                      f"{r[f'mean_within_source_{metric}']:.3f} | {held_score} |"
                      + (f" {held_within} |" if held_split else ""))
+    recall_rows = [(held, group, r["validation_recall_within"][group], recall)
+                   for held, r in result["rows"].items()
+                   for group, recall in r.get("heldout_recall_within", {}).items()
+                   if group in r["validation_recall_within"]]
+    if recall_rows:
+        lines += ["", f"Per-class recall within {groups}: in the training sources' validation "
+                  "split → on the held-out source (mean over seeds; classes both sides hold).",
+                  "", "| held out | group | recall, in source → held out |", "|---|---|---|"]
+        for held, group, inside, outside in recall_rows:
+            cells = ", ".join(f"{c} {inside[c]:.2f} → {outside[c]:.2f}"
+                              for c in outside if c in inside)
+            lines.append(f"| {held} | {group} | {cells} |")
     if result.get("fair_gap"):
         lines += ["", f"Each source against itself: its within-source validation {name} in the "
                   f"rows that trained on it (mean over those rows) and its held-out {name}.", "",

@@ -56,7 +56,8 @@ def test_a_model_that_only_tells_sources_apart_is_at_chance_within_each_source()
                                                                                  "b": 0.5}
     assert result["sources"]["a"]["classes_counted"] == {"nevus": 6, "melanoma": 4}
     assert result["sources"]["b"] == {"balanced_accuracy": 0.5, "images": 10,
-                                      "classes_counted": {"melanoma": 4, "bkl": 6}}
+                                      "classes_counted": {"melanoma": 4, "bkl": 6},
+                                      "recall": {"melanoma": 0.0, "bkl": 1.0}}
     with pytest.raises(protocol.ProtocolError, match=r"1 image ids have no source.*'zz'"):
         within_source.balanced_accuracy_within_sources(ids + ["zz"], np.r_[true, 0],
                                                        np.r_[predicted, 0], CLASSES,
@@ -200,3 +201,39 @@ def test_heldout_images_are_scored_within_each_group_of_another_column(tmp_path,
     with pytest.raises(SystemExit):
         within_source.main([f"--workdir={workdir}", "--heldout_within_groups"])
     assert "--heldout_within_groups needs --metadata_csv" in capsys.readouterr().err
+
+
+def test_diagnosis_recall_within_each_group_in_source_and_held_out(tmp_path):
+    """Grouped by another column (kind x: even ids, y: odd): per-class recall of the training
+    sources' validation rows against the held-out source's rows, mean over seeds, equal to
+    sklearn's recall on each subset."""
+    from sklearn.metrics import recall_score
+
+    workdir, _ = _diagnosis_workdir(tmp_path)
+    kind_of = {i: "xy"[int(i[1:]) % 2] for i in _source_of()} | {"zz_test_only": "z"}
+    held_rows = {0: _rows("a", perfect=True), 1: [(s, i, t, "nevus")
+                                                  for s, i, t, _ in _rows("a", True)]}
+    for k, rows in held_rows.items():
+        _write_scores(workdir / "runs" / "a" / f"seed_{k}" / "protocol" / "heldout", rows)
+        _write_scores(workdir / "runs" / "b" / f"seed_{k}" / "protocol" / "heldout",
+                      _rows("b", perfect=True))
+    result = within_source.summarise(str(workdir), kind_of, heldout_within_groups=True,
+                                     column="kind")
+    row = result["rows"]["a"]
+
+    def expected(rows_per_seed, kind, cls):
+        recalls = []
+        for rows in rows_per_seed:
+            picked = [r for r in rows if r[0] == "validation" and kind_of[r[1]] == kind]
+            true = [r[2] == cls for r in picked]
+            recalls.append(recall_score(true, [r[3] == cls for r in picked]))
+        return pytest.approx(np.mean(recalls))
+    assert row["heldout_recall_within"]["x"] == {
+        "nevus": expected(held_rows.values(), "x", "nevus"),
+        "melanoma": expected(held_rows.values(), "x", "melanoma")}
+    assert row["heldout_recall_within"]["x"]["melanoma"] == 0.5  # seed 0 all, seed 1 none
+    inside = [_rows("bc", perfect=True), _rows("bc", perfect=False)]
+    assert row["validation_recall_within"]["y"]["melanoma"] == expected(inside, "y", "melanoma")
+    table = within_source.markdown(result)
+    assert "| held out | group | recall, in source → held out |" in table
+    assert "| a | x | nevus 1.00 → 1.00, melanoma 0.50 → 0.50 |" in table
