@@ -111,6 +111,14 @@ def auc_within_sources(rows: list[dict[str, str]], source_of: dict[str, str]) ->
     return {"pooled": float(skm.roc_auc_score(y, p)), "sources": per}
 
 
+def _recall_of_present_classes(true: np.ndarray, predicted: np.ndarray,
+                                classes: Sequence[str]) -> dict[str, float]:
+    """{class: sklearn's recall} for the classes present in `true` (class indices)."""
+    present = sorted(set(true.tolist()))
+    recall = skm.recall_score(true, predicted, labels=present, average=None, zero_division=0)
+    return {classes[i]: float(r) for i, r in zip(present, recall)}
+
+
 def balanced_accuracy_within_sources(ids: Sequence[str], true: np.ndarray, predicted: np.ndarray,
                                      classes: Sequence[str], source_of: dict[str, str]
                                      ) -> dict[str, Any]:
@@ -128,8 +136,7 @@ def balanced_accuracy_within_sources(ids: Sequence[str], true: np.ndarray, predi
                                                                                  predicted[m]),
                          "images": int(m.sum()),
                          "classes_counted": {c: int(n) for c, n in zip(classes, support) if n},
-                         "recall": {c: float(np.mean(predicted[m][true[m] == i] == i))
-                                    for i, (c, n) in enumerate(zip(classes, support)) if n}}
+                         "recall": _recall_of_present_classes(true[m], predicted[m], classes)}
     return {"pooled": protocol_diagnosis.balanced_accuracy(true, predicted), "sources": per}
 
 
@@ -143,19 +150,24 @@ def within_sources(task: str, output: str, source_of: dict[str, str],
     return auc_within_sources(_predictions(output, split), source_of)
 
 
+def _groups_every_seed_scored(scored: Sequence[dict[str, Any]]) -> list[str]:
+    """A group with one class in some seed's rows has no score there: left out."""
+    return sorted(set.intersection(*(set(x["sources"]) for x in scored)))
+
+
 def mean_over_seeds(scored: Sequence[dict[str, Any]], metric: str) -> dict[str, float]:
     """{group: mean metric} over several seeds' within_sources, for the groups every seed
-    scored (a group with one class in some seed's rows has no score there)."""
-    names = sorted(set.intersection(*(set(x["sources"]) for x in scored)))
-    return {n: float(np.mean([x["sources"][n][metric] for x in scored])) for n in names}
+    scored."""
+    return {n: float(np.mean([x["sources"][n][metric] for x in scored]))
+            for n in _groups_every_seed_scored(scored)}
 
 
 def mean_recall_over_seeds(scored: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """{group: {class: mean recall}} over several seeds' diagnosis within_sources, for the
     groups every seed scored and the classes each of those holds."""
-    names = sorted(set.intersection(*(set(x["sources"]) for x in scored)))
     return {n: {c: float(np.mean([x["sources"][n]["recall"][c] for x in scored]))
-                for c in scored[0]["sources"][n]["recall"]} for n in names}
+                for c in scored[0]["sources"][n]["recall"]}
+            for n in _groups_every_seed_scored(scored)}
 
 
 def summarise(workdir: str, source_of: dict[str, str] | None = None,
