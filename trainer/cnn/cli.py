@@ -135,6 +135,12 @@ def define_flags() -> None:
                        "pushing the features to carry no clinic information "
                        "(trainer.core.source_adversary); 0 = off. Validation, evaluation and "
                        "the export use the plain image model.")
+    flags.DEFINE_string("confirmation_weights", "", "How often training draws a record by how "
+                        "its diagnosis was confirmed (the record's diagnosis_confirm_type or "
+                        "HAM10000 dx_type), e.g. follow_up:0.25 draws nevi followed up by "
+                        "serial imaging a quarter as often as the class's other records; every "
+                        "class keeps its share, so class weights stay right "
+                        "(trainer.core.confirmation_mix); epochs keep their length.")
     flags.DEFINE_enum("class_balance", "none", list(config_lib.CLASS_BALANCE_MODES),
                       "Imbalanced data: class_weights (loss weights n/(2 n_c)) or sampling "
                       "(50/50 batches).")

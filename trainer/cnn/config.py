@@ -47,6 +47,7 @@ class TrainConfig(RunConfig):
     source_label_independence: str = "none"  # draw (source, label) at w_source x P(label)
     source_logit_adjustment: bool = False  # train with each source's prior log-odds offset
     source_adversary_weight: float = 0.0  # DANN against the source; 0 = off (source_adversary)
+    confirmation_weights: str = ""    # draw rate by diagnosis confirmation (confirmation_mix)
     monitor: str = "val_accuracy"
     early_stopping_patience: int = 0  # 0 = off
     verbose: int = 1
@@ -90,6 +91,16 @@ class Rule:
 def _one_of(field: str, choices: tuple[str, ...]) -> Rule:
     return Rule((field,), lambda c: getattr(c, field) in choices,
                 f"must be one of {', '.join(choices)}")
+
+
+def _confirmation_factors(c) -> dict[str, float] | None:
+    """c.confirmation_weights parsed (trainer.core.confirmation_mix), None when malformed."""
+    from trainer.core import confirmation_mix
+
+    try:
+        return confirmation_mix.parse_factors(c.confirmation_weights)
+    except (ValueError, AttributeError):
+        return None
 
 
 def _metadata_fields(c) -> tuple[str, ...] | None:
@@ -188,6 +199,17 @@ RULES: tuple[Rule, ...] = (
          "--class_balance=sampling, no --synthetic_data (it samples each (source, label) "
          "group of the real records itself) and no --source_logit_adjustment (its offsets "
          "are the stored base rates, which this stream no longer shows)"),
+    Rule(("confirmation_weights",), lambda c: _confirmation_factors(c) is not None,
+         "want CONFIRMATION:FACTOR[,...] with factors > 0, e.g. follow_up:0.25 (HAM10000's "
+         "dx_type codes or the archive's diagnosis_confirm_type words)"),
+    Rule(("confirmation_weights", "source_balance", "source_batches", "class_balance",
+          "source_label_independence", "synthetic_data"),
+         lambda c: not c.confirmation_weights or not (
+             c.source_balance or c.source_batches or c.class_balance == "sampling"
+             or c.source_label_independence != "none" or c.synthetic_data),
+         "--confirmation_weights draws each (class, confirmation) group of the real training "
+         "records itself: it needs no --source_balance, --source_batches, "
+         "--class_balance=sampling, --source_label_independence or --synthetic_data"),
     Rule(("source_logit_adjustment", "task", "use_metadata", "mixup_alpha", "cutmix_alpha",
           "synthetic_data"),
          lambda c: not c.source_logit_adjustment or (

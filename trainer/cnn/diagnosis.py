@@ -26,7 +26,7 @@ from isicflow.diagnosis import normalise_diagnosis
 from trainer.cnn.constants import (CLASSES_NAME, EVAL_SPLITS, PLOTS_DIR, REPORT_JSON,  # noqa: F401
                                    REPORT_MD)
 from trainer.cnn import tta as tta_lib
-from trainer.core import metadata_features
+from trainer.core import confirmation_mix as confirmation_mix_lib, metadata_features
 
 OTHER = "other"
 UNKNOWN = "unknown"
@@ -206,7 +206,8 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                  metadata_encoding: int = metadata_features.ENCODING_VERSION,
                  image_ids: bool = False, balance_sources: bool = False,
                  metadata_fields: Sequence[str] = metadata_features.FIELDS,
-                 one_source_batches: bool = False, balance_classes: bool = False):
+                 one_source_batches: bool = False, balance_classes: bool = False,
+                 confirmation_mix: confirmation_mix_lib.ConfirmationMix | None = None):
     """(images [B,S,S,3] float32 in [0, 1] (uint8 with as_uint8), class index int32 [B]) of the
     split's records in the task; the binary pipeline's reading, parse, decode, augmentation.
     use_metadata: the input is (images, metadata features by encoding metadata_encoding, with
@@ -220,7 +221,9 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     with balance_sources), as the binary pipeline's; infinite. balance_classes (training):
     each class of the mapping is one repeated stream, drawn with equal probability (a
     class-conditional GAN's equal share of updates per class); infinite; every class must have
-    a record in the split."""
+    a record in the split. confirmation_mix (training; trainer.core.confirmation_mix.plan of
+    the split's classes): one repeated stream per (class, diagnosis confirmation) group at the
+    mix's shares, as the binary pipeline's; infinite."""
     import tensorflow as tf
 
     from isicflow import schema
@@ -260,12 +263,18 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     def class_of_record(serialized):  # the label alone, so a class's stream decodes its own
         return table.lookup(tf.io.parse_single_example(serialized, label_spec)["diagnosis"])
 
-    def stream(stream_seed: int, source: str | None = None, class_index: int | None = None):
+    group_of = (confirmation_mix_lib.group_lookup(confirmation_mix)
+                if confirmation_mix is not None else None)
+
+    def stream(stream_seed: int, source: str | None = None, class_index: int | None = None,
+               group: int | None = None):
         records = ip.shard_records(paths, manifest,
                                    shuffle_seed=stream_seed if training else None,
                                    deterministic=True if not training else None)
         if source is not None:
             records = records.filter(lambda s: tf.equal(ip.source_of(s), source))
+        if group is not None:
+            records = records.filter(lambda s: tf.equal(group_of(s), group))
         if class_index is not None:
             records = records.filter(lambda s: tf.equal(class_of_record(s), class_index))
         if training and not cache:
@@ -273,8 +282,8 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                                       reshuffle_each_iteration=True)
         ds = records.map(parse, num_parallel_calls=ip.AUTOTUNE)
         ds = ds.filter(lambda image, label: (label[0] if image_ids else label) >= 0)
-        if source is None and class_index is None:  # the count is known: Keras then knows
-            # the epoch length
+        if source is None and class_index is None and group is None:  # the count is known:
+            # Keras then knows the epoch length
             ds = ds.apply(tf.data.experimental.assert_cardinality(kept))
         if cache == "memory":
             ds = ds.cache()
@@ -284,7 +293,9 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                 if use_metadata and metadata_fields != metadata_features.FIELDS else "") + (
                 "-ids" if image_ids else "") + (
                 f"-source{ip._digest(source)}" if source is not None else "") + (
-                f"-class{class_index}" if class_index is not None else "")
+                f"-class{class_index}" if class_index is not None else "") + (
+                f"-confirmation{ip._digest(confirmation_mix.groups)}-{group}"
+                if group is not None else "")
             # the classes too: another mapping labels (and, per class, keeps) other records
             ds = ds.cache(f"{cache}-{image_size}-{split}-diagnosis{suffix}-"
                           f"{ip._digest(manifest)}-{ip._digest(dict(mapping))}")
@@ -312,6 +323,11 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
         if empty:
             raise ValueError(f"balance_classes: split {split!r} of {data_dir} holds no record "
                              f"of {empty} (records per class {counts})")
+    if confirmation_mix is not None and (not training or balance_sources
+                                         or one_source_batches or balance_classes):
+        raise ValueError(f"confirmation_mix needs training=True (got {training}) and no other "
+                         f"mix: balance_sources {balance_sources}, one_source_batches "
+                         f"{one_source_batches}, balance_classes {balance_classes}")
     if one_source_batches:
         return ip.finish(ip.per_source_mix(
             sources,
@@ -327,6 +343,10 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
         ds = ip.sample_streams([stream(seed + 13 * index, class_index=index).repeat()
                                 for index in range(len(mapping["classes"]))],
                                [1.0] * len(mapping["classes"]), seed + 2)
+    elif confirmation_mix is not None:
+        ds = ip.sample_streams([stream(seed + 11 * i, group=i).repeat()
+                                for i in range(len(confirmation_mix.groups))],
+                               list(confirmation_mix.shares), seed + 2)
     else:
         ds = stream(seed)
         if repeat:

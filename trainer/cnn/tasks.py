@@ -23,10 +23,11 @@ from trainer.cnn.data import DataError
 class Task(Protocol):
     name: str
     manifest: Mapping[str, Any]
+    confirmation: Any  # --confirmation_weights' ConfirmationMix of train (prepare), or None
 
     def prepare(self, c: TrainConfig) -> None:
-        """Fixes what the run keeps (the diagnosis classes); DataError when the data cannot
-        give it. Runs before the training loop makes the run folder."""
+        """Fixes what the run keeps (the diagnosis classes, the confirmation mix); DataError
+        when the data cannot give it. Runs before the training loop makes the run folder."""
 
     def datasets(self, c: TrainConfig, strategy) -> tuple[Any, Any, int, int]:
         """(train, validation, steps per epoch, training images) for fit."""
@@ -77,6 +78,29 @@ def float_input(c: TrainConfig) -> bool:
     return c.augment or bool(c.mixup_alpha or c.cutmix_alpha)
 
 
+def plan_confirmation_mix(c: TrainConfig, manifest: Mapping[str, Any], class_field: str,
+                          class_of) -> Any:
+    """--confirmation_weights' mix of train (trainer.core.confirmation_mix), None without the
+    flag; DataError when train cannot give it (a named confirmation no record has)."""
+    if not c.confirmation_weights:
+        return None
+    from absl import logging
+
+    from trainer.core import confirmation_mix
+
+    try:
+        mix = confirmation_mix.plan_for_split(
+            c.data_dir, "train", c.image_size,
+            confirmation_mix.parse_factors(c.confirmation_weights), class_field, class_of,
+            manifest=dict(manifest))
+    except ValueError as e:
+        raise DataError(f"--confirmation_weights={c.confirmation_weights} with --data_dir="
+                        f"{c.data_dir}: {e}") from None
+    logging.info("--confirmation_weights: share of the training stream by class/confirmation "
+                 "%s", mix.summary())
+    return mix
+
+
 def _resize_mode(manifest: Mapping[str, Any]) -> str:
     return manifest.get("resize_mode", "squash")
 
@@ -96,6 +120,7 @@ class BinaryTask:
 
     manifest: Mapping[str, Any]
     name: str = "binary"
+    confirmation: Any = None
 
     def train_counts(self, c: TrainConfig) -> dict[str, int]:
         from isicflow import dataset as dataset_lib
@@ -113,7 +138,7 @@ class BinaryTask:
                                   c.image_size, classes=c.synthetic_classes.split(","))
 
     def prepare(self, c: TrainConfig) -> None:
-        pass
+        self.confirmation = plan_confirmation_mix(c, self.manifest, "label", int)
 
     def source_offsets(self, c: TrainConfig) -> dict[str, float] | None:
         """Under --source_logit_adjustment, {source: offset} of train
@@ -143,7 +168,8 @@ class BinaryTask:
         n_train = counts.get("benign", 0) + counts.get("malignant", 0) + (
             mix.total if mix else 0)
         steps = _steps(c, n_train, infinite=c.class_balance == "sampling" or c.source_balance
-                       or c.source_batches or c.source_label_independence != "none")
+                       or c.source_batches or c.source_label_independence != "none"
+                       or self.confirmation is not None)
         common = _common(c, float_input(c), self.manifest)
         offsets = self.source_offsets(c)
         names = self.source_names(c)
@@ -160,7 +186,8 @@ class BinaryTask:
             cutmix_alpha=c.cutmix_alpha, balance_classes=c.class_balance == "sampling",
             synthetic=mix, drop_remainder=strategy.num_replicas_in_sync > 1,
             balance_sources=c.source_balance, source_offsets=offsets, source_names=names,
-            source_label_weights=groups, one_source_batches=c.source_batches, **common)
+            source_label_weights=groups, one_source_batches=c.source_batches,
+            confirmation_mix=self.confirmation, **common)
         validation = input_pipeline.make_dataset(  # the plain image model: offset 0, no source
             c.data_dir, "validation", training=False,
             source_offsets=None if offsets is None else {},
@@ -240,6 +267,7 @@ class DiagnosisTask:
     mapping: dict[str, Any] | None = None
     name: str = "diagnosis"
     records: dict[str, int] = dataclasses.field(default_factory=dict)  # in the task, per split
+    confirmation: Any = None
 
     def prepare(self, c: TrainConfig) -> None:
         """The classes, fixed once from train; a resumed run keeps its own."""
@@ -260,6 +288,8 @@ class DiagnosisTask:
                 raise DataError(f"--data_dir={c.data_dir}: the {split} split holds no record "
                                 f"of the classes {self.mapping['classes']} at {c.image_size}px "
                                 f"({excluded} of unknown diagnosis)")
+        self.confirmation = plan_confirmation_mix(
+            c, self.manifest, "diagnosis", lambda raw: diagnosis.class_of(self.mapping, raw))
         diagnosis.write_mapping(c.workdir, self.mapping)  # makes the run folder
 
     def _dataset(self, c: TrainConfig, split: str, **kwargs):
@@ -280,10 +310,12 @@ class DiagnosisTask:
                               augmentation=c.augmentation,
                               drop_remainder=strategy.num_replicas_in_sync > 1,
                               balance_sources=c.source_balance,
-                              one_source_batches=c.source_batches, **common)
+                              one_source_batches=c.source_batches,
+                              confirmation_mix=self.confirmation, **common)
         validation = self._dataset(c, "validation", training=False, **common)
         return train, validation, _steps(c, n_train, infinite=c.source_balance
-                                         or c.source_batches), n_train
+                                         or c.source_batches
+                                         or self.confirmation is not None), n_train
 
     def sample_dataset(self, c: TrainConfig):
         return self._dataset(c, "train", image_size=c.image_size, batch_size=4, training=True,

@@ -480,6 +480,8 @@ def _train(c: TrainConfig, extra_callbacks, manifest, strategy, out_dir: str,
         summary["source_logit_offsets"] = offsets
     if groups is not None:
         summary["source_label_independence"] = groups
+    if task.confirmation is not None:
+        summary["confirmation_weights"] = task.confirmation.summary()
     if sources is not None:
         summary["source_adversary"] = {"weight": c.source_adversary_weight, "sources": sources}
     run_folder.write_json(os.path.join(c.workdir, "train_summary.json"), summary)  # NaN -> null

@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from isicflow import dataset as dataset_lib, reader, schema
-from trainer.core import augmentations, synthetic_mix
+from trainer.core import augmentations, confirmation_mix as confirmation_mix_lib, synthetic_mix
 from trainer.core.metadata_features import ENCODING_VERSION, FIELDS, check_fields
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -440,7 +440,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                  source_offsets: Mapping[str, float] | None = None,
                  source_names: Sequence[str] | None = None,
                  source_label_weights: Mapping[tuple[str, int], float] | None = None,
-                 one_source_batches: bool = False) -> tf.data.Dataset:
+                 one_source_batches: bool = False,
+                 confirmation_mix: confirmation_mix_lib.ConfirmationMix | None = None
+                 ) -> tf.data.Dataset:
     """Streams one split as (images float32 [B,S,S,3] in value_range, labels float32 [B]).
 
     augmentation: which augmentation `augment` means (augmentations.AUGMENTATIONS).
@@ -462,6 +464,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     the split, or equally with balance_sources): batch norm then normalises each batch by one
     clinic's statistics, as it will at a new clinic adapted without labels
     (trainer.cnn.adapt_batchnorm). Infinite.
+    confirmation_mix (training, binary only; trainer.core.confirmation_mix.plan of this split):
+    one repeated stream per (class, diagnosis confirmation) group at the mix's shares:
+    infinite.
     as_uint8 (no augmentation, value_range (0, 1)) yields the uint8 batches as stored, for a
     model that rescales them itself (train.with_uint8_input): 4x fewer bytes to the device and
     no float conversion on the input threads.
@@ -535,16 +540,32 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                          f"{balance_classes}), no synthetic records (got "
                          f"{synthetic is not None}) and no source_label_weights (got "
                          f"{source_label_weights is not None})")
+    if confirmation_mix is not None and (
+            not training or labels != "binary" or balance_classes or balance_sources
+            or source_label_weights is not None or one_source_batches
+            or synthetic is not None):
+        raise ValueError(f"confirmation_mix needs training=True (got {training}), "
+                         f"labels='binary' (got {labels!r}) and no other mix: balance_classes "
+                         f"{balance_classes}, balance_sources {balance_sources}, "
+                         f"source_label_weights {source_label_weights is not None}, "
+                         f"one_source_batches {one_source_batches}, synthetic records "
+                         f"{synthetic is not None}")
     if balance_classes and (not training or labels != "binary"):
         raise ValueError("balance_classes needs training=True and labels='binary'")
     counts = info.get("counts", {})
     if balance_classes and not (counts.get("benign", 0) and counts.get("malignant", 0)):
         raise ValueError(f"balance_classes needs both classes in {split!r}; counts {counts}")
 
-    def stream(label_filter=None, stream_seed=seed, source=None) -> tf.data.Dataset:
+    group_of = (confirmation_mix_lib.group_lookup(confirmation_mix)
+                if confirmation_mix is not None else None)
+
+    def stream(label_filter=None, stream_seed=seed, source=None,
+               group=None) -> tf.data.Dataset:
         records = shard_records(paths, manifest, shuffle_seed=stream_seed if training else None)
         if source is not None:
             records = records.filter(lambda s: tf.equal(source_of(s), source))
+        if group is not None:
+            records = records.filter(lambda s: tf.equal(group_of(s), group))
         if synthetic is not None:
             records = records.concatenate(synthetic_mix.records(synthetic))
         if label_filter is not None:  # before the decode: a class's stream decodes only its own
@@ -564,14 +585,16 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                              num_parallel_calls=AUTOTUNE)
         if labels == "binary":
             ds = ds.filter(lambda image, label: label >= 0)
-        if label_filter is None and source is None:  # the manifest's count, checked: Keras
-            # then knows the epoch length
+        if label_filter is None and source is None and group is None:  # the manifest's
+            # count, checked: Keras then knows the epoch length
             ds = ds.apply(tf.data.experimental.assert_cardinality(expected + added))
         if cache == "memory":
             ds = ds.cache()
         elif cache:  # named after the manifest too, so another dataset never reuses it
             suffix = "" if label_filter is None else f"-class{label_filter}"
             suffix += "" if source is None else f"-source{_digest(source)}"
+            if group is not None:  # a group's records: by the mix's groups
+                suffix += f"-confirmation{_digest(confirmation_mix.groups)}-{group}"
             if synthetic is not None:  # another mix is another cache
                 suffix += f"-synthetic{_digest(dataclasses.asdict(synthetic))}"
             if source_offsets is not None:  # other offsets (or none) are another cache
@@ -619,6 +642,10 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     elif balance_sources:
         ds = per_source_mix(sources, [1.0] * len(sources), seed=seed,
                             stream=lambda stream_seed, name: stream(None, stream_seed, name))
+    elif confirmation_mix is not None:
+        ds = sample_streams([stream(None, seed + 11 * i, group=i).repeat()
+                             for i in range(len(confirmation_mix.groups))],
+                            list(confirmation_mix.shares), seed + 2)
     elif source_label_weights is not None:
         groups = sorted(source_label_weights)
         ds = sample_streams(

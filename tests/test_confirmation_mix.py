@@ -1,0 +1,194 @@
+"""--confirmation_weights: the factors, the shares, the plan of a split, the streams of both
+tasks that draw it, the flag's rules, the refusal of a confirmation no record has, a tiny run."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from tests import shard_fixtures
+from trainer.cnn import config as config_lib, diagnosis, train
+from trainer.core import confirmation_mix as cm, input_pipeline as ip
+
+SIZE = 32
+HISTO, FOLLOW_UP = "histopathology", "serial imaging showing no change"
+
+
+# ---------------------------------------------------------------- the factors and shares
+
+def test_factors_take_ham_codes_or_the_archives_words():
+    assert cm.parse_factors("follow_up:0.25, histo:2") == {FOLLOW_UP: 0.25, HISTO: 2.0}
+    assert cm.parse_factors("Histopathology:3") == {"Histopathology": 3.0}  # as given
+    assert cm.parse_factors(f"{HISTO}:3") == {HISTO: 3.0}
+    assert cm.parse_factors("") == {}
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("histo", "'histo'"), ("histo:0", "'histo:0'"), ("histo:-1", "'histo:-1'"),
+    ("histo:x", "'histo:x'"), ("histo:nan", "'histo:nan'"), ("histo:inf", "'histo:inf'"),
+    (":2", "':2'"), ("histo:2,histopathology:3", "names 'histopathology' twice")])
+def test_malformed_factors_are_refused_with_the_item(text, shown):
+    with pytest.raises(ValueError, match=shown):
+        cm.parse_factors(text)
+
+
+def test_shares_move_draws_inside_each_class_and_keep_its_total():
+    counts = {(0, FOLLOW_UP): 6, (0, HISTO): 2, (0, ""): 2, (1, HISTO): 4}
+    shares = cm.group_shares(counts, {HISTO: 3.0})
+    # class 0 weighs 6 + 2*3 + 2 = 14 for its 10 records
+    assert shares == pytest.approx({(0, FOLLOW_UP): 10 * 6 / 14, (0, HISTO): 10 * 6 / 14,
+                                    (0, ""): 10 * 2 / 14, (1, HISTO): 4.0})
+    assert shares[(0, FOLLOW_UP)] + shares[(0, HISTO)] + shares[(0, "")] == pytest.approx(10)
+    assert cm.group_shares(counts, {}) == pytest.approx(  # no factor: the plain stream
+        {k: float(v) for k, v in counts.items()})
+
+
+def test_a_confirmation_no_record_has_is_refused_with_those_it_has():
+    with pytest.raises(ValueError, match=r"names \['confocal'\], which no training record "
+                                         r"has; .*\['', 'histopathology'\]"):
+        cm.group_shares({(0, HISTO): 3, (1, ""): 1}, {"confocal": 2.0})
+
+
+def test_the_plan_groups_records_by_class_and_confirmation():
+    extras = ['{"dx_type":"follow_up"}', '{"dx_type":"histo"}',
+              '{"diagnosis_confirm_type":"histopathology"}', "", '{"dx_type":"histo"}']
+    mix = cm.plan(["a", "b", "c", "d", "e"], [0, 0, 1, 0, -1], extras, {HISTO: 2.0})
+    assert mix.groups == ((0, ""), (0, HISTO), (0, FOLLOW_UP), (1, HISTO))
+    assert dict(mix.image_groups) == {"a": 2, "b": 1, "c": 3, "d": 0}  # e: not in the task
+    assert mix.shares == pytest.approx((3 / 4, 3 * 2 / 4, 3 / 4, 1.0))
+    assert sum(mix.summary().values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_plan_refuses_one_image_in_two_groups_and_a_split_without_the_task():
+    with pytest.raises(ValueError, match="image_id 'a' is twice"):
+        cm.plan(["a", "a"], [0, 1], ["", ""], {})
+    with pytest.raises(ValueError, match="no record of the task"):
+        cm.plan(["a"], [-1], [""], {})
+    with pytest.raises(ValueError, match="one of each per record"):
+        cm.plan(["a"], [0, 1], [""], {})
+
+
+# ---------------------------------------------------------------- the streams
+
+LEVELS = {0: "follow-up nevus", 64: "keratosis, no confirmation", 128: "excised nevus",
+          255: "melanoma"}
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory):
+    """train: 6 follow-up nevi (grey 0), 2 keratoses without a confirmation (64), 2 excised
+    nevi (128), 4 melanomas (255, excised); flat images, so the grey level tells the group."""
+    def items(n, level, label, dx, dx_type=None):
+        extra = {"diagnosis": dx}
+        if dx_type:
+            extra["extra_metadata_json"] = json.dumps({"dx_type": dx_type})
+        return [(np.full((SIZE, SIZE, 3), level, np.uint8), label, extra) for _ in range(n)]
+
+    train_items = (items(6, 0, "benign", "nevus", "follow_up")
+                   + items(2, 64, "benign", "seborrheic keratosis")
+                   + items(2, 128, "benign", "nevus", "histo")
+                   + items(4, 255, "malignant", "melanoma", "histo"))
+    return shard_fixtures.write_tiny_dataset(
+        tmp_path_factory.mktemp("confirmed"), {"train": train_items,
+                                               "validation": train_items[::2]}, SIZE)
+
+
+def _levels(ds) -> dict[int, int]:
+    """{grey level of LEVELS: images} over (images, labels) batches."""
+    seen: dict[int, int] = {}
+    for images, _ in ds:
+        for mean in images.numpy().reshape(len(images), -1).mean(1) * 255:
+            level = min(LEVELS, key=lambda v: abs(v - mean))
+            seen[level] = seen.get(level, 0) + 1
+    return seen
+
+
+def _binary_plan(data_dir, text):
+    return cm.plan_for_split(data_dir, "train", SIZE, cm.parse_factors(text), "label", int)
+
+
+def test_the_binary_stream_draws_each_group_at_its_share(confirmed):
+    mix = _binary_plan(confirmed, "histo:3")
+    ds = ip.make_dataset(confirmed, "train", image_size=SIZE, batch_size=40, training=True,
+                         seed=5, confirmation_mix=mix)
+    seen = _levels(ds.take(100))  # 4,000 draws: 0.05 is >= 6 sd of any share
+    expected = {0: 10 * 6 / 14, 64: 10 * 2 / 14, 128: 10 * 6 / 14, 255: 4.0}
+    for level, share in expected.items():
+        assert abs(seen.get(level, 0) / 4000 - share / 14) < 0.05, (seen, expected)
+    plain = _levels(ip.make_dataset(confirmed, "train", image_size=SIZE, batch_size=14,
+                                    training=True, seed=5))
+    assert plain == {0: 6, 64: 2, 128: 2, 255: 4}  # without: each record once
+
+
+def test_the_diagnosis_stream_draws_each_group_at_its_share(confirmed):
+    mapping = diagnosis.build_mapping(confirmed, SIZE, min_records=1)
+    mix = cm.plan_for_split(confirmed, "train", SIZE, {FOLLOW_UP: 0.5}, "diagnosis",
+                            lambda raw: diagnosis.class_of(mapping, raw))
+    ds = diagnosis.make_dataset(confirmed, "train", mapping, image_size=SIZE, batch_size=40,
+                                training=True, seed=5, confirmation_mix=mix)
+    seen = _levels(ds.take(100))
+    expected = {0: 8 * 3 / 5, 128: 8 * 2 / 5, 64: 2.0, 255: 4.0}  # nevi weigh 6*0.5 + 2
+    for level, share in expected.items():
+        assert abs(seen.get(level, 0) / 4000 - share / 14) < 0.05, (seen, expected)
+
+
+@pytest.mark.parametrize("options, shown", [
+    ({"training": False}, "training=True (got False)"),
+    ({"balance_classes": True}, "balance_classes True"),
+    ({"labels": "all"}, "labels='binary' (got 'all')")])
+def test_the_stream_refuses_what_it_cannot_combine(confirmed, options, shown):
+    values = {"training": True, **options}
+    with pytest.raises(ValueError, match=f"confirmation_mix needs .*{re.escape(shown)}"):
+        ip.make_dataset(confirmed, "train", image_size=SIZE, batch_size=2,
+                        confirmation_mix=_binary_plan(confirmed, "histo:2"), **values)
+
+
+# ---------------------------------------------------------------- the flag and a tiny run
+
+@pytest.mark.parametrize("overrides", [
+    {"source_balance": True}, {"source_batches": True}, {"class_balance": "sampling"},
+    {"source_label_independence": "records"}, {"synthetic_data": "s"}])
+def test_the_flag_refuses_another_mix(overrides):
+    train.TrainConfig(data_dir="d", workdir="w", **overrides)  # each setting alone is valid
+    with pytest.raises(config_lib.ConfigError, match="--confirmation_weights draws each"):
+        train.TrainConfig(data_dir="d", workdir="w", confirmation_weights="histo:2",
+                          **overrides)
+
+
+def test_a_malformed_flag_is_refused_at_the_config():
+    with pytest.raises(config_lib.ConfigError, match="--confirmation_weights=histo: want "
+                                                     "CONFIRMATION:FACTOR"):
+        train.TrainConfig(data_dir="d", workdir="w", confirmation_weights="histo")
+
+
+def _config(data_dir, workdir, **overrides):
+    values = dict(data_dir=data_dir, workdir=str(workdir), image_size=SIZE, batch_size=4,
+                  epochs=1, steps_per_epoch=2, seed=0, mixed_precision="off", verbose=0,
+                  model="compact", class_balance="class_weights")
+    values.update(overrides)
+    return train.TrainConfig(**values)
+
+
+def test_a_confirmation_train_lacks_is_refused_before_the_run_folder(confirmed, tmp_path):
+    with pytest.raises(config_lib.DataError, match=r"--confirmation_weights=confocal:2 .*"
+                                                   r"names \['confocal microscopy"):
+        train.train_cnn(_config(confirmed, tmp_path / "run", confirmation_weights="confocal:2"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.eager_steps  # two steps: tracing them cost more than running them (conftest)
+@pytest.mark.parametrize("task", ["binary", "diagnosis"])
+def test_a_tiny_run_trains_on_the_mix_and_logs_it(confirmed, tmp_path, task):
+    extra = {"task": task, "min_class_records": 1, "monitor": "val_accuracy"}
+    result = train.train_cnn(_config(confirmed, tmp_path, confirmation_weights="histo:3",
+                                     augment=True, **extra))
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
+    assert json.loads((tmp_path / "train_config.json").read_text())[
+        "confirmation_weights"] == "histo:3"
+    logged = json.loads((tmp_path / "train_summary.json").read_text())["confirmation_weights"]
+    assert sum(logged.values()) == pytest.approx(1.0, abs=1e-3)
+    if task == "binary":  # excised nevi weigh 2*3 of benign's 14, drawn for its 10 of 14
+        assert logged[f"0/{HISTO}"] == pytest.approx(10 * 6 / 14 / 14, abs=1e-3)
+    else:  # 2*3 of the nevi's 12, drawn for their 8 of 14
+        nevus = diagnosis.read_mapping(str(tmp_path))["index"]["nevus"]
+        assert logged[f"{nevus}/{HISTO}"] == pytest.approx(8 * 6 / 12 / 14, abs=1e-3)
