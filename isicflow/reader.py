@@ -48,20 +48,32 @@ def field_values(data_dir: str, split: str, image_size: int, field: str,
                  manifest: dict | None = None) -> list[str]:
     """One string field (e.g. image_id) of every record of a split, in shard order, parsed
     alone (no image decoded); [] for a split the dataset lacks at that size."""
-    if field not in RECORD_FIELDS:
-        raise ValueError(f"field {field!r} is not a record field; choose from {RECORD_FIELDS}")
+    return field_columns(data_dir, split, image_size, (field,), manifest)[field]
+
+
+def field_columns(data_dir: str, split: str, image_size: int, fields: Sequence[str],
+                  manifest: dict | None = None) -> dict[str, list[str]]:
+    """{field: its value in every record of the split, as text, in shard order} for several
+    fields read in one pass (no image decoded); empty lists for a split the dataset lacks."""
+    unknown = [field for field in fields if field not in RECORD_FIELDS]
+    if unknown:
+        raise ValueError(f"{unknown} not record fields; choose from {RECORD_FIELDS}")
     manifest = dataset_lib.manifest_or_read(data_dir, manifest)
+    columns: dict[str, list[str]] = {field: [] for field in fields}
     if split not in manifest.get("datasets", {}).get(str(image_size), {}):
-        return []
+        return columns
     paths = dataset_lib.shard_paths(manifest, data_dir, image_size, split)
     if not paths:
-        return []
-    spec = schema.feature_spec((field,))
+        return columns
+    spec = schema.feature_spec(tuple(fields))
     records = tf.data.TFRecordDataset(paths,
                                       compression_type=dataset_lib.compression_type(manifest))
-    values = records.map(lambda s: tf.io.parse_single_example(s, spec)[field]).batch(4096)
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v)
-            for batch in values.as_numpy_iterator() for v in batch]
+    for batch in records.map(lambda s: tf.io.parse_single_example(s, spec)).batch(
+            4096).as_numpy_iterator():
+        for field in fields:
+            columns[field].extend(v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                                  for v in batch[field])
+    return columns
 
 
 def count_records(info: dict, labels: str) -> int:

@@ -1,5 +1,6 @@
 """--confirmation_weights: the factors, the shares, the plan of a split, the streams of both
 tasks that draw it, the flag's rules, the refusal of a confirmation no record has, a tiny run."""
+import dataclasses
 import json
 import re
 
@@ -20,13 +21,15 @@ def test_factors_take_ham_codes_or_the_archives_words():
     assert cm.parse_factors("follow_up:0.25, histo:2") == {FOLLOW_UP: 0.25, HISTO: 2.0}
     assert cm.parse_factors("Histopathology:3") == {"Histopathology": 3.0}  # as given
     assert cm.parse_factors(f"{HISTO}:3") == {HISTO: 3.0}
+    assert cm.parse_factors("None:0.5") == {cm.NO_CONFIRMATION: 0.5}  # records without one
     assert cm.parse_factors("") == {}
 
 
 @pytest.mark.parametrize("text, shown", [
     ("histo", "'histo'"), ("histo:0", "'histo:0'"), ("histo:-1", "'histo:-1'"),
     ("histo:x", "'histo:x'"), ("histo:nan", "'histo:nan'"), ("histo:inf", "'histo:inf'"),
-    (":2", "':2'"), ("histo:2,histopathology:3", "names 'histopathology' twice")])
+    (":2", "':2'"), ("histo:2,histopathology:3", "names 'histopathology' twice"),
+    (",", "holds no CONFIRMATION:FACTOR item")])
 def test_malformed_factors_are_refused_with_the_item(text, shown):
     with pytest.raises(ValueError, match=shown):
         cm.parse_factors(text)
@@ -45,23 +48,29 @@ def test_shares_move_draws_inside_each_class_and_keep_its_total():
 
 def test_a_confirmation_no_record_has_is_refused_with_those_it_has():
     with pytest.raises(ValueError, match=r"names \['confocal'\], which no training record "
-                                         r"has; .*\['', 'histopathology'\]"):
+                                         r"has; .*\['histopathology', 'none'\]"):
         cm.group_shares({(0, HISTO): 3, (1, ""): 1}, {"confocal": 2.0})
 
 
 def test_the_plan_groups_records_by_class_and_confirmation():
     extras = ['{"dx_type":"follow_up"}', '{"dx_type":"histo"}',
-              '{"diagnosis_confirm_type":"histopathology"}', "", '{"dx_type":"histo"}']
-    mix = cm.plan(["a", "b", "c", "d", "e"], [0, 0, 1, 0, -1], extras, {HISTO: 2.0})
+              '{"diagnosis_confirm_type":"histopathology"}', "", '{"dx_type":"histo"}',
+              '{"diagnosis_confirm_type":"None"}']
+    mix = cm.plan(["a", "b", "c", "d", "e", "f"], [0, 0, 1, 0, -1, 0], extras, {HISTO: 2.0})
     assert mix.groups == ((0, ""), (0, HISTO), (0, FOLLOW_UP), (1, HISTO))
-    assert dict(mix.image_groups) == {"a": 2, "b": 1, "c": 3, "d": 0}  # e: not in the task
-    assert mix.shares == pytest.approx((3 / 4, 3 * 2 / 4, 3 / 4, 1.0))
-    assert sum(mix.summary().values()) == pytest.approx(1.0, abs=1e-3)
+    assert dict(mix.image_groups) == {"a": 2, "b": 1, "c": 3, "d": 0, "f": 0}  # e: not in it
+    assert mix.records == (2, 1, 1, 1)
+    assert mix.shares == pytest.approx((4 * 2 / 5, 4 * 2 / 5, 4 / 5, 1.0))
+    summary = mix.summary()
+    assert [(g["class"], g["confirmation"], g["records"]) for g in summary] == [
+        (0, "none", 2), (0, HISTO, 1), (0, FOLLOW_UP, 1), (1, HISTO, 1)]
+    assert sum(g["share"] for g in summary) == pytest.approx(1.0, abs=1e-5)
+    assert [g["oversampling"] for g in summary] == pytest.approx([0.8, 1.6, 0.8, 1.0])
 
 
 def test_the_plan_refuses_one_image_in_two_groups_and_a_split_without_the_task():
-    with pytest.raises(ValueError, match="image_id 'a' is twice"):
-        cm.plan(["a", "a"], [0, 1], ["", ""], {})
+    with pytest.raises(ValueError, match="image_id 'a' is on two records"):
+        cm.plan(["a", "a"], [0, 0], ["", ""], {})  # even in one group: drawn by its id
     with pytest.raises(ValueError, match="no record of the task"):
         cm.plan(["a"], [-1], [""], {})
     with pytest.raises(ValueError, match="one of each per record"):
@@ -71,13 +80,14 @@ def test_the_plan_refuses_one_image_in_two_groups_and_a_split_without_the_task()
 # ---------------------------------------------------------------- the streams
 
 LEVELS = {0: "follow-up nevus", 64: "keratosis, no confirmation", 128: "excised nevus",
-          255: "melanoma"}
+          192: "unknown diagnosis: never drawn", 255: "melanoma"}
 
 
 @pytest.fixture(scope="module")
 def confirmed(tmp_path_factory):
     """train: 6 follow-up nevi (grey 0), 2 keratoses without a confirmation (64), 2 excised
-    nevi (128), 4 melanomas (255, excised); flat images, so the grey level tells the group."""
+    nevi (128), 4 melanomas (255, excised), 2 excised lesions of unknown diagnosis and label
+    (192, in neither task); flat images, so the grey level tells the group."""
     def items(n, level, label, dx, dx_type=None):
         extra = {"diagnosis": dx}
         if dx_type:
@@ -87,7 +97,8 @@ def confirmed(tmp_path_factory):
     train_items = (items(6, 0, "benign", "nevus", "follow_up")
                    + items(2, 64, "benign", "seborrheic keratosis")
                    + items(2, 128, "benign", "nevus", "histo")
-                   + items(4, 255, "malignant", "melanoma", "histo"))
+                   + items(4, 255, "malignant", "melanoma", "histo")
+                   + items(2, 192, "unknown", "", "histo"))
     return shard_fixtures.write_tiny_dataset(
         tmp_path_factory.mktemp("confirmed"), {"train": train_items,
                                                "validation": train_items[::2]}, SIZE)
@@ -112,7 +123,7 @@ def test_the_binary_stream_draws_each_group_at_its_share(confirmed):
     ds = ip.make_dataset(confirmed, "train", image_size=SIZE, batch_size=40, training=True,
                          seed=5, confirmation_mix=mix)
     seen = _levels(ds.take(100))  # 4,000 draws: 0.05 is >= 6 sd of any share
-    expected = {0: 10 * 6 / 14, 64: 10 * 2 / 14, 128: 10 * 6 / 14, 255: 4.0}
+    expected = {0: 10 * 6 / 14, 64: 10 * 2 / 14, 128: 10 * 6 / 14, 255: 4.0, 192: 0}
     for level, share in expected.items():
         assert abs(seen.get(level, 0) / 4000 - share / 14) < 0.05, (seen, expected)
     plain = _levels(ip.make_dataset(confirmed, "train", image_size=SIZE, batch_size=14,
@@ -121,13 +132,15 @@ def test_the_binary_stream_draws_each_group_at_its_share(confirmed):
 
 
 def test_the_diagnosis_stream_draws_each_group_at_its_share(confirmed):
-    mapping = diagnosis.build_mapping(confirmed, SIZE, min_records=1)
+    mapping = diagnosis.build_mapping(confirmed, SIZE, min_records=3)  # keratoses: other
+    assert mapping["classes"] == ["nevus", "melanoma", diagnosis.OTHER]
     mix = cm.plan_for_split(confirmed, "train", SIZE, {FOLLOW_UP: 0.5}, "diagnosis",
                             lambda raw: diagnosis.class_of(mapping, raw))
+    assert mix.groups == ((0, HISTO), (0, FOLLOW_UP), (1, HISTO), (2, cm.NO_CONFIRMATION))
     ds = diagnosis.make_dataset(confirmed, "train", mapping, image_size=SIZE, batch_size=40,
                                 training=True, seed=5, confirmation_mix=mix)
     seen = _levels(ds.take(100))
-    expected = {0: 8 * 3 / 5, 128: 8 * 2 / 5, 64: 2.0, 255: 4.0}  # nevi weigh 6*0.5 + 2
+    expected = {0: 8 * 3 / 5, 128: 8 * 2 / 5, 64: 2.0, 255: 4.0, 192: 0}  # nevi weigh 6*.5 + 2
     for level, share in expected.items():
         assert abs(seen.get(level, 0) / 4000 - share / 14) < 0.05, (seen, expected)
 
@@ -135,6 +148,10 @@ def test_the_diagnosis_stream_draws_each_group_at_its_share(confirmed):
 @pytest.mark.parametrize("options, shown", [
     ({"training": False}, "training=True (got False)"),
     ({"balance_classes": True}, "balance_classes True"),
+    ({"balance_sources": True}, "balance_sources True"),
+    ({"one_source_batches": True}, "one_source_batches True"),
+    ({"source_label_weights": {("test", 0): 1.0}}, "source_label_weights True"),
+    ({"source_offsets": {}}, "source_offsets True"),
     ({"labels": "all"}, "labels='binary' (got 'all')")])
 def test_the_stream_refuses_what_it_cannot_combine(confirmed, options, shown):
     values = {"training": True, **options}
@@ -143,11 +160,36 @@ def test_the_stream_refuses_what_it_cannot_combine(confirmed, options, shown):
                         confirmation_mix=_binary_plan(confirmed, "histo:2"), **values)
 
 
+@pytest.mark.parametrize("options, shown", [
+    ({"training": False}, "training=True (got False)"),
+    ({"balance_classes": True}, "balance_classes True")])
+def test_the_diagnosis_stream_refuses_what_it_cannot_combine(confirmed, options, shown):
+    mapping = diagnosis.build_mapping(confirmed, SIZE, min_records=1)
+    mix = cm.plan_for_split(confirmed, "train", SIZE, {}, "diagnosis",
+                            lambda raw: diagnosis.class_of(mapping, raw))
+    with pytest.raises(ValueError, match=f"confirmation_mix needs .*{re.escape(shown)}"):
+        diagnosis.make_dataset(confirmed, "train", mapping, image_size=SIZE, batch_size=2,
+                               **{"training": True, **options}, confirmation_mix=mix)
+
+
+def test_the_plan_reads_its_columns_in_one_pass_as_each_alone(confirmed):
+    from isicflow import reader
+
+    fields = ("image_id", "label", "extra_metadata_json")
+    columns = reader.field_columns(confirmed, "train", SIZE, fields)
+    assert columns == {f: reader.field_values(confirmed, "train", SIZE, f) for f in fields}
+    assert len(columns["image_id"]) == 16 and columns["label"].count("-1") == 2
+    assert reader.field_columns(confirmed, "test", SIZE, fields) == {f: [] for f in fields}
+    with pytest.raises(ValueError, match=r"\['pixels'\] not record fields"):
+        reader.field_columns(confirmed, "train", SIZE, ("image_id", "pixels"))
+
+
 # ---------------------------------------------------------------- the flag and a tiny run
 
 @pytest.mark.parametrize("overrides", [
     {"source_balance": True}, {"source_batches": True}, {"class_balance": "sampling"},
-    {"source_label_independence": "records"}, {"synthetic_data": "s"}])
+    {"source_label_independence": "records"}, {"synthetic_data": "s"},
+    {"source_logit_adjustment": True}])
 def test_the_flag_refuses_another_mix(overrides):
     train.TrainConfig(data_dir="d", workdir="w", **overrides)  # each setting alone is valid
     with pytest.raises(config_lib.ConfigError, match="--confirmation_weights draws each"):
@@ -169,6 +211,16 @@ def _config(data_dir, workdir, **overrides):
     return train.TrainConfig(**values)
 
 
+def test_several_workers_are_refused_before_anything_starts(confirmed):
+    from isicflow import dataset as dataset_lib
+
+    c = _config(confirmed, "unused", confirmation_weights="histo:2")
+    manifest = dataset_lib.read_manifest(confirmed)
+    assert train.check_workers(dataclasses.replace(c, confirmation_weights=""), manifest, 0, 2)
+    with pytest.raises(config_lib.ConfigError, match="histo:2 with 2 workers"):
+        train.check_workers(c, manifest, 0, 2)
+
+
 def test_a_confirmation_train_lacks_is_refused_before_the_run_folder(confirmed, tmp_path):
     with pytest.raises(config_lib.DataError, match=r"--confirmation_weights=confocal:2 .*"
                                                    r"names \['confocal microscopy"):
@@ -185,10 +237,16 @@ def test_a_tiny_run_trains_on_the_mix_and_logs_it(confirmed, tmp_path, task):
     assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
     assert json.loads((tmp_path / "train_config.json").read_text())[
         "confirmation_weights"] == "histo:3"
-    logged = json.loads((tmp_path / "train_summary.json").read_text())["confirmation_weights"]
-    assert sum(logged.values()) == pytest.approx(1.0, abs=1e-3)
+    logged = {(g["class"], g["confirmation"]): g for g in json.loads(
+        (tmp_path / "train_summary.json").read_text())["confirmation_weights"]}
+    assert sum(g["share"] for g in logged.values()) == pytest.approx(1.0, abs=1e-5)
     if task == "binary":  # excised nevi weigh 2*3 of benign's 14, drawn for its 10 of 14
-        assert logged[f"0/{HISTO}"] == pytest.approx(10 * 6 / 14 / 14, abs=1e-3)
+        nevus, melanoma = 0, 1
+        assert logged[(nevus, HISTO)]["share"] == pytest.approx(10 * 6 / 14 / 14, abs=1e-5)
     else:  # 2*3 of the nevi's 12, drawn for their 8 of 14
-        nevus = diagnosis.read_mapping(str(tmp_path))["index"]["nevus"]
-        assert logged[f"{nevus}/{HISTO}"] == pytest.approx(8 * 6 / 12 / 14, abs=1e-3)
+        index = diagnosis.read_mapping(str(tmp_path))["index"]
+        nevus, melanoma = index["nevus"], index["melanoma"]
+        assert logged[(nevus, HISTO)]["share"] == pytest.approx(8 * 6 / 12 / 14, abs=1e-5)
+    assert logged[(nevus, HISTO)]["records"] == 2
+    assert logged[(nevus, HISTO)]["oversampling"] > 1
+    assert logged[(melanoma, HISTO)]["oversampling"] == 1.0  # every melanoma excised: as stored

@@ -203,13 +203,16 @@ RULES: tuple[Rule, ...] = (
          "want CONFIRMATION:FACTOR[,...] with factors > 0, e.g. follow_up:0.25 (HAM10000's "
          "dx_type codes or the archive's diagnosis_confirm_type words)"),
     Rule(("confirmation_weights", "source_balance", "source_batches", "class_balance",
-          "source_label_independence", "synthetic_data"),
+          "source_label_independence", "synthetic_data", "source_logit_adjustment"),
          lambda c: not c.confirmation_weights or not (
              c.source_balance or c.source_batches or c.class_balance == "sampling"
-             or c.source_label_independence != "none" or c.synthetic_data),
+             or c.source_label_independence != "none" or c.synthetic_data
+             or c.source_logit_adjustment),
          "--confirmation_weights draws each (class, confirmation) group of the real training "
          "records itself: it needs no --source_balance, --source_batches, "
-         "--class_balance=sampling, --source_label_independence or --synthetic_data"),
+         "--class_balance=sampling, --source_label_independence or --synthetic_data, and no "
+         "--source_logit_adjustment (its offsets are each clinic's stored base rate, which "
+         "this stream changes where a confirmation is one clinic's)"),
     Rule(("source_logit_adjustment", "task", "use_metadata", "mixup_alpha", "cutmix_alpha",
           "synthetic_data"),
          lambda c: not c.source_logit_adjustment or (

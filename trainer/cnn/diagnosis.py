@@ -329,7 +329,7 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                          f"mix: balance_sources {balance_sources}, one_source_batches "
                          f"{one_source_batches}, balance_classes {balance_classes}")
     if one_source_batches:
-        return ip.finish(ip.per_source_mix(
+        return ip.finish(ip.group_mix(
             sources,
             [1.0 if balance_sources else float(sum(per_source[n].values())) for n in sources],
             seed=seed, stream=stream,
@@ -338,15 +338,14 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
                 drop_remainder=True, as_uint8=as_uint8, augmentation=augmentation)),
             deterministic)
     if balance_sources:
-        ds = ip.per_source_mix(sources, [1.0] * len(sources), seed=seed, stream=stream)
+        ds = ip.group_mix(sources, [1.0] * len(sources), seed=seed, stream=stream)
     elif balance_classes:
         ds = ip.sample_streams([stream(seed + 13 * index, class_index=index).repeat()
                                 for index in range(len(mapping["classes"]))],
                                [1.0] * len(mapping["classes"]), seed + 2)
     elif confirmation_mix is not None:
-        ds = ip.sample_streams([stream(seed + 11 * i, group=i).repeat()
-                                for i in range(len(confirmation_mix.groups))],
-                               list(confirmation_mix.shares), seed + 2)
+        ds = ip.group_mix(range(len(confirmation_mix.groups)), confirmation_mix.shares,
+                          seed=seed, stream=lambda stream_seed, i: stream(stream_seed, group=i))
     else:
         ds = stream(seed)
         if repeat:

@@ -92,12 +92,12 @@ def plan_confirmation_mix(c: TrainConfig, manifest: Mapping[str, Any], class_fie
         mix = confirmation_mix.plan_for_split(
             c.data_dir, "train", c.image_size,
             confirmation_mix.parse_factors(c.confirmation_weights), class_field, class_of,
-            manifest=dict(manifest))
+            manifest=manifest)
     except ValueError as e:
         raise DataError(f"--confirmation_weights={c.confirmation_weights} with --data_dir="
                         f"{c.data_dir}: {e}") from None
-    logging.info("--confirmation_weights: share of the training stream by class/confirmation "
-                 "%s", mix.summary())
+    logging.info("--confirmation_weights: each (class, confirmation) group's records, share "
+                 "of the training stream and oversampling: %s", mix.summary())
     return mix
 
 

@@ -317,6 +317,12 @@ def check_workers(c: TrainConfig, manifest: dict[str, Any], index: int, workers:
         raise config_lib.ConfigError(
             f"--probe_head with {workers} workers: each would fit its own head, and nothing "
             "makes them equal; fit it on one worker's run, or train without it")
+    if workers > 1 and c.confirmation_weights:
+        raise config_lib.ConfigError(
+            f"--confirmation_weights={c.confirmation_weights} with {workers} workers: the "
+            "shares are planned over the whole train split, but each worker reads its own "
+            "shard files, where a small group (HAM10000's ~30 confocal images) can be missing "
+            "and end that worker's stream; train it on one machine")
     if workers > 1 and c.max_train_minutes:
         raise config_lib.ConfigError(
             f"--max_train_minutes={c.max_train_minutes} with {workers} workers: each worker's "

@@ -1,9 +1,9 @@
 """--confirmation_weights: how often training draws a record, by how its diagnosis was confirmed.
 
 Why: a clinic that excises lesions sends excised nevi, and the models call them melanoma (recall
-0.09-0.16 in source, docs/results/cnn-ham-confirmation.md); HAM10000's benign training records
-are mostly nevi followed up by serial imaging at one clinic (vidir_molemax: 2,971 of ~4,400),
-which such a clinic never sends. This draws records of a class by their confirmation
+0.09-0.16 in source, docs/results/cnn-ham-confirmation.md); 72-83% of the nevi they train on
+are one clinic's nevi followed up by serial imaging (vidir_molemax), which such a clinic never
+sends. This draws records of a class by their confirmation
 (isicflow.metadata.diagnosis_confirmation of the record's extras) at a factor each, e.g.
 `follow_up:0.25`, while every class keeps its share of the stream, so class weights stay right
 and only which records of a class the model sees changes.
@@ -17,16 +17,26 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from isicflow.metadata import CONFIRMATION_WORDS, diagnosis_confirmation
 
-NO_CONFIRMATION = ""  # diagnosis_confirmation of a record whose extras say nothing
+NO_CONFIRMATION = ""  # the group of records whose extras say nothing (or "none")
+NO_CONFIRMATION_NAME = "none"  # how the flag and the summary name that group
+
+
+def confirmation_of(extra_metadata) -> str:
+    """A record's group key: diagnosis_confirmation of its extras, NO_CONFIRMATION for none."""
+    kind = diagnosis_confirmation(extra_metadata)
+    return NO_CONFIRMATION if kind.lower() == NO_CONFIRMATION_NAME else kind
 
 
 def parse_factors(text: str) -> dict[str, float]:
     """'follow_up:0.25,histo:2' -> {confirmation in the archive's words: factor}. HAM10000's
-    codes (CONFIRMATION_WORDS) and the words themselves are both accepted; '' -> {}."""
+    codes (CONFIRMATION_WORDS) and the words themselves are both accepted, `none` for records
+    with no confirmation; '' -> {}, and text without an item is an error."""
+    if text.strip() and not text.replace(",", "").strip():
+        raise ValueError(f"--confirmation_weights {text!r} holds no CONFIRMATION:FACTOR item")
     factors: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.rpartition(":")
@@ -39,6 +49,7 @@ def parse_factors(text: str) -> dict[str, float]:
                              f"with a finite factor > 0, e.g. 'follow_up:0.25' (HAM codes "
                              f"{sorted(CONFIRMATION_WORDS)} or the archive's words)")
         word = CONFIRMATION_WORDS.get(name.strip().lower(), name.strip())
+        word = NO_CONFIRMATION if word.lower() == NO_CONFIRMATION_NAME else word
         if word in factors:
             raise ValueError(f"--confirmation_weights names {word!r} twice: {text!r}")
         factors[word] = factor
@@ -53,9 +64,9 @@ def group_shares(counts: Mapping[tuple[int, str], int],
     present = {kind for _, kind in counts}
     missing = sorted(set(factors) - present)
     if missing:
-        raise ValueError(f"--confirmation_weights names {missing}, which no training record "
-                         f"has; the training records' confirmations: "
-                         f"{sorted(present)} ('' = none recorded)")
+        raise ValueError(f"--confirmation_weights names {[_name(k) for k in missing]}, which "
+                         f"no training record has; the training records' confirmations: "
+                         f"{sorted(_name(k) for k in present)}")
     per_class: dict[int, list[tuple[str, int]]] = collections.defaultdict(list)
     for (cls, kind), n in counts.items():
         if n > 0:
@@ -69,19 +80,27 @@ def group_shares(counts: Mapping[tuple[int, str], int],
     return shares
 
 
+def _name(kind: str) -> str:
+    return kind or NO_CONFIRMATION_NAME
+
+
 @dataclasses.dataclass(frozen=True)
 class ConfirmationMix:
     """Which group each training record is in, and each group's share of the stream."""
 
     groups: tuple[tuple[int, str], ...]  # (class, confirmation), sorted
-    shares: tuple[float, ...]  # one per group
+    shares: tuple[float, ...]  # one per group, in records (a class's add up to its records)
+    records: tuple[int, ...]  # one per group
     image_groups: Mapping[str, int]  # image_id -> index into groups
 
-    def summary(self) -> dict[str, float]:
-        """{'class/confirmation': share of the stream} for the run's log."""
+    def summary(self) -> list[dict[str, Any]]:
+        """Each group's class, confirmation, records, share of the stream, and oversampling
+        (share / records: drawn x times as often as stored; a factor that changes nothing,
+        such as histo on a class every record of which is excised, shows 1.0)."""
         total = sum(self.shares)
-        return {f"{cls}/{kind or 'none'}": round(share / total, 4)
-                for (cls, kind), share in zip(self.groups, self.shares)}
+        return [{"class": cls, "confirmation": _name(kind), "records": n,
+                 "share": round(share / total, 6), "oversampling": round(share / n, 3)}
+                for (cls, kind), share, n in zip(self.groups, self.shares, self.records)]
 
 
 def plan(image_ids: Sequence[str], classes: Sequence[int], extras: Sequence[str],
@@ -93,19 +112,19 @@ def plan(image_ids: Sequence[str], classes: Sequence[int], extras: Sequence[str]
                          "extras: one of each per record")
     of_image: dict[str, tuple[int, str]] = {}
     for image_id, cls, extra in zip(image_ids, classes, extras):
-        if int(cls) < 0:
-            continue
-        group = (int(cls), diagnosis_confirmation(extra))
-        if of_image.setdefault(image_id, group) != group:
-            raise ValueError(f"image_id {image_id!r} is twice in the split with different "
-                             f"class or confirmation ({of_image[image_id]} and {group}): a "
-                             "record's draw rate needs one")
+        if image_id in of_image:  # the stream finds records by image_id: one record each
+            raise ValueError(f"image_id {image_id!r} is on two records of the split: "
+                             "--confirmation_weights draws each record by its image_id")
+        if int(cls) >= 0:
+            of_image[image_id] = (int(cls), confirmation_of(extra))
     if not of_image:
         raise ValueError("--confirmation_weights: the training split holds no record of the task")
-    shares = group_shares(collections.Counter(of_image.values()), factors)
+    counts = collections.Counter(of_image.values())
+    shares = group_shares(counts, factors)
     groups = tuple(sorted(shares))
     index = {group: i for i, group in enumerate(groups)}
     return ConfirmationMix(groups, tuple(shares[g] for g in groups),
+                           tuple(counts[g] for g in groups),
                            {image_id: index[g] for image_id, g in of_image.items()})
 
 
@@ -133,12 +152,12 @@ def plan_for_split(data_dir: str, split: str, image_size: int, factors: Mapping[
                    class_field: str, class_of: Callable[[str], int],
                    manifest: Mapping | None = None) -> ConfirmationMix:
     """plan() of a dataset's split, reading image_id, class_field (mapped to a class index by
-    class_of: the binary task's label, the diagnosis task's diagnosis) and the extras, each
-    parsed alone in shard order (no image decoded)."""
+    class_of: the binary task's label, the diagnosis task's diagnosis) and the extras in one
+    pass (no image decoded)."""
     from isicflow import reader
 
-    def values(field: str) -> list[str]:
-        return reader.field_values(data_dir, split, image_size, field, manifest=manifest)
-
-    return plan(values("image_id"), [class_of(v) for v in values(class_field)],
-                values("extra_metadata_json"), factors)
+    columns = reader.field_columns(data_dir, split, image_size,
+                                   ("image_id", class_field, "extra_metadata_json"),
+                                   manifest=dict(manifest) if manifest is not None else None)
+    return plan(columns["image_id"], [class_of(v) for v in columns[class_field]],
+                columns["extra_metadata_json"], factors)

@@ -253,19 +253,21 @@ def sample_streams(streams: Sequence[tf.data.Dataset], shares: Sequence[float],
         stop_on_empty_dataset=True)
 
 
-def per_source_mix(sources: Sequence[str], shares: Sequence[float], *, seed: int,
-                   stream: Callable[[int, str], tf.data.Dataset],
-                   each: Callable[[tf.data.Dataset, int], tf.data.Dataset] | None = None
-                   ) -> tf.data.Dataset:
-    """One repeated stream per source, drawn at shares (sample_streams, seed + 2): both tasks'
-    --source_balance and --source_batches. Source i's records are stream(seed + 11 i, name),
-    passed through each(ds, seed + 11 i) when given (one-source batches: batched whole there,
-    so that a batch is one source's). The per-source seeds live here, so every mix draws alike."""
+def group_mix(groups: Sequence[Any], shares: Sequence[float], *, seed: int,
+              stream: Callable[[int, Any], tf.data.Dataset],
+              each: Callable[[tf.data.Dataset, int], tf.data.Dataset] | None = None
+              ) -> tf.data.Dataset:
+    """One repeated stream per group of records, drawn at shares (sample_streams, seed + 2):
+    both tasks' --source_balance and --source_batches (a group is a source),
+    --source_label_independence ((source, label)) and --confirmation_weights (an index into
+    the ConfirmationMix's groups). Group i's records are stream(seed + 11 i, group), passed
+    through each(ds, seed + 11 i) when given (one-source batches: batched whole there, so that
+    a batch is one source's). The per-group seeds live here, so every mix draws alike."""
     streams = []
-    for i, name in enumerate(sources):
-        source_seed = seed + 11 * i
-        ds = stream(source_seed, name).repeat()
-        streams.append(ds if each is None else each(ds, source_seed))
+    for i, group in enumerate(groups):
+        group_seed = seed + 11 * i
+        ds = stream(group_seed, group).repeat()
+        streams.append(ds if each is None else each(ds, group_seed))
     return sample_streams(streams, shares, seed + 2)
 
 
@@ -543,13 +545,13 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     if confirmation_mix is not None and (
             not training or labels != "binary" or balance_classes or balance_sources
             or source_label_weights is not None or one_source_batches
-            or synthetic is not None):
+            or synthetic is not None or source_offsets is not None):
         raise ValueError(f"confirmation_mix needs training=True (got {training}), "
                          f"labels='binary' (got {labels!r}) and no other mix: balance_classes "
                          f"{balance_classes}, balance_sources {balance_sources}, "
                          f"source_label_weights {source_label_weights is not None}, "
                          f"one_source_batches {one_source_batches}, synthetic records "
-                         f"{synthetic is not None}")
+                         f"{synthetic is not None}, source_offsets {source_offsets is not None}")
     if balance_classes and (not training or labels != "binary"):
         raise ValueError("balance_classes needs training=True and labels='binary'")
     counts = info.get("counts", {})
@@ -630,7 +632,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         if small:
             logging.warning("one_source_batches: %s hold fewer records than a batch of %d: "
                             "their batches repeat images", small, batch_size)
-        return finish(per_source_mix(
+        return finish(group_mix(
             sources, [1.0 if balance_sources else float(per_source[name]) for name in sources],
             seed=seed, stream=lambda stream_seed, name: stream(None, stream_seed, name),
             each=lambda ds, source_seed: batched(
@@ -640,18 +642,15 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
         ds = sample_streams([stream(0, seed).repeat(), stream(1, seed + 7).repeat()],
                             [1.0, 1.0], seed + 2)
     elif balance_sources:
-        ds = per_source_mix(sources, [1.0] * len(sources), seed=seed,
+        ds = group_mix(sources, [1.0] * len(sources), seed=seed,
                             stream=lambda stream_seed, name: stream(None, stream_seed, name))
     elif confirmation_mix is not None:
-        ds = sample_streams([stream(None, seed + 11 * i, group=i).repeat()
-                             for i in range(len(confirmation_mix.groups))],
-                            list(confirmation_mix.shares), seed + 2)
+        ds = group_mix(range(len(confirmation_mix.groups)), confirmation_mix.shares, seed=seed,
+                       stream=lambda stream_seed, i: stream(None, stream_seed, group=i))
     elif source_label_weights is not None:
         groups = sorted(source_label_weights)
-        ds = sample_streams(
-            [stream(label, seed + 11 * i, source).repeat()
-             for i, (source, label) in enumerate(groups)],
-            [float(source_label_weights[g]) for g in groups], seed + 2)
+        ds = group_mix(groups, [float(source_label_weights[g]) for g in groups], seed=seed,
+                       stream=lambda stream_seed, g: stream(g[1], stream_seed, g[0]))
     else:
         ds = stream()
         if repeat:
