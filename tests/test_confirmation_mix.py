@@ -1,5 +1,6 @@
 """--confirmation_weights: the factors, the shares, the plan of a split, the streams of both
 tasks that draw it, the flag's rules, the refusal of a confirmation no record has, a tiny run."""
+import collections
 import dataclasses
 import json
 import re
@@ -175,10 +176,17 @@ def test_the_diagnosis_stream_refuses_what_it_cannot_combine(confirmed, options,
 def test_the_plan_reads_its_columns_in_one_pass_as_each_alone(confirmed):
     from isicflow import reader
 
-    fields = ("image_id", "label", "extra_metadata_json")
+    fields = ("image_id", "diagnosis", "label", "extra_metadata_json")
     columns = reader.field_columns(confirmed, "train", SIZE, fields)
-    assert columns == {f: reader.field_values(confirmed, "train", SIZE, f) for f in fields}
-    assert len(columns["image_id"]) == 16 and columns["label"].count("-1") == 2
+    rows = collections.Counter(  # row by row, the fixture's records: the columns line up
+        (dx, label, json.loads(extra or "{}").get("dx_type", "none"))
+        for dx, label, extra in zip(columns["diagnosis"], columns["label"],
+                                    columns["extra_metadata_json"]))
+    assert rows == {("nevus", "0", "follow_up"): 6, ("seborrheic keratosis", "0", "none"): 2,
+                    ("nevus", "0", "histo"): 2, ("melanoma", "1", "histo"): 4,
+                    ("", "-1", "histo"): 2}
+    assert len(set(columns["image_id"])) == 16
+    assert columns["label"] == reader.field_values(confirmed, "train", SIZE, "label")
     assert reader.field_columns(confirmed, "test", SIZE, fields) == {f: [] for f in fields}
     with pytest.raises(ValueError, match=r"\['pixels'\] not record fields"):
         reader.field_columns(confirmed, "train", SIZE, ("image_id", "pixels"))
@@ -197,10 +205,23 @@ def test_the_flag_refuses_another_mix(overrides):
                           **overrides)
 
 
-def test_a_malformed_flag_is_refused_at_the_config():
-    with pytest.raises(config_lib.ConfigError, match="--confirmation_weights=histo: want "
-                                                     "CONFIRMATION:FACTOR"):
-        train.TrainConfig(data_dir="d", workdir="w", confirmation_weights="histo")
+@pytest.mark.parametrize("text", ["histo", "  ", ",", "histo:2,histopathology:3", "histo:inf",
+                                  "histo:0"])
+def test_a_malformed_flag_is_refused_at_the_config(text):
+    with pytest.raises(config_lib.ConfigError, match=f"--confirmation_weights={re.escape(text)}: "
+                                                     "want CONFIRMATION:FACTOR.*named once"):
+        train.TrainConfig(data_dir="d", workdir="w", confirmation_weights=text)
+
+
+def test_datasets_before_prepare_are_refused(confirmed, tmp_path):
+    from trainer.cnn import tasks
+
+    c = _config(confirmed, tmp_path / "run", confirmation_weights="histo:2")
+    task = tasks.for_config(c)
+    with pytest.raises(RuntimeError, match="prepare\\(\\) plans the mix"):
+        task.datasets(c, None)
+    task.prepare(c)
+    assert task.confirmation is not None
 
 
 def _config(data_dir, workdir, **overrides):

@@ -101,6 +101,13 @@ def plan_confirmation_mix(c: TrainConfig, manifest: Mapping[str, Any], class_fie
     return mix
 
 
+def check_planned(c: TrainConfig, task: Task) -> None:
+    """datasets() before prepare() would train the plain mix under --confirmation_weights."""
+    if c.confirmation_weights and task.confirmation is None:
+        raise RuntimeError(f"--confirmation_weights={c.confirmation_weights}: the {task.name} "
+                           f"task's prepare() plans the mix; call it before datasets()")
+
+
 def _resize_mode(manifest: Mapping[str, Any]) -> str:
     return manifest.get("resize_mode", "squash")
 
@@ -163,6 +170,7 @@ class BinaryTask:
     def datasets(self, c: TrainConfig, strategy):
         from trainer.core import input_pipeline
 
+        check_planned(c, self)
         mix = self.synthetic_mix(c)
         counts = self.train_counts(c)
         n_train = counts.get("benign", 0) + counts.get("malignant", 0) + (
@@ -301,6 +309,7 @@ class DiagnosisTask:
     def datasets(self, c: TrainConfig, strategy):
         from trainer.cnn import diagnosis
 
+        check_planned(c, self)
         n_train = self.records.get("train")
         if n_train is None:
             n_train, _ = diagnosis.split_records(c.data_dir, "train", c.image_size, self.mapping,

@@ -11,7 +11,8 @@ and only which records of a class the model sees changes.
 Group (class c, confirmation k), n_ck records, factor f_k (1 for a confirmation not named):
     share_ck = n_c * f_k n_ck / sum_k' f_k' n_ck'        so that  sum_k share_ck = n_c.
 Each group is one repeated stream drawn at its share (input_pipeline.sample_streams): the
-training stream is infinite, one epoch the split's record count.
+training stream is infinite, one epoch the task's training records (benign and malignant, or
+those of a known diagnosis class), as without the flag.
 """
 from __future__ import annotations
 
