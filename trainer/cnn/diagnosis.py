@@ -221,9 +221,9 @@ def make_dataset(data_dir: str, split: str, mapping: Mapping[str, Any], *, image
     with balance_sources), as the binary pipeline's; infinite. balance_classes (training):
     each class of the mapping is one repeated stream, drawn with equal probability (a
     class-conditional GAN's equal share of updates per class); infinite; every class must have
-    a record in the split. confirmation_mix (training; trainer.core.confirmation_mix.plan of
-    the split's classes): one repeated stream per (class, diagnosis confirmation) group at the
-    mix's shares, as the binary pipeline's; infinite."""
+    a record in the split. confirmation_mix (training; trainer.core.confirmation_mix
+    .plan_for_split of the split's classes): one repeated stream per (class, diagnosis
+    confirmation) group at the mix's shares, as the binary pipeline's; infinite."""
     import tensorflow as tf
 
     from isicflow import schema

@@ -466,9 +466,9 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
     the split, or equally with balance_sources): batch norm then normalises each batch by one
     clinic's statistics, as it will at a new clinic adapted without labels
     (trainer.cnn.adapt_batchnorm). Infinite.
-    confirmation_mix (training, binary only; trainer.core.confirmation_mix.plan of this split):
-    one repeated stream per (class, diagnosis confirmation) group at the mix's shares:
-    infinite.
+    confirmation_mix (training, binary only; trainer.core.confirmation_mix.plan_for_split
+    of this split): one repeated stream per (class, diagnosis confirmation) group at the mix's
+    shares: infinite.
     as_uint8 (no augmentation, value_range (0, 1)) yields the uint8 batches as stored, for a
     model that rescales them itself (train.with_uint8_input): 4x fewer bytes to the device and
     no float conversion on the input threads.
@@ -643,7 +643,7 @@ def make_dataset(data_dir: str, split: str, *, image_size: int, batch_size: int,
                             [1.0, 1.0], seed + 2)
     elif balance_sources:
         ds = group_mix(sources, [1.0] * len(sources), seed=seed,
-                            stream=lambda stream_seed, name: stream(None, stream_seed, name))
+                       stream=lambda stream_seed, name: stream(None, stream_seed, name))
     elif confirmation_mix is not None:
         ds = group_mix(range(len(confirmation_mix.groups)), confirmation_mix.shares, seed=seed,
                        stream=lambda stream_seed, i: stream(None, stream_seed, group=i))
