@@ -199,9 +199,7 @@ RULES: tuple[Rule, ...] = (
          "--class_balance=sampling, no --synthetic_data (it samples each (source, label) "
          "group of the real records itself) and no --source_logit_adjustment (its offsets "
          "are the stored base rates, which this stream no longer shows)"),
-    Rule(("confirmation_weights",),  # blank counts as unset nowhere else: refused here
-         lambda c: (factors := _confirmation_factors(c)) is not None
-         and (bool(factors) or c.confirmation_weights == ""),
+    Rule(("confirmation_weights",), lambda c: _confirmation_factors(c) is not None,
          "want CONFIRMATION:FACTOR[,...], each confirmation named once, with finite factors "
          "> 0, e.g. follow_up:0.25 (HAM10000's dx_type codes or the archive's "
          "diagnosis_confirm_type words)"),

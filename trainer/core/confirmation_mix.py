@@ -36,7 +36,7 @@ def parse_factors(text: str) -> dict[str, float]:
     """'follow_up:0.25,histo:2' -> {confirmation in the archive's words: factor}. HAM10000's
     codes (CONFIRMATION_WORDS) and the words themselves are both accepted, `none` for records
     with no confirmation; '' -> {}, and text without an item is an error."""
-    if text.strip() and not text.replace(",", "").strip():
+    if text and not text.replace(",", "").strip():  # blank or commas only: no item
         raise ValueError(f"--confirmation_weights {text!r} holds no CONFIRMATION:FACTOR item")
     factors: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
